@@ -1,0 +1,58 @@
+//! Errors of the topology probe and of topology files.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while probing sysfs or reading a topology
+/// file. Each variant names the file or element at fault.
+///
+/// ```
+/// use zccl_topology::TopoError;
+/// let e = TopoError::Xml {
+///     file: "topo.xml".into(),
+///     line: 3,
+///     element: "pci".into(),
+///     reason: "missing attribute busid".into(),
+/// };
+/// assert_eq!(e.to_string(), "topo.xml:3: <pci>: missing attribute busid");
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum TopoError {
+    /// The sysfs root does not exist or does not look like sysfs.
+    #[error("sysfs root {}: {reason}", root.display())]
+    SysfsRoot {
+        /// The root that was asked for.
+        root: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A sysfs file holds something that cannot be right (e.g. a
+    /// non-numeric `numa_node`).
+    #[error("{}: {reason}", path.display())]
+    SysfsFile {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with its content.
+        reason: String,
+    },
+    /// A topology XML file is malformed or inconsistent.
+    #[error("{file}:{line}: <{element}>: {reason}")]
+    Xml {
+        /// File name (or `<string>`).
+        file: String,
+        /// 1-based line of the element at fault.
+        line: usize,
+        /// The element's name.
+        element: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
