@@ -1,0 +1,385 @@
+//! `zccl topo` end to end: the binary on this machine, on the real machines'
+//! topology files and sysfs dumps in `../shared/fixtures/topologies/` (checked
+//! against their ground truth), on fake sysfs trees, and on bad input.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn zccl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zccl"))
+        .args(args)
+        .env_remove("ZCCL_TOPO_FILE")
+        .env_remove("ZCCL_SYSFS_ROOT")
+        .env_remove("ZCCL_TOPO_DUMP_FILE")
+        .output()
+        .expect("run zccl")
+}
+
+fn ok_stdout(args: &[&str]) -> String {
+    let out = zccl(args);
+    assert!(
+        out.status.success(),
+        "zccl {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn json(args: &[&str]) -> Value {
+    serde_json::from_str(&ok_stdout(args)).expect("valid JSON")
+}
+
+/// The shared fixtures, or None (with a message) on a checkout without them.
+fn fixtures() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/topologies");
+    if dir.join("ground_truth.json").exists() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: ../shared/fixtures/topologies not present");
+        None
+    }
+}
+
+fn ground_truth(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("ground_truth.json")).unwrap()).unwrap()
+}
+
+fn extract(tarball: &Path, into: &Path) {
+    let file = std::fs::File::open(tarball).unwrap();
+    let mut ar = tar::Archive::new(bzip2::read::BzDecoder::new(file));
+    ar.set_preserve_permissions(false);
+    ar.unpack(into).unwrap();
+}
+
+#[test]
+fn live_probe_lists_every_interface_and_says_when_no_gpu() {
+    let text = ok_stdout(&["topo"]);
+    let mut ifaces: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ifaces.retain(|i| i != "lo");
+    for i in &ifaces {
+        assert!(
+            text.contains(i.as_str()),
+            "interface {i} missing from:\n{text}"
+        );
+    }
+    let report = json(&["topo", "--format", "json"]);
+    if report["gpus"].as_array().unwrap().is_empty() {
+        assert!(text.contains("No GPU found"), "{text}");
+    }
+    assert_eq!(report["source"], "sysfs:/");
+}
+
+#[test]
+fn xml_fixtures_match_ground_truth() {
+    let Some(dir) = fixtures() else { return };
+    let truth = ground_truth(&dir);
+    let mut checked = 0;
+    for (file, facts) in truth.as_object().unwrap() {
+        if facts.get("format").and_then(Value::as_str) != Some("nccl-topo-xml") {
+            continue;
+        }
+        let path = dir.join(file);
+        let report = json(&[
+            "topo",
+            "--topo-file",
+            path.to_str().unwrap(),
+            "--format",
+            "json",
+        ]);
+        let gpus = report["gpus"].as_array().unwrap();
+        let want = facts["gpus"].as_array().unwrap();
+        assert_eq!(gpus.len(), want.len(), "{file}: GPU count");
+        for w in want {
+            let busid = w["gpu_busid"].as_str().unwrap();
+            let g = gpus
+                .iter()
+                .find(|g| g["busid"] == busid)
+                .unwrap_or_else(|| panic!("{file}: GPU {busid} not found"));
+            assert_eq!(g["dev"], w["dev"], "{file} {busid}: dev");
+            assert_eq!(g["numa"], w["numa"], "{file} {busid}: numa");
+            let closest: BTreeSet<&str> = g["closest_nics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            let want_closest: BTreeSet<&str> = w["closest_nets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert_eq!(closest, want_closest, "{file} {busid}: closest NICs");
+            assert_eq!(
+                g["primary_nic"], w["nccl_ch0_net"],
+                "{file} {busid}: primary NIC"
+            );
+            let nics = g["nics"].as_array().unwrap();
+            let all = w["all_nets"].as_object().unwrap();
+            assert_eq!(nics.len(), all.len(), "{file} {busid}: NIC count");
+            for (net, ptype) in all {
+                let n = nics
+                    .iter()
+                    .find(|n| n["name"] == net.as_str())
+                    .unwrap_or_else(|| panic!("{file} {busid}: NIC {net} missing"));
+                assert_eq!(&n["path"], ptype, "{file} {busid} -> {net}: path type");
+            }
+            let best = nics.iter().find(|n| n["name"] == g["primary_nic"]).unwrap();
+            let gbytes = best["bw_gbps"].as_f64().unwrap() / 8.0;
+            let want_bw = w["nccl_path_bw_GBps"].as_f64().unwrap();
+            assert!(
+                (gbytes - want_bw).abs() < 1e-6,
+                "{file} {busid}: bandwidth {gbytes} GB/s, want {want_bw}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 28, "only {checked} GPUs checked");
+}
+
+#[test]
+fn hwloc_nec_dump_accelerators_are_pix_to_their_own_hca() {
+    let Some(dir) = fixtures() else { return };
+    let facts = &ground_truth(&dir)["hwloc-sysfs-nec-ve-8acc-2ib.tar.bz2"];
+    let tmp = tempfile::tempdir().unwrap();
+    extract(&dir.join("hwloc-sysfs-nec-ve-8acc-2ib.tar.bz2"), tmp.path());
+    let root = tmp.path().join(facts["root_dir"].as_str().unwrap());
+    let report = json(&[
+        "topo",
+        "--sysfs-root",
+        root.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let hcas = ["0000:1a:00.0", "0000:3e:00.0"];
+    let nics = report["nics"].as_array().unwrap();
+    for h in hcas {
+        assert!(nics.iter().any(|n| n["busid"] == h), "HCA {h} not found");
+    }
+    let gpus = report["gpus"].as_array().unwrap();
+    let want = facts["accelerators"].as_array().unwrap();
+    assert_eq!(gpus.len(), want.len());
+    for w in want {
+        let g = gpus
+            .iter()
+            .find(|g| g["busid"] == w["bdf"])
+            .expect("accelerator found");
+        assert_eq!(g["class"], "accelerator");
+        assert_eq!(g["name"], w["name"]);
+        let own = w["closest_nics"][0].as_str().unwrap();
+        let other = hcas.iter().find(|h| **h != own).unwrap();
+        let by_busid = |b: &str| {
+            g["nics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["busid"] == b)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(by_busid(own)["path"], "PIX", "{}", w["name"]);
+        assert_eq!(by_busid(own)["smi"], "PIX");
+        assert_eq!(
+            by_busid(other)["path"],
+            facts["other_switch_nic"]["nccl_path_type"]
+        );
+        assert_eq!(
+            by_busid(other)["smi"],
+            facts["other_switch_nic"]["nvidia_smi_style"]
+        );
+        let primary = nics.iter().find(|n| n["name"] == g["primary_nic"]).unwrap();
+        assert_eq!(primary["busid"], own, "{}: primary NIC", w["name"]);
+    }
+}
+
+#[test]
+fn hwloc_mlx4_dump_reads_the_ib_port() {
+    let Some(dir) = fixtures() else { return };
+    let facts = &ground_truth(&dir)["hwloc-sysfs-mic-mlx4.tar.bz2"];
+    let tmp = tempfile::tempdir().unwrap();
+    extract(&dir.join("hwloc-sysfs-mic-mlx4.tar.bz2"), tmp.path());
+    let root = tmp.path().join(facts["root_dir"].as_str().unwrap());
+    let report = json(&[
+        "topo",
+        "--sysfs-root",
+        root.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let rdma = &facts["rdma"][0];
+    let nic = report["nics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == rdma["ibdev"])
+        .expect("mlx4_0 listed")
+        .clone();
+    assert_eq!(nic["kind"], "ib");
+    assert_eq!(nic["busid"], rdma["bdf"]);
+    assert_eq!(nic["numa"], rdma["numa"]);
+    assert_eq!(nic["port"], rdma["port"]);
+    assert_eq!(
+        nic["speed_mbps"].as_u64(),
+        Some(rdma["rate_gbps"].as_u64().unwrap() * 1000)
+    );
+    assert_eq!(nic["link_layer"], rdma["link_layer"]);
+    assert_eq!(nic["state"], "up");
+    assert_eq!(nic["netdev"], rdma["netdev"]);
+    let acc = &facts["accelerators"][0];
+    let g = &report["gpus"][0];
+    assert_eq!(g["busid"], acc["bdf"]);
+    assert_eq!(g["primary_nic"], rdma["ibdev"]);
+    assert_eq!(g["nics"][0]["path"], acc["nccl_path_type"]);
+    let text = ok_stdout(&["topo", "--sysfs-root", root.to_str().unwrap()]);
+    assert!(
+        text.contains("56 Gb/s") && text.contains("InfiniBand"),
+        "{text}"
+    );
+}
+
+#[test]
+fn fake_dgx_probes_and_round_trips_through_xml() {
+    let tmp = tempfile::tempdir().unwrap();
+    zccl::topology::fake::FakeHost::dgx_h100_like()
+        .write(tmp.path())
+        .unwrap();
+    let root = tmp.path().to_str().unwrap();
+    let probed = json(&["topo", "--sysfs-root", root, "--format", "json"]);
+    let gpus = probed["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 8);
+    let primaries: BTreeSet<&str> = gpus
+        .iter()
+        .map(|g| g["primary_nic"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        primaries.len(),
+        8,
+        "each GPU gets its own NIC: {primaries:?}"
+    );
+    for g in gpus {
+        assert_eq!(g["nics"][0]["path"], "PIX");
+        assert_eq!(g["closest_nics"].as_array().unwrap().len(), 2);
+    }
+
+    // Export with --format xml and with ZCCL_TOPO_DUMP_FILE; both read back the same.
+    let xml_text = ok_stdout(&["topo", "--sysfs-root", root, "--format", "xml"]);
+    let exported = tmp.path().join("exported.xml");
+    std::fs::write(&exported, &xml_text).unwrap();
+    let dump = tmp.path().join("dump.xml");
+    let out = Command::new(env!("CARGO_BIN_EXE_zccl"))
+        .args(["topo", "--sysfs-root", root, "--format", "json"])
+        .env("ZCCL_TOPO_DUMP_FILE", &dump)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(&dump).unwrap(), xml_text);
+    let back = json(&[
+        "topo",
+        "--topo-file",
+        exported.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let strip = |r: &Value| -> Vec<Value> {
+        r["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                let nics: Vec<Value> = g["nics"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| serde_json::json!([n["name"], n["path"], n["bw_gbps"], n["via"]]))
+                    .collect();
+                serde_json::json!([
+                    g["dev"],
+                    g["busid"],
+                    g["numa"],
+                    g["primary_nic"],
+                    g["closest_nics"],
+                    nics
+                ])
+            })
+            .collect()
+    };
+    assert_eq!(strip(&probed), strip(&back));
+    let again = ok_stdout(&[
+        "topo",
+        "--topo-file",
+        exported.to_str().unwrap(),
+        "--format",
+        "xml",
+    ]);
+    assert_eq!(again, xml_text, "export of an import is identical");
+}
+
+#[test]
+fn explain_gives_one_reason_line_per_gpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    zccl::topology::fake::FakeHost::dgx_h100_like()
+        .write(tmp.path())
+        .unwrap();
+    let text = ok_stdout(&[
+        "topo",
+        "--sysfs-root",
+        tmp.path().to_str().unwrap(),
+        "--explain",
+    ]);
+    let reasons: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("GPU 0000:"))
+        .collect();
+    assert_eq!(reasons.len(), 8, "{text}");
+    for r in reasons {
+        assert!(r.contains(": PIX via switch "), "{r}");
+        assert!(r.contains("Gb/s"), "{r}");
+    }
+    assert!(text.contains("NIC Legend"));
+}
+
+fn failing(args: &[&str]) -> String {
+    let out = zccl(args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "zccl {args:?} must fail cleanly (no panic)"
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-root");
+    let err = failing(&["topo", "--sysfs-root", missing.to_str().unwrap()]);
+    assert!(err.contains("no-such-root"), "{err}");
+
+    let bad = tmp.path().join("bad.xml");
+    std::fs::write(&bad, "<system version=\"1\">\n  <cpu numaid=\"0\">\n    <pci class=\"0x030200\"/>\n  </cpu>\n</system>\n").unwrap();
+    let err = failing(&["topo", "--topo-file", bad.to_str().unwrap()]);
+    assert!(
+        err.contains("bad.xml:3") && err.contains("<pci>") && err.contains("busid"),
+        "{err}"
+    );
+
+    std::fs::write(&bad, "<system version=\"1\"><cpu numaid=\"0\"></system>").unwrap();
+    let err = failing(&["topo", "--topo-file", bad.to_str().unwrap()]);
+    assert!(err.contains("bad.xml"), "{err}");
+
+    let err = failing(&[
+        "topo",
+        "--topo-file",
+        tmp.path().join("absent.xml").to_str().unwrap(),
+    ]);
+    assert!(err.contains("absent.xml"), "{err}");
+}
