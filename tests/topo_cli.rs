@@ -47,11 +47,17 @@ fn ground_truth(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("ground_truth.json")).unwrap()).unwrap()
 }
 
-fn extract(tarball: &Path, into: &Path) {
-    let file = std::fs::File::open(tarball).unwrap();
+/// Extract one of the hwloc sysfs dumps; returns its ground truth, the temp
+/// dir (keep it alive) and the sysfs root inside it.
+fn hwloc_dump(dir: &Path, tarball: &str) -> (Value, tempfile::TempDir, PathBuf) {
+    let facts = ground_truth(dir)[tarball].clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = std::fs::File::open(dir.join(tarball)).unwrap();
     let mut ar = tar::Archive::new(bzip2::read::BzDecoder::new(file));
     ar.set_preserve_permissions(false);
-    ar.unpack(into).unwrap();
+    ar.unpack(tmp.path()).unwrap();
+    let root = tmp.path().join(facts["root_dir"].as_str().unwrap());
+    (facts, tmp, root)
 }
 
 #[test]
@@ -149,10 +155,8 @@ fn xml_fixtures_match_ground_truth() {
 #[test]
 fn hwloc_nec_dump_accelerators_are_pix_to_their_own_hca() {
     let Some(dir) = fixtures() else { return };
-    let facts = &ground_truth(&dir)["hwloc-sysfs-nec-ve-8acc-2ib.tar.bz2"];
-    let tmp = tempfile::tempdir().unwrap();
-    extract(&dir.join("hwloc-sysfs-nec-ve-8acc-2ib.tar.bz2"), tmp.path());
-    let root = tmp.path().join(facts["root_dir"].as_str().unwrap());
+    let (facts, _tmp, root) = hwloc_dump(&dir, "hwloc-sysfs-nec-ve-8acc-2ib.tar.bz2");
+    let facts = &facts;
     let report = json(&[
         "topo",
         "--sysfs-root",
@@ -204,10 +208,8 @@ fn hwloc_nec_dump_accelerators_are_pix_to_their_own_hca() {
 #[test]
 fn hwloc_mlx4_dump_reads_the_ib_port() {
     let Some(dir) = fixtures() else { return };
-    let facts = &ground_truth(&dir)["hwloc-sysfs-mic-mlx4.tar.bz2"];
-    let tmp = tempfile::tempdir().unwrap();
-    extract(&dir.join("hwloc-sysfs-mic-mlx4.tar.bz2"), tmp.path());
-    let root = tmp.path().join(facts["root_dir"].as_str().unwrap());
+    let (facts, _tmp, root) = hwloc_dump(&dir, "hwloc-sysfs-mic-mlx4.tar.bz2");
+    let facts = &facts;
     let report = json(&[
         "topo",
         "--sysfs-root",
@@ -382,4 +384,14 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         tmp.path().join("absent.xml").to_str().unwrap(),
     ]);
     assert!(err.contains("absent.xml"), "{err}");
+
+    let mut host = zccl::topology::fake::FakeHost::dgx_h100_like();
+    host.sockets[1].numa_file = Some("one".into());
+    let sys = tmp.path().join("badnuma");
+    host.write(&sys).unwrap();
+    let err = failing(&["topo", "--sysfs-root", sys.to_str().unwrap()]);
+    assert!(
+        err.contains("numa_node") && err.contains("\"one\""),
+        "{err}"
+    );
 }

@@ -280,16 +280,7 @@ mod tests {
                         0x030200,
                     )),
                 );
-                t.gpus.push(Gpu {
-                    node: id,
-                    dev,
-                    class: DeviceClass::Gpu,
-                    sm: None,
-                    rank: None,
-                    gdr: None,
-                    name: None,
-                    nvlinks: vec![],
-                });
+                t.gpus.push(Gpu::new(id, dev, DeviceClass::Gpu));
                 dev += 1;
             }
             for i in 0..nics {

@@ -252,6 +252,28 @@ pub struct Gpu {
     pub nvlinks: Vec<NvLink>,
 }
 
+impl Gpu {
+    /// A device with only its node, index and class known.
+    ///
+    /// ```
+    /// use zccl_topology::model::{DeviceClass, Gpu};
+    /// let g = Gpu::new(3, 0, DeviceClass::Gpu);
+    /// assert_eq!((g.node, g.sm), (3, None));
+    /// ```
+    pub fn new(node: NodeId, dev: u32, class: DeviceClass) -> Self {
+        Gpu {
+            node,
+            dev,
+            class,
+            sm: None,
+            rank: None,
+            gdr: None,
+            name: None,
+            nvlinks: Vec::new(),
+        }
+    }
+}
+
 /// NCCL `<nvlink>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NvLink {

@@ -682,16 +682,7 @@ impl<'a> Parser<'a> {
                 next = self.next_dev(next, id, "GPU")?;
             }
             let class = self.topo.pci(id).map_or(0, |p| p.class);
-            self.gpus.push(Gpu {
-                node: id,
-                dev: next,
-                class: gpu_class(class),
-                sm: None,
-                rank: None,
-                gdr: None,
-                name: None,
-                nvlinks: Vec::new(),
-            });
+            self.gpus.push(Gpu::new(id, next, gpu_class(class)));
             self.gpu_devs.insert(next, self.info[id].line);
             next = self.next_dev(next, id, "GPU")?;
         }
@@ -1359,26 +1350,8 @@ mod tests {
                     },
                 ],
             },
-            Gpu {
-                node: acc,
-                dev: 1,
-                class: DeviceClass::Accelerator,
-                sm: None,
-                rank: None,
-                gdr: None,
-                name: None,
-                nvlinks: vec![],
-            },
-            Gpu {
-                node: g2,
-                dev: 2,
-                class: DeviceClass::Gpu,
-                sm: None,
-                rank: None,
-                gdr: None,
-                name: None,
-                nvlinks: vec![],
-            },
+            Gpu::new(acc, 1, DeviceClass::Accelerator),
+            Gpu::new(g2, 2, DeviceClass::Gpu),
         ];
         let mut eth = Net::new("eth0", c0, NetKind::Socket);
         eth.dev = 2;
