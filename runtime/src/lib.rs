@@ -1,6 +1,55 @@
-//! zccl runtime: bootstrap, the communicator, the per-rank progress engine and
-//! the NIC-aware router.
+//! zccl runtime: bootstrap, the communicator and its per-rank progress engine.
 //!
-//! **Not implemented yet.** The communicator core (bootstrap from torchrun, Slurm
-//! and MPI variables; non-blocking P2P with deadlines) and the router land here.
-//! It holds no code today.
+//! * [`unique_id`] — [`UniqueId`]: root address + random job secret, passed by the application.
+//! * [`bootstrap`] — [`BootstrapRoot`] and the address-book rendezvous.
+//! * [`launcher_env`] — rank/world/root from torchrun, Slurm, Open MPI and `ZCCL_*`.
+//! * [`config`] — [`Config`] from `ZCCL_*` variables (timeouts, NICs, sockets).
+//! * [`communicator`] — [`Communicator`], [`Channel`], [`Op`]: non-blocking
+//!   `isend`/`irecv`/`batch`, blocking wrappers, `abort()`.
+//! * [`handle`] — [`SendHandle`], [`RecvHandle`], [`BatchHandle`]: `test()`,
+//!   `wait()`, `wait_async()`.
+//! * [`buffer`] — typed host buffers (`u8, i32, i64, f16, bf16, f32, f64`).
+//! * [`error`] — [`Error`], whose messages name the rank, op, sequence number and NIC.
+//!
+//! Each communicator runs one progress engine (a task on its own tokio
+//! runtime) that owns the transport; user calls only enqueue work and wait on
+//! handles.
+//!
+//! **Not built yet:** the shared-memory transport (ranks of one host talk over
+//! loopback TCP today), device memory, communicator `split()`, collectives,
+//! the NIC-aware router, and the `zccl run` launcher.
+//!
+//! ```no_run
+//! use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+//! // In one process (e.g. rank 0), start the root and hand its id to every rank:
+//! let root = BootstrapRoot::start("0.0.0.0:0".parse().unwrap(), UniqueId::random_secret()?,
+//!                                 std::time::Duration::from_secs(300))?;
+//! let id = root.unique_id();
+//! // On each rank:
+//! let comm = Communicator::init(&id, 0, 2, Config::from_env()?)?;
+//! let h = comm.isend(1, vec![1.0f32, 2.0])?;
+//! let x = comm.irecv::<f32>(1, 2)?.wait()?;
+//! h.wait()?;
+//! # Ok::<(), zccl_runtime::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod bootstrap;
+pub mod buffer;
+pub mod communicator;
+pub mod config;
+mod engine;
+pub mod error;
+pub mod handle;
+pub mod launcher_env;
+mod protocol;
+pub mod unique_id;
+
+pub use bootstrap::BootstrapRoot;
+pub use buffer::{DType, Element, HostBuffer, MemoryKind, Received, bf16, f16};
+pub use communicator::{Channel, Communicator, Op};
+pub use config::Config;
+pub use error::{Error, OpDesc, OpKind, Result};
+pub use handle::{BatchHandle, RecvHandle, SendHandle};
+pub use unique_id::UniqueId;

@@ -1,6 +1,202 @@
 //! zccl transports: how bytes move between ranks.
 //!
-//! **Not implemented yet.** This crate is the home of the TCP transport (several
-//! sockets per peer, each bound to one NIC), the shared-memory transport between
-//! ranks of one host, and the feature-gated RDMA verbs and CUDA device-memory
-//! transports. It holds no code today: nothing here pretends to move data.
+//! * [`Transport`] — the seam every transport implements: enqueue a whole
+//!   message for a peer without waiting for the receiver, and report incoming
+//!   messages and peer loss as [`TransportEvent`]s.
+//! * [`frame`] — the 40-byte frame header codec and length bounds (pure).
+//! * [`handshake`] — the `Hello` that opens every connection: magic, protocol
+//!   version, job secret, ranks (pure).
+//! * [`ifname`] — `ZCCL_SOCKET_IFNAME` parsing and NIC selection (pure, plus
+//!   one function that lists the host's interfaces).
+//! * [`tcp`] — the TCP transport on tokio: several sockets per peer, each bound
+//!   to a chosen local NIC, messages striped across them, heartbeats to detect
+//!   stuck peers.
+//!
+//! **Not built yet:** the shared-memory transport between ranks of one host,
+//! the RDMA verbs transport and CUDA device memory. They will implement
+//! [`Transport`]; nothing in this crate pretends to provide them today.
+
+#![warn(missing_docs)]
+
+pub mod frame;
+pub mod handshake;
+pub mod ifname;
+pub mod tcp;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+pub use frame::GoodbyeReason;
+
+/// Whether a message carries user data or a control message of the layer above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// User payload, possibly large, striped.
+    Data,
+    /// Small control message (acks, nacks), one frame.
+    Control,
+}
+
+/// One whole message as the layer above sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Data or control.
+    pub kind: MessageKind,
+    /// Element type code (opaque to the transport).
+    pub dtype: u8,
+    /// Channel (opaque to the transport).
+    pub channel: u32,
+    /// Sequence number (opaque to the transport).
+    pub seq: u64,
+    /// The bytes.
+    pub payload: Bytes,
+}
+
+/// The path one peer connection takes: local NIC and both socket addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicPath {
+    /// Local interface name.
+    pub ifname: String,
+    /// Local socket address.
+    pub local: SocketAddr,
+    /// Remote socket address.
+    pub remote: SocketAddr,
+}
+
+impl fmt::Display for NicPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NIC {} {} -> {}", self.ifname, self.local, self.remote)
+    }
+}
+
+/// Why a peer is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its side in order; all it sent was delivered.
+    Clean,
+    /// The peer aborted (its communicator failed); `cause_rank` is the rank it blames.
+    Aborted {
+        /// The rank whose failure the peer reported, if any.
+        cause_rank: Option<u32>,
+        /// The peer's description of the cause.
+        message: String,
+    },
+    /// A socket failed: reset, EOF without goodbye, or a protocol violation.
+    Lost(String),
+    /// Nothing was heard from the peer on any socket for `silent_for`.
+    Stuck {
+        /// How long the peer was silent.
+        silent_for: Duration,
+    },
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Clean => f.write_str("closed its communicator"),
+            Self::Aborted { message, .. } => write!(f, "aborted: {message}"),
+            Self::Lost(why) => write!(f, "was lost ({why})"),
+            Self::Stuck { silent_for } => {
+                write!(
+                    f,
+                    "is stuck or unreachable (silent for {:.1} s)",
+                    silent_for.as_secs_f64()
+                )
+            }
+        }
+    }
+}
+
+/// What a transport reports to the progress engine.
+#[derive(Debug)]
+pub enum TransportEvent {
+    /// A whole message arrived from `peer`.
+    Message {
+        /// Sender rank.
+        peer: u32,
+        /// The message.
+        msg: Message,
+    },
+    /// `peer` is gone; reported at most once per peer.
+    PeerClosed {
+        /// The peer rank.
+        peer: u32,
+        /// Why.
+        reason: CloseReason,
+        /// The path on which it was detected.
+        nic: Option<NicPath>,
+    },
+}
+
+/// Errors of transport setup and use.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TransportError {
+    /// NIC selection failed.
+    #[error(transparent)]
+    Ifname(#[from] ifname::IfnameError),
+    /// A socket operation failed during setup.
+    #[error("{context}: {message}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        message: String,
+    },
+    /// Some peer connections were not established in time.
+    #[error("connection setup timed out after {after:?}; missing: {missing}")]
+    SetupTimeout {
+        /// Elapsed time.
+        after: Duration,
+        /// Description of the missing connections.
+        missing: String,
+    },
+    /// A peer rank outside the world.
+    #[error("no such peer rank {0}")]
+    NoSuchPeer(u32),
+    /// The transport is closed.
+    #[error("transport closed")]
+    Closed,
+}
+
+impl TransportError {
+    /// Wraps an I/O error with context.
+    pub fn io(context: impl Into<String>, e: &std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A boxed future, as returned by [`Transport::close`].
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The seam between the progress engine and a way of moving bytes.
+///
+/// Implementations own their connections and background tasks and report
+/// incoming messages and peer loss on the event channel they were built with.
+/// `send` only enqueues: it must never wait for the receiver to post a
+/// receive, which is what lets batches complete in any op order. RDMA verbs
+/// and device memory will implement this trait later; TCP ([`tcp::TcpTransport`])
+/// is the only implementation today.
+pub trait Transport: Send + Sync + 'static {
+    /// Short name for logs, e.g. `"tcp"`.
+    fn name(&self) -> &'static str;
+
+    /// Enqueues `msg` for `peer`. Never blocks on the receiver.
+    fn send(&self, peer: u32, msg: Message) -> Result<(), TransportError>;
+
+    /// The path used to reach `peer` (for error messages).
+    fn path(&self, peer: u32) -> Option<NicPath>;
+
+    /// Closes every connection: a clean close delivers what is queued first;
+    /// an abort drops queued data and tells peers the cause. The returned
+    /// future resolves when the sockets are closed; callers bound it with a timeout.
+    fn close(&self, reason: GoodbyeReason) -> BoxFuture;
+}

@@ -1,0 +1,444 @@
+//! Rendezvous through a root: every rank registers its [`PeerInfo`] (host
+//! identity, pid, one listening endpoint per NIC) with the root, which answers
+//! each rank with the whole [`AddressBook`] once all `world_size` ranks have
+//! registered.
+//!
+//! Protocol over one TCP connection per rank: `Hello` both ways (purpose
+//! `Bootstrap`, the job secret, rank → [`ROOT_RANK`]), then one `Bootstrap`
+//! frame rank → root (JSON [`PeerInfo`]) and one root → rank (JSON reply: the
+//! book, or an error naming the ranks that never registered). Every read has
+//! a timeout and every frame a bounded length; a connection that fails the
+//! handshake (scanner, random bytes, another job, silence) is logged and
+//! dropped without affecting the rendezvous.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use zccl_transports::frame::{FrameKind, FrameLimits};
+use zccl_transports::handshake::{
+    Expectation, Hello, JobSecret, PROTOCOL_VERSION, Purpose, ROOT_RANK, validate,
+};
+use zccl_transports::tcp::{
+    Endpoint, read_hello, read_single_frame, write_hello, write_single_frame,
+};
+
+use crate::error::{Error, Result};
+use crate::unique_id::UniqueId;
+
+/// What one rank publishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The rank.
+    pub rank: u32,
+    /// Identity of its host (same string = same host).
+    pub host_id: String,
+    /// Its process id (for logs).
+    pub pid: u32,
+    /// One listening endpoint per usable NIC.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Every rank's [`PeerInfo`], indexed by rank.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressBook {
+    /// Entry `i` is rank `i`.
+    pub peers: Vec<PeerInfo>,
+}
+
+impl AddressBook {
+    /// `(local rank, ranks on the host)` of `rank`, from host identities.
+    ///
+    /// ```
+    /// use zccl_runtime::bootstrap::{AddressBook, PeerInfo};
+    /// let p = |rank, host: &str| PeerInfo { rank, host_id: host.into(), pid: 0, endpoints: vec![] };
+    /// let book = AddressBook { peers: vec![p(0, "a"), p(1, "b"), p(2, "a")] };
+    /// assert_eq!(book.local_rank(2), (1, 2));
+    /// assert_eq!(book.local_rank(1), (0, 1));
+    /// ```
+    pub fn local_rank(&self, rank: u32) -> (u32, u32) {
+        let host = &self.peers[rank as usize].host_id;
+        let same: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|p| &p.host_id == host)
+            .map(|p| p.rank)
+            .collect();
+        (
+            same.iter().position(|&r| r == rank).unwrap_or(0) as u32,
+            same.len() as u32,
+        )
+    }
+
+    /// Checks that the book has one entry per rank, in order.
+    pub fn validate(&self, world_size: u32) -> Result<()> {
+        if self.peers.len() != world_size as usize {
+            return Err(Error::Bootstrap(format!(
+                "address book has {} entries for {world_size} ranks",
+                self.peers.len()
+            )));
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.rank != i as u32 {
+                return Err(Error::Bootstrap(format!(
+                    "address book entry {i} is rank {}",
+                    p.rank
+                )));
+            }
+            if p.endpoints.is_empty() {
+                return Err(Error::Bootstrap(format!("rank {i} published no endpoint")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum RootReply {
+    Book(AddressBook),
+    Error(String),
+}
+
+/// This host's identity: `ZCCL_HOST_ID`, else host name and boot id.
+pub fn host_id() -> String {
+    if let Ok(id) = std::env::var("ZCCL_HOST_ID") {
+        return id;
+    }
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "{}/{}",
+        read("/proc/sys/kernel/hostname"),
+        read("/proc/sys/kernel/random/boot_id")
+    )
+}
+
+/// Limits of the bootstrap protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct BootstrapLimits {
+    /// Deadline of the whole rendezvous.
+    pub timeout: Duration,
+    /// Longest wait for one connection's hello and registration.
+    pub handshake_timeout: Duration,
+    /// Frame bounds.
+    pub frames: FrameLimits,
+}
+
+/// A running bootstrap root: serves one rendezvous on a background thread,
+/// then exits (also on its deadline).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use zccl_runtime::{BootstrapRoot, UniqueId};
+/// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(),
+///     UniqueId::random_secret().unwrap(), Duration::from_secs(60)).unwrap();
+/// let id: UniqueId = root.unique_id(); // hand this to every rank
+/// ```
+#[derive(Debug)]
+pub struct BootstrapRoot {
+    id: UniqueId,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl BootstrapRoot {
+    /// Binds `bind` (port 0 picks one) and serves until every rank got the
+    /// address book or `timeout` passed. The world size is learned from the
+    /// first valid registration.
+    pub fn start(bind: SocketAddr, secret: JobSecret, timeout: Duration) -> Result<Self> {
+        let limits = BootstrapLimits {
+            timeout,
+            handshake_timeout: timeout.min(Duration::from_secs(10)),
+            frames: FrameLimits {
+                max_frame: 16 << 20,
+                max_message: 16 << 20,
+            },
+        };
+        Self::start_with(bind, secret, limits)
+    }
+
+    /// Like [`BootstrapRoot::start`] with explicit limits.
+    pub fn start_with(
+        bind: SocketAddr,
+        secret: JobSecret,
+        limits: BootstrapLimits,
+    ) -> Result<Self> {
+        let listener = std::net::TcpListener::bind(bind)
+            .map_err(|e| Error::Bootstrap(format!("root cannot listen on {bind}: {e}")))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::Bootstrap(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Bootstrap(e.to_string()))?;
+        let thread = std::thread::Builder::new()
+            .name("zccl-root".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                rt.block_on(async move {
+                    let l = tokio::net::TcpListener::from_std(listener)
+                        .map_err(|e| Error::Bootstrap(e.to_string()))?;
+                    serve(l, secret, limits).await
+                })
+            })
+            .map_err(|e| Error::Bootstrap(format!("cannot start root thread: {e}")))?;
+        info!(%addr, "bootstrap root listening");
+        Ok(Self {
+            id: UniqueId::new(addr, secret),
+            thread: Some(thread),
+        })
+    }
+
+    /// The id to hand to every rank.
+    pub fn unique_id(&self) -> UniqueId {
+        self.id
+    }
+
+    /// Waits for the root to finish (bounded by its own deadline).
+    pub fn join(mut self) -> Result<()> {
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(Error::Bootstrap("root thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+type Registration = (PeerInfo, TcpStream, SocketAddr);
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    secret: JobSecret,
+    limits: BootstrapLimits,
+) -> Result<()> {
+    let deadline = Instant::now() + limits.timeout;
+    let world: Arc<Mutex<Option<u32>>> = Arc::default();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Registration>();
+    let acceptor = {
+        let world = world.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, from)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let (tx, world) = (tx.clone(), world.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(
+                        limits.handshake_timeout,
+                        register(stream, secret, &world, &limits),
+                    )
+                    .await
+                    {
+                        Ok(Ok((info, stream))) => {
+                            let _ = tx.send((info, stream, from));
+                        }
+                        Ok(Err(why)) => warn!(%from, "bootstrap root dropped a connection: {why}"),
+                        Err(_) => {
+                            warn!(%from, "bootstrap root dropped a connection: no registration within {:?}", limits.handshake_timeout)
+                        }
+                    }
+                });
+            }
+        })
+    };
+    let mut ranks: BTreeMap<u32, (PeerInfo, TcpStream)> = BTreeMap::new();
+    let outcome = loop {
+        let want = *world.lock().expect("world");
+        if let Some(w) = want
+            && ranks.len() == w as usize
+        {
+            break Ok(w);
+        }
+        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+            Ok(Some((info, stream, from))) => {
+                if ranks.contains_key(&info.rank) {
+                    warn!(%from, rank = info.rank, "bootstrap root: duplicate registration dropped");
+                    continue;
+                }
+                debug!(rank = info.rank, %from, "rank registered");
+                ranks.insert(info.rank, (info, stream));
+            }
+            Ok(None) => unreachable!("acceptor holds a sender"),
+            Err(_) => {
+                let missing: Vec<String> = match want {
+                    Some(w) => (0..w)
+                        .filter(|r| !ranks.contains_key(r))
+                        .map(|r| r.to_string())
+                        .collect(),
+                    None => vec!["all".into()],
+                };
+                break Err(format!(
+                    "ranks [{}] did not register with the root within {:.1} s",
+                    missing.join(", "),
+                    limits.timeout.as_secs_f64()
+                ));
+            }
+        }
+    };
+    acceptor.abort();
+    let reply = match &outcome {
+        Ok(_) => RootReply::Book(AddressBook {
+            peers: ranks.values().map(|(i, _)| i.clone()).collect(),
+        }),
+        Err(why) => RootReply::Error(why.clone()),
+    };
+    let payload = serde_json::to_vec(&reply).map_err(|e| Error::Bootstrap(e.to_string()))?;
+    let mut sends = Vec::new();
+    for (rank, (_, mut stream)) in ranks {
+        let payload = payload.clone();
+        sends.push(tokio::spawn(async move {
+            let r = tokio::time::timeout(
+                limits.handshake_timeout,
+                write_single_frame(&mut stream, FrameKind::Bootstrap, &payload),
+            )
+            .await;
+            if !matches!(r, Ok(Ok(()))) {
+                warn!(rank, "bootstrap root could not send the address book");
+            }
+        }));
+    }
+    for s in sends {
+        let _ = s.await;
+    }
+    match outcome {
+        Ok(w) => {
+            info!(world = w, "bootstrap complete");
+            Ok(())
+        }
+        Err(why) => Err(Error::Bootstrap(why)),
+    }
+}
+
+async fn register(
+    mut stream: TcpStream,
+    secret: JobSecret,
+    world: &Mutex<Option<u32>>,
+    limits: &BootstrapLimits,
+) -> Result<(PeerInfo, TcpStream), String> {
+    let hello = read_hello(&mut stream, limits.handshake_timeout).await?;
+    let exp = Expectation {
+        purpose: Purpose::Bootstrap,
+        secret,
+        local_rank: ROOT_RANK,
+        world_size: *world.lock().expect("world"),
+        src_rank: None,
+        src_range: None,
+        num_sockets: None,
+    };
+    validate(&hello, &exp).map_err(|e| e.to_string())?;
+    {
+        let mut w = world.lock().expect("world");
+        match *w {
+            None => *w = Some(hello.world_size),
+            Some(ws) if ws != hello.world_size => {
+                return Err(format!("world size {} differs from {ws}", hello.world_size));
+            }
+            Some(_) => {}
+        }
+    }
+    let reply = Hello {
+        src_rank: ROOT_RANK,
+        dst_rank: hello.src_rank,
+        ..hello
+    };
+    write_hello(&mut stream, &reply, limits.handshake_timeout).await?;
+    let payload = read_single_frame(&mut stream, FrameKind::Bootstrap, &limits.frames).await?;
+    let info: PeerInfo =
+        serde_json::from_slice(&payload).map_err(|e| format!("bad registration: {e}"))?;
+    if info.rank != hello.src_rank {
+        return Err(format!(
+            "registration for rank {} on a connection of rank {}",
+            info.rank, hello.src_rank
+        ));
+    }
+    Ok((info, stream))
+}
+
+/// Registers `me` with the root of `id` and returns the address book.
+/// Retries connecting until the deadline (the root may start later).
+pub async fn exchange(
+    id: &UniqueId,
+    me: PeerInfo,
+    world_size: u32,
+    limits: &BootstrapLimits,
+    deadline: Instant,
+) -> Result<AddressBook> {
+    let rank = me.rank;
+    let root = id.root();
+    let mut last_err = String::from("never tried");
+    let mut stream = loop {
+        if Instant::now() >= deadline {
+            return Err(Error::Bootstrap(format!(
+                "rank {rank} could not reach the root at {root}: {last_err}"
+            )));
+        }
+        match tokio::time::timeout_at(deadline.into(), TcpStream::connect(root)).await {
+            Ok(Ok(s)) => break s,
+            Ok(Err(e)) => last_err = e.to_string(),
+            Err(_) => last_err = "connect timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = stream.set_nodelay(true);
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        purpose: Purpose::Bootstrap,
+        secret: id.secret(),
+        src_rank: rank,
+        dst_rank: ROOT_RANK,
+        world_size,
+        socket_index: 0,
+        num_sockets: 1,
+    };
+    let fail = |what: String| Error::Bootstrap(format!("rank {rank} with root {root}: {what}"));
+    write_hello(&mut stream, &hello, limits.handshake_timeout)
+        .await
+        .map_err(fail)?;
+    let reply = read_hello(&mut stream, limits.handshake_timeout)
+        .await
+        .map_err(fail)?;
+    let exp = Expectation {
+        purpose: Purpose::Bootstrap,
+        secret: id.secret(),
+        local_rank: rank,
+        world_size: Some(world_size),
+        src_rank: Some(ROOT_RANK),
+        src_range: None,
+        num_sockets: None,
+    };
+    validate(&reply, &exp)
+        .map_err(|e| fail(format!("root answered with an invalid hello: {e}")))?;
+    let payload = serde_json::to_vec(&me).map_err(|e| fail(e.to_string()))?;
+    write_single_frame(&mut stream, FrameKind::Bootstrap, &payload)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let frame = match tokio::time::timeout_at(
+        deadline.into(),
+        read_single_frame(&mut stream, FrameKind::Bootstrap, &limits.frames),
+    )
+    .await
+    {
+        Err(_) => return Err(fail("no address book before the deadline".into())),
+        Ok(r) => r.map_err(fail)?,
+    };
+    match serde_json::from_slice::<RootReply>(&frame)
+        .map_err(|e| fail(format!("bad reply: {e}")))?
+    {
+        RootReply::Book(book) => {
+            book.validate(world_size)?;
+            Ok(book)
+        }
+        RootReply::Error(why) => Err(Error::Bootstrap(why)),
+    }
+}

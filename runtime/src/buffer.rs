@@ -1,0 +1,302 @@
+//! Typed host buffers and the element types zccl moves.
+//!
+//! [`HostBuffer<T>`] owns a `Vec<T>` of one of the [`Element`] types (`u8`,
+//! `i32`, `i64`, `f16`, `bf16`, `f32`, `f64`). Sending an owned buffer does
+//! not copy it; sending a slice copies it once. [`MemoryKind`] is the seam for
+//! device memory: today only [`MemoryKind::Host`] exists (no device memory is
+//! implemented, and nothing pretends otherwise).
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+
+use bytes::Bytes;
+
+pub use half::{bf16, f16};
+
+/// Element type of a buffer; travels with every message so that a receive of
+/// another type fails on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DType {
+    /// `u8`
+    U8 = 1,
+    /// `i32`
+    I32 = 2,
+    /// `i64`
+    I64 = 3,
+    /// IEEE half precision ([`f16`]).
+    F16 = 4,
+    /// bfloat16 ([`bf16`]).
+    BF16 = 5,
+    /// `f32`
+    F32 = 6,
+    /// `f64`
+    F64 = 7,
+}
+
+impl DType {
+    /// Size of one element in bytes.
+    pub const fn size(self) -> usize {
+        match self {
+            Self::U8 => 1,
+            Self::F16 | Self::BF16 => 2,
+            Self::I32 | Self::F32 => 4,
+            Self::I64 | Self::F64 => 8,
+        }
+    }
+
+    /// Lower-case name (`"f32"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::U8 => "u8",
+            Self::I32 => "i32",
+            Self::I64 => "i64",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+            Self::F32 => "f32",
+            Self::F64 => "f64",
+        }
+    }
+
+    /// The wire code.
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Parses a wire code.
+    pub const fn from_code(c: u8) -> Option<Self> {
+        Some(match c {
+            1 => Self::U8,
+            2 => Self::I32,
+            3 => Self::I64,
+            4 => Self::F16,
+            5 => Self::BF16,
+            6 => Self::F32,
+            7 => Self::F64,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A plain element type zccl can move: every bit pattern is valid and it has
+/// no padding. Sealed: implemented for `u8, i32, i64, f16, bf16, f32, f64`.
+pub trait Element: sealed::Sealed + Copy + Default + Send + Sync + 'static {
+    /// The matching [`DType`].
+    const DTYPE: DType;
+}
+
+macro_rules! element {
+    ($($t:ty => $d:ident),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl Element for $t { const DTYPE: DType = DType::$d; }
+    )*};
+}
+element!(u8 => U8, i32 => I32, i64 => I64, f16 => F16, bf16 => BF16, f32 => F32, f64 => F64);
+
+/// Views a slice of elements as bytes.
+pub fn as_bytes<T: Element>(s: &[T]) -> &[u8] {
+    // SAFETY: `Element` is sealed to padding-free plain types; the byte view
+    // covers exactly the slice's memory and borrows it immutably.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+}
+
+/// Copies bytes into a new vector of elements. `b.len()` must be a multiple of the element size.
+pub fn vec_from_bytes<T: Element>(b: &[u8]) -> Vec<T> {
+    let n = b.len() / std::mem::size_of::<T>();
+    debug_assert_eq!(n * std::mem::size_of::<T>(), b.len());
+    let mut v = vec![T::default(); n];
+    // SAFETY: `v` owns `n * size_of::<T>()` bytes; any bit pattern is a valid `T`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            b.as_ptr(),
+            v.as_mut_ptr().cast::<u8>(),
+            n * std::mem::size_of::<T>(),
+        )
+    };
+    v
+}
+
+/// Where a buffer's memory lives. Only host memory exists today; device
+/// memory will be added with the CUDA transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemoryKind {
+    /// Ordinary process memory.
+    Host,
+}
+
+/// An owned, typed buffer in host memory.
+///
+/// ```
+/// use zccl_runtime::buffer::{HostBuffer, DType, MemoryKind};
+/// let b: HostBuffer<f32> = vec![1.0, 2.0].into();
+/// assert_eq!(b.dtype(), DType::F32);
+/// assert_eq!(b.memory_kind(), MemoryKind::Host);
+/// assert_eq!(b.byte_len(), 8);
+/// assert_eq!(&b[..], &[1.0, 2.0]);
+/// ```
+#[derive(Clone, PartialEq, Default)]
+pub struct HostBuffer<T: Element> {
+    data: Vec<T>,
+}
+
+impl<T: Element> HostBuffer<T> {
+    /// A buffer of `len` default (zero) elements.
+    pub fn zeroed(len: usize) -> Self {
+        Self {
+            data: vec![T::default(); len],
+        }
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        T::DTYPE
+    }
+
+    /// Where the memory lives.
+    pub fn memory_kind(&self) -> MemoryKind {
+        MemoryKind::Host
+    }
+
+    /// Length in bytes.
+    pub fn byte_len(&self) -> usize {
+        std::mem::size_of_val(self.data.as_slice())
+    }
+
+    /// The elements as bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        as_bytes(&self.data)
+    }
+
+    /// Returns the vector.
+    pub fn into_vec(self) -> Vec<T> {
+        self.data
+    }
+
+    pub(crate) fn into_bytes(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+}
+
+impl<T: Element> AsRef<[u8]> for HostBuffer<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl<T: Element> fmt::Debug for HostBuffer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HostBuffer<{}>(len {})", T::DTYPE, self.data.len())
+    }
+}
+
+impl<T: Element> Deref for HostBuffer<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.data
+    }
+}
+
+impl<T: Element> DerefMut for HostBuffer<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.data
+    }
+}
+
+impl<T: Element> From<Vec<T>> for HostBuffer<T> {
+    fn from(data: Vec<T>) -> Self {
+        Self { data }
+    }
+}
+
+impl<T: Element> From<&[T]> for HostBuffer<T> {
+    fn from(s: &[T]) -> Self {
+        Self { data: s.to_vec() }
+    }
+}
+
+impl<T: Element, const N: usize> From<[T; N]> for HostBuffer<T> {
+    fn from(a: [T; N]) -> Self {
+        Self { data: a.to_vec() }
+    }
+}
+
+/// Untyped data received by an op of a batch.
+#[derive(Clone, PartialEq)]
+pub struct Received {
+    dtype: DType,
+    bytes: Bytes,
+}
+
+impl fmt::Debug for Received {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Received({} B of {})", self.bytes.len(), self.dtype)
+    }
+}
+
+impl Received {
+    pub(crate) fn new(dtype: DType, bytes: Bytes) -> Self {
+        Self { dtype, bytes }
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The raw bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Copies into a typed buffer; `None` when `T` is not the received type.
+    pub fn to_buffer<T: Element>(&self) -> Option<HostBuffer<T>> {
+        (T::DTYPE == self.dtype).then(|| vec_from_bytes(&self.bytes).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for d in [
+            DType::U8,
+            DType::I32,
+            DType::I64,
+            DType::F16,
+            DType::BF16,
+            DType::F32,
+            DType::F64,
+        ] {
+            assert_eq!(DType::from_code(d.code()), Some(d));
+        }
+        assert_eq!(DType::from_code(0), None);
+        assert_eq!(<bf16 as Element>::DTYPE.size(), 2);
+    }
+
+    #[test]
+    fn bytes_round_trip() {
+        let v: Vec<i64> = vec![-1, 2, i64::MAX];
+        let b = as_bytes(&v).to_vec();
+        assert_eq!(b.len(), 24);
+        assert_eq!(vec_from_bytes::<i64>(&b), v);
+        let h: HostBuffer<f16> = vec![f16::from_f32(1.5); 3].into();
+        let bytes = h.clone().into_bytes();
+        assert_eq!(&bytes[..], h.as_bytes());
+        let r = Received::new(DType::F16, bytes);
+        assert_eq!(r.to_buffer::<f16>().unwrap(), h);
+        assert!(r.to_buffer::<u8>().is_none());
+    }
+}

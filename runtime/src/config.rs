@@ -1,0 +1,189 @@
+//! Runtime configuration from `ZCCL_*` environment variables.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `ZCCL_TIMEOUT` | deadline of every op and of init, seconds | 300 |
+//! | `ZCCL_PEER_TIMEOUT` | a peer silent this long is declared stuck, seconds | min(`ZCCL_TIMEOUT`/2, 60) |
+//! | `ZCCL_HEARTBEAT_MS` | heartbeat period of idle sockets | min(1000, peer timeout/5) |
+//! | `ZCCL_HANDSHAKE_TIMEOUT` | longest wait for a connection's hello, seconds | min(10, `ZCCL_TIMEOUT`) |
+//! | `ZCCL_SOCKET_IFNAME` | NICs to use (NCCL syntax, see [`zccl_transports::ifname`]) | all but `docker*`, `lo*` |
+//! | `ZCCL_NSOCKS_PERPEER` | TCP connections per peer | 2 |
+//! | `ZCCL_CHUNK_BYTES` | striping chunk size | 524288 |
+//! | `ZCCL_MAX_FRAME_BYTES` | largest frame accepted | 16 MiB |
+//! | `ZCCL_MAX_MESSAGE_BYTES` | largest message accepted | 16 GiB |
+//! | `ZCCL_SOCKET_BUFFER_BYTES` | `SO_SNDBUF`/`SO_RCVBUF`, 0 = kernel autotuning | 4 MiB |
+//! | `ZCCL_NTHREADS` | progress-engine threads per rank | min(2, CPUs) |
+
+use std::time::Duration;
+
+use zccl_transports::tcp::TcpConfig;
+
+use crate::error::{Error, Result};
+
+/// Configuration of a communicator.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Deadline of every op (from issue) and of initialisation.
+    pub timeout: Duration,
+    /// Raw `ZCCL_SOCKET_IFNAME`, if set.
+    pub socket_ifname: Option<String>,
+    /// TCP transport settings.
+    pub tcp: TcpConfig,
+    /// Worker threads of the progress engine.
+    pub engine_threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::from_lookup(|_| None).expect("defaults are valid")
+    }
+}
+
+fn secs(name: &str, v: &str) -> Result<Duration> {
+    let s: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| Error::Config(format!("{name}={v:?} is not a number of seconds")))?;
+    if !(s.is_finite() && s > 0.0) {
+        return Err(Error::Config(format!("{name}={v:?} must be positive")));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn int<T: std::str::FromStr>(name: &str, v: &str) -> Result<T> {
+    v.trim()
+        .parse()
+        .map_err(|_| Error::Config(format!("{name}={v:?} is not a valid integer")))
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads variables through `get` (pure; used by tests).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = zccl_runtime::Config::from_lookup(|k| (k == "ZCCL_TIMEOUT").then(|| "4".to_string())).unwrap();
+    /// assert_eq!(c.timeout, Duration::from_secs(4));
+    /// assert_eq!(c.tcp.peer_timeout, Duration::from_secs(2));
+    /// ```
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let timeout = get("ZCCL_TIMEOUT")
+            .map(|v| secs("ZCCL_TIMEOUT", &v))
+            .transpose()?
+            .unwrap_or(Duration::from_secs(300));
+        let peer_timeout = get("ZCCL_PEER_TIMEOUT")
+            .map(|v| secs("ZCCL_PEER_TIMEOUT", &v))
+            .transpose()?
+            .unwrap_or_else(|| (timeout / 2).min(Duration::from_secs(60)));
+        let heartbeat_interval = match get("ZCCL_HEARTBEAT_MS") {
+            Some(v) => Duration::from_millis(int::<u64>("ZCCL_HEARTBEAT_MS", &v)?.max(1)),
+            None => (peer_timeout / 5)
+                .min(Duration::from_secs(1))
+                .max(Duration::from_millis(1)),
+        };
+        let handshake_timeout = get("ZCCL_HANDSHAKE_TIMEOUT")
+            .map(|v| secs("ZCCL_HANDSHAKE_TIMEOUT", &v))
+            .transpose()?
+            .unwrap_or_else(|| timeout.min(Duration::from_secs(10)));
+        let mut tcp = TcpConfig {
+            peer_timeout,
+            heartbeat_interval,
+            handshake_timeout,
+            ..TcpConfig::default()
+        };
+        if let Some(v) = get("ZCCL_NSOCKS_PERPEER") {
+            tcp.sockets_per_peer = int("ZCCL_NSOCKS_PERPEER", &v)?;
+            if tcp.sockets_per_peer == 0 || tcp.sockets_per_peer > 64 {
+                return Err(Error::Config(format!(
+                    "ZCCL_NSOCKS_PERPEER={v:?} must be in 1..=64"
+                )));
+            }
+        }
+        if let Some(v) = get("ZCCL_MAX_FRAME_BYTES") {
+            tcp.limits.max_frame = int("ZCCL_MAX_FRAME_BYTES", &v)?;
+        }
+        if let Some(v) = get("ZCCL_MAX_MESSAGE_BYTES") {
+            tcp.limits.max_message = int("ZCCL_MAX_MESSAGE_BYTES", &v)?;
+        }
+        if let Some(v) = get("ZCCL_CHUNK_BYTES") {
+            tcp.chunk_bytes = int("ZCCL_CHUNK_BYTES", &v)?;
+        }
+        if tcp.chunk_bytes == 0 || tcp.chunk_bytes > tcp.limits.max_frame as usize {
+            return Err(Error::Config(format!(
+                "chunk size {} must be in 1..=ZCCL_MAX_FRAME_BYTES ({})",
+                tcp.chunk_bytes, tcp.limits.max_frame
+            )));
+        }
+        if let Some(v) = get("ZCCL_SOCKET_BUFFER_BYTES") {
+            let b: usize = int("ZCCL_SOCKET_BUFFER_BYTES", &v)?;
+            tcp.socket_buffer_bytes = (b > 0).then_some(b);
+        }
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let engine_threads = match get("ZCCL_NTHREADS") {
+            Some(v) => int::<usize>("ZCCL_NTHREADS", &v)?.clamp(1, 64),
+            None => cpus.min(2),
+        };
+        let socket_ifname = get("ZCCL_SOCKET_IFNAME").filter(|s| !s.trim().is_empty());
+        Ok(Self {
+            timeout,
+            socket_ifname,
+            tcp,
+            engine_threads,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.timeout, Duration::from_secs(300));
+        assert_eq!(c.tcp.peer_timeout, Duration::from_secs(60));
+        assert_eq!(c.tcp.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(c.tcp.sockets_per_peer, 2);
+        assert!(c.socket_ifname.is_none());
+    }
+
+    #[test]
+    fn overrides_and_errors() {
+        let c = cfg(&[
+            ("ZCCL_TIMEOUT", "2.5"),
+            ("ZCCL_NSOCKS_PERPEER", "4"),
+            ("ZCCL_SOCKET_BUFFER_BYTES", "0"),
+            ("ZCCL_SOCKET_IFNAME", "=lo"),
+        ])
+        .unwrap();
+        assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!(c.tcp.peer_timeout, Duration::from_millis(1250));
+        assert_eq!(c.tcp.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(c.tcp.sockets_per_peer, 4);
+        assert_eq!(c.tcp.socket_buffer_bytes, None);
+        assert_eq!(c.socket_ifname.as_deref(), Some("=lo"));
+        for bad in [
+            vec![("ZCCL_TIMEOUT", "soon")],
+            vec![("ZCCL_TIMEOUT", "-1")],
+            vec![("ZCCL_NSOCKS_PERPEER", "0")],
+            vec![("ZCCL_CHUNK_BYTES", "100"), ("ZCCL_MAX_FRAME_BYTES", "10")],
+        ] {
+            assert!(matches!(cfg(&bad), Err(Error::Config(_))), "{bad:?}");
+        }
+    }
+}

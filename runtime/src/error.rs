@@ -1,0 +1,189 @@
+//! The runtime's error type and the description of an operation that errors carry.
+
+use std::fmt;
+use std::time::Duration;
+
+use thiserror::Error;
+use zccl_transports::TransportError;
+
+use crate::buffer::DType;
+
+/// Send or receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// A send.
+    Send,
+    /// A receive.
+    Recv,
+}
+
+/// Which operation an error is about: enough to find it in every rank's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpDesc {
+    /// The rank that issued the op.
+    pub rank: u32,
+    /// Send or receive.
+    pub kind: OpKind,
+    /// The peer rank (destination of a send, source of a receive).
+    pub peer: u32,
+    /// The channel.
+    pub channel: u32,
+    /// Sequence number of the op among the ops of its kind between this rank
+    /// and `peer` on `channel` (a send and its matching receive share it).
+    pub seq: u64,
+    /// Size of the buffer in bytes.
+    pub bytes: u64,
+    /// Element type.
+    pub dtype: DType,
+}
+
+impl fmt::Display for OpDesc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (what, dir) = match self.kind {
+            OpKind::Send => ("send", "to"),
+            OpKind::Recv => ("recv", "from"),
+        };
+        write!(
+            f,
+            "rank {}: {what} seq {} {dir} rank {} on channel {} ({} B of {})",
+            self.rank, self.seq, self.peer, self.channel, self.bytes, self.dtype
+        )
+    }
+}
+
+fn elems(bytes: u64, d: DType) -> String {
+    if bytes % d.size() as u64 == 0 {
+        format!("{} x {d}", bytes / d.size() as u64)
+    } else {
+        format!("{bytes} B of {d}")
+    }
+}
+
+/// Errors of the runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration variable has an invalid value.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The launcher environment is incomplete or inconsistent.
+    #[error("launcher environment: {0}")]
+    Env(String),
+    /// NIC selection, socket setup or connection setup failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The rendezvous through the root failed.
+    #[error("bootstrap failed: {0}")]
+    Bootstrap(String),
+    /// An argument is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A peer died, got stuck or aborted; the communicator is unusable.
+    #[error("{op} failed: rank {failed_rank} {reason} [{nic}]")]
+    PeerFailed {
+        /// The failed op.
+        op: OpDesc,
+        /// The rank whose failure caused this error.
+        failed_rank: u32,
+        /// What happened to it.
+        reason: String,
+        /// The NIC path on which the failure was detected.
+        nic: String,
+    },
+    /// The peer closed its communicator in order while this op was pending.
+    #[error("{op} failed: rank {} closed its communicator", .op.peer)]
+    PeerClosed {
+        /// The failed op.
+        op: OpDesc,
+    },
+    /// The op's deadline passed.
+    #[error("{op} timed out after {:.1} s [{nic}]", .after.as_secs_f64())]
+    Timeout {
+        /// The op.
+        op: OpDesc,
+        /// The op's timeout.
+        after: Duration,
+        /// The NIC path to the peer.
+        nic: String,
+    },
+    /// Send and receive disagree on size or element type; reported on both sides.
+    #[error("{op}: size/type mismatch: send is {send_bytes} B ({}), receive is {recv_bytes} B ({})",
+        elems(*.send_bytes, *.send_dtype), elems(*.recv_bytes, *.recv_dtype))]
+    Mismatch {
+        /// The op on this side.
+        op: OpDesc,
+        /// Bytes posted by the sender.
+        send_bytes: u64,
+        /// Sender's element type.
+        send_dtype: DType,
+        /// Bytes posted by the receiver.
+        recv_bytes: u64,
+        /// Receiver's element type.
+        recv_dtype: DType,
+    },
+    /// The communicator was aborted (by `abort()`, or because it was dropped).
+    #[error("{}communicator aborted: {reason}", .op.as_ref().map(|o| format!("{o} failed: ")).unwrap_or_default())]
+    Aborted {
+        /// The op, if the error is about one.
+        op: Option<OpDesc>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Shorthand.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op() -> OpDesc {
+        OpDesc {
+            rank: 1,
+            kind: OpKind::Recv,
+            peer: 0,
+            channel: 2,
+            seq: 5,
+            bytes: 48,
+            dtype: DType::F32,
+        }
+    }
+
+    #[test]
+    fn messages_name_everything() {
+        let e = Error::PeerFailed {
+            op: op(),
+            failed_rank: 3,
+            reason: "was lost (EOF)".into(),
+            nic: "NIC lo 127.0.0.1:1 -> 127.0.0.1:2".into(),
+        };
+        let s = e.to_string();
+        for needle in [
+            "rank 1",
+            "recv seq 5 from rank 0",
+            "channel 2",
+            "rank 3 was lost",
+            "NIC lo",
+        ] {
+            assert!(s.contains(needle), "{s}");
+        }
+        let m = Error::Mismatch {
+            op: op(),
+            send_bytes: 40,
+            send_dtype: DType::F32,
+            recv_bytes: 48,
+            recv_dtype: DType::F32,
+        };
+        let s = m.to_string();
+        assert!(
+            s.contains("send is 40 B (10 x f32)") && s.contains("receive is 48 B (12 x f32)"),
+            "{s}"
+        );
+        let a = Error::Aborted {
+            op: None,
+            reason: "by user".into(),
+        };
+        assert_eq!(a.to_string(), "communicator aborted: by user");
+    }
+}

@@ -1,0 +1,216 @@
+//! Handles of non-blocking operations: `test()`, blocking `wait()` and an
+//! async `wait_async()`.
+//!
+//! Every op carries a deadline fixed when it is issued (the channel's
+//! timeout); the progress engine fails it with [`Error::Timeout`] at that
+//! point, so every form of waiting ends. The blocking wait additionally stops
+//! on its own a little after the deadline, in case the engine itself is gone.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::buffer::{Element, HostBuffer, Received, vec_from_bytes};
+use crate::error::{Error, OpDesc, Result};
+
+/// What the engine produces for one op: received bytes for a receive.
+pub(crate) type Outcome = Result<Option<Bytes>>;
+
+/// Completion slot shared by the engine and a handle.
+#[derive(Default)]
+pub(crate) struct Slot {
+    state: Mutex<SlotState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    result: Option<Outcome>,
+    taken: bool,
+    waker: Option<Waker>,
+}
+
+impl Slot {
+    /// Stores the outcome (first one wins) and wakes waiters.
+    pub(crate) fn complete(&self, o: Outcome) {
+        let mut s = self.state.lock().expect("slot");
+        if s.result.is_some() || s.taken {
+            return;
+        }
+        s.result = Some(o);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+        self.cv.notify_all();
+    }
+
+    fn is_done(&self) -> bool {
+        let s = self.state.lock().expect("slot");
+        s.result.is_some() || s.taken
+    }
+}
+
+/// Slack after an op's deadline before a blocking wait gives up by itself.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// One pending op as a handle sees it.
+pub(crate) struct Pending {
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) desc: OpDesc,
+    pub(crate) deadline: Instant,
+    pub(crate) timeout: Duration,
+}
+
+impl Pending {
+    fn wait(&self) -> Outcome {
+        let hard = self.deadline + GRACE;
+        let mut s = self.slot.state.lock().expect("slot");
+        loop {
+            if let Some(r) = s.result.take() {
+                s.taken = true;
+                return r;
+            }
+            let now = Instant::now();
+            if now >= hard {
+                return Err(Error::Timeout {
+                    op: self.desc.clone(),
+                    after: self.timeout,
+                    nic: "progress engine unresponsive".into(),
+                });
+            }
+            s = self.slot.cv.wait_timeout(s, hard - now).expect("slot").0;
+        }
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut s = self.slot.state.lock().expect("slot");
+        if let Some(r) = s.result.take() {
+            s.taken = true;
+            return Poll::Ready(r);
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+struct OutcomeFuture<'a>(&'a Pending);
+
+impl Future for OutcomeFuture<'_> {
+    type Output = Outcome;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        self.0.poll(cx)
+    }
+}
+
+/// Handle of a non-blocking send. Completes when the receiver matched it.
+#[must_use = "a send handle must be waited on to learn whether the send succeeded"]
+pub struct SendHandle {
+    pub(crate) p: Pending,
+}
+
+impl SendHandle {
+    /// Whether the op has completed (successfully or not).
+    pub fn test(&self) -> bool {
+        self.p.slot.is_done()
+    }
+
+    /// Blocks until the op completes or its deadline passes.
+    pub fn wait(self) -> Result<()> {
+        self.p.wait().map(|_| ())
+    }
+
+    /// Waits without blocking a thread.
+    pub async fn wait_async(self) -> Result<()> {
+        OutcomeFuture(&self.p).await.map(|_| ())
+    }
+
+    /// The op.
+    pub fn op(&self) -> &OpDesc {
+        &self.p.desc
+    }
+}
+
+/// Handle of a non-blocking receive of `T`s.
+#[must_use = "a receive handle must be waited on to get the data"]
+pub struct RecvHandle<T: Element> {
+    pub(crate) p: Pending,
+    pub(crate) _t: PhantomData<fn() -> T>,
+}
+
+fn to_buffer<T: Element>(o: Option<Bytes>) -> HostBuffer<T> {
+    vec_from_bytes(&o.unwrap_or_default()).into()
+}
+
+impl<T: Element> RecvHandle<T> {
+    /// Whether the op has completed (successfully or not).
+    pub fn test(&self) -> bool {
+        self.p.slot.is_done()
+    }
+
+    /// Blocks until the data arrived or the op failed.
+    pub fn wait(self) -> Result<HostBuffer<T>> {
+        self.p.wait().map(to_buffer)
+    }
+
+    /// Waits without blocking a thread.
+    pub async fn wait_async(self) -> Result<HostBuffer<T>> {
+        OutcomeFuture(&self.p).await.map(to_buffer)
+    }
+
+    /// The op.
+    pub fn op(&self) -> &OpDesc {
+        &self.p.desc
+    }
+}
+
+/// Handle of a batch; results come back in the order of the batch's ops.
+#[must_use = "a batch handle must be waited on"]
+pub struct BatchHandle {
+    pub(crate) ops: Vec<Pending>,
+}
+
+fn batch_result(p: &Pending, o: Outcome) -> Result<Option<Received>> {
+    o.map(|b| b.map(|bytes| Received::new(p.desc.dtype, bytes)))
+}
+
+impl BatchHandle {
+    /// Whether every op of the batch has completed.
+    pub fn test(&self) -> bool {
+        self.ops.iter().all(|p| p.slot.is_done())
+    }
+
+    /// Blocks until every op completed; one result per op (`None` for sends).
+    pub fn wait_all(self) -> Vec<Result<Option<Received>>> {
+        self.ops.iter().map(|p| batch_result(p, p.wait())).collect()
+    }
+
+    /// Blocks until every op completed; the first error (in op order) if any failed.
+    pub fn wait(self) -> Result<Vec<Option<Received>>> {
+        self.wait_all().into_iter().collect()
+    }
+
+    /// Async form of [`BatchHandle::wait_all`].
+    pub async fn wait_all_async(self) -> Vec<Result<Option<Received>>> {
+        let mut out = Vec::with_capacity(self.ops.len());
+        for p in &self.ops {
+            let o = OutcomeFuture(p).await;
+            out.push(batch_result(p, o));
+        }
+        out
+    }
+
+    /// Async form of [`BatchHandle::wait`].
+    pub async fn wait_async(self) -> Result<Vec<Option<Received>>> {
+        self.wait_all_async().await.into_iter().collect()
+    }
+
+    /// The ops, in batch order.
+    pub fn ops(&self) -> Vec<&OpDesc> {
+        self.ops.iter().map(|p| &p.desc).collect()
+    }
+}

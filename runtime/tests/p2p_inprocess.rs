@@ -1,0 +1,360 @@
+//! Semantics of the communicator with every rank as a thread of this process
+//! (fast; the multi-process acceptance tests are in `multiprocess.rs`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zccl_runtime::{BootstrapRoot, Communicator, Config, Error, Op, UniqueId};
+
+fn config(extra: &[(&str, &str)]) -> Config {
+    let mut m: HashMap<String, String> = HashMap::from([
+        ("ZCCL_SOCKET_IFNAME".into(), "lo".into()),
+        ("ZCCL_TIMEOUT".into(), "20".into()),
+        ("ZCCL_NTHREADS".into(), "1".into()),
+    ]);
+    for (k, v) in extra {
+        m.insert(k.to_string(), v.to_string());
+    }
+    Config::from_lookup(|k| m.get(k).cloned()).unwrap()
+}
+
+/// Runs `f(comm)` on `n` ranks (threads) and returns their results in rank order.
+fn job<R: Send + 'static>(
+    n: u32,
+    extra: &[(&str, &str)],
+    f: impl Fn(Communicator) -> R + Send + Sync + 'static,
+) -> Vec<R> {
+    let root = BootstrapRoot::start(
+        "127.0.0.1:0".parse().unwrap(),
+        UniqueId::random_secret().unwrap(),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let id = root.unique_id();
+    let f = Arc::new(f);
+    let cfg = config(extra);
+    let threads: Vec<_> = (0..n)
+        .map(|r| {
+            let (f, cfg) = (f.clone(), cfg.clone());
+            std::thread::spawn(move || f(Communicator::init(&id, r, n, cfg).expect("init")))
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("rank thread panicked"))
+        .collect()
+}
+
+fn pattern(src: u32, len: usize, salt: u64) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u64).wrapping_mul(31) ^ (u64::from(src) * 131) ^ salt) as u8)
+        .collect()
+}
+
+#[test]
+fn ring_shift_sizes_and_types() {
+    job(3, &[], |c| {
+        let (r, n) = (c.rank(), c.size());
+        for offset in [1, n - 1] {
+            let (to, from) = ((r + offset) % n, (r + n - offset) % n);
+            for len in [0usize, 1, 7, 4097, (1 << 20) + 3] {
+                let out = c
+                    .batch(vec![
+                        Op::send(to, pattern(r, len, len as u64)),
+                        Op::recv::<u8>(from, len),
+                    ])
+                    .unwrap()
+                    .wait()
+                    .unwrap();
+                let got = out[1].as_ref().unwrap().to_buffer::<u8>().unwrap();
+                assert_eq!(
+                    got.into_vec(),
+                    pattern(from, len, len as u64),
+                    "rank {r} len {len}"
+                );
+            }
+        }
+        let f64s: Vec<f64> = (0..1000)
+            .map(|i| f64::from(r) + f64::from(i) * 0.5)
+            .collect();
+        let h = c.isend((r + 1) % n, f64s).unwrap();
+        let got = c
+            .irecv::<f64>((r + n - 1) % n, 1000)
+            .unwrap()
+            .wait()
+            .unwrap();
+        h.wait().unwrap();
+        assert_eq!(got[3], f64::from((r + n - 1) % n) + 1.5);
+        let bf: Vec<zccl_runtime::bf16> = vec![zccl_runtime::bf16::from_f32(r as f32); 5];
+        let h = c.isend((r + 1) % n, bf).unwrap();
+        let got = c
+            .irecv::<zccl_runtime::bf16>((r + n - 1) % n, 5)
+            .unwrap()
+            .wait()
+            .unwrap();
+        h.wait().unwrap();
+        assert_eq!(got[4].to_f32(), ((r + n - 1) % n) as f32);
+    });
+}
+
+#[test]
+fn mismatch_fails_both_sides_with_both_sizes() {
+    let res = job(2, &[], |c| {
+        let r = c.rank();
+        let size_err = if r == 0 {
+            c.isend(1, vec![1.0f32; 10]).unwrap().wait().unwrap_err()
+        } else {
+            c.irecv::<f32>(0, 12).unwrap().wait().unwrap_err()
+        };
+        let type_err = if r == 0 {
+            c.isend(1, vec![1i32; 4]).unwrap().wait().unwrap_err()
+        } else {
+            c.irecv::<f32>(0, 4).unwrap().wait().unwrap_err()
+        };
+        // The communicator stays usable after a mismatch.
+        let ok = if r == 0 {
+            c.send(1, vec![7u8; 3]).map(|_| vec![])
+        } else {
+            c.recv::<u8>(0, 3).map(|b| b.into_vec())
+        };
+        (size_err, type_err, ok.unwrap())
+    });
+    for (r, (size_err, type_err, _)) in res.iter().enumerate() {
+        assert!(
+            matches!(size_err, Error::Mismatch { .. }),
+            "rank {r}: {size_err}"
+        );
+        let s = size_err.to_string();
+        assert!(
+            s.contains("send is 40 B (10 x f32)") && s.contains("receive is 48 B (12 x f32)"),
+            "rank {r}: {s}"
+        );
+        let t = type_err.to_string();
+        assert!(
+            t.contains("16 B (4 x i32)") && t.contains("16 B (4 x f32)"),
+            "rank {r}: {t}"
+        );
+    }
+    assert_eq!(res[1].2, vec![7u8; 3]);
+}
+
+#[test]
+fn per_call_timeout_names_the_peer() {
+    let res = job(2, &[], |c| {
+        if c.rank() == 0 {
+            let t0 = Instant::now();
+            let e = c
+                .channel(3)
+                .with_timeout(Duration::from_millis(300))
+                .irecv::<i64>(1, 2)
+                .unwrap()
+                .wait()
+                .unwrap_err();
+            Some((e, t0.elapsed()))
+        } else {
+            std::thread::sleep(Duration::from_millis(600));
+            None
+        }
+    });
+    let (e, took) = res[0].clone().unwrap();
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    let s = e.to_string();
+    assert!(
+        s.contains("recv seq 0 from rank 1 on channel 3") && s.contains("NIC lo"),
+        "{s}"
+    );
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn abort_from_another_thread_is_bounded_and_idempotent() {
+    let res = job(2, &[], |c| {
+        if c.rank() == 0 {
+            let h = c.irecv::<u8>(1, 10).unwrap();
+            let c2 = c.clone();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                let t0 = Instant::now();
+                c2.abort();
+                c2.abort();
+                t0.elapsed()
+            });
+            let t0 = Instant::now();
+            let e = h.wait().unwrap_err();
+            let abort_took = t.join().unwrap();
+            assert!(abort_took < Duration::from_secs(2), "{abort_took:?}");
+            let after = c.isend(1, vec![1u8]).unwrap().wait().unwrap_err();
+            Some((e, t0.elapsed(), after))
+        } else {
+            // Rank 1 learns that rank 0 aborted.
+            let e = c.irecv::<u8>(0, 1).unwrap().wait().unwrap_err();
+            assert!(e.to_string().contains("rank 0"), "{e}");
+            None
+        }
+    });
+    let (e, took, after) = res[0].clone().unwrap();
+    assert!(matches!(e, Error::Aborted { .. }), "{e}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(matches!(after, Error::Aborted { .. }), "{after}");
+}
+
+#[test]
+fn channels_are_independent_and_ordered() {
+    job(2, &[], |c| {
+        if c.rank() == 0 {
+            // Channel 1: a receive whose send comes late does not hold channel 0 back.
+            let late = c.channel(1).irecv::<u8>(1, 4).unwrap();
+            let x = c.channel(0).recv::<u8>(1, 4).unwrap();
+            assert_eq!(&x[..], &[0, 0, 0, 0]);
+            assert!(!late.test());
+            // Channel 2: `b` (a self-send) has its data first but completes after `a`.
+            let ch2 = c.channel(2);
+            let a = ch2.irecv::<u8>(1, 1).unwrap();
+            let b = ch2.irecv::<i32>(0, 2).unwrap();
+            let s = ch2.isend(0, vec![-1i32, 2]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!a.test() && !b.test() && !s.test());
+            c.channel(0).send(1, vec![1u8]).unwrap();
+            assert_eq!(&a.wait().unwrap()[..], &[5]);
+            assert_eq!(&b.wait().unwrap()[..], &[-1, 2]);
+            s.wait().unwrap();
+            assert_eq!(&late.wait().unwrap()[..], &[1, 1, 1, 1]);
+        } else {
+            c.channel(0).send(0, vec![0u8; 4]).unwrap();
+            c.channel(0).recv::<u8>(0, 1).unwrap();
+            c.channel(2).send(0, vec![5u8]).unwrap();
+            c.channel(1).send(0, vec![1u8; 4]).unwrap();
+        }
+    });
+}
+
+#[test]
+fn async_wait_and_shuffled_batches() {
+    job(4, &[], |c| {
+        let (r, n) = (c.rank(), c.size());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for it in 0..20u64 {
+            let mut ops = Vec::new();
+            for p in (0..n).filter(|&p| p != r) {
+                ops.push(Op::send(
+                    p,
+                    pattern(r, (it as usize * 13 + p as usize) % 300, it),
+                ));
+                ops.push(Op::recv::<u8>(p, (it as usize * 13 + r as usize) % 300));
+            }
+            // A different op order on every rank and iteration.
+            let k = (r as usize * 7 + it as usize * 3) % ops.len();
+            ops.rotate_left(k);
+            if (r + it as u32) % 2 == 0 {
+                ops.reverse();
+            }
+            let expect: Vec<Option<(u32, usize)>> = ops
+                .iter()
+                .map(|o| match o {
+                    Op::Recv { peer, count, .. } => Some((*peer, *count)),
+                    Op::Send { .. } => None,
+                })
+                .collect();
+            let out = rt.block_on(c.batch(ops).unwrap().wait_async()).unwrap();
+            for (got, want) in out.iter().zip(expect) {
+                if let Some((peer, len)) = want {
+                    assert_eq!(got.as_ref().unwrap().bytes(), &pattern(peer, len, it)[..]);
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn clean_close_of_a_peer_fails_only_its_ops() {
+    let res = job(3, &[], |c| {
+        match c.rank() {
+            0 => {
+                let from1 = c.irecv::<u8>(1, 8).unwrap();
+                c.send(2, vec![1u8]).unwrap(); // rank 2 is alive
+                std::thread::sleep(Duration::from_millis(300)); // rank 1 has gone by now
+                let e = from1.wait().unwrap_err();
+                // Ops with other ranks still work.
+                c.send(2, vec![2u8]).unwrap();
+                Some(e)
+            }
+            1 => {
+                drop(c);
+                None
+            }
+            _ => {
+                c.recv::<u8>(0, 1).unwrap();
+                c.recv::<u8>(0, 1).unwrap();
+                None
+            }
+        }
+    });
+    let e = res[0].clone().unwrap();
+    assert!(matches!(e, Error::PeerClosed { .. }), "{e}");
+    assert!(e.to_string().contains("rank 1 closed"), "{e}");
+}
+
+#[test]
+fn bad_ifname_lists_existing_interfaces() {
+    let id = UniqueId::new(
+        "127.0.0.1:9".parse().unwrap(),
+        UniqueId::random_secret().unwrap(),
+    );
+    let e =
+        Communicator::init(&id, 0, 2, config(&[("ZCCL_SOCKET_IFNAME", "nosuch0")])).unwrap_err();
+    let s = e.to_string();
+    assert!(s.contains("nosuch0") && s.contains("lo (127.0.0.1)"), "{s}");
+}
+
+#[test]
+fn single_rank_and_self_send() {
+    job(1, &[], |c| {
+        assert_eq!(
+            (c.rank(), c.size(), c.local_rank(), c.local_size()),
+            (0, 1, 0, 1)
+        );
+        let out = c
+            .batch(vec![
+                Op::recv::<f32>(0, 3),
+                Op::send(0, vec![1.0f32, 2.0, 3.0]),
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(
+            &out[0].as_ref().unwrap().to_buffer::<f32>().unwrap()[..],
+            &[1.0, 2.0, 3.0]
+        );
+        assert!(c.isend(5, vec![0u8]).is_err());
+    });
+}
+
+#[test]
+fn local_ranks_follow_host_identity() {
+    let res = job(3, &[], |c| (c.local_rank(), c.local_size()));
+    assert_eq!(res, vec![(0, 3), (1, 3), (2, 3)]);
+}
+
+#[test]
+fn a_rank_that_issues_late_is_waited_for() {
+    job(2, &[], move |c| {
+        if c.rank() == 1 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let peer = 1 - c.rank();
+        c.batch(vec![
+            Op::send(peer, vec![c.rank() as u8]),
+            Op::recv::<u8>(peer, 1),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    });
+}

@@ -1,0 +1,1040 @@
+//! The TCP transport on tokio.
+//!
+//! * Each rank listens on one socket per selected NIC ([`TcpListeners`]).
+//! * Each pair of ranks is joined by `sockets_per_peer` TCP connections; the
+//!   higher rank dials. Socket `i` leaves from local NIC `i mod L` (its source
+//!   address is bound to that NIC) towards the peer's endpoint `i mod R`.
+//! * Every connection opens with the [`Hello`] handshake in both directions;
+//!   anything that fails it (port scanners, random bytes, another job, silence
+//!   past the handshake timeout, a duplicate) is logged and dropped without
+//!   disturbing the job. The listeners keep rejecting strays for the
+//!   transport's whole life.
+//! * Messages larger than `chunk_bytes` are split into chunks spread over the
+//!   peer's sockets and reassembled by the receiver.
+//! * `TCP_NODELAY` is set; send/receive buffer sizes are set when configured.
+//! * Each socket writer sends a heartbeat when idle; a monitor reports a peer
+//!   [`CloseReason::Stuck`] when nothing was heard from it for `peer_timeout`
+//!   (a `SIGSTOP`ped process keeps its sockets open, so EOF never comes).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::frame::{FRAME_HEADER_LEN, FrameHeader, FrameKind, FrameLimits, GoodbyeReason};
+use crate::handshake::{
+    Expectation, HELLO_LEN, Hello, JobSecret, PROTOCOL_VERSION, Purpose, validate,
+};
+use crate::ifname::Interface;
+use crate::{
+    BoxFuture, CloseReason, Message, MessageKind, NicPath, Transport, TransportError,
+    TransportEvent,
+};
+
+/// Tuning and limits of the TCP transport.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// TCP connections per peer (messages are striped over them).
+    pub sockets_per_peer: u16,
+    /// Largest chunk a message is split into.
+    pub chunk_bytes: usize,
+    /// Bounds enforced on every received frame.
+    pub limits: FrameLimits,
+    /// `SO_SNDBUF`/`SO_RCVBUF`; `None` keeps the kernel's autotuning.
+    pub socket_buffer_bytes: Option<usize>,
+    /// Longest wait for a connection's `Hello`.
+    pub handshake_timeout: Duration,
+    /// An idle socket sends a heartbeat this often.
+    pub heartbeat_interval: Duration,
+    /// A peer silent on every socket this long is reported stuck.
+    pub peer_timeout: Duration,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            sockets_per_peer: 2,
+            chunk_bytes: 512 << 10,
+            limits: FrameLimits::default(),
+            socket_buffer_bytes: Some(4 << 20),
+            handshake_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A listening endpoint of a rank, as published in the address book.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Endpoint {
+    /// The NIC the listener is bound to.
+    pub ifname: String,
+    /// Its address.
+    pub addr: SocketAddr,
+}
+
+/// The listening sockets of one rank, one per selected NIC, bound before the
+/// address book exchange so their ports can be published.
+#[derive(Debug)]
+pub struct TcpListeners {
+    listeners: Vec<(Interface, std::net::TcpListener)>,
+}
+
+fn setup_socket_buffers(sock: &socket2::Socket, cfg_bytes: Option<usize>) {
+    if let Some(b) = cfg_bytes {
+        if let Err(e) = sock.set_send_buffer_size(b) {
+            debug!("SO_SNDBUF {b}: {e}");
+        }
+        if let Err(e) = sock.set_recv_buffer_size(b) {
+            debug!("SO_RCVBUF {b}: {e}");
+        }
+    }
+}
+
+impl TcpListeners {
+    /// Binds one listener per NIC on an ephemeral port.
+    pub fn bind(nics: &[Interface], cfg: &TcpConfig) -> Result<Self, TransportError> {
+        let mut listeners = Vec::new();
+        for nic in nics {
+            let addr = SocketAddr::new(nic.addr, 0);
+            let ctx = || format!("listen on {} {addr}", nic.name);
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )
+            .map_err(|e| TransportError::io(ctx(), &e))?;
+            sock.set_reuse_address(true)
+                .map_err(|e| TransportError::io(ctx(), &e))?;
+            setup_socket_buffers(&sock, cfg.socket_buffer_bytes);
+            sock.bind(&addr.into())
+                .map_err(|e| TransportError::io(ctx(), &e))?;
+            sock.listen(1024)
+                .map_err(|e| TransportError::io(ctx(), &e))?;
+            sock.set_nonblocking(true)
+                .map_err(|e| TransportError::io(ctx(), &e))?;
+            listeners.push((nic.clone(), sock.into()));
+        }
+        Ok(Self { listeners })
+    }
+
+    /// The endpoints to publish.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.listeners
+            .iter()
+            .map(|(nic, l)| Endpoint {
+                ifname: nic.name.clone(),
+                addr: l
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::new(nic.addr, 0)),
+            })
+            .collect()
+    }
+}
+
+/// Who this rank is and whom it connects to.
+#[derive(Debug, Clone)]
+pub struct TcpSetup {
+    /// This rank.
+    pub rank: u32,
+    /// World size.
+    pub world_size: u32,
+    /// Job secret presented and required on every connection.
+    pub secret: JobSecret,
+    /// Every rank's endpoints, indexed by rank (this rank's entry is unused).
+    pub peers: Vec<Vec<Endpoint>>,
+    /// Transport configuration.
+    pub config: TcpConfig,
+    /// Deadline for the whole connection setup.
+    pub setup_timeout: Duration,
+}
+
+enum Out {
+    Frame(FrameHeader, Bytes),
+    Goodbye(GoodbyeReason),
+}
+
+struct Partial {
+    buf: Vec<u8>,
+    received: u64,
+    dtype: u8,
+}
+
+struct SocketSlot {
+    tx: mpsc::UnboundedSender<Out>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Out>>>,
+    stop: Notify,
+    claimed: AtomicBool,
+    path: Mutex<Option<NicPath>>,
+}
+
+struct PeerState {
+    sockets: Vec<SocketSlot>,
+    rr: AtomicUsize,
+    last_heard_ms: AtomicU64,
+    reported: AtomicBool,
+    clean_closed: AtomicUsize,
+    reasm: Mutex<HashMap<(u8, u32, u64), Partial>>,
+}
+
+struct Shared {
+    rank: u32,
+    world: u32,
+    secret: JobSecret,
+    cfg: TcpConfig,
+    peers: Vec<PeerState>,
+    events: mpsc::UnboundedSender<TransportEvent>,
+    abort_tx: watch::Sender<Option<GoodbyeReason>>,
+    closing: AtomicBool,
+    start: Instant,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    io_tasks: Mutex<Vec<JoinHandle<()>>>,
+    ready: mpsc::UnboundedSender<(u32, u16)>,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self, peer: u32) {
+        self.peers[peer as usize]
+            .last_heard_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn first_path(&self, peer: u32) -> Option<NicPath> {
+        self.peers
+            .get(peer as usize)?
+            .sockets
+            .iter()
+            .find_map(|s| s.path.lock().expect("path lock").clone())
+    }
+
+    fn report(&self, peer: u32, reason: CloseReason, nic: Option<NicPath>) {
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let p = &self.peers[peer as usize];
+        if p.reported.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match &reason {
+            CloseReason::Clean => info!(rank = self.rank, peer, "peer closed its communicator"),
+            other => warn!(rank = self.rank, peer, nic = ?nic, "peer {other}"),
+        }
+        let _ = self
+            .events
+            .send(TransportEvent::PeerClosed { peer, reason, nic });
+    }
+
+    fn spawn(self: &Arc<Self>, io: bool, fut: impl Future<Output = ()> + Send + 'static) {
+        let h = tokio::spawn(fut);
+        let list = if io { &self.io_tasks } else { &self.tasks };
+        list.lock().expect("task list").push(h);
+    }
+
+    fn expectation(&self) -> Expectation {
+        Expectation {
+            purpose: Purpose::Data,
+            secret: self.secret,
+            local_rank: self.rank,
+            world_size: Some(self.world),
+            src_rank: None,
+            src_range: None,
+            num_sockets: Some(self.cfg.sockets_per_peer),
+        }
+    }
+
+    fn hello_to(&self, peer: u32, socket_index: u16) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            purpose: Purpose::Data,
+            secret: self.secret,
+            src_rank: self.rank,
+            dst_rank: peer,
+            world_size: self.world,
+            socket_index,
+            num_sockets: self.cfg.sockets_per_peer,
+        }
+    }
+}
+
+/// The TCP implementation of [`Transport`].
+#[derive(Clone)]
+pub struct TcpTransport {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("rank", &self.shared.rank)
+            .field("world", &self.shared.world)
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small I/O helpers shared with the bootstrap.
+
+/// Reads exactly one `Hello`, failing after `timeout`.
+pub async fn read_hello(stream: &mut TcpStream, timeout: Duration) -> Result<Hello, String> {
+    let mut b = [0u8; HELLO_LEN];
+    match tokio::time::timeout(timeout, stream.read_exact(&mut b)).await {
+        Err(_) => Err(format!("no hello within {timeout:?}")),
+        Ok(Err(e)) => Err(format!("reading hello: {e}")),
+        Ok(Ok(_)) => Hello::decode(&b).map_err(|e| e.to_string()),
+    }
+}
+
+/// Writes one `Hello`, failing after `timeout`.
+pub async fn write_hello(
+    stream: &mut TcpStream,
+    hello: &Hello,
+    timeout: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, stream.write_all(&hello.encode())).await {
+        Err(_) => Err(format!("writing hello timed out after {timeout:?}")),
+        Ok(r) => r.map_err(|e| format!("writing hello: {e}")),
+    }
+}
+
+/// Writes one single-chunk frame of `kind` carrying `payload`.
+pub async fn write_single_frame(
+    stream: &mut TcpStream,
+    kind: FrameKind,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(payload.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+    buf.extend_from_slice(&FrameHeader::single(kind, len).encode());
+    buf.extend_from_slice(payload);
+    stream.write_all(&buf).await
+}
+
+/// Reads one single-chunk frame of `kind`, enforcing `limits`; heartbeats are skipped.
+pub async fn read_single_frame(
+    stream: &mut TcpStream,
+    kind: FrameKind,
+    limits: &FrameLimits,
+) -> Result<Vec<u8>, String> {
+    loop {
+        let mut hb = [0u8; FRAME_HEADER_LEN];
+        stream
+            .read_exact(&mut hb)
+            .await
+            .map_err(|e| format!("reading frame header: {e}"))?;
+        let h = FrameHeader::decode(&hb, limits).map_err(|e| e.to_string())?;
+        if h.kind == FrameKind::Heartbeat {
+            continue;
+        }
+        if h.kind != kind {
+            return Err(format!("expected a {kind:?} frame, got {:?}", h.kind));
+        }
+        let mut payload = vec![0u8; h.chunk_len as usize];
+        stream
+            .read_exact(&mut payload)
+            .await
+            .map_err(|e| format!("reading frame payload: {e}"))?;
+        return Ok(payload);
+    }
+}
+
+fn tune_stream(stream: &TcpStream, cfg: &TcpConfig) {
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!("TCP_NODELAY: {e}");
+    }
+    let sock = socket2::SockRef::from(stream);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(5));
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
+        debug!("SO_KEEPALIVE: {e}");
+    }
+    if let Err(e) = sock.set_tcp_user_timeout(Some(cfg.peer_timeout.max(Duration::from_secs(1)))) {
+        debug!("TCP_USER_TIMEOUT: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Setup.
+
+impl TcpTransport {
+    /// Establishes the full mesh of data connections, then returns the
+    /// running transport. Must be called inside a tokio runtime.
+    ///
+    /// Incoming messages and peer loss are sent on `events`.
+    pub async fn establish(
+        listeners: TcpListeners,
+        setup: TcpSetup,
+        events: mpsc::UnboundedSender<TransportEvent>,
+    ) -> Result<Self, TransportError> {
+        let n = setup.config.sockets_per_peer.max(1);
+        let mut cfg = setup.config.clone();
+        cfg.sockets_per_peer = n;
+        cfg.chunk_bytes = cfg.chunk_bytes.clamp(1, cfg.limits.max_frame as usize);
+        let peers = (0..setup.world_size)
+            .map(|_| PeerState {
+                sockets: (0..n)
+                    .map(|_| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        SocketSlot {
+                            tx,
+                            rx: Mutex::new(Some(rx)),
+                            stop: Notify::new(),
+                            claimed: AtomicBool::new(false),
+                            path: Mutex::new(None),
+                        }
+                    })
+                    .collect(),
+                rr: AtomicUsize::new(0),
+                last_heard_ms: AtomicU64::new(0),
+                reported: AtomicBool::new(false),
+                clean_closed: AtomicUsize::new(0),
+                reasm: Mutex::new(HashMap::new()),
+            })
+            .collect();
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            rank: setup.rank,
+            world: setup.world_size,
+            secret: setup.secret,
+            cfg,
+            peers,
+            events,
+            abort_tx: watch::channel(None).0,
+            closing: AtomicBool::new(false),
+            start: Instant::now(),
+            tasks: Mutex::new(Vec::new()),
+            io_tasks: Mutex::new(Vec::new()),
+            ready: ready_tx,
+        });
+        let local_nics: Vec<Interface> = listeners
+            .listeners
+            .iter()
+            .map(|(nic, _)| nic.clone())
+            .collect();
+        for (nic, l) in listeners.listeners {
+            let l = tokio::net::TcpListener::from_std(l)
+                .map_err(|e| TransportError::io("listener", &e))?;
+            let sh = shared.clone();
+            shared.spawn(false, accept_loop(sh, nic, l));
+        }
+        let deadline = Instant::now() + setup.setup_timeout;
+        let last_errors: Arc<Mutex<HashMap<(u32, u16), String>>> = Arc::default();
+        for peer in 0..setup.rank {
+            for idx in 0..n {
+                let remote_eps = &setup.peers[peer as usize];
+                if remote_eps.is_empty() || local_nics.is_empty() {
+                    return Err(TransportError::Io {
+                        context: format!("connect to rank {peer}"),
+                        message: "no endpoint to use".into(),
+                    });
+                }
+                let remote = remote_eps[idx as usize % remote_eps.len()].clone();
+                let local = local_nics[idx as usize % local_nics.len()].clone();
+                let sh = shared.clone();
+                let errs = last_errors.clone();
+                shared.spawn(false, async move {
+                    dial(sh, peer, idx, local, remote, deadline, errs).await;
+                });
+            }
+        }
+        let expected = (setup.world_size as usize - 1) * n as usize;
+        let mut established = 0usize;
+        while established < expected {
+            match tokio::time::timeout_at(deadline.into(), ready_rx.recv()).await {
+                Ok(Some(_)) => established += 1,
+                Ok(None) => unreachable!("shared holds a sender"),
+                Err(_) => {
+                    let errs = last_errors.lock().expect("errors");
+                    let mut missing = Vec::new();
+                    for (p, st) in shared.peers.iter().enumerate() {
+                        if p as u32 == setup.rank {
+                            continue;
+                        }
+                        for (i, s) in st.sockets.iter().enumerate() {
+                            if !s.claimed.load(Ordering::Acquire) {
+                                let why =
+                                    errs.get(&(p as u32, i as u16)).cloned().unwrap_or_else(|| {
+                                        if (p as u32) > setup.rank {
+                                            "rank never dialed in".into()
+                                        } else {
+                                            "pending".into()
+                                        }
+                                    });
+                                missing.push(format!("rank {p} socket {i} ({why})"));
+                            }
+                        }
+                    }
+                    shared.closing.store(true, Ordering::Release);
+                    abort_all(&shared);
+                    return Err(TransportError::SetupTimeout {
+                        after: setup.setup_timeout,
+                        missing: missing.join("; "),
+                    });
+                }
+            }
+        }
+        // Connections are up: start the liveness monitor.
+        let sh = shared.clone();
+        shared.spawn(false, monitor(sh));
+        info!(
+            rank = setup.rank,
+            world = setup.world_size,
+            sockets_per_peer = n,
+            "tcp transport ready"
+        );
+        Ok(Self { shared })
+    }
+}
+
+fn abort_all(shared: &Shared) {
+    for h in shared.tasks.lock().expect("tasks").drain(..) {
+        h.abort();
+    }
+    for h in shared.io_tasks.lock().expect("tasks").drain(..) {
+        h.abort();
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, nic: Interface, listener: tokio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, from)) => {
+                let sh = shared.clone();
+                let nic = nic.clone();
+                tokio::spawn(async move {
+                    if let Err(why) = accept_one(sh.clone(), &nic, stream, from).await {
+                        warn!(rank = sh.rank, %from, nic = %nic.name, "dropped incoming connection: {why}");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(rank = shared.rank, "accept on {}: {e}", nic.name);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn accept_one(
+    shared: Arc<Shared>,
+    nic: &Interface,
+    mut stream: TcpStream,
+    from: SocketAddr,
+) -> Result<(), String> {
+    let hs_timeout = shared.cfg.handshake_timeout;
+    let hello = read_hello(&mut stream, hs_timeout).await?;
+    let mut exp = shared.expectation();
+    exp.src_range = Some((shared.rank + 1, shared.world));
+    validate(&hello, &exp).map_err(|e| format!("{e} (claimed rank {})", hello.src_rank))?;
+    let peer = hello.src_rank;
+    let slot = &shared.peers[peer as usize].sockets[hello.socket_index as usize];
+    if slot.claimed.swap(true, Ordering::AcqRel) {
+        return Err(format!(
+            "duplicate connection for rank {peer} socket {}",
+            hello.socket_index
+        ));
+    }
+    if let Err(e) = write_hello(
+        &mut stream,
+        &shared.hello_to(peer, hello.socket_index),
+        hs_timeout,
+    )
+    .await
+    {
+        slot.claimed.store(false, Ordering::Release);
+        return Err(e);
+    }
+    let local = stream.local_addr().map_err(|e| e.to_string())?;
+    let path = NicPath {
+        ifname: nic.name.clone(),
+        local,
+        remote: from,
+    };
+    start_socket(&shared, peer, hello.socket_index, stream, path);
+    Ok(())
+}
+
+async fn dial(
+    shared: Arc<Shared>,
+    peer: u32,
+    idx: u16,
+    local: Interface,
+    remote: Endpoint,
+    deadline: Instant,
+    errs: Arc<Mutex<HashMap<(u32, u16), String>>>,
+) {
+    let cfg = &shared.cfg;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match dial_once(&shared, peer, idx, &local, &remote).await {
+            Ok((stream, path)) => {
+                shared.peers[peer as usize].sockets[idx as usize]
+                    .claimed
+                    .store(true, Ordering::Release);
+                start_socket(&shared, peer, idx, stream, path);
+                return;
+            }
+            Err(why) => {
+                debug!(
+                    rank = shared.rank,
+                    peer, idx, attempt, "dial {} via {}: {why}", remote.addr, local.name
+                );
+                errs.lock().expect("errors").insert((peer, idx), why);
+                if Instant::now() + cfg.handshake_timeout.min(Duration::from_millis(100))
+                    >= deadline
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50 + 50 * u64::from(attempt.min(10))))
+                    .await;
+            }
+        }
+    }
+}
+
+async fn dial_once(
+    shared: &Shared,
+    peer: u32,
+    idx: u16,
+    local: &Interface,
+    remote: &Endpoint,
+) -> Result<(TcpStream, NicPath), String> {
+    let cfg = &shared.cfg;
+    let sock = match remote.addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(b) = cfg.socket_buffer_bytes {
+        let _ = sock.set_send_buffer_size(b as u32);
+        let _ = sock.set_recv_buffer_size(b as u32);
+    }
+    let same_family = matches!(
+        (local.addr, remote.addr),
+        (IpAddr::V4(_), SocketAddr::V4(_)) | (IpAddr::V6(_), SocketAddr::V6(_))
+    );
+    if same_family {
+        sock.bind(SocketAddr::new(local.addr, 0))
+            .map_err(|e| format!("bind to {} {}: {e}", local.name, local.addr))?;
+    }
+    let mut stream =
+        match tokio::time::timeout(cfg.handshake_timeout, sock.connect(remote.addr)).await {
+            Err(_) => return Err("connect timed out".into()),
+            Ok(r) => r.map_err(|e| format!("connect: {e}"))?,
+        };
+    write_hello(
+        &mut stream,
+        &shared.hello_to(peer, idx),
+        cfg.handshake_timeout,
+    )
+    .await?;
+    let reply = read_hello(&mut stream, cfg.handshake_timeout).await?;
+    let mut exp = shared.expectation();
+    exp.src_rank = Some(peer);
+    validate(&reply, &exp)
+        .map_err(|e| format!("rank {peer} answered with an invalid hello: {e}"))?;
+    if reply.socket_index != idx {
+        return Err(format!(
+            "rank {peer} answered for socket {} instead of {idx}",
+            reply.socket_index
+        ));
+    }
+    let local_addr = stream.local_addr().map_err(|e| e.to_string())?;
+    let ifname = if same_family {
+        local.name.clone()
+    } else {
+        "(any)".into()
+    };
+    Ok((
+        stream,
+        NicPath {
+            ifname,
+            local: local_addr,
+            remote: remote.addr,
+        },
+    ))
+}
+
+fn start_socket(shared: &Arc<Shared>, peer: u32, idx: u16, stream: TcpStream, path: NicPath) {
+    tune_stream(&stream, &shared.cfg);
+    let slot = &shared.peers[peer as usize].sockets[idx as usize];
+    *slot.path.lock().expect("path") = Some(path.clone());
+    let rx = slot
+        .rx
+        .lock()
+        .expect("rx")
+        .take()
+        .expect("socket started twice");
+    shared.touch(peer);
+    debug!(rank = shared.rank, peer, idx, %path, "socket established");
+    let (r, w) = stream.into_split();
+    let abort = shared.abort_tx.subscribe();
+    shared.spawn(
+        true,
+        writer(shared.clone(), peer, idx, w, rx, abort, path.clone()),
+    );
+    shared.spawn(true, reader(shared.clone(), peer, idx, r, path));
+    let _ = shared.ready.send((peer, idx));
+}
+
+// ---------------------------------------------------------------------------
+// Data path.
+
+async fn write_frame(
+    w: &mut OwnedWriteHalf,
+    h: &FrameHeader,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let head = h.encode();
+    if payload.len() <= 64 << 10 {
+        let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+        buf.extend_from_slice(&head);
+        buf.extend_from_slice(payload);
+        w.write_all(&buf).await
+    } else {
+        w.write_all(&head).await?;
+        w.write_all(payload).await
+    }
+}
+
+async fn write_goodbye(w: &mut OwnedWriteHalf, reason: &GoodbyeReason) {
+    let payload = reason.encode();
+    let h = FrameHeader::single(FrameKind::Goodbye, payload.len() as u32);
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let _ = write_frame(w, &h, &payload).await;
+        let _ = w.shutdown().await;
+    })
+    .await;
+}
+
+async fn writer(
+    shared: Arc<Shared>,
+    peer: u32,
+    idx: u16,
+    mut w: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    mut abort: watch::Receiver<Option<GoodbyeReason>>,
+    path: NicPath,
+) {
+    let slot = &shared.peers[peer as usize].sockets[idx as usize];
+    let hb = shared.cfg.heartbeat_interval;
+    loop {
+        let out = tokio::select! {
+            biased;
+            r = abort.changed() => {
+                let reason = abort.borrow().clone();
+                if let (Ok(()), Some(reason)) = (r, reason) {
+                    write_goodbye(&mut w, &reason).await;
+                }
+                return;
+            }
+            _ = slot.stop.notified() => {
+                // The peer said goodbye on this socket: finish our half.
+                let _ = tokio::time::timeout(Duration::from_millis(500), w.shutdown()).await;
+                return;
+            }
+            o = rx.recv() => o,
+            _ = tokio::time::sleep(hb) => Some(Out::Frame(FrameHeader::single(FrameKind::Heartbeat, 0), Bytes::new())),
+        };
+        match out {
+            None => return,
+            Some(Out::Goodbye(reason)) => {
+                write_goodbye(&mut w, &reason).await;
+                return;
+            }
+            Some(Out::Frame(h, payload)) => {
+                let mut write = Box::pin(write_frame(&mut w, &h, &payload));
+                let res = tokio::select! {
+                    biased;
+                    _ = abort.changed() => {
+                        // Abort mid-frame: finish the frame in flight (bounded) so
+                        // that the goodbye naming the cause can follow it; a bare
+                        // EOF would make the peer blame this rank instead.
+                        let finished = matches!(
+                            tokio::time::timeout(Duration::from_millis(300), &mut write).await,
+                            Ok(Ok(()))
+                        );
+                        drop(write);
+                        let reason = abort.borrow().clone();
+                        if let (true, Some(reason)) = (finished, reason) {
+                            write_goodbye(&mut w, &reason).await;
+                        }
+                        return;
+                    }
+                    r = &mut write => r,
+                };
+                if let Err(e) = res {
+                    shared.report(
+                        peer,
+                        CloseReason::Lost(format!("send failed on socket {idx}: {e}")),
+                        Some(path),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn reader(shared: Arc<Shared>, peer: u32, idx: u16, mut r: OwnedReadHalf, path: NicPath) {
+    let limits = shared.cfg.limits;
+    let ps = &shared.peers[peer as usize];
+    let lost = |why: String| shared.report(peer, CloseReason::Lost(why), Some(path.clone()));
+    loop {
+        let mut hb = [0u8; FRAME_HEADER_LEN];
+        if let Err(e) = r.read_exact(&mut hb).await {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                lost(format!("connection closed without goodbye on socket {idx}"));
+            } else {
+                lost(format!("receive failed on socket {idx}: {e}"));
+            }
+            return;
+        }
+        if shared.closing.load(Ordering::Acquire) {
+            // Draining until the peer closes its half; content is irrelevant.
+            let h = FrameHeader::decode(&hb, &limits);
+            let Ok(h) = h else { return };
+            let mut sink = vec![0u8; (h.chunk_len as usize).min(1 << 20)];
+            let mut left = h.chunk_len as usize;
+            while left > 0 {
+                let n = left.min(sink.len());
+                if r.read_exact(&mut sink[..n]).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+            continue;
+        }
+        let h = match FrameHeader::decode(&hb, &limits) {
+            Ok(h) => h,
+            Err(e) => {
+                lost(format!("protocol error on socket {idx}: {e}"));
+                return;
+            }
+        };
+        shared.touch(peer);
+        let mut payload = vec![0u8; h.chunk_len as usize];
+        if let Err(e) = r.read_exact(&mut payload).await {
+            lost(format!("receive failed mid-frame on socket {idx}: {e}"));
+            return;
+        }
+        shared.touch(peer);
+        match h.kind {
+            FrameKind::Heartbeat => {}
+            FrameKind::Goodbye => {
+                match GoodbyeReason::decode(&payload) {
+                    Some(GoodbyeReason::Clean) => {
+                        ps.sockets[idx as usize].stop.notify_one();
+                        let closed = ps.clean_closed.fetch_add(1, Ordering::AcqRel) + 1;
+                        if closed == ps.sockets.len() {
+                            shared.report(peer, CloseReason::Clean, Some(path.clone()));
+                        }
+                    }
+                    Some(GoodbyeReason::Abort {
+                        cause_rank,
+                        message,
+                    }) => {
+                        // The peer reads no more: finish our half of this socket too.
+                        ps.sockets[idx as usize].stop.notify_one();
+                        shared.report(
+                            peer,
+                            CloseReason::Aborted {
+                                cause_rank,
+                                message,
+                            },
+                            Some(path.clone()),
+                        );
+                    }
+                    None => lost(format!("malformed goodbye on socket {idx}")),
+                }
+                return;
+            }
+            FrameKind::Bootstrap => {
+                lost(format!("unexpected bootstrap frame on data socket {idx}"));
+                return;
+            }
+            FrameKind::Data | FrameKind::Control => {
+                let kind = if h.kind == FrameKind::Data {
+                    MessageKind::Data
+                } else {
+                    MessageKind::Control
+                };
+                let whole = h.offset == 0 && u64::from(h.chunk_len) == h.total_len;
+                let done = if whole {
+                    Some(Bytes::from(payload))
+                } else {
+                    let key = (h.kind as u8, h.channel, h.seq);
+                    let mut map = ps.reasm.lock().expect("reassembly");
+                    let part = map.entry(key).or_insert_with(|| Partial {
+                        buf: vec![0u8; h.total_len as usize],
+                        received: 0,
+                        dtype: h.dtype,
+                    });
+                    if part.dtype != h.dtype || part.buf.len() as u64 != h.total_len {
+                        drop(map);
+                        lost(format!(
+                            "inconsistent chunks for channel {} seq {}",
+                            h.channel, h.seq
+                        ));
+                        return;
+                    }
+                    let off = h.offset as usize;
+                    part.buf[off..off + payload.len()].copy_from_slice(&payload);
+                    part.received += u64::from(h.chunk_len);
+                    if part.received >= h.total_len {
+                        map.remove(&key).map(|p| Bytes::from(p.buf))
+                    } else {
+                        None
+                    }
+                };
+                if let Some(payload) = done {
+                    let msg = Message {
+                        kind,
+                        dtype: h.dtype,
+                        channel: h.channel,
+                        seq: h.seq,
+                        payload,
+                    };
+                    let _ = shared.events.send(TransportEvent::Message { peer, msg });
+                }
+            }
+        }
+    }
+}
+
+async fn monitor(shared: Arc<Shared>) {
+    let tick = (shared.cfg.heartbeat_interval / 2).max(Duration::from_millis(10));
+    let limit = shared.cfg.peer_timeout.as_millis() as u64;
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = shared.now_ms();
+        for (p, st) in shared.peers.iter().enumerate() {
+            if p as u32 == shared.rank || st.reported.load(Ordering::Acquire) {
+                continue;
+            }
+            let silent = now.saturating_sub(st.last_heard_ms.load(Ordering::Relaxed));
+            if silent > limit {
+                let nic = shared.first_path(p as u32);
+                shared.report(
+                    p as u32,
+                    CloseReason::Stuck {
+                        silent_for: Duration::from_millis(silent),
+                    },
+                    nic,
+                );
+            }
+        }
+    }
+}
+
+impl Transport for TcpTransport {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn send(&self, peer: u32, msg: Message) -> Result<(), TransportError> {
+        let sh = &self.shared;
+        if peer >= sh.world || peer == sh.rank {
+            return Err(TransportError::NoSuchPeer(peer));
+        }
+        if sh.closing.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        let ps = &sh.peers[peer as usize];
+        let kind = match msg.kind {
+            MessageKind::Data => FrameKind::Data,
+            MessageKind::Control => FrameKind::Control,
+        };
+        let total = msg.payload.len();
+        let chunk = if kind == FrameKind::Control {
+            usize::MAX
+        } else {
+            sh.cfg.chunk_bytes
+        };
+        let nchunks = if total == 0 { 1 } else { total.div_ceil(chunk) };
+        let start = ps.rr.fetch_add(nchunks, Ordering::Relaxed);
+        let n = ps.sockets.len();
+        for i in 0..nchunks {
+            let off = i * chunk;
+            let len = chunk.min(total - off);
+            let h = FrameHeader {
+                kind,
+                dtype: msg.dtype,
+                channel: msg.channel,
+                seq: msg.seq,
+                total_len: total as u64,
+                offset: off as u64,
+                chunk_len: u32::try_from(len).map_err(|_| TransportError::Io {
+                    context: "send".into(),
+                    message: "control message larger than 4 GiB".into(),
+                })?,
+            };
+            ps.sockets[(start + i) % n]
+                .tx
+                .send(Out::Frame(h, msg.payload.slice(off..off + len)))
+                .map_err(|_| TransportError::Closed)?;
+        }
+        Ok(())
+    }
+
+    fn path(&self, peer: u32) -> Option<NicPath> {
+        self.shared.first_path(peer)
+    }
+
+    fn close(&self, reason: GoodbyeReason) -> BoxFuture {
+        let sh = self.shared.clone();
+        let first = !sh.closing.swap(true, Ordering::AcqRel);
+        Box::pin(async move {
+            if first {
+                for h in sh.tasks.lock().expect("tasks").drain(..) {
+                    h.abort(); // acceptors, dialers, monitor
+                }
+                match &reason {
+                    GoodbyeReason::Clean => {
+                        for (p, st) in sh.peers.iter().enumerate() {
+                            if p as u32 != sh.rank {
+                                for s in &st.sockets {
+                                    let _ = s.tx.send(Out::Goodbye(GoodbyeReason::Clean));
+                                }
+                            }
+                        }
+                    }
+                    abort => {
+                        sh.abort_tx.send_replace(Some(abort.clone()));
+                    }
+                }
+            }
+            // Wait for writers to say goodbye and readers to see the peers' EOF;
+            // the caller bounds this with a timeout and then drops the runtime.
+            let handles: Vec<JoinHandle<()>> =
+                sh.io_tasks.lock().expect("tasks").drain(..).collect();
+            let aborters: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
+            struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+            impl Drop for AbortOnDrop {
+                fn drop(&mut self) {
+                    for a in &self.0 {
+                        a.abort();
+                    }
+                }
+            }
+            let _guard = AbortOnDrop(aborters);
+            for h in handles {
+                let _ = h.await;
+            }
+        })
+    }
+}
