@@ -1,0 +1,189 @@
+//! Element types the collectives move and reduce, and their byte views.
+//!
+//! [`Elem`] is sealed and implemented for `u8`, `i32`, `i64`, [`f16`](struct@f16),
+//! [`bf16`](struct@bf16), `f32` and `f64`. Each type names an accumulator type
+//! ([`Elem::Acc`]): `f32` for `f16` and `bf16`, the type itself otherwise.
+//! Reductions (see [`crate::reduce`]) convert every input to the accumulator
+//! once, combine in the accumulator, and convert back once at the end.
+//!
+//! Byte views are native-endian (all ranks of one job share an architecture).
+
+use std::fmt;
+
+pub use half::{bf16, f16};
+
+/// The element type of a buffer, as a value.
+///
+/// ```
+/// use zccl_primitives::dtype::{DType, Elem};
+/// assert_eq!(<half::bf16 as Elem>::DTYPE, DType::BF16);
+/// assert_eq!(DType::BF16.size(), 2);
+/// assert_eq!(DType::F64.to_string(), "f64");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// `u8`
+    U8,
+    /// `i32`
+    I32,
+    /// `i64`
+    I64,
+    /// IEEE binary16 ([`f16`](struct@f16)).
+    F16,
+    /// bfloat16 ([`bf16`](struct@bf16)).
+    BF16,
+    /// `f32`
+    F32,
+    /// `f64`
+    F64,
+}
+
+impl DType {
+    /// Every element type, in a fixed order.
+    pub const ALL: [DType; 7] = [
+        DType::U8,
+        DType::I32,
+        DType::I64,
+        DType::F16,
+        DType::BF16,
+        DType::F32,
+        DType::F64,
+    ];
+
+    /// Size of one element in bytes.
+    pub const fn size(self) -> usize {
+        match self {
+            DType::U8 => 1,
+            DType::F16 | DType::BF16 => 2,
+            DType::I32 | DType::F32 => 4,
+            DType::I64 | DType::F64 => 8,
+        }
+    }
+
+    /// Lower-case name (`"bf16"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            DType::U8 => "u8",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A plain element type: every bit pattern is valid and it has no padding.
+///
+/// Sealed; implemented for `u8, i32, i64, f16, bf16, f32, f64`.
+///
+/// ```
+/// use zccl_primitives::dtype::{Elem, f16};
+/// let x = f16::from_f32(1.5);
+/// let acc: f32 = x.to_acc();
+/// assert_eq!(acc, 1.5);
+/// assert_eq!(f16::from_acc(acc), x);
+/// ```
+pub trait Elem:
+    sealed::Sealed + Copy + Default + PartialEq + fmt::Debug + Send + Sync + 'static
+{
+    /// The matching [`DType`].
+    const DTYPE: DType;
+    /// The type reductions accumulate in: `f32` for `f16`/`bf16`, `Self` otherwise.
+    type Acc: Elem<Acc = Self::Acc> + crate::reduce::Accumulator;
+    /// Converts to the accumulator type (exact for every implemented type).
+    fn to_acc(self) -> Self::Acc;
+    /// Converts from the accumulator type: round-to-nearest-even for
+    /// `f16`/`bf16`, identity otherwise.
+    fn from_acc(a: Self::Acc) -> Self;
+}
+
+macro_rules! plain_elem {
+    ($($t:ty => $d:ident),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl Elem for $t {
+            const DTYPE: DType = DType::$d;
+            type Acc = $t;
+            #[inline]
+            fn to_acc(self) -> $t { self }
+            #[inline]
+            fn from_acc(a: $t) -> $t { a }
+        }
+    )*};
+}
+plain_elem!(u8 => U8, i32 => I32, i64 => I64, f32 => F32, f64 => F64);
+
+macro_rules! half_elem {
+    ($($t:ty => $d:ident),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl Elem for $t {
+            const DTYPE: DType = DType::$d;
+            type Acc = f32;
+            #[inline]
+            fn to_acc(self) -> f32 { self.to_f32() }
+            #[inline]
+            fn from_acc(a: f32) -> $t { <$t>::from_f32(a) }
+        }
+    )*};
+}
+half_elem!(f16 => F16, bf16 => BF16);
+
+/// Copies elements into a new byte vector (native endian).
+///
+/// ```
+/// use zccl_primitives::dtype::{to_bytes, from_bytes};
+/// let b = to_bytes(&[1i32, -2]);
+/// assert_eq!(b.len(), 8);
+/// assert_eq!(from_bytes::<i32>(&b), vec![1, -2]);
+/// ```
+pub fn to_bytes<T: Elem>(s: &[T]) -> Vec<u8> {
+    as_bytes(s).to_vec()
+}
+
+/// Views elements as bytes without copying.
+///
+/// ```
+/// use zccl_primitives::dtype::as_bytes;
+/// assert_eq!(as_bytes(&[1u8, 2, 3]), &[1, 2, 3]);
+/// ```
+pub fn as_bytes<T: Elem>(s: &[T]) -> &[u8] {
+    // SAFETY: `Elem` is sealed to padding-free plain types; the view covers
+    // exactly the slice's memory and borrows it immutably.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+}
+
+/// Copies bytes into a new vector of elements.
+///
+/// # Panics
+/// If `b.len()` is not a multiple of the element size.
+///
+/// ```
+/// use zccl_primitives::dtype::from_bytes;
+/// assert_eq!(from_bytes::<u8>(&[9, 8]), vec![9, 8]);
+/// ```
+pub fn from_bytes<T: Elem>(b: &[u8]) -> Vec<T> {
+    let sz = std::mem::size_of::<T>();
+    assert!(
+        b.len() % sz == 0,
+        "{} bytes are not a whole number of {} elements",
+        b.len(),
+        T::DTYPE
+    );
+    let n = b.len() / sz;
+    let mut v = vec![T::default(); n];
+    // SAFETY: `v` owns `n * sz` bytes, the source has that many, they do not
+    // overlap, and every bit pattern is a valid `T`.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), v.as_mut_ptr().cast::<u8>(), n * sz) };
+    v
+}

@@ -1,0 +1,218 @@
+//! The point-to-point interface every algorithm in this crate is written against.
+//!
+//! # Contract
+//!
+//! * Ranks are `0..size()`. A rank may send to itself.
+//! * **Matching is FIFO per (peer, channel)**: the n-th send from `a` to `b` on
+//!   channel `c` matches the n-th receive that `b` posts from `a` on `c`,
+//!   whatever the tags and whatever order the handles are waited in. Sequence
+//!   numbers are taken when an operation is *posted*.
+//! * The `tag` is an assertion, not a selector: a fabric may check that both
+//!   sides agree (the [simulated fabric](crate::sim) does, and reports a
+//!   [`Error::Mismatch`](crate::Error::Mismatch)) or ignore it. The receiver
+//!   also states the length it expects; a fabric reports a mismatch.
+//! * **Sends never block on the receiver posting**: `isend` returns at once and
+//!   the data is buffered or streamed; a schedule may post all its sends before
+//!   any receive without deadlock.
+//! * Channels are independent ordered queues over the same ranks: a stalled
+//!   receive on one channel never delays another channel.
+//! * Every operation has a deadline fixed when it is posted; `wait()` past it
+//!   returns [`Error::Timeout`](crate::Error::Timeout) naming the peer.
+//! * Dropping a handle does not cancel its operation (the message is still
+//!   sent or consumed); its error, if any, is lost. The algorithms here wait
+//!   every handle they create.
+//!
+//! The runtime's communicator (non-blocking `isend`/`irecv` on channels,
+//! handles with `wait()`/`test()`, per-op deadlines, sends that never wait for
+//! the receiver) maps onto this trait with a thin adapter: ignore or check the
+//! tag, post a receive buffer of `len` bytes, and map its errors to
+//! [`Error::Transport`](crate::Error::Transport) / [`Error::Timeout`](crate::Error::Timeout).
+//!
+//! ```
+//! use zccl_primitives::{Fabric, sim::run_ranks};
+//! let got = run_ranks(2, |f| {
+//!     let peer = 1 - f.rank();
+//!     let s = f.isend(peer, 0, 1, vec![f.rank() as u8; 3]).unwrap();
+//!     let r = f.irecv(peer, 0, 1, 3).unwrap();
+//!     s.wait().unwrap();
+//!     r.wait().unwrap()
+//! });
+//! assert_eq!(got, vec![vec![1, 1, 1], vec![0, 0, 0]]);
+//! ```
+
+use crate::dtype::{Elem, from_bytes, to_bytes};
+use crate::error::Result;
+
+/// A pending send, as implemented by a fabric.
+pub trait PendingSend: Send {
+    /// Blocks until the send completed (the buffer is no longer needed) or failed.
+    fn wait(self: Box<Self>) -> Result<()>;
+    /// Returns `Ok(true)` once the send completed, without blocking.
+    fn test(&mut self) -> Result<bool>;
+}
+
+/// A pending receive, as implemented by a fabric.
+pub trait PendingRecv: Send {
+    /// Blocks until the message arrived (returns its bytes) or failed.
+    fn wait(self: Box<Self>) -> Result<Vec<u8>>;
+    /// Returns `Ok(true)` once the message arrived, without blocking.
+    fn test(&mut self) -> Result<bool>;
+}
+
+/// Handle of a posted send.
+///
+/// ```
+/// use zccl_primitives::fabric::SendHandle;
+/// let mut h = SendHandle::completed();
+/// assert!(h.test().unwrap());
+/// h.wait().unwrap();
+/// ```
+pub struct SendHandle(Box<dyn PendingSend>);
+
+impl SendHandle {
+    /// Wraps a fabric's pending send.
+    pub fn new(p: impl PendingSend + 'static) -> Self {
+        Self(Box::new(p))
+    }
+
+    /// A send that has already completed.
+    pub fn completed() -> Self {
+        struct Done;
+        impl PendingSend for Done {
+            fn wait(self: Box<Self>) -> Result<()> {
+                Ok(())
+            }
+            fn test(&mut self) -> Result<bool> {
+                Ok(true)
+            }
+        }
+        Self::new(Done)
+    }
+
+    /// Blocks until the send completed or its deadline passed.
+    pub fn wait(self) -> Result<()> {
+        self.0.wait()
+    }
+
+    /// Non-blocking completion check.
+    pub fn test(&mut self) -> Result<bool> {
+        self.0.test()
+    }
+}
+
+impl std::fmt::Debug for SendHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SendHandle")
+    }
+}
+
+/// Handle of a posted receive.
+///
+/// ```
+/// use zccl_primitives::{Fabric, sim::run_ranks};
+/// let v = run_ranks(1, |f| {
+///     let mut r = f.irecv(0, 0, 0, 2).unwrap(); // posted before the send
+///     f.isend(0, 0, 0, vec![4, 2]).unwrap().wait().unwrap();
+///     while !r.test().unwrap() {}
+///     r.wait().unwrap()
+/// });
+/// assert_eq!(v[0], vec![4, 2]);
+/// ```
+pub struct RecvHandle(Box<dyn PendingRecv>);
+
+impl RecvHandle {
+    /// Wraps a fabric's pending receive.
+    pub fn new(p: impl PendingRecv + 'static) -> Self {
+        Self(Box::new(p))
+    }
+
+    /// Blocks until the message arrived or the deadline passed; returns its bytes.
+    pub fn wait(self) -> Result<Vec<u8>> {
+        self.0.wait()
+    }
+
+    /// Waits and reinterprets the bytes as elements of `T`.
+    pub fn wait_elems<T: Elem>(self) -> Result<Vec<T>> {
+        Ok(from_bytes(&self.wait()?))
+    }
+
+    /// Non-blocking arrival check.
+    pub fn test(&mut self) -> Result<bool> {
+        self.0.test()
+    }
+}
+
+impl std::fmt::Debug for RecvHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecvHandle")
+    }
+}
+
+/// Point-to-point messaging between the ranks of one group.
+///
+/// See the [module documentation](self) for the matching, ordering,
+/// buffering and deadline contract.
+pub trait Fabric: Send + Sync {
+    /// This rank, in `0..size()`.
+    fn rank(&self) -> usize;
+    /// Number of ranks.
+    fn size(&self) -> usize;
+    /// Posts a send of `data` to rank `to` on `channel`. Never blocks on the receiver.
+    fn isend(&self, to: usize, channel: u32, tag: u64, data: Vec<u8>) -> Result<SendHandle>;
+    /// Posts a receive of exactly `len` bytes from rank `from` on `channel`.
+    fn irecv(&self, from: usize, channel: u32, tag: u64, len: usize) -> Result<RecvHandle>;
+}
+
+/// Posts a send of a slice of elements (copies it into the message).
+///
+/// ```
+/// use zccl_primitives::{fabric::{send_elems, recv_elems}, sim::run_ranks, Fabric};
+/// let v = run_ranks(2, |f| {
+///     let s = send_elems(f, 1 - f.rank(), 0, 9, &[f.rank() as f32]).unwrap();
+///     let r = recv_elems::<f32, _>(f, 1 - f.rank(), 0, 9, 1).unwrap();
+///     s.wait().unwrap();
+///     r.wait_elems::<f32>().unwrap()
+/// });
+/// assert_eq!(v, vec![vec![1.0], vec![0.0]]);
+/// ```
+pub fn send_elems<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    to: usize,
+    channel: u32,
+    tag: u64,
+    data: &[T],
+) -> Result<SendHandle> {
+    f.isend(to, channel, tag, to_bytes(data))
+}
+
+/// Posts a receive of `count` elements of `T`; wait it with [`RecvHandle::wait_elems`].
+pub fn recv_elems<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    from: usize,
+    channel: u32,
+    tag: u64,
+    count: usize,
+) -> Result<RecvHandle> {
+    f.irecv(from, channel, tag, count * std::mem::size_of::<T>())
+}
+
+/// Checks that `peer` is a rank of `f`.
+pub(crate) fn check_rank<F: Fabric + ?Sized>(f: &F, peer: usize, what: &str) -> Result<()> {
+    if peer >= f.size() {
+        return Err(crate::error::invalid(format!(
+            "{what}: rank {peer} out of range (group of {})",
+            f.size()
+        )));
+    }
+    Ok(())
+}
+
+/// Builds a tag from an operation code, a step and an index, so that a
+/// mismatched schedule is reported with readable numbers (`0xOO_SSSS_IIII_IIII`).
+///
+/// ```
+/// assert_eq!(zccl_primitives::fabric::tag(0x12, 3, 4), 0x12_0003_0000_0004);
+/// ```
+pub const fn tag(op: u8, step: u16, index: u32) -> u64 {
+    ((op as u64) << 48) | ((step as u64) << 32) | index as u64
+}

@@ -1,0 +1,179 @@
+//! Ulysses resharding: sequence-sharded `[B, c, H, d]` ↔ head-sharded
+//! `[B, S, H/P, d]` (`S = c·P`), with DeepSpeed/yunchang chunk ordering: rank
+//! `j` gets head group `j` (heads `j·H/P .. (j+1)·H/P`), and the sequence
+//! shard of rank `i` lands at positions `i·c .. (i+1)·c`.
+//!
+//! The `pack_*`/`unpack_*` functions are pure (one all-to-all sits between
+//! them); [`seq_to_heads`] and [`heads_to_seq`] run the whole exchange.
+//! `H % P ≠ 0` is rejected with [`Error::HeadsNotDivisible`].
+
+use crate::alltoall::all_to_all;
+use crate::dtype::Elem;
+use crate::error::{Error, Result, invalid};
+use crate::fabric::Fabric;
+
+/// Geometry of one rank's sequence shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UlyssesShape {
+    /// Batch `B`.
+    pub batch: usize,
+    /// Tokens per rank `c` (the sequence shard).
+    pub seq_local: usize,
+    /// Heads `H` (all of them).
+    pub heads: usize,
+    /// Head dimension `d`.
+    pub dim: usize,
+}
+
+impl UlyssesShape {
+    /// Heads per rank after resharding over `ranks`; errors if `heads % ranks != 0`.
+    ///
+    /// ```
+    /// use zccl_primitives::layout::UlyssesShape;
+    /// let s = UlyssesShape { batch: 1, seq_local: 4, heads: 6, dim: 8 };
+    /// assert_eq!(s.heads_per_rank(3).unwrap(), 2);
+    /// assert_eq!(s.heads_per_rank(4).unwrap_err().to_string(),
+    ///     "Ulysses: 6 heads cannot be split evenly over 4 ranks (heads % ranks = 2)");
+    /// ```
+    pub fn heads_per_rank(&self, ranks: usize) -> Result<usize> {
+        if ranks == 0 || self.heads % ranks != 0 {
+            return Err(Error::HeadsNotDivisible {
+                heads: self.heads,
+                ranks,
+            });
+        }
+        Ok(self.heads / ranks)
+    }
+
+    /// Elements of a sequence shard `[B, c, H, d]`.
+    pub fn seq_shard_len(&self) -> usize {
+        self.batch * self.seq_local * self.heads * self.dim
+    }
+}
+
+fn check_len(got: usize, want: usize, what: &str) -> Result<()> {
+    if got != want {
+        return Err(invalid(format!("{what}: {got} elements, expected {want}")));
+    }
+    Ok(())
+}
+
+/// Packs a sequence shard `[B, c, H, d]` into the all-to-all send buffer:
+/// chunk `j` is head group `j`, `[B, c, H/P, d]`.
+///
+/// ```
+/// use zccl_primitives::layout::{pack_seq_to_heads, UlyssesShape};
+/// let s = UlyssesShape { batch: 1, seq_local: 2, heads: 2, dim: 1 };
+/// // x[t, h] = 10 t + h
+/// assert_eq!(pack_seq_to_heads(&[0, 1, 10, 11], s, 2).unwrap(), vec![0, 10, 1, 11]);
+/// ```
+pub fn pack_seq_to_heads<T: Elem>(x: &[T], s: UlyssesShape, ranks: usize) -> Result<Vec<T>> {
+    let hp = s.heads_per_rank(ranks)?;
+    check_len(x.len(), s.seq_shard_len(), "seq_to_heads input")?;
+    let mut out = Vec::with_capacity(x.len());
+    for j in 0..ranks {
+        for b in 0..s.batch {
+            for t in 0..s.seq_local {
+                let base = ((b * s.seq_local + t) * s.heads + j * hp) * s.dim;
+                out.extend_from_slice(&x[base..base + hp * s.dim]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Unpacks the all-to-all receive buffer (chunk `i` = rank `i`'s sequence
+/// shard of this rank's head group) into `[B, S, H/P, d]`.
+pub fn unpack_seq_to_heads<T: Elem>(recv: &[T], s: UlyssesShape, ranks: usize) -> Result<Vec<T>> {
+    let hp = s.heads_per_rank(ranks)?;
+    check_len(recv.len(), s.seq_shard_len(), "seq_to_heads receive buffer")?;
+    let seq = s.seq_local * ranks;
+    let row = hp * s.dim;
+    let mut out = vec![T::default(); recv.len()];
+    let chunk = s.batch * s.seq_local * row;
+    for i in 0..ranks {
+        for b in 0..s.batch {
+            for t in 0..s.seq_local {
+                let src = i * chunk + (b * s.seq_local + t) * row;
+                let dst = (b * seq + i * s.seq_local + t) * row;
+                out[dst..dst + row].copy_from_slice(&recv[src..src + row]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Packs a head shard `[B, S, H/P, d]` into the all-to-all send buffer:
+/// chunk `j` is sequence shard `j`, `[B, c, H/P, d]`.
+pub fn pack_heads_to_seq<T: Elem>(y: &[T], s: UlyssesShape, ranks: usize) -> Result<Vec<T>> {
+    let hp = s.heads_per_rank(ranks)?;
+    check_len(y.len(), s.seq_shard_len(), "heads_to_seq input")?;
+    let seq = s.seq_local * ranks;
+    let row = hp * s.dim;
+    let mut out = Vec::with_capacity(y.len());
+    for j in 0..ranks {
+        for b in 0..s.batch {
+            let base = (b * seq + j * s.seq_local) * row;
+            out.extend_from_slice(&y[base..base + s.seq_local * row]);
+        }
+    }
+    Ok(out)
+}
+
+/// Unpacks the all-to-all receive buffer (chunk `i` = head group `i` of this
+/// rank's sequence shard) into `[B, c, H, d]`.
+pub fn unpack_heads_to_seq<T: Elem>(recv: &[T], s: UlyssesShape, ranks: usize) -> Result<Vec<T>> {
+    let hp = s.heads_per_rank(ranks)?;
+    check_len(recv.len(), s.seq_shard_len(), "heads_to_seq receive buffer")?;
+    let row = hp * s.dim;
+    let chunk = s.batch * s.seq_local * row;
+    let mut out = vec![T::default(); recv.len()];
+    for i in 0..ranks {
+        for b in 0..s.batch {
+            for t in 0..s.seq_local {
+                let src = i * chunk + (b * s.seq_local + t) * row;
+                let dst = ((b * s.seq_local + t) * s.heads + i * hp) * s.dim;
+                out[dst..dst + row].copy_from_slice(&recv[src..src + row]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sequence shard `[B, c, H, d]` → head shard `[B, S, H/P, d]` (one all-to-all).
+///
+/// ```
+/// use zccl_primitives::{layout::{seq_to_heads, heads_to_seq, UlyssesShape}, sim::run_ranks, Fabric};
+/// let s = UlyssesShape { batch: 1, seq_local: 2, heads: 2, dim: 1 };
+/// let out = run_ranks(2, move |f| {
+///     let x: Vec<i32> = (0..4).map(|i| 100 * f.rank() as i32 + i).collect();
+///     let y = seq_to_heads(f, 0, &x, s).unwrap();
+///     assert_eq!(heads_to_seq(f, 0, &y, s).unwrap(), x);
+///     y
+/// });
+/// // rank 0 holds head 0 of all 4 tokens
+/// assert_eq!(out[0], vec![0, 2, 100, 102]);
+/// ```
+pub fn seq_to_heads<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    x: &[T],
+    s: UlyssesShape,
+) -> Result<Vec<T>> {
+    let send = pack_seq_to_heads(x, s, f.size())?;
+    let recv = all_to_all(f, ch, &send)?;
+    unpack_seq_to_heads(&recv, s, f.size())
+}
+
+/// Head shard `[B, S, H/P, d]` → sequence shard `[B, c, H, d]` (one all-to-all);
+/// the inverse of [`seq_to_heads`].
+pub fn heads_to_seq<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    y: &[T],
+    s: UlyssesShape,
+) -> Result<Vec<T>> {
+    let send = pack_heads_to_seq(y, s, f.size())?;
+    let recv = all_to_all(f, ch, &send)?;
+    unpack_heads_to_seq(&recv, s, f.size())
+}

@@ -1,0 +1,220 @@
+//! Reduction operators and exactly where they round.
+//!
+//! # Semantics (what a reference implementation must reproduce)
+//!
+//! * Every input element is converted once to its accumulator type
+//!   ([`Elem::Acc`]): `f32` for `f16`/`bf16`, the type itself otherwise. The
+//!   conversion is exact.
+//! * Contributions are combined pairwise in the accumulator type with
+//!   [`Accumulator::combine`]. Partial results of `f16`/`bf16` reductions
+//!   travel between ranks **as `f32`**, so the only rounding to 16 bits is the
+//!   final one (round-to-nearest-even, in [`finish`]). The `f32` combines
+//!   themselves round as IEEE `f32` does.
+//! * [`ReduceOp::Avg`] combines like `Sum` and divides once at the end, in the
+//!   accumulator type: floats with IEEE division by `n as f32`/`n as f64`;
+//!   integers with Rust integer division (truncation toward zero; unsigned for
+//!   `u8`).
+//! * Integer `Sum`, `Prod` and `Avg` wrap on overflow (two's complement,
+//!   modulo 2^bits), so integer results do not depend on the combine order.
+//! * Float `Min`/`Max`: NaN if either operand is NaN; `-0.0 < +0.0`. With
+//!   these rules min and max are commutative and associative bit for bit.
+//! * Float `Sum`/`Prod` are commutative bit for bit but not associative: the
+//!   result depends on the bracketing, which the schedule fixes (see
+//!   [`crate::schedule::ring`] and [`crate::schedule::rd`]). Every rank of one
+//!   collective gets bit-identical results.
+//!
+//! ```
+//! use zccl_primitives::reduce::{ReduceOp, combine_into, finish};
+//! use zccl_primitives::dtype::f16;
+//! // Three f16 ranks: accumulate in f32, round once.
+//! let xs = [f16::from_f32(0.1), f16::from_f32(0.2), f16::from_f32(0.3)];
+//! let mut acc = vec![xs[0].to_f32()];
+//! for x in &xs[1..] { combine_into(ReduceOp::Sum, &mut acc, &[x.to_f32()]); }
+//! let out: Vec<f16> = finish(ReduceOp::Sum, &acc, 3);
+//! assert_eq!(out[0], f16::from_f32(xs[0].to_f32() + xs[1].to_f32() + xs[2].to_f32()));
+//! ```
+
+use crate::dtype::Elem;
+
+/// A reduction operator.
+///
+/// ```
+/// use zccl_primitives::reduce::ReduceOp;
+/// assert_eq!(ReduceOp::ALL.len(), 5);
+/// assert_eq!(ReduceOp::Avg.to_string(), "avg");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// Sum (integers wrap).
+    Sum,
+    /// Product (integers wrap).
+    Prod,
+    /// Minimum.
+    Min,
+    /// Maximum.
+    Max,
+    /// Sum divided by the number of ranks (see the module docs for rounding).
+    Avg,
+}
+
+impl ReduceOp {
+    /// Every operator.
+    pub const ALL: [ReduceOp; 5] = [
+        ReduceOp::Sum,
+        ReduceOp::Prod,
+        ReduceOp::Min,
+        ReduceOp::Max,
+        ReduceOp::Avg,
+    ];
+}
+
+impl std::fmt::Display for ReduceOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Prod => "prod",
+            ReduceOp::Min => "min",
+            ReduceOp::Max => "max",
+            ReduceOp::Avg => "avg",
+        })
+    }
+}
+
+/// An accumulator type: `u8, i32, i64, f32, f64`.
+///
+/// ```
+/// use zccl_primitives::reduce::{Accumulator, ReduceOp};
+/// assert_eq!(u8::combine(ReduceOp::Sum, 200, 100), 44); // wraps
+/// assert_eq!(i32::divide(-7, 2), -3); // truncates toward zero
+/// assert!(f32::combine(ReduceOp::Max, f32::NAN, 1.0).is_nan());
+/// assert!(f64::combine(ReduceOp::Min, 0.0, -0.0).is_sign_negative());
+/// ```
+pub trait Accumulator: Elem {
+    /// `a ⊕ b` for `op` (`Avg` combines as `Sum`).
+    fn combine(op: ReduceOp, a: Self, b: Self) -> Self;
+    /// `a / n`, the final step of `Avg`.
+    fn divide(a: Self, n: usize) -> Self;
+}
+
+macro_rules! int_acc {
+    ($($t:ty),*) => {$(
+        impl Accumulator for $t {
+            #[inline]
+            fn combine(op: ReduceOp, a: $t, b: $t) -> $t {
+                match op {
+                    ReduceOp::Sum | ReduceOp::Avg => a.wrapping_add(b),
+                    ReduceOp::Prod => a.wrapping_mul(b),
+                    ReduceOp::Min => a.min(b),
+                    ReduceOp::Max => a.max(b),
+                }
+            }
+            #[inline]
+            fn divide(a: $t, n: usize) -> $t {
+                // n >= 1; n that does not fit the type divides everything to 0
+                // (or to -1/0 for negatives, which integer division gives anyway).
+                match <$t>::try_from(n) {
+                    Ok(d) => a.wrapping_div(d),
+                    Err(_) => 0,
+                }
+            }
+        }
+    )*};
+}
+int_acc!(u8, i32, i64);
+
+macro_rules! float_acc {
+    ($($t:ty),*) => {$(
+        impl Accumulator for $t {
+            #[inline]
+            fn combine(op: ReduceOp, a: $t, b: $t) -> $t {
+                match op {
+                    ReduceOp::Sum | ReduceOp::Avg => a + b,
+                    ReduceOp::Prod => a * b,
+                    ReduceOp::Min => {
+                        if a.is_nan() || b.is_nan() { <$t>::NAN }
+                        else if a < b { a }
+                        else if b < a { b }
+                        else if a.is_sign_negative() { a } else { b }
+                    }
+                    ReduceOp::Max => {
+                        if a.is_nan() || b.is_nan() { <$t>::NAN }
+                        else if a > b { a }
+                        else if b > a { b }
+                        else if a.is_sign_positive() { a } else { b }
+                    }
+                }
+            }
+            #[inline]
+            fn divide(a: $t, n: usize) -> $t {
+                a / n as $t
+            }
+        }
+    )*};
+}
+float_acc!(f32, f64);
+
+/// `acc[i] = acc[i] ⊕ x[i]` (the accumulator is the left operand).
+///
+/// # Panics
+/// If the lengths differ.
+///
+/// ```
+/// use zccl_primitives::reduce::{combine_into, ReduceOp};
+/// let mut a = vec![1i32, 5];
+/// combine_into(ReduceOp::Max, &mut a, &[3, 2]);
+/// assert_eq!(a, [3, 5]);
+/// ```
+pub fn combine_into<A: Accumulator>(op: ReduceOp, acc: &mut [A], x: &[A]) {
+    assert_eq!(acc.len(), x.len(), "combine_into: length mismatch");
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a = A::combine(op, *a, b);
+    }
+}
+
+/// `acc[i] = x[i] ⊕ acc[i]` (the accumulator is the right operand).
+///
+/// ```
+/// use zccl_primitives::reduce::{combine_into_rhs, ReduceOp};
+/// let mut a = vec![1.0f32];
+/// combine_into_rhs(ReduceOp::Sum, &mut a, &[2.0]);
+/// assert_eq!(a, [3.0]);
+/// ```
+pub fn combine_into_rhs<A: Accumulator>(op: ReduceOp, acc: &mut [A], x: &[A]) {
+    assert_eq!(acc.len(), x.len(), "combine_into_rhs: length mismatch");
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a = A::combine(op, b, *a);
+    }
+}
+
+/// Converts elements to their accumulator type (exact).
+///
+/// ```
+/// use zccl_primitives::reduce::to_acc;
+/// use zccl_primitives::dtype::bf16;
+/// assert_eq!(to_acc(&[bf16::from_f32(2.0)]), vec![2.0f32]);
+/// ```
+pub fn to_acc<T: Elem>(x: &[T]) -> Vec<T::Acc> {
+    x.iter().map(|v| v.to_acc()).collect()
+}
+
+/// Final step of a reduction over `n` ranks: divides by `n` for
+/// [`ReduceOp::Avg`] (in the accumulator type), then converts to `T` (the only
+/// rounding to `f16`/`bf16`).
+///
+/// ```
+/// use zccl_primitives::reduce::{finish, ReduceOp};
+/// assert_eq!(finish::<f32>(ReduceOp::Avg, &[3.0], 2), vec![1.5]);
+/// assert_eq!(finish::<i64>(ReduceOp::Sum, &[3], 2), vec![3]);
+/// ```
+pub fn finish<T: Elem>(op: ReduceOp, acc: &[T::Acc], n: usize) -> Vec<T> {
+    acc.iter()
+        .map(|&a| {
+            let a = if op == ReduceOp::Avg {
+                <T::Acc as Accumulator>::divide(a, n)
+            } else {
+                a
+            };
+            T::from_acc(a)
+        })
+        .collect()
+}

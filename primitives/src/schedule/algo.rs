@@ -1,0 +1,88 @@
+//! Choosing between the ring (bandwidth-optimal) and the latency-optimal
+//! algorithm (recursive doubling for all-reduce, Bruck for all-gather,
+//! binomial tree for broadcast), by message size, overridable with
+//! `ZCCL_ALGO=ring|tree|auto`.
+//!
+//! Every rank of a collective must make the same choice; the choice depends
+//! only on the message size, the group size and `ZCCL_ALGO`, which must
+//! therefore be set identically on every rank.
+
+use crate::error::{Result, invalid};
+
+/// Name of the override variable.
+pub const ENV: &str = "ZCCL_ALGO";
+
+/// Messages of at most this many bytes use the latency-optimal algorithm
+/// under [`AlgoChoice::Auto`].
+pub const TREE_MAX_BYTES: usize = 64 * 1024;
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlgoChoice {
+    /// Choose by size ([`TREE_MAX_BYTES`]).
+    #[default]
+    Auto,
+    /// Always the ring.
+    Ring,
+    /// Always the latency-optimal algorithm.
+    Tree,
+}
+
+/// The algorithm a collective runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algo {
+    /// Ring (reduce-scatter + all-gather; ring all-gather; chain broadcast).
+    Ring,
+    /// Recursive doubling all-reduce / Bruck all-gather / binomial broadcast.
+    Tree,
+}
+
+/// Parses a `ZCCL_ALGO` value (pure). Unset or empty means `auto`; case and
+/// surrounding blanks are ignored; anything else is an error naming the value.
+///
+/// ```
+/// use zccl_primitives::schedule::algo::{parse_algo, AlgoChoice};
+/// assert_eq!(parse_algo(None).unwrap(), AlgoChoice::Auto);
+/// assert_eq!(parse_algo(Some(" Ring ")).unwrap(), AlgoChoice::Ring);
+/// assert_eq!(parse_algo(Some("tree")).unwrap(), AlgoChoice::Tree);
+/// assert!(parse_algo(Some("fast")).unwrap_err().to_string().contains("ZCCL_ALGO=\"fast\""));
+/// ```
+pub fn parse_algo(value: Option<&str>) -> Result<AlgoChoice> {
+    let Some(v) = value else {
+        return Ok(AlgoChoice::Auto);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "auto" => Ok(AlgoChoice::Auto),
+        "ring" => Ok(AlgoChoice::Ring),
+        "tree" => Ok(AlgoChoice::Tree),
+        _ => Err(invalid(format!("{ENV}={v:?}: expected ring, tree or auto"))),
+    }
+}
+
+/// Reads `ZCCL_ALGO` from the process environment.
+///
+/// ```
+/// use zccl_primitives::schedule::algo::{choice_from_env, parse_algo};
+/// let v = std::env::var("ZCCL_ALGO").ok();
+/// assert_eq!(choice_from_env().ok(), parse_algo(v.as_deref()).ok());
+/// ```
+pub fn choice_from_env() -> Result<AlgoChoice> {
+    parse_algo(std::env::var(ENV).ok().as_deref())
+}
+
+/// The algorithm for a message of `bytes` bytes over `n` ranks.
+///
+/// ```
+/// use zccl_primitives::schedule::algo::{choose, Algo, AlgoChoice};
+/// assert_eq!(choose(AlgoChoice::Auto, 1024, 8), Algo::Tree);
+/// assert_eq!(choose(AlgoChoice::Auto, 1 << 20, 8), Algo::Ring);
+/// assert_eq!(choose(AlgoChoice::Ring, 8, 8), Algo::Ring);
+/// ```
+pub fn choose(choice: AlgoChoice, bytes: usize, n: usize) -> Algo {
+    match choice {
+        AlgoChoice::Ring => Algo::Ring,
+        AlgoChoice::Tree => Algo::Tree,
+        AlgoChoice::Auto if n <= 1 || bytes <= TREE_MAX_BYTES => Algo::Tree,
+        AlgoChoice::Auto => Algo::Ring,
+    }
+}
