@@ -2,7 +2,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
+use zccl::runtime::launcher::{self, LaunchOptions};
 use zccl::topology::{Source, report, xml};
 
 #[derive(Parser)]
@@ -24,6 +27,44 @@ enum Cmd {
     /// path with NCCL's path types. Honours ZCCL_SYSFS_ROOT, ZCCL_TOPO_FILE and
     /// ZCCL_TOPO_DUMP_FILE.
     Topo(TopoArgs),
+    /// Run N ranks of a program on this host (like `torchrun --standalone` or `mpirun -n`).
+    ///
+    /// Each rank gets ZCCL_RANK, ZCCL_WORLD_SIZE, ZCCL_LOCAL_RANK,
+    /// ZCCL_LOCAL_WORLD_SIZE, ZCCL_ROOT_ADDR, a fresh ZCCL_JOB_SECRET, and
+    /// torchrun's RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR
+    /// and MASTER_PORT. Output lines are prefixed with the rank. SIGINT and
+    /// SIGTERM are forwarded to every rank; when one rank fails the others
+    /// are stopped. The exit code is the first failing rank's (128 + signal
+    /// if it was killed), 0 if all succeed, 127 if CMD is not found.
+    /// See docs/launching.md.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Number of ranks.
+    #[arg(short = 'n', long = "nprocs", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    nprocs: u32,
+    /// Seconds ranks get to exit after a failure or a forwarded signal, and
+    /// after SIGTERM, before they are killed.
+    #[arg(long, value_name = "SECS", default_value_t = LaunchOptions::DEFAULT_GRACE.as_secs_f64(),
+          value_parser = parse_grace)]
+    grace: f64,
+    /// MASTER_PORT for the ranks (the zccl root uses MASTER_PORT + 1); default: a free port.
+    #[arg(long, value_name = "PORT")]
+    master_port: Option<u16>,
+    /// The program and its arguments.
+    #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true,
+          allow_hyphen_values = true)]
+    command: Vec<OsString>,
+}
+
+fn parse_grace(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in 0..=86400")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -71,9 +112,30 @@ fn topo(args: TopoArgs) -> Result<()> {
     Ok(())
 }
 
+fn run(args: RunArgs) -> std::process::ExitCode {
+    let mut command = args.command.into_iter();
+    let program = command.next().expect("clap requires CMD");
+    let opts = LaunchOptions {
+        nprocs: args.nprocs,
+        program,
+        args: command.collect(),
+        grace: Duration::from_secs_f64(args.grace),
+        master_port: args.master_port,
+    };
+    let code = match launcher::run(&opts) {
+        Ok(report) => report.exit_code(),
+        Err(e) => {
+            eprintln!("zccl run: error: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::Topo(args) => topo(args),
+        Cmd::Run(args) => return run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

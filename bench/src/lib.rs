@@ -1,4 +1,5 @@
-//! zccl-bench: nccl-tests-style bandwidth benchmarks.
+//! zccl-bench: benchmarks of zccl.
 //!
-//! **Not implemented yet.** It holds no code today; `zccl topo` is the only
-//! command that works so far.
+//! Today it holds the point-to-point benchmark (`cargo bench -p zccl-bench
+//! --bench p2p`). The nccl-tests-style `zccl-bench` command (a subcommand per
+//! operation, nccl-tests' flags and columns) is **not implemented yet**.

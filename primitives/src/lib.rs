@@ -33,6 +33,7 @@ pub mod alltoall;
 pub mod attn_merge;
 pub mod busbw;
 pub mod collectives;
+pub mod comm;
 pub mod dtype;
 mod error;
 pub mod fabric;

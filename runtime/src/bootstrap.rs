@@ -36,12 +36,18 @@ use crate::unique_id::UniqueId;
 pub struct PeerInfo {
     /// The rank.
     pub rank: u32,
-    /// Identity of its host (same string = same host).
+    /// Identity of its host (same string = same host and network namespace,
+    /// see [`host_id`]).
     pub host_id: String,
     /// Its process id (for logs).
     pub pid: u32,
     /// One listening endpoint per usable NIC.
     pub endpoints: Vec<Endpoint>,
+    /// The random tag in the names of the shared-memory segments this rank
+    /// creates; `None` when it does not use shared memory
+    /// (`ZCCL_SHM_DISABLE=1`), in which case its same-host peers use TCP too.
+    #[serde(default)]
+    pub shm_tag: Option<String>,
 }
 
 /// Every rank's [`PeerInfo`], indexed by rank.
@@ -56,7 +62,8 @@ impl AddressBook {
     ///
     /// ```
     /// use zccl_runtime::bootstrap::{AddressBook, PeerInfo};
-    /// let p = |rank, host: &str| PeerInfo { rank, host_id: host.into(), pid: 0, endpoints: vec![] };
+    /// let p = |rank, host: &str| PeerInfo { rank, host_id: host.into(), pid: 0,
+    ///                                      endpoints: vec![], shm_tag: None };
     /// let book = AddressBook { peers: vec![p(0, "a"), p(1, "b"), p(2, "a")] };
     /// assert_eq!(book.local_rank(2), (1, 2));
     /// assert_eq!(book.local_rank(1), (0, 1));
@@ -104,21 +111,12 @@ enum RootReply {
     Error(String),
 }
 
-/// This host's identity: `ZCCL_HOST_ID`, else host name and boot id.
+/// This host's identity: `ZCCL_HOST_ID`, else the kernel boot id and the
+/// inode of this process's network namespace (see
+/// [`zccl_transports::shm::host_identity`]). Ranks with equal identities count
+/// as one host (`local_rank`) and talk over shared memory.
 pub fn host_id() -> String {
-    if let Ok(id) = std::env::var("ZCCL_HOST_ID") {
-        return id;
-    }
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
-    };
-    format!(
-        "{}/{}",
-        read("/proc/sys/kernel/hostname"),
-        read("/proc/sys/kernel/random/boot_id")
-    )
+    zccl_transports::shm::host_identity()
 }
 
 /// Limits of the bootstrap protocol.

@@ -1,5 +1,21 @@
-//! [`Communicator`]: a rank's membership in a job, its channels and its
-//! non-blocking point-to-point operations.
+//! [`Communicator`]: a rank's membership in a job, its channels, its
+//! non-blocking point-to-point operations and [`Communicator::split`].
+//!
+//! **Transports.** At init every rank publishes its host identity (boot id +
+//! network namespace) and, unless `ZCCL_SHM_DISABLE=1`, a shared-memory tag.
+//! Peers on the same host whose both sides enabled it exchange all messages
+//! through shared-memory rings; the others use TCP. TCP connections to every
+//! peer are kept in both cases and carry heartbeats and goodbyes, so a dead,
+//! stopped or aborting peer is detected the same way whatever carries its
+//! data (see [`zccl_transports::hybrid`]). The choice is logged once per peer
+//! (target `zccl::transport`, field `transport = "SHM"` or `"TCP"`).
+//!
+//! **Split.** [`Communicator::split`] builds a *view*: the new communicator
+//! shares the parent's progress engine and connections and maps its ranks
+//! onto world ranks; a context id carried in every message (the `comm` field
+//! of the frame header and of the shared-memory record) keeps its traffic
+//! apart from the parent's and the siblings'. Creating one costs one
+//! all-to-all exchange of 16 bytes over the parent and no new connection.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -12,7 +28,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::info;
 use zccl_transports::Transport;
+use zccl_transports::hybrid::HybridTransport;
 use zccl_transports::ifname::{Interface, list_interfaces, select};
+use zccl_transports::shm::{ShmSetup, ShmTransport, job_tag};
 use zccl_transports::tcp::{Endpoint, TcpListeners, TcpSetup, TcpTransport};
 
 use crate::bootstrap::{self, BootstrapLimits, BootstrapRoot, PeerInfo};
@@ -74,22 +92,44 @@ struct IssueState {
     op_index: HashMap<u32, u64>,
 }
 
-struct Inner {
-    rank: u32,
-    size: u32,
-    local_rank: u32,
-    local_size: u32,
+/// Context ids with this bit set carry the internal exchanges of
+/// [`Communicator::split`] of the communicator with the id without it.
+pub(crate) const SERVICE_COMM_BIT: u32 = 1 << 31;
+
+/// What every communicator of one `init` shares: the progress engine, its
+/// runtime and connections.
+struct Core {
+    world_rank: u32,
     config: Config,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
-    issue: Mutex<IssueState>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     endpoints: Vec<Endpoint>,
     nics: Vec<Interface>,
+    /// Host identity of every world rank.
+    host_ids: Vec<String>,
+    /// Whether each world rank is reached over shared memory.
+    via_shm: Vec<bool>,
+    /// Lowest context id not used by any communicator of this rank.
+    next_comm: Mutex<u32>,
     aborted: AtomicBool,
     _root: Option<BootstrapRoot>,
 }
 
-impl Drop for Inner {
+/// One communicator: a view of the core's world.
+struct Inner {
+    core: Arc<Core>,
+    comm: u32,
+    rank: u32,
+    size: u32,
+    /// World rank of each rank of this communicator.
+    members: Vec<u32>,
+    local_rank: u32,
+    local_size: u32,
+    issue: Mutex<IssueState>,
+    service_issue: Mutex<IssueState>,
+}
+
+impl Drop for Core {
     fn drop(&mut self) {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         if self.cmd_tx.send(Cmd::Shutdown { done: done_tx }).is_ok() {
@@ -110,7 +150,9 @@ impl Drop for Inner {
 ///
 /// Cloning is cheap and clones share the communicator; it is `Send + Sync`, so
 /// [`Communicator::abort`] can be called from a watchdog thread. Dropping the
-/// last clone closes the connections in order (bounded by a few seconds).
+/// last clone of the last communicator of an `init` (including those made by
+/// [`Communicator::split`]) closes the connections in order (bounded by a
+/// few seconds).
 ///
 /// ```no_run
 /// use zccl_runtime::{Communicator, Op};
@@ -129,6 +171,7 @@ pub struct Communicator {
 impl std::fmt::Debug for Communicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Communicator")
+            .field("comm", &self.inner.comm)
             .field("rank", &self.inner.rank)
             .field("size", &self.inner.size)
             .finish()
@@ -148,6 +191,7 @@ impl Communicator {
     ///
     /// Must not be called from inside an async task (use `spawn_blocking`).
     pub fn init(id: &UniqueId, rank: u32, size: u32, config: Config) -> Result<Self> {
+        crate::logging::init_from_env()?;
         Self::init_inner(id, rank, size, config, LocalHints::default(), None)
     }
 
@@ -155,6 +199,7 @@ impl Communicator {
     /// settings (see [`crate::launcher_env`] and [`crate::config`]). Rank 0
     /// hosts the bootstrap root unless `ZCCL_UNIQUE_ID` is set.
     pub fn from_env() -> Result<Self> {
+        crate::logging::init_from_env()?;
         let config = Config::from_env()?;
         let env = launcher_env::detect(&|k| std::env::var(k).ok())?;
         if env.secret_is_derived {
@@ -209,6 +254,8 @@ impl Communicator {
         let available = list_interfaces().map_err(zccl_transports::TransportError::from)?;
         let nics = select(config.socket_ifname.as_deref(), &available)
             .map_err(zccl_transports::TransportError::from)?;
+        crate::logging::set_rank(rank);
+        crate::logging::log_interfaces(rank, &nics);
         let listeners = TcpListeners::bind(&nics, &config.tcp)?;
         let endpoints = listeners.endpoints();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -217,11 +264,20 @@ impl Communicator {
             .enable_all()
             .build()
             .map_err(|e| Error::Config(format!("cannot start the progress engine: {e}")))?;
+        let shm_tag = if config.shm_enabled {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b)
+                .map_err(|e| Error::Config(format!("no randomness for the shm tag: {e}")))?;
+            Some(format!("{:016x}", u64::from_le_bytes(b)))
+        } else {
+            None
+        };
         let me = PeerInfo {
             rank,
             host_id: bootstrap::host_id(),
             pid: std::process::id(),
             endpoints: endpoints.clone(),
+            shm_tag: shm_tag.clone(),
         };
         let limits = BootstrapLimits {
             timeout: config.timeout,
@@ -232,7 +288,7 @@ impl Communicator {
             },
         };
         let book = runtime.block_on(bootstrap::exchange(id, me, size, &limits, deadline))?;
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (tcp_tx, tcp_rx) = mpsc::unbounded_channel();
         let setup = TcpSetup {
             rank,
             world_size: size,
@@ -243,26 +299,91 @@ impl Communicator {
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(100)),
         };
-        let transport = runtime.block_on(TcpTransport::establish(listeners, setup, ev_tx))?;
+        let tcp = runtime.block_on(TcpTransport::establish(listeners, setup, tcp_tx))?;
+        let tcp: Arc<dyn Transport> = Arc::new(tcp);
+        // Same host (and network namespace), both sides willing: shared memory.
+        let my_host = &book.peers[rank as usize].host_id;
+        let via_shm: Vec<bool> = book
+            .peers
+            .iter()
+            .map(|p| {
+                p.rank != rank && shm_tag.is_some() && p.shm_tag.is_some() && &p.host_id == my_host
+            })
+            .collect();
+        let shm_peers: Vec<u32> = (0..size).filter(|&p| via_shm[p as usize]).collect();
+        let shm = if shm_peers.is_empty() {
+            None
+        } else {
+            let (shm_tx, shm_rx) = mpsc::unbounded_channel();
+            let setup = ShmSetup {
+                rank,
+                world_size: size,
+                job: job_tag(&id.secret()),
+                tags: book.peers.iter().map(|p| p.shm_tag.clone()).collect(),
+                peers: shm_peers,
+                config: config.shm.clone(),
+                setup_timeout: deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(100)),
+            };
+            let shm = ShmTransport::establish(setup, shm_tx).map_err(|e| {
+                Error::Bootstrap(format!(
+                    "rank {rank}: shared-memory setup failed: {e} (ZCCL_SHM_DISABLE=1 uses TCP instead)"
+                ))
+            })?;
+            Some((Arc::new(shm) as Arc<dyn Transport>, shm_rx))
+        };
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let via_shm = if shm.is_some() {
+            via_shm
+        } else {
+            vec![false; size as usize]
+        };
+        let transport = {
+            let _guard = runtime.enter();
+            HybridTransport::new(
+                tcp,
+                tcp_rx,
+                shm,
+                via_shm.clone(),
+                ev_tx,
+                config.tcp.peer_timeout.min(Duration::from_secs(2)),
+            )
+        };
+        for p in (0..size).filter(|&p| p != rank) {
+            let path = transport.path(p).map(|p| p.to_string()).unwrap_or_default();
+            let kind = if via_shm[p as usize] { "SHM" } else { "TCP" };
+            info!(target: "zccl::transport", rank, peer = p, transport = kind, %path, "rank {rank} reaches rank {p} over {kind}");
+        }
         let transport: Arc<dyn Transport> = Arc::new(transport);
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         runtime.spawn(Engine::new(rank, transport).run(cmd_rx, ev_rx));
         let (book_local, book_size) = book.local_rank(rank);
         info!(rank, size, nics = ?nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), "communicator ready");
+        let core = Arc::new(Core {
+            world_rank: rank,
+            config,
+            cmd_tx,
+            runtime: Mutex::new(Some(runtime)),
+            endpoints,
+            nics,
+            host_ids: book.peers.iter().map(|p| p.host_id.clone()).collect(),
+            via_shm,
+            next_comm: Mutex::new(1),
+            aborted: AtomicBool::new(false),
+            _root: root,
+        });
         Ok(Self {
             inner: Arc::new(Inner {
+                core,
+                comm: 0,
                 rank,
                 size,
+                members: (0..size).collect(),
                 local_rank: hints.local_rank.unwrap_or(book_local),
                 local_size: hints.local_size.unwrap_or(book_size),
-                config,
-                cmd_tx,
                 issue: Mutex::new(IssueState::default()),
-                runtime: Mutex::new(Some(runtime)),
-                endpoints,
-                nics,
-                aborted: AtomicBool::new(false),
-                _root: root,
+                service_issue: Mutex::new(IssueState::default()),
             }),
         })
     }
@@ -287,19 +408,40 @@ impl Communicator {
         self.inner.local_size
     }
 
+    /// The context id of this communicator: 0 for the one made by `init`,
+    /// another value, equal on all its ranks, for one made by [`Communicator::split`].
+    pub fn comm_id(&self) -> u32 {
+        self.inner.comm
+    }
+
+    /// The world rank (rank in the communicator made by `init`) of each rank
+    /// of this communicator. Errors name world ranks.
+    pub fn world_ranks(&self) -> &[u32] {
+        &self.inner.members
+    }
+
+    /// Whether messages to and from `peer` (a rank of this communicator)
+    /// travel over shared memory rather than TCP.
+    pub fn uses_shm(&self, peer: u32) -> bool {
+        self.inner
+            .members
+            .get(peer as usize)
+            .is_some_and(|&w| self.inner.core.via_shm[w as usize])
+    }
+
     /// The NICs this rank uses.
     pub fn nics(&self) -> &[Interface] {
-        &self.inner.nics
+        &self.inner.core.nics
     }
 
     /// This rank's listening endpoints (one per NIC).
     pub fn endpoints(&self) -> &[Endpoint] {
-        &self.inner.endpoints
+        &self.inner.core.endpoints
     }
 
     /// The configuration in use.
     pub fn config(&self) -> &Config {
-        &self.inner.config
+        &self.inner.core.config
     }
 
     /// Channel `id`. Ops on one channel complete in issue order; channels
@@ -309,8 +451,131 @@ impl Communicator {
         Channel {
             inner: self.inner.clone(),
             id,
-            timeout: self.inner.config.timeout,
+            timeout: self.inner.core.config.timeout,
+            service: false,
         }
+    }
+
+    /// Splits this communicator, like `MPI_Comm_split`: ranks that pass the
+    /// same `color` form a new communicator, ordered by `(key, rank in this
+    /// communicator)`; a rank passing `None` (`MPI_UNDEFINED`) joins none and
+    /// gets `Ok(None)`.
+    ///
+    /// Collective: every rank of this communicator must call it, and calls
+    /// to `split` on communicators that share a rank must happen in the same
+    /// order on every rank and not concurrently from several threads. It
+    /// exchanges `(color, key)` with every rank through this communicator's
+    /// own point-to-point ops (on an internal context, so user traffic is not
+    /// disturbed) within the configured timeout.
+    ///
+    /// The new communicator is a view: it shares this rank's progress engine
+    /// and connections (shared memory or TCP) and its traffic is kept apart by
+    /// a context id, so no connection is opened. Consequently
+    /// [`Communicator::abort`] on any of them aborts them all.
+    ///
+    /// ```no_run
+    /// use zccl_runtime::Communicator;
+    /// let world = Communicator::from_env()?;
+    /// // Even and odd ranks, each group in world order.
+    /// let half = world.split(Some(world.rank() % 2), 0)?.expect("every rank has a color");
+    /// let right = (half.rank() + 1) % half.size();
+    /// let left = (half.rank() + half.size() - 1) % half.size();
+    /// let h = half.isend(right, vec![half.rank()  as f32])?;
+    /// let got = half.recv::<f32>(left, 1)?;
+    /// h.wait()?;
+    /// # Ok::<(), zccl_runtime::Error>(())
+    /// ```
+    pub fn split(&self, color: Option<u32>, key: i32) -> Result<Option<Communicator>> {
+        let inner = &self.inner;
+        let core = &inner.core;
+        let proposal = *core.next_comm.lock().expect("next comm");
+        let mine = encode_split(color, key, proposal);
+        let (r, n) = (inner.rank, inner.size);
+        let service = Channel {
+            inner: inner.clone(),
+            id: 0,
+            timeout: core.config.timeout,
+            service: true,
+        };
+        let mut ops = Vec::new();
+        let others: Vec<u32> = (0..n).filter(|&p| p != r).collect();
+        for &p in &others {
+            ops.push(Op::send(p, mine.to_vec()));
+            ops.push(Op::recv::<u8>(p, SPLIT_LEN));
+        }
+        let out = service.batch(ops)?.wait()?;
+        let mut all = vec![(color, key, proposal); n as usize];
+        for (i, &p) in others.iter().enumerate() {
+            let got = out[2 * i + 1]
+                .as_ref()
+                .map(|x| x.bytes().to_vec())
+                .unwrap_or_default();
+            all[p as usize] = decode_split(&got).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "split: malformed exchange from rank {}",
+                    inner.members[p as usize]
+                ))
+            })?;
+        }
+        let id = all.iter().map(|a| a.2).max().unwrap_or(proposal);
+        if id >= SERVICE_COMM_BIT {
+            return Err(Error::InvalidArgument(
+                "split: communicator ids exhausted".into(),
+            ));
+        }
+        {
+            let mut next = core.next_comm.lock().expect("next comm");
+            *next = (*next).max(id + 1);
+        }
+        let Some(color) = color else {
+            return Ok(None);
+        };
+        let mut group: Vec<(i32, u32)> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.0 == Some(color))
+            .map(|(pr, a)| (a.1, pr as u32))
+            .collect();
+        group.sort_unstable();
+        let members: Vec<u32> = group
+            .iter()
+            .map(|&(_, pr)| inner.members[pr as usize])
+            .collect();
+        let rank = group
+            .iter()
+            .position(|&(_, pr)| pr == r)
+            .expect("this rank is in its own group") as u32;
+        let my_host = &core.host_ids[core.world_rank as usize];
+        let same_host: Vec<u32> = members
+            .iter()
+            .copied()
+            .filter(|&w| &core.host_ids[w as usize] == my_host)
+            .collect();
+        let local_rank = same_host
+            .iter()
+            .position(|&w| w == core.world_rank)
+            .unwrap_or(0) as u32;
+        info!(
+            world_rank = core.world_rank,
+            comm = id,
+            color,
+            rank,
+            size = members.len(),
+            "split: joined communicator"
+        );
+        Ok(Some(Communicator {
+            inner: Arc::new(Inner {
+                core: core.clone(),
+                comm: id,
+                rank,
+                size: members.len() as u32,
+                local_rank,
+                local_size: same_host.len() as u32,
+                members,
+                issue: Mutex::new(IssueState::default()),
+                service_issue: Mutex::new(IssueState::default()),
+            }),
+        }))
     }
 
     /// [`Channel::isend`] on channel 0.
@@ -345,8 +610,11 @@ impl Communicator {
     /// Aborts the communicator: every pending and future op fails, the
     /// connections are closed and peers learn that this rank aborted.
     /// Callable from any thread, idempotent, returns within about a second.
+    /// Communicators made by [`Communicator::split`] share the connections,
+    /// so aborting one aborts every communicator of this `init` on this rank.
     pub fn abort(&self) {
-        if self.inner.aborted.swap(true, Ordering::AcqRel) {
+        let core = &self.inner.core;
+        if core.aborted.swap(true, Ordering::AcqRel) {
             return;
         }
         let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -354,10 +622,39 @@ impl Communicator {
             reason: "abort() called".into(),
             done: done_tx,
         };
-        if self.inner.cmd_tx.send(cmd).is_ok() {
+        if core.cmd_tx.send(cmd).is_ok() {
             let _ = done_rx.recv_timeout(Duration::from_secs(1));
         }
     }
+}
+
+/// Bytes each rank contributes to a split: color (`i64`, -1 for none), key
+/// (`i32`), proposed context id (`u32`).
+const SPLIT_LEN: usize = 16;
+
+fn encode_split(color: Option<u32>, key: i32, proposal: u32) -> [u8; SPLIT_LEN] {
+    let mut b = [0u8; SPLIT_LEN];
+    b[..8].copy_from_slice(&color.map_or(-1i64, i64::from).to_le_bytes());
+    b[8..12].copy_from_slice(&key.to_le_bytes());
+    b[12..16].copy_from_slice(&proposal.to_le_bytes());
+    b
+}
+
+fn decode_split(b: &[u8]) -> Option<(Option<u32>, i32, u32)> {
+    if b.len() != SPLIT_LEN {
+        return None;
+    }
+    let color = i64::from_le_bytes(b[..8].try_into().ok()?);
+    let color = if color < 0 {
+        None
+    } else {
+        Some(u32::try_from(color).ok()?)
+    };
+    Some((
+        color,
+        i32::from_le_bytes(b[8..12].try_into().ok()?),
+        u32::from_le_bytes(b[12..16].try_into().ok()?),
+    ))
 }
 
 /// A channel of a communicator: an independent, ordered stream of ops.
@@ -366,6 +663,8 @@ pub struct Channel {
     inner: Arc<Inner>,
     id: u32,
     timeout: Duration,
+    /// Ops go to the communicator's internal context (split exchanges).
+    service: bool,
 }
 
 impl std::fmt::Debug for Channel {
@@ -401,7 +700,8 @@ impl Channel {
     }
 
     fn issue(&self, ops: Vec<Op>) -> Result<Vec<Pending>> {
-        let max = self.inner.config.tcp.limits.max_message;
+        let core = &self.inner.core;
+        let max = core.config.tcp.limits.max_message;
         for op in &ops {
             let (peer, bytes) = match op {
                 Op::Send { peer, data, .. } => (*peer, Some(data.len() as u64)),
@@ -421,7 +721,15 @@ impl Channel {
         }
         let now = Instant::now();
         let deadline = now + self.timeout;
-        let mut st = self.inner.issue.lock().expect("issue state");
+        let (comm, state) = if self.service {
+            (
+                self.inner.comm | SERVICE_COMM_BIT,
+                &self.inner.service_issue,
+            )
+        } else {
+            (self.inner.comm, &self.inner.issue)
+        };
+        let mut st = state.lock().expect("issue state");
         let mut specs = Vec::with_capacity(ops.len());
         let mut pendings = Vec::with_capacity(ops.len());
         for op in ops {
@@ -437,6 +745,7 @@ impl Channel {
                     None,
                 ),
             };
+            let peer = self.inner.members[peer as usize];
             let counters = if kind == OpKind::Send {
                 &mut st.send_seq
             } else {
@@ -449,9 +758,10 @@ impl Channel {
             let index = *index_ref;
             *index_ref += 1;
             let desc = OpDesc {
-                rank: self.inner.rank,
+                rank: core.world_rank,
                 kind,
                 peer,
+                comm,
                 channel: self.id,
                 seq,
                 bytes,
@@ -473,8 +783,7 @@ impl Channel {
                 index,
             });
         }
-        if let Err(mpsc::error::SendError(Cmd::Issue(specs))) =
-            self.inner.cmd_tx.send(Cmd::Issue(specs))
+        if let Err(mpsc::error::SendError(Cmd::Issue(specs))) = core.cmd_tx.send(Cmd::Issue(specs))
         {
             for s in specs {
                 s.slot.complete(Err(Error::Aborted {

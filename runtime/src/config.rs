@@ -13,9 +13,17 @@
 //! | `ZCCL_MAX_MESSAGE_BYTES` | largest message accepted | 16 GiB |
 //! | `ZCCL_SOCKET_BUFFER_BYTES` | `SO_SNDBUF`/`SO_RCVBUF`, 0 = kernel autotuning | 4 MiB |
 //! | `ZCCL_NTHREADS` | progress-engine threads per rank | min(2, CPUs) |
+//! | `ZCCL_SHM_DISABLE` | `1`: ranks of one host talk over TCP, not shared memory | `0` |
+//! | `ZCCL_SHM_RING_BYTES` | bytes of each shared-memory ring (one per direction and pair) | 4 MiB |
+//! | `ZCCL_SHM_SPIN` | spin rounds before a shared-memory wait sleeps in `futex` | 200 |
+//! | `ZCCL_HOST_ID` | overrides the host identity (boot id + network namespace) | — |
+//!
+//! Shared memory is used between two ranks when both have the same host
+//! identity and neither set `ZCCL_SHM_DISABLE=1`; everything else uses TCP.
 
 use std::time::Duration;
 
+use zccl_transports::shm::ShmConfig;
 use zccl_transports::tcp::TcpConfig;
 
 use crate::error::{Error, Result};
@@ -31,6 +39,10 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// Worker threads of the progress engine.
     pub engine_threads: usize,
+    /// Whether same-host peers use shared memory (`ZCCL_SHM_DISABLE` unset or `0`).
+    pub shm_enabled: bool,
+    /// Shared-memory transport settings.
+    pub shm: ShmConfig,
 }
 
 impl Default for Config {
@@ -130,11 +142,37 @@ impl Config {
             None => cpus.min(2),
         };
         let socket_ifname = get("ZCCL_SOCKET_IFNAME").filter(|s| !s.trim().is_empty());
+        let shm_enabled = match get("ZCCL_SHM_DISABLE").as_deref().map(str::trim) {
+            None | Some("" | "0" | "false" | "no") => true,
+            Some("1" | "true" | "yes") => false,
+            Some(v) => {
+                return Err(Error::Config(format!(
+                    "ZCCL_SHM_DISABLE={v:?} must be 0 or 1"
+                )));
+            }
+        };
+        let mut shm = ShmConfig {
+            max_message: tcp.limits.max_message,
+            ..ShmConfig::default()
+        };
+        if let Some(v) = get("ZCCL_SHM_RING_BYTES") {
+            shm.ring_bytes = int("ZCCL_SHM_RING_BYTES", &v)?;
+            if !(4096..=1 << 30).contains(&shm.ring_bytes) {
+                return Err(Error::Config(format!(
+                    "ZCCL_SHM_RING_BYTES={v:?} must be in 4096..=1073741824"
+                )));
+            }
+        }
+        if let Some(v) = get("ZCCL_SHM_SPIN") {
+            shm.spin_iterations = int("ZCCL_SHM_SPIN", &v)?;
+        }
         Ok(Self {
             timeout,
             socket_ifname,
             tcp,
             engine_threads,
+            shm_enabled,
+            shm,
         })
     }
 }
@@ -160,6 +198,8 @@ mod tests {
         assert_eq!(c.tcp.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(c.tcp.sockets_per_peer, 2);
         assert!(c.socket_ifname.is_none());
+        assert!(c.shm_enabled);
+        assert_eq!(c.shm.ring_bytes, 4 << 20);
     }
 
     #[test]
@@ -169,8 +209,12 @@ mod tests {
             ("ZCCL_NSOCKS_PERPEER", "4"),
             ("ZCCL_SOCKET_BUFFER_BYTES", "0"),
             ("ZCCL_SOCKET_IFNAME", "=lo"),
+            ("ZCCL_SHM_DISABLE", "1"),
+            ("ZCCL_SHM_RING_BYTES", "65536"),
         ])
         .unwrap();
+        assert!(!c.shm_enabled);
+        assert_eq!(c.shm.ring_bytes, 65536);
         assert_eq!(c.timeout, Duration::from_millis(2500));
         assert_eq!(c.tcp.peer_timeout, Duration::from_millis(1250));
         assert_eq!(c.tcp.heartbeat_interval, Duration::from_millis(250));
@@ -182,6 +226,8 @@ mod tests {
             vec![("ZCCL_TIMEOUT", "-1")],
             vec![("ZCCL_NSOCKS_PERPEER", "0")],
             vec![("ZCCL_CHUNK_BYTES", "100"), ("ZCCL_MAX_FRAME_BYTES", "10")],
+            vec![("ZCCL_SHM_DISABLE", "maybe")],
+            vec![("ZCCL_SHM_RING_BYTES", "100")],
         ] {
             assert!(matches!(cfg(&bad), Err(Error::Config(_))), "{bad:?}");
         }

@@ -3,11 +3,14 @@
 //!
 //! * Sends are eager: the data goes out at once, whether or not the receiver
 //!   posted its receive. The receiver keeps early messages keyed by
-//!   `(channel, source, seq)` until the matching receive is posted. Hence a
+//!   `(communicator, channel, source, seq)` until the matching receive is
+//!   posted. The communicator context id keeps communicators that share this
+//!   engine (a world communicator and those split from it) apart. Hence a
 //!   batch completes whatever the order of its ops on each rank.
 //! * A receive that matches answers the sender with an ack (or a mismatch
 //!   nack carrying its size and type); a send completes on that answer.
-//! * Ops of one channel complete, as seen by handles, in issue order.
+//! * Ops of one channel of one communicator complete, as seen by handles, in
+//!   issue order.
 //! * Every op has a deadline; expired ops fail with a timeout error.
 //! * A peer lost, stuck or aborted fails every pending and future op with an
 //!   error naming that peer; the engine then aborts its transport, telling
@@ -21,7 +24,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use zccl_transports::{
-    CloseReason, GoodbyeReason, Message, MessageKind, NicPath, Transport, TransportEvent,
+    CloseReason, GoodbyeReason, Message, MessageKind, PeerPath, Transport, TransportEvent,
 };
 
 use crate::buffer::DType;
@@ -52,7 +55,9 @@ pub(crate) enum Cmd {
     },
 }
 
-type Key = (u32, u32, u64); // (channel, peer, seq)
+type Key = (u32, u32, u32, u64); // (comm, channel, peer, seq)
+/// An ordered stream of ops: (comm, channel).
+type Stream = (u32, u32);
 
 /// How long a failing engine lets its goodbyes drain before failing handles.
 const CLOSE_NOTICE: Duration = Duration::from_millis(300);
@@ -85,14 +90,14 @@ pub(crate) struct Engine {
     sends: HashMap<Key, PendingOp>,
     recvs: HashMap<Key, PendingOp>,
     unexpected: HashMap<Key, (u8, Bytes)>,
-    deadlines: BTreeMap<(Instant, u32, u64), (OpKind, Key)>,
-    order: HashMap<u32, ChannelOrder>,
+    deadlines: BTreeMap<(Instant, Stream, u64), (OpKind, Key)>,
+    order: HashMap<Stream, ChannelOrder>,
     failure: Option<Failure>,
     closed_peers: HashSet<u32>,
     local: VecDeque<Message>,
 }
 
-fn nic_text(p: Option<NicPath>) -> String {
+fn nic_text(p: Option<PeerPath>) -> String {
     p.map(|p| p.to_string()).unwrap_or_else(|| "local".into())
 }
 
@@ -150,7 +155,7 @@ impl Engine {
                 },
                 e = events.recv(), if events_open => match e {
                     Some(TransportEvent::Message { peer, msg }) => self.on_message(peer, msg),
-                    Some(TransportEvent::PeerClosed { peer, reason, nic }) => self.on_peer_closed(peer, reason, nic).await,
+                    Some(TransportEvent::PeerClosed { peer, reason, path }) => self.on_peer_closed(peer, reason, path).await,
                     None => events_open = false,
                 },
                 _ = sleep => self.expire(),
@@ -176,8 +181,8 @@ impl Engine {
     }
 
     /// Records an op's outcome and releases completions in channel order.
-    fn finish(&mut self, channel: u32, index: u64, slot: Arc<Slot>, outcome: Outcome) {
-        let ord = self.order.entry(channel).or_default();
+    fn finish(&mut self, stream: Stream, index: u64, slot: Arc<Slot>, outcome: Outcome) {
+        let ord = self.order.entry(stream).or_default();
         ord.ready.insert(index, (slot, outcome));
         while let Some((slot, outcome)) = ord.ready.remove(&ord.next) {
             slot.complete(outcome);
@@ -202,10 +207,11 @@ impl Engine {
 
     fn issue(&mut self, op: OpSpec) {
         let d = op.desc.clone();
-        let key = (d.channel, d.peer, d.seq);
+        let key = (d.comm, d.channel, d.peer, d.seq);
+        let stream = (d.comm, d.channel);
         if let Some(f) = self.failure.clone() {
             let e = self.failure_error(&f, &d);
-            return self.finish(d.channel, op.index, op.slot, Err(e));
+            return self.finish(stream, op.index, op.slot, Err(e));
         }
         let pending = PendingOp {
             desc: d.clone(),
@@ -218,18 +224,19 @@ impl Engine {
             OpKind::Send => {
                 if self.closed_peers.contains(&d.peer) {
                     return self.finish(
-                        d.channel,
+                        stream,
                         op.index,
                         pending.slot,
                         Err(Error::PeerClosed { op: d }),
                     );
                 }
                 self.deadlines
-                    .insert((op.deadline, d.channel, op.index), (OpKind::Send, key));
+                    .insert((op.deadline, stream, op.index), (OpKind::Send, key));
                 self.sends.insert(key, pending);
                 let msg = Message {
                     kind: MessageKind::Data,
                     dtype: d.dtype.code(),
+                    comm: d.comm,
                     channel: d.channel,
                     seq: d.seq,
                     payload: op.payload.unwrap_or_default(),
@@ -241,7 +248,7 @@ impl Engine {
                         op: Some(d.clone()),
                         reason: "transport closed".into(),
                     };
-                    self.finish(d.channel, p.index, p.slot, Err(e));
+                    self.finish(stream, p.index, p.slot, Err(e));
                 }
             }
             OpKind::Recv => {
@@ -250,14 +257,14 @@ impl Engine {
                 }
                 if self.closed_peers.contains(&d.peer) {
                     return self.finish(
-                        d.channel,
+                        stream,
                         op.index,
                         pending.slot,
                         Err(Error::PeerClosed { op: d }),
                     );
                 }
                 self.deadlines
-                    .insert((op.deadline, d.channel, op.index), (OpKind::Recv, key));
+                    .insert((op.deadline, stream, op.index), (OpKind::Recv, key));
                 self.recvs.insert(key, pending);
             }
         }
@@ -271,7 +278,7 @@ impl Engine {
         };
         let p = map.remove(&key)?;
         self.deadlines
-            .remove(&(p.deadline, p.desc.channel, p.index));
+            .remove(&(p.deadline, (p.desc.comm, p.desc.channel), p.index));
         Some(p)
     }
 
@@ -296,6 +303,7 @@ impl Engine {
         let reply = Message {
             kind: MessageKind::Control,
             dtype: 0,
+            comm: d.comm,
             channel: 0,
             seq: 0,
             payload: Bytes::from(control.encode()),
@@ -312,13 +320,18 @@ impl Engine {
                 recv_dtype: d.dtype,
             })
         };
-        self.finish(recv.desc.channel, recv.index, recv.slot, outcome);
+        self.finish(
+            (recv.desc.comm, recv.desc.channel),
+            recv.index,
+            recv.slot,
+            outcome,
+        );
     }
 
     fn on_message(&mut self, peer: u32, msg: Message) {
         match msg.kind {
             MessageKind::Data => {
-                let key = (msg.channel, peer, msg.seq);
+                let key = (msg.comm, msg.channel, peer, msg.seq);
                 match self.take(OpKind::Recv, key) {
                     Some(recv) => self.matched(recv, msg.dtype, msg.payload),
                     None => {
@@ -330,6 +343,7 @@ impl Engine {
                             warn!(
                                 rank = self.rank,
                                 peer,
+                                comm = msg.comm,
                                 channel = msg.channel,
                                 seq = msg.seq,
                                 "duplicate message replaced"
@@ -340,8 +354,8 @@ impl Engine {
             }
             MessageKind::Control => match Control::decode(&msg.payload) {
                 Some(Control::Ack { channel, seq }) => {
-                    if let Some(s) = self.take(OpKind::Send, (channel, peer, seq)) {
-                        self.finish(channel, s.index, s.slot, Ok(None));
+                    if let Some(s) = self.take(OpKind::Send, (msg.comm, channel, peer, seq)) {
+                        self.finish((msg.comm, channel), s.index, s.slot, Ok(None));
                     }
                 }
                 Some(Control::Mismatch {
@@ -350,7 +364,7 @@ impl Engine {
                     recv_bytes,
                     recv_dtype,
                 }) => {
-                    if let Some(s) = self.take(OpKind::Send, (channel, peer, seq)) {
+                    if let Some(s) = self.take(OpKind::Send, (msg.comm, channel, peer, seq)) {
                         let e = Error::Mismatch {
                             op: s.desc.clone(),
                             send_bytes: s.desc.bytes,
@@ -358,7 +372,7 @@ impl Engine {
                             recv_bytes,
                             recv_dtype: DType::from_code(recv_dtype).unwrap_or(DType::U8),
                         };
-                        self.finish(channel, s.index, s.slot, Err(e));
+                        self.finish((msg.comm, channel), s.index, s.slot, Err(e));
                     }
                 }
                 None => warn!(rank = self.rank, peer, "malformed control message ignored"),
@@ -366,7 +380,7 @@ impl Engine {
         }
     }
 
-    async fn on_peer_closed(&mut self, peer: u32, reason: CloseReason, nic: Option<NicPath>) {
+    async fn on_peer_closed(&mut self, peer: u32, reason: CloseReason, nic: Option<PeerPath>) {
         let nic = nic_text(nic);
         let failure = match reason {
             CloseReason::Clean => {
@@ -374,19 +388,19 @@ impl Engine {
                 let keys: Vec<(OpKind, Key)> = self
                     .sends
                     .keys()
-                    .filter(|k| k.1 == peer)
+                    .filter(|k| k.2 == peer)
                     .map(|k| (OpKind::Send, *k))
                     .chain(
                         self.recvs
                             .keys()
-                            .filter(|k| k.1 == peer)
+                            .filter(|k| k.2 == peer)
                             .map(|k| (OpKind::Recv, *k)),
                     )
                     .collect();
                 for (kind, key) in keys {
                     if let Some(p) = self.take(kind, key) {
                         let e = Error::PeerClosed { op: p.desc.clone() };
-                        self.finish(p.desc.channel, p.index, p.slot, Err(e));
+                        self.finish((p.desc.comm, p.desc.channel), p.index, p.slot, Err(e));
                     }
                 }
                 return;
@@ -442,21 +456,21 @@ impl Engine {
             .map(|(_, p)| p)
             .chain(self.recvs.drain().map(|(_, p)| p))
             .collect();
-        all.sort_by_key(|p| (p.desc.channel, p.index));
+        all.sort_by_key(|p| (p.desc.comm, p.desc.channel, p.index));
         self.deadlines.clear();
         for p in all {
             let e = self.failure_error(&f, &p.desc);
-            self.finish(p.desc.channel, p.index, p.slot, Err(e));
+            self.finish((p.desc.comm, p.desc.channel), p.index, p.slot, Err(e));
         }
     }
 
     fn expire(&mut self) {
         let now = Instant::now();
-        while let Some((&(when, ch, idx), &(kind, key))) = self.deadlines.iter().next() {
+        while let Some((&(when, stream, idx), &(kind, key))) = self.deadlines.iter().next() {
             if when > now {
                 break;
             }
-            self.deadlines.remove(&(when, ch, idx));
+            self.deadlines.remove(&(when, stream, idx));
             let map = if kind == OpKind::Send {
                 &mut self.sends
             } else {
@@ -474,7 +488,7 @@ impl Engine {
                     after: p.timeout,
                     nic,
                 };
-                self.finish(p.desc.channel, p.index, p.slot, Err(e));
+                self.finish(stream, p.index, p.slot, Err(e));
             }
         }
     }

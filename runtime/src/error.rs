@@ -18,14 +18,30 @@ pub enum OpKind {
 }
 
 /// Which operation an error is about: enough to find it in every rank's log.
+///
+/// Ranks are **world** ranks (the ranks of the communicator created by
+/// `init`), also for ops of a communicator made by
+/// [`Communicator::split`](crate::Communicator::split); `comm` says which
+/// communicator (0 is the world communicator).
+///
+/// ```
+/// use zccl_runtime::{DType, OpDesc, OpKind};
+/// let op = OpDesc { rank: 1, kind: OpKind::Send, peer: 3, comm: 0, channel: 0, seq: 7,
+///                   bytes: 8, dtype: DType::F32 };
+/// assert_eq!(op.to_string(), "rank 1: send seq 7 to rank 3 on channel 0 (8 B of f32)");
+/// let sub = OpDesc { comm: 2, ..op };
+/// assert_eq!(sub.to_string(), "rank 1: send seq 7 to rank 3 on channel 0 of communicator 2 (8 B of f32)");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpDesc {
-    /// The rank that issued the op.
+    /// The (world) rank that issued the op.
     pub rank: u32,
     /// Send or receive.
     pub kind: OpKind,
-    /// The peer rank (destination of a send, source of a receive).
+    /// The peer's world rank (destination of a send, source of a receive).
     pub peer: u32,
+    /// The communicator's context id (0: the world communicator).
+    pub comm: u32,
     /// The channel.
     pub channel: u32,
     /// Sequence number of the op among the ops of its kind between this rank
@@ -43,9 +59,17 @@ impl fmt::Display for OpDesc {
             OpKind::Send => ("send", "to"),
             OpKind::Recv => ("recv", "from"),
         };
+        let comm = match self.comm {
+            0 => String::new(),
+            c if c & crate::communicator::SERVICE_COMM_BIT != 0 => format!(
+                " of communicator {} (split exchange)",
+                c & !crate::communicator::SERVICE_COMM_BIT
+            ),
+            c => format!(" of communicator {c}"),
+        };
         write!(
             f,
-            "rank {}: {what} seq {} {dir} rank {} on channel {} ({} B of {})",
+            "rank {}: {what} seq {} {dir} rank {} on channel {}{comm} ({} B of {})",
             self.rank, self.seq, self.peer, self.channel, self.bytes, self.dtype
         )
     }
@@ -143,6 +167,7 @@ mod tests {
             rank: 1,
             kind: OpKind::Recv,
             peer: 0,
+            comm: 0,
             channel: 2,
             seq: 5,
             bytes: 48,

@@ -5,19 +5,31 @@
 //! * [`launcher_env`] — rank/world/root from torchrun, Slurm, Open MPI and `ZCCL_*`.
 //! * [`config`] — [`Config`] from `ZCCL_*` variables (timeouts, NICs, sockets).
 //! * [`communicator`] — [`Communicator`], [`Channel`], [`Op`]: non-blocking
-//!   `isend`/`irecv`/`batch`, blocking wrappers, `abort()`.
+//!   `isend`/`irecv`/`batch`, blocking wrappers, `abort()`, and `split()`
+//!   (`MPI_Comm_split`; the new communicator is a view over the same
+//!   connections, its traffic kept apart by a context id).
+//!   Ranks of one host (same boot id and network namespace) exchange their
+//!   messages through shared-memory rings, the others over TCP; TCP keeps
+//!   detecting dead peers for both (`ZCCL_SHM_DISABLE=1` forces TCP).
 //! * [`handle`] — [`SendHandle`], [`RecvHandle`], [`BatchHandle`]: `test()`,
 //!   `wait()`, `wait_async()`.
 //! * [`buffer`] — typed host buffers (`u8, i32, i64, f16, bf16, f32, f64`).
 //! * [`error`] — [`Error`], whose messages name the rank, op, sequence number and NIC.
+//! * [`logging`] — `ZCCL_DEBUG`, `ZCCL_DEBUG_SUBSYS`, `ZCCL_DEBUG_FILE`, shaped
+//!   like NCCL's.
+//! * [`launcher`] — the single-host launcher behind `zccl run -n N`
+//!   (see `docs/launching.md` for Slurm, `mpirun` and `torchrun`).
+//! * [`router`] — the NIC-aware router's planner (pure; no executor yet).
 //!
-//! Each communicator runs one progress engine (a task on its own tokio
+//! Each `init` runs one progress engine (a task on its own tokio
 //! runtime) that owns the transport; user calls only enqueue work and wait on
 //! handles.
 //!
-//! **Not built yet:** the shared-memory transport (ranks of one host talk over
-//! loopback TCP today), device memory, communicator `split()`, collectives,
-//! the NIC-aware router, and the `zccl run` launcher.
+//! Collectives and the sequence-parallel primitives live in `zccl-primitives`,
+//! which runs over a [`Communicator`].
+//!
+//! **Not built yet:** device memory, the router's executor (plans are made
+//! but not run over the transports), metrics.
 //!
 //! ```no_run
 //! use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
@@ -42,8 +54,11 @@ pub mod config;
 mod engine;
 pub mod error;
 pub mod handle;
+pub mod launcher;
 pub mod launcher_env;
+pub mod logging;
 mod protocol;
+pub mod router;
 pub mod unique_id;
 
 pub use bootstrap::BootstrapRoot;

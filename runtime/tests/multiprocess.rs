@@ -4,6 +4,12 @@
 //! test runs one rank of a scenario (initialised through `Communicator::from_env`)
 //! and reports on stdout; without it, `worker` does nothing. Every wait in the
 //! parent has a deadline, and children are killed when it passes.
+//!
+//! All ranks run on this host, so same-host peers talk over shared memory;
+//! the `*_tcp_only` tests set `ZCCL_SHM_DISABLE=1` so that TCP stays tested,
+//! and `mixed_*` disables shared memory on one rank only. Every worker prints
+//! which transport reaches each peer, and the parent checks it, as well as
+//! that no `/dev/shm/zccl-<job>-*` segment survives the job.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -15,6 +21,7 @@ use zccl_runtime::{BootstrapRoot, Communicator, Op, UniqueId};
 use zccl_transports::handshake::{
     HELLO_LEN, Hello, JobSecret, PROTOCOL_VERSION, Purpose, ROOT_RANK,
 };
+use zccl_transports::shm::job_tag;
 
 // ---------------------------------------------------------------------------
 // Worker side.
@@ -124,6 +131,11 @@ fn worker() {
     let Ok(role) = std::env::var("ZCCL_TEST_ROLE") else {
         return;
     };
+    if std::env::var("ZCCL_TEST_TCP_RANK").ok() == std::env::var("ZCCL_RANK").ok() {
+        // SAFETY: the worker process is single-threaded at this point
+        // (`--test-threads=1`, before the communicator starts its threads).
+        unsafe { std::env::set_var("ZCCL_SHM_DISABLE", "1") };
+    }
     let c = match Communicator::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -131,6 +143,11 @@ fn worker() {
             std::process::exit(3);
         }
     };
+    let transports: Vec<String> = (0..c.size())
+        .filter(|&p| p != c.rank())
+        .map(|p| format!("{p}:{}", if c.uses_shm(p) { "shm" } else { "tcp" }))
+        .collect();
+    println!("TRANSPORTS {}", transports.join(" "));
     match role.as_str() {
         "acceptance" => {
             ring(&c, &[1, c.size() - 1], &sizes(), 1);
@@ -185,6 +202,7 @@ struct Job {
     children: Vec<Option<Child>>,
     lines: mpsc::Receiver<(u32, String)>,
     out: Vec<String>,
+    secret: Option<JobSecret>,
     _root: Option<BootstrapRoot>,
 }
 
@@ -241,6 +259,7 @@ fn spawn(role: &str, n: u32, env: &[(&str, String)], root: Option<BootstrapRoot>
         children,
         lines,
         out: vec![String::new(); n as usize],
+        secret: root.as_ref().map(|r| r.unique_id().secret()),
         _root: root,
     }
 }
@@ -322,6 +341,34 @@ impl Job {
         }
     }
 
+    /// The job's shared-memory segments still present in `/dev/shm`.
+    fn segments(&self) -> Vec<String> {
+        let prefix = format!("zccl-{:016x}-", job_tag(&self.secret.expect("job secret")));
+        std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    }
+
+    /// Checks the transport each rank reported for each peer: shared memory
+    /// unless either side is in `tcp_ranks` (or `all_tcp`).
+    fn expect_transports(&self, all_tcp: bool, tcp_ranks: &[u32]) {
+        for (r, out) in self.out.iter().enumerate() {
+            let line = out
+                .lines()
+                .find_map(|l| l.split_once("TRANSPORTS ").map(|(_, t)| t))
+                .unwrap_or_else(|| panic!("rank {r} did not report\n{}", self.dump()));
+            for item in line.split_whitespace() {
+                let (p, kind) = item.split_once(':').unwrap();
+                let p: u32 = p.parse().unwrap();
+                let tcp = all_tcp || tcp_ranks.contains(&p) || tcp_ranks.contains(&(r as u32));
+                assert_eq!(kind, if tcp { "tcp" } else { "shm" }, "rank {r}: {line}");
+            }
+        }
+    }
+
     fn pid(&self, r: u32) -> i32 {
         self.children[r as usize].as_ref().unwrap().id() as i32
     }
@@ -352,14 +399,32 @@ impl Drop for Job {
     }
 }
 
-fn acceptance(n: u32) {
-    let mut job = spawn(
-        "acceptance",
-        n,
-        &[("ZCCL_TIMEOUT", "30".into())],
-        Some(root()),
-    );
+fn acceptance_with(n: u32, env: &[(&str, String)], all_tcp: bool, tcp_ranks: &[u32]) {
+    let mut env = env.to_vec();
+    env.push(("ZCCL_TIMEOUT", "30".into()));
+    let mut job = spawn("acceptance", n, &env, Some(root()));
     job.expect_success(Duration::from_secs(50));
+    job.expect_transports(all_tcp, tcp_ranks);
+    assert_eq!(job.segments(), Vec::<String>::new(), "segments left behind");
+}
+
+fn acceptance(n: u32) {
+    acceptance_with(n, &[], false, &[]);
+}
+
+#[test]
+fn ring_sizes_and_shuffled_batches_n4_tcp_only() {
+    acceptance_with(4, &[("ZCCL_SHM_DISABLE", "1".into())], true, &[]);
+}
+
+#[test]
+fn mixed_shm_and_tcp_when_one_rank_disables_shm_n3() {
+    acceptance_with(3, &[("ZCCL_TEST_TCP_RANK", "1".into())], false, &[1]);
+}
+
+#[test]
+fn small_shm_ring_streams_every_size_n3() {
+    acceptance_with(3, &[("ZCCL_SHM_RING_BYTES", "4096".into())], false, &[]);
 }
 
 #[test]
@@ -384,10 +449,26 @@ fn ring_sizes_and_shuffled_batches_n8() {
 
 #[test]
 fn ring_64_mib_every_byte_verified() {
-    for n in [2, 4] {
-        let mut job = spawn("big", n, &[("ZCCL_TIMEOUT", "30".into())], Some(root()));
+    for (n, ring) in [(2, "4194304"), (4, "65536")] {
+        let env = [
+            ("ZCCL_TIMEOUT", "30".into()),
+            ("ZCCL_SHM_RING_BYTES", ring.into()),
+        ];
+        let mut job = spawn("big", n, &env, Some(root()));
         job.expect_success(Duration::from_secs(50));
+        job.expect_transports(false, &[]);
     }
+}
+
+#[test]
+fn ring_64_mib_every_byte_verified_tcp_only() {
+    let env = [
+        ("ZCCL_TIMEOUT", "30".into()),
+        ("ZCCL_SHM_DISABLE", "1".into()),
+    ];
+    let mut job = spawn("big", 2, &env, Some(root()));
+    job.expect_success(Duration::from_secs(50));
+    job.expect_transports(true, &[]);
 }
 
 #[test]
@@ -411,7 +492,7 @@ fn torchrun_variables_rank0_hosts_root() {
     job.expect_success(Duration::from_secs(40));
 }
 
-fn assert_all_name(job: &Job, ranks: &[u32], dead: u32, statuses: &[ExitStatus]) {
+fn assert_all_name(job: &Job, ranks: &[u32], dead: u32, statuses: &[ExitStatus], shm: bool) {
     for (i, &r) in ranks.iter().enumerate() {
         let out = &job.out[r as usize];
         let err = out
@@ -428,23 +509,47 @@ fn assert_all_name(job: &Job, ranks: &[u32], dead: u32, statuses: &[ExitStatus])
             err.contains("seq ") && err.contains("NIC "),
             "rank {r}: error lacks op/seq/NIC: {err}"
         );
+        // The ring neighbours hear it from the dead rank's own path: over
+        // shared memory that path names the segment.
+        if shm && err.contains(&format!("rank {dead} was")) {
+            assert!(
+                err.contains("shm /dev/shm/zccl-"),
+                "rank {r}: error lacks the shm path: {err}"
+            );
+        }
     }
 }
 
-#[test]
-fn kill_9_of_one_rank_fails_every_other_rank_naming_it() {
-    let mut job = spawn("loop", 4, &[("ZCCL_TIMEOUT", "5".into())], Some(root()));
+fn kill_9(shm: bool) {
+    let mut env = vec![("ZCCL_TIMEOUT", "5".to_string())];
+    if !shm {
+        env.push(("ZCCL_SHM_DISABLE", "1".into()));
+    }
+    let mut job = spawn("loop", 4, &env, Some(root()));
     job.wait_for(&[0, 1, 2, 3], Duration::from_secs(30), |o| {
         o.contains("PROGRESS 3\n")
     });
+    job.expect_transports(!shm, &[]);
     let t0 = Instant::now();
     job.children[2].as_mut().unwrap().kill().unwrap(); // SIGKILL
     let others = [0, 1, 3];
     let st = job.wait_exit(&others, Duration::from_secs(10));
     let took = t0.elapsed();
-    assert_all_name(&job, &others, 2, &st);
+    assert_all_name(&job, &others, 2, &st, shm);
     eprintln!("all ranks failed {took:?} after kill -9");
     assert!(took < Duration::from_secs(5), "took {took:?}");
+    let _ = job.children[2].as_mut().unwrap().wait();
+    assert_eq!(job.segments(), Vec::<String>::new(), "segments left behind");
+}
+
+#[test]
+fn kill_9_of_one_rank_fails_every_other_rank_naming_it() {
+    kill_9(true);
+}
+
+#[test]
+fn kill_9_of_one_rank_fails_every_other_rank_naming_it_tcp_only() {
+    kill_9(false);
 }
 
 #[test]
@@ -461,7 +566,7 @@ fn sigstop_of_one_rank_fails_every_other_rank_naming_it() {
     let took = t0.elapsed();
     // SAFETY: as above.
     unsafe { libc::kill(job.pid(1), libc::SIGKILL) };
-    assert_all_name(&job, &others, 1, &st);
+    assert_all_name(&job, &others, 1, &st, true);
     eprintln!("all ranks failed {took:?} after SIGSTOP");
     assert!(took < Duration::from_secs(4), "took {took:?}");
 }

@@ -358,3 +358,160 @@ fn a_rank_that_issues_late_is_waited_for() {
         .unwrap();
     });
 }
+
+/// Even/odd split with keys that reverse the order; data exchanged in each
+/// half; a duplicate of the world and the halves never match each other's
+/// traffic even on the same channel, peer and sequence number.
+fn split_even_odd(n: u32) {
+    let res = job(n, &[], |c| {
+        let (r, n) = (c.rank(), c.size());
+        let color = r % 2;
+        let half = c
+            .split(Some(color), -(r as i32))
+            .unwrap()
+            .expect("every rank has a color");
+        // Members in (key, rank) order: descending world rank.
+        let mut want: Vec<u32> = (0..n).filter(|w| w % 2 == color).collect();
+        want.reverse();
+        assert_eq!(half.world_ranks(), &want[..], "rank {r}");
+        assert_eq!(half.size(), want.len() as u32);
+        assert_eq!(
+            half.rank(),
+            want.iter().position(|&w| w == r).unwrap() as u32
+        );
+        assert_ne!(half.comm_id(), c.comm_id());
+        assert_eq!(
+            (half.local_rank(), half.local_size()),
+            (half.rank(), half.size())
+        );
+        // A ring inside the half.
+        let (hr, hn) = (half.rank(), half.size());
+        let (to, from) = ((hr + 1) % hn, (hr + hn - 1) % hn);
+        let out = half
+            .batch(vec![
+                Op::send(to, vec![r as i64, i64::from(color)]),
+                Op::recv::<i64>(from, 2),
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let got = out[1].as_ref().unwrap().to_buffer::<i64>().unwrap();
+        assert_eq!(
+            &got[..],
+            &[i64::from(want[from as usize]), i64::from(color)]
+        );
+
+        // Isolation on channel 77, where every communicator is at seq 0.
+        let dup = c.split(Some(0), 0).unwrap().unwrap();
+        assert_eq!(dup.world_ranks(), &(0..n).collect::<Vec<_>>()[..]);
+        assert!(dup.comm_id() != c.comm_id() && dup.comm_id() != half.comm_id());
+        let (right, left) = ((r + 1) % n, (r + n - 1) % n);
+        let world_recv = c
+            .channel(77)
+            .with_timeout(Duration::from_millis(400))
+            .irecv::<u8>(left, 3)
+            .unwrap();
+        let half_send = half.channel(77).isend(to, vec![2u8; 3]).unwrap();
+        let dup_send = dup.channel(77).isend(right, vec![1u8; 3]).unwrap();
+        // Neither the dup's nor the half's message matches the world's receive.
+        let e = world_recv.wait().unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "rank {r}: {e}");
+        assert_eq!(
+            &dup.channel(77).recv::<u8>(left, 3).unwrap()[..],
+            &[1, 1, 1]
+        );
+        assert_eq!(
+            &half.channel(77).recv::<u8>(from, 3).unwrap()[..],
+            &[2, 2, 2]
+        );
+        dup_send.wait().unwrap();
+        half_send.wait().unwrap();
+        // The world communicator is unaffected: its own exchange on channel 77
+        // (seq 1 on the receive side now, seq 0 on the send side: use a batch
+        // that lines both up again).
+        let out = c
+            .channel(78)
+            .batch(vec![
+                Op::send(right, vec![r as u8]),
+                Op::recv::<u8>(left, 1),
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(out[1].as_ref().unwrap().bytes(), &[left as u8]);
+        (half.comm_id(), dup.comm_id())
+    });
+    // Context ids agree on every rank.
+    assert!(res.windows(2).all(|w| w[0] == w[1]), "{res:?}");
+}
+
+#[test]
+fn split_even_odd_n4() {
+    split_even_odd(4);
+}
+
+#[test]
+fn split_even_odd_n5() {
+    split_even_odd(5);
+}
+
+#[test]
+fn split_with_no_color_and_nested_split() {
+    let res = job(4, &[], |c| {
+        let r = c.rank();
+        // Rank 0 opts out (MPI_UNDEFINED).
+        let sub = c.split((r != 0).then_some(1), 0).unwrap();
+        if r == 0 {
+            assert!(sub.is_none());
+            return None;
+        }
+        let sub = sub.unwrap();
+        assert_eq!(sub.world_ranks(), &[1, 2, 3]);
+        assert_eq!(sub.rank(), r - 1);
+        // Split the sub-communicator again: {1} and {2, 3}.
+        let inner = sub.split(Some(u32::from(r >= 2)), 0).unwrap().unwrap();
+        if r >= 2 {
+            assert_eq!(inner.world_ranks(), &[2, 3]);
+            let peer = 1 - inner.rank();
+            let out = inner
+                .batch(vec![Op::send(peer, vec![r as u8]), Op::recv::<u8>(peer, 1)])
+                .unwrap()
+                .wait()
+                .unwrap();
+            assert_eq!(
+                out[1].as_ref().unwrap().bytes(),
+                &[inner.world_ranks()[peer as usize] as u8]
+            );
+        } else {
+            assert_eq!((inner.size(), inner.rank()), (1, 0));
+            // Self-send in a communicator of one.
+            let out = inner
+                .batch(vec![Op::recv::<u8>(0, 1), Op::send(0, vec![9u8])])
+                .unwrap()
+                .wait()
+                .unwrap();
+            assert_eq!(out[0].as_ref().unwrap().bytes(), &[9]);
+        }
+        // A peer outside the communicator is rejected.
+        assert!(inner.isend(5, vec![0u8]).is_err());
+        Some(inner.comm_id())
+    });
+    assert!(res[0].is_none());
+    assert!(res[1].is_some() && res[2] == res[3], "{res:?}");
+}
+
+#[test]
+fn ranks_of_one_host_use_shared_memory_unless_disabled() {
+    let shm = job(3, &[], |c| {
+        (0..3).map(|p| c.uses_shm(p)).collect::<Vec<_>>()
+    });
+    for (r, v) in shm.iter().enumerate() {
+        for (p, &s) in v.iter().enumerate() {
+            assert_eq!(s, p != r, "rank {r} peer {p}");
+        }
+    }
+    let tcp = job(2, &[("ZCCL_SHM_DISABLE", "1")], |c| {
+        c.uses_shm(1 - c.rank())
+    });
+    assert_eq!(tcp, vec![false, false]);
+}

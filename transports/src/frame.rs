@@ -19,7 +19,7 @@
 //! | 16..24 | total_len (bytes of the whole message) |
 //! | 24..32 | offset (of this chunk in the message)  |
 //! | 32..36 | chunk_len (payload bytes following the header) |
-//! | 36..40 | reserved, 0 |
+//! | 36..40 | comm (communicator context id) |
 
 use thiserror::Error;
 
@@ -79,7 +79,7 @@ impl Default for FrameLimits {
 ///
 /// ```
 /// use zccl_transports::frame::{FrameHeader, FrameKind, FrameLimits};
-/// let h = FrameHeader { kind: FrameKind::Data, dtype: 7, channel: 1, seq: 42,
+/// let h = FrameHeader { kind: FrameKind::Data, dtype: 7, comm: 0, channel: 1, seq: 42,
 ///                       total_len: 10, offset: 4, chunk_len: 6 };
 /// let bytes = h.encode();
 /// assert_eq!(FrameHeader::decode(&bytes, &FrameLimits::default()).unwrap(), h);
@@ -90,6 +90,8 @@ pub struct FrameHeader {
     pub kind: FrameKind,
     /// Element type code of the message (opaque to the transport).
     pub dtype: u8,
+    /// Communicator context id of the message (opaque to the transport).
+    pub comm: u32,
     /// Channel of the message (opaque to the transport).
     pub channel: u32,
     /// Sequence number of the message (opaque to the transport).
@@ -111,8 +113,8 @@ pub enum FrameError {
     /// Unknown frame kind.
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
-    /// A reserved field is not zero.
-    #[error("reserved header bytes are not zero")]
+    /// The reserved byte is not zero.
+    #[error("reserved header byte is not zero")]
     Reserved,
     /// The chunk is larger than the configured frame bound.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
@@ -156,6 +158,7 @@ impl FrameHeader {
         Self {
             kind,
             dtype: 0,
+            comm: 0,
             channel: 0,
             seq: 0,
             total_len: u64::from(len),
@@ -175,6 +178,7 @@ impl FrameHeader {
         b[16..24].copy_from_slice(&self.total_len.to_le_bytes());
         b[24..32].copy_from_slice(&self.offset.to_le_bytes());
         b[32..36].copy_from_slice(&self.chunk_len.to_le_bytes());
+        b[36..40].copy_from_slice(&self.comm.to_le_bytes());
         b
     }
 
@@ -184,7 +188,7 @@ impl FrameHeader {
             return Err(FrameError::BadMarker(b[0]));
         }
         let kind = FrameKind::from_u8(b[1]).ok_or(FrameError::UnknownKind(b[1]))?;
-        if b[3] != 0 || b[36..40] != [0; 4] {
+        if b[3] != 0 {
             return Err(FrameError::Reserved);
         }
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
@@ -192,6 +196,7 @@ impl FrameHeader {
         let h = Self {
             kind,
             dtype: b[2],
+            comm: u32_at(36),
             channel: u32_at(4),
             seq: u64_at(8),
             total_len: u64_at(16),
@@ -307,6 +312,7 @@ mod tests {
         FrameHeader {
             kind: FrameKind::Data,
             dtype: 3,
+            comm: 5,
             channel: 9,
             seq: 77,
             total_len: total,
@@ -335,7 +341,6 @@ mod tests {
             (0, b'X', FrameError::BadMarker(b'X')),
             (1, 99, FrameError::UnknownKind(99)),
             (3, 1, FrameError::Reserved),
-            (39, 1, FrameError::Reserved),
         ];
         for (at, value, want) in cases {
             let mut b = data(10, 0, 10).encode();

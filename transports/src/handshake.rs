@@ -18,7 +18,9 @@ use thiserror::Error;
 /// The first 8 bytes of every zccl connection.
 pub const MAGIC: [u8; 8] = *b"ZCCLHELO";
 /// The wire protocol version; peers must match exactly.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 added the communicator context id to the frame header.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Size in bytes of an encoded [`Hello`].
 pub const HELLO_LEN: usize = 44;
 /// The rank number that designates the bootstrap root in [`Hello::dst_rank`]/[`Hello::src_rank`].
@@ -367,7 +369,10 @@ mod tests {
         b[8] = 9;
         assert_eq!(
             Hello::decode(&b),
-            Err(HandshakeError::VersionMismatch { ours: 1, theirs: 9 })
+            Err(HandshakeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 9
+            })
         );
         let mut b = hello().encode();
         b[10] = 7;

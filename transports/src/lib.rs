@@ -11,16 +11,26 @@
 //! * [`tcp`] — the TCP transport on tokio: several sockets per peer, each bound
 //!   to a chosen local NIC, messages striped across them, heartbeats to detect
 //!   stuck peers.
+//! * [`shm`] — the shared-memory transport between ranks of one host and one
+//!   network namespace: one `/dev/shm` segment per pair of ranks holding two
+//!   single-producer/single-consumer byte rings, bounded spinning then
+//!   `futex` waits, segments unlinked as soon as both ranks mapped them.
+//! * [`hybrid`] — [`hybrid::HybridTransport`]: routes each peer to shared
+//!   memory or TCP and keeps TCP as the liveness/control path of every peer
+//!   (heartbeats, goodbyes, dead-peer detection), so a peer reached over shared
+//!   memory fails exactly as promptly as one reached over TCP.
 //!
-//! **Not built yet:** the shared-memory transport between ranks of one host,
-//! the RDMA verbs transport and CUDA device memory. They will implement
-//! [`Transport`]; nothing in this crate pretends to provide them today.
+//! **Not built yet:** the RDMA verbs transport and CUDA device memory. They
+//! will implement [`Transport`]; nothing in this crate pretends to provide
+//! them today.
 
 #![warn(missing_docs)]
 
 pub mod frame;
 pub mod handshake;
+pub mod hybrid;
 pub mod ifname;
+pub mod shm;
 pub mod tcp;
 
 use std::fmt;
@@ -50,6 +60,9 @@ pub struct Message {
     pub kind: MessageKind,
     /// Element type code (opaque to the transport).
     pub dtype: u8,
+    /// Communicator context id (opaque to the transport): keeps the traffic
+    /// of communicators that share connections (e.g. after a split) apart.
+    pub comm: u32,
     /// Channel (opaque to the transport).
     pub channel: u32,
     /// Sequence number (opaque to the transport).
@@ -72,6 +85,56 @@ pub struct NicPath {
 impl fmt::Display for NicPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "NIC {} {} -> {}", self.ifname, self.local, self.remote)
+    }
+}
+
+/// How a peer is reached: a NIC path (TCP) or a shared-memory segment.
+///
+/// Its `Display` form is what error messages show.
+///
+/// ```
+/// use zccl_transports::{NicPath, PeerPath};
+/// let nic = NicPath { ifname: "lo".into(), local: "127.0.0.1:1".parse().unwrap(),
+///                     remote: "127.0.0.1:2".parse().unwrap() };
+/// assert_eq!(PeerPath::Nic(nic.clone()).to_string(), "NIC lo 127.0.0.1:1 -> 127.0.0.1:2");
+/// let shm = PeerPath::Shm { segment: "/dev/shm/zccl-x-0-1".into(), control: Some(nic) };
+/// assert_eq!(shm.to_string(),
+///     "shm /dev/shm/zccl-x-0-1 (control: NIC lo 127.0.0.1:1 -> 127.0.0.1:2)");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerPath {
+    /// A TCP connection leaving from a NIC.
+    Nic(NicPath),
+    /// A shared-memory segment (the name it had in `/dev/shm`; it is unlinked
+    /// once both ranks mapped it) and the TCP path that carries the peer's
+    /// liveness and goodbyes, when there is one.
+    Shm {
+        /// `/dev/shm/<name>`.
+        segment: String,
+        /// The control path.
+        control: Option<NicPath>,
+    },
+}
+
+impl fmt::Display for PeerPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Nic(n) => n.fmt(f),
+            Self::Shm {
+                segment,
+                control: Some(c),
+            } => write!(f, "shm {segment} (control: {c})"),
+            Self::Shm {
+                segment,
+                control: None,
+            } => write!(f, "shm {segment}"),
+        }
+    }
+}
+
+impl From<NicPath> for PeerPath {
+    fn from(n: NicPath) -> Self {
+        Self::Nic(n)
     }
 }
 
@@ -130,7 +193,7 @@ pub enum TransportEvent {
         /// Why.
         reason: CloseReason,
         /// The path on which it was detected.
-        nic: Option<NicPath>,
+        path: Option<PeerPath>,
     },
 }
 
@@ -182,18 +245,20 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Implementations own their connections and background tasks and report
 /// incoming messages and peer loss on the event channel they were built with.
 /// `send` only enqueues: it must never wait for the receiver to post a
-/// receive, which is what lets batches complete in any op order. RDMA verbs
-/// and device memory will implement this trait later; TCP ([`tcp::TcpTransport`])
-/// is the only implementation today.
+/// receive, which is what lets batches complete in any op order.
+/// Implementations: TCP ([`tcp::TcpTransport`]), shared memory
+/// ([`shm::ShmTransport`]) and the per-peer router of both
+/// ([`hybrid::HybridTransport`]). RDMA verbs and device memory will implement
+/// it later.
 pub trait Transport: Send + Sync + 'static {
-    /// Short name for logs, e.g. `"tcp"`.
+    /// Short name for logs, e.g. `"tcp"` or `"shm"`.
     fn name(&self) -> &'static str;
 
     /// Enqueues `msg` for `peer`. Never blocks on the receiver.
     fn send(&self, peer: u32, msg: Message) -> Result<(), TransportError>;
 
     /// The path used to reach `peer` (for error messages).
-    fn path(&self, peer: u32) -> Option<NicPath>;
+    fn path(&self, peer: u32) -> Option<PeerPath>;
 
     /// Closes every connection: a clean close delivers what is queued first;
     /// an abort drops queued data and tells peers the cause. The returned

@@ -36,7 +36,7 @@ use crate::handshake::{
 };
 use crate::ifname::Interface;
 use crate::{
-    BoxFuture, CloseReason, Message, MessageKind, NicPath, Transport, TransportError,
+    BoxFuture, CloseReason, Message, MessageKind, NicPath, PeerPath, Transport, TransportError,
     TransportEvent,
 };
 
@@ -183,7 +183,7 @@ struct PeerState {
     last_heard_ms: AtomicU64,
     reported: AtomicBool,
     clean_closed: AtomicUsize,
-    reasm: Mutex<HashMap<(u8, u32, u64), Partial>>,
+    reasm: Mutex<HashMap<(u8, u32, u32, u64), Partial>>,
 }
 
 struct Shared {
@@ -232,9 +232,11 @@ impl Shared {
             CloseReason::Clean => info!(rank = self.rank, peer, "peer closed its communicator"),
             other => warn!(rank = self.rank, peer, nic = ?nic, "peer {other}"),
         }
-        let _ = self
-            .events
-            .send(TransportEvent::PeerClosed { peer, reason, nic });
+        let _ = self.events.send(TransportEvent::PeerClosed {
+            peer,
+            reason,
+            path: nic.map(PeerPath::Nic),
+        });
     }
 
     fn spawn(self: &Arc<Self>, io: bool, fut: impl Future<Output = ()> + Send + 'static) {
@@ -877,7 +879,7 @@ async fn reader(shared: Arc<Shared>, peer: u32, idx: u16, mut r: OwnedReadHalf, 
                 let done = if whole {
                     Some(Bytes::from(payload))
                 } else {
-                    let key = (h.kind as u8, h.channel, h.seq);
+                    let key = (h.kind as u8, h.comm, h.channel, h.seq);
                     let mut map = ps.reasm.lock().expect("reassembly");
                     let part = map.entry(key).or_insert_with(|| Partial {
                         buf: vec![0u8; h.total_len as usize],
@@ -887,8 +889,8 @@ async fn reader(shared: Arc<Shared>, peer: u32, idx: u16, mut r: OwnedReadHalf, 
                     if part.dtype != h.dtype || part.buf.len() as u64 != h.total_len {
                         drop(map);
                         lost(format!(
-                            "inconsistent chunks for channel {} seq {}",
-                            h.channel, h.seq
+                            "inconsistent chunks for comm {} channel {} seq {}",
+                            h.comm, h.channel, h.seq
                         ));
                         return;
                     }
@@ -905,6 +907,7 @@ async fn reader(shared: Arc<Shared>, peer: u32, idx: u16, mut r: OwnedReadHalf, 
                     let msg = Message {
                         kind,
                         dtype: h.dtype,
+                        comm: h.comm,
                         channel: h.channel,
                         seq: h.seq,
                         payload,
@@ -974,6 +977,7 @@ impl Transport for TcpTransport {
             let h = FrameHeader {
                 kind,
                 dtype: msg.dtype,
+                comm: msg.comm,
                 channel: msg.channel,
                 seq: msg.seq,
                 total_len: total as u64,
@@ -991,8 +995,8 @@ impl Transport for TcpTransport {
         Ok(())
     }
 
-    fn path(&self, peer: u32) -> Option<NicPath> {
-        self.shared.first_path(peer)
+    fn path(&self, peer: u32) -> Option<PeerPath> {
+        self.shared.first_path(peer).map(PeerPath::Nic)
     }
 
     fn close(&self, reason: GoodbyeReason) -> BoxFuture {

@@ -81,6 +81,7 @@ async fn striped_messages_arrive_whole() {
         let msg = Message {
             kind: MessageKind::Data,
             dtype: 6,
+            comm: 3,
             channel: 2,
             seq: len as u64,
             payload: payload.clone(),
@@ -108,6 +109,7 @@ async fn striped_messages_arrive_whole() {
                 Message {
                     kind: MessageKind::Data,
                     dtype: 0,
+                    comm: 0,
                     channel: 0,
                     seq: 0,
                     payload: Bytes::new()

@@ -1,0 +1,125 @@
+//! The runtime's [`Communicator`] as a [`Fabric`]: every algorithm of this
+//! crate runs over real transports (TCP, shared memory) with it.
+//!
+//! The mapping is direct: `isend`/`irecv` on channel `c` are the
+//! communicator's `channel(c).isend`/`irecv::<u8>`, which match in posting
+//! order per (peer, channel) exactly as [`Fabric`] requires; the tag is not
+//! sent (a mismatch of sizes is still caught by the runtime, on both sides).
+//! Deadlines are the communicator's (`ZCCL_TIMEOUT` or the channel's
+//! override). Algorithms use the channels they are given: keep them apart
+//! from channels the application uses itself.
+//!
+//! ```no_run
+//! use zccl_primitives::collectives::all_reduce;
+//! use zccl_primitives::reduce::ReduceOp;
+//! let comm = zccl_runtime::Communicator::from_env()?;
+//! let mut grads = vec![1.0f32; 1024];
+//! all_reduce(&comm, 0, &mut grads, ReduceOp::Sum)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::error::{Dir, Error, Result};
+use crate::fabric::{Fabric, PendingRecv, PendingSend, RecvHandle, SendHandle};
+use zccl_runtime::Communicator;
+
+fn transport(
+    c: &Communicator,
+    dir: Dir,
+    peer: usize,
+    channel: u32,
+    e: zccl_runtime::Error,
+) -> Error {
+    Error::Transport {
+        rank: c.rank() as usize,
+        dir,
+        peer,
+        channel,
+        reason: e.to_string(),
+    }
+}
+
+struct Send {
+    h: Option<zccl_runtime::SendHandle>,
+    rank: usize,
+    peer: usize,
+    channel: u32,
+}
+
+impl PendingSend for Send {
+    fn wait(mut self: Box<Self>) -> Result<()> {
+        let h = self.h.take().expect("send handle waited once");
+        h.wait().map_err(|e| Error::Transport {
+            rank: self.rank,
+            dir: Dir::Send,
+            peer: self.peer,
+            channel: self.channel,
+            reason: e.to_string(),
+        })
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        Ok(self.h.as_ref().is_none_or(|h| h.test()))
+    }
+}
+
+struct Recv {
+    h: Option<zccl_runtime::RecvHandle<u8>>,
+    rank: usize,
+    peer: usize,
+    channel: u32,
+}
+
+impl PendingRecv for Recv {
+    fn wait(mut self: Box<Self>) -> Result<Vec<u8>> {
+        let h = self.h.take().expect("recv handle waited once");
+        h.wait()
+            .map(|b| b.into_vec())
+            .map_err(|e| Error::Transport {
+                rank: self.rank,
+                dir: Dir::Recv,
+                peer: self.peer,
+                channel: self.channel,
+                reason: e.to_string(),
+            })
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        Ok(self.h.as_ref().is_none_or(|h| h.test()))
+    }
+}
+
+impl Fabric for Communicator {
+    fn rank(&self) -> usize {
+        Communicator::rank(self) as usize
+    }
+
+    fn size(&self) -> usize {
+        Communicator::size(self) as usize
+    }
+
+    fn isend(&self, to: usize, channel: u32, _tag: u64, data: Vec<u8>) -> Result<SendHandle> {
+        let h = self
+            .channel(channel)
+            .isend(to as u32, data)
+            .map_err(|e| transport(self, Dir::Send, to, channel, e))?;
+        Ok(SendHandle::new(Send {
+            h: Some(h),
+            rank: Fabric::rank(self),
+            peer: to,
+            channel,
+        }))
+    }
+
+    fn irecv(&self, from: usize, channel: u32, _tag: u64, len: usize) -> Result<RecvHandle> {
+        let h = self
+            .channel(channel)
+            .irecv::<u8>(from as u32, len)
+            .map_err(|e| transport(self, Dir::Recv, from, channel, e))?;
+        Ok(RecvHandle::new(Recv {
+            h: Some(h),
+            rank: Fabric::rank(self),
+            peer: from,
+            channel,
+        }))
+    }
+}

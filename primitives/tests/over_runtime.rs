@@ -1,0 +1,242 @@
+//! The primitives over the real runtime: every rank a communicator with its
+//! own progress engine and transports (shared memory or TCP on loopback),
+//! first as threads of this process, then as separate processes. The math is
+//! checked in depth on the simulated fabric (the other test files); here the
+//! point is that the same algorithms produce the same bits over real
+//! transports.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use zccl_primitives::Fabric;
+use zccl_primitives::alltoall::all_to_all_v;
+use zccl_primitives::collectives::{all_gather, all_reduce, barrier, broadcast, reduce_scatter};
+use zccl_primitives::reduce::ReduceOp;
+use zccl_primitives::ring::ring_shift;
+use zccl_primitives::scan::{DiagState, all_scan_diag};
+use zccl_primitives::schedule::scan::ScanDirection;
+use zccl_primitives::sim::run_ranks;
+use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+
+fn job<R: Send + 'static>(
+    n: u32,
+    extra: &[(&str, &str)],
+    f: impl Fn(Communicator) -> R + Send + Sync + 'static,
+) -> Vec<R> {
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("ZCCL_SOCKET_IFNAME".into(), "lo".into()),
+        ("ZCCL_TIMEOUT".into(), "30".into()),
+        ("ZCCL_NTHREADS".into(), "1".into()),
+    ]);
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let cfg = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
+    let root = BootstrapRoot::start(
+        "127.0.0.1:0".parse().unwrap(),
+        UniqueId::random_secret().unwrap(),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let id = root.unique_id();
+    let f = Arc::new(f);
+    let ranks: Vec<_> = (0..n)
+        .map(|r| {
+            let (f, cfg) = (f.clone(), cfg.clone());
+            std::thread::spawn(move || f(Communicator::init(&id, r, n, cfg).expect("init")))
+        })
+        .collect();
+    ranks
+        .into_iter()
+        .map(|t| t.join().expect("rank panicked"))
+        .collect()
+}
+
+fn data(rank: usize, len: usize) -> Vec<i64> {
+    (0..len)
+        .map(|i| (i as i64 * 7919 + rank as i64 * 104_729) % 1_000_003 - 500_000)
+        .collect()
+}
+
+#[test]
+fn collectives_over_real_transports_match_the_serial_reference() {
+    for (n, extra) in [(3u32, vec![]), (4, vec![("ZCCL_SHM_DISABLE", "1")])] {
+        let out = job(n, &extra, move |c| {
+            let r = Fabric::rank(&c);
+            let mut res = Vec::new();
+            for len in [0usize, 1, 1001, 300_000] {
+                let mut v = data(r, len);
+                all_reduce(&c, 0, &mut v, ReduceOp::Sum).unwrap();
+                res.push(v);
+                let mut m = data(r, len);
+                all_reduce(&c, 1, &mut m, ReduceOp::Max).unwrap();
+                res.push(m);
+            }
+            let g = all_gather(&c, 0, &data(r, 5)).unwrap();
+            let rs = reduce_scatter(&c, 0, &data(r, 4 * n as usize + 3), ReduceOp::Sum).unwrap();
+            let mut b = if r == 2 {
+                data(9, 70_000)
+            } else {
+                vec![0; 70_000]
+            };
+            broadcast(&c, 0, &mut b, 2).unwrap();
+            barrier(&c, 0).unwrap();
+            (res, g, rs, b)
+        });
+        let n = n as usize;
+        for (rank, (res, g, rs, b)) in out.iter().enumerate() {
+            for (k, len) in [0usize, 1, 1001, 300_000].into_iter().enumerate() {
+                let inputs: Vec<Vec<i64>> = (0..n).map(|r| data(r, len)).collect();
+                let sum: Vec<i64> = (0..len)
+                    .map(|i| inputs.iter().map(|v| v[i]).sum())
+                    .collect();
+                let max: Vec<i64> = (0..len)
+                    .map(|i| inputs.iter().map(|v| v[i]).max().unwrap())
+                    .collect();
+                assert_eq!(res[2 * k], sum, "n={n} rank {rank} sum len {len}");
+                assert_eq!(res[2 * k + 1], max, "n={n} rank {rank} max len {len}");
+            }
+            let want_g: Vec<i64> = (0..n).flat_map(|r| data(r, 5)).collect();
+            assert_eq!(g, &want_g);
+            assert_eq!(b, &data(9, 70_000));
+            assert!(!rs.is_empty());
+        }
+        // reduce_scatter: the chunks of all ranks concatenated are the full sum.
+        let total = 4 * n + 3;
+        let inputs: Vec<Vec<i64>> = (0..n).map(|r| data(r, total)).collect();
+        let full: Vec<i64> = (0..total)
+            .map(|i| inputs.iter().map(|v| v[i]).sum())
+            .collect();
+        let joined: Vec<i64> = out.iter().flat_map(|o| o.2.clone()).collect();
+        assert_eq!(joined, full);
+    }
+}
+
+#[test]
+fn all_to_all_v_ring_shift_and_all_scan_match_the_simulated_fabric() {
+    fn counts(src: usize, dst: usize) -> usize {
+        [0, 3, 17, 0, 1000, 5][(src * 7 + dst * 3) % 6]
+    }
+    let n = 4usize;
+    let body = move |f: &dyn Fabric| {
+        let r = f.rank();
+        let send: Vec<usize> = (0..n).map(|d| counts(r, d)).collect();
+        let recv: Vec<usize> = (0..n).map(|s| counts(s, r)).collect();
+        let input: Vec<f32> = (0..send.iter().sum::<usize>())
+            .map(|i| (r * 10_000 + i) as f32)
+            .collect();
+        let a2a = all_to_all_v(f, 0, &input, &send, &recv).unwrap();
+        let shifted = ring_shift(f, 1, vec![r as u8; 100 + r], 100 + (r + n - 1) % n, 1).unwrap();
+        let (rows, cols) = (8, 4);
+        let state: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 31 + r * 17) % 97) as f32 / 97.0)
+            .collect();
+        let decay: Vec<f32> = (0..rows)
+            .map(|i| 0.5 + ((i + r) % 5) as f32 / 10.0)
+            .collect();
+        let fwd = all_scan_diag(
+            f,
+            2,
+            DiagState {
+                state: &state,
+                decay: &decay,
+                cols,
+            },
+            ScanDirection::Forward,
+            4,
+            true,
+        )
+        .unwrap();
+        let rev = all_scan_diag(
+            f,
+            2,
+            DiagState {
+                state: &state,
+                decay: &decay,
+                cols,
+            },
+            ScanDirection::Reverse,
+            2,
+            false,
+        )
+        .unwrap();
+        (a2a, shifted, fwd.exclusive, fwd.inclusive, rev.exclusive)
+    };
+    let real = job(n as u32, &[], move |c| body(&c));
+    let sim = run_ranks(n, move |f| body(f));
+    assert_eq!(real.len(), sim.len());
+    for (r, (a, b)) in real.iter().zip(&sim).enumerate() {
+        assert_eq!(a.0, b.0, "all_to_all_v on rank {r}");
+        assert_eq!(a.1, vec![((r + n - 1) % n) as u8; 100 + (r + n - 1) % n]);
+        assert_eq!(a.1, b.1);
+        // Bitwise: same algorithm, same combine order, whatever the transport.
+        let bits = |v: &Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.2), bits(&b.2), "scan forward on rank {r}");
+        assert_eq!(a.3.as_ref().map(bits), b.3.as_ref().map(bits));
+        assert_eq!(bits(&a.4), bits(&b.4), "scan reverse on rank {r}");
+    }
+}
+
+/// One rank of the multi-process test (the test binary re-executed).
+fn worker() {
+    let c = Communicator::from_env().expect("init from env");
+    let r = Fabric::rank(&c);
+    let mut v: Vec<f64> = (0..50_001).map(|i| (i % 1000) as f64 + r as f64).collect();
+    all_reduce(&c, 0, &mut v, ReduceOp::Sum).unwrap();
+    let n = Fabric::size(&c) as f64;
+    let ok = v
+        .iter()
+        .enumerate()
+        .all(|(i, x)| *x == n * (i % 1000) as f64 + n * (n - 1.0) / 2.0);
+    println!("rank {r} all_reduce {}", if ok { "OK" } else { "WRONG" });
+}
+
+#[test]
+fn all_reduce_across_processes() {
+    if std::env::var_os("ZCCL_PRIMITIVES_WORKER").is_some() {
+        return worker();
+    }
+    let n = 3;
+    let ports = zccl_runtime::launcher::pick_ports(None).unwrap();
+    let secret = "5a".repeat(16);
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..n)
+        .map(|r| {
+            let mut cmd = Command::new(&exe);
+            cmd.args([
+                "all_reduce_across_processes",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("ZCCL_PRIMITIVES_WORKER", "1")
+            .env("ZCCL_SOCKET_IFNAME", "lo")
+            .env("ZCCL_TIMEOUT", "30");
+            for (k, v) in zccl_runtime::launcher::rank_env(r, n, ports, &secret) {
+                cmd.env(k, v);
+            }
+            cmd.stdout(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    // Each child has its own deadline (ZCCL_TIMEOUT); a wedged child is still
+    // killed below rather than hanging the suite.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for (r, mut child) in children.into_iter().enumerate() {
+        loop {
+            if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "rank {r} failed: {text}");
+        assert!(
+            text.contains(&format!("rank {r} all_reduce OK")),
+            "rank {r}: {text}"
+        );
+    }
+}

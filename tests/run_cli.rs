@@ -1,0 +1,401 @@
+//! `zccl run` end to end: the real binary launching real processes.
+//!
+//! Every wait has a deadline; a launcher that overruns it is killed (its
+//! ranks die with it) and the test fails instead of hanging. The `worker`
+//! test is a rank program: under `zccl run` (with `ZCCL_RUN_TEST_WORKER` set)
+//! it joins a real communicator; run directly it does nothing.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use zccl::runtime::Communicator;
+
+/// Deadline of any one launcher run: a bound on a hang, not a benchmark.
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn zccl_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zccl"));
+    cmd.args(args)
+        .env_remove("ZCCL_DEBUG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn collect(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = r.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    })
+}
+
+/// Waits for `child` until `LIMIT`; kills it and panics past it.
+fn wait_bounded(child: &mut Child, what: &str) -> (ExitStatus, Duration) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return (s, t0.elapsed());
+        }
+        if t0.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: zccl run did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> Run {
+    let mut cmd = zccl_cmd(args);
+    cmd.envs(envs.iter().copied());
+    let mut child = cmd.spawn().expect("start zccl");
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    let (status, elapsed) = wait_bounded(&mut child, &format!("{args:?}"));
+    Run {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        elapsed,
+    }
+}
+
+/// Whether process `pid` still exists (and is not a zombie).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// `pid N` lines a rank printed.
+fn pids(stdout: &str) -> Vec<u32> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once("] pid ")?.1.trim().parse().ok())
+        .collect()
+}
+
+fn assert_gone(pids: &[u32]) {
+    let t0 = Instant::now();
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "rank processes left running: {:?}",
+            pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ranks_get_their_variables_and_tagged_output() {
+    let r = run(
+        &[
+            "run",
+            "-n",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            "echo rank $RANK of $WORLD_SIZE local $LOCAL_RANK/$LOCAL_WORLD_SIZE zccl $ZCCL_RANK/$ZCCL_WORLD_SIZE; \
+             echo to stderr $ZCCL_RANK >&2; printf 'no newline'",
+        ],
+        &[],
+    );
+    assert!(r.status.success(), "{}\n{}", r.status, r.stderr);
+    for rank in 0..3 {
+        let want = format!("[{rank}] rank {rank} of 3 local {rank}/3 zccl {rank}/3");
+        assert!(
+            r.stdout.lines().any(|l| l == want),
+            "missing {want:?} in\n{}",
+            r.stdout
+        );
+        assert!(
+            r.stdout
+                .lines()
+                .any(|l| l == format!("[{rank}] no newline")),
+            "{}",
+            r.stdout
+        );
+        assert!(
+            r.stderr
+                .lines()
+                .any(|l| l == format!("[{rank}] to stderr {rank}")),
+            "{}",
+            r.stderr
+        );
+    }
+    assert_eq!(r.stdout.lines().count(), 6, "{}", r.stdout);
+}
+
+#[test]
+fn root_address_secret_and_ports_are_shared() {
+    let r = run(
+        &[
+            "run",
+            "-n",
+            "2",
+            "sh",
+            "-c",
+            "echo $ZCCL_ROOT_ADDR $ZCCL_JOB_SECRET $MASTER_ADDR $MASTER_PORT",
+        ],
+        &[("ZCCL_UNIQUE_ID", "stale"), ("ZCCL_ROOT_PORT", "1")],
+    );
+    assert!(r.status.success(), "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().map(|l| &l[4..]).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0], lines[1], "ranks must agree: {lines:?}");
+    let f: Vec<&str> = lines[0].split(' ').collect();
+    let master: u16 = f[3].parse().unwrap();
+    assert_eq!(f[0], format!("127.0.0.1:{}", master + 1));
+    assert_eq!(f[1].len(), 32);
+    assert_eq!(f[2], "127.0.0.1");
+    let again = run(
+        &["run", "-n", "1", "sh", "-c", "echo $ZCCL_JOB_SECRET"],
+        &[],
+    );
+    assert_ne!(
+        again.stdout[4..].trim(),
+        f[1],
+        "the secret must be fresh per job"
+    );
+    let removed = run(
+        &[
+            "run",
+            "-n",
+            "1",
+            "sh",
+            "-c",
+            "echo \"${ZCCL_UNIQUE_ID-unset} ${ZCCL_ROOT_PORT-unset}\"",
+        ],
+        &[("ZCCL_UNIQUE_ID", "stale"), ("ZCCL_ROOT_PORT", "1")],
+    );
+    assert_eq!(removed.stdout, "[0] unset unset\n");
+}
+
+#[test]
+fn lines_of_concurrent_ranks_never_interleave() {
+    let filler = "x".repeat(300);
+    let script =
+        format!("i=0; while [ $i -lt 300 ]; do echo \"$RANK:$i:{filler}\"; i=$((i+1)); done");
+    let r = run(&["run", "-n", "4", "sh", "-c", &script], &[]);
+    assert!(r.status.success(), "{}", r.stderr);
+    let mut count = [0usize; 4];
+    for line in r.stdout.lines() {
+        let (tag, rest) = line.split_once(' ').expect("tagged line");
+        let rank: usize = tag.trim_matches(['[', ']']).parse().expect("rank tag");
+        let mut f = rest.splitn(3, ':');
+        assert_eq!(
+            f.next(),
+            Some(rank.to_string().as_str()),
+            "mixed line {line:?}"
+        );
+        assert_eq!(
+            f.next(),
+            Some(count[rank].to_string().as_str()),
+            "order {line:?}"
+        );
+        assert_eq!(f.next(), Some(filler.as_str()), "torn line {line:?}");
+        count[rank] += 1;
+    }
+    assert_eq!(count, [300; 4]);
+}
+
+#[test]
+fn a_failing_rank_stops_the_job_with_its_exit_code() {
+    let r = run(
+        &[
+            "run",
+            "-n",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            "if [ $RANK = 1 ]; then sleep 0.3; echo failing; exit 3; fi; echo pid $$; exec sleep 30",
+        ],
+        &[],
+    );
+    assert_eq!(r.status.code(), Some(3), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.elapsed < Duration::from_secs(15), "took {:?}", r.elapsed);
+    assert!(
+        r.stderr.contains("rank 1") && r.stderr.contains("exited with code 3"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.contains("[1] failing"), "{}", r.stdout);
+    let p = pids(&r.stdout);
+    assert_eq!(p.len(), 2, "{}", r.stdout);
+    assert_gone(&p);
+}
+
+#[test]
+fn a_rank_killed_by_a_signal_gives_128_plus_signal() {
+    let r = run(
+        &[
+            "run",
+            "-n",
+            "2",
+            "--grace",
+            "1",
+            "sh",
+            "-c",
+            "[ $RANK = 0 ] && kill -KILL $$; exec sleep 30",
+        ],
+        &[],
+    );
+    assert_eq!(r.status.code(), Some(137), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("rank 0") && r.stderr.contains("SIGKILL"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.elapsed < Duration::from_secs(15), "took {:?}", r.elapsed);
+}
+
+#[test]
+fn sigterm_to_the_launcher_ends_every_rank() {
+    let mut child = zccl_cmd(&[
+        "run",
+        "-n",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo pid $$; exec sleep 30",
+    ])
+    .spawn()
+    .expect("start zccl");
+    let (tx, rx) = mpsc::channel();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let err = collect(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    while pids(&lines.join("\n")).len() < 2 {
+        match rx.recv_timeout(LIMIT) {
+            Ok(l) => lines.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("ranks did not start: {lines:?}");
+            }
+        }
+    }
+    let p = pids(&lines.join("\n"));
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let (status, elapsed) = wait_bounded(&mut child, "SIGTERM");
+    let stderr = err.join().unwrap();
+    assert_eq!(status.code(), Some(128 + 15), "{stderr}");
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert_gone(&p);
+}
+
+#[test]
+fn a_missing_command_is_127_and_named() {
+    let r = run(
+        &["run", "-n", "2", "--", "zccl-no-such-program", "arg"],
+        &[],
+    );
+    assert_eq!(r.status.code(), Some(127));
+    assert!(r.stderr.contains("zccl-no-such-program"), "{}", r.stderr);
+    assert!(r.stderr.contains("not found"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    for args in [
+        &["run", "-n", "0", "true"][..],
+        &["run", "-n", "2"],
+        &["run", "true"],
+        &["run", "-n", "x", "true"],
+    ] {
+        let r = run(args, &[]);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.starts_with("error:"), "{}", r.stderr);
+    }
+}
+
+/// A real 3-rank job: `Communicator::from_env()` under `zccl run`, ring shift.
+#[test]
+fn a_real_zccl_job_runs_under_zccl_run() {
+    let exe = std::env::current_exe().unwrap();
+    let r = run(
+        &[
+            "run",
+            "-n",
+            "3",
+            "--",
+            exe.to_str().unwrap(),
+            "--exact",
+            "worker",
+            "--nocapture",
+            "--test-threads=1",
+        ],
+        &[
+            ("ZCCL_RUN_TEST_WORKER", "1"),
+            ("ZCCL_SOCKET_IFNAME", "lo"),
+            ("ZCCL_NTHREADS", "1"),
+            ("ZCCL_TIMEOUT", "15"),
+        ],
+    );
+    assert!(
+        r.status.success(),
+        "{}\n{}\n{}",
+        r.status,
+        r.stdout,
+        r.stderr
+    );
+    for rank in 0..3 {
+        // libtest prints `test worker ... ` before the worker's own line.
+        let want = format!("ring OK rank {rank} of 3 got {}", (rank + 2) % 3);
+        assert!(
+            r.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("[{rank}] ")) && l.ends_with(&want)),
+            "missing {want:?} from rank {rank} in\n{}",
+            r.stdout
+        );
+    }
+}
+
+#[test]
+fn worker() {
+    if std::env::var_os("ZCCL_RUN_TEST_WORKER").is_none() {
+        return;
+    }
+    let comm = Communicator::from_env().expect("communicator from zccl run's variables");
+    let (r, n) = (comm.rank(), comm.size());
+    let (right, left) = ((r + 1) % n, (r + n - 1) % n);
+    let sent = comm.isend(right, vec![r as i32; 16]).unwrap();
+    let got = comm
+        .irecv::<i32>(left, 16)
+        .unwrap()
+        .wait()
+        .unwrap()
+        .into_vec();
+    sent.wait().unwrap();
+    assert_eq!(got, vec![left as i32; 16]);
+    println!("ring OK rank {r} of {n} got {left}");
+}
