@@ -57,6 +57,7 @@ pub mod handle;
 pub mod launcher;
 pub mod launcher_env;
 pub mod logging;
+pub mod metrics;
 mod protocol;
 pub mod router;
 pub mod unique_id;
