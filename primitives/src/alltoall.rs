@@ -7,10 +7,16 @@
 //! rank `j`'s `recv_counts[i]`). Zero-length chunks are allowed and are sent
 //! as empty messages, so inconsistent counts are reported as a
 //! [`Error::Mismatch`](crate::Error::Mismatch) instead of a hang.
+//!
+//! [`iall_to_all`] and [`iall_to_all_v`] are the non-blocking forms (owned
+//! buffers, a progress thread, an [`OpHandle`]; see [`crate::nonblocking`]).
+
+use std::sync::Arc;
 
 use crate::dtype::{Elem, from_bytes, to_bytes};
 use crate::error::{Result, invalid};
 use crate::fabric::{Fabric, tag};
+use crate::nonblocking::{OpHandle, start};
 use crate::schedule::chunks::offsets;
 use crate::schedule::pairwise;
 
@@ -99,4 +105,50 @@ pub fn all_to_all_v<T: Elem, F: Fabric + ?Sized>(
         sh.wait()?;
     }
     Ok(out)
+}
+
+/// Non-blocking [`all_to_all`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_primitives::{alltoall::iall_to_all, sim::run_ranks, Fabric};
+/// let out = run_ranks(2, |f| {
+///     let r = f.rank() as u8;
+///     iall_to_all(Arc::new(f.clone()), 0, vec![10 * r, 10 * r + 1]).wait().unwrap()
+/// });
+/// assert_eq!(out, vec![vec![0, 10], vec![1, 11]]);
+/// ```
+pub fn iall_to_all<T: Elem, F: Fabric + ?Sized + 'static>(
+    f: Arc<F>,
+    ch: u32,
+    input: Vec<T>,
+) -> OpHandle<Vec<T>> {
+    start(f, "all_to_all", move |f| all_to_all(f, ch, &input))
+}
+
+/// Non-blocking [`all_to_all_v`] (counts as owned vectors).
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_primitives::{alltoall::iall_to_all_v, sim::run_ranks, Fabric};
+/// let out = run_ranks(2, |f| {
+///     let f = Arc::new(f.clone());
+///     if f.rank() == 0 {
+///         iall_to_all_v(f, 0, vec![1u8, 2], vec![0, 2], vec![0, 1]).wait().unwrap()
+///     } else {
+///         iall_to_all_v(f, 0, vec![3u8, 4], vec![1, 1], vec![2, 1]).wait().unwrap()
+///     }
+/// });
+/// assert_eq!(out, vec![vec![3], vec![1, 2, 4]]);
+/// ```
+pub fn iall_to_all_v<T: Elem, F: Fabric + ?Sized + 'static>(
+    f: Arc<F>,
+    ch: u32,
+    input: Vec<T>,
+    send_counts: Vec<usize>,
+    recv_counts: Vec<usize>,
+) -> OpHandle<Vec<T>> {
+    start(f, "all_to_all_v", move |f| {
+        all_to_all_v(f, ch, &input, &send_counts, &recv_counts)
+    })
 }

@@ -1,10 +1,15 @@
 //! All-reduce, all-gather, reduce-scatter, broadcast and barrier over a [`Fabric`].
 //!
-//! All functions are blocking and must be called by every rank of the fabric
-//! with matching arguments (same length, op, root and channel). They use one
-//! channel; run two collectives concurrently only on different channels. To
-//! overlap a collective with compute, call it from another thread (every
-//! [`Fabric`] is `Sync`).
+//! The plain functions are blocking and must be called by every rank of the
+//! fabric with matching arguments (same length, op, root and channel). They
+//! use one channel; run two collectives concurrently only on different
+//! channels.
+//!
+//! Each has a non-blocking form (`iall_reduce`, `iall_gather`,
+//! `ireduce_scatter`, `ibroadcast`, `ibarrier`) that takes the fabric as an
+//! `Arc`, owns its buffer, runs the same schedule on a progress thread and
+//! returns an [`OpHandle`]; see [`crate::nonblocking`] for the rules (one
+//! in-flight operation per channel).
 //!
 //! Reduction semantics and rounding are those of [`crate::reduce`]: for
 //! `f16`/`bf16` the ring reduce-scatter and the recursive-doubling exchange
@@ -16,9 +21,12 @@
 //! Counts need not be divisible by the number of ranks (chunks follow
 //! [`crate::schedule::chunks`]; zero-length chunks are sent as empty messages).
 
+use std::sync::Arc;
+
 use crate::dtype::{Elem, from_bytes, to_bytes};
 use crate::error::Result;
 use crate::fabric::{Fabric, check_rank, tag};
+use crate::nonblocking::{OpHandle, start};
 use crate::reduce::{Accumulator, ReduceOp, combine_into, combine_into_rhs, finish, to_acc};
 use crate::schedule::algo::{Algo, choice_from_env, choose};
 use crate::schedule::chunks::{chunk_range, chunk_ranges};
@@ -234,6 +242,14 @@ pub fn all_gather<T: Elem, F: Fabric + ?Sized>(f: &F, ch: u32, input: &[T]) -> R
 }
 
 /// [`all_gather`] with an explicit algorithm.
+///
+/// ```
+/// use zccl_primitives::{collectives::all_gather_with, schedule::algo::Algo, sim::run_ranks, Fabric};
+/// for algo in [Algo::Ring, Algo::Tree] {
+///     let out = run_ranks(5, move |f| all_gather_with(f, 0, &[f.rank() as i32], algo).unwrap());
+///     assert!(out.iter().all(|v| v == &[0, 1, 2, 3, 4]));
+/// }
+/// ```
 pub fn all_gather_with<T: Elem, F: Fabric + ?Sized>(
     f: &F,
     ch: u32,
@@ -319,6 +335,18 @@ pub fn broadcast<T: Elem, F: Fabric + ?Sized>(
 }
 
 /// [`broadcast`] with an explicit algorithm.
+///
+/// ```
+/// use zccl_primitives::{collectives::broadcast_with, schedule::algo::Algo, sim::run_ranks, Fabric};
+/// for algo in [Algo::Ring, Algo::Tree] {
+///     let out = run_ranks(3, move |f| {
+///         let mut v = vec![f.rank() as u8; 4];
+///         broadcast_with(f, 0, &mut v, 1, algo).unwrap();
+///         v
+///     });
+///     assert!(out.iter().all(|v| v == &[1; 4]));
+/// }
+/// ```
 pub fn broadcast_with<T: Elem, F: Fabric + ?Sized>(
     f: &F,
     ch: u32,
@@ -404,4 +432,100 @@ pub fn barrier<F: Fabric + ?Sized>(f: &F, ch: u32) -> Result<()> {
         k += 1;
     }
     Ok(())
+}
+
+/// Non-blocking [`all_reduce`]: reduces the owned `buf` on a progress thread;
+/// [`OpHandle::wait`] returns the reduced buffer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_primitives::{collectives::iall_reduce, reduce::ReduceOp, sim::run_ranks, Fabric};
+/// let out = run_ranks(4, |f| {
+///     let h = iall_reduce(Arc::new(f.clone()), 0, vec![f.rank() as f32; 8], ReduceOp::Max);
+///     let local: f32 = (0..100).map(|i| i as f32).sum(); // compute meanwhile
+///     (local, h.wait().unwrap())
+/// });
+/// assert!(out.iter().all(|(l, v)| *l == 4950.0 && v == &[3.0; 8]));
+/// ```
+pub fn iall_reduce<T: Elem, F: Fabric + ?Sized + 'static>(
+    f: Arc<F>,
+    ch: u32,
+    mut buf: Vec<T>,
+    op: ReduceOp,
+) -> OpHandle<Vec<T>> {
+    start(f, "all_reduce", move |f| {
+        all_reduce(f, ch, &mut buf, op)?;
+        Ok(buf)
+    })
+}
+
+/// Non-blocking [`all_gather`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_primitives::{collectives::iall_gather, sim::run_ranks, Fabric};
+/// let out = run_ranks(3, |f| iall_gather(Arc::new(f.clone()), 0, vec![f.rank() as u8]).wait().unwrap());
+/// assert!(out.iter().all(|v| v == &[0, 1, 2]));
+/// ```
+pub fn iall_gather<T: Elem, F: Fabric + ?Sized + 'static>(
+    f: Arc<F>,
+    ch: u32,
+    input: Vec<T>,
+) -> OpHandle<Vec<T>> {
+    start(f, "all_gather", move |f| all_gather(f, ch, &input))
+}
+
+/// Non-blocking [`reduce_scatter`]: the handle returns this rank's chunk.
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_primitives::{collectives::ireduce_scatter, reduce::ReduceOp, sim::run_ranks};
+/// let out = run_ranks(2, |f| {
+///     ireduce_scatter(Arc::new(f.clone()), 0, vec![1i32, 2, 3, 4], ReduceOp::Sum).wait().unwrap()
+/// });
+/// assert_eq!(out, vec![vec![2, 4], vec![6, 8]]);
+/// ```
+pub fn ireduce_scatter<T: Elem, F: Fabric + ?Sized + 'static>(
+    f: Arc<F>,
+    ch: u32,
+    input: Vec<T>,
+    op: ReduceOp,
+) -> OpHandle<Vec<T>> {
+    start(f, "reduce_scatter", move |f| {
+        reduce_scatter(f, ch, &input, op)
+    })
+}
+
+/// Non-blocking [`broadcast`]: the handle returns `root`'s buffer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_primitives::{collectives::ibroadcast, sim::run_ranks, Fabric};
+/// let out = run_ranks(3, |f| {
+///     let v = if f.rank() == 0 { vec![5u8, 6] } else { vec![0, 0] };
+///     ibroadcast(Arc::new(f.clone()), 0, v, 0).wait().unwrap()
+/// });
+/// assert!(out.iter().all(|v| v == &[5, 6]));
+/// ```
+pub fn ibroadcast<T: Elem, F: Fabric + ?Sized + 'static>(
+    f: Arc<F>,
+    ch: u32,
+    mut buf: Vec<T>,
+    root: usize,
+) -> OpHandle<Vec<T>> {
+    start(f, "broadcast", move |f| {
+        broadcast(f, ch, &mut buf, root)?;
+        Ok(buf)
+    })
+}
+
+/// Non-blocking [`barrier`]: the handle completes once every rank entered.
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_primitives::{collectives::ibarrier, sim::run_ranks};
+/// run_ranks(4, |f| ibarrier(Arc::new(f.clone()), 0).wait().unwrap());
+/// ```
+pub fn ibarrier<F: Fabric + ?Sized + 'static>(f: Arc<F>, ch: u32) -> OpHandle<()> {
+    start(f, "barrier", move |f| barrier(f, ch))
 }

@@ -114,6 +114,10 @@ pub enum Error {
     /// An argument is out of range or inconsistent.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The progress thread of a non-blocking operation could not be started
+    /// (see [`crate::nonblocking`]).
+    #[error("{0}")]
+    Progress(String),
 }
 
 /// Result with this crate's [`Error`](enum@Error).

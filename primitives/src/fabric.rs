@@ -44,6 +44,17 @@ use crate::dtype::{Elem, from_bytes, to_bytes};
 use crate::error::Result;
 
 /// A pending send, as implemented by a fabric.
+///
+/// ```
+/// use zccl_primitives::{Result, fabric::{PendingSend, SendHandle}};
+/// // A fabric wraps its own pending operation.
+/// struct Instant;
+/// impl PendingSend for Instant {
+///     fn wait(self: Box<Self>) -> Result<()> { Ok(()) }
+///     fn test(&mut self) -> Result<bool> { Ok(true) }
+/// }
+/// SendHandle::new(Instant).wait().unwrap();
+/// ```
 pub trait PendingSend: Send {
     /// Blocks until the send completed (the buffer is no longer needed) or failed.
     fn wait(self: Box<Self>) -> Result<()>;
@@ -52,6 +63,16 @@ pub trait PendingSend: Send {
 }
 
 /// A pending receive, as implemented by a fabric.
+///
+/// ```
+/// use zccl_primitives::{Result, fabric::{PendingRecv, RecvHandle}};
+/// struct Ready(Vec<u8>);
+/// impl PendingRecv for Ready {
+///     fn wait(self: Box<Self>) -> Result<Vec<u8>> { Ok(self.0) }
+///     fn test(&mut self) -> Result<bool> { Ok(true) }
+/// }
+/// assert_eq!(RecvHandle::new(Ready(vec![1, 0, 0, 0])).wait_elems::<i32>().unwrap(), vec![1]);
+/// ```
 pub trait PendingRecv: Send {
     /// Blocks until the message arrived (returns its bytes) or failed.
     fn wait(self: Box<Self>) -> Result<Vec<u8>>;
@@ -152,6 +173,20 @@ impl std::fmt::Debug for RecvHandle {
 ///
 /// See the [module documentation](self) for the matching, ordering,
 /// buffering and deadline contract.
+///
+/// ```
+/// use zccl_primitives::{Fabric, sim::run_ranks};
+/// // Any Fabric works behind `dyn Fabric`.
+/// fn ping(f: &dyn Fabric) -> Vec<u8> {
+///     let peer = (f.rank() + 1) % f.size();
+///     let from = (f.rank() + f.size() - 1) % f.size();
+///     let s = f.isend(peer, 0, 0, vec![f.rank() as u8]).unwrap();
+///     let r = f.irecv(from, 0, 0, 1).unwrap().wait().unwrap();
+///     s.wait().unwrap();
+///     r
+/// }
+/// assert_eq!(run_ranks(3, |f| ping(f)), vec![vec![2], vec![0], vec![1]]);
+/// ```
 pub trait Fabric: Send + Sync {
     /// This rank, in `0..size()`.
     fn rank(&self) -> usize;
@@ -186,6 +221,15 @@ pub fn send_elems<T: Elem, F: Fabric + ?Sized>(
 }
 
 /// Posts a receive of `count` elements of `T`; wait it with [`RecvHandle::wait_elems`].
+///
+/// ```
+/// use zccl_primitives::{fabric::{recv_elems, send_elems}, sim::run_ranks};
+/// let v = run_ranks(1, |f| {
+///     send_elems(f, 0, 0, 0, &[1.5f64, 2.5]).unwrap().wait().unwrap();
+///     recv_elems::<f64, _>(f, 0, 0, 0, 2).unwrap().wait_elems::<f64>().unwrap()
+/// });
+/// assert_eq!(v[0], vec![1.5, 2.5]);
+/// ```
 pub fn recv_elems<T: Elem, F: Fabric + ?Sized>(
     f: &F,
     from: usize,

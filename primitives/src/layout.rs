@@ -6,13 +6,25 @@
 //! The `pack_*`/`unpack_*` functions are pure (one all-to-all sits between
 //! them); [`seq_to_heads`] and [`heads_to_seq`] run the whole exchange.
 //! `H % P ≠ 0` is rejected with [`Error::HeadsNotDivisible`].
+//! [`iseq_to_heads`] and [`iheads_to_seq`] are the non-blocking forms (see
+//! [`crate::nonblocking`]): e.g. start the exchange of K while Q is being
+//! projected.
+
+use std::sync::Arc;
 
 use crate::alltoall::all_to_all;
 use crate::dtype::Elem;
 use crate::error::{Error, Result, invalid};
 use crate::fabric::Fabric;
+use crate::nonblocking::{OpHandle, start};
 
 /// Geometry of one rank's sequence shard.
+///
+/// ```
+/// use zccl_primitives::layout::UlyssesShape;
+/// let s = UlyssesShape { batch: 2, seq_local: 4, heads: 8, dim: 16 };
+/// assert_eq!(s.heads_per_rank(4).unwrap(), 2);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UlyssesShape {
     /// Batch `B`.
@@ -46,6 +58,12 @@ impl UlyssesShape {
     }
 
     /// Elements of a sequence shard `[B, c, H, d]`.
+    ///
+    /// ```
+    /// use zccl_primitives::layout::UlyssesShape;
+    /// let s = UlyssesShape { batch: 2, seq_local: 4, heads: 8, dim: 16 };
+    /// assert_eq!(s.seq_shard_len(), 2 * 4 * 8 * 16);
+    /// ```
     pub fn seq_shard_len(&self) -> usize {
         self.batch * self.seq_local * self.heads * self.dim
     }
@@ -84,6 +102,14 @@ pub fn pack_seq_to_heads<T: Elem>(x: &[T], s: UlyssesShape, ranks: usize) -> Res
 
 /// Unpacks the all-to-all receive buffer (chunk `i` = rank `i`'s sequence
 /// shard of this rank's head group) into `[B, S, H/P, d]`.
+///
+/// ```
+/// use zccl_primitives::layout::{pack_seq_to_heads, unpack_seq_to_heads, UlyssesShape};
+/// // One rank: packing then unpacking is the identity.
+/// let s = UlyssesShape { batch: 1, seq_local: 2, heads: 2, dim: 1 };
+/// let x = [0u8, 1, 10, 11];
+/// assert_eq!(unpack_seq_to_heads(&pack_seq_to_heads(&x, s, 1).unwrap(), s, 1).unwrap(), x);
+/// ```
 pub fn unpack_seq_to_heads<T: Elem>(recv: &[T], s: UlyssesShape, ranks: usize) -> Result<Vec<T>> {
     let hp = s.heads_per_rank(ranks)?;
     check_len(recv.len(), s.seq_shard_len(), "seq_to_heads receive buffer")?;
@@ -105,6 +131,13 @@ pub fn unpack_seq_to_heads<T: Elem>(recv: &[T], s: UlyssesShape, ranks: usize) -
 
 /// Packs a head shard `[B, S, H/P, d]` into the all-to-all send buffer:
 /// chunk `j` is sequence shard `j`, `[B, c, H/P, d]`.
+///
+/// ```
+/// use zccl_primitives::layout::{pack_heads_to_seq, UlyssesShape};
+/// let s = UlyssesShape { batch: 1, seq_local: 1, heads: 2, dim: 1 };
+/// // Head shard [S = 2, H/P = 1] on 2 ranks: chunk j is token j.
+/// assert_eq!(pack_heads_to_seq(&[5u8, 6], s, 2).unwrap(), vec![5, 6]);
+/// ```
 pub fn pack_heads_to_seq<T: Elem>(y: &[T], s: UlyssesShape, ranks: usize) -> Result<Vec<T>> {
     let hp = s.heads_per_rank(ranks)?;
     check_len(y.len(), s.seq_shard_len(), "heads_to_seq input")?;
@@ -122,6 +155,13 @@ pub fn pack_heads_to_seq<T: Elem>(y: &[T], s: UlyssesShape, ranks: usize) -> Res
 
 /// Unpacks the all-to-all receive buffer (chunk `i` = head group `i` of this
 /// rank's sequence shard) into `[B, c, H, d]`.
+///
+/// ```
+/// use zccl_primitives::layout::{unpack_heads_to_seq, UlyssesShape};
+/// let s = UlyssesShape { batch: 1, seq_local: 1, heads: 2, dim: 1 };
+/// // Chunk i (from rank i) is head group i of this rank's token.
+/// assert_eq!(unpack_heads_to_seq(&[5u8, 6], s, 2).unwrap(), vec![5, 6]);
+/// ```
 pub fn unpack_heads_to_seq<T: Elem>(recv: &[T], s: UlyssesShape, ranks: usize) -> Result<Vec<T>> {
     let hp = s.heads_per_rank(ranks)?;
     check_len(recv.len(), s.seq_shard_len(), "heads_to_seq receive buffer")?;
@@ -167,6 +207,13 @@ pub fn seq_to_heads<T: Elem, F: Fabric + ?Sized>(
 
 /// Head shard `[B, S, H/P, d]` → sequence shard `[B, c, H, d]` (one all-to-all);
 /// the inverse of [`seq_to_heads`].
+///
+/// ```
+/// use zccl_primitives::{layout::{heads_to_seq, UlyssesShape}, sim::run_ranks, Fabric};
+/// let s = UlyssesShape { batch: 1, seq_local: 1, heads: 2, dim: 1 };
+/// let out = run_ranks(2, move |f| heads_to_seq(f, 0, &[f.rank() as u8, 10 + f.rank() as u8], s).unwrap());
+/// assert_eq!(out, vec![vec![0, 1], vec![10, 11]]);
+/// ```
 pub fn heads_to_seq<T: Elem, F: Fabric + ?Sized>(
     f: &F,
     ch: u32,
@@ -176,4 +223,46 @@ pub fn heads_to_seq<T: Elem, F: Fabric + ?Sized>(
     let send = pack_heads_to_seq(y, s, f.size())?;
     let recv = all_to_all(f, ch, &send)?;
     unpack_heads_to_seq(&recv, s, f.size())
+}
+
+/// Non-blocking [`seq_to_heads`] (owned input, progress thread).
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_primitives::{layout::{iseq_to_heads, UlyssesShape}, sim::run_ranks, Fabric};
+/// let s = UlyssesShape { batch: 1, seq_local: 1, heads: 2, dim: 1 };
+/// let out = run_ranks(2, move |f| {
+///     let x = vec![10 * f.rank() as i32, 10 * f.rank() as i32 + 1]; // [t, h]
+///     iseq_to_heads(Arc::new(f.clone()), 0, x, s).wait().unwrap()
+/// });
+/// assert_eq!(out, vec![vec![0, 10], vec![1, 11]]);
+/// ```
+pub fn iseq_to_heads<T: Elem, F: Fabric + ?Sized + 'static>(
+    f: Arc<F>,
+    ch: u32,
+    x: Vec<T>,
+    s: UlyssesShape,
+) -> OpHandle<Vec<T>> {
+    start(f, "seq_to_heads", move |f| seq_to_heads(f, ch, &x, s))
+}
+
+/// Non-blocking [`heads_to_seq`] (owned input, progress thread).
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_primitives::{layout::{iheads_to_seq, UlyssesShape}, sim::run_ranks, Fabric};
+/// let s = UlyssesShape { batch: 1, seq_local: 1, heads: 2, dim: 1 };
+/// let out = run_ranks(2, move |f| {
+///     let y = vec![f.rank() as i32, f.rank() as i32 + 10]; // [t, h/P]
+///     iheads_to_seq(Arc::new(f.clone()), 0, y, s).wait().unwrap()
+/// });
+/// assert_eq!(out, vec![vec![0, 1], vec![10, 11]]);
+/// ```
+pub fn iheads_to_seq<T: Elem, F: Fabric + ?Sized + 'static>(
+    f: Arc<F>,
+    ch: u32,
+    y: Vec<T>,
+    s: UlyssesShape,
+) -> OpHandle<Vec<T>> {
+    start(f, "heads_to_seq", move |f| heads_to_seq(f, ch, &y, s))
 }

@@ -14,8 +14,30 @@
 //! * Executors: [`collectives`] (all_reduce, all_gather, reduce_scatter,
 //!   broadcast, barrier), [`alltoall`], [`ring`] (ring_shift, bidirectional
 //!   step, ring driver), [`token_ring`], [`scan`] (All-Scan).
+//! * Non-blocking forms: [`nonblocking`] (one mechanism, [`OpHandle`]) and
+//!   an `i*` function next to every blocking operation.
 //! * Numerics and layout: [`attn_merge`] (FlashAttention-2 LSE merge),
 //!   [`layout`] (Ulysses seq ↔ heads), [`busbw`] (nccl-tests bandwidths).
+//!
+//! # Overlap contract
+//!
+//! Every operation can run while the caller computes. There are three forms,
+//! and in all of them **an operation owns the channel(s) it is given until it
+//! completes**: two operations in flight at once must use different channels
+//! (and every rank issues the operations of one channel in the same order).
+//! Operations on different channels progress independently.
+//!
+//! | form | operations | what runs where | while pending, the caller may |
+//! |---|---|---|---|
+//! | handle (`i*`) | [`iall_reduce`](collectives::iall_reduce), [`iall_gather`](collectives::iall_gather), [`ireduce_scatter`](collectives::ireduce_scatter), [`ibroadcast`](collectives::ibroadcast), [`ibarrier`](collectives::ibarrier), [`iall_to_all`](alltoall::iall_to_all), [`iall_to_all_v`](alltoall::iall_to_all_v), [`iseq_to_heads`](layout::iseq_to_heads), [`iheads_to_seq`](layout::iheads_to_seq), [`iall_scan_diag`](scan::iall_scan_diag), [`iall_scan_with`](scan::iall_scan_with), and any schedule through [`nonblocking::start`] | the whole schedule on a progress thread of its own, started by the call; the buffer is moved in (owned) and comes back from [`OpHandle::wait`] | compute anything; start or run other operations on other channels; poll [`OpHandle::test`]; wait later |
+//! | posted point-to-point | [`ring::ring_shift_start`], [`ring::bidir_ring_step`] (two channels) | sends and receives posted on the fabric and moved by its progress engine (the runtime's engine thread; the simulated fabric buffers at once) | compute, then wait the [`ring::Shift`] handles |
+//! | driver with callbacks | [`ring::ring_pass`] (ring attention), [`token_ring::token_ring`] (two channels), [`scan::all_scan_diag_blocks`] (All-Scan) | the driver on the caller's thread posts the transfer of block `k+1` (and, for TokenRing, the return of the previous partial result), **then** calls the caller's compute for block `k`, then waits | compute on block `k` inside the callback; the callback must not use the driver's channels |
+//!
+//! Deadlines: every wait is bounded by the fabric's per-operation deadline
+//! ([`sim::SimConfig::op_timeout`], or the communicator's `ZCCL_TIMEOUT`),
+//! and reports [`Error::Timeout`] / [`Error::Transport`] naming the peer.
+//! Errors of a non-blocking operation (including argument errors) are
+//! reported by its `wait()`.
 //!
 //! ```
 //! use zccl_primitives::{collectives::all_reduce, reduce::ReduceOp, sim::run_ranks};
@@ -38,6 +60,7 @@ pub mod dtype;
 mod error;
 pub mod fabric;
 pub mod layout;
+pub mod nonblocking;
 pub mod reduce;
 pub mod ring;
 pub mod scan;
@@ -47,3 +70,4 @@ pub mod token_ring;
 
 pub use error::{Dir, Error, Result};
 pub use fabric::{Fabric, RecvHandle, SendHandle};
+pub use nonblocking::OpHandle;

@@ -19,6 +19,17 @@ const OP_SHIFT: u8 = 0x20;
 const OP_PASS: u8 = 0x21;
 
 /// A posted ring shift: wait it to get the received block.
+///
+/// ```
+/// use zccl_primitives::{ring::ring_shift_start, sim::run_ranks, Fabric};
+/// let out = run_ranks(2, |f| {
+///     let mut h = ring_shift_start(f, 0, vec![f.rank() as u8], 1, 1, 0).unwrap();
+///     assert_eq!(h.from, 1 - f.rank());
+///     while !h.test().unwrap() {} // compute here instead of spinning
+///     h.wait().unwrap()
+/// });
+/// assert_eq!(out, vec![vec![1], vec![0]]);
+/// ```
 #[derive(Debug)]
 pub struct Shift {
     send: SendHandle,
@@ -85,6 +96,12 @@ pub fn ring_shift<F: Fabric + ?Sized>(
 }
 
 /// One direction of a [`bidir_ring_step`].
+///
+/// ```
+/// use zccl_primitives::ring::ShiftSpec;
+/// let s = ShiftSpec { channel: 1, offset: -1, send: vec![0; 8], recv_len: 8, tag: 0 };
+/// assert_eq!(s.clone().offset, -1);
+/// ```
 #[derive(Debug, Clone)]
 pub struct ShiftSpec {
     /// Channel of this direction.
@@ -125,6 +142,16 @@ pub fn bidir_ring_step<F: Fabric + ?Sized>(
 }
 
 /// What [`ring_pass`] hands the callback.
+///
+/// ```
+/// use zccl_primitives::{ring::ring_pass, sim::run_ranks, Fabric};
+/// run_ranks(2, |f| {
+///     ring_pass(f, 0, 1, vec![f.rank() as u8], |_| 1, |b| {
+///         assert_eq!(b.data, &[b.origin as u8]);
+///         Ok(())
+///     }).unwrap()
+/// });
+/// ```
 #[derive(Debug)]
 pub struct RingBlock<'a> {
     /// Step `0..n`.

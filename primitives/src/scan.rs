@@ -22,20 +22,38 @@
 //!
 //! # Overlap contract
 //!
-//! The calls block until this rank's part of the chain is done (it received
-//! its prefix and forwarded its inclusive state). To overlap with compute
-//! that does not need the prefix (ZeCO's intra-chunk attention), run the call
-//! on another thread, e.g. `std::thread::scope`; every fabric is `Sync`.
+//! * [`all_scan_diag_blocks`] hands each row block of the prefix to a
+//!   callback on the caller's thread as soon as it is complete and forwarded,
+//!   while block `k+1` is still moving: the inter-chunk compute of block `k`
+//!   overlaps the transfer of block `k+1`.
+//! * [`iall_scan_diag`] / [`iall_scan_with`] run the whole scan on a progress
+//!   thread (see [`crate::nonblocking`]) so the caller can do the compute
+//!   that does not need the prefix (ZeCO's intra-chunk attention) meanwhile.
+//! * The blocking [`all_scan_diag`] / [`all_scan_with`] return once this
+//!   rank received its prefix and forwarded its inclusive state.
+//!
+//! A scan uses one channel; keep it free of other traffic until it returns.
+
+use std::sync::Arc;
 
 use crate::dtype::{from_bytes, to_bytes};
 use crate::error::{Result, invalid};
 use crate::fabric::{Fabric, tag};
+use crate::nonblocking::{OpHandle, start};
 use crate::schedule::scan::{ScanDirection, chain_role, row_blocks};
 
 const OP_SCAN_DIAG: u8 = 0x40;
 const OP_SCAN_FN: u8 = 0x41;
 
 /// What a rank gets from an All-Scan.
+///
+/// ```
+/// use zccl_primitives::{scan::all_scan_with, schedule::scan::ScanDirection, sim::run_ranks, Fabric};
+/// let add = |a: &[f32], b: &[f32]| vec![a[0] + b[0]];
+/// let out = run_ranks(3, move |f| all_scan_with(f, 0, &[1.0], ScanDirection::Forward, &[0.0], add, true).unwrap());
+/// assert_eq!(out[2].exclusive, vec![2.0]);
+/// assert_eq!(out[2].inclusive, Some(vec![3.0]));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScanOutput {
     /// Combine of the ranks before this one in scan order (identity for the first).
@@ -45,6 +63,13 @@ pub struct ScanOutput {
 }
 
 /// One rank's element of the diagonal-decay scan.
+///
+/// ```
+/// use zccl_primitives::scan::DiagState;
+/// let (state, decay) = ([1.0f32, 2.0, 3.0, 4.0], [0.9f32, 0.8]); // 2 rows x 2 cols
+/// let d = DiagState { state: &state, decay: &decay, cols: 2 };
+/// assert_eq!(d.state.len(), d.decay.len() * d.cols);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct DiagState<'a> {
     /// Local state, `rows × cols`, row-major.
@@ -78,6 +103,77 @@ pub fn all_scan_diag<F: Fabric + ?Sized>(
     blocks: usize,
     want_inclusive: bool,
 ) -> Result<ScanOutput> {
+    all_scan_diag_blocks(f, ch, local, dir, blocks, want_inclusive, |_| Ok(()))
+}
+
+/// What [`all_scan_diag_blocks`] hands its callback: one row block of this
+/// rank's prefix, as soon as it is known.
+///
+/// ```
+/// use zccl_primitives::{scan::{all_scan_diag_blocks, DiagState}, schedule::scan::ScanDirection, sim::run_ranks};
+/// run_ranks(2, |f| {
+///     all_scan_diag_blocks(f, 0, DiagState { state: &[1.0; 4], decay: &[1.0; 2], cols: 2 },
+///         ScanDirection::Forward, 2, true, |b| {
+///             assert_eq!(b.exclusive.len(), b.rows.len() * 2);
+///             assert_eq!(b.inclusive.unwrap().len(), b.exclusive.len());
+///             Ok(())
+///         }).unwrap();
+/// });
+/// ```
+#[derive(Debug, Clone)]
+pub struct ScanBlock<'a> {
+    /// Block index `k` in `0..blocks` (blocks arrive in this order).
+    pub index: usize,
+    /// The state rows of this block.
+    pub rows: std::ops::Range<usize>,
+    /// Rows `rows` of the exclusive prefix (`rows.len() × cols`, row-major).
+    pub exclusive: &'a [f32],
+    /// Rows `rows` of the inclusive prefix, if requested.
+    pub inclusive: Option<&'a [f32]>,
+}
+
+/// [`all_scan_diag`] that calls `on_block` for each row block of this rank's
+/// prefix as soon as the block is complete, while the next blocks are still
+/// moving along the chain.
+///
+/// Order per block `k`: wait for block `k` of the exclusive prefix (all
+/// receives are posted up front), combine it with the local state, post its
+/// send to the next rank of the chain, **then** call `on_block` — so the
+/// callback's compute neither delays the rest of the chain nor block `k+1`,
+/// which is in flight meanwhile. The callback runs on the caller's thread,
+/// in block order; an error it returns stops the scan (after waiting the
+/// sends already posted) and is returned. Results are bit-identical to
+/// [`all_scan_diag`] (which is this function with an empty callback).
+///
+/// ```
+/// use zccl_primitives::{scan::{all_scan_diag_blocks, DiagState}, schedule::scan::ScanDirection, sim::run_ranks, Fabric};
+/// // 4x1 states of ones, decay 1: rank p's exclusive prefix is p in every row.
+/// let out = run_ranks(3, |f| {
+///     let mut seen = Vec::new();
+///     let o = all_scan_diag_blocks(f, 0, DiagState { state: &[1.0; 4], decay: &[1.0; 4], cols: 1 },
+///         ScanDirection::Forward, 2, false, |b| {
+///             seen.push((b.index, b.rows.clone(), b.exclusive.to_vec())); // compute with block k here
+///             Ok(())
+///         }).unwrap();
+///     (o.exclusive, seen)
+/// });
+/// let p = 2.0;
+/// assert_eq!(out[2].0, vec![p; 4]);
+/// assert_eq!(out[2].1, vec![(0, 0..2, vec![p, p]), (1, 2..4, vec![p, p])]);
+/// ```
+pub fn all_scan_diag_blocks<F, C>(
+    f: &F,
+    ch: u32,
+    local: DiagState<'_>,
+    dir: ScanDirection,
+    blocks: usize,
+    want_inclusive: bool,
+    mut on_block: C,
+) -> Result<ScanOutput>
+where
+    F: Fabric + ?Sized,
+    C: FnMut(ScanBlock<'_>) -> Result<()>,
+{
     let rows = local.decay.len();
     let cols = local.cols;
     if local.state.len() != rows * cols {
@@ -108,6 +204,7 @@ pub fn all_scan_diag<F: Fabric + ?Sized>(
         None => blk.iter().map(|_| None).collect(),
     };
     let mut sends = Vec::with_capacity(blk.len());
+    let mut failed = None;
     for ((k, b), rv) in blk.iter().enumerate().zip(recvs) {
         let range = b.start * cols..b.end * cols;
         if let Some(rv) = rv {
@@ -137,16 +234,90 @@ pub fn all_scan_diag<F: Fabric + ?Sized>(
                 nx,
                 ch,
                 tag(OP_SCAN_DIAG, 0, k as u32),
-                to_bytes(&inclusive[range]),
+                to_bytes(&inclusive[range.clone()]),
             )?);
+        }
+        if let Err(e) = on_block(ScanBlock {
+            index: k,
+            rows: b.clone(),
+            exclusive: &exclusive[range.clone()],
+            inclusive: want_inclusive.then(|| &inclusive[range]),
+        }) {
+            failed = Some(e);
+            break;
         }
     }
     for s in sends {
         s.wait()?;
     }
+    if let Some(e) = failed {
+        return Err(e);
+    }
     Ok(ScanOutput {
         exclusive,
         inclusive: want_inclusive.then_some(inclusive),
+    })
+}
+
+/// An owned [`DiagState`], for the non-blocking [`iall_scan_diag`].
+///
+/// ```
+/// use zccl_primitives::scan::OwnedDiagState;
+/// let o = OwnedDiagState { state: vec![1.0, 2.0], decay: vec![0.5], cols: 2 };
+/// assert_eq!(o.as_state().state, &[1.0, 2.0]);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnedDiagState {
+    /// Local state, `rows × cols`, row-major.
+    pub state: Vec<f32>,
+    /// Per-row decay, `rows` values.
+    pub decay: Vec<f32>,
+    /// Columns of the state.
+    pub cols: usize,
+}
+
+impl OwnedDiagState {
+    /// Borrows it as a [`DiagState`].
+    ///
+    /// ```
+    /// use zccl_primitives::scan::OwnedDiagState;
+    /// let o = OwnedDiagState { state: vec![0.0; 6], decay: vec![1.0; 3], cols: 2 };
+    /// assert_eq!(o.as_state().decay.len(), 3);
+    /// ```
+    pub fn as_state(&self) -> DiagState<'_> {
+        DiagState {
+            state: &self.state,
+            decay: &self.decay,
+            cols: self.cols,
+        }
+    }
+}
+
+/// Non-blocking [`all_scan_diag`]: the scan runs on a progress thread while
+/// the caller computes what does not need the prefix (ZeCO's intra-chunk
+/// attention); see [`crate::nonblocking`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_primitives::{scan::{iall_scan_diag, OwnedDiagState}, schedule::scan::ScanDirection, sim::run_ranks, Fabric};
+/// let out = run_ranks(3, |f| {
+///     let local = OwnedDiagState { state: vec![f.rank() as f32 + 1.0], decay: vec![0.5], cols: 1 };
+///     let h = iall_scan_diag(Arc::new(f.clone()), 0, local, ScanDirection::Reverse, 1, false);
+///     // ... intra-chunk compute here ...
+///     h.wait().unwrap().exclusive
+/// });
+/// assert_eq!(out, vec![vec![0.5 * 3.0 + 2.0], vec![3.0], vec![0.0]]);
+/// ```
+pub fn iall_scan_diag<F: Fabric + ?Sized + 'static>(
+    f: Arc<F>,
+    ch: u32,
+    local: OwnedDiagState,
+    dir: ScanDirection,
+    blocks: usize,
+    want_inclusive: bool,
+) -> OpHandle<ScanOutput> {
+    start(f, "all_scan_diag", move |f| {
+        all_scan_diag(f, ch, local.as_state(), dir, blocks, want_inclusive)
     })
 }
 
@@ -217,5 +388,38 @@ where
     Ok(ScanOutput {
         exclusive,
         inclusive: if want_inclusive { inclusive } else { None },
+    })
+}
+
+/// Non-blocking [`all_scan_with`] (owned element and identity; the combine
+/// runs on the progress thread, so it must be `Send + 'static`).
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_primitives::{scan::iall_scan_with, schedule::scan::ScanDirection, sim::run_ranks, Fabric};
+/// // Running maximum.
+/// let out = run_ranks(3, |f| {
+///     let x = vec![[5.0, 1.0, 3.0][f.rank()]];
+///     let max = |a: &[f32], b: &[f32]| vec![a[0].max(b[0])];
+///     iall_scan_with(Arc::new(f.clone()), 0, x, ScanDirection::Forward, vec![f32::NEG_INFINITY], max, true)
+///         .wait().unwrap().inclusive.unwrap()
+/// });
+/// assert_eq!(out, vec![vec![5.0], vec![5.0], vec![5.0]]);
+/// ```
+pub fn iall_scan_with<F, C>(
+    f: Arc<F>,
+    ch: u32,
+    local: Vec<f32>,
+    dir: ScanDirection,
+    identity: Vec<f32>,
+    combine: C,
+    want_inclusive: bool,
+) -> OpHandle<ScanOutput>
+where
+    F: Fabric + ?Sized + 'static,
+    C: FnMut(&[f32], &[f32]) -> Vec<f32> + Send + 'static,
+{
+    start(f, "all_scan_with", move |f| {
+        all_scan_with(f, ch, &local, dir, &identity, combine, want_inclusive)
     })
 }

@@ -49,6 +49,13 @@ impl Default for SimConfig {
 }
 
 /// One message sent during a simulated run (recorded when posted).
+///
+/// ```
+/// use zccl_primitives::sim::{try_run_ranks, SimConfig};
+/// use zccl_primitives::{Fabric, collectives::barrier};
+/// let run = try_run_ranks(SimConfig::default(), 2, |f| barrier(f, 4).unwrap()).unwrap();
+/// assert!(run.log.iter().all(|m| m.channel == 4 && m.len == 0));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MsgRecord {
     /// Sender.
@@ -124,6 +131,15 @@ impl World {
 
 /// One rank's view of a simulated fabric. Cheap to clone; `Send + Sync`, so a
 /// rank may post operations from helper threads.
+///
+/// ```
+/// use zccl_primitives::{Fabric, sim::run_ranks};
+/// let v = run_ranks(2, |f| {
+///     let g = f.clone(); // cheap; usable from helper threads
+///     std::thread::scope(|s| s.spawn(|| g.rank()).join().unwrap())
+/// });
+/// assert_eq!(v, vec![0, 1]);
+/// ```
 #[derive(Clone)]
 pub struct SimFabric {
     world: Arc<World>,
@@ -174,11 +190,27 @@ impl SimFabric {
 
     /// Aborts the world: every pending and later wait on every rank fails with
     /// [`Error::Aborted`] carrying `reason`.
+    ///
+    /// ```
+    /// use zccl_primitives::{Error, Fabric, sim::{SimConfig, SimFabric}};
+    /// let ranks = SimFabric::world(2, SimConfig::default());
+    /// ranks[0].abort("test over");
+    /// let e = ranks[1].irecv(0, 0, 0, 1).unwrap().wait().unwrap_err();
+    /// assert!(matches!(e, Error::Aborted { .. }), "{e}");
+    /// ```
     pub fn abort(&self, reason: impl Into<String>) {
         self.world.abort(reason.into());
     }
 
     /// Every message posted so far, in posting order.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::{SimConfig, SimFabric}};
+    /// let ranks = SimFabric::world(2, SimConfig::default());
+    /// ranks[1].isend(0, 3, 9, vec![0; 5]).unwrap();
+    /// let log = ranks[0].log();
+    /// assert_eq!((log[0].src, log[0].dst, log[0].channel, log[0].len), (1, 0, 3, 5));
+    /// ```
     pub fn log(&self) -> Vec<MsgRecord> {
         lock(&self.world.log).clone()
     }
@@ -331,6 +363,13 @@ impl PendingRecv for SimRecv {
 
 /// The outcome of [`try_run_ranks`]: each rank's return value, in rank order,
 /// and every message the ranks posted.
+///
+/// ```
+/// use zccl_primitives::{Fabric, sim::{try_run_ranks, SimConfig}};
+/// let run = try_run_ranks(SimConfig::default(), 2, |f| f.rank() * 2).unwrap();
+/// assert_eq!(run.results, vec![0, 2]);
+/// assert!(run.log.is_empty());
+/// ```
 #[derive(Debug)]
 pub struct SimRun<T> {
     /// Return value of rank `i` at index `i`.
@@ -340,6 +379,12 @@ pub struct SimRun<T> {
 }
 
 /// Why a simulated run failed.
+///
+/// ```
+/// use zccl_primitives::sim::{try_run_ranks, SimConfig, SimError};
+/// let e = try_run_ranks(SimConfig::default(), 2, |_| panic!("boom")).unwrap_err();
+/// assert!(matches!(e, SimError::Panicked { ref message, .. } if message == "boom"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SimError {
     /// A rank panicked (the first one to fail is reported).

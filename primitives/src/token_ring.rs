@@ -25,6 +25,13 @@ const OP_TR_Q: u8 = 0x30;
 const OP_TR_OUT: u8 = 0x31;
 
 /// The two channels TokenRing uses.
+///
+/// ```
+/// use zccl_primitives::token_ring::TokenRingChannels;
+/// // Two channels of their own: Q and the partial results move concurrently.
+/// let ch = TokenRingChannels { q: 5, out: 6 };
+/// assert_ne!(ch.q, ch.out);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenRingChannels {
     /// Channel of the Q shift.
@@ -37,6 +44,20 @@ pub struct TokenRingChannels {
 ///
 /// Length functions must agree on every rank (they are evaluated by the
 /// sender and by the receiver of each message).
+///
+/// ```
+/// use zccl_primitives::{Result, token_ring::TokenRingKernel};
+/// // The smallest kernel: 1-byte Q, 1-byte blocks, counts merges.
+/// struct Count(usize);
+/// impl TokenRingKernel for Count {
+///     fn q_len(&self, _: usize, _: usize, _: usize) -> usize { 1 }
+///     fn out_len(&self, _: usize, _: usize, _: usize) -> usize { 1 }
+///     fn compute(&mut self, _: usize, _: usize, q: &[u8]) -> Result<Vec<u8>> { Ok(q.to_vec()) }
+///     fn merge(&mut self, _: usize, _: usize, _: Vec<u8>) -> Result<()> { self.0 += 1; Ok(()) }
+/// }
+/// let mut k = Count(0);
+/// assert_eq!(k.forward_q(0, 0, &[7]), vec![7]); // default: forward all of Q
+/// ```
 pub trait TokenRingKernel {
     /// Bytes of the Q of `origin` that rank `holder` receives for `step`.
     fn q_len(&self, holder: usize, step: usize, origin: usize) -> usize;

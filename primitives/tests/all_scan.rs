@@ -4,165 +4,37 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Rng, gla_grad_states, gla_outputs, gla_states};
+use common::sp::{
+    DK, DV, KS, L, Seq, assert_close, bits, check_forward_rank, check_k_bitwise_rank,
+    check_reverse_rank, check_zeco_rank, diag_rank, forward_local, random_decay,
+    scan_blocks_handshake, seq, tokens, zeco_rank,
+};
+use common::{Rng, gla_states};
 use zccl_primitives::Fabric;
-use zccl_primitives::scan::{DiagState, ScanOutput, all_scan_diag, all_scan_with};
+use zccl_primitives::scan::{
+    DiagState, OwnedDiagState, ScanOutput, all_scan_diag, all_scan_with, iall_scan_diag,
+};
 use zccl_primitives::schedule::scan::ScanDirection::{self, Forward, Reverse};
-use zccl_primitives::sim::run_ranks;
-
-const DK: usize = 8;
-const DV: usize = 3;
-const L: usize = 4; // tokens per rank
-const KS: [usize; 4] = [1, 2, 4, DK];
-
-struct Seq {
-    t: usize,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    a: Vec<f32>,
-    dout: Vec<f32>,
-}
-
-fn seq(n: usize, seed: u64, decay: impl Fn(&mut Rng) -> f32) -> Arc<Seq> {
-    let mut rng = Rng::new(seed);
-    let t = n * L;
-    Arc::new(Seq {
-        t,
-        q: rng.vec_f32(t * DK, -1.0, 1.0),
-        k: rng.vec_f32(t * DK, -1.0, 1.0),
-        v: rng.vec_f32(t * DV, -1.0, 1.0),
-        a: (0..t * DK).map(|_| decay(&mut rng)).collect(),
-        dout: rng.vec_f32(t * DV, -1.0, 1.0),
-    })
-}
-
-fn tokens(p: usize) -> std::ops::Range<usize> {
-    p * L..(p + 1) * L
-}
-
-/// Rank p's forward scan element: local state from zero and the chunk's cumulative decay.
-fn forward_local(s: &Seq, p: usize) -> (Vec<f32>, Vec<f32>) {
-    let r = tokens(p);
-    let st = gla_states(
-        &s.k[r.start * DK..r.end * DK],
-        &s.v[r.start * DV..r.end * DV],
-        &s.a[r.start * DK..r.end * DK],
-        L,
-        DK,
-        DV,
-        &[0.0; DK * DV],
-    );
-    let gamma: Vec<f32> = (0..DK)
-        .map(|i| r.clone().map(|t| s.a[t * DK + i] as f64).product::<f64>() as f32)
-        .collect();
-    (st[L - 1].iter().map(|&x| x as f32).collect(), gamma)
-}
-
-/// Rank p's reverse scan element: direct(p) and the decay γ'(p) = ∏ a over tokens pL+1 ..= (p+1)L.
-fn reverse_local(s: &Seq, p: usize) -> (Vec<f32>, Vec<f32>) {
-    let r = tokens(p);
-    let g = gla_grad_states(
-        &s.q[r.start * DK..r.end * DK],
-        &s.dout[r.start * DV..r.end * DV],
-        &s.a[r.start * DK..r.end * DK],
-        L,
-        DK,
-        DV,
-    );
-    let gamma: Vec<f32> = (0..DK)
-        .map(|i| {
-            (r.start + 1..=r.end)
-                .map(|t| if t < s.t { s.a[t * DK + i] as f64 } else { 1.0 })
-                .product::<f64>() as f32
-        })
-        .collect();
-    (g[0].iter().map(|&x| x as f32).collect(), gamma)
-}
+use zccl_primitives::sim::{SimConfig, run_ranks, try_run_ranks};
 
 fn run_diag(s: Arc<Seq>, n: usize, dir: ScanDirection) -> Vec<Vec<ScanOutput>> {
-    run_ranks(n, move |f| {
-        let p = f.rank();
-        let (state, gamma) = if dir == Forward {
-            forward_local(&s, p)
-        } else {
-            reverse_local(&s, p)
-        };
-        KS.iter()
-            .map(|&k| {
-                all_scan_diag(
-                    f,
-                    0,
-                    DiagState {
-                        state: &state,
-                        decay: &gamma,
-                        cols: DV,
-                    },
-                    dir,
-                    k,
-                    true,
-                )
-                .unwrap()
-            })
-            .collect()
-    })
-}
-
-fn assert_close(got: &[f32], want: &[f64], tol: f64, ctx: &str) {
-    let e = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w).abs())
-        .fold(0.0, f64::max);
-    assert!(e <= tol, "{ctx}: max err {e:e}");
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
+    run_ranks(n, move |f| diag_rank(f, &s, dir, 0))
 }
 
 fn check_k_bitwise(outs: &[Vec<ScanOutput>], ctx: &str) {
     for (p, per_k) in outs.iter().enumerate() {
-        for o in &per_k[1..] {
-            assert_eq!(
-                bits(&o.exclusive),
-                bits(&per_k[0].exclusive),
-                "{ctx}: rank {p} exclusive differs across K"
-            );
-            assert_eq!(
-                bits(o.inclusive.as_ref().unwrap()),
-                bits(per_k[0].inclusive.as_ref().unwrap()),
-                "{ctx}: rank {p} inclusive differs across K"
-            );
-        }
+        check_k_bitwise_rank(per_k, &format!("{ctx}: rank {p}"));
     }
 }
 
 #[test]
 fn forward_exclusive_prefix_is_the_boundary_state() {
     for n in 1..=8 {
-        let s = seq(n, 7 + n as u64, |r| r.range(0.05, 0.999) as f32);
+        let s = seq(n, 7 + n as u64, random_decay);
         let outs = run_diag(s.clone(), n, Forward);
         check_k_bitwise(&outs, &format!("forward n={n}"));
-        let states = gla_states(&s.k, &s.v, &s.a, s.t, DK, DV, &[0.0; DK * DV]);
         for (p, o) in outs.iter().enumerate() {
-            let want = if p == 0 {
-                vec![0.0; DK * DV]
-            } else {
-                states[p * L - 1].clone()
-            };
-            assert_close(
-                &o[0].exclusive,
-                &want,
-                1e-5,
-                &format!("forward n={n} rank {p} exclusive"),
-            );
-            assert_close(
-                o[0].inclusive.as_ref().unwrap(),
-                &states[(p + 1) * L - 1],
-                1e-5,
-                &format!("n={n} rank {p} inclusive"),
-            );
+            check_forward_rank(&s, n, p, &o[0], &format!("forward rank {p}"));
         }
     }
 }
@@ -223,88 +95,134 @@ fn decay_one_is_a_prefix_sum_and_decay_zero_resets() {
 #[test]
 fn reverse_scan_equals_backward_recurrence() {
     for n in 1..=8 {
-        let s = seq(n, 300 + n as u64, |r| r.range(0.05, 0.999) as f32);
+        let s = seq(n, 300 + n as u64, random_decay);
         let outs = run_diag(s.clone(), n, Reverse);
         check_k_bitwise(&outs, &format!("reverse n={n}"));
-        let g = gla_grad_states(&s.q, &s.dout, &s.a, s.t, DK, DV);
         for (p, o) in outs.iter().enumerate() {
-            let want = if p + 1 == n {
-                vec![0.0; DK * DV]
-            } else {
-                g[(p + 1) * L].clone()
-            };
-            assert_close(
-                &o[0].exclusive,
-                &want,
-                1e-5,
-                &format!("reverse n={n} rank {p} exclusive"),
-            );
-            assert_close(
-                o[0].inclusive.as_ref().unwrap(),
-                &g[p * L],
-                1e-5,
-                &format!("reverse n={n} rank {p} inclusive"),
-            );
+            check_reverse_rank(&s, n, p, &o[0], &format!("reverse rank {p}"));
         }
     }
 }
 
+/// ZeCO: the scan runs on a progress thread ([`iall_scan_diag`]) while the
+/// caller computes the intra-chunk part; then the inter-chunk part.
 #[test]
 fn zeco_linear_attention_equals_single_device_recurrence() {
     for n in 1..=8 {
         let s = seq(n, 900 + n as u64, |r| r.range(0.5, 0.999) as f32);
-        let want = gla_outputs(&s.q, &s.k, &s.v, &s.a, s.t, DK, DV);
         let ss = s.clone();
         let outs = run_ranks(n, move |f| {
             let p = f.rank();
             let r = tokens(p);
-            let (state, gamma) = forward_local(&ss, p);
-            // Overlap: the scan runs on a helper thread while this thread does the
-            // intra-chunk part (local states from a zero initial state).
-            std::thread::scope(|sc| {
-                let scan = sc.spawn(|| {
-                    all_scan_diag(
+            let (state, decay) = forward_local(&ss, p);
+            let scan = iall_scan_diag(
+                Arc::new(f.clone()),
+                0,
+                OwnedDiagState {
+                    state,
+                    decay,
+                    cols: DV,
+                },
+                Forward,
+                2,
+                false,
+            );
+            let (k, v, a) = (
+                &ss.k[r.start * DK..r.end * DK],
+                &ss.v[r.start * DV..r.end * DV],
+                &ss.a[r.start * DK..r.end * DK],
+            );
+            let local = gla_states(k, v, a, L, DK, DV, &[0.0; DK * DV]);
+            let s_in = scan.wait().unwrap().exclusive;
+            let mut out = vec![0.0f32; L * DV];
+            let mut cum = [1.0f64; DK];
+            for x in 0..L {
+                for (i, c) in cum.iter_mut().enumerate() {
+                    *c *= a[x * DK + i] as f64;
+                }
+                for j in 0..DV {
+                    let o: f64 = (0..DK)
+                        .map(|i| {
+                            ss.q[(r.start + x) * DK + i] as f64
+                                * (local[x][i * DV + j] + cum[i] * s_in[i * DV + j] as f64)
+                        })
+                        .sum();
+                    out[x * DV + j] = o as f32;
+                }
+            }
+            out
+        });
+        for (p, got) in outs.iter().enumerate() {
+            check_zeco_rank(&s, p, got, &format!("zeco n={n} rank {p}"));
+        }
+    }
+}
+
+/// ZeCO with the inter-chunk part computed per row block inside the All-Scan
+/// block callback (while later blocks are still moving), for every K.
+#[test]
+fn zeco_with_block_callbacks_equals_single_device_recurrence() {
+    for n in 1..=8 {
+        let s = seq(n, 950 + n as u64, |r| r.range(0.5, 0.999) as f32);
+        for k in KS {
+            let ss = s.clone();
+            let outs = run_ranks(n, move |f| zeco_rank(f, &ss, k, 0));
+            for (p, got) in outs.iter().enumerate() {
+                check_zeco_rank(&s, p, got, &format!("zeco blocks n={n} K={k} rank {p}"));
+            }
+        }
+    }
+}
+
+/// The block callback for block 0 runs before the last block arrived (shown
+/// by causality: see `scan_blocks_handshake`, plus the fabric log: when a
+/// rank's callback for block 0 runs, its predecessor has not posted block 1),
+/// and the blocks handed to the callbacks and the result are bit-identical to
+/// the plain [`all_scan_diag`].
+#[test]
+fn block_callbacks_run_while_later_blocks_move() {
+    let cfg = SimConfig {
+        op_timeout: std::time::Duration::from_secs(10),
+        ..Default::default()
+    };
+    for n in [2usize, 3, 5, 8] {
+        for dir in [Forward, Reverse] {
+            for k in [2usize, 4, DK] {
+                let s = seq(n, 4000 + n as u64, random_decay);
+                let run = try_run_ranks(cfg.clone(), n, move |f| {
+                    let (state, gamma) = forward_local(&s, f.rank());
+                    let (cb, o) =
+                        scan_blocks_handshake(f, &state, &gamma, DV, dir, k, 1, 2, &|prev| {
+                            // Called in the block-0 callback, before our token frees `prev`.
+                            let later = f
+                                .log()
+                                .iter()
+                                .filter(|m| m.channel == 1 && m.src == prev && m.dst == f.rank())
+                                .count();
+                            assert_eq!(later, 1, "only block 0 from rank {prev} was posted");
+                        });
+                    let plain = all_scan_diag(
                         f,
-                        0,
+                        3,
                         DiagState {
                             state: &state,
                             decay: &gamma,
                             cols: DV,
                         },
-                        Forward,
-                        2,
-                        false,
+                        dir,
+                        1,
+                        true,
                     )
-                    .unwrap()
-                });
-                let (k, v, a) = (
-                    &ss.k[r.start * DK..r.end * DK],
-                    &ss.v[r.start * DV..r.end * DV],
-                    &ss.a[r.start * DK..r.end * DK],
-                );
-                let local = gla_states(k, v, a, L, DK, DV, &[0.0; DK * DV]);
-                let s_in = scan.join().unwrap().exclusive;
-                let mut out = vec![0.0f32; L * DV];
-                let mut cum = [1.0f64; DK];
-                for x in 0..L {
-                    for (i, c) in cum.iter_mut().enumerate() {
-                        *c *= a[x * DK + i] as f64;
-                    }
-                    for j in 0..DV {
-                        let o: f64 = (0..DK)
-                            .map(|i| {
-                                ss.q[(r.start + x) * DK + i] as f64
-                                    * (local[x][i * DV + j] + cum[i] * s_in[i * DV + j] as f64)
-                            })
-                            .sum();
-                        out[x * DV + j] = o as f32;
-                    }
-                }
-                out
-            })
-        });
-        let got: Vec<f32> = outs.concat();
-        assert_close(&got, &want, 1e-5, &format!("zeco n={n}"));
+                    .unwrap();
+                    assert_eq!(bits(&cb), bits(&o.exclusive));
+                    assert_eq!(o, plain);
+                    assert_eq!(bits(&o.exclusive), bits(&plain.exclusive));
+                    f.rank()
+                })
+                .unwrap_or_else(|e| panic!("n={n} {dir:?} K={k}: {e}"));
+                assert_eq!(run.results, (0..n).collect::<Vec<_>>());
+            }
+        }
     }
 }
 

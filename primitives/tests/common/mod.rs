@@ -1,5 +1,12 @@
-//! Test helpers: a seeded RNG and f64 reference implementations.
+//! Test helpers: a seeded RNG and f64 reference implementations; the
+//! collectives' references ([`coll`]), the sequence-parallel cases shared by
+//! the simulated and the real-transport tests ([`sp`]), and multi-process
+//! jobs ([`procs`]).
 #![allow(dead_code)]
+
+pub mod coll;
+pub mod procs;
+pub mod sp;
 
 /// xorshift64* — tiny, seeded, deterministic.
 pub struct Rng(u64);
