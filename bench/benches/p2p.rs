@@ -7,6 +7,8 @@
 //!   memory where it is available), against a single-thread memcpy.
 //!
 //! `cargo bench -p zccl-bench --bench p2p` (add `-- --quick` for a short run).
+//! `ZCCL_*` variables of the environment (e.g. `ZCCL_NTHREADS`,
+//! `ZCCL_SHM_SPIN`) configure both ranks.
 //! Ranks are threads of this process, each with its own communicator and
 //! progress engine, exactly as separate processes would have.
 
@@ -97,6 +99,11 @@ fn zccl_pair(plan: &Plan, extra: &[(&str, &str)]) -> (f64, f64) {
         ("ZCCL_SOCKET_IFNAME".into(), "lo".into()),
         ("ZCCL_TIMEOUT".into(), "60".into()),
     ]);
+    // `ZCCL_*` settings of the environment apply too (e.g. `ZCCL_NTHREADS`),
+    // except those the measure itself fixes.
+    for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("ZCCL_")) {
+        env.insert(k, v);
+    }
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());
     }

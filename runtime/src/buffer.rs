@@ -137,6 +137,12 @@ pub enum MemoryKind {
 
 /// An owned, typed buffer in host memory.
 ///
+/// A buffer made from a `Vec<T>` owns that vector. A buffer returned by a
+/// receive usually holds the bytes the transport received, without a copy
+/// (their memory is recycled when the buffer is dropped); the first mutable
+/// access ([`DerefMut`]) or [`HostBuffer::into_vec`] copies those into a
+/// `Vec<T>` of its own. Reading (`Deref`, [`HostBuffer::as_bytes`]) never copies.
+///
 /// ```
 /// use zccl_runtime::buffer::{HostBuffer, DType, MemoryKind};
 /// let b: HostBuffer<f32> = vec![1.0, 2.0].into();
@@ -145,16 +151,48 @@ pub enum MemoryKind {
 /// assert_eq!(b.byte_len(), 8);
 /// assert_eq!(&b[..], &[1.0, 2.0]);
 /// ```
-#[derive(Clone, PartialEq, Default)]
+#[derive(Clone)]
 pub struct HostBuffer<T: Element> {
-    data: Vec<T>,
+    repr: Repr<T>,
+}
+
+#[derive(Clone)]
+enum Repr<T: Element> {
+    Vec(Vec<T>),
+    /// Received bytes: aligned for `T`, a whole number of elements.
+    Bytes(Bytes),
+}
+
+impl<T: Element> Default for HostBuffer<T> {
+    fn default() -> Self {
+        Vec::new().into()
+    }
+}
+
+impl<T: Element + PartialEq> PartialEq for HostBuffer<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self[..] == other[..]
+    }
 }
 
 impl<T: Element> HostBuffer<T> {
     /// A buffer of `len` default (zero) elements.
     pub fn zeroed(len: usize) -> Self {
-        Self {
-            data: vec![T::default(); len],
+        vec![T::default(); len].into()
+    }
+
+    /// Views received bytes as elements without copying when they are
+    /// suitably aligned; copies them otherwise. `b.len()` must be a multiple
+    /// of the element size.
+    pub(crate) fn from_received(b: Bytes) -> Self {
+        let size = std::mem::size_of::<T>();
+        debug_assert_eq!(b.len() % size, 0);
+        if b.len() % size == 0 && (b.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+            Self {
+                repr: Repr::Bytes(b),
+            }
+        } else {
+            vec_from_bytes(&b).into()
         }
     }
 
@@ -170,21 +208,30 @@ impl<T: Element> HostBuffer<T> {
 
     /// Length in bytes.
     pub fn byte_len(&self) -> usize {
-        std::mem::size_of_val(self.data.as_slice())
+        std::mem::size_of_val(&self[..])
     }
 
     /// The elements as bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        as_bytes(&self.data)
+        match &self.repr {
+            Repr::Vec(v) => as_bytes(v),
+            Repr::Bytes(b) => b,
+        }
     }
 
-    /// Returns the vector.
+    /// Returns the vector (copying received bytes into a new one).
     pub fn into_vec(self) -> Vec<T> {
-        self.data
+        match self.repr {
+            Repr::Vec(v) => v,
+            Repr::Bytes(b) => vec_from_bytes(&b),
+        }
     }
 
     pub(crate) fn into_bytes(self) -> Bytes {
-        Bytes::from_owner(self)
+        match self.repr {
+            Repr::Vec(v) => Bytes::from_owner(Self { repr: Repr::Vec(v) }),
+            Repr::Bytes(b) => b,
+        }
     }
 }
 
@@ -196,38 +243,55 @@ impl<T: Element> AsRef<[u8]> for HostBuffer<T> {
 
 impl<T: Element> fmt::Debug for HostBuffer<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HostBuffer<{}>(len {})", T::DTYPE, self.data.len())
+        write!(f, "HostBuffer<{}>(len {})", T::DTYPE, self.len())
     }
 }
 
 impl<T: Element> Deref for HostBuffer<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &self.data
+        match &self.repr {
+            Repr::Vec(v) => v,
+            Repr::Bytes(b) => {
+                let n = b.len() / std::mem::size_of::<T>();
+                // SAFETY: `from_received` checked alignment and length; any
+                // bit pattern is a valid `T`; the bytes are immutable and
+                // live as long as `self`.
+                unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<T>(), n) }
+            }
+        }
     }
 }
 
 impl<T: Element> DerefMut for HostBuffer<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.data
+        if let Repr::Bytes(b) = &self.repr {
+            self.repr = Repr::Vec(vec_from_bytes(b));
+        }
+        match &mut self.repr {
+            Repr::Vec(v) => v,
+            Repr::Bytes(_) => unreachable!("converted above"),
+        }
     }
 }
 
 impl<T: Element> From<Vec<T>> for HostBuffer<T> {
     fn from(data: Vec<T>) -> Self {
-        Self { data }
+        Self {
+            repr: Repr::Vec(data),
+        }
     }
 }
 
 impl<T: Element> From<&[T]> for HostBuffer<T> {
     fn from(s: &[T]) -> Self {
-        Self { data: s.to_vec() }
+        s.to_vec().into()
     }
 }
 
 impl<T: Element, const N: usize> From<[T; N]> for HostBuffer<T> {
     fn from(a: [T; N]) -> Self {
-        Self { data: a.to_vec() }
+        a.to_vec().into()
     }
 }
 
@@ -261,7 +325,7 @@ impl Received {
 
     /// Copies into a typed buffer; `None` when `T` is not the received type.
     pub fn to_buffer<T: Element>(&self) -> Option<HostBuffer<T>> {
-        (T::DTYPE == self.dtype).then(|| vec_from_bytes(&self.bytes).into())
+        (T::DTYPE == self.dtype).then(|| HostBuffer::from_received(self.bytes.clone()))
     }
 }
 
@@ -298,5 +362,26 @@ mod tests {
         let r = Received::new(DType::F16, bytes);
         assert_eq!(r.to_buffer::<f16>().unwrap(), h);
         assert!(r.to_buffer::<u8>().is_none());
+    }
+
+    #[test]
+    fn received_bytes_are_viewed_then_copied_on_write() {
+        let mut rb = zccl_transports::recvbuf::RecvBuf::new(4 * 3);
+        rb.as_mut_slice()
+            .copy_from_slice(as_bytes(&[1.0f32, 2.0, 3.0]));
+        let bytes = rb.into_bytes();
+        let ptr = bytes.as_ptr();
+        let mut h = HostBuffer::<f32>::from_received(bytes.clone());
+        assert_eq!(h.as_bytes().as_ptr(), ptr, "aligned bytes are not copied");
+        assert_eq!(&h[..], &[1.0, 2.0, 3.0]);
+        h[1] = 9.0; // copy on write: the received bytes are untouched
+        assert_eq!(&h[..], &[1.0, 9.0, 3.0]);
+        assert_eq!(&bytes[4..8], &2.0f32.to_le_bytes());
+        assert_eq!(h.clone().into_vec(), vec![1.0, 9.0, 3.0]);
+        // Misaligned bytes are copied.
+        let odd = Bytes::from(vec![0u8; 9]).slice(1..9);
+        let h = HostBuffer::<i64>::from_received(odd);
+        assert_eq!(&h[..], &[0]);
+        assert_eq!(HostBuffer::<f32>::default().len(), 0);
     }
 }

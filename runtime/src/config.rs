@@ -12,7 +12,7 @@
 //! | `ZCCL_MAX_FRAME_BYTES` | largest frame accepted | 16 MiB |
 //! | `ZCCL_MAX_MESSAGE_BYTES` | largest message accepted | 16 GiB |
 //! | `ZCCL_SOCKET_BUFFER_BYTES` | `SO_SNDBUF`/`SO_RCVBUF`, 0 = kernel autotuning | 4 MiB |
-//! | `ZCCL_NTHREADS` | progress-engine threads per rank | min(2, CPUs) |
+//! | `ZCCL_NTHREADS` | progress-engine threads per rank | 1 with at most 2 CPUs, else 2 |
 //! | `ZCCL_SHM_DISABLE` | `1`: ranks of one host talk over TCP, not shared memory | `0` |
 //! | `ZCCL_SHM_RING_BYTES` | bytes of each shared-memory ring (one per direction and pair) | 4 MiB |
 //! | `ZCCL_SHM_SPIN` | spin rounds before a shared-memory wait sleeps in `futex` | 200 |
@@ -139,7 +139,10 @@ impl Config {
             .unwrap_or(1);
         let engine_threads = match get("ZCCL_NTHREADS") {
             Some(v) => int::<usize>("ZCCL_NTHREADS", &v)?.clamp(1, 64),
-            None => cpus.min(2),
+            // With 2 CPUs or fewer, a second worker per rank only adds
+            // context switches (measured with the p2p benchmark).
+            None if cpus <= 2 => 1,
+            None => 2,
         };
         let socket_ifname = get("ZCCL_SOCKET_IFNAME").filter(|s| !s.trim().is_empty());
         let shm_enabled = match get("ZCCL_SHM_DISABLE").as_deref().map(str::trim) {

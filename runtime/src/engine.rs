@@ -24,7 +24,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use zccl_transports::{
-    CloseReason, GoodbyeReason, Message, MessageKind, PeerPath, Transport, TransportEvent,
+    CloseReason, GoodbyeReason, Message, MessageKind, PeerPath, Transport, TransportError,
+    TransportEvent,
 };
 
 use crate::buffer::DType;
@@ -60,7 +61,7 @@ type Key = (u32, u32, u32, u64); // (comm, channel, peer, seq)
 type Stream = (u32, u32);
 
 /// How long a failing engine lets its goodbyes drain before failing handles.
-const CLOSE_NOTICE: Duration = Duration::from_millis(300);
+const CLOSE_NOTICE: Duration = Duration::from_millis(500);
 
 struct PendingOp {
     desc: OpDesc,
@@ -166,6 +167,11 @@ impl Engine {
         }
     }
 
+    /// Hands `msg` to the transport. `false` only when the transport itself
+    /// is closed; a peer whose connection is going away
+    /// ([`TransportError::PeerGone`]) counts as posted: its `PeerClosed`
+    /// event follows and fails the op with the cause it carries (which may
+    /// name another rank), or the op's deadline does.
     fn post(&mut self, peer: u32, msg: Message) -> bool {
         if peer == self.rank {
             self.local.push_back(msg);
@@ -173,6 +179,13 @@ impl Engine {
         }
         match self.transport.send(peer, msg) {
             Ok(()) => true,
+            Err(TransportError::PeerGone(_)) => {
+                debug!(
+                    rank = self.rank,
+                    peer, "transport send: connection closing, awaiting its cause"
+                );
+                true
+            }
             Err(e) => {
                 debug!(rank = self.rank, peer, "transport send: {e}");
                 false

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::buffer::{Element, HostBuffer, Received, vec_from_bytes};
+use crate::buffer::{Element, HostBuffer, Received};
 use crate::error::{Error, OpDesc, Result};
 
 /// What the engine produces for one op: received bytes for a receive.
@@ -143,7 +143,7 @@ pub struct RecvHandle<T: Element> {
 }
 
 fn to_buffer<T: Element>(o: Option<Bytes>) -> HostBuffer<T> {
-    vec_from_bytes(&o.unwrap_or_default()).into()
+    HostBuffer::from_received(o.unwrap_or_default())
 }
 
 impl<T: Element> RecvHandle<T> {

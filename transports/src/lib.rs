@@ -15,6 +15,8 @@
 //!   network namespace: one `/dev/shm` segment per pair of ranks holding two
 //!   single-producer/single-consumer byte rings, bounded spinning then
 //!   `futex` waits, segments unlinked as soon as both ranks mapped them.
+//! * [`recvbuf`] — receive buffers: each received byte is copied once, into
+//!   memory that is handed up without another copy and recycled.
 //! * [`hybrid`] — [`hybrid::HybridTransport`]: routes each peer to shared
 //!   memory or TCP and keeps TCP as the liveness/control path of every peer
 //!   (heartbeats, goodbyes, dead-peer detection), so a peer reached over shared
@@ -30,6 +32,7 @@ pub mod frame;
 pub mod handshake;
 pub mod hybrid;
 pub mod ifname;
+pub mod recvbuf;
 pub mod shm;
 pub mod tcp;
 
@@ -225,6 +228,12 @@ pub enum TransportError {
     /// The transport is closed.
     #[error("transport closed")]
     Closed,
+    /// The connection to this peer is closing or closed (its goodbye was
+    /// received or a socket failed). A [`TransportEvent::PeerClosed`] for the
+    /// peer has been or will be reported, carrying the real cause (which may
+    /// name another rank); callers should keep the op pending until then.
+    #[error("connection to rank {0} is closing")]
+    PeerGone(u32),
 }
 
 impl TransportError {
@@ -245,7 +254,9 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Implementations own their connections and background tasks and report
 /// incoming messages and peer loss on the event channel they were built with.
 /// `send` only enqueues: it must never wait for the receiver to post a
-/// receive, which is what lets batches complete in any op order.
+/// receive, which is what lets batches complete in any op order. When `send`
+/// fails with [`TransportError::PeerGone`], the peer's `PeerClosed` event is
+/// guaranteed to follow (or to have been sent already).
 /// Implementations: TCP ([`tcp::TcpTransport`]), shared memory
 /// ([`shm::ShmTransport`]) and the per-peer router of both
 /// ([`hybrid::HybridTransport`]). RDMA verbs and device memory will implement

@@ -16,7 +16,7 @@
 //!   [`CloseReason::Stuck`] when nothing was heard from it for `peer_timeout`
 //!   (a `SIGSTOP`ped process keeps its sockets open, so EOF never comes).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,7 @@ use crate::handshake::{
     Expectation, HELLO_LEN, Hello, JobSecret, PROTOCOL_VERSION, Purpose, validate,
 };
 use crate::ifname::Interface;
+use crate::recvbuf::RecvBuf;
 use crate::{
     BoxFuture, CloseReason, Message, MessageKind, NicPath, PeerPath, Transport, TransportError,
     TransportEvent,
@@ -72,6 +73,11 @@ impl Default for TcpConfig {
         }
     }
 }
+
+/// How long a socket that ended without a goodbye waits for the peer's
+/// goodbye on its other sockets before the peer itself is blamed (see
+/// `Shared::report_lost`).
+const LOST_GRACE: Duration = Duration::from_millis(500);
 
 /// A listening endpoint of a rank, as published in the address book.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -163,11 +169,24 @@ enum Out {
     Goodbye(GoodbyeReason),
 }
 
+/// A message being reassembled from chunks that arrive on several sockets.
+/// Readers copy each chunk straight into `buf` at its offset, outside the
+/// lock: `claimed` (start -> end of every chunk announced so far) keeps
+/// their ranges disjoint, and the partial leaves the map only once every
+/// byte was written, so no reader still writes into it then.
 struct Partial {
-    buf: Vec<u8>,
+    buf: RecvBuf,
     received: u64,
     dtype: u8,
+    claimed: BTreeMap<u64, u64>,
 }
+
+/// A raw pointer into a [`Partial`]'s buffer, held by one reader across its
+/// read of a claimed range.
+struct ChunkDst(*mut u8);
+// SAFETY: the range behind the pointer is claimed by exactly one reader,
+// and the buffer outlives the read (see `Partial`).
+unsafe impl Send for ChunkDst {}
 
 struct SocketSlot {
     tx: mpsc::UnboundedSender<Out>,
@@ -183,6 +202,8 @@ struct PeerState {
     last_heard_ms: AtomicU64,
     reported: AtomicBool,
     clean_closed: AtomicUsize,
+    /// Sockets of this peer that ended without a goodbye.
+    ended: AtomicUsize,
     reasm: Mutex<HashMap<(u8, u32, u32, u64), Partial>>,
 }
 
@@ -237,6 +258,33 @@ impl Shared {
             reason,
             path: nic.map(PeerPath::Nic),
         });
+    }
+
+    /// A socket of `peer` ended without a goodbye (EOF, reset, failed
+    /// write). When the peer is aborting, its goodbye naming the real cause
+    /// may still be on its way on another socket (a socket whose writer was
+    /// mid-frame, or a reset that overtook queued bytes, gives a bare EOF
+    /// first): so unless every socket of the peer has ended (a killed
+    /// process closes them all at once, which is reported at once), wait up
+    /// to [`LOST_GRACE`] for that goodbye before blaming the peer itself.
+    async fn report_lost(&self, peer: u32, why: String, nic: NicPath, socket_ended: bool) {
+        let ps = &self.peers[peer as usize];
+        let ended = if socket_ended {
+            ps.ended.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            ps.ended.load(Ordering::Acquire)
+        };
+        if ended < ps.sockets.len() && !ps.reported.load(Ordering::Acquire) {
+            let grace = LOST_GRACE.min(self.cfg.peer_timeout);
+            let t0 = Instant::now();
+            while t0.elapsed() < grace
+                && !ps.reported.load(Ordering::Acquire)
+                && ps.ended.load(Ordering::Acquire) < ps.sockets.len()
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        self.report(peer, CloseReason::Lost(why), Some(nic));
     }
 
     fn spawn(self: &Arc<Self>, io: bool, fut: impl Future<Output = ()> + Send + 'static) {
@@ -403,6 +451,7 @@ impl TcpTransport {
                 last_heard_ms: AtomicU64::new(0),
                 reported: AtomicBool::new(false),
                 clean_closed: AtomicUsize::new(0),
+                ended: AtomicUsize::new(0),
                 reasm: Mutex::new(HashMap::new()),
             })
             .collect();
@@ -763,11 +812,13 @@ async fn writer(
                 let res = tokio::select! {
                     biased;
                     _ = abort.changed() => {
-                        // Abort mid-frame: finish the frame in flight (bounded) so
-                        // that the goodbye naming the cause can follow it; a bare
-                        // EOF would make the peer blame this rank instead.
+                        // Abort mid-frame: finish the frame in flight (bounded, and
+                        // within the engine's close notice) so that the goodbye
+                        // naming the cause can follow it. If it cannot, the peer
+                        // sees a bare EOF here and waits for the goodbye on our
+                        // other sockets before blaming this rank.
                         let finished = matches!(
-                            tokio::time::timeout(Duration::from_millis(300), &mut write).await,
+                            tokio::time::timeout(Duration::from_millis(250), &mut write).await,
                             Ok(Ok(()))
                         );
                         drop(write);
@@ -780,11 +831,18 @@ async fn writer(
                     r = &mut write => r,
                 };
                 if let Err(e) = res {
-                    shared.report(
-                        peer,
-                        CloseReason::Lost(format!("send failed on socket {idx}: {e}")),
-                        Some(path),
-                    );
+                    // The reader of this socket sees the same failure after
+                    // the bytes already queued for it, which may hold the
+                    // peer's goodbye naming the real cause: let it win.
+                    drop(rx);
+                    shared
+                        .report_lost(
+                            peer,
+                            format!("send failed on socket {idx}: {e}"),
+                            path,
+                            false,
+                        )
+                        .await;
                     return;
                 }
             }
@@ -799,11 +857,12 @@ async fn reader(shared: Arc<Shared>, peer: u32, idx: u16, mut r: OwnedReadHalf, 
     loop {
         let mut hb = [0u8; FRAME_HEADER_LEN];
         if let Err(e) = r.read_exact(&mut hb).await {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                lost(format!("connection closed without goodbye on socket {idx}"));
+            let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                format!("connection closed without goodbye on socket {idx}")
             } else {
-                lost(format!("receive failed on socket {idx}: {e}"));
-            }
+                format!("receive failed on socket {idx}: {e}")
+            };
+            shared.report_lost(peer, why, path, true).await;
             return;
         }
         if shared.closing.load(Ordering::Acquire) {
@@ -829,16 +888,73 @@ async fn reader(shared: Arc<Shared>, peer: u32, idx: u16, mut r: OwnedReadHalf, 
             }
         };
         shared.touch(peer);
-        let mut payload = vec![0u8; h.chunk_len as usize];
-        if let Err(e) = r.read_exact(&mut payload).await {
-            lost(format!("receive failed mid-frame on socket {idx}: {e}"));
+        let whole = h.offset == 0 && u64::from(h.chunk_len) == h.total_len;
+        let data = matches!(h.kind, FrameKind::Data | FrameKind::Control);
+        if data && !whole {
+            // One chunk of a larger message: straight into its buffer.
+            let key = (h.kind as u8, h.comm, h.channel, h.seq);
+            let (off, len) = (h.offset, u64::from(h.chunk_len));
+            let dst = {
+                let mut map = ps.reasm.lock().expect("reassembly");
+                let part = map.entry(key).or_insert_with(|| Partial {
+                    buf: RecvBuf::new(h.total_len as usize),
+                    received: 0,
+                    dtype: h.dtype,
+                    claimed: BTreeMap::new(),
+                });
+                let overlaps = part
+                    .claimed
+                    .range(..off + len.max(1))
+                    .next_back()
+                    .is_some_and(|(_, &end)| end > off)
+                    || part.claimed.contains_key(&off);
+                if part.dtype != h.dtype || part.buf.len() as u64 != h.total_len || overlaps {
+                    drop(map);
+                    lost(format!(
+                        "inconsistent chunks for comm {} channel {} seq {}",
+                        h.comm, h.channel, h.seq
+                    ));
+                    return;
+                }
+                part.claimed.insert(off, off + len);
+                // SAFETY: `off + len <= total_len` (checked by the decoder).
+                ChunkDst(unsafe { part.buf.as_mut_ptr().add(off as usize) })
+            };
+            // SAFETY: the range is claimed by this reader alone, initialised,
+            // and stays allocated until every claimed range is complete.
+            let chunk = unsafe { std::slice::from_raw_parts_mut(dst.0, len as usize) };
+            if let Err(e) = r.read_exact(chunk).await {
+                let why = format!("receive failed mid-frame on socket {idx}: {e}");
+                shared.report_lost(peer, why, path, true).await;
+                return;
+            }
+            shared.touch(peer);
+            let done = {
+                let mut map = ps.reasm.lock().expect("reassembly");
+                let part = map.get_mut(&key).expect("claimed partial");
+                part.received += len;
+                if part.received >= h.total_len {
+                    map.remove(&key).map(|p| p.buf.into_bytes())
+                } else {
+                    None
+                }
+            };
+            if let Some(payload) = done {
+                deliver(&shared, peer, &h, payload);
+            }
+            continue;
+        }
+        let mut payload = RecvBuf::new(h.chunk_len as usize);
+        if let Err(e) = r.read_exact(payload.as_mut_slice()).await {
+            let why = format!("receive failed mid-frame on socket {idx}: {e}");
+            shared.report_lost(peer, why, path, true).await;
             return;
         }
         shared.touch(peer);
         match h.kind {
             FrameKind::Heartbeat => {}
             FrameKind::Goodbye => {
-                match GoodbyeReason::decode(&payload) {
+                match GoodbyeReason::decode(payload.as_slice()) {
                     Some(GoodbyeReason::Clean) => {
                         ps.sockets[idx as usize].stop.notify_one();
                         let closed = ps.clean_closed.fetch_add(1, Ordering::AcqRel) + 1;
@@ -870,53 +986,27 @@ async fn reader(shared: Arc<Shared>, peer: u32, idx: u16, mut r: OwnedReadHalf, 
                 return;
             }
             FrameKind::Data | FrameKind::Control => {
-                let kind = if h.kind == FrameKind::Data {
-                    MessageKind::Data
-                } else {
-                    MessageKind::Control
-                };
-                let whole = h.offset == 0 && u64::from(h.chunk_len) == h.total_len;
-                let done = if whole {
-                    Some(Bytes::from(payload))
-                } else {
-                    let key = (h.kind as u8, h.comm, h.channel, h.seq);
-                    let mut map = ps.reasm.lock().expect("reassembly");
-                    let part = map.entry(key).or_insert_with(|| Partial {
-                        buf: vec![0u8; h.total_len as usize],
-                        received: 0,
-                        dtype: h.dtype,
-                    });
-                    if part.dtype != h.dtype || part.buf.len() as u64 != h.total_len {
-                        drop(map);
-                        lost(format!(
-                            "inconsistent chunks for comm {} channel {} seq {}",
-                            h.comm, h.channel, h.seq
-                        ));
-                        return;
-                    }
-                    let off = h.offset as usize;
-                    part.buf[off..off + payload.len()].copy_from_slice(&payload);
-                    part.received += u64::from(h.chunk_len);
-                    if part.received >= h.total_len {
-                        map.remove(&key).map(|p| Bytes::from(p.buf))
-                    } else {
-                        None
-                    }
-                };
-                if let Some(payload) = done {
-                    let msg = Message {
-                        kind,
-                        dtype: h.dtype,
-                        comm: h.comm,
-                        channel: h.channel,
-                        seq: h.seq,
-                        payload,
-                    };
-                    let _ = shared.events.send(TransportEvent::Message { peer, msg });
-                }
+                deliver(&shared, peer, &h, payload.into_bytes());
             }
         }
     }
+}
+
+fn deliver(shared: &Shared, peer: u32, h: &FrameHeader, payload: Bytes) {
+    let kind = if h.kind == FrameKind::Data {
+        MessageKind::Data
+    } else {
+        MessageKind::Control
+    };
+    let msg = Message {
+        kind,
+        dtype: h.dtype,
+        comm: h.comm,
+        channel: h.channel,
+        seq: h.seq,
+        payload,
+    };
+    let _ = shared.events.send(TransportEvent::Message { peer, msg });
 }
 
 async fn monitor(shared: Arc<Shared>) {
@@ -990,7 +1080,15 @@ impl Transport for TcpTransport {
             ps.sockets[(start + i) % n]
                 .tx
                 .send(Out::Frame(h, msg.payload.slice(off..off + len)))
-                .map_err(|_| TransportError::Closed)?;
+                .map_err(|_| {
+                    // The socket's writer ended: the peer said goodbye on it
+                    // or it failed; its PeerClosed event follows.
+                    if sh.closing.load(Ordering::Acquire) {
+                        TransportError::Closed
+                    } else {
+                        TransportError::PeerGone(peer)
+                    }
+                })?;
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use zccl_transports::handshake::JobSecret;
 use zccl_transports::ifname::Interface;
 use zccl_transports::tcp::{TcpConfig, TcpListeners, TcpSetup, TcpTransport};
 use zccl_transports::{
-    CloseReason, GoodbyeReason, Message, MessageKind, Transport, TransportEvent,
+    CloseReason, GoodbyeReason, Message, MessageKind, Transport, TransportError, TransportEvent,
 };
 
 fn lo() -> Vec<Interface> {
@@ -198,5 +198,22 @@ async fn strays_are_dropped_and_aborts_carry_the_cause() {
             assert_eq!(message, "rank 5 was lost");
         }
         other => panic!("{other:?}"),
+    }
+    // The goodbye stopped rank 0's writers to rank 1. A send racing with that
+    // event must say the connection is going (its cause comes with the
+    // event), never that rank 0's own transport is closed: the runtime once
+    // failed such a send with "transport closed", naming no rank.
+    let (t0, _) = &m[0];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for seq in 0..6 {
+        let msg = Message {
+            kind: MessageKind::Data,
+            dtype: 1,
+            comm: 0,
+            channel: 0,
+            seq,
+            payload: Bytes::from_static(b"late"),
+        };
+        assert_eq!(t0.send(1, msg), Err(TransportError::PeerGone(1)));
     }
 }
