@@ -38,6 +38,13 @@ enum Cmd {
     /// if it was killed), 0 if all succeed, 127 if CMD is not found.
     /// See docs/launching.md.
     Run(RunArgs),
+    /// Benchmark an operation the nccl-tests way (same as the zccl-bench command).
+    ///
+    /// `zccl bench all_reduce -N 4 -b 1K -e 64M -f 4` starts 4 ranks on this
+    /// host and prints nccl-tests' table (time, algbw, busbw, #wrong, out-of-place
+    /// and in-place); under zccl run, srun, mpirun or torchrun every process
+    /// joins the job instead. See docs/bench.md.
+    Bench(zccl_bench::args::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -136,6 +143,7 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::Topo(args) => topo(args),
         Cmd::Run(args) => return run(args),
+        Cmd::Bench(args) => return zccl_bench::cli::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

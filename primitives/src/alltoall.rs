@@ -34,7 +34,7 @@ const OP_A2A: u8 = 0x10;
 /// ```
 pub fn all_to_all<T: Elem, F: Fabric + ?Sized>(f: &F, ch: u32, input: &[T]) -> Result<Vec<T>> {
     let n = f.size();
-    if input.len() % n != 0 {
+    if !input.len().is_multiple_of(n) {
         return Err(invalid(format!(
             "all_to_all: {} elements do not split evenly over {n} ranks",
             input.len()

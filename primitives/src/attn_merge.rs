@@ -31,7 +31,7 @@ fn rows_and_dim(out: &[f32], lse: &[f32], what: &str) -> Result<usize> {
             out.len()
         )));
     }
-    if out.len() % rows != 0 {
+    if !out.len().is_multiple_of(rows) {
         return Err(invalid(format!(
             "{what}: {} output values do not split into {rows} rows",
             out.len()

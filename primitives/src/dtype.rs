@@ -175,7 +175,7 @@ pub fn as_bytes<T: Elem>(s: &[T]) -> &[u8] {
 pub fn from_bytes<T: Elem>(b: &[u8]) -> Vec<T> {
     let sz = std::mem::size_of::<T>();
     assert!(
-        b.len() % sz == 0,
+        b.len().is_multiple_of(sz),
         "{} bytes are not a whole number of {} elements",
         b.len(),
         T::DTYPE

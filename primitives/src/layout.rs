@@ -48,7 +48,7 @@ impl UlyssesShape {
     ///     "Ulysses: 6 heads cannot be split evenly over 4 ranks (heads % ranks = 2)");
     /// ```
     pub fn heads_per_rank(&self, ranks: usize) -> Result<usize> {
-        if ranks == 0 || self.heads % ranks != 0 {
+        if ranks == 0 || !self.heads.is_multiple_of(ranks) {
             return Err(Error::HeadsNotDivisible {
                 heads: self.heads,
                 ranks,

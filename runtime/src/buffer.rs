@@ -187,7 +187,9 @@ impl<T: Element> HostBuffer<T> {
     pub(crate) fn from_received(b: Bytes) -> Self {
         let size = std::mem::size_of::<T>();
         debug_assert_eq!(b.len() % size, 0);
-        if b.len() % size == 0 && (b.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+        if b.len().is_multiple_of(size)
+            && (b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+        {
             Self {
                 repr: Repr::Bytes(b),
             }

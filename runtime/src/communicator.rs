@@ -359,6 +359,11 @@ impl Communicator {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         runtime.spawn(Engine::new(rank, transport).run(cmd_rx, ev_rx));
         let (book_local, book_size) = book.local_rank(rank);
+        if let Some(base) = &config.metrics_addr {
+            let local = hints.local_rank.unwrap_or(book_local);
+            let addr = crate::metrics::serve_once(base, local).map_err(Error::Config)?;
+            info!(target: "zccl::init", rank, %addr, "rank {rank} serves Prometheus metrics on http://{addr}/metrics");
+        }
         info!(rank, size, nics = ?nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), "communicator ready");
         let core = Arc::new(Core {
             world_rank: rank,
@@ -767,7 +772,11 @@ impl Channel {
                 bytes,
                 dtype,
             };
-            let slot = Arc::new(Slot::default());
+            let op_name = match kind {
+                OpKind::Send => "send",
+                OpKind::Recv => "recv",
+            };
+            let slot = Arc::new(Slot::counted(op_name, bytes));
             pendings.push(Pending {
                 slot: slot.clone(),
                 desc: desc.clone(),

@@ -12,6 +12,7 @@
 //! | `ZCCL_MAX_FRAME_BYTES` | largest frame accepted | 16 MiB |
 //! | `ZCCL_MAX_MESSAGE_BYTES` | largest message accepted | 16 GiB |
 //! | `ZCCL_SOCKET_BUFFER_BYTES` | `SO_SNDBUF`/`SO_RCVBUF`, 0 = kernel autotuning | 4 MiB |
+//! | `ZCCL_METRICS_ADDR` | serve Prometheus metrics: rank with local rank `l` on `host:(port + l)`; unset = off | unset |
 //! | `ZCCL_NTHREADS` | progress-engine threads per rank | 1 with at most 2 CPUs, else 2 |
 //! | `ZCCL_SHM_DISABLE` | `1`: ranks of one host talk over TCP, not shared memory | `0` |
 //! | `ZCCL_SHM_RING_BYTES` | bytes of each shared-memory ring (one per direction and pair) | 4 MiB |
@@ -43,6 +44,9 @@ pub struct Config {
     pub shm_enabled: bool,
     /// Shared-memory transport settings.
     pub shm: ShmConfig,
+    /// `ZCCL_METRICS_ADDR`: where this host's ranks serve Prometheus metrics
+    /// (rank with local rank `l` on port + `l`; see [`crate::metrics`]).
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for Config {
@@ -169,6 +173,10 @@ impl Config {
         if let Some(v) = get("ZCCL_SHM_SPIN") {
             shm.spin_iterations = int("ZCCL_SHM_SPIN", &v)?;
         }
+        let metrics_addr = get("ZCCL_METRICS_ADDR").filter(|v| !v.trim().is_empty());
+        if let Some(a) = &metrics_addr {
+            crate::metrics::rank_addr(a, 0).map_err(Error::Config)?;
+        }
         Ok(Self {
             timeout,
             socket_ifname,
@@ -176,6 +184,7 @@ impl Config {
             engine_threads,
             shm_enabled,
             shm,
+            metrics_addr,
         })
     }
 }

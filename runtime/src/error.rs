@@ -76,7 +76,7 @@ impl fmt::Display for OpDesc {
 }
 
 fn elems(bytes: u64, d: DType) -> String {
-    if bytes % d.size() as u64 == 0 {
+    if bytes.is_multiple_of(d.size() as u64) {
         format!("{} x {d}", bytes / d.size() as u64)
     } else {
         format!("{bytes} B of {d}")

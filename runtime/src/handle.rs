@@ -26,6 +26,9 @@ pub(crate) type Outcome = Result<Option<Bytes>>;
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
     cv: Condvar,
+    /// What a successful completion adds to the metrics: op name, bytes,
+    /// and when the op was issued.
+    metric: Option<(&'static str, u64, std::time::Instant)>,
 }
 
 #[derive(Default)]
@@ -36,11 +39,23 @@ struct SlotState {
 }
 
 impl Slot {
+    /// A slot whose successful completion is counted in the metrics as `op`
+    /// moving `bytes` (`zccl_op_bytes_total`, `zccl_op_duration_seconds`).
+    pub(crate) fn counted(op: &'static str, bytes: u64) -> Self {
+        Slot {
+            metric: Some((op, bytes, std::time::Instant::now())),
+            ..Slot::default()
+        }
+    }
+
     /// Stores the outcome (first one wins) and wakes waiters.
     pub(crate) fn complete(&self, o: Outcome) {
         let mut s = self.state.lock().expect("slot");
         if s.result.is_some() || s.taken {
             return;
+        }
+        if let (Ok(_), Some((op, bytes, issued))) = (&o, self.metric) {
+            crate::metrics::Metrics::global().op_done(op, bytes, issued.elapsed());
         }
         s.result = Some(o);
         if let Some(w) = s.waker.take() {

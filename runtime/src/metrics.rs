@@ -31,223 +31,9 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicI64;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::{Registry, Unit};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NicRail {
-    nic: String,
-    rail: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Nic {
-    nic: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OpLabel {
-    op: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NicVia {
-    nic: String,
-    via: String,
-}
-
-/// The metrics of one process. Cheap to update from any thread.
-pub struct Metrics {
-    registry: Registry,
-    tx: Family<NicRail, Counter>,
-    rx: Family<NicRail, Counter>,
-    inflight: Family<Nic, Gauge<i64, AtomicI64>>,
-    failures: Family<Nic, Counter>,
-    timeouts: Counter,
-    op_bytes: Family<OpLabel, Counter>,
-    op_seconds: Family<OpLabel, Histogram>,
-    route_chunks: Family<NicVia, Counter>,
-}
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
-    }
-}
-
-fn rail_label(rail: Option<u32>) -> String {
-    rail.map_or_else(|| "none".to_string(), |r| r.to_string())
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Metrics {
-    /// A fresh registry with every zccl metric registered.
-    pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("zccl");
-        let tx = Family::<NicRail, Counter>::default();
-        registry.register_with_unit(
-            "nic_transmit",
-            "Payload bytes sent on a NIC",
-            Unit::Bytes,
-            tx.clone(),
-        );
-        let rx = Family::<NicRail, Counter>::default();
-        registry.register_with_unit(
-            "nic_receive",
-            "Payload bytes received on a NIC",
-            Unit::Bytes,
-            rx.clone(),
-        );
-        let inflight = Family::<Nic, Gauge<i64, AtomicI64>>::default();
-        registry.register_with_unit(
-            "nic_inflight",
-            "Bytes queued or in flight on a NIC",
-            Unit::Bytes,
-            inflight.clone(),
-        );
-        let failures = Family::<Nic, Counter>::default();
-        registry.register(
-            "nic_failures",
-            "Connections lost on a NIC",
-            failures.clone(),
-        );
-        let timeouts = Counter::default();
-        registry.register("peer_timeouts", "Peers declared stuck", timeouts.clone());
-        let op_bytes = Family::<OpLabel, Counter>::default();
-        registry.register_with_unit(
-            "op",
-            "Bytes moved by completed operations",
-            Unit::Bytes,
-            op_bytes.clone(),
-        );
-        // 1 µs .. ~4.4 min, ×4 per bucket.
-        let op_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(1e-6, 4.0, 15))
-        });
-        registry.register_with_unit(
-            "op_duration",
-            "Issue-to-completion time of operations",
-            Unit::Seconds,
-            op_seconds.clone(),
-        );
-        let route_chunks = Family::<NicVia, Counter>::default();
-        registry.register(
-            "route_chunks",
-            "Chunks sent by the router",
-            route_chunks.clone(),
-        );
-        registry.register(
-            "build",
-            "zccl build information",
-            Info::new(vec![(
-                "version".to_string(),
-                env!("CARGO_PKG_VERSION").to_string(),
-            )]),
-        );
-        Metrics {
-            registry,
-            tx,
-            rx,
-            inflight,
-            failures,
-            timeouts,
-            op_bytes,
-            op_seconds,
-            route_chunks,
-        }
-    }
-
-    /// The process-wide metrics every communicator of this process updates.
-    pub fn global() -> &'static Metrics {
-        static GLOBAL: OnceLock<Metrics> = OnceLock::new();
-        GLOBAL.get_or_init(Metrics::new)
-    }
-
-    /// `bytes` of payload sent on `nic`.
-    pub fn nic_transmit(&self, nic: &str, rail: Option<u32>, bytes: u64) {
-        self.tx
-            .get_or_create(&NicRail {
-                nic: nic.to_string(),
-                rail: rail_label(rail),
-            })
-            .inc_by(bytes);
-    }
-
-    /// `bytes` of payload received on `nic`.
-    pub fn nic_receive(&self, nic: &str, rail: Option<u32>, bytes: u64) {
-        self.rx
-            .get_or_create(&NicRail {
-                nic: nic.to_string(),
-                rail: rail_label(rail),
-            })
-            .inc_by(bytes);
-    }
-
-    /// Bytes queued on `nic` changed by `delta`.
-    pub fn nic_inflight_add(&self, nic: &str, delta: i64) {
-        self.inflight
-            .get_or_create(&Nic {
-                nic: nic.to_string(),
-            })
-            .inc_by(delta);
-    }
-
-    /// A connection on `nic` was lost.
-    pub fn nic_failure(&self, nic: &str) {
-        self.failures
-            .get_or_create(&Nic {
-                nic: nic.to_string(),
-            })
-            .inc();
-    }
-
-    /// A peer was declared stuck.
-    pub fn peer_timeout(&self) {
-        self.timeouts.inc();
-    }
-
-    /// An operation `op` moved `bytes` and took `elapsed` from issue to completion.
-    pub fn op_done(&self, op: &str, bytes: u64, elapsed: Duration) {
-        let l = OpLabel { op: op.to_string() };
-        self.op_bytes.get_or_create(&l).inc_by(bytes);
-        self.op_seconds
-            .get_or_create(&l)
-            .observe(elapsed.as_secs_f64());
-    }
-
-    /// The router sent a chunk on `nic`, directly or through a proxy.
-    pub fn route_chunk(&self, nic: &str, via_proxy: bool) {
-        let via = if via_proxy { "proxy" } else { "direct" };
-        self.route_chunks
-            .get_or_create(&NicVia {
-                nic: nic.to_string(),
-                via: via.to_string(),
-            })
-            .inc();
-    }
-
-    /// The OpenMetrics text exposition of every metric.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-}
+pub use zccl_transports::metrics::Metrics;
 
 /// The address rank `local_rank` serves on for `ZCCL_METRICS_ADDR=base`:
 /// the base port plus the local rank (port 0 stays 0: ephemeral).
@@ -272,6 +58,25 @@ pub fn rank_addr(base: &str, local_rank: u32) -> Result<SocketAddr, String> {
         )
     })?;
     Ok(SocketAddr::new(addr.ip(), port))
+}
+
+/// Start this process's `/metrics` endpoint for `ZCCL_METRICS_ADDR=base` if
+/// it is not running yet, and return its address. Every communicator of the
+/// process shares it; it runs until the process exits.
+pub fn serve_once(base: &str, local_rank: u32) -> Result<SocketAddr, String> {
+    static SERVER: std::sync::Mutex<Option<MetricsServer>> = std::sync::Mutex::new(None);
+    let mut s = SERVER
+        .lock()
+        .map_err(|_| "metrics endpoint lock poisoned".to_string())?;
+    if let Some(srv) = s.as_ref() {
+        return Ok(srv.addr());
+    }
+    let addr = rank_addr(base, local_rank)?;
+    let srv = MetricsServer::start(addr, Metrics::global())
+        .map_err(|e| format!("ZCCL_METRICS_ADDR={base:?}: cannot serve on {addr}: {e}"))?;
+    let bound = srv.addr();
+    *s = Some(srv);
+    Ok(bound)
 }
 
 /// A running `/metrics` endpoint; stops when dropped.
@@ -342,33 +147,7 @@ impl Drop for MetricsServer {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-
-    #[test]
-    fn names_follow_the_conventions() {
-        let m = Metrics::new();
-        m.nic_transmit("nic0", Some(1), 10);
-        m.nic_receive("nic0", None, 7);
-        m.nic_inflight_add("nic0", 5);
-        m.nic_failure("nic0");
-        m.peer_timeout();
-        m.route_chunk("nic1", true);
-        m.op_done("all_reduce", 100, Duration::from_millis(3));
-        let t = m.encode();
-        for want in [
-            "zccl_nic_transmit_bytes_total{nic=\"nic0\",rail=\"1\"} 10",
-            "zccl_nic_receive_bytes_total{nic=\"nic0\",rail=\"none\"} 7",
-            "zccl_nic_inflight_bytes{nic=\"nic0\"} 5",
-            "zccl_nic_failures_total{nic=\"nic0\"} 1",
-            "zccl_peer_timeouts_total 1",
-            "zccl_route_chunks_total{nic=\"nic1\",via=\"proxy\"} 1",
-            "zccl_op_bytes_total{op=\"all_reduce\"} 100",
-            "zccl_op_duration_seconds_count{op=\"all_reduce\"} 1",
-            "zccl_build_info{version=\"",
-            "# EOF",
-        ] {
-            assert!(t.contains(want), "missing {want:?} in\n{t}");
-        }
-    }
+    use std::time::Duration;
 
     #[test]
     fn serves_metrics_over_http() {

@@ -252,7 +252,7 @@ fn async_wait_and_shuffled_batches() {
             // A different op order on every rank and iteration.
             let k = (r as usize * 7 + it as usize * 3) % ops.len();
             ops.rotate_left(k);
-            if (r + it as u32) % 2 == 0 {
+            if (r + it as u32).is_multiple_of(2) {
                 ops.reverse();
             }
             let expect: Vec<Option<(u32, usize)>> = ops

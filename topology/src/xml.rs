@@ -864,10 +864,11 @@ impl Exporter {
         // Partial NIC leaves: bare only when re-import numbers them the same.
         let mut candidates: Vec<(NodeId, usize)> = Vec::new();
         for &id in &order {
-            if let (Some(pci), Some(list)) = (topo.pci(id), per_node.get(&id)) {
-                if list.len() == 1 && is_auto_net(&topo.nets[list[0]], pci) {
-                    candidates.push((id, list[0]));
-                }
+            if let (Some(pci), Some(list)) = (topo.pci(id), per_node.get(&id))
+                && list.len() == 1
+                && is_auto_net(&topo.nets[list[0]], pci)
+            {
+                candidates.push((id, list[0]));
             }
         }
         let auto: HashSet<usize> = candidates.iter().map(|&(_, i)| i).collect();

@@ -32,6 +32,7 @@ pub mod frame;
 pub mod handshake;
 pub mod hybrid;
 pub mod ifname;
+pub mod metrics;
 pub mod recvbuf;
 pub mod shm;
 pub mod tcp;

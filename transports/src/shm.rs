@@ -257,14 +257,14 @@ impl Segment {
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off + 8 <= HEADER);
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= HEADER);
         // SAFETY: in bounds, aligned (the mapping is page aligned), and only
         // ever accessed atomically by both processes.
         unsafe { &*(self.base().add(off) as *const AtomicU64) }
     }
 
     fn u32_at(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off % 4 == 0 && off + 4 <= HEADER);
+        debug_assert!(off.is_multiple_of(4) && off + 4 <= HEADER);
         // SAFETY: as in `u64_at`.
         unsafe { &*(self.base().add(off) as *const AtomicU32) }
     }
@@ -621,7 +621,7 @@ fn try_open_segment(
     {
         return Err(bad("segment belongs to another job or rank pair".into()));
     }
-    if cap == 0 || cap % 4096 != 0 || HEADER as u64 + 2 * cap != size as u64 {
+    if cap == 0 || !cap.is_multiple_of(4096) || HEADER as u64 + 2 * cap != size as u64 {
         return Err(bad(format!(
             "inconsistent size: {size} bytes for rings of {cap} bytes"
         )));
@@ -884,7 +884,17 @@ const INLINE_MAX: usize = 64 << 10;
 
 /// Writes one message record (header and payload) into `ring`; the caller
 /// holds the link's producer lock.
+/// Writes one message into the ring, counting data payloads in the metrics
+/// (`nic="shm"`).
 fn write_msg(ring: &Ring, m: &Message, stop: &AtomicBool) -> Result<(), RingStop> {
+    let res = write_msg_inner(ring, m, stop);
+    if res.is_ok() && m.kind == MessageKind::Data {
+        crate::metrics::Metrics::global().nic_transmit("shm", None, m.payload.len() as u64);
+    }
+    res
+}
+
+fn write_msg_inner(ring: &Ring, m: &Message, stop: &AtomicBool) -> Result<(), RingStop> {
     let kind = match m.kind {
         MessageKind::Data => REC_DATA,
         MessageKind::Control => REC_CONTROL,
@@ -970,6 +980,9 @@ fn reader(link: &Link, ctx: &Ctx) {
             Ok(()) => {}
             Err(RingStop::Closed) => return,
             Err(RingStop::Corrupt(why)) => return lost(why),
+        }
+        if rec.kind == REC_DATA {
+            crate::metrics::Metrics::global().nic_receive("shm", None, rec.len);
         }
         let msg = Message {
             kind: if rec.kind == REC_DATA {

@@ -35,6 +35,7 @@ use crate::handshake::{
     Expectation, HELLO_LEN, Hello, JobSecret, PROTOCOL_VERSION, Purpose, validate,
 };
 use crate::ifname::Interface;
+use crate::metrics;
 use crate::recvbuf::RecvBuf;
 use crate::{
     BoxFuture, CloseReason, Message, MessageKind, NicPath, PeerPath, Transport, TransportError,
@@ -268,6 +269,7 @@ impl Shared {
     /// process closes them all at once, which is reported at once), wait up
     /// to [`LOST_GRACE`] for that goodbye before blaming the peer itself.
     async fn report_lost(&self, peer: u32, why: String, nic: NicPath, socket_ended: bool) {
+        metrics::Metrics::global().nic_failure(&nic.ifname);
         let ps = &self.peers[peer as usize];
         let ended = if socket_ended {
             ps.ended.fetch_add(1, Ordering::AcqRel) + 1
@@ -830,6 +832,13 @@ async fn writer(
                     }
                     r = &mut write => r,
                 };
+                if res.is_ok() && h.kind == FrameKind::Data {
+                    metrics::Metrics::global().nic_transmit(
+                        &path.ifname,
+                        None,
+                        payload.len() as u64,
+                    );
+                }
                 if let Err(e) = res {
                     // The reader of this socket sees the same failure after
                     // the bytes already queued for it, which may hold the
@@ -928,6 +937,9 @@ async fn reader(shared: Arc<Shared>, peer: u32, idx: u16, mut r: OwnedReadHalf, 
                 shared.report_lost(peer, why, path, true).await;
                 return;
             }
+            if h.kind == FrameKind::Data {
+                metrics::Metrics::global().nic_receive(&path.ifname, None, len);
+            }
             shared.touch(peer);
             let done = {
                 let mut map = ps.reasm.lock().expect("reassembly");
@@ -986,6 +998,13 @@ async fn reader(shared: Arc<Shared>, peer: u32, idx: u16, mut r: OwnedReadHalf, 
                 return;
             }
             FrameKind::Data | FrameKind::Control => {
+                if h.kind == FrameKind::Data {
+                    metrics::Metrics::global().nic_receive(
+                        &path.ifname,
+                        None,
+                        u64::from(h.chunk_len),
+                    );
+                }
                 deliver(&shared, peer, &h, payload.into_bytes());
             }
         }
@@ -1022,6 +1041,7 @@ async fn monitor(shared: Arc<Shared>) {
             let silent = now.saturating_sub(st.last_heard_ms.load(Ordering::Relaxed));
             if silent > limit {
                 let nic = shared.first_path(p as u32);
+                metrics::Metrics::global().peer_timeout();
                 shared.report(
                     p as u32,
                     CloseReason::Stuck {

@@ -74,7 +74,7 @@ pub fn plan(rank: usize, n: usize) -> RdRole {
     assert!(rank < n);
     let p = pow2_floor(n);
     let e = n - p;
-    if rank < 2 * e && rank % 2 == 0 {
+    if rank < 2 * e && rank.is_multiple_of(2) {
         return RdRole::Extra { partner: rank + 1 };
     }
     let (new_rank, fold_from) = if rank < 2 * e {

@@ -1,0 +1,538 @@
+//! The command line: one subcommand per operation, nccl-tests' flags, and
+//! their validation into [`Settings`] (pure).
+//!
+//! | flag | meaning | default |
+//! |---|---|---|
+//! | `-b, --minbytes SIZE` | smallest size (`K`, `M`, `G` = powers of 1024) | `32M` |
+//! | `-e, --maxbytes SIZE` | largest size | `32M` |
+//! | `-f, --stepfactor F` | multiply the size by `F` (≥ 2) | |
+//! | `-i, --stepbytes SIZE` | add `SIZE` to the size (used when `-f` is absent) | `1M` |
+//! | `-n, --iters N` | timed iterations per size | 20 |
+//! | `-w, --warmup_iters N` | untimed iterations before them, per size | 1 |
+//! | `-c, --check N` | check iterations per size (0: no check, `#wrong` is `N/A`) | 1 |
+//! | `-d, --datatype T` | `uint8 int32 int64 half float double bfloat16` or `all` | `float` |
+//! | `-o, --op OP` | `sum prod min max avg` or `all` (reducing ops only) | `sum` |
+//! | `-r, --root R` | broadcast root | 0 |
+//! | `-z, --blocking 0/1` | accepted for compatibility; every op is blocking here | 0 |
+//! | `-N, --ranks N` | launch N ranks on this host, unless already under a launcher ([`crate::launch`]) | 1 |
+//! | `--json FILE`, `--csv FILE`, `--plot FILE.svg` | also write the results there | |
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use zccl_primitives::dtype::DType;
+use zccl_primitives::reduce::ReduceOp;
+
+use crate::ops::Op;
+use crate::sweep::{self, Step};
+
+/// `zccl-bench` / `zccl bench`: the operation and its flags.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The operation to measure.
+    #[command(subcommand)]
+    pub op: OpCmd,
+}
+
+/// One subcommand per operation.
+#[derive(Subcommand, Debug, Clone)]
+#[command(rename_all = "snake_case")]
+pub enum OpCmd {
+    /// All-reduce: every rank ends with the reduction of all buffers (busbw factor 2(n-1)/n).
+    #[command(alias = "all-reduce", alias = "allreduce")]
+    AllReduce(CommonArgs),
+    /// All-gather: every rank ends with all ranks' blocks (busbw factor (n-1)/n).
+    #[command(alias = "all-gather", alias = "allgather")]
+    AllGather(CommonArgs),
+    /// Reduce-scatter: rank r ends with block r of the reduction (busbw factor (n-1)/n).
+    #[command(alias = "reduce-scatter", alias = "reducescatter")]
+    ReduceScatter(CommonArgs),
+    /// Broadcast from rank -r (busbw factor 1).
+    Broadcast(CommonArgs),
+    /// All-to-all with equal blocks (busbw factor (n-1)/n).
+    #[command(alias = "all-to-all", alias = "all_to_all")]
+    Alltoall(CommonArgs),
+    /// Rank r sends to r+1 and receives from r-1 (busbw factor 1).
+    #[command(alias = "send-recv")]
+    Sendrecv(CommonArgs),
+    /// Rank r sends to r+k and receives from r-k (--offset k; busbw factor 1).
+    #[command(alias = "ring-shift")]
+    RingShift(RingShiftArgs),
+    /// TokenRing's bidirectional step: half the bytes to r+1, half to r-1 (busbw factor 1).
+    ///
+    /// The two halves travel at once on two channels; size and bandwidth count both directions.
+    #[command(alias = "token-ring")]
+    TokenRing(CommonArgs),
+    /// ZeCO's All-Scan of f32 states (rows x cols) with per-row decay (algbw = state bytes / t).
+    #[command(alias = "all-scan")]
+    AllScan(AllScanArgs),
+}
+
+/// `ring_shift`'s flags.
+#[derive(Args, Debug, Clone)]
+pub struct RingShiftArgs {
+    /// Shift distance k: send to rank r+k, receive from rank r-k (any integer).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub offset: i64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+}
+
+/// `all_scan`'s flags.
+#[derive(Args, Debug, Clone)]
+pub struct AllScanArgs {
+    /// Columns of the state (d_v); rows = count / cols (cols shrink for tiny sizes).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cols: u32,
+    /// Row blocks pipelined along the chain (capped at the number of rows).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub blocks: u32,
+    /// Scan from the last rank to the first.
+    #[arg(long)]
+    pub reverse: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+}
+
+/// The nccl-tests flags every operation takes.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Smallest size in bytes; K, M, G are powers of 1024.
+    #[arg(short = 'b', long = "minbytes", value_name = "SIZE", default_value = "32M",
+          value_parser = sweep::parse_size)]
+    pub minbytes: usize,
+    /// Largest size in bytes; K, M, G are powers of 1024.
+    #[arg(short = 'e', long = "maxbytes", value_name = "SIZE", default_value = "32M",
+          value_parser = sweep::parse_size)]
+    pub maxbytes: usize,
+    /// Multiply the size by F at each step (F >= 2).
+    #[arg(
+        short = 'f',
+        long = "stepfactor",
+        value_name = "F",
+        conflicts_with = "stepbytes"
+    )]
+    pub stepfactor: Option<u64>,
+    /// Add SIZE bytes at each step (default 1M when -f is absent).
+    #[arg(short = 'i', long = "stepbytes", value_name = "SIZE", value_parser = sweep::parse_size)]
+    pub stepbytes: Option<usize>,
+    /// Timed iterations per size.
+    #[arg(short = 'n', long = "iters", value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub iters: u32,
+    /// Untimed warmup iterations per size (and per out-of-place/in-place half).
+    #[arg(
+        short = 'w',
+        long = "warmup_iters",
+        value_name = "N",
+        default_value_t = 1
+    )]
+    pub warmup: u32,
+    /// Check iterations per size: fresh data, one op, compare with the expected result (0: off).
+    #[arg(short = 'c', long = "check", value_name = "N", default_value_t = 1)]
+    pub check: u32,
+    /// Data type: uint8 int32 int64 half float double bfloat16 (aliases u8 i32 i64 f16 f32 f64 bf16), or all.
+    #[arg(short = 'd', long = "datatype", value_name = "TYPE", default_value = "float",
+          value_parser = parse_dtypes)]
+    pub datatype: DTypes,
+    /// Reduction: sum prod min max avg, or all (all_reduce and reduce_scatter).
+    #[arg(short = 'o', long = "op", value_name = "OP", default_value = "sum",
+          value_parser = parse_redops)]
+    pub redop: Redops,
+    /// Root rank of broadcast.
+    #[arg(short = 'r', long = "root", value_name = "RANK", default_value_t = 0)]
+    pub root: u32,
+    /// Blocking mode, accepted for nccl-tests compatibility: every zccl op is blocking, so 0 and 1 behave alike.
+    #[arg(short = 'z', long = "blocking", value_name = "0/1", default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub blocking: u8,
+    /// Launch N ranks on this host (when not already under zccl run, srun, mpirun or torchrun).
+    #[arg(short = 'N', long = "ranks", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub ranks: Option<u32>,
+    /// Also write the results to FILE as JSON (an array, one object per row and half).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Also write the results to FILE as CSV.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Draw busbw against size (log2 axis) into FILE (SVG).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Never show the progress bar (it is shown only when stderr is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// The data types of `-d`, in the order they run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DTypes(pub Vec<DType>);
+
+/// The reductions of `-o`, in the order they run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redops(pub Vec<ReduceOp>);
+
+/// Supported types in nccl-tests' order.
+const SUPPORTED: [DType; 7] = [
+    DType::U8,
+    DType::I32,
+    DType::I64,
+    DType::F16,
+    DType::F32,
+    DType::F64,
+    DType::BF16,
+];
+
+/// nccl-tests' name of a type (`float`, `bfloat16`).
+pub const fn nccl_name(t: DType) -> &'static str {
+    match t {
+        DType::U8 => "uint8",
+        DType::I32 => "int32",
+        DType::I64 => "int64",
+        DType::F16 => "half",
+        DType::F32 => "float",
+        DType::F64 => "double",
+        DType::BF16 => "bfloat16",
+    }
+}
+
+const SUPPORTED_NAMES: &str = "uint8 int32 int64 half float double bfloat16 (or all)";
+
+/// Parses `-d`: a type name (nccl-tests' or zccl's) or `all`.
+///
+/// ```
+/// use zccl_bench::args::parse_dtypes;
+/// use zccl_primitives::dtype::DType;
+/// assert_eq!(parse_dtypes("bfloat16").unwrap().0, vec![DType::BF16]);
+/// assert!(parse_dtypes("int8").unwrap_err().contains("not supported"));
+/// ```
+pub fn parse_dtypes(s: &str) -> Result<DTypes, String> {
+    let t = match s.trim().to_ascii_lowercase().as_str() {
+        "all" => return Ok(DTypes(SUPPORTED.to_vec())),
+        "uint8" | "u8" => DType::U8,
+        "int32" | "int" | "i32" => DType::I32,
+        "int64" | "i64" => DType::I64,
+        "half" | "float16" | "fp16" | "f16" => DType::F16,
+        "float" | "float32" | "fp32" | "f32" => DType::F32,
+        "double" | "float64" | "fp64" | "f64" => DType::F64,
+        "bfloat16" | "bf16" => DType::BF16,
+        "int8" | "char" | "i8" | "uint32" | "u32" | "uint64" | "u64" | "fp8_e4m3" | "fp8_e5m2"
+        | "f8e4m3" | "f8e5m2" => {
+            return Err(format!(
+                "data type {s:?} is not supported by zccl's primitives; supported: {SUPPORTED_NAMES}"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "unknown data type {s:?}; supported: {SUPPORTED_NAMES}"
+            ));
+        }
+    };
+    Ok(DTypes(vec![t]))
+}
+
+/// Parses `-o`: `sum prod min max avg` or `all`.
+///
+/// ```
+/// use zccl_bench::args::parse_redops;
+/// assert_eq!(parse_redops("all").unwrap().0.len(), 5);
+/// assert!(parse_redops("xor").is_err());
+/// ```
+pub fn parse_redops(s: &str) -> Result<Redops, String> {
+    let op = match s.trim().to_ascii_lowercase().as_str() {
+        "all" => return Ok(Redops(ReduceOp::ALL.to_vec())),
+        "sum" => ReduceOp::Sum,
+        "prod" => ReduceOp::Prod,
+        "min" => ReduceOp::Min,
+        "max" => ReduceOp::Max,
+        "avg" => ReduceOp::Avg,
+        _ => {
+            return Err(format!(
+                "unknown reduction {s:?}; supported: sum prod min max avg (or all)"
+            ));
+        }
+    };
+    Ok(Redops(vec![op]))
+}
+
+/// Validated settings of one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The operation.
+    pub op: Op,
+    /// `-b`.
+    pub minbytes: usize,
+    /// `-e`.
+    pub maxbytes: usize,
+    /// `-f` or `-i`.
+    pub step: Step,
+    /// The sizes of the sweep.
+    pub sizes: Vec<usize>,
+    /// `-n`.
+    pub iters: u32,
+    /// `-w`.
+    pub warmup: u32,
+    /// `-c`.
+    pub checks: u32,
+    /// The types to run (all_scan: `float` only).
+    pub dtypes: Vec<DType>,
+    /// The reductions to run (`[Sum]`, unused, for ops that do not reduce).
+    pub redops: Vec<ReduceOp>,
+    /// `-r`.
+    pub root: u32,
+    /// `-z`.
+    pub blocking: bool,
+    /// `-N`.
+    pub ranks: Option<u32>,
+    /// ring_shift `--offset` (1 for sendrecv).
+    pub offset: i64,
+    /// all_scan `--cols`.
+    pub scan_cols: usize,
+    /// all_scan `--blocks`.
+    pub scan_blocks: usize,
+    /// all_scan `--reverse`.
+    pub scan_reverse: bool,
+    /// `--json`.
+    pub json: Option<PathBuf>,
+    /// `--csv`.
+    pub csv: Option<PathBuf>,
+    /// `--plot`.
+    pub plot: Option<PathBuf>,
+    /// `--no-progress`.
+    pub no_progress: bool,
+}
+
+impl OpCmd {
+    /// The operation.
+    pub fn op(&self) -> Op {
+        match self {
+            OpCmd::AllReduce(_) => Op::AllReduce,
+            OpCmd::AllGather(_) => Op::AllGather,
+            OpCmd::ReduceScatter(_) => Op::ReduceScatter,
+            OpCmd::Broadcast(_) => Op::Broadcast,
+            OpCmd::Alltoall(_) => Op::Alltoall,
+            OpCmd::Sendrecv(_) => Op::Sendrecv,
+            OpCmd::RingShift(_) => Op::RingShift,
+            OpCmd::TokenRing(_) => Op::TokenRing,
+            OpCmd::AllScan(_) => Op::AllScan,
+        }
+    }
+
+    /// The common flags.
+    pub fn common(&self) -> &CommonArgs {
+        match self {
+            OpCmd::AllReduce(c)
+            | OpCmd::AllGather(c)
+            | OpCmd::ReduceScatter(c)
+            | OpCmd::Broadcast(c)
+            | OpCmd::Alltoall(c)
+            | OpCmd::Sendrecv(c)
+            | OpCmd::TokenRing(c) => c,
+            OpCmd::RingShift(a) => &a.common,
+            OpCmd::AllScan(a) => &a.common,
+        }
+    }
+
+    /// Validates the flags (everything that does not depend on the number of ranks).
+    pub fn settings(&self) -> Result<Settings, String> {
+        let op = self.op();
+        let c = self.common();
+        let step = match (c.stepfactor, c.stepbytes) {
+            (Some(f), _) => Step::Factor(f),
+            (None, Some(b)) => Step::Bytes(b as u64),
+            (None, None) => Step::Bytes(1 << 20),
+        };
+        let sizes = sweep::sizes(c.minbytes, c.maxbytes, step)?;
+        let dtypes = if op == Op::AllScan {
+            match c.datatype.0.as_slice() {
+                [DType::F32] => vec![DType::F32],
+                ts if ts.len() == SUPPORTED.len() => vec![DType::F32],
+                [t] => {
+                    return Err(format!(
+                        "all_scan combines f32 states: -d float only (got {})",
+                        nccl_name(*t)
+                    ));
+                }
+                _ => vec![DType::F32],
+            }
+        } else {
+            c.datatype.0.clone()
+        };
+        let redops = if op.reduces() {
+            c.redop.0.clone()
+        } else {
+            vec![ReduceOp::Sum]
+        };
+        let (offset, scan_cols, scan_blocks, scan_reverse) = match self {
+            OpCmd::RingShift(a) => (a.offset, 0, 0, false),
+            OpCmd::AllScan(a) => (1, a.cols as usize, a.blocks as usize, a.reverse),
+            _ => (1, 0, 0, false),
+        };
+        if let Some(n) = c.ranks {
+            check_root(op, c.root, n)?;
+        }
+        Ok(Settings {
+            op,
+            minbytes: c.minbytes,
+            maxbytes: c.maxbytes,
+            step,
+            sizes,
+            iters: c.iters,
+            warmup: c.warmup,
+            checks: c.check,
+            dtypes,
+            redops,
+            root: c.root,
+            blocking: c.blocking == 1,
+            ranks: c.ranks,
+            offset,
+            scan_cols,
+            scan_blocks,
+            scan_reverse,
+            json: c.json.clone(),
+            csv: c.csv.clone(),
+            plot: c.plot.clone(),
+            no_progress: c.no_progress,
+        })
+    }
+}
+
+/// `-r` must name a rank of the job (only broadcast uses it).
+pub fn check_root(op: Op, root: u32, n: u32) -> Result<(), String> {
+    if op.rooted() && root >= n {
+        return Err(format!(
+            "-r/--root {root} is not a rank of the job (ranks 0..{n})"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        let t = T::try_parse_from(std::iter::once("zccl-bench").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        t.a.op.settings()
+    }
+
+    #[test]
+    fn defaults_are_nccl_tests() {
+        let s = parse(&["all_reduce"]).unwrap();
+        assert_eq!((s.minbytes, s.maxbytes), (32 << 20, 32 << 20));
+        assert_eq!(s.step, Step::Bytes(1 << 20));
+        assert_eq!(s.sizes, vec![32 << 20]);
+        assert_eq!((s.iters, s.warmup, s.checks), (20, 1, 1));
+        assert_eq!(s.dtypes, vec![DType::F32]);
+        assert_eq!(s.redops, vec![ReduceOp::Sum]);
+        assert_eq!((s.root, s.blocking, s.ranks), (0, false, None));
+    }
+
+    #[test]
+    fn flags() {
+        let s = parse(&[
+            "all_reduce",
+            "-N",
+            "4",
+            "-b",
+            "1K",
+            "-e",
+            "64M",
+            "-f",
+            "4",
+            "-n",
+            "5",
+            "-w",
+            "0",
+            "-c",
+            "2",
+            "-d",
+            "bf16",
+            "-o",
+            "max",
+            "-z",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(
+            (s.ranks, s.sizes.len(), s.step),
+            (Some(4), 9, Step::Factor(4))
+        );
+        assert_eq!((s.iters, s.warmup, s.checks, s.blocking), (5, 0, 2, true));
+        assert_eq!(
+            (s.dtypes.clone(), s.redops.clone()),
+            (vec![DType::BF16], vec![ReduceOp::Max])
+        );
+        let s = parse(&["ring_shift", "--offset", "-2", "-b", "8", "-e", "8"]).unwrap();
+        assert_eq!((s.op, s.offset), (Op::RingShift, -2));
+        let s = parse(&["all_scan", "--cols", "64", "--blocks", "2", "--reverse"]).unwrap();
+        assert_eq!((s.scan_cols, s.scan_blocks, s.scan_reverse), (64, 2, true));
+        let s = parse(&["all_scan", "-d", "all"]).unwrap();
+        assert_eq!(s.dtypes, vec![DType::F32]);
+        let s = parse(&["all_gather", "-o", "all", "-d", "all"]).unwrap();
+        assert_eq!((s.redops.len(), s.dtypes.len()), (1, 7));
+        let s = parse(&["reduce_scatter", "-o", "all"]).unwrap();
+        assert_eq!(s.redops.len(), 5);
+        // Long names and aliases.
+        let s = parse(&[
+            "allreduce",
+            "--minbytes",
+            "1K",
+            "--maxbytes",
+            "4K",
+            "--stepbytes",
+            "1K",
+        ])
+        .unwrap();
+        assert_eq!(s.sizes, vec![1024, 2048, 3072, 4096]);
+        assert_eq!(
+            parse(&["all-to-all", "-b", "1K", "-e", "1K"]).unwrap().op,
+            Op::Alltoall
+        );
+    }
+
+    #[test]
+    fn clear_errors() {
+        let e = parse(&["all_reduce", "-d", "quad"]).unwrap_err();
+        assert!(e.contains("unknown data type \"quad\""), "{e}");
+        assert!(e.contains("bfloat16"), "{e}");
+        let e = parse(&["all_reduce", "-d", "int8"]).unwrap_err();
+        assert!(e.contains("not supported by zccl"), "{e}");
+        let e = parse(&["all_reduce", "-b", "1X"]).unwrap_err();
+        assert!(e.contains("invalid size \"1X\""), "{e}");
+        let e = parse(&["all_reduce", "-b", "4K", "-e", "1K"]).unwrap_err();
+        assert!(e.contains("smaller than"), "{e}");
+        let e = parse(&["all_reduce", "-f", "2", "-i", "1K"]).unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+        let e = parse(&["all_reduce", "-n", "0"]).unwrap_err();
+        assert!(e.contains("--iters"), "{e}");
+        let e = parse(&["all_reduce", "-z", "2"]).unwrap_err();
+        assert!(e.contains("2"), "{e}");
+        let e = parse(&["all_reduce", "-o", "xor"]).unwrap_err();
+        assert!(e.contains("unknown reduction"), "{e}");
+        let e = parse(&["all_scan", "-d", "half"]).unwrap_err();
+        assert!(e.contains("-d float only"), "{e}");
+        let e = parse(&["broadcast", "-N", "2", "-r", "2"]).unwrap_err();
+        assert!(e.contains("not a rank of the job"), "{e}");
+        assert!(parse(&["gather"]).is_err());
+        assert!(check_root(Op::AllReduce, 9, 2).is_ok());
+    }
+
+    #[test]
+    fn every_type_has_a_name() {
+        for t in SUPPORTED {
+            assert_eq!(parse_dtypes(nccl_name(t)).unwrap().0, vec![t]);
+            assert_eq!(parse_dtypes(t.name()).unwrap().0, vec![t]);
+        }
+    }
+}

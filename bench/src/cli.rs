@@ -1,0 +1,186 @@
+//! The entry point shared by `zccl-bench` and `zccl bench`: both parse
+//! [`BenchArgs`] and call [`run`], so they behave identically.
+
+use std::ffi::OsString;
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use zccl_runtime::Communicator;
+
+use crate::args::{BenchArgs, Settings, check_root};
+use crate::launch::{self, Mode};
+use crate::report::{Row, total_wrong};
+use crate::runner::{CORRUPT_ENV, RankInfo, bench, corrupt_requested, row_count};
+use crate::sweep::human;
+use crate::{output, plot};
+
+/// `zccl-bench`: nccl-tests for zccl.
+#[derive(Parser, Debug)]
+#[command(
+    name = "zccl-bench",
+    version,
+    about = "nccl-tests-style benchmarks of zccl's collectives and sequence-parallel primitives",
+    long_about = "nccl-tests-style benchmarks of zccl's collectives and sequence-parallel primitives.\n\n\
+        `zccl-bench all_reduce -N 4 -b 1K -e 64M -f 4` starts 4 ranks on this host; under zccl run, \
+        srun, mpirun or torchrun every process joins the job instead. Sizes take K, M, G suffixes \
+        (powers of 1024). See docs/bench.md."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub bench: BenchArgs,
+}
+
+/// `zccl-bench`'s `main`.
+pub fn main() -> ExitCode {
+    run(Cli::parse().bench)
+}
+
+/// Runs the benchmark the arguments describe: launches the ranks, or is one.
+/// Exit codes: 0 success; 1 a rank failed or `#wrong` is not zero; 2 invalid
+/// arguments; a launched rank's own code otherwise.
+pub fn run(args: BenchArgs) -> ExitCode {
+    let s = match args.op.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("zccl-bench: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match launch::mode(s.ranks, |k| std::env::var(k).ok()) {
+        Mode::Launch(n) => {
+            if let Err(e) = check_root(s.op, s.root, n) {
+                eprintln!("zccl-bench: error: {e}");
+                return ExitCode::from(2);
+            }
+            let program = match std::env::current_exe() {
+                Ok(p) => p.into_os_string(),
+                Err(e) => {
+                    eprintln!(
+                        "zccl-bench: error: cannot find this program to start the ranks: {e}"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+            match launch::launch(n, &program, &argv) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    eprintln!("zccl-bench: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Mode::Join => match join(&s) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("zccl-bench: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn transport(comm: &Communicator) -> String {
+    let (r, n) = (comm.rank(), comm.size());
+    let shm = (0..n).filter(|&p| p != r && comm.uses_shm(p)).count() as u32;
+    let tcp = n - 1 - shm;
+    match (shm, tcp) {
+        (0, 0) => String::new(),
+        (_, 0) => "shm".into(),
+        (0, _) => "tcp".into(),
+        _ => "shm+tcp".into(),
+    }
+}
+
+fn progress_bar(total: usize) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} sizes {msg} [{elapsed}]")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// One rank of the job: measure, print (rank 0), write the files (rank 0).
+fn join(s: &Settings) -> Result<u8> {
+    let comm = Communicator::from_env().context("cannot join the job")?;
+    let (r, n) = (comm.rank(), comm.size());
+    if let Some(want) = s.ranks
+        && want != n
+    {
+        bail!("-N {want} does not match the job, which has {n} ranks");
+    }
+    let me = RankInfo {
+        pid: std::process::id(),
+        host: hostname(),
+        transport: transport(&comm),
+    };
+    let corrupt = corrupt_requested(std::env::var(CORRUPT_ENV).ok().as_deref());
+    let bar = (r == 0 && !s.no_progress && io::stderr().is_terminal())
+        .then(|| progress_bar(row_count(s)));
+    let mut out = |t: &str| {
+        let write = || {
+            let mut o = io::stdout().lock();
+            let _ = o.write_all(t.as_bytes());
+            let _ = o.flush();
+        };
+        match &bar {
+            Some(b) => b.suspend(write),
+            None => write(),
+        }
+    };
+    let mut step = |row: &Row| {
+        if let Some(b) = &bar {
+            b.set_message(format!("(last: {} B)", human(row.size)));
+            b.inc(1);
+        }
+    };
+    let rows =
+        bench(&comm, s, &me, corrupt, &mut out, &mut step).with_context(|| format!("rank {r}"))?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if r == 0 {
+        write_files(s, n as usize, &rows)?;
+    }
+    let wrong = total_wrong(&rows).unwrap_or(0);
+    if r == 0 && wrong > 0 {
+        eprintln!("zccl-bench: the check found {wrong} wrong element(s)");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn write_files(s: &Settings, n: usize, rows: &[Row]) -> Result<()> {
+    let write = |path: &std::path::Path, text: String, what: &str| {
+        std::fs::write(path, text)
+            .with_context(|| format!("cannot write the {what} file {}", path.display()))
+    };
+    if let Some(p) = &s.json {
+        write(p, output::to_json(rows), "JSON")?;
+    }
+    if let Some(p) = &s.csv {
+        write(p, output::to_csv(rows), "CSV")?;
+    }
+    if let Some(p) = &s.plot {
+        let title = format!("zccl-bench {}, {n} rank(s): busbw (GB/s) vs size", s.op);
+        write(p, plot::svg(&title, rows), "plot")?;
+    }
+    Ok(())
+}
