@@ -16,6 +16,7 @@
 //! | `-z, --blocking 0/1` | accepted for compatibility; every op is blocking here | 0 |
 //! | `-N, --ranks N` | launch N ranks on this host, unless already under a launcher ([`crate::launch`]) | 1 |
 //! | `--json FILE`, `--csv FILE`, `--plot FILE.svg` | also write the results there | |
+//! | `--hold SECS` | after the sweep, keep every rank (and its `/metrics` endpoint) alive for SECS s or until SIGTERM/SIGINT ([`crate::hold`]) | 0 |
 
 use std::path::PathBuf;
 
@@ -164,6 +165,21 @@ pub struct CommonArgs {
     /// Never show the progress bar (it is shown only when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// After the sweep, keep every rank alive (and its ZCCL_METRICS_ADDR endpoint up) for SECS seconds, or until SIGTERM/SIGINT.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_hold)]
+    pub hold: f64,
+}
+
+/// `--hold SECS`: a finite, non-negative number of seconds (at most a day).
+fn parse_hold(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || !(0.0..=86400.0).contains(&v) {
+        return Err(format!("{s}: --hold takes 0 to 86400 seconds"));
+    }
+    Ok(v)
 }
 
 /// The data types of `-d`, in the order they run.
@@ -302,6 +318,8 @@ pub struct Settings {
     pub plot: Option<PathBuf>,
     /// `--no-progress`.
     pub no_progress: bool,
+    /// `--hold`, in seconds (0: exit at once).
+    pub hold: f64,
 }
 
 impl OpCmd {
@@ -395,6 +413,7 @@ impl OpCmd {
             csv: c.csv.clone(),
             plot: c.plot.clone(),
             no_progress: c.no_progress,
+            hold: c.hold,
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::launch::{self, Mode};
 use crate::report::{Row, total_wrong};
 use crate::runner::{CORRUPT_ENV, RankInfo, bench, corrupt_requested, row_count};
 use crate::sweep::human;
-use crate::{output, plot};
+use crate::{hold, output, plot};
 
 /// `zccl-bench`: nccl-tests for zccl.
 #[derive(Parser, Debug)]
@@ -65,6 +65,11 @@ pub fn run(args: BenchArgs) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            if s.hold > 0.0
+                && let Err(e) = hold::install_stop_signals()
+            {
+                eprintln!("zccl-bench: warning: cannot handle SIGTERM/SIGINT for --hold: {e}");
+            }
             let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
             match launch::launch(n, &program, &argv) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -151,13 +156,26 @@ fn join(s: &Settings) -> Result<u8> {
             b.inc(1);
         }
     };
-    let rows =
-        bench(&comm, s, &me, corrupt, &mut out, &mut step).with_context(|| format!("rank {r}"))?;
+    let rows = bench(&comm, s, &me, corrupt, &mut out, &mut step)
+        .with_context(|| format!("rank {r}"))?
+        .rows;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
     if r == 0 {
         write_files(s, n as usize, &rows)?;
+    }
+    if s.hold > 0.0 {
+        // The counters are final: close the communicator, keep the process
+        // (and its /metrics endpoint, which lives as long as the process).
+        drop(comm);
+        if let Err(e) = hold::install_stop_signals() {
+            eprintln!("zccl-bench: warning: rank {r}: cannot handle SIGTERM/SIGINT: {e}");
+        }
+        if r == 0 {
+            out(&hold::banner(s.hold));
+        }
+        hold::hold(s.hold, hold::stop_requested);
     }
     let wrong = total_wrong(&rows).unwrap_or(0);
     if r == 0 && wrong > 0 {

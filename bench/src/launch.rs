@@ -11,7 +11,9 @@
 //! every rank's stderr are this process's, the other ranks' stdout (they
 //! print nothing) is discarded. When a rank fails, the others get a few
 //! seconds to notice and exit, then are killed; the exit code is the first
-//! failing rank's (128 + signal if it was killed), else 0.
+//! failing rank's (128 + signal if it was killed), else 0. With `--hold`,
+//! a SIGTERM or SIGINT the launcher receives is forwarded to the ranks as
+//! SIGTERM ([`crate::hold`]).
 
 use std::ffi::OsString;
 use std::io;
@@ -94,7 +96,17 @@ pub fn launch(n: u32, program: &OsString, args: &[OsString]) -> io::Result<i32> 
     }
     let mut first_failure: Option<RankExit> = None;
     let mut kill_at: Option<Instant> = None;
+    let mut forwarded = false;
     loop {
+        if !forwarded && crate::hold::stop_requested() {
+            // `--hold`: pass SIGTERM/SIGINT on, so the ranks end their hold.
+            forwarded = true;
+            for c in children.iter().flatten() {
+                // SAFETY: kill has no memory-safety preconditions; the pid is
+                // our unreaped child's.
+                unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            }
+        }
         for (r, slot) in children.iter_mut().enumerate() {
             let Some(c) = slot else { continue };
             let exit = match c.try_wait() {

@@ -20,8 +20,12 @@
 //! * [`report`]: rows, algbw/busbw (from `zccl_primitives::busbw`) and the
 //!   table text;
 //! * [`output`], [`plot`]: `--json`/`--csv` and `--plot` (SVG);
+//! * [`count`]: the bench's own count of the bytes it sends (a `Fabric`
+//!   adapter), for the footer's `# Bytes sent by all ranks` and `bytes_sent`;
 //! * [`runner`]: the measurement loop over any `Fabric`;
 //! * [`launch`]: joining a job or starting `-N` ranks;
+//! * [`hold`]: `--hold SECS`, keeping the ranks (and their `/metrics`
+//!   endpoints) alive after the sweep;
 //! * [`cli`]: the entry point of both commands.
 
 #![warn(missing_docs)]
@@ -29,6 +33,8 @@
 pub mod args;
 pub mod check;
 pub mod cli;
+pub mod count;
+pub mod hold;
 pub mod launch;
 pub mod ops;
 pub mod output;

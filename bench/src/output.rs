@@ -3,7 +3,9 @@
 //!
 //! Fields: `op`, `nranks`, `size` (B), `count` (elements), `type`, `redop`,
 //! `root`, `in_place` (bool), `time_us`, `algbw` and `busbw` (GB/s, 10⁹ B/s),
-//! `wrong` (`null` / empty without `-c`).
+//! `wrong` (`null` / empty without `-c`), `bytes_sent` (payload bytes all
+//! ranks sent to other ranks for the half: warm-up, barrier, timed and check
+//! iterations; counted by the bench itself, [`crate::count`]).
 
 use serde::Serialize;
 
@@ -38,6 +40,8 @@ pub struct Record {
     pub busbw: f64,
     /// Wrong elements (summed over ranks), `None` without `-c`.
     pub wrong: Option<u64>,
+    /// Payload bytes all ranks sent to other ranks for this half.
+    pub bytes_sent: u64,
 }
 
 /// The records of `rows`: out-of-place then in-place for each row.
@@ -55,6 +59,7 @@ pub fn records(rows: &[Row]) -> Vec<Record> {
         algbw: h.algbw,
         busbw: h.busbw,
         wrong: h.wrong,
+        bytes_sent: h.bytes_sent,
     };
     rows.iter()
         .flat_map(|r| [rec(r, &r.out_of_place, false), rec(r, &r.in_place, true)])
@@ -68,11 +73,12 @@ pub fn to_json(rows: &[Row]) -> String {
 
 /// CSV with a header line.
 pub fn to_csv(rows: &[Row]) -> String {
-    let mut s =
-        String::from("op,nranks,size,count,type,redop,root,in_place,time_us,algbw,busbw,wrong\n");
+    let mut s = String::from(
+        "op,nranks,size,count,type,redop,root,in_place,time_us,algbw,busbw,wrong,bytes_sent\n",
+    );
     for r in records(rows) {
         s += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.op,
             r.nranks,
             r.size,
@@ -84,7 +90,8 @@ pub fn to_csv(rows: &[Row]) -> String {
             r.time_us,
             r.algbw,
             r.busbw,
-            r.wrong.map(|w| w.to_string()).unwrap_or_default()
+            r.wrong.map(|w| w.to_string()).unwrap_or_default(),
+            r.bytes_sent
         );
     }
     s
@@ -123,6 +130,7 @@ mod tests {
         assert_eq!(a[0]["algbw"], 1.048576);
         assert_eq!(a[1]["in_place"], true);
         assert!(a[1]["wrong"].is_null());
+        assert_eq!(a[0]["bytes_sent"], 0);
     }
 
     #[test]
@@ -132,8 +140,8 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert_eq!(
             lines[1],
-            "broadcast,4,1048576,131072,double,none,2,false,1000,1.048576,1.048576,0"
+            "broadcast,4,1048576,131072,double,none,2,false,1000,1.048576,1.048576,0,0"
         );
-        assert!(lines[2].ends_with(",true,2000,0.524288,0.524288,"));
+        assert!(lines[2].ends_with(",true,2000,0.524288,0.524288,,0"));
     }
 }

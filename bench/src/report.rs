@@ -22,6 +22,10 @@ pub struct Half {
     pub busbw: f64,
     /// Wrong elements summed over ranks and check iterations; `None` without `-c`.
     pub wrong: Option<u64>,
+    /// Payload bytes all ranks sent to other ranks for this half (warm-up,
+    /// barrier, timed and check iterations; not the result aggregation);
+    /// 0 until the runner fills it in.
+    pub bytes_sent: u64,
 }
 
 impl Half {
@@ -39,6 +43,7 @@ impl Half {
             algbw: bw.algbw / 1e9,
             busbw: bw.busbw / 1e9,
             wrong,
+            bytes_sent: 0,
         }
     }
 }
@@ -243,19 +248,40 @@ pub fn avg_busbw(rows: &[Row]) -> f64 {
         / (2 * rows.len()) as f64
 }
 
-/// The footer: out-of-bounds count (`#wrong` summed), average bus bandwidth.
-pub fn footer(op: Op, rows: &[Row]) -> String {
+/// The footer: out-of-bounds count (`#wrong` summed), average bus
+/// bandwidth, and (zccl's addition) the payload bytes all ranks sent during
+/// the run, when known: `# Bytes sent by all ranks : N`.
+pub fn footer(op: Op, rows: &[Row], bytes_sent: Option<u64>) -> String {
     let wrong = match total_wrong(rows) {
         Some(0) => "0 OK".to_string(),
         Some(w) => format!("{w} FAILED"),
         None => "N/A (not checked, -c 0)".to_string(),
     };
+    let bytes = bytes_sent
+        .map(|b| format!("# {BYTES_SENT_LABEL} : {b}\n"))
+        .unwrap_or_default();
     format!(
-        "# {:<20} : {wrong}\n# {:<20} : {}\n#\n# Collective test concluded: {op}\n",
+        "# {:<20} : {wrong}\n# {:<20} : {}\n{bytes}#\n# Collective test concluded: {op}\n",
         "Out of bounds values",
         "Avg bus bandwidth",
         fmt_g(avg_busbw(rows))
     )
+}
+
+/// The footer label of the run's byte count (`# Bytes sent by all ranks : N`).
+pub const BYTES_SENT_LABEL: &str = "Bytes sent by all ranks";
+
+/// The byte count of a footer line `# Bytes sent by all ranks : N`, if `line` is one.
+///
+/// ```
+/// use zccl_bench::report::parse_bytes_sent;
+/// assert_eq!(parse_bytes_sent("# Bytes sent by all ranks : 123"), Some(123));
+/// assert_eq!(parse_bytes_sent("# Avg bus bandwidth    : 1.5"), None);
+/// ```
+pub fn parse_bytes_sent(line: &str) -> Option<u64> {
+    let rest = line.trim().strip_prefix('#')?.trim_start();
+    let rest = rest.strip_prefix(BYTES_SENT_LABEL)?.trim_start();
+    rest.strip_prefix(':')?.trim().parse().ok()
 }
 
 /// What the preamble says about the run.
@@ -414,7 +440,7 @@ mod tests {
             text += &row_text(r);
             text += "\n";
         }
-        text += &footer(Op::AllReduce, &rows);
+        text += &footer(Op::AllReduce, &rows, Some(1234));
         let golden = "\
 # zccl-bench version X
 # Collective test starting: all_reduce
@@ -431,6 +457,7 @@ mod tests {
      4194304       1048576     float     sum      -1   2048.0    2.05    2.05      0    12500    0.34    0.34      3
 # Out of bounds values : 3 FAILED
 # Avg bus bandwidth    : 0.639122
+# Bytes sent by all ranks : 1234
 #
 # Collective test concluded: all_reduce
 ";
@@ -445,7 +472,9 @@ mod tests {
             r.in_place.wrong = None;
         }
         assert!(row_text(&rows[0]).ends_with("    N/A"));
-        assert!(footer(Op::AllReduce, &rows).contains("N/A (not checked, -c 0)"));
+        let f = footer(Op::AllReduce, &rows, None);
+        assert!(f.contains("N/A (not checked, -c 0)"));
+        assert!(!f.contains("Bytes sent"));
         assert_eq!(total_wrong(&rows), None);
         assert_eq!(avg_busbw(&[]), 0.0);
     }

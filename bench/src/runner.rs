@@ -50,6 +50,7 @@ use crate::args::{Settings, check_root, nccl_name};
 use crate::check::{
     BenchElem, count_wrong, id, reduce_input, reduced, scan_decay, scan_expected, scan_state,
 };
+use crate::count::{Counting, total_sent};
 use crate::ops::{Layout, Op, layout};
 use crate::report::{Preamble, Row, footer, preamble, row_text, table_head};
 
@@ -430,13 +431,24 @@ fn make_case<F: Fabric + ?Sized>(dtype: DType, c: Ctx) -> Box<dyn Case<F>> {
     }
 }
 
-/// Runs one half; returns (mean seconds per iteration over ranks, wrong elements summed).
-fn measure<F: Fabric + ?Sized>(
-    f: &F,
-    case: &mut dyn Case<F>,
+/// One half's aggregated measurement.
+struct Measured {
+    /// Mean seconds per iteration over the ranks.
+    secs: f64,
+    /// Wrong elements summed over ranks (`None` without `-c`).
+    wrong: Option<u64>,
+    /// Bytes all ranks sent for the half (warm-up, barrier, timed and check iterations).
+    bytes_sent: u64,
+}
+
+/// Runs one half and aggregates it over the ranks.
+fn measure<'a, F: Fabric + ?Sized>(
+    f: &Counting<'a, F>,
+    case: &mut dyn Case<Counting<'a, F>>,
     s: &Settings,
     corrupt: bool,
-) -> Result<(f64, Option<u64>)> {
+) -> Result<Measured> {
+    let sent0 = f.sent();
     case.init(0);
     for _ in 0..s.warmup {
         case.run(f)?;
@@ -457,13 +469,15 @@ fn measure<F: Fabric + ?Sized>(
         }
         wrong += case.wrong(rep);
     }
+    let sent = f.sent() - sent0;
     // Exact in f64 for any realistic count (below 2^53).
-    let mut agg = [secs, wrong as f64];
+    let mut agg = [secs, wrong as f64, sent as f64];
     all_reduce(f, CH_CTRL, &mut agg, ReduceOp::Sum).context("aggregating the results")?;
-    Ok((
-        agg[0] / f.size() as f64,
-        (s.checks > 0).then_some(agg[1] as u64),
-    ))
+    Ok(Measured {
+        secs: agg[0] / f.size() as f64,
+        wrong: (s.checks > 0).then_some(agg[1] as u64),
+        bytes_sent: agg[2] as u64,
+    })
 }
 
 /// What the preamble notes about op-specific settings.
@@ -493,10 +507,25 @@ pub fn row_count(s: &Settings) -> usize {
     s.dtypes.len() * s.redops.len() * s.sizes.len()
 }
 
+/// What a rank's [`bench`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The rows, aggregated over the ranks (the same on every rank).
+    pub rows: Vec<Row>,
+    /// Rank 0: the payload bytes all ranks handed to the fabric for other
+    /// ranks during the whole run ([`crate::count`]), including the rank
+    /// table, barriers, aggregations and this count's own messages; `None`
+    /// on the other ranks.
+    pub bytes_sent: Option<u64>,
+}
+
 /// Runs the whole sweep on this rank. Rank 0 passes the table's text to
 /// `out` piece by piece (preamble, column heads, each row as it is measured,
 /// footer); `step` is called after each row on every rank. Every rank returns
 /// the rows. `corrupt` turns the test hook on (used on the last rank).
+///
+/// Every message goes through a [`Counting`] adapter: each half records the
+/// bytes its op sent, and the footer gives the run's total.
 pub fn bench<F: Fabric + ?Sized>(
     f: &F,
     s: &Settings,
@@ -504,7 +533,8 @@ pub fn bench<F: Fabric + ?Sized>(
     corrupt: bool,
     out: &mut dyn FnMut(&str),
     step: &mut dyn FnMut(&Row),
-) -> Result<Vec<Row>> {
+) -> Result<Outcome> {
+    let f = &Counting::new(f);
     let (r, n) = (f.rank(), f.size());
     check_root(s.op, s.root, n as u32).map_err(anyhow::Error::msg)?;
     let records = all_gather(f, CH_CTRL, &me.encode()).context("gathering the rank table")?;
@@ -550,19 +580,19 @@ pub fn bench<F: Fabric + ?Sized>(
                     |half: &str| format!("{} {} B {} {half}", s.op, lay.bytes, nccl_name(dtype));
                 let oop = measure(
                     f,
-                    make_case::<F>(dtype, ctx(false)).as_mut(),
+                    make_case::<Counting<'_, F>>(dtype, ctx(false)).as_mut(),
                     s,
                     corrupt_here,
                 )
                 .with_context(|| what("out-of-place"))?;
                 let ip = measure(
                     f,
-                    make_case::<F>(dtype, ctx(true)).as_mut(),
+                    make_case::<Counting<'_, F>>(dtype, ctx(true)).as_mut(),
                     s,
                     corrupt_here,
                 )
                 .with_context(|| what("in-place"))?;
-                let row = Row::new(
+                let mut row = Row::new(
                     s.op,
                     n,
                     &lay,
@@ -575,9 +605,11 @@ pub fn bench<F: Fabric + ?Sized>(
                         },
                         if s.op.rooted() { i64::from(s.root) } else { -1 },
                     ),
-                    oop,
-                    ip,
+                    (oop.secs, oop.wrong),
+                    (ip.secs, ip.wrong),
                 );
+                row.out_of_place.bytes_sent = oop.bytes_sent;
+                row.in_place.bytes_sent = ip.bytes_sent;
                 if r == 0 {
                     out(&(row_text(&row) + "\n"));
                 }
@@ -586,10 +618,11 @@ pub fn bench<F: Fabric + ?Sized>(
             }
         }
     }
-    if r == 0 {
-        out(&footer(s.op, &rows));
+    let bytes_sent = total_sent(f, CH_CTRL).context("counting the bytes sent")?;
+    if let Some(total) = bytes_sent {
+        out(&footer(s.op, &rows, Some(total)));
     }
-    Ok(rows)
+    Ok(Outcome { rows, bytes_sent })
 }
 
 /// nccl-tests' reduction names.
@@ -634,7 +667,8 @@ mod tests {
             };
             let mut text = String::new();
             let rows = bench(f, &s, &me, corrupt, &mut |t| text.push_str(t), &mut |_| {})
-                .unwrap_or_else(|e| panic!("{e:#}"));
+                .unwrap_or_else(|e| panic!("{e:#}"))
+                .rows;
             (rows, text)
         });
         let text = out[0].1.clone();
@@ -747,6 +781,39 @@ mod tests {
         );
         let (ranks, _) = sim(3, "broadcast -r 2 -b 64 -e 64 -n 1 -d uint8", false);
         assert_eq!((ranks[0][0].root, ranks[0][0].redop), (2, "none"));
+    }
+
+    #[test]
+    fn bytes_sent_are_counted_per_half_and_in_total() {
+        let s = Arc::new(settings("sendrecv -b 1K -e 1K -n 3 -w 1 -c 1"));
+        let out = run_ranks(3, move |f| {
+            let me = RankInfo::default();
+            let mut text = String::new();
+            let o = bench(f, &s, &me, false, &mut |t| text.push_str(t), &mut |_| {}).unwrap();
+            (o, text)
+        });
+        let (o, text) = &out[0];
+        // 1 warm-up + 3 timed + 1 check iterations of 1 KiB per rank, 3 ranks,
+        // plus the barrier's few bytes.
+        let op_bytes = 5 * 1024 * 3;
+        for h in [&o.rows[0].out_of_place, &o.rows[0].in_place] {
+            assert!(
+                (op_bytes..op_bytes + 1024).contains(&h.bytes_sent),
+                "{}",
+                h.bytes_sent
+            );
+        }
+        let total = o.bytes_sent.unwrap();
+        let halves = o.rows[0].out_of_place.bytes_sent + o.rows[0].in_place.bytes_sent;
+        assert!(
+            total > halves && total < halves + 4096,
+            "{total} vs {halves}"
+        );
+        assert!(
+            text.contains(&format!("# Bytes sent by all ranks : {total}\n")),
+            "{text}"
+        );
+        assert!(out[1..].iter().all(|(o, _)| o.bytes_sent.is_none()));
     }
 
     #[test]

@@ -76,6 +76,7 @@ fn assert_clean(args: &[&str], n_rows: usize) {
     }
     assert!(out.contains("# Out of bounds values : 0 OK"), "{out}");
     assert!(out.contains("# Avg bus bandwidth    : "), "{out}");
+    assert!(out.contains("# Bytes sent by all ranks : "), "{out}");
 }
 
 const OPS: [&[&str]; 9] = [
@@ -226,6 +227,11 @@ fn json_csv_and_plot_files() {
         assert_eq!(r["in_place"], i % 2 == 1);
         assert_eq!(r["wrong"], 0);
         assert!(r["time_us"].as_f64().unwrap() > 0.0);
+        // reduce_scatter of S bytes over 2 ranks: each rank sends S/2 per
+        // iteration (1 warm-up + 2 timed + 1 check), plus a barrier.
+        let size = r["size"].as_u64().unwrap();
+        let sent = r["bytes_sent"].as_u64().unwrap();
+        assert!(sent >= 2 * 4 * (size / 2), "{r}");
         let (alg, bus) = (r["algbw"].as_f64().unwrap(), r["busbw"].as_f64().unwrap());
         assert!((bus - alg * 0.5).abs() <= 1e-12 * alg.max(1.0), "{r}");
     }
@@ -237,14 +243,15 @@ fn json_csv_and_plot_files() {
     assert_eq!(lines.len(), 7);
     assert_eq!(
         lines[0],
-        "op,nranks,size,count,type,redop,root,in_place,time_us,algbw,busbw,wrong"
+        "op,nranks,size,count,type,redop,root,in_place,time_us,algbw,busbw,wrong,bytes_sent"
     );
     for l in &lines[1..] {
         let f: Vec<&str> = l.split(',').collect();
-        assert_eq!(f.len(), 12, "{l}");
+        assert_eq!(f.len(), 13, "{l}");
         assert_eq!(f[0], "reduce_scatter");
         assert!(f[8].parse::<f64>().unwrap() > 0.0);
         assert_eq!(f[11], "0");
+        assert!(f[12].parse::<u64>().unwrap() > 0, "{l}");
     }
     assert_well_formed_svg(Path::new(&svg));
 }
