@@ -19,7 +19,7 @@
 //! ```
 
 use crate::error::{Dir, Error, Result};
-use crate::fabric::{Fabric, PendingRecv, PendingSend, RecvHandle, SendHandle};
+use crate::fabric::{Fabric, PendingRecv, PendingSend, RecvBytes, RecvHandle, SendHandle};
 use zccl_runtime::Communicator;
 
 fn transport(
@@ -85,6 +85,20 @@ impl PendingRecv for Recv {
 
     fn test(&mut self) -> Result<bool> {
         Ok(self.h.as_ref().is_none_or(|h| h.test()))
+    }
+
+    /// Hands the runtime's received buffer over without copying it.
+    fn wait_bytes(mut self: Box<Self>) -> Result<RecvBytes> {
+        let h = self.h.take().expect("recv handle waited once");
+        h.wait()
+            .map(RecvBytes::from_owner)
+            .map_err(|e| Error::Transport {
+                rank: self.rank,
+                dir: Dir::Recv,
+                peer: self.peer,
+                channel: self.channel,
+                reason: e.to_string(),
+            })
     }
 }
 

@@ -187,3 +187,59 @@ pub fn from_bytes<T: Elem>(b: &[u8]) -> Vec<T> {
     unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), v.as_mut_ptr().cast::<u8>(), n * sz) };
     v
 }
+
+/// Views bytes as elements without copying when the start is aligned for
+/// `T`; `None` otherwise.
+///
+/// # Panics
+/// If `b.len()` is not a multiple of the element size.
+///
+/// ```
+/// use zccl_primitives::dtype::cast_slice;
+/// let v = vec![1.5f32, 2.5];
+/// let b = zccl_primitives::dtype::as_bytes(&v);
+/// assert_eq!(cast_slice::<f32>(b), Some(&[1.5f32, 2.5][..]));
+/// ```
+pub fn cast_slice<T: Elem>(b: &[u8]) -> Option<&[T]> {
+    let sz = std::mem::size_of::<T>();
+    assert!(
+        b.len().is_multiple_of(sz),
+        "{} bytes are not a whole number of {} elements",
+        b.len(),
+        T::DTYPE
+    );
+    if !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        return None;
+    }
+    // SAFETY: aligned, `b.len() / sz` elements fit exactly, every bit pattern
+    // is a valid `T` (sealed plain types), and the view borrows `b`.
+    Some(unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<T>(), b.len() / sz) })
+}
+
+/// Mutable form of [`cast_slice`].
+pub(crate) fn cast_slice_mut<T: Elem>(b: &mut [u8]) -> Option<&mut [T]> {
+    let sz = std::mem::size_of::<T>();
+    assert!(b.len().is_multiple_of(sz));
+    if !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        return None;
+    }
+    // SAFETY: as in `cast_slice`; the view borrows `b` mutably and any value
+    // written is a valid byte pattern.
+    Some(unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<T>(), b.len() / sz) })
+}
+
+/// A new message of `count` elements of `T`, written by `fill` (which gets
+/// the elements as a slice; zero-initialised). No intermediate vector when
+/// the allocation is aligned for `T` (the usual case).
+pub(crate) fn message_with<T: Elem>(count: usize, fill: impl FnOnce(&mut [T])) -> Vec<u8> {
+    let mut b = vec![0u8; count * std::mem::size_of::<T>()];
+    match cast_slice_mut::<T>(&mut b) {
+        Some(s) => fill(s),
+        None => {
+            let mut tmp = vec![T::default(); count];
+            fill(&mut tmp);
+            b.copy_from_slice(as_bytes(&tmp));
+        }
+    }
+    b
+}

@@ -40,7 +40,7 @@
 //! assert_eq!(got, vec![vec![1, 1, 1], vec![0, 0, 0]]);
 //! ```
 
-use crate::dtype::{Elem, from_bytes, to_bytes};
+use crate::dtype::{Elem, cast_slice, from_bytes, to_bytes};
 use crate::error::Result;
 
 /// A pending send, as implemented by a fabric.
@@ -78,6 +78,79 @@ pub trait PendingRecv: Send {
     fn wait(self: Box<Self>) -> Result<Vec<u8>>;
     /// Returns `Ok(true)` once the message arrived, without blocking.
     fn test(&mut self) -> Result<bool>;
+    /// Like [`wait`](PendingRecv::wait), but may hand over the fabric's own
+    /// buffer instead of copying it into a `Vec` (the runtime's received
+    /// buffers). The default wraps [`wait`](PendingRecv::wait).
+    fn wait_bytes(self: Box<Self>) -> Result<RecvBytes> {
+        self.wait().map(RecvBytes::from)
+    }
+}
+
+/// The bytes of a received message, owned: a `Vec<u8>` or a fabric's own
+/// buffer (read without copying). Dereferences to `[u8]`.
+///
+/// ```
+/// use zccl_primitives::fabric::RecvBytes;
+/// let b = RecvBytes::from(zccl_primitives::dtype::to_bytes(&[1i32, -2]));
+/// assert_eq!(b.len(), 8);
+/// assert_eq!(&*b.elems::<i32>(), &[1, -2]);
+/// let o = RecvBytes::from_owner(vec![7u8]);
+/// assert_eq!(o.into_vec(), vec![7]);
+/// ```
+pub struct RecvBytes(BytesRepr);
+
+enum BytesRepr {
+    Vec(Vec<u8>),
+    Owner(Box<dyn AsRef<[u8]> + Send + Sync>),
+}
+
+impl RecvBytes {
+    /// Wraps any owner of bytes (no copy).
+    pub fn from_owner(o: impl AsRef<[u8]> + Send + Sync + 'static) -> Self {
+        Self(BytesRepr::Owner(Box::new(o)))
+    }
+
+    /// The bytes as a vector (copies unless they already are one).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self.0 {
+            BytesRepr::Vec(v) => v,
+            BytesRepr::Owner(o) => o.as_ref().as_ref().to_vec(),
+        }
+    }
+
+    /// The bytes as elements of `T`: borrowed when suitably aligned (always
+    /// for the runtime's buffers), copied otherwise.
+    ///
+    /// # Panics
+    /// If the length is not a whole number of elements.
+    pub fn elems<T: Elem>(&self) -> std::borrow::Cow<'_, [T]> {
+        match cast_slice::<T>(self) {
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => std::borrow::Cow::Owned(from_bytes(self)),
+        }
+    }
+}
+
+impl From<Vec<u8>> for RecvBytes {
+    fn from(v: Vec<u8>) -> Self {
+        Self(BytesRepr::Vec(v))
+    }
+}
+
+impl std::ops::Deref for RecvBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            BytesRepr::Vec(v) => v,
+            BytesRepr::Owner(o) => o.as_ref().as_ref(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RecvBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecvBytes(len {})", self.len())
+    }
 }
 
 /// Handle of a posted send.
@@ -152,9 +225,15 @@ impl RecvHandle {
         self.0.wait()
     }
 
+    /// Blocks like [`wait`](RecvHandle::wait) but without copying the
+    /// fabric's buffer (see [`PendingRecv::wait_bytes`]).
+    pub fn wait_bytes(self) -> Result<RecvBytes> {
+        self.0.wait_bytes()
+    }
+
     /// Waits and reinterprets the bytes as elements of `T`.
     pub fn wait_elems<T: Elem>(self) -> Result<Vec<T>> {
-        Ok(from_bytes(&self.wait()?))
+        Ok(self.wait_bytes()?.elems::<T>().into_owned())
     }
 
     /// Non-blocking arrival check.

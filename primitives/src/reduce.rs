@@ -166,9 +166,16 @@ float_acc!(f32, f64);
 /// ```
 pub fn combine_into<A: Accumulator>(op: ReduceOp, acc: &mut [A], x: &[A]) {
     assert_eq!(acc.len(), x.len(), "combine_into: length mismatch");
-    for (a, &b) in acc.iter_mut().zip(x) {
-        *a = A::combine(op, *a, b);
+    struct K<'a, A>(&'a mut [A], &'a [A]);
+    impl<A: Accumulator> Kernel<A> for K<'_, A> {
+        #[inline(always)]
+        fn run(self, c: impl Fn(A, A) -> A + Copy) {
+            for (a, &b) in self.0.iter_mut().zip(self.1) {
+                *a = c(*a, b);
+            }
+        }
     }
+    with_op(op, K(acc, x));
 }
 
 /// `acc[i] = x[i] ⊕ acc[i]` (the accumulator is the right operand).
@@ -181,9 +188,99 @@ pub fn combine_into<A: Accumulator>(op: ReduceOp, acc: &mut [A], x: &[A]) {
 /// ```
 pub fn combine_into_rhs<A: Accumulator>(op: ReduceOp, acc: &mut [A], x: &[A]) {
     assert_eq!(acc.len(), x.len(), "combine_into_rhs: length mismatch");
-    for (a, &b) in acc.iter_mut().zip(x) {
-        *a = A::combine(op, b, *a);
+    struct K<'a, A>(&'a mut [A], &'a [A]);
+    impl<A: Accumulator> Kernel<A> for K<'_, A> {
+        #[inline(always)]
+        fn run(self, c: impl Fn(A, A) -> A + Copy) {
+            for (a, &b) in self.0.iter_mut().zip(self.1) {
+                *a = c(b, *a);
+            }
+        }
     }
+    with_op(op, K(acc, x));
+}
+
+/// A loop over slices, run once per operator with a closure in which the
+/// operator is a constant (so the loop has no branch on it and can be
+/// vectorised).
+trait Kernel<A: Accumulator> {
+    fn run(self, c: impl Fn(A, A) -> A + Copy);
+}
+
+#[inline(always)]
+fn with_op<A: Accumulator>(op: ReduceOp, k: impl Kernel<A>) {
+    match op {
+        ReduceOp::Sum | ReduceOp::Avg => k.run(|a, b| A::combine(ReduceOp::Sum, a, b)),
+        ReduceOp::Prod => k.run(|a, b| A::combine(ReduceOp::Prod, a, b)),
+        ReduceOp::Min => k.run(|a, b| A::combine(ReduceOp::Min, a, b)),
+        ReduceOp::Max => k.run(|a, b| A::combine(ReduceOp::Max, a, b)),
+    }
+}
+
+/// `out[i] = x[i] ⊕ local[i]` in the accumulator type (the received partial
+/// result `x` on the left, as [`combine_into_rhs`] over `to_acc(local)`).
+///
+/// # Panics
+/// If the lengths differ.
+///
+/// ```
+/// use zccl_primitives::{dtype::bf16, reduce::{combine_to, ReduceOp}};
+/// let mut out = [0.0f32; 2];
+/// combine_to(ReduceOp::Sum, &mut out, &[0.5, 1.0], &[bf16::from_f32(2.0), bf16::from_f32(3.0)]);
+/// assert_eq!(out, [2.5, 4.0]);
+/// ```
+pub fn combine_to<T: Elem>(op: ReduceOp, out: &mut [T::Acc], x: &[T::Acc], local: &[T]) {
+    assert!(
+        out.len() == x.len() && x.len() == local.len(),
+        "combine_to: length mismatch"
+    );
+    struct K<'a, T: Elem>(&'a mut [T::Acc], &'a [T::Acc], &'a [T]);
+    impl<T: Elem> Kernel<T::Acc> for K<'_, T> {
+        #[inline(always)]
+        fn run(self, c: impl Fn(T::Acc, T::Acc) -> T::Acc + Copy) {
+            for ((o, &a), &l) in self.0.iter_mut().zip(self.1).zip(self.2) {
+                *o = c(a, l.to_acc());
+            }
+        }
+    }
+    with_op(op, K::<T>(out, x, local));
+}
+
+/// The last combine of a reduction over `n` ranks, in place:
+/// `buf[i] = finish(x[i] ⊕ to_acc(buf[i]))` (the same value
+/// [`combine_into_rhs`] then [`finish`] give).
+///
+/// # Panics
+/// If the lengths differ.
+///
+/// ```
+/// use zccl_primitives::reduce::{combine_finish, ReduceOp};
+/// let mut b = [3i32, 5];
+/// combine_finish(ReduceOp::Avg, 2, &mut b, &[1, -1]);
+/// assert_eq!(b, [2, 2]);
+/// ```
+pub fn combine_finish<T: Elem>(op: ReduceOp, n: usize, buf: &mut [T], x: &[T::Acc]) {
+    assert_eq!(buf.len(), x.len(), "combine_finish: length mismatch");
+    struct K<'a, T: Elem>(&'a mut [T], &'a [T::Acc], Option<usize>);
+    impl<T: Elem> Kernel<T::Acc> for K<'_, T> {
+        #[inline(always)]
+        fn run(self, c: impl Fn(T::Acc, T::Acc) -> T::Acc + Copy) {
+            match self.2 {
+                None => {
+                    for (b, &a) in self.0.iter_mut().zip(self.1) {
+                        *b = T::from_acc(c(a, b.to_acc()));
+                    }
+                }
+                Some(n) => {
+                    for (b, &a) in self.0.iter_mut().zip(self.1) {
+                        *b = T::from_acc(<T::Acc as Accumulator>::divide(c(a, b.to_acc()), n));
+                    }
+                }
+            }
+        }
+    }
+    let avg = (op == ReduceOp::Avg).then_some(n);
+    with_op(op, K::<T>(buf, x, avg));
 }
 
 /// Converts elements to their accumulator type (exact).
