@@ -12,7 +12,8 @@ use std::fmt;
 
 pub use half::{bf16, f16};
 
-/// The element type of a buffer, as a value.
+/// The element type of a buffer, as a value: the runtime's [`zccl_runtime::DType`],
+/// re-exported so that the wire type and the reduction type are one.
 ///
 /// ```
 /// use zccl_primitives::dtype::{DType, Elem};
@@ -20,65 +21,7 @@ pub use half::{bf16, f16};
 /// assert_eq!(DType::BF16.size(), 2);
 /// assert_eq!(DType::F64.to_string(), "f64");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DType {
-    /// `u8`
-    U8,
-    /// `i32`
-    I32,
-    /// `i64`
-    I64,
-    /// IEEE binary16 ([`f16`](struct@f16)).
-    F16,
-    /// bfloat16 ([`bf16`](struct@bf16)).
-    BF16,
-    /// `f32`
-    F32,
-    /// `f64`
-    F64,
-}
-
-impl DType {
-    /// Every element type, in a fixed order.
-    pub const ALL: [DType; 7] = [
-        DType::U8,
-        DType::I32,
-        DType::I64,
-        DType::F16,
-        DType::BF16,
-        DType::F32,
-        DType::F64,
-    ];
-
-    /// Size of one element in bytes.
-    pub const fn size(self) -> usize {
-        match self {
-            DType::U8 => 1,
-            DType::F16 | DType::BF16 => 2,
-            DType::I32 | DType::F32 => 4,
-            DType::I64 | DType::F64 => 8,
-        }
-    }
-
-    /// Lower-case name (`"bf16"`).
-    pub const fn name(self) -> &'static str {
-        match self {
-            DType::U8 => "u8",
-            DType::I32 => "i32",
-            DType::I64 => "i64",
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            DType::F32 => "f32",
-            DType::F64 => "f64",
-        }
-    }
-}
-
-impl fmt::Display for DType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use zccl_runtime::DType;
 
 mod sealed {
     pub trait Sealed {}

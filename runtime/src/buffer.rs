@@ -35,6 +35,17 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every element type, in a fixed order.
+    pub const ALL: [DType; 7] = [
+        DType::U8,
+        DType::I32,
+        DType::I64,
+        DType::F16,
+        DType::BF16,
+        DType::F32,
+        DType::F64,
+    ];
+
     /// Size of one element in bytes.
     pub const fn size(self) -> usize {
         match self {
