@@ -12,6 +12,15 @@
 //! | broadcast, reduce | buffer | 1 |
 
 /// An operation measured the nccl-tests way.
+///
+/// ```
+/// use zccl_primitives::busbw::{bus_factor, BwOp};
+/// // On one rank a collective moves nothing over the bus ...
+/// assert_eq!(bus_factor(BwOp::AllReduce, 1), 0.0);
+/// assert_eq!(bus_factor(BwOp::ReduceScatter, 4), 0.75);
+/// // ... while point-to-point and rooted operations always count in full.
+/// assert_eq!(bus_factor(BwOp::Broadcast, 4), 1.0);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BwOp {
     /// All-reduce.
@@ -47,6 +56,13 @@ pub fn bus_factor(op: BwOp, n: usize) -> f64 {
 }
 
 /// Algorithm and bus bandwidth, in bytes per second.
+///
+/// ```
+/// use zccl_primitives::busbw::{bandwidth, Bandwidth, BwOp};
+/// // 4 GB all-reduced in 2 s over 4 ranks: busbw = algbw × 2(n−1)/n.
+/// let b = bandwidth(BwOp::AllReduce, 4e9, 2.0, 4);
+/// assert_eq!(b, Bandwidth { algbw: 2e9, busbw: 3e9 });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bandwidth {
     /// `S / t`.

@@ -45,6 +45,24 @@ const OP_BARRIER: u8 = 0x06;
 const OP_RS: u8 = 0x07;
 
 /// Bytes per broadcast chain segment.
+///
+/// ```
+/// use zccl_primitives::collectives::{broadcast_with, CHAIN_SEGMENT_BYTES};
+/// use zccl_primitives::schedule::algo::Algo;
+/// use zccl_primitives::sim::{try_run_ranks, SimConfig};
+/// use zccl_primitives::Fabric;
+/// // A chain broadcast of 2.5 segments from rank 1 to rank 0: three messages.
+/// let len = CHAIN_SEGMENT_BYTES * 5 / 2;
+/// let run = try_run_ranks(SimConfig::default(), 2, move |f| {
+///     let mut v = vec![f.rank() as u8; len];
+///     broadcast_with(f, 0, &mut v, 1, Algo::Ring).unwrap();
+///     v
+/// })
+/// .unwrap();
+/// assert!(run.results.iter().all(|v| v.iter().all(|&b| b == 1)));
+/// let lens: Vec<usize> = run.log.iter().map(|m| m.len).collect();
+/// assert_eq!(lens, [CHAIN_SEGMENT_BYTES, CHAIN_SEGMENT_BYTES, CHAIN_SEGMENT_BYTES / 2]);
+/// ```
 pub const CHAIN_SEGMENT_BYTES: usize = 256 * 1024;
 
 fn step_tag(op: u8, s: usize) -> u64 {
@@ -112,6 +130,25 @@ pub fn all_reduce_with<T: Elem, F: Fabric + ?Sized>(
 /// piece `k` overlaps the transfer of piece `k+1`. Measured on 2 cores with
 /// shared memory (64 MiB f32 all-reduce): 2 MiB beat 64 KiB–1 MiB (per-message
 /// costs) and whole chunks (no overlap).
+///
+/// ```
+/// use zccl_primitives::collectives::{all_gather_with, RING_PIECE_BYTES};
+/// use zccl_primitives::schedule::algo::Algo;
+/// use zccl_primitives::sim::{try_run_ranks, SimConfig};
+/// use zccl_primitives::Fabric;
+/// // Ring all-gather over 2 ranks of 1.5 pieces each: every rank sends its
+/// // chunk as one full piece and one half piece.
+/// let len = RING_PIECE_BYTES * 3 / 2;
+/// let run = try_run_ranks(SimConfig::default(), 2, move |f| {
+///     let out = all_gather_with(f, 0, &vec![f.rank() as u8; len], Algo::Ring).unwrap();
+///     out[len - 1] == 0 && out[len] == 1
+/// })
+/// .unwrap();
+/// assert_eq!(run.results, [true, true]);
+/// let mut lens: Vec<usize> = run.log.iter().map(|m| m.len).collect();
+/// lens.sort();
+/// assert_eq!(lens, [len - RING_PIECE_BYTES, len - RING_PIECE_BYTES, RING_PIECE_BYTES, RING_PIECE_BYTES]);
+/// ```
 pub const RING_PIECE_BYTES: usize = 2 << 20;
 
 /// Elements of `E` per ring piece.

@@ -46,9 +46,25 @@ pub trait Elem:
     /// The type reductions accumulate in: `f32` for `f16`/`bf16`, `Self` otherwise.
     type Acc: Elem<Acc = Self::Acc> + crate::reduce::Accumulator;
     /// Converts to the accumulator type (exact for every implemented type).
+    ///
+    /// ```
+    /// use zccl_primitives::dtype::{bf16, Elem};
+    /// let x: f32 = bf16::from_f32(-2.5).to_acc();
+    /// assert_eq!(x, -2.5);
+    /// assert_eq!(7i64.to_acc(), 7i64);
+    /// ```
     fn to_acc(self) -> Self::Acc;
     /// Converts from the accumulator type: round-to-nearest-even for
     /// `f16`/`bf16`, identity otherwise.
+    ///
+    /// ```
+    /// use zccl_primitives::dtype::{f16, Elem};
+    /// // Halfway between two f16 values (spaced 2⁻¹⁰ above 1), ties go to even.
+    /// let h = 2f32.powi(-11);
+    /// assert_eq!(f16::from_acc(1.0 + h), f16::ONE);
+    /// assert_eq!(f16::from_acc(1.0 + 3.0 * h), f16::from_f32(1.0 + 4.0 * h));
+    /// assert_eq!(<i32 as Elem>::from_acc(-3), -3);
+    /// ```
     fn from_acc(a: Self::Acc) -> Self;
 }
 

@@ -5,6 +5,12 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// Send or receive: which side of a point-to-point operation failed.
+///
+/// ```
+/// use zccl_primitives::Dir;
+/// assert_eq!(Dir::Send.to_string(), "send to");
+/// assert_eq!(format!("rank 0: {} rank 1", Dir::Recv), "rank 0: recv from rank 1");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
     /// A send to `peer`.
@@ -121,6 +127,22 @@ pub enum Error {
 }
 
 /// Result with this crate's [`Error`](enum@Error).
+///
+/// ```
+/// use zccl_primitives::{Error, Result};
+/// fn half(x: usize) -> Result<usize> {
+///     if x % 2 == 0 {
+///         Ok(x / 2)
+///     } else {
+///         Err(Error::InvalidArgument(format!("{x} is odd")))
+///     }
+/// }
+/// assert_eq!(half(4), Ok(2));
+/// assert_eq!(half(3).unwrap_err().to_string(), "invalid argument: 3 is odd");
+/// // The error type defaults to `Error` but can be overridden.
+/// let r: Result<u8, String> = Err("other".into());
+/// assert_eq!(r.unwrap_err(), "other");
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Error {

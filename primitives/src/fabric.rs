@@ -106,11 +106,24 @@ enum BytesRepr {
 
 impl RecvBytes {
     /// Wraps any owner of bytes (no copy).
+    ///
+    /// ```
+    /// use zccl_primitives::fabric::RecvBytes;
+    /// // Any owner works, e.g. a `String`: the bytes are read in place.
+    /// let b = RecvBytes::from_owner(String::from("hi"));
+    /// assert_eq!(&*b, b"hi");
+    /// ```
     pub fn from_owner(o: impl AsRef<[u8]> + Send + Sync + 'static) -> Self {
         Self(BytesRepr::Owner(Box::new(o)))
     }
 
     /// The bytes as a vector (copies unless they already are one).
+    ///
+    /// ```
+    /// use zccl_primitives::fabric::RecvBytes;
+    /// assert_eq!(RecvBytes::from(vec![1, 2]).into_vec(), vec![1, 2]);
+    /// assert_eq!(RecvBytes::from_owner([3u8; 2]).into_vec(), vec![3, 3]);
+    /// ```
     pub fn into_vec(self) -> Vec<u8> {
         match self.0 {
             BytesRepr::Vec(v) => v,
@@ -123,6 +136,13 @@ impl RecvBytes {
     ///
     /// # Panics
     /// If the length is not a whole number of elements.
+    ///
+    /// ```
+    /// use zccl_primitives::{dtype::to_bytes, fabric::RecvBytes};
+    /// let b = RecvBytes::from(to_bytes(&[0.5f64, -2.0]));
+    /// assert_eq!(&*b.elems::<f64>(), &[0.5, -2.0]);
+    /// assert_eq!(b.elems::<u8>().len(), 16);
+    /// ```
     pub fn elems<T: Elem>(&self) -> std::borrow::Cow<'_, [T]> {
         match cast_slice::<T>(self) {
             Some(s) => std::borrow::Cow::Borrowed(s),
@@ -165,11 +185,36 @@ pub struct SendHandle(Box<dyn PendingSend>);
 
 impl SendHandle {
     /// Wraps a fabric's pending send.
+    ///
+    /// ```
+    /// use zccl_primitives::{Result, fabric::{PendingSend, SendHandle}};
+    /// // A pending send that completes on the second poll.
+    /// struct AfterPolls(u32);
+    /// impl PendingSend for AfterPolls {
+    ///     fn wait(self: Box<Self>) -> Result<()> { Ok(()) }
+    ///     fn test(&mut self) -> Result<bool> {
+    ///         self.0 -= 1;
+    ///         Ok(self.0 == 0)
+    ///     }
+    /// }
+    /// let mut h = SendHandle::new(AfterPolls(2));
+    /// assert!(!h.test().unwrap());
+    /// assert!(h.test().unwrap());
+    /// h.wait().unwrap();
+    /// ```
     pub fn new(p: impl PendingSend + 'static) -> Self {
         Self(Box::new(p))
     }
 
     /// A send that has already completed.
+    ///
+    /// ```
+    /// use zccl_primitives::fabric::SendHandle;
+    /// // For a send with nothing to move (e.g. a fabric that copied it at once).
+    /// let mut h = SendHandle::completed();
+    /// assert!(h.test().unwrap());
+    /// assert!(h.wait().is_ok());
+    /// ```
     pub fn completed() -> Self {
         struct Done;
         impl PendingSend for Done {
@@ -184,11 +229,37 @@ impl SendHandle {
     }
 
     /// Blocks until the send completed or its deadline passed.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// let out = run_ranks(2, |f| {
+    ///     if f.rank() == 0 {
+    ///         f.isend(1, 0, 9, vec![1, 2, 3]).unwrap().wait().unwrap();
+    ///         vec![]
+    ///     } else {
+    ///         f.irecv(0, 0, 9, 3).unwrap().wait().unwrap()
+    ///     }
+    /// });
+    /// assert_eq!(out[1], vec![1, 2, 3]);
+    /// ```
     pub fn wait(self) -> Result<()> {
         self.0.wait()
     }
 
     /// Non-blocking completion check.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// // The simulated fabric buffers a send at once: it tests complete even
+    /// // before the receive is posted.
+    /// let out = run_ranks(1, |f| {
+    ///     let mut s = f.isend(0, 0, 0, vec![5]).unwrap();
+    ///     let done = s.test().unwrap();
+    ///     s.wait().unwrap();
+    ///     (done, f.irecv(0, 0, 0, 1).unwrap().wait().unwrap())
+    /// });
+    /// assert_eq!(out, vec![(true, vec![5])]);
+    /// ```
     pub fn test(&mut self) -> Result<bool> {
         self.0.test()
     }
@@ -216,27 +287,92 @@ pub struct RecvHandle(Box<dyn PendingRecv>);
 
 impl RecvHandle {
     /// Wraps a fabric's pending receive.
+    ///
+    /// ```
+    /// use zccl_primitives::{Result, fabric::{PendingRecv, RecvHandle}};
+    /// // A receive whose message is already there.
+    /// struct Ready(Vec<u8>);
+    /// impl PendingRecv for Ready {
+    ///     fn wait(self: Box<Self>) -> Result<Vec<u8>> { Ok(self.0) }
+    ///     fn test(&mut self) -> Result<bool> { Ok(true) }
+    /// }
+    /// let mut h = RecvHandle::new(Ready(vec![9, 8]));
+    /// assert!(h.test().unwrap());
+    /// assert_eq!(h.wait().unwrap(), vec![9, 8]);
+    /// ```
     pub fn new(p: impl PendingRecv + 'static) -> Self {
         Self(Box::new(p))
     }
 
     /// Blocks until the message arrived or the deadline passed; returns its bytes.
+    ///
+    /// ```
+    /// use zccl_primitives::{Error, Fabric, sim::run_ranks};
+    /// let out = run_ranks(1, |f| {
+    ///     f.isend(0, 0, 1, vec![1, 2, 3]).unwrap().wait().unwrap();
+    ///     f.isend(0, 0, 1, vec![4, 5, 6]).unwrap().wait().unwrap();
+    ///     let ok = f.irecv(0, 0, 1, 3).unwrap().wait();
+    ///     // The receiver states the length it expects; a mismatch is an error.
+    ///     let bad = f.irecv(0, 0, 1, 2).unwrap().wait();
+    ///     (ok, bad)
+    /// });
+    /// let (ok, bad) = &out[0];
+    /// assert_eq!(ok, &Ok(vec![1, 2, 3]));
+    /// assert!(matches!(bad, Err(Error::Mismatch { expected_len: 2, got_len: 3, .. })));
+    /// ```
     pub fn wait(self) -> Result<Vec<u8>> {
         self.0.wait()
     }
 
     /// Blocks like [`wait`](RecvHandle::wait) but without copying the
     /// fabric's buffer (see [`PendingRecv::wait_bytes`]).
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, dtype::to_bytes, sim::run_ranks};
+    /// let out = run_ranks(2, |f| {
+    ///     let peer = 1 - f.rank();
+    ///     let s = f.isend(peer, 0, 0, to_bytes(&[f.rank() as i32 * 100 + 1, -7])).unwrap();
+    ///     let b = f.irecv(peer, 0, 0, 8).unwrap().wait_bytes().unwrap();
+    ///     s.wait().unwrap();
+    ///     assert_eq!(b.len(), 8);
+    ///     b.elems::<i32>().into_owned()
+    /// });
+    /// assert_eq!(out, vec![vec![101, -7], vec![1, -7]]);
+    /// ```
     pub fn wait_bytes(self) -> Result<RecvBytes> {
         self.0.wait_bytes()
     }
 
     /// Waits and reinterprets the bytes as elements of `T`.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, dtype::to_bytes, sim::run_ranks};
+    /// let out = run_ranks(2, |f| {
+    ///     let peer = 1 - f.rank();
+    ///     let s = f.isend(peer, 0, 0, to_bytes(&[f.rank() as f32 + 0.5])).unwrap();
+    ///     let v = f.irecv(peer, 0, 0, 4).unwrap().wait_elems::<f32>().unwrap();
+    ///     s.wait().unwrap();
+    ///     v
+    /// });
+    /// assert_eq!(out, vec![vec![1.5], vec![0.5]]);
+    /// ```
     pub fn wait_elems<T: Elem>(self) -> Result<Vec<T>> {
         Ok(self.wait_bytes()?.elems::<T>().into_owned())
     }
 
     /// Non-blocking arrival check.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// let out = run_ranks(1, |f| {
+    ///     let mut r = f.irecv(0, 0, 0, 1).unwrap();
+    ///     let before = r.test().unwrap(); // nothing sent yet
+    ///     f.isend(0, 0, 0, vec![3]).unwrap().wait().unwrap();
+    ///     while !r.test().unwrap() {}
+    ///     (before, r.wait().unwrap())
+    /// });
+    /// assert_eq!(out, vec![(false, vec![3])]);
+    /// ```
     pub fn test(&mut self) -> Result<bool> {
         self.0.test()
     }
@@ -268,12 +404,51 @@ impl std::fmt::Debug for RecvHandle {
 /// ```
 pub trait Fabric: Send + Sync {
     /// This rank, in `0..size()`.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// assert_eq!(run_ranks(3, |f| f.rank()), vec![0, 1, 2]);
+    /// ```
     fn rank(&self) -> usize;
     /// Number of ranks.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// assert_eq!(run_ranks(3, |f| f.size()), vec![3, 3, 3]);
+    /// ```
     fn size(&self) -> usize;
     /// Posts a send of `data` to rank `to` on `channel`. Never blocks on the receiver.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// // Every rank posts all its sends before any receive: no deadlock.
+    /// let out = run_ranks(3, |f| {
+    ///     let sends: Vec<_> = (0..f.size()).map(|to| f.isend(to, 0, 0, vec![f.rank() as u8]).unwrap()).collect();
+    ///     let got: Vec<u8> = (0..f.size()).map(|from| f.irecv(from, 0, 0, 1).unwrap().wait().unwrap()[0]).collect();
+    ///     sends.into_iter().for_each(|s| s.wait().unwrap());
+    ///     got
+    /// });
+    /// assert!(out.iter().all(|g| g == &[0, 1, 2]));
+    /// // A rank outside the group is an argument error.
+    /// assert!(run_ranks(1, |f| f.isend(1, 0, 0, vec![]).is_err())[0]);
+    /// ```
     fn isend(&self, to: usize, channel: u32, tag: u64, data: Vec<u8>) -> Result<SendHandle>;
     /// Posts a receive of exactly `len` bytes from rank `from` on `channel`.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// // Matching is FIFO per (peer, channel): channels are independent queues.
+    /// let out = run_ranks(1, |f| {
+    ///     f.isend(0, 0, 0, vec![1]).unwrap().wait().unwrap();
+    ///     f.isend(0, 1, 0, vec![2]).unwrap().wait().unwrap();
+    ///     f.isend(0, 0, 0, vec![3]).unwrap().wait().unwrap();
+    ///     let on1 = f.irecv(0, 1, 0, 1).unwrap().wait().unwrap();
+    ///     let first = f.irecv(0, 0, 0, 1).unwrap().wait().unwrap();
+    ///     let second = f.irecv(0, 0, 0, 1).unwrap().wait().unwrap();
+    ///     [on1[0], first[0], second[0]]
+    /// });
+    /// assert_eq!(out[0], [2, 1, 3]);
+    /// ```
     fn irecv(&self, from: usize, channel: u32, tag: u64, len: usize) -> Result<RecvHandle>;
 }
 

@@ -59,6 +59,20 @@ pub enum ReduceOp {
 
 impl ReduceOp {
     /// Every operator.
+    ///
+    /// ```
+    /// use zccl_primitives::{collectives::all_reduce, reduce::ReduceOp, sim::run_ranks, Fabric};
+    /// // Ranks contribute 1 and 2; every operator, in the order of `ALL`.
+    /// let out = run_ranks(2, |f| {
+    ///     ReduceOp::ALL.map(|op| {
+    ///         let mut v = [f.rank() as f32 + 1.0];
+    ///         all_reduce(f, 0, &mut v, op).unwrap();
+    ///         v[0]
+    ///     })
+    /// });
+    /// assert_eq!(out[0], [3.0, 2.0, 1.0, 2.0, 1.5]); // sum, prod, min, max, avg
+    /// assert_eq!(out[1], out[0]);
+    /// ```
     pub const ALL: [ReduceOp; 5] = [
         ReduceOp::Sum,
         ReduceOp::Prod,
@@ -91,8 +105,24 @@ impl std::fmt::Display for ReduceOp {
 /// ```
 pub trait Accumulator: Elem {
     /// `a ⊕ b` for `op` (`Avg` combines as `Sum`).
+    ///
+    /// ```
+    /// use zccl_primitives::reduce::{Accumulator, ReduceOp};
+    /// assert_eq!(i32::combine(ReduceOp::Prod, 6, -7), -42);
+    /// assert_eq!(i64::combine(ReduceOp::Min, 3, -1), -1);
+    /// // `Avg` combines as `Sum`; the division comes at the end.
+    /// assert_eq!(f64::combine(ReduceOp::Avg, 1.0, 2.0), 3.0);
+    /// ```
     fn combine(op: ReduceOp, a: Self, b: Self) -> Self;
     /// `a / n`, the final step of `Avg`.
+    ///
+    /// ```
+    /// use zccl_primitives::reduce::Accumulator;
+    /// assert_eq!(f32::divide(3.0, 2), 1.5);
+    /// assert_eq!(i64::divide(7, 2), 3);
+    /// // A count that does not fit the type gives 0.
+    /// assert_eq!(u8::divide(255, 256), 0);
+    /// ```
     fn divide(a: Self, n: usize) -> Self;
 }
 

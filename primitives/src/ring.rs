@@ -40,6 +40,16 @@ pub struct Shift {
 
 impl Shift {
     /// Waits for both directions and returns the received bytes.
+    ///
+    /// ```
+    /// use zccl_primitives::{ring::ring_shift_start, sim::run_ranks, Fabric};
+    /// // Shift by 2 over 4 ranks: rank r receives the block of rank r-2.
+    /// let out = run_ranks(4, |f| {
+    ///     let h = ring_shift_start(f, 0, vec![f.rank() as u8; 2], 2, 2, 0).unwrap();
+    ///     h.wait().unwrap()
+    /// });
+    /// assert_eq!(out, vec![vec![2, 2], vec![3, 3], vec![0, 0], vec![1, 1]]);
+    /// ```
     pub fn wait(self) -> Result<Vec<u8>> {
         let got = self.recv.wait()?;
         self.send.wait()?;
@@ -47,6 +57,18 @@ impl Shift {
     }
 
     /// Non-blocking: whether the received block has arrived.
+    ///
+    /// ```
+    /// use zccl_primitives::{ring::ring_shift_start, sim::run_ranks, Fabric};
+    /// // Shift by -1: rank r receives the block of rank r+1.
+    /// let out = run_ranks(3, |f| {
+    ///     let mut h = ring_shift_start(f, 0, vec![f.rank() as u8], 1, -1, 0).unwrap();
+    ///     while !h.test().unwrap() {} // compute here instead of spinning
+    ///     assert!(h.test().unwrap()); // stays true once arrived
+    ///     h.wait().unwrap()
+    /// });
+    /// assert_eq!(out, vec![vec![1], vec![2], vec![0]]);
+    /// ```
     pub fn test(&mut self) -> Result<bool> {
         self.recv.test()
     }

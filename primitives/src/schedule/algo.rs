@@ -10,13 +10,35 @@
 use crate::error::{Result, invalid};
 
 /// Name of the override variable.
+///
+/// ```
+/// use zccl_primitives::schedule::algo::{parse_algo, ENV};
+/// assert_eq!(ENV, "ZCCL_ALGO");
+/// // A bad value is reported under the variable's name.
+/// let e = parse_algo(Some("fastest")).unwrap_err().to_string();
+/// assert!(e.contains(&format!("{ENV}=\"fastest\"")), "{e}");
+/// ```
 pub const ENV: &str = "ZCCL_ALGO";
 
 /// Messages of at most this many bytes use the latency-optimal algorithm
 /// under [`AlgoChoice::Auto`].
+///
+/// ```
+/// use zccl_primitives::schedule::algo::{choose, Algo, AlgoChoice, TREE_MAX_BYTES};
+/// assert_eq!(choose(AlgoChoice::Auto, TREE_MAX_BYTES, 8), Algo::Tree);
+/// assert_eq!(choose(AlgoChoice::Auto, TREE_MAX_BYTES + 1, 8), Algo::Ring);
+/// ```
 pub const TREE_MAX_BYTES: usize = 64 * 1024;
 
 /// What the user asked for.
+///
+/// ```
+/// use zccl_primitives::schedule::algo::{choose, Algo, AlgoChoice};
+/// assert_eq!(AlgoChoice::default(), AlgoChoice::Auto);
+/// // An explicit choice wins over the size.
+/// assert_eq!(choose(AlgoChoice::Tree, 1 << 30, 8), Algo::Tree);
+/// assert_eq!(choose(AlgoChoice::Ring, 1, 8), Algo::Ring);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AlgoChoice {
     /// Choose by size ([`TREE_MAX_BYTES`]).
@@ -29,6 +51,23 @@ pub enum AlgoChoice {
 }
 
 /// The algorithm a collective runs.
+///
+/// ```
+/// use zccl_primitives::{collectives::all_gather_with, schedule::algo::Algo, Fabric};
+/// use zccl_primitives::sim::{try_run_ranks, SimConfig};
+/// // Same result, different message pattern: over 4 ranks Bruck takes
+/// // 2 steps and the ring 3, one message per rank and step.
+/// let mut outcomes = Vec::new();
+/// for algo in [Algo::Tree, Algo::Ring] {
+///     let run = try_run_ranks(SimConfig::default(), 4, move |f| {
+///         all_gather_with(f, 0, &[f.rank() as i32], algo).unwrap()
+///     })
+///     .unwrap();
+///     assert!(run.results.iter().all(|v| v == &[0, 1, 2, 3]));
+///     outcomes.push(run.log.len());
+/// }
+/// assert_eq!(outcomes, [4 * 2, 4 * 3]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algo {
     /// Ring (reduce-scatter + all-gather; ring all-gather; chain broadcast).

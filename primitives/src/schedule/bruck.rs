@@ -8,6 +8,18 @@
 //! `i` holds block `(r+i) mod n`; the executor un-rotates.
 
 /// One Bruck step.
+///
+/// ```
+/// use zccl_primitives::schedule::bruck::{steps, BruckStep};
+/// assert_eq!(steps(2, 4)[1], BruckStep { send_to: 0, recv_from: 0, blocks: 2 });
+/// // Every step pairs up: whoever rank 2 sends to receives from rank 2 ...
+/// let n = 6;
+/// for (k, st) in steps(2, n).iter().enumerate() {
+///     assert_eq!(steps(st.send_to, n)[k].recv_from, 2);
+/// }
+/// // ... and the blocks received add up to the n-1 other blocks.
+/// assert_eq!(steps(2, n).iter().map(|s| s.blocks).sum::<usize>(), n - 1);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BruckStep {
     /// Destination (`r - d`).

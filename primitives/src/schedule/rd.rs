@@ -12,6 +12,16 @@
 //! over the ranks in rank order — and get bit-identical results.
 
 /// The plan of one rank.
+///
+/// ```
+/// use zccl_primitives::schedule::rd::{plan, RdRole};
+/// // n = 6 = 4 + 2: two even ranks are folded in, four ranks exchange.
+/// let roles: Vec<RdRole> = (0..6).map(|r| plan(r, 6)).collect();
+/// assert_eq!(roles[2], RdRole::Extra { partner: 3 });
+/// assert_eq!(roles.iter().filter(|r| matches!(r, RdRole::Extra { .. })).count(), 2);
+/// let RdRole::Core { new_rank, fold_from, rounds } = &roles[5] else { panic!() };
+/// assert_eq!((*new_rank, *fold_from, rounds.len()), (3, None, 2));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RdRole {
     /// Sends its buffer to `partner` (= rank + 1), then receives the result from it.
@@ -31,6 +41,17 @@ pub enum RdRole {
 }
 
 /// One exchange round of a core rank.
+///
+/// ```
+/// use zccl_primitives::schedule::rd::{plan, RdRole, RdRound};
+/// let rounds = |r| match plan(r, 4) {
+///     RdRole::Core { rounds, .. } => rounds,
+///     RdRole::Extra { .. } => unreachable!("n = 4 is a power of two"),
+/// };
+/// // Partners see each other in the same round, on opposite sides.
+/// assert_eq!(rounds(1)[1], RdRound { round: 1, peer: 3, self_is_left: true });
+/// assert_eq!(rounds(3)[1], RdRound { round: 1, peer: 1, self_is_left: false });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RdRound {
     /// Round index (`mask = 1 << round`).
@@ -52,6 +73,20 @@ pub fn pow2_floor(n: usize) -> usize {
 }
 
 /// Original rank of core rank `new_rank` for a group of `n`.
+///
+/// ```
+/// use zccl_primitives::schedule::rd::{core_to_rank, plan, RdRole};
+/// // n = 6: the core is ranks 1, 3 (which fold in 0, 2), then 4, 5.
+/// let core: Vec<usize> = (0..4).map(|v| core_to_rank(v, 6)).collect();
+/// assert_eq!(core, vec![1, 3, 4, 5]);
+/// // It inverts the `new_rank` of `plan`.
+/// for v in 0..4 {
+///     let RdRole::Core { new_rank, .. } = plan(core_to_rank(v, 6), 6) else { panic!() };
+///     assert_eq!(new_rank, v);
+/// }
+/// // For a power of two it is the identity.
+/// assert_eq!(core_to_rank(5, 8), 5);
+/// ```
 pub fn core_to_rank(new_rank: usize, n: usize) -> usize {
     let e = n - pow2_floor(n);
     if new_rank < e {

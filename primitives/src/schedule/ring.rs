@@ -13,6 +13,20 @@
 //! `(r-s) mod n` and receives chunk `(r-s-1) mod n`, which it stores.
 
 /// One ring step for one rank.
+///
+/// ```
+/// use zccl_primitives::schedule::ring::{all_gather_steps, RingStep};
+/// let s0 = RingStep { step: 0, send_to: 1, recv_from: 2, send_chunk: 0, recv_chunk: 2 };
+/// assert_eq!(all_gather_steps(0, 3)[0], s0);
+/// // The chunk a rank sends at step s is the one its successor receives.
+/// let n = 4;
+/// for r in 0..n {
+///     let next = all_gather_steps((r + 1) % n, n);
+///     for (a, b) in all_gather_steps(r, n).iter().zip(&next) {
+///         assert_eq!(a.send_chunk, b.recv_chunk);
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingStep {
     /// Step index.

@@ -17,6 +17,13 @@ use super::chunks::chunk_range;
 use crate::error::{Result, invalid};
 
 /// Direction of the scan.
+///
+/// ```
+/// use zccl_primitives::schedule::scan::{exclusive_ranks, ScanDirection};
+/// // What rank 1 of 4 combines before its own element.
+/// assert_eq!(exclusive_ranks(1, 4, ScanDirection::Forward), vec![0]);
+/// assert_eq!(exclusive_ranks(1, 4, ScanDirection::Reverse), vec![3, 2]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanDirection {
     /// Rank 0 first: rank `p` gets the combine of ranks `0..p`.
@@ -26,6 +33,19 @@ pub enum ScanDirection {
 }
 
 /// Where a rank sits on the chain.
+///
+/// ```
+/// use zccl_primitives::schedule::scan::{chain_role, ChainRole, ScanDirection::*};
+/// assert_eq!(chain_role(2, 4, Forward), ChainRole { recv_from: Some(1), send_to: Some(3) });
+/// // Following `send_to` from the rank with no predecessor walks the chain.
+/// let n = 4;
+/// let first = (0..n).find(|&r| chain_role(r, n, Reverse).recv_from.is_none()).unwrap();
+/// let mut order = vec![first];
+/// while let Some(next) = chain_role(*order.last().unwrap(), n, Reverse).send_to {
+///     order.push(next);
+/// }
+/// assert_eq!(order, vec![3, 2, 1, 0]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainRole {
     /// Predecessor (source of the exclusive prefix); `None` for the first rank.

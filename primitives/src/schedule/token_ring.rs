@@ -18,6 +18,18 @@
 use super::wrap;
 
 /// A Q transfer posted at some step.
+///
+/// ```
+/// use zccl_primitives::schedule::token_ring::{plan, QShift};
+/// let q = plan(0, 4, 1)[0].q_shift.unwrap();
+/// assert_eq!(q, QShift { send_to: 1, recv_from: 3, sent_origin: 0, recv_origin: 3 });
+/// // The Q received at step s is the one computed with at step s+1.
+/// let p = plan(2, 5, -1);
+/// for s in 0..4 {
+///     assert_eq!(Some(p[s].q_shift.unwrap().recv_origin), p[s + 1].compute_origin);
+/// }
+/// assert!(p[4].q_shift.is_none());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QShift {
     /// Destination (`r + k`).
@@ -31,6 +43,16 @@ pub struct QShift {
 }
 
 /// A partial-result transfer posted at some step.
+///
+/// ```
+/// use zccl_primitives::schedule::token_ring::{plan, OutReturn};
+/// let p = plan(1, 4, 1);
+/// assert_eq!(p[2].out_return, Some(OutReturn { computed_at: 1, send_to: 0, recv_from: 2 }));
+/// // Rank 1 gets exactly one block of its Q back from every other rank.
+/// let mut from: Vec<usize> = p.iter().filter_map(|s| s.out_return).map(|o| o.recv_from).collect();
+/// from.sort();
+/// assert_eq!(from, vec![0, 2, 3]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutReturn {
     /// The step at which the returned blocks were computed (`step - 1`).
@@ -42,6 +64,20 @@ pub struct OutReturn {
 }
 
 /// What one rank does at one step.
+///
+/// ```
+/// use zccl_primitives::schedule::token_ring::plan;
+/// let steps = plan(2, 4, -1);
+/// // A rank computes with its own Q first, then with every other Q once.
+/// let mut seen: Vec<usize> = steps.iter().filter_map(|s| s.compute_origin).collect();
+/// assert_eq!(seen[0], 2);
+/// seen.sort();
+/// assert_eq!(seen, vec![0, 1, 2, 3]);
+/// // The last step only returns the last block.
+/// let last = steps.last().unwrap();
+/// assert_eq!((last.step, last.compute_origin, last.q_shift), (4, None, None));
+/// assert!(last.out_return.is_some());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenRingStep {
     /// Step index, `0..=n`.

@@ -10,6 +10,18 @@
 //! segment from `v-1` and forwards it to `v+1` before receiving the next.
 
 /// Parent and children of `rank` in the binomial broadcast tree rooted at `root`.
+///
+/// ```
+/// use zccl_primitives::schedule::tree::{binomial, TreeNode};
+/// let (n, root) = (6, 3);
+/// assert_eq!(binomial(4, root, n), TreeNode { parent: Some(3), children: vec![] });
+/// assert_eq!(binomial(root, root, n).parent, None);
+/// // Every other rank is a child of its parent.
+/// for r in (0..n).filter(|&r| r != root) {
+///     let p = binomial(r, root, n).parent.unwrap();
+///     assert!(binomial(p, root, n).children.contains(&r));
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeNode {
     /// The rank this one receives from (`None` for the root).
