@@ -7,7 +7,7 @@
 //! | `ZCCL_HEARTBEAT_MS` | heartbeat period of idle sockets | min(1000, peer timeout/5) |
 //! | `ZCCL_HANDSHAKE_TIMEOUT` | longest wait for a connection's hello, seconds | min(10, `ZCCL_TIMEOUT`) |
 //! | `ZCCL_SOCKET_IFNAME` | NICs to use (NCCL syntax, see [`zccl_transports::ifname`]) | all but `docker*`, `lo*` |
-//! | `ZCCL_NSOCKS_PERPEER` | TCP connections per peer | 2 |
+//! | `ZCCL_NSOCKS_PERPEER` | TCP connections per peer | one per NIC (the most NICs any rank selected) |
 //! | `ZCCL_CHUNK_BYTES` | striping chunk size | 524288 |
 //! | `ZCCL_MAX_FRAME_BYTES` | largest frame accepted | 16 MiB |
 //! | `ZCCL_MAX_MESSAGE_BYTES` | largest message accepted | 16 GiB |
@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(300));
         assert_eq!(c.tcp.peer_timeout, Duration::from_secs(60));
         assert_eq!(c.tcp.heartbeat_interval, Duration::from_secs(1));
-        assert_eq!(c.tcp.sockets_per_peer, 2);
+        assert_eq!(c.tcp.sockets_per_peer, 0, "one per NIC");
         assert!(c.socket_ifname.is_none());
         assert!(c.shm_enabled);
         assert_eq!(c.shm.ring_bytes, 4 << 20);
