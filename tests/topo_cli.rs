@@ -47,9 +47,10 @@ fn ground_truth(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("ground_truth.json")).unwrap()).unwrap()
 }
 
-/// Extract one of the hwloc sysfs dumps; returns its ground truth, the temp
-/// dir (keep it alive) and the sysfs root inside it.
-fn hwloc_dump(dir: &Path, tarball: &str) -> (Value, tempfile::TempDir, PathBuf) {
+/// Extract one of the hwloc sysfs dumps and probe it with
+/// `zccl topo --format json`; returns its ground truth, the temp dir (keep it
+/// alive), the sysfs root inside it, and the JSON report.
+fn hwloc_dump(dir: &Path, tarball: &str) -> (Value, tempfile::TempDir, PathBuf, Value) {
     let facts = ground_truth(dir)[tarball].clone();
     let tmp = tempfile::tempdir().unwrap();
     let file = std::fs::File::open(dir.join(tarball)).unwrap();
@@ -57,7 +58,14 @@ fn hwloc_dump(dir: &Path, tarball: &str) -> (Value, tempfile::TempDir, PathBuf) 
     ar.set_preserve_permissions(false);
     ar.unpack(tmp.path()).unwrap();
     let root = tmp.path().join(facts["root_dir"].as_str().unwrap());
-    (facts, tmp, root)
+    let report = json(&[
+        "topo",
+        "--sysfs-root",
+        root.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    (facts, tmp, root, report)
 }
 
 #[test]
@@ -155,15 +163,8 @@ fn xml_fixtures_match_ground_truth() {
 #[test]
 fn hwloc_nec_dump_accelerators_are_pix_to_their_own_hca() {
     let Some(dir) = fixtures() else { return };
-    let (facts, _tmp, root) = hwloc_dump(&dir, "hwloc-sysfs-nec-ve-8acc-2ib.tar.bz2");
+    let (facts, _tmp, _root, report) = hwloc_dump(&dir, "hwloc-sysfs-nec-ve-8acc-2ib.tar.bz2");
     let facts = &facts;
-    let report = json(&[
-        "topo",
-        "--sysfs-root",
-        root.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
     let hcas = ["0000:1a:00.0", "0000:3e:00.0"];
     let nics = report["nics"].as_array().unwrap();
     for h in hcas {
@@ -208,15 +209,8 @@ fn hwloc_nec_dump_accelerators_are_pix_to_their_own_hca() {
 #[test]
 fn hwloc_mlx4_dump_reads_the_ib_port() {
     let Some(dir) = fixtures() else { return };
-    let (facts, _tmp, root) = hwloc_dump(&dir, "hwloc-sysfs-mic-mlx4.tar.bz2");
+    let (facts, _tmp, root, report) = hwloc_dump(&dir, "hwloc-sysfs-mic-mlx4.tar.bz2");
     let facts = &facts;
-    let report = json(&[
-        "topo",
-        "--sysfs-root",
-        root.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
     let rdma = &facts["rdma"][0];
     let nic = report["nics"]
         .as_array()

@@ -79,7 +79,7 @@ pub fn launch(n: u32, program: &OsString, args: &[OsString]) -> io::Result<i32> 
         for k in REMOVED_VARS {
             cmd.env_remove(k);
         }
-        die_with_parent(&mut cmd);
+        zccl_runtime::launcher::die_with_parent(&mut cmd);
         match cmd.spawn() {
             Ok(c) => children.push(Some(c)),
             Err(e) => {
@@ -139,29 +139,6 @@ pub fn launch(n: u32, program: &OsString, args: &[OsString]) -> io::Result<i32> 
     }
     Ok(first_failure.map_or(0, RankExit::exit_code))
 }
-
-#[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure calls only async-signal-safe functions.
-    unsafe {
-        cmd.pre_exec(move || {
-            // A rank must not outlive its launcher (e.g. killed with SIGKILL).
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(io::Error::other("the launcher exited"));
-            }
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_parent(_: &mut Command) {}
 
 #[cfg(test)]
 mod tests {

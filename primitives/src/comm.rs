@@ -22,39 +22,35 @@ use crate::error::{Dir, Error, Result};
 use crate::fabric::{Fabric, PendingRecv, PendingSend, RecvBytes, RecvHandle, SendHandle};
 use zccl_runtime::Communicator;
 
-fn transport(
-    c: &Communicator,
-    dir: Dir,
-    peer: usize,
-    channel: u32,
-    e: zccl_runtime::Error,
-) -> Error {
-    Error::Transport {
-        rank: c.rank() as usize,
-        dir,
-        peer,
-        channel,
-        reason: e.to_string(),
-    }
-}
-
-struct Send {
-    h: Option<zccl_runtime::SendHandle>,
+/// Where an operation runs, for its errors.
+#[derive(Clone, Copy)]
+struct Site {
     rank: usize,
     peer: usize,
     channel: u32,
 }
 
-impl PendingSend for Send {
-    fn wait(mut self: Box<Self>) -> Result<()> {
-        let h = self.h.take().expect("send handle waited once");
-        h.wait().map_err(|e| Error::Transport {
+impl Site {
+    fn fail(self, dir: Dir, e: zccl_runtime::Error) -> Error {
+        Error::Transport {
             rank: self.rank,
-            dir: Dir::Send,
+            dir,
             peer: self.peer,
             channel: self.channel,
             reason: e.to_string(),
-        })
+        }
+    }
+}
+
+struct Send {
+    h: Option<zccl_runtime::SendHandle>,
+    at: Site,
+}
+
+impl PendingSend for Send {
+    fn wait(mut self: Box<Self>) -> Result<()> {
+        let h = self.h.take().expect("send handle waited once");
+        h.wait().map_err(|e| self.at.fail(Dir::Send, e))
     }
 
     fn test(&mut self) -> Result<bool> {
@@ -64,9 +60,7 @@ impl PendingSend for Send {
 
 struct Recv {
     h: Option<zccl_runtime::RecvHandle<u8>>,
-    rank: usize,
-    peer: usize,
-    channel: u32,
+    at: Site,
 }
 
 impl PendingRecv for Recv {
@@ -74,13 +68,7 @@ impl PendingRecv for Recv {
         let h = self.h.take().expect("recv handle waited once");
         h.wait()
             .map(|b| b.into_vec())
-            .map_err(|e| Error::Transport {
-                rank: self.rank,
-                dir: Dir::Recv,
-                peer: self.peer,
-                channel: self.channel,
-                reason: e.to_string(),
-            })
+            .map_err(|e| self.at.fail(Dir::Recv, e))
     }
 
     fn test(&mut self) -> Result<bool> {
@@ -92,13 +80,7 @@ impl PendingRecv for Recv {
         let h = self.h.take().expect("recv handle waited once");
         h.wait()
             .map(RecvBytes::from_owner)
-            .map_err(|e| Error::Transport {
-                rank: self.rank,
-                dir: Dir::Recv,
-                peer: self.peer,
-                channel: self.channel,
-                reason: e.to_string(),
-            })
+            .map_err(|e| self.at.fail(Dir::Recv, e))
     }
 }
 
@@ -112,28 +94,28 @@ impl Fabric for Communicator {
     }
 
     fn isend(&self, to: usize, channel: u32, _tag: u64, data: Vec<u8>) -> Result<SendHandle> {
-        let h = self
-            .channel(channel)
-            .isend(to as u32, data)
-            .map_err(|e| transport(self, Dir::Send, to, channel, e))?;
-        Ok(SendHandle::new(Send {
-            h: Some(h),
+        let at = Site {
             rank: Fabric::rank(self),
             peer: to,
             channel,
-        }))
+        };
+        let h = self
+            .channel(channel)
+            .isend(to as u32, data)
+            .map_err(|e| at.fail(Dir::Send, e))?;
+        Ok(SendHandle::new(Send { h: Some(h), at }))
     }
 
     fn irecv(&self, from: usize, channel: u32, _tag: u64, len: usize) -> Result<RecvHandle> {
-        let h = self
-            .channel(channel)
-            .irecv::<u8>(from as u32, len)
-            .map_err(|e| transport(self, Dir::Recv, from, channel, e))?;
-        Ok(RecvHandle::new(Recv {
-            h: Some(h),
+        let at = Site {
             rank: Fabric::rank(self),
             peer: from,
             channel,
-        }))
+        };
+        let h = self
+            .channel(channel)
+            .irecv::<u8>(from as u32, len)
+            .map_err(|e| at.fail(Dir::Recv, e))?;
+        Ok(RecvHandle::new(Recv { h: Some(h), at }))
     }
 }

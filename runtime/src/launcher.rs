@@ -439,24 +439,7 @@ fn spawn_rank(
     for k in REMOVED_VARS {
         cmd.env_remove(k);
     }
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: getpid has no preconditions.
-        let parent = unsafe { libc::getpid() };
-        // SAFETY: the closure calls only async-signal-safe functions.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Die with the launcher, even if it is killed with SIGKILL.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    return Err(io::Error::other("the launcher exited"));
-                }
-                Ok(())
-            });
-        }
-    }
+    die_with_parent(&mut cmd);
     let program = opts.program.to_string_lossy().into_owned();
     cmd.spawn().map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => LaunchError::NotFound { program },
@@ -692,6 +675,38 @@ fn kill_all(ranks: &mut [Rank]) {
         }
     }
 }
+
+/// Make a child die with this process (Linux `PR_SET_PDEATHSIG`), even when
+/// this process is killed with SIGKILL, so that no rank outlives its
+/// launcher. A no-op elsewhere.
+///
+/// ```
+/// let mut cmd = std::process::Command::new("true");
+/// zccl_runtime::launcher::die_with_parent(&mut cmd);
+/// assert!(cmd.status().unwrap().success());
+/// ```
+#[cfg(target_os = "linux")]
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure calls only async-signal-safe functions.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::other("the launcher exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// See the Linux version: a no-op on other systems.
+#[cfg(not(target_os = "linux"))]
+pub fn die_with_parent(_: &mut Command) {}
 
 #[cfg(test)]
 mod tests {
