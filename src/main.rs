@@ -43,7 +43,9 @@ enum Cmd {
     /// `zccl bench all_reduce -N 4 -b 1K -e 64M -f 4` starts 4 ranks on this
     /// host and prints nccl-tests' table (time, algbw, busbw, #wrong, out-of-place
     /// and in-place); under zccl run, srun, mpirun or torchrun every process
-    /// joins the job instead. See docs/bench.md.
+    /// joins the job instead. `zccl bench route` measures the NIC-aware
+    /// router (static affinity vs routed) on a network-namespace testbed
+    /// (needs root). See docs/bench.md.
     Bench(zccl_bench::args::BenchArgs),
 }
 

@@ -30,9 +30,37 @@ use crate::sweep::{self, Step};
 /// `zccl-bench` / `zccl bench`: the operation and its flags.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// The operation to measure.
+    /// The operation to measure, or `route`.
     #[command(subcommand)]
-    pub op: OpCmd,
+    pub op: BenchCmd,
+}
+
+/// The subcommands: one per operation, and the router benchmark.
+#[derive(Subcommand, Debug, Clone)]
+pub enum BenchCmd {
+    /// An operation, measured the nccl-tests way.
+    #[command(flatten)]
+    Op(Box<OpCmd>),
+    /// The NIC-aware router on a netns testbed: static affinity vs routed (needs root).
+    ///
+    /// Builds hosts x NICs as network namespaces with rate-limited NICs, starts
+    /// ranks in them, and runs the imbalanced, balanced, failure and slow
+    /// scenarios with ZCCL_ROUTER=affinity and ZCCL_ROUTER=on, every byte
+    /// verified. Without root it prints `skipping: ...` and exits 0. See
+    /// docs/bench.md.
+    Route(crate::route::RouteArgs),
+}
+
+impl BenchCmd {
+    /// [`OpCmd::settings`]; `route` has its own ([`crate::route::RouteArgs::settings`]).
+    pub fn settings(&self) -> Result<Settings, String> {
+        match self {
+            BenchCmd::Op(op) => op.settings(),
+            BenchCmd::Route(_) => {
+                Err("`route` is not an nccl-tests operation: see zccl_bench::route".into())
+            }
+        }
+    }
 }
 
 /// One subcommand per operation.

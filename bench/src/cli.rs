@@ -10,7 +10,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use zccl_runtime::Communicator;
 
-use crate::args::{BenchArgs, Settings, check_root};
+use crate::args::{BenchArgs, BenchCmd, Settings, check_root};
 use crate::launch::{self, Mode};
 use crate::report::{Row, total_wrong};
 use crate::runner::{CORRUPT_ENV, RankInfo, bench, corrupt_requested, row_count};
@@ -41,9 +41,14 @@ pub fn main() -> ExitCode {
 
 /// Runs the benchmark the arguments describe: launches the ranks, or is one.
 /// Exit codes: 0 success; 1 a rank failed or `#wrong` is not zero; 2 invalid
-/// arguments; a launched rank's own code otherwise.
+/// arguments; a launched rank's own code otherwise. `route` is
+/// [`crate::route::run`], with its own codes.
 pub fn run(args: BenchArgs) -> ExitCode {
-    let s = match args.op.settings() {
+    let op = match args.op {
+        BenchCmd::Route(r) => return crate::route::run(&r),
+        BenchCmd::Op(op) => op,
+    };
+    let s = match op.settings() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("zccl-bench: error: {e}");

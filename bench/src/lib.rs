@@ -7,6 +7,9 @@
 //!   n local ranks, nccl-tests' table (out-of-place and in-place time,
 //!   algbw, busbw, #wrong) and footer, `--json`, `--csv`, `--plot`.
 //!   See docs/bench.md.
+//! * `zccl-bench route` (also `zccl bench route`): the NIC-aware router,
+//!   static affinity against routed, on a network-namespace testbed
+//!   ([`route`]; needs root).
 //! * The point-to-point benchmark: `cargo bench -p zccl-bench --bench p2p`.
 //!
 //! Modules, one idea each; all but [`runner`]'s I/O, [`launch`] and [`cli`]
@@ -26,7 +29,8 @@
 //! * [`launch`]: joining a job or starting `-N` ranks;
 //! * [`hold`]: `--hold SECS`, keeping the ranks (and their `/metrics`
 //!   endpoints) alive after the sweep;
-//! * [`cli`]: the entry point of both commands.
+//! * [`cli`]: the entry point of both commands;
+//! * [`route`]: `route`, the router benchmark (its own submodules).
 
 #![warn(missing_docs)]
 
@@ -40,5 +44,6 @@ pub mod ops;
 pub mod output;
 pub mod plot;
 pub mod report;
+pub mod route;
 pub mod runner;
 pub mod sweep;

@@ -48,6 +48,9 @@ pub struct PeerInfo {
     /// (`ZCCL_SHM_DISABLE=1`), in which case its same-host peers use TCP too.
     #[serde(default)]
     pub shm_tag: Option<String>,
+    /// Its NICs and its host's GPU-NIC affinity, for the router.
+    #[serde(default)]
+    pub route: crate::router::cluster::RouteInfo,
 }
 
 /// Every rank's [`PeerInfo`], indexed by rank.
@@ -63,7 +66,8 @@ impl AddressBook {
     /// ```
     /// use zccl_runtime::bootstrap::{AddressBook, PeerInfo};
     /// let p = |rank, host: &str| PeerInfo { rank, host_id: host.into(), pid: 0,
-    ///                                      endpoints: vec![], shm_tag: None };
+    ///                                      endpoints: vec![], shm_tag: None,
+    ///                                      route: Default::default() };
     /// let book = AddressBook { peers: vec![p(0, "a"), p(1, "b"), p(2, "a")] };
     /// assert_eq!(book.local_rank(2), (1, 2));
     /// assert_eq!(book.local_rank(1), (0, 1));

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 use zccl_transports::Transport;
 use zccl_transports::hybrid::HybridTransport;
 use zccl_transports::ifname::{Interface, list_interfaces, select};
@@ -278,6 +278,7 @@ impl Communicator {
             pid: std::process::id(),
             endpoints: endpoints.clone(),
             shm_tag: shm_tag.clone(),
+            route: crate::router::cluster::probe_local(&nics),
         };
         let limits = BootstrapLimits {
             timeout: config.timeout,
@@ -357,7 +358,8 @@ impl Communicator {
         }
         let transport: Arc<dyn Transport> = Arc::new(transport);
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        runtime.spawn(Engine::new(rank, transport).run(cmd_rx, ev_rx));
+        let router = Self::make_router(rank, &config, &book);
+        runtime.spawn(Engine::new(rank, transport, router).run(cmd_rx, ev_rx));
         let (book_local, book_size) = book.local_rank(rank);
         if let Some(base) = &config.metrics_addr {
             let local = hints.local_rank.unwrap_or(book_local);
@@ -391,6 +393,44 @@ impl Communicator {
                 service_issue: Mutex::new(IssueState::default()),
             }),
         })
+    }
+
+    /// The router of this rank, when the address book describes the hosts'
+    /// NICs consistently (else routed sends are left to the transport).
+    fn make_router(
+        rank: u32,
+        config: &Config,
+        book: &bootstrap::AddressBook,
+    ) -> Option<crate::router::Router> {
+        let hosts: Vec<String> = book.peers.iter().map(|p| p.host_id.clone()).collect();
+        let local: Vec<u32> = (0..book.peers.len() as u32)
+            .map(|r| book.local_rank(r).0)
+            .collect();
+        let infos: Vec<_> = book.peers.iter().map(|p| p.route.clone()).collect();
+        match crate::router::cluster::build(&hosts, &local, &infos) {
+            Ok(rc) => {
+                let c = &rc.cluster;
+                let me = rank as usize;
+                let nics = &c.hosts[c.rank_host[me]];
+                info!(target: crate::logging::ROUTE, rank, "router {:?}: {} host(s); this host's NICs [{}]; own NIC {}",
+                    config.router, rc.host_ids.len(),
+                    nics.iter().map(|n| format!("{} rail {} {} Gbit/s", n.name, n.rail, n.rate_gbps)).collect::<Vec<_>>().join(", "),
+                    nics[c.rank_nic[me]].name);
+                Some(crate::router::Router::new(
+                    rank,
+                    config.router,
+                    rc,
+                    config.route_policy.clone(),
+                    config.tcp.limits.max_message,
+                ))
+            }
+            Err(why) => {
+                if config.router != crate::router::RouterMode::Off && book.peers.len() > 1 {
+                    warn!(target: crate::logging::ROUTE, rank, "router off: {why}");
+                }
+                None
+            }
+        }
     }
 
     /// This rank.

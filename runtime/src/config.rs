@@ -18,6 +18,10 @@
 //! | `ZCCL_SHM_RING_BYTES` | bytes of each shared-memory ring (one per direction and pair) | 4 MiB |
 //! | `ZCCL_SHM_SPIN` | spin rounds before a shared-memory wait sleeps in `futex` | 200 |
 //! | `ZCCL_HOST_ID` | overrides the host identity (boot id + network namespace) | — |
+//! | `ZCCL_ROUTER` | sends to other hosts: `on` (NIC-aware router), `affinity` (whole, on the sender's own NIC), `off` (striped by TCP) | `on` |
+//! | `ZCCL_CROSS_NIC` | router rail matching: `0` same rail only, `1` any NIC, `2` same rail first | `2` |
+//! | `ZCCL_PXN_DISABLE` | `1`: the router's sender drives other NICs itself instead of relaying through the rank affine to them | `0` |
+//! | `ZCCL_ROUTE_CHUNK_BYTES` | largest chunk the router sends | 1 MiB |
 //!
 //! Shared memory is used between two ranks when both have the same host
 //! identity and neither set `ZCCL_SHM_DISABLE=1`; everything else uses TCP.
@@ -47,6 +51,11 @@ pub struct Config {
     /// `ZCCL_METRICS_ADDR`: where this host's ranks serve Prometheus metrics
     /// (rank with local rank `l` on port + `l`; see [`crate::metrics`]).
     pub metrics_addr: Option<String>,
+    /// `ZCCL_ROUTER`.
+    pub router: crate::router::RouterMode,
+    /// The router's policy (`ZCCL_CROSS_NIC`, `ZCCL_PXN_DISABLE`,
+    /// `ZCCL_ROUTE_CHUNK_BYTES`).
+    pub route_policy: crate::router::Policy,
 }
 
 impl Default for Config {
@@ -177,6 +186,12 @@ impl Config {
         if let Some(a) = &metrics_addr {
             crate::metrics::rank_addr(a, 0).map_err(Error::Config)?;
         }
+        let router = match get("ZCCL_ROUTER") {
+            Some(v) => crate::router::RouterMode::parse(&v).map_err(Error::Config)?,
+            None => crate::router::RouterMode::On,
+        };
+        let route_policy =
+            crate::router::Policy::from_lookup(&get).map_err(|e| Error::Config(e.to_string()))?;
         Ok(Self {
             timeout,
             socket_ifname,
@@ -185,6 +200,8 @@ impl Config {
             shm_enabled,
             shm,
             metrics_addr,
+            router,
+            route_policy,
         })
     }
 }
@@ -240,6 +257,8 @@ mod tests {
             vec![("ZCCL_CHUNK_BYTES", "100"), ("ZCCL_MAX_FRAME_BYTES", "10")],
             vec![("ZCCL_SHM_DISABLE", "maybe")],
             vec![("ZCCL_SHM_RING_BYTES", "100")],
+            vec![("ZCCL_ROUTER", "sideways")],
+            vec![("ZCCL_CROSS_NIC", "3")],
         ] {
             assert!(matches!(cfg(&bad), Err(Error::Config(_))), "{bad:?}");
         }

@@ -32,6 +32,8 @@ use crate::buffer::DType;
 use crate::error::{Error, OpDesc, OpKind};
 use crate::handle::{Outcome, Slot};
 use crate::protocol::Control;
+use crate::router::wire::ROUTE_COMM;
+use crate::router::{Action, Router};
 
 /// One op handed to the engine.
 pub(crate) struct OpSpec {
@@ -96,6 +98,8 @@ pub(crate) struct Engine {
     failure: Option<Failure>,
     closed_peers: HashSet<u32>,
     local: VecDeque<Message>,
+    /// The NIC-aware router (sends to other hosts, proxying, reassembly).
+    router: Option<Router>,
 }
 
 fn nic_text(p: Option<PeerPath>) -> String {
@@ -103,7 +107,7 @@ fn nic_text(p: Option<PeerPath>) -> String {
 }
 
 impl Engine {
-    pub(crate) fn new(rank: u32, transport: Arc<dyn Transport>) -> Self {
+    pub(crate) fn new(rank: u32, transport: Arc<dyn Transport>, router: Option<Router>) -> Self {
         Self {
             rank,
             transport,
@@ -115,6 +119,7 @@ impl Engine {
             failure: None,
             closed_peers: HashSet::new(),
             local: VecDeque::new(),
+            router,
         }
     }
 
@@ -128,6 +133,13 @@ impl Engine {
             let next = self.deadlines.keys().next().map(|k| k.0);
             let sleep = async move {
                 match next {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let tick_at = self.router.as_ref().map(Router::next_tick);
+            let tick = async move {
+                match tick_at {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
                     None => std::future::pending().await,
                 }
@@ -160,6 +172,7 @@ impl Engine {
                     None => events_open = false,
                 },
                 _ = sleep => self.expire(),
+                _ = tick => self.router_tick(),
             }
             while let Some(msg) = self.local.pop_front() {
                 self.on_message(self.rank, msg);
@@ -254,7 +267,12 @@ impl Engine {
                     seq: d.seq,
                     payload: op.payload.unwrap_or_default(),
                 };
-                if !self.post(d.peer, msg)
+                if let Some(r) = self.router.as_mut()
+                    && r.wants(d.peer)
+                {
+                    let acts = r.start_send(d.peer, msg, Instant::now());
+                    self.apply(acts);
+                } else if !self.post(d.peer, msg)
                     && let Some(p) = self.take(OpKind::Send, key)
                 {
                     let e = Error::Aborted {
@@ -281,6 +299,40 @@ impl Engine {
                 self.recvs.insert(key, pending);
             }
         }
+    }
+
+    /// Performs what the router decided.
+    fn apply(&mut self, acts: Vec<Action>) {
+        for a in acts {
+            match a {
+                Action::Send {
+                    peer,
+                    nic: Some(nic),
+                    msg,
+                } if peer != self.rank => {
+                    if let Err(e) = self.transport.send_on(peer, &nic, msg) {
+                        debug!(rank = self.rank, peer, %nic, "routed send: {e}");
+                    }
+                }
+                Action::Send { peer, msg, .. } => {
+                    self.post(peer, msg);
+                }
+                Action::Deliver { src, msg } => self.on_message(src, msg),
+                Action::NicState { nic, up } => self.transport.set_nic_up(&nic, up),
+            }
+        }
+    }
+
+    /// Link watch and routed-send housekeeping.
+    fn router_tick(&mut self) {
+        let Some(r) = self.router.as_mut() else {
+            return;
+        };
+        let links = zccl_transports::ifname::link_states(&r.local_nics())
+            .ok()
+            .map(|v| v.into_iter().map(|(up, _)| up).collect::<Vec<bool>>());
+        let acts = r.tick(links.as_deref(), Instant::now());
+        self.apply(acts);
     }
 
     fn take(&mut self, kind: OpKind, key: Key) -> Option<PendingOp> {
@@ -342,6 +394,20 @@ impl Engine {
     }
 
     fn on_message(&mut self, peer: u32, msg: Message) {
+        if msg.comm == ROUTE_COMM {
+            match self.router.as_mut() {
+                Some(r) => {
+                    let acts = r.on_message(peer, msg, Instant::now());
+                    self.apply(acts);
+                }
+                None => warn!(
+                    rank = self.rank,
+                    peer,
+                    "routed frame dropped: this rank has no router (its NIC list could not be built)"
+                ),
+            }
+            return;
+        }
         match msg.kind {
             MessageKind::Data => {
                 let key = (msg.comm, msg.channel, peer, msg.seq);
@@ -367,6 +433,9 @@ impl Engine {
             }
             MessageKind::Control => match Control::decode(&msg.payload) {
                 Some(Control::Ack { channel, seq }) => {
+                    if let Some(r) = self.router.as_mut() {
+                        r.forget((peer, msg.comm, channel, seq), Instant::now());
+                    }
                     if let Some(s) = self.take(OpKind::Send, (msg.comm, channel, peer, seq)) {
                         self.finish((msg.comm, channel), s.index, s.slot, Ok(None));
                     }
@@ -377,6 +446,9 @@ impl Engine {
                     recv_bytes,
                     recv_dtype,
                 }) => {
+                    if let Some(r) = self.router.as_mut() {
+                        r.forget((peer, msg.comm, channel, seq), Instant::now());
+                    }
                     if let Some(s) = self.take(OpKind::Send, (msg.comm, channel, peer, seq)) {
                         let e = Error::Mismatch {
                             op: s.desc.clone(),
@@ -463,6 +535,9 @@ impl Engine {
 
     fn fail_all(&mut self, f: Failure) {
         self.failure = Some(f.clone());
+        if let Some(r) = self.router.as_mut() {
+            r.clear();
+        }
         let mut all: Vec<PendingOp> = self
             .sends
             .drain()
@@ -489,6 +564,11 @@ impl Engine {
             } else {
                 &mut self.recvs
             };
+            if kind == OpKind::Send
+                && let Some(r) = self.router.as_mut()
+            {
+                r.forget((key.2, key.0, key.1, key.3), now);
+            }
             if let Some(p) = map.remove(&key) {
                 let nic = nic_text(if p.desc.peer == self.rank {
                     None

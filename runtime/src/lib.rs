@@ -19,7 +19,8 @@
 //!   like NCCL's.
 //! * [`launcher`] — the single-host launcher behind `zccl run -n N`
 //!   (see `docs/launching.md` for Slurm, `mpirun` and `torchrun`).
-//! * [`router`] — the NIC-aware router's planner (pure; no executor yet).
+//! * [`router`] — the NIC-aware router: the planner (pure), and the executor
+//!   the progress engine drives (proxies, reassembly, adaptation).
 //!
 //! Each `init` runs one progress engine (a task on its own tokio
 //! runtime) that owns the transport; user calls only enqueue work and wait on

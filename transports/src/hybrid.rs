@@ -201,6 +201,17 @@ impl Transport for HybridTransport {
         }
     }
 
+    fn send_on(&self, peer: u32, ifname: &str, msg: Message) -> Result<(), TransportError> {
+        match &self.shm {
+            Some(shm) if self.uses_shm(peer) => shm.send(peer, msg),
+            _ => self.tcp.send_on(peer, ifname, msg),
+        }
+    }
+
+    fn set_nic_up(&self, ifname: &str, up: bool) {
+        self.tcp.set_nic_up(ifname, up);
+    }
+
     fn path(&self, peer: u32) -> Option<PeerPath> {
         if self.uses_shm(peer) {
             shm_path(&self.tcp, &self.shm, peer, None)

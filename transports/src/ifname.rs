@@ -245,6 +245,34 @@ pub fn list_interfaces() -> Result<Vec<Interface>, IfnameError> {
     Ok(out)
 }
 
+/// Link state and IPv4 prefix of the named interfaces, as the router's link
+/// watch reads them: `(up, prefix)` where `up` means administratively up
+/// with carrier (`IFF_UP` and `IFF_RUNNING`). Interfaces that do not exist
+/// (any more) are reported down.
+///
+/// ```
+/// let st = zccl_transports::ifname::link_states(&["lo".to_string(), "nosuch0".to_string()]).unwrap();
+/// assert!(!st[1].0); // no such interface: down
+/// ```
+pub fn link_states(names: &[String]) -> Result<Vec<(bool, Option<u8>)>, IfnameError> {
+    use nix::net::if_::InterfaceFlags;
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| IfnameError::System(e.to_string()))?;
+    let mut out = vec![(false, None); names.len()];
+    for a in addrs {
+        let Some(i) = names.iter().position(|n| *n == a.interface_name) else {
+            continue;
+        };
+        let up = a
+            .flags
+            .contains(InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING);
+        out[i].0 |= up;
+        if let Some(mask) = a.netmask.as_ref().and_then(|m| m.as_sockaddr_in()) {
+            out[i].1 = Some(u32::from(mask.ip()).count_ones() as u8);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

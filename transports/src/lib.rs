@@ -272,6 +272,23 @@ pub trait Transport: Send + Sync + 'static {
     /// The path used to reach `peer` (for error messages).
     fn path(&self, peer: u32) -> Option<PeerPath>;
 
+    /// Enqueues `msg` for `peer` on the connection that leaves from local
+    /// NIC `ifname`, whole (not striped over other NICs): the router's
+    /// executor uses it to put each chunk on the lane it planned. Transports
+    /// without NICs (shared memory) and NICs this transport does not use
+    /// fall back to [`Transport::send`].
+    fn send_on(&self, peer: u32, ifname: &str, msg: Message) -> Result<(), TransportError> {
+        let _ = ifname;
+        self.send(peer, msg)
+    }
+
+    /// Tells the transport that local NIC `ifname` is up or down (the
+    /// router's link watch): a transport stops putting striped data and
+    /// control messages on connections of a NIC that is down. Default: no-op.
+    fn set_nic_up(&self, ifname: &str, up: bool) {
+        let _ = (ifname, up);
+    }
+
     /// Closes every connection: a clean close delivers what is queued first;
     /// an abort drops queued data and tells peers the cause. The returned
     /// future resolves when the sockets are closed; callers bound it with a timeout.

@@ -199,6 +199,20 @@ struct SocketSlot {
     stop: Notify,
     claimed: AtomicBool,
     path: Mutex<Option<NicPath>>,
+    /// When something last arrived on this socket (ms since start).
+    heard_ms: AtomicU64,
+    /// Its local NIC was reported down ([`Transport::set_nic_up`]).
+    down: AtomicBool,
+}
+
+impl SocketSlot {
+    fn on_nic(&self, ifname: &str) -> bool {
+        self.path
+            .lock()
+            .expect("path")
+            .as_ref()
+            .is_some_and(|p| p.ifname == ifname)
+    }
 }
 
 struct PeerState {
@@ -232,10 +246,45 @@ impl Shared {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn touch(&self, peer: u32) {
-        self.peers[peer as usize]
-            .last_heard_ms
-            .store(self.now_ms(), Ordering::Relaxed);
+    /// Something arrived from `peer` on socket `idx`.
+    fn touch_socket(&self, peer: u32, idx: u16) {
+        let now = self.now_ms();
+        let ps = &self.peers[peer as usize];
+        ps.last_heard_ms.store(now, Ordering::Relaxed);
+        ps.sockets[idx as usize]
+            .heard_ms
+            .store(now, Ordering::Relaxed);
+    }
+
+    /// Sockets of `peer` whose local NIC is not down (all of them when every
+    /// NIC is down: the bytes wait in the kernel rather than being dropped).
+    fn usable(&self, peer: u32) -> Vec<usize> {
+        let ps = &self.peers[peer as usize];
+        let up: Vec<usize> = (0..ps.sockets.len())
+            .filter(|&i| !ps.sockets[i].down.load(Ordering::Relaxed))
+            .collect();
+        if up.is_empty() {
+            (0..ps.sockets.len()).collect()
+        } else {
+            up
+        }
+    }
+
+    /// The socket a control message to `peer` takes: among the usable ones,
+    /// the one the peer was heard on last. A socket whose far end went
+    /// silent (the peer's NIC on that rail is down) stops being chosen
+    /// within a heartbeat, while replies on a live rail get through.
+    fn control_socket(&self, peer: u32) -> usize {
+        let ps = &self.peers[peer as usize];
+        self.usable(peer)
+            .into_iter()
+            .max_by_key(|&i| {
+                (
+                    ps.sockets[i].heard_ms.load(Ordering::Relaxed),
+                    std::cmp::Reverse(i),
+                )
+            })
+            .unwrap_or(0)
     }
 
     fn first_path(&self, peer: u32) -> Option<NicPath> {
@@ -468,6 +517,8 @@ impl TcpTransport {
                             stop: Notify::new(),
                             claimed: AtomicBool::new(false),
                             path: Mutex::new(None),
+                            heard_ms: AtomicU64::new(0),
+                            down: AtomicBool::new(false),
                         }
                     })
                     .collect(),
@@ -754,7 +805,7 @@ fn start_socket(shared: &Arc<Shared>, peer: u32, idx: u16, stream: TcpStream, pa
         .expect("rx")
         .take()
         .expect("socket started twice");
-    shared.touch(peer);
+    shared.touch_socket(peer, idx);
     debug!(rank = shared.rank, peer, idx, %path, "socket established");
     let (r, w) = stream.into_split();
     let abort = shared.abort_tx.subscribe();
@@ -862,6 +913,10 @@ async fn writer(
                     }
                     r = &mut write => r,
                 };
+                if h.kind == FrameKind::Data {
+                    metrics::Metrics::global()
+                        .nic_inflight_add(&path.ifname, -(payload.len() as i64));
+                }
                 if res.is_ok() && h.kind == FrameKind::Data {
                     metrics::Metrics::global().nic_transmit(
                         &path.ifname,
@@ -926,7 +981,7 @@ async fn reader(shared: Arc<Shared>, peer: u32, idx: u16, mut r: OwnedReadHalf, 
                 return;
             }
         };
-        shared.touch(peer);
+        shared.touch_socket(peer, idx);
         let whole = h.offset == 0 && u64::from(h.chunk_len) == h.total_len;
         let data = matches!(h.kind, FrameKind::Data | FrameKind::Control);
         if data && !whole {
@@ -981,7 +1036,7 @@ async fn reader(shared: Arc<Shared>, peer: u32, idx: u16, mut r: OwnedReadHalf, 
             if h.kind == FrameKind::Data {
                 metrics::Metrics::global().nic_receive(&path.ifname, None, len);
             }
-            shared.touch(peer);
+            shared.touch_socket(peer, idx);
             let done = {
                 let mut map = ps.reasm.lock().expect("reassembly");
                 let part = map.get_mut(&key).expect("claimed partial");
@@ -1003,7 +1058,7 @@ async fn reader(shared: Arc<Shared>, peer: u32, idx: u16, mut r: OwnedReadHalf, 
             shared.report_lost(peer, why, path, true).await;
             return;
         }
-        shared.touch(peer);
+        shared.touch_socket(peer, idx);
         match h.kind {
             FrameKind::Heartbeat => {}
             FrameKind::Goodbye => {
@@ -1095,12 +1150,8 @@ async fn monitor(shared: Arc<Shared>) {
     }
 }
 
-impl Transport for TcpTransport {
-    fn name(&self) -> &'static str {
-        "tcp"
-    }
-
-    fn send(&self, peer: u32, msg: Message) -> Result<(), TransportError> {
+impl TcpTransport {
+    fn check_peer(&self, peer: u32) -> Result<(), TransportError> {
         let sh = &self.shared;
         if peer >= sh.world || peer == sh.rank {
             return Err(TransportError::NoSuchPeer(peer));
@@ -1108,6 +1159,13 @@ impl Transport for TcpTransport {
         if sh.closing.load(Ordering::Acquire) {
             return Err(TransportError::Closed);
         }
+        Ok(())
+    }
+
+    /// Splits `msg` into frames of at most `chunk_bytes` (control messages:
+    /// one frame) and deals them round-robin over `sockets` of `peer`.
+    fn enqueue(&self, peer: u32, sockets: &[usize], msg: Message) -> Result<(), TransportError> {
+        let sh = &self.shared;
         let ps = &sh.peers[peer as usize];
         let kind = match msg.kind {
             MessageKind::Data => FrameKind::Data,
@@ -1120,8 +1178,12 @@ impl Transport for TcpTransport {
             sh.cfg.chunk_bytes
         };
         let nchunks = if total == 0 { 1 } else { total.div_ceil(chunk) };
-        let start = ps.rr.fetch_add(nchunks, Ordering::Relaxed);
-        let n = ps.sockets.len();
+        let start = if sockets.len() > 1 {
+            ps.rr.fetch_add(nchunks, Ordering::Relaxed)
+        } else {
+            0
+        };
+        let n = sockets.len().max(1);
         for i in 0..nchunks {
             let off = i * chunk;
             let len = chunk.min(total - off);
@@ -1138,7 +1200,13 @@ impl Transport for TcpTransport {
                     message: "control message larger than 4 GiB".into(),
                 })?,
             };
-            ps.sockets[(start + i) % n]
+            let idx = sockets.get((start + i) % n).copied().unwrap_or(0);
+            if kind == FrameKind::Data
+                && let Some(p) = ps.sockets[idx].path.lock().expect("path").as_ref()
+            {
+                metrics::Metrics::global().nic_inflight_add(&p.ifname, len as i64);
+            }
+            ps.sockets[idx]
                 .tx
                 .send(Out::Frame(h, msg.payload.slice(off..off + len)))
                 .map_err(|_| {
@@ -1152,6 +1220,51 @@ impl Transport for TcpTransport {
                 })?;
         }
         Ok(())
+    }
+}
+
+impl Transport for TcpTransport {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn send(&self, peer: u32, msg: Message) -> Result<(), TransportError> {
+        self.check_peer(peer)?;
+        let sh = &self.shared;
+        if msg.kind == MessageKind::Control {
+            let one = [sh.control_socket(peer)];
+            return self.enqueue(peer, &one, msg);
+        }
+        let usable = sh.usable(peer);
+        self.enqueue(peer, &usable, msg)
+    }
+
+    fn send_on(&self, peer: u32, ifname: &str, msg: Message) -> Result<(), TransportError> {
+        self.check_peer(peer)?;
+        let ps = &self.shared.peers[peer as usize];
+        let on: Vec<usize> = (0..ps.sockets.len())
+            .filter(|&i| ps.sockets[i].on_nic(ifname))
+            .collect();
+        match on.len() {
+            0 => self.send(peer, msg),
+            1 => self.enqueue(peer, &on, msg),
+            n => {
+                // Several sockets on that NIC: one of them, whole.
+                let pick = [on[ps.rr.fetch_add(1, Ordering::Relaxed) % n]];
+                self.enqueue(peer, &pick, msg)
+            }
+        }
+    }
+
+    fn set_nic_up(&self, ifname: &str, up: bool) {
+        for (p, ps) in self.shared.peers.iter().enumerate() {
+            if p as u32 == self.shared.rank {
+                continue;
+            }
+            for s in ps.sockets.iter().filter(|s| s.on_nic(ifname)) {
+                s.down.store(!up, Ordering::Relaxed);
+            }
+        }
     }
 
     fn path(&self, peer: u32) -> Option<PeerPath> {

@@ -186,6 +186,9 @@ pub struct Policy {
     pub chunks_per_lane: u64,
     /// A lane is not opened for fewer bytes than this.
     pub min_lane_bytes: u64,
+    /// Relay through the rank affine to a NIC (NCCL's PXN; `ZCCL_PXN_DISABLE=1`
+    /// turns it off: the sender drives every NIC itself).
+    pub pxn: bool,
 }
 
 impl Default for Policy {
@@ -196,9 +199,10 @@ impl Default for Policy {
             proxy_alpha_s: 10e-6,
             proxy_gbps: 40.0,
             min_chunk: 64 << 10,
-            max_chunk: 4 << 20,
+            max_chunk: 1 << 20,
             chunks_per_lane: 8,
             min_lane_bytes: 256 << 10,
+            pxn: true,
         }
     }
 }
@@ -226,6 +230,31 @@ impl Policy {
                 }
             };
         }
+        if let Some(v) = get("ZCCL_PXN_DISABLE") {
+            p.pxn = match v.trim() {
+                "0" | "" => true,
+                "1" => false,
+                _ => {
+                    return Err(PlanError::BadCluster(format!(
+                        "ZCCL_PXN_DISABLE={v:?}: expected 0 or 1"
+                    )));
+                }
+            };
+        }
+        if let Some(v) = get("ZCCL_ROUTE_CHUNK_BYTES") {
+            let b: u64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&b| b >= 4096)
+                .ok_or_else(|| {
+                    PlanError::BadCluster(format!(
+                        "ZCCL_ROUTE_CHUNK_BYTES={v:?}: expected a size of at least 4096 bytes"
+                    ))
+                })?;
+            p.max_chunk = b;
+            p.min_chunk = p.min_chunk.min(b);
+        }
         Ok(p)
     }
 }
@@ -250,9 +279,10 @@ pub struct Lane {
     /// NIC the bytes arrive on.
     pub dst_nic: NicId,
     /// Rank on the sender's host that relays (None: the sender itself).
+    /// Proxies only ever sit on the sender's host: every rank listens on
+    /// every NIC of its host, so a lane arrives at the receiver itself on
+    /// the NIC of its rail.
     pub src_proxy: Option<Rank>,
-    /// Rank on the receiver's host that relays (None: the receiver itself).
-    pub dst_proxy: Option<Rank>,
     /// Bytes this lane carries.
     pub bytes: u64,
 }
@@ -467,17 +497,12 @@ pub fn plan(
             unmatched.push(cluster.nic(s).name.clone());
             continue;
         };
-        let src_proxy = if s == own {
+        let src_proxy = if s == own || !policy.pxn {
             None
         } else {
             cluster.affine_rank(s, t.src)
         };
-        let dst_proxy = if d.index == dst_own {
-            None
-        } else {
-            cluster.affine_rank(d, t.dst)
-        };
-        let hops = usize::from(src_proxy.is_some()) + usize::from(dst_proxy.is_some());
+        let hops = usize::from(src_proxy.is_some());
         let mut rate = live
             .rate_bytes_per_s(cluster, s)
             .min(live.rate_bytes_per_s(cluster, d));
@@ -489,7 +514,6 @@ pub fn plan(
                 src_nic: s,
                 dst_nic: d,
                 src_proxy,
-                dst_proxy,
                 bytes: 0,
             },
             alpha: policy.alpha_s + hops as f64 * policy.proxy_alpha_s,
@@ -630,9 +654,6 @@ pub fn plan(
             s.push_str(&format!(" via r{p}"));
         }
         s.push_str(&format!(" -> {}", cluster.nic(l.dst_nic).name));
-        if let Some(p) = l.dst_proxy {
-            s.push_str(&format!(" via r{p}"));
-        }
         if cluster.nic(l.src_nic).rail != cluster.nic(l.dst_nic).rail {
             s.push_str(" (cross-rail)");
         }
@@ -735,13 +756,6 @@ mod tests {
                 );
                 assert_ne!(r, t.src);
             }
-            if let Some(r) = l.dst_proxy {
-                assert_eq!(
-                    c.rank_host[r as usize], dh,
-                    "dst proxy on the receiver's host"
-                );
-                assert_ne!(r, t.dst);
-            }
         }
     }
 
@@ -753,7 +767,7 @@ mod tests {
             assert_eq!(p.lanes.len(), 1, "{p}");
             let l = &p.lanes[0];
             assert_eq!((l.src_nic.index, l.dst_nic.index), (1, 1));
-            assert_eq!((l.src_proxy, l.dst_proxy), (None, None));
+            assert_eq!(l.src_proxy, None);
             assert!(p.reason.contains("direct"), "{}", p.reason);
         }
         let p = go((1, 5, 0), &c, &LiveState::default(), &Policy::default());
@@ -786,7 +800,6 @@ mod tests {
             );
             let k = l.src_nic.index as u32;
             assert_eq!(l.src_proxy, (k != 0).then_some(k));
-            assert_eq!(l.dst_proxy, (k != 0).then_some(4 + k));
         }
         assert!(p.predicted_s < p.direct_s / 3.5, "{p}");
         // The first chunks go to different lanes: all NICs start at once.

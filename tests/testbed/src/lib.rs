@@ -389,6 +389,53 @@ pub fn topo_xml(spec: &Spec, ranks: usize) -> String {
     out
 }
 
+/// Parse a `tc` rate into bits per second: a number with a unit, decimal
+/// (`bit`, `kbit`, `mbit`, `gbit`, `tbit`; `bps`, `kbps`, `mbps`, `gbps`,
+/// `tbps`, which are *bytes* per second as in `tc`) or binary (`kibit`,
+/// `mibit`, `gibit`, `tibit`; `kibps` ...), any case; a bare number is bits
+/// per second, as in `tc`.
+///
+/// ```
+/// assert_eq!(zccl_testbed::rate_bps("200mbit"), Some(200_000_000));
+/// assert_eq!(zccl_testbed::rate_bps("1.5Gbit"), Some(1_500_000_000));
+/// assert_eq!(zccl_testbed::rate_bps("10mbps"), Some(80_000_000));
+/// assert_eq!(zccl_testbed::rate_bps("1kibit"), Some(1024));
+/// assert_eq!(zccl_testbed::rate_bps("5000"), Some(5000));
+/// assert_eq!(zccl_testbed::rate_bps("fast"), None);
+/// assert_eq!(zccl_testbed::rate_bps("-1mbit"), None);
+/// ```
+pub fn rate_bps(rate: &str) -> Option<u64> {
+    let r = rate.trim().to_ascii_lowercase();
+    let split = r
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(r.len());
+    let (num, unit) = r.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    let (prefix, bytes) = if let Some(p) = unit.strip_suffix("bit") {
+        (p, false)
+    } else if let Some(p) = unit.strip_suffix("bps") {
+        (p, true)
+    } else if unit.is_empty() {
+        ("", false)
+    } else {
+        return None;
+    };
+    let scale: f64 = match prefix {
+        "" => 1.0,
+        "k" => 1e3,
+        "m" => 1e6,
+        "g" => 1e9,
+        "t" => 1e12,
+        "ki" => 1024.0,
+        "mi" => 1024.0 * 1024.0,
+        "gi" => 1024.0 * 1024.0 * 1024.0,
+        "ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bps = v * scale * if bytes { 8.0 } else { 1.0 };
+    (bps.is_finite() && bps >= 1.0).then(|| bps.round() as u64)
+}
+
 /// Parse a `tc` rate (`400mbit`, `1gbit`, `500kbit`) into Mb/s.
 ///
 /// ```
