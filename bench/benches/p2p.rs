@@ -4,7 +4,10 @@
 //! * 8 B ping-pong latency (half the round trip) and 64 MiB one-way
 //!   bandwidth over TCP loopback, against a plain blocking TCP socket pair;
 //! * the same between ranks of one host over the default transport (shared
-//!   memory where it is available), against a single-thread memcpy.
+//!   memory where it is available), against a single-thread memcpy; the
+//!   64 MiB transfer twice: with the default single copy by cross-memory
+//!   attach (CMA) where the shared-memory transport can use it, and with CMA
+//!   off (`cma_min_bytes = 0`: two copies, through the ring).
 //!
 //! `cargo bench -p zccl-bench --bench p2p` (add `-- --quick` for a short run).
 //! `ZCCL_*` variables of the environment (e.g. `ZCCL_NTHREADS`,
@@ -92,9 +95,10 @@ fn socket_pair(plan: &Plan) -> (f64, f64) {
     (lat, bw)
 }
 
-/// Two ranks (threads) of one job; rank 0 pings, rank 1 echoes. Returns
-/// (8 B latency in µs, 64 MiB GB/s).
-fn zccl_pair(plan: &Plan, extra: &[(&str, &str)]) -> (f64, f64) {
+/// Two ranks (threads) of one job; rank 0 pings, rank 1 echoes. `extra`
+/// adds environment settings, `tweak` changes the configuration built from
+/// them. Returns (8 B latency in µs, 64 MiB GB/s).
+fn zccl_pair(plan: &Plan, extra: &[(&str, &str)], tweak: impl Fn(&mut Config)) -> (f64, f64) {
     let mut env: HashMap<String, String> = HashMap::from([
         ("ZCCL_SOCKET_IFNAME".into(), "lo".into()),
         ("ZCCL_TIMEOUT".into(), "60".into()),
@@ -107,7 +111,8 @@ fn zccl_pair(plan: &Plan, extra: &[(&str, &str)]) -> (f64, f64) {
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());
     }
-    let cfg = Config::from_lookup(|k| env.get(k).cloned()).expect("config");
+    let mut cfg = Config::from_lookup(|k| env.get(k).cloned()).expect("config");
+    tweak(&mut cfg);
     let root = BootstrapRoot::start(
         "127.0.0.1:0".parse().unwrap(),
         UniqueId::random_secret().unwrap(),
@@ -188,8 +193,9 @@ fn main() {
     };
     let memcpy = memcpy_gbps(plan.big_reps);
     let (sock_lat, sock_bw) = socket_pair(&plan);
-    let (tcp_lat, tcp_bw) = zccl_pair(&plan, &[("ZCCL_SHM_DISABLE", "1")]);
-    let (local_lat, local_bw) = zccl_pair(&plan, &[]);
+    let (tcp_lat, tcp_bw) = zccl_pair(&plan, &[("ZCCL_SHM_DISABLE", "1")], |_| {});
+    let (local_lat, local_bw) = zccl_pair(&plan, &[], |_| {});
+    let (_, ring_bw) = zccl_pair(&plan, &[], |c| c.shm.cma_min_bytes = 0);
     println!(
         "# zccl point-to-point, 2 ranks on one host ({} ping-pongs, {} x 64 MiB)",
         plan.pingpongs, plan.big_reps
@@ -233,5 +239,12 @@ fn main() {
         memcpy,
         "GB",
         ">= 0.50 (shm)",
+    );
+    row(
+        "same-host 64 MiB, CMA off (ring)",
+        ring_bw,
+        memcpy,
+        "GB",
+        "-",
     );
 }

@@ -36,7 +36,7 @@ use zccl_transports::tcp::{Endpoint, TcpListeners, TcpSetup, TcpTransport};
 use crate::bootstrap::{self, BootstrapLimits, BootstrapRoot, PeerInfo};
 use crate::buffer::{DType, Element, HostBuffer};
 use crate::config::Config;
-use crate::engine::{Cmd, Engine, OpSpec};
+use crate::engine::{self, Cmd, Engine, EngineRef, OpSpec};
 use crate::error::{Error, OpDesc, OpKind, Result};
 use crate::handle::{BatchHandle, Pending, RecvHandle, SendHandle, Slot};
 use crate::launcher_env::{self, RootSpec};
@@ -102,6 +102,10 @@ struct Core {
     world_rank: u32,
     config: Config,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
+    /// The progress engine's state; user threads issue ops under its lock.
+    engine: EngineRef,
+    /// The engine's transport (waiting threads poll it).
+    transport: Arc<dyn Transport>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     endpoints: Vec<Endpoint>,
     nics: Vec<Interface>,
@@ -359,7 +363,8 @@ impl Communicator {
         let transport: Arc<dyn Transport> = Arc::new(transport);
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let router = Self::make_router(rank, &config, &book);
-        runtime.spawn(Engine::new(rank, transport, router).run(cmd_rx, ev_rx));
+        let engine: EngineRef = Arc::new(Mutex::new(Engine::new(rank, transport.clone(), router)));
+        runtime.spawn(crate::engine::run(engine.clone(), cmd_rx, ev_rx));
         let (book_local, book_size) = book.local_rank(rank);
         if let Some(base) = &config.metrics_addr {
             let local = hints.local_rank.unwrap_or(book_local);
@@ -371,6 +376,8 @@ impl Communicator {
             world_rank: rank,
             config,
             cmd_tx,
+            engine,
+            transport,
             runtime: Mutex::new(Some(runtime)),
             endpoints,
             nics,
@@ -822,6 +829,11 @@ impl Channel {
                 desc: desc.clone(),
                 deadline,
                 timeout: self.timeout,
+                spin: Some(crate::handle::Spin {
+                    engine: core.engine.clone(),
+                    transport: core.transport.clone(),
+                    budget: core.config.spin_wait,
+                }),
             });
             specs.push(OpSpec {
                 desc,
@@ -832,15 +844,8 @@ impl Channel {
                 index,
             });
         }
-        if let Err(mpsc::error::SendError(Cmd::Issue(specs))) = core.cmd_tx.send(Cmd::Issue(specs))
-        {
-            for s in specs {
-                s.slot.complete(Err(Error::Aborted {
-                    op: Some(s.desc),
-                    reason: "progress engine stopped".into(),
-                }));
-            }
-        }
+        // Issued here, on the caller's thread, in index order (`st` is held).
+        engine::lock(&core.engine).issue_all(specs);
         drop(st);
         Ok(pendings)
     }

@@ -11,13 +11,16 @@
 //! | `ZCCL_CHUNK_BYTES` | striping chunk size | 524288 |
 //! | `ZCCL_MAX_FRAME_BYTES` | largest frame accepted | 16 MiB |
 //! | `ZCCL_MAX_MESSAGE_BYTES` | largest message accepted | 16 GiB |
-//! | `ZCCL_SOCKET_BUFFER_BYTES` | `SO_SNDBUF`/`SO_RCVBUF`, 0 = kernel autotuning | 4 MiB |
+//! | `ZCCL_SOCKET_BUFFER_BYTES` | `SO_SNDBUF`/`SO_RCVBUF`; 0 = the kernel's autotuning (a fixed receive buffer that fills gets pruned, and the dropped segment costs a 200 ms retransmission timeout) | 0 |
 //! | `ZCCL_METRICS_ADDR` | serve Prometheus metrics: rank with local rank `l` on `host:(port + l)`; unset = off | unset |
 //! | `ZCCL_NTHREADS` | progress-engine threads per rank | 1 with at most 2 CPUs, else 2 |
 //! | `ZCCL_SHM_DISABLE` | `1`: ranks of one host talk over TCP, not shared memory | `0` |
 //! | `ZCCL_SHM_RING_BYTES` | bytes of each shared-memory ring (one per direction and pair) | 4 MiB |
 //! | `ZCCL_SHM_SPIN` | spin rounds before a shared-memory wait sleeps in `futex` | 200 |
+//! | `ZCCL_SHM_CMA_MIN_BYTES` | same-host messages at least this large are copied once, straight from the sender's memory (`process_vm_readv`), instead of twice through the ring | 262144 |
+//! | `ZCCL_SHM_CMA_DISABLE` | `1`: never use that single copy | `0` |
 //! | `ZCCL_HOST_ID` | overrides the host identity (boot id + network namespace) | — |
+//! | `ZCCL_SPIN_US` | how long a thread waiting on a handle spins, polling for messages, before it sleeps; microseconds, 0 = never | 50 |
 //! | `ZCCL_ROUTER` | sends to other hosts: `on` (NIC-aware router), `affinity` (whole, on the sender's own NIC), `off` (striped by TCP) | `on` |
 //! | `ZCCL_CROSS_NIC` | router rail matching: `0` same rail only, `1` any NIC, `2` same rail first | `2` |
 //! | `ZCCL_PXN_DISABLE` | `1`: the router's sender drives other NICs itself instead of relaying through the rank affine to them | `0` |
@@ -51,6 +54,9 @@ pub struct Config {
     /// `ZCCL_METRICS_ADDR`: where this host's ranks serve Prometheus metrics
     /// (rank with local rank `l` on port + `l`; see [`crate::metrics`]).
     pub metrics_addr: Option<String>,
+    /// `ZCCL_SPIN_US`: how long a waiting thread spins (polling the
+    /// transports for messages already there) before it sleeps.
+    pub spin_wait: Duration,
     /// `ZCCL_ROUTER`.
     pub router: crate::router::RouterMode,
     /// The router's policy (`ZCCL_CROSS_NIC`, `ZCCL_PXN_DISABLE`,
@@ -182,6 +188,18 @@ impl Config {
         if let Some(v) = get("ZCCL_SHM_SPIN") {
             shm.spin_iterations = int("ZCCL_SHM_SPIN", &v)?;
         }
+        if let Some(v) = get("ZCCL_SHM_CMA_MIN_BYTES") {
+            shm.cma_min_bytes = int("ZCCL_SHM_CMA_MIN_BYTES", &v)?;
+        }
+        match get("ZCCL_SHM_CMA_DISABLE").as_deref().map(str::trim) {
+            None | Some("" | "0") => {}
+            Some("1") => shm.cma_min_bytes = 0,
+            Some(v) => {
+                return Err(Error::Config(format!(
+                    "ZCCL_SHM_CMA_DISABLE={v:?} must be 0 or 1"
+                )));
+            }
+        }
         let metrics_addr = get("ZCCL_METRICS_ADDR").filter(|v| !v.trim().is_empty());
         if let Some(a) = &metrics_addr {
             crate::metrics::rank_addr(a, 0).map_err(Error::Config)?;
@@ -192,6 +210,10 @@ impl Config {
         };
         let route_policy =
             crate::router::Policy::from_lookup(&get).map_err(|e| Error::Config(e.to_string()))?;
+        let spin_wait = match get("ZCCL_SPIN_US") {
+            Some(v) => Duration::from_micros(int::<u64>("ZCCL_SPIN_US", &v)?.min(1_000_000)),
+            None => Duration::from_micros(50),
+        };
         Ok(Self {
             timeout,
             socket_ifname,
@@ -200,6 +222,7 @@ impl Config {
             shm_enabled,
             shm,
             metrics_addr,
+            spin_wait,
             router,
             route_policy,
         })

@@ -1,6 +1,14 @@
-//! The per-rank progress engine: one task on the communicator's tokio runtime
-//! that owns the transport, matches sends with receives and completes handles.
+//! The per-rank progress engine: the state that matches sends with receives
+//! and completes handles, behind one lock, and a task on the communicator's
+//! tokio runtime that serves transport events, deadlines and the router.
 //!
+//! * User threads issue their ops themselves, under the lock: a send to a
+//!   shared-memory peer is written into the ring by the calling thread, no
+//!   wake-up of the task in between. A thread that waits on a handle first
+//!   spins briefly, polling the transports for messages that already
+//!   arrived ([`Engine::poll`]) and matching them itself; only then does it
+//!   sleep. Everything else (TCP frames, large messages, peer failures,
+//!   deadlines) reaches the engine through its task.
 //! * Sends are eager: the data goes out at once, whether or not the receiver
 //!   posted its receive. The receiver keeps early messages keyed by
 //!   `(communicator, channel, source, seq)` until the matching receive is
@@ -17,15 +25,15 @@
 //!   the other peers which rank failed.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use zccl_transports::{
-    CloseReason, GoodbyeReason, Message, MessageKind, PeerPath, Transport, TransportError,
-    TransportEvent,
+    BoxFuture, CloseReason, GoodbyeReason, Message, MessageKind, PeerPath, Transport,
+    TransportError, TransportEvent,
 };
 
 use crate::buffer::DType;
@@ -46,9 +54,9 @@ pub(crate) struct OpSpec {
     pub(crate) index: u64,
 }
 
-/// Requests from user threads.
+/// Requests from user threads that need the engine's task (ops are issued
+/// by the user threads themselves, under the engine's lock).
 pub(crate) enum Cmd {
-    Issue(Vec<OpSpec>),
     Abort {
         reason: String,
         done: std::sync::mpsc::Sender<()>,
@@ -64,6 +72,9 @@ type Stream = (u32, u32);
 
 /// How long a failing engine lets its goodbyes drain before failing handles.
 const CLOSE_NOTICE: Duration = Duration::from_millis(500);
+
+/// The task wakes at least this often to look at deadlines.
+const IDLE_TICK: Duration = Duration::from_millis(100);
 
 struct PendingOp {
     desc: OpDesc,
@@ -123,61 +134,44 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn run(
-        mut self,
-        mut cmds: mpsc::UnboundedReceiver<Cmd>,
-        mut events: mpsc::UnboundedReceiver<TransportEvent>,
-    ) {
-        let mut events_open = true;
-        loop {
-            let next = self.deadlines.keys().next().map(|k| k.0);
-            let sleep = async move {
-                match next {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let tick_at = self.router.as_ref().map(Router::next_tick);
-            let tick = async move {
-                match tick_at {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                c = cmds.recv() => match c {
-                    None => {
-                        self.shutdown("communicator dropped").await;
-                        return;
-                    }
-                    Some(Cmd::Shutdown { done }) => {
-                        self.shutdown("communicator dropped").await;
-                        let _ = done.send(());
-                        return;
-                    }
-                    Some(Cmd::Abort { reason, done }) => {
-                        self.abort(reason).await;
-                        let _ = done.send(());
-                    }
-                    Some(Cmd::Issue(ops)) => {
-                        for op in ops {
-                            self.issue(op);
-                        }
-                    }
-                },
-                e = events.recv(), if events_open => match e {
-                    Some(TransportEvent::Message { peer, msg }) => self.on_message(peer, msg),
-                    Some(TransportEvent::PeerClosed { peer, reason, path }) => self.on_peer_closed(peer, reason, path).await,
-                    None => events_open = false,
-                },
-                _ = sleep => self.expire(),
-                _ = tick => self.router_tick(),
-            }
-            while let Some(msg) = self.local.pop_front() {
-                self.on_message(self.rank, msg);
-            }
+    /// Delivers the messages this rank sent itself.
+    pub(crate) fn drain_local(&mut self) {
+        while let Some(msg) = self.local.pop_front() {
+            self.on_message(self.rank, msg);
         }
+    }
+
+    /// Issues ops from a user thread (the caller holds the engine's lock).
+    pub(crate) fn issue_all(&mut self, ops: Vec<OpSpec>) {
+        for op in ops {
+            self.issue(op);
+        }
+        self.drain_local();
+    }
+
+    /// Progress a waiting user thread can make without sleeping: messages
+    /// the transports already hold complete (shared-memory rings) are
+    /// matched here, on the waiting thread, instead of waking the reader
+    /// thread and the engine's task. Returns how many were taken.
+    pub(crate) fn poll(&mut self) -> usize {
+        let transport = self.transport.clone();
+        let n = transport.poll(64, &mut |peer, msg| self.on_message(peer, msg));
+        self.drain_local();
+        n
+    }
+
+    /// When the task must wake up next: the earliest deadline, the router's
+    /// next tick, and at least every [`IDLE_TICK`] (user threads add ops,
+    /// hence deadlines, without waking the task).
+    fn next_wake(&self) -> Instant {
+        let mut t = Instant::now() + IDLE_TICK;
+        if let Some(d) = self.deadlines.keys().next().map(|k| k.0) {
+            t = t.min(d);
+        }
+        if let Some(r) = self.router.as_ref() {
+            t = t.min(r.next_tick());
+        }
+        t
     }
 
     /// Hands `msg` to the transport. `false` only when the transport itself
@@ -465,7 +459,16 @@ impl Engine {
         }
     }
 
-    async fn on_peer_closed(&mut self, peer: u32, reason: CloseReason, nic: Option<PeerPath>) {
+    /// A peer is gone. A clean close fails only the ops with that peer; a
+    /// failure fails the communicator: returns the failure and the
+    /// transport's close (telling the other peers which rank failed), which
+    /// the task awaits (bounded) before failing every handle.
+    fn on_peer_closed(
+        &mut self,
+        peer: u32,
+        reason: CloseReason,
+        nic: Option<PeerPath>,
+    ) -> Option<(Failure, BoxFuture)> {
         let nic = nic_text(nic);
         let failure = match reason {
             CloseReason::Clean => {
@@ -488,7 +491,7 @@ impl Engine {
                         self.finish((p.desc.comm, p.desc.channel), p.index, p.slot, Err(e));
                     }
                 }
-                return;
+                return None;
             }
             CloseReason::Aborted {
                 cause_rank,
@@ -528,9 +531,9 @@ impl Engine {
                 cause_rank: failure.failed_rank,
                 message: msg,
             });
-            let _ = tokio::time::timeout(CLOSE_NOTICE, close).await;
-            self.fail_all(failure);
+            return Some((failure, close));
         }
+        None
     }
 
     fn fail_all(&mut self, f: Failure) {
@@ -586,9 +589,10 @@ impl Engine {
         }
     }
 
-    async fn abort(&mut self, reason: String) {
+    /// `abort()`: like a failure of this rank (see [`Engine::on_peer_closed`]).
+    fn abort(&mut self, reason: String) -> Option<(Failure, BoxFuture)> {
         if self.failure.is_some() {
-            return;
+            return None;
         }
         let failure = Failure {
             failed_rank: None,
@@ -600,21 +604,112 @@ impl Engine {
             cause_rank: Some(self.rank),
             message: format!("rank {} aborted its communicator: {reason}", self.rank),
         });
-        let _ = tokio::time::timeout(CLOSE_NOTICE, close).await;
-        self.fail_all(failure);
+        Some((failure, close))
     }
 
-    async fn shutdown(&mut self, reason: &str) {
-        let clean = self.failure.is_none();
-        if clean {
-            self.fail_all(Failure {
-                failed_rank: None,
-                reason: reason.into(),
-                nic: String::new(),
-            });
-            let close = self.transport.close(GoodbyeReason::Clean);
-            let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+    /// The communicator is dropped: pending ops fail, connections close
+    /// cleanly (the returned future, awaited bounded by the task).
+    fn shutdown(&mut self, reason: &str) -> Option<BoxFuture> {
+        if self.failure.is_some() {
+            return None;
         }
+        self.fail_all(Failure {
+            failed_rank: None,
+            reason: reason.into(),
+            nic: String::new(),
+        });
+        Some(self.transport.close(GoodbyeReason::Clean))
+    }
+}
+
+/// The engine's lock, shared by its task and the user threads.
+pub(crate) type EngineRef = Arc<Mutex<Engine>>;
+
+/// Locks the engine; a panic while it was held leaves it usable (every
+/// handle has a deadline anyway).
+pub(crate) fn lock(e: &EngineRef) -> MutexGuard<'_, Engine> {
+    e.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The engine's task: serves transport events, deadlines, the router's
+/// ticks, aborts and shutdown.
+pub(crate) async fn run(
+    engine: EngineRef,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    mut events: mpsc::UnboundedReceiver<TransportEvent>,
+) {
+    let mut events_open = true;
+    loop {
+        let wake = lock(&engine).next_wake();
+        tokio::select! {
+            biased;
+            c = cmds.recv() => match c {
+                None => {
+                    shutdown(&engine, "communicator dropped").await;
+                    return;
+                }
+                Some(Cmd::Shutdown { done }) => {
+                    shutdown(&engine, "communicator dropped").await;
+                    let _ = done.send(());
+                    return;
+                }
+                Some(Cmd::Abort { reason, done }) => {
+                    let close = lock(&engine).abort(reason);
+                    fail_after_close(&engine, close).await;
+                    let _ = done.send(());
+                }
+            },
+            e = events.recv(), if events_open => match e {
+                Some(first) => {
+                    // Take every event already queued under one lock.
+                    let mut closing = Vec::new();
+                    {
+                        let mut g = lock(&engine);
+                        let mut next = Some(first);
+                        while let Some(ev) = next {
+                            match ev {
+                                TransportEvent::Message { peer, msg } => g.on_message(peer, msg),
+                                TransportEvent::PeerClosed { peer, reason, path } => {
+                                    if let Some(c) = g.on_peer_closed(peer, reason, path) {
+                                        closing.push(c);
+                                    }
+                                }
+                            }
+                            next = events.try_recv().ok();
+                        }
+                        g.drain_local();
+                    }
+                    for c in closing {
+                        fail_after_close(&engine, Some(c)).await;
+                    }
+                }
+                None => events_open = false,
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let mut g = lock(&engine);
+                g.expire();
+                if g.router.as_ref().is_some_and(|r| r.next_tick() <= Instant::now()) {
+                    g.router_tick();
+                }
+                g.drain_local();
+            }
+        }
+    }
+}
+
+/// Waits (bounded) for the goodbyes naming the failure to leave, then fails
+/// every handle.
+async fn fail_after_close(engine: &EngineRef, c: Option<(Failure, BoxFuture)>) {
+    if let Some((failure, close)) = c {
+        let _ = tokio::time::timeout(CLOSE_NOTICE, close).await;
+        lock(engine).fail_all(failure);
+    }
+}
+
+async fn shutdown(engine: &EngineRef, reason: &str) {
+    let close = lock(engine).shutdown(reason);
+    if let Some(close) = close {
+        let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
     }
 }
 

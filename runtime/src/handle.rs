@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::buffer::{Element, HostBuffer, Received};
+use crate::engine::EngineRef;
 use crate::error::{Error, OpDesc, Result};
 
 /// What the engine produces for one op: received bytes for a receive.
@@ -79,10 +80,72 @@ pub(crate) struct Pending {
     pub(crate) desc: OpDesc,
     pub(crate) deadline: Instant,
     pub(crate) timeout: Duration,
+    /// What to make progress on while spinning, and for how long.
+    pub(crate) spin: Option<Spin>,
+}
+
+/// How a waiting thread spins (see `ZCCL_SPIN_US`).
+#[derive(Clone)]
+pub(crate) struct Spin {
+    pub(crate) engine: EngineRef,
+    pub(crate) transport: Arc<dyn zccl_transports::Transport>,
+    pub(crate) budget: Duration,
+}
+
+/// Tells the transport a thread polls it, for as long as it lives.
+struct Polling<'a>(&'a dyn zccl_transports::Transport);
+
+impl<'a> Polling<'a> {
+    fn start(t: &'a dyn zccl_transports::Transport) -> Self {
+        t.set_polling(true);
+        Polling(t)
+    }
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.0.set_polling(false);
+    }
 }
 
 impl Pending {
+    /// Spins for up to the configured time, matching messages that already
+    /// arrived on this thread (no thread wake-up on the way), until the op
+    /// completes.
+    fn spin(&self) {
+        let Some(Spin {
+            engine,
+            transport,
+            budget,
+        }) = &self.spin
+        else {
+            return;
+        };
+        if budget.is_zero() || self.slot.is_done() {
+            return;
+        }
+        let until = Instant::now() + *budget;
+        let _polling = Polling::start(transport.as_ref());
+        loop {
+            if self.slot.is_done() {
+                return;
+            }
+            // Another thread (the engine's task, another waiter) holding
+            // the lock is making progress too: just look again.
+            let got = engine.try_lock().map(|mut e| e.poll()).unwrap_or(0);
+            if Instant::now() >= until {
+                return;
+            }
+            if got == 0 {
+                // Nothing yet: let a thread that shares this core (the peer
+                // rank on a small machine, the transport's threads) run.
+                std::thread::yield_now();
+            }
+        }
+    }
+
     fn wait(&self) -> Outcome {
+        self.spin();
         let hard = self.deadline + GRACE;
         let mut s = self.slot.state.lock().expect("slot");
         loop {

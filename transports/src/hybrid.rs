@@ -15,6 +15,8 @@
 //!   ring goodbye does not come within the configured grace, the clean close
 //!   is reported anyway.
 //! * Every peer is reported closed at most once.
+//! * [`Transport::poll`] polls the shared-memory transport only: TCP
+//!   messages are read by its tasks and reported as events.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -210,6 +212,21 @@ impl Transport for HybridTransport {
 
     fn set_nic_up(&self, ifname: &str, up: bool) {
         self.tcp.set_nic_up(ifname, up);
+    }
+
+    /// Polls the shared-memory transport (TCP messages arrive through its
+    /// tasks, as events).
+    fn set_polling(&self, on: bool) {
+        if let Some(shm) = &self.shm {
+            shm.set_polling(on);
+        }
+    }
+
+    fn poll(&self, max: usize, f: &mut dyn FnMut(u32, Message)) -> usize {
+        match &self.shm {
+            Some(shm) => shm.poll(max, f),
+            None => 0,
+        }
     }
 
     fn path(&self, peer: u32) -> Option<PeerPath> {

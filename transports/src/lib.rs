@@ -14,7 +14,11 @@
 //! * [`shm`] — the shared-memory transport between ranks of one host and one
 //!   network namespace: one `/dev/shm` segment per pair of ranks holding two
 //!   single-producer/single-consumer byte rings, bounded spinning then
-//!   `futex` waits, segments unlinked as soon as both ranks mapped them.
+//!   `futex` waits, segments unlinked as soon as both ranks mapped them;
+//!   large messages copied once, straight from the sender's memory, by
+//!   cross-memory attach; [`Transport::poll`] for waiting user threads.
+//! * `cma` (private) — cross-memory attach (`process_vm_readv`): the
+//!   shared-memory transport's single copy of large messages.
 //! * [`recvbuf`] — receive buffers: each received byte is copied once, into
 //!   memory that is handed up without another copy and recycled.
 //! * [`hybrid`] — [`hybrid::HybridTransport`]: routes each peer to shared
@@ -28,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+mod cma;
 pub mod frame;
 pub mod handshake;
 pub mod hybrid;
@@ -287,6 +292,34 @@ pub trait Transport: Send + Sync + 'static {
     /// control messages on connections of a NIC that is down. Default: no-op.
     fn set_nic_up(&self, ifname: &str, up: bool) {
         let _ = (ifname, up);
+    }
+
+    /// Delivers messages that already arrived complete and are small, without
+    /// blocking and without waiting for the transport's own threads: calls
+    /// `f(peer, msg)` for each, at most `max` of them, and returns how many.
+    /// The progress engine calls it from a user thread that waits on a handle,
+    /// to cut thread wake-ups out of the latency path. Messages delivered here
+    /// are not also reported as events. Default: none.
+    ///
+    /// Messages of one peer reach `f` in the order they were sent, but a
+    /// message delivered here may overtake an earlier one that the
+    /// transport's threads already reported as an event and the event
+    /// channel still holds: match messages by `(comm, channel, seq)`.
+    /// `f` runs while the transport holds a per-peer lock: it must not wait
+    /// for other messages of the transport (it may send, and may call
+    /// `poll` again, which then skips that peer).
+    fn poll(&self, max: usize, f: &mut dyn FnMut(u32, Message)) -> usize {
+        let _ = (max, f);
+        0
+    }
+
+    /// A thread starts (`true`) or stops (`false`) calling
+    /// [`Transport::poll`] in a loop; calls pair up. While one polls, a
+    /// transport may leave small messages to it instead of waking its own
+    /// threads for them; when the last one stops, the transport's threads
+    /// take over again, so nothing is left waiting. Default: no-op.
+    fn set_polling(&self, on: bool) {
+        let _ = on;
     }
 
     /// Closes every connection: a clean close delivers what is queued first;

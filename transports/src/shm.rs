@@ -29,17 +29,66 @@
 //!   consumer, on separate cache lines). A message is a 32-byte record header
 //!   followed by its payload, streamed through the ring in pieces, so messages
 //!   of any size pass through a small ring.
+//! * **CMA (single copy).** A data message of at least
+//!   [`ShmConfig::cma_min_bytes`] (256 KiB by default; 0 turns CMA off) does
+//!   not go through the ring: the sender writes a 64-byte record carrying its
+//!   pid, the address and length of the payload and a sequence number, and
+//!   keeps the payload (`Bytes`) alive; the receiver's reader thread copies
+//!   the payload straight from the sender's memory into the receive buffer
+//!   with `process_vm_readv` (cross-memory attach, as Open MPI's `vader`
+//!   does), then publishes how many such records it has copied in a counter
+//!   of the ring's consumer line and wakes the sender's reader thread, which
+//!   drops the kept payloads. A counter rather than a release record on the
+//!   reverse ring: it needs no ring space, so a reader never waits for the
+//!   peer while it holds a message (no deadlock), and a clean close can wait
+//!   for the exact count. Whether one rank may read the other (ptrace
+//!   rights: Yama, containers, PID namespaces) is probed once per direction
+//!   at setup by reading a known word of the peer; where that fails, the
+//!   pair keeps the ring copy, and the reason is logged once at INFO. Kept
+//!   payloads are dropped when the receiver has copied them, or with the
+//!   link (a dead peer); a clean close waits (up to [`CMA_CLOSE_WAIT`]) until
+//!   the peer has copied them all; an abort does not wait and leaks them
+//!   instead (a peer still copying must never read memory this process has
+//!   reused, which it would deliver as data). A record with an impossible length,
+//!   address, pid or sequence number, and a failed copy (`EFAULT`: the
+//!   buffer is gone; `ESRCH`: the process is gone), close the link as
+//!   [`CloseReason::Lost`]. Records stay in ring order, whatever their kind.
 //! * **Waiting.** A thread that finds the ring empty (reader) or full
 //!   (writer) spins for [`ShmConfig::spin_iterations`] rounds of
 //!   `spin_loop()` (microseconds: on a 2-core machine a spinning rank would
 //!   starve its peer), then sleeps with `FUTEX_WAIT` on a sequence word in the
 //!   shared segment, with a timeout of [`ShmConfig::wait_slice`] so that
 //!   closing is noticed. The other side bumps the word and calls `FUTEX_WAKE`
-//!   only when the waiter announced itself.
+//!   only when the waiter announced itself. The reader thread waits for data
+//!   *without* holding the ring's consumer lock, then takes the lock and
+//!   reads one whole record (it keeps the lock while a large message streams
+//!   in); when it finds the ring empty under the lock (a [`Transport::poll`]
+//!   took the message meanwhile) it simply waits again, on a fresh sequence
+//!   value, so no wake-up is lost.
 //! * **Threads.** Per peer, one writer thread (fed by an unbounded queue, so
 //!   [`Transport::send`] never blocks) and one reader thread that delivers
-//!   whole messages as [`TransportEvent::Message`]. The rings are always
-//!   drained by the reader thread, whatever the application does.
+//!   whole messages as [`TransportEvent::Message`]. A sender writes a message
+//!   into the ring itself, without waking the writer thread, when nothing is
+//!   queued before it and the ring has room for its record (small messages,
+//!   and CMA records of any size). The rings are always drained by the reader
+//!   thread, whatever the application does.
+//! * **Polling.** [`Transport::poll`] lets a user thread that waits on a
+//!   handle take small messages (payload at most [`POLL_MAX_PAYLOAD`]) that
+//!   are already complete in a ring, without waking the reader thread:
+//!   per link (round robin), it `try_lock`s the consumer lock and reads the
+//!   record at the tail if it is a whole data or control record. Goodbyes,
+//!   CMA records, large and partly written messages are left to the reader
+//!   thread, so a poll never waits. Both paths read records in ring order
+//!   under the lock, and the callback runs under it; but a message that the
+//!   reader thread already sent as an event may still sit in the event
+//!   channel when a later message is delivered by a poll, so the layer above
+//!   must match messages by their keys (`comm`, `channel`, `seq`), not by
+//!   arrival order across the two paths. While a thread polls
+//!   ([`Transport::set_polling`], a counter in the ring's consumer line), a
+//!   producer that writes a small record does not wake the reader thread for
+//!   it (that wake-up, on a 2-core machine, preempts the very thread that
+//!   polls); the last poller to stop wakes the reader thread if anything is
+//!   left, so either it sees the record or the producer sees no poller.
 //! * **Dead peers.** This transport only reports what it sees in the ring: a
 //!   clean goodbye record ([`CloseReason::Clean`], after every message sent
 //!   before it) and corrupt ring state ([`CloseReason::Lost`]). A peer that is
@@ -53,6 +102,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -80,7 +130,34 @@ pub struct ShmConfig {
     pub wait_slice: Duration,
     /// Largest message accepted from a peer.
     pub max_message: u64,
+    /// Data messages of at least this many bytes are copied once, straight
+    /// from the sender's memory with cross-memory attach, instead of twice
+    /// through the ring (see the module docs); `0` turns CMA off for this
+    /// rank, in both directions. The runtime sets it from
+    /// `ZCCL_SHM_CMA_MIN_BYTES` (and `0` from `ZCCL_SHM_CMA_DISABLE=1`).
+    /// Default: [`CMA_MIN_BYTES`].
+    pub cma_min_bytes: usize,
 }
+
+/// Default of [`ShmConfig::cma_min_bytes`]: below this size, copying through
+/// the ring (which stays in the caches) is as fast as the system call.
+///
+/// ```
+/// use zccl_transports::shm::{CMA_MIN_BYTES, ShmConfig};
+/// assert_eq!(ShmConfig::default().cma_min_bytes, CMA_MIN_BYTES);
+/// // What `ZCCL_SHM_CMA_DISABLE=1` (or `ZCCL_SHM_CMA_MIN_BYTES=0`) means:
+/// let off = ShmConfig { cma_min_bytes: 0, ..ShmConfig::default() };
+/// # let _ = off;
+/// ```
+pub const CMA_MIN_BYTES: usize = 256 << 10;
+
+/// Largest payload [`Transport::poll`] delivers; larger messages are left
+/// to the reader thread.
+pub const POLL_MAX_PAYLOAD: usize = 4096;
+
+/// How long a clean close waits for the peer to finish copying the payloads
+/// of this rank's CMA records before the links close regardless.
+pub const CMA_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 impl Default for ShmConfig {
     fn default() -> Self {
@@ -89,6 +166,7 @@ impl Default for ShmConfig {
             spin_iterations: 200,
             wait_slice: Duration::from_millis(20),
             max_message: 16 << 30,
+            cma_min_bytes: CMA_MIN_BYTES,
         }
     }
 }
@@ -181,7 +259,7 @@ pub struct ShmSetup {
 // ---------------------------------------------------------------------------
 // Segment layout.
 
-const MAGIC: u64 = u64::from_le_bytes(*b"ZCCLSHM1");
+const MAGIC: u64 = u64::from_le_bytes(*b"ZCCLSHM2");
 const HEADER: usize = 4096;
 const OFF_MAGIC: usize = 0;
 const OFF_RING_BYTES: usize = 8;
@@ -191,6 +269,11 @@ const OFF_HI: usize = 28;
 const OFF_ATTACHED: usize = 32;
 const OFF_CREATOR_PID: usize = 36;
 const OFF_OPENER_PID: usize = 40;
+/// Address and value of each side's CMA probe word (see [`crate::cma`]).
+const OFF_CREATOR_PROBE: usize = 48;
+const OFF_CREATOR_PROBE_VAL: usize = 56;
+const OFF_OPENER_PROBE: usize = 64;
+const OFF_OPENER_PROBE_VAL: usize = 72;
 /// Ring control blocks: ring 0 carries `lo → hi`, ring 1 `hi → lo`.
 const CTL: [usize; 2] = [256, 512];
 // Within a control block: producer-written line, then consumer-written line.
@@ -200,12 +283,28 @@ const W_WAITING: usize = 12;
 const R_TAIL: usize = 64;
 const R_SPACE_SEQ: usize = 72;
 const R_WAITING: usize = 76;
+/// Whether the consumer reads CMA records of this ring: 0 (not decided
+/// yet), [`CMA_YES`] or [`CMA_NO`] (written once, at setup).
+const R_CMA_OK: usize = 80;
+/// How many CMA records of this ring the consumer has copied (monotonic).
+const R_CMA_DONE: usize = 88;
+/// How many threads of the consumer are polling this ring right now
+/// ([`Transport::set_polling`]): a small record is then left to them and
+/// the reader thread is not woken for it.
+const R_POLLING: usize = 96;
+const CMA_YES: u32 = 1;
+const CMA_NO: u32 = 2;
 
 const REC_LEN: usize = 32;
 const REC_MARK: u8 = b'R';
 const REC_DATA: u8 = 1;
 const REC_CONTROL: u8 = 2;
 const REC_GOODBYE: u8 = 3;
+/// A data message whose payload stays in the sender's memory; the header is
+/// followed by [`CMA_EXT`] bytes: address (u64), sequence number (u64, 1 for
+/// the first CMA record of the ring), sender pid (u32), zeros.
+const REC_CMA: u8 = 4;
+const CMA_EXT: usize = 32;
 /// Largest control record accepted (control messages are tiny).
 const MAX_CONTROL: u64 = 1 << 20;
 
@@ -342,6 +441,30 @@ impl Ring {
     fn reader_waiting(&self) -> &AtomicU32 {
         self.seg.u32_at(self.ctl + R_WAITING)
     }
+    fn cma_ok(&self) -> &AtomicU32 {
+        self.seg.u32_at(self.ctl + R_CMA_OK)
+    }
+    fn cma_done(&self) -> &AtomicU64 {
+        self.seg.u64_at(self.ctl + R_CMA_DONE)
+    }
+    fn polling(&self) -> &AtomicU32 {
+        self.seg.u32_at(self.ctl + R_POLLING)
+    }
+
+    /// Producer side, after publishing data: like
+    /// [`Ring::notify_reader`], except that a small record (one a poll can
+    /// take) is left to the consumer's polling threads when there are any,
+    /// without the cost of waking its reader thread. A poller that stops
+    /// wakes the reader itself if data is left ([`ShmTransport`]'s
+    /// `set_polling`): either it sees the data, or this side sees no poller.
+    fn notify_data(&self, small: bool) {
+        self.data_seq().fetch_add(1, Ordering::SeqCst);
+        if self.reader_waiting().load(Ordering::SeqCst) != 0
+            && !(small && self.polling().load(Ordering::SeqCst) != 0)
+        {
+            futex_wake(self.data_seq());
+        }
+    }
 
     /// Wakes whatever thread of ours waits on this ring (used on close).
     fn wake_all(&self) {
@@ -349,6 +472,15 @@ impl Ring {
         futex_wake(self.data_seq());
         self.space_seq().fetch_add(1, Ordering::SeqCst);
         futex_wake(self.space_seq());
+    }
+
+    /// Producer side: tells the consumer's reader thread to look again (new
+    /// data, or a CMA release for it to handle), waking it if it sleeps.
+    fn notify_reader(&self) {
+        self.data_seq().fetch_add(1, Ordering::SeqCst);
+        if self.reader_waiting().load(Ordering::SeqCst) != 0 {
+            futex_wake(self.data_seq());
+        }
     }
 
     /// Waits until `ready()` returns `Some`: spin briefly, then futex-wait on
@@ -393,7 +525,17 @@ impl Ring {
     }
 
     /// Producer: copies `buf` into the ring, waiting for space as needed.
-    fn write_all(&self, mut buf: &[u8], stop: &AtomicBool) -> Result<(), RingStop> {
+    fn write_all(&self, buf: &[u8], stop: &AtomicBool) -> Result<(), RingStop> {
+        self.write_inner(buf, stop, false)
+    }
+
+    /// Producer: writes one whole record a poll can take (a small data or
+    /// control message), see [`Ring::notify_data`].
+    fn write_pollable(&self, buf: &[u8], stop: &AtomicBool) -> Result<(), RingStop> {
+        self.write_inner(buf, stop, true)
+    }
+
+    fn write_inner(&self, mut buf: &[u8], stop: &AtomicBool, small: bool) -> Result<(), RingStop> {
         let cap = self.cap;
         let mut head = self.head().load(Ordering::Relaxed);
         while !buf.is_empty() {
@@ -418,49 +560,97 @@ impl Ring {
             }
             head += n as u64;
             self.head().store(head, Ordering::Release);
-            self.data_seq().fetch_add(1, Ordering::SeqCst);
-            if self.reader_waiting().load(Ordering::SeqCst) != 0 {
-                futex_wake(self.data_seq());
-            }
+            self.notify_data(small);
             buf = &buf[n..];
         }
         Ok(())
     }
 
-    /// Consumer: fills `out` from the ring, waiting for data as needed.
+    /// Consumer, holding the consumer lock: bytes published and not yet
+    /// consumed.
+    fn readable(&self) -> Result<u64, String> {
+        let tail = self.tail().load(Ordering::Acquire);
+        let head = self.head().load(Ordering::Acquire);
+        if head < tail || head - tail > self.cap {
+            return Err(format!(
+                "ring positions head {head} tail {tail} (capacity {})",
+                self.cap
+            ));
+        }
+        Ok(head - tail)
+    }
+
+    /// Consumer, without the consumer lock: whether bytes seem to be
+    /// waiting (to be confirmed with [`Ring::readable`] under the lock).
+    /// The tail is loaded first: it never passes the head, so a head below
+    /// it is corrupt; but the other consumer may move the tail meanwhile,
+    /// and the producer fill the space it freed, so a distance above the
+    /// capacity proves nothing here.
+    fn pending(&self) -> Result<bool, String> {
+        let tail = self.tail().load(Ordering::Acquire);
+        let head = self.head().load(Ordering::Acquire);
+        if head < tail {
+            return Err(format!(
+                "ring positions head {head} tail {tail} (capacity {})",
+                self.cap
+            ));
+        }
+        Ok(head > tail)
+    }
+
+    /// Consumer: copies `out.len()` bytes starting at position `pos`
+    /// without consuming them.
+    ///
+    /// # Safety
+    /// The bytes `[pos, pos + out.len())` must have been published by the
+    /// producer (observed with Acquire on `head`) and not consumed yet, and
+    /// the caller must hold the consumer role (no other consumer moves the
+    /// tail meanwhile).
+    unsafe fn copy_out(&self, pos: u64, out: &mut [u8]) {
+        let n = out.len();
+        debug_assert!(n as u64 <= self.cap);
+        let idx = (pos % self.cap) as usize;
+        let first = n.min(self.cap as usize - idx);
+        // SAFETY: [idx, idx + first) and [0, n - first) lie in the data area;
+        // the producer does not overwrite them until the tail moves past.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data.add(idx), out.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(self.data, out.as_mut_ptr().add(first), n - first);
+        }
+    }
+
+    /// Consumer: moves the tail to `tail` (space for the producer) and wakes
+    /// a writer that waits for space.
+    fn consume_to(&self, tail: u64) {
+        self.tail().store(tail, Ordering::Release);
+        self.space_seq().fetch_add(1, Ordering::SeqCst);
+        if self.writer_waiting().load(Ordering::SeqCst) != 0 {
+            futex_wake(self.space_seq());
+        }
+    }
+
+    /// Consumer: fills `out` from the ring, waiting for data as needed. The
+    /// caller holds the link's consumer lock.
     fn read_exact(&self, out: &mut [u8], stop: &AtomicBool) -> Result<(), RingStop> {
-        let cap = self.cap;
         let mut tail = self.tail().load(Ordering::Relaxed);
         let mut off = 0usize;
         while off < out.len() {
             let avail = self.wait(self.data_seq(), self.reader_waiting(), stop, || {
                 let head = self.head().load(Ordering::Acquire);
-                if head < tail || head - tail > cap {
+                if head < tail || head - tail > self.cap {
                     return Err(RingStop::Corrupt(format!(
-                        "ring positions head {head} tail {tail} (capacity {cap})"
+                        "ring positions head {head} tail {tail} (capacity {})",
+                        self.cap
                     )));
                 }
                 Ok((head > tail).then_some(head - tail))
             })?;
             let n = (avail as usize).min(out.len() - off);
-            let idx = (tail % cap) as usize;
-            let first = n.min(cap as usize - idx);
-            // SAFETY: the producer published these bytes (Acquire on head)
-            // and does not overwrite them until `tail` moves past them.
-            unsafe {
-                std::ptr::copy_nonoverlapping(self.data.add(idx), out.as_mut_ptr().add(off), first);
-                std::ptr::copy_nonoverlapping(
-                    self.data,
-                    out.as_mut_ptr().add(off + first),
-                    n - first,
-                );
-            }
+            // SAFETY: published (Acquire on head above), not consumed, and
+            // we hold the consumer lock.
+            unsafe { self.copy_out(tail, &mut out[off..off + n]) };
             tail += n as u64;
-            self.tail().store(tail, Ordering::Release);
-            self.space_seq().fetch_add(1, Ordering::SeqCst);
-            if self.writer_waiting().load(Ordering::SeqCst) != 0 {
-                futex_wake(self.space_seq());
-            }
+            self.consume_to(tail);
             off += n;
         }
         Ok(())
@@ -498,6 +688,16 @@ struct Record {
     len: u64,
 }
 
+impl Record {
+    fn message_kind(&self) -> MessageKind {
+        if self.kind == REC_CONTROL {
+            MessageKind::Control
+        } else {
+            MessageKind::Data
+        }
+    }
+}
+
 fn decode_record(b: &[u8; REC_LEN], max_message: u64) -> Result<Record, String> {
     let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
     let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
@@ -513,15 +713,51 @@ fn decode_record(b: &[u8; REC_LEN], max_message: u64) -> Result<Record, String> 
         len: u64_at(24),
     };
     match r.kind {
-        REC_DATA if r.len <= max_message => Ok(r),
+        REC_DATA | REC_CMA if r.len <= max_message => Ok(r),
         REC_CONTROL if r.len <= MAX_CONTROL => Ok(r),
         REC_GOODBYE if r.len == 0 => Ok(r),
-        REC_DATA | REC_CONTROL | REC_GOODBYE => Err(format!(
+        REC_DATA | REC_CMA | REC_CONTROL | REC_GOODBYE => Err(format!(
             "record of {} bytes exceeds the limit of {max_message} bytes",
             r.len
         )),
         k => Err(format!("unknown record kind {k}")),
     }
+}
+
+/// The part of a CMA record after its header.
+#[derive(Debug, PartialEq, Eq)]
+struct CmaExt {
+    addr: u64,
+    number: u64,
+    pid: u32,
+}
+
+fn encode_cma(e: &CmaExt) -> [u8; CMA_EXT] {
+    let mut b = [0u8; CMA_EXT];
+    b[0..8].copy_from_slice(&e.addr.to_le_bytes());
+    b[8..16].copy_from_slice(&e.number.to_le_bytes());
+    b[16..20].copy_from_slice(&e.pid.to_le_bytes());
+    b
+}
+
+/// Decodes and checks the CMA part of a record of `len` payload bytes.
+fn decode_cma(b: &[u8; CMA_EXT], len: u64) -> Result<CmaExt, String> {
+    let e = CmaExt {
+        addr: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
+        number: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+        pid: u32::from_le_bytes(b[16..20].try_into().expect("4 bytes")),
+    };
+    if b[20..].iter().any(|&x| x != 0) {
+        return Err("bad CMA record (reserved bytes set)".into());
+    }
+    let end = e.addr.checked_add(len);
+    if e.addr == 0 || end.is_none_or(|end| usize::try_from(end).is_err()) {
+        return Err(format!(
+            "CMA record of {len} bytes at impossible address {:#x}",
+            e.addr
+        ));
+    }
+    Ok(e)
 }
 
 // ---------------------------------------------------------------------------
@@ -575,6 +811,11 @@ fn create_segment(
     seg.u32_at(OFF_HI).store(hi, Ordering::Relaxed);
     seg.u32_at(OFF_CREATOR_PID)
         .store(std::process::id(), Ordering::Relaxed);
+    let (probe, val) = crate::cma::probe_word();
+    seg.u64_at(OFF_CREATOR_PROBE)
+        .store(probe, Ordering::Relaxed);
+    seg.u64_at(OFF_CREATOR_PROBE_VAL)
+        .store(val, Ordering::Relaxed);
     seg.u64_at(OFF_MAGIC).store(MAGIC, Ordering::Release);
     Ok(seg)
 }
@@ -630,6 +871,35 @@ fn try_open_segment(
     Ok(Some((seg, cap)))
 }
 
+/// A mapped segment during setup: peer, segment, ring bytes, and whether
+/// this rank reads the peer's CMA records (the peer's pid, or why not).
+type PeerSegment = (u32, Arc<Segment>, u64, Result<u32, String>);
+
+/// Decides whether this rank reads the CMA records of ring `dir` of `seg`
+/// (the ring from the peer), probing the peer whose pid and probe word sit
+/// at the given header offsets, and publishes the answer in the ring's
+/// consumer line. Returns the peer's pid when CMA is on, else why not.
+fn cma_accept(
+    seg: &Segment,
+    dir: usize,
+    enabled: bool,
+    offs: (usize, usize, usize),
+) -> Result<u32, String> {
+    let (pid_off, probe_off, val_off) = offs;
+    let res = if enabled {
+        let pid = seg.u32_at(pid_off).load(Ordering::Acquire);
+        let addr = seg.u64_at(probe_off).load(Ordering::Acquire);
+        let val = seg.u64_at(val_off).load(Ordering::Acquire);
+        crate::cma::probe(pid, addr, val).map(|()| pid)
+    } else {
+        Err("disabled here (cma_min_bytes = 0)".to_string())
+    };
+    let flag = if res.is_ok() { CMA_YES } else { CMA_NO };
+    seg.u32_at(CTL[dir] + R_CMA_OK)
+        .store(flag, Ordering::Release);
+    res
+}
+
 // ---------------------------------------------------------------------------
 // The transport.
 
@@ -643,6 +913,9 @@ struct Ctx {
     events: mpsc::UnboundedSender<TransportEvent>,
     closing: AtomicBool,
     max_message: u64,
+    /// Tests: readers take no record while set (so that polls get them all).
+    #[cfg(test)]
+    pause_readers: AtomicBool,
 }
 
 struct Link {
@@ -655,12 +928,34 @@ struct Link {
     done: Mutex<Vec<oneshot::Receiver<()>>>,
     reported: AtomicBool,
     /// Held by whoever writes into `out_ring` (the writer thread, or a
-    /// sender writing a small message inline).
+    /// sender writing a message inline).
     producer: Mutex<()>,
+    /// Held by whoever reads a record from `in_ring` (the reader thread, or
+    /// a [`Transport::poll`]); records are consumed whole under it.
+    consumer: Mutex<()>,
+    /// Set (under `consumer`) when the reader thread stopped: the ring is
+    /// finished (goodbye) or corrupt, and polls leave it alone.
+    reader_gone: AtomicBool,
     /// Messages queued for the writer thread and not yet in the ring: a
     /// sender may write inline only when it is 0, which keeps messages in
     /// send order.
     backlog: AtomicUsize,
+    /// This rank's [`ShmConfig::cma_min_bytes`].
+    cma_min: usize,
+    /// The peer's pid when this rank reads the peer's CMA records.
+    cma_from: Option<u32>,
+    /// Payloads of CMA records written to `out_ring`, with their numbers,
+    /// kept alive until the peer has copied them.
+    kept: Mutex<std::collections::VecDeque<(u64, Bytes)>>,
+    /// Number of the last CMA record written (under `producer`).
+    cma_sent: AtomicU64,
+    /// The peer's copy count last acted on (kept payloads up to it dropped).
+    cma_released: AtomicU64,
+}
+
+fn lock(m: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    // The mutexes guard no data: a panic elsewhere leaves nothing broken.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Link {
@@ -692,15 +987,65 @@ impl Link {
             }),
         });
     }
+
+    /// Whether `m` goes by CMA: a data message of at least `cma_min` bytes,
+    /// to a peer that reads our CMA records.
+    fn use_cma(&self, m: &Message) -> bool {
+        self.cma_min > 0
+            && m.kind == MessageKind::Data
+            && m.payload.len() >= self.cma_min
+            && self.out_ring.cma_ok().load(Ordering::Acquire) == CMA_YES
+    }
+
+    /// Whether the peer copied CMA payloads that we still keep.
+    fn release_pending(&self) -> bool {
+        self.out_ring.cma_done().load(Ordering::Acquire) > self.cma_released.load(Ordering::Acquire)
+    }
+
+    /// Drops the kept payloads the peer has copied.
+    fn reap(&self) -> Result<(), String> {
+        if !self.release_pending() {
+            return Ok(());
+        }
+        let mut freed = Vec::new();
+        {
+            let mut kept = self.kept.lock().expect("shm kept");
+            let done = self.out_ring.cma_done().load(Ordering::Acquire);
+            let sent = self.cma_sent.load(Ordering::Acquire);
+            if done > sent {
+                return Err(format!(
+                    "the peer claims to have copied {done} CMA payloads of {sent} sent"
+                ));
+            }
+            while let Some((n, _)) = kept.front()
+                && *n <= done
+            {
+                freed.extend(kept.pop_front().map(|(_, b)| b));
+            }
+            self.cma_released.fetch_max(done, Ordering::AcqRel);
+        }
+        // Freed outside the lock (a large buffer may be unmapped here).
+        drop(freed);
+        Ok(())
+    }
+
+    fn kept_empty(&self) -> bool {
+        self.kept.lock().expect("shm kept").is_empty()
+    }
 }
 
 /// The shared-memory implementation of [`Transport`] (see the module docs).
 ///
 /// Dropping it stops its threads (within [`ShmConfig::wait_slice`]); the
-/// mappings go with the last thread.
+/// mappings, and the payloads kept for the peers' CMA copies, go with the
+/// last thread.
 pub struct ShmTransport {
     ctx: Arc<Ctx>,
     links: Vec<Option<Arc<Link>>>,
+    /// The links, densely (for polling).
+    live: Vec<Arc<Link>>,
+    /// Where the next poll starts (round robin).
+    poll_next: AtomicUsize,
 }
 
 impl std::fmt::Debug for ShmTransport {
@@ -709,12 +1054,7 @@ impl std::fmt::Debug for ShmTransport {
             .field("rank", &self.ctx.rank)
             .field(
                 "peers",
-                &self
-                    .links
-                    .iter()
-                    .flatten()
-                    .map(|l| l.peer)
-                    .collect::<Vec<_>>(),
+                &self.live.iter().map(|l| l.peer).collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -723,8 +1063,9 @@ impl std::fmt::Debug for ShmTransport {
 impl ShmTransport {
     /// Creates, opens and maps the segments of every peer in `setup.peers`,
     /// waits until each peer mapped its side (the names are then unlinked),
-    /// and starts the reader and writer threads. Blocks until done or
-    /// `setup.setup_timeout`; every peer listed must run this concurrently.
+    /// probes in both directions whether CMA works, and starts the reader and
+    /// writer threads. Blocks until done or `setup.setup_timeout`; every peer
+    /// listed must run this concurrently.
     ///
     /// Incoming messages and clean goodbyes are sent on `events`.
     pub fn establish(
@@ -734,6 +1075,7 @@ impl ShmTransport {
         let deadline = Instant::now() + setup.setup_timeout;
         let rank = setup.rank;
         let cfg = &setup.config;
+        let cma_on = cfg.cma_min_bytes > 0;
         let cap = (cfg.ring_bytes.max(4096).div_ceil(4096) * 4096) as u64;
         let tag_of = |r: u32| -> Result<&str, TransportError> {
             match setup.tags.get(r as usize) {
@@ -751,11 +1093,12 @@ impl ShmTransport {
             }
             tag_of(p)?;
         }
-        let mut segs: Vec<(u32, Arc<Segment>, u64)> = Vec::new();
+        let mut segs: Vec<PeerSegment> = Vec::new();
         // 1. Create the segments we own (we are the lower rank).
         for &p in setup.peers.iter().filter(|&&p| p > rank) {
             let name = segment_name(setup.job, tag_of(rank)?, rank, p);
-            segs.push((p, create_segment(&name, setup.job, rank, p, cap)?, cap));
+            let seg = create_segment(&name, setup.job, rank, p, cap)?;
+            segs.push((p, seg, cap, Err(String::new())));
         }
         // 2. Open the peers' segments, then unlink their names at once.
         for &p in setup.peers.iter().filter(|&&p| p < rank) {
@@ -777,12 +1120,23 @@ impl ShmTransport {
             seg.unlink();
             seg.u32_at(OFF_OPENER_PID)
                 .store(std::process::id(), Ordering::Relaxed);
+            let (probe, val) = crate::cma::probe_word();
+            seg.u64_at(OFF_OPENER_PROBE).store(probe, Ordering::Relaxed);
+            seg.u64_at(OFF_OPENER_PROBE_VAL)
+                .store(val, Ordering::Relaxed);
+            // We read ring 0 (the creator's, lower rank's, direction).
+            let cma = cma_accept(
+                &seg,
+                0,
+                cma_on,
+                (OFF_CREATOR_PID, OFF_CREATOR_PROBE, OFF_CREATOR_PROBE_VAL),
+            );
             seg.u32_at(OFF_ATTACHED).store(1, Ordering::Release);
             futex_wake(seg.u32_at(OFF_ATTACHED));
-            segs.push((p, seg, pcap));
+            segs.push((p, seg, pcap, cma));
         }
         // 3. Wait until the peers mapped ours (they unlinked the names).
-        for (p, seg, _) in segs.iter().filter(|(p, _, _)| *p > rank) {
+        for (p, seg, _, cma) in segs.iter_mut().filter(|(p, ..)| *p > rank) {
             while seg.u32_at(OFF_ATTACHED).load(Ordering::Acquire) == 0 {
                 let now = Instant::now();
                 if now >= deadline {
@@ -798,6 +1152,13 @@ impl ShmTransport {
                 );
             }
             seg.unlinked.store(true, Ordering::Release);
+            // We read ring 1 (the opener's direction).
+            *cma = cma_accept(
+                seg,
+                1,
+                cma_on,
+                (OFF_OPENER_PID, OFF_OPENER_PROBE, OFF_OPENER_PROBE_VAL),
+            );
         }
         // 4. Start the threads.
         let ctx = Arc::new(Ctx {
@@ -805,14 +1166,22 @@ impl ShmTransport {
             events,
             closing: AtomicBool::new(false),
             max_message: cfg.max_message,
+            #[cfg(test)]
+            pause_readers: AtomicBool::new(false),
         });
         let mut links: Vec<Option<Arc<Link>>> = (0..setup.world_size).map(|_| None).collect();
-        for (p, seg, pcap) in segs {
+        let mut cma_peers = Vec::new();
+        let mut ring_peers = Vec::new();
+        for (p, seg, pcap, cma) in segs {
             // Ring 0 carries lo -> hi.
             let (out_dir, in_dir) = if rank < p { (0, 1) } else { (1, 0) };
             let (tx, rx) = std::sync::mpsc::channel();
             let (wdone_tx, wdone_rx) = oneshot::channel();
             let (rdone_tx, rdone_rx) = oneshot::channel();
+            match &cma {
+                Ok(_) => cma_peers.push(p),
+                Err(why) => ring_peers.push((p, why.clone())),
+            }
             let link = Arc::new(Link {
                 peer: p,
                 path: format!("/dev/shm{}", seg.name),
@@ -823,7 +1192,14 @@ impl ShmTransport {
                 done: Mutex::new(vec![wdone_rx, rdone_rx]),
                 reported: AtomicBool::new(false),
                 producer: Mutex::new(()),
+                consumer: Mutex::new(()),
+                reader_gone: AtomicBool::new(false),
                 backlog: AtomicUsize::new(0),
+                cma_min: cfg.cma_min_bytes,
+                cma_from: cma.ok(),
+                kept: Mutex::new(std::collections::VecDeque::new()),
+                cma_sent: AtomicU64::new(0),
+                cma_released: AtomicU64::new(0),
             });
             let spawn = |what: &str, f: Box<dyn FnOnce() + Send>| {
                 std::thread::Builder::new()
@@ -848,16 +1224,33 @@ impl ShmTransport {
                     drop(rdone_tx);
                 }),
             )?;
-            debug!(rank, peer = p, path = %link.path, ring_bytes = pcap, "shm link up");
+            debug!(rank, peer = p, path = %link.path, ring_bytes = pcap, cma = link.cma_from.is_some(), "shm link up");
             links[p as usize] = Some(link);
         }
         info!(
             rank,
             peers = ?setup.peers,
             ring_bytes = cap,
+            cma_min_bytes = cfg.cma_min_bytes,
+            cma_from = ?cma_peers,
             "shm transport ready"
         );
-        Ok(Self { ctx, links })
+        if !ring_peers.is_empty() {
+            let (peers, why): (Vec<u32>, Vec<String>) = ring_peers.into_iter().unzip();
+            info!(
+                rank,
+                peers = ?peers,
+                "shm: large messages from these ranks are copied through the ring, not by CMA: {}",
+                why[0]
+            );
+        }
+        let live = links.iter().flatten().cloned().collect();
+        Ok(Self {
+            ctx,
+            links,
+            live,
+            poll_next: AtomicUsize::new(0),
+        })
     }
 
     fn link(&self, peer: u32) -> Option<&Arc<Link>> {
@@ -866,9 +1259,26 @@ impl ShmTransport {
 
     fn stop_all(&self) {
         self.ctx.closing.store(true, Ordering::Release);
-        for l in self.links.iter().flatten() {
+        for l in &self.live {
             l.stop();
         }
+    }
+
+    /// Whether messages of at least [`ShmConfig::cma_min_bytes`] to `peer`
+    /// go by CMA (the peer accepted them at setup).
+    ///
+    /// Only meaningful once the peer finished its setup; `false` for a peer
+    /// not reached over shared memory.
+    pub fn cma_to(&self, peer: u32) -> bool {
+        self.link(peer).is_some_and(|l| {
+            l.cma_min > 0 && l.out_ring.cma_ok().load(Ordering::Acquire) == CMA_YES
+        })
+    }
+
+    /// Whether this rank copies large messages from `peer` by CMA (its probe
+    /// of the peer succeeded at setup).
+    pub fn cma_from(&self, peer: u32) -> bool {
+        self.link(peer).is_some_and(|l| l.cma_from.is_some())
     }
 }
 
@@ -882,19 +1292,22 @@ impl Drop for ShmTransport {
 /// room and nothing is queued before it) instead of waking the writer thread.
 const INLINE_MAX: usize = 64 << 10;
 
-/// Writes one message record (header and payload) into `ring`; the caller
-/// holds the link's producer lock.
-/// Writes one message into the ring, counting data payloads in the metrics
-/// (`nic="shm"`).
-fn write_msg(ring: &Ring, m: &Message, stop: &AtomicBool) -> Result<(), RingStop> {
-    let res = write_msg_inner(ring, m, stop);
+/// Writes one message record into the link's out ring, counting data
+/// payloads in the metrics (`nic="shm"`); the caller holds the producer lock.
+fn write_msg(link: &Link, m: &Message) -> Result<(), RingStop> {
+    let res = if link.use_cma(m) {
+        write_cma(link, m)
+    } else {
+        write_copy(&link.out_ring, m, &link.stop)
+    };
     if res.is_ok() && m.kind == MessageKind::Data {
         crate::metrics::Metrics::global().nic_transmit("shm", None, m.payload.len() as u64);
     }
     res
 }
 
-fn write_msg_inner(ring: &Ring, m: &Message, stop: &AtomicBool) -> Result<(), RingStop> {
+/// A record carrying the payload itself.
+fn write_copy(ring: &Ring, m: &Message, stop: &AtomicBool) -> Result<(), RingStop> {
     let kind = match m.kind {
         MessageKind::Data => REC_DATA,
         MessageKind::Control => REC_CONTROL,
@@ -911,10 +1324,51 @@ fn write_msg_inner(ring: &Ring, m: &Message, stop: &AtomicBool) -> Result<(), Ri
         let mut buf = [0u8; REC_LEN + 4096];
         buf[..REC_LEN].copy_from_slice(&rec);
         buf[REC_LEN..REC_LEN + m.payload.len()].copy_from_slice(&m.payload);
-        ring.write_all(&buf[..REC_LEN + m.payload.len()], stop)
+        let record = &buf[..REC_LEN + m.payload.len()];
+        if m.payload.len() <= POLL_MAX_PAYLOAD {
+            ring.write_pollable(record, stop)
+        } else {
+            ring.write_all(record, stop)
+        }
     } else {
         ring.write_all(&rec, stop)
             .and_then(|()| ring.write_all(&m.payload, stop))
+    }
+}
+
+/// A CMA record: the payload stays where it is, kept alive until the peer
+/// copied it.
+fn write_cma(link: &Link, m: &Message) -> Result<(), RingStop> {
+    let number = link.cma_sent.load(Ordering::Relaxed) + 1;
+    // Kept before the record is visible, so a release never precedes it.
+    link.kept
+        .lock()
+        .expect("shm kept")
+        .push_back((number, m.payload.clone()));
+    link.cma_sent.store(number, Ordering::Release);
+    let mut rec = [0u8; REC_LEN + CMA_EXT];
+    rec[..REC_LEN].copy_from_slice(&encode_record(
+        REC_CMA,
+        m.dtype,
+        m.comm,
+        m.channel,
+        m.seq,
+        m.payload.len() as u64,
+    ));
+    rec[REC_LEN..].copy_from_slice(&encode_cma(&CmaExt {
+        addr: m.payload.as_ptr() as u64,
+        number,
+        pid: std::process::id(),
+    }));
+    link.out_ring.write_all(&rec, &link.stop)
+}
+
+/// Ring bytes the record of `m` takes.
+fn record_bytes(link: &Link, m: &Message) -> usize {
+    if link.use_cma(m) {
+        REC_LEN + CMA_EXT
+    } else {
+        REC_LEN + m.payload.len()
     }
 }
 
@@ -922,7 +1376,7 @@ fn writer(link: &Link, ctx: &Ctx, rx: std::sync::mpsc::Receiver<Out>) {
     let ring = &link.out_ring;
     let stop = &*link.stop;
     while let Ok(out) = rx.recv() {
-        let _producer = link.producer.lock().expect("shm producer");
+        let _producer = lock(&link.producer);
         let res = match out {
             Out::Goodbye => {
                 let rec = encode_record(REC_GOODBYE, 0, 0, 0, 0, 0);
@@ -930,7 +1384,7 @@ fn writer(link: &Link, ctx: &Ctx, rx: std::sync::mpsc::Receiver<Out>) {
                 return;
             }
             Out::Msg(m) => {
-                let r = write_msg(ring, &m, stop);
+                let r = write_msg(link, &m);
                 link.backlog.fetch_sub(1, Ordering::AcqRel);
                 r
             }
@@ -949,6 +1403,14 @@ fn writer(link: &Link, ctx: &Ctx, rx: std::sync::mpsc::Receiver<Out>) {
     }
 }
 
+/// What the reader thread does after a record.
+enum Next {
+    /// Read the next one.
+    Go,
+    /// Stop: the ring is finished, corrupt, or the transport closes.
+    Stop,
+}
+
 fn reader(link: &Link, ctx: &Ctx) {
     let ring = &link.in_ring;
     let stop = &*link.stop;
@@ -958,54 +1420,248 @@ fn reader(link: &Link, ctx: &Ctx) {
             CloseReason::Lost(format!("shm ring from the peer: {why}")),
         )
     };
+    // Number of the last CMA record copied.
+    let mut cma_seen = 0u64;
     loop {
-        let mut hb = [0u8; REC_LEN];
-        match ring.read_exact(&mut hb, stop) {
+        // Wait for a record (or a CMA release) without the consumer lock, so
+        // that polls can take small messages meanwhile.
+        let waited = ring.wait(ring.data_seq(), ring.reader_waiting(), stop, || {
+            let data = ring.pending().map_err(RingStop::Corrupt)?;
+            Ok((data || link.release_pending()).then_some(()))
+        });
+        match waited {
             Ok(()) => {}
-            Err(RingStop::Closed) => return,
-            Err(RingStop::Corrupt(why)) => return lost(why),
+            Err(RingStop::Closed) => break,
+            Err(RingStop::Corrupt(why)) => {
+                lost(why);
+                break;
+            }
         }
-        let rec = match decode_record(&hb, ctx.max_message) {
-            Ok(r) => r,
-            Err(why) => return lost(why),
-        };
-        if rec.kind == REC_GOODBYE {
+        if let Err(why) = link.reap() {
+            lost(why);
+            break;
+        }
+        #[cfg(test)]
+        while ctx.pause_readers.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !matches!(ring.pending(), Ok(true)) {
+            continue; // woken for a release only, or a poll took the data
+        }
+        let guard = lock(&link.consumer);
+        match ring.readable() {
+            Ok(0) => continue, // a poll took it; wait again
+            Ok(_) => {}
+            Err(why) => {
+                link.reader_gone.store(true, Ordering::Release);
+                lost(why);
+                break;
+            }
+        }
+        let next = read_record(link, ctx, &mut cma_seen);
+        if let Next::Stop = next {
+            link.reader_gone.store(true, Ordering::Release);
+            drop(guard);
+            break;
+        }
+    }
+    link.reader_gone.store(true, Ordering::Release);
+}
+
+/// Reads one whole record under the consumer lock and delivers it.
+fn read_record(link: &Link, ctx: &Ctx, cma_seen: &mut u64) -> Next {
+    let ring = &link.in_ring;
+    let stop = &*link.stop;
+    let lost = |why: String| {
+        link.report(
+            ctx,
+            CloseReason::Lost(format!("shm ring from the peer: {why}")),
+        );
+        Next::Stop
+    };
+    let mut hb = [0u8; REC_LEN];
+    match ring.read_exact(&mut hb, stop) {
+        Ok(()) => {}
+        Err(RingStop::Closed) => return Next::Stop,
+        Err(RingStop::Corrupt(why)) => return lost(why),
+    }
+    let rec = match decode_record(&hb, ctx.max_message) {
+        Ok(r) => r,
+        Err(why) => return lost(why),
+    };
+    let payload = match rec.kind {
+        REC_GOODBYE => {
             link.report(ctx, CloseReason::Clean);
-            return;
+            return Next::Stop;
         }
-        // Straight from the ring into the buffer handed up (no zeroing, no
-        // further copy; recycled when the receiver drops it).
-        let mut payload = RecvBuf::new(rec.len as usize);
-        match ring.read_exact(payload.as_mut_slice(), stop) {
-            Ok(()) => {}
-            Err(RingStop::Closed) => return,
-            Err(RingStop::Corrupt(why)) => return lost(why),
+        REC_CMA => {
+            let mut xb = [0u8; CMA_EXT];
+            match ring.read_exact(&mut xb, stop) {
+                Ok(()) => {}
+                Err(RingStop::Closed) => return Next::Stop,
+                Err(RingStop::Corrupt(why)) => return lost(why),
+            }
+            match copy_cma(link, &rec, &xb, cma_seen) {
+                Ok(p) => p,
+                Err(why) => return lost(why),
+            }
         }
-        if rec.kind == REC_DATA {
-            crate::metrics::Metrics::global().nic_receive("shm", None, rec.len);
+        _ => {
+            // Straight from the ring into the buffer handed up (no zeroing,
+            // no further copy; recycled when the receiver drops it).
+            let mut payload = RecvBuf::new(rec.len as usize);
+            match ring.read_exact(payload.as_mut_slice(), stop) {
+                Ok(()) => {}
+                Err(RingStop::Closed) => return Next::Stop,
+                Err(RingStop::Corrupt(why)) => return lost(why),
+            }
+            payload
         }
-        let msg = Message {
-            kind: if rec.kind == REC_DATA {
-                MessageKind::Data
-            } else {
-                MessageKind::Control
-            },
-            dtype: rec.dtype,
-            comm: rec.comm,
-            channel: rec.channel,
-            seq: rec.seq,
-            payload: payload.into_bytes(),
-        };
-        if ctx
-            .events
-            .send(TransportEvent::Message {
-                peer: link.peer,
-                msg,
-            })
-            .is_err()
-        {
-            return;
-        }
+    };
+    if rec.kind != REC_CONTROL {
+        crate::metrics::Metrics::global().nic_receive("shm", None, rec.len);
+    }
+    let msg = Message {
+        kind: rec.message_kind(),
+        dtype: rec.dtype,
+        comm: rec.comm,
+        channel: rec.channel,
+        seq: rec.seq,
+        payload: payload.into_bytes(),
+    };
+    // Sent under the consumer lock: a poll cannot deliver a later record
+    // before this one is in the event channel.
+    match ctx.events.send(TransportEvent::Message {
+        peer: link.peer,
+        msg,
+    }) {
+        Ok(()) => Next::Go,
+        Err(_) => Next::Stop,
+    }
+}
+
+/// Copies the payload of a CMA record (header `rec`, extension `xb`) from
+/// the sender's memory, then tells the sender it may drop it.
+fn copy_cma(
+    link: &Link,
+    rec: &Record,
+    xb: &[u8; CMA_EXT],
+    cma_seen: &mut u64,
+) -> Result<RecvBuf, String> {
+    let ext = decode_cma(xb, rec.len)?;
+    let Some(pid) = link.cma_from else {
+        return Err("CMA record from a peer this rank does not read by CMA".into());
+    };
+    if ext.pid != pid {
+        return Err(format!(
+            "CMA record names pid {}, the peer is pid {pid}",
+            ext.pid
+        ));
+    }
+    if ext.number != *cma_seen + 1 {
+        return Err(format!(
+            "CMA record number {} where {} was due",
+            ext.number,
+            *cma_seen + 1
+        ));
+    }
+    let mut payload = RecvBuf::new(rec.len as usize);
+    crate::cma::read(pid, ext.addr, payload.as_mut_slice()).map_err(|e| {
+        format!(
+            "copying {} bytes at {:#x} from pid {pid} by CMA failed: {}",
+            rec.len,
+            ext.addr,
+            crate::cma::explain(e)
+        )
+    })?;
+    *cma_seen = ext.number;
+    // The sender's reader thread drops the payload on this.
+    link.in_ring.cma_done().store(ext.number, Ordering::Release);
+    link.out_ring.notify_reader();
+    Ok(payload)
+}
+
+/// One poll of one link: delivers the record at the tail if it is a whole
+/// small data or control record and nobody else is reading.
+fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> bool {
+    let ring = &link.in_ring;
+    // Cheap checks first: most links of a poll are idle.
+    if link.stop.load(Ordering::Acquire) || !matches!(ring.pending(), Ok(true)) {
+        return false;
+    }
+    let _consumer = match link.consumer.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return false,
+    };
+    if link.reader_gone.load(Ordering::Acquire) {
+        return false;
+    }
+    let avail = match ring.readable() {
+        Ok(n) if n >= REC_LEN as u64 => n,
+        _ => return false, // taken meanwhile, or corrupt: the reader reports it
+    };
+    let tail = ring.tail().load(Ordering::Relaxed);
+    let mut hb = [0u8; REC_LEN];
+    // SAFETY: `avail >= REC_LEN` bytes are published (Acquire on head in
+    // `readable`), and we hold the consumer lock.
+    unsafe { ring.copy_out(tail, &mut hb) };
+    let Ok(rec) = decode_record(&hb, ctx.max_message) else {
+        return false; // the reader thread reports it
+    };
+    if !matches!(rec.kind, REC_DATA | REC_CONTROL)
+        || rec.len > POLL_MAX_PAYLOAD as u64
+        || avail < REC_LEN as u64 + rec.len
+    {
+        return false;
+    }
+    let mut payload = RecvBuf::new(rec.len as usize);
+    // SAFETY: the whole record is published (checked above).
+    unsafe { ring.copy_out(tail + REC_LEN as u64, payload.as_mut_slice()) };
+    ring.consume_to(tail + REC_LEN as u64 + rec.len);
+    if rec.kind == REC_DATA {
+        crate::metrics::Metrics::global().nic_receive("shm", None, rec.len);
+    }
+    let msg = Message {
+        kind: rec.message_kind(),
+        dtype: rec.dtype,
+        comm: rec.comm,
+        channel: rec.channel,
+        seq: rec.seq,
+        payload: payload.into_bytes(),
+    };
+    // Called under the consumer lock, so the next record of this link (by
+    // poll or reader) is delivered after this one.
+    f(link.peer, msg);
+    true
+}
+
+/// Waits, on a thread of its own, until the peers copied the CMA payloads
+/// this rank sent them, or [`CMA_CLOSE_WAIT`] passed.
+async fn drain_kept(links: &[Arc<Link>]) {
+    if links.iter().all(|l| l.kept_empty()) {
+        return;
+    }
+    let (tx, rx) = oneshot::channel();
+    let links = links.to_vec();
+    let spawned = std::thread::Builder::new()
+        .name("zccl-shm-drain".into())
+        .spawn(move || {
+            let until = Instant::now() + CMA_CLOSE_WAIT;
+            for l in &links {
+                while !l.kept_empty() && Instant::now() < until {
+                    if l.reap().is_err() {
+                        break;
+                    }
+                    if !l.kept_empty() {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            }
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() {
+        let _ = rx.await;
     }
 }
 
@@ -1019,17 +1675,21 @@ impl Transport for ShmTransport {
         if self.ctx.closing.load(Ordering::Acquire) {
             return Err(TransportError::Closed);
         }
+        if link.release_pending() {
+            // The reader thread does it too; this only frees memory sooner.
+            let _ = link.reap();
+        }
         let len = msg.payload.len();
-        if len <= INLINE_MAX
+        if (len <= INLINE_MAX || link.use_cma(&msg))
             && link.backlog.load(Ordering::Acquire) == 0
             && let Ok(_producer) = link.producer.try_lock()
             && link.backlog.load(Ordering::Acquire) == 0
-            && link.out_ring.free() >= (REC_LEN + len) as u64
+            && link.out_ring.free() >= record_bytes(link, &msg) as u64
         {
             // Fast path: the ring has room and nothing is queued before this
             // message, so write it here (never waits) instead of handing it
             // to the writer thread (one thread wake-up less per message).
-            return match write_msg(&link.out_ring, &msg, &link.stop) {
+            return match write_msg(link, &msg) {
                 Ok(()) => Ok(()),
                 Err(RingStop::Closed) => Err(TransportError::Closed),
                 Err(RingStop::Corrupt(why)) => {
@@ -1056,10 +1716,54 @@ impl Transport for ShmTransport {
         })
     }
 
+    fn set_polling(&self, on: bool) {
+        for l in &self.live {
+            let r = &l.in_ring;
+            if on {
+                r.polling().fetch_add(1, Ordering::SeqCst);
+            } else {
+                r.polling().fetch_sub(1, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                // A record a producer left to us while we polled: the
+                // reader thread takes it from here.
+                if !matches!(r.pending(), Ok(false)) {
+                    r.data_seq().fetch_add(1, Ordering::SeqCst);
+                    futex_wake(r.data_seq());
+                }
+            }
+        }
+    }
+
+    fn poll(&self, max: usize, f: &mut dyn FnMut(u32, Message)) -> usize {
+        let n = self.live.len();
+        if n == 0 || max == 0 {
+            return 0;
+        }
+        let start = self.poll_next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut got = 0;
+        // Rounds of at most one message per link, so that a busy peer
+        // cannot starve the others.
+        loop {
+            let before = got;
+            for i in 0..n {
+                if got == max {
+                    return got;
+                }
+                if poll_link(&self.live[(start + i) % n], &self.ctx, f) {
+                    got += 1;
+                }
+            }
+            if got == before {
+                return got;
+            }
+        }
+    }
+
     fn close(&self, reason: GoodbyeReason) -> BoxFuture {
         let first = !self.ctx.closing.swap(true, Ordering::AcqRel);
-        let links: Vec<Arc<Link>> = self.links.iter().flatten().cloned().collect();
+        let links = self.live.clone();
         Box::pin(async move {
+            let clean = matches!(reason, GoodbyeReason::Clean);
             if first {
                 match reason {
                     GoodbyeReason::Clean => {
@@ -1089,6 +1793,21 @@ impl Transport for ShmTransport {
             for w in waits {
                 let _ = w.await;
             }
+            if clean {
+                // The peers read our CMA payloads from our memory: let them
+                // finish before this rank may free it.
+                drain_kept(&links).await;
+            } else {
+                // An abort does not wait for them; a peer still copying must
+                // not read memory this process reuses for something else
+                // (it would deliver stale bytes as data): leak what it may
+                // still read (bounded by what was in flight).
+                for l in &links {
+                    for (_, b) in l.kept.lock().expect("shm kept").drain(..) {
+                        std::mem::forget(b);
+                    }
+                }
+            }
             let mut readers = Vec::new();
             for l in &links {
                 l.stop();
@@ -1114,11 +1833,36 @@ mod tests {
             (REC_DATA, 6, 7, 9, 1 << 40, 123)
         );
         assert!(decode_record(&encode_record(REC_DATA, 0, 0, 0, 0, 1001), 1000).is_err());
+        assert!(decode_record(&encode_record(REC_CMA, 0, 0, 0, 0, 1001), 1000).is_err());
         assert!(decode_record(&encode_record(REC_GOODBYE, 0, 0, 0, 0, 1), 1000).is_err());
         assert!(decode_record(&encode_record(9, 0, 0, 0, 0, 0), 1000).is_err());
         let mut bad = r;
         bad[0] = b'X';
         assert!(decode_record(&bad, 1000).is_err());
+    }
+
+    #[test]
+    fn cma_extensions_round_trip_and_reject() {
+        let e = CmaExt {
+            addr: 0x7f00_0000_1000,
+            number: 3,
+            pid: 42,
+        };
+        assert_eq!(decode_cma(&encode_cma(&e), 1 << 20).unwrap(), e);
+        let mut b = encode_cma(&e);
+        b[31] = 1;
+        assert!(decode_cma(&b, 10).unwrap_err().contains("reserved"));
+        let zero = CmaExt { addr: 0, ..e };
+        assert!(decode_cma(&encode_cma(&zero), 10).is_err());
+        let wraps = CmaExt {
+            addr: u64::MAX - 4,
+            ..e
+        };
+        assert!(
+            decode_cma(&encode_cma(&wraps), 10)
+                .unwrap_err()
+                .contains("impossible address")
+        );
     }
 
     #[test]
@@ -1129,5 +1873,239 @@ mod tests {
         assert!(!valid_tag(&"a".repeat(33)));
         let n = segment_name(1, "t", 2, 3);
         assert!(n.starts_with("/zccl-") && n.ends_with("-t-2-3"), "{n}");
+    }
+
+    type Side = (ShmTransport, mpsc::UnboundedReceiver<TransportEvent>);
+
+    /// Ranks 0 and 1 of a fresh job, as threads of this process.
+    fn pair(cfg0: ShmConfig, cfg1: ShmConfig) -> (Side, Side) {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&std::process::id().to_le_bytes());
+        b[4..8].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        b[8] = 0x5e;
+        let job = job_tag(&JobSecret::from_bytes(b));
+        let start = |rank: u32, config: ShmConfig| {
+            std::thread::spawn(move || {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let setup = ShmSetup {
+                    rank,
+                    world_size: 2,
+                    job,
+                    tags: vec![Some("u0".into()), Some("u1".into())],
+                    peers: vec![1 - rank],
+                    config,
+                    setup_timeout: Duration::from_secs(10),
+                };
+                (ShmTransport::establish(setup, tx).unwrap(), rx)
+            })
+        };
+        let (a, b) = (start(0, cfg0), start(1, cfg1));
+        (a.join().unwrap(), b.join().unwrap())
+    }
+
+    fn cfg() -> ShmConfig {
+        ShmConfig {
+            max_message: 64 << 20,
+            ..ShmConfig::default()
+        }
+    }
+
+    fn next(rx: &mut mpsc::UnboundedReceiver<TransportEvent>) -> TransportEvent {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.try_recv() {
+                Ok(e) => return e,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    assert!(Instant::now() < until, "no event within 10 s");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn msg(kind: MessageKind, seq: u64, len: usize) -> Message {
+        Message {
+            kind,
+            dtype: 1,
+            comm: 2,
+            channel: 3,
+            seq,
+            payload: (0..len)
+                .map(|i| (i as u64 ^ seq) as u8)
+                .collect::<Vec<_>>()
+                .into(),
+        }
+    }
+
+    #[test]
+    fn poll_takes_small_whole_messages_in_order_and_leaves_the_rest() {
+        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
+        t1.ctx.pause_readers.store(true, Ordering::Release);
+        // Sends that find room are written inline: in the ring on return.
+        for i in 0..20 {
+            let kind = if i % 3 == 0 {
+                MessageKind::Control
+            } else {
+                MessageKind::Data
+            };
+            t0.send(1, msg(kind, i, i as usize * 200)).unwrap();
+        }
+        t0.send(1, msg(MessageKind::Data, 20, POLL_MAX_PAYLOAD + 1))
+            .unwrap();
+        for i in 21..26 {
+            t0.send(1, msg(MessageKind::Data, i, 8)).unwrap();
+        }
+        let mut got = Vec::new();
+        assert_eq!(t1.poll(3, &mut |p, m| got.push((p, m))), 3);
+        assert_eq!(t1.poll(100, &mut |p, m| got.push((p, m))), 17);
+        // The large message blocks the tail: nothing more for polls.
+        assert_eq!(t1.poll(100, &mut |p, m| got.push((p, m))), 0);
+        for (i, (p, m)) in got.iter().enumerate() {
+            assert_eq!(*p, 0);
+            let kind = if i % 3 == 0 {
+                MessageKind::Control
+            } else {
+                MessageKind::Data
+            };
+            assert_eq!(*m, msg(kind, i as u64, i * 200));
+        }
+        assert!(rx1.try_recv().is_err(), "polled messages are no events");
+        // The reader thread takes the rest, in order.
+        t1.ctx.pause_readers.store(false, Ordering::Release);
+        for i in 20..26 {
+            match next(&mut rx1) {
+                TransportEvent::Message { peer: 0, msg: m } => {
+                    let len = if i == 20 { POLL_MAX_PAYLOAD + 1 } else { 8 };
+                    assert_eq!(m, msg(MessageKind::Data, i, len));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A goodbye is the reader's too.
+        t1.ctx.pause_readers.store(true, Ordering::Release);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(t0.close(GoodbyeReason::Clean));
+        assert_eq!(t1.poll(100, &mut |_, _| panic!("no message")), 0);
+        t1.ctx.pause_readers.store(false, Ordering::Release);
+        assert!(matches!(
+            next(&mut rx1),
+            TransportEvent::PeerClosed {
+                peer: 0,
+                reason: CloseReason::Clean,
+                ..
+            }
+        ));
+    }
+
+    /// Writes a raw record (header, then `ext`) from rank 0 to rank 1, then
+    /// expects rank 1 to report rank 0 lost with a reason containing `want`.
+    fn refused(cfg1: ShmConfig, header: [u8; REC_LEN], ext: &[u8], want: &str) {
+        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg1);
+        let link = t0.link(1).unwrap();
+        {
+            let _p = lock(&link.producer);
+            link.out_ring.write_all(&header, &link.stop).unwrap();
+            link.out_ring.write_all(ext, &link.stop).unwrap();
+        }
+        match next(&mut rx1) {
+            TransportEvent::PeerClosed {
+                peer: 0,
+                reason: CloseReason::Lost(why),
+                ..
+            } => assert!(why.contains(want), "{why:?} lacks {want:?}"),
+            other => panic!("{other:?}"),
+        }
+        // The link is finished for polls too.
+        assert_eq!(t1.poll(10, &mut |_, _| panic!("no message")), 0);
+        drop(t1);
+    }
+
+    #[test]
+    fn corrupt_cma_records_close_the_link_as_lost() {
+        let buf = vec![7u8; 1 << 20];
+        let pid = std::process::id();
+        let hdr = |len: u64| encode_record(REC_CMA, 0, 0, 0, 0, len);
+        let ext = |addr: u64, number: u64, pid: u32| encode_cma(&CmaExt { addr, number, pid });
+        let at = buf.as_ptr() as u64;
+        // The sender's buffer is not mapped.
+        refused(cfg(), hdr(4096), &ext(8, 1, pid), "not mapped");
+        // Another pid than the peer's.
+        refused(cfg(), hdr(16), &ext(at, 1, pid + 1), "names pid");
+        // Out of sequence.
+        refused(cfg(), hdr(16), &ext(at, 2, pid), "number 2 where 1 was due");
+        // Too long.
+        refused(cfg(), hdr(65 << 20), &ext(at, 1, pid), "exceeds the limit");
+        // Address range wraps.
+        refused(
+            cfg(),
+            hdr(16),
+            &ext(u64::MAX - 4, 1, pid),
+            "impossible address",
+        );
+        // Reserved bytes set.
+        let mut x = ext(at, 1, pid);
+        x[25] = 1;
+        refused(cfg(), hdr(16), &x, "reserved");
+        // To a rank that does not read CMA.
+        let off = ShmConfig {
+            cma_min_bytes: 0,
+            ..cfg()
+        };
+        refused(off, hdr(16), &ext(at, 1, pid), "does not read by CMA");
+        // A sound record passes (the control case of the above).
+        let ((t0, _rx0), (_t1, mut rx1)) = pair(cfg(), cfg());
+        let link = t0.link(1).unwrap();
+        {
+            let _p = lock(&link.producer);
+            link.out_ring.write_all(&hdr(16), &link.stop).unwrap();
+            link.out_ring
+                .write_all(&ext(at, 1, pid), &link.stop)
+                .unwrap();
+        }
+        match next(&mut rx1) {
+            TransportEvent::Message { peer: 0, msg } => assert_eq!(&msg.payload[..], &buf[..16]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_impossible_release_count_closes_the_link_as_lost() {
+        let ((_t0, mut rx0), (t1, _rx1)) = pair(cfg(), cfg());
+        let link = t1.link(0).unwrap();
+        link.in_ring.cma_done().store(5, Ordering::Release);
+        link.out_ring.notify_reader();
+        match next(&mut rx0) {
+            TransportEvent::PeerClosed {
+                peer: 1,
+                reason: CloseReason::Lost(why),
+                ..
+            } => assert!(why.contains("copied 5 CMA payloads of 0"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cma_is_probed_in_both_directions() {
+        let ((t0, _rx0), (t1, _rx1)) = pair(cfg(), cfg());
+        let until = Instant::now() + Duration::from_secs(5);
+        // Rank 0's probe of rank 1 may end after rank 1's setup returned.
+        while !t1.cma_to(0) {
+            assert!(Instant::now() < until);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(t0.cma_to(1) && t0.cma_from(1) && t1.cma_from(0));
+        let off = ShmConfig {
+            cma_min_bytes: 0,
+            ..cfg()
+        };
+        let ((t0, _rx0), (t1, _rx1)) = pair(cfg(), off);
+        assert!(!t0.cma_to(1) && !t1.cma_from(0) && !t1.cma_to(0));
+        // Rank 0 still reads rank 1's CMA records; rank 1 sends none.
+        assert!(t0.cma_from(1));
     }
 }

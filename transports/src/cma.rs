@@ -1,0 +1,163 @@
+//! Cross-memory attach (CMA): copying bytes straight out of another
+//! process's memory with `process_vm_readv(2)`, as Open MPI's `vader` BTL
+//! does for large messages between ranks of one host.
+//!
+//! The shared-memory transport ([`crate::shm`]) uses it to move a large
+//! message with one copy (sender's buffer → receive buffer) instead of two
+//! (sender's buffer → ring → receive buffer). Whether one process may read
+//! another depends on ptrace rights (same user, Yama's `ptrace_scope`,
+//! seccomp, PID namespaces), so each pair of ranks [`probe`]s once at setup,
+//! by reading a known word ([`probe_word`]) of the peer, and falls back to
+//! the ring when that fails.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+
+/// A word of this process that peers read once to learn whether CMA works
+/// (its value is random and never changes after the first use).
+static PROBE: AtomicU64 = AtomicU64::new(0);
+
+/// The address and value of this process's probe word, for a peer to
+/// check with [`probe`].
+pub(crate) fn probe_word() -> (u64, u64) {
+    let mut v = PROBE.load(Ordering::Acquire);
+    if v == 0 {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut h = t ^ (u64::from(std::process::id()) << 32) ^ (PROBE.as_ptr() as u64);
+        // splitmix64 finaliser.
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let seed = (h ^ (h >> 31)) | 1;
+        v = match PROBE.compare_exchange(0, seed, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => seed,
+            Err(cur) => cur,
+        };
+    }
+    (PROBE.as_ptr() as u64, v)
+}
+
+/// Copies `dst.len()` bytes found at `addr` in process `pid` into `dst`,
+/// looping over partial reads (`process_vm_readv` may stop at a page it
+/// cannot read, or after about 2 GiB).
+///
+/// Errors are the kernel's: `EFAULT` (the range is not mapped in `pid`, e.g.
+/// the buffer was freed), `ESRCH` (no such process), `EPERM` (no ptrace
+/// rights), `ENOSYS` (CMA not built in, or filtered by seccomp).
+/// `addr + dst.len()` must not overflow (callers check it).
+pub(crate) fn read(pid: u32, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return Err(Errno::ESRCH);
+    };
+    let mut off = 0usize;
+    while off < dst.len() {
+        let rest = dst.len() - off;
+        let local = libc::iovec {
+            // SAFETY: `off < dst.len()`.
+            iov_base: unsafe { dst.as_mut_ptr().add(off) }.cast(),
+            iov_len: rest,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr as usize).wrapping_add(off) as *mut libc::c_void,
+            iov_len: rest,
+        };
+        // SAFETY: `local` is `rest` bytes of the exclusively borrowed `dst`;
+        // `remote` lies in the other process, whose mappings the kernel
+        // checks (an unmapped range fails with EFAULT, it never faults us).
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            }
+        }
+        if n == 0 {
+            // No progress (should not happen for a non-empty range).
+            return Err(Errno::EFAULT);
+        }
+        off += n as usize;
+    }
+    Ok(())
+}
+
+/// A short explanation of a [`read`] error for logs and error messages.
+pub(crate) fn explain(e: Errno) -> String {
+    let why = match e {
+        Errno::EFAULT => "the sender's buffer is not mapped (freed, or a bad address)",
+        Errno::ESRCH => "the sender process is gone, or lives in another PID namespace",
+        Errno::EPERM => {
+            "no ptrace rights over the sender (Yama ptrace_scope, other user, container)"
+        }
+        Errno::ENOSYS => "process_vm_readv is not available (kernel or seccomp)",
+        _ => "",
+    };
+    if why.is_empty() {
+        format!("process_vm_readv: {}", e.desc())
+    } else {
+        format!("process_vm_readv: {} ({why})", e.desc())
+    }
+}
+
+/// Whether this process can read process `pid` through CMA: reads the
+/// peer's probe word at `addr` and checks that it holds `want`.
+pub(crate) fn probe(pid: u32, addr: u64, want: u64) -> Result<(), String> {
+    if pid == 0 || addr == 0 || want == 0 {
+        return Err("the peer published no probe word".into());
+    }
+    if addr.checked_add(8).is_none() || !addr.is_multiple_of(8) {
+        return Err(format!(
+            "the peer's probe word address {addr:#x} is invalid"
+        ));
+    }
+    let mut b = [0u8; 8];
+    read(pid, addr, &mut b).map_err(|e| format!("pid {pid}: {}", explain(e)))?;
+    if u64::from_ne_bytes(b) != want {
+        return Err(format!(
+            "pid {pid} is not the peer seen from here (separate PID namespaces?)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process_and_refuses_bad_ranges() {
+        let pid = std::process::id();
+        let src: Vec<u8> = (0..(3 << 20) + 5)
+            .map(|i| (i * 7 + i / 4096) as u8)
+            .collect();
+        let mut dst = vec![0u8; src.len()];
+        read(pid, src.as_ptr() as u64, &mut dst).unwrap();
+        assert!(dst == src);
+        // Nothing is mapped at address 8; no such pid.
+        assert_eq!(read(pid, 8, &mut dst[..16]), Err(Errno::EFAULT));
+        assert_eq!(
+            read(i32::MAX as u32, src.as_ptr() as u64, &mut dst[..16]),
+            Err(Errno::ESRCH)
+        );
+        assert!(explain(Errno::EFAULT).contains("not mapped"));
+        read(pid, 8, &mut []).unwrap();
+    }
+
+    #[test]
+    fn probe_checks_the_word() {
+        let (addr, val) = probe_word();
+        assert_eq!(probe_word(), (addr, val));
+        assert_ne!(val, 0);
+        probe(std::process::id(), addr, val).unwrap();
+        let e = probe(std::process::id(), addr, val ^ 1).unwrap_err();
+        assert!(e.contains("PID namespaces"), "{e}");
+        assert!(probe(0, addr, val).is_err());
+        assert!(
+            probe(std::process::id(), 8, val)
+                .unwrap_err()
+                .contains("not mapped")
+        );
+    }
+}
