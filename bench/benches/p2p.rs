@@ -11,14 +11,16 @@
 //!
 //! `cargo bench -p zccl-bench --bench p2p` (add `-- --quick` for a short run).
 //! `ZCCL_*` variables of the environment (e.g. `ZCCL_NTHREADS`,
-//! `ZCCL_SHM_SPIN`) configure both ranks.
-//! Ranks are threads of this process, each with its own communicator and
-//! progress engine, exactly as separate processes would have.
+//! `ZCCL_SHM_SPIN`) configure both ranks; `ZCCL_P2P_BENCH_VERBOSE=1` prints
+//! every 64 MiB repetition (the table shows medians).
+//! Ranks are two processes (this benchmark started again in rank mode), as
+//! in a real job: ranks as threads of one process share the allocator, the
+//! receive-buffer pool and the scheduler's view of one process, and their
+//! TCP transfers showed 200 ms stalls that separate processes do not have.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Barrier};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
@@ -95,90 +97,118 @@ fn socket_pair(plan: &Plan) -> (f64, f64) {
     (lat, bw)
 }
 
-/// Two ranks (threads) of one job; rank 0 pings, rank 1 echoes. `extra`
-/// adds environment settings, `tweak` changes the configuration built from
-/// them. Returns (8 B latency in µs, 64 MiB GB/s).
-fn zccl_pair(plan: &Plan, extra: &[(&str, &str)], tweak: impl Fn(&mut Config)) -> (f64, f64) {
-    let mut env: HashMap<String, String> = HashMap::from([
-        ("ZCCL_SOCKET_IFNAME".into(), "lo".into()),
-        ("ZCCL_TIMEOUT".into(), "60".into()),
-    ]);
-    // `ZCCL_*` settings of the environment apply too (e.g. `ZCCL_NTHREADS`),
-    // except those the measure itself fixes.
-    for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("ZCCL_")) {
-        env.insert(k, v);
+/// One rank of a pair (run in a child process of this benchmark): rank 0
+/// pings, rank 1 echoes. Returns (8 B latency in µs, 64 MiB GB/s) on rank 0.
+fn rank_main(r: u32, id: UniqueId, pp: usize, reps: usize) -> (f64, f64) {
+    let cfg = Config::from_env().expect("config");
+    let c = Communicator::init(&id, r, 2, cfg).expect("init");
+    let peer = 1 - r;
+    // Warm up both directions.
+    for _ in 0..10 {
+        if r == 0 {
+            c.send(peer, vec![0u8; 8]).unwrap();
+            c.recv::<u8>(peer, 8).unwrap();
+        } else {
+            let m = c.recv::<u8>(peer, 8).unwrap();
+            c.send(peer, m).unwrap();
+        }
     }
-    for (k, v) in extra {
-        env.insert(k.to_string(), v.to_string());
+    let t = Instant::now();
+    for _ in 0..pp {
+        if r == 0 {
+            c.send(peer, vec![0u8; 8]).unwrap();
+            c.recv::<u8>(peer, 8).unwrap();
+        } else {
+            let m = c.recv::<u8>(peer, 8).unwrap();
+            c.send(peer, m).unwrap();
+        }
     }
-    let mut cfg = Config::from_lookup(|k| env.get(k).cloned()).expect("config");
-    tweak(&mut cfg);
+    let lat = t.elapsed().as_secs_f64() / pp as f64 / 2.0 * 1e6;
+    let mut bws = Vec::new();
+    // Buffers are handed over by value: make them before the clock starts.
+    let mut bigs: Vec<Vec<u8>> = if r == 0 {
+        vec![vec![3u8; BIG]; reps]
+    } else {
+        Vec::new()
+    };
+    for _ in 0..reps {
+        let t = Instant::now();
+        if r == 0 {
+            c.send(peer, bigs.pop().unwrap()).unwrap();
+            c.recv::<u8>(peer, 1).unwrap();
+            bws.push(BIG as f64 / t.elapsed().as_secs_f64() / 1e9);
+        } else {
+            let got = c.recv::<u8>(peer, BIG).unwrap();
+            assert_eq!(got.as_bytes().len(), BIG);
+            c.send(peer, vec![1u8]).unwrap();
+        }
+    }
+    if std::env::var_os("ZCCL_P2P_BENCH_VERBOSE").is_some() && r == 0 {
+        eprintln!("64 MiB reps (GB/s): {bws:.2?}");
+    }
+    (lat, if bws.is_empty() { 0.0 } else { median(bws) })
+}
+
+/// Two ranks of one job, as two processes (this benchmark started again in
+/// rank mode), configured by the `ZCCL_*` variables of the environment plus
+/// `extra`. Returns rank 0's (8 B latency in µs, 64 MiB GB/s).
+fn zccl_pair(plan: &Plan, extra: &[(&str, &str)]) -> (f64, f64) {
     let root = BootstrapRoot::start(
         "127.0.0.1:0".parse().unwrap(),
         UniqueId::random_secret().unwrap(),
-        Duration::from_secs(30),
+        Duration::from_secs(60),
     )
     .expect("bootstrap root");
-    let id = root.unique_id();
-    let (pp, reps) = (plan.pingpongs, plan.big_reps);
-    let ready = Arc::new(Barrier::new(2));
-    let ranks: Vec<_> = (0..2u32)
+    let id = root.unique_id().to_string();
+    let exe = std::env::current_exe().expect("own path");
+    let children: Vec<_> = (0..2u32)
         .map(|r| {
-            let (cfg, ready) = (cfg.clone(), ready.clone());
-            std::thread::spawn(move || {
-                let c = Communicator::init(&id, r, 2, cfg).expect("init");
-                let peer = 1 - r;
-                ready.wait();
-                // Warm up both directions.
-                for _ in 0..10 {
-                    if r == 0 {
-                        c.send(peer, vec![0u8; 8]).unwrap();
-                        c.recv::<u8>(peer, 8).unwrap();
-                    } else {
-                        let m = c.recv::<u8>(peer, 8).unwrap();
-                        c.send(peer, m).unwrap();
-                    }
-                }
-                let t = Instant::now();
-                for _ in 0..pp {
-                    if r == 0 {
-                        c.send(peer, vec![0u8; 8]).unwrap();
-                        c.recv::<u8>(peer, 8).unwrap();
-                    } else {
-                        let m = c.recv::<u8>(peer, 8).unwrap();
-                        c.send(peer, m).unwrap();
-                    }
-                }
-                let lat = t.elapsed().as_secs_f64() / pp as f64 / 2.0 * 1e6;
-                let mut bws = Vec::new();
-                // Buffers are handed over by value: make them before the clock starts.
-                let mut bigs: Vec<Vec<u8>> = if r == 0 {
-                    vec![vec![3u8; BIG]; reps]
-                } else {
-                    Vec::new()
-                };
-                for _ in 0..reps {
-                    let t = Instant::now();
-                    if r == 0 {
-                        c.send(peer, bigs.pop().unwrap()).unwrap();
-                        c.recv::<u8>(peer, 1).unwrap();
-                        bws.push(BIG as f64 / t.elapsed().as_secs_f64() / 1e9);
-                    } else {
-                        let got = c.recv::<u8>(peer, BIG).unwrap();
-                        assert_eq!(got.as_bytes().len(), BIG);
-                        c.send(peer, vec![1u8]).unwrap();
-                    }
-                }
-                (lat, if bws.is_empty() { 0.0 } else { median(bws) })
-            })
+            Command::new(&exe)
+                .env("ZCCL_SOCKET_IFNAME", "lo")
+                .env("ZCCL_TIMEOUT", "60")
+                .envs(extra.iter().copied())
+                .env(RANK_ENV, r.to_string())
+                .env(ID_ENV, &id)
+                .env(PLAN_ENV, format!("{} {}", plan.pingpongs, plan.big_reps))
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start a rank")
         })
         .collect();
-    let out: Vec<(f64, f64)> = ranks.into_iter().map(|t| t.join().expect("rank")).collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("rank"))
+        .collect();
     drop(root);
-    out[0]
+    for (r, o) in outs.iter().enumerate() {
+        assert!(o.status.success(), "rank {r} failed: {:?}", o.status);
+    }
+    let text = String::from_utf8_lossy(&outs[0].stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("P2P-RESULT "))
+        .unwrap_or_else(|| panic!("no result from rank 0: {text}"));
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (v[0], v[1])
 }
 
+const RANK_ENV: &str = "ZCCL_P2P_BENCH_RANK";
+const ID_ENV: &str = "ZCCL_P2P_BENCH_ID";
+const PLAN_ENV: &str = "ZCCL_P2P_BENCH_PLAN";
+
 fn main() {
+    if let Ok(r) = std::env::var(RANK_ENV) {
+        let id: UniqueId = std::env::var(ID_ENV).unwrap().parse().unwrap();
+        let plan = std::env::var(PLAN_ENV).unwrap();
+        let mut it = plan.split_whitespace().map(|x| x.parse::<usize>().unwrap());
+        let (pp, reps) = (it.next().unwrap(), it.next().unwrap());
+        let (lat, bw) = rank_main(r.parse().unwrap(), id, pp, reps);
+        println!("P2P-RESULT {lat} {bw}");
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let plan = if quick {
         Plan {
@@ -193,9 +223,9 @@ fn main() {
     };
     let memcpy = memcpy_gbps(plan.big_reps);
     let (sock_lat, sock_bw) = socket_pair(&plan);
-    let (tcp_lat, tcp_bw) = zccl_pair(&plan, &[("ZCCL_SHM_DISABLE", "1")], |_| {});
-    let (local_lat, local_bw) = zccl_pair(&plan, &[], |_| {});
-    let (_, ring_bw) = zccl_pair(&plan, &[], |c| c.shm.cma_min_bytes = 0);
+    let (tcp_lat, tcp_bw) = zccl_pair(&plan, &[("ZCCL_SHM_DISABLE", "1")]);
+    let (local_lat, local_bw) = zccl_pair(&plan, &[]);
+    let (_, ring_bw) = zccl_pair(&plan, &[("ZCCL_SHM_CMA_DISABLE", "1")]);
     println!(
         "# zccl point-to-point, 2 ranks on one host ({} ping-pongs, {} x 64 MiB)",
         plan.pingpongs, plan.big_reps

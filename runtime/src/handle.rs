@@ -37,6 +37,9 @@ struct SlotState {
     result: Option<Outcome>,
     taken: bool,
     waker: Option<Waker>,
+    /// A thread sleeps on the condition variable (a spinning waiter, the
+    /// common case for short ops, needs no wake-up system call).
+    sleeping: bool,
 }
 
 impl Slot {
@@ -62,7 +65,9 @@ impl Slot {
         if let Some(w) = s.waker.take() {
             w.wake();
         }
-        self.cv.notify_all();
+        if s.sleeping {
+            self.cv.notify_all();
+        }
     }
 
     fn is_done(&self) -> bool {
@@ -125,23 +130,32 @@ impl Pending {
             return;
         }
         let until = Instant::now() + *budget;
-        let _polling = Polling::start(transport.as_ref());
+        let polling = Polling::start(transport.as_ref());
+        let poll = || engine.try_lock().map(|mut e| e.poll()).unwrap_or(0);
         loop {
             if self.slot.is_done() {
-                return;
+                break;
             }
             // Another thread (the engine's task, another waiter) holding
             // the lock is making progress too: just look again.
-            let got = engine.try_lock().map(|mut e| e.poll()).unwrap_or(0);
+            let got = poll();
             if Instant::now() >= until {
-                return;
+                break;
             }
             if got == 0 {
                 // Nothing yet: let a thread that shares this core (the peer
                 // rank on a small machine, the transport's threads) run.
+                // (Yielding after every empty poll measured best here;
+                // spinning longer between yields, worse.)
                 std::thread::yield_now();
             }
         }
+        // A message that came in meanwhile (typically the peer's next one,
+        // in a ping-pong): take it now, or stopping to poll would hand it
+        // to the reader thread, and the next op would wait for the wake-ups
+        // of that thread and of the engine's task.
+        poll();
+        drop(polling);
     }
 
     fn wait(&self) -> Outcome {
@@ -161,7 +175,9 @@ impl Pending {
                     nic: "progress engine unresponsive".into(),
                 });
             }
+            s.sleeping = true;
             s = self.slot.cv.wait_timeout(s, hard - now).expect("slot").0;
+            s.sleeping = false;
         }
     }
 

@@ -1566,7 +1566,7 @@ fn copy_cma(
         ));
     }
     let mut payload = RecvBuf::new(rec.len as usize);
-    crate::cma::read(pid, ext.addr, payload.as_mut_slice()).map_err(|e| {
+    crate::cma::read_parallel(pid, ext.addr, payload.as_mut_slice()).map_err(|e| {
         format!(
             "copying {} bytes at {:#x} from pid {pid} by CMA failed: {}",
             rec.len,
