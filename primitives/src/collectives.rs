@@ -331,7 +331,7 @@ fn ring_all_gather_pipe<T: Elem, F: Fabric + ?Sized>(
             out[p].copy_from_slice(&got.elems::<T>());
             if !last {
                 let t = tag(opcode, st.step as u16 + 1, k);
-                sends.push(f.isend(st.send_to, ch, t, got.into_vec())?);
+                sends.push(f.isend_bytes(st.send_to, ch, t, got)?);
             }
         }
     }

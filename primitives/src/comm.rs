@@ -79,7 +79,7 @@ impl PendingRecv for Recv {
     fn wait_bytes(mut self: Box<Self>) -> Result<RecvBytes> {
         let h = self.h.take().expect("recv handle waited once");
         h.wait()
-            .map(RecvBytes::from_owner)
+            .map(RecvBytes::from_host)
             .map_err(|e| self.at.fail(Dir::Recv, e))
     }
 }
@@ -102,6 +102,26 @@ impl Fabric for Communicator {
         let h = self
             .channel(channel)
             .isend(to as u32, data)
+            .map_err(|e| at.fail(Dir::Send, e))?;
+        Ok(SendHandle::new(Send { h: Some(h), at }))
+    }
+
+    /// Sends a received buffer on without copying it.
+    fn isend_bytes(
+        &self,
+        to: usize,
+        channel: u32,
+        _tag: u64,
+        data: RecvBytes,
+    ) -> Result<SendHandle> {
+        let at = Site {
+            rank: Fabric::rank(self),
+            peer: to,
+            channel,
+        };
+        let h = self
+            .channel(channel)
+            .isend(to as u32, data.into_host())
             .map_err(|e| at.fail(Dir::Send, e))?;
         Ok(SendHandle::new(Send { h: Some(h), at }))
     }

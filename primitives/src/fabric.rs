@@ -102,6 +102,8 @@ pub struct RecvBytes(BytesRepr);
 enum BytesRepr {
     Vec(Vec<u8>),
     Owner(Box<dyn AsRef<[u8]> + Send + Sync>),
+    /// The runtime's received buffer: can be sent on without a copy.
+    Host(zccl_runtime::HostBuffer<u8>),
 }
 
 impl RecvBytes {
@@ -128,6 +130,30 @@ impl RecvBytes {
         match self.0 {
             BytesRepr::Vec(v) => v,
             BytesRepr::Owner(o) => o.as_ref().as_ref().to_vec(),
+            BytesRepr::Host(h) => h.into_vec(),
+        }
+    }
+
+    /// Wraps a buffer the runtime received (no copy; sending it on with
+    /// [`Fabric::isend_bytes`] copies nothing either).
+    ///
+    /// ```
+    /// use zccl_primitives::fabric::RecvBytes;
+    /// let b = RecvBytes::from_host(zccl_runtime::HostBuffer::from(vec![1u8, 2]));
+    /// assert_eq!(&*b, &[1, 2]);
+    /// assert_eq!(b.into_host().as_bytes(), &[1, 2]);
+    /// ```
+    pub fn from_host(h: zccl_runtime::HostBuffer<u8>) -> Self {
+        Self(BytesRepr::Host(h))
+    }
+
+    /// The bytes as the runtime's buffer type: without a copy for a vector
+    /// or a buffer the runtime received, copied from any other owner.
+    pub fn into_host(self) -> zccl_runtime::HostBuffer<u8> {
+        match self.0 {
+            BytesRepr::Vec(v) => v.into(),
+            BytesRepr::Host(h) => h,
+            BytesRepr::Owner(o) => o.as_ref().as_ref().to_vec().into(),
         }
     }
 
@@ -163,6 +189,7 @@ impl std::ops::Deref for RecvBytes {
         match &self.0 {
             BytesRepr::Vec(v) => v,
             BytesRepr::Owner(o) => o.as_ref().as_ref(),
+            BytesRepr::Host(h) => h.as_bytes(),
         }
     }
 }
@@ -450,6 +477,36 @@ pub trait Fabric: Send + Sync {
     /// assert_eq!(out[0], [2, 1, 3]);
     /// ```
     fn irecv(&self, from: usize, channel: u32, tag: u64, len: usize) -> Result<RecvHandle>;
+
+    /// Like [`Fabric::isend`], for bytes that were received: a fabric that
+    /// can send its own received buffers on without copying them (the
+    /// communicator) does so; the default copies them into a vector.
+    /// Pipelines that forward what they receive (ring all-gather,
+    /// broadcast) use it.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// let out = run_ranks(2, |f| {
+    ///     if f.rank() == 0 {
+    ///         f.isend(1, 0, 0, vec![4, 2]).unwrap().wait().unwrap();
+    ///         f.irecv(1, 0, 0, 2).unwrap().wait().unwrap()
+    ///     } else {
+    ///         let got = f.irecv(0, 0, 0, 2).unwrap().wait_bytes().unwrap();
+    ///         f.isend_bytes(0, 0, 0, got).unwrap().wait().unwrap();
+    ///         vec![]
+    ///     }
+    /// });
+    /// assert_eq!(out[0], vec![4, 2]);
+    /// ```
+    fn isend_bytes(
+        &self,
+        to: usize,
+        channel: u32,
+        tag: u64,
+        data: RecvBytes,
+    ) -> Result<SendHandle> {
+        self.isend(to, channel, tag, data.into_vec())
+    }
 }
 
 /// Posts a send of a slice of elements (copies it into the message).
