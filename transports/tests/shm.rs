@@ -561,3 +561,61 @@ fn polls_racing_the_reader_threads_deliver_each_message_once_in_order() {
     );
     assert!(!polled.is_empty());
 }
+
+/// While a consumer thread polls ([`Transport::set_polling`]), producers
+/// skip waking its reader thread for small records; a poller that stops
+/// must wake the reader for anything left. With the reader's periodic
+/// wake-up (`wait_slice`) pushed out to a minute, one lost wake-up strands
+/// a message for that long. Each round: the poller starts, a message is
+/// sent while the reader sleeps, the poller stops without polling; the
+/// reader must deliver it. Then the same with a poller that races the
+/// sender.
+#[test]
+fn a_poller_that_stops_never_strands_a_message() {
+    let (_, mut m) = mesh_with(2, 64 << 10, |_, c| {
+        c.wait_slice = Duration::from_secs(60);
+    });
+    let (t1, _rx1) = m.pop().unwrap();
+    let (t0, mut rx0) = m.pop().unwrap();
+    let deliver = |rx: &mut mpsc::UnboundedReceiver<TransportEvent>, seq: u64| {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            match rx.try_recv() {
+                Ok(TransportEvent::Message { msg: got, .. }) => {
+                    assert_eq!(got.seq, seq);
+                    return;
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => {
+                    assert!(
+                        Instant::now() < until,
+                        "message {seq} stranded: the reader was not woken"
+                    );
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+    };
+    for seq in 0..100u64 {
+        t0.set_polling(true);
+        // Let the reader thread finish spinning and sleep.
+        std::thread::sleep(Duration::from_millis(2));
+        t1.send(0, msg(MessageKind::Data, seq, payload(1, 0, 16)))
+            .unwrap();
+        t0.set_polling(false);
+        deliver(&mut rx0, seq);
+    }
+    // The stop racing the send.
+    for seq in 100..2100u64 {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                t0.set_polling(true);
+                std::hint::spin_loop();
+                t0.set_polling(false);
+            });
+            t1.send(0, msg(MessageKind::Data, seq, payload(1, 0, 16)))
+                .unwrap();
+        });
+        deliver(&mut rx0, seq);
+    }
+}
