@@ -107,7 +107,10 @@ half_elem!(f16 => F16, bf16 => BF16);
 /// assert_eq!(from_bytes::<i32>(&b), vec![1, -2]);
 /// ```
 pub fn to_bytes<T: Elem>(s: &[T]) -> Vec<u8> {
-    as_bytes(s).to_vec()
+    let b = as_bytes(s);
+    let mut v = zccl_runtime::buffer::recycled_vec(b.len());
+    v.copy_from_slice(b);
+    v
 }
 
 /// Views elements as bytes without copying.
@@ -191,7 +194,7 @@ pub(crate) fn cast_slice_mut<T: Elem>(b: &mut [u8]) -> Option<&mut [T]> {
 /// the elements as a slice; zero-initialised). No intermediate vector when
 /// the allocation is aligned for `T` (the usual case).
 pub(crate) fn message_with<T: Elem>(count: usize, fill: impl FnOnce(&mut [T])) -> Vec<u8> {
-    let mut b = vec![0u8; count * std::mem::size_of::<T>()];
+    let mut b = zccl_runtime::buffer::recycled_vec(count * std::mem::size_of::<T>());
     match cast_slice_mut::<T>(&mut b) {
         Some(s) => fill(s),
         None => {

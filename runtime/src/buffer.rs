@@ -242,10 +242,77 @@ impl<T: Element> HostBuffer<T> {
 
     pub(crate) fn into_bytes(self) -> Bytes {
         match self.repr {
-            Repr::Vec(v) => Bytes::from_owner(Self { repr: Repr::Vec(v) }),
+            Repr::Vec(v) => Bytes::from_owner(Recycle(v)),
             Repr::Bytes(b) => b,
         }
     }
+}
+
+/// Bytes of a sent vector; when the transport is done with them, a large
+/// byte vector goes back to the recycling pool ([`recycled_vec`]).
+struct Recycle<T: Element>(Vec<T>);
+
+impl<T: Element> AsRef<[u8]> for Recycle<T> {
+    fn as_ref(&self) -> &[u8] {
+        as_bytes(&self.0)
+    }
+}
+
+impl<T: Element> Drop for Recycle<T> {
+    fn drop(&mut self) {
+        if T::DTYPE != DType::U8 || self.0.capacity() < RECYCLE_MIN_BYTES {
+            return;
+        }
+        let mut v = std::mem::ManuallyDrop::new(std::mem::take(&mut self.0));
+        // SAFETY: `T` is `u8` (the only element type with this dtype), so
+        // the vector's pointer, length, capacity and layout are those of a
+        // `Vec<u8>`.
+        let bytes =
+            unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<u8>(), v.len(), v.capacity()) };
+        let mut pool = RECYCLED.lock().unwrap_or_else(|p| p.into_inner());
+        let held: usize = pool.iter().map(Vec::capacity).sum();
+        if pool.len() < RECYCLE_MAX_BUFFERS && held + bytes.capacity() <= RECYCLE_MAX_BYTES {
+            pool.push(bytes);
+        }
+    }
+}
+
+/// Byte vectors at least this large are recycled.
+pub const RECYCLE_MIN_BYTES: usize = 256 << 10;
+const RECYCLE_MAX_BUFFERS: usize = 32;
+const RECYCLE_MAX_BYTES: usize = 256 << 20;
+
+static RECYCLED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// A byte vector of `len` bytes for a message, reusing the memory of an
+/// earlier sent message when one of a similar size is free (its pages are
+/// already faulted in, where a fresh allocation of this size would be
+/// zero pages faulted in one by one as they are written). The contents are
+/// unspecified (but initialised): callers overwrite every byte.
+///
+/// ```
+/// let v = zccl_runtime::buffer::recycled_vec(1 << 20);
+/// assert_eq!(v.len(), 1 << 20);
+/// ```
+pub fn recycled_vec(len: usize) -> Vec<u8> {
+    if len >= RECYCLE_MIN_BYTES {
+        let mut pool = RECYCLED.lock().unwrap_or_else(|p| p.into_inner());
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len && v.capacity() <= len + len / 4)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            let mut v = pool.swap_remove(i);
+            drop(pool);
+            // Within the capacity: no reallocation, only the bytes beyond
+            // the old length are written.
+            v.resize(len, 0);
+            return v;
+        }
+    }
+    vec![0u8; len]
 }
 
 impl<T: Element> AsRef<[u8]> for HostBuffer<T> {
