@@ -269,10 +269,17 @@ impl<T: Element> Drop for Recycle<T> {
         // `Vec<u8>`.
         let bytes =
             unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<u8>(), v.len(), v.capacity()) };
+        if bytes.capacity() > RECYCLE_MAX_BYTES {
+            return;
+        }
         let mut pool = RECYCLED.lock().unwrap_or_else(|p| p.into_inner());
-        let held: usize = pool.iter().map(Vec::capacity).sum();
-        if pool.len() < RECYCLE_MAX_BUFFERS && held + bytes.capacity() <= RECYCLE_MAX_BYTES {
-            pool.push(bytes);
+        // The newest buffers are kept: they have the sizes in use now (a
+        // sweep from small to large sizes must not leave the pool full of
+        // small ones). The oldest go to make room.
+        pool.push(bytes);
+        let mut held: usize = pool.iter().map(Vec::capacity).sum();
+        while pool.len() > RECYCLE_MAX_BUFFERS || held > RECYCLE_MAX_BYTES {
+            held -= pool.remove(0).capacity();
         }
     }
 }

@@ -17,8 +17,8 @@
 //!   (typically the user drops the received data), the memory goes back to a
 //!   small process-wide pool and the next receive of a similar size reuses
 //!   it, already faulted in. The pool holds at most [`POOL_MAX_BUFFERS`]
-//!   buffers and [`POOL_MAX_BYTES`] bytes; anything beyond is unmapped at
-//!   once. Buffers below [`POOL_MIN_BYTES`] come from the global allocator.
+//!   buffers and [`POOL_MAX_BYTES`] bytes, the most recently returned ones
+//!   (the sizes in use now); the oldest are unmapped to make room. Buffers below [`POOL_MIN_BYTES`] come from the global allocator.
 //! * A reused buffer holds stale bytes of an earlier message of this process;
 //!   readers overwrite every byte before a message is delivered, and a
 //!   message is never delivered partially.
@@ -264,19 +264,32 @@ impl Drop for RecvBuf {
             unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
             return;
         }
-        {
-            let mut pool = POOL.lock().expect("recv pool");
-            let held: usize = pool.iter().map(|b| b.cap).sum();
-            if pool.len() < POOL_MAX_BUFFERS && held + self.cap <= POOL_MAX_BYTES {
-                pool.push(Pooled {
-                    ptr: self.ptr,
-                    cap: self.cap,
-                });
-                return;
-            }
+        if self.cap > POOL_MAX_BYTES {
+            // SAFETY: the mapping created in `map_fresh`, no longer referenced.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.cap) };
+            return;
         }
-        // SAFETY: the mapping created in `map_fresh`, no longer referenced.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.cap) };
+        // The newest buffers are kept (they have the sizes in use now); the
+        // oldest are unmapped to make room.
+        let evicted: Vec<Pooled> = {
+            let mut pool = POOL.lock().expect("recv pool");
+            pool.push(Pooled {
+                ptr: self.ptr,
+                cap: self.cap,
+            });
+            let mut held: usize = pool.iter().map(|b| b.cap).sum();
+            let mut out = Vec::new();
+            while pool.len() > POOL_MAX_BUFFERS || held > POOL_MAX_BYTES {
+                let old = pool.remove(0);
+                held -= old.cap;
+                out.push(old);
+            }
+            out
+        };
+        for b in evicted {
+            // SAFETY: a pooled mapping from `map_fresh`, no longer referenced.
+            unsafe { libc::munmap(b.ptr.as_ptr().cast(), b.cap) };
+        }
     }
 }
 
