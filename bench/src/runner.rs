@@ -39,7 +39,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use zccl_primitives::Fabric;
 use zccl_primitives::alltoall::all_to_all;
-use zccl_primitives::collectives::{all_gather, all_reduce, barrier, broadcast, reduce_scatter};
+use zccl_primitives::collectives::{
+    all_gather, all_reduce, all_reduce_into, barrier, broadcast, reduce_scatter,
+};
 use zccl_primitives::dtype::{DType, bf16, f16, to_bytes};
 use zccl_primitives::reduce::ReduceOp;
 use zccl_primitives::ring::{ShiftSpec, bidir_ring_step, ring_shift};
@@ -232,10 +234,7 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
         let (r, m) = (c.r, self.block());
         let sz = std::mem::size_of::<T>();
         match (c.op, c.in_place) {
-            (Op::AllReduce, false) => {
-                self.b.copy_from_slice(&self.a);
-                all_reduce(f, CH_DATA, &mut self.b, c.redop)?;
-            }
+            (Op::AllReduce, false) => all_reduce_into(f, CH_DATA, &self.a, &mut self.b, c.redop)?,
             (Op::AllReduce, true) => all_reduce(f, CH_DATA, &mut self.a, c.redop)?,
             (Op::ReduceScatter, false) => self.b = reduce_scatter(f, CH_DATA, &self.a, c.redop)?,
             (Op::ReduceScatter, true) => {

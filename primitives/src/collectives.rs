@@ -26,7 +26,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::dtype::{Elem, from_bytes, message_with, to_bytes};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fabric::{Fabric, RecvBytes, RecvHandle, SendHandle, check_rank, tag};
 use crate::nonblocking::{OpHandle, start};
 use crate::reduce::{
@@ -122,6 +122,47 @@ pub fn all_reduce_with<T: Elem, F: Fabric + ?Sized>(
         Algo::Ring => ring_all_reduce(f, ch, buf, op),
         Algo::Tree => rd_all_reduce(f, ch, buf, op),
     }
+}
+
+/// All-reduce out of place: `output` gets the reduction of every rank's
+/// `input` (NCCL's `sendbuff`/`recvbuff`). The ring reads contributions
+/// straight from `input`, so no full copy of it is made first (Open MPI's
+/// ring copies the whole send buffer into the receive buffer before it
+/// starts).
+///
+/// ```
+/// use zccl_primitives::{collectives::all_reduce_into, reduce::ReduceOp, sim::run_ranks, Fabric};
+/// let out = run_ranks(3, |f| {
+///     let input = vec![f.rank() as f32 + 1.0; 10];
+///     let mut output = vec![0.0f32; 10];
+///     all_reduce_into(f, 0, &input, &mut output, ReduceOp::Sum).unwrap();
+///     (input, output)
+/// });
+/// for (input, output) in &out {
+///     assert_eq!(output, &vec![6.0; 10]);
+///     assert!(input.iter().all(|&x| x >= 1.0)); // untouched
+/// }
+/// ```
+pub fn all_reduce_into<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    input: &[T],
+    output: &mut [T],
+    op: ReduceOp,
+) -> Result<()> {
+    if input.len() != output.len() {
+        return Err(Error::InvalidArgument(format!(
+            "all_reduce_into: input has {} elements, output {}",
+            input.len(),
+            output.len()
+        )));
+    }
+    let algo = choose(choice_from_env()?, std::mem::size_of_val(input), f.size());
+    if f.size() == 1 || algo != Algo::Ring {
+        output.copy_from_slice(input);
+        return all_reduce_with(f, ch, output, op, algo);
+    }
+    ring_all_reduce_from(f, ch, Some(input), output, op)
 }
 
 /// Bytes per message of the ring algorithms: every ring step is cut into
@@ -236,11 +277,17 @@ struct RsBuf<'a, T> {
     mine: &'a mut [T],
     after: &'a [T],
     mine_at: Range<usize>,
+    /// Out of place: the contributions are read from here (the whole
+    /// input), not from the buffer around `mine`.
+    src: Option<&'a [T]>,
 }
 
 impl<T> RsBuf<'_, T> {
     /// The local contribution to elements `p` (within one chunk that is not `mine`).
     fn local(&self, p: &Range<usize>) -> &[T] {
+        if let Some(src) = self.src {
+            return &src[p.clone()];
+        }
         if p.start >= self.mine_at.end {
             let o = self.mine_at.end;
             &self.after[p.start - o..p.end - o]
@@ -381,6 +428,7 @@ fn split_mine<T>(buf: &mut [T], mine_at: Range<usize>) -> RsBuf<'_, T> {
         mine,
         after,
         mine_at,
+        src: None,
     }
 }
 
@@ -390,8 +438,24 @@ fn ring_all_reduce<T: Elem, F: Fabric + ?Sized>(
     buf: &mut [T],
     op: ReduceOp,
 ) -> Result<()> {
+    ring_all_reduce_from(f, ch, None, buf, op)
+}
+
+/// The ring all-reduce into `buf`, out of place when `src` is given (the
+/// contributions are read from it; only this rank's chunk is copied into
+/// `buf` first, every other element of `buf` is written by the ring).
+fn ring_all_reduce_from<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    src: Option<&[T]>,
+    buf: &mut [T],
+    op: ReduceOp,
+) -> Result<()> {
     let (r, n) = (f.rank(), f.size());
     let chunks = chunk_ranges(buf.len(), n);
+    if let Some(src) = src {
+        buf[chunks[r].clone()].copy_from_slice(&src[chunks[r].clone()]);
+    }
     // One piece size (in elements) for both halves, so that each finished
     // piece of the reduce-scatter is sent on as it is.
     let per = piece_elems::<T::Acc>();
@@ -407,6 +471,7 @@ fn ring_all_reduce<T: Elem, F: Fabric + ?Sized>(
     let mut sends = Vec::new();
     {
         let mut b = split_mine(buf, chunks[r].clone());
+        b.src = src;
         ring_reduce_scatter_pipe(
             f, ch, &mut b, &chunks, op, OP_AR_RS, per, &mut rx, &mut sends, true,
         )?;
@@ -561,6 +626,7 @@ pub fn reduce_scatter<T: Elem, F: Fabric + ?Sized>(
         mine: &mut mine,
         after: &input[mine_at.end..],
         mine_at,
+        src: None,
     };
     let per = piece_elems::<T::Acc>();
     let steps = ring::reduce_scatter_steps(r, n);

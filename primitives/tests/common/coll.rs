@@ -3,7 +3,7 @@
 
 use super::Rng;
 use zccl_primitives::collectives::{
-    all_gather_with, all_reduce_with, broadcast_with, reduce_scatter,
+    all_gather_with, all_reduce_into, all_reduce_with, broadcast_with, reduce_scatter,
 };
 use zccl_primitives::dtype::{Elem, bf16, f16};
 use zccl_primitives::reduce::ReduceOp;
@@ -138,6 +138,16 @@ pub fn run_dtype<T: TestElem, F: Fabric + ?Sized>(f: &F, seed: u64, lens: &[usiz
                 check(&inp, 0, &buf, op, &ctx);
                 all_out.extend_from_slice(as_bytes(&buf));
             }
+            // Out of place: the output starts as garbage, the input stays.
+            let ctx = format!("{} all_reduce_into {op} n={n} len={len} rank {r}", T::DTYPE);
+            let mut out = inputs::<T>(seed ^ 0x5eed, n, len, op).swap_remove(r);
+            all_reduce_into(f, 4, &inp[r], &mut out, op).unwrap();
+            check(&inp, 0, &out, op, &ctx);
+            assert_eq!(
+                as_bytes(&inp[r]),
+                as_bytes(&inputs::<T>(seed ^ (ci * 16 + oi) as u64, n, len, op)[r]),
+                "{ctx}: input changed"
+            );
             let ctx = format!("{} reduce_scatter {op} n={n} len={len} rank {r}", T::DTYPE);
             let rs = reduce_scatter(f, 1, &inp[r], op).unwrap();
             let range = chunk_range(len, n, r);
