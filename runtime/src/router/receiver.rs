@@ -39,9 +39,17 @@ pub struct Reassembly {
     max_bytes: u64,
     partial: HashMap<MsgKey, Partial>,
     /// Messages already delivered: late copies of their chunks are
-    /// duplicates.
+    /// duplicates. Bounded: the last [`DONE_KEEP`] are remembered (a late
+    /// copy comes within seconds of its message; one older than that costs
+    /// memory, a partial that does not complete or a message no receive
+    /// ever matches, since sequence numbers are not reused, never a wrong
+    /// delivery).
     done: HashSet<MsgKey>,
+    done_order: std::collections::VecDeque<MsgKey>,
 }
+
+/// How many delivered messages the receiver remembers.
+pub const DONE_KEEP: usize = 1 << 16;
 
 impl Default for Reassembly {
     fn default() -> Self {
@@ -59,6 +67,7 @@ impl Reassembly {
             max_bytes,
             partial: HashMap::new(),
             done: HashSet::new(),
+            done_order: std::collections::VecDeque::new(),
         }
     }
 
@@ -125,6 +134,12 @@ impl Reassembly {
         }
         let p = self.partial.remove(&key).expect("present");
         self.done.insert(key);
+        self.done_order.push_back(key);
+        if self.done_order.len() > DONE_KEEP
+            && let Some(old) = self.done_order.pop_front()
+        {
+            self.done.remove(&old);
+        }
         Arrival::Complete(p.dtype, Bytes::from(p.buf))
     }
 
@@ -210,6 +225,20 @@ mod tests {
             r.take(&h(0, 0, u32::MAX, 10), &[]),
             Arrival::Inconsistent(_)
         ));
+    }
+
+    #[test]
+    fn delivered_messages_are_remembered_up_to_a_bound() {
+        let mut r = Reassembly::default();
+        for seq in 0..(DONE_KEEP as u64 + 10) {
+            let mut hd = h(0, 0, 1, 1);
+            hd.seq = seq;
+            assert!(matches!(r.take(&hd, &[7]), Arrival::Complete(..)));
+        }
+        assert_eq!(r.done.len(), DONE_KEEP);
+        let mut recent = h(0, 0, 1, 1);
+        recent.seq = DONE_KEEP as u64 + 9;
+        assert_eq!(r.take(&recent, &[7]), Arrival::Duplicate);
     }
 
     #[test]
