@@ -84,6 +84,25 @@ impl PendingRecv for Recv {
     }
 }
 
+/// Both sends of the adapter: `data` goes out as it is (no copy).
+fn send_host(
+    c: &Communicator,
+    to: usize,
+    channel: u32,
+    data: zccl_runtime::HostBuffer<u8>,
+) -> Result<SendHandle> {
+    let at = Site {
+        rank: Fabric::rank(c),
+        peer: to,
+        channel,
+    };
+    let h = c
+        .channel(channel)
+        .isend(to as u32, data)
+        .map_err(|e| at.fail(Dir::Send, e))?;
+    Ok(SendHandle::new(Send { h: Some(h), at }))
+}
+
 impl Fabric for Communicator {
     fn rank(&self) -> usize {
         Communicator::rank(self) as usize
@@ -94,16 +113,7 @@ impl Fabric for Communicator {
     }
 
     fn isend(&self, to: usize, channel: u32, _tag: u64, data: Vec<u8>) -> Result<SendHandle> {
-        let at = Site {
-            rank: Fabric::rank(self),
-            peer: to,
-            channel,
-        };
-        let h = self
-            .channel(channel)
-            .isend(to as u32, data)
-            .map_err(|e| at.fail(Dir::Send, e))?;
-        Ok(SendHandle::new(Send { h: Some(h), at }))
+        send_host(self, to, channel, data.into())
     }
 
     /// Sends a received buffer on without copying it.
@@ -114,16 +124,7 @@ impl Fabric for Communicator {
         _tag: u64,
         data: RecvBytes,
     ) -> Result<SendHandle> {
-        let at = Site {
-            rank: Fabric::rank(self),
-            peer: to,
-            channel,
-        };
-        let h = self
-            .channel(channel)
-            .isend(to as u32, data.into_host())
-            .map_err(|e| at.fail(Dir::Send, e))?;
-        Ok(SendHandle::new(Send { h: Some(h), at }))
+        send_host(self, to, channel, data.into_host())
     }
 
     fn irecv(&self, from: usize, channel: u32, _tag: u64, len: usize) -> Result<RecvHandle> {

@@ -1727,8 +1727,7 @@ impl Transport for ShmTransport {
                 // A record a producer left to us while we polled: the
                 // reader thread takes it from here.
                 if !matches!(r.pending(), Ok(false)) {
-                    r.data_seq().fetch_add(1, Ordering::SeqCst);
-                    futex_wake(r.data_seq());
+                    r.notify_reader();
                 }
             }
         }

@@ -118,6 +118,11 @@ struct Active {
     started: Instant,
 }
 
+/// The interface name of NIC `id`.
+fn nic_name(c: &super::plan::Cluster, id: NicId) -> Option<&str> {
+    c.hosts.get(id.host)?.get(id.index).map(|n| n.name.as_str())
+}
+
 /// The router of one rank.
 pub struct Router {
     me: u32,
@@ -183,12 +188,7 @@ impl Router {
     }
 
     fn nic_name(&self, id: NicId) -> Option<&str> {
-        self.rc
-            .cluster
-            .hosts
-            .get(id.host)?
-            .get(id.index)
-            .map(|n| n.name.as_str())
+        nic_name(&self.rc.cluster, id)
     }
 
     fn own_nic(&self) -> NicId {
@@ -341,9 +341,9 @@ impl Router {
                 seq: self.next_seq,
                 payload: buf.freeze(),
             };
-            let src_name = self.rc.cluster.hosts[lane.src_nic.host][lane.src_nic.index]
-                .name
-                .clone();
+            let src_name = nic_name(&self.rc.cluster, lane.src_nic)
+                .unwrap_or("?")
+                .to_string();
             Metrics::global().route_chunk(&src_name, lane.proxy.is_some());
             acts.push(match lane.proxy {
                 Some(p) => Action::Send {
@@ -545,9 +545,9 @@ impl Router {
             let a = self.active.get_mut(&key).expect("present");
             for l in a.out.check_stalls(now) {
                 let lane = &a.out.lanes[l];
-                let name = self.rc.cluster.hosts[lane.src_nic.host][lane.src_nic.index]
-                    .name
-                    .clone();
+                let name = nic_name(&self.rc.cluster, lane.src_nic)
+                    .unwrap_or("?")
+                    .to_string();
                 warn!(target: ROUTE, rank = self.me, "route r{}->r{} seq {}: lane on {name} stopped acknowledging; its chunks go on the other NICs", self.me, a.dst, a.seq);
                 self.measured.remove(&lane.src_nic);
             }
