@@ -14,6 +14,7 @@
 //! | `-o, --op OP` | `sum prod min max avg` or `all` (reducing ops only) | `sum` |
 //! | `-r, --root R` | broadcast root | 0 |
 //! | `-z, --blocking 0/1` | accepted for compatibility; every op is blocking here | 0 |
+//! | `-a, --average 0/1/2/3` | the time reported: rank 0's, the mean over ranks, the minimum, the maximum | 1 |
 //! | `-N, --ranks N` | launch N ranks on this host, unless already under a launcher ([`crate::launch`]) | 1 |
 //! | `--json FILE`, `--csv FILE`, `--plot FILE.svg` | also write the results there | |
 //! | `--hold SECS` | after the sweep, keep every rank (and its `/metrics` endpoint) alive for SECS s or until SIGTERM/SIGINT ([`crate::hold`]) | 0 |
@@ -177,6 +178,10 @@ pub struct CommonArgs {
     #[arg(short = 'z', long = "blocking", value_name = "0/1", default_value_t = 0,
           value_parser = clap::value_parser!(u8).range(0..=1))]
     pub blocking: u8,
+    /// Time reported, as nccl-tests' -a: 0 = rank 0's, 1 = mean over the ranks, 2 = minimum, 3 = maximum.
+    #[arg(short = 'a', long = "average", value_name = "0/1/2/3", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(0..=3))]
+    pub average: u8,
     /// Launch N ranks on this host (when not already under zccl run, srun, mpirun or torchrun).
     #[arg(short = 'N', long = "ranks", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -301,6 +306,39 @@ pub fn parse_redops(s: &str) -> Result<Redops, String> {
     Ok(Redops(vec![op]))
 }
 
+/// How the per-rank times of a measurement become the reported time
+/// (nccl-tests' `-a`).
+///
+/// ```
+/// use zccl_bench::args::Average;
+/// assert_eq!(Average::from_flag(3), Average::Max);
+/// assert_eq!(Average::from_flag(1), Average::Mean);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Average {
+    /// Rank 0's time (`-a 0`).
+    Rank0,
+    /// The mean over the ranks (`-a 1`, the default).
+    Mean,
+    /// The fastest rank's (`-a 2`).
+    Min,
+    /// The slowest rank's (`-a 3`): what Open MPI's and Gloo's benchmark
+    /// scripts report.
+    Max,
+}
+
+impl Average {
+    /// From the flag's value (0–3; anything else is the mean).
+    pub fn from_flag(a: u8) -> Self {
+        match a {
+            0 => Self::Rank0,
+            2 => Self::Min,
+            3 => Self::Max,
+            _ => Self::Mean,
+        }
+    }
+}
+
 /// Validated settings of one run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -328,6 +366,8 @@ pub struct Settings {
     pub root: u32,
     /// `-z`.
     pub blocking: bool,
+    /// `-a`.
+    pub average: Average,
     /// `-N`.
     pub ranks: Option<u32>,
     /// ring_shift `--offset` (1 for sendrecv).
@@ -432,6 +472,7 @@ impl OpCmd {
             redops,
             root: c.root,
             blocking: c.blocking == 1,
+            average: Average::from_flag(c.average),
             ranks: c.ranks,
             offset,
             scan_cols,
@@ -483,6 +524,25 @@ mod tests {
         assert_eq!(s.dtypes, vec![DType::F32]);
         assert_eq!(s.redops, vec![ReduceOp::Sum]);
         assert_eq!((s.root, s.blocking, s.ranks), (0, false, None));
+        assert_eq!(s.average, Average::Mean);
+    }
+
+    #[test]
+    fn average_is_nccl_tests_a() {
+        for (a, want) in [
+            ("0", Average::Rank0),
+            ("1", Average::Mean),
+            ("2", Average::Min),
+            ("3", Average::Max),
+        ] {
+            assert_eq!(parse(&["all_reduce", "-a", a]).unwrap().average, want);
+        }
+        assert_eq!(
+            parse(&["all_reduce", "--average", "3"]).unwrap().average,
+            Average::Max
+        );
+        let e = parse(&["all_reduce", "-a", "4"]).unwrap_err();
+        assert!(e.contains("--average"), "{e}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub struct Record {
     pub root: i64,
     /// Whether this is the in-place half.
     pub in_place: bool,
-    /// µs per iteration, averaged over ranks.
+    /// µs per iteration (the mean over the ranks, or as `-a` says).
     pub time_us: f64,
     /// GB/s.
     pub algbw: f64,

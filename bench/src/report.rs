@@ -14,7 +14,8 @@ use crate::ops::{Layout, Op};
 /// One half (out-of-place or in-place) of a row.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Half {
-    /// Mean time per iteration, averaged over the ranks, in µs.
+    /// Time per iteration in µs: the mean over the ranks, or as `-a` says
+    /// (rank 0's, the minimum or the maximum).
     pub time_us: f64,
     /// `S / t` in GB/s (10⁹ B/s).
     pub algbw: f64,

@@ -48,7 +48,7 @@ use zccl_primitives::ring::{ShiftSpec, bidir_ring_step, ring_shift};
 use zccl_primitives::scan::{DiagState, all_scan_diag};
 use zccl_primitives::schedule::scan::ScanDirection;
 
-use crate::args::{Settings, check_root, nccl_name};
+use crate::args::{Average, Settings, check_root, nccl_name};
 use crate::check::{
     BenchElem, count_wrong, id, reduce_input, reduced, scan_decay, scan_expected, scan_state,
 };
@@ -472,8 +472,26 @@ fn measure<'a, F: Fabric + ?Sized>(
     // Exact in f64 for any realistic count (below 2^53).
     let mut agg = [secs, wrong as f64, sent as f64];
     all_reduce(f, CH_CTRL, &mut agg, ReduceOp::Sum).context("aggregating the results")?;
+    let secs = match s.average {
+        Average::Mean => agg[0] / f.size() as f64,
+        Average::Rank0 => {
+            let mut t = [secs];
+            broadcast(f, CH_CTRL, &mut t, 0).context("aggregating the times")?;
+            t[0]
+        }
+        Average::Min | Average::Max => {
+            let op = if s.average == Average::Min {
+                ReduceOp::Min
+            } else {
+                ReduceOp::Max
+            };
+            let mut t = [secs];
+            all_reduce(f, CH_CTRL, &mut t, op).context("aggregating the times")?;
+            t[0]
+        }
+    };
     Ok(Measured {
-        secs: agg[0] / f.size() as f64,
+        secs,
         wrong: (s.checks > 0).then_some(agg[1] as u64),
         bytes_sent: agg[2] as u64,
     })

@@ -25,12 +25,13 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::dtype::{Elem, from_bytes, message_with, to_bytes};
+use crate::dtype::{Elem, as_bytes, from_bytes, message_with, to_bytes};
 use crate::error::{Error, Result};
 use crate::fabric::{Fabric, RecvBytes, RecvHandle, SendHandle, check_rank, tag};
 use crate::nonblocking::{OpHandle, start};
 use crate::reduce::{
-    ReduceOp, combine_finish, combine_into, combine_into_rhs, combine_to, finish, to_acc,
+    ReduceOp, combine_finish, combine_finish_to, combine_into, combine_into_rhs, combine_to,
+    finish, to_acc,
 };
 use crate::schedule::algo::{Algo, choice_from_env, choose};
 use crate::schedule::chunks::chunk_ranges;
@@ -307,7 +308,10 @@ impl<T> RsBuf<'_, T> {
 /// `received ⊕ local` (see [`crate::schedule::ring`]); the last one, into
 /// `b.mine`, also finishes (Avg division, rounding to `T`). With
 /// `then_gather`, each finished piece is sent on at once as step 0 of the
-/// all-gather (opcode [`OP_AR_AG`]), before the next piece is waited.
+/// all-gather (opcode [`OP_AR_AG`]), before the next piece is waited; it is
+/// lent (sent from `b.mine` without a copy where the fabric can). Step 0's
+/// contributions are lent too when `T` accumulates as itself; those sends
+/// go to `first`, the others to `sends`.
 #[allow(clippy::too_many_arguments)]
 fn ring_reduce_scatter_pipe<T: Elem, F: Fabric + ?Sized>(
     f: &F,
@@ -318,6 +322,7 @@ fn ring_reduce_scatter_pipe<T: Elem, F: Fabric + ?Sized>(
     opcode: u8,
     per: usize,
     rx: &mut RecvAhead<'_, F>,
+    first: &mut Vec<SendHandle>,
     sends: &mut Vec<SendHandle>,
     then_gather: bool,
 ) -> Result<()> {
@@ -326,12 +331,21 @@ fn ring_reduce_scatter_pipe<T: Elem, F: Fabric + ?Sized>(
     let to = steps[0].send_to;
     for (k, p) in pieces(chunks[steps[0].send_chunk].clone(), per) {
         let local = b.local(&p);
+        let t = step_tag(opcode, 0) | k as u64;
+        if acc_is_self::<T>() {
+            // Step 0 sends this rank's contribution as it is: lend it.
+            // SAFETY: `local` is read-only input, or (in place) a chunk of
+            // the caller's buffer that it writes only after `wait_free` on
+            // `first` (see `ring_all_reduce_from`).
+            first.push(unsafe { f.isend_lent(to, ch, t, as_bytes(local)) }?);
+            continue;
+        }
         let msg = message_with::<T::Acc>(p.len(), |o| {
             for (o, &x) in o.iter_mut().zip(local) {
                 *o = x.to_acc();
             }
         });
-        sends.push(f.isend(to, ch, step_tag(opcode, 0) | k as u64, msg)?);
+        sends.push(f.isend(to, ch, t, msg)?);
     }
     for st in &steps {
         let last = st.step + 1 == steps.len();
@@ -339,10 +353,19 @@ fn ring_reduce_scatter_pipe<T: Elem, F: Fabric + ?Sized>(
             let got = rx.next()?;
             let x = got.elems::<T::Acc>();
             if last {
+                let src = b.src;
                 let mine = b.mine_piece(&p);
-                combine_finish(op, n, mine, &x);
+                match src {
+                    Some(src) => combine_finish_to(op, n, mine, &x, &src[p.clone()]),
+                    None => combine_finish(op, n, mine, &x),
+                }
                 if then_gather {
-                    sends.push(f.isend(to, ch, tag(OP_AR_AG, 0, k), to_bytes(mine))?);
+                    // SAFETY: this rank's finished piece is not written
+                    // again; `sends` are waited (or dropped, which waits)
+                    // before the caller's buffer is released.
+                    sends.push(unsafe {
+                        f.isend_lent(to, ch, tag(OP_AR_AG, 0, k), as_bytes(mine))
+                    }?);
                 }
             } else {
                 let local = b.local(&p);
@@ -385,6 +408,12 @@ fn ring_all_gather_pipe<T: Elem, F: Fabric + ?Sized>(
     Ok(())
 }
 
+/// Whether `T` is its own accumulator type (its partial results are its
+/// own bytes).
+fn acc_is_self<T: Elem>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<T::Acc>()
+}
+
 fn wait_all(sends: Vec<SendHandle>) -> Result<()> {
     for s in sends {
         s.wait()?;
@@ -413,7 +442,10 @@ fn ring_all_gather_chunks<T: Elem, F: Fabric + ?Sized>(
     let mut sends = Vec::new();
     for (k, p) in pieces(chunks[first.send_chunk].clone(), per) {
         let t = step_tag(opcode, 0) | k as u64;
-        sends.push(f.isend(first.send_to, ch, t, to_bytes(&out[p]))?);
+        // SAFETY: this rank's own chunk of `out` is not written by the
+        // all-gather; `sends` are waited (or dropped, which waits) before
+        // `out` is released.
+        sends.push(unsafe { f.isend_lent(first.send_to, ch, t, as_bytes(&out[p])) }?);
     }
     ring_all_gather_pipe(f, ch, out, chunks, opcode, per, &mut rx, &mut sends)?;
     wait_all(sends)
@@ -441,9 +473,10 @@ fn ring_all_reduce<T: Elem, F: Fabric + ?Sized>(
     ring_all_reduce_from(f, ch, None, buf, op)
 }
 
-/// The ring all-reduce into `buf`, out of place when `src` is given (the
-/// contributions are read from it; only this rank's chunk is copied into
-/// `buf` first, every other element of `buf` is written by the ring).
+/// The ring all-reduce into `buf`, out of place when `src` is given (every
+/// contribution of this rank is read from it, its own chunk's included: the
+/// last reduce-scatter step writes `received ⊕ src` into `buf`, so `buf` is
+/// only written, never copied into first).
 fn ring_all_reduce_from<T: Elem, F: Fabric + ?Sized>(
     f: &F,
     ch: u32,
@@ -453,9 +486,6 @@ fn ring_all_reduce_from<T: Elem, F: Fabric + ?Sized>(
 ) -> Result<()> {
     let (r, n) = (f.rank(), f.size());
     let chunks = chunk_ranges(buf.len(), n);
-    if let Some(src) = src {
-        buf[chunks[r].clone()].copy_from_slice(&src[chunks[r].clone()]);
-    }
     // One piece size (in elements) for both halves, so that each finished
     // piece of the reduce-scatter is sent on as it is.
     let per = piece_elems::<T::Acc>();
@@ -468,16 +498,25 @@ fn ring_all_reduce_from<T: Elem, F: Fabric + ?Sized>(
         rx.plan_step::<T>(OP_AR_AG, st.step, chunks[st.recv_chunk].clone(), per);
     }
     rx.post_all()?;
-    let mut sends = Vec::new();
+    let (mut first, mut sends) = (Vec::new(), Vec::new());
     {
         let mut b = split_mine(buf, chunks[r].clone());
         b.src = src;
         ring_reduce_scatter_pipe(
-            f, ch, &mut b, &chunks, op, OP_AR_RS, per, &mut rx, &mut sends, true,
+            f, ch, &mut b, &chunks, op, OP_AR_RS, per, &mut rx, &mut first, &mut sends, true,
         )?;
     }
+    if src.is_none() {
+        // In place, step 0 lent chunks of `buf` that the all-gather
+        // overwrites: they must be free first. (Only free: their
+        // completion follows every receive posted before them.)
+        for s in &mut first {
+            s.wait_free()?;
+        }
+    }
     ring_all_gather_pipe(f, ch, buf, &chunks, OP_AR_AG, per, &mut rx, &mut sends)?;
-    wait_all(sends)
+    first.append(&mut sends);
+    wait_all(first)
 }
 
 fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
@@ -635,11 +674,12 @@ pub fn reduce_scatter<T: Elem, F: Fabric + ?Sized>(
         rx.plan_step::<T::Acc>(OP_RS, st.step, chunks[st.recv_chunk].clone(), per);
     }
     rx.post_all()?;
-    let mut sends = Vec::new();
+    let (mut first, mut sends) = (Vec::new(), Vec::new());
     ring_reduce_scatter_pipe(
-        f, ch, &mut b, &chunks, op, OP_RS, per, &mut rx, &mut sends, false,
+        f, ch, &mut b, &chunks, op, OP_RS, per, &mut rx, &mut first, &mut sends, false,
     )?;
-    wait_all(sends)?;
+    first.append(&mut sends);
+    wait_all(first)?;
     Ok(mine)
 }
 

@@ -58,6 +58,31 @@ impl PendingSend for Send {
     }
 }
 
+/// A lent send: waiting (or dropping) it waits until the lent memory is
+/// free again (see [`zccl_runtime::lend`]).
+struct LentSend {
+    h: Option<zccl_runtime::LentSendHandle>,
+    at: Site,
+}
+
+impl PendingSend for LentSend {
+    fn wait(mut self: Box<Self>) -> Result<()> {
+        let h = self.h.take().expect("send handle waited once");
+        h.wait().map_err(|e| self.at.fail(Dir::Send, e))
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        Ok(self.h.as_ref().is_none_or(|h| h.test()))
+    }
+
+    fn wait_free(&mut self) -> Result<()> {
+        match &self.h {
+            Some(h) => h.wait_released().map_err(|e| self.at.fail(Dir::Send, e)),
+            None => Ok(()),
+        }
+    }
+}
+
 struct Recv {
     h: Option<zccl_runtime::RecvHandle<u8>>,
     at: Site,
@@ -125,6 +150,26 @@ impl Fabric for Communicator {
         data: RecvBytes,
     ) -> Result<SendHandle> {
         send_host(self, to, channel, data.into_host())
+    }
+
+    /// Lends `data`: no copy where the peer reads it by CMA.
+    unsafe fn isend_lent(
+        &self,
+        to: usize,
+        channel: u32,
+        _tag: u64,
+        data: &[u8],
+    ) -> Result<SendHandle> {
+        let at = Site {
+            rank: Fabric::rank(self),
+            peer: to,
+            channel,
+        };
+        // SAFETY: forwarded from our caller (`data` untouched until the
+        // handle is waited or dropped; the runtime handle's drop waits).
+        let h = unsafe { self.channel(channel).isend_lent(to as u32, data) }
+            .map_err(|e| at.fail(Dir::Send, e))?;
+        Ok(SendHandle::new(LentSend { h: Some(h), at }))
     }
 
     fn irecv(&self, from: usize, channel: u32, _tag: u64, len: usize) -> Result<RecvHandle> {

@@ -60,6 +60,13 @@ pub trait PendingSend: Send {
     fn wait(self: Box<Self>) -> Result<()>;
     /// Returns `Ok(true)` once the send completed, without blocking.
     fn test(&mut self) -> Result<bool>;
+    /// Blocks until the send's buffer is free again, which may be before
+    /// the send completes (a lent buffer the peer has copied, see
+    /// [`Fabric::isend_lent`]). Default: at once (a send that copied its
+    /// buffer).
+    fn wait_free(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A pending receive, as implemented by a fabric.
@@ -271,6 +278,29 @@ impl SendHandle {
     /// ```
     pub fn wait(self) -> Result<()> {
         self.0.wait()
+    }
+
+    /// Blocks until the memory of a lent send ([`Fabric::isend_lent`]) is
+    /// free again, which does not wait for the receiver to match the send
+    /// (nor for the ops posted before it on the channel), only for the
+    /// transport to be done with the memory. Immediate for a copied send.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// let out = run_ranks(1, |f| {
+    ///     let mut buf = vec![1u8, 2];
+    ///     // SAFETY: `buf` is not written until `wait_free` returned.
+    ///     let mut s = unsafe { f.isend_lent(0, 0, 0, &buf) }.unwrap();
+    ///     s.wait_free().unwrap();
+    ///     buf[0] = 9; // free again: the message keeps what was sent
+    ///     let got = f.irecv(0, 0, 0, 2).unwrap().wait().unwrap();
+    ///     s.wait().unwrap();
+    ///     got
+    /// });
+    /// assert_eq!(out[0], vec![1, 2]);
+    /// ```
+    pub fn wait_free(&mut self) -> Result<()> {
+        self.0.wait_free()
     }
 
     /// Non-blocking completion check.
@@ -506,6 +536,39 @@ pub trait Fabric: Send + Sync {
         data: RecvBytes,
     ) -> Result<SendHandle> {
         self.isend(to, channel, tag, data.into_vec())
+    }
+
+    /// Like [`Fabric::isend`], but the message is the caller's own memory:
+    /// a fabric that can let the peer copy it from there (the communicator,
+    /// between ranks of one host that read each other by CMA) sends it
+    /// without a copy; the default copies it into a vector. The handle's
+    /// `wait` returns once the memory is no longer needed, and dropping the
+    /// handle waits too.
+    ///
+    /// # Safety
+    /// `data` must stay valid and must not be written until the returned
+    /// handle has been waited on or dropped; the handle must not be leaked.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// let out = run_ranks(2, |f| {
+    ///     let mine = vec![f.rank() as u8 + 1; 4];
+    ///     // SAFETY: `mine` is untouched until `s` is waited.
+    ///     let s = unsafe { f.isend_lent(1 - f.rank(), 0, 0, &mine) }.unwrap();
+    ///     let got = f.irecv(1 - f.rank(), 0, 0, 4).unwrap().wait().unwrap();
+    ///     s.wait().unwrap();
+    ///     got
+    /// });
+    /// assert_eq!(out, vec![vec![2; 4], vec![1; 4]]);
+    /// ```
+    unsafe fn isend_lent(
+        &self,
+        to: usize,
+        channel: u32,
+        tag: u64,
+        data: &[u8],
+    ) -> Result<SendHandle> {
+        self.isend(to, channel, tag, data.to_vec())
     }
 }
 

@@ -313,6 +313,53 @@ pub fn combine_finish<T: Elem>(op: ReduceOp, n: usize, buf: &mut [T], x: &[T::Ac
     with_op(op, K::<T>(buf, x, avg));
 }
 
+/// The last combine of a reduction over `n` ranks, out of place:
+/// `out[i] = finish(x[i] ⊕ to_acc(local[i]))` (what [`combine_finish`]
+/// computes in place, with the local contribution read from `local`).
+///
+/// # Panics
+/// If the lengths differ.
+///
+/// ```
+/// use zccl_primitives::reduce::{combine_finish_to, ReduceOp};
+/// let mut out = [0i32; 2];
+/// combine_finish_to(ReduceOp::Avg, 2, &mut out, &[1, -1], &[3, 5]);
+/// assert_eq!(out, [2, 2]);
+/// ```
+pub fn combine_finish_to<T: Elem>(
+    op: ReduceOp,
+    n: usize,
+    out: &mut [T],
+    x: &[T::Acc],
+    local: &[T],
+) {
+    assert!(
+        out.len() == x.len() && x.len() == local.len(),
+        "combine_finish_to: length mismatch"
+    );
+    struct K<'a, T: Elem>(&'a mut [T], &'a [T::Acc], &'a [T], Option<usize>);
+    impl<T: Elem> Kernel<T::Acc> for K<'_, T> {
+        #[inline(always)]
+        fn run(self, c: impl Fn(T::Acc, T::Acc) -> T::Acc + Copy) {
+            let it = self.0.iter_mut().zip(self.1).zip(self.2);
+            match self.3 {
+                None => {
+                    for ((o, &a), &l) in it {
+                        *o = T::from_acc(c(a, l.to_acc()));
+                    }
+                }
+                Some(n) => {
+                    for ((o, &a), &l) in it {
+                        *o = T::from_acc(<T::Acc as Accumulator>::divide(c(a, l.to_acc()), n));
+                    }
+                }
+            }
+        }
+    }
+    let avg = (op == ReduceOp::Avg).then_some(n);
+    with_op(op, K::<T>(out, x, local, avg));
+}
+
 /// Converts elements to their accumulator type (exact).
 ///
 /// ```

@@ -125,15 +125,18 @@ pub fn as_bytes<T: Element>(s: &[T]) -> &[u8] {
 pub fn vec_from_bytes<T: Element>(b: &[u8]) -> Vec<T> {
     let n = b.len() / std::mem::size_of::<T>();
     debug_assert_eq!(n * std::mem::size_of::<T>(), b.len());
-    let mut v = vec![T::default(); n];
-    // SAFETY: `v` owns `n * size_of::<T>()` bytes; any bit pattern is a valid `T`.
+    let mut v = Vec::<T>::with_capacity(n);
+    // SAFETY: `v` has capacity for `n` elements, i.e. `n * size_of::<T>()`
+    // bytes, all written by the copy before the length is set; any bit
+    // pattern is a valid `T` (an `Element` is plain data).
     unsafe {
         std::ptr::copy_nonoverlapping(
             b.as_ptr(),
             v.as_mut_ptr().cast::<u8>(),
             n * std::mem::size_of::<T>(),
-        )
-    };
+        );
+        v.set_len(n);
+    }
     v
 }
 

@@ -40,6 +40,7 @@ use crate::engine::{self, Cmd, Engine, EngineRef, OpSpec};
 use crate::error::{Error, OpDesc, OpKind, Result};
 use crate::handle::{BatchHandle, Pending, RecvHandle, SendHandle, Slot};
 use crate::launcher_env::{self, RootSpec};
+use crate::lend::LentSendHandle;
 use crate::unique_id::UniqueId;
 
 /// One operation of a [`Channel::batch`].
@@ -752,6 +753,12 @@ impl Channel {
     }
 
     fn issue(&self, ops: Vec<Op>) -> Result<Vec<Pending>> {
+        self.issue_ops(ops, false)
+    }
+
+    /// Issues `ops`; `lent`: their payloads borrow the caller's memory (see
+    /// [`Channel::isend_lent`]).
+    fn issue_ops(&self, ops: Vec<Op>, lent: bool) -> Result<Vec<Pending>> {
         let core = &self.inner.core;
         let max = core.config.tcp.limits.max_message;
         for op in &ops {
@@ -842,6 +849,7 @@ impl Channel {
                 timeout: self.timeout,
                 slot,
                 index,
+                lent,
             });
         }
         // Issued here, on the caller's thread, in index order (`st` is held).
@@ -862,6 +870,55 @@ impl Channel {
         let mut p = self.issue(vec![Op::send(peer, data)])?;
         Ok(SendHandle {
             p: p.pop().expect("one op"),
+        })
+    }
+
+    /// Starts sending `data` to `peer` **without copying it** where the
+    /// transport lets the peer copy it from this process's memory (ranks of
+    /// one host that read each other by CMA, messages of at least
+    /// `ZCCL_SHM_CMA_MIN_BYTES`); everywhere else it is copied when the send
+    /// is issued, like [`Channel::isend`] of a slice. The handle completes
+    /// when the receiver matched the send and the memory is free again; see
+    /// [`crate::lend`] for what happens when the send fails.
+    ///
+    /// # Safety
+    /// `data` must stay valid and must not be written until the returned
+    /// handle has been waited on or dropped (dropping it waits). Leaking the
+    /// handle (`std::mem::forget`) while `data` is then freed or written is
+    /// undefined behaviour.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let ch = comm.channel(3);
+    /// let data: Vec<i64> = (0..100).collect();
+    /// let r = ch.irecv::<i64>(0, 100).unwrap();
+    /// // SAFETY: `data` is untouched until `s` is waited.
+    /// let s = unsafe { ch.isend_lent(0, &data) }.unwrap();
+    /// assert_eq!(r.wait().unwrap().into_vec(), data);
+    /// s.wait().unwrap();
+    /// ```
+    pub unsafe fn isend_lent<T: Element>(&self, peer: u32, data: &[T]) -> Result<LentSendHandle> {
+        // SAFETY: the caller keeps `data` valid and unchanged until the
+        // handle is done (our contract); the handle waits for the release
+        // or withdraws the payload before it lets go.
+        let (bytes, release) = unsafe { crate::lend::lend(crate::buffer::as_bytes(data)) };
+        let op = Op::Send {
+            peer,
+            dtype: T::DTYPE,
+            data: bytes,
+        };
+        let p = match self.issue_ops(vec![op], true) {
+            Ok(mut p) => p.pop().expect("one op"),
+            // Not issued: the payload was dropped with the op.
+            Err(e) => return Err(e),
+        };
+        Ok(LentSendHandle {
+            p: Some(p),
+            release,
+            transport: self.inner.core.transport.clone(),
         })
     }
 

@@ -52,6 +52,10 @@ pub(crate) struct OpSpec {
     pub(crate) slot: Arc<Slot>,
     /// Position of the op among the ops of its channel.
     pub(crate) index: u64,
+    /// The payload borrows the user's memory ([`crate::lend`]): it goes to
+    /// the transport's `send_lent`, or is copied where it would be read
+    /// later in this process (a send to itself, the router's chunks).
+    pub(crate) lent: bool,
 }
 
 /// Requests from user threads that need the engine's task (ops are issued
@@ -180,11 +184,21 @@ impl Engine {
     /// event follows and fails the op with the cause it carries (which may
     /// name another rank), or the op's deadline does.
     fn post(&mut self, peer: u32, msg: Message) -> bool {
+        self.post_with(peer, msg, false)
+    }
+
+    /// [`Engine::post`], through the transport's `send_lent` when `lent`.
+    fn post_with(&mut self, peer: u32, msg: Message, lent: bool) -> bool {
         if peer == self.rank {
             self.local.push_back(msg);
             return true;
         }
-        match self.transport.send(peer, msg) {
+        let sent = if lent {
+            self.transport.send_lent(peer, msg)
+        } else {
+            self.transport.send(peer, msg)
+        };
+        match sent {
             Ok(()) => true,
             Err(TransportError::PeerGone(_)) => {
                 debug!(
@@ -253,7 +267,7 @@ impl Engine {
                 self.deadlines
                     .insert((op.deadline, stream, op.index), (OpKind::Send, key));
                 self.sends.insert(key, pending);
-                let msg = Message {
+                let mut msg = Message {
                     kind: MessageKind::Data,
                     dtype: d.dtype.code(),
                     comm: d.comm,
@@ -261,12 +275,17 @@ impl Engine {
                     seq: d.seq,
                     payload: op.payload.unwrap_or_default(),
                 };
-                if let Some(r) = self.router.as_mut()
-                    && r.wants(d.peer)
-                {
+                let routed = self.router.as_ref().is_some_and(|r| r.wants(d.peer));
+                let lent = op.lent && !routed && d.peer != self.rank;
+                if op.lent && !lent {
+                    // Held past this call (delivered locally, or chunked
+                    // and retransmitted by the router): copy it now.
+                    msg.payload = Bytes::copy_from_slice(&msg.payload);
+                }
+                if routed && let Some(r) = self.router.as_mut() {
                     let acts = r.start_send(d.peer, msg, Instant::now());
                     self.apply(acts);
-                } else if !self.post(d.peer, msg)
+                } else if !self.post_with(d.peer, msg, lent)
                     && let Some(p) = self.take(OpKind::Send, key)
                 {
                     let e = Error::Aborted {

@@ -70,7 +70,7 @@ impl Slot {
         }
     }
 
-    fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         let s = self.state.lock().expect("slot");
         s.result.is_some() || s.taken
     }
@@ -158,7 +158,7 @@ impl Pending {
         drop(polling);
     }
 
-    fn wait(&self) -> Outcome {
+    pub(crate) fn wait(&self) -> Outcome {
         self.spin();
         let hard = self.deadline + GRACE;
         let mut s = self.slot.state.lock().expect("slot");

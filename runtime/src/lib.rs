@@ -29,8 +29,8 @@
 //! Collectives and the sequence-parallel primitives live in `zccl-primitives`,
 //! which runs over a [`Communicator`].
 //!
-//! **Not built yet:** device memory, the router's executor (plans are made
-//! but not run over the transports), metrics.
+//! **Not built yet:** device memory (host buffers only; no GPU or RDMA
+//! code yet).
 //!
 //! ```no_run
 //! use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
@@ -57,6 +57,7 @@ pub mod error;
 pub mod handle;
 pub mod launcher;
 pub mod launcher_env;
+pub mod lend;
 pub mod logging;
 pub mod metrics;
 mod protocol;
@@ -69,4 +70,5 @@ pub use communicator::{Channel, Communicator, Op};
 pub use config::Config;
 pub use error::{Error, OpDesc, OpKind, Result};
 pub use handle::{BatchHandle, RecvHandle, SendHandle};
+pub use lend::LentSendHandle;
 pub use unique_id::UniqueId;

@@ -515,3 +515,58 @@ fn ranks_of_one_host_use_shared_memory_unless_disabled() {
     });
     assert_eq!(tcp, vec![false, false]);
 }
+
+/// Lent sends deliver exactly the lent bytes over shared memory (CMA: the
+/// peer copies them from the lender's buffer), over TCP and to itself (both
+/// copy them when issued); once a handle is waited, the buffer is the
+/// lender's again: rewriting it changes nothing already sent.
+#[test]
+fn lent_sends_deliver_the_lent_bytes_and_free_the_buffer() {
+    for shm in ["0", "1"] {
+        let out = job(2, &[("ZCCL_SHM_DISABLE", shm)], |c| {
+            let (r, peer) = (c.rank(), 1 - c.rank());
+            let ch = c.channel(1);
+            let sizes = [0usize, 1000, 3 << 20, (1 << 20) + 7];
+            let recvs: Vec<_> = sizes
+                .iter()
+                .map(|&len| ch.irecv::<u8>(peer, len).unwrap())
+                .collect();
+            let self_recv = ch.irecv::<u8>(r, 4096).unwrap();
+            let mut bufs: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| pattern(r, len, i as u64))
+                .collect();
+            let mine = pattern(r, 4096, 99);
+            // SAFETY: every buffer stays untouched until its handle is waited.
+            let sends: Vec<_> = bufs
+                .iter()
+                .map(|b| unsafe { ch.isend_lent(peer, b) }.unwrap())
+                .collect();
+            let to_self = unsafe { ch.isend_lent(r, &mine) }.unwrap();
+            for s in sends {
+                s.wait().unwrap();
+            }
+            to_self.wait().unwrap();
+            for b in &mut bufs {
+                b.iter_mut().for_each(|x| *x = !*x);
+            }
+            let got: Vec<Vec<u8>> = recvs
+                .into_iter()
+                .map(|h| h.wait().unwrap().into_vec())
+                .collect();
+            assert_eq!(self_recv.wait().unwrap().into_vec(), mine);
+            got
+        });
+        for (r, got) in out.iter().enumerate() {
+            let from = 1 - r as u32;
+            for (i, g) in got.iter().enumerate() {
+                let want = pattern(from, [0usize, 1000, 3 << 20, (1 << 20) + 7][i], i as u64);
+                assert!(
+                    g == &want,
+                    "shm disabled {shm}: rank {r} message {i} differs"
+                );
+            }
+        }
+    }
+}

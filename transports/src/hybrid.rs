@@ -210,6 +210,21 @@ impl Transport for HybridTransport {
         }
     }
 
+    fn send_lent(&self, peer: u32, msg: Message) -> Result<(), TransportError> {
+        match &self.shm {
+            Some(shm) if self.uses_shm(peer) => shm.send_lent(peer, msg),
+            _ => self.tcp.send_lent(peer, msg),
+        }
+    }
+
+    fn withdraw(&self, peer: u32) {
+        if let Some(shm) = &self.shm
+            && self.uses_shm(peer)
+        {
+            shm.withdraw(peer);
+        }
+    }
+
     fn set_nic_up(&self, ifname: &str, up: bool) {
         self.tcp.set_nic_up(ifname, up);
     }

@@ -287,6 +287,30 @@ pub trait Transport: Send + Sync + 'static {
         self.send(peer, msg)
     }
 
+    /// Enqueues `msg` for `peer`, whose payload is **lent**: it borrows
+    /// memory its owner reuses as soon as the payload (`Bytes`) has been
+    /// dropped by everyone who holds it, or once it has called
+    /// [`Transport::withdraw`] for `peer`. A transport therefore must not
+    /// read the payload in this process after `send_lent` returns: it either
+    /// copies it here (the default does, then calls [`Transport::send`]) or
+    /// lets only the peer copy it (shared memory's CMA records, which a
+    /// withdrawal invalidates).
+    fn send_lent(&self, peer: u32, mut msg: Message) -> Result<(), TransportError> {
+        msg.payload = Bytes::copy_from_slice(&msg.payload);
+        self.send(peer, msg)
+    }
+
+    /// The owner of lent payloads to `peer` stops waiting for them (a send
+    /// that timed out or failed while the peer had not copied its payload
+    /// yet) and will reuse their memory: the transport must make sure the
+    /// peer never delivers a lent payload it copies from now on (shared
+    /// memory marks the ring so that the peer's reader rejects every later
+    /// CMA copy and closes the link as lost). Default: no-op (a transport
+    /// whose `send_lent` copies holds no lent memory).
+    fn withdraw(&self, peer: u32) {
+        let _ = peer;
+    }
+
     /// Tells the transport that local NIC `ifname` is up or down (the
     /// router's link watch): a transport stops putting striped data and
     /// control messages on connections of a NIC that is down. Default: no-op.

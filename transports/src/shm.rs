@@ -47,9 +47,15 @@
 //!   pair keeps the ring copy, and the reason is logged once at INFO. Kept
 //!   payloads are dropped when the receiver has copied them, or with the
 //!   link (a dead peer); a clean close waits (up to [`CMA_CLOSE_WAIT`]) until
-//!   the peer has copied them all; an abort does not wait and leaks them
-//!   instead (a peer still copying must never read memory this process has
-//!   reused, which it would deliver as data). A record with an impossible length,
+//!   the peer has copied them all. A payload may also be **lent** memory
+//!   ([`Transport::send_lent`]: a slice of the user's buffer, read by the
+//!   peer only). When the sender gives up on such a send (a timeout,
+//!   [`Transport::withdraw`]) or aborts, it may reuse the memory at once, so
+//!   it first marks the ring withdrawn (a word of the producer line, then a
+//!   full fence); the reader checks the mark after every CMA copy (after a
+//!   fence) and rejects a copy made after it, closing the link as lost, so
+//!   bytes the owner changed are never delivered as data. An abort
+//!   withdraws and then drops the kept payloads. A record with an impossible length,
 //!   address, pid or sequence number, and a failed copy (`EFAULT`: the
 //!   buffer is gone; `ESRCH`: the process is gone), close the link as
 //!   [`CloseReason::Lost`]. Records stay in ring order, whatever their kind.
@@ -280,6 +286,10 @@ const CTL: [usize; 2] = [256, 512];
 const W_HEAD: usize = 0;
 const W_DATA_SEQ: usize = 8;
 const W_WAITING: usize = 12;
+/// Lent CMA payloads the producer has withdrawn: 0, or `u64::MAX` once it
+/// gave up on one ([`Transport::withdraw`], an abort). The consumer checks it
+/// after every CMA copy and rejects the copy (closing the link) when set.
+const W_CMA_WITHDRAWN: usize = 16;
 const R_TAIL: usize = 64;
 const R_SPACE_SEQ: usize = 72;
 const R_WAITING: usize = 76;
@@ -446,6 +456,9 @@ impl Ring {
     }
     fn cma_done(&self) -> &AtomicU64 {
         self.seg.u64_at(self.ctl + R_CMA_DONE)
+    }
+    fn cma_withdrawn(&self) -> &AtomicU64 {
+        self.seg.u64_at(self.ctl + W_CMA_WITHDRAWN)
     }
     fn polling(&self) -> &AtomicU32 {
         self.seg.u32_at(self.ctl + R_POLLING)
@@ -1029,6 +1042,22 @@ impl Link {
         Ok(())
     }
 
+    /// Withdraws every CMA payload of this link, written or still to be
+    /// written: the peer rejects any CMA copy it finishes from now on (see
+    /// [`W_CMA_WITHDRAWN`]), so this process may reuse their memory; the
+    /// kept payloads are dropped. The full fence orders the mark before
+    /// whatever the caller writes into the memory next; the reader fences
+    /// between its copy and its check, so a copy that passes the check
+    /// finished before any such write.
+    fn withdraw(&self) {
+        self.out_ring
+            .cma_withdrawn()
+            .store(u64::MAX, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let freed: Vec<_> = self.kept.lock().expect("shm kept").drain(..).collect();
+        drop(freed);
+    }
+
     fn kept_empty(&self) -> bool {
         self.kept.lock().expect("shm kept").is_empty()
     }
@@ -1574,6 +1603,15 @@ fn copy_cma(
             crate::cma::explain(e)
         )
     })?;
+    // A lent payload the sender withdrew may have changed under the copy.
+    fence(Ordering::SeqCst);
+    if link.in_ring.cma_withdrawn().load(Ordering::SeqCst) >= ext.number {
+        return Err(format!(
+            "the peer withdrew CMA payload {} ({} bytes) while it was copied \
+             (it gave up on the send: timeout or abort); its bytes are not delivered",
+            ext.number, rec.len
+        ));
+    }
     *cma_seen = ext.number;
     // The sender's reader thread drops the payload on this.
     link.in_ring.cma_done().store(ext.number, Ordering::Release);
@@ -1709,6 +1747,22 @@ impl Transport for ShmTransport {
             .map_err(|_| TransportError::PeerGone(peer))
     }
 
+    /// A lent message that goes by CMA is sent as it is (only the peer
+    /// copies its payload); any other is copied first.
+    fn send_lent(&self, peer: u32, mut msg: Message) -> Result<(), TransportError> {
+        let link = self.link(peer).ok_or(TransportError::NoSuchPeer(peer))?;
+        if !link.use_cma(&msg) {
+            msg.payload = Bytes::copy_from_slice(&msg.payload);
+        }
+        self.send(peer, msg)
+    }
+
+    fn withdraw(&self, peer: u32) {
+        if let Some(link) = self.link(peer) {
+            link.withdraw();
+        }
+    }
+
     fn path(&self, peer: u32) -> Option<PeerPath> {
         self.link(peer).map(|l| PeerPath::Shm {
             segment: l.path.clone(),
@@ -1797,14 +1851,11 @@ impl Transport for ShmTransport {
                 // finish before this rank may free it.
                 drain_kept(&links).await;
             } else {
-                // An abort does not wait for them; a peer still copying must
-                // not read memory this process reuses for something else
-                // (it would deliver stale bytes as data): leak what it may
-                // still read (bounded by what was in flight).
+                // An abort does not wait for them: withdraw them (a peer
+                // still copying rejects what it copied, so memory this
+                // process reuses is never delivered as data) and drop them.
                 for l in &links {
-                    for (_, b) in l.kept.lock().expect("shm kept").drain(..) {
-                        std::mem::forget(b);
-                    }
+                    l.withdraw();
                 }
             }
             let mut readers = Vec::new();
@@ -2069,6 +2120,95 @@ mod tests {
         match next(&mut rx1) {
             TransportEvent::Message { peer: 0, msg } => assert_eq!(&msg.payload[..], &buf[..16]),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// A payload whose drop is observable (what a lent payload's owner is).
+    struct Watched(Arc<Vec<u8>>, Arc<AtomicBool>);
+    impl AsRef<[u8]> for Watched {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A message whose payload reports its drop; the memory itself stays
+    /// mapped while the returned `Arc<Vec<u8>>` lives (as a lender's does).
+    fn watched(seq: u64, len: usize) -> (Message, Arc<AtomicBool>, Arc<Vec<u8>>) {
+        let mut m = msg(MessageKind::Data, seq, len);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let mem = Arc::new(m.payload.to_vec());
+        m.payload = Bytes::from_owner(Watched(mem.clone(), dropped.clone()));
+        (m, dropped, mem)
+    }
+
+    fn wait_true(b: &AtomicBool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !b.load(Ordering::SeqCst) {
+            assert!(Instant::now() < until, "not within 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn lent_payloads_are_read_only_by_the_peer_and_released_after_its_copy() {
+        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
+        t1.ctx.pause_readers.store(true, Ordering::Release);
+        // Below the CMA threshold a lent payload is copied at once.
+        let (small, small_dropped, _mem) = watched(0, 1000);
+        let want_small = msg(MessageKind::Data, 0, 1000);
+        t0.send_lent(1, small).unwrap();
+        assert!(small_dropped.load(Ordering::SeqCst), "copied, so dropped");
+        // Above it, only the peer copies it: kept until it did.
+        let (big, big_dropped, _mem) = watched(1, CMA_MIN_BYTES * 3);
+        let want_big = msg(MessageKind::Data, 1, CMA_MIN_BYTES * 3);
+        t0.send_lent(1, big).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!big_dropped.load(Ordering::SeqCst), "kept for the peer");
+        t1.ctx.pause_readers.store(false, Ordering::Release);
+        for want in [want_small, want_big] {
+            match next(&mut rx1) {
+                TransportEvent::Message { peer: 0, msg: m } => assert_eq!(m, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        wait_true(&big_dropped);
+    }
+
+    #[test]
+    fn a_withdrawn_lent_payload_is_never_delivered() {
+        for abort in [false, true] {
+            let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
+            t1.ctx.pause_readers.store(true, Ordering::Release);
+            let (big, dropped, _mem) = watched(1, CMA_MIN_BYTES * 2);
+            t0.send_lent(1, big).unwrap();
+            if abort {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(t0.close(GoodbyeReason::Abort {
+                    cause_rank: None,
+                    message: "test".into(),
+                }));
+            } else {
+                t0.withdraw(1);
+            }
+            // Released at once: the owner may reuse the memory.
+            assert!(dropped.load(Ordering::SeqCst), "abort {abort}");
+            t1.ctx.pause_readers.store(false, Ordering::Release);
+            match next(&mut rx1) {
+                TransportEvent::PeerClosed {
+                    peer: 0,
+                    reason: CloseReason::Lost(why),
+                    ..
+                } => assert!(why.contains("withdrew CMA payload 1"), "{why}"),
+                other => panic!("abort {abort}: {other:?}"),
+            }
         }
     }
 
