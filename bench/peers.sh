@@ -5,7 +5,9 @@
 # at 1 MiB and 64 MiB (float32, sum), then the median of the rounds per
 # (library, ranks, size). See docs/performance.md.
 #
-# Needs: a release build (cargo build --release), and the peers as
+# Needs: zccl-bench built in release (the script builds it unless ZCCL_BENCH
+# is given: `cargo build --release` alone builds only the root package, and
+# a stale zccl-bench would be measured), and the peers as
 # ../shared/peers/setup.sh installs them (`setup.sh torch-apt`: Open MPI,
 # /opt/peers-venv with mpi4py, Debian's python3-torch).
 #
@@ -18,14 +20,17 @@ OUT=${1:-/tmp/zccl-peers}
 ROUNDS=${ROUNDS:-3}
 RANKS=${RANKS:-"2 4"}
 ZCCL_ITERS=${ZCCL_ITERS:-20}
-ZCCL_BENCH=${ZCCL_BENCH:-${CARGO_TARGET_DIR:-target}/release/zccl-bench}
+if [ -z "${ZCCL_BENCH:-}" ]; then
+  ZCCL_BENCH=${CARGO_TARGET_DIR:-target}/release/zccl-bench
+  cargo build --release -q -p zccl-bench
+fi
 PEERS=${PEERS:-../shared/peers}
 PY_TORCH=${PY_TORCH:-/usr/bin/python3}
 PY_MPI=${PY_MPI:-/opt/peers-venv/bin/python}
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader --mca oob_tcp_if_include lo)
 SIZES=(--min-bytes 1M --max-bytes 64M --factor 64)
 
-[ -x "$ZCCL_BENCH" ] || { echo "no $ZCCL_BENCH: cargo build --release first" >&2; exit 2; }
+[ -x "$ZCCL_BENCH" ] || { echo "no $ZCCL_BENCH: cargo build --release -p zccl-bench first" >&2; exit 2; }
 mkdir -p "$OUT"
 {
   echo "date: $(date -u +%FT%TZ)"
