@@ -164,7 +164,7 @@ pub const CMA_MIN_BYTES: usize = 256 << 10;
 
 /// Largest payload [`Transport::poll`] delivers; larger messages are left
 /// to the reader thread.
-pub const POLL_MAX_PAYLOAD: usize = 4096;
+pub const POLL_MAX_PAYLOAD: usize = 64 << 10;
 
 /// The largest CMA record a [`Transport::poll`] copies itself (on the
 /// waiting thread, no thread wake-up); larger ones are left to the reader
@@ -558,6 +558,54 @@ impl Ring {
     /// control message), see [`Ring::notify_data`].
     fn write_pollable(&self, buf: &[u8], stop: &AtomicBool) -> Result<(), RingStop> {
         self.write_inner(buf, stop, true)
+    }
+
+    /// Producer: writes a record made of a header and a payload. When the
+    /// ring has room for all of it and it is `pollable`, both are copied and
+    /// published at once (a poll sees it whole, and the reader thread is
+    /// left alone while a poller is there, see [`Ring::notify_data`]);
+    /// otherwise it streams through the ring, waiting for space.
+    fn write_record(
+        &self,
+        header: &[u8],
+        payload: &[u8],
+        stop: &AtomicBool,
+        pollable: bool,
+    ) -> Result<(), RingStop> {
+        let total = (header.len() + payload.len()) as u64;
+        if pollable && self.free() >= total {
+            let head = self.head().load(Ordering::Relaxed);
+            // SAFETY: `total` bytes from `head` are free (the consumer only
+            // frees more meanwhile), and only the producer writes them.
+            unsafe {
+                self.copy_in(head, header);
+                self.copy_in(head + header.len() as u64, payload);
+            }
+            self.head().store(head + total, Ordering::Release);
+            self.notify_data(true);
+            return Ok(());
+        }
+        self.write_all(header, stop)?;
+        self.write_all(payload, stop)
+    }
+
+    /// Producer: copies `buf` into the ring at position `pos`.
+    ///
+    /// # Safety
+    /// `[pos, pos + buf.len())` must be free space of the ring (behind the
+    /// consumer's tail by at most the capacity) that only this producer
+    /// writes.
+    unsafe fn copy_in(&self, pos: u64, buf: &[u8]) {
+        let n = buf.len();
+        debug_assert!(n as u64 <= self.cap);
+        let idx = (pos % self.cap) as usize;
+        let first = n.min(self.cap as usize - idx);
+        // SAFETY: [idx, idx + first) and [0, n - first) lie in the data area
+        // (the caller's contract makes them free).
+        unsafe {
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.data.add(idx), first);
+            std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), self.data, n - first);
+        }
     }
 
     fn write_inner(&self, mut buf: &[u8], stop: &AtomicBool, small: bool) -> Result<(), RingStop> {
@@ -1365,20 +1413,7 @@ fn write_copy(ring: &Ring, m: &Message, stop: &AtomicBool) -> Result<(), RingSto
         m.seq,
         m.payload.len() as u64,
     );
-    if m.payload.len() <= 4096 {
-        let mut buf = [0u8; REC_LEN + 4096];
-        buf[..REC_LEN].copy_from_slice(&rec);
-        buf[REC_LEN..REC_LEN + m.payload.len()].copy_from_slice(&m.payload);
-        let record = &buf[..REC_LEN + m.payload.len()];
-        if m.payload.len() <= POLL_MAX_PAYLOAD {
-            ring.write_pollable(record, stop)
-        } else {
-            ring.write_all(record, stop)
-        }
-    } else {
-        ring.write_all(&rec, stop)
-            .and_then(|()| ring.write_all(&m.payload, stop))
-    }
+    ring.write_record(&rec, &m.payload, stop, m.payload.len() <= POLL_MAX_PAYLOAD)
 }
 
 /// A CMA record: the payload stays where it is, kept alive until the peer

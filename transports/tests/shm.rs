@@ -457,7 +457,7 @@ fn stress_msg(src: u32, seq: u64) -> Message {
     let len = if seq % 4999 == 17 {
         300 << 10
     } else if seq % 997 == 5 {
-        8 << 10
+        POLL_MAX_PAYLOAD + (8 << 10)
     } else {
         8 + (seq % 57) as usize
     };
