@@ -365,6 +365,7 @@ impl Communicator {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let router = Self::make_router(rank, &config, &book);
         let engine: EngineRef = Arc::new(Mutex::new(Engine::new(rank, transport.clone(), router)));
+        transport.set_deliver(Engine::deliver_hook(&engine));
         runtime.spawn(crate::engine::run(engine.clone(), cmd_rx, ev_rx));
         let (book_local, book_size) = book.local_rank(rank);
         if let Some(base) = &config.metrics_addr {

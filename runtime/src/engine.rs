@@ -164,6 +164,26 @@ impl Engine {
         n
     }
 
+    /// The hook through which the transports' own threads hand messages to
+    /// the engine directly ([`zccl_transports::Transport::set_deliver`]):
+    /// when the engine's lock is free, the message is matched on the
+    /// calling thread (no wake-up of the engine's task); otherwise it is
+    /// handed back for the event channel.
+    pub(crate) fn deliver_hook(engine: &EngineRef) -> zccl_transports::Deliver {
+        let weak = Arc::downgrade(engine);
+        Arc::new(move |peer, msg| {
+            let Some(engine) = weak.upgrade() else {
+                return Err(msg);
+            };
+            let Ok(mut g) = engine.try_lock() else {
+                return Err(msg);
+            };
+            g.on_message(peer, msg);
+            g.drain_local();
+            Ok(())
+        })
+    }
+
     /// When the task must wake up next: the earliest deadline, the router's
     /// next tick, and at least every [`IDLE_TICK`] (user threads add ops,
     /// hence deadlines, without waking the task).

@@ -229,6 +229,14 @@ impl Transport for HybridTransport {
         self.tcp.set_nic_up(ifname, up);
     }
 
+    /// Shared memory's reader threads deliver directly (TCP's frames are
+    /// read by tasks of the engine's own runtime).
+    fn set_deliver(&self, hook: crate::Deliver) {
+        if let Some(shm) = &self.shm {
+            shm.set_deliver(hook);
+        }
+    }
+
     /// Polls the shared-memory transport (TCP messages arrive through its
     /// tasks, as events).
     fn set_polling(&self, on: bool) {

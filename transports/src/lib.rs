@@ -185,6 +185,20 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// A direct way into the progress engine for a transport's own threads:
+/// called with a whole message, it either takes it at once (`Ok`) or hands
+/// it back (`Err`, e.g. the engine is busy) for the event channel. See
+/// [`Transport::set_deliver`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_transports::{Deliver, Message};
+/// // A hook that never takes anything: everything goes to the channel.
+/// let d: Deliver = Arc::new(|_peer: u32, m: Message| Err(m));
+/// # let _ = d;
+/// ```
+pub type Deliver = std::sync::Arc<dyn Fn(u32, Message) -> Result<(), Message> + Send + Sync>;
+
 /// What a transport reports to the progress engine.
 #[derive(Debug)]
 pub enum TransportEvent {
@@ -335,6 +349,16 @@ pub trait Transport: Send + Sync + 'static {
     fn poll(&self, max: usize, f: &mut dyn FnMut(u32, Message)) -> usize {
         let _ = (max, f);
         0
+    }
+
+    /// Installs a hook through which the transport's own threads may hand
+    /// whole messages to the engine directly instead of through the event
+    /// channel (one thread wake-up less per message: the engine's task); a
+    /// message the hook hands back goes to the channel as before. Messages
+    /// may then reach the engine out of order across the two paths, as with
+    /// [`Transport::poll`]. Default: ignored.
+    fn set_deliver(&self, hook: Deliver) {
+        let _ = hook;
     }
 
     /// A thread starts (`true`) or stops (`false`) calling

@@ -986,6 +986,8 @@ struct Ctx {
     events: mpsc::UnboundedSender<TransportEvent>,
     closing: AtomicBool,
     max_message: u64,
+    /// The engine's direct delivery ([`Transport::set_deliver`]).
+    deliver: std::sync::OnceLock<crate::Deliver>,
     /// Tests: readers take no record while set (so that polls get them all).
     #[cfg(test)]
     pause_readers: AtomicBool,
@@ -1258,6 +1260,7 @@ impl ShmTransport {
             events,
             closing: AtomicBool::new(false),
             max_message: cfg.max_message,
+            deliver: std::sync::OnceLock::new(),
             #[cfg(test)]
             pause_readers: AtomicBool::new(false),
         });
@@ -1612,8 +1615,15 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
         seq: rec.seq,
         payload: payload.into_bytes(),
     };
-    // Sent under the consumer lock: a poll cannot deliver a later record
-    // before this one is in the event channel.
+    // Delivered under the consumer lock: a poll cannot deliver a later
+    // record before this one is in the engine or its event channel.
+    let msg = match ctx.deliver.get() {
+        Some(deliver) => match deliver(link.peer, msg) {
+            Ok(()) => return Next::Go,
+            Err(msg) => msg,
+        },
+        None => msg,
+    };
     match ctx.events.send(TransportEvent::Message {
         peer: link.peer,
         msg,
@@ -1850,6 +1860,10 @@ impl Transport for ShmTransport {
             segment: l.path.clone(),
             control: None,
         })
+    }
+
+    fn set_deliver(&self, hook: crate::Deliver) {
+        let _ = self.ctx.deliver.set(hook);
     }
 
     fn set_polling(&self, on: bool) {
