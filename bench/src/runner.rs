@@ -22,10 +22,10 @@
 //!
 //! | op | out-of-place | in-place |
 //! |---|---|---|
-//! | all_reduce | copy the input into the output buffer, then `all_reduce` on it (the API works in place, so the copy is part of the time) | `all_reduce` on the buffer |
+//! | all_reduce | `all_reduce_into(input, output)` | `all_reduce` on the buffer |
 //! | reduce_scatter | `reduce_scatter(input)` returns the output block | the returned block is copied into the rank's slot of the input buffer |
 //! | all_gather | `all_gather(input)` returns the output | the input is the rank's slot of the output buffer; the result is copied back over the buffer |
-//! | alltoall | `all_to_all(input)` returns the output | the result is copied back over the input buffer |
+//! | alltoall | `all_to_all_into(input, output)` | into a scratch buffer, copied back over the input buffer |
 //! | broadcast | the root copies its input into the output buffer, then `broadcast` on it | `broadcast` on the buffer |
 //! | sendrecv, ring_shift | `ring_shift(bytes of input)`, the received bytes land in the output buffer | the received bytes land in the input buffer |
 //! | token_ring | `bidir_ring_step`: first half of the input to `r+1` on channel 0, second half to `r−1` on channel 1, received halves into the output buffer | received halves land back in the input buffer |
@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use zccl_primitives::Fabric;
-use zccl_primitives::alltoall::all_to_all;
+use zccl_primitives::alltoall::all_to_all_into;
 use zccl_primitives::collectives::{
     all_gather, all_reduce, all_reduce_into, barrier, broadcast, reduce_scatter,
 };
@@ -143,6 +143,8 @@ struct Coll<T> {
     c: Ctx,
     a: Vec<T>,
     b: Vec<T>,
+    /// In-place alltoall's output before it is copied back.
+    scratch: Vec<T>,
 }
 
 /// Copies received bytes into elements.
@@ -175,6 +177,7 @@ impl<T: BenchElem> Coll<T> {
             c,
             a: Vec::new(),
             b: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -224,8 +227,12 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
             _ => (0..c.lay.send_count).map(|i| id(r, i, rep)).collect(),
         };
         self.b = match (c.in_place, c.op) {
-            (true, _) | (false, Op::AllGather | Op::ReduceScatter | Op::Alltoall) => Vec::new(),
+            (true, _) | (false, Op::AllGather | Op::ReduceScatter) => Vec::new(),
             (false, _) => vec![zero; c.lay.recv_count],
+        };
+        self.scratch = match (c.in_place, c.op) {
+            (true, Op::Alltoall) => vec![zero; c.lay.recv_count],
+            _ => Vec::new(),
         };
     }
 
@@ -246,10 +253,17 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
                 let res = all_gather(f, CH_DATA, &self.a[r * m..(r + 1) * m])?;
                 self.a.copy_from_slice(&res);
             }
-            (Op::Alltoall, false) => self.b = all_to_all(f, CH_DATA, &self.a)?,
+            (Op::Alltoall, false) => {
+                // Into a reused output (NCCL's recvbuff), not a fresh vector
+                // per iteration (its page faults would be most of the time).
+                self.b.resize(self.a.len(), T::from_i64(0));
+                all_to_all_into(f, CH_DATA, &self.a, &mut self.b)?
+            }
             (Op::Alltoall, true) => {
-                let res = all_to_all(f, CH_DATA, &self.a)?;
-                self.a.copy_from_slice(&res);
+                // In place: through a scratch output, copied back.
+                self.scratch.resize(self.a.len(), T::from_i64(0));
+                all_to_all_into(f, CH_DATA, &self.a, &mut self.scratch)?;
+                self.a.copy_from_slice(&self.scratch);
             }
             (Op::Broadcast, false) => {
                 if r == c.root {

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use crate::dtype::{Elem, from_bytes, to_bytes};
+use crate::dtype::{Elem, as_bytes};
 use crate::error::{Result, invalid};
 use crate::fabric::{Fabric, tag};
 use crate::nonblocking::{OpHandle, start};
@@ -44,6 +44,37 @@ pub fn all_to_all<T: Elem, F: Fabric + ?Sized>(f: &F, ch: u32, input: &[T]) -> R
     all_to_all_v(f, ch, input, &counts, &counts)
 }
 
+/// [`all_to_all`] into a caller-owned `output` of `input.len()` elements
+/// (NCCL's `recvbuff`): nothing is allocated for the result, so a caller
+/// that reuses its output buffer pays no page faults for it.
+///
+/// ```
+/// use zccl_primitives::{alltoall::all_to_all_into, sim::run_ranks, Fabric};
+/// let out = run_ranks(2, |f| {
+///     let r = f.rank() as i32;
+///     let mut out = [0; 2];
+///     all_to_all_into(f, 0, &[10 * r, 10 * r + 1], &mut out).unwrap();
+///     out
+/// });
+/// assert_eq!(out, vec![[0, 10], [1, 11]]);
+/// ```
+pub fn all_to_all_into<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    input: &[T],
+    output: &mut [T],
+) -> Result<()> {
+    let n = f.size();
+    if !input.len().is_multiple_of(n) {
+        return Err(invalid(format!(
+            "all_to_all: {} elements do not split evenly over {n} ranks",
+            input.len()
+        )));
+    }
+    let counts = vec![input.len() / n; n];
+    all_to_all_v_into(f, ch, input, &counts, &counts, output)
+}
+
 /// Uneven all-to-all: `input` holds `send_counts[j]` elements for each rank
 /// `j`, packed in rank order; the output holds `recv_counts[i]` elements from
 /// each rank `i`, packed in rank order.
@@ -67,7 +98,20 @@ pub fn all_to_all_v<T: Elem, F: Fabric + ?Sized>(
     send_counts: &[usize],
     recv_counts: &[usize],
 ) -> Result<Vec<T>> {
-    let (r, n) = (f.rank(), f.size());
+    check_counts(f.size(), input.len(), send_counts, recv_counts)?;
+    let mut out = vec![T::default(); recv_counts.iter().sum()];
+    all_to_all_v_into(f, ch, input, send_counts, recv_counts, &mut out)?;
+    Ok(out)
+}
+
+/// Checks the counts of an all-to-all-v over `n` ranks against the input
+/// length; returns the send offsets.
+fn check_counts(
+    n: usize,
+    input_len: usize,
+    send_counts: &[usize],
+    recv_counts: &[usize],
+) -> Result<Vec<usize>> {
     if send_counts.len() != n || recv_counts.len() != n {
         return Err(invalid(format!(
             "all_to_all_v: {} send counts and {} recv counts for {n} ranks",
@@ -76,16 +120,55 @@ pub fn all_to_all_v<T: Elem, F: Fabric + ?Sized>(
         )));
     }
     let so = offsets(send_counts);
-    if so[n] != input.len() {
+    if so[n] != input_len {
         return Err(invalid(format!(
-            "all_to_all_v: send counts add up to {}, input has {}",
-            so[n],
-            input.len()
+            "all_to_all_v: send counts add up to {}, input has {input_len}",
+            so[n]
         )));
     }
+    Ok(so)
+}
+
+/// [`all_to_all_v`] into a caller-owned `output` of `recv_counts`' sum
+/// elements (NCCL's `recvbuff`; nothing is allocated for the result).
+///
+/// ```
+/// use zccl_primitives::{alltoall::all_to_all_v_into, sim::run_ranks, Fabric};
+/// let out = run_ranks(2, |f| {
+///     let r = f.rank() as u8;
+///     // Rank 0 sends 1 element to itself and 2 to rank 1; rank 1 sends 1 and 1.
+///     let (send, recv) = if r == 0 { ([1, 2], [1, 1]) } else { ([1, 1], [2, 1]) };
+///     let input: Vec<u8> = (0..send.iter().sum::<usize>() as u8).map(|i| 10 * r + i).collect();
+///     let mut out = vec![0; recv.iter().sum()];
+///     all_to_all_v_into(f, 0, &input, &send, &recv, &mut out).unwrap();
+///     out
+/// });
+/// assert_eq!(out, vec![vec![0, 10], vec![1, 2, 11]]);
+/// ```
+pub fn all_to_all_v_into<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    input: &[T],
+    send_counts: &[usize],
+    recv_counts: &[usize],
+    output: &mut [T],
+) -> Result<()> {
+    let (r, n) = (f.rank(), f.size());
+    let so = check_counts(n, input.len(), send_counts, recv_counts)?;
     let ro = offsets(recv_counts);
-    let mut out = vec![T::default(); ro[n]];
+    if ro[n] != output.len() {
+        return Err(invalid(format!(
+            "all_to_all_v: recv counts add up to {}, output has {}",
+            ro[n],
+            output.len()
+        )));
+    }
+    let out = output;
     let sz = std::mem::size_of::<T>();
+    // The blocks are lent from `input` (read only here): no copy where the
+    // fabric lets the peer read them (same-host CMA); their handles are
+    // waited at the end (and dropping them on an error path waits too).
+    let mut sends = Vec::with_capacity(n);
     for s in 0..n {
         let (to, from) = pairwise::peers(r, n, s);
         if s == 0 {
@@ -99,12 +182,17 @@ pub fn all_to_all_v<T: Elem, F: Fabric + ?Sized>(
             continue;
         }
         let t = tag(OP_A2A, s as u16, 0);
-        let sh = f.isend(to, ch, t, to_bytes(&input[so[to]..so[to + 1]]))?;
-        let got = f.irecv(from, ch, t, recv_counts[from] * sz)?.wait()?;
-        out[ro[from]..ro[from + 1]].copy_from_slice(&from_bytes::<T>(&got));
+        let block = as_bytes(&input[so[to]..so[to + 1]]);
+        // SAFETY: `input` is borrowed immutably for the whole call, and
+        // every handle is waited (or dropped, which waits) before it returns.
+        sends.push(unsafe { f.isend_lent(to, ch, t, block) }?);
+        let got = f.irecv(from, ch, t, recv_counts[from] * sz)?.wait_bytes()?;
+        out[ro[from]..ro[from + 1]].copy_from_slice(&got.elems::<T>());
+    }
+    for sh in sends {
         sh.wait()?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Non-blocking [`all_to_all`].

@@ -549,17 +549,21 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
                 let got: Vec<T::Acc> = f.irecv(src, ch, tag(OP_RD, 0, 0), accb)?.wait_elems()?;
                 combine_into_rhs(op, &mut acc, &got);
             }
+            // Sends own their bytes: they are waited once, at the end, so
+            // that a round starts as soon as its partner's data is in (not
+            // after the partner acknowledged the previous round's).
+            let mut sends = Vec::with_capacity(rounds.len());
             for rd in rounds {
                 let t = tag(OP_RD, 1 + rd.round as u16, 0);
-                let s = f.isend(rd.peer, ch, t, to_bytes(&acc))?;
+                sends.push(f.isend(rd.peer, ch, t, to_bytes(&acc))?);
                 let got: Vec<T::Acc> = f.irecv(rd.peer, ch, t, accb)?.wait_elems()?;
                 if rd.self_is_left {
                     combine_into(op, &mut acc, &got);
                 } else {
                     combine_into_rhs(op, &mut acc, &got);
                 }
-                s.wait()?;
             }
+            wait_all(sends)?;
             let done = finish::<T>(op, &acc, n);
             buf.copy_from_slice(&done);
             if let Some(dst) = fold_from {
@@ -615,9 +619,12 @@ pub fn all_gather_with<T: Elem, F: Fabric + ?Sized>(
         Algo::Tree => {
             let mut rot: Vec<T> = Vec::with_capacity(n * m);
             rot.extend_from_slice(input);
+            // Sends own their bytes: waited once, at the end (a step need
+            // not wait for the previous one's acknowledgement).
+            let mut sends = Vec::new();
             for (k, st) in bruck::steps(r, n).into_iter().enumerate() {
                 let t = tag(OP_AG, k as u16, 1);
-                let s = f.isend(st.send_to, ch, t, to_bytes(&rot[..st.blocks * m]))?;
+                sends.push(f.isend(st.send_to, ch, t, to_bytes(&rot[..st.blocks * m]))?);
                 let got = f
                     .irecv(
                         st.recv_from,
@@ -627,8 +634,8 @@ pub fn all_gather_with<T: Elem, F: Fabric + ?Sized>(
                     )?
                     .wait()?;
                 rot.extend_from_slice(&from_bytes::<T>(&got));
-                s.wait()?;
             }
+            wait_all(sends)?;
             for i in 0..n {
                 let j = (r + i) % n;
                 out[j * m..(j + 1) * m].copy_from_slice(&rot[i * m..(i + 1) * m]);
@@ -795,15 +802,17 @@ pub fn barrier<F: Fabric + ?Sized>(f: &F, ch: u32) -> Result<()> {
     let (r, n) = (f.rank(), f.size());
     let mut d = 1;
     let mut k = 0u16;
+    // Each round waits for its receive only (what the barrier needs); the
+    // sends are waited at the end.
+    let mut sends = Vec::new();
     while d < n {
         let t = tag(OP_BARRIER, k, 0);
-        let s = f.isend((r + d) % n, ch, t, Vec::new())?;
+        sends.push(f.isend((r + d) % n, ch, t, Vec::new())?);
         f.irecv((r + n - d) % n, ch, t, 0)?.wait()?;
-        s.wait()?;
         d *= 2;
         k += 1;
     }
-    Ok(())
+    wait_all(sends)
 }
 
 /// Non-blocking [`all_reduce`]: reduces the owned `buf` on a progress thread;

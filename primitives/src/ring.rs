@@ -12,7 +12,7 @@
 //!   returns.
 
 use crate::error::{Result, invalid};
-use crate::fabric::{Fabric, RecvHandle, SendHandle, tag};
+use crate::fabric::{Fabric, RecvBytes, RecvHandle, SendHandle, tag};
 use crate::schedule::shift;
 
 const OP_SHIFT: u8 = 0x20;
@@ -52,6 +52,23 @@ impl Shift {
     /// ```
     pub fn wait(self) -> Result<Vec<u8>> {
         let got = self.recv.wait()?;
+        self.send.wait()?;
+        Ok(got)
+    }
+
+    /// Like [`Shift::wait`], but hands over the fabric's received buffer
+    /// without copying it into a vector.
+    ///
+    /// ```
+    /// use zccl_primitives::{ring::ring_shift_start, sim::run_ranks, Fabric};
+    /// let out = run_ranks(2, |f| {
+    ///     let h = ring_shift_start(f, 0, vec![f.rank() as u8; 3], 3, 1, 0).unwrap();
+    ///     h.wait_bytes().unwrap().to_vec()
+    /// });
+    /// assert_eq!(out, vec![vec![1; 3], vec![0; 3]]);
+    /// ```
+    pub fn wait_bytes(self) -> Result<RecvBytes> {
+        let got = self.recv.wait_bytes()?;
         self.send.wait()?;
         Ok(got)
     }
@@ -233,7 +250,11 @@ where
             len_of(r)
         )));
     }
-    let mut cur = block;
+    // The block travels without copies: each step lends `cur` to the send
+    // (the peer reads it where it is, on a fabric that can) while the
+    // callback reads it too, and the received buffer becomes the next `cur`
+    // as it is.
+    let mut cur = RecvBytes::from(block);
     for s in 0..n {
         let origin = shift::origin_at(r, n, offset, s);
         let next = if s + 1 < n {
@@ -241,7 +262,11 @@ where
             let t = tag(OP_PASS, s as u16, next_origin as u32);
             // The block sent now is `cur` (origin); the peer at r+offset expects origin as its next.
             let (to, from) = shift::peers(r, n, offset);
-            let send = f.isend(to, ch, tag(OP_PASS, s as u16, origin as u32), cur.clone())?;
+            let t_send = tag(OP_PASS, s as u16, origin as u32);
+            // SAFETY: `cur` is only read until the handle is done: `wait`
+            // below waits the send before `cur` is replaced, and an early
+            // return drops `next` (whose send handle waits) before `cur`.
+            let send = unsafe { f.isend_lent(to, ch, t_send, &cur) }?;
             let recv = f.irecv(from, ch, t, len_of(next_origin))?;
             Some(Shift { send, recv, from })
         } else {
@@ -253,7 +278,7 @@ where
             data: &cur,
         })?;
         if let Some(h) = next {
-            cur = h.wait()?;
+            cur = h.wait_bytes()?;
         }
     }
     Ok(())
