@@ -11,7 +11,8 @@
 # ../shared/peers/setup.sh installs them (`setup.sh torch-apt`: Open MPI,
 # /opt/peers-venv with mpi4py, Debian's python3-torch).
 #
-# Usage: bench/peers.sh [OUTDIR]      (env: ROUNDS=3 RANKS="2 4" ZCCL_ITERS=20
+# Usage: bench/peers.sh [OUTDIR]      (env: OP=all_reduce|all_gather|alltoall
+#        ROUNDS=3 RANKS="2 4" ZCCL_ITERS=20
 #        ZCCL_BENCH=target/release/zccl-bench PEERS=../shared/peers
 #        PY_TORCH=/usr/bin/python3 PY_MPI=/opt/peers-venv/bin/python)
 set -euo pipefail
@@ -19,6 +20,13 @@ cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/zccl-peers}
 ROUNDS=${ROUNDS:-3}
 RANKS=${RANKS:-"2 4"}
+OP=${OP:-all_reduce}
+case "$OP" in
+  all_reduce) POP=allreduce ;;
+  all_gather) POP=allgather ;;
+  alltoall) POP=alltoall ;;
+  *) echo "OP must be all_reduce, all_gather or alltoall" >&2; exit 2 ;;
+esac
 ZCCL_ITERS=${ZCCL_ITERS:-20}
 if [ -z "${ZCCL_BENCH:-}" ]; then
   ZCCL_BENCH=${CARGO_TARGET_DIR:-target}/release/zccl-bench
@@ -34,6 +42,7 @@ SIZES=(--min-bytes 1M --max-bytes 64M --factor 64)
 mkdir -p "$OUT"
 {
   echo "date: $(date -u +%FT%TZ)"
+  echo "op: $OP"
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD -- primitives runtime transports 2>/dev/null || echo ' (+ uncommitted changes in primitives/runtime/transports)')"
   echo "cpus: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo "kernel: $(uname -r)"
@@ -45,21 +54,21 @@ for round in $(seq 1 "$ROUNDS"); do
   for n in $RANKS; do
     echo "== round $round, $n ranks"
     # -a 3: the slowest rank's time, as the peers' scripts report it.
-    timeout 300 "$ZCCL_BENCH" all_reduce -N "$n" -b 1M -e 64M -f 64 -n "$ZCCL_ITERS" -w 2 -c 1 -a 3 \
+    timeout 300 "$ZCCL_BENCH" "$OP" -N "$n" -b 1M -e 64M -f 64 -n "$ZCCL_ITERS" -w 2 -c 1 -a 3 \
       --no-progress --json "$OUT/zccl_np${n}_r${round}.json" > "$OUT/zccl_np${n}_r${round}.txt" 2>&1 \
       || echo "zccl failed (see $OUT/zccl_np${n}_r${round}.txt)"
-    timeout 300 "$PY_TORCH" "$PEERS/gloo_allreduce.py" --world-size "$n" --ops allreduce "${SIZES[@]}" \
+    timeout 300 "$PY_TORCH" "$PEERS/gloo_allreduce.py" --world-size "$n" --ops "$POP" "${SIZES[@]}" \
       --port $((29500 + RANDOM % 1000)) > "$OUT/gloo_np${n}_r${round}.txt" 2>&1 \
       || echo "gloo failed (see $OUT/gloo_np${n}_r${round}.txt)"
-    timeout 300 "${MPIRUN[@]}" -np "$n" "$PY_MPI" "$PEERS/mpi_bench.py" --ops allreduce "${SIZES[@]}" \
+    timeout 300 "${MPIRUN[@]}" -np "$n" "$PY_MPI" "$PEERS/mpi_bench.py" --ops "$POP" "${SIZES[@]}" \
       > "$OUT/mpi_np${n}_r${round}.txt" 2>&1 \
       || echo "mpi failed (see $OUT/mpi_np${n}_r${round}.txt)"
   done
 done
 
-python3 - "$OUT" <<'EOF'
+python3 - "$OUT" "$POP" <<'EOF'
 import glob, json, os, re, statistics, sys
-out = sys.argv[1]
+out, pop = sys.argv[1], sys.argv[2]
 res = {}  # (lib, n, size) -> list of (time_us, busbw)
 def add(key, t, b):
     res.setdefault(key, []).append((t, b))
@@ -73,7 +82,7 @@ for lib in ("gloo", "mpi"):
         n = int(re.search(r"np(\d+)", f).group(1))
         for line in open(f):
             p = line.split()
-            if len(p) == 6 and p[0] == "allreduce":
+            if len(p) == 6 and p[0] == pop:
                 add(({"gloo": "Gloo", "mpi": "Open MPI"}[lib], n, int(p[1])), float(p[3]), float(p[5]))
 libs = ["zccl out-of-place", "zccl in-place", "Gloo", "Open MPI"]
 med = {k: (statistics.median(t for t, _ in v), statistics.median(b for _, b in v), len(v))
