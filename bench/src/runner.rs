@@ -23,8 +23,8 @@
 //! | op | out-of-place | in-place |
 //! |---|---|---|
 //! | all_reduce | `all_reduce_into(input, output)` | `all_reduce` on the buffer |
-//! | reduce_scatter | `reduce_scatter(input)` returns the output block | the returned block is copied into the rank's slot of the input buffer |
-//! | all_gather | `all_gather(input)` returns the output | the input is the rank's slot of the output buffer; the result is copied back over the buffer |
+//! | reduce_scatter | `reduce_scatter_into(input, output)` | into a scratch block, copied into the rank's slot of the input buffer |
+//! | all_gather | `all_gather_into(input, output)` | the input is the rank's slot of the buffer; into a scratch output, copied back over the buffer |
 //! | alltoall | `all_to_all_into(input, output)` | into a scratch buffer, copied back over the input buffer |
 //! | broadcast | the root copies its input into the output buffer, then `broadcast` on it | `broadcast` on the buffer |
 //! | sendrecv, ring_shift | `ring_shift(bytes of input)`, the received bytes land in the output buffer | the received bytes land in the input buffer |
@@ -40,7 +40,8 @@ use anyhow::{Context, Result, bail};
 use zccl_primitives::Fabric;
 use zccl_primitives::alltoall::all_to_all_into;
 use zccl_primitives::collectives::{
-    all_gather, all_reduce, all_reduce_into, barrier, broadcast, reduce_scatter,
+    all_gather, all_gather_into, all_reduce, all_reduce_into, barrier, broadcast,
+    reduce_scatter_into,
 };
 use zccl_primitives::dtype::{DType, bf16, f16, to_bytes};
 use zccl_primitives::reduce::ReduceOp;
@@ -226,12 +227,14 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
             }
             _ => (0..c.lay.send_count).map(|i| id(r, i, rep)).collect(),
         };
-        self.b = match (c.in_place, c.op) {
-            (true, _) | (false, Op::AllGather | Op::ReduceScatter) => Vec::new(),
-            (false, _) => vec![zero; c.lay.recv_count],
+        self.b = match c.in_place {
+            true => Vec::new(),
+            false => vec![zero; c.lay.recv_count],
         };
         self.scratch = match (c.in_place, c.op) {
-            (true, Op::Alltoall) => vec![zero; c.lay.recv_count],
+            (true, Op::Alltoall | Op::AllGather | Op::ReduceScatter) => {
+                vec![zero; c.lay.recv_count]
+            }
             _ => Vec::new(),
         };
     }
@@ -243,25 +246,23 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
         match (c.op, c.in_place) {
             (Op::AllReduce, false) => all_reduce_into(f, CH_DATA, &self.a, &mut self.b, c.redop)?,
             (Op::AllReduce, true) => all_reduce(f, CH_DATA, &mut self.a, c.redop)?,
-            (Op::ReduceScatter, false) => self.b = reduce_scatter(f, CH_DATA, &self.a, c.redop)?,
+            // Out of place into reused outputs (NCCL's recvbuff), not fresh
+            // vectors per iteration (their page faults would dominate); in
+            // place through a scratch output, copied into the buffer.
+            (Op::ReduceScatter, false) => {
+                reduce_scatter_into(f, CH_DATA, &self.a, &mut self.b, c.redop)?
+            }
             (Op::ReduceScatter, true) => {
-                let res = reduce_scatter(f, CH_DATA, &self.a, c.redop)?;
-                self.a[r * m..(r + 1) * m].copy_from_slice(&res);
+                reduce_scatter_into(f, CH_DATA, &self.a, &mut self.scratch, c.redop)?;
+                self.a[r * m..(r + 1) * m].copy_from_slice(&self.scratch);
             }
-            (Op::AllGather, false) => self.b = all_gather(f, CH_DATA, &self.a)?,
+            (Op::AllGather, false) => all_gather_into(f, CH_DATA, &self.a, &mut self.b)?,
             (Op::AllGather, true) => {
-                let res = all_gather(f, CH_DATA, &self.a[r * m..(r + 1) * m])?;
-                self.a.copy_from_slice(&res);
+                all_gather_into(f, CH_DATA, &self.a[r * m..(r + 1) * m], &mut self.scratch)?;
+                self.a.copy_from_slice(&self.scratch);
             }
-            (Op::Alltoall, false) => {
-                // Into a reused output (NCCL's recvbuff), not a fresh vector
-                // per iteration (its page faults would be most of the time).
-                self.b.resize(self.a.len(), T::from_i64(0));
-                all_to_all_into(f, CH_DATA, &self.a, &mut self.b)?
-            }
+            (Op::Alltoall, false) => all_to_all_into(f, CH_DATA, &self.a, &mut self.b)?,
             (Op::Alltoall, true) => {
-                // In place: through a scratch output, copied back.
-                self.scratch.resize(self.a.len(), T::from_i64(0));
                 all_to_all_into(f, CH_DATA, &self.a, &mut self.scratch)?;
                 self.a.copy_from_slice(&self.scratch);
             }

@@ -608,13 +608,57 @@ pub fn all_gather_with<T: Elem, F: Fabric + ?Sized>(
     input: &[T],
     algo: Algo,
 ) -> Result<Vec<T>> {
+    let mut out = vec![T::default(); f.size() * input.len()];
+    all_gather_into_with(f, ch, input, &mut out, algo)?;
+    Ok(out)
+}
+
+/// [`all_gather`] into a caller-owned `output` of `size() * input.len()`
+/// elements (NCCL's `recvbuff`): nothing is allocated for the result.
+///
+/// ```
+/// use zccl_primitives::{collectives::all_gather_into, sim::run_ranks, Fabric};
+/// let out = run_ranks(3, |f| {
+///     let mut out = [0u8; 6];
+///     all_gather_into(f, 0, &[f.rank() as u8; 2], &mut out).unwrap();
+///     out
+/// });
+/// assert!(out.iter().all(|v| v == &[0, 0, 1, 1, 2, 2]));
+/// ```
+pub fn all_gather_into<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    input: &[T],
+    output: &mut [T],
+) -> Result<()> {
+    let algo = choose(
+        choice_from_env()?,
+        std::mem::size_of_val(input) * f.size(),
+        f.size(),
+    );
+    all_gather_into_with(f, ch, input, output, algo)
+}
+
+fn all_gather_into_with<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    input: &[T],
+    out: &mut [T],
+    algo: Algo,
+) -> Result<()> {
     let (r, n, m) = (f.rank(), f.size(), input.len());
-    let mut out = vec![T::default(); n * m];
+    if out.len() != n * m {
+        return Err(Error::InvalidArgument(format!(
+            "all_gather_into: output has {} elements, {n} ranks x {m} need {}",
+            out.len(),
+            n * m
+        )));
+    }
     match algo {
         Algo::Ring => {
             out[r * m..(r + 1) * m].copy_from_slice(input);
             let chunks: Vec<_> = (0..n).map(|j| j * m..(j + 1) * m).collect();
-            ring_all_gather_chunks(f, ch, &mut out, &chunks, OP_AG)?;
+            ring_all_gather_chunks(f, ch, out, &chunks, OP_AG)?;
         }
         Algo::Tree => {
             let mut rot: Vec<T> = Vec::with_capacity(n * m);
@@ -642,7 +686,7 @@ pub fn all_gather_with<T: Elem, F: Fabric + ?Sized>(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Reduces `input` element-wise over all ranks and returns this rank's chunk
@@ -660,19 +704,54 @@ pub fn reduce_scatter<T: Elem, F: Fabric + ?Sized>(
     input: &[T],
     op: ReduceOp,
 ) -> Result<Vec<T>> {
+    let len = chunk_ranges(input.len(), f.size())[f.rank()].len();
+    let mut mine = vec![T::default(); len];
+    reduce_scatter_into(f, ch, input, &mut mine, op)?;
+    Ok(mine)
+}
+
+/// [`reduce_scatter`] into a caller-owned `output` of this rank's chunk
+/// length (NCCL's `recvbuff`): nothing is allocated for the result, and the
+/// input is only read (the last step writes `received ⊕ input` into
+/// `output`).
+///
+/// ```
+/// use zccl_primitives::{collectives::reduce_scatter_into, reduce::ReduceOp, sim::run_ranks, Fabric};
+/// let out = run_ranks(2, |f| {
+///     let mut out = vec![0i64; 3 - f.rank()];
+///     reduce_scatter_into(f, 0, &[1i64, 2, 3, 4, 5], &mut out, ReduceOp::Sum).unwrap();
+///     out
+/// });
+/// assert_eq!(out, vec![vec![2, 4, 6], vec![8, 10]]);
+/// ```
+pub fn reduce_scatter_into<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    input: &[T],
+    output: &mut [T],
+    op: ReduceOp,
+) -> Result<()> {
     let (r, n) = (f.rank(), f.size());
-    if n == 1 {
-        return Ok(finish::<T>(op, &to_acc(input), 1));
-    }
     let chunks = chunk_ranges(input.len(), n);
     let mine_at = chunks[r].clone();
-    let mut mine = input[mine_at.clone()].to_vec();
+    if output.len() != mine_at.len() {
+        return Err(Error::InvalidArgument(format!(
+            "reduce_scatter_into: output has {} elements, rank {r}'s chunk of {} has {}",
+            output.len(),
+            input.len(),
+            mine_at.len()
+        )));
+    }
+    if n == 1 {
+        output.copy_from_slice(&finish::<T>(op, &to_acc(input), 1));
+        return Ok(());
+    }
     let mut b = RsBuf {
-        before: &input[..mine_at.start],
-        mine: &mut mine,
-        after: &input[mine_at.end..],
+        before: &[],
+        mine: output,
+        after: &[],
         mine_at,
-        src: None,
+        src: Some(input),
     };
     let per = piece_elems::<T::Acc>();
     let steps = ring::reduce_scatter_steps(r, n);
@@ -686,8 +765,7 @@ pub fn reduce_scatter<T: Elem, F: Fabric + ?Sized>(
         f, ch, &mut b, &chunks, op, OP_RS, per, &mut rx, &mut first, &mut sends, false,
     )?;
     first.append(&mut sends);
-    wait_all(first)?;
-    Ok(mine)
+    wait_all(first)
 }
 
 /// Copies `root`'s `buf` into every rank's `buf` (all lengths equal).
