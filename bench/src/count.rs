@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use zccl_primitives::Fabric;
 use zccl_primitives::Result;
-use zccl_primitives::fabric::{RecvBytes, RecvHandle, SendHandle};
+use zccl_primitives::fabric::{RecvBytes, RecvHandle, RecvIntoHandle, SendHandle};
 
 /// A fabric that counts the payload bytes this rank sends to other ranks.
 pub struct Counting<'a, F: Fabric + ?Sized> {
@@ -96,6 +96,17 @@ impl<F: Fabric + ?Sized> Fabric for Counting<'_, F> {
             self.add(data.len() as u64);
         }
         Ok(h)
+    }
+
+    unsafe fn irecv_into(
+        &self,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        dst: &mut [u8],
+    ) -> Result<RecvIntoHandle> {
+        // SAFETY: forwarded from our caller's contract.
+        unsafe { self.inner.irecv_into(from, channel, tag, dst) }
     }
 
     // Forwarded, not left to the default: the default copies the received

@@ -163,31 +163,46 @@ pub fn all_to_all_v_into<T: Elem, F: Fabric + ?Sized>(
             output.len()
         )));
     }
-    let out = output;
+    if send_counts[r] != recv_counts[r] {
+        return Err(invalid(format!(
+            "all_to_all_v: rank {r} sends {} elements to itself but expects {}",
+            send_counts[r], recv_counts[r]
+        )));
+    }
+    output[ro[r]..ro[r + 1]].copy_from_slice(&input[so[r]..so[r + 1]]);
     let sz = std::mem::size_of::<T>();
+    // Every block from a peer is received straight into its place in
+    // `output` (a same-host CMA copy lands there; see
+    // `Fabric::irecv_into`). All receives are posted first, so that the
+    // peers' data finds them; from here on `output` is only reached
+    // through `base`.
+    let base = output.as_mut_ptr();
+    let mut recvs = Vec::with_capacity(n);
+    for s in 1..n {
+        let (_, from) = pairwise::peers(r, n, s);
+        // SAFETY: the blocks of `output` are disjoint and lie inside it;
+        // `output` is borrowed mutably for the whole call and untouched
+        // until every handle is waited (or dropped, which takes the buffer
+        // back) before it returns.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(base.add(ro[from]).cast::<u8>(), recv_counts[from] * sz)
+        };
+        let t = tag(OP_A2A, s as u16, 0);
+        recvs.push(unsafe { f.irecv_into(from, ch, t, dst) }?);
+    }
     // The blocks are lent from `input` (read only here): no copy where the
-    // fabric lets the peer read them (same-host CMA); their handles are
-    // waited at the end (and dropping them on an error path waits too).
+    // fabric lets the peer read them (same-host CMA).
     let mut sends = Vec::with_capacity(n);
-    for s in 0..n {
-        let (to, from) = pairwise::peers(r, n, s);
-        if s == 0 {
-            if send_counts[r] != recv_counts[r] {
-                return Err(invalid(format!(
-                    "all_to_all_v: rank {r} sends {} elements to itself but expects {}",
-                    send_counts[r], recv_counts[r]
-                )));
-            }
-            out[ro[r]..ro[r + 1]].copy_from_slice(&input[so[r]..so[r + 1]]);
-            continue;
-        }
+    for s in 1..n {
+        let (to, _) = pairwise::peers(r, n, s);
         let t = tag(OP_A2A, s as u16, 0);
         let block = as_bytes(&input[so[to]..so[to + 1]]);
         // SAFETY: `input` is borrowed immutably for the whole call, and
         // every handle is waited (or dropped, which waits) before it returns.
         sends.push(unsafe { f.isend_lent(to, ch, t, block) }?);
-        let got = f.irecv(from, ch, t, recv_counts[from] * sz)?.wait_bytes()?;
-        out[ro[from]..ro[from + 1]].copy_from_slice(&got.elems::<T>());
+    }
+    for rv in recvs {
+        rv.wait()?;
     }
     for sh in sends {
         sh.wait()?;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use crate::dtype::{Elem, as_bytes, from_bytes, message_with, to_bytes};
 use crate::error::{Error, Result};
-use crate::fabric::{Fabric, RecvBytes, RecvHandle, SendHandle, check_rank, tag};
+use crate::fabric::{Fabric, RecvBytes, RecvHandle, RecvIntoHandle, SendHandle, check_rank, tag};
 use crate::nonblocking::{OpHandle, start};
 use crate::reduce::{
     ReduceOp, combine_finish, combine_finish_to, combine_into, combine_into_rhs, combine_to,
@@ -221,9 +221,21 @@ struct RecvAhead<'a, F: Fabric + ?Sized> {
     f: &'a F,
     ch: u32,
     from: usize,
-    /// `(tag, bytes)` of every receive, in order.
-    plan: Vec<(u64, usize)>,
-    posted: VecDeque<(RecvHandle, usize)>,
+    /// `(tag, bytes, destination)` of every receive, in order; a receive
+    /// with a destination lands there ([`Fabric::irecv_into`]).
+    plan: Vec<(u64, usize, Option<*mut u8>)>,
+    posted: VecDeque<(Posted, usize)>,
+}
+
+enum Posted {
+    Bytes(RecvHandle),
+    Into(RecvIntoHandle),
+}
+
+/// A received piece: its bytes, or (a receive into memory) already in place.
+enum Got {
+    Bytes(RecvBytes),
+    InPlace,
 }
 
 impl<'a, F: Fabric + ?Sized> RecvAhead<'a, F> {
@@ -240,26 +252,65 @@ impl<'a, F: Fabric + ?Sized> RecvAhead<'a, F> {
     /// Adds the pieces of one step (in `E` elements) to the plan.
     fn plan_step<E>(&mut self, opcode: u8, step: usize, chunk: Range<usize>, per: usize) {
         let sz = std::mem::size_of::<E>();
-        self.plan
-            .extend(pieces(chunk, per).map(|(k, p)| (tag(opcode, step as u16, k), p.len() * sz)));
+        self.plan.extend(
+            pieces(chunk, per).map(|(k, p)| (tag(opcode, step as u16, k), p.len() * sz, None)),
+        );
+    }
+
+    /// Like [`RecvAhead::plan_step`], each piece received straight into its
+    /// place in the buffer that starts at `base`.
+    ///
+    /// # Safety
+    /// `base` must point to a buffer holding `chunk`, valid for writes until
+    /// this `RecvAhead` is dropped, whose pieces of `chunk` are not accessed
+    /// until their receive was returned by [`RecvAhead::next`].
+    unsafe fn plan_step_into<E>(
+        &mut self,
+        opcode: u8,
+        step: usize,
+        chunk: Range<usize>,
+        per: usize,
+        base: *mut E,
+    ) {
+        let sz = std::mem::size_of::<E>();
+        self.plan.extend(pieces(chunk, per).map(|(k, p)| {
+            // SAFETY: `p` lies in `chunk`, inside the buffer (our contract).
+            let dst = unsafe { base.add(p.start) }.cast::<u8>();
+            (tag(opcode, step as u16, k), p.len() * sz, Some(dst))
+        }));
     }
 
     /// Posts every planned receive.
     fn post_all(&mut self) -> Result<()> {
-        for &(t, len) in &self.plan {
-            self.posted
-                .push_back((self.f.irecv(self.from, self.ch, t, len)?, len));
+        for &(t, len, dst) in &self.plan {
+            let h = match dst {
+                None => Posted::Bytes(self.f.irecv(self.from, self.ch, t, len)?),
+                Some(dst) => {
+                    // SAFETY: `plan_step_into`'s contract; the handle is
+                    // dropped (taking the memory back) with `self` at the
+                    // latest.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(dst, len) };
+                    Posted::Into(unsafe { self.f.irecv_into(self.from, self.ch, t, dst) }?)
+                }
+            };
+            self.posted.push_back((h, len));
         }
         Ok(())
     }
 
     /// Waits for the next receive of the plan.
-    fn next(&mut self) -> Result<RecvBytes> {
+    fn next(&mut self) -> Result<Got> {
         let (h, len) = self
             .posted
             .pop_front()
             .expect("ring: more receives waited than posted");
-        let got = h.wait_bytes()?;
+        let got = match h {
+            Posted::Into(h) => {
+                h.wait()?;
+                return Ok(Got::InPlace);
+            }
+            Posted::Bytes(h) => h.wait_bytes()?,
+        };
         if got.len() != len {
             return Err(crate::error::invalid(format!(
                 "ring: received {} B from rank {}, expected {len} B",
@@ -267,7 +318,15 @@ impl<'a, F: Fabric + ?Sized> RecvAhead<'a, F> {
                 self.from
             )));
         }
-        Ok(got)
+        Ok(Got::Bytes(got))
+    }
+
+    /// Waits for the next receive of the plan, which has no destination.
+    fn next_bytes(&mut self) -> Result<RecvBytes> {
+        match self.next()? {
+            Got::Bytes(b) => Ok(b),
+            Got::InPlace => unreachable!("ring: a receive into memory where bytes were planned"),
+        }
     }
 }
 
@@ -350,7 +409,7 @@ fn ring_reduce_scatter_pipe<T: Elem, F: Fabric + ?Sized>(
     for st in &steps {
         let last = st.step + 1 == steps.len();
         for (k, p) in pieces(chunks[st.recv_chunk].clone(), per) {
-            let got = rx.next()?;
+            let got = rx.next_bytes()?;
             let x = got.elems::<T::Acc>();
             if last {
                 let src = b.src;
@@ -397,11 +456,22 @@ fn ring_all_gather_pipe<T: Elem, F: Fabric + ?Sized>(
     for st in &steps {
         let last = st.step + 1 == steps.len();
         for (k, p) in pieces(chunks[st.recv_chunk].clone(), per) {
-            let got = rx.next()?;
-            out[p].copy_from_slice(&got.elems::<T>());
-            if !last {
-                let t = tag(opcode, st.step as u16 + 1, k);
-                sends.push(f.isend_bytes(st.send_to, ch, t, got)?);
+            let t = tag(opcode, st.step as u16 + 1, k);
+            match rx.next()? {
+                Got::Bytes(got) => {
+                    out[p].copy_from_slice(&got.elems::<T>());
+                    if !last {
+                        sends.push(f.isend_bytes(st.send_to, ch, t, got)?);
+                    }
+                }
+                // Landed in `out` already: forward it from there.
+                Got::InPlace if !last => {
+                    // SAFETY: this piece of `out` is final (not written
+                    // again); `sends` are waited (or dropped, which waits)
+                    // before `out` is released.
+                    sends.push(unsafe { f.isend_lent(st.send_to, ch, t, as_bytes(&out[p])) }?);
+                }
+                Got::InPlace => {}
             }
         }
     }
@@ -435,8 +505,14 @@ fn ring_all_gather_chunks<T: Elem, F: Fabric + ?Sized>(
         return Ok(());
     };
     let mut rx = RecvAhead::new(f, ch, first.recv_from);
+    let base = out.as_mut_ptr();
     for st in &steps {
-        rx.plan_step::<T>(opcode, st.step, chunks[st.recv_chunk].clone(), per);
+        // SAFETY: the received chunks lie in `out` and are touched only
+        // once their receive returned; `rx` is dropped before `out` is
+        // released.
+        unsafe {
+            rx.plan_step_into::<T>(opcode, st.step, chunks[st.recv_chunk].clone(), per, base)
+        };
     }
     rx.post_all()?;
     let mut sends = Vec::new();
@@ -494,8 +570,18 @@ fn ring_all_reduce_from<T: Elem, F: Fabric + ?Sized>(
     for st in &rs {
         rx.plan_step::<T::Acc>(OP_AR_RS, st.step, chunks[st.recv_chunk].clone(), per);
     }
+    let base = buf.as_mut_ptr();
     for st in ring::all_gather_steps(r, n) {
-        rx.plan_step::<T>(OP_AR_AG, st.step, chunks[st.recv_chunk].clone(), per);
+        let chunk = chunks[st.recv_chunk].clone();
+        if src.is_some() {
+            // Out of place, the all-gather's chunks of `buf` are neither
+            // read nor lent before they arrive: receive them in place.
+            // SAFETY: they lie in `buf`, are touched only once their receive
+            // returned, and `rx` is dropped before `buf` is released.
+            unsafe { rx.plan_step_into::<T>(OP_AR_AG, st.step, chunk, per, base) };
+        } else {
+            rx.plan_step::<T>(OP_AR_AG, st.step, chunk, per);
+        }
     }
     rx.post_all()?;
     let (mut first, mut sends) = (Vec::new(), Vec::new());

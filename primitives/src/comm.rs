@@ -19,7 +19,10 @@
 //! ```
 
 use crate::error::{Dir, Error, Result};
-use crate::fabric::{Fabric, PendingRecv, PendingSend, RecvBytes, RecvHandle, SendHandle};
+use crate::fabric::{
+    Fabric, PendingRecv, PendingRecvInto, PendingSend, RecvBytes, RecvHandle, RecvIntoHandle,
+    SendHandle,
+};
 use zccl_runtime::Communicator;
 
 /// Where an operation runs, for its errors.
@@ -80,6 +83,23 @@ impl PendingSend for LentSend {
             Some(h) => h.wait_released().map_err(|e| self.at.fail(Dir::Send, e)),
             None => Ok(()),
         }
+    }
+}
+
+/// A receive into the caller's memory (see [`zccl_runtime::land`]).
+struct RecvInto {
+    h: Option<zccl_runtime::RecvIntoHandle>,
+    at: Site,
+}
+
+impl PendingRecvInto for RecvInto {
+    fn wait(mut self: Box<Self>) -> Result<()> {
+        let h = self.h.take().expect("recv handle waited once");
+        h.wait().map_err(|e| self.at.fail(Dir::Recv, e))
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        Ok(self.h.as_ref().is_none_or(|h| h.test()))
     }
 }
 
@@ -170,6 +190,27 @@ impl Fabric for Communicator {
         let h = unsafe { self.channel(channel).isend_lent(to as u32, data) }
             .map_err(|e| at.fail(Dir::Send, e))?;
         Ok(SendHandle::new(LentSend { h: Some(h), at }))
+    }
+
+    /// Receives into `dst`: a same-host CMA copy lands there directly.
+    unsafe fn irecv_into(
+        &self,
+        from: usize,
+        channel: u32,
+        _tag: u64,
+        dst: &mut [u8],
+    ) -> Result<RecvIntoHandle> {
+        let at = Site {
+            rank: Fabric::rank(self),
+            peer: from,
+            channel,
+        };
+        // SAFETY: forwarded from our caller (`dst` untouched until the
+        // handle is waited or dropped; the runtime handle's drop takes the
+        // buffer back).
+        let h = unsafe { self.channel(channel).irecv_into(from as u32, dst) }
+            .map_err(|e| at.fail(Dir::Recv, e))?;
+        Ok(RecvIntoHandle::new(RecvInto { h: Some(h), at }))
     }
 
     fn irecv(&self, from: usize, channel: u32, _tag: u64, len: usize) -> Result<RecvHandle> {

@@ -328,6 +328,136 @@ impl std::fmt::Debug for SendHandle {
     }
 }
 
+/// A pending receive into the caller's memory, as implemented by a fabric
+/// ([`Fabric::irecv_into`]).
+///
+/// ```
+/// use zccl_primitives::{Result, fabric::{PendingRecvInto, RecvIntoHandle}};
+/// struct Ready;
+/// impl PendingRecvInto for Ready {
+///     fn wait(self: Box<Self>) -> Result<()> { Ok(()) }
+///     fn test(&mut self) -> Result<bool> { Ok(true) }
+/// }
+/// RecvIntoHandle::new(Ready).wait().unwrap();
+/// ```
+pub trait PendingRecvInto: Send {
+    /// Blocks until the message is in the caller's buffer, or failed.
+    fn wait(self: Box<Self>) -> Result<()>;
+    /// Returns `Ok(true)` once the receive completed, without blocking.
+    fn test(&mut self) -> Result<bool>;
+}
+
+/// Handle of a receive into the caller's memory ([`Fabric::irecv_into`]).
+/// Waiting it, or dropping it, gives the buffer back.
+///
+/// ```
+/// use zccl_primitives::{Fabric, sim::run_ranks};
+/// let out = run_ranks(2, |f| {
+///     let mut buf = [0u8; 3];
+///     // SAFETY: `buf` is untouched until the handle is waited.
+///     let r = unsafe { f.irecv_into(1 - f.rank(), 0, 0, &mut buf) }.unwrap();
+///     f.isend(1 - f.rank(), 0, 0, vec![f.rank() as u8; 3]).unwrap().wait().unwrap();
+///     r.wait().unwrap();
+///     buf
+/// });
+/// assert_eq!(out, vec![[1; 3], [0; 3]]);
+/// ```
+pub struct RecvIntoHandle(Box<dyn PendingRecvInto>);
+
+impl RecvIntoHandle {
+    /// Wraps a fabric's pending receive into memory.
+    ///
+    /// ```
+    /// use zccl_primitives::{Result, fabric::{PendingRecvInto, RecvIntoHandle}};
+    /// struct Never;
+    /// impl PendingRecvInto for Never {
+    ///     fn wait(self: Box<Self>) -> Result<()> { Ok(()) }
+    ///     fn test(&mut self) -> Result<bool> { Ok(false) }
+    /// }
+    /// let mut h = RecvIntoHandle::new(Never);
+    /// assert!(!h.test().unwrap());
+    /// ```
+    pub fn new(p: impl PendingRecvInto + 'static) -> Self {
+        Self(Box::new(p))
+    }
+
+    /// Blocks until the message is in the buffer, or failed.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// let out = run_ranks(1, |f| {
+    ///     let mut b = [0u8];
+    ///     f.isend(0, 0, 0, vec![9]).unwrap().wait().unwrap();
+    ///     unsafe { f.irecv_into(0, 0, 0, &mut b) }.unwrap().wait().unwrap();
+    ///     b[0]
+    /// });
+    /// assert_eq!(out, vec![9]);
+    /// ```
+    pub fn wait(self) -> Result<()> {
+        self.0.wait()
+    }
+
+    /// Non-blocking completion check.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// let out = run_ranks(1, |f| {
+    ///     let mut b = [0u8];
+    ///     f.isend(0, 0, 0, vec![9]).unwrap().wait().unwrap();
+    ///     let mut h = unsafe { f.irecv_into(0, 0, 0, &mut b) }.unwrap();
+    ///     let done = h.test().unwrap();
+    ///     h.wait().unwrap();
+    ///     done
+    /// });
+    /// assert_eq!(out, vec![true]);
+    /// ```
+    pub fn test(&mut self) -> Result<bool> {
+        self.0.test()
+    }
+}
+
+impl std::fmt::Debug for RecvIntoHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecvIntoHandle")
+    }
+}
+
+/// [`Fabric::irecv_into`]'s default: an ordinary receive, copied into the
+/// caller's buffer when it is waited (nothing is written before).
+struct CopyInto {
+    h: Option<RecvHandle>,
+    dst: *mut u8,
+    len: usize,
+}
+
+// SAFETY: `dst` is written only in `wait`, on the waiting thread; the
+// caller of `irecv_into` keeps it valid until the handle is waited or
+// dropped.
+unsafe impl Send for CopyInto {}
+
+impl PendingRecvInto for CopyInto {
+    fn wait(mut self: Box<Self>) -> Result<()> {
+        let got = self.h.take().expect("waited once").wait_bytes()?;
+        if got.len() != self.len {
+            return Err(crate::error::invalid(format!(
+                "irecv_into: received {} B into a buffer of {} B",
+                got.len(),
+                self.len
+            )));
+        }
+        // SAFETY: see the `Send` impl; the lengths are equal.
+        unsafe { std::ptr::copy_nonoverlapping(got.as_ptr(), self.dst, self.len) };
+        Ok(())
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        match &mut self.h {
+            Some(h) => h.test(),
+            None => Ok(true),
+        }
+    }
+}
+
 /// Handle of a posted receive.
 ///
 /// ```
@@ -569,6 +699,42 @@ pub trait Fabric: Send + Sync {
         data: &[u8],
     ) -> Result<SendHandle> {
         self.isend(to, channel, tag, data.to_vec())
+    }
+
+    /// Like [`Fabric::irecv`] of `dst.len()` bytes, but the message ends up
+    /// in `dst`: a fabric that can copy it there as it arrives (the
+    /// communicator, from a same-host peer by CMA) does so; the default
+    /// receives as usual and copies into `dst` when the handle is waited.
+    ///
+    /// # Safety
+    /// `dst` must stay valid and must not be read or written until the
+    /// returned handle has been waited on or dropped; the handle must not be
+    /// leaked.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// let out = run_ranks(1, |f| {
+    ///     let mut buf = [0u8; 2];
+    ///     f.isend(0, 0, 0, vec![3, 4]).unwrap().wait().unwrap();
+    ///     // SAFETY: `buf` is untouched until the wait.
+    ///     unsafe { f.irecv_into(0, 0, 0, &mut buf) }.unwrap().wait().unwrap();
+    ///     buf
+    /// });
+    /// assert_eq!(out[0], [3, 4]);
+    /// ```
+    unsafe fn irecv_into(
+        &self,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        dst: &mut [u8],
+    ) -> Result<RecvIntoHandle> {
+        let h = self.irecv(from, channel, tag, dst.len())?;
+        Ok(RecvIntoHandle::new(CopyInto {
+            h: Some(h),
+            dst: dst.as_mut_ptr(),
+            len: dst.len(),
+        }))
     }
 }
 

@@ -69,5 +69,5 @@ pub mod sim;
 pub mod token_ring;
 
 pub use error::{Dir, Error, Result};
-pub use fabric::{Fabric, RecvHandle, SendHandle};
+pub use fabric::{Fabric, RecvHandle, RecvIntoHandle, SendHandle};
 pub use nonblocking::OpHandle;

@@ -760,6 +760,18 @@ impl Channel {
     /// Issues `ops`; `lent`: their payloads borrow the caller's memory (see
     /// [`Channel::isend_lent`]).
     fn issue_ops(&self, ops: Vec<Op>, lent: bool) -> Result<Vec<Pending>> {
+        self.issue_full(ops, lent, None).map(|(p, _)| p)
+    }
+
+    /// [`Channel::issue_ops`]; `into`: the receive among `ops` lands in this
+    /// memory (`ptr`, `len` bytes; see [`crate::land`]), and its zone is
+    /// returned.
+    fn issue_full(
+        &self,
+        ops: Vec<Op>,
+        lent: bool,
+        into: Option<(*mut u8, usize)>,
+    ) -> Result<(Vec<Pending>, Option<crate::land::Landed>)> {
         let core = &self.inner.core;
         let max = core.config.tcp.limits.max_message;
         for op in &ops {
@@ -792,6 +804,7 @@ impl Channel {
         let mut st = state.lock().expect("issue state");
         let mut specs = Vec::with_capacity(ops.len());
         let mut pendings = Vec::with_capacity(ops.len());
+        let mut landed = None;
         for op in ops {
             let (kind, peer, dtype, bytes, payload) = match op {
                 Op::Send { peer, dtype, data } => {
@@ -851,12 +864,28 @@ impl Channel {
                 slot,
                 index,
                 lent,
+                zone: None,
             });
+            if kind == OpKind::Recv
+                && let Some((ptr, len)) = into
+            {
+                let key = zccl_transports::landing::LandKey {
+                    peer,
+                    comm,
+                    channel: self.id,
+                    seq,
+                };
+                // SAFETY: `Channel::irecv_into`'s caller keeps the memory
+                // valid and untouched until the handle closes the zone.
+                let l = unsafe { crate::land::Landed::post(&core.transport, key, ptr, len) };
+                specs.last_mut().expect("just pushed").zone = Some(l.zone.clone());
+                landed = Some(l);
+            }
         }
         // Issued here, on the caller's thread, in index order (`st` is held).
         engine::lock(&core.engine).issue_all(specs);
         drop(st);
-        Ok(pendings)
+        Ok((pendings, landed))
     }
 
     /// Starts sending `data` to `peer`. The send is eager: it never waits for
@@ -920,6 +949,46 @@ impl Channel {
             p: Some(p),
             release,
             transport: self.inner.core.transport.clone(),
+        })
+    }
+
+    /// Starts receiving `buf.len()` elements of `T` from `peer` **straight
+    /// into `buf`**: from a same-host peer by CMA the copy lands there
+    /// directly (no receive buffer, no second copy); any other message is
+    /// copied into `buf` when it is matched. A send of another size or type
+    /// fails both, as with [`Channel::irecv`].
+    ///
+    /// # Safety
+    /// `buf` must stay valid and must not be read or written until the
+    /// returned handle has been waited on or dropped (dropping it takes the
+    /// buffer back: it waits out a copy in progress, and nothing writes into
+    /// `buf` afterwards). Leaking the handle while `buf` is then used is
+    /// undefined behaviour.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let ch = comm.channel(2);
+    /// let mut out = vec![0.0f64; 8];
+    /// // SAFETY: `out` is untouched until `r` is waited.
+    /// let r = unsafe { ch.irecv_into(0, &mut out) }.unwrap();
+    /// ch.isend(0, vec![2.5f64; 8]).unwrap().wait().unwrap();
+    /// r.wait().unwrap();
+    /// assert_eq!(out, vec![2.5; 8]);
+    /// ```
+    pub unsafe fn irecv_into<T: Element>(
+        &self,
+        peer: u32,
+        buf: &mut [T],
+    ) -> Result<crate::land::RecvIntoHandle> {
+        let into = (buf.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(buf));
+        let (mut p, landed) =
+            self.issue_full(vec![Op::recv::<T>(peer, buf.len())], false, Some(into))?;
+        Ok(crate::land::RecvIntoHandle {
+            p: p.pop(),
+            landed: landed.expect("a receive posts a zone"),
         })
     }
 

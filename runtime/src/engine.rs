@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+use zccl_transports::landing::Zone;
 use zccl_transports::{
     BoxFuture, CloseReason, GoodbyeReason, Message, MessageKind, PeerPath, Transport,
     TransportError, TransportEvent,
@@ -56,6 +57,8 @@ pub(crate) struct OpSpec {
     /// the transport's `send_lent`, or is copied where it would be read
     /// later in this process (a send to itself, the router's chunks).
     pub(crate) lent: bool,
+    /// A receive into the user's memory ([`crate::land`]).
+    pub(crate) zone: Option<Arc<Zone>>,
 }
 
 /// Requests from user threads that need the engine's task (ops are issued
@@ -86,6 +89,8 @@ struct PendingOp {
     index: u64,
     deadline: Instant,
     timeout: Duration,
+    /// A receive's destination in the user's memory ([`crate::land`]).
+    zone: Option<Arc<Zone>>,
 }
 
 #[derive(Default)]
@@ -273,6 +278,7 @@ impl Engine {
             index: op.index,
             deadline: op.deadline,
             timeout: op.timeout,
+            zone: op.zone,
         };
         match d.kind {
             OpKind::Send => {
@@ -384,7 +390,23 @@ impl Engine {
     fn matched(&mut self, recv: PendingOp, dtype: u8, payload: Bytes) {
         let d = &recv.desc;
         let send_dtype = DType::from_code(dtype);
-        let ok = send_dtype == Some(d.dtype) && payload.len() as u64 == d.bytes;
+        // A message a transport copied into the receive's zone arrives
+        // empty (the zone holds its bytes, of the zone's exact length).
+        let landed = recv.zone.as_ref().is_some_and(|z| z.landed());
+        let sent_bytes = if landed {
+            d.bytes
+        } else {
+            payload.len() as u64
+        };
+        let ok = send_dtype == Some(d.dtype) && sent_bytes == d.bytes;
+        if ok
+            && !landed
+            && let Some(z) = &recv.zone
+        {
+            // Into the user's buffer now (a closed zone's owner no longer
+            // wants the bytes).
+            z.fill_from(&payload);
+        }
         let control = if ok {
             Control::Ack {
                 channel: d.channel,
@@ -412,7 +434,7 @@ impl Engine {
         } else {
             Err(Error::Mismatch {
                 op: d.clone(),
-                send_bytes: payload.len() as u64,
+                send_bytes: sent_bytes,
                 send_dtype: send_dtype.unwrap_or(DType::U8),
                 recv_bytes: d.bytes,
                 recv_dtype: d.dtype,

@@ -570,3 +570,91 @@ fn lent_sends_deliver_the_lent_bytes_and_free_the_buffer() {
         }
     }
 }
+
+/// Receives into the caller's buffer: a large same-host message lands there
+/// by CMA as it arrives; a small one, a TCP one, one sent before the
+/// receive was posted and one to itself are copied in at the match; a size
+/// mismatch fails and leaves the buffer alone; a buffer given back before
+/// its message arrived is never written.
+#[test]
+fn receives_into_the_callers_buffer() {
+    for shm in ["0", "1"] {
+        let out = job(2, &[("ZCCL_SHM_DISABLE", shm)], move |c| {
+            let (r, peer) = (c.rank(), 1 - c.rank());
+            let ch = c.channel(2);
+            let big = 3 << 20;
+            let mut a = vec![0u8; big];
+            let mut b = vec![0u8; 1000];
+            let mut own = vec![0u8; 64];
+            // SAFETY (all below): every buffer is untouched until its
+            // handle is waited or dropped.
+            let ra = unsafe { ch.irecv_into(peer, &mut a) }.unwrap();
+            let rb = unsafe { ch.irecv_into(peer, &mut b) }.unwrap();
+            let ro = unsafe { ch.irecv_into(r, &mut own) }.unwrap();
+            let sa = ch.isend(peer, pattern(r, big, 1)).unwrap();
+            let sb = ch.isend(peer, pattern(r, 1000, 2)).unwrap();
+            let so = ch.isend(r, pattern(r, 64, 3)).unwrap();
+            let until = Instant::now() + Duration::from_secs(10);
+            while !ra.test() {
+                assert!(Instant::now() < until);
+                std::thread::yield_now();
+            }
+            let landed = ra.landed();
+            ra.wait().unwrap();
+            rb.wait().unwrap();
+            ro.wait().unwrap();
+            for s in [sa, sb, so] {
+                s.wait().unwrap();
+            }
+            assert!(a == pattern(peer, big, 1), "large message");
+            assert!(b == pattern(peer, 1000, 2), "small message");
+            assert!(own == pattern(r, 64, 3), "to itself");
+            // Sent before the receive is posted: copied in at the match.
+            let early = ch.isend(peer, pattern(r, big, 4)).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            let mut c2 = vec![0u8; big];
+            unsafe { ch.irecv_into(peer, &mut c2) }
+                .unwrap()
+                .wait()
+                .unwrap();
+            early.wait().unwrap();
+            assert!(c2 == pattern(peer, big, 4), "early message");
+            // A mismatch fails both sides; the buffer is not written.
+            let mut d = vec![7u8; 10];
+            let rd = unsafe { ch.irecv_into(peer, &mut d) }.unwrap();
+            let sd = ch.isend(peer, vec![1u8; 12]).unwrap();
+            assert!(matches!(rd.wait(), Err(Error::Mismatch { .. })));
+            assert!(sd.wait().is_err());
+            assert_eq!(d, vec![7u8; 10]);
+            landed
+        });
+        // Over shared memory the large messages landed (CMA); over TCP
+        // they were copied in at the match.
+        assert_eq!(out, vec![shm == "0"; 2], "shm disabled {shm}");
+    }
+}
+
+#[test]
+fn a_receive_buffer_given_back_early_is_never_written() {
+    let out = job(2, &[], |c| {
+        let ch = c.channel(3);
+        let big = 2 << 20;
+        if c.rank() == 1 {
+            let mut buf = vec![5u8; big];
+            // SAFETY: the handle is dropped before `buf` is read.
+            let h = unsafe { ch.irecv_into(0, &mut buf) }.unwrap();
+            drop(h);
+            // The message the dropped receive would have matched arrives
+            // now (rank 0 sends after this one is told to go ahead).
+            ch.isend(0, vec![1u8]).unwrap().wait().unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            buf.iter().all(|&b| b == 5)
+        } else {
+            ch.irecv::<u8>(1, 1).unwrap().wait().unwrap();
+            // Completes: the dropped receive still consumes the message.
+            ch.isend(1, pattern(0, big, 9)).unwrap().wait().unwrap();
+            true
+        }
+    });
+    assert_eq!(out, vec![true, true]);
+}

@@ -229,6 +229,10 @@ impl Transport for HybridTransport {
         self.tcp.set_nic_up(ifname, up);
     }
 
+    fn landing(&self) -> Option<std::sync::Arc<crate::landing::Landing>> {
+        self.shm.as_ref().and_then(|s| s.landing())
+    }
+
     /// Shared memory's reader threads deliver directly (TCP's frames are
     /// read by tasks of the engine's own runtime).
     fn set_deliver(&self, hook: crate::Deliver) {

@@ -37,6 +37,7 @@ pub mod frame;
 pub mod handshake;
 pub mod hybrid;
 pub mod ifname;
+pub mod landing;
 pub mod metrics;
 pub mod recvbuf;
 pub mod shm;
@@ -359,6 +360,13 @@ pub trait Transport: Send + Sync + 'static {
     /// [`Transport::poll`]. Default: ignored.
     fn set_deliver(&self, hook: Deliver) {
         let _ = hook;
+    }
+
+    /// The landing zones this transport copies incoming messages into
+    /// directly ([`landing`]), if it does (shared memory's CMA copies).
+    /// Default: none (every message is copied at its match).
+    fn landing(&self) -> Option<std::sync::Arc<landing::Landing>> {
+        None
     }
 
     /// A thread starts (`true`) or stops (`false`) calling

@@ -988,6 +988,8 @@ struct Ctx {
     max_message: u64,
     /// The engine's direct delivery ([`Transport::set_deliver`]).
     deliver: std::sync::OnceLock<crate::Deliver>,
+    /// Receives' posted destinations: CMA copies land there directly.
+    landing: Arc<crate::landing::Landing>,
     /// Tests: readers take no record while set (so that polls get them all).
     #[cfg(test)]
     pause_readers: AtomicBool,
@@ -1261,6 +1263,7 @@ impl ShmTransport {
             closing: AtomicBool::new(false),
             max_message: cfg.max_message,
             deliver: std::sync::OnceLock::new(),
+            landing: Arc::default(),
             #[cfg(test)]
             pause_readers: AtomicBool::new(false),
         });
@@ -1587,7 +1590,7 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
                 Err(RingStop::Closed) => return Next::Stop,
                 Err(RingStop::Corrupt(why)) => return lost(why),
             }
-            match copy_cma(link, &rec, &xb) {
+            match copy_cma(link, ctx, &rec, &xb) {
                 Ok(p) => p,
                 Err(why) => return lost(why),
             }
@@ -1635,8 +1638,10 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
 
 /// Copies the payload of a CMA record (header `rec`, extension `xb`) from
 /// the sender's memory, then tells the sender it may drop it.
-/// Called under the consumer lock.
-fn copy_cma(link: &Link, rec: &Record, xb: &[u8; CMA_EXT]) -> Result<RecvBuf, String> {
+/// Called under the consumer lock. When the receive of this message posted
+/// a landing zone, the payload is copied into it and an empty buffer is
+/// returned (see [`crate::landing`]).
+fn copy_cma(link: &Link, ctx: &Ctx, rec: &Record, xb: &[u8; CMA_EXT]) -> Result<RecvBuf, String> {
     let cma_seen = link.cma_seen.load(Ordering::Relaxed);
     let ext = decode_cma(xb, rec.len)?;
     let Some(pid) = link.cma_from else {
@@ -1655,8 +1660,19 @@ fn copy_cma(link: &Link, rec: &Record, xb: &[u8; CMA_EXT]) -> Result<RecvBuf, St
             cma_seen + 1
         ));
     }
-    let mut payload = RecvBuf::new(rec.len as usize);
-    crate::cma::read_parallel(pid, ext.addr, payload.as_mut_slice()).map_err(|e| {
+    let key = crate::landing::LandKey {
+        peer: link.peer,
+        comm: rec.comm,
+        channel: rec.channel,
+        seq: rec.seq,
+    };
+    let mut claim = ctx.landing.claim(key, rec.len as usize);
+    let mut payload = RecvBuf::new(if claim.is_some() { 0 } else { rec.len as usize });
+    let dest = match claim.as_mut() {
+        Some(c) => c.dest(),
+        None => payload.as_mut_slice(),
+    };
+    crate::cma::read_parallel(pid, ext.addr, dest).map_err(|e| {
         format!(
             "copying {} bytes at {:#x} from pid {pid} by CMA failed: {}",
             rec.len,
@@ -1672,6 +1688,9 @@ fn copy_cma(link: &Link, rec: &Record, xb: &[u8; CMA_EXT]) -> Result<RecvBuf, St
              (it gave up on the send: timeout or abort); its bytes are not delivered",
             ext.number, rec.len
         ));
+    }
+    if let Some(c) = claim {
+        c.done(true);
     }
     link.cma_seen.store(ext.number, Ordering::Relaxed);
     // The sender drops the payload on this: a thread of the sender that
@@ -1725,7 +1744,7 @@ fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> bool {
         // SAFETY: the whole record is published (checked above).
         unsafe { ring.copy_out(tail + REC_LEN as u64, &mut xb) };
         ring.consume_to(tail + (REC_LEN + CMA_EXT) as u64);
-        match copy_cma(link, &rec, &xb) {
+        match copy_cma(link, ctx, &rec, &xb) {
             Ok(p) => p,
             Err(why) => {
                 link.report(
@@ -1864,6 +1883,10 @@ impl Transport for ShmTransport {
 
     fn set_deliver(&self, hook: crate::Deliver) {
         let _ = self.ctx.deliver.set(hook);
+    }
+
+    fn landing(&self) -> Option<Arc<crate::landing::Landing>> {
+        Some(self.ctx.landing.clone())
     }
 
     fn set_polling(&self, on: bool) {

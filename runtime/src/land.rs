@@ -1,0 +1,147 @@
+//! Receives into the user's memory
+//! ([`Channel::irecv_into`](crate::Channel::irecv_into)).
+//!
+//! The receive posts a landing zone for its message
+//! ([`zccl_transports::landing`]): a same-host peer's CMA copy goes straight
+//! into the user's buffer (one copy in all, as Open MPI's `vader` does),
+//! and any other message is copied there when the receive matches it. The
+//! [`RecvIntoHandle`] closes the zone when it is waited or dropped: after
+//! that nothing writes into the buffer.
+//!
+//! ```
+//! use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+//! let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+//!                                 std::time::Duration::from_secs(20)).unwrap();
+//! let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+//! let mut out = [0i32; 3];
+//! // SAFETY: `out` is not touched until the handle is waited.
+//! let r = unsafe { comm.channel(0).irecv_into(0, &mut out) }.unwrap();
+//! comm.isend(0, vec![4i32, 5, 6]).unwrap().wait().unwrap();
+//! r.wait().unwrap();
+//! assert_eq!(out, [4, 5, 6]);
+//! ```
+
+use std::sync::Arc;
+
+use zccl_transports::Transport;
+use zccl_transports::landing::{LandKey, Landing, Zone};
+
+use crate::error::{OpDesc, Result};
+use crate::handle::Pending;
+
+/// A posted zone, and where it is posted (none for a transport that does
+/// not land: the engine fills it at the match).
+pub(crate) struct Landed {
+    pub(crate) zone: Arc<Zone>,
+    posted: Option<(Arc<Landing>, LandKey)>,
+}
+
+impl Landed {
+    /// Posts a zone for message `key` with `transport`'s landing zones, if
+    /// it has any.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes, and not otherwise
+    /// accessed, until [`Landed::close`] returned.
+    pub(crate) unsafe fn post(
+        transport: &Arc<dyn Transport>,
+        key: LandKey,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Self {
+        match transport.landing() {
+            Some(l) => Landed {
+                // SAFETY: forwarded from our caller.
+                zone: unsafe { l.post(key, ptr, len) },
+                posted: Some((l, key)),
+            },
+            None => Landed {
+                // SAFETY: forwarded from our caller.
+                zone: unsafe { Zone::new(ptr, len) },
+                posted: None,
+            },
+        }
+    }
+
+    /// Takes the buffer back: no transport claims the zone any more, a copy
+    /// in progress is waited out, and nothing writes into it afterwards.
+    fn close(&self) -> bool {
+        if let Some((l, key)) = &self.posted {
+            l.remove(*key);
+        }
+        self.zone.close()
+    }
+}
+
+/// Handle of a receive into the user's memory
+/// ([`Channel::irecv_into`](crate::Channel::irecv_into)).
+///
+/// Dropping it without waiting takes the buffer back (see the module docs);
+/// it must not be leaked while the buffer is in use.
+///
+/// ```
+/// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+/// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+///                                 std::time::Duration::from_secs(20)).unwrap();
+/// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+/// let mut out = [0u8; 2];
+/// // SAFETY: `out` is not touched until the handle is done.
+/// let r = unsafe { comm.channel(1).irecv_into(0, &mut out) }.unwrap();
+/// assert!(!r.test());
+/// comm.channel(1).isend(0, vec![7u8, 8]).unwrap().wait().unwrap();
+/// r.wait().unwrap();
+/// assert_eq!(out, [7, 8]);
+/// ```
+#[must_use = "a receive into a buffer must be waited on before the buffer is used"]
+pub struct RecvIntoHandle {
+    pub(crate) p: Option<Pending>,
+    pub(crate) landed: Landed,
+}
+
+impl RecvIntoHandle {
+    /// Whether the receive completed (successfully or not).
+    pub fn test(&self) -> bool {
+        self.p.as_ref().is_none_or(|p| p.slot.is_done())
+    }
+
+    /// Blocks until the message is in the buffer, or the receive failed
+    /// (mismatch, timeout, dead peer); either way the buffer is the
+    /// caller's again when it returns.
+    pub fn wait(mut self) -> Result<()> {
+        let Some(p) = self.p.take() else {
+            return Ok(());
+        };
+        let r = p.wait().map(|_| ());
+        self.landed.close();
+        r
+    }
+
+    /// Whether the transport copied the message into the buffer as it
+    /// arrived (a same-host CMA copy into the posted zone), rather than the
+    /// engine at the match. Diagnostics and tests.
+    pub fn landed(&self) -> bool {
+        self.landed.zone.landed()
+    }
+
+    /// The op.
+    pub fn op(&self) -> Option<&OpDesc> {
+        self.p.as_ref().map(|p| &p.desc)
+    }
+}
+
+impl Drop for RecvIntoHandle {
+    fn drop(&mut self) {
+        if self.p.take().is_some() {
+            self.landed.close();
+        }
+    }
+}
+
+impl std::fmt::Debug for RecvIntoHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvIntoHandle")
+            .field("op", &self.op())
+            .field("zone", &self.landed.zone)
+            .finish()
+    }
+}

@@ -1,0 +1,310 @@
+//! Landing zones: user buffers that an incoming message is copied into
+//! directly, instead of into a receive buffer and then again at its match.
+//!
+//! A receive that names its destination (`irecv_into` in the runtime)
+//! **posts** a [`Zone`] under the message's key `(peer, comm, channel, seq)`.
+//! A transport thread about to copy a message of that key **claims** the zone
+//! (only while it is open, and only for exactly the zone's length), copies
+//! the payload into it and marks it filled; the message then goes up with an
+//! empty payload, and the receive completes without a copy. A message that
+//! arrives before its zone is posted, or over a path that does not land
+//! (TCP, the ring's small records), is copied into the zone when the
+//! receive matches it ([`Zone::fill_from`]).
+//!
+//! The owner **closes** the zone when it takes its buffer back (the
+//! receive completed, failed or was dropped): closing waits out a copy in
+//! progress, and nothing writes into the buffer afterwards.
+//!
+//! ```
+//! use zccl_transports::landing::{LandKey, Landing};
+//! let landing = Landing::default();
+//! let mut buf = vec![0u8; 4];
+//! let key = LandKey { peer: 1, comm: 0, channel: 2, seq: 7 };
+//! // SAFETY: `buf` stays valid and untouched until the zone is closed.
+//! let zone = unsafe { landing.post(key, buf.as_mut_ptr(), buf.len()) };
+//! assert!(landing.claim(key, 3).is_none()); // wrong length: not this zone
+//! let mut claim = landing.claim(key, 4).unwrap();
+//! claim.dest().copy_from_slice(&[1, 2, 3, 4]);
+//! claim.done(true);
+//! assert!(zone.landed());
+//! zone.close();
+//! assert_eq!(buf, [1, 2, 3, 4]);
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+
+/// The key of a message: who sent it and its place in the sender's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LandKey {
+    /// Sending rank (world rank).
+    pub peer: u32,
+    /// Communicator context id.
+    pub comm: u32,
+    /// Channel.
+    pub channel: u32,
+    /// Sequence number of the message on `(comm, channel)` from `peer`.
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// A transport thread is copying into the buffer.
+    Busy,
+    /// The payload is in the buffer; `landed`: by a transport thread.
+    Filled {
+        landed: bool,
+    },
+    /// The owner took the buffer back.
+    Closed {
+        filled: bool,
+        landed: bool,
+    },
+}
+
+/// One posted destination buffer (see the module docs).
+pub struct Zone {
+    ptr: *mut u8,
+    len: usize,
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+// SAFETY: the buffer is written only by the thread that holds the zone Busy
+// (a claim) or holds its lock (`fill_from`); the poster keeps it valid until
+// `close` returned (the contract of `Landing::post` / `Zone::new`).
+unsafe impl Send for Zone {}
+// SAFETY: as above.
+unsafe impl Sync for Zone {}
+
+impl Zone {
+    /// A zone that is not posted anywhere (for transports that do not land:
+    /// the engine fills it at match time).
+    ///
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes, and not otherwise
+    /// accessed, until [`Zone::close`] returned.
+    pub unsafe fn new(ptr: *mut u8, len: usize) -> Arc<Self> {
+        Arc::new(Zone {
+            ptr,
+            len,
+            state: Mutex::new(State::Open),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the zone has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether a transport thread copied the message into the zone (its
+    /// delivered payload is then empty).
+    pub fn landed(&self) -> bool {
+        matches!(
+            *self.state.lock().expect("zone"),
+            State::Filled { landed: true } | State::Closed { landed: true, .. }
+        )
+    }
+
+    /// At the match of a message that did not land: copies `src` into the
+    /// zone if it is still open and of the same length. Returns whether it
+    /// did (a closed zone's owner no longer wants the data).
+    pub fn fill_from(&self, src: &[u8]) -> bool {
+        let mut st = self.state.lock().expect("zone");
+        if *st != State::Open || src.len() != self.len {
+            return false;
+        }
+        // SAFETY: the zone is open and we hold its lock: neither a claim nor
+        // `close` runs meanwhile; the poster keeps the memory valid.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr, self.len) };
+        *st = State::Filled { landed: false };
+        true
+    }
+
+    /// The owner takes the buffer back: waits until no copy is in progress;
+    /// afterwards nothing writes into it. Returns whether it was filled.
+    pub fn close(&self) -> bool {
+        let mut st = self.state.lock().expect("zone");
+        while *st == State::Busy {
+            st = self.cv.wait(st).expect("zone");
+        }
+        let (filled, landed) = match *st {
+            State::Filled { landed } => (true, landed),
+            State::Closed { filled, landed } => (filled, landed),
+            _ => (false, false),
+        };
+        *st = State::Closed { filled, landed };
+        filled
+    }
+}
+
+impl std::fmt::Debug for Zone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zone")
+            .field("len", &self.len)
+            .field("state", &*self.state.lock().expect("zone"))
+            .finish()
+    }
+}
+
+/// A transport thread's right to copy one message into a zone.
+pub struct Claim {
+    zone: Arc<Zone>,
+    done: bool,
+}
+
+impl Claim {
+    /// The destination, to copy the payload into.
+    pub fn dest(&mut self) -> &mut [u8] {
+        // SAFETY: the zone is Busy for this claim: nobody else writes or
+        // reads it until `done`/drop, and the poster keeps it valid.
+        unsafe { std::slice::from_raw_parts_mut(self.zone.ptr, self.zone.len) }
+    }
+
+    /// The copy finished (`ok`) or failed (the zone opens again).
+    pub fn done(mut self, ok: bool) {
+        self.finish(ok);
+    }
+
+    fn finish(&mut self, ok: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let mut st = self.zone.state.lock().expect("zone");
+        *st = if ok {
+            State::Filled { landed: true }
+        } else {
+            State::Open
+        };
+        self.zone.cv.notify_all();
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+/// The zones posted for one transport's incoming messages.
+#[derive(Default)]
+pub struct Landing {
+    zones: Mutex<HashMap<LandKey, Arc<Zone>>>,
+}
+
+impl Landing {
+    /// Posts a zone for the message `key`.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes, and not otherwise
+    /// accessed, until the returned zone's [`Zone::close`] returned.
+    pub unsafe fn post(&self, key: LandKey, ptr: *mut u8, len: usize) -> Arc<Zone> {
+        // SAFETY: forwarded from our caller.
+        let zone = unsafe { Zone::new(ptr, len) };
+        self.zones
+            .lock()
+            .expect("landing")
+            .insert(key, zone.clone());
+        zone
+    }
+
+    /// Forgets the zone of `key` (its owner takes the buffer back; call
+    /// [`Zone::close`] too).
+    pub fn remove(&self, key: LandKey) {
+        self.zones.lock().expect("landing").remove(&key);
+    }
+
+    /// A transport thread is about to copy `len` bytes of message `key`:
+    /// the zone to copy them into, now held for this copy, if one is posted
+    /// and open for exactly that length.
+    pub fn claim(&self, key: LandKey, len: usize) -> Option<Claim> {
+        let zone = {
+            let mut zones = self.zones.lock().expect("landing");
+            if zones.get(&key)?.len != len {
+                return None;
+            }
+            zones.remove(&key)?
+        };
+        let mut st = zone.state.lock().expect("zone");
+        if *st != State::Open {
+            return None;
+        }
+        *st = State::Busy;
+        drop(st);
+        Some(Claim { zone, done: false })
+    }
+
+    /// Number of posted zones (tests, diagnostics).
+    pub fn posted(&self) -> usize {
+        self.zones.lock().expect("landing").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seq: u64) -> LandKey {
+        LandKey {
+            peer: 1,
+            comm: 2,
+            channel: 3,
+            seq,
+        }
+    }
+
+    #[test]
+    fn a_close_waits_out_a_copy_in_progress_and_nothing_writes_after() {
+        let landing = Landing::default();
+        let mut buf = vec![0u8; 1 << 20];
+        let zone = unsafe { landing.post(key(1), buf.as_mut_ptr(), buf.len()) };
+        let mut claim = landing.claim(key(1), 1 << 20).unwrap();
+        assert_eq!(landing.posted(), 0, "claimed zones leave the map");
+        let closer = {
+            let zone = zone.clone();
+            std::thread::spawn(move || zone.close())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!closer.is_finished(), "close waits for the copy");
+        claim.dest().fill(9);
+        claim.done(true);
+        assert!(closer.join().unwrap(), "filled");
+        assert!(zone.landed());
+        // Closed: a late match copies nothing.
+        assert!(!zone.fill_from(&vec![1u8; 1 << 20]));
+        assert!(buf.iter().all(|&b| b == 9));
+    }
+
+    #[test]
+    fn claims_need_an_open_zone_of_the_exact_length() {
+        let landing = Landing::default();
+        let mut buf = [0u8; 8];
+        let zone = unsafe { landing.post(key(2), buf.as_mut_ptr(), 8) };
+        assert!(landing.claim(key(3), 8).is_none(), "other message");
+        assert!(landing.claim(key(2), 7).is_none(), "other length");
+        // A failed copy opens the zone again; the match then fills it.
+        let claim = landing.claim(key(2), 8).unwrap();
+        drop(claim);
+        assert!(!zone.landed());
+        assert!(zone.fill_from(&[5; 8]));
+        assert!(!zone.fill_from(&[6; 8]), "filled once");
+        assert!(zone.close());
+        assert_eq!(buf, [5; 8]);
+        // A zone closed before any message: never written.
+        let mut buf2 = [0u8; 4];
+        let z2 = unsafe { landing.post(key(4), buf2.as_mut_ptr(), 4) };
+        landing.remove(key(4));
+        assert!(!z2.close());
+        assert!(landing.claim(key(4), 4).is_none());
+        assert!(!z2.fill_from(&[1; 4]));
+        assert_eq!(buf2, [0; 4]);
+    }
+}
