@@ -27,8 +27,8 @@
 //! | all_gather | `all_gather_into(input, output)` | the input is the rank's slot of the buffer; into a scratch output, copied back over the buffer |
 //! | alltoall | `all_to_all_into(input, output)` | into a scratch buffer, copied back over the input buffer |
 //! | broadcast | the root copies its input into the output buffer, then `broadcast` on it | `broadcast` on the buffer |
-//! | sendrecv, ring_shift | `ring_shift(bytes of input)`, the received bytes land in the output buffer | the received bytes land in the input buffer |
-//! | token_ring | `bidir_ring_step`: first half of the input to `r+1` on channel 0, second half to `r−1` on channel 1, received halves into the output buffer | received halves land back in the input buffer |
+//! | sendrecv, ring_shift | `ring_shift_into(input, output)`: the input is lent, the block lands in the output buffer | into a scratch buffer, copied over the input buffer |
+//! | token_ring | `bidir_ring_step_into`: first half of the input to `r+1` on channel 0, second half to `r−1` on channel 1, received halves into the output buffer | into a scratch buffer, copied over the input buffer |
 //! | all_scan | `all_scan_diag(state)` returns the exclusive prefix (the output) | the prefix is copied over the state buffer |
 //!
 //! Point-to-point ops pay one copy into the message (the fabric takes the
@@ -36,16 +36,16 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use zccl_primitives::Fabric;
 use zccl_primitives::alltoall::all_to_all_into;
 use zccl_primitives::collectives::{
     all_gather, all_gather_into, all_reduce, all_reduce_into, barrier, broadcast,
     reduce_scatter_into,
 };
-use zccl_primitives::dtype::{DType, bf16, f16, to_bytes};
+use zccl_primitives::dtype::{DType, as_bytes, as_bytes_mut, bf16, f16};
 use zccl_primitives::reduce::ReduceOp;
-use zccl_primitives::ring::{ShiftSpec, bidir_ring_step, ring_shift};
+use zccl_primitives::ring::{ShiftInto, bidir_ring_step_into, ring_shift_into};
 use zccl_primitives::scan::{DiagState, all_scan_diag};
 use zccl_primitives::schedule::scan::ScanDirection;
 
@@ -148,24 +148,6 @@ struct Coll<T> {
     scratch: Vec<T>,
 }
 
-/// Copies received bytes into elements.
-fn copy_bytes<T: BenchElem>(dst: &mut [T], src: &[u8]) -> Result<()> {
-    if src.len() != std::mem::size_of_val(dst) {
-        bail!(
-            "received {} B, expected {} B",
-            src.len(),
-            std::mem::size_of_val(dst)
-        );
-    }
-    // SAFETY: `BenchElem` types are zccl's sealed plain element types (no
-    // padding, every bit pattern valid); the lengths were checked and the
-    // regions cannot overlap (`src` is a received message).
-    unsafe {
-        std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast::<u8>(), src.len());
-    }
-    Ok(())
-}
-
 /// `got` against `want(i)` for `want_len` elements; a length difference counts as wrong elements.
 fn wrong_in<T: BenchElem>(got: &[T], want_len: usize, want: impl Fn(usize) -> T) -> u64 {
     let common = got.len().min(want_len);
@@ -232,9 +214,15 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
             false => vec![zero; c.lay.recv_count],
         };
         self.scratch = match (c.in_place, c.op) {
-            (true, Op::Alltoall | Op::AllGather | Op::ReduceScatter) => {
-                vec![zero; c.lay.recv_count]
-            }
+            (
+                true,
+                Op::Alltoall
+                | Op::AllGather
+                | Op::ReduceScatter
+                | Op::Sendrecv
+                | Op::RingShift
+                | Op::TokenRing,
+            ) => vec![zero; c.lay.recv_count],
             _ => Vec::new(),
         };
     }
@@ -242,7 +230,6 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
     fn run(&mut self, f: &F) -> Result<()> {
         let c = self.c;
         let (r, m) = (c.r, self.block());
-        let sz = std::mem::size_of::<T>();
         match (c.op, c.in_place) {
             (Op::AllReduce, false) => all_reduce_into(f, CH_DATA, &self.a, &mut self.b, c.redop)?,
             (Op::AllReduce, true) => all_reduce(f, CH_DATA, &mut self.a, c.redop)?,
@@ -273,38 +260,62 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
                 broadcast(f, CH_DATA, &mut self.b, c.root)?;
             }
             (Op::Broadcast, true) => broadcast(f, CH_DATA, &mut self.a, c.root)?,
-            (Op::Sendrecv | Op::RingShift, _) => {
-                let got = ring_shift(
+            (Op::Sendrecv | Op::RingShift, false) => ring_shift_into(
+                f,
+                CH_DATA,
+                as_bytes(&self.a),
+                as_bytes_mut(&mut self.b),
+                c.offset as isize,
+            )?,
+            (Op::Sendrecv | Op::RingShift, true) => {
+                // In place: into a scratch buffer, copied over the input.
+                ring_shift_into(
                     f,
                     CH_DATA,
-                    to_bytes(&self.a),
-                    self.a.len() * sz,
+                    as_bytes(&self.a),
+                    as_bytes_mut(&mut self.scratch),
                     c.offset as isize,
                 )?;
-                copy_bytes(self.out_mut(), &got)?;
+                self.a.copy_from_slice(&self.scratch);
             }
-            (Op::TokenRing, _) => {
-                let (x, y) = bidir_ring_step(
+            (Op::TokenRing, false) => {
+                let (lo, hi) = self.a.split_at(m);
+                let (xo, yo) = self.b.split_at_mut(m);
+                bidir_ring_step_into(
                     f,
-                    ShiftSpec {
+                    ShiftInto {
                         channel: CH_DATA,
                         offset: 1,
-                        send: to_bytes(&self.a[..m]),
-                        recv_len: m * sz,
-                        tag: 0,
+                        send: as_bytes(lo),
+                        recv: as_bytes_mut(xo),
                     },
-                    ShiftSpec {
+                    ShiftInto {
                         channel: CH_DATA2,
                         offset: -1,
-                        send: to_bytes(&self.a[m..]),
-                        recv_len: m * sz,
-                        tag: 0,
+                        send: as_bytes(hi),
+                        recv: as_bytes_mut(yo),
                     },
                 )?;
-                let (gx, gy) = (x.wait()?, y.wait()?);
-                let out = self.out_mut();
-                copy_bytes(&mut out[..m], &gx)?;
-                copy_bytes(&mut out[m..], &gy)?;
+            }
+            (Op::TokenRing, true) => {
+                let (lo, hi) = self.a.split_at(m);
+                let (xo, yo) = self.scratch.split_at_mut(m);
+                bidir_ring_step_into(
+                    f,
+                    ShiftInto {
+                        channel: CH_DATA,
+                        offset: 1,
+                        send: as_bytes(lo),
+                        recv: as_bytes_mut(xo),
+                    },
+                    ShiftInto {
+                        channel: CH_DATA2,
+                        offset: -1,
+                        send: as_bytes(hi),
+                        recv: as_bytes_mut(yo),
+                    },
+                )?;
+                self.a.copy_from_slice(&self.scratch);
             }
             (Op::AllScan, _) => unreachable!("all_scan has its own case"),
         }

@@ -125,6 +125,22 @@ pub fn as_bytes<T: Elem>(s: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
 }
 
+/// Views elements as writable bytes without copying (every bit pattern is
+/// a valid element of the sealed `Elem` types).
+///
+/// ```
+/// use zccl_primitives::dtype::as_bytes_mut;
+/// let mut v = [0i32; 1];
+/// as_bytes_mut(&mut v).copy_from_slice(&7i32.to_ne_bytes());
+/// assert_eq!(v, [7]);
+/// ```
+pub fn as_bytes_mut<T: Elem>(s: &mut [T]) -> &mut [u8] {
+    // SAFETY: `Elem` is sealed to padding-free plain types for which every
+    // bit pattern is valid; the view covers exactly the slice's memory and
+    // borrows it exclusively.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+}
+
 /// Copies bytes into a new vector of elements.
 ///
 /// # Panics

@@ -134,6 +134,40 @@ pub fn ring_shift<F: Fabric + ?Sized>(
     ring_shift_start(f, ch, send, recv_len, offset, tag(OP_SHIFT, 0, 0))?.wait()
 }
 
+/// Ring shift by `offset` between the caller's buffers, without copies
+/// where the fabric can avoid them: `send` is lent to the send (the peer
+/// reads it where it is) and the block from `(r-offset) mod n` is received
+/// straight into `recv` (see [`Fabric::isend_lent`] and
+/// [`Fabric::irecv_into`]). Blocking; `recv.len()` bytes are expected.
+///
+/// ```
+/// use zccl_primitives::{ring::ring_shift_into, sim::run_ranks, Fabric};
+/// let out = run_ranks(3, |f| {
+///     let mut got = [0u8; 2];
+///     ring_shift_into(f, 0, &[f.rank() as u8; 2], &mut got, 1).unwrap();
+///     got
+/// });
+/// assert_eq!(out, vec![[2; 2], [0; 2], [1; 2]]);
+/// ```
+pub fn ring_shift_into<F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    send: &[u8],
+    recv: &mut [u8],
+    offset: isize,
+) -> Result<()> {
+    let (to, from) = shift::peers(f.rank(), f.size(), offset);
+    let t = tag(OP_SHIFT, 0, 0);
+    // The receive first, so that the block finds its destination posted.
+    // SAFETY: `recv` is borrowed mutably and `send` immutably for the whole
+    // call; both handles are waited (or dropped, which waits / takes the
+    // buffer back) before it returns.
+    let r = unsafe { f.irecv_into(from, ch, t, recv) }?;
+    let s = unsafe { f.isend_lent(to, ch, t, send) }?;
+    r.wait()?;
+    s.wait()
+}
+
 /// One direction of a [`bidir_ring_step`].
 ///
 /// ```
@@ -178,6 +212,60 @@ pub fn bidir_ring_step<F: Fabric + ?Sized>(
     let a = ring_shift_start(f, fwd.channel, fwd.send, fwd.recv_len, fwd.offset, fwd.tag)?;
     let b = ring_shift_start(f, bwd.channel, bwd.send, bwd.recv_len, bwd.offset, bwd.tag)?;
     Ok((a, b))
+}
+
+/// One direction of a [`bidir_ring_step_into`]: the caller's buffers.
+#[derive(Debug)]
+pub struct ShiftInto<'a> {
+    /// Channel of this direction.
+    pub channel: u32,
+    /// Shift offset (`+1` forward, `-1` backward, any other distance).
+    pub offset: isize,
+    /// Bytes to send (lent: read where they are where the fabric can).
+    pub send: &'a [u8],
+    /// Where the received block goes (`recv.len()` bytes are expected).
+    pub recv: &'a mut [u8],
+}
+
+/// [`bidir_ring_step`] between the caller's buffers, both directions in
+/// flight at once, without copies where the fabric can avoid them (lent
+/// sends, receives into `recv`). Blocking: returns when both blocks are in.
+///
+/// ```
+/// use zccl_primitives::{ring::{bidir_ring_step_into, ShiftInto}, sim::run_ranks, Fabric};
+/// let out = run_ranks(3, |f| {
+///     let r = f.rank() as u8;
+///     let (mut a, mut b) = ([0u8], [0u8]);
+///     bidir_ring_step_into(f,
+///         ShiftInto { channel: 0, offset: 1, send: &[r], recv: &mut a },
+///         ShiftInto { channel: 1, offset: -1, send: &[r + 10], recv: &mut b }).unwrap();
+///     (a[0], b[0])
+/// });
+/// assert_eq!(out[0], (2, 11));
+/// ```
+pub fn bidir_ring_step_into<F: Fabric + ?Sized>(
+    f: &F,
+    fwd: ShiftInto<'_>,
+    bwd: ShiftInto<'_>,
+) -> Result<()> {
+    let t = tag(OP_SHIFT, 0, 0);
+    let mut recvs = Vec::with_capacity(2);
+    let mut sends = Vec::with_capacity(2);
+    for d in [fwd, bwd] {
+        let (to, from) = shift::peers(f.rank(), f.size(), d.offset);
+        // SAFETY: the buffers are borrowed for the whole call, and every
+        // handle is waited (or dropped, which waits / takes the buffer
+        // back) before it returns.
+        recvs.push(unsafe { f.irecv_into(from, d.channel, t, d.recv) }?);
+        sends.push(unsafe { f.isend_lent(to, d.channel, t, d.send) }?);
+    }
+    for r in recvs {
+        r.wait()?;
+    }
+    for s in sends {
+        s.wait()?;
+    }
+    Ok(())
 }
 
 /// What [`ring_pass`] hands the callback.

@@ -557,7 +557,8 @@ pub struct Summary {
     pub verified: bool,
     /// Earliest start to latest end over the sends, seconds.
     pub time_s: Option<f64>,
-    /// Host NIC counters: the latest end's minus the earliest start's.
+    /// Host NIC counters: per NIC, the highest reading after a send minus
+    /// the lowest before one (brackets every sender's bytes).
     pub nic_tx_bytes: Vec<u64>,
     /// The first problem found.
     pub error: Option<String>,
@@ -623,11 +624,22 @@ pub fn summarize(transfers: &[Transfer], reports: &[RankReport]) -> Summary {
     let (time_s, nic_tx_bytes) = match (first, last) {
         (Some(f), Some(l)) if verified => {
             let dt = l.end_ns.saturating_sub(f.start_ns) as f64 / 1e9;
-            let nic = if f.nic_tx_before.len() == l.nic_tx_after.len() {
-                l.nic_tx_after
-                    .iter()
-                    .zip(&f.nic_tx_before)
-                    .map(|(a, b)| a.saturating_sub(*b))
+            // Per NIC, the lowest counter any sender read before it sent
+            // and the highest any read after: every sender reads before its
+            // own first byte and after its last, so this brackets all of
+            // them (the first sender to start need not be the first to
+            // read: another may already be sending when it does).
+            let k = f.nic_tx_before.len();
+            let nic = if sends
+                .iter()
+                .all(|s| s.nic_tx_before.len() == k && s.nic_tx_after.len() == k)
+            {
+                (0..k)
+                    .map(|i| {
+                        let lo = sends.iter().map(|s| s.nic_tx_before[i]).min().unwrap_or(0);
+                        let hi = sends.iter().map(|s| s.nic_tx_after[i]).max().unwrap_or(0);
+                        hi.saturating_sub(lo)
+                    })
                     .collect()
             } else {
                 Vec::new()
@@ -641,5 +653,71 @@ pub fn summarize(transfers: &[Transfer], reports: &[RankReport]) -> Summary {
         time_s,
         nic_tx_bytes,
         error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::protocol::{RecvReport, SendReport};
+
+    /// The sender that starts first may read the counters after another
+    /// sender's first bytes left: the count brackets every sender's reads.
+    #[test]
+    fn nic_bytes_bracket_every_senders_reads() {
+        let t = [
+            Transfer {
+                from: 0,
+                to: 2,
+                bytes: 10,
+            },
+            Transfer {
+                from: 1,
+                to: 3,
+                bytes: 10,
+            },
+        ];
+        let send = |to, start_ns, end_ns, before: [u64; 2], after: [u64; 2]| SendReport {
+            to,
+            bytes: 10,
+            start_ns,
+            end_ns,
+            verified: true,
+            first_bad: None,
+            nic_tx_before: before.to_vec(),
+            nic_tx_after: after.to_vec(),
+        };
+        let recv = |from| RecvReport {
+            from,
+            bytes: 10,
+            verified: true,
+            first_bad: None,
+        };
+        let reports = [
+            // Rank 0 starts first but reads late (rank 1's NIC already moved).
+            RankReport {
+                rank: 0,
+                sends: vec![send(2, 100, 500, [0, 4], [10, 9])],
+                recvs: vec![],
+            },
+            RankReport {
+                rank: 1,
+                sends: vec![send(3, 150, 400, [0, 0], [8, 10])],
+                recvs: vec![],
+            },
+            RankReport {
+                rank: 2,
+                sends: vec![],
+                recvs: vec![recv(0)],
+            },
+            RankReport {
+                rank: 3,
+                sends: vec![],
+                recvs: vec![recv(1)],
+            },
+        ];
+        let s = summarize(&t, &reports);
+        assert!(s.verified, "{:?}", s.error);
+        assert_eq!(s.nic_tx_bytes, [10, 10]);
     }
 }
