@@ -278,9 +278,12 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
                 )?;
                 self.a.copy_from_slice(&self.scratch);
             }
-            (Op::TokenRing, false) => {
-                let (lo, hi) = self.a.split_at(m);
-                let (xo, yo) = self.b.split_at_mut(m);
+            (Op::TokenRing, in_place) => {
+                // In place: into the scratch buffer, copied over the input.
+                let Self { a, b, scratch, .. } = self;
+                let out = if in_place { &mut *scratch } else { b };
+                let (lo, hi) = a.split_at(m);
+                let (xo, yo) = out.split_at_mut(m);
                 bidir_ring_step_into(
                     f,
                     ShiftInto {
@@ -296,26 +299,9 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
                         recv: as_bytes_mut(yo),
                     },
                 )?;
-            }
-            (Op::TokenRing, true) => {
-                let (lo, hi) = self.a.split_at(m);
-                let (xo, yo) = self.scratch.split_at_mut(m);
-                bidir_ring_step_into(
-                    f,
-                    ShiftInto {
-                        channel: CH_DATA,
-                        offset: 1,
-                        send: as_bytes(lo),
-                        recv: as_bytes_mut(xo),
-                    },
-                    ShiftInto {
-                        channel: CH_DATA2,
-                        offset: -1,
-                        send: as_bytes(hi),
-                        recv: as_bytes_mut(yo),
-                    },
-                )?;
-                self.a.copy_from_slice(&self.scratch);
+                if in_place {
+                    a.copy_from_slice(scratch);
+                }
             }
             (Op::AllScan, _) => unreachable!("all_scan has its own case"),
         }

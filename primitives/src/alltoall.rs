@@ -33,15 +33,18 @@ const OP_A2A: u8 = 0x10;
 /// assert_eq!(out, vec![vec![0, 10], vec![1, 11]]);
 /// ```
 pub fn all_to_all<T: Elem, F: Fabric + ?Sized>(f: &F, ch: u32, input: &[T]) -> Result<Vec<T>> {
-    let n = f.size();
-    if !input.len().is_multiple_of(n) {
+    let counts = even_counts(input.len(), f.size())?;
+    all_to_all_v(f, ch, input, &counts, &counts)
+}
+
+/// The per-rank counts of an equal-split all-to-all of `len` elements.
+fn even_counts(len: usize, n: usize) -> Result<Vec<usize>> {
+    if !len.is_multiple_of(n) {
         return Err(invalid(format!(
-            "all_to_all: {} elements do not split evenly over {n} ranks",
-            input.len()
+            "all_to_all: {len} elements do not split evenly over {n} ranks"
         )));
     }
-    let counts = vec![input.len() / n; n];
-    all_to_all_v(f, ch, input, &counts, &counts)
+    Ok(vec![len / n; n])
 }
 
 /// [`all_to_all`] into a caller-owned `output` of `input.len()` elements
@@ -64,14 +67,7 @@ pub fn all_to_all_into<T: Elem, F: Fabric + ?Sized>(
     input: &[T],
     output: &mut [T],
 ) -> Result<()> {
-    let n = f.size();
-    if !input.len().is_multiple_of(n) {
-        return Err(invalid(format!(
-            "all_to_all: {} elements do not split evenly over {n} ranks",
-            input.len()
-        )));
-    }
-    let counts = vec![input.len() / n; n];
+    let counts = even_counts(input.len(), f.size())?;
     all_to_all_v_into(f, ch, input, &counts, &counts, output)
 }
 

@@ -1607,17 +1607,7 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
             payload
         }
     };
-    if rec.kind != REC_CONTROL {
-        crate::metrics::Metrics::global().nic_receive("shm", None, rec.len);
-    }
-    let msg = Message {
-        kind: rec.message_kind(),
-        dtype: rec.dtype,
-        comm: rec.comm,
-        channel: rec.channel,
-        seq: rec.seq,
-        payload: payload.into_bytes(),
-    };
+    let msg = received(&rec, payload);
     // Delivered under the consumer lock: a poll cannot deliver a later
     // record before this one is in the engine or its event channel.
     let msg = match ctx.deliver.get() {
@@ -1633,6 +1623,22 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
     }) {
         Ok(()) => Next::Go,
         Err(_) => Next::Stop,
+    }
+}
+
+/// The message of a record read whole (by the reader thread or a poll),
+/// counted in the metrics when it carries data.
+fn received(rec: &Record, payload: RecvBuf) -> Message {
+    if rec.kind != REC_CONTROL {
+        crate::metrics::Metrics::global().nic_receive("shm", None, rec.len);
+    }
+    Message {
+        kind: rec.message_kind(),
+        dtype: rec.dtype,
+        comm: rec.comm,
+        channel: rec.channel,
+        seq: rec.seq,
+        payload: payload.into_bytes(),
     }
 }
 
@@ -1768,17 +1774,7 @@ fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> bool {
         ring.consume_to(tail + REC_LEN as u64 + rec.len);
         payload
     };
-    if rec.kind != REC_CONTROL {
-        crate::metrics::Metrics::global().nic_receive("shm", None, rec.len);
-    }
-    let msg = Message {
-        kind: rec.message_kind(),
-        dtype: rec.dtype,
-        comm: rec.comm,
-        channel: rec.channel,
-        seq: rec.seq,
-        payload: payload.into_bytes(),
-    };
+    let msg = received(&rec, payload);
     // Called under the consumer lock, so the next record of this link (by
     // poll or reader) is delivered after this one.
     f(link.peer, msg);
