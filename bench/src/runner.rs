@@ -31,8 +31,10 @@
 //! | token_ring | `bidir_ring_step_into`: first half of the input to `r+1` on channel 0, second half to `r−1` on channel 1, received halves into the output buffer | into a scratch buffer, copied over the input buffer |
 //! | all_scan | `all_scan_diag(state)` returns the exclusive prefix (the output) | the prefix is copied over the state buffer |
 //!
-//! Point-to-point ops pay one copy into the message (the fabric takes the
-//! send buffer by value) and one out of it; those copies are in the time.
+//! The `_into` forms lend the input and receive into the output: between
+//! same-host ranks reading each other by CMA a block is copied once; other
+//! paths copy at the send and at the match, and those copies are in the
+//! time.
 
 use std::time::Instant;
 
