@@ -2099,6 +2099,19 @@ mod tests {
         }
     }
 
+    /// Expects the next event to report `peer` lost, for a reason
+    /// containing `want`.
+    fn expect_lost(rx: &mut mpsc::UnboundedReceiver<TransportEvent>, peer: u32, want: &str) {
+        match next(rx) {
+            TransportEvent::PeerClosed {
+                peer: p,
+                reason: CloseReason::Lost(why),
+                ..
+            } if p == peer => assert!(why.contains(want), "{why:?} lacks {want:?}"),
+            other => panic!("expected peer {peer} lost ({want}): {other:?}"),
+        }
+    }
+
     fn msg(kind: MessageKind, seq: u64, len: usize) -> Message {
         Message {
             kind,
@@ -2186,14 +2199,7 @@ mod tests {
             link.out_ring.write_all(&header, &link.stop).unwrap();
             link.out_ring.write_all(ext, &link.stop).unwrap();
         }
-        match next(&mut rx1) {
-            TransportEvent::PeerClosed {
-                peer: 0,
-                reason: CloseReason::Lost(why),
-                ..
-            } => assert!(why.contains(want), "{why:?} lacks {want:?}"),
-            other => panic!("{other:?}"),
-        }
+        expect_lost(&mut rx1, 0, want);
         // The link is finished for polls too.
         assert_eq!(t1.poll(10, &mut |_, _| panic!("no message")), 0);
         drop(t1);
@@ -2368,14 +2374,7 @@ mod tests {
             // Released at once: the owner may reuse the memory.
             assert!(dropped.load(Ordering::SeqCst), "abort {abort}");
             t1.ctx.pause_readers.store(false, Ordering::Release);
-            match next(&mut rx1) {
-                TransportEvent::PeerClosed {
-                    peer: 0,
-                    reason: CloseReason::Lost(why),
-                    ..
-                } => assert!(why.contains("withdrew CMA payload 1"), "{why}"),
-                other => panic!("abort {abort}: {other:?}"),
-            }
+            expect_lost(&mut rx1, 0, "withdrew CMA payload 1");
         }
     }
 
@@ -2385,14 +2384,7 @@ mod tests {
         let link = t1.link(0).unwrap();
         link.in_ring.cma_done().store(5, Ordering::Release);
         link.out_ring.notify_reader();
-        match next(&mut rx0) {
-            TransportEvent::PeerClosed {
-                peer: 1,
-                reason: CloseReason::Lost(why),
-                ..
-            } => assert!(why.contains("copied 5 CMA payloads of 0"), "{why}"),
-            other => panic!("{other:?}"),
-        }
+        expect_lost(&mut rx0, 1, "copied 5 CMA payloads of 0");
     }
 
     #[test]
