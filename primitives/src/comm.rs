@@ -23,7 +23,7 @@ use crate::fabric::{
     Fabric, PendingRecv, PendingRecvInto, PendingSend, RecvBytes, RecvHandle, RecvIntoHandle,
     SendHandle,
 };
-use zccl_runtime::Communicator;
+use zccl_runtime::{Communicator, DType};
 
 /// Where an operation runs, for its errors.
 #[derive(Clone, Copy)]
@@ -132,33 +132,84 @@ impl PendingRecv for Recv {
 /// Both sends of the adapter: `data` goes out as it is (no copy).
 fn send_host(
     c: &Communicator,
+    ch: zccl_runtime::Channel,
     to: usize,
-    channel: u32,
     data: zccl_runtime::HostBuffer<u8>,
 ) -> Result<SendHandle> {
     let at = Site {
         rank: Fabric::rank(c),
         peer: to,
-        channel,
+        channel: ch.id(),
     };
-    let h = c
-        .channel(channel)
+    let h = ch
         .isend(to as u32, data)
         .map_err(|e| at.fail(Dir::Send, e))?;
     Ok(SendHandle::new(Send { h: Some(h), at }))
 }
 
-impl Fabric for Communicator {
+/// A communicator whose messages carry the element type of the data they
+/// move (see [`zccl_runtime::Channel::with_label`]): ranks that call the same
+/// collective with the same byte count but different element types (2048
+/// `f32` against 1024 `f64`) fail with a mismatch naming both types on both
+/// sides of the first message, instead of reducing reinterpreted bytes.
+/// Costs nothing: the type byte travels in every message header anyway.
+///
+/// ```no_run
+/// use zccl_primitives::{collectives::all_reduce, comm::Labelled, dtype::DType, reduce::ReduceOp};
+/// let comm = zccl_runtime::Communicator::from_env()?;
+/// let mut grads = vec![1.0f32; 1024];
+/// all_reduce(&Labelled::new(&comm, DType::F32), 0, &mut grads, ReduceOp::Sum)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy)]
+pub struct Labelled<'a> {
+    comm: &'a Communicator,
+    label: Option<DType>,
+}
+
+impl<'a> Labelled<'a> {
+    /// `comm`, with every message labelled as elements of `label`.
+    pub fn new(comm: &'a Communicator, label: DType) -> Self {
+        Self {
+            comm,
+            label: Some(label),
+        }
+    }
+
+    /// `comm` without a label.
+    fn plain(comm: &'a Communicator) -> Self {
+        Self { comm, label: None }
+    }
+
+    /// Channel `id`, labelled.
+    fn chan(&self, id: u32) -> zccl_runtime::Channel {
+        let ch = self.comm.channel(id);
+        match self.label {
+            Some(l) => ch.with_label(l),
+            None => ch,
+        }
+    }
+
+    fn site(&self, peer: usize, channel: u32) -> Site {
+        Site {
+            rank: Communicator::rank(self.comm) as usize,
+            peer,
+            channel,
+        }
+    }
+}
+
+impl Fabric for Labelled<'_> {
     fn rank(&self) -> usize {
-        Communicator::rank(self) as usize
+        Communicator::rank(self.comm) as usize
     }
 
     fn size(&self) -> usize {
-        Communicator::size(self) as usize
+        Communicator::size(self.comm) as usize
     }
 
     fn isend(&self, to: usize, channel: u32, _tag: u64, data: Vec<u8>) -> Result<SendHandle> {
-        send_host(self, to, channel, data.into())
+        send_host(self.comm, self.chan(channel), to, data.into())
     }
 
     /// Sends a received buffer on without copying it.
@@ -169,7 +220,7 @@ impl Fabric for Communicator {
         _tag: u64,
         data: RecvBytes,
     ) -> Result<SendHandle> {
-        send_host(self, to, channel, data.into_host())
+        send_host(self.comm, self.chan(channel), to, data.into_host())
     }
 
     /// Lends `data`: no copy where the peer reads it by CMA.
@@ -180,14 +231,10 @@ impl Fabric for Communicator {
         _tag: u64,
         data: &[u8],
     ) -> Result<SendHandle> {
-        let at = Site {
-            rank: Fabric::rank(self),
-            peer: to,
-            channel,
-        };
+        let at = self.site(to, channel);
         // SAFETY: forwarded from our caller (`data` untouched until the
         // handle is waited or dropped; the runtime handle's drop waits).
-        let h = unsafe { self.channel(channel).isend_lent(to as u32, data) }
+        let h = unsafe { self.chan(channel).isend_lent(to as u32, data) }
             .map_err(|e| at.fail(Dir::Send, e))?;
         Ok(SendHandle::new(LentSend { h: Some(h), at }))
     }
@@ -200,29 +247,72 @@ impl Fabric for Communicator {
         _tag: u64,
         dst: &mut [u8],
     ) -> Result<RecvIntoHandle> {
-        let at = Site {
-            rank: Fabric::rank(self),
-            peer: from,
-            channel,
-        };
+        let at = self.site(from, channel);
         // SAFETY: forwarded from our caller (`dst` untouched until the
         // handle is waited or dropped; the runtime handle's drop takes the
         // buffer back).
-        let h = unsafe { self.channel(channel).irecv_into(from as u32, dst) }
+        let h = unsafe { self.chan(channel).irecv_into(from as u32, dst) }
             .map_err(|e| at.fail(Dir::Recv, e))?;
         Ok(RecvIntoHandle::new(RecvInto { h: Some(h), at }))
     }
 
     fn irecv(&self, from: usize, channel: u32, _tag: u64, len: usize) -> Result<RecvHandle> {
-        let at = Site {
-            rank: Fabric::rank(self),
-            peer: from,
-            channel,
-        };
+        let at = self.site(from, channel);
         let h = self
-            .channel(channel)
+            .chan(channel)
             .irecv::<u8>(from as u32, len)
             .map_err(|e| at.fail(Dir::Recv, e))?;
         Ok(RecvHandle::new(Recv { h: Some(h), at }))
+    }
+}
+
+/// A communicator is a fabric whose messages carry no label (plain bytes).
+impl Fabric for Communicator {
+    fn rank(&self) -> usize {
+        Communicator::rank(self) as usize
+    }
+
+    fn size(&self) -> usize {
+        Communicator::size(self) as usize
+    }
+
+    fn isend(&self, to: usize, channel: u32, tag: u64, data: Vec<u8>) -> Result<SendHandle> {
+        Labelled::plain(self).isend(to, channel, tag, data)
+    }
+
+    fn isend_bytes(
+        &self,
+        to: usize,
+        channel: u32,
+        tag: u64,
+        data: RecvBytes,
+    ) -> Result<SendHandle> {
+        Labelled::plain(self).isend_bytes(to, channel, tag, data)
+    }
+
+    unsafe fn isend_lent(
+        &self,
+        to: usize,
+        channel: u32,
+        tag: u64,
+        data: &[u8],
+    ) -> Result<SendHandle> {
+        // SAFETY: forwarded from our caller.
+        unsafe { Labelled::plain(self).isend_lent(to, channel, tag, data) }
+    }
+
+    unsafe fn irecv_into(
+        &self,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        dst: &mut [u8],
+    ) -> Result<RecvIntoHandle> {
+        // SAFETY: forwarded from our caller.
+        unsafe { Labelled::plain(self).irecv_into(from, channel, tag, dst) }
+    }
+
+    fn irecv(&self, from: usize, channel: u32, tag: u64, len: usize) -> Result<RecvHandle> {
+        Labelled::plain(self).irecv(from, channel, tag, len)
     }
 }

@@ -507,6 +507,7 @@ impl Communicator {
             id,
             timeout: self.inner.core.config.timeout,
             service: false,
+            label: None,
         }
     }
 
@@ -550,6 +551,7 @@ impl Communicator {
             id: 0,
             timeout: core.config.timeout,
             service: true,
+            label: None,
         };
         let mut ops = Vec::new();
         let others: Vec<u32> = (0..n).filter(|&p| p != r).collect();
@@ -719,6 +721,8 @@ pub struct Channel {
     timeout: Duration,
     /// Ops go to the communicator's internal context (split exchanges).
     service: bool,
+    /// The element type byte ops carry instead of `u8` (see [`Channel::with_label`]).
+    label: Option<DType>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -740,6 +744,30 @@ impl Channel {
     /// instead of the configured `ZCCL_TIMEOUT` (the per-call override).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The same channel, with every byte (`u8`) op issued through it
+    /// labelled as elements of `dtype`: the label travels with each message
+    /// and is checked at the match like an element type, so a rank that
+    /// sends a collective's bytes as `f32` and a peer that receives them as
+    /// `i32` (same byte count, another type) both fail with a mismatch
+    /// naming both types, instead of reading reinterpreted bytes. Typed ops
+    /// (any element type but `u8`) keep their own type.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, DType, Error, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let (f32s, i32s) = (comm.channel(4).with_label(DType::F32), comm.channel(4).with_label(DType::I32));
+    /// let s = f32s.isend(0, vec![0u8; 16]).unwrap();
+    /// let r = i32s.irecv::<u8>(0, 16).unwrap();
+    /// assert!(matches!(r.wait(), Err(Error::Mismatch { .. })));
+    /// assert!(s.wait().is_err());
+    /// ```
+    pub fn with_label(mut self, dtype: DType) -> Self {
+        self.label = Some(dtype);
         self
     }
 
@@ -817,6 +845,10 @@ impl Channel {
                     (count * dtype.size()) as u64,
                     None,
                 ),
+            };
+            let dtype = match self.label {
+                Some(l) if dtype == DType::U8 => l,
+                _ => dtype,
             };
             let peer = self.inner.members[peer as usize];
             let counters = if kind == OpKind::Send {

@@ -1,0 +1,929 @@
+//! `zccl._zccl.Comm`: a communicator and every operation on it, over caller
+//! memory given as (address, bytes, dtype). The Python layer (`zccl/_core.py`)
+//! turns tensors and arrays into those triples and keeps them alive.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use zccl_primitives::comm::Labelled;
+use zccl_primitives::reduce::ReduceOp;
+use zccl_primitives::schedule::scan::ScanDirection;
+use zccl_primitives::token_ring::{TokenRingChannels, TokenRingKernel};
+use zccl_primitives::{alltoall, collectives, ring, scan};
+use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+
+use crate::ZcclError;
+use crate::buf::{Dt, Span, reduce_op, with_elem};
+use crate::work::{Executor, Outcome, P2p, Work};
+
+/// Channel of the collectives (and All-Scan, ring pass).
+const CH_COLL: u32 = 0;
+/// TokenRing's Q and partial-result channels.
+const CH_TR_Q: u32 = 1;
+const CH_TR_OUT: u32 = 2;
+/// Point-to-point tag `t` travels on channel `CH_P2P + t`: sends and
+/// receives match per (peer, tag) in posting order, as in torch.
+const CH_P2P: u32 = 16;
+/// Largest point-to-point tag.
+const MAX_TAG: u32 = u32::MAX - CH_P2P;
+
+struct Shared {
+    comm: Communicator,
+    exec: Executor,
+}
+
+impl Shared {
+    /// Aborts the communicator after a failed operation: its channels'
+    /// sequence numbers no longer agree with the peers', and the peers learn
+    /// at once that this rank gave up (instead of waiting out the timeout).
+    fn fail(&self, e: &str) {
+        let _ = e;
+        self.comm.abort();
+    }
+}
+
+fn rt_err(e: impl std::fmt::Display) -> PyErr {
+    ZcclError::new_err(e.to_string())
+}
+
+fn secs(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    match timeout {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(PyValueError::new_err(format!(
+            "zccl: timeout must be a positive number of seconds below 1e9, got {s}"
+        ))),
+    }
+}
+
+fn config(timeout: Option<f64>) -> PyResult<Config> {
+    let mut c = Config::from_env().map_err(rt_err)?;
+    if let Some(t) = secs(timeout)? {
+        c.timeout = t;
+    }
+    Ok(c)
+}
+
+/// The bootstrap root of a job: started on one rank, its `unique_id` handed
+/// to every rank (torch's store does that for the backend). Keep it alive
+/// until every rank joined.
+#[pyclass(module = "zccl._zccl")]
+pub struct Root {
+    root: Mutex<Option<BootstrapRoot>>,
+    id: UniqueId,
+}
+
+#[pymethods]
+impl Root {
+    /// Starts a root listening on `bind` (`host:port`, port 0 for any);
+    /// `advertise` is the host other ranks reach it at (default: the bound
+    /// address).
+    #[new]
+    #[pyo3(signature = (bind="127.0.0.1:0", advertise=None, timeout=None))]
+    fn new(bind: &str, advertise: Option<&str>, timeout: Option<f64>) -> PyResult<Root> {
+        let addr: SocketAddr = bind
+            .to_socket_addrs()
+            .map_err(|e| PyValueError::new_err(format!("zccl: bad root address {bind:?}: {e}")))?
+            .next()
+            .ok_or_else(|| PyValueError::new_err(format!("zccl: {bind:?} has no address")))?;
+        let t = secs(timeout)?.unwrap_or(config(None)?.timeout);
+        let secret = UniqueId::random_secret().map_err(rt_err)?;
+        let root = BootstrapRoot::start(addr, secret, t).map_err(rt_err)?;
+        let mut id = root.unique_id();
+        if let Some(host) = advertise {
+            let port = id.root().port();
+            let a: SocketAddr = (host, port)
+                .to_socket_addrs()
+                .map_err(|e| PyValueError::new_err(format!("zccl: bad host {host:?}: {e}")))?
+                .next()
+                .ok_or_else(|| PyValueError::new_err(format!("zccl: {host:?} has no address")))?;
+            id = UniqueId::new(a, id.secret());
+        }
+        Ok(Root {
+            root: Mutex::new(Some(root)),
+            id,
+        })
+    }
+
+    /// The job's id (text), for `Comm.init` on every rank.
+    #[getter]
+    fn unique_id(&self) -> String {
+        self.id.to_string()
+    }
+
+    /// Waits (without the GIL) for the root to finish serving the job.
+    fn join(&self, py: Python<'_>) -> PyResult<()> {
+        let r = self.root.lock().unwrap().take();
+        match r {
+            Some(r) => py.detach(|| r.join()).map_err(rt_err),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A communicator.
+#[pyclass(module = "zccl._zccl")]
+pub struct Comm {
+    sh: Arc<Shared>,
+}
+
+impl Comm {
+    fn wrap(comm: Communicator) -> Comm {
+        let name = format!("r{}c{}", comm.rank(), comm.comm_id());
+        Comm {
+            sh: Arc::new(Shared {
+                comm,
+                exec: Executor::new(name),
+            }),
+        }
+    }
+
+    /// Runs a collective: now on this thread (blocking), or queued behind
+    /// the others (`async_op`). `keep` holds the memory `body` uses until it
+    /// finished.
+    fn collective<B>(
+        &self,
+        py: Python<'_>,
+        keep: Vec<Py<PyAny>>,
+        async_op: bool,
+        body: B,
+    ) -> PyResult<Work>
+    where
+        B: FnOnce(&Communicator) -> Outcome + Send + 'static,
+    {
+        let sh = self.sh.clone();
+        let job = Box::new(move || {
+            let r = body(&sh.comm);
+            if let Err(e) = &r {
+                sh.fail(e);
+            }
+            drop(keep);
+            r
+        });
+        if async_op {
+            let slot = self.sh.exec.submit(job).map_err(PyRuntimeError::new_err)?;
+            Ok(Work::queued(slot))
+        } else {
+            Ok(Work::done(py.detach(|| self.sh.exec.run(job))))
+        }
+    }
+
+    fn p2p_channel(tag: u32) -> PyResult<u32> {
+        if tag > MAX_TAG {
+            return Err(PyValueError::new_err(format!(
+                "zccl: tag {tag} is too large (at most {MAX_TAG})"
+            )));
+        }
+        Ok(CH_P2P + tag)
+    }
+
+    fn check_peer(&self, peer: i64, what: &str) -> PyResult<u32> {
+        let n = self.sh.comm.size();
+        if peer < 0 || peer >= n as i64 {
+            return Err(PyValueError::new_err(format!(
+                "zccl: {what} rank {peer} is not in a group of {n} ranks"
+            )));
+        }
+        Ok(peer as u32)
+    }
+}
+
+fn s<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+/// Maps a Python argument error to the outcome string.
+fn arg(e: PyErr) -> String {
+    e.to_string()
+}
+
+#[pymethods]
+impl Comm {
+    /// Joins the job `unique_id` (from `Root.unique_id`) as `rank` of `size`.
+    /// Blocks (without the GIL) until every rank joined, or `timeout`.
+    #[staticmethod]
+    #[pyo3(signature = (unique_id, rank, size, timeout=None))]
+    fn init(
+        py: Python<'_>,
+        unique_id: &str,
+        rank: u32,
+        size: u32,
+        timeout: Option<f64>,
+    ) -> PyResult<Comm> {
+        let id: UniqueId = unique_id
+            .parse()
+            .map_err(|e| PyValueError::new_err(format!("zccl: bad unique id: {e}")))?;
+        if size == 0 || rank >= size {
+            return Err(PyValueError::new_err(format!(
+                "zccl: rank {rank} is not in a world of {size}"
+            )));
+        }
+        let c = config(timeout)?;
+        let comm = py
+            .detach(|| Communicator::init(&id, rank, size, c))
+            .map_err(rt_err)?;
+        Ok(Comm::wrap(comm))
+    }
+
+    /// Joins from the launcher's environment (torchrun, Slurm, Open MPI,
+    /// `zccl run`, `ZCCL_*`).
+    #[staticmethod]
+    fn from_env(py: Python<'_>) -> PyResult<Comm> {
+        let comm = py.detach(Communicator::from_env).map_err(rt_err)?;
+        Ok(Comm::wrap(comm))
+    }
+
+    #[getter]
+    fn rank(&self) -> u32 {
+        self.sh.comm.rank()
+    }
+
+    #[getter]
+    fn size(&self) -> u32 {
+        self.sh.comm.size()
+    }
+
+    #[getter]
+    fn local_rank(&self) -> u32 {
+        self.sh.comm.local_rank()
+    }
+
+    #[getter]
+    fn local_size(&self) -> u32 {
+        self.sh.comm.local_size()
+    }
+
+    /// The per-operation timeout, in seconds.
+    #[getter]
+    fn timeout(&self) -> f64 {
+        self.sh.comm.config().timeout.as_secs_f64()
+    }
+
+    /// `MPI_Comm_split`: ranks passing the same `color` form a new
+    /// communicator ordered by `(key, rank)`; `color=None` joins none.
+    #[pyo3(signature = (color, key=0))]
+    fn split(&self, py: Python<'_>, color: Option<u32>, key: i32) -> PyResult<Option<Comm>> {
+        let c = self.sh.comm.clone();
+        let r = py
+            .detach(|| {
+                self.sh
+                    .exec
+                    .run_value(move || c.split(color, key).map_err(s))
+            })
+            .map_err(ZcclError::new_err)?;
+        Ok(r.map(Comm::wrap))
+    }
+
+    /// Aborts: pending and future operations fail on this rank, and peers
+    /// learn that it aborted.
+    fn abort(&self) {
+        self.sh.comm.abort();
+    }
+
+    /// All-reduce of `n` bytes of `dtype` at `addr`, in place, or into
+    /// `out` when `out` is non-zero.
+    #[pyo3(signature = (addr, nbytes, dtype, op, out=0, keep=vec![], async_op=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn all_reduce(
+        &self,
+        py: Python<'_>,
+        addr: usize,
+        nbytes: usize,
+        dtype: &str,
+        op: &str,
+        out: usize,
+        keep: Vec<Py<PyAny>>,
+        async_op: bool,
+    ) -> PyResult<Work> {
+        let dt = Dt::parse(dtype)?;
+        let op = reduce_op(op, dt)?;
+        let input = Span::new(addr, nbytes, "all_reduce input")?;
+        let output = if out == 0 {
+            None
+        } else {
+            let o = Span::new(out, nbytes, "all_reduce output")?;
+            if o.overlaps(&input) && o.addr != input.addr {
+                return Err(PyValueError::new_err(
+                    "zccl: all_reduce input and output overlap without being the same",
+                ));
+            }
+            (o.addr != input.addr).then_some(o)
+        };
+        self.collective(py, keep, async_op, move |c| {
+            run_all_reduce(c, dt, op, input, output)
+        })
+    }
+
+    /// All-gather: `out` (`size × nbytes`) gets every rank's `nbytes` at `addr`.
+    #[pyo3(signature = (addr, nbytes, out, out_nbytes, dtype=None, keep=vec![], async_op=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn all_gather(
+        &self,
+        py: Python<'_>,
+        addr: usize,
+        nbytes: usize,
+        out: usize,
+        out_nbytes: usize,
+        dtype: Option<&str>,
+        keep: Vec<Py<PyAny>>,
+        async_op: bool,
+    ) -> PyResult<Work> {
+        let label = Dt::label(dtype);
+        let n = self.sh.comm.size() as usize;
+        if out_nbytes != nbytes * n {
+            return Err(PyValueError::new_err(format!(
+                "zccl: all_gather output has {out_nbytes} bytes, {n} ranks x {nbytes} expected"
+            )));
+        }
+        let input = Span::new(addr, nbytes, "all_gather input")?;
+        let output = Span::new(out, out_nbytes, "all_gather output")?;
+        no_overlap(&input, &output, "all_gather")?;
+        self.collective(py, keep, async_op, move |c| {
+            // SAFETY: the Python side keeps both alive and untouched (keep).
+            let (i, o) = unsafe {
+                (
+                    input.slice::<u8>("input").map_err(arg)?,
+                    output.slice_mut::<u8>("output").map_err(arg)?,
+                )
+            };
+            collectives::all_gather_into(&Labelled::new(c, label), CH_COLL, i, o).map_err(s)
+        })
+    }
+
+    /// Reduce-scatter: rank `r` gets block `r` (`out_nbytes`) of the reduction
+    /// of every rank's `size × out_nbytes` input.
+    #[pyo3(signature = (addr, nbytes, out, out_nbytes, dtype, op, keep=vec![], async_op=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn reduce_scatter(
+        &self,
+        py: Python<'_>,
+        addr: usize,
+        nbytes: usize,
+        out: usize,
+        out_nbytes: usize,
+        dtype: &str,
+        op: &str,
+        keep: Vec<Py<PyAny>>,
+        async_op: bool,
+    ) -> PyResult<Work> {
+        let dt = Dt::parse(dtype)?;
+        let op = reduce_op(op, dt)?;
+        let n = self.sh.comm.size() as usize;
+        if nbytes != out_nbytes * n {
+            return Err(PyValueError::new_err(format!(
+                "zccl: reduce_scatter input has {nbytes} bytes, {n} ranks x {out_nbytes} expected"
+            )));
+        }
+        let input = Span::new(addr, nbytes, "reduce_scatter input")?;
+        let output = Span::new(out, out_nbytes, "reduce_scatter output")?;
+        no_overlap(&input, &output, "reduce_scatter")?;
+        self.collective(py, keep, async_op, move |c| {
+            with_elem!(dt, T => {
+                // SAFETY: kept alive and untouched by the Python side.
+                let (i, o) = unsafe {
+                    (input.slice::<T>("input").map_err(arg)?, output.slice_mut::<T>("output").map_err(arg)?)
+                };
+                collectives::reduce_scatter_into(&Labelled::new(c, dt.dtype()), CH_COLL, i, o, op).map_err(s)
+            })
+        })
+    }
+
+    /// Broadcast of `nbytes` at `addr` from `root` (in place).
+    #[pyo3(signature = (addr, nbytes, root, dtype=None, keep=vec![], async_op=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn broadcast(
+        &self,
+        py: Python<'_>,
+        addr: usize,
+        nbytes: usize,
+        root: i64,
+        dtype: Option<&str>,
+        keep: Vec<Py<PyAny>>,
+        async_op: bool,
+    ) -> PyResult<Work> {
+        let label = Dt::label(dtype);
+        let root = self.check_peer(root, "broadcast root")? as usize;
+        let buf = Span::new(addr, nbytes, "broadcast buffer")?;
+        self.collective(py, keep, async_op, move |c| {
+            // SAFETY: kept alive and untouched by the Python side.
+            let b = unsafe { buf.slice_mut::<u8>("buffer").map_err(arg)? };
+            collectives::broadcast(&Labelled::new(c, label), CH_COLL, b, root).map_err(s)
+        })
+    }
+
+    /// Barrier.
+    #[pyo3(signature = (async_op=false))]
+    fn barrier(&self, py: Python<'_>, async_op: bool) -> PyResult<Work> {
+        self.collective(py, vec![], async_op, move |c| {
+            collectives::barrier(c, CH_COLL).map_err(s)
+        })
+    }
+
+    /// All-to-all(-v) over bytes: block `p` of the input (`send[p]` bytes)
+    /// goes to rank `p`; block `p` of the output (`recv[p]` bytes) comes
+    /// from rank `p`. Empty `send`/`recv`: equal blocks.
+    #[pyo3(signature = (addr, nbytes, out, out_nbytes, send=vec![], recv=vec![], dtype=None, keep=vec![], async_op=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn all_to_all(
+        &self,
+        py: Python<'_>,
+        addr: usize,
+        nbytes: usize,
+        out: usize,
+        out_nbytes: usize,
+        send: Vec<usize>,
+        recv: Vec<usize>,
+        dtype: Option<&str>,
+        keep: Vec<Py<PyAny>>,
+        async_op: bool,
+    ) -> PyResult<Work> {
+        let label = Dt::label(dtype);
+        let n = self.sh.comm.size() as usize;
+        let input = Span::new(addr, nbytes, "all_to_all input")?;
+        let output = Span::new(out, out_nbytes, "all_to_all output")?;
+        no_overlap(&input, &output, "all_to_all")?;
+        let even = send.is_empty() && recv.is_empty();
+        if even && (nbytes != out_nbytes || nbytes % n != 0) {
+            return Err(PyValueError::new_err(format!(
+                "zccl: all_to_all with equal splits needs input and output of equal size divisible \
+                 by {n} ranks, got {nbytes} and {out_nbytes} bytes"
+            )));
+        }
+        let split = |v: Vec<usize>, total: usize, what: &str| -> PyResult<Vec<usize>> {
+            if v.is_empty() {
+                return Ok(vec![total / n; n]);
+            }
+            if v.len() != n {
+                return Err(PyValueError::new_err(format!(
+                    "zccl: all_to_all {what} splits have {} entries for {n} ranks",
+                    v.len()
+                )));
+            }
+            if v.iter().sum::<usize>() != total {
+                return Err(PyValueError::new_err(format!(
+                    "zccl: all_to_all {what} splits add up to {} bytes, the tensor has {total}",
+                    v.iter().sum::<usize>()
+                )));
+            }
+            Ok(v)
+        };
+        let send = split(send, nbytes, "input")?;
+        let recv = split(recv, out_nbytes, "output")?;
+        self.collective(py, keep, async_op, move |c| {
+            // SAFETY: kept alive and untouched by the Python side.
+            let (i, o) = unsafe {
+                (
+                    input.slice::<u8>("input").map_err(arg)?,
+                    output.slice_mut::<u8>("output").map_err(arg)?,
+                )
+            };
+            let f = Labelled::new(c, label);
+            if even {
+                alltoall::all_to_all_into(&f, CH_COLL, i, o).map_err(s)
+            } else {
+                alltoall::all_to_all_v_into(&f, CH_COLL, i, &send, &recv, o).map_err(s)
+            }
+        })
+    }
+
+    /// Point-to-point operations posted at once: each item is
+    /// `(is_send, addr, nbytes, peer, tag)`. The returned work completes when
+    /// all of them did. Sends and receives match per (peer, tag) in posting
+    /// order.
+    #[pyo3(signature = (ops, keep=vec![]))]
+    fn p2p(
+        &self,
+        ops: Vec<(bool, usize, usize, i64, u32, Option<String>)>,
+        keep: Vec<Py<PyAny>>,
+    ) -> PyResult<Work> {
+        let me = self.sh.comm.rank();
+        let mut checked = Vec::with_capacity(ops.len());
+        for (is_send, addr, nbytes, peer, tag, dtype) in ops {
+            let label = Dt::label(dtype.as_deref());
+            let what = if is_send { "send to" } else { "recv from" };
+            let peer = self.check_peer(peer, what)?;
+            let ch = Self::p2p_channel(tag)?;
+            let span = Span::new(addr, nbytes, "p2p buffer")?;
+            checked.push((is_send, span, peer, ch, tag, what, label));
+        }
+        let mut posted = Vec::with_capacity(checked.len());
+        for (is_send, span, peer, ch, tag, what, label) in checked {
+            let desc = format!("rank {me}: {what} rank {peer} (tag {tag}, {} B)", span.len);
+            let chan = self.sh.comm.channel(ch).with_label(label);
+            // SAFETY: the Work holds `keep` (the tensors) until the handles
+            // are done or dropped (their drop waits for / takes back the
+            // memory), and the Python side does not touch them meanwhile.
+            let r = unsafe {
+                if is_send {
+                    chan.isend_lent::<u8>(peer, span.slice::<u8>("send buffer")?)
+                        .map(P2p::Send)
+                } else {
+                    chan.irecv_into::<u8>(peer, span.slice_mut::<u8>("recv buffer")?)
+                        .map(P2p::Recv)
+                }
+            };
+            match r {
+                Ok(h) => posted.push((h, desc)),
+                Err(e) => {
+                    let msg = format!("{desc}: {e}");
+                    // What was posted already stays valid: wait it out
+                    // through a work that owns it, then report.
+                    drop(Work::posted(posted, keep, self.on_error()));
+                    self.sh.fail(&msg);
+                    return Err(ZcclError::new_err(msg));
+                }
+            }
+        }
+        Ok(Work::posted(posted, keep, self.on_error()))
+    }
+
+    /// Ring shift: `out` gets the `nbytes` of rank `r - offset`, while this
+    /// rank's go to `r + offset`.
+    #[pyo3(signature = (addr, nbytes, out, out_nbytes, offset=1, keep=vec![], async_op=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn ring_shift(
+        &self,
+        py: Python<'_>,
+        addr: usize,
+        nbytes: usize,
+        out: usize,
+        out_nbytes: usize,
+        offset: isize,
+        keep: Vec<Py<PyAny>>,
+        async_op: bool,
+    ) -> PyResult<Work> {
+        let input = Span::new(addr, nbytes, "ring_shift input")?;
+        let output = Span::new(out, out_nbytes, "ring_shift output")?;
+        no_overlap(&input, &output, "ring_shift")?;
+        self.collective(py, keep, async_op, move |c| {
+            // SAFETY: kept alive and untouched by the Python side.
+            let (i, o) = unsafe {
+                (
+                    input.slice::<u8>("input").map_err(arg)?,
+                    output.slice_mut::<u8>("output").map_err(arg)?,
+                )
+            };
+            ring::ring_shift_into(c, CH_COLL, i, o, offset).map_err(s)
+        })
+    }
+
+    /// Ring pass (ring attention's driver): every rank's block visits every
+    /// rank; `on_block(step, origin, addr, nbytes)` is called once per block,
+    /// own block first, while the next block is already moving.
+    /// `lens[p]` is the byte length of rank `p`'s block.
+    #[pyo3(signature = (addr, nbytes, lens, on_block, offset=1))]
+    fn ring_pass(
+        &self,
+        py: Python<'_>,
+        addr: usize,
+        nbytes: usize,
+        lens: Vec<usize>,
+        on_block: Py<PyAny>,
+        offset: isize,
+    ) -> PyResult<()> {
+        let n = self.sh.comm.size() as usize;
+        if lens.len() != n {
+            return Err(PyValueError::new_err(format!(
+                "zccl: ring_pass needs {n} block lengths, got {}",
+                lens.len()
+            )));
+        }
+        let block = Span::new(addr, nbytes, "ring_pass block")?;
+        // SAFETY: read now, while the caller holds the block.
+        let own = unsafe { block.slice::<u8>("block")? }.to_vec();
+        let failure: Arc<Mutex<Option<PyErr>>> = Arc::default();
+        let f2 = failure.clone();
+        let r = self.run_with_callbacks(py, move |c| {
+            ring::ring_pass(
+                c,
+                CH_COLL,
+                offset,
+                own,
+                |o| lens[o],
+                |b| {
+                    call_py(&f2, &on_block, |py| {
+                        (b.step, b.origin, b.data.as_ptr() as usize, b.data.len()).into_pyobject(py)
+                    })
+                    .map(|_| ())
+                },
+            )
+            .map_err(s)
+        });
+        finish_callbacks(r, &failure)
+    }
+
+    /// TokenRing: this rank's Q (`addr`, `nbytes`) travels the ring while
+    /// each partial result returns to its owner. `compute(step, origin,
+    /// q_addr, q_nbytes)` returns `(addr, nbytes, obj)` of the block computed
+    /// for the Q of `origin`; `merge(from, step, addr, nbytes)` merges a block
+    /// computed by rank `from` for this rank's Q. `q_lens[p]` / `out_lens[p]`:
+    /// bytes of rank `p`'s Q and of a block computed for it.
+    #[pyo3(signature = (addr, nbytes, q_lens, out_lens, compute, merge, q_offset=1))]
+    #[allow(clippy::too_many_arguments)]
+    fn token_ring(
+        &self,
+        py: Python<'_>,
+        addr: usize,
+        nbytes: usize,
+        q_lens: Vec<usize>,
+        out_lens: Vec<usize>,
+        compute: Py<PyAny>,
+        merge: Py<PyAny>,
+        q_offset: isize,
+    ) -> PyResult<()> {
+        let n = self.sh.comm.size() as usize;
+        if q_lens.len() != n || out_lens.len() != n {
+            return Err(PyValueError::new_err(format!(
+                "zccl: token_ring needs {n} Q and block lengths, got {} and {}",
+                q_lens.len(),
+                out_lens.len()
+            )));
+        }
+        let q = Span::new(addr, nbytes, "token_ring Q")?;
+        // SAFETY: read now, while the caller holds Q.
+        let own = unsafe { q.slice::<u8>("Q")? }.to_vec();
+        let failure: Arc<Mutex<Option<PyErr>>> = Arc::default();
+        let mut kernel = PyKernel {
+            q_lens,
+            out_lens,
+            compute,
+            merge,
+            failure: failure.clone(),
+        };
+        let r = self.run_with_callbacks(py, move |c| {
+            zccl_primitives::token_ring::token_ring(
+                c,
+                TokenRingChannels {
+                    q: CH_TR_Q,
+                    out: CH_TR_OUT,
+                },
+                q_offset,
+                own,
+                &mut kernel,
+            )
+            .map_err(s)
+        });
+        finish_callbacks(r, &failure)
+    }
+
+    /// All-Scan with the diagonal-decay combine (ZeCO): `state` is `rows ×
+    /// cols` f32, `decay` `rows` f32; `excl` (and `incl` when non-zero) get
+    /// this rank's exclusive (inclusive) prefix. Pipelined over `blocks` row
+    /// blocks; `on_block(index, row_start, row_end)` (optional) is called as
+    /// each block of `excl`/`incl` is final, while later blocks still move.
+    #[pyo3(signature = (state, decay, rows, cols, excl, incl=0, reverse=false, blocks=1, on_block=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn all_scan(
+        &self,
+        py: Python<'_>,
+        state: usize,
+        decay: usize,
+        rows: usize,
+        cols: usize,
+        excl: usize,
+        incl: usize,
+        reverse: bool,
+        blocks: usize,
+        on_block: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let bytes = rows
+            .checked_mul(cols)
+            .and_then(|x| x.checked_mul(4))
+            .ok_or_else(|| PyValueError::new_err("zccl: all_scan state too large"))?;
+        let st = Span::new(state, bytes, "all_scan state")?;
+        let de = Span::new(decay, rows * 4, "all_scan decay")?;
+        let ex = Span::new(excl, bytes, "all_scan exclusive output")?;
+        let inc = if incl == 0 {
+            None
+        } else {
+            Some(Span::new(incl, bytes, "all_scan inclusive output")?)
+        };
+        for o in std::iter::once(&ex).chain(inc.as_ref()) {
+            no_overlap(&st, o, "all_scan")?;
+            no_overlap(&de, o, "all_scan")?;
+        }
+        if blocks == 0 || blocks > rows.max(1) {
+            return Err(PyValueError::new_err(format!(
+                "zccl: all_scan blocks must be in 1..={rows}, got {blocks}"
+            )));
+        }
+        let dir = if reverse {
+            ScanDirection::Reverse
+        } else {
+            ScanDirection::Forward
+        };
+        let failure: Arc<Mutex<Option<PyErr>>> = Arc::default();
+        let f2 = failure.clone();
+        let r = self.run_with_callbacks(py, move |c| {
+            // SAFETY: the caller holds these buffers for the call.
+            let (s_, d_, e_) = unsafe {
+                (
+                    st.slice::<f32>("state").map_err(arg)?,
+                    de.slice::<f32>("decay").map_err(arg)?,
+                    ex.slice_mut::<f32>("exclusive output").map_err(arg)?,
+                )
+            };
+            let mut i_ = match inc {
+                // SAFETY: as above.
+                Some(sp) => Some(unsafe { sp.slice_mut::<f32>("inclusive output").map_err(arg)? }),
+                None => None,
+            };
+            let local = scan::DiagState {
+                state: s_,
+                decay: d_,
+                cols,
+            };
+            scan::all_scan_diag_blocks(c, CH_COLL, local, dir, blocks, i_.is_some(), |b| {
+                let span = b.rows.start * cols..b.rows.end * cols;
+                e_[span.clone()].copy_from_slice(b.exclusive);
+                if let (Some(dst), Some(src)) = (i_.as_deref_mut(), b.inclusive) {
+                    dst[span].copy_from_slice(src);
+                }
+                match &on_block {
+                    Some(cb) => call_py(&f2, cb, |py| {
+                        (b.index, b.rows.start, b.rows.end).into_pyobject(py)
+                    })
+                    .map(|_| ()),
+                    None => Ok(()),
+                }
+            })
+            .map(|_| ())
+            .map_err(s)
+        });
+        finish_callbacks(r, &failure)
+    }
+}
+
+impl Comm {
+    fn on_error(&self) -> Arc<dyn Fn(&str) + Send + Sync> {
+        let sh = self.sh.clone();
+        Arc::new(move |e: &str| sh.fail(e))
+    }
+
+    /// Runs an operation whose callbacks call into Python: in issue order
+    /// with the other collectives, without the GIL (callbacks take it).
+    fn run_with_callbacks<B>(&self, py: Python<'_>, body: B) -> Outcome
+    where
+        B: FnOnce(&Communicator) -> Outcome + Send + 'static,
+    {
+        let sh = self.sh.clone();
+        py.detach(|| {
+            self.sh.exec.run(Box::new(move || {
+                let r = body(&sh.comm);
+                if let Err(e) = &r {
+                    sh.fail(e);
+                }
+                r
+            }))
+        })
+    }
+}
+
+/// Calls a Python callback with the GIL; a raised exception is kept in
+/// `failure` (re-raised as it is once the operation ended) and stops the
+/// operation.
+fn call_py<'a, A>(
+    failure: &Mutex<Option<PyErr>>,
+    cb: &Py<PyAny>,
+    args: A,
+) -> zccl_primitives::Result<Py<PyAny>>
+where
+    A: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyTuple>> + 'a,
+{
+    Python::attach(|py| {
+        let r = args(py).and_then(|a| cb.call1(py, a));
+        r.map_err(|e| {
+            let msg = format!("callback raised: {e}");
+            failure.lock().unwrap().get_or_insert(e);
+            zccl_primitives::Error::InvalidArgument(msg)
+        })
+    })
+}
+
+fn finish_callbacks(r: Outcome, failure: &Mutex<Option<PyErr>>) -> PyResult<()> {
+    if let Some(e) = failure.lock().unwrap().take() {
+        return Err(e);
+    }
+    r.map_err(ZcclError::new_err)
+}
+
+fn no_overlap(a: &Span, b: &Span, what: &str) -> PyResult<()> {
+    if a.overlaps(b) {
+        return Err(PyValueError::new_err(format!(
+            "zccl: {what} input and output overlap"
+        )));
+    }
+    Ok(())
+}
+
+fn run_all_reduce(
+    c: &Communicator,
+    dt: Dt,
+    op: ReduceOp,
+    input: Span,
+    output: Option<Span>,
+) -> Outcome {
+    with_elem!(dt, T => {
+        // SAFETY: the Python side keeps the memory alive and untouched.
+        unsafe {
+            match output {
+                None => {
+                    let b = input.slice_mut::<T>("buffer").map_err(arg)?;
+                    collectives::all_reduce(&Labelled::new(c, dt.dtype()), CH_COLL, b, op).map_err(s)
+                }
+                Some(o) => {
+                    let i = input.slice::<T>("input").map_err(arg)?;
+                    let o = o.slice_mut::<T>("output").map_err(arg)?;
+                    collectives::all_reduce_into(&Labelled::new(c, dt.dtype()), CH_COLL, i, o, op).map_err(s)
+                }
+            }
+        }
+    })
+}
+
+/// TokenRing's kernel as Python callbacks.
+struct PyKernel {
+    q_lens: Vec<usize>,
+    out_lens: Vec<usize>,
+    compute: Py<PyAny>,
+    merge: Py<PyAny>,
+    failure: Arc<Mutex<Option<PyErr>>>,
+}
+
+impl TokenRingKernel for PyKernel {
+    fn q_len(&self, _holder: usize, _step: usize, origin: usize) -> usize {
+        self.q_lens[origin]
+    }
+
+    fn out_len(&self, _computer: usize, _step: usize, origin: usize) -> usize {
+        self.out_lens[origin]
+    }
+
+    fn compute(
+        &mut self,
+        step: usize,
+        origin: usize,
+        q: &[u8],
+    ) -> zccl_primitives::Result<Vec<u8>> {
+        let r = call_py(&self.failure, &self.compute, |py| {
+            (step, origin, q.as_ptr() as usize, q.len()).into_pyobject(py)
+        })?;
+        Python::attach(|py| {
+            let (addr, n, _obj): (usize, usize, Py<PyAny>) = r.extract(py).map_err(|e| {
+                zccl_primitives::Error::InvalidArgument(format!(
+                    "token_ring compute must return (addr, nbytes, obj): {e}"
+                ))
+            })?;
+            let sp = Span::new(addr, n, "block")
+                .map_err(|e| zccl_primitives::Error::InvalidArgument(e.to_string()))?;
+            // SAFETY: `_obj` (the block's owner) is alive while we copy.
+            let b = unsafe { sp.slice::<u8>("block") }
+                .map_err(|e| zccl_primitives::Error::InvalidArgument(e.to_string()))?;
+            Ok(b.to_vec())
+        })
+    }
+
+    fn merge(&mut self, from: usize, step: usize, block: Vec<u8>) -> zccl_primitives::Result<()> {
+        call_py(&self.failure, &self.merge, |py| {
+            (from, step, block.as_ptr() as usize, block.len()).into_pyobject(py)
+        })
+        .map(|_| ())
+    }
+}
+
+/// `attn_merge(out, lse, out2, lse2)`: merges the attention block `(out2,
+/// lse2)` into `(out, lse)` in place (FlashAttention-2's log-sum-exp merge,
+/// f32; `lse` has one value per row).
+#[pyfunction]
+pub fn attn_merge(
+    out: (usize, usize),
+    lse: (usize, usize),
+    out2: (usize, usize),
+    lse2: (usize, usize),
+) -> PyResult<()> {
+    let (o, l, o2, l2) = (
+        Span::new(out.0, out.1, "out")?,
+        Span::new(lse.0, lse.1, "lse")?,
+        Span::new(out2.0, out2.1, "out2")?,
+        Span::new(lse2.0, lse2.1, "lse2")?,
+    );
+    for (a, b) in [(&o, &l), (&o, &o2), (&o, &l2), (&l, &o2), (&l, &l2)] {
+        if a.overlaps(b) {
+            return Err(PyValueError::new_err("zccl: attn_merge buffers overlap"));
+        }
+    }
+    // SAFETY: the caller holds the four tensors for the call.
+    unsafe {
+        zccl_primitives::attn_merge::attn_merge_into(
+            o.slice_mut("out")?,
+            l.slice_mut("lse")?,
+            o2.slice("out2")?,
+            l2.slice("lse2")?,
+        )
+    }
+    .map_err(|e| PyValueError::new_err(e.to_string()))
+}

@@ -1,0 +1,90 @@
+"""Tensors and arrays as (address, bytes, dtype), without copies.
+
+zccl reads and writes the memory of CPU tensors (torch) and numpy arrays in
+place. A buffer must be contiguous; CUDA tensors are refused here (the
+torch backend stages them through host memory itself).
+"""
+
+import ctypes
+
+# torch / numpy dtype names -> the names the native module knows for
+# reductions; every other dtype moves as bytes only.
+_REDUCIBLE = {
+    "uint8": "uint8",
+    "int32": "int32",
+    "int64": "int64",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+    "float32": "float32",
+    "float64": "float64",
+}
+
+
+def _is_torch(x):
+    return type(x).__module__.startswith("torch")
+
+
+def dtype_name(x):
+    """The element type of a tensor or array, as a bare name ("float32")."""
+    if _is_torch(x):
+        return str(x.dtype).replace("torch.", "")
+    return str(x.dtype)
+
+
+def span(x, what="buffer"):
+    """(address, nbytes) of a contiguous CPU tensor or numpy array."""
+    if _is_torch(x):
+        if x.device.type != "cpu":
+            raise ValueError(
+                f"zccl: {what} is on {x.device}; zccl works on CPU memory "
+                "(the torch backend stages device tensors through the host)"
+            )
+        if not x.is_contiguous():
+            raise ValueError(f"zccl: {what} is not contiguous (call .contiguous())")
+        return x.data_ptr(), x.numel() * x.element_size()
+    ai = getattr(x, "__array_interface__", None)
+    if ai is None:
+        raise TypeError(f"zccl: {what} must be a torch tensor or a numpy array, not {type(x).__name__}")
+    if not x.flags["C_CONTIGUOUS"]:
+        raise ValueError(f"zccl: {what} is not C-contiguous (use numpy.ascontiguousarray)")
+    return ai["data"][0] or 0, x.nbytes
+
+
+def reducible(x, what="buffer"):
+    """(address, nbytes, dtype) of a buffer a reduction can combine."""
+    name = dtype_name(x)
+    dt = _REDUCIBLE.get(name)
+    if dt is None:
+        raise TypeError(
+            f"zccl: {what} has dtype {name}; reductions support uint8, int32, int64, "
+            "float16, bfloat16, float32 and float64"
+        )
+    a, n = span(x, what)
+    return a, n, dt
+
+
+def itemsize(x):
+    return x.element_size() if _is_torch(x) else x.itemsize
+
+
+def view(addr, nbytes, like, shape=None):
+    """A tensor (or array, as `like` is) over `nbytes` at `addr`, typed like
+    `like`, without a copy. Valid only while zccl says so (during a callback)."""
+    n = nbytes // itemsize(like)
+    if _is_torch(like):
+        import torch
+
+        if n == 0:
+            t = torch.empty(0, dtype=like.dtype)
+        else:
+            raw = (ctypes.c_char * nbytes).from_address(addr)
+            t = torch.frombuffer(raw, dtype=like.dtype, count=n)
+        return t.view(shape) if shape is not None else t
+    import numpy as np
+
+    if n == 0:
+        a = np.empty(0, dtype=like.dtype)
+    else:
+        raw = (ctypes.c_char * nbytes).from_address(addr)
+        a = np.frombuffer(raw, dtype=like.dtype, count=n)
+    return a.reshape(shape) if shape is not None else a

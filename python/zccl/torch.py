@@ -1,0 +1,572 @@
+"""The `torch.distributed` backend of zccl.
+
+    import torch.distributed as dist
+    import zccl.torch                      # registers "zccl"
+    dist.init_process_group("zccl")        # under torchrun or `zccl run -n N`
+
+Every process group (the default one and each `new_group`) gets its own zccl
+communicator; its bootstrap id travels through torch's store, as
+ProcessGroupNCCL's unique id does. The group's `timeout` bounds start-up and
+every operation: a rank that dies or stalls makes the operation fail on the
+others with `ZcclError` (a `RuntimeError`) naming the rank.
+
+Supported: all_reduce (SUM, AVG, PRODUCT, MIN, MAX natively; BAND, BOR, BXOR
+and dtypes zccl does not reduce itself through an all-gather), all_gather,
+all_gather_into_tensor, reduce_scatter, reduce_scatter_tensor, broadcast,
+reduce, gather, scatter, barrier, all_to_all_single (even and uneven), all_to_all,
+send/recv/isend/irecv, batch_isend_irecv, new_group, `async_op=True`
+(`Work.wait`, `is_completed`, `get_future`). CPU tensors are used in place;
+CUDA (and non-contiguous) tensors are staged through contiguous host copies
+by the backend, which is correct anywhere but not fast (native device memory
+comes later).
+"""
+
+import datetime
+import inspect
+import os
+import socket
+import threading
+
+import torch
+import torch.distributed as dist
+
+from . import _buf
+from ._core import Communicator, ZcclError
+from ._zccl import Comm, Root
+
+__all__ = ["ProcessGroupZccl", "communicator", "ZcclError"]
+
+BACKEND = "zccl"
+# Operations below this many bytes run on the calling thread even when
+# async (a hand-off costs more than they do); larger ones run on the
+# group's executor thread, so that compute overlaps them.
+_INLINE_BYTES = int(os.environ.get("ZCCL_TORCH_INLINE_BYTES", str(256 << 10)))
+
+_NATIVE_OPS = {0: "sum", 1: "avg", 2: "prod", 3: "min", 4: "max"}
+_BITWISE = {5: torch.bitwise_and, 6: torch.bitwise_or, 7: torch.bitwise_xor}
+_OP_NAMES = {0: "SUM", 1: "AVG", 2: "PRODUCT", 3: "MIN", 4: "MAX", 5: "BAND", 6: "BOR", 7: "BXOR", 8: "PREMUL_SUM"}
+_REDUCIBLE = {torch.uint8, torch.int32, torch.int64, torch.float16, torch.bfloat16, torch.float32, torch.float64}
+
+
+def _op_code(opts_or_op):
+    op = getattr(opts_or_op, "reduceOp", opts_or_op)
+    op = getattr(op, "op", op)
+    try:
+        return int(op)
+    except TypeError:
+        return int(op.value)
+
+
+def _secs(timeout):
+    if timeout is None:
+        return None
+    if isinstance(timeout, datetime.timedelta):
+        s = timeout.total_seconds()
+    else:
+        s = float(timeout)
+    return s if s > 0 else None
+
+
+class _Staged:
+    """A tensor as zccl can use it: itself when it is a contiguous CPU
+    tensor, else a contiguous host copy that is written back after the
+    operation (`back()`)."""
+
+    __slots__ = ("orig", "host", "write")
+
+    def __init__(self, t, write):
+        self.orig = t
+        self.write = write
+        if t.device.type == "cpu" and t.is_contiguous():
+            self.host = t
+        else:
+            self.host = t.detach().to("cpu").contiguous()
+
+    def back(self):
+        if self.write and self.host is not self.orig:
+            with torch.no_grad():
+                self.orig.copy_(self.host)
+
+
+class _Work(dist._Work):
+    """torch's Work over a zccl operation: `wait`, `is_completed`,
+    `is_success`, `exception`, `get_future` (DDP's communication hooks use
+    it), `result`."""
+
+    def __init__(self, zwork, result, post=None):
+        super().__init__()
+        self._z = zwork
+        self._result = result
+        self._post = post
+        self._lock = threading.Lock()
+        self._done = False
+        self._error = None
+        self._fut = None
+
+    def _finish(self, secs):
+        with self._lock:
+            if not self._done:
+                try:
+                    if self._z is not None:
+                        self._z.wait(secs)
+                    if self._post is not None:
+                        self._post()
+                except TimeoutError:
+                    raise
+                except BaseException as e:  # noqa: BLE001 - kept for the future
+                    self._error = e
+                self._done = True
+                self._z = None
+                self._post = None
+                if self._fut is not None:
+                    self._complete_future()
+        if self._error is not None:
+            raise self._error
+
+    def _complete_future(self):
+        if self._error is not None:
+            self._fut.set_exception(self._error)
+        else:
+            self._fut.set_result(self._result)
+
+    def wait(self, timeout=None):
+        self._finish(_secs(timeout))
+        return True
+
+    def is_completed(self):
+        return self._done or self._z is None or self._z.is_completed()
+
+    def is_success(self):
+        if not self.is_completed():
+            return False
+        if not self._done:
+            try:
+                self._finish(None)
+            except BaseException:  # noqa: BLE001
+                return False
+        return self._error is None
+
+    def exception(self):
+        return self._error
+
+    def result(self):
+        return self._result
+
+    def source_rank(self):
+        return -1
+
+    def get_future(self):
+        with self._lock:
+            if self._fut is not None:
+                return self._fut
+            self._fut = torch.futures.Future()
+            if self._done:
+                self._complete_future()
+                return self._fut
+        if self._z is None or self._z.is_completed():
+            self._finish_quietly()
+            return self._fut
+        # Complete it when the operation completes, whether or not anybody
+        # calls wait(): DDP waits on the future only. Not a daemon: torch
+        # aborts at exit if a thread that completed a future is still
+        # being torn down (torch 1.13), and the op's own timeout bounds it.
+        threading.Thread(target=self._finish_quietly, name="zccl-future").start()
+        return self._fut
+
+    def _finish_quietly(self):
+        try:
+            self._finish(None)
+        except BaseException:  # noqa: BLE001 - delivered through the future
+            pass
+
+
+def _done(result):
+    return _Work(None, result)
+
+
+def _local_host():
+    """The address of this host as the job's other hosts reach it: the local
+    address of the route to MASTER_ADDR (no packet is sent)."""
+    host = os.environ.get("ZCCL_ROOT_HOST")
+    if host:
+        return host
+    master = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    try:
+        addr = socket.gethostbyname(master)
+        if addr.startswith("127."):
+            return "127.0.0.1"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((addr, int(os.environ.get("MASTER_PORT", "29500")) or 1))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+def _store_id(store, rank, timeout):
+    """Rank 0 starts the bootstrap root and publishes its id in the store;
+    the others read it (the store waits for the key)."""
+    key = "zccl/unique_id"
+    if rank == 0:
+        host = _local_host()
+        try:
+            root = Root(f"{host}:0", None, timeout)
+        except Exception:  # noqa: BLE001 - fall back to every interface
+            root = Root("0.0.0.0:0", host, timeout)
+        store.set(key, root.unique_id)
+        return root, root.unique_id
+    return None, store.get(key).decode()
+
+
+class ProcessGroupZccl(dist.ProcessGroup):
+    """A torch process group backed by a zccl communicator."""
+
+    def __init__(self, store, rank, size, timeout):
+        super().__init__(rank, size)
+        self._timeout = _secs(timeout)
+        self._root, uid = _store_id(store, rank, self._timeout)
+        self._comm = Comm.init(uid, rank, size, self._timeout)
+        self._zc = Communicator(self._comm)
+        self._rank = rank
+        self._size = size
+
+    # -- identity ----------------------------------------------------------
+
+    def getBackendName(self):
+        return BACKEND
+
+    def _get_backend_name(self):
+        return BACKEND
+
+    def name(self):
+        return BACKEND
+
+    def _get_backend(self, device=None):
+        return self
+
+    @property
+    def supports_coalescing(self):
+        return False
+
+    def __repr__(self):
+        return f"ProcessGroupZccl(rank={self._rank}, size={self._size})"
+
+    # -- helpers -----------------------------------------------------------
+
+    @staticmethod
+    def _one(tensors, what):
+        if len(tensors) != 1:
+            raise ValueError(f"zccl: {what} takes exactly one tensor per process, got {len(tensors)}")
+        return tensors[0]
+
+    def _async(self, nbytes):
+        return nbytes >= _INLINE_BYTES
+
+    def _finish(self, zwork, result, staged=(), post=None):
+        def after():
+            for s in staged:
+                s.back()
+            if post is not None:
+                post()
+
+        needs = post is not None or any(s.host is not s.orig and s.write for s in staged)
+        return _Work(zwork, result, after if needs else None)
+
+    def _run(self, method, nbytes, *args):
+        """Calls a native collective, inline or queued by size."""
+        return method(*args, async_op=self._async(nbytes))
+
+    # -- collectives -------------------------------------------------------
+
+    def allreduce(self, tensors, opts=None):
+        t = self._one(tensors, "allreduce")
+        code = _op_code(opts) if opts is not None else 0
+        return self._allreduce(t, code, tensors)
+
+    def _allreduce(self, t, code, result):
+        if code in _NATIVE_OPS and t.dtype in _REDUCIBLE or t.is_complex() and code in (0, 1):
+            s = _Staged(t, True)
+            h = s.host if not t.is_complex() else torch.view_as_real(s.host)
+            a, n, dt = _buf.reducible(h, "all_reduce tensor")
+            w = self._run(self._comm.all_reduce, n, a, n, dt, _NATIVE_OPS[code], 0, [h])
+            return self._finish(w, result, [s])
+        return self._allreduce_by_gather(t, code, result)
+
+    def _allreduce_by_gather(self, t, code, result):
+        """Reductions zccl does not run natively (bitwise ops, int8/int16/bool
+        ...): gather every rank's tensor and reduce in rank order, which is
+        exact for these."""
+        if code == 8:
+            raise ValueError("zccl: PREMUL_SUM is not supported (use SUM and scale)")
+        name = _OP_NAMES.get(code, str(code))
+        if code in _BITWISE:
+            if t.is_floating_point() or t.is_complex():
+                raise TypeError(f"zccl: {name} needs an integer or bool tensor, not {t.dtype}")
+            fn = _BITWISE[code]
+        elif t.dtype == torch.bool:
+            fn = {0: torch.logical_or, 3: torch.logical_and, 4: torch.logical_or, 2: torch.logical_and}.get(code)
+            if fn is None:
+                raise TypeError(f"zccl: {name} is not defined for bool tensors")
+        elif code in (0, 2, 3, 4) and not t.is_floating_point():
+            fn = {0: torch.add, 2: torch.mul, 3: torch.minimum, 4: torch.maximum}[code]
+        else:
+            raise TypeError(f"zccl: all_reduce {name} of {t.dtype} is not supported")
+        s = _Staged(t, True)
+        gathered = torch.empty((self._size,) + tuple(s.host.shape), dtype=s.host.dtype)
+        a, n = _buf.span(s.host)
+        o, on = _buf.span(gathered)
+        w = self._comm.all_gather(a, n, o, on, _buf.dtype_name(s.host), [s.host, gathered], False)
+        w.wait()
+
+        acc = gathered[0].clone()
+        for r in range(1, self._size):
+            acc = fn(acc, gathered[r])
+        with torch.no_grad():
+            s.host.copy_(acc.to(s.host.dtype))
+        s.back()
+        return _done(result)
+
+    def allreduce_coalesced(self, tensors, opts=None):
+        code = _op_code(opts) if opts is not None else 0
+        for t in tensors:
+            self._allreduce(t, code, tensors).wait()
+        return _done(tensors)
+
+    def broadcast(self, tensors, opts=None):
+        t = self._one(tensors, "broadcast")
+        root = opts.rootRank if opts is not None else 0
+        s = _Staged(t, True)
+        a, n = _buf.span(s.host, "broadcast tensor")
+        w = self._run(self._comm.broadcast, n, a, n, root, _buf.dtype_name(s.host), [s.host])
+        return self._finish(w, tensors, [s])
+
+    def _gather_flat(self, inp, out_flat):
+        """all-gather of `inp` into the contiguous host tensor `out_flat`."""
+        a, n = _buf.span(inp, "all_gather input")
+        o, on = _buf.span(out_flat, "all_gather output")
+        if inp.dtype != out_flat.dtype:
+            raise TypeError(f"zccl: all_gather output is {out_flat.dtype}, input {inp.dtype}")
+        return self._run(self._comm.all_gather, on, a, n, o, on, _buf.dtype_name(inp), [inp, out_flat])
+
+    def allgather(self, output_tensors, input_tensors, opts=None):
+        inp = self._one(input_tensors, "allgather")
+        outs = self._one(output_tensors, "allgather")
+        if len(outs) != self._size:
+            raise ValueError(f"zccl: allgather needs {self._size} output tensors, got {len(outs)}")
+        for o in outs:
+            if o.numel() != inp.numel():
+                raise ValueError(
+                    f"zccl: allgather output tensors must have the input's {inp.numel()} elements, got {o.numel()}"
+                )
+        s = _Staged(inp, False)
+        flat = torch.empty((self._size * inp.numel(),), dtype=inp.dtype)
+        w = self._gather_flat(s.host, flat)
+
+        def post():
+            with torch.no_grad():
+                for r, o in enumerate(outs):
+                    o.copy_(flat[r * inp.numel() : (r + 1) * inp.numel()].view(o.shape))
+
+        return self._finish(w, output_tensors, [s], post)
+
+    def _allgather_base(self, output, input, opts=None):
+        if output.numel() != input.numel() * self._size:
+            raise ValueError(
+                f"zccl: all_gather_into_tensor output has {output.numel()} elements, "
+                f"{self._size} ranks x {input.numel()} expected"
+            )
+        si, so = _Staged(input, False), _Staged(output, True)
+        w = self._gather_flat(si.host, so.host)
+        return self._finish(w, output, [si, so])
+
+    allgather_into_tensor = _allgather_base
+    all_gather_single = _allgather_base
+
+    def allgather_coalesced(self, output_lists, input_list, opts=None):
+        for outs, inp in zip(output_lists, input_list):
+            self.allgather([outs], [inp]).wait()
+        return _done(output_lists)
+
+    def _reduce_scatter_flat(self, inp, out, code):
+        if code not in _NATIVE_OPS or inp.dtype not in _REDUCIBLE:
+            raise TypeError(f"zccl: reduce_scatter {_OP_NAMES.get(code, code)} of {inp.dtype} is not supported")
+        a, n, dt = _buf.reducible(inp, "reduce_scatter input")
+        o, on = _buf.span(out, "reduce_scatter output")
+        if out.dtype != inp.dtype:
+            raise TypeError(f"zccl: reduce_scatter output is {out.dtype}, input {inp.dtype}")
+        return self._run(self._comm.reduce_scatter, n, a, n, o, on, dt, _NATIVE_OPS[code], [inp, out])
+
+    def reduce_scatter(self, output_tensors, input_tensors, opts=None):
+        out = self._one(output_tensors, "reduce_scatter")
+        ins = self._one(input_tensors, "reduce_scatter")
+        if len(ins) != self._size:
+            raise ValueError(f"zccl: reduce_scatter needs {self._size} input tensors, got {len(ins)}")
+        for i in ins:
+            if i.numel() != out.numel():
+                raise ValueError("zccl: reduce_scatter input tensors must have the output's size")
+        flat = torch.cat([i.detach().to("cpu").reshape(-1) for i in ins])
+        so = _Staged(out, True)
+        code = _op_code(opts) if opts is not None else 0
+        w = self._reduce_scatter_flat(flat, so.host, code)
+        return self._finish(w, output_tensors, [so])
+
+    def _reduce_scatter_base(self, output, input, opts=None):
+        if input.numel() != output.numel() * self._size:
+            raise ValueError(
+                f"zccl: reduce_scatter_tensor input has {input.numel()} elements, "
+                f"{self._size} ranks x {output.numel()} expected"
+            )
+        si, so = _Staged(input, False), _Staged(output, True)
+        code = _op_code(opts) if opts is not None else 0
+        w = self._reduce_scatter_flat(si.host, so.host, code)
+        return self._finish(w, output, [si, so])
+
+    reduce_scatter_tensor = _reduce_scatter_base
+    reduce_scatter_single = _reduce_scatter_base
+
+    def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts=None):
+        si, so = _Staged(input, False), _Staged(output, True)
+        if si.host.dtype != so.host.dtype:
+            raise TypeError(f"zccl: all_to_all output is {output.dtype}, input {input.dtype}")
+        a, n = _buf.span(si.host, "all_to_all input")
+        o, on = _buf.span(so.host, "all_to_all output")
+        send, recv = [], []
+        if output_split_sizes or input_split_sizes:
+            row_in = si.host[0].numel() * si.host.element_size() if si.host.dim() > 0 and si.host.shape[0] else 0
+            row_out = so.host[0].numel() * so.host.element_size() if so.host.dim() > 0 and so.host.shape[0] else 0
+            if input_split_sizes:
+                send = [int(x) * row_in for x in input_split_sizes]
+            else:
+                send = [n // self._size] * self._size
+            if output_split_sizes:
+                recv = [int(x) * row_out for x in output_split_sizes]
+            else:
+                recv = [on // self._size] * self._size
+        w = self._run(
+            self._comm.all_to_all, on, a, n, o, on, send, recv, _buf.dtype_name(si.host), [si.host, so.host]
+        )
+        return self._finish(w, output, [si, so])
+
+    all_to_all_single = alltoall_base
+
+    def alltoall(self, output_tensors, input_tensors, opts=None):
+        if len(output_tensors) != self._size or len(input_tensors) != self._size:
+            raise ValueError(f"zccl: all_to_all needs {self._size} input and output tensors")
+        dtype = input_tensors[0].dtype
+        if any(t.dtype != dtype for t in list(input_tensors) + list(output_tensors)):
+            raise TypeError("zccl: all_to_all tensors must share one dtype")
+        flat_in = torch.cat([t.detach().to("cpu").reshape(-1) for t in input_tensors])
+        flat_out = torch.empty(sum(t.numel() for t in output_tensors), dtype=dtype)
+        isz = flat_in.element_size()
+        send = [t.numel() * isz for t in input_tensors]
+        recv = [t.numel() * isz for t in output_tensors]
+        a, n = _buf.span(flat_in)
+        o, on = _buf.span(flat_out)
+        w = self._run(self._comm.all_to_all, on, a, n, o, on, send, recv, _buf.dtype_name(flat_in), [flat_in, flat_out])
+
+        def post():
+            off = 0
+            with torch.no_grad():
+                for t in output_tensors:
+                    t.copy_(flat_out[off : off + t.numel()].view(t.shape))
+                    off += t.numel()
+
+        return self._finish(w, output_tensors, [], post)
+
+    def barrier(self, opts=None):
+        return self._finish(self._comm.barrier(False), [])
+
+    def reduce(self, tensors, opts=None):
+        """Reduce to `rootRank` (an all-reduce; non-root tensors are left
+        unchanged, as torch documents them undefined)."""
+        t = self._one(tensors, "reduce")
+        root = opts.rootRank
+        tmp = t.detach().clone()
+        self._allreduce(tmp, _op_code(opts), [tmp]).wait()
+        if self._rank == root:
+            with torch.no_grad():
+                t.copy_(tmp)
+        return _done(tensors)
+
+    def gather(self, output_tensors, input_tensors, opts=None):
+        inp = self._one(input_tensors, "gather")
+        root = opts.rootRank
+        flat = torch.empty((self._size * inp.numel(),), dtype=inp.dtype)
+        s = _Staged(inp, False)
+        self._gather_flat(s.host, flat).wait()
+        if self._rank == root:
+            outs = self._one(output_tensors, "gather")
+            with torch.no_grad():
+                for r, o in enumerate(outs):
+                    o.copy_(flat[r * inp.numel() : (r + 1) * inp.numel()].view(o.shape))
+        return _done(output_tensors)
+
+    def scatter(self, output_tensors, input_tensors, opts=None):
+        out = self._one(output_tensors, "scatter")
+        root = opts.rootRank
+        if self._rank == root:
+            ins = self._one(input_tensors, "scatter")
+            flat = torch.cat([i.detach().to("cpu").reshape(-1) for i in ins])
+        else:
+            flat = torch.empty((self._size * out.numel(),), dtype=out.dtype)
+        a, n = _buf.span(flat)
+        self._comm.broadcast(a, n, root, _buf.dtype_name(flat), [flat], False).wait()
+        with torch.no_grad():
+            out.copy_(flat[self._rank * out.numel() : (self._rank + 1) * out.numel()].view(out.shape))
+        return _done(output_tensors)
+
+    # -- point to point ----------------------------------------------------
+
+    def _p2p(self, tensors, peer, tag, is_send):
+        t = self._one(tensors, "send" if is_send else "recv")
+        s = _Staged(t, not is_send)
+        a, n = _buf.span(s.host, "send tensor" if is_send else "recv tensor")
+        w = self._comm.p2p([(is_send, a, n, int(peer), int(tag), _buf.dtype_name(s.host))], [s.host])
+        return self._finish(w, tensors, [s])
+
+    def send(self, tensors, dstRank, tag=0):
+        return self._p2p(tensors, dstRank, tag, True)
+
+    def recv(self, tensors, srcRank, tag=0):
+        return self._p2p(tensors, srcRank, tag, False)
+
+    def recv_anysource(self, tensors, tag=0):
+        raise RuntimeError("zccl: recv from any source is not supported; name the source rank")
+
+    # torch 2.x's coalescing manager (batch_isend_irecv) may call these.
+    def _start_coalescing(self, device=None):
+        pass
+
+    def _end_coalescing(self, device=None):
+        return _done([])
+
+    start_coalescing = _start_coalescing
+    end_coalescing = _end_coalescing
+
+
+def _create(store, rank, size, timeout, *args, **kwargs):
+    return ProcessGroupZccl(store, rank, size, timeout)
+
+
+def communicator(group=None):
+    """zccl's own `Communicator` over the process group `group` (default: the
+    world), for the calls torch has none for: `token_ring`, `all_scan`,
+    `ring_pass`, `ring_shift`. Its operations are ordered with the group's."""
+    pg = group if group is not None else dist.distributed_c10d._get_default_group()
+    if not isinstance(pg, ProcessGroupZccl):
+        pg = getattr(pg, "_get_backend", lambda d: None)(torch.device("cpu"))
+    if not isinstance(pg, ProcessGroupZccl):
+        raise ValueError("zccl: the process group does not use the zccl backend")
+    return pg._zc
+
+
+def _register():
+    if hasattr(dist.Backend, "ZCCL") or "zccl" in getattr(dist.Backend, "backend_list", []):
+        return
+    params = inspect.signature(dist.Backend.register_backend).parameters
+    if "devices" in params:
+        dist.Backend.register_backend(BACKEND, _create, devices=["cpu", "cuda"])
+    else:
+        dist.Backend.register_backend(BACKEND, _create)
+
+
+_register()
