@@ -147,13 +147,13 @@ impl Span {
 
     fn check<T>(&self, what: &str) -> PyResult<usize> {
         let sz = std::mem::size_of::<T>();
-        if self.len % sz != 0 {
+        if !self.len.is_multiple_of(sz) {
             return Err(PyValueError::new_err(format!(
                 "zccl: {what} has {} bytes, not a whole number of {sz}-byte elements",
                 self.len
             )));
         }
-        if self.len > 0 && self.addr % std::mem::align_of::<T>() != 0 {
+        if self.len > 0 && !self.addr.is_multiple_of(std::mem::align_of::<T>()) {
             return Err(PyValueError::new_err(format!(
                 "zccl: {what} at {:#x} is not aligned to its {sz}-byte elements",
                 self.addr

@@ -41,8 +41,7 @@ impl Shared {
     /// sequence numbers no longer agree with the peers', and the peers learn
     /// at once that this rank gave up (instead of waiting out the timeout).
     fn fail(&self, e: &str) {
-        let _ = e;
-        self.comm.abort();
+        self.comm.abort_because(e);
     }
 }
 
@@ -447,7 +446,7 @@ impl Comm {
         let output = Span::new(out, out_nbytes, "all_to_all output")?;
         no_overlap(&input, &output, "all_to_all")?;
         let even = send.is_empty() && recv.is_empty();
-        if even && (nbytes != out_nbytes || nbytes % n != 0) {
+        if even && (nbytes != out_nbytes || !nbytes.is_multiple_of(n)) {
             return Err(PyValueError::new_err(format!(
                 "zccl: all_to_all with equal splits needs input and output of equal size divisible \
                  by {n} ranks, got {nbytes} and {out_nbytes} bytes"
@@ -759,7 +758,7 @@ impl Comm {
 }
 
 impl Comm {
-    fn on_error(&self) -> Arc<dyn Fn(&str) + Send + Sync> {
+    fn on_error(&self) -> crate::work::OnError {
         let sh = self.sh.clone();
         Arc::new(move |e: &str| sh.fail(e))
     }

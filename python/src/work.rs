@@ -61,9 +61,15 @@ impl Slot {
 
 type Job = Box<dyn FnOnce() -> Outcome + Send>;
 
+/// The executor thread's queue: jobs and where their outcome goes.
+type Queue = Sender<(Job, Arc<Slot>)>;
+
+/// Called with the error of a failed point-to-point operation.
+pub type OnError = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Runs a communicator's collectives one at a time, in issue order.
 pub struct Executor {
-    queue: Mutex<Option<Sender<(Job, Arc<Slot>)>>>,
+    queue: Mutex<Option<Queue>>,
     /// Jobs queued and not finished.
     queued: Arc<AtomicUsize>,
     /// Held while a job runs, on whichever thread.
@@ -185,7 +191,7 @@ pub struct Work {
     /// Dropped after `state` (field order), so memory outlives the handles.
     keep: Mutex<Vec<Py<PyAny>>>,
     /// Called with the error of a failed operation (aborts the communicator).
-    on_error: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    on_error: Option<OnError>,
 }
 
 impl Work {
@@ -206,11 +212,7 @@ impl Work {
         }
     }
 
-    pub fn posted(
-        ops: Vec<(P2p, String)>,
-        keep: Vec<Py<PyAny>>,
-        on_error: Arc<dyn Fn(&str) + Send + Sync>,
-    ) -> Work {
+    pub fn posted(ops: Vec<(P2p, String)>, keep: Vec<Py<PyAny>>, on_error: OnError) -> Work {
         Work {
             state: Mutex::new(State::Posted(ops)),
             keep: Mutex::new(keep),

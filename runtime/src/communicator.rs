@@ -669,13 +669,27 @@ impl Communicator {
     /// Communicators made by [`Communicator::split`] share the connections,
     /// so aborting one aborts every communicator of this `init` on this rank.
     pub fn abort(&self) {
+        self.abort_because("abort() called")
+    }
+
+    /// [`Communicator::abort`], telling the peers why: they report the
+    /// reason with this rank's abort (e.g. the operation that failed here,
+    /// naming the rank that caused it), so a failure seen first by one rank
+    /// reaches the others with its cause.
+    ///
+    /// ```no_run
+    /// let comm = zccl_runtime::Communicator::from_env()?;
+    /// comm.abort_because("recv from rank 3 timed out after 30 s");
+    /// # Ok::<(), zccl_runtime::Error>(())
+    /// ```
+    pub fn abort_because(&self, reason: &str) {
         let core = &self.inner.core;
         if core.aborted.swap(true, Ordering::AcqRel) {
             return;
         }
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let cmd = Cmd::Abort {
-            reason: "abort() called".into(),
+            reason: reason.into(),
             done: done_tx,
         };
         if core.cmd_tx.send(cmd).is_ok() {
