@@ -7,25 +7,25 @@
 //! ```
 //!
 //! Every rank holds a contiguous shard of the sequence (`SEQ_PER_RANK`
-//! tokens of Q, K and V). [`ring_pass`] circulates each rank's K/V block
-//! around the ring and calls back once per block, own block first; the
-//! transfer of block `s+1` is already posted while the callback computes
-//! attention of the local Q against block `s`. [`attn_merge_into`] folds each
-//! block's `(out, lse)` into the accumulator. Runs causal and non-causal,
-//! checks this rank's rows against a single-process f64 reference and prints
-//! `ring_attention: OK max_err=...` on rank 0 (exits non-zero otherwise).
+//! tokens of Q, K and V). [`ring_pass_elems`] circulates each rank's K/V
+//! block (a `Vec<f32>`) around the ring and calls back once per block, as
+//! `&[f32]`, own block first; the transfer of block `s+1` is already posted
+//! while the callback computes attention of the local Q against block `s`.
+//! [`attn_merge_into`] folds each block's `(out, lse)` into the accumulator.
+//! Runs causal and non-causal, checks this rank's rows against a
+//! single-process f64 reference and prints `ring_attention: OK max_err=...`
+//! on rank 0 (exits non-zero otherwise).
 //!
 //! Copy this into your own crate with
 //! `zccl = { path = "...", default-features = false }` in `Cargo.toml`.
 
-use std::borrow::Cow;
 use std::process::ExitCode;
 
 use zccl::primitives::attn_merge::attn_merge_into;
+use zccl::primitives::channels::Channels;
 use zccl::primitives::collectives::all_reduce;
-use zccl::primitives::dtype::{cast_slice, from_bytes, to_bytes};
 use zccl::primitives::reduce::ReduceOp;
-use zccl::primitives::ring::ring_pass;
+use zccl::primitives::ring::ring_pass_elems;
 use zccl::runtime::Communicator;
 
 /// Tokens per rank (the sequence is `SEQ_PER_RANK × ranks` long).
@@ -34,11 +34,6 @@ const SEQ_PER_RANK: usize = 32;
 const D: usize = 32;
 /// Max |error| of an f32 result against the f64 reference.
 const TOL: f64 = 1e-4;
-
-/// Channel of the K/V ring: the driver owns it until `ring_pass` returns,
-/// so this program's own traffic (the final check) uses channel 0.
-const CH_KV: u32 = 1;
-const CH_CHECK: u32 = 0;
 
 fn main() -> ExitCode {
     // Errors name the rank, the peer and the channel; print them readably.
@@ -56,6 +51,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (r, n) = (comm.rank() as usize, comm.size() as usize);
     let (c, s) = (SEQ_PER_RANK, SEQ_PER_RANK * n);
     let scale = 1.0 / (D as f32).sqrt();
+    // Channels, the same on every rank: one for the K/V ring (the driver
+    // owns it until `ring_pass_elems` returns), one for the final check.
+    // Channel 0 stays free for `comm.send`/`recv`.
+    let mut channels = Channels::new();
+    let (ch_kv, ch_check) = (channels.next(), channels.next());
 
     // The whole problem from one seed, so that every rank (and the
     // reference) sees the same tensors; a trainer has its own shard only.
@@ -68,23 +68,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for causal in [false, true] {
         let mut out = vec![0.0f32; c * D];
         let mut lse = vec![f32::NEG_INFINITY; c]; // (0, -inf): the empty result
-        // One block per rank: its K rows then its V rows, as bytes.
+        // One block per rank: its K rows then its V rows.
         let mut kv = k[mine.clone()].to_vec();
         kv.extend_from_slice(&v[mine.clone()]);
-        ring_pass(
+        ring_pass_elems(
             &comm,
-            CH_KV,
+            ch_kv,
             1,
-            to_bytes(&kv),
-            |_origin| 2 * c * D * 4, // every block has the same size, in bytes
+            kv,
+            |_origin| 2 * c * D, // every block has the same size, in elements
             |b| {
                 // Causal, contiguous shards: a block from a later rank is
                 // entirely in the future: nothing to compute.
                 if causal && b.origin > r {
                     return Ok(());
                 }
-                let kv = f32s(b.data);
-                let (kb, vb) = kv.split_at(c * D);
+                let (kb, vb) = b.data.split_at(c * D);
                 let (o, l) = attention_block(q_local, kb, vb, scale, |i, j| {
                     !causal || b.origin * c + j <= r * c + i
                 });
@@ -100,7 +99,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // Every rank learns the worst error, so that all of them fail together.
     let mut worst = [max_err];
-    all_reduce(&comm, CH_CHECK, &mut worst, ReduceOp::Max)?;
+    all_reduce(&comm, ch_check, &mut worst, ReduceOp::Max)?;
     if worst[0] > TOL {
         return Err(format!("max_err={:.3e} > {TOL:e}", worst[0]).into());
     }
@@ -111,15 +110,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
-}
-
-/// The f32 elements of a received block: borrowed when the bytes are
-/// aligned for `f32` (the usual case), copied otherwise.
-fn f32s(b: &[u8]) -> Cow<'_, [f32]> {
-    match cast_slice::<f32>(b) {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(from_bytes(b)),
-    }
 }
 
 /// Attention of `q` (`[rows, D]`) against `k`, `v` (`[cols, D]`) in f32,

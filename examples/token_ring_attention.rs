@@ -8,26 +8,26 @@
 //! ```
 //!
 //! Every rank holds a contiguous shard of the sequence (`SEQ_PER_RANK`
-//! tokens of Q, K and V). The numerics live in a [`TokenRingKernel`]: how
-//! long a Q and a partial result are (in bytes), how to compute the partial
-//! result of a visiting Q against the local K/V (`out` rows then `lse`, one
-//! message), and how to merge a returned result into this rank's own
-//! accumulator ([`attn_merge_into`]). [`token_ring`] moves the bytes and calls
-//! the kernel in schedule order. Runs non-causal and causal (a visiting Q
-//! from an earlier rank sees none of the local keys: its block is the empty
-//! result `(0, -inf)`), checks this rank's rows against a single-process f64
-//! reference and prints `token_ring_attention: OK max_err=...` on rank 0
-//! (exits non-zero otherwise).
+//! tokens of Q, K and V). The numerics live in an [`ElemKernel<f32>`]: how
+//! long a Q and a partial result are (in elements), how to compute the
+//! partial result of a visiting Q against the local K/V (`out` rows then
+//! `lse`, one message), and how to merge a returned result into this rank's
+//! own accumulator ([`attn_merge_into`]). [`token_ring_elems`] moves Q and
+//! the results and calls the kernel in schedule order. Runs non-causal and
+//! causal (a visiting Q from an earlier rank sees none of the local keys:
+//! its block is the empty result `(0, -inf)`), checks this rank's rows
+//! against a single-process f64 reference and prints
+//! `token_ring_attention: OK max_err=...` on rank 0 (exits non-zero
+//! otherwise).
 
-use std::borrow::Cow;
 use std::process::ExitCode;
 
 use zccl::primitives::Result;
 use zccl::primitives::attn_merge::attn_merge_into;
+use zccl::primitives::channels::Channels;
 use zccl::primitives::collectives::all_reduce;
-use zccl::primitives::dtype::{cast_slice, from_bytes, to_bytes};
 use zccl::primitives::reduce::ReduceOp;
-use zccl::primitives::token_ring::{TokenRingChannels, TokenRingKernel, token_ring};
+use zccl::primitives::token_ring::{ElemKernel, TokenRingChannels, token_ring_elems};
 use zccl::runtime::Communicator;
 
 /// Tokens per rank (the sequence is `SEQ_PER_RANK × ranks` long).
@@ -36,11 +36,6 @@ const SEQ_PER_RANK: usize = 32;
 const D: usize = 32;
 /// Max |error| of an f32 result against the f64 reference.
 const TOL: f64 = 1e-4;
-
-/// TokenRing owns two channels (Q forward, results back) until it returns;
-/// this program's own traffic (the final check) uses channel 0.
-const CHANNELS: TokenRingChannels = TokenRingChannels { q: 1, out: 2 };
-const CH_CHECK: u32 = 0;
 
 /// This rank's side of TokenRing: its K/V shard and its own Q's accumulator.
 struct Attention<'a> {
@@ -53,36 +48,35 @@ struct Attention<'a> {
     lse: Vec<f32>,
 }
 
-impl TokenRingKernel for Attention<'_> {
+impl ElemKernel<f32> for Attention<'_> {
     // Every Q shard and every partial result has the same size here. The
-    // lengths are bytes, and must agree on every rank.
+    // lengths are elements, and must agree on every rank.
     fn q_len(&self, _holder: usize, _step: usize, _origin: usize) -> usize {
-        SEQ_PER_RANK * D * 4
+        SEQ_PER_RANK * D
     }
 
     fn out_len(&self, _computer: usize, _step: usize, _origin: usize) -> usize {
-        SEQ_PER_RANK * (D + 1) * 4 // out rows [c, D], then lse [c]
+        SEQ_PER_RANK * (D + 1) // out rows [c, D], then lse [c]
     }
 
     /// Attention of the Q of rank `origin` against this rank's K/V.
-    fn compute(&mut self, _step: usize, origin: usize, q: &[u8]) -> Result<Vec<u8>> {
+    fn compute(&mut self, _step: usize, origin: usize, q: &[f32]) -> Result<Vec<f32>> {
         let c = SEQ_PER_RANK;
         let (mut block, lse) = if self.causal && origin < self.rank {
             // Every local key is after every token of that Q: empty result.
             (vec![0.0f32; c * D], vec![f32::NEG_INFINITY; c])
         } else {
             let (rank, causal) = (self.rank, self.causal);
-            attention_block(&f32s(q), self.k, self.v, self.scale, |i, j| {
+            attention_block(q, self.k, self.v, self.scale, |i, j| {
                 !causal || rank * c + j <= origin * c + i
             })
         };
         block.extend_from_slice(&lse);
-        Ok(to_bytes(&block))
+        Ok(block)
     }
 
     /// Folds a partial result for this rank's Q (computed by rank `from`).
-    fn merge(&mut self, _from: usize, _step: usize, block: Vec<u8>) -> Result<()> {
-        let block = f32s(&block);
+    fn merge(&mut self, _from: usize, _step: usize, block: &[f32]) -> Result<()> {
         let (o, l) = block.split_at(SEQ_PER_RANK * D);
         attn_merge_into(&mut self.out, &mut self.lse, o, l)
     }
@@ -107,6 +101,12 @@ fn run() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut rng = Rng(0x70c3);
     let (q, k, v) = (rng.vec(s * D), rng.vec(s * D), rng.vec(s * D));
     let mine = r * c * D..(r + 1) * c * D;
+    // Channels, the same on every rank: TokenRing owns two (Q forward,
+    // results back) until it returns; one more for the final check.
+    // Channel 0 stays free for `comm.send`/`recv`.
+    let mut channels = Channels::new();
+    let ring = TokenRingChannels::from(&mut channels);
+    let ch_check = channels.next();
 
     let mut max_err = 0.0f64;
     for causal in [false, true] {
@@ -120,7 +120,7 @@ fn run() -> std::result::Result<(), Box<dyn std::error::Error>> {
             lse: vec![f32::NEG_INFINITY; c],
         };
         // +1: Q goes to rank r+1 each step (-1 is the causal zigzag schedule).
-        token_ring(&comm, CHANNELS, 1, to_bytes(&q[mine.clone()]), &mut kernel)?;
+        token_ring_elems(&comm, ring, 1, q[mine.clone()].to_vec(), &mut kernel)?;
 
         let (want_out, want_lse) = reference(&q, &k, &v, s, causal);
         max_err = max_err
@@ -129,7 +129,7 @@ fn run() -> std::result::Result<(), Box<dyn std::error::Error>> {
     }
 
     let mut worst = [max_err];
-    all_reduce(&comm, CH_CHECK, &mut worst, ReduceOp::Max)?;
+    all_reduce(&comm, ch_check, &mut worst, ReduceOp::Max)?;
     if worst[0] > TOL {
         return Err(format!("max_err={:.3e} > {TOL:e}", worst[0]).into());
     }
@@ -140,15 +140,6 @@ fn run() -> std::result::Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
-}
-
-/// The f32 elements of a block of bytes: borrowed when the bytes are
-/// aligned for `f32` (the usual case), copied otherwise.
-fn f32s(b: &[u8]) -> Cow<'_, [f32]> {
-    match cast_slice::<f32>(b) {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(from_bytes(b)),
-    }
 }
 
 /// Attention of `q` (`[rows, D]`) against `k`, `v` (`[cols, D]`) in f32,

@@ -28,6 +28,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use zccl::primitives::alltoall::all_to_all_v;
+use zccl::primitives::channels::Channels;
 use zccl::primitives::collectives::all_reduce;
 use zccl::primitives::layout::{UlyssesShape, heads_to_seq, iseq_to_heads};
 use zccl::primitives::reduce::ReduceOp;
@@ -41,15 +42,6 @@ const SEQ_PER_RANK: usize = 32;
 const D: usize = 16;
 /// Max |error| of an f32 result against the f64 reference.
 const TOL: f64 = 1e-4;
-
-/// Channels: the three concurrent seq→heads exchanges need one each (an
-/// operation owns its channel until it completes); the way back and the
-/// uneven exchanges reuse channel 1 once those are done. Channel 0 is this
-/// program's own (the final check).
-const CH_Q: u32 = 1;
-const CH_K: u32 = 2;
-const CH_V: u32 = 3;
-const CH_CHECK: u32 = 0;
 
 fn main() -> ExitCode {
     // Errors name the rank, the peer and the channel; print them readably.
@@ -65,21 +57,29 @@ fn main() -> ExitCode {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let comm = Communicator::from_env()?;
     let (r, n) = (comm.rank() as usize, comm.size() as usize);
+    // Channels, the same on every rank: the three concurrent seq→heads
+    // exchanges need one each (an operation owns its channel until it
+    // completes); the way back and the uneven exchanges reuse the first
+    // once those are done; one more for the final check. Channel 0 stays
+    // free for `comm.send`/`recv`.
+    let mut channels = Channels::new();
+    let ch_qkv = [channels.next(), channels.next(), channels.next()];
+    let ch_check = channels.next();
     let mut max_err = 0.0f64;
     for heads in [2 * n, 2 * n + 1] {
         let g = Problem::new(n, heads, 42 + heads as u64);
         let (q, k, v) = (g.shard(&g.q, r), g.shard(&g.k, r), g.shard(&g.v, r));
         let out = if heads % n == 0 {
-            even_heads(&comm, heads, q, k, v)?
+            even_heads(&comm, ch_qkv, heads, q, k, v)?
         } else {
-            uneven_heads(&comm, heads, &q, &k, &v)?
+            uneven_heads(&comm, ch_qkv[0], heads, &q, &k, &v)?
         };
         let want = g.reference_shard(r);
         max_err = max_err.max(max_abs_diff(&out, &want));
     }
 
     let mut worst = [max_err];
-    all_reduce(&comm, CH_CHECK, &mut worst, ReduceOp::Max)?;
+    all_reduce(&comm, ch_check, &mut worst, ReduceOp::Max)?;
     if worst[0] > TOL {
         return Err(format!("max_err={:.3e} > {TOL:e}", worst[0]).into());
     }
@@ -95,9 +95,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// `H % P == 0`: the `layout` helpers do the packing.
+/// `H % P == 0`: the `layout` helpers do the packing, Q, K and V each on
+/// its own channel of `ch`.
 fn even_heads(
     comm: &Communicator,
+    ch: [u32; 3],
     heads: usize,
     q: Vec<f32>,
     k: Vec<f32>,
@@ -113,19 +115,20 @@ fn even_heads(
     // The non-blocking forms take the communicator as an `Arc` (a
     // `Communicator` is a cheap handle: clones share one connection set).
     let f = Arc::new(comm.clone());
-    let hq = iseq_to_heads(f.clone(), CH_Q, q, shape);
-    let hk = iseq_to_heads(f.clone(), CH_K, k, shape);
-    let hv = iseq_to_heads(f, CH_V, v, shape);
+    let hq = iseq_to_heads(f.clone(), ch[0], q, shape);
+    let hk = iseq_to_heads(f.clone(), ch[1], k, shape);
+    let hv = iseq_to_heads(f, ch[2], v, shape);
     let (qh, kh, vh) = (hq.wait()?, hk.wait()?, hv.wait()?); // [B, S, H/P, D] each
     let hp = shape.heads_per_rank(n)?;
     let y = local_attention(&qh, &kh, &vh, SEQ_PER_RANK * n, hp);
-    Ok(heads_to_seq(comm, CH_Q, &y, shape)?) // back to [B, c, H, D]
+    Ok(heads_to_seq(comm, ch[0], &y, shape)?) // back to [B, c, H, D]
 }
 
 /// `H % P != 0`: rank `j` gets `H/P` heads, plus one if `j < H % P`; Q, K
-/// and V travel in one all-to-all-v.
+/// and V travel in one all-to-all-v on channel `ch`.
 fn uneven_heads(
     comm: &Communicator,
+    ch: u32,
     heads: usize,
     q: &[f32],
     k: &[f32],
@@ -152,7 +155,7 @@ fn uneven_heads(
     // Receive: from each rank i, its sequence shard of this rank's heads.
     let hr = group(r);
     let recv_counts = vec![3 * B * c * hr * D; n];
-    let recv = all_to_all_v(comm, CH_Q, &send, &send_counts, &recv_counts)?;
+    let recv = all_to_all_v(comm, ch, &send, &send_counts, &recv_counts)?;
     // Unpack into head shards [B, S, h_r, D].
     let mut qkv = vec![vec![0.0f32; B * s * hr * D]; 3];
     let block = B * c * hr * D;
@@ -178,7 +181,7 @@ fn uneven_heads(
     }
     let send_counts = vec![B * c * hr * D; n];
     let recv_counts: Vec<usize> = (0..n).map(|i| B * c * group(i) * D).collect();
-    let recv = all_to_all_v(comm, CH_Q, &send, &send_counts, &recv_counts)?;
+    let recv = all_to_all_v(comm, ch, &send, &send_counts, &recv_counts)?;
     // Rank i's block holds heads first(i).. of every token: [B, c, h_i, D].
     let mut out = vec![0.0f32; B * c * heads * D];
     let mut at = 0;

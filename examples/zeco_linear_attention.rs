@@ -42,6 +42,7 @@ use std::ops::Range;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use zccl::primitives::channels::Channels;
 use zccl::primitives::collectives::all_reduce;
 use zccl::primitives::reduce::ReduceOp;
 use zccl::primitives::scan::{OwnedDiagState, all_scan_diag_blocks, iall_scan_diag};
@@ -60,11 +61,6 @@ const CHUNK: usize = 32;
 const BLOCKS: usize = 4;
 /// Max |error| of the f32 outputs against the f64 reference.
 const TOL: f64 = 1e-4;
-
-/// A scan owns its channel until it completes; channel 0 is this program's
-/// own (the final check).
-const CH_SCAN: u32 = 1;
-const CH_CHECK: u32 = 0;
 
 /// One sequence: per token `t` and head `h`, `q`, `k`, gate `a` (`DK` values
 /// at `(t·H + h)·DK`) and `v` (`DV` values at `(t·H + h)·DV`).
@@ -99,6 +95,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         v: rng.vec(t * H * DV, -1.0, 1.0),
     };
     let chunk = r * CHUNK..(r + 1) * CHUNK;
+    // Channels, the same on every rank: one for the scans (a scan owns its
+    // channel until it completes; the two run one after the other), one
+    // for the final check. Channel 0 stays free for `comm.send`/`recv`.
+    let mut channels = Channels::new();
+    let (ch_scan, ch_check) = (channels.next(), channels.next());
 
     // This rank's element of the scan: (γ_p, S_p).
     let local = chunk_state(&seq, chunk.clone());
@@ -106,7 +107,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // 1. The whole scan on a progress thread, overlapping the intra-chunk part.
     let pending = iall_scan_diag(
         Arc::new(comm.clone()),
-        CH_SCAN,
+        ch_scan,
         local.clone(),
         ScanDirection::Forward,
         1,
@@ -121,7 +122,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut out_b = intra;
     all_scan_diag_blocks(
         &comm,
-        CH_SCAN,
+        ch_scan,
         local.as_state(),
         ScanDirection::Forward,
         BLOCKS,
@@ -135,7 +136,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let want = reference(&seq, t, chunk);
     let max_err = max_abs_diff(&out_a, &want).max(max_abs_diff(&out_b, &want));
     let mut worst = [max_err];
-    all_reduce(&comm, CH_CHECK, &mut worst, ReduceOp::Max)?;
+    all_reduce(&comm, ch_check, &mut worst, ReduceOp::Max)?;
     if worst[0] > TOL {
         return Err(format!("max_err={:.3e} > {TOL:e}", worst[0]).into());
     }

@@ -194,6 +194,50 @@ pub fn cast_slice<T: Elem>(b: &[u8]) -> Option<&[T]> {
     Some(unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<T>(), b.len() / sz) })
 }
 
+/// Bytes as elements of `T`: borrowed (no copy) when the start is aligned
+/// for `T`, copied into a new vector otherwise. Buffers received from the
+/// runtime's communicator are always aligned, and so is the memory of a
+/// `Vec<T>` viewed with [`as_bytes`]; an unaligned slice (an odd offset into
+/// a byte buffer) costs one copy.
+///
+/// This is the one conversion a callback that gets bytes needs: no
+/// `Option` to handle, no fallback to write.
+///
+/// # Panics
+/// If `b.len()` is not a multiple of the element size, like [`from_bytes`]
+/// and [`cast_slice`]: a length that is not a whole number of elements is a
+/// bug of the caller (the lengths of every message are the caller's), not a
+/// condition to recover from.
+///
+/// ```
+/// use std::borrow::Cow;
+/// use zccl_primitives::dtype::{as_bytes, as_elems};
+/// let v = vec![1.5f32, -2.0, 4.0];
+/// let b = as_bytes(&v);
+/// // Aligned: a view of the same memory.
+/// assert!(matches!(as_elems::<f32>(b), Cow::Borrowed(s) if s == &[1.5, -2.0, 4.0]));
+/// // Not aligned for f32 (one byte in): the same values, copied.
+/// let mut shifted = vec![0u8; b.len() + 1];
+/// shifted[1..].copy_from_slice(b);
+/// assert_eq!(&*as_elems::<f32>(&shifted[1..]), &[1.5, -2.0, 4.0]);
+/// ```
+pub fn as_elems<T: Elem>(b: &[u8]) -> std::borrow::Cow<'_, [T]> {
+    match cast_slice::<T>(b) {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(from_bytes(b)),
+    }
+}
+
+/// A vector of elements as the owner of a message's bytes (no copy): lets
+/// [`crate::fabric::RecvBytes::from_owner`] hold a `Vec<T>`.
+pub(crate) struct ElemVec<T: Elem>(pub(crate) Vec<T>);
+
+impl<T: Elem> AsRef<[u8]> for ElemVec<T> {
+    fn as_ref(&self) -> &[u8] {
+        as_bytes(&self.0)
+    }
+}
+
 /// Mutable form of [`cast_slice`].
 pub(crate) fn cast_slice_mut<T: Elem>(b: &mut [u8]) -> Option<&mut [T]> {
     let sz = std::mem::size_of::<T>();

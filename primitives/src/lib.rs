@@ -18,6 +18,27 @@
 //!   an `i*` function next to every blocking operation.
 //! * Numerics and layout: [`attn_merge`] (FlashAttention-2 LSE merge),
 //!   [`layout`] (Ulysses seq ↔ heads), [`busbw`] (nccl-tests bandwidths).
+//! * [`channels`]: [`Channels`](channels::Channels), channel ids handed out
+//!   deterministically, clear of channel 0.
+//!
+//! # Typed buffers
+//!
+//! Every operation takes and returns elements (`&[T]`, `Vec<T>` for any
+//! [`dtype::Elem`]), except the byte-level forms kept for blocks that mix
+//! element types: [`ring::ring_pass`] and [`token_ring::token_ring`] with a
+//! [`token_ring::TokenRingKernel`] carry bytes; [`ring::ring_pass_elems`]
+//! and [`token_ring::token_ring_elems`] with a [`token_ring::ElemKernel`]
+//! are the same drivers in elements. Where bytes must become elements,
+//! [`dtype::as_elems`] views them in place when aligned and copies
+//! otherwise.
+//!
+//! # Channels
+//!
+//! Every operation uses exactly the channel(s) it is given; none has a
+//! default (TokenRing and the bidirectional ring step take two, the rest
+//! one). The runtime communicator's own `send`/`recv`/`isend`/`irecv`/
+//! `batch` use channel 0; [`channels::Channels`] hands out ids from 1 up,
+//! the same on every rank that makes the same calls in the same order.
 //!
 //! # Overlap contract
 //!
@@ -31,7 +52,7 @@
 //! |---|---|---|---|
 //! | handle (`i*`) | [`iall_reduce`](collectives::iall_reduce), [`iall_gather`](collectives::iall_gather), [`ireduce_scatter`](collectives::ireduce_scatter), [`ibroadcast`](collectives::ibroadcast), [`ibarrier`](collectives::ibarrier), [`iall_to_all`](alltoall::iall_to_all), [`iall_to_all_v`](alltoall::iall_to_all_v), [`iseq_to_heads`](layout::iseq_to_heads), [`iheads_to_seq`](layout::iheads_to_seq), [`iall_scan_diag`](scan::iall_scan_diag), [`iall_scan_with`](scan::iall_scan_with), and any schedule through [`nonblocking::start`] | the whole schedule on a progress thread of its own, started by the call; the buffer is moved in (owned) and comes back from [`OpHandle::wait`] | compute anything; start or run other operations on other channels; poll [`OpHandle::test`]; wait later |
 //! | posted point-to-point | [`ring::ring_shift_start`], [`ring::bidir_ring_step`] (two channels) | sends and receives posted on the fabric and moved by its progress engine (the runtime's engine thread; the simulated fabric buffers at once) | compute, then wait the [`ring::Shift`] handles |
-//! | driver with callbacks | [`ring::ring_pass`] (ring attention), [`token_ring::token_ring`] (two channels), [`scan::all_scan_diag_blocks`] (All-Scan) | the driver on the caller's thread posts the transfer of block `k+1` (and, for TokenRing, the return of the previous partial result), **then** calls the caller's compute for block `k`, then waits | compute on block `k` inside the callback; the callback must not use the driver's channels |
+//! | driver with callbacks | [`ring::ring_pass`] / [`ring::ring_pass_elems`] (ring attention), [`token_ring::token_ring`] / [`token_ring::token_ring_elems`] (two channels), [`scan::all_scan_diag_blocks`] (All-Scan) | the driver on the caller's thread posts the transfer of block `k+1` (and, for TokenRing, the return of the previous partial result), **then** calls the caller's compute for block `k`, then waits | compute on block `k` inside the callback; the callback must not use the driver's channels |
 //!
 //! Deadlines: every wait is bounded by the fabric's per-operation deadline
 //! ([`sim::SimConfig::op_timeout`], or the communicator's `ZCCL_TIMEOUT`),
@@ -54,6 +75,7 @@
 pub mod alltoall;
 pub mod attn_merge;
 pub mod busbw;
+pub mod channels;
 pub mod collectives;
 pub mod comm;
 pub mod dtype;

@@ -7,10 +7,21 @@
 //! * [`ring_shift_start`] / [`bidir_ring_step`] post their sends and receives
 //!   and return at once; the caller computes, then waits the [`Shift`]
 //!   handles.
-//! * [`ring_pass`] posts the shift that brings block `s+1` **before** it calls
-//!   the callback for block `s`, and waits for it only after the callback
-//!   returns.
+//! * [`ring_pass`] (bytes) and [`ring_pass_elems`] (typed: `Vec<T>` in,
+//!   `&[T]` to the callback) post the shift that brings block `s+1`
+//!   **before** they call the callback for block `s`, and wait for it only
+//!   after the callback returns.
+//!
+//! # Channels
+//!
+//! Every function here uses exactly the channel(s) it is given and no
+//! other; none has a default. [`bidir_ring_step`] and
+//! [`bidir_ring_step_into`] use two (one per direction), the others one.
+//! [`crate::channels::Channels`] hands out channel ids that stay clear of
+//! channel 0 (the one `Communicator::send`/`recv`/`isend`/`irecv`/`batch`
+//! use).
 
+use crate::dtype::{Elem, ElemVec, as_elems};
 use crate::error::{Result, invalid};
 use crate::fabric::{Fabric, RecvBytes, RecvHandle, SendHandle, tag};
 use crate::schedule::shift;
@@ -318,7 +329,7 @@ pub fn ring_pass<F, L, C>(
     offset: isize,
     block: Vec<u8>,
     len_of: L,
-    mut on_block: C,
+    on_block: C,
 ) -> Result<()>
 where
     F: Fabric + ?Sized,
@@ -338,11 +349,31 @@ where
             len_of(r)
         )));
     }
+    pass_blocks(f, ch, offset, RecvBytes::from(block), len_of, on_block)
+}
+
+/// The driver of [`ring_pass`] and [`ring_pass_elems`], after their
+/// argument checks: `block` is this rank's own block (any owner of bytes),
+/// `len_of` gives byte lengths.
+fn pass_blocks<F, L, C>(
+    f: &F,
+    ch: u32,
+    offset: isize,
+    block: RecvBytes,
+    len_of: L,
+    mut on_block: C,
+) -> Result<()>
+where
+    F: Fabric + ?Sized,
+    L: Fn(usize) -> usize,
+    C: FnMut(RingBlock<'_>) -> Result<()>,
+{
+    let (r, n) = (f.rank(), f.size());
     // The block travels without copies: each step lends `cur` to the send
     // (the peer reads it where it is, on a fabric that can) while the
     // callback reads it too, and the received buffer becomes the next `cur`
     // as it is.
-    let mut cur = RecvBytes::from(block);
+    let mut cur = block;
     for s in 0..n {
         let origin = shift::origin_at(r, n, offset, s);
         let next = if s + 1 < n {
@@ -370,4 +401,267 @@ where
         }
     }
     Ok(())
+}
+
+/// What [`ring_pass_elems`] hands the callback: a block as elements.
+///
+/// ```
+/// use zccl_primitives::{ring::ring_pass_elems, sim::run_ranks, Fabric};
+/// run_ranks(2, |f| {
+///     ring_pass_elems(f, 1, 1, vec![f.rank() as f32; 2], |_| 2, |b| {
+///         assert_eq!(b.data, &[b.origin as f32; 2]);
+///         Ok(())
+///     }).unwrap()
+/// });
+/// ```
+#[derive(Debug)]
+pub struct RingElems<'a, T> {
+    /// Step `0..n`.
+    pub step: usize,
+    /// The rank whose block this is: `(r - offset·step) mod n`.
+    pub origin: usize,
+    /// The block's elements.
+    pub data: &'a [T],
+}
+
+/// [`ring_pass`] with blocks typed by element: `block` is this rank's own
+/// block, `len_of(origin)` the number of **elements** of rank `origin`'s
+/// block, and the callback gets each block as `&[T]` ([`RingElems`]).
+///
+/// Same schedule, channel use and overlap as [`ring_pass`]: one channel,
+/// `ch`, owned until the call returns; the transfer of block `s+1` is
+/// posted before the callback runs for block `s`. No copies where the
+/// fabric's buffers are aligned for `T` (the runtime's received buffers
+/// always are): the own block is lent to the first send as it is, and
+/// every received block is viewed in place. A block that arrives unaligned
+/// is copied once for the callback ([`crate::dtype::as_elems`]).
+///
+/// A block made of several tensors (K and V) is one vector with the
+/// tensors one after the other; split `data` in the callback.
+///
+/// ```
+/// use zccl_primitives::{ring::ring_pass_elems, sim::run_ranks, Fabric};
+/// // Every rank sums the blocks of all ranks; rank p's block has p + 1 values.
+/// let sums = run_ranks(4, |f| {
+///     let mine = vec![f.rank() as f64; f.rank() + 1];
+///     let mut total = 0.0;
+///     ring_pass_elems(f, 1, 1, mine, |origin| origin + 1, |b| {
+///         assert_eq!(b.data.len(), b.origin + 1);
+///         total += b.data.iter().sum::<f64>();
+///         Ok(())
+///     }).unwrap();
+///     total
+/// });
+/// assert_eq!(sums, vec![20.0; 4]); // 0·1 + 1·2 + 2·3 + 3·4
+/// ```
+pub fn ring_pass_elems<T, F, L, C>(
+    f: &F,
+    ch: u32,
+    offset: isize,
+    block: Vec<T>,
+    len_of: L,
+    mut on_block: C,
+) -> Result<()>
+where
+    T: Elem,
+    F: Fabric + ?Sized,
+    L: Fn(usize) -> usize,
+    C: FnMut(RingElems<'_, T>) -> Result<()>,
+{
+    let (r, n) = (f.rank(), f.size());
+    if !shift::visits_all(n, offset) {
+        return Err(invalid(format!(
+            "ring_pass_elems: offset {offset} is not coprime to {n} ranks"
+        )));
+    }
+    if block.len() != len_of(r) {
+        return Err(invalid(format!(
+            "ring_pass_elems: own block has {} {} elements, len_of({r}) says {}",
+            block.len(),
+            T::DTYPE,
+            len_of(r)
+        )));
+    }
+    let sz = std::mem::size_of::<T>();
+    pass_blocks(
+        f,
+        ch,
+        offset,
+        RecvBytes::from_owner(ElemVec(block)),
+        |origin| len_of(origin) * sz,
+        |b| {
+            let data = as_elems::<T>(b.data);
+            on_block(RingElems {
+                step: b.step,
+                origin: b.origin,
+                data: &data,
+            })
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+    use crate::dtype::{from_bytes, to_bytes};
+    use crate::sim::{SimConfig, run_ranks, try_run_ranks};
+
+    /// Rank `o`'s block: `len(o)` values that name the rank and the index.
+    fn block_of(o: usize, len: usize) -> Vec<f64> {
+        (0..len)
+            .map(|i| o as f64 * 1000.0 + i as f64 + 0.25)
+            .collect()
+    }
+
+    /// Uneven lengths, including an empty block (rank 0).
+    fn uneven(o: usize) -> usize {
+        3 * o + (o % 2)
+    }
+
+    #[test]
+    fn typed_pass_uneven_blocks_both_directions() {
+        for n in 1..=6 {
+            for offset in [1isize, -1] {
+                let got = run_ranks(n, move |f| {
+                    let mut seen = Vec::new();
+                    ring_pass_elems(
+                        f,
+                        3,
+                        offset,
+                        block_of(f.rank(), uneven(f.rank())),
+                        uneven,
+                        |b| {
+                            seen.push((b.step, b.origin, b.data.to_vec()));
+                            Ok(())
+                        },
+                    )
+                    .unwrap();
+                    seen
+                });
+                for (r, seen) in got.iter().enumerate() {
+                    assert_eq!(seen.len(), n, "n={n} offset={offset}");
+                    for (s, (step, origin, data)) in seen.iter().enumerate() {
+                        let want = crate::schedule::shift::origin_at(r, n, offset, s);
+                        assert_eq!((*step, *origin), (s, want), "n={n} offset={offset} r={r}");
+                        assert_eq!(data, &block_of(want, uneven(want)), "n={n} r={r} s={s}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn typed_pass_matches_the_byte_pass_and_its_messages() {
+        // Same blocks through ring_pass (bytes) and ring_pass_elems: same
+        // blocks in the same order, and the same messages on the wire.
+        for offset in [1isize, -1, 2] {
+            let n = 5;
+            let bytes = try_run_ranks(SimConfig::default(), n, move |f| {
+                let mut seen = Vec::new();
+                let own = to_bytes(&block_of(f.rank(), uneven(f.rank())));
+                ring_pass(
+                    f,
+                    4,
+                    offset,
+                    own,
+                    |o| uneven(o) * 8,
+                    |b| {
+                        seen.push((b.origin, from_bytes::<f64>(b.data)));
+                        Ok(())
+                    },
+                )
+                .unwrap();
+                seen
+            })
+            .unwrap();
+            let elems = try_run_ranks(SimConfig::default(), n, move |f| {
+                let mut seen = Vec::new();
+                let own = block_of(f.rank(), uneven(f.rank()));
+                ring_pass_elems(f, 4, offset, own, uneven, |b| {
+                    seen.push((b.origin, b.data.to_vec()));
+                    Ok(())
+                })
+                .unwrap();
+                seen
+            })
+            .unwrap();
+            assert_eq!(bytes.results, elems.results, "offset {offset}");
+            let key = |log: &[crate::sim::MsgRecord]| {
+                let mut k: Vec<_> = log
+                    .iter()
+                    .map(|m| (m.src, m.dst, m.channel, m.tag, m.seq, m.len))
+                    .collect();
+                k.sort_unstable();
+                k
+            };
+            assert_eq!(key(&bytes.log), key(&elems.log), "offset {offset}");
+            assert!(elems.log.iter().all(|m| m.channel == 4));
+        }
+    }
+
+    #[test]
+    fn typed_pass_reads_the_own_block_in_place() {
+        run_ranks(3, |f| {
+            let own = vec![f.rank() as i32; 16];
+            let at = own.as_ptr() as usize;
+            ring_pass_elems(
+                f,
+                1,
+                1,
+                own,
+                |_| 16,
+                |b| {
+                    if b.step == 0 {
+                        assert_eq!(b.data.as_ptr() as usize, at, "own block copied");
+                    }
+                    assert_eq!(b.data, &[b.origin as i32; 16]);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        });
+    }
+
+    #[test]
+    fn typed_pass_argument_errors_count_elements() {
+        let errs = run_ranks(4, |f| {
+            let coprime = ring_pass_elems(f, 1, 2, vec![0f32; 2], |_| 2, |_| Ok(()));
+            let short = ring_pass_elems(f, 1, 1, vec![0f32; 1], |_| 2, |_| Ok(()));
+            (coprime.unwrap_err(), short.unwrap_err())
+        });
+        let (coprime, short) = &errs[0];
+        assert!(matches!(coprime, Error::InvalidArgument(_)), "{coprime}");
+        assert!(coprime.to_string().contains("not coprime"), "{coprime}");
+        assert!(
+            short
+                .to_string()
+                .contains("own block has 1 f32 elements, len_of(0) says 2"),
+            "{short}"
+        );
+    }
+
+    #[test]
+    fn typed_pass_callback_error_stops_every_rank_cleanly() {
+        // A failing callback returns its error; the block it was lent to
+        // the send stays valid until the send is done.
+        let out = run_ranks(2, |f| {
+            let e = ring_pass_elems(
+                f,
+                1,
+                1,
+                vec![1u8, 2, 3],
+                |_| 3,
+                |b| {
+                    if b.step == 0 {
+                        Err(crate::error::invalid("stop"))
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
+            e.unwrap_err().to_string()
+        });
+        assert!(out.iter().all(|e| e.contains("stop")), "{out:?}");
+    }
 }
