@@ -35,10 +35,12 @@ use zccl_transports::tcp::{Endpoint, TcpListeners, TcpSetup, TcpTransport};
 
 use crate::bootstrap::{self, BootstrapLimits, BootstrapRoot, PeerInfo};
 use crate::buffer::{DType, Element, HostBuffer};
+use crate::completion::Slot;
 use crate::config::Config;
 use crate::engine::{self, Cmd, Engine, EngineRef, OpSpec};
 use crate::error::{Error, OpDesc, OpKind, Result};
-use crate::handle::{BatchHandle, Pending, RecvHandle, SendHandle, Slot};
+use crate::handle::{BatchHandle, Pending, RecvHandle, SendHandle};
+use crate::ids::SERVICE_COMM_BIT;
 use crate::launcher_env::{self, RootSpec};
 use crate::lend::LentSendHandle;
 use crate::unique_id::UniqueId;
@@ -92,10 +94,6 @@ struct IssueState {
     recv_seq: HashMap<(u32, u32), u64>,
     op_index: HashMap<u32, u64>,
 }
-
-/// Context ids with this bit set carry the internal exchanges of
-/// [`Communicator::split`] of the communicator with the id without it.
-pub(crate) const SERVICE_COMM_BIT: u32 = 1 << 31;
 
 /// What every communicator of one `init` shares: the progress engine, its
 /// runtime and connections.

@@ -38,10 +38,10 @@ use zccl_transports::{
 };
 
 use crate::buffer::DType;
+use crate::completion::{Outcome, Slot};
 use crate::error::{Error, OpDesc, OpKind};
-use crate::handle::{Outcome, Slot};
+use crate::ids::ROUTE_COMM;
 use crate::protocol::Control;
-use crate::router::wire::ROUTE_COMM;
 use crate::router::{Action, Router};
 
 /// One op handed to the engine.

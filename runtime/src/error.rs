@@ -7,6 +7,7 @@ use thiserror::Error;
 use zccl_transports::TransportError;
 
 use crate::buffer::DType;
+use crate::ids::SERVICE_COMM_BIT;
 
 /// Send or receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +62,9 @@ impl fmt::Display for OpDesc {
         };
         let comm = match self.comm {
             0 => String::new(),
-            c if c & crate::communicator::SERVICE_COMM_BIT != 0 => format!(
+            c if c & SERVICE_COMM_BIT != 0 => format!(
                 " of communicator {} (split exchange)",
-                c & !crate::communicator::SERVICE_COMM_BIT
+                c & !SERVICE_COMM_BIT
             ),
             c => format!(" of communicator {c}"),
         };

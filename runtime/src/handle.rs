@@ -9,72 +9,16 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::buffer::{Element, HostBuffer, Received};
+use crate::completion::{Outcome, Slot};
 use crate::engine::EngineRef;
 use crate::error::{Error, OpDesc, Result};
-
-/// What the engine produces for one op: received bytes for a receive.
-pub(crate) type Outcome = Result<Option<Bytes>>;
-
-/// Completion slot shared by the engine and a handle.
-#[derive(Default)]
-pub(crate) struct Slot {
-    state: Mutex<SlotState>,
-    cv: Condvar,
-    /// What a successful completion adds to the metrics: op name, bytes,
-    /// and when the op was issued.
-    metric: Option<(&'static str, u64, std::time::Instant)>,
-}
-
-#[derive(Default)]
-struct SlotState {
-    result: Option<Outcome>,
-    taken: bool,
-    waker: Option<Waker>,
-    /// A thread sleeps on the condition variable (a spinning waiter, the
-    /// common case for short ops, needs no wake-up system call).
-    sleeping: bool,
-}
-
-impl Slot {
-    /// A slot whose successful completion is counted in the metrics as `op`
-    /// moving `bytes` (`zccl_op_bytes_total`, `zccl_op_duration_seconds`).
-    pub(crate) fn counted(op: &'static str, bytes: u64) -> Self {
-        Slot {
-            metric: Some((op, bytes, std::time::Instant::now())),
-            ..Slot::default()
-        }
-    }
-
-    /// Stores the outcome (first one wins) and wakes waiters.
-    pub(crate) fn complete(&self, o: Outcome) {
-        let mut s = self.state.lock().expect("slot");
-        if s.result.is_some() || s.taken {
-            return;
-        }
-        if let (Ok(_), Some((op, bytes, issued))) = (&o, self.metric) {
-            crate::metrics::Metrics::global().op_done(op, bytes, issued.elapsed());
-        }
-        s.result = Some(o);
-        if let Some(w) = s.waker.take() {
-            w.wake();
-        }
-        if s.sleeping {
-            self.cv.notify_all();
-        }
-    }
-
-    pub(crate) fn is_done(&self) -> bool {
-        let s = self.state.lock().expect("slot");
-        s.result.is_some() || s.taken
-    }
-}
 
 /// Slack after an op's deadline before a blocking wait gives up by itself.
 const GRACE: Duration = Duration::from_secs(2);
@@ -160,35 +104,19 @@ impl Pending {
 
     pub(crate) fn wait(&self) -> Outcome {
         self.spin();
-        let hard = self.deadline + GRACE;
-        let mut s = self.slot.state.lock().expect("slot");
-        loop {
-            if let Some(r) = s.result.take() {
-                s.taken = true;
-                return r;
-            }
-            let now = Instant::now();
-            if now >= hard {
-                return Err(Error::Timeout {
+        self.slot
+            .wait_until(self.deadline + GRACE)
+            .unwrap_or_else(|| {
+                Err(Error::Timeout {
                     op: self.desc.clone(),
                     after: self.timeout,
                     nic: "progress engine unresponsive".into(),
-                });
-            }
-            s.sleeping = true;
-            s = self.slot.cv.wait_timeout(s, hard - now).expect("slot").0;
-            s.sleeping = false;
-        }
+                })
+            })
     }
 
     fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut s = self.slot.state.lock().expect("slot");
-        if let Some(r) = s.result.take() {
-            s.taken = true;
-            return Poll::Ready(r);
-        }
-        s.waker = Some(cx.waker().clone());
-        Poll::Pending
+        self.slot.poll_take(cx)
     }
 }
 

@@ -51,10 +51,12 @@
 pub mod bootstrap;
 pub mod buffer;
 pub mod communicator;
+mod completion;
 pub mod config;
 mod engine;
 pub mod error;
 pub mod handle;
+mod ids;
 pub mod land;
 pub mod launcher;
 pub mod launcher_env;

@@ -10,9 +10,9 @@
 //! [`ChunkAck`] (a control message of the same communicator) on the rail it
 //! arrived on.
 
-/// The communicator id reserved for router traffic: communicator ids are
-/// allocated upwards from 0, so no user communicator reaches it.
-pub const ROUTE_COMM: u32 = u32::MAX;
+// The communicator id reserved for router traffic, defined with the
+// runtime's other reserved ids.
+pub use crate::ids::ROUTE_COMM;
 
 const MAGIC: u32 = 0x5a52_5445; // "ZRTE"
 const VERSION: u8 = 1;
