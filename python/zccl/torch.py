@@ -88,6 +88,32 @@ class _Staged:
                 self.orig.copy_(self.host)
 
 
+# torch calls `wait()` / `get_future()` on the Works of a Python process
+# group from C++ too (DDP's parameter checks, `_broadcast_coalesced`, the
+# reducer), through a pybind11 trampoline that finds the Python methods only
+# while the Python object lives: if it is collected first, C++ falls back to
+# the base `Work::wait`, which never returns. So every Work stays referenced
+# here until it was waited on (or its future completed), bounded: past
+# `_LIVE_MAX` the oldest completed ones go.
+_LIVE = {}
+_LIVE_MAX = 1024
+_LIVE_LOCK = threading.Lock()
+
+
+def _keep(w):
+    with _LIVE_LOCK:
+        _LIVE[id(w)] = w
+        if len(_LIVE) > _LIVE_MAX:
+            for k in [k for k, v in _LIVE.items() if v._done][: len(_LIVE) - _LIVE_MAX]:
+                del _LIVE[k]
+    return w
+
+
+def _release(w):
+    with _LIVE_LOCK:
+        _LIVE.pop(id(w), None)
+
+
 class _Work(dist._Work):
     """torch's Work over a zccl operation: `wait`, `is_completed`,
     `is_success`, `exception`, `get_future` (DDP's communication hooks use
@@ -130,7 +156,11 @@ class _Work(dist._Work):
             self._fut.set_result(self._result)
 
     def wait(self, timeout=None):
-        self._finish(_secs(timeout))
+        try:
+            self._finish(_secs(timeout))
+        finally:
+            if self._done:
+                _release(self)
         return True
 
     def is_completed(self):
@@ -178,10 +208,11 @@ class _Work(dist._Work):
             self._finish(None)
         except BaseException:  # noqa: BLE001 - delivered through the future
             pass
+        _release(self)
 
 
 def _done(result):
-    return _Work(None, result)
+    return _keep(_Work(None, result))
 
 
 def _local_host():
@@ -269,7 +300,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
                 post()
 
         needs = post is not None or any(s.host is not s.orig and s.write for s in staged)
-        return _Work(zwork, result, after if needs else None)
+        return _keep(_Work(zwork, result, after if needs else None))
 
     def _run(self, method, nbytes, *args):
         """Calls a native collective, inline or queued by size."""

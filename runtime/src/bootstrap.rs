@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use zccl_transports::frame::{FrameKind, FrameLimits};
 use zccl_transports::handshake::{
-    Expectation, Hello, JobSecret, PROTOCOL_VERSION, Purpose, ROOT_RANK, validate,
+    Expectation, HandshakeError, Hello, JobSecret, PROTOCOL_VERSION, Purpose, ROOT_RANK, validate,
 };
 use zccl_transports::tcp::{
     Endpoint, read_hello, read_single_frame, write_hello, write_single_frame,
@@ -216,7 +216,18 @@ impl BootstrapRoot {
     }
 }
 
-type Registration = (PeerInfo, TcpStream, SocketAddr);
+/// What a connection to the root turned out to be.
+enum Arrival {
+    /// A rank of this job registered.
+    Registered(PeerInfo, TcpStream, SocketAddr),
+    /// A registration that dooms the job (another world size, a rank out of
+    /// range or twice, another job secret): its reason, already sent to the
+    /// offender.
+    Fatal(String),
+}
+
+/// The job's world size, and the rank whose registration fixed it.
+type World = Arc<Mutex<Option<(u32, u32)>>>;
 
 async fn serve(
     listener: tokio::net::TcpListener,
@@ -224,26 +235,28 @@ async fn serve(
     limits: BootstrapLimits,
 ) -> Result<()> {
     let deadline = Instant::now() + limits.timeout;
-    let world: Arc<Mutex<Option<u32>>> = Arc::default();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Registration>();
+    let world: World = Arc::default();
+    // Set once the job failed: later registrations get this reason at once.
+    let failed: Arc<Mutex<Option<String>>> = Arc::default();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Arrival>();
     let acceptor = {
-        let world = world.clone();
+        let (world, failed) = (world.clone(), failed.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, from)) = listener.accept().await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let (tx, world) = (tx.clone(), world.clone());
+                let (tx, world, failed) = (tx.clone(), world.clone(), failed.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(
+                    let r = tokio::time::timeout(
                         limits.handshake_timeout,
-                        register(stream, secret, &world, &limits),
+                        register(stream, from, secret, &world, &failed, &limits),
                     )
-                    .await
-                    {
-                        Ok(Ok((info, stream))) => {
-                            let _ = tx.send((info, stream, from));
+                    .await;
+                    match r {
+                        Ok(Ok(a)) => {
+                            let _ = tx.send(a);
                         }
                         Ok(Err(why)) => warn!(%from, "bootstrap root dropped a connection: {why}"),
                         Err(_) => {
@@ -254,23 +267,30 @@ async fn serve(
             }
         })
     };
-    let mut ranks: BTreeMap<u32, (PeerInfo, TcpStream)> = BTreeMap::new();
+    let mut ranks: BTreeMap<u32, (PeerInfo, TcpStream, SocketAddr)> = BTreeMap::new();
     let outcome = loop {
-        let want = *world.lock().expect("world");
+        let want = world.lock().expect("world").map(|(w, _)| w);
         if let Some(w) = want
             && ranks.len() == w as usize
         {
             break Ok(w);
         }
         match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
-            Ok(Some((info, stream, from))) => {
-                if ranks.contains_key(&info.rank) {
-                    warn!(%from, rank = info.rank, "bootstrap root: duplicate registration dropped");
-                    continue;
+            Ok(Some(Arrival::Registered(info, mut stream, from))) => {
+                if let Some((_, _, first)) = ranks.get(&info.rank) {
+                    let why = format!(
+                        "rank {} registered twice (from {first} and from {from}): two processes \
+                         claim the same rank",
+                        info.rank
+                    );
+                    // Its registration was read already.
+                    send_error(&mut stream, &why, &limits).await;
+                    break Err(why);
                 }
                 debug!(rank = info.rank, %from, "rank registered");
-                ranks.insert(info.rank, (info, stream));
+                ranks.insert(info.rank, (info, stream, from));
             }
+            Ok(Some(Arrival::Fatal(why))) => break Err(why),
             Ok(None) => unreachable!("acceptor holds a sender"),
             Err(_) => {
                 let missing: Vec<String> = match want {
@@ -288,16 +308,19 @@ async fn serve(
             }
         }
     };
-    acceptor.abort();
     let reply = match &outcome {
         Ok(_) => RootReply::Book(AddressBook {
-            peers: ranks.values().map(|(i, _)| i.clone()).collect(),
+            peers: ranks.values().map(|(i, _, _)| i.clone()).collect(),
         }),
-        Err(why) => RootReply::Error(why.clone()),
+        Err(why) => {
+            warn!("bootstrap failed: {why}");
+            *failed.lock().expect("failed") = Some(why.clone());
+            RootReply::Error(why.clone())
+        }
     };
     let payload = serde_json::to_vec(&reply).map_err(|e| Error::Bootstrap(e.to_string()))?;
     let mut sends = Vec::new();
-    for (rank, (_, mut stream)) in ranks {
+    for (rank, (_, mut stream, _)) in ranks {
         let payload = payload.clone();
         sends.push(tokio::spawn(async move {
             let r = tokio::time::timeout(
@@ -315,39 +338,130 @@ async fn serve(
     }
     match outcome {
         Ok(w) => {
+            acceptor.abort();
             info!(world = w, "bootstrap complete");
             Ok(())
         }
-        Err(why) => Err(Error::Bootstrap(why)),
+        Err(why) => {
+            // Ranks still on their way get the reason when they register
+            // (the acceptor answers them from `failed`) until the deadline.
+            tokio::time::sleep_until(deadline.into()).await;
+            acceptor.abort();
+            Err(Error::Bootstrap(why))
+        }
+    }
+}
+
+/// Answers a registration with an error: a hello that mirrors the rank's
+/// (so it reads on), then the reason in place of the address book.
+async fn refuse(stream: &mut TcpStream, hello: &Hello, why: &str, limits: &BootstrapLimits) {
+    let reply = Hello {
+        src_rank: ROOT_RANK,
+        dst_rank: hello.src_rank,
+        ..*hello
+    };
+    if write_hello(stream, &reply, limits.handshake_timeout)
+        .await
+        .is_ok()
+    {
+        reject(stream, why, limits).await;
+    }
+}
+
+/// Sends `why` in place of the address book, after taking the rank's
+/// registration off the wire (closing on unread bytes would reset the
+/// connection before the reason arrives).
+async fn reject(stream: &mut TcpStream, why: &str, limits: &BootstrapLimits) {
+    let _ = tokio::time::timeout(
+        limits.handshake_timeout,
+        read_single_frame(stream, FrameKind::Bootstrap, &limits.frames),
+    )
+    .await;
+    send_error(stream, why, limits).await;
+}
+
+/// Sends `why` in place of the address book.
+async fn send_error(stream: &mut TcpStream, why: &str, limits: &BootstrapLimits) {
+    if let Ok(payload) = serde_json::to_vec(&RootReply::Error(why.to_string())) {
+        let _ = tokio::time::timeout(
+            limits.handshake_timeout,
+            write_single_frame(stream, FrameKind::Bootstrap, &payload),
+        )
+        .await;
     }
 }
 
 async fn register(
     mut stream: TcpStream,
+    from: SocketAddr,
     secret: JobSecret,
-    world: &Mutex<Option<u32>>,
+    world: &Mutex<Option<(u32, u32)>>,
+    failed: &Mutex<Option<String>>,
     limits: &BootstrapLimits,
-) -> Result<(PeerInfo, TcpStream), String> {
+) -> Result<Arrival, String> {
+    // Not even a zccl hello: a stray connection, dropped (and logged).
     let hello = read_hello(&mut stream, limits.handshake_timeout).await?;
+    let known = *world.lock().expect("world");
     let exp = Expectation {
         purpose: Purpose::Bootstrap,
         secret,
         local_rank: ROOT_RANK,
-        world_size: *world.lock().expect("world"),
+        world_size: known.map(|(w, _)| w),
         src_rank: None,
         src_range: None,
         num_sockets: None,
     };
-    validate(&hello, &exp).map_err(|e| e.to_string())?;
-    {
+    let who = format!("rank {} (from {from})", hello.src_rank);
+    let fatal = match validate(&hello, &exp) {
+        Ok(()) => None,
+        Err(HandshakeError::WrongSecret) => Some(format!(
+            "{who} presented another job secret than the root's: it was started with another \
+             ZCCL_UNIQUE_ID / ZCCL_JOB_SECRET, or belongs to another job"
+        )),
+        Err(HandshakeError::WorldSizeMismatch { ours, theirs }) => Some(format!(
+            "world size mismatch: {who} says the job has {theirs} ranks, rank {} said {ours}",
+            known.map_or(0, |(_, r)| r)
+        )),
+        Err(HandshakeError::BadSourceRank { rank, world_size }) => Some(format!(
+            "rank {rank} (from {from}) is not a rank of a world of {world_size}"
+        )),
+        // Another purpose or protocol: not a registration of this job.
+        Err(e) => return Err(e.to_string()),
+    };
+    if let Some(why) = fatal {
+        refuse(&mut stream, &hello, &why, limits).await;
+        return Ok(Arrival::Fatal(why));
+    }
+    let late = failed.lock().expect("failed").clone();
+    if let Some(why) = late {
+        refuse(
+            &mut stream,
+            &hello,
+            &format!("the job failed: {why}"),
+            limits,
+        )
+        .await;
+        return Err(format!(
+            "late registration of {who} refused: the job failed"
+        ));
+    }
+    let conflict = {
         let mut w = world.lock().expect("world");
         match *w {
-            None => *w = Some(hello.world_size),
-            Some(ws) if ws != hello.world_size => {
-                return Err(format!("world size {} differs from {ws}", hello.world_size));
+            None => {
+                *w = Some((hello.world_size, hello.src_rank));
+                None
             }
-            Some(_) => {}
+            Some((ws, first)) if ws != hello.world_size => Some(format!(
+                "world size mismatch: {who} says the job has {} ranks, rank {first} said {ws}",
+                hello.world_size
+            )),
+            Some(_) => None,
         }
+    };
+    if let Some(why) = conflict {
+        refuse(&mut stream, &hello, &why, limits).await;
+        return Ok(Arrival::Fatal(why));
     }
     let reply = Hello {
         src_rank: ROOT_RANK,
@@ -364,7 +478,7 @@ async fn register(
             info.rank, hello.src_rank
         ));
     }
-    Ok((info, stream))
+    Ok(Arrival::Registered(info, stream, from))
 }
 
 /// Registers `me` with the root of `id` and returns the address book.

@@ -1,0 +1,157 @@
+//! Broadcast: binomial tree for small buffers, pipelined chain of
+//! [`CHAIN_SEGMENT_BYTES`] segments for large ones.
+
+use std::sync::Arc;
+
+use super::OP_BCAST;
+use crate::dtype::{Elem, from_bytes, to_bytes};
+use crate::error::Result;
+use crate::fabric::{Fabric, check_rank, tag};
+use crate::nonblocking::{OpHandle, start};
+use crate::schedule::algo::{Algo, choice_from_env, choose};
+use crate::schedule::tree;
+
+/// Bytes per broadcast chain segment.
+///
+/// ```
+/// use zccl_primitives::collectives::{broadcast_with, CHAIN_SEGMENT_BYTES};
+/// use zccl_primitives::schedule::algo::Algo;
+/// use zccl_primitives::sim::{try_run_ranks, SimConfig};
+/// use zccl_primitives::Fabric;
+/// // A chain broadcast of 2.5 segments from rank 1 to rank 0: three messages.
+/// let len = CHAIN_SEGMENT_BYTES * 5 / 2;
+/// let run = try_run_ranks(SimConfig::default(), 2, move |f| {
+///     let mut v = vec![f.rank() as u8; len];
+///     broadcast_with(f, 0, &mut v, 1, Algo::Ring).unwrap();
+///     v
+/// })
+/// .unwrap();
+/// assert!(run.results.iter().all(|v| v.iter().all(|&b| b == 1)));
+/// let lens: Vec<usize> = run.log.iter().map(|m| m.len).collect();
+/// assert_eq!(lens, [CHAIN_SEGMENT_BYTES, CHAIN_SEGMENT_BYTES, CHAIN_SEGMENT_BYTES / 2]);
+/// ```
+pub const CHAIN_SEGMENT_BYTES: usize = 256 * 1024;
+
+/// Copies `root`'s `buf` into every rank's `buf` (all lengths equal).
+/// Binomial tree for small buffers, pipelined chain of
+/// [`CHAIN_SEGMENT_BYTES`] segments for large ones.
+///
+/// ```
+/// use zccl_primitives::{collectives::broadcast, sim::run_ranks, Fabric};
+/// let out = run_ranks(4, |f| {
+///     let mut v = if f.rank() == 2 { vec![7u8, 8] } else { vec![0, 0] };
+///     broadcast(f, 0, &mut v, 2).unwrap();
+///     v
+/// });
+/// assert!(out.iter().all(|v| v == &[7, 8]));
+/// ```
+pub fn broadcast<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    buf: &mut [T],
+    root: usize,
+) -> Result<()> {
+    let algo = choose(choice_from_env()?, std::mem::size_of_val(buf), f.size());
+    broadcast_with(f, ch, buf, root, algo)
+}
+
+/// [`broadcast`] with an explicit algorithm.
+///
+/// ```
+/// use zccl_primitives::{collectives::broadcast_with, schedule::algo::Algo, sim::run_ranks, Fabric};
+/// for algo in [Algo::Ring, Algo::Tree] {
+///     let out = run_ranks(3, move |f| {
+///         let mut v = vec![f.rank() as u8; 4];
+///         broadcast_with(f, 0, &mut v, 1, algo).unwrap();
+///         v
+///     });
+///     assert!(out.iter().all(|v| v == &[1; 4]));
+/// }
+/// ```
+pub fn broadcast_with<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    buf: &mut [T],
+    root: usize,
+    algo: Algo,
+) -> Result<()> {
+    check_rank(f, root, "broadcast root")?;
+    let (r, n) = (f.rank(), f.size());
+    if n == 1 {
+        return Ok(());
+    }
+    match algo {
+        Algo::Tree => {
+            let node = tree::binomial(r, root, n);
+            let t = tag(OP_BCAST, 0, root as u32);
+            if let Some(p) = node.parent {
+                let got = f.irecv(p, ch, t, std::mem::size_of_val(buf))?.wait()?;
+                buf.copy_from_slice(&from_bytes::<T>(&got));
+            }
+            let sends: Vec<_> = node
+                .children
+                .iter()
+                .map(|&c| f.isend(c, ch, t, to_bytes(buf)))
+                .collect::<Result<_>>()?;
+            for s in sends {
+                s.wait()?;
+            }
+        }
+        Algo::Ring => {
+            let seg = (CHAIN_SEGMENT_BYTES / std::mem::size_of::<T>()).max(1);
+            let segs: Vec<_> = (0..buf.len().div_ceil(seg).max(1))
+                .map(|i| i * seg..((i + 1) * seg).min(buf.len()))
+                .collect();
+            let (prev, next) = tree::chain(r, root, n);
+            let t = |i: usize| tag(OP_BCAST, 1, i as u32);
+            let recvs = match prev {
+                Some(p) => segs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        f.irecv(p, ch, t(i), s.len() * std::mem::size_of::<T>())
+                            .map(Some)
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                None => segs.iter().map(|_| None).collect(),
+            };
+            let mut sends = Vec::new();
+            for ((i, s), rv) in segs.iter().enumerate().zip(recvs) {
+                if let Some(rv) = rv {
+                    let got = rv.wait()?;
+                    buf[s.clone()].copy_from_slice(&from_bytes::<T>(&got));
+                }
+                if let Some(nx) = next {
+                    sends.push(f.isend(nx, ch, t(i), to_bytes(&buf[s.clone()]))?);
+                }
+            }
+            for s in sends {
+                s.wait()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Non-blocking [`broadcast`]: the handle returns `root`'s buffer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use zccl_primitives::{collectives::ibroadcast, sim::run_ranks, Fabric};
+/// let out = run_ranks(3, |f| {
+///     let v = if f.rank() == 0 { vec![5u8, 6] } else { vec![0, 0] };
+///     ibroadcast(Arc::new(f.clone()), 0, v, 0).wait().unwrap()
+/// });
+/// assert!(out.iter().all(|v| v == &[5, 6]));
+/// ```
+pub fn ibroadcast<T: Elem, F: Fabric + ?Sized + 'static>(
+    f: Arc<F>,
+    ch: u32,
+    mut buf: Vec<T>,
+    root: usize,
+) -> OpHandle<Vec<T>> {
+    start(f, "broadcast", move |f| {
+        broadcast(f, ch, &mut buf, root)?;
+        Ok(buf)
+    })
+}

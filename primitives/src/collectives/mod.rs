@@ -1,0 +1,67 @@
+//! All-reduce, all-gather, reduce-scatter, broadcast and barrier over a
+//! [`Fabric`](crate::Fabric).
+//!
+//! The plain functions are blocking and must be called by every rank of the
+//! fabric with matching arguments (same length, op, root and channel). They
+//! use one channel; run two collectives concurrently only on different
+//! channels.
+//!
+//! Each has a non-blocking form (`iall_reduce`, `iall_gather`,
+//! `ireduce_scatter`, `ibroadcast`, `ibarrier`) that takes the fabric as an
+//! `Arc`, owns its buffer, runs the same schedule on a progress thread and
+//! returns an [`OpHandle`](crate::OpHandle); see [`crate::nonblocking`] for
+//! the rules (one in-flight operation per channel).
+//!
+//! Reduction semantics and rounding are those of [`crate::reduce`]: for
+//! `f16`/`bf16` the ring reduce-scatter and the recursive-doubling exchange
+//! move `f32` partial results (twice the bytes of the reduce-scatter half),
+//! and the result is rounded to 16 bits once, by the rank that finishes it;
+//! the all-gather half moves the rounded values. Every rank ends with
+//! bit-identical results.
+//!
+//! Counts need not be divisible by the number of ranks (chunks follow
+//! [`crate::schedule::chunks`]; zero-length chunks are sent as empty messages).
+
+use crate::error::Result;
+use crate::fabric::{SendHandle, tag};
+
+// One file per collective, each with its non-blocking form: `all_reduce.rs`
+// (ring and recursive doubling, in place and out of place),
+// `all_gather.rs` (ring and Bruck), `reduce_scatter.rs` (ring),
+// `broadcast.rs` (binomial tree and chain), `barrier.rs` (dissemination).
+// The pipelined ring phases that all-reduce shares with reduce-scatter and
+// all-gather (pieces, receives posted ahead) are in `ring_pipe.rs`.
+mod all_gather;
+mod all_reduce;
+mod barrier;
+mod broadcast;
+mod reduce_scatter;
+mod ring_pipe;
+
+pub use all_gather::{all_gather, all_gather_into, all_gather_with, iall_gather};
+pub use all_reduce::{all_reduce, all_reduce_into, all_reduce_with, iall_reduce};
+pub use barrier::{barrier, ibarrier};
+pub use broadcast::{CHAIN_SEGMENT_BYTES, broadcast, broadcast_with, ibroadcast};
+pub use reduce_scatter::{ireduce_scatter, reduce_scatter, reduce_scatter_into};
+pub use ring_pipe::RING_PIECE_BYTES;
+
+// The opcodes of the message tags, one per phase, kept here so that they
+// stay distinct across the collectives.
+const OP_AR_RS: u8 = 0x01;
+const OP_AR_AG: u8 = 0x02;
+const OP_RD: u8 = 0x03;
+const OP_AG: u8 = 0x04;
+const OP_BCAST: u8 = 0x05;
+const OP_BARRIER: u8 = 0x06;
+const OP_RS: u8 = 0x07;
+
+fn step_tag(op: u8, s: usize) -> u64 {
+    tag(op, s as u16, 0)
+}
+
+fn wait_all(sends: Vec<SendHandle>) -> Result<()> {
+    for s in sends {
+        s.wait()?;
+    }
+    Ok(())
+}

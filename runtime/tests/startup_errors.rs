@@ -1,0 +1,84 @@
+//! A job that cannot start fails on every rank within seconds, each naming
+//! the cause: a rank with another world size, two processes claiming one
+//! rank, a rank with another job secret (the bootstrap root answers the
+//! offender with the reason and fails the others at once, instead of
+//! letting them wait out the timeout).
+
+use std::time::{Duration, Instant};
+
+use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+
+/// Starts one thread per `(rank, size, id)` and returns each one's error
+/// text and how long it took to fail.
+fn run(ranks: Vec<(u32, u32, UniqueId)>) -> Vec<(u32, String, Duration)> {
+    let mut config = Config::default();
+    config.timeout = Duration::from_secs(30);
+    let threads: Vec<_> = ranks
+        .into_iter()
+        .map(|(rank, size, id)| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let r = Communicator::init(&id, rank, size, config);
+                let msg = match r {
+                    Ok(_) => "joined".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                (rank, msg, t0.elapsed())
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("rank thread"))
+        .collect()
+}
+
+fn root() -> (BootstrapRoot, UniqueId) {
+    let root = BootstrapRoot::start(
+        "127.0.0.1:0".parse().unwrap(),
+        UniqueId::random_secret().unwrap(),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let id = root.unique_id();
+    (root, id)
+}
+
+fn check(results: &[(u32, String, Duration)], cause: &str) {
+    for (rank, msg, took) in results {
+        assert!(
+            msg.contains(cause),
+            "rank {rank}: {msg:?} does not name {cause:?}"
+        );
+        assert!(
+            *took < Duration::from_secs(2),
+            "rank {rank} took {took:?} to fail: {msg}"
+        );
+    }
+}
+
+#[test]
+fn world_size_mismatch_fails_every_rank_at_once() {
+    let (_root, id) = root();
+    // Ranks 0 and 1 believe in 3 ranks, rank 2 in 4.
+    let r = run(vec![(0, 3, id), (1, 3, id), (2, 4, id)]);
+    check(&r, "world size mismatch");
+    assert!(r.iter().all(|(_, m, _)| m.contains("rank 2")), "{r:?}");
+}
+
+#[test]
+fn duplicate_rank_fails_every_rank_at_once() {
+    let (_root, id) = root();
+    let r = run(vec![(0, 3, id), (1, 3, id), (1, 3, id)]);
+    check(&r, "rank 1 registered twice");
+}
+
+#[test]
+fn wrong_secret_fails_every_rank_at_once() {
+    let (_root, id) = root();
+    let other = UniqueId::new(id.root(), UniqueId::random_secret().unwrap());
+    let r = run(vec![(0, 3, id), (1, 3, id), (2, 3, other)]);
+    check(&r, "another job secret");
+    assert!(r.iter().all(|(_, m, _)| m.contains("rank 2")), "{r:?}");
+}
