@@ -11,8 +11,10 @@ use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
 /// Starts one thread per `(rank, size, id)` and returns each one's error
 /// text and how long it took to fail.
 fn run(ranks: Vec<(u32, u32, UniqueId)>) -> Vec<(u32, String, Duration)> {
-    let mut config = Config::default();
-    config.timeout = Duration::from_secs(30);
+    let config = Config {
+        timeout: Duration::from_secs(30),
+        ..Config::default()
+    };
     let threads: Vec<_> = ranks
         .into_iter()
         .map(|(rank, size, id)| {

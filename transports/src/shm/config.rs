@@ -1,0 +1,86 @@
+//! Tuning of the shared-memory transport, and what a rank brings to its
+//! setup.
+
+use std::time::Duration;
+
+/// Tuning of the shared-memory transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShmConfig {
+    /// Bytes of each ring (one per direction); rounded up to a multiple of
+    /// 4096, at least 4096. Only the creating (lower) rank's value matters.
+    pub ring_bytes: usize,
+    /// Rounds of `spin_loop()` before a futex wait.
+    pub spin_iterations: u32,
+    /// Longest single futex wait (how fast a blocked thread notices a close).
+    pub wait_slice: Duration,
+    /// Largest message accepted from a peer.
+    pub max_message: u64,
+    /// Data messages of at least this many bytes are copied once, straight
+    /// from the sender's memory with cross-memory attach, instead of twice
+    /// through the ring (see the module docs); `0` turns CMA off for this
+    /// rank, in both directions. The runtime sets it from
+    /// `ZCCL_SHM_CMA_MIN_BYTES` (and `0` from `ZCCL_SHM_CMA_DISABLE=1`).
+    /// Default: [`CMA_MIN_BYTES`].
+    pub cma_min_bytes: usize,
+}
+
+/// Default of [`ShmConfig::cma_min_bytes`]: below this size, copying through
+/// the ring (which stays in the caches) is as fast as the system call.
+///
+/// ```
+/// use zccl_transports::shm::{CMA_MIN_BYTES, ShmConfig};
+/// assert_eq!(ShmConfig::default().cma_min_bytes, CMA_MIN_BYTES);
+/// // What `ZCCL_SHM_CMA_DISABLE=1` (or `ZCCL_SHM_CMA_MIN_BYTES=0`) means:
+/// let off = ShmConfig { cma_min_bytes: 0, ..ShmConfig::default() };
+/// # let _ = off;
+/// ```
+pub const CMA_MIN_BYTES: usize = 256 << 10;
+
+/// Largest payload [`Transport::poll`](crate::Transport::poll) delivers;
+/// larger messages are left to the reader thread.
+pub const POLL_MAX_PAYLOAD: usize = 64 << 10;
+
+/// The largest CMA record a [`Transport::poll`](crate::Transport::poll)
+/// copies itself (on the waiting thread, no thread wake-up); larger ones are
+/// left to the reader thread, which copies the next piece of a pipeline
+/// while the waiting thread works on the last (measured on 2 vCPUs: polls
+/// copying 2 MiB pieces lost 10–20 % at 64 MiB, copying 512 KiB ones gained
+/// at 1 MiB).
+pub const POLL_MAX_CMA_BYTES: usize = 1 << 20;
+
+/// How long a clean close waits for the peer to finish copying the payloads
+/// of this rank's CMA records before the links close regardless.
+pub const CMA_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+impl Default for ShmConfig {
+    fn default() -> Self {
+        Self {
+            ring_bytes: 4 << 20,
+            spin_iterations: 200,
+            wait_slice: Duration::from_millis(20),
+            max_message: 16 << 30,
+            cma_min_bytes: CMA_MIN_BYTES,
+        }
+    }
+}
+
+/// Who this rank is and which peers it reaches over shared memory.
+#[derive(Debug, Clone)]
+pub struct ShmSetup {
+    /// This rank.
+    pub rank: u32,
+    /// World size.
+    pub world_size: u32,
+    /// [`job_tag`](super::job_tag) of the job secret.
+    pub job: u64,
+    /// Every rank's published segment tag (see
+    /// [`valid_tag`](super::valid_tag)), indexed by rank; `None` where the
+    /// rank does not use shared memory.
+    pub tags: Vec<Option<String>>,
+    /// The peers to connect over shared memory (each must have a tag, as must this rank).
+    pub peers: Vec<u32>,
+    /// Transport configuration.
+    pub config: ShmConfig,
+    /// Deadline for the whole setup.
+    pub setup_timeout: Duration,
+}

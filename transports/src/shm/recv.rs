@@ -1,0 +1,385 @@
+//! Taking records out of a link's ring from the peer, whole and in ring
+//! order, under the link's consumer lock: by the reader thread (any record,
+//! waiting for the rest of a large one), or by a poll (only small records
+//! already whole in the ring, and CMA records up to
+//! [`POLL_MAX_CMA_BYTES`]). A CMA record's payload is copied from the
+//! sender's memory here.
+
+use std::sync::atomic::{Ordering, fence};
+#[cfg(test)]
+use std::time::Duration;
+
+use super::config::{POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD};
+use super::link::{Ctx, Link, lock};
+use super::record::{
+    CMA_EXT, REC_CMA, REC_CONTROL, REC_DATA, REC_GOODBYE, REC_LEN, Record, decode_cma,
+    decode_record,
+};
+use super::ring::RingStop;
+use crate::recvbuf::RecvBuf;
+use crate::{CloseReason, Message, TransportEvent};
+
+/// What the reader thread does after a record.
+enum Next {
+    /// Read the next one.
+    Go,
+    /// Stop: the ring is finished, corrupt, or the transport closes.
+    Stop,
+}
+
+/// The reader thread of a link: delivers every record the polls leave, and
+/// drops the kept CMA payloads the peer has copied, until a goodbye, a
+/// corrupt ring or a closing transport.
+pub(super) fn reader(link: &Link, ctx: &Ctx) {
+    let ring = &link.in_ring;
+    let stop = &*link.stop;
+    let lost = |why: String| {
+        link.report(
+            ctx,
+            CloseReason::Lost(format!("shm ring from the peer: {why}")),
+        )
+    };
+    loop {
+        // Wait for a record (or a CMA release) without the consumer lock, so
+        // that polls can take small messages meanwhile.
+        let waited = ring.wait(ring.data_seq(), ring.reader_waiting(), stop, || {
+            let data = ring.pending().map_err(RingStop::Corrupt)?;
+            Ok((data || link.release_pending()).then_some(()))
+        });
+        match waited {
+            Ok(()) => {}
+            Err(RingStop::Closed) => break,
+            Err(RingStop::Corrupt(why)) => {
+                lost(why);
+                break;
+            }
+        }
+        #[cfg(test)]
+        while ctx.pause_readers.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Err(why) = link.reap() {
+            lost(why);
+            break;
+        }
+        if !matches!(ring.pending(), Ok(true)) {
+            continue; // woken for a release only, or a poll took the data
+        }
+        let guard = lock(&link.consumer);
+        match ring.readable() {
+            Ok(0) => continue, // a poll took it; wait again
+            Ok(_) => {}
+            Err(why) => {
+                link.reader_gone.store(true, Ordering::Release);
+                lost(why);
+                break;
+            }
+        }
+        let next = read_record(link, ctx);
+        if let Next::Stop = next {
+            link.reader_gone.store(true, Ordering::Release);
+            drop(guard);
+            break;
+        }
+    }
+    link.reader_gone.store(true, Ordering::Release);
+}
+
+/// Reads one whole record under the consumer lock and delivers it.
+fn read_record(link: &Link, ctx: &Ctx) -> Next {
+    let ring = &link.in_ring;
+    let stop = &*link.stop;
+    let lost = |why: String| {
+        link.report(
+            ctx,
+            CloseReason::Lost(format!("shm ring from the peer: {why}")),
+        );
+        Next::Stop
+    };
+    let mut hb = [0u8; REC_LEN];
+    match ring.read_exact(&mut hb, stop) {
+        Ok(()) => {}
+        Err(RingStop::Closed) => return Next::Stop,
+        Err(RingStop::Corrupt(why)) => return lost(why),
+    }
+    let rec = match decode_record(&hb, ctx.max_message) {
+        Ok(r) => r,
+        Err(why) => return lost(why),
+    };
+    let payload = match rec.kind {
+        REC_GOODBYE => {
+            link.report(ctx, CloseReason::Clean);
+            return Next::Stop;
+        }
+        REC_CMA => {
+            let mut xb = [0u8; CMA_EXT];
+            match ring.read_exact(&mut xb, stop) {
+                Ok(()) => {}
+                Err(RingStop::Closed) => return Next::Stop,
+                Err(RingStop::Corrupt(why)) => return lost(why),
+            }
+            match copy_cma(link, ctx, &rec, &xb) {
+                Ok(p) => p,
+                Err(why) => return lost(why),
+            }
+        }
+        _ => {
+            // Straight from the ring into the buffer handed up (no zeroing,
+            // no further copy; recycled when the receiver drops it).
+            let mut payload = RecvBuf::new(rec.len as usize);
+            match ring.read_exact(payload.as_mut_slice(), stop) {
+                Ok(()) => {}
+                Err(RingStop::Closed) => return Next::Stop,
+                Err(RingStop::Corrupt(why)) => return lost(why),
+            }
+            payload
+        }
+    };
+    let msg = received(&rec, payload);
+    // Delivered under the consumer lock: a poll cannot deliver a later
+    // record before this one is in the engine or its event channel.
+    let msg = match ctx.deliver.get() {
+        Some(deliver) => match deliver(link.peer, msg) {
+            Ok(()) => return Next::Go,
+            Err(msg) => msg,
+        },
+        None => msg,
+    };
+    match ctx.events.send(TransportEvent::Message {
+        peer: link.peer,
+        msg,
+    }) {
+        Ok(()) => Next::Go,
+        Err(_) => Next::Stop,
+    }
+}
+
+/// The message of a record read whole (by the reader thread or a poll),
+/// counted in the metrics when it carries data.
+#[inline]
+fn received(rec: &Record, payload: RecvBuf) -> Message {
+    if rec.kind != REC_CONTROL {
+        crate::metrics::Metrics::global().nic_receive("shm", None, rec.len);
+    }
+    Message {
+        kind: rec.message_kind(),
+        dtype: rec.dtype,
+        comm: rec.comm,
+        channel: rec.channel,
+        seq: rec.seq,
+        payload: payload.into_bytes(),
+    }
+}
+
+/// Copies the payload of a CMA record (header `rec`, extension `xb`) from
+/// the sender's memory, then tells the sender it may drop it.
+/// Called under the consumer lock. When the receive of this message posted
+/// a landing zone, the payload is copied into it and an empty buffer is
+/// returned (see [`crate::landing`]).
+fn copy_cma(link: &Link, ctx: &Ctx, rec: &Record, xb: &[u8; CMA_EXT]) -> Result<RecvBuf, String> {
+    let cma_seen = link.cma_seen.load(Ordering::Relaxed);
+    let ext = decode_cma(xb, rec.len)?;
+    let Some(pid) = link.cma_from else {
+        return Err("CMA record from a peer this rank does not read by CMA".into());
+    };
+    if ext.pid != pid {
+        return Err(format!(
+            "CMA record names pid {}, the peer is pid {pid}",
+            ext.pid
+        ));
+    }
+    if ext.number != cma_seen + 1 {
+        return Err(format!(
+            "CMA record number {} where {} was due",
+            ext.number,
+            cma_seen + 1
+        ));
+    }
+    let key = crate::landing::LandKey {
+        peer: link.peer,
+        comm: rec.comm,
+        channel: rec.channel,
+        seq: rec.seq,
+    };
+    let mut claim = ctx.landing.claim(key, rec.len as usize);
+    let mut payload = RecvBuf::new(if claim.is_some() { 0 } else { rec.len as usize });
+    let dest = match claim.as_mut() {
+        Some(c) => c.dest(),
+        None => payload.as_mut_slice(),
+    };
+    crate::cma::read_parallel(pid, ext.addr, dest).map_err(|e| {
+        format!(
+            "copying {} bytes at {:#x} from pid {pid} by CMA failed: {}",
+            rec.len,
+            ext.addr,
+            crate::cma::explain(e)
+        )
+    })?;
+    // A lent payload the sender withdrew may have changed under the copy.
+    fence(Ordering::SeqCst);
+    if link.in_ring.cma_withdrawn().load(Ordering::SeqCst) >= ext.number {
+        return Err(format!(
+            "the peer withdrew CMA payload {} ({} bytes) while it was copied \
+             (it gave up on the send: timeout or abort); its bytes are not delivered",
+            ext.number, rec.len
+        ));
+    }
+    if let Some(c) = claim {
+        c.done(true);
+    }
+    link.cma_seen.store(ext.number, Ordering::Relaxed);
+    // The sender drops the payload on this: a thread of the sender that
+    // polls does it (no wake-up); otherwise its reader thread, woken here.
+    // (SeqCst store, then SeqCst load of the sender's poller count; the
+    // sender's last poller decrements it, then checks for releases: one of
+    // the two sees the other.)
+    link.in_ring.cma_done().store(ext.number, Ordering::SeqCst);
+    if link.out_ring.polling().load(Ordering::SeqCst) == 0 {
+        link.out_ring.notify_reader();
+    }
+    Ok(payload)
+}
+
+/// One poll of one link: delivers the record at the tail if it is a whole
+/// small data or control record and nobody else is reading.
+#[inline]
+pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> bool {
+    let ring = &link.in_ring;
+    // Cheap checks first: most links of a poll are idle.
+    if link.stop.load(Ordering::Acquire) || !matches!(ring.pending(), Ok(true)) {
+        return false;
+    }
+    let _consumer = match link.consumer.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return false,
+    };
+    if link.reader_gone.load(Ordering::Acquire) {
+        return false;
+    }
+    let avail = match ring.readable() {
+        Ok(n) if n >= REC_LEN as u64 => n,
+        _ => return false, // taken meanwhile, or corrupt: the reader reports it
+    };
+    let tail = ring.tail().load(Ordering::Relaxed);
+    let mut hb = [0u8; REC_LEN];
+    // SAFETY: `avail >= REC_LEN` bytes are published (Acquire on head in
+    // `readable`), and we hold the consumer lock.
+    unsafe { ring.copy_out(tail, &mut hb) };
+    let Ok(rec) = decode_record(&hb, ctx.max_message) else {
+        return false; // the reader thread reports it
+    };
+    let payload = if rec.kind == REC_CMA {
+        // A CMA record is whole in the ring; its copy never waits for the
+        // peer (only for the memory), so the waiting thread makes it
+        // itself instead of waking the reader thread.
+        if avail < (REC_LEN + CMA_EXT) as u64 || rec.len > POLL_MAX_CMA_BYTES as u64 {
+            return false;
+        }
+        let mut xb = [0u8; CMA_EXT];
+        // SAFETY: the whole record is published (checked above).
+        unsafe { ring.copy_out(tail + REC_LEN as u64, &mut xb) };
+        ring.consume_to(tail + (REC_LEN + CMA_EXT) as u64);
+        match copy_cma(link, ctx, &rec, &xb) {
+            Ok(p) => p,
+            Err(why) => {
+                link.report(
+                    ctx,
+                    CloseReason::Lost(format!("shm ring from the peer: {why}")),
+                );
+                link.stop();
+                return false;
+            }
+        }
+    } else {
+        if !matches!(rec.kind, REC_DATA | REC_CONTROL)
+            || rec.len > POLL_MAX_PAYLOAD as u64
+            || avail < REC_LEN as u64 + rec.len
+        {
+            return false;
+        }
+        let mut payload = RecvBuf::new(rec.len as usize);
+        // SAFETY: the whole record is published (checked above).
+        unsafe { ring.copy_out(tail + REC_LEN as u64, payload.as_mut_slice()) };
+        ring.consume_to(tail + REC_LEN as u64 + rec.len);
+        payload
+    };
+    let msg = received(&rec, payload);
+    // Called under the consumer lock, so the next record of this link (by
+    // poll or reader) is delivered after this one.
+    f(link.peer, msg);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Transport;
+    use crate::shm::config::ShmConfig;
+    use crate::shm::record::{CmaExt, encode_cma, encode_record};
+    use crate::shm::testutil::{cfg, expect_lost, next, pair};
+
+    /// Writes a raw record (header, then `ext`) from rank 0 to rank 1, then
+    /// expects rank 1 to report rank 0 lost with a reason containing `want`.
+    fn refused(cfg1: ShmConfig, header: [u8; REC_LEN], ext: &[u8], want: &str) {
+        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg1);
+        let link = t0.link(1).unwrap();
+        {
+            let _p = lock(&link.producer);
+            link.out_ring.write_all(&header, &link.stop).unwrap();
+            link.out_ring.write_all(ext, &link.stop).unwrap();
+        }
+        expect_lost(&mut rx1, 0, want);
+        // The link is finished for polls too.
+        assert_eq!(t1.poll(10, &mut |_, _| panic!("no message")), 0);
+        drop(t1);
+    }
+
+    #[test]
+    fn corrupt_cma_records_close_the_link_as_lost() {
+        let buf = vec![7u8; 1 << 20];
+        let pid = std::process::id();
+        let hdr = |len: u64| encode_record(REC_CMA, 0, 0, 0, 0, len);
+        let ext = |addr: u64, number: u64, pid: u32| encode_cma(&CmaExt { addr, number, pid });
+        let at = buf.as_ptr() as u64;
+        // The sender's buffer is not mapped.
+        refused(cfg(), hdr(4096), &ext(8, 1, pid), "not mapped");
+        // Another pid than the peer's.
+        refused(cfg(), hdr(16), &ext(at, 1, pid + 1), "names pid");
+        // Out of sequence.
+        refused(cfg(), hdr(16), &ext(at, 2, pid), "number 2 where 1 was due");
+        // Too long.
+        refused(cfg(), hdr(65 << 20), &ext(at, 1, pid), "exceeds the limit");
+        // Address range wraps.
+        refused(
+            cfg(),
+            hdr(16),
+            &ext(u64::MAX - 4, 1, pid),
+            "impossible address",
+        );
+        // Reserved bytes set.
+        let mut x = ext(at, 1, pid);
+        x[25] = 1;
+        refused(cfg(), hdr(16), &x, "reserved");
+        // To a rank that does not read CMA.
+        let off = ShmConfig {
+            cma_min_bytes: 0,
+            ..cfg()
+        };
+        refused(off, hdr(16), &ext(at, 1, pid), "does not read by CMA");
+        // A sound record passes (the control case of the above).
+        let ((t0, _rx0), (_t1, mut rx1)) = pair(cfg(), cfg());
+        let link = t0.link(1).unwrap();
+        {
+            let _p = lock(&link.producer);
+            link.out_ring.write_all(&hdr(16), &link.stop).unwrap();
+            link.out_ring
+                .write_all(&ext(at, 1, pid), &link.stop)
+                .unwrap();
+        }
+        match next(&mut rx1) {
+            TransportEvent::Message { peer: 0, msg } => assert_eq!(&msg.payload[..], &buf[..16]),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,733 @@
+//! One direction of a segment: a single-producer/single-consumer byte ring.
+//!
+//! The ring's positions are monotonic `u64` counters in its control block:
+//! `head`, written only by the producer, and `tail`, written only by the
+//! consumer, on separate cache lines; byte `pos` of the stream sits at
+//! `pos % capacity` of the data area. The producer copies bytes in and then
+//! publishes them (a Release store of `head`); the consumer copies them out
+//! and then frees them (a Release store of `tail`). A side that finds the
+//! ring empty or full spins briefly, then sleeps on a sequence word of the
+//! control block (see [`Ring::wait`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::time::Duration;
+
+use super::config::ShmConfig;
+use super::futex::{futex_wait, futex_wake};
+use super::segment::{CTL, HEADER, Segment};
+
+// Within a control block: producer-written line, then consumer-written line.
+const W_HEAD: usize = 0;
+const W_DATA_SEQ: usize = 8;
+const W_WAITING: usize = 12;
+/// Lent CMA payloads the producer has withdrawn: 0, or `u64::MAX` once it
+/// gave up on one ([`Transport::withdraw`](crate::Transport::withdraw), an
+/// abort). The consumer checks it after every CMA copy and rejects the copy
+/// (closing the link) when set.
+const W_CMA_WITHDRAWN: usize = 16;
+const R_TAIL: usize = 64;
+const R_SPACE_SEQ: usize = 72;
+const R_WAITING: usize = 76;
+/// Whether the consumer reads CMA records of this ring: 0 (not decided
+/// yet), [`CMA_YES`] or [`CMA_NO`] (written once, at setup).
+pub(super) const R_CMA_OK: usize = 80;
+/// How many CMA records of this ring the consumer has copied (monotonic).
+const R_CMA_DONE: usize = 88;
+/// How many threads of the consumer are polling this ring right now
+/// ([`Transport::set_polling`](crate::Transport::set_polling)): a small
+/// record is then left to them and the reader thread is not woken for it.
+const R_POLLING: usize = 96;
+pub(super) const CMA_YES: u32 = 1;
+pub(super) const CMA_NO: u32 = 2;
+
+/// Why a ring operation stopped.
+#[derive(Debug)]
+pub(super) enum RingStop {
+    /// The transport is closing.
+    Closed,
+    /// The peer left the ring in an impossible state.
+    Corrupt(String),
+}
+
+/// One direction of a segment, seen from one side.
+pub(super) struct Ring {
+    seg: Arc<Segment>,
+    ctl: usize,
+    data: *mut u8,
+    cap: u64,
+    spin: u32,
+    slice: Duration,
+}
+
+// SAFETY: the raw data pointer points into `seg`'s mapping, which the ring
+// keeps alive; the SPSC protocol gives each byte range one writer at a time.
+unsafe impl Send for Ring {}
+// SAFETY: as above.
+unsafe impl Sync for Ring {}
+
+impl Ring {
+    pub(super) fn new(seg: Arc<Segment>, dir: usize, cap: u64, cfg: &ShmConfig) -> Self {
+        // SAFETY: the segment is HEADER + 2 * cap bytes long.
+        let data = unsafe { seg.base().add(HEADER + dir * cap as usize) };
+        Self {
+            seg,
+            ctl: CTL[dir],
+            data,
+            cap,
+            spin: cfg.spin_iterations,
+            slice: cfg.wait_slice,
+        }
+    }
+
+    #[inline]
+    fn head(&self) -> &AtomicU64 {
+        self.seg.u64_at(self.ctl + W_HEAD)
+    }
+    #[inline]
+    pub(super) fn data_seq(&self) -> &AtomicU32 {
+        self.seg.u32_at(self.ctl + W_DATA_SEQ)
+    }
+    #[inline]
+    fn writer_waiting(&self) -> &AtomicU32 {
+        self.seg.u32_at(self.ctl + W_WAITING)
+    }
+    #[inline]
+    pub(super) fn tail(&self) -> &AtomicU64 {
+        self.seg.u64_at(self.ctl + R_TAIL)
+    }
+    #[inline]
+    fn space_seq(&self) -> &AtomicU32 {
+        self.seg.u32_at(self.ctl + R_SPACE_SEQ)
+    }
+    #[inline]
+    pub(super) fn reader_waiting(&self) -> &AtomicU32 {
+        self.seg.u32_at(self.ctl + R_WAITING)
+    }
+    #[inline]
+    pub(super) fn cma_ok(&self) -> &AtomicU32 {
+        self.seg.u32_at(self.ctl + R_CMA_OK)
+    }
+    #[inline]
+    pub(super) fn cma_done(&self) -> &AtomicU64 {
+        self.seg.u64_at(self.ctl + R_CMA_DONE)
+    }
+    #[inline]
+    pub(super) fn cma_withdrawn(&self) -> &AtomicU64 {
+        self.seg.u64_at(self.ctl + W_CMA_WITHDRAWN)
+    }
+    #[inline]
+    pub(super) fn polling(&self) -> &AtomicU32 {
+        self.seg.u32_at(self.ctl + R_POLLING)
+    }
+
+    /// Producer side, after publishing data: like
+    /// [`Ring::notify_reader`], except that a small record (one a poll can
+    /// take) is left to the consumer's polling threads when there are any,
+    /// without the cost of waking its reader thread. A poller that stops
+    /// wakes the reader itself if data is left
+    /// ([`ShmTransport`](super::ShmTransport)'s `set_polling`): either it
+    /// sees the data, or this side sees no poller.
+    fn notify_data(&self, small: bool) {
+        self.data_seq().fetch_add(1, Ordering::SeqCst);
+        if self.reader_waiting().load(Ordering::SeqCst) != 0
+            && !(small && self.polling().load(Ordering::SeqCst) != 0)
+        {
+            futex_wake(self.data_seq());
+        }
+    }
+
+    /// Wakes whatever thread of ours waits on this ring (used on close).
+    pub(super) fn wake_all(&self) {
+        self.data_seq().fetch_add(1, Ordering::SeqCst);
+        futex_wake(self.data_seq());
+        self.space_seq().fetch_add(1, Ordering::SeqCst);
+        futex_wake(self.space_seq());
+    }
+
+    /// Producer side: tells the consumer's reader thread to look again (new
+    /// data, or a CMA release for it to handle), waking it if it sleeps.
+    #[inline]
+    pub(super) fn notify_reader(&self) {
+        self.data_seq().fetch_add(1, Ordering::SeqCst);
+        if self.reader_waiting().load(Ordering::SeqCst) != 0 {
+            futex_wake(self.data_seq());
+        }
+    }
+
+    /// Waits until `ready()` returns `Some`: spin briefly, then futex-wait on
+    /// `seq` after announcing ourselves in `waiting`.
+    pub(super) fn wait<T>(
+        &self,
+        seq: &AtomicU32,
+        waiting: &AtomicU32,
+        stop: &AtomicBool,
+        mut ready: impl FnMut() -> Result<Option<T>, RingStop>,
+    ) -> Result<T, RingStop> {
+        for _ in 0..self.spin {
+            if let Some(v) = ready()? {
+                return Ok(v);
+            }
+            std::hint::spin_loop();
+        }
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return Err(RingStop::Closed);
+            }
+            waiting.store(1, Ordering::SeqCst);
+            let s = seq.load(Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if let Some(v) = ready()? {
+                waiting.store(0, Ordering::Relaxed);
+                return Ok(v);
+            }
+            futex_wait(seq, s, self.slice);
+            waiting.store(0, Ordering::Relaxed);
+            if let Some(v) = ready()? {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Producer: bytes that can be written without waiting.
+    #[inline]
+    pub(super) fn free(&self) -> u64 {
+        let head = self.head().load(Ordering::Relaxed);
+        let tail = self.tail().load(Ordering::Acquire);
+        self.cap.saturating_sub(head.saturating_sub(tail))
+    }
+
+    /// Producer: copies `buf` into the ring, waiting for space as needed.
+    #[inline]
+    pub(super) fn write_all(&self, buf: &[u8], stop: &AtomicBool) -> Result<(), RingStop> {
+        self.write_inner(buf, stop, false)
+    }
+
+    /// Producer: writes one whole record a poll can take (a small data or
+    /// control message), see [`Ring::notify_data`].
+    #[inline]
+    pub(super) fn write_pollable(&self, buf: &[u8], stop: &AtomicBool) -> Result<(), RingStop> {
+        self.write_inner(buf, stop, true)
+    }
+
+    /// Producer: writes a record made of a header and a payload. When the
+    /// ring has room for all of it and it is `pollable`, both are copied and
+    /// published at once (a poll sees it whole, and the reader thread is
+    /// left alone while a poller is there, see [`Ring::notify_data`]);
+    /// otherwise it streams through the ring, waiting for space.
+    #[inline]
+    pub(super) fn write_record(
+        &self,
+        header: &[u8],
+        payload: &[u8],
+        stop: &AtomicBool,
+        pollable: bool,
+    ) -> Result<(), RingStop> {
+        let total = (header.len() + payload.len()) as u64;
+        if pollable && self.free() >= total {
+            let head = self.head().load(Ordering::Relaxed);
+            // SAFETY: `total` bytes from `head` are free (the consumer only
+            // frees more meanwhile), and only the producer writes them.
+            unsafe {
+                self.copy_in(head, header);
+                self.copy_in(head + header.len() as u64, payload);
+            }
+            self.head().store(head + total, Ordering::Release);
+            self.notify_data(true);
+            return Ok(());
+        }
+        self.write_all(header, stop)?;
+        self.write_all(payload, stop)
+    }
+
+    /// Producer: copies `buf` into the ring at position `pos`.
+    ///
+    /// # Safety
+    /// `[pos, pos + buf.len())` must be free space of the ring (behind the
+    /// consumer's tail by at most the capacity) that only this producer
+    /// writes.
+    unsafe fn copy_in(&self, pos: u64, buf: &[u8]) {
+        let n = buf.len();
+        debug_assert!(n as u64 <= self.cap);
+        let idx = (pos % self.cap) as usize;
+        let first = n.min(self.cap as usize - idx);
+        // SAFETY: [idx, idx + first) and [0, n - first) lie in the data area
+        // (the caller's contract makes them free).
+        unsafe {
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.data.add(idx), first);
+            std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), self.data, n - first);
+        }
+    }
+
+    fn write_inner(&self, mut buf: &[u8], stop: &AtomicBool, small: bool) -> Result<(), RingStop> {
+        let cap = self.cap;
+        let mut head = self.head().load(Ordering::Relaxed);
+        while !buf.is_empty() {
+            let free = self.wait(self.space_seq(), self.writer_waiting(), stop, || {
+                let tail = self.tail().load(Ordering::Acquire);
+                if tail > head || head - tail > cap {
+                    return Err(RingStop::Corrupt(format!(
+                        "ring positions head {head} tail {tail} (capacity {cap})"
+                    )));
+                }
+                let free = cap - (head - tail);
+                Ok((free > 0).then_some(free))
+            })?;
+            let n = (free as usize).min(buf.len());
+            let idx = (head % cap) as usize;
+            let first = n.min(cap as usize - idx);
+            // SAFETY: [idx, idx + first) and [0, n - first) lie in the data
+            // area, and the consumer does not read them until `head` moves.
+            unsafe {
+                std::ptr::copy_nonoverlapping(buf.as_ptr(), self.data.add(idx), first);
+                std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), self.data, n - first);
+            }
+            head += n as u64;
+            self.head().store(head, Ordering::Release);
+            self.notify_data(small);
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Consumer, holding the consumer lock: bytes published and not yet
+    /// consumed.
+    #[inline]
+    pub(super) fn readable(&self) -> Result<u64, String> {
+        let tail = self.tail().load(Ordering::Acquire);
+        let head = self.head().load(Ordering::Acquire);
+        if head < tail || head - tail > self.cap {
+            return Err(format!(
+                "ring positions head {head} tail {tail} (capacity {})",
+                self.cap
+            ));
+        }
+        Ok(head - tail)
+    }
+
+    /// Consumer, without the consumer lock: whether bytes seem to be
+    /// waiting (to be confirmed with [`Ring::readable`] under the lock).
+    /// The tail is loaded first: it never passes the head, so a head below
+    /// it is corrupt; but the other consumer may move the tail meanwhile,
+    /// and the producer fill the space it freed, so a distance above the
+    /// capacity proves nothing here.
+    #[inline]
+    pub(super) fn pending(&self) -> Result<bool, String> {
+        let tail = self.tail().load(Ordering::Acquire);
+        let head = self.head().load(Ordering::Acquire);
+        if head < tail {
+            return Err(format!(
+                "ring positions head {head} tail {tail} (capacity {})",
+                self.cap
+            ));
+        }
+        Ok(head > tail)
+    }
+
+    /// Consumer: copies `out.len()` bytes starting at position `pos`
+    /// without consuming them.
+    ///
+    /// # Safety
+    /// The bytes `[pos, pos + out.len())` must have been published by the
+    /// producer (observed with Acquire on `head`) and not consumed yet, and
+    /// the caller must hold the consumer role (no other consumer moves the
+    /// tail meanwhile).
+    #[inline]
+    pub(super) unsafe fn copy_out(&self, pos: u64, out: &mut [u8]) {
+        let n = out.len();
+        debug_assert!(n as u64 <= self.cap);
+        let idx = (pos % self.cap) as usize;
+        let first = n.min(self.cap as usize - idx);
+        // SAFETY: [idx, idx + first) and [0, n - first) lie in the data area;
+        // the producer does not overwrite them until the tail moves past.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data.add(idx), out.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(self.data, out.as_mut_ptr().add(first), n - first);
+        }
+    }
+
+    /// Consumer: moves the tail to `tail` (space for the producer) and wakes
+    /// a writer that waits for space.
+    #[inline]
+    pub(super) fn consume_to(&self, tail: u64) {
+        self.tail().store(tail, Ordering::Release);
+        self.space_seq().fetch_add(1, Ordering::SeqCst);
+        if self.writer_waiting().load(Ordering::SeqCst) != 0 {
+            futex_wake(self.space_seq());
+        }
+    }
+
+    /// Consumer: fills `out` from the ring, waiting for data as needed. The
+    /// caller holds the link's consumer lock.
+    pub(super) fn read_exact(&self, out: &mut [u8], stop: &AtomicBool) -> Result<(), RingStop> {
+        let mut tail = self.tail().load(Ordering::Relaxed);
+        let mut off = 0usize;
+        while off < out.len() {
+            let avail = self.wait(self.data_seq(), self.reader_waiting(), stop, || {
+                let head = self.head().load(Ordering::Acquire);
+                if head < tail || head - tail > self.cap {
+                    return Err(RingStop::Corrupt(format!(
+                        "ring positions head {head} tail {tail} (capacity {})",
+                        self.cap
+                    )));
+                }
+                Ok((head > tail).then_some(head - tail))
+            })?;
+            let n = (avail as usize).min(out.len() - off);
+            // SAFETY: published (Acquire on head above), not consumed, and
+            // we hold the consumer lock.
+            unsafe { self.copy_out(tail, &mut out[off..off + n]) };
+            tail += n as u64;
+            self.consume_to(tail);
+            off += n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The ring without a peer process: a producer [`Ring`] and a consumer
+    //! [`Ring`] over the same direction of a segment in this process's own
+    //! memory, driven from one thread or from two.
+
+    use super::*;
+    use crate::shm::segment::OFF_OPENER_PROBE_VAL;
+    use std::time::Instant;
+
+    const CAP: u64 = 4096;
+
+    fn cfg(spin: u32, slice: Duration) -> ShmConfig {
+        ShmConfig {
+            spin_iterations: spin,
+            wait_slice: slice,
+            ..ShmConfig::default()
+        }
+    }
+
+    /// The producer's and the consumer's view of ring 0 of a fresh segment.
+    fn rings(cfg: &ShmConfig) -> (Arc<Ring>, Arc<Ring>) {
+        let seg = Segment::anonymous(HEADER + 2 * CAP as usize);
+        let producer = Arc::new(Ring::new(seg.clone(), 0, CAP, cfg));
+        let consumer = Arc::new(Ring::new(seg, 0, CAP, cfg));
+        (producer, consumer)
+    }
+
+    /// `n` bytes whose pattern does not repeat with the ring's capacity.
+    fn bytes(n: usize, salt: u8) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8 ^ salt).collect()
+    }
+
+    fn read(ring: &Ring, n: usize) -> Vec<u8> {
+        let mut out = vec![0u8; n];
+        ring.read_exact(&mut out, &AtomicBool::new(false)).unwrap();
+        out
+    }
+
+    fn corrupt<T: std::fmt::Debug>(r: Result<T, RingStop>) -> String {
+        match r {
+            Err(RingStop::Corrupt(why)) => why,
+            other => panic!("expected a corrupt ring: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bytes_come_out_as_they_went_in() {
+        let (p, c) = rings(&ShmConfig::default());
+        let go = AtomicBool::new(false);
+        assert_eq!((p.free(), c.readable().unwrap()), (CAP, 0));
+        assert!(!c.pending().unwrap());
+        p.write_all(&bytes(100, 1), &go).unwrap();
+        assert_eq!((p.free(), c.readable().unwrap()), (CAP - 100, 100));
+        assert!(c.pending().unwrap());
+        assert_eq!(read(&c, 60), bytes(100, 1)[..60]);
+        assert_eq!(read(&c, 40), bytes(100, 1)[60..]);
+        assert_eq!((p.free(), c.readable().unwrap()), (CAP, 0));
+        assert!(!c.pending().unwrap());
+        assert_eq!(p.head().load(Ordering::Relaxed), 100);
+        assert_eq!(c.tail().load(Ordering::Relaxed), 100);
+    }
+
+    #[test]
+    fn positions_grow_past_the_capacity_and_bytes_wrap_around() {
+        let (p, c) = rings(&ShmConfig::default());
+        let go = AtomicBool::new(false);
+        // Sizes that straddle the end of the data area at ever other places.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut total = 0u64;
+        for round in 0..300u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (x % CAP) as usize + 1;
+            let want = bytes(n, round as u8);
+            p.write_all(&want, &go).unwrap();
+            assert_eq!(c.readable().unwrap(), n as u64);
+            let first = n / 3;
+            let mut got = read(&c, first);
+            got.extend(read(&c, n - first));
+            assert_eq!(got, want, "round {round}, {n} bytes from {total}");
+            total += n as u64;
+        }
+        assert!(total > 100 * CAP);
+        assert_eq!(p.head().load(Ordering::Relaxed), total);
+        assert_eq!(c.tail().load(Ordering::Relaxed), total);
+        // A piece that wraps lands at the end and at the start of the data
+        // area: move the positions to 5 bytes before the end, then write 15.
+        let at = c.tail().load(Ordering::Relaxed);
+        let k = ((2 * CAP - 5 - at % CAP) % CAP) as usize;
+        p.write_all(&bytes(k, 6), &go).unwrap();
+        assert_eq!(read(&c, k), bytes(k, 6));
+        assert_eq!((at + k as u64) % CAP, CAP - 5);
+        let piece = bytes(15, 7);
+        p.write_all(&piece, &go).unwrap();
+        // SAFETY: the data area is CAP bytes; nothing writes it meanwhile.
+        let data = unsafe { std::slice::from_raw_parts(c.data, CAP as usize) };
+        assert_eq!(data[CAP as usize - 5..], piece[..5]);
+        assert_eq!(data[..10], piece[5..]);
+        assert_eq!(read(&c, 15), piece);
+    }
+
+    #[test]
+    fn a_full_ring_holds_the_producer_until_the_consumer_frees_space() {
+        // No spinning and long futex waits: only the wake-ups keep it going.
+        let (p, c) = rings(&cfg(0, Duration::from_secs(5)));
+        let go = AtomicBool::new(false);
+        let first = bytes(CAP as usize, 3);
+        p.write_all(&first, &go).unwrap();
+        assert_eq!((p.free(), c.readable().unwrap()), (0, CAP));
+        // Full, and closing: the producer gives up and publishes nothing.
+        let (p2, _c2) = rings(&ShmConfig::default());
+        p2.write_all(&bytes(CAP as usize, 0), &go).unwrap();
+        let stop = AtomicBool::new(true);
+        assert!(matches!(p2.write_all(&[1], &stop), Err(RingStop::Closed)));
+        assert_eq!(p2.head().load(Ordering::Relaxed), CAP);
+        // A stream of several capacities through the full ring.
+        let more = bytes(3 * CAP as usize + 123, 4);
+        let t = Instant::now();
+        let producer = {
+            let (p, more) = (p.clone(), more.clone());
+            std::thread::spawn(move || p.write_all(&more, &AtomicBool::new(false)))
+        };
+        let mut got = Vec::new();
+        for n in [1000usize, 777, 1, 4096, 3000].into_iter().cycle() {
+            let left = first.len() + more.len() - got.len();
+            if left == 0 {
+                break;
+            }
+            got.extend(read(&c, n.min(left)));
+        }
+        producer.join().unwrap().unwrap();
+        assert!(t.elapsed() < Duration::from_secs(4), "a wake-up was lost");
+        assert_eq!(got[..first.len()], first[..]);
+        assert_eq!(got[first.len()..], more[..]);
+        assert_eq!((p.free(), c.readable().unwrap()), (CAP, 0));
+    }
+
+    #[test]
+    fn an_empty_ring_holds_the_consumer_until_data_is_published() {
+        let (p, c) = rings(&cfg(0, Duration::from_secs(5)));
+        let mut out = [0u8; 8];
+        assert!(matches!(
+            c.read_exact(&mut out, &AtomicBool::new(true)),
+            Err(RingStop::Closed)
+        ));
+        let t = Instant::now();
+        let consumer = {
+            let c = c.clone();
+            std::thread::spawn(move || read(&c, 100))
+        };
+        let go = AtomicBool::new(false);
+        let want = bytes(100, 5);
+        std::thread::sleep(Duration::from_millis(20));
+        p.write_all(&want[..30], &go).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        p.write_all(&want[30..], &go).unwrap();
+        assert_eq!(consumer.join().unwrap(), want);
+        assert!(t.elapsed() < Duration::from_secs(4), "a wake-up was lost");
+    }
+
+    #[test]
+    fn a_pollable_record_with_room_is_published_whole_else_in_pieces() {
+        let (p, c) = rings(&ShmConfig::default());
+        let go = AtomicBool::new(false);
+        let (header, payload) = (bytes(32, 8), bytes(100, 9));
+        // Whole: one publication (one notification) of header and payload.
+        let seq = c.data_seq().load(Ordering::SeqCst);
+        p.write_record(&header, &payload, &go, true).unwrap();
+        assert_eq!(c.data_seq().load(Ordering::SeqCst), seq + 1);
+        assert_eq!(c.readable().unwrap(), 132);
+        // What a poll does with it: copy out, then consume it at once.
+        let tail = c.tail().load(Ordering::Relaxed);
+        let (mut h, mut b) = ([0u8; 32], [0u8; 100]);
+        // SAFETY: published above, not consumed; the only consumer.
+        unsafe {
+            c.copy_out(tail, &mut h);
+            c.copy_out(tail + 32, &mut b);
+        }
+        c.consume_to(tail + 132);
+        assert_eq!((&h[..], &b[..]), (&header[..], &payload[..]));
+        assert_eq!(p.free(), CAP);
+        // Not pollable: streamed, header then payload.
+        let seq = c.data_seq().load(Ordering::SeqCst);
+        p.write_record(&header, &payload, &go, false).unwrap();
+        assert_eq!(c.data_seq().load(Ordering::SeqCst), seq + 2);
+        assert_eq!(read(&c, 132), [header.clone(), payload.clone()].concat());
+        // Pollable but without room: streamed through the ring in pieces,
+        // so the consumer sees a partial record until it frees space.
+        let filler = bytes(CAP as usize - 100, 10);
+        p.write_all(&filler, &go).unwrap();
+        let big = bytes(200, 11);
+        let producer = {
+            let (p, header, big) = (p.clone(), header.clone(), big.clone());
+            std::thread::spawn(move || p.write_record(&header, &big, &AtomicBool::new(false), true))
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        while c.readable().unwrap() < CAP {
+            assert!(Instant::now() < until, "the ring never filled up");
+            std::thread::yield_now();
+        }
+        assert_eq!(c.readable().unwrap() - filler.len() as u64, 100);
+        assert_eq!(read(&c, filler.len()), filler);
+        assert_eq!(read(&c, 232), [header, big].concat());
+        producer.join().unwrap().unwrap();
+        assert_eq!(c.readable().unwrap(), 0);
+    }
+
+    #[test]
+    fn impossible_positions_are_reported_not_trusted() {
+        let go = AtomicBool::new(false);
+        // The head behind the tail.
+        let (p, c) = rings(&ShmConfig::default());
+        p.head().store(10, Ordering::Release);
+        c.tail().store(20, Ordering::Release);
+        assert!(c.readable().unwrap_err().contains("head 10 tail 20"));
+        assert!(c.pending().is_err());
+        assert!(corrupt(c.read_exact(&mut [0u8; 4], &go)).contains("head 10 tail 20"));
+        assert!(corrupt(p.write_all(&[1; 4], &go)).contains("head 10 tail 20"));
+        // The head more than a capacity ahead of the tail.
+        let (p, c) = rings(&ShmConfig::default());
+        p.head().store(CAP + 50, Ordering::Release);
+        assert!(c.readable().unwrap_err().contains("capacity 4096"));
+        // Without the consumer lock the tail may have moved: not proof.
+        assert!(c.pending().unwrap());
+        assert!(corrupt(c.read_exact(&mut [0u8; 4], &go)).contains("capacity 4096"));
+        assert!(corrupt(p.write_all(&[1; 4], &go)).contains("capacity 4096"));
+        assert_eq!(p.head().load(Ordering::Relaxed), CAP + 50);
+    }
+
+    #[test]
+    fn control_block_words_do_not_overlap_and_each_side_writes_its_own_line() {
+        let producer_line = [
+            (W_HEAD, 8),
+            (W_DATA_SEQ, 4),
+            (W_WAITING, 4),
+            (W_CMA_WITHDRAWN, 8),
+        ];
+        let consumer_line = [
+            (R_TAIL, 8),
+            (R_SPACE_SEQ, 4),
+            (R_WAITING, 4),
+            (R_CMA_OK, 4),
+            (R_CMA_DONE, 8),
+            (R_POLLING, 4),
+        ];
+        for &(off, len) in &producer_line {
+            assert!(off.is_multiple_of(len) && off + len <= 64, "{off}");
+        }
+        for &(off, len) in &consumer_line {
+            assert!(
+                off.is_multiple_of(len) && off >= 64 && off + len <= 128,
+                "{off}"
+            );
+        }
+        let all: Vec<_> = producer_line.iter().chain(&consumer_line).collect();
+        for (i, &&(a, la)) in all.iter().enumerate() {
+            for &&(b, lb) in &all[i + 1..] {
+                assert!(a + la <= b || b + lb <= a, "words at {a} and {b} overlap");
+            }
+        }
+        // The blocks sit after the segment's own words, a line apart.
+        assert!(OFF_OPENER_PROBE_VAL + 8 <= CTL[0]);
+        assert!(CTL[0].is_multiple_of(64) && CTL[0] + 128 <= CTL[1]);
+        assert!(CTL[1].is_multiple_of(64) && CTL[1] + 128 <= HEADER);
+    }
+
+    #[test]
+    fn the_two_directions_share_nothing_but_the_segment() {
+        let cfg = ShmConfig::default();
+        let seg = Segment::anonymous(HEADER + 2 * CAP as usize);
+        let r0 = Ring::new(seg.clone(), 0, CAP, &cfg);
+        let r1 = Ring::new(seg, 1, CAP, &cfg);
+        let go = AtomicBool::new(false);
+        // The producer withdraws its lent payloads: a word of its own line,
+        // which the other direction does not see, and which leaves the
+        // positions alone.
+        r0.cma_withdrawn().store(u64::MAX, Ordering::SeqCst);
+        r0.polling().store(1, Ordering::SeqCst);
+        r0.cma_done().store(3, Ordering::SeqCst);
+        assert_eq!(r1.cma_withdrawn().load(Ordering::SeqCst), 0);
+        assert_eq!(r1.polling().load(Ordering::SeqCst), 0);
+        assert_eq!(r1.cma_done().load(Ordering::SeqCst), 0);
+        assert_eq!((r0.free(), r0.readable().unwrap()), (CAP, 0));
+        // Full rings in both directions: disjoint data areas.
+        r0.write_all(&bytes(CAP as usize, 12), &go).unwrap();
+        r1.write_all(&bytes(CAP as usize, 13), &go).unwrap();
+        assert_eq!(read(&r0, CAP as usize), bytes(CAP as usize, 12));
+        assert_eq!(read(&r1, CAP as usize), bytes(CAP as usize, 13));
+        assert_eq!(r0.cma_withdrawn().load(Ordering::SeqCst), u64::MAX);
+    }
+
+    #[test]
+    fn a_poller_keeps_small_records_from_waking_the_reader() {
+        let slice = Duration::from_millis(600);
+        let (p, c) = rings(&cfg(0, slice));
+        let go = AtomicBool::new(false);
+        // The consumer's reader sleeps until data is pending; returns how
+        // long after `since` it woke.
+        let sleeper = |c: Arc<Ring>| {
+            std::thread::spawn(move || {
+                let stop = AtomicBool::new(false);
+                c.wait(c.data_seq(), c.reader_waiting(), &stop, || {
+                    c.pending()
+                        .map(|d| d.then_some(()))
+                        .map_err(RingStop::Corrupt)
+                })
+                .unwrap();
+                Instant::now()
+            })
+        };
+        let asleep = |c: &Ring| {
+            while c.reader_waiting().load(Ordering::SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // A poller is there: a pollable record does not wake the reader,
+        // which finds it at the end of its wait slice.
+        c.polling().store(1, Ordering::SeqCst);
+        let r = sleeper(c.clone());
+        asleep(&c);
+        let t = Instant::now();
+        p.write_pollable(&[1; 8], &go).unwrap();
+        let woke = r.join().unwrap();
+        assert!(woke - t >= Duration::from_millis(200), "{:?}", woke - t);
+        assert_eq!(read(&c, 8), [1; 8]);
+        // A record a poll cannot take wakes the reader at once.
+        let (p, c) = rings(&cfg(0, Duration::from_secs(20)));
+        c.polling().store(1, Ordering::SeqCst);
+        let r = sleeper(c.clone());
+        asleep(&c);
+        let t = Instant::now();
+        p.write_all(&[2; 8], &go).unwrap();
+        assert!(r.join().unwrap() - t < Duration::from_secs(10));
+        // As does a pollable one when nobody polls.
+        c.polling().store(0, Ordering::SeqCst);
+        assert_eq!(read(&c, 8), [2; 8]);
+        let r = sleeper(c.clone());
+        asleep(&c);
+        let t = Instant::now();
+        p.write_pollable(&[3; 8], &go).unwrap();
+        assert!(r.join().unwrap() - t < Duration::from_secs(10));
+    }
+}

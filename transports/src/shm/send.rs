@@ -1,0 +1,126 @@
+//! Writing messages into a link's ring to the peer: by the writer thread
+//! (fed by the link's queue), or by a sender itself when nothing is queued
+//! before its message and the ring has room ([`INLINE_MAX`]). A data message
+//! is copied into the ring or, from
+//! [`ShmConfig::cma_min_bytes`](super::ShmConfig::cma_min_bytes) up and to a
+//! peer that reads them, sent as a CMA record while its payload is kept.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::config::{POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD};
+use super::link::{Ctx, Link, Out, lock};
+use super::record::{
+    CMA_EXT, CmaExt, REC_CMA, REC_CONTROL, REC_DATA, REC_GOODBYE, REC_LEN, encode_cma,
+    encode_record,
+};
+use super::ring::{Ring, RingStop};
+use crate::{CloseReason, Message, MessageKind};
+
+/// Largest message a sender writes into the ring itself (when the ring has
+/// room and nothing is queued before it) instead of waking the writer thread.
+pub(super) const INLINE_MAX: usize = 64 << 10;
+
+/// Writes one message record into the link's out ring, counting data
+/// payloads in the metrics (`nic="shm"`); the caller holds the producer lock.
+pub(super) fn write_msg(link: &Link, m: &Message) -> Result<(), RingStop> {
+    let res = if link.use_cma(m) {
+        write_cma(link, m)
+    } else {
+        write_copy(&link.out_ring, m, &link.stop)
+    };
+    if res.is_ok() && m.kind == MessageKind::Data {
+        crate::metrics::Metrics::global().nic_transmit("shm", None, m.payload.len() as u64);
+    }
+    res
+}
+
+/// A record carrying the payload itself.
+fn write_copy(ring: &Ring, m: &Message, stop: &AtomicBool) -> Result<(), RingStop> {
+    let kind = match m.kind {
+        MessageKind::Data => REC_DATA,
+        MessageKind::Control => REC_CONTROL,
+    };
+    let rec = encode_record(
+        kind,
+        m.dtype,
+        m.comm,
+        m.channel,
+        m.seq,
+        m.payload.len() as u64,
+    );
+    ring.write_record(&rec, &m.payload, stop, m.payload.len() <= POLL_MAX_PAYLOAD)
+}
+
+/// A CMA record: the payload stays where it is, kept alive until the peer
+/// copied it.
+fn write_cma(link: &Link, m: &Message) -> Result<(), RingStop> {
+    let number = link.cma_sent.load(Ordering::Relaxed) + 1;
+    // Kept before the record is visible, so a release never precedes it.
+    link.kept
+        .lock()
+        .expect("shm kept")
+        .push_back((number, m.payload.clone()));
+    link.cma_sent.store(number, Ordering::Release);
+    let mut rec = [0u8; REC_LEN + CMA_EXT];
+    rec[..REC_LEN].copy_from_slice(&encode_record(
+        REC_CMA,
+        m.dtype,
+        m.comm,
+        m.channel,
+        m.seq,
+        m.payload.len() as u64,
+    ));
+    rec[REC_LEN..].copy_from_slice(&encode_cma(&CmaExt {
+        addr: m.payload.as_ptr() as u64,
+        number,
+        pid: std::process::id(),
+    }));
+    if m.payload.len() <= POLL_MAX_CMA_BYTES {
+        // Pollable: a waiting thread of the consumer copies it itself.
+        link.out_ring.write_pollable(&rec, &link.stop)
+    } else {
+        link.out_ring.write_all(&rec, &link.stop)
+    }
+}
+
+/// Ring bytes the record of `m` takes.
+pub(super) fn record_bytes(link: &Link, m: &Message) -> usize {
+    if link.use_cma(m) {
+        REC_LEN + CMA_EXT
+    } else {
+        REC_LEN + m.payload.len()
+    }
+}
+
+/// The writer thread of a link: writes what the queue hands it, in order,
+/// until a goodbye, a closed queue, a closing transport or a corrupt ring.
+pub(super) fn writer(link: &Link, ctx: &Ctx, rx: std::sync::mpsc::Receiver<Out>) {
+    let ring = &link.out_ring;
+    let stop = &*link.stop;
+    while let Ok(out) = rx.recv() {
+        let _producer = lock(&link.producer);
+        let res = match out {
+            Out::Goodbye => {
+                let rec = encode_record(REC_GOODBYE, 0, 0, 0, 0, 0);
+                let _ = ring.write_all(&rec, stop);
+                return;
+            }
+            Out::Msg(m) => {
+                let r = write_msg(link, &m);
+                link.backlog.fetch_sub(1, Ordering::AcqRel);
+                r
+            }
+        };
+        match res {
+            Ok(()) => {}
+            Err(RingStop::Closed) => return,
+            Err(RingStop::Corrupt(why)) => {
+                link.report(
+                    ctx,
+                    CloseReason::Lost(format!("shm ring to the peer: {why}")),
+                );
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! [`ShmTransport`]: the links to every peer reached over shared memory, and
+//! the [`Transport`] implementation over them (sends, polls, withdrawal,
+//! close).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::config::CMA_CLOSE_WAIT;
+use super::link::{Ctx, Link, Out};
+use super::recv::poll_link;
+use super::ring::{CMA_YES, RingStop};
+use super::send::{INLINE_MAX, record_bytes, write_msg};
+use crate::frame::GoodbyeReason;
+use crate::{BoxFuture, CloseReason, Message, PeerPath, Transport, TransportError};
+
+/// The shared-memory implementation of [`Transport`] (see the module docs).
+///
+/// Dropping it stops its threads (within [`ShmConfig::wait_slice`]); the
+/// mappings, and the payloads kept for the peers' CMA copies, go with the
+/// last thread.
+///
+/// [`ShmConfig::wait_slice`]: super::ShmConfig::wait_slice
+pub struct ShmTransport {
+    pub(super) ctx: Arc<Ctx>,
+    pub(super) links: Vec<Option<Arc<Link>>>,
+    /// The links, densely (for polling).
+    pub(super) live: Vec<Arc<Link>>,
+    /// Where the next poll starts (round robin).
+    pub(super) poll_next: AtomicUsize,
+}
+
+impl std::fmt::Debug for ShmTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmTransport")
+            .field("rank", &self.ctx.rank)
+            .field(
+                "peers",
+                &self.live.iter().map(|l| l.peer).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl ShmTransport {
+    pub(super) fn link(&self, peer: u32) -> Option<&Arc<Link>> {
+        self.links.get(peer as usize)?.as_ref()
+    }
+
+    fn stop_all(&self) {
+        self.ctx.closing.store(true, Ordering::Release);
+        for l in &self.live {
+            l.stop();
+        }
+    }
+
+    /// Whether messages of at least [`ShmConfig::cma_min_bytes`] to `peer`
+    /// go by CMA (the peer accepted them at setup).
+    ///
+    /// Only meaningful once the peer finished its setup; `false` for a peer
+    /// not reached over shared memory.
+    ///
+    /// [`ShmConfig::cma_min_bytes`]: super::ShmConfig::cma_min_bytes
+    pub fn cma_to(&self, peer: u32) -> bool {
+        self.link(peer).is_some_and(|l| {
+            l.cma_min > 0 && l.out_ring.cma_ok().load(Ordering::Acquire) == CMA_YES
+        })
+    }
+
+    /// Whether this rank copies large messages from `peer` by CMA (its probe
+    /// of the peer succeeded at setup).
+    pub fn cma_from(&self, peer: u32) -> bool {
+        self.link(peer).is_some_and(|l| l.cma_from.is_some())
+    }
+}
+
+impl Drop for ShmTransport {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// Waits, on a thread of its own, until the peers copied the CMA payloads
+/// this rank sent them, or [`CMA_CLOSE_WAIT`] passed.
+async fn drain_kept(links: &[Arc<Link>]) {
+    if links.iter().all(|l| l.kept_empty()) {
+        return;
+    }
+    let (tx, rx) = oneshot::channel();
+    let links = links.to_vec();
+    let spawned = std::thread::Builder::new()
+        .name("zccl-shm-drain".into())
+        .spawn(move || {
+            let until = Instant::now() + CMA_CLOSE_WAIT;
+            for l in &links {
+                while !l.kept_empty() && Instant::now() < until {
+                    if l.reap().is_err() {
+                        break;
+                    }
+                    if !l.kept_empty() {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            }
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() {
+        let _ = rx.await;
+    }
+}
+
+impl Transport for ShmTransport {
+    fn name(&self) -> &'static str {
+        "shm"
+    }
+
+    fn send(&self, peer: u32, msg: Message) -> Result<(), TransportError> {
+        let link = self.link(peer).ok_or(TransportError::NoSuchPeer(peer))?;
+        if self.ctx.closing.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        if link.release_pending() {
+            // The reader thread does it too; this only frees memory sooner.
+            let _ = link.reap();
+        }
+        let len = msg.payload.len();
+        if (len <= INLINE_MAX || link.use_cma(&msg))
+            && link.backlog.load(Ordering::Acquire) == 0
+            && let Ok(_producer) = link.producer.try_lock()
+            && link.backlog.load(Ordering::Acquire) == 0
+            && link.out_ring.free() >= record_bytes(link, &msg) as u64
+        {
+            // Fast path: the ring has room and nothing is queued before this
+            // message, so write it here (never waits) instead of handing it
+            // to the writer thread (one thread wake-up less per message).
+            return match write_msg(link, &msg) {
+                Ok(()) => Ok(()),
+                Err(RingStop::Closed) => Err(TransportError::Closed),
+                Err(RingStop::Corrupt(why)) => {
+                    link.report(
+                        &self.ctx,
+                        CloseReason::Lost(format!("shm ring to the peer: {why}")),
+                    );
+                    Err(TransportError::PeerGone(peer))
+                }
+            };
+        }
+        let tx = link.tx.lock().expect("shm tx");
+        let tx = tx.as_ref().ok_or(TransportError::Closed)?;
+        link.backlog.fetch_add(1, Ordering::AcqRel);
+        tx.send(Out::Msg(msg))
+            // The writer thread stopped on a corrupt ring and reported the peer.
+            .map_err(|_| TransportError::PeerGone(peer))
+    }
+
+    /// A lent message that goes by CMA is sent as it is (only the peer
+    /// copies its payload); any other is copied first.
+    fn send_lent(&self, peer: u32, mut msg: Message) -> Result<(), TransportError> {
+        let link = self.link(peer).ok_or(TransportError::NoSuchPeer(peer))?;
+        if !link.use_cma(&msg) {
+            msg.payload = Bytes::copy_from_slice(&msg.payload);
+        }
+        self.send(peer, msg)
+    }
+
+    fn withdraw(&self, peer: u32) {
+        if let Some(link) = self.link(peer) {
+            link.withdraw();
+        }
+    }
+
+    fn path(&self, peer: u32) -> Option<PeerPath> {
+        self.link(peer).map(|l| PeerPath::Shm {
+            segment: l.path.clone(),
+            control: None,
+        })
+    }
+
+    fn set_deliver(&self, hook: crate::Deliver) {
+        let _ = self.ctx.deliver.set(hook);
+    }
+
+    fn landing(&self) -> Option<Arc<crate::landing::Landing>> {
+        Some(self.ctx.landing.clone())
+    }
+
+    fn set_polling(&self, on: bool) {
+        for l in &self.live {
+            let r = &l.in_ring;
+            if on {
+                r.polling().fetch_add(1, Ordering::SeqCst);
+            } else {
+                r.polling().fetch_sub(1, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                // A record a producer left to us while we polled, or a
+                // release of our CMA payloads: the reader thread takes it
+                // from here.
+                if !matches!(r.pending(), Ok(false)) || l.release_pending() {
+                    r.notify_reader();
+                }
+            }
+        }
+    }
+
+    fn poll(&self, max: usize, f: &mut dyn FnMut(u32, Message)) -> usize {
+        let n = self.live.len();
+        if n == 0 || max == 0 {
+            return 0;
+        }
+        let start = self.poll_next.fetch_add(1, Ordering::Relaxed) % n;
+        // Payloads the peers copied meanwhile (they do not wake our
+        // reader thread for that while we poll).
+        for l in &self.live {
+            if l.release_pending() && l.reap().is_err() {
+                // An impossible count: the reader thread reports it.
+                l.in_ring.notify_reader();
+            }
+        }
+        let mut got = 0;
+        // Rounds of at most one message per link, so that a busy peer
+        // cannot starve the others.
+        loop {
+            let before = got;
+            for i in 0..n {
+                if got == max {
+                    return got;
+                }
+                if poll_link(&self.live[(start + i) % n], &self.ctx, f) {
+                    got += 1;
+                }
+            }
+            if got == before {
+                return got;
+            }
+        }
+    }
+
+    fn close(&self, reason: GoodbyeReason) -> BoxFuture {
+        let first = !self.ctx.closing.swap(true, Ordering::AcqRel);
+        let links = self.live.clone();
+        Box::pin(async move {
+            let clean = matches!(reason, GoodbyeReason::Clean);
+            if first {
+                match reason {
+                    GoodbyeReason::Clean => {
+                        // The goodbye record follows everything queued.
+                        for l in &links {
+                            if let Some(tx) = l.tx.lock().expect("shm tx").take() {
+                                let _ = tx.send(Out::Goodbye);
+                            }
+                        }
+                    }
+                    GoodbyeReason::Abort { .. } => {
+                        for l in &links {
+                            l.stop();
+                        }
+                    }
+                }
+            }
+            // Writers finish (clean) or stop (abort); then stop the readers.
+            // If this future is dropped early, Drop of the transport stops all.
+            let mut waits = Vec::new();
+            for l in &links {
+                let mut d = l.done.lock().expect("shm done");
+                if !d.is_empty() {
+                    waits.push(d.remove(0));
+                }
+            }
+            for w in waits {
+                let _ = w.await;
+            }
+            if clean {
+                // The peers read our CMA payloads from our memory: let them
+                // finish before this rank may free it.
+                drain_kept(&links).await;
+            } else {
+                // An abort does not wait for them: withdraw them (a peer
+                // still copying rejects what it copied, so memory this
+                // process reuses is never delivered as data) and drop them.
+                for l in &links {
+                    l.withdraw();
+                }
+            }
+            let mut readers = Vec::new();
+            for l in &links {
+                l.stop();
+                readers.extend(l.done.lock().expect("shm done").drain(..));
+            }
+            for r in readers {
+                let _ = r.await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MessageKind;
+    use crate::TransportEvent;
+    use crate::shm::config::{CMA_MIN_BYTES, POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD};
+    use crate::shm::testutil::{cfg, expect_lost, msg, next, pair, wait_true, watched};
+
+    #[test]
+    fn poll_takes_small_whole_messages_in_order_and_leaves_the_rest() {
+        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
+        t1.ctx.pause_readers.store(true, Ordering::Release);
+        // Sends that find room are written inline: in the ring on return.
+        for i in 0..20 {
+            let kind = if i % 3 == 0 {
+                MessageKind::Control
+            } else {
+                MessageKind::Data
+            };
+            t0.send(1, msg(kind, i, i as usize * 200)).unwrap();
+        }
+        t0.send(1, msg(MessageKind::Data, 20, POLL_MAX_PAYLOAD + 1))
+            .unwrap();
+        for i in 21..26 {
+            t0.send(1, msg(MessageKind::Data, i, 8)).unwrap();
+        }
+        let mut got = Vec::new();
+        assert_eq!(t1.poll(3, &mut |p, m| got.push((p, m))), 3);
+        assert_eq!(t1.poll(100, &mut |p, m| got.push((p, m))), 17);
+        // The large message blocks the tail: nothing more for polls.
+        assert_eq!(t1.poll(100, &mut |p, m| got.push((p, m))), 0);
+        for (i, (p, m)) in got.iter().enumerate() {
+            assert_eq!(*p, 0);
+            let kind = if i % 3 == 0 {
+                MessageKind::Control
+            } else {
+                MessageKind::Data
+            };
+            assert_eq!(*m, msg(kind, i as u64, i * 200));
+        }
+        assert!(rx1.try_recv().is_err(), "polled messages are no events");
+        // The reader thread takes the rest, in order.
+        t1.ctx.pause_readers.store(false, Ordering::Release);
+        for i in 20..26 {
+            match next(&mut rx1) {
+                TransportEvent::Message { peer: 0, msg: m } => {
+                    let len = if i == 20 { POLL_MAX_PAYLOAD + 1 } else { 8 };
+                    assert_eq!(m, msg(MessageKind::Data, i, len));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A goodbye is the reader's too.
+        t1.ctx.pause_readers.store(true, Ordering::Release);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(t0.close(GoodbyeReason::Clean));
+        assert_eq!(t1.poll(100, &mut |_, _| panic!("no message")), 0);
+        t1.ctx.pause_readers.store(false, Ordering::Release);
+        assert!(matches!(
+            next(&mut rx1),
+            TransportEvent::PeerClosed {
+                peer: 0,
+                reason: CloseReason::Clean,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn lent_payloads_are_read_only_by_the_peer_and_released_after_its_copy() {
+        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
+        t1.ctx.pause_readers.store(true, Ordering::Release);
+        // Below the CMA threshold a lent payload is copied at once.
+        let (small, small_dropped, _mem) = watched(0, 1000);
+        let want_small = msg(MessageKind::Data, 0, 1000);
+        t0.send_lent(1, small).unwrap();
+        assert!(small_dropped.load(Ordering::SeqCst), "copied, so dropped");
+        // Above it, only the peer copies it: kept until it did.
+        let (big, big_dropped, _mem) = watched(1, CMA_MIN_BYTES * 3);
+        let want_big = msg(MessageKind::Data, 1, CMA_MIN_BYTES * 3);
+        t0.send_lent(1, big).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!big_dropped.load(Ordering::SeqCst), "kept for the peer");
+        t1.ctx.pause_readers.store(false, Ordering::Release);
+        for want in [want_small, want_big] {
+            match next(&mut rx1) {
+                TransportEvent::Message { peer: 0, msg: m } => assert_eq!(m, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        wait_true(&big_dropped);
+    }
+
+    #[test]
+    fn polls_copy_cma_records_up_to_their_bound_and_reap_released_payloads() {
+        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
+        // Neither reader thread runs: whatever happens is the polls' doing.
+        t0.ctx.pause_readers.store(true, Ordering::Release);
+        t1.ctx.pause_readers.store(true, Ordering::Release);
+        t1.set_polling(true);
+        // A sender that polls is not woken for releases: its polls reap.
+        t0.set_polling(true);
+        let (small, small_dropped, _m1) = watched(1, POLL_MAX_CMA_BYTES);
+        let (big, big_dropped, _m2) = watched(2, POLL_MAX_CMA_BYTES + 1);
+        t0.send(1, small).unwrap();
+        t0.send(1, big).unwrap();
+        let mut got = Vec::new();
+        assert_eq!(t1.poll(10, &mut |p, m| got.push((p, m))), 1);
+        assert_eq!(
+            got,
+            vec![(0, msg(MessageKind::Data, 1, POLL_MAX_CMA_BYTES))]
+        );
+        // The larger record stays for the reader thread.
+        assert_eq!(
+            t1.poll(10, &mut |_, _| panic!("polled a large CMA record")),
+            0
+        );
+        // The sender's poll drops the payload the peer copied.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!small_dropped.load(Ordering::SeqCst));
+        t0.poll(10, &mut |_, _| panic!("no message for rank 0"));
+        assert!(small_dropped.load(Ordering::SeqCst), "reaped by the poll");
+        assert!(!big_dropped.load(Ordering::SeqCst));
+        t0.set_polling(false);
+        t1.set_polling(false);
+        t0.ctx.pause_readers.store(false, Ordering::Release);
+        t1.ctx.pause_readers.store(false, Ordering::Release);
+        match next(&mut rx1) {
+            TransportEvent::Message { peer: 0, msg: m } => {
+                assert_eq!(m, msg(MessageKind::Data, 2, POLL_MAX_CMA_BYTES + 1))
+            }
+            other => panic!("{other:?}"),
+        }
+        wait_true(&big_dropped);
+    }
+
+    #[test]
+    fn a_withdrawn_lent_payload_is_never_delivered() {
+        for abort in [false, true] {
+            let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
+            t1.ctx.pause_readers.store(true, Ordering::Release);
+            let (big, dropped, _mem) = watched(1, CMA_MIN_BYTES * 2);
+            t0.send_lent(1, big).unwrap();
+            if abort {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(t0.close(GoodbyeReason::Abort {
+                    cause_rank: None,
+                    message: "test".into(),
+                }));
+            } else {
+                t0.withdraw(1);
+            }
+            // Released at once: the owner may reuse the memory.
+            assert!(dropped.load(Ordering::SeqCst), "abort {abort}");
+            t1.ctx.pause_readers.store(false, Ordering::Release);
+            expect_lost(&mut rx1, 0, "withdrew CMA payload 1");
+        }
+    }
+}
