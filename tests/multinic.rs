@@ -18,7 +18,7 @@ fn a_job_across_two_hosts_uses_every_nic() {
     }) {
         Ok(tb) => tb,
         Err(TestbedError::Unavailable(why)) => {
-            eprintln!("skipping: {why}");
+            zccl_testbed::skip(why);
             return;
         }
         Err(e) => panic!("testbed: {e}"),

@@ -68,12 +68,11 @@ fn python_package_tests() {
             "ZCCL_TEST_PYTHON={} lacks torch, numpy or pytest",
             python.display()
         );
-        println!(
-            "SKIPPED python_package_tests: {} cannot import torch, numpy and pytest \
+        zccl_testbed::skip(format!(
+            "{} cannot import torch, numpy and pytest \
              (apt-get install python3-torch python3-pytest; .ci/run does)",
             python.display()
-        );
-        eprintln!("SKIPPED python_package_tests: no interpreter with torch, numpy and pytest");
+        ));
         return;
     }
     // The wheel installed in ZCCL_TEST_PYTHON's environment, or a staged build.

@@ -24,7 +24,7 @@ fn testbed_available() -> bool {
     match zccl_testbed::available() {
         Ok(()) => true,
         Err(e) => {
-            eprintln!("skipping: {e}");
+            zccl_testbed::skip(e);
             false
         }
     }

@@ -3,8 +3,10 @@
 //! bytes the bench itself counted (`# Bytes sent by all ranks`) within 1 %.
 //!
 //! Needs the `prometheus` binary (Debian's `prometheus` package; `.ci/run`
-//! installs it). Without it the test prints `skipping: prometheus not
-//! installed` and passes, so developer machines need nothing.
+//! installs it). Without it the test prints `SKIPPED
+//! prometheus_scrapes_the_bytes_the_bench_sent: prometheus not installed`
+//! (shown without `--nocapture`, see `zccl_testbed::skip`) and passes, so
+//! developer machines need nothing.
 //!
 //! Every wait is bounded and every child is killed on every path (the
 //! [`Proc`] guard), so a hang fails the test instead of blocking CI.
@@ -166,7 +168,7 @@ fn tail(path: &Path) -> String {
 #[test]
 fn prometheus_scrapes_the_bytes_the_bench_sent() {
     let Some(prometheus) = find_prometheus() else {
-        println!("skipping: prometheus not installed");
+        zccl_testbed::skip("prometheus not installed");
         return;
     };
     let t0 = Instant::now();

@@ -28,6 +28,8 @@ def dtype_name(x):
     """The element type of a tensor or array, as a bare name ("float32")."""
     if _is_torch(x):
         return str(x.dtype).replace("torch.", "")
+    if not hasattr(x, "dtype"):
+        raise TypeError(f"zccl: expected a torch tensor or a numpy array, not {type(x).__name__}")
     return str(x.dtype)
 
 

@@ -22,6 +22,7 @@ def _op_name(op):
     if isinstance(op, str):
         name = op.lower()
     else:  # torch's ReduceOp / RedOpType, or anything with a name
+        op = getattr(op, "op", op)  # torch 1.13: ReduceOp.MAX is a ReduceOp whose .op is the RedOpType
         name = getattr(op, "name", None) or str(op).split(".")[-1]
         name = name.lower()
     if name not in _OPS:

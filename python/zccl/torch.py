@@ -164,7 +164,14 @@ class _Work(dist._Work):
         return True
 
     def is_completed(self):
-        return self._done or self._z is None or self._z.is_completed()
+        if self._done:
+            return True
+        if self._z is None or self._z.is_completed():
+            # The copies into the caller's tensors (list outputs, staged
+            # tensors) happen now, so that completed means readable.
+            self._finish_quietly()
+            return True
+        return False
 
     def is_success(self):
         if not self.is_completed():

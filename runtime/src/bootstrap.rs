@@ -344,8 +344,13 @@ async fn serve(
         }
         Err(why) => {
             // Ranks still on their way get the reason when they register
-            // (the acceptor answers them from `failed`) until the deadline.
-            tokio::time::sleep_until(deadline.into()).await;
+            // (the acceptor answers them from `failed`) until the deadline;
+            // so do those whose registration raced with the failure.
+            while let Ok(Some(a)) = tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+                if let Arrival::Registered(_, mut stream, _) = a {
+                    send_error(&mut stream, &format!("the job failed: {why}"), &limits).await;
+                }
+            }
             acceptor.abort();
             Err(Error::Bootstrap(why))
         }

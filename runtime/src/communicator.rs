@@ -204,7 +204,7 @@ impl Communicator {
     pub fn from_env() -> Result<Self> {
         crate::logging::init_from_env()?;
         let config = Config::from_env()?;
-        let env = launcher_env::detect(&|k| std::env::var(k).ok())?;
+        let env = launcher_env::detect_from_env()?;
         if env.secret_is_derived {
             info!("job secret derived from launcher job id (set ZCCL_JOB_SECRET for a random one)");
         }
@@ -253,6 +253,7 @@ impl Communicator {
                 "rank {rank} is not in a world of {size}"
             )));
         }
+        config.validate()?;
         let deadline = Instant::now() + config.timeout;
         let available = list_interfaces().map_err(zccl_transports::TransportError::from)?;
         let nics = select(config.socket_ifname.as_deref(), &available)
@@ -753,9 +754,10 @@ impl Channel {
     }
 
     /// The same channel, with ops issued through it failing after `timeout`
-    /// instead of the configured `ZCCL_TIMEOUT` (the per-call override).
+    /// instead of the configured `ZCCL_TIMEOUT` (the per-call override);
+    /// at most [`crate::config::MAX_DURATION_SECS`] (longer is cut to that).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = timeout.min(Duration::from_secs(crate::config::MAX_DURATION_SECS as u64));
         self
     }
 

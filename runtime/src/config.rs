@@ -1,30 +1,36 @@
 //! Runtime configuration from `ZCCL_*` environment variables.
 //!
-//! | variable | meaning | default |
-//! |---|---|---|
-//! | `ZCCL_TIMEOUT` | deadline of every op and of init, seconds | 300 |
-//! | `ZCCL_PEER_TIMEOUT` | a peer silent this long is declared stuck, seconds | min(`ZCCL_TIMEOUT`/2, 60) |
-//! | `ZCCL_HEARTBEAT_MS` | heartbeat period of idle sockets | min(1000, peer timeout/5) |
-//! | `ZCCL_HANDSHAKE_TIMEOUT` | longest wait for a connection's hello, seconds | min(10, `ZCCL_TIMEOUT`) |
-//! | `ZCCL_SOCKET_IFNAME` | NICs to use (NCCL syntax, see [`zccl_transports::ifname`]) | all but `docker*`, `lo*` |
-//! | `ZCCL_NSOCKS_PERPEER` | TCP connections per peer | one per NIC (the most NICs any rank selected) |
-//! | `ZCCL_CHUNK_BYTES` | striping chunk size | 524288 |
-//! | `ZCCL_MAX_FRAME_BYTES` | largest frame accepted | 16 MiB |
-//! | `ZCCL_MAX_MESSAGE_BYTES` | largest message accepted | 16 GiB |
-//! | `ZCCL_SOCKET_BUFFER_BYTES` | `SO_SNDBUF`/`SO_RCVBUF`; 0 = the kernel's autotuning (a fixed receive buffer that fills gets pruned, and the dropped segment costs a 200 ms retransmission timeout) | 0 |
-//! | `ZCCL_METRICS_ADDR` | serve Prometheus metrics: rank with local rank `l` on `host:(port + l)`; unset = off | unset |
-//! | `ZCCL_NTHREADS` | progress-engine threads per rank | 1 with at most 2 CPUs, else 2 |
-//! | `ZCCL_SHM_DISABLE` | `1`: ranks of one host talk over TCP, not shared memory | `0` |
-//! | `ZCCL_SHM_RING_BYTES` | bytes of each shared-memory ring (one per direction and pair) | 4 MiB |
-//! | `ZCCL_SHM_SPIN` | spin rounds before a shared-memory wait sleeps in `futex` | 200 |
-//! | `ZCCL_SHM_CMA_MIN_BYTES` | same-host messages at least this large are copied once, straight from the sender's memory (`process_vm_readv`), instead of twice through the ring | 262144 |
-//! | `ZCCL_SHM_CMA_DISABLE` | `1`: never use that single copy | `0` |
-//! | `ZCCL_HOST_ID` | overrides the host identity (boot id + network namespace) | — |
-//! | `ZCCL_SPIN_US` | how long a thread waiting on a handle spins, polling for messages, before it sleeps; microseconds, 0 = never | 50 |
-//! | `ZCCL_ROUTER` | sends to other hosts: `on` (NIC-aware router), `affinity` (whole, on the sender's own NIC), `off` (striped by TCP) | `on` |
-//! | `ZCCL_CROSS_NIC` | router rail matching: `0` same rail only, `1` any NIC, `2` same rail first | `2` |
-//! | `ZCCL_PXN_DISABLE` | `1`: the router's sender drives other NICs itself instead of relaying through the rank affine to them | `0` |
-//! | `ZCCL_ROUTE_CHUNK_BYTES` | largest chunk the router sends | 1 MiB |
+//! | variable | meaning | accepted | default |
+//! |---|---|---|---|
+//! | `ZCCL_TIMEOUT` | deadline of every op and of init, seconds | [0.001, 1e9] | 300 |
+//! | `ZCCL_PEER_TIMEOUT` | a peer silent this long is declared stuck, seconds | [0.001, 1e9] | min(`ZCCL_TIMEOUT`/2, 60) |
+//! | `ZCCL_HEARTBEAT_MS` | heartbeat period of idle sockets | 0..=10¹² (0 means 1) | min(1000, peer timeout/5) |
+//! | `ZCCL_HANDSHAKE_TIMEOUT` | longest wait for a connection's hello, seconds | [0.001, 1e9] | min(10, `ZCCL_TIMEOUT`) |
+//! | `ZCCL_SOCKET_IFNAME` | NICs to use (NCCL syntax, see [`zccl_transports::ifname`]) | any | all but `docker*`, `lo*` |
+//! | `ZCCL_NSOCKS_PERPEER` | TCP connections per peer | 1..=64 | one per NIC (the most NICs any rank selected) |
+//! | `ZCCL_CHUNK_BYTES` | striping chunk size | 1..=`ZCCL_MAX_FRAME_BYTES` | 524288 |
+//! | `ZCCL_MAX_FRAME_BYTES` | largest frame accepted | 1..=4294967295 | 16 MiB |
+//! | `ZCCL_MAX_MESSAGE_BYTES` | largest message accepted | 1..=2⁴⁰ (1 TiB) | 16 GiB |
+//! | `ZCCL_SOCKET_BUFFER_BYTES` | `SO_SNDBUF`/`SO_RCVBUF`; 0 = the kernel's autotuning (a fixed receive buffer that fills gets pruned, and the dropped segment costs a 200 ms retransmission timeout) | 0..=2147483647 | 0 |
+//! | `ZCCL_METRICS_ADDR` | serve Prometheus metrics: rank with local rank `l` on `host:(port + l)`; unset = off | `ip:port` | unset |
+//! | `ZCCL_NTHREADS` | progress-engine threads per rank | a whole number, clamped to 1..=64 | 1 with at most 2 CPUs, else 2 |
+//! | `ZCCL_SHM_DISABLE` | `1`: ranks of one host talk over TCP, not shared memory | `0`/`1` (`false`/`true`, `no`/`yes`) | `0` |
+//! | `ZCCL_SHM_RING_BYTES` | bytes of each shared-memory ring (one per direction and pair) | 4096..=2³⁰ | 4 MiB |
+//! | `ZCCL_SHM_SPIN` | spin rounds before a shared-memory wait sleeps in `futex` | 0..=4294967295 | 200 |
+//! | `ZCCL_SHM_CMA_MIN_BYTES` | same-host messages at least this large are copied once, straight from the sender's memory (`process_vm_readv`), instead of twice through the ring | a whole number | 262144 |
+//! | `ZCCL_SHM_CMA_DISABLE` | `1`: never use that single copy | `0`/`1` | `0` |
+//! | `ZCCL_HOST_ID` | overrides the host identity (boot id + network namespace) | any | — |
+//! | `ZCCL_SPIN_US` | how long a thread waiting on a handle spins, polling for messages, before it sleeps; microseconds, 0 = never | a whole number, clamped to 0..=10⁶ | 50 |
+//! | `ZCCL_ROUTER` | sends to other hosts: `on` (NIC-aware router), `affinity` (whole, on the sender's own NIC), `off` (striped by TCP) | see left | `on` |
+//! | `ZCCL_CROSS_NIC` | router rail matching: `0` same rail only, `1` any NIC, `2` same rail first | `0`, `1`, `2` | `2` |
+//! | `ZCCL_PXN_DISABLE` | `1`: the router's sender drives other NICs itself instead of relaying through the rank affine to them | `0`/`1` | `0` |
+//! | `ZCCL_ROUTE_CHUNK_BYTES` | largest chunk the router sends | 4096..=18446744073709551615 | 1 MiB |
+//!
+//! A value outside its range is an [`Error::Config`] that names the variable
+//! and the range; nothing is silently wrapped or truncated. Durations stop at
+//! 1e9 s ([`MAX_DURATION_SECS`], about 31 years), so every deadline computed
+//! from them (`Instant::now() + timeout`) stays representable. A variable set
+//! to bytes that are not UTF-8 is an error too ([`Config::from_env`]).
 //!
 //! Shared memory is used between two ranks when both have the same host
 //! identity and neither set `ZCCL_SHM_DISABLE=1`; everything else uses TCP.
@@ -34,6 +40,7 @@ use std::time::Duration;
 use zccl_transports::shm::ShmConfig;
 use zccl_transports::tcp::TcpConfig;
 
+use crate::envvars::{read_process_env, shown};
 use crate::error::{Error, Result};
 
 /// Configuration of a communicator.
@@ -70,36 +77,114 @@ impl Default for Config {
     }
 }
 
+/// Longest duration any `ZCCL_*` variable accepts, in seconds (about 31.7
+/// years): `Instant::now()` plus this never overflows.
+pub const MAX_DURATION_SECS: f64 = 1e9;
+
+/// Largest accepted `ZCCL_MAX_MESSAGE_BYTES` (1 TiB).
+const MAX_MESSAGE_LIMIT: u64 = 1 << 40;
+
+/// Shortest duration a `ZCCL_*` seconds variable accepts: 1 ms (the
+/// heartbeat's granularity; anything shorter cannot work).
+const MIN_DURATION_SECS: f64 = 1e-3;
+
+/// A duration in seconds, in [1 ms, [`MAX_DURATION_SECS`]].
 fn secs(name: &str, v: &str) -> Result<Duration> {
-    let s: f64 = v
-        .trim()
-        .parse()
-        .map_err(|_| Error::Config(format!("{name}={v:?} is not a number of seconds")))?;
-    if !(s.is_finite() && s > 0.0) {
-        return Err(Error::Config(format!("{name}={v:?} must be positive")));
+    let bad = || {
+        Error::Config(format!(
+            "{name}={}: must be a number of seconds in [0.001, 1e9]",
+            shown(v)
+        ))
+    };
+    let s: f64 = v.trim().parse().map_err(|_| bad())?;
+    // NaN is in no range.
+    if !(MIN_DURATION_SECS..=MAX_DURATION_SECS).contains(&s) {
+        return Err(bad());
     }
     Ok(Duration::from_secs_f64(s))
 }
 
-fn int<T: std::str::FromStr>(name: &str, v: &str) -> Result<T> {
+/// A whole decimal number in `range`.
+fn uint(name: &str, v: &str, range: std::ops::RangeInclusive<u64>) -> Result<u64> {
     v.trim()
-        .parse()
-        .map_err(|_| Error::Config(format!("{name}={v:?} is not a valid integer")))
+        .parse::<u64>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{name}={}: must be a whole number in {}..={}",
+                shown(v),
+                range.start(),
+                range.end()
+            ))
+        })
+}
+
+/// [`uint`] for a value held in a `usize`.
+fn usize_in(name: &str, v: &str, range: std::ops::RangeInclusive<u64>) -> Result<usize> {
+    let n = uint(name, v, range)?;
+    usize::try_from(n).map_err(|_| {
+        Error::Config(format!(
+            "{name}={}: {n} does not fit this machine's usize",
+            shown(v)
+        ))
+    })
 }
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment. A variable that is set to bytes that
+    /// are not UTF-8 is an [`Error::Config`] naming it.
     pub fn from_env() -> Result<Self> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+        match read_process_env(|get| Self::from_lookup(get)) {
+            (_, Some(k)) => Err(Error::Config(format!("{k} is not valid UTF-8"))),
+            (r, None) => r,
+        }
     }
 
-    /// Reads variables through `get` (pure; used by tests).
+    /// Checks what [`Config::from_lookup`] checks of the durations, for a
+    /// configuration built or changed in code: each is positive and at most
+    /// [`MAX_DURATION_SECS`], so no deadline computed from it overflows.
+    ///
+    /// ```
+    /// let mut c = zccl_runtime::Config::default();
+    /// assert!(c.validate().is_ok());
+    /// c.timeout = std::time::Duration::MAX;
+    /// assert!(c.validate().unwrap_err().to_string().contains("timeout"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let max = Duration::from_secs(MAX_DURATION_SECS as u64);
+        for (what, d) in [
+            ("timeout (ZCCL_TIMEOUT)", self.timeout),
+            ("peer timeout (ZCCL_PEER_TIMEOUT)", self.tcp.peer_timeout),
+            (
+                "handshake timeout (ZCCL_HANDSHAKE_TIMEOUT)",
+                self.tcp.handshake_timeout,
+            ),
+            (
+                "heartbeat interval (ZCCL_HEARTBEAT_MS)",
+                self.tcp.heartbeat_interval,
+            ),
+        ] {
+            if d.is_zero() || d > max {
+                return Err(Error::Config(format!(
+                    "{what} of {d:?} must be in (0, 1e9] seconds"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads variables through `get` (pure; used by tests). Never panics: a
+    /// value out of range is an [`Error::Config`] naming the variable and
+    /// what it accepts.
     ///
     /// ```
     /// use std::time::Duration;
     /// let c = zccl_runtime::Config::from_lookup(|k| (k == "ZCCL_TIMEOUT").then(|| "4".to_string())).unwrap();
     /// assert_eq!(c.timeout, Duration::from_secs(4));
     /// assert_eq!(c.tcp.peer_timeout, Duration::from_secs(2));
+    /// let e = zccl_runtime::Config::from_lookup(|k| (k == "ZCCL_TIMEOUT").then(|| "1e19".to_string()));
+    /// assert!(e.unwrap_err().to_string().contains("ZCCL_TIMEOUT=\"1e19\": must be a number of seconds in [0.001, 1e9]"));
     /// ```
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let timeout = get("ZCCL_TIMEOUT")
@@ -111,7 +196,14 @@ impl Config {
             .transpose()?
             .unwrap_or_else(|| (timeout / 2).min(Duration::from_secs(60)));
         let heartbeat_interval = match get("ZCCL_HEARTBEAT_MS") {
-            Some(v) => Duration::from_millis(int::<u64>("ZCCL_HEARTBEAT_MS", &v)?.max(1)),
+            Some(v) => Duration::from_millis(
+                uint(
+                    "ZCCL_HEARTBEAT_MS",
+                    &v,
+                    0..=(MAX_DURATION_SECS as u64) * 1000,
+                )?
+                .max(1),
+            ),
             None => (peer_timeout / 5)
                 .min(Duration::from_secs(1))
                 .max(Duration::from_millis(1)),
@@ -127,37 +219,35 @@ impl Config {
             ..TcpConfig::default()
         };
         if let Some(v) = get("ZCCL_NSOCKS_PERPEER") {
-            tcp.sockets_per_peer = int("ZCCL_NSOCKS_PERPEER", &v)?;
-            if tcp.sockets_per_peer == 0 || tcp.sockets_per_peer > 64 {
-                return Err(Error::Config(format!(
-                    "ZCCL_NSOCKS_PERPEER={v:?} must be in 1..=64"
-                )));
-            }
+            tcp.sockets_per_peer = uint("ZCCL_NSOCKS_PERPEER", &v, 1..=64)? as u16;
         }
         if let Some(v) = get("ZCCL_MAX_FRAME_BYTES") {
-            tcp.limits.max_frame = int("ZCCL_MAX_FRAME_BYTES", &v)?;
+            tcp.limits.max_frame =
+                uint("ZCCL_MAX_FRAME_BYTES", &v, 1..=u64::from(u32::MAX))? as u32;
         }
         if let Some(v) = get("ZCCL_MAX_MESSAGE_BYTES") {
-            tcp.limits.max_message = int("ZCCL_MAX_MESSAGE_BYTES", &v)?;
+            tcp.limits.max_message = uint("ZCCL_MAX_MESSAGE_BYTES", &v, 1..=MAX_MESSAGE_LIMIT)?;
         }
         if let Some(v) = get("ZCCL_CHUNK_BYTES") {
-            tcp.chunk_bytes = int("ZCCL_CHUNK_BYTES", &v)?;
-        }
-        if tcp.chunk_bytes == 0 || tcp.chunk_bytes > tcp.limits.max_frame as usize {
+            tcp.chunk_bytes =
+                usize_in("ZCCL_CHUNK_BYTES", &v, 1..=u64::from(tcp.limits.max_frame))?;
+        } else if tcp.chunk_bytes > tcp.limits.max_frame as usize {
             return Err(Error::Config(format!(
-                "chunk size {} must be in 1..=ZCCL_MAX_FRAME_BYTES ({})",
-                tcp.chunk_bytes, tcp.limits.max_frame
+                "ZCCL_MAX_FRAME_BYTES={}: smaller than the chunk size {} (set ZCCL_CHUNK_BYTES too)",
+                tcp.limits.max_frame, tcp.chunk_bytes
             )));
         }
         if let Some(v) = get("ZCCL_SOCKET_BUFFER_BYTES") {
-            let b: usize = int("ZCCL_SOCKET_BUFFER_BYTES", &v)?;
+            // The kernel takes an `int`.
+            let b = usize_in("ZCCL_SOCKET_BUFFER_BYTES", &v, 0..=i32::MAX as u64)?;
             tcp.socket_buffer_bytes = (b > 0).then_some(b);
         }
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         let engine_threads = match get("ZCCL_NTHREADS") {
-            Some(v) => int::<usize>("ZCCL_NTHREADS", &v)?.clamp(1, 64),
+            // Clamped, as NCCL clamps NCCL_NTHREADS.
+            Some(v) => uint("ZCCL_NTHREADS", &v, 0..=u64::MAX)?.clamp(1, 64) as usize,
             // With 2 CPUs or fewer, a second worker per rank only adds
             // context switches (measured with the p2p benchmark).
             None if cpus <= 2 => 1,
@@ -169,7 +259,8 @@ impl Config {
             Some("1" | "true" | "yes") => false,
             Some(v) => {
                 return Err(Error::Config(format!(
-                    "ZCCL_SHM_DISABLE={v:?} must be 0 or 1"
+                    "ZCCL_SHM_DISABLE={}: must be 0 or 1",
+                    shown(v)
                 )));
             }
         };
@@ -178,25 +269,21 @@ impl Config {
             ..ShmConfig::default()
         };
         if let Some(v) = get("ZCCL_SHM_RING_BYTES") {
-            shm.ring_bytes = int("ZCCL_SHM_RING_BYTES", &v)?;
-            if !(4096..=1 << 30).contains(&shm.ring_bytes) {
-                return Err(Error::Config(format!(
-                    "ZCCL_SHM_RING_BYTES={v:?} must be in 4096..=1073741824"
-                )));
-            }
+            shm.ring_bytes = usize_in("ZCCL_SHM_RING_BYTES", &v, 4096..=1 << 30)?;
         }
         if let Some(v) = get("ZCCL_SHM_SPIN") {
-            shm.spin_iterations = int("ZCCL_SHM_SPIN", &v)?;
+            shm.spin_iterations = uint("ZCCL_SHM_SPIN", &v, 0..=u64::from(u32::MAX))? as u32;
         }
         if let Some(v) = get("ZCCL_SHM_CMA_MIN_BYTES") {
-            shm.cma_min_bytes = int("ZCCL_SHM_CMA_MIN_BYTES", &v)?;
+            shm.cma_min_bytes = usize_in("ZCCL_SHM_CMA_MIN_BYTES", &v, 0..=u64::MAX)?;
         }
         match get("ZCCL_SHM_CMA_DISABLE").as_deref().map(str::trim) {
             None | Some("" | "0") => {}
             Some("1") => shm.cma_min_bytes = 0,
             Some(v) => {
                 return Err(Error::Config(format!(
-                    "ZCCL_SHM_CMA_DISABLE={v:?} must be 0 or 1"
+                    "ZCCL_SHM_CMA_DISABLE={}: must be 0 or 1",
+                    shown(v)
                 )));
             }
         }
@@ -211,7 +298,10 @@ impl Config {
         let route_policy =
             crate::router::Policy::from_lookup(&get).map_err(|e| Error::Config(e.to_string()))?;
         let spin_wait = match get("ZCCL_SPIN_US") {
-            Some(v) => Duration::from_micros(int::<u64>("ZCCL_SPIN_US", &v)?.min(1_000_000)),
+            // Clamped to one second.
+            Some(v) => {
+                Duration::from_micros(uint("ZCCL_SPIN_US", &v, 0..=u64::MAX)?.min(1_000_000))
+            }
             None => Duration::from_micros(50),
         };
         Ok(Self {
@@ -285,5 +375,56 @@ mod tests {
         ] {
             assert!(matches!(cfg(&bad), Err(Error::Config(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors_naming_the_range() {
+        for v in [
+            "1e19", "1e20", "1e300", "inf", "nan", "0", "-0", "1e-4", "1e9x",
+        ] {
+            for k in [
+                "ZCCL_TIMEOUT",
+                "ZCCL_PEER_TIMEOUT",
+                "ZCCL_HANDSHAKE_TIMEOUT",
+            ] {
+                let e = cfg(&[(k, v)]).unwrap_err().to_string();
+                assert!(
+                    e.contains(&format!(
+                        "{k}={v:?}: must be a number of seconds in [0.001, 1e9]"
+                    )),
+                    "{e}"
+                );
+            }
+        }
+        let c = cfg(&[("ZCCL_TIMEOUT", "1e9"), ("ZCCL_PEER_TIMEOUT", "1e9")]).unwrap();
+        assert_eq!(c.timeout, Duration::from_secs(1_000_000_000));
+        assert!(std::time::Instant::now().checked_add(c.timeout).is_some());
+        let e = cfg(&[("ZCCL_SOCKET_BUFFER_BYTES", "4294967296")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("must be a whole number in 0..=2147483647"),
+            "{e}"
+        );
+        let e = cfg(&[("ZCCL_MAX_FRAME_BYTES", "1000")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ZCCL_MAX_FRAME_BYTES=1000"), "{e}");
+        assert_eq!(
+            cfg(&[("ZCCL_NTHREADS", "1000")]).unwrap().engine_threads,
+            64
+        );
+        assert_eq!(
+            cfg(&[("ZCCL_HEARTBEAT_MS", "0")])
+                .unwrap()
+                .tcp
+                .heartbeat_interval,
+            Duration::from_millis(1)
+        );
+        let long = "9".repeat(100_000);
+        let e = cfg(&[("ZCCL_SHM_SPIN", &long)]).unwrap_err().to_string();
+        assert!(e.len() < 300 && e.contains("(100000 bytes)"), "{e}");
+        assert_eq!(shown("１２"), "\"１２\"");
+        assert!(shown(&"é".repeat(100)).ends_with("... (200 bytes)"));
     }
 }

@@ -24,6 +24,7 @@
 
 use zccl_transports::handshake::JobSecret;
 
+use crate::envvars::shown;
 use crate::error::{Error, Result};
 use crate::unique_id::UniqueId;
 
@@ -119,13 +120,57 @@ fn derive_secret(parts: &[&str]) -> JobSecret {
     JobSecret::from_bytes(s)
 }
 
-fn num<T: std::str::FromStr>(name: &str, v: Option<String>) -> Result<Option<T>> {
-    v.map(|s| {
-        s.trim()
-            .parse::<T>()
-            .map_err(|_| Error::Env(format!("{name}={s:?} is not a valid number")))
-    })
-    .transpose()
+/// A whole number from variable `name` (value `v`), in `min..=max`.
+fn num_in<T: TryFrom<u64>>(name: &str, v: &str, min: u64, max: u64) -> Result<T> {
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| (min..=max).contains(&n))
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| {
+            Error::Env(format!(
+                "{name}={}: must be a whole number in {min}..={max}",
+                shown(v)
+            ))
+        })
+}
+
+/// [`num_in`] from 0.
+fn num<T: TryFrom<u64>>(name: &str, v: &str, max: u64) -> Result<T> {
+    num_in(name, v, 0, max)
+}
+
+/// [`num`] of an optional `(variable, value)`.
+fn num_of<T: TryFrom<u64>>(nv: &Option<(&str, String)>, max: u64) -> Result<Option<T>> {
+    nv.as_ref().map(|(n, v)| num(n, v, max)).transpose()
+}
+
+/// A root host read from `name`: a host name or an IP address, nothing that
+/// cannot be one (empty, blanks, control characters, `/`).
+fn check_host(name: &str, whole: &str, host: &str) -> Result<()> {
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._:%".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Env(format!(
+            "{name}={}: {} is not a host name or IP address",
+            shown(whole),
+            shown(host)
+        )))
+    }
+}
+
+/// [`detect`] on the process environment. A variable that is read and set
+/// to bytes that are not UTF-8 is an error naming it.
+pub fn detect_from_env() -> Result<LaunchEnv> {
+    match crate::envvars::read_process_env(|get| detect(get)) {
+        (_, Some(k)) => Err(Error::Env(format!("{k} is not valid UTF-8"))),
+        (r, None) => r,
+    }
 }
 
 /// Reads the launcher variables through `get`.
@@ -151,27 +196,57 @@ pub fn detect(get: &dyn Fn(&str) -> Option<String>) -> Result<LaunchEnv> {
         ),
         Launcher::Zccl => ("", "", "", ""),
     };
-    let pick = |zccl: &str, launcher_var: &str| {
-        get(zccl).or_else(|| {
+    // The value and the name of the variable it came from.
+    let pick = |zccl: &'static str, launcher_var: &'static str| {
+        get(zccl).map(|v| (zccl, v)).or_else(|| {
             (!launcher_var.is_empty())
-                .then(|| get(launcher_var))
+                .then(|| get(launcher_var).map(|v| (launcher_var, v)))
                 .flatten()
         })
     };
-    let rank: u32 = num("rank", pick("ZCCL_RANK", rank_var))?.ok_or_else(|| {
+    let u32_max = u64::from(u32::MAX);
+    let rank_v = pick("ZCCL_RANK", rank_var);
+    let size_v = pick("ZCCL_WORLD_SIZE", size_var);
+    let rank: u32 = num_of(&rank_v, u32_max)?.ok_or_else(|| {
         Error::Env("no rank found: set ZCCL_RANK or launch with torchrun, srun or mpirun".into())
     })?;
-    let world_size: u32 = num("world size", pick("ZCCL_WORLD_SIZE", size_var))?
+    let world_size: u32 = num_of(&size_v, u32_max)?
         .ok_or_else(|| Error::Env("no world size found: set ZCCL_WORLD_SIZE".into()))?;
     if world_size == 0 || rank >= world_size {
+        let name = |nv: &Option<(&'static str, String)>| nv.as_ref().map_or("", |x| x.0);
         return Err(Error::Env(format!(
-            "rank {rank} is not in a world of {world_size}"
+            "rank {rank} ({}) is not in a world of {world_size} ({})",
+            name(&rank_v),
+            name(&size_v)
         )));
     }
-    let local_rank = num("local rank", pick("ZCCL_LOCAL_RANK", lrank_var))?;
-    let local_world_size = num("local world size", pick("ZCCL_LOCAL_WORLD_SIZE", lsize_var))?;
+    let lrank_v = pick("ZCCL_LOCAL_RANK", lrank_var);
+    let lsize_v = pick("ZCCL_LOCAL_WORLD_SIZE", lsize_var);
+    let local_rank: Option<u32> = num_of(&lrank_v, u32_max)?;
+    let local_world_size: Option<u32> = num_of(&lsize_v, u32_max)?;
+    if let (Some(l), Some((name, v))) = (local_world_size, &lsize_v)
+        && (l == 0 || l > world_size)
+    {
+        return Err(Error::Env(format!(
+            "{name}={}: must be in 1..={world_size} (the world size)",
+            shown(v)
+        )));
+    }
+    if let (Some(l), Some((name, v))) = (local_rank, &lrank_v) {
+        let bound = local_world_size.unwrap_or(world_size);
+        if l >= bound {
+            return Err(Error::Env(format!(
+                "{name}={}: must be below {bound} (the local world size, else the world size)",
+                shown(v)
+            )));
+        }
+    }
 
-    let port_override: Option<u16> = num("ZCCL_ROOT_PORT", get("ZCCL_ROOT_PORT"))?;
+    let port_max = u64::from(u16::MAX);
+    // Port 0 would make rank 0 listen on a port no rank knows.
+    let port_override: Option<u16> = get("ZCCL_ROOT_PORT")
+        .map(|v| num_in("ZCCL_ROOT_PORT", &v, 1, port_max))
+        .transpose()?;
     let job_id: String = match launcher {
         Launcher::Torchrun => get("TORCHELASTIC_RUN_ID").unwrap_or_default(),
         Launcher::Slurm => format!(
@@ -186,7 +261,13 @@ pub fn detect(get: &dyn Fn(&str) -> Option<String>) -> Result<LaunchEnv> {
     };
 
     let (root, id_secret) = if let Some(id) = get("ZCCL_UNIQUE_ID") {
-        let id: UniqueId = id.parse()?;
+        // The id holds the secret: not repeated in the message.
+        let id: UniqueId = id.parse().map_err(|_| {
+            Error::Env(format!(
+                "ZCCL_UNIQUE_ID ({} bytes) is malformed: expected zccl1-<32 hex>@<ip:port>",
+                id.len()
+            ))
+        })?;
         (RootSpec::UniqueId(id), Some(id.secret()))
     } else if let Some(addr) = get("ZCCL_ROOT_ADDR") {
         let (host, port) = match addr
@@ -196,10 +277,20 @@ pub fn detect(get: &dyn Fn(&str) -> Option<String>) -> Result<LaunchEnv> {
             Some((h, p)) => (h.trim_matches(['[', ']']).to_string(), Some(p)),
             None => (addr.clone(), None),
         };
-        let port: Option<u16> = num("ZCCL_ROOT_ADDR port", port.map(String::from))?;
+        check_host("ZCCL_ROOT_ADDR", &addr, &host)?;
+        let port: Option<u16> = match port {
+            Some(p) => Some(num_in("ZCCL_ROOT_ADDR port", p, 1, port_max).map_err(|_| {
+                Error::Env(format!(
+                    "ZCCL_ROOT_ADDR={}: the port must be a whole number in 1..=65535",
+                    shown(&addr)
+                ))
+            })?),
+            None => None,
+        };
         let port = port_override.or(port).ok_or_else(|| {
             Error::Env(format!(
-                "ZCCL_ROOT_ADDR={addr:?} has no port; set ZCCL_ROOT_PORT"
+                "ZCCL_ROOT_ADDR={} has no port; set ZCCL_ROOT_PORT",
+                shown(&addr)
             ))
         })?;
         (RootSpec::HostPort(host, port), None)
@@ -208,7 +299,10 @@ pub fn detect(get: &dyn Fn(&str) -> Option<String>) -> Result<LaunchEnv> {
             Launcher::Torchrun => {
                 let host = get("MASTER_ADDR")
                     .ok_or_else(|| Error::Env("torchrun: MASTER_ADDR is not set".into()))?;
-                let mp: u16 = num("MASTER_PORT", get("MASTER_PORT"))?
+                check_host("MASTER_ADDR", &host, &host)?;
+                let mp: u16 = get("MASTER_PORT")
+                    .map(|v| num("MASTER_PORT", &v, port_max))
+                    .transpose()?
                     .ok_or_else(|| Error::Env("torchrun: MASTER_PORT is not set".into()))?;
                 let port = match port_override {
                     Some(p) => p,
@@ -223,9 +317,14 @@ pub fn detect(get: &dyn Fn(&str) -> Option<String>) -> Result<LaunchEnv> {
                     .or_else(|| get("SLURM_JOB_NODELIST"))
                     .or_else(|| get("SLURM_NODELIST"))
                     .ok_or_else(|| Error::Env("Slurm: no node list; set ZCCL_ROOT_ADDR".into()))?;
-                let host = first_host(&list)
-                    .ok_or_else(|| Error::Env(format!("Slurm: cannot parse node list {list:?}")))?;
-                let job: u64 = num("SLURM_JOB_ID", get("SLURM_JOB_ID"))?.unwrap_or(0);
+                let host = first_host(&list).ok_or_else(|| {
+                    Error::Env(format!("Slurm: cannot parse node list {}", shown(&list)))
+                })?;
+                check_host("the Slurm node list", &list, &host)?;
+                let job: u64 = get("SLURM_JOB_ID")
+                    .map(|v| num("SLURM_JOB_ID", &v, u64::MAX))
+                    .transpose()?
+                    .unwrap_or(0);
                 (
                     RootSpec::HostPort(host, port_override.unwrap_or(29500 + (job % 1000) as u16)),
                     None,
@@ -241,7 +340,9 @@ pub fn detect(get: &dyn Fn(&str) -> Option<String>) -> Result<LaunchEnv> {
     let (secret, secret_is_derived) = match (id_secret, get("ZCCL_JOB_SECRET")) {
         (Some(s), _) => (s, false),
         (None, Some(hex)) => (
-            JobSecret::from_hex(hex.trim())
+            Some(hex.trim())
+                .filter(|h| h.chars().all(|c| c.is_ascii_hexdigit()))
+                .and_then(JobSecret::from_hex)
                 .ok_or_else(|| Error::Env("ZCCL_JOB_SECRET must be 32 hex characters".into()))?,
             false,
         ),
@@ -396,6 +497,47 @@ mod tests {
                 ("ZCCL_WORLD_SIZE", "2"),
                 ("ZCCL_ROOT_ADDR", "h:1"),
                 ("ZCCL_JOB_SECRET", "12"),
+            ],
+            vec![
+                ("ZCCL_RANK", "0"),
+                ("ZCCL_WORLD_SIZE", "2"),
+                ("ZCCL_ROOT_ADDR", "h:1"),
+                ("ZCCL_JOB_SECRET", &"+a".repeat(16)),
+            ],
+            vec![
+                ("ZCCL_RANK", "0"),
+                ("ZCCL_WORLD_SIZE", "2"),
+                ("ZCCL_ROOT_ADDR", "h:0"),
+            ],
+            vec![
+                ("ZCCL_RANK", "0"),
+                ("ZCCL_WORLD_SIZE", "2"),
+                ("ZCCL_ROOT_ADDR", "h:1"),
+                ("ZCCL_ROOT_PORT", "0"),
+            ],
+            vec![
+                ("ZCCL_RANK", "0"),
+                ("ZCCL_WORLD_SIZE", "2"),
+                ("ZCCL_ROOT_ADDR", "/nonexistent/dir/file:1"),
+            ],
+            vec![
+                ("ZCCL_RANK", "0"),
+                ("ZCCL_WORLD_SIZE", "2"),
+                ("ZCCL_ROOT_ADDR", "h:1"),
+                ("ZCCL_LOCAL_RANK", "2"),
+            ],
+            vec![
+                ("ZCCL_RANK", "0"),
+                ("ZCCL_WORLD_SIZE", "2"),
+                ("ZCCL_ROOT_ADDR", "h:1"),
+                ("ZCCL_LOCAL_RANK", "1"),
+                ("ZCCL_LOCAL_WORLD_SIZE", "1"),
+            ],
+            vec![
+                ("ZCCL_RANK", "0"),
+                ("ZCCL_WORLD_SIZE", "2"),
+                ("ZCCL_ROOT_ADDR", "h:1"),
+                ("ZCCL_LOCAL_WORLD_SIZE", "0"),
             ],
         ] {
             assert!(matches!(env(&bad), Err(Error::Env(_))), "{bad:?}");

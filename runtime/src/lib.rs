@@ -54,6 +54,7 @@ pub mod communicator;
 mod completion;
 pub mod config;
 mod engine;
+mod envvars;
 pub mod error;
 pub mod handle;
 mod ids;

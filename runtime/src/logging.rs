@@ -126,7 +126,8 @@ impl DebugLevel {
             "TRACE" => Self::Trace,
             _ => {
                 return Err(Error::Config(format!(
-                    "ZCCL_DEBUG={s:?} is not a level; use one of {LEVEL_NAMES}"
+                    "ZCCL_DEBUG={} is not a level; use one of {LEVEL_NAMES}",
+                    crate::envvars::shown(s)
                 )));
             }
         })
@@ -329,7 +330,9 @@ impl SubsystemSet {
             } else {
                 let valid: Vec<&str> = Subsystem::ALL.iter().map(|s| s.name()).collect();
                 return Err(Error::Config(format!(
-                    "ZCCL_DEBUG_SUBSYS={s:?}: unknown subsystem {name:?}; use {}, ALL, or ^ to exclude",
+                    "ZCCL_DEBUG_SUBSYS={}: unknown subsystem {}; use {}, ALL, or ^ to exclude",
+                    crate::envvars::shown(s),
+                    crate::envvars::shown(name),
                     valid.join(", ")
                 )));
             }
@@ -677,7 +680,8 @@ impl Write for Sink {
 /// a program with its own logging installs it before creating a
 /// communicator. With `ZCCL_DEBUG=NONE` or `VERSION` nothing is installed.
 ///
-/// An invalid value is an [`Error::Config`] naming the valid values. A log
+/// An invalid value (or one that is not UTF-8) is an [`Error::Config`] naming
+/// the variable and the valid values. A log
 /// file that cannot be opened is reported on stderr and stderr is used.
 ///
 /// ```
@@ -691,10 +695,13 @@ pub fn init_from_env() -> Result<()> {
         if tracing::dispatcher::has_been_set() {
             return Ok(());
         }
-        let settings = parse(|k| std::env::var(k).ok()).map_err(|e| match e {
-            Error::Config(m) => m,
-            other => other.to_string(),
-        })?;
+        let settings = match crate::envvars::read_process_env(|get| parse(get)) {
+            (_, Some(k)) => return Err(format!("{k} is not valid UTF-8")),
+            (r, None) => r.map_err(|e| match e {
+                Error::Config(m) => m,
+                other => other.to_string(),
+            })?,
+        };
         install(&settings);
         Ok(())
     })

@@ -46,7 +46,10 @@ pub use zccl_transports::metrics::Metrics;
 /// ```
 pub fn rank_addr(base: &str, local_rank: u32) -> Result<SocketAddr, String> {
     let addr: SocketAddr = base.trim().parse().map_err(|_| {
-        format!("ZCCL_METRICS_ADDR={base:?} is not host:port (e.g. 127.0.0.1:9400)")
+        format!(
+            "ZCCL_METRICS_ADDR={} is not ip:port (e.g. 127.0.0.1:9400)",
+            crate::envvars::shown(base)
+        )
     })?;
     if addr.port() == 0 {
         return Ok(addr);
@@ -54,7 +57,8 @@ pub fn rank_addr(base: &str, local_rank: u32) -> Result<SocketAddr, String> {
     let port = u32::from(addr.port()) + local_rank;
     let port = u16::try_from(port).map_err(|_| {
         format!(
-            "ZCCL_METRICS_ADDR={base:?}: port {port} for local rank {local_rank} is out of range"
+            "ZCCL_METRICS_ADDR={}: port {port} for local rank {local_rank} is out of range",
+            crate::envvars::shown(base)
         )
     })?;
     Ok(SocketAddr::new(addr.ip(), port))

@@ -56,13 +56,13 @@ impl fmt::Display for Interface {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum IfnameError {
     /// The specification is syntactically empty.
-    #[error("ZCCL_SOCKET_IFNAME={spec:?} names no interface")]
+    #[error("ZCCL_SOCKET_IFNAME={} names no interface", shown(.spec))]
     Empty {
         /// The raw value.
         spec: String,
     },
     /// An included name matches no usable interface.
-    #[error("ZCCL_SOCKET_IFNAME={spec:?}: no usable interface matches {entry:?}; interfaces that exist: {}", list(.available))]
+    #[error("ZCCL_SOCKET_IFNAME={}: no usable interface matches {}; interfaces that exist: {}", shown(.spec), shown(.entry), list(.available))]
     NotFound {
         /// The raw value.
         spec: String,
@@ -72,7 +72,7 @@ pub enum IfnameError {
         available: Vec<Interface>,
     },
     /// The specification leaves no interface.
-    #[error("ZCCL_SOCKET_IFNAME={spec:?} selects no usable interface; interfaces that exist: {}", list(.available))]
+    #[error("ZCCL_SOCKET_IFNAME={} selects no usable interface; interfaces that exist: {}", shown(.spec), list(.available))]
     NoneSelected {
         /// The raw value (empty for the default).
         spec: String,
@@ -82,6 +82,14 @@ pub enum IfnameError {
     /// The system interface list could not be read.
     #[error("cannot list network interfaces: {0}")]
     System(String),
+}
+
+/// `v` quoted, cut after 64 characters (a value may be megabytes long).
+fn shown(v: &str) -> String {
+    match v.char_indices().nth(64) {
+        None => format!("{v:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &v[..cut], v.len()),
+    }
 }
 
 fn list(v: &[Interface]) -> String {

@@ -70,7 +70,10 @@ impl RouterMode {
             "" | "on" | "1" | "route" => Ok(RouterMode::On),
             "affinity" | "static" => Ok(RouterMode::Affinity),
             "off" | "0" => Ok(RouterMode::Off),
-            _ => Err(format!("ZCCL_ROUTER={v:?}: expected on, affinity or off")),
+            _ => Err(format!(
+                "ZCCL_ROUTER={}: expected on, affinity or off",
+                crate::envvars::shown(v)
+            )),
         }
     }
 }

@@ -225,7 +225,8 @@ impl Policy {
                 "2" => CrossNic::Prefer,
                 _ => {
                     return Err(PlanError::BadCluster(format!(
-                        "ZCCL_CROSS_NIC={v:?}: expected 0, 1 or 2"
+                        "ZCCL_CROSS_NIC={}: expected 0, 1 or 2",
+                        crate::envvars::shown(&v)
                     )));
                 }
             };
@@ -236,7 +237,8 @@ impl Policy {
                 "1" => false,
                 _ => {
                     return Err(PlanError::BadCluster(format!(
-                        "ZCCL_PXN_DISABLE={v:?}: expected 0 or 1"
+                        "ZCCL_PXN_DISABLE={}: expected 0 or 1",
+                        crate::envvars::shown(&v)
                     )));
                 }
             };
@@ -249,7 +251,9 @@ impl Policy {
                 .filter(|&b| b >= 4096)
                 .ok_or_else(|| {
                     PlanError::BadCluster(format!(
-                        "ZCCL_ROUTE_CHUNK_BYTES={v:?}: expected a size of at least 4096 bytes"
+                        "ZCCL_ROUTE_CHUNK_BYTES={}: must be a whole number in 4096..={}",
+                        crate::envvars::shown(&v),
+                        u64::MAX
                     ))
                 })?;
             p.max_chunk = b;

@@ -145,6 +145,25 @@ pub fn available() -> Result<(), TestbedError> {
     Ok(())
 }
 
+/// Says that the calling test skips, and why: writes
+/// `SKIPPED <test>: <reason>` to the process's standard error, where
+/// `cargo test` shows it without `--nocapture` (libtest captures only what
+/// the `print!`/`eprint!` macros write, not writes to [`std::io::stderr`]).
+/// The test then returns; libtest still counts it as passed (stable Rust
+/// cannot mark a test ignored at run time), so the line is what tells.
+///
+/// ```
+/// zccl_testbed::skip("needs root"); // SKIPPED <the test's name>: needs root
+/// ```
+pub fn skip(reason: impl std::fmt::Display) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    // libtest names each test's thread after the test.
+    let test = thread.name().filter(|n| *n != "main").unwrap_or("test");
+    let line = format!("SKIPPED {test}: {reason}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// Remove namespaces left by testbeds whose process is gone (a run killed
 /// with SIGKILL cannot clean up after itself). Returns what was removed.
 pub fn sweep_stale() -> Vec<String> {

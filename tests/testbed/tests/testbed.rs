@@ -14,7 +14,7 @@ fn testbed(spec: &Spec) -> Option<Testbed> {
     match Testbed::up(spec) {
         Ok(tb) => Some(tb),
         Err(TestbedError::Unavailable(why)) => {
-            eprintln!("skipping: {why}");
+            zccl_testbed::skip(why);
             None
         }
         Err(e) => panic!("testbed: {e}"),
@@ -152,8 +152,8 @@ fn everything_is_removed_on_drop_and_on_panic() {
 
 #[test]
 fn bad_specs_are_refused() {
-    if zccl_testbed::available().is_err() {
-        eprintln!("skipping: testbed unavailable");
+    if let Err(e) = zccl_testbed::available() {
+        zccl_testbed::skip(e);
         return;
     }
     for spec in [

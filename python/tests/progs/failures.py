@@ -1,0 +1,225 @@
+"""Rank program: failures under the torch backend ("zccl").
+
+    zccl run [--grace 60] -n N -- python failures.py MODE
+
+Every rank catches what its collective raises and prints one line per case
+
+    RESULT {"case": ..., "rank": r, "raised": 0|1, "secs": t, "type": ..., "msg": ...}
+
+(`secs`: from entering the call to its exception or return) and exits 0, so
+that the test sees every rank's outcome (`zccl run` would otherwise stop the
+others at the first failing rank). The victim is rank 1; T = 5 s is the
+zccl group's timeout.
+
+MODE
+  die_exit   rank 1 calls os._exit(1) while the others are in an all_reduce
+             on the default zccl group (init_process_group("zccl", timeout=T)).
+  die_kill   the same with SIGKILL.
+  stall      one fresh zccl group per case (new_group(backend="zccl",
+             timeout=T); a gloo default group coordinates):
+               sleep: rank 1 sleeps T + 3 s before a blocking all_reduce;
+               stop:  rank 1 SIGSTOPs itself before an async 1 MiB all_reduce
+                      (waited with wait()); rank 0 SIGCONTs it once every
+                      other rank has reported.
+  mismatch   one fresh zccl group per case; rank 1 passes a different size or
+             dtype: all_reduce, all_gather (list and into-tensor), broadcast,
+             reduce_scatter_tensor, all_to_all_single, send/recv.
+"""
+
+import datetime
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import emit, watchdog  # noqa: E402
+
+watchdog(110)
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+import zccl.torch  # noqa: E402,F401
+
+T = 5.0
+VICTIM = 1
+MODE = sys.argv[1]
+all_gather_into_tensor = getattr(dist, "all_gather_into_tensor", None) or dist._all_gather_base
+reduce_scatter_tensor = getattr(dist, "reduce_scatter_tensor", None) or dist._reduce_scatter_base
+
+
+def attempt(case, fn):
+    """Runs fn (the collective), reports whether and how fast it raised."""
+    t0 = time.monotonic()
+    try:
+        out = fn()
+        raised, err = 0, None
+    except Exception as e:  # noqa: BLE001 - reported
+        out, raised, err = None, 1, e
+    secs = time.monotonic() - t0
+    emit("RESULT", case=case, rank=dist.get_rank(), raised=raised, secs=round(secs, 3),
+         type=type(err).__name__ if err else None, msg=str(err) if err else None,
+         returned=None if out is None else repr(out)[:300])
+    return raised
+
+
+# -- dying ranks ---------------------------------------------------------------
+
+
+def die(how):
+    dist.init_process_group("zccl", timeout=datetime.timedelta(seconds=T))
+    r = dist.get_rank()
+    t = torch.ones(1000)
+    dist.all_reduce(t)  # everyone is connected and healthy
+    if r == VICTIM:
+        time.sleep(1.0)  # the others are inside the next all_reduce by now
+        sys.stdout.flush()
+        if how == "exit":
+            os._exit(1)
+        os.kill(os.getpid(), signal.SIGKILL)
+    attempt(f"die_{how}", lambda: dist.all_reduce(t))
+    # A failed communicator fails every later operation at once.
+    attempt(f"die_{how}.after", lambda: dist.all_reduce(torch.ones(10)))
+    sys.stdout.flush()
+    os._exit(0)
+
+
+# -- stalls and mismatches on fresh zccl groups -------------------------------
+
+
+def fresh():
+    return dist.new_group(backend="zccl", timeout=datetime.timedelta(seconds=T))
+
+
+def stall():
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=100))
+    r, w = dist.get_rank(), dist.get_world_size()
+    store = dist.distributed_c10d._get_default_store()
+    pids = [None] * w
+    dist.all_gather_object(pids, os.getpid())
+
+    # sleep: the victim enters T + 3 s late.
+    g = fresh()
+    dist.all_reduce(torch.ones(10), group=g)  # connected and healthy
+    dist.barrier()
+    if r == VICTIM:
+        time.sleep(T + 3)
+    attempt("stall_sleep", lambda: dist.all_reduce(torch.ones(1000), group=g))
+    dist.barrier()
+
+    # stop: the victim is SIGSTOPped; its peers are in an async all_reduce
+    # large enough to run on the group's executor thread.
+    g = fresh()
+    dist.all_reduce(torch.ones(10), group=g)
+    dist.barrier()
+    if r == VICTIM:
+        os.kill(os.getpid(), signal.SIGSTOP)  # resumed by rank 0
+    big = torch.ones(1 << 18)
+    attempt("stall_stop", lambda: dist.all_reduce(big, group=g, async_op=True).wait())
+    if r != VICTIM:
+        store.add("stall_stop_reported", 1)
+    if r == 0:
+        deadline = time.monotonic() + 60
+        while store.add("stall_stop_reported", 0) < w - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(pids[VICTIM], signal.SIGCONT)
+    dist.barrier()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def mismatch():
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=100))
+    r, w = dist.get_rank(), dist.get_world_size()
+    odd = r == VICTIM
+
+    def case(name, fn):
+        g = fresh()
+        dist.all_reduce(torch.ones(4), group=g)  # connected and healthy
+        dist.barrier()
+        attempt(name, lambda: fn(g))
+        dist.barrier()
+
+    def ar(n, dtype, n_odd=None, dtype_odd=None):
+        def f(g):
+            t = torch.ones(n_odd if odd and n_odd else n, dtype=dtype_odd if odd and dtype_odd else dtype)
+            dist.all_reduce(t, group=g)
+            return t[:4].tolist()
+        return f
+
+    case("all_reduce_size", ar(1000, torch.float32, n_odd=999))
+    case("all_reduce_size_async", lambda g: dist.all_reduce(
+        torch.ones((1 << 18) + (1 if odd else 0)), group=g, async_op=True).wait())
+    case("all_reduce_dtype_f32_i32", ar(1024, torch.float32, dtype_odd=torch.int32))
+    case("all_reduce_dtype_f32_f64", ar(2048, torch.float32, n_odd=1024, dtype_odd=torch.float64))
+
+    def ag_list(g, n=10, n_odd=11, dtype=torch.float32, dtype_odd=torch.float32):
+        inp = torch.ones(n_odd if odd else n, dtype=dtype_odd if odd else dtype)
+        outs = [torch.empty_like(inp) for _ in range(w)]
+        dist.all_gather(outs, inp, group=g)
+        return [o[:2].tolist() for o in outs]
+
+    def ag_tensor(g, n=10, n_odd=11, dtype=torch.float32, dtype_odd=torch.float32):
+        inp = torch.ones(n_odd if odd else n, dtype=dtype_odd if odd else dtype)
+        out = torch.empty(w * inp.numel(), dtype=inp.dtype)
+        all_gather_into_tensor(out, inp, group=g)
+        return out[:4].tolist()
+
+    case("all_gather_size", ag_list)
+    case("all_gather_into_tensor_size", ag_tensor)
+    case("all_gather_dtype_f32_i32", lambda g: ag_list(g, 10, 10, torch.float32, torch.int32))
+    case("all_gather_into_tensor_dtype_f32_f64", lambda g: ag_tensor(g, 20, 10, torch.float32, torch.float64))
+
+    def bc(g, dtype_odd=torch.float32, n_odd=101):
+        t = torch.ones(n_odd if odd else 100, dtype=dtype_odd if odd else torch.float32)
+        dist.broadcast(t, src=0, group=g)
+        return t[:4].tolist()
+
+    case("broadcast_size", bc)
+    case("broadcast_dtype_f32_i32", lambda g: bc(g, torch.int32, 100))
+
+    def rs(g):
+        inp = torch.ones(w * (11 if odd else 10))
+        out = torch.empty(11 if odd else 10)
+        reduce_scatter_tensor(out, inp, group=g)
+        return out[:4].tolist()
+
+    case("reduce_scatter_tensor_size", rs)
+
+    def a2a(g):
+        k = 4 if odd else 3
+        out = torch.empty(w * k)
+        dist.all_to_all_single(out, torch.ones(w * k), group=g)
+        return out[:4].tolist()
+
+    case("all_to_all_single_size", a2a)
+
+    # Point to point: rank 0 sends 100 float32; rank 1 receives 99 float32 /
+    # 100 int32. The receiver must raise (the sender may have finished).
+    def p2p(g, n_recv, dtype_recv):
+        if r == 0:
+            dist.send(torch.ones(100), VICTIM, group=g)
+            return "sent"
+        if odd:
+            t = torch.zeros(n_recv, dtype=dtype_recv)
+            dist.recv(t, 0, group=g)
+            return t[:4].tolist()
+        return "not involved"
+
+    case("recv_size", lambda g: p2p(g, 99, torch.float32))
+    case("recv_dtype_f32_i32", lambda g: p2p(g, 100, torch.int32))
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if MODE == "die_exit":
+    die("exit")
+elif MODE == "die_kill":
+    die("kill")
+elif MODE == "stall":
+    stall()
+elif MODE == "mismatch":
+    mismatch()
+else:
+    sys.exit(f"unknown mode {MODE}")

@@ -1,0 +1,112 @@
+"""zccl's own Python API (`zccl.Communicator`) on 2 and 4 ranks, and
+`zccl.attn_merge` in this process.
+
+One launch of `progs/native_api.py` per world size checks every call over
+numpy arrays and torch CPU tensors (bfloat16 included) against references
+computed from every rank's input; each test checks one area of its records.
+"""
+
+import math
+
+import pytest
+
+np = pytest.importorskip("numpy", reason="numpy is not installed")
+torch = pytest.importorskip("torch", reason="torch is not installed (the rank program uses torch tensors)")
+
+WORLD_SIZES = [2, 4]
+AREAS = [
+    "identity",
+    "all_reduce",
+    "all_reduce_out",
+    "all_gather",
+    "reduce_scatter",
+    "broadcast",
+    "all_to_all",
+    "p2p",
+    "batch",
+    "ring_shift",
+    "ring_pass",
+    "token_ring",
+    "all_scan",
+    "split",
+    "async",
+    "errors",
+]
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_native_program_completes(zccl_launch, n):
+    zccl_launch("native_api.py", n).assert_completed(n)
+
+
+@pytest.mark.parametrize("area", AREAS)
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_native(zccl_launch, n, area):
+    launch = zccl_launch("native_api.py", n)
+    prefix = f"native.{area}"
+    checks = [(r, d) for r, d in launch.checks(prefix) if d["name"] == prefix or d["name"].startswith(prefix + ".")]
+    assert checks, f"no `{prefix}` checks ran (the program ended before them?){launch.tail()}"
+    bad = [(r, d) for r, d in checks if not d["ok"]]
+    text = "\n".join(f"  [rank {r}] {d['name']}: {d['detail'][:700]}" for r, d in bad[:12])
+    assert not bad, f"{len(bad)} of {len(checks)} `{prefix}` checks failed:\n{text}"
+    ranks = sorted({r for r, _ in checks})
+    assert ranks == list(range(n)), f"`{prefix}` checks came from ranks {ranks} only{launch.tail()}"
+
+
+# -- attn_merge (local, no communication) -------------------------------------
+
+
+def _merge_ref(out, lse, out2, lse2):
+    o, l1, o2, l2 = (np.asarray(x, dtype=np.float64) for x in (out, lse, out2, lse2))
+    m = np.logaddexp(l1, l2)
+    return o * np.exp(l1 - m)[:, None] + o2 * np.exp(l2 - m)[:, None], m
+
+
+def _inputs(rows=37, d=16, seed=0):
+    g = np.random.default_rng(seed)
+    return (g.standard_normal((rows, d)).astype(np.float32), (g.standard_normal(rows) * 3).astype(np.float32),
+            g.standard_normal((rows, d)).astype(np.float32), (g.standard_normal(rows) * 3).astype(np.float32))
+
+
+def _zccl():
+    return pytest.importorskip("zccl", reason="the zccl package (python/zccl with its native module) does not import")
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_attn_merge_matches_numpy(lib):
+    zccl = _zccl()
+    out, lse, out2, lse2 = _inputs()
+    ref_out, ref_lse = _merge_ref(out, lse, out2, lse2)
+    if lib == "torch":
+        t = [torch.from_numpy(x.copy()) for x in (out, lse, out2, lse2)]
+        zccl.attn_merge(*t)
+        got_out, got_lse = t[0].numpy(), t[1].numpy()
+    else:
+        got_out, got_lse = out.copy(), lse.copy()
+        zccl.attn_merge(got_out, got_lse, out2, lse2)
+    np.testing.assert_allclose(got_out, ref_out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_lse, ref_lse, rtol=1e-6, atol=1e-6)
+
+
+def test_attn_merge_empty_block():
+    """A block with lse = -inf (no keys, e.g. fully masked) contributes
+    nothing, on either side; no NaN."""
+    zccl = _zccl()
+    out, lse, out2, lse2 = _inputs(rows=4, d=8, seed=1)
+    lse2[0] = -math.inf  # the incoming block is empty for row 0
+    lse[1] = -math.inf   # the running block is empty for row 1
+    ref_out, ref_lse = _merge_ref(out, lse, out2, lse2)
+    got_out, got_lse = out.copy(), lse.copy()
+    zccl.attn_merge(got_out, got_lse, out2, lse2)
+    assert np.isfinite(got_out).all() and np.isfinite(got_lse).all(), f"NaN/inf in {got_out}, {got_lse}"
+    np.testing.assert_allclose(got_out, ref_out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_lse, ref_lse, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got_out[0], out[0])
+    np.testing.assert_array_equal(got_out[1], out2[1])
+
+
+def test_attn_merge_rejects_float64():
+    zccl = _zccl()
+    out, lse, out2, lse2 = _inputs(rows=3, d=4)
+    with pytest.raises(TypeError):
+        zccl.attn_merge(out.astype(np.float64), lse, out2, lse2)

@@ -1,0 +1,79 @@
+"""The torch.distributed backend "zccl" against gloo, on 2 and 4 ranks.
+
+One launch of `progs/torch_vs_gloo.py` per world size runs every call
+through a zccl default group and a gloo group over the same ranks on
+identical inputs; each test below checks one area of its CHECK records (the
+rules are in the program's docstring: bit-equal for integers, MIN/MAX, data
+movement and exact half-precision inputs, 1e-6 relative for float32/64
+reductions whose order differs). One launch of `progs/ddp_vs_gloo.py` trains
+the same model with DDP over zccl and over gloo for 5 steps.
+"""
+
+import pytest
+
+pytest.importorskip("torch", reason="torch is not installed (the torch backend tests need it)")
+
+WORLD_SIZES = [2, 4]
+AREAS = [
+    "backend",
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "broadcast",
+    "barrier",
+    "all_to_all_single",
+    "all_to_all",
+    "p2p",
+    "batch_isend_irecv",
+    "subgroup",
+    "async",
+    "async_poll",
+]
+
+
+def _failures(checks, limit=12):
+    bad = [(r, d) for r, d in checks if not d["ok"]]
+    lines = [f"  [rank {r}] {d['name']}: {d['detail'][:700]}" for r, d in bad[:limit]]
+    more = f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else ""
+    return bad, "\n".join(lines) + more
+
+
+def _check_area(launch, prefix, n):
+    checks = launch.checks(prefix)
+    assert checks, f"no `{prefix}*` checks ran (the program ended before them?){launch.tail()}"
+    bad, text = _failures(checks)
+    assert not bad, f"{len(bad)} of {len(checks)} `{prefix}*` checks failed:\n{text}"
+    per_rank = {r: sum(1 for rr, _ in checks if rr == r) for r in range(n)}
+    assert len(set(per_rank.values())) == 1 and min(per_rank.values()) > 0, \
+        f"`{prefix}*` checks per rank differ: {per_rank}{launch.tail()}"
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_vs_gloo_program_completes(zccl_launch, n):
+    """Every rank of the comparison program ran to the end and exited 0."""
+    zccl_launch("torch_vs_gloo.py", n).assert_completed(n)
+
+
+@pytest.mark.parametrize("area", AREAS)
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_vs_gloo(zccl_launch, n, area):
+    _check_area(zccl_launch("torch_vs_gloo.py", n), area + ".", n)
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_ddp_loss_equals_gloo(zccl_launch, n):
+    """DDP over zccl: after 5 steps the loss (each step's, and the loss of
+    the trained weights) and the weights equal DDP over gloo within 1e-6
+    relative; the replicas are bit-equal."""
+    launch = zccl_launch("ddp_vs_gloo.py", n)
+    losses = launch.results(what="loss")
+    for r, d in launch.checks("ddp."):
+        assert d["ok"], f"[rank {r}] {d['name']}: {d['detail']}{launch.tail()}"
+    steps = sorted({d["step"] for d in losses})
+    assert steps == [1, 2, 3, 4, 5], f"loss records for steps {steps}, expected 1..5{launch.tail()}"
+    names = {d["name"] for _, d in launch.checks("ddp.")}
+    for want in ["ddp.init_broadcast", "ddp.step5.loss", "ddp.after5.loss", "ddp.final_params", "ddp.replicas_equal"]:
+        assert want in names, f"check {want} did not run{launch.tail()}"
+    launch.assert_completed(n)
