@@ -363,7 +363,12 @@ impl Communicator {
         let transport: Arc<dyn Transport> = Arc::new(transport);
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let router = Self::make_router(rank, &config, &book);
-        let engine: EngineRef = Arc::new(Mutex::new(Engine::new(rank, transport.clone(), router)));
+        let engine: EngineRef = Arc::new(Mutex::new(Engine::new(
+            rank,
+            size,
+            transport.clone(),
+            router,
+        )));
         transport.set_deliver(Engine::deliver_hook(&engine));
         runtime.spawn(crate::engine::run(engine.clone(), cmd_rx, ev_rx));
         let (book_local, book_size) = book.local_rank(rank);

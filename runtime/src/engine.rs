@@ -80,6 +80,29 @@ type Stream = (u32, u32);
 /// How long a failing engine lets its goodbyes drain before failing handles.
 const CLOSE_NOTICE: Duration = Duration::from_millis(500);
 
+/// How long an op past its deadline waits (at most; a tenth of its timeout
+/// if that is shorter) for the [`Control::Waiting`] reports of ranks that
+/// time out at the same moment, so that its error can name the rank they
+/// all waited on instead of the nearest waiting one.
+const STALL_NOTICE: Duration = Duration::from_millis(300);
+
+/// The rank that stalled: the end of the chain of "rank a waited on rank b"
+/// reports that starts at `peer` (the rank this one waited on). A rank that
+/// reported no wait of its own is where the chain ends; so is a cycle.
+///
+/// Pure; tested below.
+pub(crate) fn culprit(peer: u32, waits: &HashMap<u32, u32>) -> u32 {
+    let mut cur = peer;
+    let mut seen = HashSet::from([cur]);
+    while let Some(&next) = waits.get(&cur) {
+        if !seen.insert(next) {
+            break;
+        }
+        cur = next;
+    }
+    cur
+}
+
 /// The task wakes at least this often to look at deadlines.
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
@@ -91,6 +114,9 @@ struct PendingOp {
     timeout: Duration,
     /// A receive's destination in the user's memory ([`crate::land`]).
     zone: Option<Arc<Zone>>,
+    /// Its deadline passed and the engine waits [`STALL_NOTICE`] for the
+    /// reports of other ranks that timed out too before failing it.
+    overdue: bool,
 }
 
 #[derive(Default)]
@@ -120,6 +146,12 @@ pub(crate) struct Engine {
     local: VecDeque<Message>,
     /// The NIC-aware router (sends to other hosts, proxying, reassembly).
     router: Option<Router>,
+    /// Number of ranks (world), for reports to every peer.
+    world: u32,
+    /// What other ranks reported they timed out waiting on (rank → rank).
+    waits: HashMap<u32, u32>,
+    /// The ranks this one reported waiting on.
+    reported: HashSet<u32>,
 }
 
 fn nic_text(p: Option<PeerPath>) -> String {
@@ -127,9 +159,17 @@ fn nic_text(p: Option<PeerPath>) -> String {
 }
 
 impl Engine {
-    pub(crate) fn new(rank: u32, transport: Arc<dyn Transport>, router: Option<Router>) -> Self {
+    pub(crate) fn new(
+        rank: u32,
+        world: u32,
+        transport: Arc<dyn Transport>,
+        router: Option<Router>,
+    ) -> Self {
         Self {
             rank,
+            world,
+            waits: HashMap::new(),
+            reported: HashSet::new(),
             transport,
             sends: HashMap::new(),
             recvs: HashMap::new(),
@@ -279,6 +319,7 @@ impl Engine {
             deadline: op.deadline,
             timeout: op.timeout,
             zone: op.zone,
+            overdue: false,
         };
         match d.kind {
             OpKind::Send => {
@@ -515,6 +556,9 @@ impl Engine {
                         self.finish((msg.comm, channel), s.index, s.slot, Err(e));
                     }
                 }
+                Some(Control::Waiting { on }) => {
+                    self.waits.insert(peer, on);
+                }
                 None => warn!(rank = self.rank, peer, "malformed control message ignored"),
             },
         }
@@ -633,20 +677,61 @@ impl Engine {
             {
                 r.forget((key.2, key.0, key.1, key.3), now);
             }
+            // First the op turns overdue: this rank tells every peer whom it
+            // waits on and gives their reports STALL_NOTICE to arrive (a
+            // late message still completes it meanwhile); then it fails,
+            // naming the rank the chain of waits ends at.
+            if let Some(p) = map.get_mut(&key)
+                && !p.overdue
+                && p.desc.peer != self.rank
+            {
+                p.overdue = true;
+                let (peer, comm) = (p.desc.peer, p.desc.comm);
+                let notice = STALL_NOTICE.min(p.timeout / 10);
+                self.deadlines
+                    .insert((now + notice, stream, idx), (kind, key));
+                self.report_waiting(peer, comm);
+                continue;
+            }
             if let Some(p) = map.remove(&key) {
                 let nic = nic_text(if p.desc.peer == self.rank {
                     None
                 } else {
                     self.transport.path(p.desc.peer)
                 });
-                warn!(rank = self.rank, "{} timed out", p.desc);
+                let stalled = culprit(p.desc.peer, &self.waits);
+                warn!(
+                    rank = self.rank,
+                    "{} timed out (rank {stalled} stalled)", p.desc
+                );
                 let e = Error::Timeout {
                     op: p.desc.clone(),
                     after: p.timeout,
                     nic,
+                    culprit: (p.desc.peer != self.rank).then_some(stalled),
                 };
                 self.finish(stream, p.index, p.slot, Err(e));
             }
+        }
+    }
+
+    /// Tells every other rank that this one timed out waiting on `on`.
+    fn report_waiting(&mut self, on: u32, comm: u32) {
+        if !self.reported.insert(on) {
+            return;
+        }
+        let payload = Bytes::from(Control::Waiting { on }.encode());
+        let me = self.rank;
+        for peer in (0..self.world).filter(|&p| p != me) {
+            let msg = Message {
+                kind: MessageKind::Control,
+                dtype: 0,
+                comm,
+                channel: 0,
+                seq: 0,
+                payload: payload.clone(),
+            };
+            self.post(peer, msg);
         }
     }
 
@@ -789,5 +874,54 @@ impl Drop for Engine {
                 slot.complete(outcome);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn culprit_follows_the_chain_of_waits() {
+        // Rank 1 stalled in a 4-rank ring: 2 waited on 1, 3 on 2, 0 on 3.
+        let waits = HashMap::from([(2, 1), (3, 2), (0, 3)]);
+        // Whichever neighbour a survivor timed out on, the chain ends at 1.
+        for peer in [1, 2, 3] {
+            assert_eq!(culprit(peer, &waits), 1);
+        }
+        // Nobody reported: the peer itself.
+        assert_eq!(culprit(5, &HashMap::new()), 5);
+        // A cycle (every rank waiting on the next) stops where it closes.
+        let ring = HashMap::from([(0, 1), (1, 2), (2, 0)]);
+        assert!([0, 1, 2].contains(&culprit(1, &ring)));
+    }
+
+    #[test]
+    fn timeouts_name_the_rank_that_stalled() {
+        let op = OpDesc {
+            rank: 0,
+            kind: OpKind::Recv,
+            peer: 3,
+            comm: 0,
+            channel: 0,
+            seq: 0,
+            bytes: 4,
+            dtype: DType::F32,
+        };
+        let e = |culprit| Error::Timeout {
+            op: op.clone(),
+            after: Duration::from_secs(5),
+            nic: "local".into(),
+            culprit,
+        };
+        assert!(
+            e(Some(1))
+                .to_string()
+                .ends_with("rank 3 was itself waiting; rank 1 is the one that stalled"),
+            "{}",
+            e(Some(1))
+        );
+        assert!(e(Some(3)).to_string().ends_with(": rank 3 stalled"));
+        assert!(e(None).to_string().ends_with("[local]"));
     }
 }

@@ -54,6 +54,18 @@ pub struct OpDesc {
     pub dtype: DType,
 }
 
+/// The note a timeout adds about the rank that stalled.
+fn stalled(op: &OpDesc, culprit: Option<u32>) -> String {
+    match culprit {
+        Some(c) if c == op.peer => format!(": rank {c} stalled"),
+        Some(c) => format!(
+            ": rank {} was itself waiting; rank {c} is the one that stalled",
+            op.peer
+        ),
+        None => String::new(),
+    }
+}
+
 impl fmt::Display for OpDesc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (what, dir) = match self.kind {
@@ -122,7 +134,7 @@ pub enum Error {
         op: OpDesc,
     },
     /// The op's deadline passed.
-    #[error("{op} timed out after {:.1} s [{nic}]", .after.as_secs_f64())]
+    #[error("{op} timed out after {:.1} s [{nic}]{}", .after.as_secs_f64(), stalled(.op, *.culprit))]
     Timeout {
         /// The op.
         op: OpDesc,
@@ -130,6 +142,10 @@ pub enum Error {
         after: Duration,
         /// The NIC path to the peer.
         nic: String,
+        /// The rank that stalled, as far as the ranks that timed out together
+        /// could tell: the end of the chain of ranks waiting on each other
+        /// that starts at this op's peer (`None`: not known).
+        culprit: Option<u32>,
     },
     /// Send and receive disagree on size or element type; reported on both sides.
     #[error("{op}: size/type mismatch: send is {send_bytes} B ({}), receive is {recv_bytes} B ({})",

@@ -111,6 +111,7 @@ impl Pending {
                     op: self.desc.clone(),
                     after: self.timeout,
                     nic: "progress engine unresponsive".into(),
+                    culprit: None,
                 })
             })
     }

@@ -180,6 +180,7 @@ impl LentSendHandle {
             op: p.desc.clone(),
             after: p.timeout,
             nic: "the lent buffer was not released by the transport".into(),
+            culprit: None,
         })
     }
 
@@ -209,6 +210,7 @@ impl LentSendHandle {
             op: p.desc.clone(),
             after: p.timeout,
             nic: "the lent buffer was not released by the transport".into(),
+            culprit: None,
         }))
     }
 }

@@ -10,6 +10,10 @@
 pub(crate) enum Control {
     /// The receive of `(channel, seq)` matched and took the data.
     Ack { channel: u32, seq: u64 },
+    /// An op of the sender timed out waiting on rank `on` (sent to every
+    /// peer, so that ranks that time out together can tell which rank they
+    /// all waited on; see the engine's `culprit`).
+    Waiting { on: u32 },
     /// The receive of `(channel, seq)` expected another size or type.
     Mismatch {
         channel: u32,
@@ -26,6 +30,7 @@ impl Control {
         let mut b = vec![0u8; LEN];
         let (tag, channel, seq, bytes, dtype) = match *self {
             Self::Ack { channel, seq } => (1u8, channel, seq, 0, 0),
+            Self::Waiting { on } => (3u8, on, 0, 0, 0),
             Self::Mismatch {
                 channel,
                 seq,
@@ -49,6 +54,7 @@ impl Control {
         let seq = u64::from_le_bytes(b[5..13].try_into().ok()?);
         match b[0] {
             1 => Some(Self::Ack { channel, seq }),
+            3 => Some(Self::Waiting { on: channel }),
             2 => Some(Self::Mismatch {
                 channel,
                 seq,
@@ -71,6 +77,7 @@ mod tests {
                 channel: 3,
                 seq: u64::MAX,
             },
+            Control::Waiting { on: 7 },
             Control::Mismatch {
                 channel: 0,
                 seq: 9,
