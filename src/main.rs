@@ -145,13 +145,14 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::Topo(args) => topo(args),
         Cmd::Run(args) => return run(args),
-        Cmd::Bench(args) => return zccl_bench::cli::run(args),
+        Cmd::Bench(args) => return zccl_bench::cli::run_as("zccl bench", args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // The whole cause chain on one line, without a backtrace.
-            eprintln!("zccl: error: {e:#}");
+            // The whole cause chain on one line, without a backtrace, and
+            // without repeating a cause an error already shows.
+            eprintln!("zccl: error: {}", zccl_bench::cli::error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -399,3 +399,137 @@ fn worker() {
     assert_eq!(got, vec![left as i32; 16]);
     println!("ring OK rank {r} of {n} got {left}");
 }
+
+/// The one line that names the first rank to fail.
+fn first_failure(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("the first rank to fail"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    lines[0]
+}
+
+/// The failure that came first is reported, with its code, though the
+/// launcher then kills lower-numbered ranks.
+#[test]
+fn the_first_failure_is_the_earliest_not_the_lowest_rank() {
+    let r = run(
+        &[
+            "run",
+            "-n",
+            "4",
+            "--grace",
+            "0.5",
+            "--",
+            "sh",
+            "-c",
+            "if [ $RANK = 2 ]; then sleep 0.3; exit 3; fi; echo pid $$; exec sleep 30",
+        ],
+        &[],
+    );
+    assert_eq!(r.status.code(), Some(3), "{}\n{}", r.stdout, r.stderr);
+    let line = first_failure(&r.stderr);
+    assert!(
+        line.starts_with("zccl run: rank 2 (pid ") && line.contains(") exited with code 3: "),
+        "{}",
+        r.stderr
+    );
+    let p = pids(&r.stdout);
+    assert_eq!(p.len(), 3, "{}", r.stdout);
+    assert_gone(&p);
+}
+
+/// Two ranks fail 50 ms apart, the higher rank first (the lower one is
+/// killed, a third exits 1): the higher rank and its code win, though
+/// all three may have ended by the time the launcher looks.
+#[test]
+fn of_two_close_failures_the_earlier_wins() {
+    let r = run(
+        &[
+            "run",
+            "-n",
+            "4",
+            "--grace",
+            "0.5",
+            "--",
+            "sh",
+            "-c",
+            "case $RANK in \
+               3) sleep 0.3; exit 3;; \
+               0) sleep 0.35; exit 1;; \
+               1) sleep 0.35; kill -KILL $$;; \
+             esac; echo pid $$; exec sleep 30",
+        ],
+        &[],
+    );
+    assert_eq!(r.status.code(), Some(3), "{}\n{}", r.stdout, r.stderr);
+    let line = first_failure(&r.stderr);
+    assert!(
+        line.starts_with("zccl run: rank 3 (pid ") && line.contains(") exited with code 3: "),
+        "{}",
+        r.stderr
+    );
+    let p = pids(&r.stdout);
+    assert_eq!(p.len(), 1, "{}", r.stdout);
+    assert_gone(&p);
+}
+
+/// `zccl`'s error line shows an OS error once, not once per error in the
+/// chain that displays it.
+#[test]
+fn an_os_error_is_shown_once() {
+    let r = run(&["topo", "--topo-file", "/nonexistent/zccl-topo.xml"], &[]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(r.stderr.starts_with("zccl: error: "), "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("No such file or directory").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+}
+
+/// Under `zccl bench` the bench's messages say `zccl bench:` (never
+/// `zccl-bench:`), its launcher's and its ranks' too; an unknown operation
+/// lists the operations.
+#[test]
+fn zccl_bench_messages_say_zccl_bench() {
+    let r = run(&["bench", "foo"], &[]);
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with(
+            "zccl bench: error: unknown operation \"foo\"; the operations are all_reduce, all_gather, \
+             reduce_scatter, broadcast, alltoall, sendrecv, ring_shift, token_ring, all_scan, and route"
+        ),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["bench", "all_reduce", "-b", "64K", "-e", "1K"], &[]);
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with("zccl bench: error: -e"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["bench", "all_reduce", "-N", "65"], &[]);
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("zccl bench: error: -N/--ranks 65: at most 64 ranks"),
+        "{}",
+        r.stderr
+    );
+    // Two ranks that cannot join: their errors and the launcher's line.
+    let r = run(
+        &["bench", "all_reduce", "-N", "2", "-b", "1K", "-e", "1K"],
+        &[("ZCCL_SOCKET_IFNAME", "zccl-no-such-nic0")],
+    );
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", r.stderr);
+    for l in &lines {
+        assert!(l.starts_with("zccl bench: "), "{}", r.stderr);
+    }
+    assert!(!r.stderr.contains("zccl-bench"), "{}", r.stderr);
+}

@@ -15,10 +15,11 @@
 //! | `-r, --root R` | broadcast root | 0 |
 //! | `-z, --blocking 0/1` | accepted for compatibility; every op is blocking here | 0 |
 //! | `-a, --average 0/1/2/3` | the time reported: rank 0's, the mean over ranks, the minimum, the maximum | 1 |
-//! | `-N, --ranks N` | launch N ranks on this host, unless already under a launcher ([`crate::launch`]) | 1 |
+//! | `-N, --ranks N` | launch N ranks on this host (at most [`crate::launch::MAX_LOCAL_RANKS`], 64), unless already under a launcher ([`crate::launch`]) | 1 |
 //! | `--json FILE`, `--csv FILE`, `--plot FILE.svg` | also write the results there | |
 //! | `--hold SECS` | after the sweep, keep every rank (and its `/metrics` endpoint) alive for SECS s or until SIGTERM/SIGINT ([`crate::hold`]) | 0 |
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -50,6 +51,9 @@ pub enum BenchCmd {
     /// verified. Without root it prints `skipping: ...` and exits 0. See
     /// docs/bench.md.
     Route(crate::route::RouteArgs),
+    /// Any other name: an error that lists the operations ([`crate::cli::run_as`]).
+    #[command(external_subcommand)]
+    Unknown(Vec<OsString>),
 }
 
 impl BenchCmd {
@@ -60,8 +64,28 @@ impl BenchCmd {
             BenchCmd::Route(_) => {
                 Err("`route` is not an nccl-tests operation: see zccl_bench::route".into())
             }
+            BenchCmd::Unknown(a) => Err(unknown_op(a)),
         }
     }
+}
+
+/// The error for an unknown subcommand (`args`: its name and arguments),
+/// with the list of operations.
+///
+/// ```
+/// let e = zccl_bench::args::unknown_op(&["foo".into()]);
+/// assert!(e.starts_with("unknown operation \"foo\"; the operations are all_reduce, all_gather,"));
+/// ```
+pub fn unknown_op(args: &[OsString]) -> String {
+    let name = args
+        .first()
+        .map(|a| a.to_string_lossy())
+        .unwrap_or_default();
+    let ops: Vec<&str> = Op::ALL.iter().map(|o| o.name()).collect();
+    format!(
+        "unknown operation {name:?}; the operations are {}, and route (the router benchmark)",
+        ops.join(", ")
+    )
 }
 
 /// One subcommand per operation.
@@ -182,7 +206,7 @@ pub struct CommonArgs {
     #[arg(short = 'a', long = "average", value_name = "0/1/2/3", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(0..=3))]
     pub average: u8,
-    /// Launch N ranks on this host (when not already under zccl run, srun, mpirun or torchrun).
+    /// Launch N ranks on this host (when not already under zccl run, srun, mpirun or torchrun); at most 64.
     #[arg(short = 'N', long = "ranks", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub ranks: Option<u32>,

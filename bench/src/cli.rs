@@ -1,5 +1,6 @@
 //! The entry point shared by `zccl-bench` and `zccl bench`: both parse
-//! [`BenchArgs`] and call [`run`], so they behave identically.
+//! [`BenchArgs`] and call [`run_as`], so they behave identically; only the
+//! name their messages start with differs (`zccl-bench:`, `zccl bench:`).
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
@@ -10,8 +11,8 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use zccl_runtime::Communicator;
 
-use crate::args::{BenchArgs, BenchCmd, Settings, check_root};
-use crate::launch::{self, Mode};
+use crate::args::{BenchArgs, BenchCmd, Settings, check_root, unknown_op};
+use crate::launch::{self, Mode, say};
 use crate::report::{Row, total_wrong};
 use crate::runner::{CORRUPT_ENV, RankInfo, bench, corrupt_requested, row_count};
 use crate::sweep::human;
@@ -36,36 +37,74 @@ pub struct Cli {
 
 /// `zccl-bench`'s `main`.
 pub fn main() -> ExitCode {
-    run(Cli::parse().bench)
+    run_as("zccl-bench", Cli::parse().bench)
+}
+
+/// [`run_as`] with the messages of the `zccl-bench` command.
+pub fn run(args: BenchArgs) -> ExitCode {
+    run_as("zccl-bench", args)
+}
+
+/// An error and its causes on one line, `a: b: c`, leaving out a cause
+/// whose text the line already ends with (an error that shows its source
+/// in its own message, as `path: No such file or directory (os error 2)`
+/// does, would otherwise show the OS text twice).
+///
+/// ```
+/// let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+/// let e = anyhow::Error::new(io).context("cannot read x");
+/// assert_eq!(zccl_bench::cli::error_text(&e), "cannot read x: entity not found");
+/// ```
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Runs the benchmark the arguments describe: launches the ranks, or is one.
+/// Messages start with `prog:` (`zccl-bench`, or `zccl bench` for the
+/// `zccl` command; the ranks `-N` starts are this same command).
 /// Exit codes: 0 success; 1 a rank failed or `#wrong` is not zero; 2 invalid
 /// arguments; a launched rank's own code otherwise. `route` is
 /// [`crate::route::run`], with its own codes.
-pub fn run(args: BenchArgs) -> ExitCode {
+pub fn run_as(prog: &str, args: BenchArgs) -> ExitCode {
     let op = match args.op {
         BenchCmd::Route(r) => return crate::route::run(&r),
+        BenchCmd::Unknown(a) => {
+            say(prog, format_args!("error: {}", unknown_op(&a)));
+            return ExitCode::from(2);
+        }
         BenchCmd::Op(op) => op,
     };
     let s = match op.settings() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("zccl-bench: error: {e}");
+            say(prog, format_args!("error: {e}"));
             return ExitCode::from(2);
         }
     };
     match launch::mode(s.ranks, |k| std::env::var(k).ok()) {
         Mode::Launch(n) => {
-            if let Err(e) = check_root(s.op, s.root, n) {
-                eprintln!("zccl-bench: error: {e}");
+            if let Err(e) = launch::check_local_ranks(n).and_then(|()| check_root(s.op, s.root, n))
+            {
+                say(prog, format_args!("error: {e}"));
                 return ExitCode::from(2);
             }
             let program = match std::env::current_exe() {
                 Ok(p) => p.into_os_string(),
                 Err(e) => {
-                    eprintln!(
-                        "zccl-bench: error: cannot find this program to start the ranks: {e}"
+                    say(
+                        prog,
+                        format_args!("error: cannot find this program to start the ranks: {e}"),
                     );
                     return ExitCode::FAILURE;
                 }
@@ -73,21 +112,24 @@ pub fn run(args: BenchArgs) -> ExitCode {
             if s.hold > 0.0
                 && let Err(e) = hold::install_stop_signals()
             {
-                eprintln!("zccl-bench: warning: cannot handle SIGTERM/SIGINT for --hold: {e}");
+                say(
+                    prog,
+                    format_args!("warning: cannot handle SIGTERM/SIGINT for --hold: {e}"),
+                );
             }
             let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
-            match launch::launch(n, &program, &argv) {
+            match launch::launch(prog, n, &program, &argv) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(e) => {
-                    eprintln!("zccl-bench: error: {e}");
+                    say(prog, format_args!("error: {e}"));
                     ExitCode::FAILURE
                 }
             }
         }
-        Mode::Join => match join(&s) {
+        Mode::Join => match join(prog, &s) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
-                eprintln!("zccl-bench: error: {e:#}");
+                say(prog, format_args!("error: {}", error_text(&e)));
                 ExitCode::FAILURE
             }
         },
@@ -128,7 +170,7 @@ fn progress_bar(total: usize) -> ProgressBar {
 }
 
 /// One rank of the job: measure, print (rank 0), write the files (rank 0).
-fn join(s: &Settings) -> Result<u8> {
+fn join(prog: &str, s: &Settings) -> Result<u8> {
     let comm = Communicator::from_env().context("cannot join the job")?;
     let (r, n) = (comm.rank(), comm.size());
     if let Some(want) = s.ranks
@@ -175,7 +217,10 @@ fn join(s: &Settings) -> Result<u8> {
         // (and its /metrics endpoint, which lives as long as the process).
         drop(comm);
         if let Err(e) = hold::install_stop_signals() {
-            eprintln!("zccl-bench: warning: rank {r}: cannot handle SIGTERM/SIGINT: {e}");
+            say(
+                prog,
+                format_args!("warning: rank {r}: cannot handle SIGTERM/SIGINT: {e}"),
+            );
         }
         if r == 0 {
             out(&hold::banner(s.hold));
@@ -184,7 +229,10 @@ fn join(s: &Settings) -> Result<u8> {
     }
     let wrong = total_wrong(&rows).unwrap_or(0);
     if r == 0 && wrong > 0 {
-        eprintln!("zccl-bench: the check found {wrong} wrong element(s)");
+        say(
+            prog,
+            format_args!("the check found {wrong} wrong element(s)"),
+        );
         return Ok(1);
     }
     Ok(0)

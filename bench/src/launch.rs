@@ -9,25 +9,62 @@
 //! [`pick_ports`], a fresh job secret), exactly what `zccl run -n n` gives,
 //! but without `zccl run`'s `[rank]` output prefixes: rank 0's stdout and
 //! every rank's stderr are this process's, the other ranks' stdout (they
-//! print nothing) is discarded. When a rank fails, the others get a few
-//! seconds to notice and exit, then are killed; the exit code is the first
-//! failing rank's (128 + signal if it was killed), else 0. With `--hold`,
+//! print nothing) is discarded. The ranks and the launcher write each
+//! message line with one `write` call ([`say`]), so lines of ranks sharing
+//! stderr never mix mid-line. When a rank fails, the others get a few
+//! seconds to notice and exit, then are killed; the exit code is that of
+//! the rank that failed first (by the time it ended, as `zccl run` tells it:
+//! [`Reaper`]), 128 + signal if it was killed, else 0. With `--hold`,
 //! a SIGTERM or SIGINT the launcher receives is forwarded to the ranks as
 //! SIGTERM ([`crate::hold`]).
+//!
+//! `-N` starts at most [`MAX_LOCAL_RANKS`] ranks: every rank connects to
+//! every other, with threads per connection, so n local ranks run about
+//! 2n² threads in all.
 
 use std::ffi::OsString;
-use std::io;
-use std::process::{Child, Command, Stdio};
+use std::fmt::Display;
+use std::io::{self, Write};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use zccl_runtime::UniqueId;
-use zccl_runtime::launcher::{REMOVED_VARS, RankExit, pick_ports, rank_env};
+use zccl_runtime::launcher::{REMOVED_VARS, RankExit, Reaper, pick_ports, rank_env};
 
 /// Variables that say this process is a rank of a launched job.
 pub const LAUNCHER_VARS: [&str; 4] = ["ZCCL_RANK", "RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"];
 
 /// How long ranks get to exit on their own after one failed.
 pub const GRACE: Duration = Duration::from_secs(5);
+
+/// The most ranks `-N` starts on this host (see the module docs).
+pub const MAX_LOCAL_RANKS: u32 = 64;
+
+/// `-N n` as the launcher: at most [`MAX_LOCAL_RANKS`].
+///
+/// ```
+/// use zccl_bench::launch::{check_local_ranks, MAX_LOCAL_RANKS};
+/// assert!(check_local_ranks(MAX_LOCAL_RANKS).is_ok());
+/// assert!(check_local_ranks(MAX_LOCAL_RANKS + 1).unwrap_err().contains("at most 64"));
+/// ```
+pub fn check_local_ranks(n: u32) -> Result<(), String> {
+    if n > MAX_LOCAL_RANKS {
+        return Err(format!(
+            "-N/--ranks {n}: at most {MAX_LOCAL_RANKS} ranks can be started on one host \
+             (every rank connects to every other: {n} ranks would run about {} threads); \
+             for more, start the ranks with zccl run, srun or mpirun",
+            2 * u64::from(n) * u64::from(n)
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `{prog}: {msg}` and a newline to stderr with one `write` call, so
+/// that the lines of ranks sharing one stderr (`-N`) never mix mid-line.
+pub fn say(prog: &str, msg: impl Display) {
+    let line = format!("{prog}: {msg}\n");
+    let _ = io::stderr().lock().write_all(line.as_bytes());
+}
 
 /// What this process does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,13 +95,14 @@ pub fn mode(ranks: Option<u32>, get: impl Fn(&str) -> Option<String>) -> Mode {
 }
 
 /// Starts `n` ranks of `program args...` and waits for them; returns the
-/// exit code (see the module docs).
-pub fn launch(n: u32, program: &OsString, args: &[OsString]) -> io::Result<i32> {
+/// exit code (see the module docs). Messages are prefixed `prog:`.
+pub fn launch(prog: &str, n: u32, program: &OsString, args: &[OsString]) -> io::Result<i32> {
     let ports = pick_ports(None)?;
     let secret = UniqueId::random_secret()
         .map_err(|e| io::Error::other(e.to_string()))?
         .to_hex();
-    let mut children: Vec<Option<Child>> = Vec::with_capacity(n as usize);
+    // Dropping the reaper on an error kills the ranks started so far.
+    let mut reaper = Reaper::new();
     for r in 0..n {
         let mut cmd = Command::new(program);
         cmd.args(args)
@@ -80,19 +118,12 @@ pub fn launch(n: u32, program: &OsString, args: &[OsString]) -> io::Result<i32> 
             cmd.env_remove(k);
         }
         zccl_runtime::launcher::die_with_parent(&mut cmd);
-        match cmd.spawn() {
-            Ok(c) => children.push(Some(c)),
-            Err(e) => {
-                for c in children.iter_mut().flatten() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot start rank {r} ({}): {e}", program.to_string_lossy()),
-                ));
-            }
-        }
+        reaper.spawn(cmd).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot start rank {r} ({}): {e}", program.to_string_lossy()),
+            )
+        })?;
     }
     let mut first_failure: Option<RankExit> = None;
     let mut kill_at: Option<Instant> = None;
@@ -101,41 +132,35 @@ pub fn launch(n: u32, program: &OsString, args: &[OsString]) -> io::Result<i32> 
         if !forwarded && crate::hold::stop_requested() {
             // `--hold`: pass SIGTERM/SIGINT on, so the ranks end their hold.
             forwarded = true;
-            for c in children.iter().flatten() {
-                // SAFETY: kill has no memory-safety preconditions; the pid is
-                // our unreaped child's.
-                unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            for r in reaper.running().collect::<Vec<_>>() {
+                reaper.signal(r, libc::SIGTERM);
             }
         }
-        for (r, slot) in children.iter_mut().enumerate() {
-            let Some(c) = slot else { continue };
-            let exit = match c.try_wait() {
-                Ok(None) => continue,
-                Ok(Some(st)) => RankExit::from_status(st),
-                Err(_) => RankExit::Code(1),
-            };
-            *slot = None;
-            if !exit.success() && first_failure.is_none() {
-                eprintln!("zccl-bench: rank {r} {exit}: the first rank to fail");
-                first_failure = Some(exit);
+        // In the order the ranks ended: the first failure is the earliest.
+        for ended in reaper.wait(Duration::from_millis(20)) {
+            if !ended.exit.success() && first_failure.is_none() {
+                say(
+                    prog,
+                    format_args!("rank {} {}: the first rank to fail", ended.rank, ended.exit),
+                );
+                first_failure = Some(ended.exit);
                 kill_at = Some(Instant::now() + GRACE);
             }
         }
-        if children.iter().all(Option::is_none) {
+        let running: Vec<u32> = reaper.running().collect();
+        if running.is_empty() {
             break;
         }
         if kill_at.is_some_and(|t| Instant::now() >= t) {
-            for (r, c) in children.iter_mut().enumerate() {
-                if let Some(c) = c {
-                    eprintln!(
-                        "zccl-bench: killing rank {r} (still running {GRACE:?} after the failure)"
-                    );
-                    let _ = c.kill();
-                }
+            for r in running {
+                say(
+                    prog,
+                    format_args!("killing rank {r} (still running {GRACE:?} after the failure)"),
+                );
+                reaper.signal(r, libc::SIGKILL);
             }
             kill_at = None;
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(first_failure.map_or(0, RankExit::exit_code))
 }
@@ -167,13 +192,19 @@ mod tests {
     #[test]
     fn exit_codes_follow_the_first_failure() {
         let sh = OsString::from("/bin/sh");
-        let ok = launch(2, &sh, &["-c".into(), "exit 0".into()]).unwrap();
+        let ok = launch("t", 2, &sh, &["-c".into(), "exit 0".into()]).unwrap();
         assert_eq!(ok, 0);
         // Rank 1 fails with 3; rank 0 succeeds.
         let script = "if [ \"$ZCCL_RANK\" = 1 ]; then exit 3; fi; exit 0";
-        let code = launch(2, &sh, &["-c".into(), script.into()]).unwrap();
+        let code = launch("t", 2, &sh, &["-c".into(), script.into()]).unwrap();
         assert_eq!(code, 3);
-        let missing = launch(1, &OsString::from("/nonexistent/zccl-bench"), &[]);
+        // Rank 2 fails first (3), rank 0 50 ms later (1): rank 2's code,
+        // though rank 0 is the lower rank.
+        let script =
+            "case $ZCCL_RANK in 2) sleep 0.2; exit 3;; 0) sleep 0.25; exit 1;; esac; sleep 0.4";
+        let code = launch("t", 4, &sh, &["-c".into(), script.into()]).unwrap();
+        assert_eq!(code, 3);
+        let missing = launch("t", 1, &OsString::from("/nonexistent/zccl-bench"), &[]);
         assert!(
             missing
                 .unwrap_err()

@@ -538,7 +538,7 @@ pub fn row_count(s: &Settings) -> usize {
     s.dtypes.len() * s.redops.len() * s.sizes.len()
 }
 
-/// What a rank's [`bench`] returns.
+/// What a rank's [`bench()`] returns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     /// The rows, aggregated over the ranks (the same on every rank).

@@ -343,3 +343,177 @@ fn under_a_launcher_every_process_joins() {
     assert_eq!(out0.matches("#  Rank ").count(), 2);
     assert!(out1.is_empty(), "only rank 0 prints: {out1}");
 }
+
+#[test]
+fn an_unknown_operation_lists_the_operations() {
+    let o = run(&["foo", "-N", "2"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(
+        err,
+        "zccl-bench: error: unknown operation \"foo\"; the operations are all_reduce, all_gather, \
+         reduce_scatter, broadcast, alltoall, sendrecv, ring_shift, token_ring, all_scan, and route \
+         (the router benchmark)\n"
+    );
+}
+
+#[test]
+fn n_is_capped() {
+    let o = run(&["all_reduce", "-N", "65", "-b", "1K", "-e", "1K"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with(
+            "zccl-bench: error: -N/--ranks 65: at most 64 ranks can be started on one host"
+        ),
+        "{err}"
+    );
+}
+
+/// Every rank fails at once (no such NIC) and each writes its error: the
+/// lines come out whole, never mixed mid-line, and the command's name is
+/// `zccl-bench`.
+#[test]
+fn errors_of_ranks_are_whole_lines() {
+    let want = "zccl-bench: error: cannot join the job: ZCCL_SOCKET_IFNAME=\"zccl-no-such-nic0\": \
+                no usable interface matches \"zccl-no-such-nic0\"";
+    for _ in 0..3 {
+        let o = run_with(
+            &["all_reduce", "-N", "6", "-b", "1K", "-e", "1K"],
+            &[("ZCCL_SOCKET_IFNAME", "zccl-no-such-nic0")],
+        );
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 7, "{err}");
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with(want)).count(),
+            6,
+            "{err}"
+        );
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(want)).count(),
+            6,
+            "{err}"
+        );
+        let first: Vec<&&str> = lines
+            .iter()
+            .filter(|l| {
+                l.starts_with("zccl-bench: rank ")
+                    && l.ends_with(" exited with code 1: the first rank to fail")
+            })
+            .collect();
+        assert_eq!(first.len(), 1, "{err}");
+    }
+}
+
+/// A file that cannot be written: the OS error is shown once.
+#[test]
+fn an_os_error_is_shown_once() {
+    let o = run(&[
+        "all_reduce",
+        "-b",
+        "1K",
+        "-e",
+        "1K",
+        "-n",
+        "1",
+        "--json",
+        "/nonexistent/zccl/x.json",
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("zccl-bench: error: cannot write the JSON file /nonexistent/zccl/x.json: "),
+        "{err}"
+    );
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+/// `kill -9` of one rank of a running `-N` job: that rank is the first to
+/// fail (its peers notice and exit after it), and its code is the job's.
+#[test]
+fn a_killed_rank_is_named_not_the_peers_that_noticed() {
+    use std::io::{BufRead, BufReader, Read};
+    for _ in 0..3 {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "all_reduce",
+            "-N",
+            "4",
+            "-b",
+            "1K",
+            "-e",
+            "1K",
+            "-n",
+            "100000000",
+            "-c",
+            "0",
+        ])
+        .env("ZCCL_TIMEOUT", "30")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        for k in ["ZCCL_RANK", "RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"] {
+            cmd.env_remove(k);
+        }
+        let mut child = cmd.spawn().expect("start zccl-bench");
+        let pid = child.id() as i32;
+        let mut stderr = child.stderr.take().unwrap();
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        // Rank 0 prints every rank's pid before it measures.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut rank2 = None;
+        while rank2.is_none() {
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+                // SAFETY: kill has no memory-safety preconditions; pid is our unreaped child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("the ranks did not start");
+            };
+            if let Some(rest) = line.strip_prefix("#  Rank  2 Group  0 Pid ") {
+                rank2 = rest
+                    .split_whitespace()
+                    .next()
+                    .map(|p| p.parse::<i32>().unwrap());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: as above; rank 2 is a child of our child, alive (the job runs).
+        unsafe { libc::kill(rank2.unwrap(), libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("zccl-bench did not end after a rank was killed");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = err.join().unwrap();
+        assert_eq!(status.code(), Some(137), "{err}");
+        let first: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("the first rank to fail"))
+            .collect();
+        assert_eq!(
+            first,
+            ["zccl-bench: rank 2 was killed by signal 9 (SIGKILL): the first rank to fail"],
+            "{err}"
+        );
+    }
+}

@@ -646,7 +646,7 @@ async fn accept_loop(shared: Arc<Shared>, nic: Interface, listener: tokio::net::
                 let nic = nic.clone();
                 tokio::spawn(async move {
                     if let Err(why) = accept_one(sh.clone(), &nic, stream, from).await {
-                        warn!(rank = sh.rank, %from, nic = %nic.name, "dropped incoming connection: {why}");
+                        log_junk(sh.rank, from, &nic.name, &why);
                     }
                 });
             }
@@ -655,6 +655,112 @@ async fn accept_loop(shared: Arc<Shared>, nic: Interface, listener: tokio::net::
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Junk connections: the warning, rate-limited.
+
+/// Warnings in full per source address before they are rate-limited.
+const JUNK_WARN_PER_ADDR: u32 = 3;
+/// Past those, at most one warning per this interval (it counts the others).
+const JUNK_SUMMARY_EVERY: Duration = Duration::from_secs(10);
+/// Source addresses remembered; connections from others are rate-limited.
+const JUNK_MAX_ADDRS: usize = 1024;
+
+/// What to log for one dropped incoming connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JunkLog {
+    /// The warning.
+    Warn,
+    /// The warning, with how many were left out since the last one.
+    Summary {
+        /// Dropped connections logged at debug level only since the last warning.
+        left_out: u64,
+    },
+    /// A debug line only (counted for the next summary).
+    Quiet,
+}
+
+/// Rate limit of the "dropped incoming connection" warning (a port scanner
+/// can open thousands): the first `per_addr` per source address in full,
+/// then at most one warning per `every`, which counts those left out.
+/// Pure: the time is an argument.
+#[derive(Debug)]
+struct RateLimiter {
+    per_addr: u32,
+    every: Duration,
+    max_addrs: usize,
+    seen: HashMap<IpAddr, u32>,
+    left_out: u64,
+    last_summary: Option<Instant>,
+}
+
+impl RateLimiter {
+    fn new(per_addr: u32, every: Duration, max_addrs: usize) -> Self {
+        Self {
+            per_addr,
+            every,
+            max_addrs,
+            seen: HashMap::new(),
+            left_out: 0,
+            last_summary: None,
+        }
+    }
+
+    /// One more dropped connection from `from`, at `now`.
+    fn check(&mut self, from: IpAddr, now: Instant) -> JunkLog {
+        let known = self.seen.len() < self.max_addrs || self.seen.contains_key(&from);
+        let count = if known {
+            let n = self.seen.entry(from).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        } else {
+            u32::MAX
+        };
+        if count <= self.per_addr {
+            return JunkLog::Warn;
+        }
+        if self
+            .last_summary
+            .is_some_and(|t| now.saturating_duration_since(t) < self.every)
+        {
+            self.left_out += 1;
+            return JunkLog::Quiet;
+        }
+        self.last_summary = Some(now);
+        JunkLog::Summary {
+            left_out: std::mem::take(&mut self.left_out),
+        }
+    }
+}
+
+/// The process's limiter of the junk-connection warning.
+static JUNK: std::sync::LazyLock<Mutex<RateLimiter>> = std::sync::LazyLock::new(|| {
+    Mutex::new(RateLimiter::new(
+        JUNK_WARN_PER_ADDR,
+        JUNK_SUMMARY_EVERY,
+        JUNK_MAX_ADDRS,
+    ))
+});
+
+/// Logs a dropped incoming connection, rate-limited ([`RateLimiter`]).
+fn log_junk(rank: u32, from: SocketAddr, nic: &str, why: &str) {
+    let verdict = JUNK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .check(from.ip(), Instant::now());
+    match verdict {
+        JunkLog::Warn => warn!(rank, %from, nic, "dropped incoming connection: {why}"),
+        JunkLog::Summary { left_out } => warn!(
+            rank,
+            %from,
+            nic,
+            "dropped incoming connection: {why} ({left_out} more dropped since the last such warning; \
+             past {JUNK_WARN_PER_ADDR} from one address, at most one warning per {}s)",
+            JUNK_SUMMARY_EVERY.as_secs()
+        ),
+        JunkLog::Quiet => debug!(rank, %from, nic, "dropped incoming connection: {why}"),
     }
 }
 
@@ -1316,5 +1422,58 @@ impl Transport for TcpTransport {
                 let _ = h.await;
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn junk_warnings_are_rate_limited() {
+        let every = Duration::from_secs(10);
+        let mut l = RateLimiter::new(3, every, 2);
+        let t0 = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // The first three from an address in full, each address on its own.
+        for i in 0..3 {
+            assert_eq!(l.check(a, at(i)), JunkLog::Warn);
+        }
+        assert_eq!(l.check(b, at(3)), JunkLog::Warn);
+        // Then one summary at once, and silence until `every` has passed.
+        assert_eq!(l.check(a, at(4)), JunkLog::Summary { left_out: 0 });
+        for i in 0..1000 {
+            assert_eq!(l.check(a, at(5 + i)), JunkLog::Quiet);
+        }
+        assert_eq!(l.check(b, at(2000)), JunkLog::Warn);
+        assert_eq!(l.check(b, at(2001)), JunkLog::Warn);
+        assert_eq!(l.check(b, at(2002)), JunkLog::Quiet);
+        assert_eq!(l.check(a, at(9_999)), JunkLog::Quiet);
+        // The next summary counts what was left out.
+        assert_eq!(l.check(a, at(10_004)), JunkLog::Summary { left_out: 1002 });
+        assert_eq!(l.check(b, at(10_005)), JunkLog::Quiet);
+        assert_eq!(l.check(a, at(20_004)), JunkLog::Summary { left_out: 1 });
+        // Past `max_addrs` addresses, a new address gets no warnings in full.
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        assert_eq!(l.check(c, at(20_005)), JunkLog::Quiet);
+        assert_eq!(l.check(c, at(40_000)), JunkLog::Summary { left_out: 1 });
+    }
+
+    #[test]
+    fn a_flood_logs_a_few_lines() {
+        // 1,600 junk connections from one address in a minute: 3 warnings in
+        // full, then one per 10 s.
+        let mut l = RateLimiter::new(3, Duration::from_secs(10), 1024);
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let logged = (0..1600u64)
+            .filter(|i| {
+                let now = t0 + Duration::from_micros(i * 37_500);
+                l.check(a, now) != JunkLog::Quiet
+            })
+            .count();
+        assert_eq!(logged, 3 + 6);
     }
 }
