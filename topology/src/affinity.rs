@@ -11,9 +11,17 @@
 //!   bit-mirrored within `log2(nNets)` bits when `nNets` is a power of two.
 
 use crate::model::{NetKind, PathType, PortState, Topology};
-use crate::paths::{Path, classify};
+use crate::paths::{Classifier, Path, PathKey};
 use serde::Serialize;
 use std::cmp::Ordering;
+use std::collections::HashMap;
+
+/// At most this many NICs are listed per GPU in [`GpuAffinity::nics`] and
+/// [`GpuAffinity::closest`] (plus the primary NIC when it falls beyond).
+/// Real hosts have at most 32 NICs, so this only trims synthetic topologies
+/// with thousands of NICs, whose every-GPU × every-NIC lists would otherwise
+/// take gigabytes.
+pub const MAX_LISTED_NICS: usize = 64;
 
 /// One NIC as seen from one GPU.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -33,10 +41,17 @@ pub struct GpuAffinity {
     /// Index into [`Topology::gpus`].
     pub gpu: usize,
     /// Every candidate NIC, best first (bandwidth, then path type, then NIC
-    /// order).
+    /// order); at most the first [`MAX_LISTED_NICS`], then the primary NIC
+    /// if it is not among them.
     pub nics: Vec<NicPath>,
-    /// Indices into [`Topology::nets`] of the closest NICs, in NIC order.
+    /// How many candidate NICs `nics` leaves out (0 on any real host).
+    pub nics_omitted: usize,
+    /// Indices into [`Topology::nets`] of the closest NICs, in NIC order; at
+    /// most the first [`MAX_LISTED_NICS`], then the primary NIC if it is not
+    /// among them.
     pub closest: Vec<usize>,
+    /// How many closest NICs `closest` leaves out (0 on any real host).
+    pub closest_omitted: usize,
     /// Index into [`Topology::nets`] of the primary NIC (None without NICs).
     pub primary: Option<usize>,
     /// How many GPUs share the closest NICs (`nGpus`).
@@ -68,10 +83,11 @@ pub fn candidate_nets(topo: &Topology) -> Vec<usize> {
         .collect()
 }
 
-fn usable_bw(topo: &Topology, net: usize, path: &Path) -> f64 {
+/// A path's bandwidth capped by the port speed, when known.
+fn usable_bw(topo: &Topology, net: usize, path_bw: f64) -> f64 {
     match topo.nets[net].speed_mbps {
-        Some(mbps) if mbps > 0 => path.bw_gbytes.min(mbps as f64 / 8000.0),
-        _ => path.bw_gbytes,
+        Some(mbps) if mbps > 0 => path_bw.min(mbps as f64 / 8000.0),
+        _ => path_bw,
     }
 }
 
@@ -124,85 +140,107 @@ pub fn mirror_bits(val: usize, pow2: usize) -> usize {
 /// ```
 pub fn affinity(topo: &Topology) -> Vec<GpuAffinity> {
     let nets = candidate_nets(topo);
-    // paths[g][k]: GPU g to candidate NIC nets[k].
-    let paths: Vec<Vec<(Path, f64)>> = topo
-        .gpus
-        .iter()
-        .map(|g| {
-            nets.iter()
-                .map(|&n| {
-                    let p = classify(topo, g.node, topo.nets[n].node);
-                    let bw = usable_bw(topo, n, &p);
-                    (p, bw)
-                })
-                .collect()
-        })
-        .collect();
-    let key = |g: usize, k: usize| (paths[g][k].1, paths[g][k].0.ptype);
+    let cls = Classifier::new(topo);
+    let net_nodes: Vec<usize> = nets.iter().map(|&n| topo.nets[n].node).collect();
+    // key(k) from a GPU: (usable bandwidth, path type) to candidate NIC k.
+    let key_of = |keys: &[Option<PathKey>], gpu_node: usize, k: usize| {
+        let (ptype, bw) = cls.key(keys, gpu_node, net_nodes[k]);
+        (usable_bw(topo, nets[k], bw), ptype)
+    };
+    let mut keys = Vec::new();
+    // nGpus of a NIC: how many GPUs are closest to it, seen from the NIC.
+    let mut sharing: HashMap<usize, usize> = HashMap::new();
+    let mut row: Vec<(f64, PathType)> = Vec::with_capacity(nets.len());
 
-    (0..topo.gpus.len())
-        .map(|g| {
-            let mut order: Vec<usize> = (0..nets.len()).collect();
-            order.sort_by(|&x, &y| better(key(g, x), key(g, y)).then(x.cmp(&y)));
-            let closest_k: Vec<usize> = match order.first() {
-                Some(&best) => {
-                    let mut c: Vec<usize> = order
+    let mut out = Vec::with_capacity(topo.gpus.len());
+    for (g, gpu) in topo.gpus.iter().enumerate() {
+        cls.keys_into(gpu.node, &mut keys);
+        row.clear();
+        row.extend((0..nets.len()).map(|k| key_of(&keys, gpu.node, k)));
+        let cmp = |x: &usize, y: &usize| better(row[*x], row[*y]).then(x.cmp(y));
+        let mut order: Vec<usize> = (0..nets.len()).collect();
+        if order.len() > MAX_LISTED_NICS {
+            order.select_nth_unstable_by(MAX_LISTED_NICS - 1, cmp);
+            order.truncate(MAX_LISTED_NICS);
+        }
+        order.sort_by(cmp);
+        let closest_k: Vec<usize> = match order.first() {
+            Some(&best) => (0..nets.len())
+                .filter(|&k| better(row[k], row[best]) == Ordering::Equal)
+                .collect(),
+            None => Vec::new(),
+        };
+        let (primary_k, n_gpus) = match closest_k.first() {
+            Some(&first) => {
+                let n_gpus = *sharing.entry(first).or_insert_with(|| {
+                    let mut from_nic = Vec::new();
+                    cls.keys_into(net_nodes[first], &mut from_nic);
+                    let col: Vec<(f64, PathType)> = topo
+                        .gpus
+                        .iter()
+                        .map(|h| key_of(&from_nic, h.node, first))
+                        .collect();
+                    // GPUs closest to the first closest NIC, seen from the NIC.
+                    let best = col
                         .iter()
                         .copied()
-                        .filter(|&k| better(key(g, k), key(g, best)) == Ordering::Equal)
-                        .collect();
-                    c.sort_unstable();
-                    c
-                }
-                None => Vec::new(),
-            };
-            let (primary_k, sharing) = match closest_k.first() {
-                Some(&first) => {
-                    // GPUs closest to the first closest NIC, seen from the NIC.
-                    let best = (0..topo.gpus.len())
-                        .map(|h| key(h, first))
                         .min_by(|a, b| better(*a, *b))
-                        .unwrap_or(key(g, first));
-                    let n_gpus = (0..topo.gpus.len())
-                        .filter(|&h| better(key(h, first), best) == Ordering::Equal)
+                        .unwrap_or(row[first]);
+                    col.iter()
+                        .filter(|&&k| better(k, best) == Ordering::Equal)
                         .count()
-                        .max(1);
-                    let n_nets = closest_k.len();
-                    let mut start = topo.gpus[g].dev as usize % n_gpus;
-                    if n_nets.is_power_of_two() {
-                        start = mirror_bits(start, n_nets);
-                    }
-                    (Some(closest_k[start % n_nets]), n_gpus)
+                        .max(1)
+                });
+                let n_nets = closest_k.len();
+                let mut start = gpu.dev as usize % n_gpus;
+                if n_nets.is_power_of_two() {
+                    start = mirror_bits(start, n_nets);
                 }
-                None => (None, 0),
-            };
-            let nics: Vec<NicPath> = order
-                .iter()
-                .map(|&k| NicPath {
-                    net: nets[k],
-                    path: paths[g][k].0.clone(),
-                    bw_gbytes: paths[g][k].1,
-                })
-                .collect();
-            let closest: Vec<usize> = closest_k.iter().map(|&k| nets[k]).collect();
-            let primary = primary_k.map(|k| nets[k]);
-            let reason = explain(
-                topo,
-                g,
-                primary_k.map(|k| (nets[k], &paths[g][k])),
-                &closest,
-                sharing,
-            );
-            GpuAffinity {
-                gpu: g,
-                nics,
-                closest,
-                primary,
-                sharing_gpus: sharing,
-                reason,
+                (Some(closest_k[start % n_nets]), n_gpus)
             }
-        })
-        .collect()
+            None => (None, 0),
+        };
+        let nic_path = |k: usize| NicPath {
+            net: nets[k],
+            path: cls.classify(gpu.node, net_nodes[k]),
+            bw_gbytes: row[k].0,
+        };
+        let mut nics: Vec<NicPath> = order.iter().map(|&k| nic_path(k)).collect();
+        if let Some(p) = primary_k
+            && !order.contains(&p)
+        {
+            nics.push(nic_path(p));
+        }
+        let closest: Vec<usize> = closest_k.iter().map(|&k| nets[k]).collect();
+        let primary = primary_k.map(|k| nets[k]);
+        let primary_path = primary
+            .and_then(|p| nics.iter().find(|n| n.net == p))
+            .map(|n| (n.path.clone(), n.bw_gbytes));
+        let reason = explain(
+            topo,
+            g,
+            primary.zip(primary_path.as_ref()),
+            &closest,
+            n_gpus,
+        );
+        let mut listed: Vec<usize> = closest.iter().copied().take(MAX_LISTED_NICS).collect();
+        if let Some(p) = primary
+            && !listed.contains(&p)
+        {
+            listed.push(p);
+        }
+        out.push(GpuAffinity {
+            gpu: g,
+            nics_omitted: nets.len() - nics.len(),
+            nics,
+            closest_omitted: closest.len() - listed.len(),
+            closest: listed,
+            primary,
+            sharing_gpus: n_gpus,
+            reason,
+        });
+    }
+    out
 }
 
 /// Format a bandwidth in GB/s as Gb/s for people (`400 Gb/s`, `12.5 Gb/s`).
@@ -372,5 +410,158 @@ mod tests {
         t.nets.push(Net::new("lo", cpu, NetKind::Socket));
         assert_eq!(affinity(&t)[0].primary, None);
         assert!(affinity(&t)[0].reason.contains("no usable NIC"));
+    }
+
+    /// The affinity as it was computed before (every pair classified and
+    /// kept, no limit), for comparison. (`Classifier::classify` is checked
+    /// against the previous classification in `paths`.)
+    fn reference(topo: &Topology) -> Vec<GpuAffinity> {
+        let nets = candidate_nets(topo);
+        let cls = Classifier::new(topo);
+        let paths: Vec<Vec<(Path, f64)>> = topo
+            .gpus
+            .iter()
+            .map(|g| {
+                nets.iter()
+                    .map(|&n| {
+                        let p = cls.classify(g.node, topo.nets[n].node);
+                        let bw = usable_bw(topo, n, p.bw_gbytes);
+                        (p, bw)
+                    })
+                    .collect()
+            })
+            .collect();
+        let key = |g: usize, k: usize| (paths[g][k].1, paths[g][k].0.ptype);
+        (0..topo.gpus.len())
+            .map(|g| {
+                let mut order: Vec<usize> = (0..nets.len()).collect();
+                order.sort_by(|&x, &y| better(key(g, x), key(g, y)).then(x.cmp(&y)));
+                let closest_k: Vec<usize> = match order.first() {
+                    Some(&best) => {
+                        let mut c: Vec<usize> = order
+                            .iter()
+                            .copied()
+                            .filter(|&k| better(key(g, k), key(g, best)) == Ordering::Equal)
+                            .collect();
+                        c.sort_unstable();
+                        c
+                    }
+                    None => Vec::new(),
+                };
+                let (primary_k, sharing) = match closest_k.first() {
+                    Some(&first) => {
+                        let best = (0..topo.gpus.len())
+                            .map(|h| key(h, first))
+                            .min_by(|a, b| better(*a, *b))
+                            .unwrap_or(key(g, first));
+                        let n_gpus = (0..topo.gpus.len())
+                            .filter(|&h| better(key(h, first), best) == Ordering::Equal)
+                            .count()
+                            .max(1);
+                        let n_nets = closest_k.len();
+                        let mut start = topo.gpus[g].dev as usize % n_gpus;
+                        if n_nets.is_power_of_two() {
+                            start = mirror_bits(start, n_nets);
+                        }
+                        (Some(closest_k[start % n_nets]), n_gpus)
+                    }
+                    None => (None, 0),
+                };
+                let closest: Vec<usize> = closest_k.iter().map(|&k| nets[k]).collect();
+                let reason = explain(
+                    topo,
+                    g,
+                    primary_k.map(|k| (nets[k], &paths[g][k])),
+                    &closest,
+                    sharing,
+                );
+                GpuAffinity {
+                    gpu: g,
+                    nics: order
+                        .iter()
+                        .map(|&k| NicPath {
+                            net: nets[k],
+                            path: paths[g][k].0.clone(),
+                            bw_gbytes: paths[g][k].1,
+                        })
+                        .collect(),
+                    nics_omitted: 0,
+                    closest,
+                    closest_omitted: 0,
+                    primary: primary_k.map(|k| nets[k]),
+                    sharing_gpus: sharing,
+                    reason,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn same_as_the_reference_on_small_hosts() {
+        let mut shapes = vec![
+            grouped(4, 1, 1),
+            grouped(2, 2, 2),
+            grouped(1, 4, 4),
+            grouped(1, 4, 2),
+            grouped(3, 2, 5),
+            grouped(2, 0, 3),
+            grouped(2, 3, 0),
+        ];
+        let mut t = grouped(2, 2, 2);
+        t.nets[1].speed_mbps = Some(100_000);
+        t.nets[2].state = PortState::Down;
+        shapes.push(t);
+        let dir = tempfile::tempdir().unwrap();
+        crate::fake::FakeHost::dgx_h100_like()
+            .write(dir.path())
+            .unwrap();
+        shapes.push(crate::probe_sysfs(dir.path()).unwrap());
+        for (i, t) in shapes.iter().enumerate() {
+            assert_eq!(affinity(t), reference(t), "shape {i}");
+        }
+    }
+
+    #[test]
+    fn many_nics_are_listed_up_to_the_limit() {
+        // 80 GPUs and 100 NICs behind one switch: every NIC ties.
+        let t = grouped(1, 80, 100);
+        let (got, want) = (affinity(&t), reference(&t));
+        for (a, r) in got.iter().zip(&want) {
+            assert_eq!((a.primary, a.sharing_gpus), (r.primary, r.sharing_gpus));
+            assert_eq!(a.reason, r.reason);
+            let p = a.primary.unwrap();
+            let pos = r.nics.iter().position(|n| n.net == p).unwrap();
+            let listed = MAX_LISTED_NICS + usize::from(pos >= MAX_LISTED_NICS);
+            assert_eq!(a.nics.len(), listed);
+            assert_eq!(a.nics[..MAX_LISTED_NICS], r.nics[..MAX_LISTED_NICS]);
+            assert_eq!(a.nics.last().unwrap().net == p, pos >= MAX_LISTED_NICS - 1);
+            assert_eq!(a.nics_omitted, 100 - listed);
+            assert_eq!(a.closest.len(), listed);
+            assert_eq!(a.closest[..MAX_LISTED_NICS], r.closest[..MAX_LISTED_NICS]);
+            assert!(a.closest.contains(&p));
+            assert_eq!(a.closest_omitted, 100 - listed);
+        }
+        // Some GPUs' primary NIC is beyond the limit, and is listed anyway.
+        assert!(got.iter().any(|a| a.nics.len() == MAX_LISTED_NICS + 1));
+        // At or under the limit nothing is left out.
+        let t = grouped(2, 3, MAX_LISTED_NICS / 2);
+        assert_eq!(affinity(&t), reference(&t));
+        assert!(affinity(&t).iter().all(|a| a.nics_omitted == 0));
+    }
+
+    #[test]
+    fn a_big_synthetic_file_is_ranked_like_the_reference() {
+        let text = crate::fake::many_devices_xml(150, 120);
+        let t = crate::xml::parse_str(&text, "many").unwrap();
+        let (got, want) = (affinity(&t), reference(&t));
+        for (a, r) in got.iter().zip(&want) {
+            assert_eq!(a.nics[..], r.nics[..a.nics.len()]);
+            assert_eq!(a.nics.len(), MAX_LISTED_NICS);
+            assert_eq!(a.nics_omitted, 120 - MAX_LISTED_NICS);
+            assert_eq!(
+                (&a.closest, a.primary, a.sharing_gpus, &a.reason),
+                (&r.closest, r.primary, r.sharing_gpus, &r.reason)
+            );
+        }
     }
 }

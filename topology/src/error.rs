@@ -46,6 +46,22 @@ pub enum TopoError {
         /// What is wrong.
         reason: String,
     },
+    /// A topology file was refused before it was parsed: it is larger than
+    /// the limit (`ZCCL_TOPO_MAX_BYTES`, 16 MiB by default), or it is a
+    /// device (`/dev/zero`, a terminal) rather than a file or a pipe.
+    ///
+    /// ```
+    /// use zccl_topology::TopoError;
+    /// let e = TopoError::Refused { path: "/dev/zero".into(), reason: "is a character device, not a file".into() };
+    /// assert_eq!(e.to_string(), "topology file /dev/zero is a character device, not a file");
+    /// ```
+    #[error("topology file {} {reason}", path.display())]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why, as the rest of the sentence (`exceeds 16 MiB ...`).
+        reason: String,
+    },
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -1,4 +1,5 @@
-//! Fake sysfs trees for tests.
+//! Fake sysfs trees for tests (and, with [`many_devices_xml`], large NCCL
+//! topology files).
 //!
 //! [`FakeHost`] describes a host compactly (sockets, PCIe switches, the GPUs
 //! and NICs behind them) and [`FakeHost::write`] turns the description into
@@ -704,6 +705,66 @@ impl Writer {
 
 fn bus_err() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, "too many devices for one bus")
+}
+
+/// A synthetic NCCL topology XML file with `gpus` GPUs and `nics` NICs, for
+/// tests of large inputs: two CPUs, and PCIe Gen5 switches that each hold
+/// two GPUs and two NICs (bare `<pci>` leaves, as in Azure's partial files)
+/// until both run out. 1600 GPUs and 1600 NICs make a 390 KB file; up to
+/// about 130 000 of each are supported. The file is what
+/// [`crate::xml::to_string`] writes back.
+///
+/// ```
+/// let text = zccl_topology::fake::many_devices_xml(6, 4);
+/// let t = zccl_topology::xml::parse_str(&text, "many").unwrap();
+/// assert_eq!((t.gpus.len(), t.nets.len(), t.cpus.len()), (6, 4, 2));
+/// assert!(zccl_topology::xml::to_string(&t) == text);
+/// ```
+pub fn many_devices_xml(gpus: usize, nics: usize) -> String {
+    const PER_SWITCH: usize = 2;
+    let switches = gpus.max(nics).div_ceil(PER_SWITCH);
+    let per_cpu = switches.div_ceil(2);
+    let leaf = |out: &mut String, domain: usize, i: usize, class: &str| {
+        let _ = writeln!(
+            out,
+            "      <pci busid=\"{:04x}:{:02x}:00.0\" class=\"{class}\" link_speed=\"32.0 GT/s PCIe\" link_width=\"16\"/>",
+            domain + (i >> 8),
+            i & 0xff
+        );
+    };
+    let mut out = String::from("<system version=\"1\">\n");
+    let (mut g, mut n) = (0, 0);
+    for cpu in 0..2 {
+        let _ = writeln!(
+            out,
+            "  <cpu numaid=\"{cpu}\" arch=\"x86_64\" vendor=\"GenuineIntel\" familyid=\"6\" modelid=\"143\">"
+        );
+        for s in (cpu * per_cpu)..((cpu + 1) * per_cpu).min(switches) {
+            let _ = writeln!(
+                out,
+                "    <pci busid=\"{:04x}:{:02x}:{:02x}.0\" class=\"0x060400\" link_speed=\"32.0 GT/s PCIe\" link_width=\"16\">",
+                0xfffe - (s >> 16),
+                (s >> 8) & 0xff,
+                s & 0xff
+            );
+            for _ in 0..PER_SWITCH {
+                if g < gpus {
+                    leaf(&mut out, 0x1000, g, "0x030200");
+                    g += 1;
+                }
+            }
+            for _ in 0..PER_SWITCH {
+                if n < nics {
+                    leaf(&mut out, 0x2000, n, "0x020700");
+                    n += 1;
+                }
+            }
+            out.push_str("    </pci>\n");
+        }
+        out.push_str("  </cpu>\n");
+    }
+    out.push_str("</system>\n");
+    out
 }
 
 #[cfg(test)]

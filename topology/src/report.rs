@@ -5,14 +5,26 @@
 //! other tools; its schema is documented in `docs/topology-json.md`. Fields
 //! are only ever added, never renamed, within a `schema_version`.
 
-use crate::affinity::{GpuAffinity, affinity, gbits};
+use crate::affinity::{GpuAffinity, MAX_LISTED_NICS, affinity, gbits};
 use crate::model::{DeviceClass, NetKind, PortState, Topology};
-use crate::paths::classify;
+use crate::paths::Classifier;
 use serde::Serialize;
 use std::fmt::Write;
 
 /// Version of the JSON schema below.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// The text report draws the GPU × NIC matrix only up to this many columns
+/// (GPUs plus NICs; a real host has at most 48); beyond, a line says it is
+/// left out.
+pub const MAX_MATRIX_COLUMNS: usize = 128;
+
+/// The text report's CLOSEST column names at most this many NICs.
+const MAX_CLOSEST_SHOWN: usize = 16;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
 
 /// The JSON report of one host.
 #[derive(Debug, Clone, Serialize)]
@@ -57,10 +69,20 @@ pub struct GpuReport {
     pub class: DeviceClass,
     /// Kernel name (`ve0`), when known.
     pub name: Option<String>,
-    /// Every usable NIC, best first.
+    /// Every usable NIC, best first (at most
+    /// [`MAX_LISTED_NICS`](crate::affinity::MAX_LISTED_NICS), then the
+    /// primary NIC if it falls beyond).
     pub nics: Vec<GpuNicReport>,
-    /// Names of the closest NICs (equal best bandwidth and path type).
+    /// How many usable NICs `nics` leaves out; absent from the JSON when 0,
+    /// which it is on any real host.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub nics_omitted: usize,
+    /// Names of the closest NICs (equal best bandwidth and path type), with
+    /// the same limit as `nics`.
     pub closest_nics: Vec<String>,
+    /// How many closest NICs `closest_nics` leaves out; absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub closest_omitted: usize,
     /// Name of the primary NIC, `null` when there is none.
     pub primary_nic: Option<String>,
     /// How many GPUs share the closest NICs.
@@ -173,11 +195,13 @@ impl Report {
                             hops: n.path.hops.len().saturating_sub(1),
                         })
                         .collect(),
+                    nics_omitted: a.nics_omitted,
                     closest_nics: a
                         .closest
                         .iter()
                         .map(|&n| topo.nets[n].name.clone())
                         .collect(),
+                    closest_omitted: a.closest_omitted,
                     primary_nic: a.primary.map(|n| topo.nets[n].name.clone()),
                     sharing_gpus: a.sharing_gpus,
                     reason: a.reason.clone(),
@@ -368,7 +392,7 @@ pub fn render_text(topo: &Topology, source: &str, explain: bool) -> String {
                         dash(&g.primary_nic),
                         first.map_or("-".into(), |n| n.path.clone()),
                         first.map_or("-".into(), |n| gbits(n.bw_gbps / 8.0)),
-                        g.closest_nics.join(","),
+                        closest_cell(g),
                     ]
                 })
                 .collect::<Vec<_>>(),
@@ -390,6 +414,13 @@ pub fn render_text(topo: &Topology, source: &str, explain: bool) -> String {
                         hops.join(" -> ")
                     );
                 }
+                if a.nics_omitted > 0 {
+                    let _ = writeln!(
+                        out,
+                        "    ... and {} more NIC(s), not ranked here (the first {MAX_LISTED_NICS} are)",
+                        a.nics_omitted
+                    );
+                }
             }
         }
     }
@@ -402,11 +433,35 @@ pub fn render_text(topo: &Topology, source: &str, explain: bool) -> String {
     out
 }
 
-/// The `nvidia-smi topo -m` style matrix over GPUs and (non-loopback) NICs.
+/// The CLOSEST cell of the GPU -> NIC table: the names, at most
+/// [`MAX_CLOSEST_SHOWN`], then how many more there are.
+fn closest_cell(g: &GpuReport) -> String {
+    let shown = g.closest_nics.len().min(MAX_CLOSEST_SHOWN);
+    let mut cell = g.closest_nics[..shown].join(",");
+    let more = g.closest_nics.len() - shown + g.closest_omitted;
+    if more > 0 {
+        let _ = write!(cell, ",... ({more} more)");
+    }
+    cell
+}
+
+/// The `nvidia-smi topo -m` style matrix over GPUs and (non-loopback) NICs,
+/// when it has at most [`MAX_MATRIX_COLUMNS`] columns.
 fn render_matrix(out: &mut String, topo: &Topology) {
     let nets: Vec<usize> = (0..topo.nets.len())
         .filter(|&i| !topo.nets[i].is_loopback())
         .collect();
+    let columns = topo.gpus.len() + nets.len();
+    if columns > MAX_MATRIX_COLUMNS {
+        let _ = writeln!(
+            out,
+            "\nMatrix (nvidia-smi topo -m labels): left out, {} GPUs and {} NICs make {columns} columns (at most {MAX_MATRIX_COLUMNS} are drawn)",
+            topo.gpus.len(),
+            nets.len()
+        );
+        return;
+    }
+    let cls = Classifier::new(topo);
     let mut cols: Vec<(String, usize)> = topo
         .gpus
         .iter()
@@ -422,7 +477,7 @@ fn render_matrix(out: &mut String, topo: &Topology) {
         .map(|(i, (name, a))| {
             let mut r = vec![name.clone()];
             for (j, (_, b)) in cols.iter().enumerate() {
-                let p = classify(topo, *a, *b);
+                let p = cls.classify(*a, *b);
                 r.push(match p.via {
                     _ if i == j => "X".into(),
                     // Two ports of one NIC (or two NICs without PCI on one CPU).
@@ -447,4 +502,73 @@ fn render_matrix(out: &mut String, topo: &Topology) {
         out,
         "\n  X = self, NV# = NVLinks, PIX = at most one PCIe bridge, PXB = several bridges,\n  PHB = through a host bridge, NODE = across host bridges of one NUMA node, SYS = across NUMA nodes"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn many(gpus: usize, nics: usize) -> Topology {
+        crate::xml::parse_str(&crate::fake::many_devices_xml(gpus, nics), "many").unwrap()
+    }
+
+    #[test]
+    fn small_reports_have_no_omitted_fields() {
+        let t = many(8, 8);
+        let json = Report::new(&t, "x").to_json();
+        assert!(!json.contains("omitted"), "{json}");
+        let text = render_text(&t, "x", true);
+        assert!(text.contains("Matrix (nvidia-smi topo -m labels)\n"));
+        assert!(text.contains("NIC Legend"));
+        assert!(!text.contains("more NIC") && !text.contains("more)"));
+    }
+
+    #[test]
+    fn big_reports_stay_small() {
+        let t = many(200, 100);
+        let r = Report::new(&t, "x");
+        for g in &r.gpus {
+            assert_eq!(g.nics.len() + g.nics_omitted, 100);
+            assert!((MAX_LISTED_NICS..=MAX_LISTED_NICS + 1).contains(&g.nics.len()));
+        }
+        // GPU 0 has its two NICs on its switch; GPU 199 reaches all 100
+        // across the CPUs, all tied.
+        let (g0, last) = (&r.gpus[0], &r.gpus[199]);
+        assert_eq!((g0.closest_nics.len(), g0.closest_omitted), (2, 0));
+        assert_eq!(last.closest_nics.len() + last.closest_omitted, 100);
+        assert!(last.closest_omitted > 0);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["gpus"][0]["nics_omitted"], 36);
+        assert!(v["gpus"][0].get("closest_omitted").is_none());
+        assert_eq!(v["gpus"][199]["closest_omitted"], last.closest_omitted);
+
+        let text = render_text(&t, "x", true);
+        assert!(
+            text.contains("\nMatrix (nvidia-smi topo -m labels): left out, 200 GPUs and 100 NICs make 300 columns (at most 128 are drawn)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("NIC Legend"));
+        assert!(text.contains("    ... and 36 more NIC(s), not ranked here (the first 64 are)\n"));
+        assert!(text.lines().count() < 200 * (MAX_LISTED_NICS + 3) + 400);
+    }
+
+    #[test]
+    fn closest_cell_names_sixteen_then_counts() {
+        // 40 GPUs and 40 NICs on one CPU, no switch: every NIC is closest.
+        let mut xml = String::from("<system version=\"1\"><cpu numaid=\"0\">");
+        for i in 0..40 {
+            xml.push_str(&format!(
+                "<pci busid=\"0001:{i:02x}:00.0\" class=\"0x030200\"/><pci busid=\"0002:{i:02x}:00.0\" class=\"0x020700\"/>"
+            ));
+        }
+        xml.push_str("</cpu></system>");
+        let t = crate::xml::parse_str(&xml, "flat").unwrap();
+        let text = render_text(&t, "flat", false);
+        let table = &text[text.find("\nGPU -> NIC\n").unwrap()..];
+        let row = table
+            .lines()
+            .find(|l| l.trim_start().starts_with("GPU0 "))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(row.ends_with(",0002:0f:00.0,... (24 more)"), "{row}");
+    }
 }

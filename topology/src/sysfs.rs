@@ -1232,7 +1232,15 @@ mod tests {
     fn fixture(tarball: &str) -> Option<tempfile::TempDir> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/topologies");
         if !dir.is_dir() {
-            eprintln!("skipping: ../shared/fixtures not present");
+            // Straight to stderr, past libtest's capture: the skip shows
+            // in `cargo test` output (as `zccl_testbed::skip` does).
+            use std::io::Write;
+            let t = std::thread::current();
+            let msg = format!(
+                "SKIPPED {}: ../shared/fixtures not present\n",
+                t.name().unwrap_or("test")
+            );
+            let _ = std::io::stderr().lock().write_all(msg.as_bytes());
             return None;
         }
         let f = std::fs::File::open(dir.join(tarball)).unwrap();

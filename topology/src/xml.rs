@@ -19,6 +19,28 @@
 //! Besides NCCL's attributes, `<net>` may carry zccl's own `link_layer`,
 //! `state` (`up`/`down`/`unknown`) and `netdev`, which NCCL ignores.
 //!
+//! `<nvlink target>` is compared with bus IDs as a number, as NCCL does
+//! (`0000:1a:00.0` and `00000000:1A:00.0` are one device):
+//! * a target that is not a bus ID at all (anything but hex digits, `:` and
+//!   `.`, or more than 16 digits) is an error naming the element;
+//! * a GPU-class target (`tclass` `0x03…`) that is no GPU of the file is
+//!   kept but never forms a path, with a warning: NCCL drops such a link;
+//! * a target that is the GPU itself is accepted silently: NCCL accepts it
+//!   (a self-loop that never changes a path) and Azure's NC A100 v4 file
+//!   has one on every GPU;
+//! * NVSwitch targets (`0x0680…`, including the invisible remote
+//!   `fffffff:ffff:ff`) name devices that are not in files; they are kept.
+//!
+//! Limits (see `docs/topology.md`): [`load`] reads at most
+//! [`DEFAULT_MAX_BYTES`] (16 MiB; `ZCCL_TOPO_MAX_BYTES` changes it) and
+//! refuses devices such as `/dev/zero`; a file may hold at most
+//! [`MAX_CPUS`] CPUs, [`MAX_GPUS`] GPUs, [`MAX_NICS`] network ports,
+//! [`MAX_PCI`] `<pci>` elements, [`MAX_ATTRIBUTES`] attributes per element
+//! and [`MAX_NESTING`] levels of elements, with GPUs and NICs at most
+//! [`MAX_DEVICE_DEPTH`] PCI levels below their CPU; beyond
+//! [`MAX_WARNINGS`], warnings are counted, not kept. NCCL's own files are a
+//! few KB to a few hundred KB, for at most 16 GPUs and 32 NICs.
+//!
 //! Export writes the bus-ID-sorted tree, 2-space indented, attributes in
 //! NCCL's order. GPUs without `sm` and accelerators are written as bare
 //! `<pci>` leaves, as is the auto-named port of a partial NIC leaf, so that
@@ -43,13 +65,39 @@ use crate::TopoError;
 use crate::model::{
     Cpu, DeviceClass, Gpu, Net, NetKind, NodeId, NodeKind, NvLink, Pci, PortState, Topology,
 };
+use crate::paths::busid_value;
 use quick_xml::Reader;
 use quick_xml::escape::escape;
 use quick_xml::events::{BytesStart, Event};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::io::Read;
 use std::path::Path;
 use std::str::FromStr;
+
+/// The largest topology file [`load`] reads, unless `ZCCL_TOPO_MAX_BYTES`
+/// says otherwise: 16 MiB, forty times the largest NCCL dump.
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 20;
+/// The variable that sets [`load`]'s byte limit: a number of bytes, with an
+/// optional `K`, `M` or `G` suffix (powers of 1024; `KiB`, `MB`... work too).
+pub const MAX_BYTES_VAR: &str = "ZCCL_TOPO_MAX_BYTES";
+/// At most this many `<cpu>` elements (NUMA nodes) per file.
+pub const MAX_CPUS: usize = 4096;
+/// At most this many GPUs and accelerators per file.
+pub const MAX_GPUS: usize = 4096;
+/// At most this many network ports (`<net>`, and NIC `<pci>` leaves) per file.
+pub const MAX_NICS: usize = 4096;
+/// At most this many `<pci>` elements (switches and devices) per file.
+pub const MAX_PCI: usize = 65536;
+/// At most this many attributes per element (NCCL reads 16).
+pub const MAX_ATTRIBUTES: usize = 64;
+/// At most this many levels of nested elements.
+pub const MAX_NESTING: usize = 4096;
+/// A GPU or NIC is at most this many `<pci>` levels below its `<cpu>` (real
+/// trees have 1 to 4).
+pub const MAX_DEVICE_DEPTH: usize = 32;
+/// At most this many warnings are kept; the rest are counted in one more.
+pub const MAX_WARNINGS: usize = 100;
 
 /// Parse NCCL topology XML text. `file` names the text in error messages and
 /// warnings (a path, or `<string>`).
@@ -83,6 +131,9 @@ pub fn parse_str(text: &str, file: &str) -> Result<Topology, TopoError> {
 /// [`TopoError::Io`] naming the path; errors in its content name the path
 /// too (see [`parse_str`]).
 ///
+/// The file is read up to the limit of [`max_bytes`] (16 MiB unless
+/// `ZCCL_TOPO_MAX_BYTES` says otherwise; see [`load_with_limit`]).
+///
 /// ```
 /// use zccl_topology::{xml, TopoError};
 /// let dir = tempfile::tempdir().unwrap();
@@ -93,11 +144,128 @@ pub fn parse_str(text: &str, file: &str) -> Result<Topology, TopoError> {
 /// assert!(matches!(xml::load(&missing), Err(TopoError::Io { path, .. }) if path == missing));
 /// ```
 pub fn load(path: &Path) -> Result<Topology, TopoError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TopoError::Io {
+    let limit = max_bytes(std::env::var(MAX_BYTES_VAR).ok().as_deref()).map_err(|reason| {
+        TopoError::Refused {
+            path: path.to_path_buf(),
+            reason: format!("cannot be read: {reason}"),
+        }
+    })?;
+    load_with_limit(path, limit)
+}
+
+/// [`load`] with an explicit byte limit. A device (`/dev/zero`, a terminal,
+/// a disk) is refused before anything is read, and so is a regular file
+/// larger than `max_bytes`; other files (pipes, `/dev/stdin`) are read up
+/// to `max_bytes` and refused if there is more. Both give
+/// [`TopoError::Refused`].
+///
+/// ```
+/// use zccl_topology::{xml, TopoError};
+/// let err = xml::load_with_limit("/dev/zero".as_ref(), 1 << 20).unwrap_err();
+/// assert!(matches!(err, TopoError::Refused { .. }));
+/// assert!(err.to_string().starts_with("topology file /dev/zero is a character device"));
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("big.xml");
+/// std::fs::write(&path, format!("<system version=\"1\">{}</system>", " ".repeat(2048))).unwrap();
+/// let err = xml::load_with_limit(&path, 1024).unwrap_err();
+/// assert!(err.to_string().ends_with("big.xml exceeds 1 KiB (ZCCL_TOPO_MAX_BYTES sets the limit)"), "{err}");
+/// assert!(xml::load_with_limit(&path, 4096).is_ok());
+/// ```
+pub fn load_with_limit(path: &Path, max_bytes: u64) -> Result<Topology, TopoError> {
+    let io = |source| TopoError::Io {
         path: path.to_path_buf(),
         source,
+    };
+    let refused = |reason: String| TopoError::Refused {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let too_big = || {
+        refused(format!(
+            "exceeds {} ({MAX_BYTES_VAR} sets the limit)",
+            human_bytes(max_bytes)
+        ))
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let ft = meta.file_type();
+        if ft.is_char_device() || ft.is_block_device() {
+            let kind = if ft.is_char_device() {
+                "character"
+            } else {
+                "block"
+            };
+            return Err(refused(format!(
+                "is a {kind} device, not a file or a pipe (it may never end)"
+            )));
+        }
+    }
+    if meta.is_file() && meta.len() > max_bytes {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_big());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
     })?;
     parse_str(&text, &path.display().to_string())
+}
+
+/// The byte limit of [`load`] from the value of `ZCCL_TOPO_MAX_BYTES`
+/// (`None` or empty: [`DEFAULT_MAX_BYTES`]).
+///
+/// ```
+/// use zccl_topology::xml::{max_bytes, DEFAULT_MAX_BYTES};
+/// assert_eq!(max_bytes(None), Ok(DEFAULT_MAX_BYTES));
+/// assert_eq!(max_bytes(Some("")), Ok(DEFAULT_MAX_BYTES));
+/// assert_eq!(max_bytes(Some("1000")), Ok(1000));
+/// assert_eq!(max_bytes(Some("64M")), Ok(64 << 20));
+/// assert_eq!(max_bytes(Some(" 2 GiB ")), Ok(2 << 30));
+/// assert_eq!(max_bytes(Some("512kb")), Ok(512 << 10));
+/// assert!(max_bytes(Some("lots")).unwrap_err().contains("ZCCL_TOPO_MAX_BYTES=\"lots\""));
+/// assert!(max_bytes(Some("99999999999G")).is_err());
+/// ```
+pub fn max_bytes(value: Option<&str>) -> Result<u64, String> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(DEFAULT_MAX_BYTES);
+    };
+    let err =
+        || format!("{MAX_BYTES_VAR}=\"{v}\" is not a number of bytes (such as 16777216 or 16M)");
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(digits);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(err()),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(err)
+}
+
+/// `16 MiB`, `1 KiB`, `1000 bytes`.
+fn human_bytes(n: u64) -> String {
+    match n {
+        0 => "0 bytes".to_string(),
+        n if n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
 }
 
 /// Write a topology as NCCL topology XML: `<system version="1">`, 2-space
@@ -277,6 +445,21 @@ fn is_busid(s: &str) -> bool {
             .all(|&i| b[i].is_ascii_hexdigit())
 }
 
+/// `more than 4096 GPUs (zccl's limit per topology file)`.
+fn too_many(limit: usize, what: &str) -> String {
+    format!(
+        "more than {limit} {what} (zccl's limit per topology file; see docs/topology.md, Limits)"
+    )
+}
+
+/// True for a GPU or accelerator PCI class.
+fn is_gpu_class(class: u32) -> bool {
+    matches!(
+        DeviceClass::of(class),
+        DeviceClass::Gpu | DeviceClass::Accelerator
+    )
+}
+
 /// True for an InfiniBand-class NIC (`0x0207xx`).
 fn is_ib_class(class: u32) -> bool {
     class >> 8 == 0x0207
@@ -303,6 +486,10 @@ struct Parser<'a> {
     gpu_devs: HashMap<u32, usize>,
     nets: Vec<Net>,
     net_names: HashMap<String, usize>,
+    /// GPUs and accelerators so far (explicit and implicit).
+    gpu_count: usize,
+    /// Warnings not kept (beyond MAX_WARNINGS).
+    dropped_warnings: usize,
     /// Incremental line counting: the line at byte `line_pos`.
     line_pos: usize,
     line_no: usize,
@@ -324,6 +511,8 @@ impl<'a> Parser<'a> {
             gpu_devs: HashMap::new(),
             nets: Vec::new(),
             net_names: HashMap::new(),
+            gpu_count: 0,
+            dropped_warnings: 0,
             line_pos: 0,
             line_no: 1,
         }
@@ -368,6 +557,10 @@ impl<'a> Parser<'a> {
     }
 
     fn warn(&mut self, line: usize, msg: impl AsRef<str>) {
+        if self.topo.warnings.len() >= MAX_WARNINGS {
+            self.dropped_warnings += 1;
+            return;
+        }
         let msg = format!("{}:{line}: {}", self.file, msg.as_ref());
         self.topo.warnings.push(msg);
     }
@@ -415,8 +608,22 @@ impl<'a> Parser<'a> {
     ) -> Result<Open, TopoError> {
         let line = self.line_at(pos);
         let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+        if self.stack.len() >= MAX_NESTING {
+            return Err(self.error(
+                line,
+                &name,
+                format!("elements nested more than {MAX_NESTING} deep"),
+            ));
+        }
         let mut attrs = Vec::new();
         for attr in e.attributes() {
+            if attrs.len() == MAX_ATTRIBUTES {
+                return Err(self.error(
+                    line,
+                    &name,
+                    format!("more than {MAX_ATTRIBUTES} attributes"),
+                ));
+            }
             let attr = attr.map_err(|err| self.error(line, &name, err.to_string()))?;
             let key = String::from_utf8_lossy(attr.key.as_ref()).into_owned();
             let value = attr
@@ -525,6 +732,9 @@ impl<'a> Parser<'a> {
     }
 
     fn cpu(&mut self, el: &Elem<'_>) -> Result<Frame, TopoError> {
+        if self.topo.cpus.len() >= MAX_CPUS {
+            return Err(el.err(too_many(MAX_CPUS, "<cpu> elements (NUMA nodes)")));
+        }
         let cpu = Cpu {
             numaid: el.req_int("numaid")?,
             affinity: el.string("affinity"),
@@ -547,6 +757,9 @@ impl<'a> Parser<'a> {
         if let Some(first) = self.busids.get(&busid) {
             return Err(el.err(format!("duplicate busid {busid} (first at line {first})")));
         }
+        if self.busids.len() >= MAX_PCI {
+            return Err(el.err(too_many(MAX_PCI, "<pci> elements")));
+        }
         let pci = Pci {
             class: el.req_hex("class", 0xff_ffff, "24-bit")?,
             vendor: el.hex16("vendor")?,
@@ -558,6 +771,9 @@ impl<'a> Parser<'a> {
             sysfs_path: None,
             busid: busid.clone(),
         };
+        if is_gpu_class(pci.class) {
+            self.count_gpu(el)?;
+        }
         self.busids.insert(busid, el.line);
         Ok(Frame::Pci(self.add_node(
             Some(parent),
@@ -578,6 +794,9 @@ impl<'a> Parser<'a> {
             return Err(el.err(format!("duplicate dev {dev} (first at line {first})")));
         }
         let class = self.topo.pci(node).map_or(0, |p| p.class);
+        if !is_gpu_class(class) {
+            self.count_gpu(el)?; // not counted as a GPU <pci>
+        }
         let gpu = Gpu {
             node,
             dev,
@@ -594,12 +813,26 @@ impl<'a> Parser<'a> {
         Ok(Frame::Gpu(self.gpus.len() - 1))
     }
 
+    fn count_gpu(&mut self, el: &Elem<'_>) -> Result<(), TopoError> {
+        if self.gpu_count >= MAX_GPUS {
+            return Err(el.err(too_many(MAX_GPUS, "GPUs and accelerators")));
+        }
+        self.gpu_count += 1;
+        Ok(())
+    }
+
     fn nvlink(&mut self, el: &Elem<'_>, gpu: usize) -> Result<Frame, TopoError> {
         let link = NvLink {
             target: el.req("target")?.to_string(),
             count: el.req_int("count")?,
             tclass: el.req_hex("tclass", 0xff_ffff, "24-bit")?,
         };
+        if busid_value(&link.target).is_none() {
+            return Err(el.err(format!(
+                "target=\"{}\" is not a PCI bus ID (hex digits, ':' and '.', as in 0000:1a:00.0)",
+                link.target
+            )));
+        }
         self.gpus[gpu].nvlinks.push(link);
         Ok(Frame::Nvlink)
     }
@@ -617,6 +850,9 @@ impl<'a> Parser<'a> {
             return Err(el.err(format!(
                 "duplicate net name \"{name}\" (first at line {first})"
             )));
+        }
+        if self.nets.len() >= MAX_NICS {
+            return Err(el.err(too_many(MAX_NICS, "network ports")));
         }
         let link_layer = el.string("link_layer");
         let ib_class = self.topo.pci(node).is_some_and(|p| is_ib_class(p.class));
@@ -675,7 +911,7 @@ impl<'a> Parser<'a> {
                     })
             })
             .collect();
-        implicit.sort_by_key(|&a| self.topo.label(a));
+        implicit.sort_by_cached_key(|&a| self.topo.label(a));
         let mut next: u32 = 0;
         for id in implicit {
             while self.gpu_devs.contains_key(&next) {
@@ -708,6 +944,9 @@ impl<'a> Parser<'a> {
             let Some(dev) = next else {
                 return Err(self.error(line, "pci", "no free net dev number left"));
             };
+            if self.nets.len() >= MAX_NICS {
+                return Err(self.error(line, "pci", too_many(MAX_NICS, "network ports")));
+            }
             if let Some(first) = self.net_names.get(&pci.busid) {
                 return Err(self.error(
                     line,
@@ -735,9 +974,85 @@ impl<'a> Parser<'a> {
             pos[id] = i;
         }
         self.nets.sort_by_key(|n| (pos[n.node], n.dev));
-        self.topo.nets = self.nets;
+        self.topo.nets = std::mem::take(&mut self.nets);
+        self.check_depths(&order)?;
+        self.check_nvlinks();
+        if self.dropped_warnings > 0 {
+            let more = format!(
+                "{}: {} more warning(s) not shown (only the first {MAX_WARNINGS} are kept)",
+                self.file, self.dropped_warnings
+            );
+            self.topo.warnings.push(more);
+        }
         renumber(&mut self.topo, &order);
         Ok(self.topo)
+    }
+
+    /// GPUs and NICs at most MAX_DEVICE_DEPTH `<pci>` levels below their CPU
+    /// (the paths the report lists for each GPU and NIC stay short).
+    fn check_depths(&self, order: &[NodeId]) -> Result<(), TopoError> {
+        let topo = &self.topo;
+        let mut depth = vec![0usize; topo.nodes.len()];
+        for &id in order {
+            if let Some(p) = topo.nodes[id].parent {
+                depth[id] = depth[p] + 1;
+            }
+        }
+        let devices = topo
+            .gpus
+            .iter()
+            .map(|g| g.node)
+            .chain(topo.nets.iter().map(|n| n.node));
+        for id in devices {
+            if depth[id] > MAX_DEVICE_DEPTH {
+                return Err(self.error(
+                    self.info[id].line,
+                    "pci",
+                    format!(
+                        "{} is {} <pci> levels below its <cpu>; at most {MAX_DEVICE_DEPTH} are supported for a GPU or NIC",
+                        topo.label(id),
+                        depth[id]
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Warn about GPU-class NVLink targets (NCCL's `0x03…`, `0x120000`,
+    /// `0x0b4000`; here any GPU or accelerator class) that are no GPU of the
+    /// file: NCCL drops such a link (its remote GPU is not found), and so do
+    /// paths here. A GPU's link to itself is accepted silently, as NCCL
+    /// does.
+    fn check_nvlinks(&mut self) {
+        let gpu_busids: HashSet<u64> = self
+            .topo
+            .gpus
+            .iter()
+            .filter_map(|g| self.topo.pci(g.node))
+            .filter_map(|p| busid_value(&p.busid))
+            .collect();
+        let mut unknown = Vec::new();
+        for g in &self.topo.gpus {
+            for l in &g.nvlinks {
+                let known = busid_value(&l.target).is_some_and(|v| gpu_busids.contains(&v));
+                if !known && is_gpu_class(l.tclass) {
+                    unknown.push((
+                        self.info[g.node].line,
+                        self.topo.label(g.node),
+                        l.target.clone(),
+                    ));
+                }
+            }
+        }
+        for (line, gpu, target) in unknown {
+            self.warn(
+                line,
+                format!(
+                    "<nvlink target=\"{target}\"> of GPU {gpu}: no GPU has this bus ID; the link is ignored, as NCCL does"
+                ),
+            );
+        }
     }
 
     fn next_dev(&self, dev: u32, node: NodeId, what: &str) -> Result<u32, TopoError> {
@@ -1113,7 +1428,15 @@ mod tests {
         if dir.is_dir() {
             Some(dir)
         } else {
-            println!("skipping: ../shared/fixtures not present");
+            // Straight to stderr, past libtest's capture: the skip shows
+            // in `cargo test` output (as `zccl_testbed::skip` does).
+            use std::io::Write;
+            let t = std::thread::current();
+            let msg = format!(
+                "SKIPPED {}: ../shared/fixtures not present\n",
+                t.name().unwrap_or("test")
+            );
+            let _ = std::io::stderr().lock().write_all(msg.as_bytes());
             None
         }
     }
@@ -2064,5 +2387,295 @@ mod tests {
         let sw = t.find_busid("ffff:ff:01.0").unwrap();
         assert_eq!(t.pci(sw).unwrap().vendor, Some(0));
         assert_eq!(t.nets.len(), 8);
+    }
+
+    fn in_cpu(body: &str) -> String {
+        format!("<system version=\"1\"><cpu numaid=\"0\">\n{body}\n</cpu></system>")
+    }
+
+    #[test]
+    fn nvlink_targets() {
+        let gpu = |busid: &str, links: &str| {
+            format!(
+                "<pci busid=\"{busid}\" class=\"0x030200\"><gpu dev=\"{}\" sm=\"90\">{links}</gpu></pci>\n",
+                &busid[6..7]
+            )
+        };
+        let link = |target: &str, tclass: &str| {
+            format!("<nvlink target=\"{target}\" count=\"18\" tclass=\"{tclass}\"/>")
+        };
+        // To itself (Azure NC A100 v4), to an NVSwitch that is not in the
+        // file, to the invisible remote, to a GPU in NVML's 8-digit form:
+        // all accepted without a word.
+        let text = in_cpu(&format!(
+            "{}{}",
+            gpu(
+                "0000:01:00.0",
+                &[
+                    link("0000:01:00.0", "0x030200"),
+                    link("0000:aa:00.0", "0x068000"),
+                    link("fffffff:ffff:ff", "0x068000"),
+                    link("00000000:02:00.0", "0x030200"),
+                ]
+                .concat()
+            ),
+            gpu("0000:02:00.0", "")
+        ));
+        let t = parse_str(&text, "nv.xml").unwrap();
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        assert_eq!(t.gpus[0].nvlinks.len(), 4);
+        assert_eq!(
+            crate::paths::classify(&t, t.gpus[0].node, t.gpus[1].node).ptype,
+            crate::model::PathType::NVL
+        );
+        assert_round_trip(&t);
+
+        // A GPU-class target that is no GPU here (unknown, or a NIC): kept
+        // but never a path, with a warning, as NCCL drops it.
+        let text = in_cpu(&format!(
+            "{}<pci busid=\"0000:03:00.0\" class=\"0x020700\"/>",
+            gpu(
+                "0000:01:00.0",
+                &[
+                    link("0000:09:00.0", "0x030200"),
+                    link("0000:03:00.0", "0x030000")
+                ]
+                .concat()
+            )
+        ));
+        let t = parse_str(&text, "nv.xml").unwrap();
+        assert_eq!(t.warnings.len(), 2, "{:?}", t.warnings);
+        assert!(
+            t.warnings[0].starts_with("nv.xml:2: <nvlink target=\"0000:09:00.0\"> of GPU 0000:01:00.0: no GPU has this bus ID"),
+            "{}",
+            t.warnings[0]
+        );
+        assert_eq!(t.gpus[0].nvlinks.len(), 2);
+
+        // Garbage is an error naming the element and its line.
+        for target in [
+            "",
+            "bogus",
+            "0000:01:00.0;",
+            "0000:01:00.0 0000:02:00.0",
+            "11111111111111111",
+        ] {
+            let text = in_cpu(&gpu(
+                "0000:01:00.0",
+                &format!("\n{}", link(target, "0x030200")),
+            ));
+            let (line, el, reason) = xml_err(&text);
+            assert_eq!((line, el.as_str()), (3, "nvlink"), "{target:?}");
+            assert!(
+                reason.contains(&format!("target=\"{target}\" is not a PCI bus ID")),
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn count_limits() {
+        let many = |n: usize, f: &dyn Fn(usize) -> String| -> String { (0..n).map(f).collect() };
+        let busid = |i: usize| format!("{:04x}:{:02x}:00.0", 1 + (i >> 8), i & 0xff);
+        // GPUs: bare leaves, or <gpu> under another class; the element that
+        // goes over the limit is named.
+        let text = in_cpu(&many(MAX_GPUS + 1, &|i| {
+            format!("<pci busid=\"{}\" class=\"0x030200\"/>\n", busid(i))
+        }));
+        let (line, el, reason) = xml_err(&text);
+        assert_eq!((line, el.as_str()), (MAX_GPUS + 2, "pci"));
+        assert!(
+            reason.starts_with("more than 4096 GPUs and accelerators (zccl's limit"),
+            "{reason}"
+        );
+        let ok = in_cpu(&many(MAX_GPUS, &|i| {
+            format!(
+                "<pci busid=\"{}\" class=\"0x020000\"><gpu dev=\"{i}\" sm=\"80\"/></pci>",
+                busid(i)
+            )
+        }));
+        assert_eq!(parse_str(&ok, "x").unwrap().gpus.len(), MAX_GPUS);
+        let text = ok.replace(
+            "</cpu>",
+            "<pci busid=\"ffff:00:00.0\" class=\"0x120000\"/></cpu>",
+        );
+        assert_eq!(xml_err(&text).1, "pci");
+        // NICs: <net> elements and NIC leaves together.
+        let nets = many(MAX_NICS - 1, &|i| {
+            format!("<net name=\"n{i}\" dev=\"{i}\"/>")
+        });
+        let text = in_cpu(&format!(
+            "<nic>{nets}</nic><pci busid=\"0000:01:00.0\" class=\"0x020000\"/>"
+        ));
+        assert_eq!(parse_str(&text, "x").unwrap().nets.len(), MAX_NICS);
+        let text = text.replace(
+            "</cpu>",
+            "<pci busid=\"0000:02:00.0\" class=\"0x020000\"/></cpu>",
+        );
+        let (_, el, reason) = xml_err(&text);
+        assert_eq!(el, "pci");
+        assert!(reason.contains("more than 4096 network ports"), "{reason}");
+        let text = in_cpu(&format!(
+            "<nic>{nets}<net name=\"a\" dev=\"9999\"/><net name=\"b\" dev=\"9998\"/></nic>"
+        ));
+        assert_eq!(xml_err(&text).1, "net");
+        // CPUs and <pci> elements.
+        let text = format!(
+            "<system version=\"1\">{}</system>",
+            many(MAX_CPUS + 1, &|i| format!("<cpu numaid=\"{i}\"/>"))
+        );
+        let (_, el, reason) = xml_err(&text);
+        assert_eq!(el, "cpu");
+        assert!(reason.contains("more than 4096 <cpu> elements"), "{reason}");
+        let text = in_cpu(&many(MAX_PCI + 1, &|i| {
+            format!(
+                "<pci busid=\"{:04x}:{:02x}:00.0\" class=\"0x060400\"/>",
+                i >> 8,
+                i & 0xff
+            )
+        }));
+        let (_, el, reason) = xml_err(&text);
+        assert_eq!(el, "pci");
+        assert!(
+            reason.contains("more than 65536 <pci> elements"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn shape_limits() {
+        // Attributes per element.
+        let attrs: String = (0..=MAX_ATTRIBUTES)
+            .map(|i| format!(" a{i}=\"1\""))
+            .collect();
+        let (_, el, reason) = xml_err(&format!(
+            "<system version=\"1\"><cpu numaid=\"0\"{attrs}/></system>"
+        ));
+        assert_eq!(
+            (el.as_str(), reason.as_str()),
+            ("cpu", "more than 64 attributes")
+        );
+        // Nesting, of known and unknown elements alike.
+        let deep = format!(
+            "{}{}",
+            "<x>".repeat(MAX_NESTING),
+            "</x>".repeat(MAX_NESTING)
+        );
+        let (line, el, reason) = xml_err(&in_cpu(&deep));
+        assert_eq!((line, el.as_str()), (2, "x"));
+        assert_eq!(reason, "elements nested more than 4096 deep");
+        // A GPU or NIC at most MAX_DEVICE_DEPTH levels below its CPU; a
+        // deep chain of switches alone is fine (deep_nesting_does_not_overflow).
+        let chain = |n: usize, leaf: &str| {
+            let open: String = (0..n)
+                .map(|i| format!("<pci busid=\"0000:{i:02x}:00.0\" class=\"0x060400\">\n"))
+                .collect();
+            in_cpu(&format!("{open}{leaf}{}", "</pci>".repeat(n)))
+        };
+        let gpu = "<pci busid=\"0001:00:00.0\" class=\"0x030200\"/>";
+        assert!(parse_str(&chain(MAX_DEVICE_DEPTH - 1, gpu), "x").is_ok());
+        let (line, el, reason) = xml_err(&chain(MAX_DEVICE_DEPTH, gpu));
+        assert_eq!((line, el.as_str()), (MAX_DEVICE_DEPTH + 2, "pci"));
+        assert!(
+            reason.starts_with("0001:00:00.0 is 33 <pci> levels below its <cpu>"),
+            "{reason}"
+        );
+        let nic = "<pci busid=\"0001:00:00.0\" class=\"0x020000\"/>";
+        assert!(parse_str(&chain(MAX_DEVICE_DEPTH, nic), "x").is_err());
+        // Warnings: the first MAX_WARNINGS, then a count.
+        let t = parse_str(&in_cpu(&"<fancy/>".repeat(250)), "w.xml").unwrap();
+        assert_eq!(t.warnings.len(), MAX_WARNINGS + 1);
+        assert_eq!(
+            t.warnings[MAX_WARNINGS],
+            "w.xml: 150 more warning(s) not shown (only the first 100 are kept)"
+        );
+    }
+
+    #[test]
+    fn load_refuses_devices_and_big_files() {
+        let err = load(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(&err, TopoError::Refused { path, .. } if path == Path::new("/dev/zero")));
+        assert_eq!(
+            err.to_string(),
+            "topology file /dev/zero is a character device, not a file or a pipe (it may never end)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.xml");
+        let text = format!(
+            "<system version=\"1\"><cpu numaid=\"0\"/></system>{}",
+            " ".repeat(1000)
+        );
+        std::fs::write(&path, &text).unwrap();
+        let n = text.len() as u64;
+        assert!(load_with_limit(&path, n).is_ok());
+        let err = load_with_limit(&path, n - 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "topology file {} exceeds {} bytes (ZCCL_TOPO_MAX_BYTES sets the limit)",
+                path.display(),
+                n - 1
+            )
+        );
+        // Not UTF-8: an I/O error, as before.
+        std::fs::write(&path, b"<system version=\"1\">\xff</system>").unwrap();
+        assert!(matches!(load(&path), Err(TopoError::Io { .. })));
+    }
+
+    #[test]
+    fn load_reads_pipes_up_to_the_limit() {
+        use std::io::Write;
+        // A child writes to a pipe without end; /dev/fd/N is that pipe.
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("while :; do printf '<system version=\"1\">'; done")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let fd = {
+            use std::os::fd::AsRawFd;
+            child.stdout.as_ref().unwrap().as_raw_fd()
+        };
+        let path = PathBuf::from(format!("/dev/fd/{fd}"));
+        let err = load_with_limit(&path, 64 << 10).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("exceeds 64 KiB (ZCCL_TOPO_MAX_BYTES sets the limit)"),
+            "{err}"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        // A finite pipe under the limit is read.
+        let mut child = std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"<system version=\"1\"><cpu numaid=\"3\"/></system>")
+            .unwrap();
+        let fd = {
+            use std::os::fd::AsRawFd;
+            child.stdout.as_ref().unwrap().as_raw_fd()
+        };
+        let t = load_with_limit(Path::new(&format!("/dev/fd/{fd}")), 1 << 10).unwrap();
+        assert_eq!(t.cpu(t.cpus[0]).unwrap().numaid, 3);
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_large_synthetic_file_parses() {
+        let text = crate::fake::many_devices_xml(1600, 1600);
+        assert!(text.len() < 500_000);
+        let t = parse_str(&text, "many").unwrap();
+        assert_eq!((t.gpus.len(), t.nets.len()), (1600, 1600));
+        assert!(t.warnings.is_empty());
+        assert!(
+            to_string(&t) == text,
+            "export differs from the generated file"
+        );
     }
 }
