@@ -40,7 +40,20 @@ BACKEND = "zccl"
 # Operations below this many bytes run on the calling thread even when
 # async (a hand-off costs more than they do); larger ones run on the
 # group's executor thread, so that compute overlaps them.
-_INLINE_BYTES = int(os.environ.get("ZCCL_TORCH_INLINE_BYTES", str(256 << 10)))
+def _inline_bytes():
+    v = os.environ.get("ZCCL_TORCH_INLINE_BYTES", "").strip()
+    if not v:
+        return 256 << 10
+    try:
+        n = int(v)
+        if 0 <= n <= 1 << 40:
+            return n
+    except ValueError:
+        pass
+    raise ValueError(f"ZCCL_TORCH_INLINE_BYTES={v[:64]!r}: must be a whole number of bytes in 0..=2^40")
+
+
+_INLINE_BYTES = _inline_bytes()
 
 _NATIVE_OPS = {0: "sum", 1: "avg", 2: "prod", 3: "min", 4: "max"}
 _BITWISE = {5: torch.bitwise_and, 6: torch.bitwise_or, 7: torch.bitwise_xor}
