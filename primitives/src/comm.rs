@@ -23,6 +23,7 @@ use crate::fabric::{
     Fabric, PendingRecv, PendingRecvInto, PendingSend, RecvBytes, RecvHandle, RecvIntoHandle,
     SendHandle,
 };
+use zccl_runtime::label::OpLabel;
 use zccl_runtime::{Communicator, DType};
 
 /// Where an operation runs, for its errors.
@@ -165,6 +166,7 @@ fn send_host(
 pub struct Labelled<'a> {
     comm: &'a Communicator,
     label: Option<DType>,
+    op: OpLabel,
 }
 
 impl<'a> Labelled<'a> {
@@ -173,17 +175,41 @@ impl<'a> Labelled<'a> {
         Self {
             comm,
             label: Some(label),
+            op: OpLabel::NONE,
         }
+    }
+
+    /// The same, with every message also labelled as part of operation
+    /// `op` ([`zccl_runtime::label`]): ranks that run different collectives
+    /// or reductions on the channel then fail with a mismatch naming both
+    /// operations, instead of exchanging data.
+    ///
+    /// ```no_run
+    /// use zccl_primitives::{collectives::all_reduce, comm::Labelled, dtype::DType, reduce::ReduceOp};
+    /// use zccl_runtime::label::OpLabel;
+    /// let comm = zccl_runtime::Communicator::from_env()?;
+    /// let mut x = vec![1.0f32; 8];
+    /// let f = Labelled::new(&comm, DType::F32).op(OpLabel::ALL_REDUCE_SUM);
+    /// all_reduce(&f, 0, &mut x, ReduceOp::Sum)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn op(mut self, op: OpLabel) -> Self {
+        self.op = op;
+        self
     }
 
     /// `comm` without a label.
     fn plain(comm: &'a Communicator) -> Self {
-        Self { comm, label: None }
+        Self {
+            comm,
+            label: None,
+            op: OpLabel::NONE,
+        }
     }
 
     /// Channel `id`, labelled.
     fn chan(&self, id: u32) -> zccl_runtime::Channel {
-        let ch = self.comm.channel(id);
+        let ch = self.comm.channel(id).with_op(self.op);
         match self.label {
             Some(l) => ch.with_label(l),
             None => ch,

@@ -14,7 +14,8 @@ use zccl_primitives::reduce::ReduceOp;
 use zccl_primitives::schedule::scan::ScanDirection;
 use zccl_primitives::token_ring::{TokenRingChannels, TokenRingKernel};
 use zccl_primitives::{alltoall, collectives, ring, scan};
-use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+use zccl_runtime::label::OpLabel;
+use zccl_runtime::{BootstrapRoot, Communicator, Config, DType, UniqueId};
 
 use crate::ZcclError;
 use crate::buf::{Dt, Span, reduce_op, with_elem};
@@ -349,7 +350,8 @@ impl Comm {
                     output.slice_mut::<u8>("output").map_err(arg)?,
                 )
             };
-            collectives::all_gather_into(&Labelled::new(c, label), CH_COLL, i, o).map_err(s)
+            let f = Labelled::new(c, label).op(OpLabel::ALL_GATHER);
+            collectives::all_gather_into(&f, CH_COLL, i, o).map_err(s)
         })
     }
 
@@ -386,7 +388,8 @@ impl Comm {
                 let (i, o) = unsafe {
                     (input.slice::<T>("input").map_err(arg)?, output.slice_mut::<T>("output").map_err(arg)?)
                 };
-                collectives::reduce_scatter_into(&Labelled::new(c, dt.dtype()), CH_COLL, i, o, op).map_err(s)
+                let f = Labelled::new(c, dt.dtype()).op(reduction(OpLabel::REDUCE_SCATTER_SUM, op));
+                collectives::reduce_scatter_into(&f, CH_COLL, i, o, op).map_err(s)
             })
         })
     }
@@ -410,7 +413,8 @@ impl Comm {
         self.collective(py, keep, async_op, move |c| {
             // SAFETY: kept alive and untouched by the Python side.
             let b = unsafe { buf.slice_mut::<u8>("buffer").map_err(arg)? };
-            collectives::broadcast(&Labelled::new(c, label), CH_COLL, b, root).map_err(s)
+            let f = Labelled::new(c, label).op(OpLabel::BROADCAST);
+            collectives::broadcast(&f, CH_COLL, b, root).map_err(s)
         })
     }
 
@@ -418,7 +422,8 @@ impl Comm {
     #[pyo3(signature = (async_op=false))]
     fn barrier(&self, py: Python<'_>, async_op: bool) -> PyResult<Work> {
         self.collective(py, vec![], async_op, move |c| {
-            collectives::barrier(c, CH_COLL).map_err(s)
+            let f = Labelled::new(c, DType::U8).op(OpLabel::BARRIER);
+            collectives::barrier(&f, CH_COLL).map_err(s)
         })
     }
 
@@ -480,7 +485,9 @@ impl Comm {
                     output.slice_mut::<u8>("output").map_err(arg)?,
                 )
             };
-            let f = Labelled::new(c, label);
+            // One label for both forms: a rank passing equal splits and
+            // one passing none agree (counts are checked by the sizes).
+            let f = Labelled::new(c, label).op(OpLabel::ALL_TO_ALL);
             if even {
                 alltoall::all_to_all_into(&f, CH_COLL, i, o).map_err(s)
             } else {
@@ -566,7 +573,8 @@ impl Comm {
                     output.slice_mut::<u8>("output").map_err(arg)?,
                 )
             };
-            ring::ring_shift_into(c, CH_COLL, i, o, offset).map_err(s)
+            let f = Labelled::new(c, DType::U8).op(OpLabel::RING_SHIFT);
+            ring::ring_shift_into(&f, CH_COLL, i, o, offset).map_err(s)
         })
     }
 
@@ -598,7 +606,7 @@ impl Comm {
         let f2 = failure.clone();
         let r = self.run_with_callbacks(py, move |c| {
             ring::ring_pass(
-                c,
+                &Labelled::new(c, DType::U8).op(OpLabel::RING_PASS),
                 CH_COLL,
                 offset,
                 own,
@@ -655,7 +663,7 @@ impl Comm {
         };
         let r = self.run_with_callbacks(py, move |c| {
             zccl_primitives::token_ring::token_ring(
-                c,
+                &Labelled::new(c, DType::U8).op(OpLabel::TOKEN_RING),
                 TokenRingChannels {
                     q: CH_TR_Q,
                     out: CH_TR_OUT,
@@ -736,7 +744,8 @@ impl Comm {
                 decay: d_,
                 cols,
             };
-            scan::all_scan_diag_blocks(c, CH_COLL, local, dir, blocks, i_.is_some(), |b| {
+            let f = Labelled::new(c, DType::F32).op(OpLabel::ALL_SCAN);
+            scan::all_scan_diag_blocks(&f, CH_COLL, local, dir, blocks, i_.is_some(), |b| {
                 let span = b.rows.start * cols..b.rows.end * cols;
                 e_[span.clone()].copy_from_slice(b.exclusive);
                 if let (Some(dst), Some(src)) = (i_.as_deref_mut(), b.inclusive) {
@@ -819,6 +828,19 @@ fn no_overlap(a: &Span, b: &Span, what: &str) -> PyResult<()> {
     Ok(())
 }
 
+/// The label of a reduction: `base` (the sum) shifted by the operator, in
+/// [`OpLabel`]'s order (sum, prod, min, max, avg).
+fn reduction(base: OpLabel, op: ReduceOp) -> OpLabel {
+    let k = match op {
+        ReduceOp::Sum => 0,
+        ReduceOp::Prod => 1,
+        ReduceOp::Min => 2,
+        ReduceOp::Max => 3,
+        ReduceOp::Avg => 4,
+    };
+    base.offset(k).unwrap_or(base)
+}
+
 fn run_all_reduce(
     c: &Communicator,
     dt: Dt,
@@ -832,12 +854,14 @@ fn run_all_reduce(
             match output {
                 None => {
                     let b = input.slice_mut::<T>("buffer").map_err(arg)?;
-                    collectives::all_reduce(&Labelled::new(c, dt.dtype()), CH_COLL, b, op).map_err(s)
+                    let f = Labelled::new(c, dt.dtype()).op(reduction(OpLabel::ALL_REDUCE_SUM, op));
+                    collectives::all_reduce(&f, CH_COLL, b, op).map_err(s)
                 }
                 Some(o) => {
                     let i = input.slice::<T>("input").map_err(arg)?;
                     let o = o.slice_mut::<T>("output").map_err(arg)?;
-                    collectives::all_reduce_into(&Labelled::new(c, dt.dtype()), CH_COLL, i, o, op).map_err(s)
+                    let f = Labelled::new(c, dt.dtype()).op(reduction(OpLabel::ALL_REDUCE_SUM, op));
+                    collectives::all_reduce_into(&f, CH_COLL, i, o, op).map_err(s)
                 }
             }
         }

@@ -41,6 +41,7 @@ use crate::engine::{self, Cmd, Engine, EngineRef, OpSpec};
 use crate::error::{Error, OpDesc, OpKind, Result};
 use crate::handle::{BatchHandle, Pending, RecvHandle, SendHandle};
 use crate::ids::SERVICE_COMM_BIT;
+use crate::label::OpLabel;
 use crate::launcher_env::{self, RootSpec};
 use crate::lend::LentSendHandle;
 use crate::unique_id::UniqueId;
@@ -512,6 +513,7 @@ impl Communicator {
             timeout: self.inner.core.config.timeout,
             service: false,
             label: None,
+            op: OpLabel::NONE,
         }
     }
 
@@ -556,6 +558,7 @@ impl Communicator {
             timeout: core.config.timeout,
             service: true,
             label: None,
+            op: OpLabel::NONE,
         };
         let mut ops = Vec::new();
         let others: Vec<u32> = (0..n).filter(|&p| p != r).collect();
@@ -741,6 +744,8 @@ pub struct Channel {
     service: bool,
     /// The element type byte ops carry instead of `u8` (see [`Channel::with_label`]).
     label: Option<DType>,
+    /// The operation label ops carry (see [`Channel::with_op`]).
+    op: OpLabel,
 }
 
 impl std::fmt::Debug for Channel {
@@ -787,6 +792,28 @@ impl Channel {
     /// ```
     pub fn with_label(mut self, dtype: DType) -> Self {
         self.label = Some(dtype);
+        self
+    }
+
+    /// The same channel, with every op issued through it labelled as part
+    /// of operation `op` (see [`crate::label`]): a message matches only a
+    /// receive of the same label, so ranks running different collectives
+    /// (or reductions) on the channel fail with a mismatch naming both
+    /// instead of exchanging data.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, Error, UniqueId, label::OpLabel};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let s = comm.channel(4).with_op(OpLabel::ALL_GATHER).isend(0, vec![0u8; 16]).unwrap();
+    /// let r = comm.channel(4).with_op(OpLabel::ALL_REDUCE_SUM).irecv::<u8>(0, 16).unwrap();
+    /// let e = r.wait().unwrap_err();
+    /// assert!(e.to_string().contains("send is all_gather of 16 B"), "{e}");
+    /// assert!(matches!(e, Error::Mismatch { .. }) && s.wait().is_err());
+    /// ```
+    pub fn with_op(mut self, op: OpLabel) -> Self {
+        self.op = op;
         self
     }
 
@@ -916,6 +943,7 @@ impl Channel {
                 index,
                 lent,
                 zone: None,
+                label: self.op,
             });
             if kind == OpKind::Recv
                 && let Some((ptr, len)) = into

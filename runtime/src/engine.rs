@@ -41,6 +41,7 @@ use crate::buffer::DType;
 use crate::completion::{Outcome, Slot};
 use crate::error::{Error, OpDesc, OpKind};
 use crate::ids::ROUTE_COMM;
+use crate::label::OpLabel;
 use crate::protocol::Control;
 use crate::router::{Action, Router};
 
@@ -59,6 +60,8 @@ pub(crate) struct OpSpec {
     pub(crate) lent: bool,
     /// A receive into the user's memory ([`crate::land`]).
     pub(crate) zone: Option<Arc<Zone>>,
+    /// The operation its messages belong to ([`crate::label`]).
+    pub(crate) label: OpLabel,
 }
 
 /// Requests from user threads that need the engine's task (ops are issued
@@ -114,6 +117,9 @@ struct PendingOp {
     timeout: Duration,
     /// A receive's destination in the user's memory ([`crate::land`]).
     zone: Option<Arc<Zone>>,
+    /// The header type byte its message carries or must carry: element
+    /// type and operation label ([`OpLabel::wire`]).
+    code: u8,
     /// Its deadline passed and the engine waits [`STALL_NOTICE`] for the
     /// reports of other ranks that timed out too before failing it.
     overdue: bool,
@@ -312,6 +318,7 @@ impl Engine {
             let e = self.failure_error(&f, &d);
             return self.finish(stream, op.index, op.slot, Err(e));
         }
+        let pending_code = op.label.wire(d.dtype);
         let pending = PendingOp {
             desc: d.clone(),
             slot: op.slot,
@@ -319,6 +326,7 @@ impl Engine {
             deadline: op.deadline,
             timeout: op.timeout,
             zone: op.zone,
+            code: op.label.wire(d.dtype),
             overdue: false,
         };
         match d.kind {
@@ -336,7 +344,7 @@ impl Engine {
                 self.sends.insert(key, pending);
                 let mut msg = Message {
                     kind: MessageKind::Data,
-                    dtype: d.dtype.code(),
+                    dtype: pending_code,
                     comm: d.comm,
                     channel: d.channel,
                     seq: d.seq,
@@ -428,9 +436,9 @@ impl Engine {
     }
 
     /// A receive meets its message.
-    fn matched(&mut self, recv: PendingOp, dtype: u8, payload: Bytes) {
+    fn matched(&mut self, recv: PendingOp, code: u8, payload: Bytes) {
         let d = &recv.desc;
-        let send_dtype = DType::from_code(dtype);
+        let (send_dtype, send_op) = OpLabel::split(code);
         // A message a transport copied into the receive's zone arrives
         // empty (the zone holds its bytes, of the zone's exact length).
         let landed = recv.zone.as_ref().is_some_and(|z| z.landed());
@@ -439,7 +447,7 @@ impl Engine {
         } else {
             payload.len() as u64
         };
-        let ok = send_dtype == Some(d.dtype) && sent_bytes == d.bytes;
+        let ok = code == recv.code && sent_bytes == d.bytes;
         if ok
             && !landed
             && let Some(z) = &recv.zone
@@ -458,7 +466,7 @@ impl Engine {
                 channel: d.channel,
                 seq: d.seq,
                 recv_bytes: d.bytes,
-                recv_dtype: d.dtype.code(),
+                recv_dtype: recv.code,
             }
         };
         let reply = Message {
@@ -477,8 +485,10 @@ impl Engine {
                 op: d.clone(),
                 send_bytes: sent_bytes,
                 send_dtype: send_dtype.unwrap_or(DType::U8),
+                send_op,
                 recv_bytes: d.bytes,
                 recv_dtype: d.dtype,
+                recv_op: OpLabel::split(recv.code).1,
             })
         };
         self.finish(
@@ -546,12 +556,15 @@ impl Engine {
                         r.forget((peer, msg.comm, channel, seq), Instant::now());
                     }
                     if let Some(s) = self.take(OpKind::Send, (msg.comm, channel, peer, seq)) {
+                        let (r_dtype, r_op) = OpLabel::split(recv_dtype);
                         let e = Error::Mismatch {
                             op: s.desc.clone(),
                             send_bytes: s.desc.bytes,
                             send_dtype: s.desc.dtype,
+                            send_op: OpLabel::split(s.code).1,
                             recv_bytes,
-                            recv_dtype: DType::from_code(recv_dtype).unwrap_or(DType::U8),
+                            recv_dtype: r_dtype.unwrap_or(DType::U8),
+                            recv_op: r_op,
                         };
                         self.finish((msg.comm, channel), s.index, s.slot, Err(e));
                     }

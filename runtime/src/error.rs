@@ -8,6 +8,7 @@ use zccl_transports::TransportError;
 
 use crate::buffer::DType;
 use crate::ids::SERVICE_COMM_BIT;
+use crate::label::OpLabel;
 
 /// Send or receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,35 @@ pub struct OpDesc {
     pub bytes: u64,
     /// Element type.
     pub dtype: DType,
+}
+
+/// The text of a mismatch: which side ran what.
+fn mismatch(
+    op: &OpDesc,
+    send_bytes: u64,
+    send_dtype: DType,
+    send_op: OpLabel,
+    recv_bytes: u64,
+    recv_dtype: DType,
+    recv_op: OpLabel,
+) -> String {
+    let side = |l: OpLabel, b, d| {
+        if l == OpLabel::NONE {
+            format!("{b} B ({})", elems(b, d))
+        } else {
+            format!("{l} of {b} B ({})", elems(b, d))
+        }
+    };
+    let what = if send_op != recv_op {
+        "operation mismatch"
+    } else {
+        "size/type mismatch"
+    };
+    format!(
+        "{op}: {what}: send is {}, receive is {}",
+        side(send_op, send_bytes, send_dtype),
+        side(recv_op, recv_bytes, recv_dtype)
+    )
 }
 
 /// The note a timeout adds about the rank that stalled.
@@ -147,9 +177,9 @@ pub enum Error {
         /// that starts at this op's peer (`None`: not known).
         culprit: Option<u32>,
     },
-    /// Send and receive disagree on size or element type; reported on both sides.
-    #[error("{op}: size/type mismatch: send is {send_bytes} B ({}), receive is {recv_bytes} B ({})",
-        elems(*.send_bytes, *.send_dtype), elems(*.recv_bytes, *.recv_dtype))]
+    /// Send and receive disagree on size, element type or operation
+    /// ([`crate::label`]); reported on both sides.
+    #[error("{}", mismatch(.op, *.send_bytes, *.send_dtype, *.send_op, *.recv_bytes, *.recv_dtype, *.recv_op))]
     Mismatch {
         /// The op on this side.
         op: OpDesc,
@@ -157,10 +187,14 @@ pub enum Error {
         send_bytes: u64,
         /// Sender's element type.
         send_dtype: DType,
+        /// The sender's operation label.
+        send_op: OpLabel,
         /// Bytes posted by the receiver.
         recv_bytes: u64,
         /// Receiver's element type.
         recv_dtype: DType,
+        /// The receiver's operation label.
+        recv_op: OpLabel,
     },
     /// The communicator was aborted (by `abort()`, or because it was dropped).
     #[error("{}communicator aborted: {reason}", .op.as_ref().map(|o| format!("{o} failed: ")).unwrap_or_default())]
@@ -214,8 +248,10 @@ mod tests {
             op: op(),
             send_bytes: 40,
             send_dtype: DType::F32,
+            send_op: OpLabel::NONE,
             recv_bytes: 48,
             recv_dtype: DType::F32,
+            recv_op: OpLabel::NONE,
         };
         let s = m.to_string();
         assert!(

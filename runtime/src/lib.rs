@@ -57,6 +57,7 @@ mod engine;
 mod envvars;
 pub mod error;
 pub mod handle;
+pub mod label;
 mod ids;
 pub mod land;
 pub mod launcher;
