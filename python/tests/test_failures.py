@@ -114,6 +114,14 @@ ALL_RAISE = {
     "all_reduce_dtype_f32_f64": ("f32", "f64"),
     "all_gather_dtype_f32_i32": ("f32", "i32"),
     "all_gather_into_tensor_dtype_f32_f64": ("f32", "f64"),
+    "all_reduce_op_sum_max": None,
+    "all_reduce_vs_all_gather": None,
+}
+
+# case -> the two operations every rank's message must name
+OP_NAMES = {
+    "all_reduce_op_sum_max": ("all_reduce(sum)", "all_reduce(max)"),
+    "all_reduce_vs_all_gather": ("all_reduce(sum)", "all_gather"),
 }
 
 
@@ -179,4 +187,24 @@ def test_mismatch_program_completes(zccl_launch, n):
     launch = zccl_launch("failures.py", n, "mismatch")
     assert launch.rc == 0 and not launch.timed_out, f"zccl run exited {launch.rc}{launch.tail()}"
     cases = {d["case"] for d in launch.results()}
-    assert len(cases) == 14, f"cases reported: {sorted(cases)}{launch.tail()}"
+    assert len(cases) == 16, f"cases reported: {sorted(cases)}{launch.tail()}"
+
+
+@pytest.mark.parametrize("case", list(OP_NAMES))
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_operation_mismatch_message_names_both_operations(zccl_launch, n, case):
+    """Rank 1 runs another reduction (max against sum) or another collective
+    (all_gather against all_reduce) over the same bytes: every rank's
+    exception names both operations."""
+    launch = zccl_launch("failures.py", n, "mismatch")
+    got = _results(launch, case, n)
+    a, b = OP_NAMES[case]
+    named = [d for d in got.values() if d["raised"] and a in (d["msg"] or "") and b in (d["msg"] or "")]
+    if n == 2 or case == "all_reduce_op_sum_max":
+        # The first messages meet: every rank names both operations.
+        assert len(named) == n, f"messages without both {a} and {b}:\n" + "\n".join(map(_show, got.values()))
+    else:
+        # With 4 ranks the two collectives' message patterns need not meet:
+        # the ranks time out (test_mismatch_raises_on_every_rank bounds
+        # when), and those holding the other operation's messages say so.
+        assert named, f"no message names both {a} and {b}:\n" + "\n".join(map(_show, got.values()))

@@ -717,11 +717,22 @@ impl Engine {
                     rank = self.rank,
                     "{} timed out (rank {stalled} stalled)", p.desc
                 );
+                // Messages of another operation waiting on this channel mean
+                // the ranks run different collectives.
+                let mine = OpLabel::split(p.code).1;
+                let other_op = self
+                    .unexpected
+                    .iter()
+                    .filter(|(k, _)| k.0 == p.desc.comm && k.1 == p.desc.channel)
+                    .map(|(k, (code, _))| (k.2, OpLabel::split(*code).1))
+                    .find(|&(_, l)| l != mine);
                 let e = Error::Timeout {
                     op: p.desc.clone(),
                     after: p.timeout,
                     nic,
                     culprit: (p.desc.peer != self.rank).then_some(stalled),
+                    other_op,
+                    mine,
                 };
                 self.finish(stream, p.index, p.slot, Err(e));
             }
@@ -926,6 +937,8 @@ mod tests {
             after: Duration::from_secs(5),
             nic: "local".into(),
             culprit,
+            other_op: None,
+            mine: OpLabel::NONE,
         };
         assert!(
             e(Some(1))

@@ -85,15 +85,32 @@ fn mismatch(
 }
 
 /// The note a timeout adds about the rank that stalled.
-fn stalled(op: &OpDesc, culprit: Option<u32>) -> String {
-    match culprit {
+fn stalled(
+    op: &OpDesc,
+    culprit: Option<u32>,
+    other_op: Option<(u32, OpLabel)>,
+    other_mine: OpLabel,
+) -> String {
+    let other = match other_op {
+        Some((peer, l)) => format!(
+            " (this rank runs {}; rank {peer} meanwhile sent {l} messages on this channel: \
+             unless it was one operation ahead, the ranks run different operations)",
+            match other_mine {
+                OpLabel::NONE => "unlabelled operations".to_string(),
+                m => m.to_string(),
+            }
+        ),
+        None => String::new(),
+    };
+    let who = match culprit {
         Some(c) if c == op.peer => format!(": rank {c} stalled"),
         Some(c) => format!(
             ": rank {} was itself waiting; rank {c} is the one that stalled",
             op.peer
         ),
         None => String::new(),
-    }
+    };
+    who + &other
 }
 
 impl fmt::Display for OpDesc {
@@ -164,7 +181,7 @@ pub enum Error {
         op: OpDesc,
     },
     /// The op's deadline passed.
-    #[error("{op} timed out after {:.1} s [{nic}]{}", .after.as_secs_f64(), stalled(.op, *.culprit))]
+    #[error("{op} timed out after {:.1} s [{nic}]{}", .after.as_secs_f64(), stalled(.op, *.culprit, *.other_op, *.mine))]
     Timeout {
         /// The op.
         op: OpDesc,
@@ -176,6 +193,13 @@ pub enum Error {
         /// could tell: the end of the chain of ranks waiting on each other
         /// that starts at this op's peer (`None`: not known).
         culprit: Option<u32>,
+        /// A rank that meanwhile sent messages of another operation on this
+        /// channel, and that operation: the ranks run different collectives
+        /// (whose message patterns never met, so no match could compare
+        /// their labels).
+        other_op: Option<(u32, OpLabel)>,
+        /// This op's own operation label.
+        mine: OpLabel,
     },
     /// Send and receive disagree on size, element type or operation
     /// ([`crate::label`]); reported on both sides.

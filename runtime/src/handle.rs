@@ -112,6 +112,8 @@ impl Pending {
                     after: self.timeout,
                     nic: "progress engine unresponsive".into(),
                     culprit: None,
+                    other_op: None,
+                    mine: crate::label::OpLabel::NONE,
                 })
             })
     }

@@ -181,6 +181,8 @@ impl LentSendHandle {
             after: p.timeout,
             nic: "the lent buffer was not released by the transport".into(),
             culprit: None,
+            other_op: None,
+            mine: crate::label::OpLabel::NONE,
         })
     }
 
@@ -211,6 +213,8 @@ impl LentSendHandle {
             after: p.timeout,
             nic: "the lent buffer was not released by the transport".into(),
             culprit: None,
+            other_op: None,
+            mine: crate::label::OpLabel::NONE,
         }))
     }
 }

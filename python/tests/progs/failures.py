@@ -195,6 +195,26 @@ def mismatch():
 
     case("all_to_all_single_size", a2a)
 
+    # Operation mismatches with equal sizes and types: another reduction, or
+    # another collective moving the same bytes.
+    def redop(g):
+        t = torch.ones(1024)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if odd else dist.ReduceOp.SUM, group=g)
+        return t[:4].tolist()
+
+    case("all_reduce_op_sum_max", redop)
+
+    def kind(g):
+        if odd:
+            out = torch.empty(w * 1024)
+            all_gather_into_tensor(out, torch.ones(1024), group=g)
+            return out[:4].tolist()
+        t = torch.ones(w * 1024)
+        dist.all_reduce(t, group=g)
+        return t[:4].tolist()
+
+    case("all_reduce_vs_all_gather", kind)
+
     # Point to point: rank 0 sends 100 float32; rank 1 receives 99 float32 /
     # 100 int32. The receiver must raise (the sender may have finished).
     def p2p(g, n_recv, dtype_recv):
