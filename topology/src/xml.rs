@@ -42,7 +42,7 @@
 //! few KB to a few hundred KB, for at most 16 GPUs and 32 NICs.
 //!
 //! Export writes the bus-ID-sorted tree, 2-space indented, attributes in
-//! NCCL's order. GPUs without `sm` and accelerators are written as bare
+//! NCCL's order. GPUs and accelerators without `sm` are written as bare
 //! `<pci>` leaves, as is the auto-named port of a partial NIC leaf, so that
 //! `parse_str(&to_string(&t))` gives `t` back for everything this module
 //! imports.
@@ -1162,7 +1162,9 @@ impl Exporter {
 
         let mut gpus: HashMap<NodeId, Vec<usize>> = HashMap::new();
         for (i, g) in topo.gpus.iter().enumerate() {
-            if g.class == DeviceClass::Gpu && g.sm.is_some() && topo.pci(g.node).is_some() {
+            // Whatever has `sm` came from a <gpu> (an accelerator too, when
+            // the <gpu> sat on an accelerator-class <pci>): write it back as one.
+            if g.sm.is_some() && topo.pci(g.node).is_some() {
                 gpus.entry(g.node).or_default().push(i);
             }
         }

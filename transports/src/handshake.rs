@@ -55,9 +55,10 @@ impl JobSecret {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Parses 32 hex characters.
+    /// Parses 32 hex characters (either case; nothing else, not even a `+`
+    /// sign, which `u8::from_str_radix` alone would accept).
     pub fn from_hex(s: &str) -> Option<Self> {
-        if s.len() != 32 || !s.is_ascii() {
+        if s.len() != 32 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
         let mut b = [0u8; 16];
@@ -516,6 +517,8 @@ mod tests {
     fn secret_hex() {
         assert_eq!(JobSecret::from_hex("zz"), None);
         assert_eq!(JobSecret::from_hex(&"g".repeat(32)), None);
+        // Found by fuzzing (fuzz/regressions/handshake/secret-hex-plus-sign).
+        assert_eq!(JobSecret::from_hex(&"+f".repeat(16)), None);
         assert_eq!(
             JobSecret::from_hex(&"0f".repeat(16)),
             Some(JobSecret::from_bytes([0x0f; 16]))
