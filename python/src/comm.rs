@@ -339,17 +339,10 @@ impl Comm {
                 "zccl: all_gather output has {out_nbytes} bytes, {n} ranks x {nbytes} expected"
             )));
         }
-        let input = Span::new(addr, nbytes, "all_gather input")?;
-        let output = Span::new(out, out_nbytes, "all_gather output")?;
-        no_overlap(&input, &output, "all_gather")?;
+        let (input, output) = in_out(addr, nbytes, out, out_nbytes, "all_gather")?;
         self.collective(py, keep, async_op, move |c| {
             // SAFETY: the Python side keeps both alive and untouched (keep).
-            let (i, o) = unsafe {
-                (
-                    input.slice::<u8>("input").map_err(arg)?,
-                    output.slice_mut::<u8>("output").map_err(arg)?,
-                )
-            };
+            let (i, o) = unsafe { slices::<u8>(input, output)? };
             let f = Labelled::new(c, label).op(OpLabel::ALL_GATHER);
             collectives::all_gather_into(&f, CH_COLL, i, o).map_err(s)
         })
@@ -379,15 +372,11 @@ impl Comm {
                 "zccl: reduce_scatter input has {nbytes} bytes, {n} ranks x {out_nbytes} expected"
             )));
         }
-        let input = Span::new(addr, nbytes, "reduce_scatter input")?;
-        let output = Span::new(out, out_nbytes, "reduce_scatter output")?;
-        no_overlap(&input, &output, "reduce_scatter")?;
+        let (input, output) = in_out(addr, nbytes, out, out_nbytes, "reduce_scatter")?;
         self.collective(py, keep, async_op, move |c| {
             with_elem!(dt, T => {
                 // SAFETY: kept alive and untouched by the Python side.
-                let (i, o) = unsafe {
-                    (input.slice::<T>("input").map_err(arg)?, output.slice_mut::<T>("output").map_err(arg)?)
-                };
+                let (i, o) = unsafe { slices::<T>(input, output)? };
                 let f = Labelled::new(c, dt.dtype()).op(reduction(OpLabel::REDUCE_SCATTER_SUM, op));
                 collectives::reduce_scatter_into(&f, CH_COLL, i, o, op).map_err(s)
             })
@@ -447,9 +436,7 @@ impl Comm {
     ) -> PyResult<Work> {
         let label = Dt::label(dtype);
         let n = self.sh.comm.size() as usize;
-        let input = Span::new(addr, nbytes, "all_to_all input")?;
-        let output = Span::new(out, out_nbytes, "all_to_all output")?;
-        no_overlap(&input, &output, "all_to_all")?;
+        let (input, output) = in_out(addr, nbytes, out, out_nbytes, "all_to_all")?;
         let even = send.is_empty() && recv.is_empty();
         if even && (nbytes != out_nbytes || !nbytes.is_multiple_of(n)) {
             return Err(PyValueError::new_err(format!(
@@ -479,12 +466,7 @@ impl Comm {
         let recv = split(recv, out_nbytes, "output")?;
         self.collective(py, keep, async_op, move |c| {
             // SAFETY: kept alive and untouched by the Python side.
-            let (i, o) = unsafe {
-                (
-                    input.slice::<u8>("input").map_err(arg)?,
-                    output.slice_mut::<u8>("output").map_err(arg)?,
-                )
-            };
+            let (i, o) = unsafe { slices::<u8>(input, output)? };
             // One label for both forms: a rank passing equal splits and
             // one passing none agree (counts are checked by the sizes).
             let f = Labelled::new(c, label).op(OpLabel::ALL_TO_ALL);
@@ -562,17 +544,10 @@ impl Comm {
         keep: Vec<Py<PyAny>>,
         async_op: bool,
     ) -> PyResult<Work> {
-        let input = Span::new(addr, nbytes, "ring_shift input")?;
-        let output = Span::new(out, out_nbytes, "ring_shift output")?;
-        no_overlap(&input, &output, "ring_shift")?;
+        let (input, output) = in_out(addr, nbytes, out, out_nbytes, "ring_shift")?;
         self.collective(py, keep, async_op, move |c| {
             // SAFETY: kept alive and untouched by the Python side.
-            let (i, o) = unsafe {
-                (
-                    input.slice::<u8>("input").map_err(arg)?,
-                    output.slice_mut::<u8>("output").map_err(arg)?,
-                )
-            };
+            let (i, o) = unsafe { slices::<u8>(input, output)? };
             let f = Labelled::new(c, DType::U8).op(OpLabel::RING_SHIFT);
             ring::ring_shift_into(&f, CH_COLL, i, o, offset).map_err(s)
         })
@@ -817,6 +792,39 @@ fn finish_callbacks(r: Outcome, failure: &Mutex<Option<PyErr>>) -> PyResult<()> 
         return Err(e);
     }
     r.map_err(ZcclError::new_err)
+}
+
+/// The input and output spans of an out-of-place operation, which must not
+/// share a byte.
+fn in_out(
+    addr: usize,
+    nbytes: usize,
+    out: usize,
+    out_nbytes: usize,
+    what: &str,
+) -> PyResult<(Span, Span)> {
+    let input = Span::new(addr, nbytes, &format!("{what} input"))?;
+    let output = Span::new(out, out_nbytes, &format!("{what} output"))?;
+    no_overlap(&input, &output, what)?;
+    Ok((input, output))
+}
+
+/// Both spans as elements, inside an operation's body.
+///
+/// # Safety
+/// As [`Span::slice`] and [`Span::slice_mut`]: the Python side keeps both
+/// alive and untouched until the operation completed.
+unsafe fn slices<'a, T: zccl_primitives::dtype::Elem>(
+    input: Span,
+    output: Span,
+) -> Result<(&'a [T], &'a mut [T]), String> {
+    // SAFETY: forwarded from our caller.
+    unsafe {
+        Ok((
+            input.slice::<T>("input").map_err(arg)?,
+            output.slice_mut::<T>("output").map_err(arg)?,
+        ))
+    }
 }
 
 fn no_overlap(a: &Span, b: &Span, what: &str) -> PyResult<()> {

@@ -10,7 +10,6 @@ it at once: a collective that failed on one rank fails on every rank.
 from . import _buf
 from ._zccl import Comm as _Comm
 from ._zccl import Root, ZcclError
-from ._zccl import Work as _NativeWork
 from ._zccl import attn_merge as _attn_merge
 
 __all__ = ["Communicator", "Root", "Work", "ZcclError", "attn_merge"]
@@ -330,5 +329,3 @@ def _np_contig(a):
 
     return np.ascontiguousarray(a)
 
-
-_ = _NativeWork
