@@ -50,7 +50,7 @@
 //!
 //! | form | operations | what runs where | while pending, the caller may |
 //! |---|---|---|---|
-//! | handle (`i*`) | [`iall_reduce`](collectives::iall_reduce), [`iall_gather`](collectives::iall_gather), [`ireduce_scatter`](collectives::ireduce_scatter), [`ibroadcast`](collectives::ibroadcast), [`ibarrier`](collectives::ibarrier), [`iall_to_all`](alltoall::iall_to_all), [`iall_to_all_v`](alltoall::iall_to_all_v), [`iseq_to_heads`](layout::iseq_to_heads), [`iheads_to_seq`](layout::iheads_to_seq), [`iall_scan_diag`](scan::iall_scan_diag), [`iall_scan_with`](scan::iall_scan_with), and any schedule through [`nonblocking::start`] | the whole schedule on a progress thread of its own, started by the call; the buffer is moved in (owned) and comes back from [`OpHandle::wait`] | compute anything; start or run other operations on other channels; poll [`OpHandle::test`]; wait later |
+//! | handle (`i*`) | [`iall_reduce`](collectives::iall_reduce), [`iall_gather`](collectives::iall_gather), [`ireduce_scatter`](collectives::ireduce_scatter), [`ibroadcast`](collectives::ibroadcast), [`ibarrier`](collectives::ibarrier), [`iall_to_all`](alltoall::iall_to_all), [`iall_to_all_v`](alltoall::iall_to_all_v), [`iseq_to_heads`](layout::iseq_to_heads), [`iheads_to_seq`](layout::iheads_to_seq), [`iall_scan_diag`](scan::iall_scan_diag), [`iall_scan_with`](scan::iall_scan_with), and any schedule through [`nonblocking::start`] | the whole schedule on a progress thread (a reused one from a pool, [`progress`]; the waiting caller runs it if no thread picked it up yet); the buffer is moved in (owned) and comes back from [`OpHandle::wait`] | compute anything; start or run other operations on other channels; poll [`OpHandle::test`]; wait later |
 //! | posted point-to-point | [`ring::ring_shift_start`], [`ring::bidir_ring_step`] (two channels) | sends and receives posted on the fabric and moved by its progress engine (the runtime's engine thread; the simulated fabric buffers at once) | compute, then wait the [`ring::Shift`] handles |
 //! | driver with callbacks | [`ring::ring_pass`] / [`ring::ring_pass_elems`] (ring attention), [`token_ring::token_ring`] / [`token_ring::token_ring_elems`] (two channels), [`scan::all_scan_diag_blocks`] (All-Scan) | the driver on the caller's thread posts the transfer of block `k+1` (and, for TokenRing, the return of the previous partial result), **then** calls the caller's compute for block `k`, then waits | compute on block `k` inside the callback; the callback must not use the driver's channels |
 //!
@@ -83,6 +83,7 @@ mod error;
 pub mod fabric;
 pub mod layout;
 pub mod nonblocking;
+pub mod progress;
 pub mod reduce;
 pub mod ring;
 pub mod scan;

@@ -5,7 +5,10 @@
 //!
 //! [`start`] moves an owned buffer and a shared handle to the fabric
 //! (`Arc<F>`) onto a **progress thread** that runs the operation's blocking
-//! schedule, and returns an [`OpHandle`] at once. The caller computes
+//! schedule, and returns an [`OpHandle`] at once. The threads come from a
+//! pool ([`crate::progress`]): an idle one is reused, none is created per
+//! operation, and a caller that waits before any thread picked the
+//! operation up runs it itself. The caller computes
 //! meanwhile and collects the result with [`OpHandle::wait`] (or polls
 //! [`OpHandle::test`] / [`OpHandle::wait_until`]). The schedule is exactly the
 //! blocking one, so results are bit-identical to the blocking call.
@@ -46,9 +49,9 @@
 //! assert_eq!(out, vec![(40, 1), (41, 0)]);
 //! ```
 
+use std::any::Any;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
@@ -72,25 +75,37 @@ use crate::fabric::Fabric;
 pub struct OpHandle<T> {
     what: String,
     state: State<T>,
-    thread: Option<JoinHandle<()>>,
 }
 
+/// What the operation's body ended with: its result, or its panic.
+type Ended<T> = std::result::Result<Result<T>, Box<dyn Any + Send>>;
+
 enum State<T> {
-    Running(Receiver<Result<T>>),
+    Running(Receiver<Ended<T>>, crate::progress::Job),
     /// The result arrived (taken from the channel by `test`/`wait_until`).
     Done(Result<T>),
-    /// The progress thread ended without a result: it panicked.
-    Panicked,
+    /// The operation panicked (re-raised by `wait`).
+    Panicked(Option<Box<dyn Any + Send>>),
     /// The progress thread could not be started.
     NotStarted(Error),
+}
+
+impl<T> State<T> {
+    fn ended(e: Option<Ended<T>>) -> Self {
+        match e {
+            Some(Ok(r)) => State::Done(r),
+            Some(Err(p)) => State::Panicked(Some(p)),
+            None => State::Panicked(None),
+        }
+    }
 }
 
 impl<T> std::fmt::Debug for OpHandle<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = match self.state {
-            State::Running(_) => "running",
+            State::Running(..) => "running",
             State::Done(_) => "done",
-            State::Panicked => "panicked",
+            State::Panicked(_) => "panicked",
             State::NotStarted(_) => "not started",
         };
         write!(f, "OpHandle({}: {s})", self.what)
@@ -125,25 +140,23 @@ where
 {
     let (tx, rx) = mpsc::sync_channel(1);
     let what = format!("{name} on rank {}", fabric.rank());
-    let spawned = std::thread::Builder::new()
-        .name(format!("zccl-{name}"))
-        .spawn(move || {
-            // On a panic `tx` is dropped unsent: the handle sees a disconnect.
-            let r = body(&*fabric);
+    let submitted = crate::progress::submit(
+        name,
+        Box::new(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&*fabric)));
             let _ = tx.send(r);
-        });
-    match spawned {
-        Ok(t) => OpHandle {
+        }),
+    );
+    match submitted {
+        Ok(job) => OpHandle {
             what,
-            state: State::Running(rx),
-            thread: Some(t),
+            state: State::Running(rx, job),
         },
         Err(e) => OpHandle {
             state: State::NotStarted(Error::Progress(format!(
                 "{what}: could not start the progress thread: {e}"
             ))),
             what,
-            thread: None,
         },
     }
 }
@@ -160,7 +173,6 @@ impl<T> OpHandle<T> {
         Self {
             what: "ready".into(),
             state: State::Done(r),
-            thread: None,
         }
     }
 
@@ -180,14 +192,14 @@ impl<T> OpHandle<T> {
     /// ```
     pub fn test(&mut self) -> bool {
         match &self.state {
-            State::Running(rx) => match rx.try_recv() {
+            State::Running(rx, _) => match rx.try_recv() {
                 Ok(r) => {
-                    self.state = State::Done(r);
+                    self.state = State::ended(Some(r));
                     true
                 }
                 Err(TryRecvError::Empty) => false,
                 Err(TryRecvError::Disconnected) => {
-                    self.state = State::Panicked;
+                    self.state = State::ended(None);
                     true
                 }
             },
@@ -209,25 +221,27 @@ impl<T> OpHandle<T> {
     /// });
     /// ```
     pub fn wait_until(&mut self, deadline: Instant) -> bool {
-        let State::Running(rx) = &self.state else {
+        let State::Running(rx, _) = &self.state else {
             return true;
         };
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(r) => {
-                self.state = State::Done(r);
+                self.state = State::ended(Some(r));
                 true
             }
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => {
-                self.state = State::Panicked;
+                self.state = State::ended(None);
                 true
             }
         }
     }
 
     /// Blocks until the operation finished and returns its result (or its
-    /// first error). Bounded by the fabric's per-operation deadlines.
+    /// first error). Bounded by the fabric's per-operation deadlines. If no
+    /// progress thread has picked the operation up yet, it runs on the
+    /// calling thread.
     ///
     /// # Panics
     /// Re-raises a panic of the operation's progress thread.
@@ -242,18 +256,21 @@ impl<T> OpHandle<T> {
     /// assert!(errs[0].contains("do not split evenly"), "{}", errs[0]);
     /// ```
     pub fn wait(mut self) -> Result<T> {
-        let state = std::mem::replace(&mut self.state, State::Panicked);
-        let r = match state {
-            State::Running(rx) => rx.recv().ok(),
-            State::Done(r) => Some(r),
-            State::Panicked => None,
-            State::NotStarted(e) => Some(Err(e)),
+        let state = std::mem::replace(&mut self.state, State::Panicked(None));
+        let state = match state {
+            State::Running(rx, job) => {
+                job.run_here();
+                State::ended(rx.recv().ok())
+            }
+            s => s,
         };
-        let joined = self.thread.take().map(JoinHandle::join);
-        match (r, joined) {
-            (Some(r), _) => r,
-            (None, Some(Err(p))) => std::panic::resume_unwind(p),
-            (None, _) => panic!("{}: progress thread ended without a result", self.what),
+        match state {
+            State::Done(r) => r,
+            State::NotStarted(e) => Err(e),
+            State::Panicked(Some(p)) => std::panic::resume_unwind(p),
+            State::Panicked(None) | State::Running(..) => {
+                panic!("{}: progress thread ended without a result", self.what)
+            }
         }
     }
 }
