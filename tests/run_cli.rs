@@ -500,7 +500,7 @@ fn zccl_bench_messages_say_zccl_bench() {
     assert!(
         r.stderr.starts_with(
             "zccl bench: error: unknown operation \"foo\"; the operations are all_reduce, all_gather, \
-             reduce_scatter, broadcast, alltoall, sendrecv, ring_shift, token_ring, all_scan, and route"
+             reduce_scatter, broadcast, alltoall, sendrecv, ring_shift, pingpong, token_ring, all_scan, and route"
         ),
         "{}",
         r.stderr

@@ -112,6 +112,9 @@ pub enum OpCmd {
     /// Rank r sends to r+k and receives from r-k (--offset k; busbw factor 1).
     #[command(alias = "ring-shift")]
     RingShift(RingShiftArgs),
+    /// Ranks 2i and 2i+1 bounce the buffer back and forth; time is half the round trip (busbw factor 1).
+    #[command(alias = "ping-pong")]
+    Pingpong(CommonArgs),
     /// TokenRing's bidirectional step: half the bytes to r+1, half to r-1 (busbw factor 1).
     ///
     /// The two halves travel at once on two channels; size and bandwidth count both directions.
@@ -425,6 +428,7 @@ impl OpCmd {
             OpCmd::Alltoall(_) => Op::Alltoall,
             OpCmd::Sendrecv(_) => Op::Sendrecv,
             OpCmd::RingShift(_) => Op::RingShift,
+            OpCmd::Pingpong(_) => Op::Pingpong,
             OpCmd::TokenRing(_) => Op::TokenRing,
             OpCmd::AllScan(_) => Op::AllScan,
         }
@@ -439,6 +443,7 @@ impl OpCmd {
             | OpCmd::Broadcast(c)
             | OpCmd::Alltoall(c)
             | OpCmd::Sendrecv(c)
+            | OpCmd::Pingpong(c)
             | OpCmd::TokenRing(c) => c,
             OpCmd::RingShift(a) => &a.common,
             OpCmd::AllScan(a) => &a.common,

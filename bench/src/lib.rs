@@ -2,7 +2,7 @@
 //!
 //! * The `zccl-bench` command (also `zccl bench`): nccl-tests for zccl. A
 //!   subcommand per operation (all_reduce, all_gather, reduce_scatter,
-//!   broadcast, alltoall, sendrecv, ring_shift, token_ring, all_scan),
+//!   broadcast, alltoall, sendrecv, ring_shift, pingpong, token_ring, all_scan),
 //!   nccl-tests' flags (`-b -e -f -i -n -w -c -d -o -r -z`), `-N n` to start
 //!   n local ranks, nccl-tests' table (out-of-place and in-place time,
 //!   algbw, busbw, #wrong) and footer, `--json`, `--csv`, `--plot`.

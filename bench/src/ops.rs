@@ -10,6 +10,7 @@
 //! | alltoall | `n·b` / `n·b` | `n·b·e` | `b` | `n·b·e` | `(n−1)/n` |
 //! | broadcast | `c` / `c` | `c·e` | `c` | `c·e` | 1 |
 //! | sendrecv, ring_shift | `c` / `c` | `c·e` | `c` | `c·e` | 1 |
+//! | pingpong (time: half the round trip) | `c` / `c` | `c·e` | `c` | `c·e` | 1 |
 //! | token_ring | `2h` / `2h`, `h = ⌊c/2⌋` rounded down to 16 B per direction | `2h·e` | `2h` | `2h·e` (both directions) | 1 |
 //! | all_scan (`f32` only) | `rows·cols` / `rows·cols` | `rows·cols·4` | `rows·cols` | `rows·cols·4` | 1 |
 //!
@@ -37,6 +38,9 @@ pub enum Op {
     Sendrecv,
     /// Rank `r` sends to `r+k` and receives from `r−k` (`--offset k`).
     RingShift,
+    /// Ranks `2i` and `2i+1` bounce the buffer (send, then receive it back);
+    /// the time is half the round trip (MPI ping-pong's one-way latency).
+    Pingpong,
     /// TokenRing's bidirectional step: half the bytes to `r+1`, half to `r−1`, on two channels.
     TokenRing,
     /// ZeCO's All-Scan (diagonal-decay combine, `f32` states).
@@ -45,7 +49,7 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in the order of the command's subcommands.
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 10] = [
         Op::AllReduce,
         Op::AllGather,
         Op::ReduceScatter,
@@ -53,6 +57,7 @@ impl Op {
         Op::Alltoall,
         Op::Sendrecv,
         Op::RingShift,
+        Op::Pingpong,
         Op::TokenRing,
         Op::AllScan,
     ];
@@ -67,6 +72,7 @@ impl Op {
             Op::Alltoall => "alltoall",
             Op::Sendrecv => "sendrecv",
             Op::RingShift => "ring_shift",
+            Op::Pingpong => "pingpong",
             Op::TokenRing => "token_ring",
             Op::AllScan => "all_scan",
         }
@@ -81,7 +87,9 @@ impl Op {
             Op::ReduceScatter => BwOp::ReduceScatter,
             Op::Alltoall => BwOp::AllToAll,
             Op::Broadcast => BwOp::Broadcast,
-            Op::Sendrecv | Op::RingShift | Op::TokenRing | Op::AllScan => BwOp::SendRecv,
+            Op::Sendrecv | Op::RingShift | Op::Pingpong | Op::TokenRing | Op::AllScan => {
+                BwOp::SendRecv
+            }
         }
     }
 
@@ -146,7 +154,7 @@ pub fn layout(op: Op, elem: usize, size: usize, n: usize, scan_cols: usize) -> L
         rows_cols: (0, 0),
     };
     match op {
-        Op::AllReduce | Op::Broadcast | Op::Sendrecv | Op::RingShift => plain(c),
+        Op::AllReduce | Op::Broadcast | Op::Sendrecv | Op::RingShift | Op::Pingpong => plain(c),
         Op::AllGather | Op::ReduceScatter | Op::Alltoall => {
             let b = align16(c / n, elem);
             let (send, recv) = match op {
@@ -224,6 +232,6 @@ mod tests {
         assert_eq!(Op::Alltoall.bw_op(), BwOp::AllToAll);
         assert!(Op::ReduceScatter.reduces() && !Op::AllGather.reduces());
         assert!(Op::Broadcast.rooted());
-        assert_eq!(Op::ALL.map(|o| o.name()).len(), 9);
+        assert_eq!(Op::ALL.map(|o| o.name()).len(), 10);
     }
 }

@@ -151,6 +151,33 @@ struct Coll<T> {
 }
 
 /// `got` against `want(i)` for `want_len` elements; a length difference counts as wrong elements.
+/// The partner of `rank` in the ping-pong pairs `(2i, 2i+1)`; `None` for
+/// the last rank of an odd count.
+fn pingpong_peer(rank: usize, n: usize) -> Option<usize> {
+    let p = rank ^ 1;
+    (p < n).then_some(p)
+}
+
+/// One ping-pong round trip as a user writes it: the first of a pair sends
+/// `send` and receives the reply into `recv`; the second receives into
+/// `recv` and sends that back.
+fn pingpong<F: Fabric + ?Sized>(f: &F, ch: u32, send: &[u8], recv: &mut [u8]) -> Result<()> {
+    let Some(peer) = pingpong_peer(f.rank(), f.size()) else {
+        return Ok(());
+    };
+    // SAFETY: each buffer is borrowed for the whole call and every handle
+    // is waited before it returns.
+    if f.rank() < peer {
+        let r = unsafe { f.irecv_into(peer, ch, 0, recv) }?;
+        unsafe { f.isend_lent(peer, ch, 0, send) }?.wait()?;
+        r.wait()?;
+    } else {
+        unsafe { f.irecv_into(peer, ch, 0, recv) }?.wait()?;
+        unsafe { f.isend_lent(peer, ch, 0, recv) }?.wait()?;
+    }
+    Ok(())
+}
+
 fn wrong_in<T: BenchElem>(got: &[T], want_len: usize, want: impl Fn(usize) -> T) -> u64 {
     let common = got.len().min(want_len);
     count_wrong(&got[..common], want) + got.len().abs_diff(want_len) as u64
@@ -223,6 +250,7 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
                 | Op::ReduceScatter
                 | Op::Sendrecv
                 | Op::RingShift
+                | Op::Pingpong
                 | Op::TokenRing,
             ) => vec![zero; c.lay.recv_count],
             _ => Vec::new(),
@@ -280,6 +308,15 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
                 )?;
                 self.a.copy_from_slice(&self.scratch);
             }
+            (Op::Pingpong, in_place) => {
+                // In place: the reply lands in the scratch buffer, copied back.
+                let Self { a, b, scratch, .. } = self;
+                let out = if in_place { &mut *scratch } else { b };
+                pingpong(f, CH_DATA, as_bytes(a), as_bytes_mut(out))?;
+                if in_place && pingpong_peer(f.rank(), f.size()).is_some() {
+                    a.copy_from_slice(scratch);
+                }
+            }
             (Op::TokenRing, in_place) => {
                 // In place: into the scratch buffer, copied over the input.
                 let Self { a, b, scratch, .. } = self;
@@ -323,6 +360,12 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
                 id(src, r * m + k, rep)
             }),
             Op::Broadcast => wrong_in(got, c.lay.recv_count, |i| id(c.root, i, rep)),
+            Op::Pingpong => match pingpong_peer(r, n) {
+                // The first of a pair gets its own bytes back (bounced by
+                // the second), the second its partner's.
+                Some(p) => wrong_in(got, c.lay.recv_count, |i| id(r.min(p), i, rep)),
+                None => 0,
+            },
             Op::Sendrecv | Op::RingShift => {
                 let from = c.from(c.offset);
                 wrong_in(got, c.lay.recv_count, |i| id(from, i, rep))
@@ -471,7 +514,10 @@ fn measure<'a, F: Fabric + ?Sized>(
     for _ in 0..s.iters {
         case.run(f)?;
     }
-    let secs = t0.elapsed().as_secs_f64() / f64::from(s.iters);
+    let mut secs = t0.elapsed().as_secs_f64() / f64::from(s.iters);
+    if s.op == Op::Pingpong {
+        secs /= 2.0; // one way: half the round trip
+    }
     let mut wrong = 0u64;
     for c in 0..s.checks {
         let rep = u64::from(c);
@@ -515,6 +561,10 @@ fn measure<'a, F: Fabric + ?Sized>(
 fn notes(s: &Settings, n: usize) -> Vec<String> {
     match s.op {
         Op::Sendrecv => vec!["sendrecv: rank r sends to r+1 and receives from r-1".into()],
+        Op::Pingpong => vec![
+            "pingpong: ranks 2i and 2i+1 bounce the buffer (2i sends, 2i+1 sends it back); time is half the round trip"
+                .into(),
+        ],
         Op::RingShift => vec![format!(
             "ring_shift offset: {} (rank r sends to r{:+} mod {n} and receives from r{:+} mod {n})",
             s.offset, s.offset, -s.offset

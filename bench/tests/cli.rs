@@ -79,7 +79,7 @@ fn assert_clean(args: &[&str], n_rows: usize) {
     assert!(out.contains("# Bytes sent by all ranks : "), "{out}");
 }
 
-const OPS: [&[&str]; 9] = [
+const OPS: [&[&str]; 10] = [
     &["all_reduce"],
     &["all_gather"],
     &["reduce_scatter", "-o", "max"],
@@ -87,6 +87,7 @@ const OPS: [&[&str]; 9] = [
     &["alltoall"],
     &["sendrecv"],
     &["ring_shift", "--offset", "-1"],
+    &["pingpong"],
     &["token_ring"],
     &["all_scan", "--cols", "16", "--blocks", "2"],
 ];
@@ -353,7 +354,7 @@ fn an_unknown_operation_lists_the_operations() {
     assert_eq!(
         err,
         "zccl-bench: error: unknown operation \"foo\"; the operations are all_reduce, all_gather, \
-         reduce_scatter, broadcast, alltoall, sendrecv, ring_shift, token_ring, all_scan, and route \
+         reduce_scatter, broadcast, alltoall, sendrecv, ring_shift, pingpong, token_ring, all_scan, and route \
          (the router benchmark)\n"
     );
 }
