@@ -56,6 +56,7 @@ pub mod config;
 mod engine;
 mod envvars;
 pub mod error;
+pub mod flow;
 pub mod handle;
 mod ids;
 pub mod label;
