@@ -369,6 +369,7 @@ impl Communicator {
             size,
             transport.clone(),
             router,
+            config.max_unexpected_bytes,
         )));
         transport.set_deliver(Engine::deliver_hook(&engine));
         runtime.spawn(crate::engine::run(engine.clone(), cmd_rx, ev_rx));

@@ -20,6 +20,7 @@
 //! | `ZCCL_SHM_CMA_MIN_BYTES` | same-host messages at least this large are copied once, straight from the sender's memory (`process_vm_readv`), instead of twice through the ring | a whole number | 262144 |
 //! | `ZCCL_SHM_CMA_DISABLE` | `1`: never use that single copy | `0`/`1` | `0` |
 //! | `ZCCL_HOST_ID` | overrides the host identity (boot id + network namespace) | any | — |
+//! | `ZCCL_MAX_UNEXPECTED_BYTES` | per sending peer: most bytes a receiver buffers for receives not posted yet; a sender that would exceed it sends a request and waits for a clear-to-send ([`crate::flow`]); set the same on every rank | 1..=2⁶³ | 67108864 (64 MiB) |
 //! | `ZCCL_SPIN_US` | how long a thread waiting on a handle spins, polling for messages, before it sleeps; microseconds, 0 = never | a whole number, clamped to 0..=10⁶ | 50 |
 //! | `ZCCL_ROUTER` | sends to other hosts: `on` (NIC-aware router), `affinity` (whole, on the sender's own NIC), `off` (striped by TCP) | see left | `on` |
 //! | `ZCCL_CROSS_NIC` | router rail matching: `0` same rail only, `1` any NIC, `2` same rail first | `0`, `1`, `2` | `2` |
@@ -61,6 +62,9 @@ pub struct Config {
     /// `ZCCL_METRICS_ADDR`: where this host's ranks serve Prometheus metrics
     /// (rank with local rank `l` on port + `l`; see [`crate::metrics`]).
     pub metrics_addr: Option<String>,
+    /// `ZCCL_MAX_UNEXPECTED_BYTES`: the flow-control window per peer
+    /// ([`crate::flow`]).
+    pub max_unexpected_bytes: u64,
     /// `ZCCL_SPIN_US`: how long a waiting thread spins (polling the
     /// transports for messages already there) before it sleeps.
     pub spin_wait: Duration,
@@ -297,6 +301,10 @@ impl Config {
         };
         let route_policy =
             crate::router::Policy::from_lookup(&get).map_err(|e| Error::Config(e.to_string()))?;
+        let max_unexpected_bytes = match get("ZCCL_MAX_UNEXPECTED_BYTES") {
+            Some(v) => uint("ZCCL_MAX_UNEXPECTED_BYTES", &v, 1..=1 << 63)?,
+            None => crate::flow::DEFAULT_WINDOW,
+        };
         let spin_wait = match get("ZCCL_SPIN_US") {
             // Clamped to one second.
             Some(v) => {
@@ -313,6 +321,7 @@ impl Config {
             shm,
             metrics_addr,
             spin_wait,
+            max_unexpected_bytes,
             router,
             route_policy,
         })

@@ -40,6 +40,7 @@ use zccl_transports::{
 use crate::buffer::DType;
 use crate::completion::{Outcome, Slot};
 use crate::error::{Error, OpDesc, OpKind};
+use crate::flow::{self, Protocol};
 use crate::ids::ROUTE_COMM;
 use crate::label::OpLabel;
 use crate::protocol::Control;
@@ -123,6 +124,9 @@ struct PendingOp {
     /// Its deadline passed and the engine waits [`STALL_NOTICE`] for the
     /// reports of other ranks that timed out too before failing it.
     overdue: bool,
+    /// A send's bytes charged to the peer's flow-control window, returned
+    /// by its acknowledgement ([`crate::flow`]).
+    charged: u64,
 }
 
 #[derive(Default)]
@@ -144,7 +148,21 @@ pub(crate) struct Engine {
     transport: Arc<dyn Transport>,
     sends: HashMap<Key, PendingOp>,
     recvs: HashMap<Key, PendingOp>,
-    unexpected: HashMap<Key, (u8, Bytes)>,
+    /// Messages that arrived before their receive: type byte, payload,
+    /// whether they came through the router.
+    unexpected: HashMap<Key, (u8, Bytes, bool)>,
+    /// Requests to send whose receive is not posted yet ([`crate::flow`]).
+    rts: HashSet<Key>,
+    /// Rendezvous sends waiting for their clear-to-send: the message and
+    /// whether its payload is lent.
+    held: HashMap<Key, (Message, bool)>,
+    /// This rank's credit with each peer it sends to.
+    credit: flow::Credit,
+    /// The eager credit this rank owes each peer it receives from.
+    owed: flow::Owed,
+    /// A mismatch reported for an eager send that had already completed:
+    /// the later ops of its stream fail with it.
+    late_errors: HashMap<Stream, Error>,
     deadlines: BTreeMap<(Instant, Stream, u64), (OpKind, Key)>,
     order: HashMap<Stream, ChannelOrder>,
     failure: Option<Failure>,
@@ -160,6 +178,18 @@ pub(crate) struct Engine {
     reported: HashSet<u32>,
 }
 
+/// A control message to `peer`'s engine about communicator `comm`.
+fn control_msg(comm: u32, c: Control) -> Message {
+    Message {
+        kind: MessageKind::Control,
+        dtype: 0,
+        comm,
+        channel: 0,
+        seq: 0,
+        payload: Bytes::from(c.encode()),
+    }
+}
+
 fn nic_text(p: Option<PeerPath>) -> String {
     p.map(|p| p.to_string()).unwrap_or_else(|| "local".into())
 }
@@ -170,8 +200,14 @@ impl Engine {
         world: u32,
         transport: Arc<dyn Transport>,
         router: Option<Router>,
+        window: u64,
     ) -> Self {
         Self {
+            rts: HashSet::new(),
+            held: HashMap::new(),
+            credit: flow::Credit::new(window),
+            owed: flow::Owed::new(window),
+            late_errors: HashMap::new(),
             rank,
             world,
             waits: HashMap::new(),
@@ -318,6 +354,9 @@ impl Engine {
             let e = self.failure_error(&f, &d);
             return self.finish(stream, op.index, op.slot, Err(e));
         }
+        if let Some(e) = self.late_errors.get(&stream).cloned() {
+            return self.finish(stream, op.index, op.slot, Err(e));
+        }
         let pending_code = op.label.wire(d.dtype);
         let pending = PendingOp {
             desc: d.clone(),
@@ -328,6 +367,7 @@ impl Engine {
             zone: op.zone,
             code: op.label.wire(d.dtype),
             overdue: false,
+            charged: 0,
         };
         match d.kind {
             OpKind::Send => {
@@ -339,9 +379,6 @@ impl Engine {
                         Err(Error::PeerClosed { op: d }),
                     );
                 }
-                self.deadlines
-                    .insert((op.deadline, stream, op.index), (OpKind::Send, key));
-                self.sends.insert(key, pending);
                 let mut msg = Message {
                     kind: MessageKind::Data,
                     dtype: pending_code,
@@ -357,22 +394,66 @@ impl Engine {
                     // and retransmitted by the router): copy it now.
                     msg.payload = Bytes::copy_from_slice(&msg.payload);
                 }
-                if routed && let Some(r) = self.router.as_mut() {
-                    let acts = r.start_send(d.peer, msg, Instant::now());
-                    self.apply(acts);
-                } else if !self.post_with(d.peer, msg, lent)
-                    && let Some(p) = self.take(OpKind::Send, key)
-                {
-                    let e = Error::Aborted {
-                        op: Some(d.clone()),
-                        reason: "transport closed".into(),
-                    };
-                    self.finish(stream, p.index, p.slot, Err(e));
+                let len = msg.payload.len() as u64;
+                let mut pending = pending;
+                match self.credit.choose(d.peer, len, routed) {
+                    Protocol::Eager { .. } => {
+                        // Complete once the transport has it: no
+                        // acknowledgement comes (the receiver returns the
+                        // credit in batches).
+                        let outcome = if self.send_now(d.peer, msg, lent, routed) {
+                            Ok(None)
+                        } else {
+                            Err(Error::Aborted {
+                                op: Some(d.clone()),
+                                reason: "transport closed".into(),
+                            })
+                        };
+                        return self.finish(stream, op.index, pending.slot, outcome);
+                    }
+                    Protocol::Immediate { charged } => {
+                        pending.charged = charged;
+                        self.deadlines
+                            .insert((op.deadline, stream, op.index), (OpKind::Send, key));
+                        self.sends.insert(key, pending);
+                        if !self.send_now(d.peer, msg, lent, routed)
+                            && let Some(p) = self.take(OpKind::Send, key)
+                        {
+                            let e = Error::Aborted {
+                                op: Some(d.clone()),
+                                reason: "transport closed".into(),
+                            };
+                            self.finish(stream, p.index, p.slot, Err(e));
+                        }
+                    }
+                    Protocol::Rendezvous => {
+                        // Only the request goes now; the data waits for the
+                        // receive ([`Control::Cts`]).
+                        self.deadlines
+                            .insert((op.deadline, stream, op.index), (OpKind::Send, key));
+                        self.sends.insert(key, pending);
+                        self.held.insert(key, (msg, lent));
+                        let rts = Control::Rts {
+                            channel: d.channel,
+                            seq: d.seq,
+                            bytes: len,
+                            dtype: pending_code,
+                        };
+                        if !self.post(d.peer, control_msg(d.comm, rts))
+                            && let Some(p) = self.take(OpKind::Send, key)
+                        {
+                            let e = Error::Aborted {
+                                op: Some(d.clone()),
+                                reason: "transport closed".into(),
+                            };
+                            self.finish(stream, p.index, p.slot, Err(e));
+                        }
+                    }
                 }
             }
             OpKind::Recv => {
-                if let Some((dtype, payload)) = self.unexpected.remove(&key) {
-                    return self.matched(pending, dtype, payload);
+                if let Some((dtype, payload, routed)) = self.unexpected.remove(&key) {
+                    return self.matched(pending, dtype, payload, routed);
                 }
                 if self.closed_peers.contains(&d.peer) {
                     return self.finish(
@@ -385,8 +466,35 @@ impl Engine {
                 self.deadlines
                     .insert((op.deadline, stream, op.index), (OpKind::Recv, key));
                 self.recvs.insert(key, pending);
+                if self.rts.remove(&key) {
+                    self.clear_to_send(key);
+                }
             }
         }
+    }
+
+    /// Hands a send's data to the router or the transport.
+    fn send_now(&mut self, peer: u32, msg: Message, lent: bool, routed: bool) -> bool {
+        if routed && let Some(r) = self.router.as_mut() {
+            let acts = r.start_send(peer, msg, Instant::now());
+            self.apply(acts);
+            true
+        } else {
+            self.post_with(peer, msg, lent)
+        }
+    }
+
+    /// The receive of `key` is posted and its sender asked to send: tell it
+    /// to, returning the eager credit owed meanwhile.
+    fn clear_to_send(&mut self, key: Key) {
+        let (comm, channel, peer, seq) = key;
+        let credit = self.owed.take(peer);
+        let cts = Control::Cts {
+            channel,
+            seq,
+            credit,
+        };
+        self.post(peer, control_msg(comm, cts));
     }
 
     /// Performs what the router decided.
@@ -405,7 +513,7 @@ impl Engine {
                 Action::Send { peer, msg, .. } => {
                     self.post(peer, msg);
                 }
-                Action::Deliver { src, msg } => self.on_message(src, msg),
+                Action::Deliver { src, msg } => self.on_message_via(src, msg, true),
                 Action::NicState { nic, up } => self.transport.set_nic_up(&nic, up),
             }
         }
@@ -430,13 +538,16 @@ impl Engine {
             &mut self.recvs
         };
         let p = map.remove(&key)?;
+        if kind == OpKind::Send {
+            self.held.remove(&key);
+        }
         self.deadlines
             .remove(&(p.deadline, (p.desc.comm, p.desc.channel), p.index));
         Some(p)
     }
 
     /// A receive meets its message.
-    fn matched(&mut self, recv: PendingOp, code: u8, payload: Bytes) {
+    fn matched(&mut self, recv: PendingOp, code: u8, payload: Bytes, routed: bool) {
         let d = &recv.desc;
         let (send_dtype, send_op) = OpLabel::split(code);
         // A message a transport copied into the receive's zone arrives
@@ -456,6 +567,11 @@ impl Engine {
             // wants the bytes).
             z.fill_from(&payload);
         }
+        let acked = flow::acknowledged(sent_bytes, routed);
+        if !acked && let Some(credit) = self.owed.on_matched(d.peer, sent_bytes) {
+            // The sender's eager messages are matched: its credit back.
+            self.post(d.peer, control_msg(d.comm, Control::Credit { bytes: credit }));
+        }
         let control = if ok {
             Control::Ack {
                 channel: d.channel,
@@ -469,15 +585,11 @@ impl Engine {
                 recv_dtype: recv.code,
             }
         };
-        let reply = Message {
-            kind: MessageKind::Control,
-            dtype: 0,
-            comm: d.comm,
-            channel: 0,
-            seq: 0,
-            payload: Bytes::from(control.encode()),
-        };
-        self.post(d.peer, reply);
+        // An eager send completed without waiting: only a mismatch is
+        // answered.
+        if acked || !ok {
+            self.post(d.peer, control_msg(d.comm, control));
+        }
         let outcome = if ok {
             Ok(Some(payload))
         } else {
@@ -500,6 +612,11 @@ impl Engine {
     }
 
     fn on_message(&mut self, peer: u32, msg: Message) {
+        self.on_message_via(peer, msg, false)
+    }
+
+    /// [`Engine::on_message`]; `routed`: reassembled by the router.
+    fn on_message_via(&mut self, peer: u32, msg: Message, routed: bool) {
         if msg.comm == ROUTE_COMM {
             match self.router.as_mut() {
                 Some(r) => {
@@ -518,11 +635,11 @@ impl Engine {
             MessageKind::Data => {
                 let key = (msg.comm, msg.channel, peer, msg.seq);
                 match self.take(OpKind::Recv, key) {
-                    Some(recv) => self.matched(recv, msg.dtype, msg.payload),
+                    Some(recv) => self.matched(recv, msg.dtype, msg.payload, routed),
                     None => {
                         if self
                             .unexpected
-                            .insert(key, (msg.dtype, msg.payload))
+                            .insert(key, (msg.dtype, msg.payload, routed))
                             .is_some()
                         {
                             warn!(
@@ -543,6 +660,7 @@ impl Engine {
                         r.forget((peer, msg.comm, channel, seq), Instant::now());
                     }
                     if let Some(s) = self.take(OpKind::Send, (msg.comm, channel, peer, seq)) {
+                        self.credit.on_returned(peer, s.charged);
                         self.finish((msg.comm, channel), s.index, s.slot, Ok(None));
                     }
                 }
@@ -555,7 +673,34 @@ impl Engine {
                     if let Some(r) = self.router.as_mut() {
                         r.forget((peer, msg.comm, channel, seq), Instant::now());
                     }
-                    if let Some(s) = self.take(OpKind::Send, (msg.comm, channel, peer, seq)) {
+                    let Some(s) = self.take(OpKind::Send, (msg.comm, channel, peer, seq)) else {
+                        // An eager send, completed already: its stream's
+                        // later ops fail instead.
+                        let (r_dtype, r_op) = OpLabel::split(recv_dtype);
+                        let e = Error::Mismatch {
+                            op: OpDesc {
+                                rank: self.rank,
+                                kind: OpKind::Send,
+                                comm: msg.comm,
+                                channel,
+                                peer,
+                                seq,
+                                bytes: 0,
+                                dtype: DType::U8,
+                            },
+                            send_bytes: 0,
+                            send_dtype: DType::U8,
+                            send_op: OpLabel::NONE,
+                            recv_bytes,
+                            recv_dtype: r_dtype.unwrap_or(DType::U8),
+                            recv_op: r_op,
+                        };
+                        warn!(rank = self.rank, peer, "{e}");
+                        self.late_errors.entry((msg.comm, channel)).or_insert(e);
+                        return;
+                    };
+                    self.credit.on_returned(peer, s.charged);
+                    {
                         let (r_dtype, r_op) = OpLabel::split(recv_dtype);
                         let e = Error::Mismatch {
                             op: s.desc.clone(),
@@ -572,6 +717,42 @@ impl Engine {
                 Some(Control::Waiting { on }) => {
                     self.waits.insert(peer, on);
                 }
+                Some(Control::Rts { channel, seq, .. }) => {
+                    let key = (msg.comm, channel, peer, seq);
+                    if self.recvs.contains_key(&key) {
+                        self.clear_to_send(key);
+                    } else {
+                        self.rts.insert(key);
+                    }
+                }
+                Some(Control::Cts {
+                    channel,
+                    seq,
+                    credit,
+                }) => {
+                    self.credit.on_returned(peer, credit);
+                    let key = (msg.comm, channel, peer, seq);
+                    if let Some((m, lent)) = self.held.remove(&key) {
+                        let routed = self.router.as_ref().is_some_and(|r| r.wants(peer));
+                        let len = m.payload.len() as u64;
+                        self.credit.on_cleared(peer, len, routed);
+                        let sent = self.send_now(peer, m, lent, routed);
+                        if (!sent || !flow::acknowledged(len, routed))
+                            && let Some(s) = self.take(OpKind::Send, key)
+                        {
+                            let outcome = if sent {
+                                Ok(None)
+                            } else {
+                                Err(Error::Aborted {
+                                    op: Some(s.desc.clone()),
+                                    reason: "transport closed".into(),
+                                })
+                            };
+                            self.finish((msg.comm, channel), s.index, s.slot, outcome);
+                        }
+                    }
+                }
+                Some(Control::Credit { bytes }) => self.credit.on_returned(peer, bytes),
                 None => warn!(rank = self.rank, peer, "malformed control message ignored"),
             },
         }
@@ -659,6 +840,8 @@ impl Engine {
         if let Some(r) = self.router.as_mut() {
             r.clear();
         }
+        self.held.clear();
+        self.rts.clear();
         let mut all: Vec<PendingOp> = self
             .sends
             .drain()
@@ -707,6 +890,10 @@ impl Engine {
                 continue;
             }
             if let Some(p) = map.remove(&key) {
+                if kind == OpKind::Send {
+                    // A rendezvous send gives its (possibly lent) data up.
+                    self.held.remove(&key);
+                }
                 let nic = nic_text(if p.desc.peer == self.rank {
                     None
                 } else {
@@ -724,7 +911,7 @@ impl Engine {
                     .unexpected
                     .iter()
                     .filter(|(k, _)| k.0 == p.desc.comm && k.1 == p.desc.channel)
-                    .map(|(k, (code, _))| (k.2, OpLabel::split(*code).1))
+                    .map(|(k, (code, _, _))| (k.2, OpLabel::split(*code).1))
                     .find(|&(_, l)| l != mine);
                 let e = Error::Timeout {
                     op: p.desc.clone(),

@@ -1,9 +1,11 @@
 //! Control messages between progress engines (pure codec).
 //!
-//! A receive that matched a send answers with `Ack`, or with `Mismatch`
-//! carrying the receiver's size and type, so a send completes (or fails) only
-//! once its receive was matched: that is how a size/type mismatch fails on
-//! both sides.
+//! A receive that matched an acknowledged send (see [`crate::flow`]) answers
+//! with `Ack`, or with `Mismatch` carrying the receiver's size and type, so
+//! such a send completes (or fails) only once its receive was matched; an
+//! eager send completes at once, and a `Mismatch` for it fails the sender's
+//! later operations on that channel. `Rts`/`Cts` carry the rendezvous and
+//! `Credit` the eager credit of [`crate::flow`].
 
 /// A control message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +23,19 @@ pub(crate) enum Control {
         recv_bytes: u64,
         recv_dtype: u8,
     },
+    /// Request to send `(channel, seq)`: `bytes` of type byte `dtype` wait
+    /// at the sender until the receive is posted ([`crate::flow`]).
+    Rts {
+        channel: u32,
+        seq: u64,
+        bytes: u64,
+        dtype: u8,
+    },
+    /// Clear to send `(channel, seq)`: its receive is posted. Carries
+    /// `credit` bytes of eager credit returned at the same time.
+    Cts { channel: u32, seq: u64, credit: u64 },
+    /// `bytes` of eager credit returned ([`crate::flow`]).
+    Credit { bytes: u64 },
 }
 
 const LEN: usize = 22;
@@ -37,6 +52,18 @@ impl Control {
                 recv_bytes,
                 recv_dtype,
             } => (2u8, channel, seq, recv_bytes, recv_dtype),
+            Self::Rts {
+                channel,
+                seq,
+                bytes,
+                dtype,
+            } => (5u8, channel, seq, bytes, dtype),
+            Self::Cts {
+                channel,
+                seq,
+                credit,
+            } => (6u8, channel, seq, credit, 0),
+            Self::Credit { bytes } => (7u8, 0, 0, bytes, 0),
         };
         b[0] = tag;
         b[1..5].copy_from_slice(&channel.to_le_bytes());
@@ -61,6 +88,20 @@ impl Control {
                 recv_bytes: u64::from_le_bytes(b[13..21].try_into().ok()?),
                 recv_dtype: b[21],
             }),
+            5 => Some(Self::Rts {
+                channel,
+                seq,
+                bytes: u64::from_le_bytes(b[13..21].try_into().ok()?),
+                dtype: b[21],
+            }),
+            6 => Some(Self::Cts {
+                channel,
+                seq,
+                credit: u64::from_le_bytes(b[13..21].try_into().ok()?),
+            }),
+            7 => Some(Self::Credit {
+                bytes: u64::from_le_bytes(b[13..21].try_into().ok()?),
+            }),
             _ => None,
         }
     }
@@ -84,6 +125,18 @@ mod tests {
                 recv_bytes: 1 << 40,
                 recv_dtype: 6,
             },
+            Control::Rts {
+                channel: 2,
+                seq: 5,
+                bytes: 1 << 33,
+                dtype: 0x2d,
+            },
+            Control::Cts {
+                channel: u32::MAX,
+                seq: 1,
+                credit: 4096,
+            },
+            Control::Credit { bytes: u64::MAX },
         ] {
             assert_eq!(Control::decode(&c.encode()), Some(c));
         }
