@@ -41,7 +41,7 @@ use crate::buffer::DType;
 use crate::completion::{Outcome, Slot};
 use crate::error::{Error, OpDesc, OpKind};
 use crate::ids::ROUTE_COMM;
-use crate::label::OpLabel;
+use crate::label::{OpLabel, OpSide};
 use crate::protocol::Control;
 use crate::router::{Action, Router};
 
@@ -106,6 +106,42 @@ pub(crate) fn culprit(peer: u32, waits: &HashMap<u32, u32>) -> u32 {
     cur
 }
 
+/// How long two labelled sends of different operations that crossed
+/// (each rank sent the other a message it has no receive for, while its
+/// own send to that rank is unmatched) may stay so before the engine calls
+/// it a disagreement. In a correct program the crossing is momentary: a
+/// rank that sends the next operation's message has had its receive of
+/// this one matched, and the ack is on its way (ahead of the message, on
+/// one connection).
+const CROSSED_GRACE: Duration = Duration::from_millis(200);
+
+/// What a stream's ops fail with once ranks were found to disagree on it.
+#[derive(Clone, Copy)]
+struct Poison {
+    reported_by: u32,
+    crossed: bool,
+    a: OpSide,
+    b: OpSide,
+}
+
+/// A side of a disagreement from a header type byte.
+fn side(rank: u32, code: u8, bytes: u64) -> OpSide {
+    let (dtype, op) = OpLabel::split(code);
+    OpSide {
+        rank,
+        op,
+        dtype: dtype.unwrap_or(DType::U8),
+        bytes,
+    }
+}
+
+/// Whether a message of type byte `msg` from a peer and this rank's
+/// pending send of type byte `send` to that peer belong to different
+/// labelled operations (the crossing [`CROSSED_GRACE`] is about). Pure.
+pub(crate) fn crossed_ops(msg: u8, send: u8) -> bool {
+    msg != send && OpLabel::split(msg).1 != OpLabel::NONE && OpLabel::split(send).1 != OpLabel::NONE
+}
+
 /// The task wakes at least this often to look at deadlines.
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
@@ -158,6 +194,11 @@ pub(crate) struct Engine {
     waits: HashMap<u32, u32>,
     /// The ranks this one reported waiting on.
     reported: HashSet<u32>,
+    /// Streams on which ranks were found to disagree: their ops fail.
+    poisoned: HashMap<Stream, Poison>,
+    /// Crossed sends of different operations, confirmed after
+    /// [`CROSSED_GRACE`]: (when, the peer's unexpected message, our send).
+    suspects: Vec<(Instant, Key, Key)>,
 }
 
 fn nic_text(p: Option<PeerPath>) -> String {
@@ -176,6 +217,8 @@ impl Engine {
             world,
             waits: HashMap::new(),
             reported: HashSet::new(),
+            poisoned: HashMap::new(),
+            suspects: Vec::new(),
             transport,
             sends: HashMap::new(),
             recvs: HashMap::new(),
@@ -245,6 +288,9 @@ impl Engine {
         }
         if let Some(r) = self.router.as_ref() {
             t = t.min(r.next_tick());
+        }
+        if let Some(s) = self.suspects.iter().map(|s| s.0).min() {
+            t = t.min(s);
         }
         t
     }
@@ -318,6 +364,10 @@ impl Engine {
             let e = self.failure_error(&f, &d);
             return self.finish(stream, op.index, op.slot, Err(e));
         }
+        if let Some(p) = self.poisoned.get(&stream).copied() {
+            let e = p.error(&d);
+            return self.finish(stream, op.index, op.slot, Err(e));
+        }
         let pending_code = op.label.wire(d.dtype);
         let pending = PendingOp {
             desc: d.clone(),
@@ -342,6 +392,23 @@ impl Engine {
                 self.deadlines
                     .insert((op.deadline, stream, op.index), (OpKind::Send, key));
                 self.sends.insert(key, pending);
+                if op.label != OpLabel::NONE && !self.unexpected.is_empty() {
+                    let now = Instant::now();
+                    let crossed = self
+                        .unexpected
+                        .iter()
+                        .filter(|(k, (code, _))| {
+                            k.0 == d.comm
+                                && k.1 == d.channel
+                                && k.2 == d.peer
+                                && crossed_ops(*code, pending_code)
+                        })
+                        .map(|(k, _)| *k)
+                        .min();
+                    if let Some(m) = crossed {
+                        self.suspects.push((now + CROSSED_GRACE, m, key));
+                    }
+                }
                 let mut msg = Message {
                     kind: MessageKind::Data,
                     dtype: pending_code,
@@ -478,6 +545,7 @@ impl Engine {
             payload: Bytes::from(control.encode()),
         };
         self.post(d.peer, reply);
+        let recv_op = OpLabel::split(recv.code).1;
         let outcome = if ok {
             Ok(Some(payload))
         } else {
@@ -488,15 +556,118 @@ impl Engine {
                 send_op,
                 recv_bytes: d.bytes,
                 recv_dtype: d.dtype,
-                recv_op: OpLabel::split(recv.code).1,
+                recv_op,
             })
         };
-        self.finish(
-            (recv.desc.comm, recv.desc.channel),
-            recv.index,
-            recv.slot,
-            outcome,
+        let stream = (recv.desc.comm, recv.desc.channel);
+        // A labelled (collective) mismatch concerns every rank of the
+        // channel, not only these two: tell them all.
+        let poison =
+            (!ok && (send_op != OpLabel::NONE || recv_op != OpLabel::NONE)).then(|| Poison {
+                reported_by: self.rank,
+                crossed: false,
+                a: side(d.peer, code, sent_bytes),
+                b: side(self.rank, recv.code, d.bytes),
+            });
+        self.finish(stream, recv.index, recv.slot, outcome);
+        if let Some(p) = poison {
+            self.disagree(stream, p);
+        }
+    }
+
+    /// Ranks disagree on `stream`: its pending ops fail, and so will its
+    /// later ones; found here, every other rank is told.
+    fn disagree(&mut self, stream: Stream, p: Poison) {
+        if self.poisoned.contains_key(&stream) {
+            return;
+        }
+        warn!(
+            rank = self.rank,
+            comm = stream.0,
+            channel = stream.1,
+            "ranks disagree on the channel: {} / {} (found by rank {})",
+            p.a,
+            p.b,
+            p.reported_by
         );
+        self.poisoned.insert(stream, p);
+        self.suspects.retain(|s| (s.1.0, s.1.1) != stream);
+        self.unexpected.retain(|k, _| (k.0, k.1) != stream);
+        let mut keys: Vec<(OpKind, Key)> = self
+            .sends
+            .keys()
+            .filter(|k| (k.0, k.1) == stream)
+            .map(|k| (OpKind::Send, *k))
+            .chain(
+                self.recvs
+                    .keys()
+                    .filter(|k| (k.0, k.1) == stream)
+                    .map(|k| (OpKind::Recv, *k)),
+            )
+            .collect();
+        keys.sort_by_key(|k| k.1.3);
+        let mut failed = Vec::new();
+        for (kind, key) in keys {
+            if kind == OpKind::Send
+                && let Some(r) = self.router.as_mut()
+            {
+                r.forget((key.2, key.0, key.1, key.3), Instant::now());
+            }
+            if let Some(op) = self.take(kind, key) {
+                failed.push(op);
+            }
+        }
+        failed.sort_by_key(|op| op.index);
+        for op in failed {
+            let e = p.error(&op.desc);
+            self.finish(stream, op.index, op.slot, Err(e));
+        }
+        if p.reported_by == self.rank {
+            let payload = Bytes::from(
+                Control::Disagree {
+                    channel: stream.1,
+                    reporter: self.rank,
+                    crossed: p.crossed,
+                    a: (p.a.rank, p.a.op.wire(p.a.dtype), p.a.bytes),
+                    b: (p.b.rank, p.b.op.wire(p.b.dtype), p.b.bytes),
+                }
+                .encode(),
+            );
+            let me = self.rank;
+            for peer in (0..self.world).filter(|&q| q != me) {
+                let msg = Message {
+                    kind: MessageKind::Control,
+                    dtype: 0,
+                    comm: stream.0,
+                    channel: 0,
+                    seq: 0,
+                    payload: payload.clone(),
+                };
+                self.post(peer, msg);
+            }
+        }
+    }
+
+    /// Crossed sends still crossed after their grace: a disagreement.
+    fn check_suspects(&mut self, now: Instant) {
+        if self.suspects.iter().all(|s| s.0 > now) {
+            return;
+        }
+        let (due, rest): (Vec<_>, Vec<_>) = self.suspects.drain(..).partition(|s| s.0 <= now);
+        self.suspects = rest;
+        for (_, m, k) in due {
+            let (Some((code, payload)), Some(send)) = (self.unexpected.get(&m), self.sends.get(&k))
+            else {
+                continue;
+            };
+            let p = Poison {
+                reported_by: self.rank,
+                crossed: true,
+                a: side(m.2, *code, payload.len() as u64),
+                b: side(self.rank, send.code, send.desc.bytes),
+            };
+            self.disagree((m.0, m.1), p);
+        }
     }
 
     fn on_message(&mut self, peer: u32, msg: Message) {
@@ -520,6 +691,25 @@ impl Engine {
                 match self.take(OpKind::Recv, key) {
                     Some(recv) => self.matched(recv, msg.dtype, msg.payload),
                     None => {
+                        if OpLabel::split(msg.dtype).1 != OpLabel::NONE {
+                            if self.poisoned.contains_key(&(msg.comm, msg.channel)) {
+                                return;
+                            }
+                            let crossed = self
+                                .sends
+                                .iter()
+                                .filter(|(k, s)| {
+                                    k.0 == msg.comm
+                                        && k.1 == msg.channel
+                                        && k.2 == peer
+                                        && crossed_ops(msg.dtype, s.code)
+                                })
+                                .map(|(k, _)| *k)
+                                .min();
+                            if let Some(k) = crossed {
+                                self.suspects.push((Instant::now() + CROSSED_GRACE, key, k));
+                            }
+                        }
                         if self
                             .unexpected
                             .insert(key, (msg.dtype, msg.payload))
@@ -571,6 +761,21 @@ impl Engine {
                 }
                 Some(Control::Waiting { on }) => {
                     self.waits.insert(peer, on);
+                }
+                Some(Control::Disagree {
+                    channel,
+                    reporter,
+                    crossed,
+                    a,
+                    b,
+                }) => {
+                    let p = Poison {
+                        reported_by: reporter,
+                        crossed,
+                        a: side(a.0, a.1, a.2),
+                        b: side(b.0, b.1, b.2),
+                    };
+                    self.disagree((msg.comm, channel), p);
                 }
                 None => warn!(rank = self.rank, peer, "malformed control message ignored"),
             },
@@ -675,6 +880,7 @@ impl Engine {
 
     fn expire(&mut self) {
         let now = Instant::now();
+        self.check_suspects(now);
         while let Some((&(when, stream, idx), &(kind, key))) = self.deadlines.iter().next() {
             if when > now {
                 break;
@@ -789,6 +995,18 @@ impl Engine {
             nic: String::new(),
         });
         Some(self.transport.close(GoodbyeReason::Clean))
+    }
+}
+
+impl Poison {
+    fn error(&self, op: &OpDesc) -> Error {
+        Error::Disagreement {
+            op: op.clone(),
+            reported_by: self.reported_by,
+            crossed: self.crossed,
+            a: self.a,
+            b: self.b,
+        }
     }
 }
 
@@ -918,6 +1136,24 @@ mod tests {
         // A cycle (every rank waiting on the next) stops where it closes.
         let ring = HashMap::from([(0, 1), (1, 2), (2, 0)]);
         assert!([0, 1, 2].contains(&culprit(1, &ring)));
+    }
+
+    #[test]
+    fn crossed_sends_of_different_labelled_operations_are_suspects() {
+        let ar = OpLabel::ALL_REDUCE_SUM.wire(DType::F32);
+        let ag = OpLabel::ALL_GATHER.wire(DType::F32);
+        let ar64 = OpLabel::ALL_REDUCE_SUM.wire(DType::F64);
+        assert!(crossed_ops(ar, ag));
+        assert!(crossed_ops(ar, ar64), "same operation, other element type");
+        assert!(crossed_ops(
+            OpLabel::broadcast_root(0).wire(DType::U8),
+            OpLabel::broadcast_root(1).wire(DType::U8)
+        ));
+        // One operation's own messages cross all the time (a pairwise exchange).
+        assert!(!crossed_ops(ar, ar));
+        // Unlabelled point-to-point traffic is never a suspect.
+        assert!(!crossed_ops(DType::F32.code(), ag));
+        assert!(!crossed_ops(ar, DType::F64.code()));
     }
 
     #[test]
