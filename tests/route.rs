@@ -1,8 +1,9 @@
 //! `zccl bench route` on a small testbed (2 hosts × 2 NICs × 2 ranks, 16 MiB
 //! per sender, 400 Mbit/s per NIC): each scenario completes within its
 //! bound, writes the JSON it documents, and verifies every transfer; the
-//! corruption hook makes it fail. Speed ratios are what the benchmark
-//! measures, not what this test checks. Skips where the testbed cannot be
+//! corruption hook makes it fail. The SP primitives' scenarios likewise, at
+//! 1 MiB and 2 repetitions. Speed ratios are what the benchmark measures,
+//! not what this test checks. Skips where the testbed cannot be
 //! built (needs root and iproute2); argument errors are checked everywhere.
 
 use std::path::Path;
@@ -206,6 +207,133 @@ fn wrong_data_fails_the_run() {
     assert_eq!(r["routed"]["verified"], false, "{r}");
 }
 
+/// The SP primitives' scenarios: every strategy of every scenario timed
+/// and verified, the JSON the simulator is calibrated against.
+#[test]
+fn sp_scenarios() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !testbed_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("sp.json");
+    let mut args = SMALL.to_vec();
+    args.extend(["--bytes", "1M", "--reps", "2", "--timeout", "60"]);
+    args.extend(["--scenario", "token_ring,token_ring_block,all_scan"]);
+    args.extend(["--json", json.to_str().unwrap()]);
+    let o = zccl(&args, &[]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("All steps completed and verified"), "{out}");
+    let results = read_json(&json);
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["token_ring", "token_ring_block", "all_scan"],
+        "{out}"
+    );
+    for r in &results {
+        let name = r["scenario"].as_str().unwrap();
+        let row = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{out}"))
+            .to_string();
+        assert!(row.trim_end().ends_with("ok"), "{row}\n{out}");
+        assert_eq!(
+            (r["ok"].as_bool(), r["verified"].as_bool()),
+            (Some(true), Some(true)),
+            "{r}"
+        );
+        assert_eq!(r["error"], Value::Null, "{r}");
+        assert_eq!(
+            (r["hosts"].as_u64(), r["nics"].as_u64()),
+            (Some(2), Some(2))
+        );
+        assert_eq!(
+            (r["ranks"].as_u64(), r["world"].as_u64()),
+            (Some(2), Some(4))
+        );
+        assert_eq!(r["bytes"].as_u64(), Some(1 << 20));
+        assert_eq!(r["rate"], "400mbit");
+        assert_eq!(r["router"], "affinity");
+        assert_eq!(r["reps"].as_u64(), Some(2));
+        let want: &[&str] = if name == "all_scan" {
+            assert_eq!(r["placement"], "block");
+            assert_eq!(r["scan_blocks"].as_u64(), Some(4));
+            assert_eq!(r["scan_rows"].as_u64(), Some(4096));
+            assert_eq!(r["ratio_name"], "all_gather/all_scan");
+            &["all_scan", "all_gather"]
+        } else {
+            let placement = if name == "token_ring" {
+                "interleaved"
+            } else {
+                "block"
+            };
+            assert_eq!(r["placement"], placement);
+            assert_eq!(r["ratio_name"], "bidir/two_one_way");
+            &["one_way", "two_one_way", "bidir"]
+        };
+        let strategies = r["strategies"].as_array().expect("strategies");
+        let got: Vec<&str> = strategies
+            .iter()
+            .map(|t| t["strategy"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "{r}");
+        for t in strategies {
+            assert_eq!(t["reps_s"].as_array().map(Vec::len), Some(2), "{t}");
+            let (lo, mid, hi) = (
+                t["min_s"].as_f64().unwrap(),
+                t["median_s"].as_f64().unwrap(),
+                t["max_s"].as_f64().unwrap(),
+            );
+            assert!(0.0 < lo && lo <= mid && mid <= hi, "{t}");
+            assert!(
+                t["sent_per_rank"].as_u64().is_some_and(|b| b >= 1 << 20),
+                "{t}"
+            );
+        }
+        assert!(r["ratio"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+        assert!(r["target_met"].is_boolean(), "{r}");
+    }
+}
+
+/// The SP scenarios check what the ranks received: a flipped bit fails the
+/// run (exit 1) and shows in the table and the JSON.
+#[test]
+fn sp_wrong_data_fails_the_run() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !testbed_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("sp.json");
+    let mut args = SMALL.to_vec();
+    args.extend(["--bytes", "256K", "--reps", "1"]);
+    args.extend(["--scenario", "token_ring_block,all_scan"]);
+    args.extend(["--json", json.to_str().unwrap()]);
+    let o = zccl(&args, &[("ZCCL_BENCH_CORRUPT", "1")]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("WRONG"), "{out}");
+    assert!(out.contains("2 scenario(s) FAILED"), "{out}");
+    for r in read_json(&json) {
+        assert_eq!(
+            (r["ok"].as_bool(), r["verified"].as_bool()),
+            (Some(false), Some(false)),
+            "{r}"
+        );
+        assert!(
+            r["error"].as_str().unwrap().starts_with("wrong data"),
+            "{r}"
+        );
+        assert_eq!(r["target_met"], Value::Null, "{r}");
+    }
+}
+
 #[test]
 fn invalid_arguments_exit_2() {
     for (args, want) in [
@@ -217,6 +345,10 @@ fn invalid_arguments_exit_2() {
         (&["--rate", "fast"][..], "not a tc rate"),
         (&["--hosts", "1"][..], "--hosts"),
         (&["--bytes", "0"][..], "--bytes must be at least 1"),
+        (
+            &["--scenario", "all_scan", "--bytes", "1000"][..],
+            "must be a multiple of 256",
+        ),
     ] {
         let mut all = vec!["bench", "route"];
         all.extend(args);

@@ -9,6 +9,12 @@
 //! One table row per scenario: static, routed and limit Gbit/s, the ratios,
 //! the times and the check.
 //!
+//! The SP primitives' scenarios (`token_ring`, `token_ring_block`,
+//! `all_scan`; issue #13; run only when named, after the router's) time
+//! TokenRing's bidirectional step against two one-way ring shifts and
+//! All-Scan against an all-gather, every rank taking part, on the same
+//! testbed; see [`sp`].
+//!
 //! Modules, one idea each:
 //!
 //! * [`scenario`]: who sends what, limits, bounds, targets (pure);
@@ -16,7 +22,9 @@
 //! * [`protocol`]: what the ranks print and send back (pure);
 //! * [`worker`]: one rank (the hidden `--worker` mode);
 //! * [`harness`]: one run: testbed, ranks, link events, outcome;
-//! * [`report`]: results, table, footer, JSON (pure).
+//! * [`report`]: results, table, footer, JSON (pure);
+//! * [`sp`]: the SP scenarios' strategies, ratios, table, JSON (pure);
+//! * [`sp_worker`]: one rank of an SP scenario.
 //!
 //! Exit codes: 0 every scenario completed and verified (whatever the
 //! ratios: targets are printed, not enforced), also when skipping for lack
@@ -29,6 +37,8 @@ pub mod pattern;
 pub mod protocol;
 pub mod report;
 pub mod scenario;
+pub mod sp;
+pub mod sp_worker;
 pub mod worker;
 
 use std::ffi::OsString;
@@ -44,6 +54,7 @@ use crate::sweep;
 use harness::{Interrupted, Router, RunSpec};
 use report::ScenarioResult;
 use scenario::{ALL, Scenario, Shape};
+use sp::{SpResult, SpSetting};
 
 /// `zccl bench route`'s flags.
 #[derive(Args, Debug, Clone)]
@@ -63,7 +74,7 @@ pub struct RouteArgs {
     /// Bytes each sender sends (K, M, G = powers of 1024); failure sends 4x.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = sweep::parse_size)]
     pub bytes: usize,
-    /// Scenarios to run: imbalanced, balanced, failure, slow (repeat or comma-separate; default: all).
+    /// Scenarios to run: imbalanced, balanced, failure, slow (the router's; default: these four), token_ring, token_ring_block, all_scan (the SP primitives'); repeat or comma-separate.
     #[arg(
         long = "scenario",
         value_name = "NAME",
@@ -77,6 +88,12 @@ pub struct RouteArgs {
     /// Time bound of each scenario (its static and routed runs together), seconds; past it the run is killed and fails.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_timeout)]
     pub timeout: f64,
+    /// SP scenarios: timed repetitions of each strategy (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub reps: u32,
+    /// all_scan: row blocks All-Scan pipelines its state over (K).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub scan_blocks: u32,
     /// Copy the ranks' stderr (e.g. ZCCL_DEBUG=INFO ZCCL_DEBUG_SUBSYS=ROUTE plans) to ours, prefixed.
     #[arg(short, long)]
     pub verbose: bool,
@@ -118,6 +135,10 @@ pub struct Settings {
     pub scenarios: Vec<Scenario>,
     /// `--timeout`.
     pub timeout: Duration,
+    /// `--reps`.
+    pub reps: u32,
+    /// `--scan-blocks`.
+    pub scan_blocks: usize,
 }
 
 impl RouteArgs {
@@ -148,6 +169,10 @@ impl RouteArgs {
                 scenarios.push(*s);
             }
         }
+        let scan_blocks = self.scan_blocks as usize;
+        if scenarios.contains(&Scenario::AllScan) {
+            sp::scan_rows(self.bytes as u64, scan_blocks)?;
+        }
         if let Some(s) = scenarios
             .iter()
             .find(|s| s.needs_two_nics() && shape.nics < 2)
@@ -172,6 +197,8 @@ impl RouteArgs {
             bytes,
             scenarios,
             timeout: Duration::from_secs_f64(self.timeout),
+            reps: self.reps,
+            scan_blocks,
         })
     }
 }
@@ -187,7 +214,13 @@ pub fn run(args: &RouteArgs) -> ExitCode {
     };
     if args.worker {
         // One scenario per worker; settings() puts the given one first.
-        return match worker::run(s.shape, s.scenarios[0], s.bytes) {
+        let scenario = s.scenarios[0];
+        let done = if scenario.is_sp() {
+            sp_worker::run(s.shape, scenario, s.bytes, s.reps, s.scan_blocks)
+        } else {
+            worker::run(s.shape, scenario, s.bytes)
+        };
+        return match done {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("zccl bench route: worker: error: {e:#}");
@@ -229,43 +262,55 @@ fn out(text: &str) {
     let _ = o.flush();
 }
 
-/// Runs every scenario; `Ok(true)` when all completed and verified.
+/// Runs every scenario, the router's first, then the SP primitives';
+/// `Ok(true)` when all completed and verified.
 fn harness_main(args: &RouteArgs, s: &Settings) -> Result<bool> {
     if let Err(e) = crate::hold::install_stop_signals() {
         eprintln!("zccl bench route: warning: cannot handle SIGINT/SIGTERM: {e}");
     }
     let program = std::env::current_exe().context("cannot find this program to start the ranks")?;
     let prefix = route_prefix();
-    out(&report::header(
-        s.shape,
-        &s.rate,
-        s.bytes,
-        s.timeout.as_secs_f64(),
-    ));
+    let spec = |scenario, router| RunSpec {
+        scenario,
+        router,
+        shape: s.shape,
+        rate: s.rate.clone(),
+        rate_bps: s.rate_bps,
+        bytes: s.bytes,
+        reps: s.reps,
+        scan_blocks: s.scan_blocks,
+        deadline: Instant::now() + s.timeout,
+        bound: s.timeout,
+        verbose: args.verbose,
+        program: program.clone(),
+        prefix: prefix.clone(),
+    };
+    let (route_scenarios, sp_scenarios): (Vec<Scenario>, Vec<Scenario>) =
+        s.scenarios.iter().partition(|sc| !sc.is_sp());
     let mut results: Vec<ScenarioResult> = Vec::new();
     let mut stopped = None;
-    for &scenario in &s.scenarios {
-        let deadline = Instant::now() + s.timeout;
-        let spec = |router| RunSpec {
-            scenario,
-            router,
-            shape: s.shape,
-            rate: s.rate.clone(),
-            rate_bps: s.rate_bps,
-            bytes: s.bytes,
-            deadline,
-            bound: s.timeout,
-            verbose: args.verbose,
-            program: program.clone(),
-            prefix: prefix.clone(),
-        };
+    if !route_scenarios.is_empty() {
+        out(&report::header(
+            s.shape,
+            &s.rate,
+            s.bytes,
+            s.timeout.as_secs_f64(),
+        ));
+    }
+    for &scenario in &route_scenarios {
+        // The static and routed runs share the scenario's deadline.
+        let first = spec(scenario, Router::Static);
         let runs = (|| {
             let static_run = if scenario.runs_static() {
-                Some(harness::run(&spec(Router::Static))?)
+                Some(harness::run(&first)?)
             } else {
                 None
             };
-            anyhow::Ok((static_run, harness::run(&spec(Router::Routed))?))
+            let routed = RunSpec {
+                router: Router::Routed,
+                ..first.clone()
+            };
+            anyhow::Ok((static_run, harness::run(&routed)?))
         })();
         match runs {
             Ok((static_run, routed)) => {
@@ -282,14 +327,58 @@ fn harness_main(args: &RouteArgs, s: &Settings) -> Result<bool> {
         }
     }
     // What ran is reported even when a run could not take place.
-    let why = stopped.as_ref().map(|e| format!("{e:#}"));
-    out(&report::footer(&results, why.as_deref()));
+    if !route_scenarios.is_empty() {
+        let why = stopped.as_ref().map(|e| format!("{e:#}"));
+        out(&report::footer(&results, why.as_deref()));
+    }
+    let setting = SpSetting {
+        shape: s.shape,
+        rate: s.rate.clone(),
+        rate_bps: s.rate_bps,
+        bytes: s.bytes,
+        reps: s.reps,
+        scan_blocks: s.scan_blocks,
+    };
+    let mut sp_results: Vec<SpResult> = Vec::new();
+    if stopped.is_none() && !sp_scenarios.is_empty() {
+        if !route_scenarios.is_empty() {
+            out("\n");
+        }
+        out(&sp::header(&setting, s.timeout.as_secs_f64()));
+        for &scenario in &sp_scenarios {
+            // Static affinity: each rank's traffic leaves on its own NIC.
+            match harness::run_sp(&spec(scenario, Router::Static)) {
+                Ok((run, reports)) => {
+                    let r = sp::assemble(scenario, &setting, &run, &reports);
+                    out(&sp::row(&r));
+                    sp_results.push(r);
+                }
+                Err(e) => {
+                    stopped = Some(e.context(format!("scenario {scenario}")));
+                    break;
+                }
+            }
+        }
+        let why = stopped.as_ref().map(|e| format!("{e:#}"));
+        out(&sp::footer(&sp_results, why.as_deref()));
+    }
     if let Some(path) = &args.json {
-        std::fs::write(path, report::to_json(&results))
+        /// One object of the array: a router scenario's or an SP one's.
+        #[derive(serde::Serialize)]
+        #[serde(untagged)]
+        enum Any<'a> {
+            Route(&'a ScenarioResult),
+            Sp(&'a SpResult),
+        }
+        let all: Vec<Any> = (results.iter().map(Any::Route))
+            .chain(sp_results.iter().map(Any::Sp))
+            .collect();
+        let text = serde_json::to_string_pretty(&all).expect("results serialize") + "\n";
+        std::fs::write(path, text)
             .with_context(|| format!("cannot write the JSON file {}", path.display()))?;
     }
     match stopped {
         Some(e) => Err(e),
-        None => Ok(results.iter().all(|r| r.ok)),
+        None => Ok(results.iter().all(|r| r.ok) && sp_results.iter().all(|r| r.ok)),
     }
 }

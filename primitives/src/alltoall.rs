@@ -11,7 +11,9 @@
 //! [`iall_to_all`] and [`iall_to_all_v`] are the non-blocking forms (owned
 //! buffers, a progress thread, an [`OpHandle`]; see [`crate::nonblocking`]).
 
+use crate::fabric::Signed;
 use std::sync::Arc;
+use zccl_runtime::label::OpLabel;
 
 use crate::dtype::{Elem, as_bytes};
 use crate::error::{Result, invalid};
@@ -33,6 +35,7 @@ const OP_A2A: u8 = 0x10;
 /// assert_eq!(out, vec![vec![0, 10], vec![1, 11]]);
 /// ```
 pub fn all_to_all<T: Elem, F: Fabric + ?Sized>(f: &F, ch: u32, input: &[T]) -> Result<Vec<T>> {
+    let f = &Signed::new::<T>(f, OpLabel::ALL_TO_ALL);
     let counts = even_counts(input.len(), f.size())?;
     all_to_all_v(f, ch, input, &counts, &counts)
 }
@@ -67,6 +70,7 @@ pub fn all_to_all_into<T: Elem, F: Fabric + ?Sized>(
     input: &[T],
     output: &mut [T],
 ) -> Result<()> {
+    let f = &Signed::new::<T>(f, OpLabel::ALL_TO_ALL);
     let counts = even_counts(input.len(), f.size())?;
     all_to_all_v_into(f, ch, input, &counts, &counts, output)
 }
@@ -94,6 +98,7 @@ pub fn all_to_all_v<T: Elem, F: Fabric + ?Sized>(
     send_counts: &[usize],
     recv_counts: &[usize],
 ) -> Result<Vec<T>> {
+    let f = &Signed::new::<T>(f, OpLabel::ALL_TO_ALL_V);
     check_counts(f.size(), input.len(), send_counts, recv_counts)?;
     let mut out = vec![T::default(); recv_counts.iter().sum()];
     all_to_all_v_into(f, ch, input, send_counts, recv_counts, &mut out)?;
@@ -149,6 +154,7 @@ pub fn all_to_all_v_into<T: Elem, F: Fabric + ?Sized>(
     recv_counts: &[usize],
     output: &mut [T],
 ) -> Result<()> {
+    let f = &Signed::new::<T>(f, OpLabel::ALL_TO_ALL_V);
     let (r, n) = (f.rank(), f.size());
     let so = check_counts(n, input.len(), send_counts, recv_counts)?;
     let ro = offsets(recv_counts);

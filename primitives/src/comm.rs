@@ -3,8 +3,13 @@
 //!
 //! The mapping is direct: `isend`/`irecv` on channel `c` are the
 //! communicator's `channel(c).isend`/`irecv::<u8>`, which match in posting
-//! order per (peer, channel) exactly as [`Fabric`] requires; the tag is not
-//! sent (a mismatch of sizes is still caught by the runtime, on both sides).
+//! order per (peer, channel) exactly as [`Fabric`] requires; of the tag only
+//! its label byte is sent ([`crate::fabric::LABEL_SHIFT`]: the element type
+//! and operation every collective stamps on its messages), in the header's
+//! type byte, and the receive's match compares it: ranks that run different
+//! operations, element types or broadcast roots fail with a mismatch naming
+//! both (and every rank of the channel learns it, see
+//! [`zccl_runtime::Error::Disagreement`]), as do sizes that differ.
 //! Deadlines are the communicator's (`ZCCL_TIMEOUT` or the channel's
 //! override). Algorithms use the channels they are given: keep them apart
 //! from channels the application uses itself.
@@ -21,7 +26,7 @@
 use crate::error::{Dir, Error, Result};
 use crate::fabric::{
     Fabric, PendingRecv, PendingRecvInto, PendingSend, RecvBytes, RecvHandle, RecvIntoHandle,
-    SendHandle,
+    SendHandle, label_of,
 };
 use zccl_runtime::label::OpLabel;
 use zccl_runtime::{Communicator, DType};
@@ -207,10 +212,14 @@ impl<'a> Labelled<'a> {
         }
     }
 
-    /// Channel `id`, labelled.
-    fn chan(&self, id: u32) -> zccl_runtime::Channel {
-        let ch = self.comm.channel(id).with_op(self.op);
-        match self.label {
+    /// Channel `id`, labelled: with this fabric's own labels where it has
+    /// them, otherwise with those the operation put in `tag`
+    /// ([`crate::fabric::with_label`]); a plain `broadcast` label takes the
+    /// root the operation's label carries ([`OpLabel::refine`]).
+    fn chan(&self, id: u32, tag: u64) -> zccl_runtime::Channel {
+        let (dtype, op) = label_of(tag);
+        let ch = self.comm.channel(id).with_op(self.op.refine(op));
+        match self.label.or(dtype) {
             Some(l) => ch.with_label(l),
             None => ch,
         }
@@ -234,8 +243,8 @@ impl Fabric for Labelled<'_> {
         Communicator::size(self.comm) as usize
     }
 
-    fn isend(&self, to: usize, channel: u32, _tag: u64, data: Vec<u8>) -> Result<SendHandle> {
-        send_host(self.comm, self.chan(channel), to, data.into())
+    fn isend(&self, to: usize, channel: u32, tag: u64, data: Vec<u8>) -> Result<SendHandle> {
+        send_host(self.comm, self.chan(channel, tag), to, data.into())
     }
 
     /// Sends a received buffer on without copying it.
@@ -243,10 +252,10 @@ impl Fabric for Labelled<'_> {
         &self,
         to: usize,
         channel: u32,
-        _tag: u64,
+        tag: u64,
         data: RecvBytes,
     ) -> Result<SendHandle> {
-        send_host(self.comm, self.chan(channel), to, data.into_host())
+        send_host(self.comm, self.chan(channel, tag), to, data.into_host())
     }
 
     /// Lends `data`: no copy where the peer reads it by CMA.
@@ -254,13 +263,13 @@ impl Fabric for Labelled<'_> {
         &self,
         to: usize,
         channel: u32,
-        _tag: u64,
+        tag: u64,
         data: &[u8],
     ) -> Result<SendHandle> {
         let at = self.site(to, channel);
         // SAFETY: forwarded from our caller (`data` untouched until the
         // handle is waited or dropped; the runtime handle's drop waits).
-        let h = unsafe { self.chan(channel).isend_lent(to as u32, data) }
+        let h = unsafe { self.chan(channel, tag).isend_lent(to as u32, data) }
             .map_err(|e| at.fail(Dir::Send, e))?;
         Ok(SendHandle::new(LentSend { h: Some(h), at }))
     }
@@ -270,22 +279,22 @@ impl Fabric for Labelled<'_> {
         &self,
         from: usize,
         channel: u32,
-        _tag: u64,
+        tag: u64,
         dst: &mut [u8],
     ) -> Result<RecvIntoHandle> {
         let at = self.site(from, channel);
         // SAFETY: forwarded from our caller (`dst` untouched until the
         // handle is waited or dropped; the runtime handle's drop takes the
         // buffer back).
-        let h = unsafe { self.chan(channel).irecv_into(from as u32, dst) }
+        let h = unsafe { self.chan(channel, tag).irecv_into(from as u32, dst) }
             .map_err(|e| at.fail(Dir::Recv, e))?;
         Ok(RecvIntoHandle::new(RecvInto { h: Some(h), at }))
     }
 
-    fn irecv(&self, from: usize, channel: u32, _tag: u64, len: usize) -> Result<RecvHandle> {
+    fn irecv(&self, from: usize, channel: u32, tag: u64, len: usize) -> Result<RecvHandle> {
         let at = self.site(from, channel);
         let h = self
-            .chan(channel)
+            .chan(channel, tag)
             .irecv::<u8>(from as u32, len)
             .map_err(|e| at.fail(Dir::Recv, e))?;
         Ok(RecvHandle::new(Recv { h: Some(h), at }))

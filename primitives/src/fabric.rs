@@ -42,6 +42,8 @@
 
 use crate::dtype::{Elem, cast_slice, from_bytes, to_bytes};
 use crate::error::Result;
+use zccl_runtime::DType;
+use zccl_runtime::label::OpLabel;
 
 /// A pending send, as implemented by a fabric.
 ///
@@ -736,6 +738,20 @@ pub trait Fabric: Send + Sync {
             len: dst.len(),
         }))
     }
+
+    /// The label byte this fabric stamps on the tags of the messages it
+    /// carries ([`with_label`]; 0: none). The wrapper every operation puts
+    /// around its fabric reports its own, so that an operation run inside
+    /// another (a TokenRing step's ring shifts) keeps the outer one's label;
+    /// other fabrics keep the default.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// assert_eq!(run_ranks(1, |f| f.tag_label()), vec![0]);
+    /// ```
+    fn tag_label(&self) -> u8 {
+        0
+    }
 }
 
 /// Posts a send of a slice of elements (copies it into the message).
@@ -799,4 +815,128 @@ pub(crate) fn check_rank<F: Fabric + ?Sized>(f: &F, peer: usize, what: &str) -> 
 /// ```
 pub const fn tag(op: u8, step: u16, index: u32) -> u64 {
     ((op as u64) << 48) | ((step as u64) << 32) | index as u64
+}
+
+/// Bits of a tag that carry the message's label: the header type byte
+/// ([`zccl_runtime::label::OpLabel::wire`]: element type and operation) in
+/// the tag's top byte, which [`tag`] leaves zero. Fabrics that carry labels
+/// (the communicator, [`crate::comm::Labelled`]) put it on the wire; the
+/// others ignore it or, like the simulated fabric, compare it with the rest
+/// of the tag.
+///
+/// ```
+/// use zccl_primitives::fabric::{label_of, tag, with_label};
+/// use zccl_runtime::{DType, label::OpLabel};
+/// let t = with_label(tag(1, 2, 3), OpLabel::ALL_GATHER, DType::F32);
+/// assert_eq!(t & ((1 << 56) - 1), tag(1, 2, 3));
+/// assert_eq!(label_of(t), (Some(DType::F32), OpLabel::ALL_GATHER));
+/// // A tag that already carries a label keeps it.
+/// assert_eq!(with_label(t, OpLabel::BARRIER, DType::U8), t);
+/// ```
+pub const LABEL_SHIFT: u32 = 56;
+
+/// `t` labelled as a message of operation `op` over elements of `dtype`,
+/// unless it already carries a label.
+pub const fn with_label(t: u64, op: OpLabel, dtype: DType) -> u64 {
+    if t >> LABEL_SHIFT != 0 {
+        t
+    } else {
+        t | (op.wire(dtype) as u64) << LABEL_SHIFT
+    }
+}
+
+/// The label a tag carries (see [`LABEL_SHIFT`]): element type (`None`
+/// for an invalid code) and operation.
+pub const fn label_of(t: u64) -> (Option<DType>, OpLabel) {
+    OpLabel::split((t >> LABEL_SHIFT) as u8)
+}
+
+/// A fabric whose messages carry the label of the operation that sends
+/// them (in the tags' top byte, [`with_label`]): every collective and
+/// primitive wraps the fabric it is given in one, so that ranks running
+/// different operations, element types or broadcast roots fail with a
+/// mismatch naming both instead of exchanging data.
+pub(crate) struct Signed<'a, F: Fabric + ?Sized> {
+    f: &'a F,
+    /// The label byte: the enclosing operation's, or this one's.
+    byte: u8,
+}
+
+impl<'a, F: Fabric + ?Sized> Signed<'a, F> {
+    /// `f`, its messages labelled as operation `op` over `T`.
+    pub(crate) fn new<T: Elem>(f: &'a F, op: OpLabel) -> Self {
+        Self::bytes(f, op, T::DTYPE)
+    }
+
+    /// `f`, its messages labelled as operation `op` over `dtype` (unless
+    /// `f` is itself an operation's fabric: the outer label stays).
+    pub(crate) fn bytes(f: &'a F, op: OpLabel, dtype: DType) -> Self {
+        let byte = match f.tag_label() {
+            0 => op.wire(dtype),
+            outer => outer,
+        };
+        Self { f, byte }
+    }
+
+    fn t(&self, t: u64) -> u64 {
+        if t >> LABEL_SHIFT != 0 {
+            t
+        } else {
+            t | (self.byte as u64) << LABEL_SHIFT
+        }
+    }
+}
+
+impl<F: Fabric + ?Sized> Fabric for Signed<'_, F> {
+    fn rank(&self) -> usize {
+        self.f.rank()
+    }
+
+    fn tag_label(&self) -> u8 {
+        self.byte
+    }
+
+    fn size(&self) -> usize {
+        self.f.size()
+    }
+
+    fn isend(&self, to: usize, channel: u32, tag: u64, data: Vec<u8>) -> Result<SendHandle> {
+        self.f.isend(to, channel, self.t(tag), data)
+    }
+
+    fn irecv(&self, from: usize, channel: u32, tag: u64, len: usize) -> Result<RecvHandle> {
+        self.f.irecv(from, channel, self.t(tag), len)
+    }
+
+    fn isend_bytes(
+        &self,
+        to: usize,
+        channel: u32,
+        tag: u64,
+        data: RecvBytes,
+    ) -> Result<SendHandle> {
+        self.f.isend_bytes(to, channel, self.t(tag), data)
+    }
+
+    unsafe fn isend_lent(
+        &self,
+        to: usize,
+        channel: u32,
+        tag: u64,
+        data: &[u8],
+    ) -> Result<SendHandle> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.f.isend_lent(to, channel, self.t(tag), data) }
+    }
+
+    unsafe fn irecv_into(
+        &self,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        dst: &mut [u8],
+    ) -> Result<RecvIntoHandle> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.f.irecv_into(from, channel, self.t(tag), dst) }
+    }
 }

@@ -23,8 +23,11 @@
 
 use crate::dtype::{Elem, ElemVec, as_elems};
 use crate::error::{Result, invalid};
+use crate::fabric::Signed;
 use crate::fabric::{Fabric, RecvBytes, RecvHandle, SendHandle, tag};
 use crate::schedule::shift;
+use zccl_runtime::DType;
+use zccl_runtime::label::OpLabel;
 
 const OP_SHIFT: u8 = 0x20;
 const OP_PASS: u8 = 0x21;
@@ -122,6 +125,7 @@ pub fn ring_shift_start<F: Fabric + ?Sized>(
     offset: isize,
     t: u64,
 ) -> Result<Shift> {
+    let f = &Signed::bytes(f, OpLabel::RING_SHIFT, DType::U8);
     let (to, from) = shift::peers(f.rank(), f.size(), offset);
     let send = f.isend(to, ch, t, send)?;
     let recv = f.irecv(from, ch, t, recv_len)?;
@@ -142,6 +146,7 @@ pub fn ring_shift<F: Fabric + ?Sized>(
     recv_len: usize,
     offset: isize,
 ) -> Result<Vec<u8>> {
+    let f = &Signed::bytes(f, OpLabel::RING_SHIFT, DType::U8);
     ring_shift_start(f, ch, send, recv_len, offset, tag(OP_SHIFT, 0, 0))?.wait()
 }
 
@@ -167,6 +172,7 @@ pub fn ring_shift_into<F: Fabric + ?Sized>(
     recv: &mut [u8],
     offset: isize,
 ) -> Result<()> {
+    let f = &Signed::bytes(f, OpLabel::RING_SHIFT, DType::U8);
     let (to, from) = shift::peers(f.rank(), f.size(), offset);
     let t = tag(OP_SHIFT, 0, 0);
     // The receive first, so that the block finds its destination posted.
@@ -220,6 +226,7 @@ pub fn bidir_ring_step<F: Fabric + ?Sized>(
     fwd: ShiftSpec,
     bwd: ShiftSpec,
 ) -> Result<(Shift, Shift)> {
+    let f = &Signed::bytes(f, OpLabel::RING_SHIFT, DType::U8);
     let a = ring_shift_start(f, fwd.channel, fwd.send, fwd.recv_len, fwd.offset, fwd.tag)?;
     let b = ring_shift_start(f, bwd.channel, bwd.send, bwd.recv_len, bwd.offset, bwd.tag)?;
     Ok((a, b))
@@ -259,6 +266,7 @@ pub fn bidir_ring_step_into<F: Fabric + ?Sized>(
     fwd: ShiftInto<'_>,
     bwd: ShiftInto<'_>,
 ) -> Result<()> {
+    let f = &Signed::bytes(f, OpLabel::RING_SHIFT, DType::U8);
     let t = tag(OP_SHIFT, 0, 0);
     let mut recvs = Vec::with_capacity(2);
     let mut sends = Vec::with_capacity(2);
@@ -336,6 +344,7 @@ where
     L: Fn(usize) -> usize,
     C: FnMut(RingBlock<'_>) -> Result<()>,
 {
+    let f = &Signed::bytes(f, OpLabel::RING_PASS, DType::U8);
     let (r, n) = (f.rank(), f.size());
     if !shift::visits_all(n, offset) {
         return Err(invalid(format!(
@@ -468,6 +477,7 @@ where
     L: Fn(usize) -> usize,
     C: FnMut(RingElems<'_, T>) -> Result<()>,
 {
+    let f = &Signed::new::<T>(f, OpLabel::RING_PASS);
     let (r, n) = (f.rank(), f.size());
     if !shift::visits_all(n, offset) {
         return Err(invalid(format!(
@@ -590,7 +600,12 @@ mod tests {
             let key = |log: &[crate::sim::MsgRecord]| {
                 let mut k: Vec<_> = log
                     .iter()
-                    .map(|m| (m.src, m.dst, m.channel, m.tag, m.seq, m.len))
+                    // The same messages; only their label's element type
+                    // differs (bytes against elements).
+                    .map(|m| {
+                        let t = m.tag & ((1 << crate::fabric::LABEL_SHIFT) - 1);
+                        (m.src, m.dst, m.channel, t, m.seq, m.len)
+                    })
                     .collect();
                 k.sort_unstable();
                 k

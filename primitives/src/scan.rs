@@ -34,7 +34,10 @@
 //!
 //! A scan uses one channel; keep it free of other traffic until it returns.
 
+use crate::fabric::Signed;
 use std::sync::Arc;
+use zccl_runtime::DType;
+use zccl_runtime::label::OpLabel;
 
 use crate::dtype::{from_bytes, to_bytes};
 use crate::error::{Result, invalid};
@@ -103,6 +106,7 @@ pub fn all_scan_diag<F: Fabric + ?Sized>(
     blocks: usize,
     want_inclusive: bool,
 ) -> Result<ScanOutput> {
+    let f = &Signed::bytes(f, OpLabel::ALL_SCAN, DType::F32);
     all_scan_diag_blocks(f, ch, local, dir, blocks, want_inclusive, |_| Ok(()))
 }
 
@@ -174,6 +178,7 @@ where
     F: Fabric + ?Sized,
     C: FnMut(ScanBlock<'_>) -> Result<()>,
 {
+    let f = &Signed::bytes(f, OpLabel::ALL_SCAN, DType::F32);
     let rows = local.decay.len();
     let cols = local.cols;
     if local.state.len() != rows * cols {
@@ -352,6 +357,7 @@ where
     F: Fabric + ?Sized,
     C: FnMut(&[f32], &[f32]) -> Vec<f32>,
 {
+    let f = &Signed::bytes(f, OpLabel::ALL_SCAN, DType::F32);
     if identity.len() != local.len() {
         return Err(invalid(format!(
             "all_scan_with: identity has {} values, local element {}",

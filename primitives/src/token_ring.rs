@@ -33,8 +33,11 @@
 //! [`Channels`](crate::channels::Channels) allocator with
 //! `TokenRingChannels::from(&mut channels)`.
 
+use crate::fabric::Signed;
 use std::borrow::Cow;
 use std::marker::PhantomData;
+use zccl_runtime::DType;
+use zccl_runtime::label::OpLabel;
 
 use crate::dtype::{Elem, ElemVec, as_elems, to_bytes};
 use crate::error::{Result, invalid};
@@ -135,6 +138,7 @@ pub fn token_ring<F: Fabric + ?Sized, K: TokenRingKernel>(
     q_local: Vec<u8>,
     kernel: &mut K,
 ) -> Result<()> {
+    let f = &Signed::bytes(f, OpLabel::TOKEN_RING, DType::U8);
     let r = f.rank();
     check_offset("token_ring", q_offset)?;
     if q_local.len() != kernel.q_len(r, 0, r) {
@@ -434,6 +438,7 @@ where
     F: Fabric + ?Sized,
     K: ElemKernel<T>,
 {
+    let f = &Signed::new::<T>(f, OpLabel::TOKEN_RING);
     let r = f.rank();
     check_offset("token_ring_elems", q_offset)?;
     if q_local.len() != kernel.q_len(r, 0, r) {
@@ -577,7 +582,11 @@ mod tests {
     fn wire(log: &[MsgRecord]) -> Vec<(usize, usize, u32, u64, u64, usize)> {
         let mut k: Vec<_> = log
             .iter()
-            .map(|m| (m.src, m.dst, m.channel, m.tag, m.seq, m.len))
+            // Only the label's element type differs (elements vs bytes).
+            .map(|m| {
+                let t = m.tag & ((1 << crate::fabric::LABEL_SHIFT) - 1);
+                (m.src, m.dst, m.channel, t, m.seq, m.len)
+            })
             .collect();
         k.sort_unstable();
         k

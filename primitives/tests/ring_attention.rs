@@ -85,7 +85,13 @@ fn run_token_ring(n: usize, zigzag: bool) {
     // Q traffic: n-1 shifts per rank; zigzag sends half Q exactly when the receiver wraps.
     for m in run.log.iter().filter(|m| m.channel == ch.q) {
         let step = ((m.tag >> 32) & 0xffff) as usize;
-        assert_eq!(m.tag, tag(0x30, step as u16, 0));
+        // The tag, and the TokenRing label in its top byte.
+        let low = m.tag & ((1 << zccl_primitives::fabric::LABEL_SHIFT) - 1);
+        assert_eq!(low, tag(0x30, step as u16, 0));
+        assert_eq!(
+            zccl_primitives::fabric::label_of(m.tag).1,
+            zccl_runtime::label::OpLabel::TOKEN_RING
+        );
         let half = zigzag && m.dst + step + 1 >= n;
         let want = if half {
             h

@@ -811,7 +811,13 @@ impl Channel {
     /// let r = comm.channel(4).with_op(OpLabel::ALL_REDUCE_SUM).irecv::<u8>(0, 16).unwrap();
     /// let e = r.wait().unwrap_err();
     /// assert!(e.to_string().contains("send is all_gather of 16 B"), "{e}");
-    /// assert!(matches!(e, Error::Mismatch { .. }) && s.wait().is_err());
+    /// assert!(matches!(e, Error::Mismatch { .. }));
+    /// // The operation's small send completed when it was sent (eager,
+    /// // `zccl_runtime::flow`); the disagreement fails the channel's later
+    /// // ops instead, on every rank.
+    /// assert!(s.wait().is_ok());
+    /// let again = comm.channel(4).isend(0, vec![0u8; 1]).unwrap();
+    /// assert!(matches!(again.wait(), Err(Error::Disagreement { .. })));
     /// ```
     pub fn with_op(mut self, op: OpLabel) -> Self {
         self.op = op;

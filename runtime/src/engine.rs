@@ -42,7 +42,7 @@ use crate::completion::{Outcome, Slot};
 use crate::error::{Error, OpDesc, OpKind};
 use crate::flow::{self, Protocol};
 use crate::ids::ROUTE_COMM;
-use crate::label::OpLabel;
+use crate::label::{OpLabel, OpSide};
 use crate::protocol::Control;
 use crate::router::{Action, Router};
 
@@ -107,6 +107,54 @@ pub(crate) fn culprit(peer: u32, waits: &HashMap<u32, u32>) -> u32 {
     cur
 }
 
+/// How long two labelled sends of different operations that crossed
+/// (each rank sent the other a message it has no receive for, while its
+/// own send to that rank is unmatched) may stay so before the engine calls
+/// it a disagreement. In a correct program the crossing is momentary: a
+/// rank that sends the next operation's message has had its receive of
+/// this one matched, and the ack is on its way (ahead of the message, on
+/// one connection).
+const CROSSED_GRACE: Duration = Duration::from_millis(200);
+
+/// What a stream's ops fail with once ranks were found to disagree on it.
+#[derive(Clone, Copy)]
+struct Poison {
+    reported_by: u32,
+    crossed: bool,
+    a: OpSide,
+    b: OpSide,
+}
+
+/// A side of a disagreement from a header type byte.
+fn side(rank: u32, code: u8, bytes: u64) -> OpSide {
+    let (dtype, op) = OpLabel::split(code);
+    OpSide {
+        rank,
+        op,
+        dtype: dtype.unwrap_or(DType::U8),
+        bytes,
+    }
+}
+
+/// Whether a message of type byte `msg` from a peer and this rank's
+/// pending send of type byte `send` to that peer belong to different
+/// labelled operations (the crossing [`CROSSED_GRACE`] is about). Pure.
+pub(crate) fn crossed_ops(msg: u8, send: u8) -> bool {
+    msg != send && OpLabel::split(msg).1 != OpLabel::NONE && OpLabel::split(send).1 != OpLabel::NONE
+}
+
+/// Whether a message of type byte `code` may go eagerly ([`crate::flow`]):
+/// one of an operation whose every rank receives in each step, so that a
+/// mismatch shows at a receive and reaches every rank
+/// ([`Control::Disagree`]). Plain point-to-point messages are acknowledged
+/// (their send reports a mismatch itself), and so are a broadcast's (its
+/// root only sends: with roots that differ, its sends stay pending, and the
+/// crossed-send check names both roots). Pure.
+pub(crate) fn eager_label(code: u8) -> bool {
+    let l = OpLabel::split(code).1;
+    l != OpLabel::NONE && !l.is_broadcast()
+}
+
 /// The task wakes at least this often to look at deadlines.
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
@@ -160,9 +208,10 @@ pub(crate) struct Engine {
     credit: flow::Credit,
     /// The eager credit this rank owes each peer it receives from.
     owed: flow::Owed,
-    /// A mismatch reported for an eager send that had already completed:
-    /// the later ops of its stream fail with it.
-    late_errors: HashMap<Stream, Error>,
+    /// The last eager send to each peer on each stream (type byte, seq):
+    /// completed at once, it is no longer in `sends`, but the check for
+    /// crossed sends of different operations still needs it.
+    last_eager: HashMap<(u32, u32, u32), (u8, u64, u64)>,
     deadlines: BTreeMap<(Instant, Stream, u64), (OpKind, Key)>,
     order: HashMap<Stream, ChannelOrder>,
     failure: Option<Failure>,
@@ -176,6 +225,11 @@ pub(crate) struct Engine {
     waits: HashMap<u32, u32>,
     /// The ranks this one reported waiting on.
     reported: HashSet<u32>,
+    /// Streams on which ranks were found to disagree: their ops fail.
+    poisoned: HashMap<Stream, Poison>,
+    /// Crossed sends of different operations, confirmed after
+    /// [`CROSSED_GRACE`]: (when, the peer's unexpected message, our send).
+    suspects: Vec<(Instant, Key, Key)>,
 }
 
 /// A control message to `peer`'s engine about communicator `comm`.
@@ -207,11 +261,13 @@ impl Engine {
             held: HashMap::new(),
             credit: flow::Credit::new(window),
             owed: flow::Owed::new(window),
-            late_errors: HashMap::new(),
+            last_eager: HashMap::new(),
             rank,
             world,
             waits: HashMap::new(),
             reported: HashSet::new(),
+            poisoned: HashMap::new(),
+            suspects: Vec::new(),
             transport,
             sends: HashMap::new(),
             recvs: HashMap::new(),
@@ -281,6 +337,9 @@ impl Engine {
         }
         if let Some(r) = self.router.as_ref() {
             t = t.min(r.next_tick());
+        }
+        if let Some(s) = self.suspects.iter().map(|s| s.0).min() {
+            t = t.min(s);
         }
         t
     }
@@ -354,7 +413,8 @@ impl Engine {
             let e = self.failure_error(&f, &d);
             return self.finish(stream, op.index, op.slot, Err(e));
         }
-        if let Some(e) = self.late_errors.get(&stream).cloned() {
+        if let Some(p) = self.poisoned.get(&stream).copied() {
+            let e = p.error(&d);
             return self.finish(stream, op.index, op.slot, Err(e));
         }
         let pending_code = op.label.wire(d.dtype);
@@ -379,6 +439,23 @@ impl Engine {
                         Err(Error::PeerClosed { op: d }),
                     );
                 }
+                if op.label != OpLabel::NONE && !self.unexpected.is_empty() {
+                    let now = Instant::now();
+                    let crossed = self
+                        .unexpected
+                        .iter()
+                        .filter(|(k, (code, _, _))| {
+                            k.0 == d.comm
+                                && k.1 == d.channel
+                                && k.2 == d.peer
+                                && crossed_ops(*code, pending_code)
+                        })
+                        .map(|(k, _)| *k)
+                        .min();
+                    if let Some(m) = crossed {
+                        self.suspects.push((now + CROSSED_GRACE, m, key));
+                    }
+                }
                 let mut msg = Message {
                     kind: MessageKind::Data,
                     dtype: pending_code,
@@ -396,8 +473,13 @@ impl Engine {
                 }
                 let len = msg.payload.len() as u64;
                 let mut pending = pending;
-                match self.credit.choose(d.peer, len, routed) {
+                match self
+                    .credit
+                    .choose(d.peer, len, routed, eager_label(pending_code))
+                {
                     Protocol::Eager { .. } => {
+                        self.last_eager
+                            .insert((d.comm, d.channel, d.peer), (pending_code, d.seq, len));
                         // Complete once the transport has it: no
                         // acknowledgement comes (the receiver returns the
                         // credit in batches).
@@ -567,10 +649,13 @@ impl Engine {
             // wants the bytes).
             z.fill_from(&payload);
         }
-        let acked = flow::acknowledged(sent_bytes, routed);
+        let acked = flow::acknowledged(sent_bytes, routed, eager_label(code));
         if !acked && let Some(credit) = self.owed.on_matched(d.peer, sent_bytes) {
             // The sender's eager messages are matched: its credit back.
-            self.post(d.peer, control_msg(d.comm, Control::Credit { bytes: credit }));
+            self.post(
+                d.peer,
+                control_msg(d.comm, Control::Credit { bytes: credit }),
+            );
         }
         let control = if ok {
             Control::Ack {
@@ -590,6 +675,7 @@ impl Engine {
         if acked || !ok {
             self.post(d.peer, control_msg(d.comm, control));
         }
+        let recv_op = OpLabel::split(recv.code).1;
         let outcome = if ok {
             Ok(Some(payload))
         } else {
@@ -600,15 +686,138 @@ impl Engine {
                 send_op,
                 recv_bytes: d.bytes,
                 recv_dtype: d.dtype,
-                recv_op: OpLabel::split(recv.code).1,
+                recv_op,
             })
         };
-        self.finish(
-            (recv.desc.comm, recv.desc.channel),
-            recv.index,
-            recv.slot,
-            outcome,
+        let stream = (recv.desc.comm, recv.desc.channel);
+        // A labelled (collective) mismatch concerns every rank of the
+        // channel, not only these two: tell them all.
+        let poison =
+            (!ok && (send_op != OpLabel::NONE || recv_op != OpLabel::NONE)).then(|| Poison {
+                reported_by: self.rank,
+                crossed: false,
+                a: side(d.peer, code, sent_bytes),
+                b: side(self.rank, recv.code, d.bytes),
+            });
+        self.finish(stream, recv.index, recv.slot, outcome);
+        if let Some(p) = poison {
+            self.disagree(stream, p);
+        }
+    }
+
+    /// Ranks disagree on `stream`: its pending ops fail, and so will its
+    /// later ones; found here, every other rank is told.
+    fn disagree(&mut self, stream: Stream, p: Poison) {
+        if self.poisoned.contains_key(&stream) {
+            return;
+        }
+        warn!(
+            rank = self.rank,
+            comm = stream.0,
+            channel = stream.1,
+            "ranks disagree on the channel: {} / {} (found by rank {})",
+            p.a,
+            p.b,
+            p.reported_by
         );
+        self.poisoned.insert(stream, p);
+        self.suspects.retain(|s| (s.1.0, s.1.1) != stream);
+        self.unexpected.retain(|k, _| (k.0, k.1) != stream);
+        let mut keys: Vec<(OpKind, Key)> = self
+            .sends
+            .keys()
+            .filter(|k| (k.0, k.1) == stream)
+            .map(|k| (OpKind::Send, *k))
+            .chain(
+                self.recvs
+                    .keys()
+                    .filter(|k| (k.0, k.1) == stream)
+                    .map(|k| (OpKind::Recv, *k)),
+            )
+            .collect();
+        keys.sort_by_key(|k| k.1.3);
+        let mut failed = Vec::new();
+        for (kind, key) in keys {
+            if kind == OpKind::Send
+                && let Some(r) = self.router.as_mut()
+            {
+                r.forget((key.2, key.0, key.1, key.3), Instant::now());
+            }
+            if let Some(op) = self.take(kind, key) {
+                failed.push(op);
+            }
+        }
+        failed.sort_by_key(|op| op.index);
+        for op in failed {
+            let e = p.error(&op.desc);
+            self.finish(stream, op.index, op.slot, Err(e));
+        }
+        if p.reported_by == self.rank {
+            let payload = Bytes::from(
+                Control::Disagree {
+                    channel: stream.1,
+                    reporter: self.rank,
+                    crossed: p.crossed,
+                    a: (p.a.rank, p.a.op.wire(p.a.dtype), p.a.bytes),
+                    b: (p.b.rank, p.b.op.wire(p.b.dtype), p.b.bytes),
+                }
+                .encode(),
+            );
+            let me = self.rank;
+            for peer in (0..self.world).filter(|&q| q != me) {
+                let msg = Message {
+                    kind: MessageKind::Control,
+                    dtype: 0,
+                    comm: stream.0,
+                    channel: 0,
+                    seq: 0,
+                    payload: payload.clone(),
+                };
+                self.post(peer, msg);
+            }
+        }
+    }
+
+    /// Crossed sends still crossed after their grace: a disagreement.
+    fn check_suspects(&mut self, now: Instant) {
+        if self.suspects.iter().all(|s| s.0 > now) {
+            return;
+        }
+        let (due, rest): (Vec<_>, Vec<_>) = self.suspects.drain(..).partition(|s| s.0 <= now);
+        self.suspects = rest;
+        for (_, m, k) in due {
+            let Some((code, payload, _)) = self.unexpected.get(&m) else {
+                continue;
+            };
+            let mine = match self.sends.get(&k) {
+                Some(send) => Some((send.code, send.desc.bytes)),
+                // An eager send completed at once: still crossed if it is
+                // this rank's last one to the peer and this rank still
+                // waits on the stream in an operation other than the
+                // peer's (a rank that finished, or moved on to the peer's
+                // operation, has no such receive).
+                None => self
+                    .last_eager
+                    .get(&(k.0, k.1, k.2))
+                    .filter(|&&(c, seq, _)| {
+                        seq == k.3
+                            && self.recvs.iter().any(|(rk, r)| {
+                                (rk.0, rk.1) == (k.0, k.1) && r.code == c && crossed_ops(*code, c)
+                            })
+                    })
+                    .map(|&(c, _, bytes)| (c, bytes)),
+            };
+            let Some((send_code, send_bytes)) = mine else {
+                continue;
+            };
+            let p = Poison {
+                reported_by: self.rank,
+                crossed: true,
+                a: side(m.2, *code, payload.len() as u64),
+                b: side(self.rank, send_code, send_bytes),
+            };
+            self.disagree((m.0, m.1), p);
+        }
     }
 
     fn on_message(&mut self, peer: u32, msg: Message) {
@@ -637,6 +846,35 @@ impl Engine {
                 match self.take(OpKind::Recv, key) {
                     Some(recv) => self.matched(recv, msg.dtype, msg.payload, routed),
                     None => {
+                        if OpLabel::split(msg.dtype).1 != OpLabel::NONE {
+                            if self.poisoned.contains_key(&(msg.comm, msg.channel)) {
+                                return;
+                            }
+                            let crossed = self
+                                .sends
+                                .iter()
+                                .filter(|(k, s)| {
+                                    k.0 == msg.comm
+                                        && k.1 == msg.channel
+                                        && k.2 == peer
+                                        && crossed_ops(msg.dtype, s.code)
+                                })
+                                .map(|(k, _)| *k)
+                                .min();
+                            let crossed = crossed.or_else(|| {
+                                let &(code, seq, _) =
+                                    self.last_eager.get(&(msg.comm, msg.channel, peer))?;
+                                crossed_ops(msg.dtype, code).then_some((
+                                    msg.comm,
+                                    msg.channel,
+                                    peer,
+                                    seq,
+                                ))
+                            });
+                            if let Some(k) = crossed {
+                                self.suspects.push((Instant::now() + CROSSED_GRACE, key, k));
+                            }
+                        }
                         if self
                             .unexpected
                             .insert(key, (msg.dtype, msg.payload, routed))
@@ -674,29 +912,9 @@ impl Engine {
                         r.forget((peer, msg.comm, channel, seq), Instant::now());
                     }
                     let Some(s) = self.take(OpKind::Send, (msg.comm, channel, peer, seq)) else {
-                        // An eager send, completed already: its stream's
-                        // later ops fail instead.
-                        let (r_dtype, r_op) = OpLabel::split(recv_dtype);
-                        let e = Error::Mismatch {
-                            op: OpDesc {
-                                rank: self.rank,
-                                kind: OpKind::Send,
-                                comm: msg.comm,
-                                channel,
-                                peer,
-                                seq,
-                                bytes: 0,
-                                dtype: DType::U8,
-                            },
-                            send_bytes: 0,
-                            send_dtype: DType::U8,
-                            send_op: OpLabel::NONE,
-                            recv_bytes,
-                            recv_dtype: r_dtype.unwrap_or(DType::U8),
-                            recv_op: r_op,
-                        };
-                        warn!(rank = self.rank, peer, "{e}");
-                        self.late_errors.entry((msg.comm, channel)).or_insert(e);
+                        // An eager send (labelled), completed already: the
+                        // receiver reports the disagreement to every rank
+                        // (Control::Disagree), which fails this channel.
                         return;
                     };
                     self.credit.on_returned(peer, s.charged);
@@ -735,9 +953,10 @@ impl Engine {
                     if let Some((m, lent)) = self.held.remove(&key) {
                         let routed = self.router.as_ref().is_some_and(|r| r.wants(peer));
                         let len = m.payload.len() as u64;
-                        self.credit.on_cleared(peer, len, routed);
+                        let eager = eager_label(m.dtype);
+                        self.credit.on_cleared(peer, len, routed, eager);
                         let sent = self.send_now(peer, m, lent, routed);
-                        if (!sent || !flow::acknowledged(len, routed))
+                        if (!sent || !flow::acknowledged(len, routed, eager))
                             && let Some(s) = self.take(OpKind::Send, key)
                         {
                             let outcome = if sent {
@@ -753,6 +972,21 @@ impl Engine {
                     }
                 }
                 Some(Control::Credit { bytes }) => self.credit.on_returned(peer, bytes),
+                Some(Control::Disagree {
+                    channel,
+                    reporter,
+                    crossed,
+                    a,
+                    b,
+                }) => {
+                    let p = Poison {
+                        reported_by: reporter,
+                        crossed,
+                        a: side(a.0, a.1, a.2),
+                        b: side(b.0, b.1, b.2),
+                    };
+                    self.disagree((msg.comm, channel), p);
+                }
                 None => warn!(rank = self.rank, peer, "malformed control message ignored"),
             },
         }
@@ -858,6 +1092,7 @@ impl Engine {
 
     fn expire(&mut self) {
         let now = Instant::now();
+        self.check_suspects(now);
         while let Some((&(when, stream, idx), &(kind, key))) = self.deadlines.iter().next() {
             if when > now {
                 break;
@@ -976,6 +1211,18 @@ impl Engine {
             nic: String::new(),
         });
         Some(self.transport.close(GoodbyeReason::Clean))
+    }
+}
+
+impl Poison {
+    fn error(&self, op: &OpDesc) -> Error {
+        Error::Disagreement {
+            op: op.clone(),
+            reported_by: self.reported_by,
+            crossed: self.crossed,
+            a: self.a,
+            b: self.b,
+        }
     }
 }
 
@@ -1105,6 +1352,24 @@ mod tests {
         // A cycle (every rank waiting on the next) stops where it closes.
         let ring = HashMap::from([(0, 1), (1, 2), (2, 0)]);
         assert!([0, 1, 2].contains(&culprit(1, &ring)));
+    }
+
+    #[test]
+    fn crossed_sends_of_different_labelled_operations_are_suspects() {
+        let ar = OpLabel::ALL_REDUCE_SUM.wire(DType::F32);
+        let ag = OpLabel::ALL_GATHER.wire(DType::F32);
+        let ar64 = OpLabel::ALL_REDUCE_SUM.wire(DType::F64);
+        assert!(crossed_ops(ar, ag));
+        assert!(crossed_ops(ar, ar64), "same operation, other element type");
+        assert!(crossed_ops(
+            OpLabel::broadcast_root(0).wire(DType::U8),
+            OpLabel::broadcast_root(1).wire(DType::U8)
+        ));
+        // One operation's own messages cross all the time (a pairwise exchange).
+        assert!(!crossed_ops(ar, ar));
+        // Unlabelled point-to-point traffic is never a suspect.
+        assert!(!crossed_ops(DType::F32.code(), ag));
+        assert!(!crossed_ops(ar, DType::F64.code()));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use zccl_transports::TransportError;
 
 use crate::buffer::DType;
 use crate::ids::SERVICE_COMM_BIT;
-use crate::label::OpLabel;
+use crate::label::{OpLabel, OpSide, elems};
 
 /// Send or receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +84,28 @@ fn mismatch(
     )
 }
 
+/// The text of a disagreement between two ranks of a channel.
+fn disagreement(op: &OpDesc, reported_by: u32, crossed: bool, a: &OpSide, b: &OpSide) -> String {
+    let what = if a.op != b.op {
+        "operation mismatch"
+    } else {
+        "size/type mismatch"
+    };
+    let how = if crossed {
+        format!(
+            "{a} sent to rank {} while {b} sent to rank {}, and neither receives the other's message",
+            b.rank, a.rank
+        )
+    } else {
+        format!("{a} sent, {b} expected")
+    };
+    format!(
+        "{op} failed: {what} on channel {}: {how} (found by rank {reported_by}; \
+         every rank of the channel fails)",
+        op.channel
+    )
+}
+
 /// The note a timeout adds about the rank that stalled.
 fn stalled(
     op: &OpDesc,
@@ -132,14 +154,6 @@ impl fmt::Display for OpDesc {
             "rank {}: {what} seq {} {dir} rank {} on channel {}{comm} ({} B of {})",
             self.rank, self.seq, self.peer, self.channel, self.bytes, self.dtype
         )
-    }
-}
-
-fn elems(bytes: u64, d: DType) -> String {
-    if bytes.is_multiple_of(d.size() as u64) {
-        format!("{} x {d}", bytes / d.size() as u64)
-    } else {
-        format!("{bytes} B of {d}")
     }
 }
 
@@ -219,6 +233,26 @@ pub enum Error {
         recv_dtype: DType,
         /// The receiver's operation label.
         recv_op: OpLabel,
+    },
+    /// Ranks run different operations (or sizes, types, roots) on the
+    /// op's channel: found by one rank (a send and receive that disagree,
+    /// or two ranks sending each other messages of different operations
+    /// that neither receives) and reported to every rank, whose pending and
+    /// later ops on that channel all fail with it. Raised for labelled
+    /// operations (collectives) only; plain point-to-point mismatches fail
+    /// just the two ops ([`Error::Mismatch`]).
+    #[error("{}", disagreement(.op, *.reported_by, *.crossed, .a, .b))]
+    Disagreement {
+        /// The op on this side.
+        op: OpDesc,
+        /// The rank that found it.
+        reported_by: u32,
+        /// Two sends that crossed (`false`: a send and its receive).
+        crossed: bool,
+        /// The sending side (or one of the two senders).
+        a: OpSide,
+        /// The receiving side (or the other sender).
+        b: OpSide,
     },
     /// The communicator was aborted (by `abort()`, or because it was dropped).
     #[error("{}communicator aborted: {reason}", .op.as_ref().map(|o| format!("{o} failed: ")).unwrap_or_default())]

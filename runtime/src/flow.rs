@@ -3,12 +3,14 @@
 //!
 //! Pure state (no I/O), driven by the engine; tested below.
 //!
-//! * **Eager** (payload at most [`EAGER_MAX`] bytes, credit available): the
+//! * **Eager** (a message of a collective or primitive other than
+//!   broadcast, of at most [`EAGER_MAX`] bytes, not routed, credit
+//!   available): the
 //!   send completes as soon as the transport has the bytes. The receiver
 //!   does not acknowledge it; it returns the credit in batches
 //!   (a credit control message) once it matched such
 //!   messages for a quarter of the window, or at once with a clear-to-send.
-//! * **Immediate** (larger, credit available): the data goes at once, the
+//! * **Immediate** (anything else, credit available): the data goes at once, the
 //!   send completes on the receiver's acknowledgement, which also returns
 //!   the credit.
 //! * **Rendezvous** (not enough credit): only a request to send goes; the
@@ -26,10 +28,10 @@
 //! ```
 //! use zccl_runtime::flow::{Credit, Protocol, EAGER_MAX};
 //! let mut c = Credit::new(1 << 20);
-//! assert_eq!(c.choose(1, 8, false), Protocol::Eager { charged: 8 });
-//! assert_eq!(c.choose(1, 512 << 10, false), Protocol::Immediate { charged: 512 << 10 });
+//! assert_eq!(c.choose(1, 8, false, true), Protocol::Eager { charged: 8 });
+//! assert_eq!(c.choose(1, 512 << 10, false, true), Protocol::Immediate { charged: 512 << 10 });
 //! // The window is nearly used up: the next large send waits for a clear-to-send.
-//! assert_eq!(c.choose(1, 1 << 20, false), Protocol::Rendezvous);
+//! assert_eq!(c.choose(1, 1 << 20, false, true), Protocol::Rendezvous);
 //! c.on_returned(1, 512 << 10); // the receiver acknowledged the large one
 //! assert_eq!(c.in_flight(1), 8);
 //! assert!(EAGER_MAX >= 4096);
@@ -45,16 +47,20 @@ pub const EAGER_MAX: u64 = 64 << 10;
 pub const DEFAULT_WINDOW: u64 = 64 << 20;
 
 /// Whether the receiver acknowledges a data message: every message that
-/// came through the router, and every one larger than [`EAGER_MAX`].
+/// came through the router, every one larger than [`EAGER_MAX`], and every
+/// one not `labelled` as an operation's whose mismatches every rank learns
+/// (plain point-to-point: its send reports a size or type mismatch itself,
+/// which needs the receiver's answer; see the engine's `eager_label`).
 ///
 /// ```
 /// use zccl_runtime::flow::{acknowledged, EAGER_MAX};
-/// assert!(!acknowledged(EAGER_MAX, false));
-/// assert!(acknowledged(EAGER_MAX + 1, false));
-/// assert!(acknowledged(8, true));
+/// assert!(!acknowledged(EAGER_MAX, false, true));
+/// assert!(acknowledged(EAGER_MAX + 1, false, true));
+/// assert!(acknowledged(8, true, true));
+/// assert!(acknowledged(8, false, false));
 /// ```
-pub fn acknowledged(len: u64, routed: bool) -> bool {
-    routed || len > EAGER_MAX
+pub fn acknowledged(len: u64, routed: bool, labelled: bool) -> bool {
+    routed || !labelled || len > EAGER_MAX
 }
 
 /// How one send travels.
@@ -81,10 +87,10 @@ pub enum Protocol {
 /// ```
 /// use zccl_runtime::flow::{Credit, Protocol};
 /// let mut c = Credit::new(100);
-/// assert_eq!(c.choose(3, 60, false), Protocol::Eager { charged: 60 });
-/// assert_eq!(c.choose(3, 60, false), Protocol::Rendezvous); // 120 > 100
+/// assert_eq!(c.choose(3, 60, false, true), Protocol::Eager { charged: 60 });
+/// assert_eq!(c.choose(3, 60, false, true), Protocol::Rendezvous); // 120 > 100
 /// c.on_returned(3, 60);
-/// assert_eq!(c.choose(3, 60, false), Protocol::Eager { charged: 60 });
+/// assert_eq!(c.choose(3, 60, false, true), Protocol::Eager { charged: 60 });
 /// ```
 #[derive(Debug, Clone)]
 pub struct Credit {
@@ -132,17 +138,17 @@ impl Credit {
     /// use zccl_runtime::flow::{Credit, Protocol};
     /// let mut c = Credit::new(1000);
     /// // Larger than the window, nothing in flight: at once (bounded by one message).
-    /// assert_eq!(c.choose(0, 100_000, false), Protocol::Immediate { charged: 100_000 });
-    /// assert_eq!(c.choose(0, 8, false), Protocol::Rendezvous);
+    /// assert_eq!(c.choose(0, 100_000, false, true), Protocol::Immediate { charged: 100_000 });
+    /// assert_eq!(c.choose(0, 8, false, true), Protocol::Rendezvous);
     /// ```
-    pub fn choose(&mut self, peer: u32, len: u64, routed: bool) -> Protocol {
+    pub fn choose(&mut self, peer: u32, len: u64, routed: bool, labelled: bool) -> Protocol {
         let used = self.in_flight(peer);
         let fits = used == 0 || used.saturating_add(len) <= self.window;
         if !fits {
             return Protocol::Rendezvous;
         }
         *self.in_flight.entry(peer).or_default() += len;
-        if acknowledged(len, routed) {
+        if acknowledged(len, routed, labelled) {
             Protocol::Immediate { charged: len }
         } else {
             Protocol::Eager { charged: len }
@@ -157,12 +163,12 @@ impl Credit {
     /// ```
     /// use zccl_runtime::flow::Credit;
     /// let mut c = Credit::new(100);
-    /// assert_eq!(c.on_cleared(1, 10, false), 10);
-    /// assert_eq!(c.on_cleared(1, 1 << 20, false), 0);
+    /// assert_eq!(c.on_cleared(1, 10, false, true), 10);
+    /// assert_eq!(c.on_cleared(1, 1 << 20, false, true), 0);
     /// assert_eq!(c.in_flight(1), 10);
     /// ```
-    pub fn on_cleared(&mut self, peer: u32, len: u64, routed: bool) -> u64 {
-        if acknowledged(len, routed) {
+    pub fn on_cleared(&mut self, peer: u32, len: u64, routed: bool, labelled: bool) -> u64 {
+        if acknowledged(len, routed, labelled) {
             return 0;
         }
         *self.in_flight.entry(peer).or_default() += len;
@@ -174,7 +180,7 @@ impl Credit {
     ///
     /// ```
     /// let mut c = zccl_runtime::flow::Credit::new(100);
-    /// c.choose(2, 40, false);
+    /// c.choose(2, 40, false, true);
     /// c.on_returned(2, 100); // more than charged: saturates at zero
     /// assert_eq!(c.in_flight(2), 0);
     /// ```
@@ -267,7 +273,7 @@ mod tests {
         for round in 0..50 {
             for (i, &len) in sizes.iter().enumerate() {
                 let was_empty = buffered == 0;
-                match c.choose(0, len, false) {
+                match c.choose(0, len, false, true) {
                     Protocol::Eager { charged } | Protocol::Immediate { charged } => {
                         buffered += len;
                         assert_eq!(charged, len);
@@ -300,9 +306,15 @@ mod tests {
         let mut c = Credit::new(1 << 30);
         for len in [0, 1, EAGER_MAX - 1, EAGER_MAX, EAGER_MAX + 1, 1 << 26] {
             for routed in [false, true] {
-                let p = c.choose(9, len, routed);
-                let eager = matches!(p, Protocol::Eager { .. });
-                assert_eq!(eager, !acknowledged(len, routed), "{len} {routed}");
+                for labelled in [false, true] {
+                    let p = c.choose(9, len, routed, labelled);
+                    let eager = matches!(p, Protocol::Eager { .. });
+                    assert_eq!(
+                        eager,
+                        !acknowledged(len, routed, labelled),
+                        "{len} {routed}"
+                    );
+                }
             }
         }
     }

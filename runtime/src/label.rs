@@ -44,19 +44,26 @@ const NAMES: [&str; 32] = [
     "ring_pass",
     "token_ring",
     "all_scan",
-    "op 20",
-    "op 21",
-    "op 22",
-    "op 23",
-    "op 24",
-    "op 25",
-    "op 26",
-    "op 27",
-    "op 28",
-    "op 29",
-    "op 30",
-    "op 31",
+    "broadcast(root 0 mod 12)",
+    "broadcast(root 1 mod 12)",
+    "broadcast(root 2 mod 12)",
+    "broadcast(root 3 mod 12)",
+    "broadcast(root 4 mod 12)",
+    "broadcast(root 5 mod 12)",
+    "broadcast(root 6 mod 12)",
+    "broadcast(root 7 mod 12)",
+    "broadcast(root 8 mod 12)",
+    "broadcast(root 9 mod 12)",
+    "broadcast(root 10 mod 12)",
+    "broadcast(root 11 mod 12)",
 ];
+
+/// The first of the broadcast labels that carry the root (modulo
+/// [`ROOT_LABELS`]).
+const BROADCAST_ROOT_0: u8 = 20;
+/// How many broadcast-root labels there are: roots are told apart modulo
+/// this (two ranks naming roots 0 and 12 are not caught by the label).
+pub const ROOT_LABELS: u8 = 12;
 
 impl OpLabel {
     /// No label (what plain sends and receives carry).
@@ -83,6 +90,46 @@ impl OpLabel {
     pub const TOKEN_RING: Self = Self(18);
     /// All-Scan.
     pub const ALL_SCAN: Self = Self(19);
+
+    /// `broadcast` from `root`: the label carries the root modulo
+    /// [`ROOT_LABELS`], so ranks that name different roots (below 12 apart
+    /// modulo 12) fail with a mismatch naming both instead of completing
+    /// where a message happens to fit.
+    ///
+    /// ```
+    /// use zccl_runtime::label::OpLabel;
+    /// assert_eq!(OpLabel::broadcast_root(3).to_string(), "broadcast(root 3 mod 12)");
+    /// assert_ne!(OpLabel::broadcast_root(0), OpLabel::broadcast_root(1));
+    /// assert!(OpLabel::broadcast_root(13).is_broadcast());
+    /// ```
+    pub const fn broadcast_root(root: usize) -> Self {
+        Self(BROADCAST_ROOT_0 + (root % ROOT_LABELS as usize) as u8)
+    }
+
+    /// Whether this is a broadcast label (with or without its root).
+    pub const fn is_broadcast(self) -> bool {
+        self.0 == Self::BROADCAST.0 || self.0 >= BROADCAST_ROOT_0
+    }
+
+    /// The label a collective stamps on its messages when the caller (a
+    /// binding, through a labelled communicator) may already have set one:
+    /// the caller's wins, except that a plain `broadcast` takes the root
+    /// the collective knows. `self` is the caller's label.
+    ///
+    /// ```
+    /// use zccl_runtime::label::OpLabel;
+    /// let b = OpLabel::broadcast_root(2);
+    /// assert_eq!(OpLabel::NONE.refine(OpLabel::ALL_GATHER), OpLabel::ALL_GATHER);
+    /// assert_eq!(OpLabel::ALL_TO_ALL.refine(OpLabel::ALL_TO_ALL_V), OpLabel::ALL_TO_ALL);
+    /// assert_eq!(OpLabel::BROADCAST.refine(b), b);
+    /// ```
+    pub const fn refine(self, own: OpLabel) -> OpLabel {
+        if self.0 == 0 || (self.0 == Self::BROADCAST.0 && own.is_broadcast()) {
+            own
+        } else {
+            self
+        }
+    }
 
     /// The label `code` (`0..32`).
     pub const fn new(code: u8) -> Option<Self> {
@@ -114,5 +161,50 @@ impl OpLabel {
 impl fmt::Display for OpLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(NAMES[self.0 as usize & 31])
+    }
+}
+
+/// What one rank ran on a channel, as far as a message shows it: one side
+/// of an [`Error::Disagreement`](crate::Error::Disagreement).
+///
+/// ```
+/// use zccl_runtime::{DType, label::{OpLabel, OpSide}};
+/// let s = OpSide { rank: 2, op: OpLabel::ALL_REDUCE_SUM, dtype: DType::F64, bytes: 8192 };
+/// assert_eq!(s.to_string(), "rank 2 all_reduce(sum) of 8192 B (1024 x f64)");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpSide {
+    /// The (world) rank.
+    pub rank: u32,
+    /// Its operation label.
+    pub op: OpLabel,
+    /// Its element type.
+    pub dtype: DType,
+    /// The bytes of its message (or receive).
+    pub bytes: u64,
+}
+
+impl fmt::Display for OpSide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = match self.op {
+            OpLabel::NONE => "unlabelled op".to_string(),
+            l => l.to_string(),
+        };
+        write!(
+            f,
+            "rank {} {op} of {} B ({})",
+            self.rank,
+            self.bytes,
+            elems(self.bytes, self.dtype)
+        )
+    }
+}
+
+/// `bytes` as a count of `d` elements where it divides.
+pub(crate) fn elems(bytes: u64, d: DType) -> String {
+    if bytes.is_multiple_of(d.size() as u64) {
+        format!("{} x {d}", bytes / d.size() as u64)
+    } else {
+        format!("{bytes} B of {d}")
     }
 }

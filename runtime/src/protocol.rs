@@ -36,12 +36,56 @@ pub(crate) enum Control {
     Cts { channel: u32, seq: u64, credit: u64 },
     /// `bytes` of eager credit returned ([`crate::flow`]).
     Credit { bytes: u64 },
+    /// Rank `reporter` found that ranks run different operations on
+    /// `channel` (sent to every rank: each fails its pending and later ops
+    /// of that channel). Sides are `(rank, type byte, bytes)`: sender and
+    /// receiver of one message, or two senders whose messages `crossed`.
+    Disagree {
+        channel: u32,
+        reporter: u32,
+        crossed: bool,
+        a: (u32, u8, u64),
+        b: (u32, u8, u64),
+    },
 }
 
 const LEN: usize = 22;
+/// Length of an encoded [`Control::Disagree`].
+const DISAGREE_LEN: usize = 36;
+
+fn put_side(b: &mut [u8], (rank, code, bytes): (u32, u8, u64)) {
+    b[0..4].copy_from_slice(&rank.to_le_bytes());
+    b[4] = code;
+    b[5..13].copy_from_slice(&bytes.to_le_bytes());
+}
+
+fn side(b: &[u8]) -> Option<(u32, u8, u64)> {
+    Some((
+        u32::from_le_bytes(b[0..4].try_into().ok()?),
+        b[4],
+        u64::from_le_bytes(b[5..13].try_into().ok()?),
+    ))
+}
 
 impl Control {
     pub(crate) fn encode(&self) -> Vec<u8> {
+        if let Self::Disagree {
+            channel,
+            reporter,
+            crossed,
+            a,
+            b: other,
+        } = *self
+        {
+            let mut b = vec![0u8; DISAGREE_LEN];
+            b[0] = 4;
+            b[1..5].copy_from_slice(&channel.to_le_bytes());
+            b[5..9].copy_from_slice(&reporter.to_le_bytes());
+            b[9] = crossed as u8;
+            put_side(&mut b[10..23], a);
+            put_side(&mut b[23..36], other);
+            return b;
+        }
         let mut b = vec![0u8; LEN];
         let (tag, channel, seq, bytes, dtype) = match *self {
             Self::Ack { channel, seq } => (1u8, channel, seq, 0, 0),
@@ -64,6 +108,7 @@ impl Control {
                 credit,
             } => (6u8, channel, seq, credit, 0),
             Self::Credit { bytes } => (7u8, 0, 0, bytes, 0),
+            Self::Disagree { .. } => unreachable!("encoded above"),
         };
         b[0] = tag;
         b[1..5].copy_from_slice(&channel.to_le_bytes());
@@ -74,6 +119,19 @@ impl Control {
     }
 
     pub(crate) fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() == DISAGREE_LEN && b[0] == 4 {
+            return Some(Self::Disagree {
+                channel: u32::from_le_bytes(b[1..5].try_into().ok()?),
+                reporter: u32::from_le_bytes(b[5..9].try_into().ok()?),
+                crossed: match b[9] {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                },
+                a: side(&b[10..23])?,
+                b: side(&b[23..36])?,
+            });
+        }
         if b.len() != LEN {
             return None;
         }
@@ -137,10 +195,19 @@ mod tests {
                 credit: 4096,
             },
             Control::Credit { bytes: u64::MAX },
+            Control::Disagree {
+                channel: 5,
+                reporter: 3,
+                crossed: true,
+                a: (1, 0x2d, 8),
+                b: (u32::MAX, 7, u64::MAX),
+            },
         ] {
             assert_eq!(Control::decode(&c.encode()), Some(c));
         }
         assert_eq!(Control::decode(&[]), None);
         assert_eq!(Control::decode(&[9; LEN]), None);
+        assert_eq!(Control::decode(&[4; DISAGREE_LEN]), None); // crossed = 4
+        assert_eq!(Control::decode(&[4; LEN]), None);
     }
 }

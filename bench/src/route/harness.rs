@@ -6,9 +6,11 @@
 //! * **Testbed**: `hosts` namespaces with `nics` NICs each, every NIC
 //!   `tbf`-limited to `rate` ([`zccl_testbed::Testbed`]); a fresh one per
 //!   run, so that no run inherits another's link state, rates or sockets.
-//! * **Ranks**: this same program with `--worker` (see [`super::worker`]),
-//!   run through `ip netns exec` in its host, with the launcher variables
-//!   (`ZCCL_RANK` = `host × ranks + local rank`, `ZCCL_LOCAL_RANK`,
+//! * **Ranks**: this same program with `--worker` (see [`super::worker`],
+//!   [`super::sp_worker`]), run through `ip netns exec` in its host, with
+//!   the launcher variables (`ZCCL_RANK` = `host × ranks + local rank`, or
+//!   `local rank × hosts + host` where the scenario interleaves the hosts
+//!   ([`Scenario::placement`]), `ZCCL_LOCAL_RANK`,
 //!   `ZCCL_ROOT_ADDR` = host 0's NIC 0, port 29500, a fresh
 //!   `ZCCL_JOB_SECRET`), `ZCCL_SOCKET_IFNAME=nic` (every NIC of the host),
 //!   `ZCCL_TOPO_FILE` (the testbed's topology: GPU `l` is affine to NIC
@@ -47,7 +49,7 @@ use zccl_runtime::UniqueId;
 use zccl_runtime::launcher::{RankExit, die_with_parent};
 use zccl_testbed::{Spec, Testbed};
 
-use super::protocol::{self, Line, RankReport};
+use super::protocol::{self, Line, RankReport, SpRankReport};
 use super::scenario::{Disturbance, Scenario, Shape, Transfer};
 
 /// How inter-host sends travel in a run (`ZCCL_ROUTER`).
@@ -106,6 +108,10 @@ pub struct RunSpec {
     pub rate_bps: f64,
     /// `--bytes` (the scenario scales it: failure sends 4×).
     pub bytes: u64,
+    /// SP scenarios: `--reps`.
+    pub reps: u32,
+    /// SP scenarios: `--scan-blocks`.
+    pub scan_blocks: usize,
     /// When the scenario's time is up.
     pub deadline: Instant,
     /// The scenario's bound (`--timeout`), for messages.
@@ -199,19 +205,31 @@ impl Drop for TempDir {
 /// interrupted ([`Interrupted`]); a run that failed is an `Ok` outcome with
 /// `ok: false` and `error`.
 pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
+    run_with_reports(spec).map(|(out, _)| out)
+}
+
+/// [`run`] for the SP scenarios: also the ranks' `SP-RESULT` reports (the
+/// outcome's `verified` and `time_s` only count point-to-point transfers,
+/// which these scenarios have none of; see [`super::sp::assemble`]).
+pub fn run_sp(spec: &RunSpec) -> Result<(RunOutcome, Vec<SpRankReport>)> {
+    run_with_reports(spec)
+}
+
+fn run_with_reports(spec: &RunSpec) -> Result<(RunOutcome, Vec<SpRankReport>)> {
     let shape = spec.shape;
     let interrupted = || crate::hold::stop_requested();
     if interrupted() {
         return Err(Interrupted.into());
     }
     if spec.deadline.saturating_duration_since(Instant::now()) < Duration::from_secs(1) {
-        return Ok(RunOutcome::failed(
+        let out = RunOutcome::failed(
             spec,
             format!(
                 "timed out: the scenario's {:.0} s bound passed before this run started",
                 spec.bound.as_secs_f64()
             ),
-        ));
+        );
+        return Ok((out, Vec::new()));
     }
     let tb = Testbed::up(&Spec {
         hosts: shape.hosts,
@@ -247,8 +265,8 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
     let started = Instant::now();
     for (h, topo) in topo.iter().enumerate() {
         for l in 0..shape.ranks {
-            let r = shape.rank(h, l);
-            match spawn(spec, &tb, h, l, &root, &secret, topo, &tx) {
+            let r = shape.rank_in(spec.scenario.placement(), h, l);
+            match spawn(spec, &tb, (h, l), ranks.len(), &root, &secret, topo, &tx) {
                 Ok(rank) => ranks.push(rank),
                 Err(e) => {
                     kill_all(&mut ranks);
@@ -292,15 +310,15 @@ impl RunOutcome {
 fn spawn(
     spec: &RunSpec,
     tb: &Testbed,
-    h: usize,
-    l: usize,
+    (h, l): (usize, usize),
+    idx: usize,
     root: &str,
     secret: &str,
     topo: &Path,
     tx: &mpsc::Sender<Event>,
 ) -> Result<Rank> {
     let shape = spec.shape;
-    let r = shape.rank(h, l);
+    let r = shape.rank_in(spec.scenario.placement(), h, l);
     let label = format!("{} h{h}/l{l} rank {r}", spec.router.env_value());
     let left = spec.deadline.saturating_duration_since(Instant::now());
     let mut cmd = tb.command(h, &spec.program.to_string_lossy());
@@ -318,6 +336,10 @@ fn spawn(
         spec.rate.clone(),
         "--bytes".into(),
         spec.bytes.to_string(),
+        "--reps".into(),
+        spec.reps.to_string(),
+        "--scan-blocks".into(),
+        spec.scan_blocks.to_string(),
     ]);
     for (k, _) in std::env::vars_os() {
         let name = k.to_string_lossy();
@@ -345,7 +367,6 @@ fn spawn(
         .stderr(Stdio::piped());
     die_with_parent(&mut cmd);
     let mut child = cmd.spawn().context("cannot run `ip netns exec`")?;
-    let idx = r as usize;
     let stdout = child.stdout.take().expect("piped stdout");
     let tx = tx.clone();
     std::thread::spawn(move || {
@@ -405,7 +426,7 @@ fn supervise(
     ranks: &mut [Rank],
     rx: &mpsc::Receiver<Event>,
     started: Instant,
-) -> Result<RunOutcome> {
+) -> Result<(RunOutcome, Vec<SpRankReport>)> {
     let shape = spec.shape;
     let transfers = spec.scenario.transfers(&shape, spec.bytes);
     let senders = transfers.len();
@@ -421,6 +442,7 @@ fn supervise(
             .unwrap_or(0.0),
     );
     let mut reports: Vec<Option<RankReport>> = vec![None; ranks.len()];
+    let mut sp_reports: Vec<Option<SpRankReport>> = vec![None; ranks.len()];
     let mut start: Option<Instant> = None;
     let mut done = 0usize;
     let (mut down_at, mut up_at) = (None::<Instant>, None::<Instant>);
@@ -443,6 +465,11 @@ fn supervise(
                 Line::Done { .. } => done += 1,
                 Line::Result(r) => {
                     if let Some(slot) = reports.get_mut(idx) {
+                        *slot = Some(r);
+                    }
+                }
+                Line::Sp(r) => {
+                    if let Some(slot) = sp_reports.get_mut(idx) {
                         *slot = Some(r);
                     }
                 }
@@ -547,7 +574,7 @@ fn supervise(
     out.nic_tx_bytes = summary.nic_tx_bytes;
     out.error = error.or(link_error).or(summary.error);
     out.ok = out.error.is_none() && out.verified;
-    Ok(out)
+    Ok((out, sp_reports.into_iter().flatten().collect()))
 }
 
 /// What the reports of one run add up to.

@@ -8,7 +8,9 @@
 //!   about to send (the harness times the failure scenario's link-down
 //!   from the first one);
 //! * `ROUTE-DONE <rank> <unix ns>`: a sender got its receiver's verdict;
-//! * `ROUTE-RESULT <json>`: a rank's [`RankReport`], its last line.
+//! * `ROUTE-RESULT <json>`: a rank's [`RankReport`], its last line;
+//! * `SP-RESULT <json>`: in the SP scenarios ([`super::sp`]), a rank's
+//!   [`SpRankReport`] instead, its last line.
 //!
 //! Anything else on a rank's stdout is kept as text.
 
@@ -20,6 +22,36 @@ pub const START: &str = "ROUTE-START";
 pub const DONE: &str = "ROUTE-DONE";
 /// Tag of a rank's report.
 pub const RESULT: &str = "ROUTE-RESULT";
+/// Tag of a rank's report in the SP scenarios.
+pub const SP_RESULT: &str = "SP-RESULT";
+
+/// One timed step of an SP scenario on one rank: one repetition of one
+/// strategy, from the barrier before it to this rank's last byte in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpStep {
+    /// The strategy (`one_way`, `two_one_way`, `bidir`, `all_scan`, `all_gather`).
+    pub strategy: String,
+    /// The repetition, from 0.
+    pub rep: u32,
+    /// When this rank left the barrier, ns since the Unix epoch.
+    pub start_ns: u64,
+    /// When this rank had all it receives, ns since the Unix epoch.
+    pub end_ns: u64,
+    /// Everything this rank received was checked and right.
+    pub verified: bool,
+    /// The first wrong byte offset (in the concatenation of what this rank
+    /// received in the step), if any.
+    pub first_bad: Option<u64>,
+}
+
+/// What one rank of an SP scenario measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpRankReport {
+    /// The rank.
+    pub rank: u32,
+    /// Its timed steps.
+    pub steps: Vec<SpStep>,
+}
 
 /// One send of a rank, timed from the barrier to the receiver's verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +119,8 @@ pub enum Line {
     },
     /// `ROUTE-RESULT`.
     Result(RankReport),
+    /// `SP-RESULT`.
+    Sp(SpRankReport),
     /// Anything else (including a malformed tagged line).
     Other(String),
 }
@@ -100,6 +134,14 @@ pub fn event_line(tag: &str, rank: u32, at_ns: u64) -> String {
 pub fn result_line(r: &RankReport) -> String {
     format!(
         "{RESULT} {}",
+        serde_json::to_string(r).expect("a report serializes")
+    )
+}
+
+/// The `SP-RESULT` line.
+pub fn sp_result_line(r: &SpRankReport) -> String {
+    format!(
+        "{SP_RESULT} {}",
         serde_json::to_string(r).expect("a report serializes")
     )
 }
@@ -124,6 +166,7 @@ pub fn parse(line: &str) -> Line {
         START => event().map_or_else(other, |(rank, at_ns)| Line::Start { rank, at_ns }),
         DONE => event().map_or_else(other, |(rank, at_ns)| Line::Done { rank, at_ns }),
         RESULT => serde_json::from_str(rest).map_or_else(|_| other(), Line::Result),
+        SP_RESULT => serde_json::from_str(rest).map_or_else(|_| other(), Line::Sp),
         _ => other(),
     }
 }
@@ -194,7 +237,25 @@ mod tests {
                 at_ns: 1_700_000_000_000_000_000
             }
         );
-        for bad in ["ROUTE-START x 1", "ROUTE-RESULT {", "ROUTE-DONE 1", ""] {
+        let sp = SpRankReport {
+            rank: 3,
+            steps: vec![SpStep {
+                strategy: "bidir".into(),
+                rep: 2,
+                start_ns: 5,
+                end_ns: 9,
+                verified: true,
+                first_bad: None,
+            }],
+        };
+        assert_eq!(parse(&sp_result_line(&sp)), Line::Sp(sp));
+        for bad in [
+            "ROUTE-START x 1",
+            "ROUTE-RESULT {",
+            "ROUTE-DONE 1",
+            "SP-RESULT {",
+            "",
+        ] {
             assert_eq!(parse(bad), Line::Other(bad.into()), "{bad:?}");
         }
     }

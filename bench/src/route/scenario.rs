@@ -23,15 +23,58 @@ pub enum Scenario {
     Failure,
     /// Like imbalanced, with host 0's last NIC at a quarter of the rate.
     Slow,
+    /// SP primitives (issue #13, [`super::sp`]): TokenRing's bidirectional
+    /// step against two one-way ring shifts of the same bytes, ranks placed
+    /// so that both ring neighbours of every rank are on another host.
+    #[value(name = "token_ring")]
+    TokenRing,
+    /// The same, ranks placed host by host (the ring crosses between hosts
+    /// only at the hosts' boundary ranks).
+    #[value(name = "token_ring_block")]
+    TokenRingBlock,
+    /// All-Scan (pipelined chain) against an all-gather of the same states,
+    /// ranks placed host by host.
+    #[value(name = "all_scan")]
+    AllScan,
 }
 
-/// Every scenario, in the order they run.
+/// The router's scenarios, in the order they run (the default set).
 pub const ALL: [Scenario; 4] = [
     Scenario::Imbalanced,
     Scenario::Balanced,
     Scenario::Failure,
     Scenario::Slow,
 ];
+
+/// The SP primitives' scenarios ([`super::sp`]), run only when named.
+pub const SP: [Scenario; 3] = [
+    Scenario::TokenRing,
+    Scenario::TokenRingBlock,
+    Scenario::AllScan,
+];
+
+/// How ranks are numbered across hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// Host by host (`srun`'s block distribution): local rank `l` of host
+    /// `h` is rank `h × ranks + l`.
+    Block,
+    /// Round robin over the hosts (`srun`'s cyclic distribution): local
+    /// rank `l` of host `h` is rank `l × hosts + h`, so that ranks `r − 1`
+    /// and `r + 1` are on other hosts than `r`.
+    Interleaved,
+}
+
+impl Placement {
+    /// The name used in the output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Block => "block",
+            Placement::Interleaved => "interleaved",
+        }
+    }
+}
 
 /// The cluster: hosts × NICs per host × ranks per host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +96,22 @@ impl Shape {
     /// The rank of local rank `local` of host `host`.
     pub fn rank(&self, host: usize, local: usize) -> u32 {
         (host * self.ranks + local) as u32
+    }
+
+    /// The rank of local rank `local` of host `host` under `placement`.
+    ///
+    /// ```
+    /// use zccl_bench::route::scenario::{Placement, Shape};
+    /// let shape = Shape { hosts: 2, nics: 4, ranks: 4 };
+    /// assert_eq!(shape.rank_in(Placement::Block, 1, 0), 4);
+    /// assert_eq!(shape.rank_in(Placement::Interleaved, 1, 0), 1);
+    /// assert_eq!(shape.rank_in(Placement::Interleaved, 0, 3), 6);
+    /// ```
+    pub fn rank_in(&self, placement: Placement, host: usize, local: usize) -> u32 {
+        match placement {
+            Placement::Block => self.rank(host, local),
+            Placement::Interleaved => (local * self.hosts + host) as u32,
+        }
     }
 
     /// Host and local rank of `rank`.
@@ -110,6 +169,25 @@ impl Scenario {
             Scenario::Balanced => "balanced",
             Scenario::Failure => "failure",
             Scenario::Slow => "slow",
+            Scenario::TokenRing => "token_ring",
+            Scenario::TokenRingBlock => "token_ring_block",
+            Scenario::AllScan => "all_scan",
+        }
+    }
+
+    /// Whether this is one of the SP primitives' scenarios ([`SP`]), which
+    /// time collectives of every rank instead of point-to-point transfers
+    /// from host 0 to host 1 ([`super::sp`]).
+    pub fn is_sp(self) -> bool {
+        SP.contains(&self)
+    }
+
+    /// How the scenario numbers its ranks: the SP scenario `token_ring`
+    /// interleaves the hosts, every other scenario places host by host.
+    pub fn placement(self) -> Placement {
+        match self {
+            Scenario::TokenRing => Placement::Interleaved,
+            _ => Placement::Block,
         }
     }
 
@@ -127,7 +205,8 @@ impl Scenario {
         }
     }
 
-    /// The transfers, each of `self.bytes(base)` bytes.
+    /// The transfers, each of `self.bytes(base)` bytes (none for the SP
+    /// scenarios, whose ranks report their own timings).
     ///
     /// ```
     /// use zccl_bench::route::scenario::{Scenario, Shape};
@@ -137,6 +216,9 @@ impl Scenario {
     /// assert_eq!(Scenario::Imbalanced.transfers(&shape, 8).len(), 1);
     /// ```
     pub fn transfers(self, shape: &Shape, base: u64) -> Vec<Transfer> {
+        if self.is_sp() {
+            return Vec::new();
+        }
         let bytes = self.bytes(base);
         let senders = match self {
             Scenario::Balanced => shape.ranks,
@@ -186,6 +268,8 @@ impl Scenario {
         let n = nics as f64;
         match self {
             Scenario::Imbalanced | Scenario::Balanced => n * rate_bps,
+            // Not used: the SP scenarios have their own targets (sp.rs).
+            Scenario::TokenRing | Scenario::TokenRingBlock | Scenario::AllScan => n * rate_bps,
             Scenario::Failure => (n - 1.0) * rate_bps,
             Scenario::Slow => (n - 0.75) * rate_bps,
         }
@@ -213,6 +297,10 @@ impl Scenario {
             Scenario::Balanced => "routed >= 0.95x static",
             Scenario::Failure => "routed time <= bound (1.2x the time on the NICs left)",
             Scenario::Slow => "routed >= 90% of limit",
+            Scenario::TokenRing | Scenario::TokenRingBlock => {
+                "bidir <= 0.6x two one-way shifts of the same bytes"
+            }
+            Scenario::AllScan => "all_scan >= 2.5x faster than all_gather",
         }
     }
 
@@ -236,6 +324,8 @@ impl Scenario {
             Scenario::Balanced => Some(m.routed_bps >= 0.95 * m.static_bps?),
             Scenario::Failure => Some(m.routed_s <= bound_s?),
             Scenario::Slow => Some(m.routed_bps >= 0.9 * limit_bps),
+            // Their targets are ratios of times ([`super::sp::target_met`]).
+            Scenario::TokenRing | Scenario::TokenRingBlock | Scenario::AllScan => None,
         }
     }
 }

@@ -92,14 +92,14 @@ pub fn run(shape: Shape, scenario: Scenario, bytes: u64) -> Result<()> {
 }
 
 /// Prints one line on stdout at once.
-fn say(line: &str) {
+pub(super) fn say(line: &str) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{line}");
     let _ = o.flush();
 }
 
 /// Every rank sends one byte to and receives one byte from every other.
-fn barrier(ctl: &Channel, me: u32, n: u32) -> Result<()> {
+pub(super) fn barrier(ctl: &Channel, me: u32, n: u32) -> Result<()> {
     let mut ops = Vec::with_capacity(2 * n as usize);
     for p in (0..n).filter(|&p| p != me) {
         ops.push(Op::send(p, vec![0u8]));
@@ -109,7 +109,7 @@ fn barrier(ctl: &Channel, me: u32, n: u32) -> Result<()> {
     Ok(())
 }
 
-fn now_ns() -> u64 {
+pub(super) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)

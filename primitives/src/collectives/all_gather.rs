@@ -1,7 +1,9 @@
 //! All-gather: the pipelined ring for large outputs, Bruck for small ones.
 
+use crate::fabric::Signed;
 use std::ops::Range;
 use std::sync::Arc;
+use zccl_runtime::label::OpLabel;
 
 use super::ring_pipe::{RecvAhead, piece_elems, pieces, ring_all_gather_pipe};
 use super::{OP_AG, step_tag, wait_all};
@@ -83,6 +85,7 @@ fn all_gather_into_with<T: Elem, F: Fabric + ?Sized>(
     out: &mut [T],
     algo: Algo,
 ) -> Result<()> {
+    let f = &Signed::new::<T>(f, OpLabel::ALL_GATHER);
     let (r, n, m) = (f.rank(), f.size(), input.len());
     if out.len() != n * m {
         return Err(Error::InvalidArgument(format!(

@@ -1,6 +1,9 @@
 //! Barrier: dissemination, `⌈log₂ n⌉` rounds of empty messages.
 
+use crate::fabric::Signed;
 use std::sync::Arc;
+use zccl_runtime::DType;
+use zccl_runtime::label::OpLabel;
 
 use super::{OP_BARRIER, wait_all};
 use crate::error::Result;
@@ -15,6 +18,7 @@ use crate::nonblocking::{OpHandle, start};
 /// run_ranks(5, |f| barrier(f, 0).unwrap());
 /// ```
 pub fn barrier<F: Fabric + ?Sized>(f: &F, ch: u32) -> Result<()> {
+    let f = &Signed::bytes(f, OpLabel::BARRIER, DType::U8);
     let (r, n) = (f.rank(), f.size());
     let mut d = 1;
     let mut k = 0u16;

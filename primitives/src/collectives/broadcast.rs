@@ -1,7 +1,9 @@
 //! Broadcast: binomial tree for small buffers, pipelined chain of
 //! [`CHAIN_SEGMENT_BYTES`] segments for large ones.
 
+use crate::fabric::Signed;
 use std::sync::Arc;
+use zccl_runtime::label::OpLabel;
 
 use super::OP_BCAST;
 use crate::dtype::{Elem, from_bytes, to_bytes};
@@ -76,6 +78,7 @@ pub fn broadcast_with<T: Elem, F: Fabric + ?Sized>(
     algo: Algo,
 ) -> Result<()> {
     check_rank(f, root, "broadcast root")?;
+    let f = &Signed::new::<T>(f, OpLabel::broadcast_root(root));
     let (r, n) = (f.rank(), f.size());
     if n == 1 {
         return Ok(());

@@ -1,6 +1,9 @@
 //! Reduce-scatter: the pipelined ring reduce-scatter phase on its own.
 
+use super::reduction;
+use crate::fabric::Signed;
 use std::sync::Arc;
+use zccl_runtime::label::OpLabel;
 
 use super::ring_pipe::{RecvAhead, RsBuf, piece_elems, ring_reduce_scatter_pipe};
 use super::{OP_RS, wait_all};
@@ -54,6 +57,7 @@ pub fn reduce_scatter_into<T: Elem, F: Fabric + ?Sized>(
     output: &mut [T],
     op: ReduceOp,
 ) -> Result<()> {
+    let f = &Signed::new::<T>(f, reduction(OpLabel::REDUCE_SCATTER_SUM, op));
     let (r, n) = (f.rank(), f.size());
     let chunks = chunk_ranges(input.len(), n);
     let mine_at = chunks[r].clone();
