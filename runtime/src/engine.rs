@@ -9,14 +9,23 @@
 //!   arrived ([`Engine::poll`]) and matching them itself; only then does it
 //!   sleep. Everything else (TCP frames, large messages, peer failures,
 //!   deadlines) reaches the engine through its task.
-//! * Sends are eager: the data goes out at once, whether or not the receiver
-//!   posted its receive. The receiver keeps early messages keyed by
-//!   `(communicator, channel, source, seq)` until the matching receive is
-//!   posted. The communicator context id keeps communicators that share this
-//!   engine (a world communicator and those split from it) apart. Hence a
-//!   batch completes whatever the order of its ops on each rank.
-//! * A receive that matches answers the sender with an ack (or a mismatch
-//!   nack carrying its size and type); a send completes on that answer.
+//! * Flow control ([`crate::flow`]): while the receiver's window for this
+//!   rank has room (`ZCCL_MAX_UNEXPECTED_BYTES`), the data goes out at once,
+//!   whether or not the receiver posted its receive; past it, only a request
+//!   to send goes, and the data follows the receiver's clear-to-send, so a
+//!   receiver never buffers more than the window per sender. The receiver
+//!   keeps early messages keyed by `(communicator, channel, source, seq)`
+//!   until the matching receive is posted. The communicator context id keeps
+//!   communicators that share this engine (a world communicator and those
+//!   split from it) apart. Hence a batch completes whatever the order of its
+//!   ops on each rank.
+//! * A small message of a collective or primitive (other than broadcast) is
+//!   eager: its send completes once the transport has it, unacknowledged
+//!   (the receiver returns the window's credit in batches); a mismatch at
+//!   its receive is reported to every rank ([`Control::Disagree`]). Any
+//!   other receive that matches answers the sender with an ack (or a
+//!   mismatch nack carrying its size and type), and its send completes on
+//!   that answer.
 //! * Ops of one channel of one communicator complete, as seen by handles, in
 //!   issue order.
 //! * Every op has a deadline; expired ops fail with a timeout error.
@@ -196,9 +205,8 @@ pub(crate) struct Engine {
     transport: Arc<dyn Transport>,
     sends: HashMap<Key, PendingOp>,
     recvs: HashMap<Key, PendingOp>,
-    /// Messages that arrived before their receive: type byte, payload,
-    /// whether they came through the router.
-    unexpected: HashMap<Key, (u8, Bytes, bool)>,
+    /// Messages that arrived before their receive: type byte, payload.
+    unexpected: HashMap<Key, (u8, Bytes)>,
     /// Requests to send whose receive is not posted yet ([`crate::flow`]).
     rts: HashSet<Key>,
     /// Rendezvous sends waiting for their clear-to-send: the message and
@@ -444,7 +452,7 @@ impl Engine {
                     let crossed = self
                         .unexpected
                         .iter()
-                        .filter(|(k, (code, _, _))| {
+                        .filter(|(k, (code, _))| {
                             k.0 == d.comm
                                 && k.1 == d.channel
                                 && k.2 == d.peer
@@ -534,8 +542,8 @@ impl Engine {
                 }
             }
             OpKind::Recv => {
-                if let Some((dtype, payload, routed)) = self.unexpected.remove(&key) {
-                    return self.matched(pending, dtype, payload, routed);
+                if let Some((dtype, payload)) = self.unexpected.remove(&key) {
+                    return self.matched(pending, dtype, payload);
                 }
                 if self.closed_peers.contains(&d.peer) {
                     return self.finish(
@@ -595,7 +603,7 @@ impl Engine {
                 Action::Send { peer, msg, .. } => {
                     self.post(peer, msg);
                 }
-                Action::Deliver { src, msg } => self.on_message_via(src, msg, true),
+                Action::Deliver { src, msg } => self.on_message(src, msg),
                 Action::NicState { nic, up } => self.transport.set_nic_up(&nic, up),
             }
         }
@@ -629,7 +637,7 @@ impl Engine {
     }
 
     /// A receive meets its message.
-    fn matched(&mut self, recv: PendingOp, code: u8, payload: Bytes, routed: bool) {
+    fn matched(&mut self, recv: PendingOp, code: u8, payload: Bytes) {
         let d = &recv.desc;
         let (send_dtype, send_op) = OpLabel::split(code);
         // A message a transport copied into the receive's zone arrives
@@ -649,6 +657,11 @@ impl Engine {
             // wants the bytes).
             z.fill_from(&payload);
         }
+        // Routed: the peer is on another host and the router carries what
+        // this rank and it exchange (decided alike on both sides; small
+        // messages go straight on one NIC, not through the router's
+        // reassembly, so how this one arrived does not tell).
+        let routed = self.router.as_ref().is_some_and(|r| r.wants(d.peer));
         let acked = flow::acknowledged(sent_bytes, routed, eager_label(code));
         if !acked && let Some(credit) = self.owed.on_matched(d.peer, sent_bytes) {
             // The sender's eager messages are matched: its credit back.
@@ -786,7 +799,7 @@ impl Engine {
         let (due, rest): (Vec<_>, Vec<_>) = self.suspects.drain(..).partition(|s| s.0 <= now);
         self.suspects = rest;
         for (_, m, k) in due {
-            let Some((code, payload, _)) = self.unexpected.get(&m) else {
+            let Some((code, payload)) = self.unexpected.get(&m) else {
                 continue;
             };
             let mine = match self.sends.get(&k) {
@@ -821,11 +834,6 @@ impl Engine {
     }
 
     fn on_message(&mut self, peer: u32, msg: Message) {
-        self.on_message_via(peer, msg, false)
-    }
-
-    /// [`Engine::on_message`]; `routed`: reassembled by the router.
-    fn on_message_via(&mut self, peer: u32, msg: Message, routed: bool) {
         if msg.comm == ROUTE_COMM {
             match self.router.as_mut() {
                 Some(r) => {
@@ -844,7 +852,7 @@ impl Engine {
             MessageKind::Data => {
                 let key = (msg.comm, msg.channel, peer, msg.seq);
                 match self.take(OpKind::Recv, key) {
-                    Some(recv) => self.matched(recv, msg.dtype, msg.payload, routed),
+                    Some(recv) => self.matched(recv, msg.dtype, msg.payload),
                     None => {
                         if OpLabel::split(msg.dtype).1 != OpLabel::NONE {
                             if self.poisoned.contains_key(&(msg.comm, msg.channel)) {
@@ -877,7 +885,7 @@ impl Engine {
                         }
                         if self
                             .unexpected
-                            .insert(key, (msg.dtype, msg.payload, routed))
+                            .insert(key, (msg.dtype, msg.payload))
                             .is_some()
                         {
                             warn!(
@@ -1146,7 +1154,7 @@ impl Engine {
                     .unexpected
                     .iter()
                     .filter(|(k, _)| k.0 == p.desc.comm && k.1 == p.desc.channel)
-                    .map(|(k, (code, _, _))| (k.2, OpLabel::split(*code).1))
+                    .map(|(k, (code, _))| (k.2, OpLabel::split(*code).1))
                     .find(|&(_, l)| l != mine);
                 let e = Error::Timeout {
                     op: p.desc.clone(),

@@ -22,8 +22,8 @@
 //! window ([`Window`], `ZCCL_MAX_UNEXPECTED_BYTES`), whatever the traffic:
 //! every byte sent without a clear-to-send was charged to the window first.
 //! Whether a message is acknowledged follows from what both sides know (its
-//! length, and whether it travelled through the router), so the wire needs
-//! no flag for it.
+//! length, its operation label, and whether the two ranks are on different
+//! hosts with the router on), so the wire needs no flag for it.
 //!
 //! ```
 //! use zccl_runtime::flow::{Credit, Protocol, EAGER_MAX};
