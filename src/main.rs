@@ -47,6 +47,114 @@ enum Cmd {
     /// router (static affinity vs routed) on a network-namespace testbed
     /// (needs root). See docs/bench.md.
     Bench(zccl_bench::args::BenchArgs),
+    /// Flow-level network simulator running zccl's real planner and schedules.
+    ///
+    /// `zccl sim calibrate` holds it against the testbed's measured `zccl
+    /// bench route` scenarios (sim/data/testbed.json, or --measured FILE);
+    /// `zccl sim sweep` runs ring attention, TokenRing, Ulysses and All-Scan
+    /// at 16, 128 and 1024 simulated GPUs, static affinity vs the router.
+    /// See docs/simulation.md.
+    Sim {
+        #[command(subcommand)]
+        cmd: SimCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimCmd {
+    /// Measured vs simulated per testbed scenario, with the error and PASS/FAIL
+    /// against the bound (10 % for the router's scenarios, 15 % for the SP
+    /// ones). Exit code 1 when a row is out of bounds.
+    Calibrate {
+        /// `zccl bench route --json` files to compare instead of the committed
+        /// measurements (repeat to add SP rows from another run).
+        #[arg(long, value_name = "FILE")]
+        measured: Vec<PathBuf>,
+        /// Also write the table as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// The scale sweep: every SP pattern at every size, static affinity vs
+    /// the router, uneven sequence lengths across hosts.
+    Sweep {
+        /// GPU counts (8 per host).
+        #[arg(long, value_delimiter = ',', default_value = "16,128,1024")]
+        gpus: Vec<usize>,
+        /// Even sequence lengths instead of the Zeppelin setting.
+        #[arg(long)]
+        even: bool,
+        /// Write the results as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Draw time vs GPUs per pattern and mode.
+        #[arg(long, value_name = "FILE.svg")]
+        svg: Option<PathBuf>,
+    },
+}
+
+fn sim(cmd: SimCmd) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match cmd {
+        SimCmd::Calibrate { measured, json } => {
+            let value = if measured.is_empty() {
+                zccl_sim::calibrate::committed()
+            } else {
+                let mut all = Vec::new();
+                for f in &measured {
+                    let text = std::fs::read_to_string(f)
+                        .with_context(|| format!("reading {}", f.display()))?;
+                    let v: serde_json::Value = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not JSON", f.display()))?;
+                    match v {
+                        serde_json::Value::Array(a) => all.extend(a),
+                        serde_json::Value::Object(ref o) => {
+                            for k in ["route", "sp"] {
+                                if let Some(serde_json::Value::Array(a)) = o.get(k) {
+                                    all.extend(a.iter().cloned());
+                                }
+                            }
+                        }
+                        _ => anyhow::bail!("{}: expected an array or an object", f.display()),
+                    }
+                }
+                serde_json::Value::Array(all)
+            };
+            let cal = zccl_sim::calibrate::calibrate(&value)?;
+            print!("{}", cal.table());
+            if let Some(f) = json {
+                std::fs::write(&f, serde_json::to_string_pretty(&cal)? + "\n")
+                    .with_context(|| format!("writing {}", f.display()))?;
+            }
+            Ok(if cal.pass() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        SimCmd::Sweep {
+            gpus,
+            even,
+            json,
+            svg,
+        } => {
+            let cfg = zccl_sim::sweep::SweepConfig {
+                gpus,
+                uneven: !even,
+                ..Default::default()
+            };
+            let s = zccl_sim::sweep::sweep(&cfg)?;
+            print!("{}", s.table());
+            if let Some(f) = json {
+                std::fs::write(&f, s.to_json() + "\n")
+                    .with_context(|| format!("writing {}", f.display()))?;
+            }
+            if let Some(f) = svg {
+                std::fs::write(&f, s.to_svg())
+                    .with_context(|| format!("writing {}", f.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -146,6 +254,10 @@ fn main() -> std::process::ExitCode {
         Cmd::Topo(args) => topo(args),
         Cmd::Run(args) => return run(args),
         Cmd::Bench(args) => return zccl_bench::cli::run_as("zccl bench", args),
+        Cmd::Sim { cmd } => match sim(cmd) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
