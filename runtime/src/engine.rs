@@ -240,6 +240,14 @@ pub(crate) struct Engine {
     suspects: Vec<(Instant, Key, Key)>,
 }
 
+/// The error of an op whose transport is closed.
+fn transport_closed(d: &OpDesc) -> Error {
+    Error::Aborted {
+        op: Some(d.clone()),
+        reason: "transport closed".into(),
+    }
+}
+
 /// A control message to `peer`'s engine about communicator `comm`.
 fn control_msg(comm: u32, c: Control) -> Message {
     Message {
@@ -494,49 +502,34 @@ impl Engine {
                         let outcome = if self.send_now(d.peer, msg, lent, routed) {
                             Ok(None)
                         } else {
-                            Err(Error::Aborted {
-                                op: Some(d.clone()),
-                                reason: "transport closed".into(),
-                            })
+                            Err(transport_closed(&d))
                         };
-                        return self.finish(stream, op.index, pending.slot, outcome);
+                        self.finish(stream, op.index, pending.slot, outcome);
                     }
-                    Protocol::Immediate { charged } => {
-                        pending.charged = charged;
-                        self.deadlines
-                            .insert((op.deadline, stream, op.index), (OpKind::Send, key));
-                        self.sends.insert(key, pending);
-                        if !self.send_now(d.peer, msg, lent, routed)
-                            && let Some(p) = self.take(OpKind::Send, key)
-                        {
-                            let e = Error::Aborted {
-                                op: Some(d.clone()),
-                                reason: "transport closed".into(),
-                            };
-                            self.finish(stream, p.index, p.slot, Err(e));
+                    protocol => {
+                        // Pending until acknowledged; a rendezvous send
+                        // posts only its request now, the data waits for
+                        // the receive ([`Control::Cts`]).
+                        if let Protocol::Immediate { charged } = protocol {
+                            pending.charged = charged;
                         }
-                    }
-                    Protocol::Rendezvous => {
-                        // Only the request goes now; the data waits for the
-                        // receive ([`Control::Cts`]).
                         self.deadlines
                             .insert((op.deadline, stream, op.index), (OpKind::Send, key));
                         self.sends.insert(key, pending);
-                        self.held.insert(key, (msg, lent));
-                        let rts = Control::Rts {
-                            channel: d.channel,
-                            seq: d.seq,
-                            bytes: len,
-                            dtype: pending_code,
-                        };
-                        if !self.post(d.peer, control_msg(d.comm, rts))
-                            && let Some(p) = self.take(OpKind::Send, key)
-                        {
-                            let e = Error::Aborted {
-                                op: Some(d.clone()),
-                                reason: "transport closed".into(),
+                        let posted = if protocol == Protocol::Rendezvous {
+                            self.held.insert(key, (msg, lent));
+                            let rts = Control::Rts {
+                                channel: d.channel,
+                                seq: d.seq,
+                                bytes: len,
+                                dtype: pending_code,
                             };
-                            self.finish(stream, p.index, p.slot, Err(e));
+                            self.post(d.peer, control_msg(d.comm, rts))
+                        } else {
+                            self.send_now(d.peer, msg, lent, routed)
+                        };
+                        if !posted && let Some(p) = self.take(OpKind::Send, key) {
+                            self.finish(stream, p.index, p.slot, Err(transport_closed(&d)));
                         }
                     }
                 }
@@ -970,10 +963,7 @@ impl Engine {
                             let outcome = if sent {
                                 Ok(None)
                             } else {
-                                Err(Error::Aborted {
-                                    op: Some(s.desc.clone()),
-                                    reason: "transport closed".into(),
-                                })
+                                Err(transport_closed(&s.desc))
                             };
                             self.finish((msg.comm, channel), s.index, s.slot, outcome);
                         }

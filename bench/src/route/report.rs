@@ -217,23 +217,39 @@ pub fn row(r: &ScenarioResult) -> String {
     )
 }
 
-/// The lines below the table: per scenario, the target and whether it is
-/// met, the bytes each NIC of host 0 sent, and the errors. `stopped`: why
-/// the scenarios after the last result did not run, if they did not.
-pub fn footer(results: &[ScenarioResult], stopped: Option<&str>) -> String {
+/// The "Targets" lines of a footer: per scenario (name padded to `width`),
+/// its target and whether it was met.
+///
+/// ```
+/// let t = zccl_bench::route::report::targets_block(4, [("a", "x <= 1", Some(false))]);
+/// assert!(t.ends_with("#   a    x <= 1: MISSED\n"), "{t}");
+/// ```
+pub fn targets_block<'a>(
+    width: usize,
+    rows: impl IntoIterator<Item = (&'a str, &'a str, Option<bool>)>,
+) -> String {
     let mut out = String::from("#\n# Targets (measured, not enforced):\n");
-    for r in results {
-        let verdict = match r.target_met {
+    for (name, target, met) in rows {
+        let verdict = match met {
             Some(true) => "met",
             Some(false) => "MISSED",
             None => "n/a",
         };
-        out.push_str(&format!(
-            "#   {:<10} {}: {verdict}\n",
-            r.scenario.name(),
-            r.target
-        ));
+        out.push_str(&format!("#   {name:<width$} {target}: {verdict}\n"));
     }
+    out
+}
+
+/// The lines below the table: per scenario, the target and whether it is
+/// met, the bytes each NIC of host 0 sent, and the errors. `stopped`: why
+/// the scenarios after the last result did not run, if they did not.
+pub fn footer(results: &[ScenarioResult], stopped: Option<&str>) -> String {
+    let mut out = targets_block(
+        10,
+        results
+            .iter()
+            .map(|r| (r.scenario.name(), r.target, r.target_met)),
+    );
     out.push_str("# Bytes sent by each NIC of host 0 during the timed exchange (MB):\n");
     for r in results {
         for run in r.static_run.iter().chain(std::iter::once(&r.routed)) {

@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use super::harness::RunOutcome;
 use super::protocol::SpRankReport;
-use super::report::human_bytes;
+use super::report::{human_bytes, targets_block};
 use super::scenario::{Placement, Scenario, Shape};
 
 /// Columns of the All-Scan state (`d_v`).
@@ -388,19 +388,12 @@ pub fn row(r: &SpResult) -> String {
 
 /// The lines below the SP table: targets, spread, errors.
 pub fn footer(results: &[SpResult], stopped: Option<&str>) -> String {
-    let mut out = String::from("#\n# Targets (measured, not enforced):\n");
-    for r in results {
-        let verdict = match r.target_met {
-            Some(true) => "met",
-            Some(false) => "MISSED",
-            None => "n/a",
-        };
-        out.push_str(&format!(
-            "#   {:<16} {}: {verdict}\n",
-            r.scenario.name(),
-            r.target
-        ));
-    }
+    let mut out = targets_block(
+        16,
+        results
+            .iter()
+            .map(|r| (r.scenario.name(), r.target, r.target_met)),
+    );
     out.push_str("# Spread over the repetitions (min-max s):\n");
     for r in results {
         let spread: Vec<String> = r
