@@ -39,6 +39,8 @@
 
 use std::collections::HashMap;
 
+use crate::label::OpLabel;
+
 /// Largest payload sent eagerly (completing without an acknowledgement).
 /// A constant, not a setting: sender and receiver must agree on it.
 pub const EAGER_MAX: u64 = 64 << 10;
@@ -61,6 +63,25 @@ pub const DEFAULT_WINDOW: u64 = 64 << 20;
 /// ```
 pub fn acknowledged(len: u64, routed: bool, labelled: bool) -> bool {
     routed || !labelled || len > EAGER_MAX
+}
+
+/// Whether a message of type byte `code` may go eagerly ([`crate::flow`]):
+/// one of an operation whose every rank receives in each step, so that a
+/// mismatch shows at a receive and reaches every rank
+/// (`Control::Disagree`). Plain point-to-point messages are acknowledged
+/// (their send reports a mismatch itself), and so are a broadcast's (its
+/// root only sends: with roots that differ, its sends stay pending, and the
+/// crossed-send check names both roots). Pure.
+///
+/// ```
+/// use zccl_runtime::{DType, flow::eager_label, label::OpLabel};
+/// assert!(eager_label(OpLabel::ALL_REDUCE_SUM.wire(DType::F32)));
+/// assert!(!eager_label(OpLabel::BROADCAST.wire(DType::F32)));
+/// assert!(!eager_label(DType::F32.code()));
+/// ```
+pub fn eager_label(code: u8) -> bool {
+    let l = OpLabel::split(code).1;
+    l != OpLabel::NONE && !l.is_broadcast()
 }
 
 /// How one send travels.

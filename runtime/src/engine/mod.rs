@@ -33,6 +33,12 @@
 //!   error naming that peer; the engine then aborts its transport, telling
 //!   the other peers which rank failed.
 
+// The code: this file holds the state, issuing, matching and the task;
+// `deadline` expires ops (with the stall reports), `failure` handles peers
+// gone and aborts, `disagreement` (pure) what a channel fails with when
+// ranks run different operations, `stall` (pure) whom a chain of waits
+// blames. Flow control's decisions are `crate::flow`.
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -42,16 +48,15 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use zccl_transports::landing::Zone;
 use zccl_transports::{
-    BoxFuture, CloseReason, GoodbyeReason, Message, MessageKind, PeerPath, Transport,
-    TransportError, TransportEvent,
+    BoxFuture, Message, MessageKind, PeerPath, Transport, TransportError, TransportEvent,
 };
 
 use crate::buffer::DType;
 use crate::completion::{Outcome, Slot};
 use crate::error::{Error, OpDesc, OpKind};
-use crate::flow::{self, Protocol};
+use crate::flow::{self, Protocol, eager_label};
 use crate::ids::ROUTE_COMM;
-use crate::label::{OpLabel, OpSide};
+use crate::label::OpLabel;
 use crate::protocol::Control;
 use crate::router::{Action, Router};
 
@@ -86,83 +91,19 @@ pub(crate) enum Cmd {
     },
 }
 
+mod deadline;
+mod disagreement;
+mod failure;
+mod stall;
+
+use disagreement::{CROSSED_GRACE, Poison, crossed_ops, side};
+
 type Key = (u32, u32, u32, u64); // (comm, channel, peer, seq)
 /// An ordered stream of ops: (comm, channel).
 type Stream = (u32, u32);
 
 /// How long a failing engine lets its goodbyes drain before failing handles.
 const CLOSE_NOTICE: Duration = Duration::from_millis(500);
-
-/// How long an op past its deadline waits (at most; a tenth of its timeout
-/// if that is shorter) for the [`Control::Waiting`] reports of ranks that
-/// time out at the same moment, so that its error can name the rank they
-/// all waited on instead of the nearest waiting one.
-const STALL_NOTICE: Duration = Duration::from_millis(300);
-
-/// The rank that stalled: the end of the chain of "rank a waited on rank b"
-/// reports that starts at `peer` (the rank this one waited on). A rank that
-/// reported no wait of its own is where the chain ends; so is a cycle.
-///
-/// Pure; tested below.
-pub(crate) fn culprit(peer: u32, waits: &HashMap<u32, u32>) -> u32 {
-    let mut cur = peer;
-    let mut seen = HashSet::from([cur]);
-    while let Some(&next) = waits.get(&cur) {
-        if !seen.insert(next) {
-            break;
-        }
-        cur = next;
-    }
-    cur
-}
-
-/// How long two labelled sends of different operations that crossed
-/// (each rank sent the other a message it has no receive for, while its
-/// own send to that rank is unmatched) may stay so before the engine calls
-/// it a disagreement. In a correct program the crossing is momentary: a
-/// rank that sends the next operation's message has had its receive of
-/// this one matched, and the ack is on its way (ahead of the message, on
-/// one connection).
-const CROSSED_GRACE: Duration = Duration::from_millis(200);
-
-/// What a stream's ops fail with once ranks were found to disagree on it.
-#[derive(Clone, Copy)]
-struct Poison {
-    reported_by: u32,
-    crossed: bool,
-    a: OpSide,
-    b: OpSide,
-}
-
-/// A side of a disagreement from a header type byte.
-fn side(rank: u32, code: u8, bytes: u64) -> OpSide {
-    let (dtype, op) = OpLabel::split(code);
-    OpSide {
-        rank,
-        op,
-        dtype: dtype.unwrap_or(DType::U8),
-        bytes,
-    }
-}
-
-/// Whether a message of type byte `msg` from a peer and this rank's
-/// pending send of type byte `send` to that peer belong to different
-/// labelled operations (the crossing [`CROSSED_GRACE`] is about). Pure.
-pub(crate) fn crossed_ops(msg: u8, send: u8) -> bool {
-    msg != send && OpLabel::split(msg).1 != OpLabel::NONE && OpLabel::split(send).1 != OpLabel::NONE
-}
-
-/// Whether a message of type byte `code` may go eagerly ([`crate::flow`]):
-/// one of an operation whose every rank receives in each step, so that a
-/// mismatch shows at a receive and reaches every rank
-/// ([`Control::Disagree`]). Plain point-to-point messages are acknowledged
-/// (their send reports a mismatch itself), and so are a broadcast's (its
-/// root only sends: with roots that differ, its sends stay pending, and the
-/// crossed-send check names both roots). Pure.
-pub(crate) fn eager_label(code: u8) -> bool {
-    let l = OpLabel::split(code).1;
-    l != OpLabel::NONE && !l.is_broadcast()
-}
 
 /// The task wakes at least this often to look at deadlines.
 const IDLE_TICK: Duration = Duration::from_millis(100);
@@ -989,239 +930,6 @@ impl Engine {
             },
         }
     }
-
-    /// A peer is gone. A clean close fails only the ops with that peer; a
-    /// failure fails the communicator: returns the failure and the
-    /// transport's close (telling the other peers which rank failed), which
-    /// the task awaits (bounded) before failing every handle.
-    fn on_peer_closed(
-        &mut self,
-        peer: u32,
-        reason: CloseReason,
-        nic: Option<PeerPath>,
-    ) -> Option<(Failure, BoxFuture)> {
-        let nic = nic_text(nic);
-        let failure = match reason {
-            CloseReason::Clean => {
-                self.closed_peers.insert(peer);
-                let keys: Vec<(OpKind, Key)> = self
-                    .sends
-                    .keys()
-                    .filter(|k| k.2 == peer)
-                    .map(|k| (OpKind::Send, *k))
-                    .chain(
-                        self.recvs
-                            .keys()
-                            .filter(|k| k.2 == peer)
-                            .map(|k| (OpKind::Recv, *k)),
-                    )
-                    .collect();
-                for (kind, key) in keys {
-                    if let Some(p) = self.take(kind, key) {
-                        let e = Error::PeerClosed { op: p.desc.clone() };
-                        self.finish((p.desc.comm, p.desc.channel), p.index, p.slot, Err(e));
-                    }
-                }
-                return None;
-            }
-            CloseReason::Aborted {
-                cause_rank,
-                message,
-            } => {
-                let failed = cause_rank.unwrap_or(peer);
-                let reason = if failed == peer {
-                    format!("aborted ({message})")
-                } else {
-                    format!("failed, as reported by rank {peer}: {message}")
-                };
-                Failure {
-                    failed_rank: Some(failed),
-                    reason,
-                    nic,
-                }
-            }
-            other => Failure {
-                failed_rank: Some(peer),
-                reason: other.to_string(),
-                nic,
-            },
-        };
-        if self.failure.is_none() {
-            warn!(rank = self.rank, failed_rank = ?failure.failed_rank, "communicator failed: rank {:?} {}", failure.failed_rank, failure.reason);
-            let msg = format!(
-                "rank {} {} (seen by rank {} on {})",
-                failure.failed_rank.unwrap_or(peer),
-                failure.reason,
-                self.rank,
-                failure.nic
-            );
-            // Tell the other peers which rank failed before the handles fail:
-            // a process that exits on the error must not leave them a bare EOF.
-            self.failure = Some(failure.clone());
-            let close = self.transport.close(GoodbyeReason::Abort {
-                cause_rank: failure.failed_rank,
-                message: msg,
-            });
-            return Some((failure, close));
-        }
-        None
-    }
-
-    fn fail_all(&mut self, f: Failure) {
-        self.failure = Some(f.clone());
-        if let Some(r) = self.router.as_mut() {
-            r.clear();
-        }
-        self.held.clear();
-        self.rts.clear();
-        let mut all: Vec<PendingOp> = self
-            .sends
-            .drain()
-            .map(|(_, p)| p)
-            .chain(self.recvs.drain().map(|(_, p)| p))
-            .collect();
-        all.sort_by_key(|p| (p.desc.comm, p.desc.channel, p.index));
-        self.deadlines.clear();
-        for p in all {
-            let e = self.failure_error(&f, &p.desc);
-            self.finish((p.desc.comm, p.desc.channel), p.index, p.slot, Err(e));
-        }
-    }
-
-    fn expire(&mut self) {
-        let now = Instant::now();
-        self.check_suspects(now);
-        while let Some((&(when, stream, idx), &(kind, key))) = self.deadlines.iter().next() {
-            if when > now {
-                break;
-            }
-            self.deadlines.remove(&(when, stream, idx));
-            let map = if kind == OpKind::Send {
-                &mut self.sends
-            } else {
-                &mut self.recvs
-            };
-            if kind == OpKind::Send
-                && let Some(r) = self.router.as_mut()
-            {
-                r.forget((key.2, key.0, key.1, key.3), now);
-            }
-            // First the op turns overdue: this rank tells every peer whom it
-            // waits on and gives their reports STALL_NOTICE to arrive (a
-            // late message still completes it meanwhile); then it fails,
-            // naming the rank the chain of waits ends at.
-            if let Some(p) = map.get_mut(&key)
-                && !p.overdue
-                && p.desc.peer != self.rank
-            {
-                p.overdue = true;
-                let (peer, comm) = (p.desc.peer, p.desc.comm);
-                let notice = STALL_NOTICE.min(p.timeout / 10);
-                self.deadlines
-                    .insert((now + notice, stream, idx), (kind, key));
-                self.report_waiting(peer, comm);
-                continue;
-            }
-            if let Some(p) = map.remove(&key) {
-                if kind == OpKind::Send {
-                    // A rendezvous send gives its (possibly lent) data up.
-                    self.held.remove(&key);
-                }
-                let nic = nic_text(if p.desc.peer == self.rank {
-                    None
-                } else {
-                    self.transport.path(p.desc.peer)
-                });
-                let stalled = culprit(p.desc.peer, &self.waits);
-                warn!(
-                    rank = self.rank,
-                    "{} timed out (rank {stalled} stalled)", p.desc
-                );
-                // Messages of another operation waiting on this channel mean
-                // the ranks run different collectives.
-                let mine = OpLabel::split(p.code).1;
-                let other_op = self
-                    .unexpected
-                    .iter()
-                    .filter(|(k, _)| k.0 == p.desc.comm && k.1 == p.desc.channel)
-                    .map(|(k, (code, _))| (k.2, OpLabel::split(*code).1))
-                    .find(|&(_, l)| l != mine);
-                let e = Error::Timeout {
-                    op: p.desc.clone(),
-                    after: p.timeout,
-                    nic,
-                    culprit: (p.desc.peer != self.rank).then_some(stalled),
-                    other_op,
-                    mine,
-                };
-                self.finish(stream, p.index, p.slot, Err(e));
-            }
-        }
-    }
-
-    /// Tells every other rank that this one timed out waiting on `on`.
-    fn report_waiting(&mut self, on: u32, comm: u32) {
-        if !self.reported.insert(on) {
-            return;
-        }
-        let payload = Bytes::from(Control::Waiting { on }.encode());
-        let me = self.rank;
-        for peer in (0..self.world).filter(|&p| p != me) {
-            let msg = Message {
-                kind: MessageKind::Control,
-                dtype: 0,
-                comm,
-                channel: 0,
-                seq: 0,
-                payload: payload.clone(),
-            };
-            self.post(peer, msg);
-        }
-    }
-
-    /// `abort()`: like a failure of this rank (see [`Engine::on_peer_closed`]).
-    fn abort(&mut self, reason: String) -> Option<(Failure, BoxFuture)> {
-        if self.failure.is_some() {
-            return None;
-        }
-        let failure = Failure {
-            failed_rank: None,
-            reason: reason.clone(),
-            nic: String::new(),
-        };
-        self.failure = Some(failure.clone());
-        let close = self.transport.close(GoodbyeReason::Abort {
-            cause_rank: Some(self.rank),
-            message: format!("rank {} aborted its communicator: {reason}", self.rank),
-        });
-        Some((failure, close))
-    }
-
-    /// The communicator is dropped: pending ops fail, connections close
-    /// cleanly (the returned future, awaited bounded by the task).
-    fn shutdown(&mut self, reason: &str) -> Option<BoxFuture> {
-        if self.failure.is_some() {
-            return None;
-        }
-        self.fail_all(Failure {
-            failed_rank: None,
-            reason: reason.into(),
-            nic: String::new(),
-        });
-        Some(self.transport.close(GoodbyeReason::Clean))
-    }
-}
-
-impl Poison {
-    fn error(&self, op: &OpDesc) -> Error {
-        Error::Disagreement {
-            op: op.clone(),
-            reported_by: self.reported_by,
-            crossed: self.crossed,
-            a: self.a,
-            b: self.b,
-        }
-    }
 }
 
 /// The engine's lock, shared by its task and the user threads.
@@ -1336,39 +1044,6 @@ impl Drop for Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn culprit_follows_the_chain_of_waits() {
-        // Rank 1 stalled in a 4-rank ring: 2 waited on 1, 3 on 2, 0 on 3.
-        let waits = HashMap::from([(2, 1), (3, 2), (0, 3)]);
-        // Whichever neighbour a survivor timed out on, the chain ends at 1.
-        for peer in [1, 2, 3] {
-            assert_eq!(culprit(peer, &waits), 1);
-        }
-        // Nobody reported: the peer itself.
-        assert_eq!(culprit(5, &HashMap::new()), 5);
-        // A cycle (every rank waiting on the next) stops where it closes.
-        let ring = HashMap::from([(0, 1), (1, 2), (2, 0)]);
-        assert!([0, 1, 2].contains(&culprit(1, &ring)));
-    }
-
-    #[test]
-    fn crossed_sends_of_different_labelled_operations_are_suspects() {
-        let ar = OpLabel::ALL_REDUCE_SUM.wire(DType::F32);
-        let ag = OpLabel::ALL_GATHER.wire(DType::F32);
-        let ar64 = OpLabel::ALL_REDUCE_SUM.wire(DType::F64);
-        assert!(crossed_ops(ar, ag));
-        assert!(crossed_ops(ar, ar64), "same operation, other element type");
-        assert!(crossed_ops(
-            OpLabel::broadcast_root(0).wire(DType::U8),
-            OpLabel::broadcast_root(1).wire(DType::U8)
-        ));
-        // One operation's own messages cross all the time (a pairwise exchange).
-        assert!(!crossed_ops(ar, ar));
-        // Unlabelled point-to-point traffic is never a suspect.
-        assert!(!crossed_ops(DType::F32.code(), ag));
-        assert!(!crossed_ops(ar, DType::F64.code()));
-    }
 
     #[test]
     fn timeouts_name_the_rank_that_stalled() {

@@ -1,0 +1,109 @@
+//! Deadlines: an op past its deadline first reports whom it waited on and
+//! waits (briefly) for the reports of the ranks that timed out with it,
+//! then fails naming the rank the chain of waits ends at.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use tracing::warn;
+use zccl_transports::{Message, MessageKind};
+
+use super::stall::{STALL_NOTICE, culprit};
+use super::{Engine, nic_text};
+use crate::error::{Error, OpKind};
+use crate::label::OpLabel;
+use crate::protocol::Control;
+
+impl Engine {
+    pub(super) fn expire(&mut self) {
+        let now = Instant::now();
+        self.check_suspects(now);
+        while let Some((&(when, stream, idx), &(kind, key))) = self.deadlines.iter().next() {
+            if when > now {
+                break;
+            }
+            self.deadlines.remove(&(when, stream, idx));
+            let map = if kind == OpKind::Send {
+                &mut self.sends
+            } else {
+                &mut self.recvs
+            };
+            if kind == OpKind::Send
+                && let Some(r) = self.router.as_mut()
+            {
+                r.forget((key.2, key.0, key.1, key.3), now);
+            }
+            // First the op turns overdue: this rank tells every peer whom it
+            // waits on and gives their reports STALL_NOTICE to arrive (a
+            // late message still completes it meanwhile); then it fails,
+            // naming the rank the chain of waits ends at.
+            if let Some(p) = map.get_mut(&key)
+                && !p.overdue
+                && p.desc.peer != self.rank
+            {
+                p.overdue = true;
+                let (peer, comm) = (p.desc.peer, p.desc.comm);
+                let notice = STALL_NOTICE.min(p.timeout / 10);
+                self.deadlines
+                    .insert((now + notice, stream, idx), (kind, key));
+                self.report_waiting(peer, comm);
+                continue;
+            }
+            if let Some(p) = map.remove(&key) {
+                if kind == OpKind::Send {
+                    // A rendezvous send gives its (possibly lent) data up.
+                    self.held.remove(&key);
+                }
+                let nic = nic_text(if p.desc.peer == self.rank {
+                    None
+                } else {
+                    self.transport.path(p.desc.peer)
+                });
+                let stalled = culprit(p.desc.peer, &self.waits);
+                warn!(
+                    rank = self.rank,
+                    "{} timed out (rank {stalled} stalled)", p.desc
+                );
+                // Messages of another operation waiting on this channel mean
+                // the ranks run different collectives.
+                let mine = OpLabel::split(p.code).1;
+                let other_op = self
+                    .unexpected
+                    .iter()
+                    .filter(|(k, _)| k.0 == p.desc.comm && k.1 == p.desc.channel)
+                    .map(|(k, (code, _))| (k.2, OpLabel::split(*code).1))
+                    .find(|&(_, l)| l != mine);
+                let e = Error::Timeout {
+                    op: p.desc.clone(),
+                    after: p.timeout,
+                    nic,
+                    culprit: (p.desc.peer != self.rank).then_some(stalled),
+                    other_op,
+                    mine,
+                };
+                self.finish(stream, p.index, p.slot, Err(e));
+            }
+        }
+    }
+
+    /// Tells every other rank that this one timed out waiting on `on`.
+    pub(super) fn report_waiting(&mut self, on: u32, comm: u32) {
+        if !self.reported.insert(on) {
+            return;
+        }
+        let payload = Bytes::from(Control::Waiting { on }.encode());
+        let me = self.rank;
+        for peer in (0..self.world).filter(|&p| p != me) {
+            let msg = Message {
+                kind: MessageKind::Control,
+                dtype: 0,
+                comm,
+                channel: 0,
+                seq: 0,
+                payload: payload.clone(),
+            };
+            self.post(peer, msg);
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Ranks that disagree on an operation: what a channel fails with once
+//! they were found to (a [`Poison`]), and the pure tests behind the
+//! engine's crossed-send check. Pure; tested below.
+
+use std::time::Duration;
+
+use crate::buffer::DType;
+use crate::error::{Error, OpDesc};
+use crate::label::{OpLabel, OpSide};
+
+/// How long two labelled sends of different operations that crossed
+/// (each rank sent the other a message it has no receive for, while its
+/// own send to that rank is unmatched) may stay so before the engine calls
+/// it a disagreement. In a correct program the crossing is momentary: a
+/// rank that sends the next operation's message has had its receive of
+/// this one matched, and the ack is on its way (ahead of the message, on
+/// one connection).
+pub(super) const CROSSED_GRACE: Duration = Duration::from_millis(200);
+
+/// What a stream's ops fail with once ranks were found to disagree on it.
+#[derive(Clone, Copy)]
+pub(super) struct Poison {
+    pub(super) reported_by: u32,
+    pub(super) crossed: bool,
+    pub(super) a: OpSide,
+    pub(super) b: OpSide,
+}
+
+/// A side of a disagreement from a header type byte.
+pub(super) fn side(rank: u32, code: u8, bytes: u64) -> OpSide {
+    let (dtype, op) = OpLabel::split(code);
+    OpSide {
+        rank,
+        op,
+        dtype: dtype.unwrap_or(DType::U8),
+        bytes,
+    }
+}
+
+/// Whether a message of type byte `msg` from a peer and this rank's
+/// pending send of type byte `send` to that peer belong to different
+/// labelled operations (the crossing [`CROSSED_GRACE`] is about). Pure.
+pub(crate) fn crossed_ops(msg: u8, send: u8) -> bool {
+    msg != send && OpLabel::split(msg).1 != OpLabel::NONE && OpLabel::split(send).1 != OpLabel::NONE
+}
+
+impl Poison {
+    pub(super) fn error(&self, op: &OpDesc) -> Error {
+        Error::Disagreement {
+            op: op.clone(),
+            reported_by: self.reported_by,
+            crossed: self.crossed,
+            a: self.a,
+            b: self.b,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crossed_sends_of_different_labelled_operations_are_suspects() {
+        let ar = OpLabel::ALL_REDUCE_SUM.wire(DType::F32);
+        let ag = OpLabel::ALL_GATHER.wire(DType::F32);
+        let ar64 = OpLabel::ALL_REDUCE_SUM.wire(DType::F64);
+        assert!(crossed_ops(ar, ag));
+        assert!(crossed_ops(ar, ar64), "same operation, other element type");
+        assert!(crossed_ops(
+            OpLabel::broadcast_root(0).wire(DType::U8),
+            OpLabel::broadcast_root(1).wire(DType::U8)
+        ));
+        // One operation's own messages cross all the time (a pairwise exchange).
+        assert!(!crossed_ops(ar, ar));
+        // Unlabelled point-to-point traffic is never a suspect.
+        assert!(!crossed_ops(DType::F32.code(), ag));
+        assert!(!crossed_ops(ar, DType::F64.code()));
+    }
+}
