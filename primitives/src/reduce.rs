@@ -58,6 +58,27 @@ pub enum ReduceOp {
 }
 
 impl ReduceOp {
+    /// The operation label of this reduction in the collective whose sum
+    /// label is `sum` ([`OpLabel`]'s order: sum, prod, min, max, avg), so
+    /// that ranks reducing with different operators disagree on the label.
+    ///
+    /// ```
+    /// use zccl_primitives::reduce::ReduceOp;
+    /// use zccl_runtime::label::OpLabel;
+    /// assert_eq!(ReduceOp::Sum.label(OpLabel::ALL_REDUCE_SUM), OpLabel::ALL_REDUCE_SUM);
+    /// assert_eq!(ReduceOp::Max.label(OpLabel::ALL_REDUCE_SUM).to_string(), "all_reduce(max)");
+    /// ```
+    pub fn label(self, sum: zccl_runtime::label::OpLabel) -> zccl_runtime::label::OpLabel {
+        let k = match self {
+            ReduceOp::Sum => 0,
+            ReduceOp::Prod => 1,
+            ReduceOp::Min => 2,
+            ReduceOp::Max => 3,
+            ReduceOp::Avg => 4,
+        };
+        sum.offset(k).unwrap_or(sum)
+    }
+
     /// Every operator.
     ///
     /// ```

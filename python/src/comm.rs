@@ -377,7 +377,7 @@ impl Comm {
             with_elem!(dt, T => {
                 // SAFETY: kept alive and untouched by the Python side.
                 let (i, o) = unsafe { slices::<T>(input, output)? };
-                let f = Labelled::new(c, dt.dtype()).op(reduction(OpLabel::REDUCE_SCATTER_SUM, op));
+                let f = Labelled::new(c, dt.dtype()).op(op.label(OpLabel::REDUCE_SCATTER_SUM));
                 collectives::reduce_scatter_into(&f, CH_COLL, i, o, op).map_err(s)
             })
         })
@@ -836,19 +836,6 @@ fn no_overlap(a: &Span, b: &Span, what: &str) -> PyResult<()> {
     Ok(())
 }
 
-/// The label of a reduction: `base` (the sum) shifted by the operator, in
-/// [`OpLabel`]'s order (sum, prod, min, max, avg).
-fn reduction(base: OpLabel, op: ReduceOp) -> OpLabel {
-    let k = match op {
-        ReduceOp::Sum => 0,
-        ReduceOp::Prod => 1,
-        ReduceOp::Min => 2,
-        ReduceOp::Max => 3,
-        ReduceOp::Avg => 4,
-    };
-    base.offset(k).unwrap_or(base)
-}
-
 fn run_all_reduce(
     c: &Communicator,
     dt: Dt,
@@ -862,13 +849,13 @@ fn run_all_reduce(
             match output {
                 None => {
                     let b = input.slice_mut::<T>("buffer").map_err(arg)?;
-                    let f = Labelled::new(c, dt.dtype()).op(reduction(OpLabel::ALL_REDUCE_SUM, op));
+                    let f = Labelled::new(c, dt.dtype()).op(op.label(OpLabel::ALL_REDUCE_SUM));
                     collectives::all_reduce(&f, CH_COLL, b, op).map_err(s)
                 }
                 Some(o) => {
                     let i = input.slice::<T>("input").map_err(arg)?;
                     let o = o.slice_mut::<T>("output").map_err(arg)?;
-                    let f = Labelled::new(c, dt.dtype()).op(reduction(OpLabel::ALL_REDUCE_SUM, op));
+                    let f = Labelled::new(c, dt.dtype()).op(op.label(OpLabel::ALL_REDUCE_SUM));
                     collectives::all_reduce_into(&f, CH_COLL, i, o, op).map_err(s)
                 }
             }

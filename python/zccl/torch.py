@@ -115,16 +115,22 @@ _LIVE_MAX = 1024
 _LIVE_LOCK = threading.Lock()
 
 
+_SCAN_AT = [_LIVE_MAX]
+
+
 def _keep(w):
     with _LIVE_LOCK:
         _LIVE[id(w)] = w
-        if len(_LIVE) > _LIVE_MAX:
-            # Oldest completed first (dicts keep insertion order), down to
-            # three quarters of the bound: one scan per _LIVE_MAX / 4 calls,
-            # not one per call, for programs that never wait their Works.
+        if len(_LIVE) > _SCAN_AT[0]:
+            # Only Works already waited on may go (C++ may still call wait()
+            # on the others), oldest first (dicts keep insertion order), down
+            # to three quarters of the bound; the next scan comes a quarter
+            # bound later, so a program that never waits its Works does not
+            # pay a scan per call.
             drop = len(_LIVE) - _LIVE_MAX * 3 // 4
-            for k in [k for k, v in _LIVE.items() if v._done or (v._z is not None and v._z.is_completed())][:drop]:
+            for k in [k for k, v in _LIVE.items() if v._done][:drop]:
                 del _LIVE[k]
+            _SCAN_AT[0] = max(_LIVE_MAX, len(_LIVE) + _LIVE_MAX // 4)
     return w
 
 

@@ -1308,6 +1308,17 @@ mod tests {
         );
     }
 
+    /// Every rank's end, in the order the reaper reports them (10 s at most).
+    fn drain(reaper: &mut Reaper) -> Vec<Ended> {
+        let t = Instant::now();
+        let mut ended = Vec::new();
+        while reaper.running().next().is_some() {
+            assert!(t.elapsed() < Duration::from_secs(10));
+            ended.extend(reaper.wait(Duration::from_secs(1)));
+        }
+        ended
+    }
+
     fn sh(script: &str) -> Command {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", script]);
@@ -1328,12 +1339,7 @@ mod tests {
             reaper.spawn(sh(script)).unwrap();
         }
         std::thread::sleep(Duration::from_millis(700));
-        let mut ended = Vec::new();
-        let t = Instant::now();
-        while reaper.running().next().is_some() {
-            assert!(t.elapsed() < Duration::from_secs(10));
-            ended.extend(reaper.wait(Duration::from_secs(1)));
-        }
+        let ended = drain(&mut reaper);
         let got: Vec<(u32, RankExit)> = ended.iter().map(|e| (e.rank, e.exit)).collect();
         assert_eq!(
             got,
@@ -1367,11 +1373,7 @@ mod tests {
         reaper.spawn(sh("sleep 0.3; exit 3")).unwrap();
         reaper.spawn(sh("sleep 1 & exit 2")).unwrap();
         let t = Instant::now();
-        let mut ended = Vec::new();
-        while reaper.running().next().is_some() {
-            assert!(t.elapsed() < Duration::from_secs(10));
-            ended.extend(reaper.wait(Duration::from_secs(1)));
-        }
+        let ended = drain(&mut reaper);
         let got: Vec<(u32, RankExit)> = ended.iter().map(|e| (e.rank, e.exit)).collect();
         assert_eq!(
             got,

@@ -2,7 +2,6 @@
 //! straight on as the all-gather), in place or out of place, and recursive
 //! doubling for small buffers.
 
-use super::reduction;
 use crate::fabric::Signed;
 use std::sync::Arc;
 use zccl_runtime::label::OpLabel;
@@ -63,7 +62,7 @@ pub fn all_reduce_with<T: Elem, F: Fabric + ?Sized>(
     op: ReduceOp,
     algo: Algo,
 ) -> Result<()> {
-    let f = &Signed::new::<T>(f, reduction(OpLabel::ALL_REDUCE_SUM, op));
+    let f = &Signed::new::<T>(f, op.label(OpLabel::ALL_REDUCE_SUM));
     let n = f.size();
     if n == 1 {
         let out = finish::<T>(op, &to_acc(buf), 1);
@@ -109,7 +108,7 @@ pub fn all_reduce_into<T: Elem, F: Fabric + ?Sized>(
             output.len()
         )));
     }
-    let f = &Signed::new::<T>(f, reduction(OpLabel::ALL_REDUCE_SUM, op));
+    let f = &Signed::new::<T>(f, op.label(OpLabel::ALL_REDUCE_SUM));
     let algo = choose(choice_from_env()?, std::mem::size_of_val(input), f.size());
     if f.size() == 1 || algo != Algo::Ring {
         output.copy_from_slice(input);

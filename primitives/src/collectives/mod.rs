@@ -24,8 +24,6 @@
 
 use crate::error::Result;
 use crate::fabric::{SendHandle, tag};
-use crate::reduce::ReduceOp;
-use zccl_runtime::label::OpLabel;
 
 // One file per collective, each with its non-blocking form: `all_reduce.rs`
 // (ring and recursive doubling, in place and out of place),
@@ -59,19 +57,6 @@ const OP_RS: u8 = 0x07;
 
 fn step_tag(op: u8, s: usize) -> u64 {
     tag(op, s as u16, 0)
-}
-
-/// The label of reduction `op` of the collective whose sum label is `sum`
-/// (the order of [`OpLabel`]: sum, prod, min, max, avg).
-fn reduction(sum: OpLabel, op: ReduceOp) -> OpLabel {
-    let k = match op {
-        ReduceOp::Sum => 0,
-        ReduceOp::Prod => 1,
-        ReduceOp::Min => 2,
-        ReduceOp::Max => 3,
-        ReduceOp::Avg => 4,
-    };
-    sum.offset(k).unwrap_or(sum)
 }
 
 fn wait_all(sends: Vec<SendHandle>) -> Result<()> {

@@ -1,6 +1,5 @@
 //! Reduce-scatter: the pipelined ring reduce-scatter phase on its own.
 
-use super::reduction;
 use crate::fabric::Signed;
 use std::sync::Arc;
 use zccl_runtime::label::OpLabel;
@@ -57,7 +56,7 @@ pub fn reduce_scatter_into<T: Elem, F: Fabric + ?Sized>(
     output: &mut [T],
     op: ReduceOp,
 ) -> Result<()> {
-    let f = &Signed::new::<T>(f, reduction(OpLabel::REDUCE_SCATTER_SUM, op));
+    let f = &Signed::new::<T>(f, op.label(OpLabel::REDUCE_SCATTER_SUM));
     let (r, n) = (f.rank(), f.size());
     let chunks = chunk_ranges(input.len(), n);
     let mine_at = chunks[r].clone();

@@ -490,7 +490,7 @@ impl Engine {
                 self.deadlines
                     .insert((op.deadline, stream, op.index), (OpKind::Recv, key));
                 self.recvs.insert(key, pending);
-                if self.rts.remove(&key) {
+                if !self.rts.is_empty() && self.rts.remove(&key) {
                     self.clear_to_send(key);
                 }
             }

@@ -90,6 +90,15 @@ impl Link {
         self.in_ring.wake_all();
     }
 
+    /// Reports the ring from the peer as lost (corrupt, or a copy that
+    /// failed): `why` says how.
+    pub(super) fn lost(&self, ctx: &Ctx, why: &str) {
+        self.report(
+            ctx,
+            CloseReason::Lost(format!("shm ring from the peer: {why}")),
+        );
+    }
+
     pub(super) fn report(&self, ctx: &Ctx, reason: CloseReason) {
         if ctx.closing.load(Ordering::Acquire) || self.reported.swap(true, Ordering::AcqRel) {
             return;

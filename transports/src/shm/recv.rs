@@ -33,12 +33,7 @@ enum Next {
 pub(super) fn reader(link: &Link, ctx: &Ctx) {
     let ring = &link.in_ring;
     let stop = &*link.stop;
-    let lost = |why: String| {
-        link.report(
-            ctx,
-            CloseReason::Lost(format!("shm ring from the peer: {why}")),
-        )
-    };
+    let lost = |why: String| link.lost(ctx, &why);
     loop {
         // Wait for a record (or a CMA release) without the consumer lock, so
         // that polls can take small messages meanwhile.
@@ -90,10 +85,7 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
     let ring = &link.in_ring;
     let stop = &*link.stop;
     let lost = |why: String| {
-        link.report(
-            ctx,
-            CloseReason::Lost(format!("shm ring from the peer: {why}")),
-        );
+        link.lost(ctx, &why);
         Next::Stop
     };
     let mut hb = [0u8; REC_LEN];
@@ -283,10 +275,7 @@ pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message))
         match copy_cma(link, ctx, &rec, &xb) {
             Ok(p) => p,
             Err(why) => {
-                link.report(
-                    ctx,
-                    CloseReason::Lost(format!("shm ring from the peer: {why}")),
-                );
+                link.lost(ctx, &why);
                 link.stop();
                 return false;
             }
