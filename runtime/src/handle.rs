@@ -51,6 +51,16 @@ impl<'a> Polling<'a> {
     }
 }
 
+impl Polling<'_> {
+    /// Stops polling because the op completed: this thread is expected back
+    /// with its next op soon, so small messages may wait for that poll for a
+    /// short lease ([`Transport::pause_polling`](zccl_transports::Transport::pause_polling)).
+    fn pause(self) {
+        self.0.pause_polling();
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Polling<'_> {
     fn drop(&mut self) {
         self.0.set_polling(false);
@@ -99,7 +109,25 @@ impl Pending {
         // to the reader thread, and the next op would wait for the wake-ups
         // of that thread and of the engine's task.
         poll();
-        drop(polling);
+        if self.slot.is_done() {
+            polling.pause();
+        } else {
+            drop(polling);
+        }
+    }
+
+    /// Whether the op completed, after one poll for messages that arrived
+    /// (a thread that only tests also makes progress, without a wake-up).
+    pub(crate) fn test(&self) -> bool {
+        if self.slot.is_done() {
+            return true;
+        }
+        if let Some(Spin { engine, .. }) = &self.spin
+            && let Ok(mut e) = engine.try_lock()
+        {
+            e.poll();
+        }
+        self.slot.is_done()
     }
 
     pub(crate) fn wait(&self) -> Outcome {
@@ -141,7 +169,7 @@ pub struct SendHandle {
 impl SendHandle {
     /// Whether the op has completed (successfully or not).
     pub fn test(&self) -> bool {
-        self.p.slot.is_done()
+        self.p.test()
     }
 
     /// Blocks until the op completes or its deadline passes.
@@ -174,7 +202,7 @@ fn to_buffer<T: Element>(o: Option<Bytes>) -> HostBuffer<T> {
 impl<T: Element> RecvHandle<T> {
     /// Whether the op has completed (successfully or not).
     pub fn test(&self) -> bool {
-        self.p.slot.is_done()
+        self.p.test()
     }
 
     /// Blocks until the data arrived or the op failed.
@@ -206,7 +234,7 @@ fn batch_result(p: &Pending, o: Outcome) -> Result<Option<Received>> {
 impl BatchHandle {
     /// Whether every op of the batch has completed.
     pub fn test(&self) -> bool {
-        self.ops.iter().all(|p| p.slot.is_done())
+        self.ops.iter().all(|p| p.test())
     }
 
     /// Blocks until every op completed; one result per op (`None` for sends).

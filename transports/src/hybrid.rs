@@ -249,6 +249,12 @@ impl Transport for HybridTransport {
         }
     }
 
+    fn pause_polling(&self) {
+        if let Some(shm) = &self.shm {
+            shm.pause_polling();
+        }
+    }
+
     fn poll(&self, max: usize, f: &mut dyn FnMut(u32, Message)) -> usize {
         match &self.shm {
             Some(shm) => shm.poll(max, f),

@@ -378,6 +378,17 @@ pub trait Transport: Send + Sync + 'static {
         let _ = on;
     }
 
+    /// A polling thread stops ([`Transport::set_polling`]`(false)`) because
+    /// the op it waited for completed, and this process is expected to poll
+    /// again soon (its next op). The transport may then keep leaving small
+    /// messages to the next poll for a short lease instead of waking its own
+    /// threads for each (shared memory: [`shm::ShmConfig::poll_lease`]); a
+    /// message nobody polls for is taken by the transport's threads when the
+    /// lease runs out. Default: `set_polling(false)`.
+    fn pause_polling(&self) {
+        self.set_polling(false);
+    }
+
     /// Closes every connection: a clean close delivers what is queued first;
     /// an abort drops queued data and tells peers the cause. The returned
     /// future resolves when the sockets are closed; callers bound it with a timeout.

@@ -394,8 +394,11 @@ fn a_payload_nobody_copies_is_kept_and_an_abort_withdraws_and_frees_it() {
     let (t1, rx1) = m.pop().unwrap();
     let (t0, _rx0) = m.pop().unwrap();
     wait_for("CMA agreed", || t0.cma_to(1));
-    // Rank 1 goes away without reading.
+    // Rank 1 goes away without reading. (Its reader threads stop on their
+    // own, unjoined: give them time to, or one still running could copy the
+    // payload below and rightly free it.)
     drop((t1, rx1));
+    std::thread::sleep(Duration::from_millis(100));
     let (b, freed) = tracked(0, 1, 1 << 20);
     t0.send(1, msg(MessageKind::Data, 0, b)).unwrap();
     std::thread::sleep(Duration::from_millis(200));

@@ -25,6 +25,8 @@ pub(super) struct Ctx {
     pub(super) events: mpsc::UnboundedSender<TransportEvent>,
     pub(super) closing: AtomicBool,
     pub(super) max_message: u64,
+    /// [`ShmConfig::poll_lease`](super::ShmConfig::poll_lease), nanoseconds.
+    pub(super) poll_lease_ns: u64,
     /// The engine's direct delivery
     /// ([`Transport::set_deliver`](crate::Transport::set_deliver)).
     pub(super) deliver: std::sync::OnceLock<crate::Deliver>,

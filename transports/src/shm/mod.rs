@@ -146,7 +146,8 @@ mod testutil;
 mod transport;
 
 pub use config::{
-    CMA_CLOSE_WAIT, CMA_MIN_BYTES, POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD, ShmConfig, ShmSetup,
+    CMA_CLOSE_WAIT, CMA_MIN_BYTES, POLL_LEASE, POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD, ShmConfig,
+    ShmSetup,
 };
 pub use segment::{host_identity, job_tag, segment_name, valid_tag};
 pub use transport::ShmTransport;

@@ -37,7 +37,7 @@ pub(super) fn reader(link: &Link, ctx: &Ctx) {
     loop {
         // Wait for a record (or a CMA release) without the consumer lock, so
         // that polls can take small messages meanwhile.
-        let waited = ring.wait(ring.data_seq(), ring.reader_waiting(), stop, || {
+        let waited = ring.wait(ring.data_seq(), ring.reader_waiting(), stop, true, || {
             let data = ring.pending().map_err(RingStop::Corrupt)?;
             Ok((data || link.release_pending()).then_some(()))
         });
@@ -221,12 +221,13 @@ fn copy_cma(link: &Link, ctx: &Ctx, rec: &Record, xb: &[u8; CMA_EXT]) -> Result<
     }
     link.cma_seen.store(ext.number, Ordering::Relaxed);
     // The sender drops the payload on this: a thread of the sender that
-    // polls does it (no wake-up); otherwise its reader thread, woken here.
+    // polls does it (no wake-up), or its reader thread, woken here unless
+    // the sender's lease runs (then it looks by itself before it ends).
     // (SeqCst store, then SeqCst load of the sender's poller count; the
     // sender's last poller decrements it, then checks for releases: one of
     // the two sees the other.)
     link.in_ring.cma_done().store(ext.number, Ordering::SeqCst);
-    if link.out_ring.polling().load(Ordering::SeqCst) == 0 {
+    if !link.out_ring.attentive() {
         link.out_ring.notify_reader();
     }
     Ok(payload)

@@ -38,8 +38,37 @@ const R_CMA_DONE: usize = 88;
 /// ([`Transport::set_polling`](crate::Transport::set_polling)): a small
 /// record is then left to them and the reader thread is not woken for it.
 const R_POLLING: usize = 96;
+/// Until when (`CLOCK_MONOTONIC`, nanoseconds, [`monotonic_ns`]) the
+/// consumer promises to look at this ring without being woken: a thread of
+/// it that polled stopped because its op completed, and expects to poll
+/// again soon ([`Transport::pause_polling`](crate::Transport::pause_polling)).
+/// While it runs a producer leaves small records to the next poll as while a
+/// thread polls; the consumer's reader thread sleeps no longer than the
+/// lease, so a record nobody polls for waits at most that long.
+const R_LEASE: usize = 104;
+/// [`Ring::reader_waiting`] values: the reader thread sleeps for up to a
+/// wait slice ([`ShmConfig::wait_slice`]) ...
+const ASLEEP: u32 = 1;
+/// ... or only until the consumer's lease runs out.
+const ASLEEP_LEASED: u32 = 2;
+/// Added to a leased sleep, so that the reader wakes after the lease ran out
+/// (futex timeouts are not exact).
+const LEASE_MARGIN: Duration = Duration::from_micros(20);
 pub(super) const CMA_YES: u32 = 1;
 pub(super) const CMA_NO: u32 = 2;
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the
+/// host (of one time namespace), which leases ([`R_LEASE`]) are written in.
+pub(super) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always
+    // exists (vDSO, no system call).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// Why a ring operation stopped.
 #[derive(Debug)]
@@ -121,6 +150,36 @@ impl Ring {
         self.seg.u32_at(self.ctl + R_POLLING)
     }
 
+    #[inline]
+    fn lease(&self) -> &AtomicU64 {
+        self.seg.u64_at(self.ctl + R_LEASE)
+    }
+
+    /// Whether the consumer looks at the ring soon without a wake-up: a
+    /// thread of it polls, or its lease runs.
+    #[inline]
+    pub(super) fn attentive(&self) -> bool {
+        self.polling().load(Ordering::SeqCst) != 0
+            || monotonic_ns() < self.lease().load(Ordering::SeqCst)
+    }
+
+    /// Consumer side: promises to look at the ring before `until`
+    /// ([`monotonic_ns`]) without being woken ([`R_LEASE`]). Wakes the
+    /// reader thread if it sleeps a whole slice (it then sleeps only until
+    /// the lease runs out): either it sees the lease, or this sees it asleep.
+    pub(super) fn renew_lease(&self, until: u64) {
+        self.lease().fetch_max(until, Ordering::SeqCst);
+        if self.reader_waiting().load(Ordering::SeqCst) == ASLEEP {
+            self.notify_reader();
+        }
+    }
+
+    /// Consumer side: withdraws the lease (a thread stops polling and will
+    /// sleep). The caller then checks for records left meanwhile.
+    pub(super) fn end_lease(&self) {
+        self.lease().store(0, Ordering::SeqCst);
+    }
+
     /// Producer side, after publishing data: like
     /// [`Ring::notify_reader`], except that a small record (one a poll can
     /// take) is left to the consumer's polling threads when there are any,
@@ -130,9 +189,7 @@ impl Ring {
     /// sees the data, or this side sees no poller.
     fn notify_data(&self, small: bool) {
         self.data_seq().fetch_add(1, Ordering::SeqCst);
-        if self.reader_waiting().load(Ordering::SeqCst) != 0
-            && !(small && self.polling().load(Ordering::SeqCst) != 0)
-        {
+        if self.reader_waiting().load(Ordering::SeqCst) != 0 && !(small && self.attentive()) {
             futex_wake(self.data_seq());
         }
     }
@@ -156,12 +213,16 @@ impl Ring {
     }
 
     /// Waits until `ready()` returns `Some`: spin briefly, then futex-wait on
-    /// `seq` after announcing ourselves in `waiting`.
+    /// `seq` after announcing ourselves in `waiting`. With `leased` (the
+    /// reader thread waiting for a record) a sleep ends when the consumer's
+    /// lease runs out ([`R_LEASE`]), since producers do not wake it for
+    /// small records meanwhile.
     pub(super) fn wait<T>(
         &self,
         seq: &AtomicU32,
         waiting: &AtomicU32,
         stop: &AtomicBool,
+        leased: bool,
         mut ready: impl FnMut() -> Result<Option<T>, RingStop>,
     ) -> Result<T, RingStop> {
         for _ in 0..self.spin {
@@ -174,14 +235,25 @@ impl Ring {
             if stop.load(Ordering::Acquire) {
                 return Err(RingStop::Closed);
             }
-            waiting.store(1, Ordering::SeqCst);
+            waiting.store(ASLEEP, Ordering::SeqCst);
             let s = seq.load(Ordering::SeqCst);
             fence(Ordering::SeqCst);
             if let Some(v) = ready()? {
                 waiting.store(0, Ordering::Relaxed);
                 return Ok(v);
             }
-            futex_wait(seq, s, self.slice);
+            let mut slice = self.slice;
+            if leased {
+                // After announcing ASLEEP (SeqCst), so that a renewal we do
+                // not see finds us asleep and wakes us.
+                let until = self.lease().load(Ordering::SeqCst);
+                let now = monotonic_ns();
+                if until > now {
+                    waiting.store(ASLEEP_LEASED, Ordering::SeqCst);
+                    slice = slice.min(Duration::from_nanos(until - now) + LEASE_MARGIN);
+                }
+            }
+            futex_wait(seq, s, slice);
             waiting.store(0, Ordering::Relaxed);
             if let Some(v) = ready()? {
                 return Ok(v);
@@ -263,7 +335,7 @@ impl Ring {
         let cap = self.cap;
         let mut head = self.head().load(Ordering::Relaxed);
         while !buf.is_empty() {
-            let free = self.wait(self.space_seq(), self.writer_waiting(), stop, || {
+            let free = self.wait(self.space_seq(), self.writer_waiting(), stop, false, || {
                 let tail = self.tail().load(Ordering::Acquire);
                 if tail > head || head - tail > cap {
                     return Err(RingStop::Corrupt(format!(
@@ -363,7 +435,7 @@ impl Ring {
         let mut tail = self.tail().load(Ordering::Relaxed);
         let mut off = 0usize;
         while off < out.len() {
-            let avail = self.wait(self.data_seq(), self.reader_waiting(), stop, || {
+            let avail = self.wait(self.data_seq(), self.reader_waiting(), stop, false, || {
                 let head = self.head().load(Ordering::Acquire);
                 if head < tail || head - tail > self.cap {
                     return Err(RingStop::Corrupt(format!(
@@ -631,6 +703,7 @@ mod tests {
             (R_CMA_OK, 4),
             (R_CMA_DONE, 8),
             (R_POLLING, 4),
+            (R_LEASE, 8),
         ];
         for &(off, len) in &producer_line {
             assert!(off.is_multiple_of(len) && off + len <= 64, "{off}");
@@ -688,7 +761,7 @@ mod tests {
         let sleeper = |c: Arc<Ring>| {
             std::thread::spawn(move || {
                 let stop = AtomicBool::new(false);
-                c.wait(c.data_seq(), c.reader_waiting(), &stop, || {
+                c.wait(c.data_seq(), c.reader_waiting(), &stop, true, || {
                     c.pending()
                         .map(|d| d.then_some(()))
                         .map_err(RingStop::Corrupt)
@@ -729,5 +802,65 @@ mod tests {
         let t = Instant::now();
         p.write_pollable(&[3; 8], &go).unwrap();
         assert!(r.join().unwrap() - t < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_lease_defers_the_reader_until_it_runs_out_and_can_be_ended() {
+        let slice = Duration::from_secs(20);
+        let go = AtomicBool::new(false);
+        let sleeper = |c: Arc<Ring>| {
+            std::thread::spawn(move || {
+                let stop = AtomicBool::new(false);
+                c.wait(c.data_seq(), c.reader_waiting(), &stop, true, || {
+                    c.pending()
+                        .map(|d| d.then_some(()))
+                        .map_err(RingStop::Corrupt)
+                })
+                .unwrap();
+                Instant::now()
+            })
+        };
+        let asleep = |c: &Ring, how: u32| {
+            while c.reader_waiting().load(Ordering::SeqCst) != how {
+                std::thread::yield_now();
+            }
+        };
+        let lease = Duration::from_millis(300);
+        let until = |t: Instant| monotonic_ns() + (lease - t.elapsed()).as_nanos() as u64;
+        // The reader sleeps a whole slice; a renewal wakes it into a leased
+        // sleep, during which a small record wakes nobody: the reader finds
+        // it when the lease ends, not at the end of its 20 s slice.
+        let (p, c) = rings(&cfg(0, slice));
+        let r = sleeper(c.clone());
+        asleep(&c, ASLEEP);
+        let t = Instant::now();
+        c.renew_lease(until(t));
+        asleep(&c, ASLEEP_LEASED);
+        p.write_pollable(&[1; 8], &go).unwrap();
+        assert!(c.attentive());
+        let woke = r.join().unwrap() - t;
+        assert!(woke >= lease, "{woke:?}");
+        assert!(woke < Duration::from_secs(5), "{woke:?}");
+        assert_eq!(read(&c, 8), [1; 8]);
+        assert!(!c.attentive(), "the lease ran out");
+        // An ended lease: small records wake the reader at once again.
+        let r = sleeper(c.clone());
+        asleep(&c, ASLEEP);
+        let t = Instant::now();
+        c.renew_lease(until(t));
+        asleep(&c, ASLEEP_LEASED);
+        c.end_lease();
+        assert!(!c.attentive());
+        p.write_pollable(&[2; 8], &go).unwrap();
+        let woke = r.join().unwrap() - t;
+        assert!(woke < lease, "{woke:?}");
+        assert_eq!(read(&c, 8), [2; 8]);
+        // A record a poll cannot take wakes it at once even under a lease.
+        let r = sleeper(c.clone());
+        asleep(&c, ASLEEP);
+        let t = Instant::now();
+        c.renew_lease(monotonic_ns() + 10_000_000_000);
+        p.write_all(&[3; 8], &go).unwrap();
+        assert!(r.join().unwrap() - t < Duration::from_secs(5));
     }
 }

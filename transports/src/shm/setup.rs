@@ -159,6 +159,7 @@ impl ShmTransport {
             events,
             closing: AtomicBool::new(false),
             max_message: cfg.max_message,
+            poll_lease_ns: u64::try_from(cfg.poll_lease.as_nanos()).unwrap_or(u64::MAX),
             deliver: std::sync::OnceLock::new(),
             landing: Arc::default(),
             #[cfg(test)]

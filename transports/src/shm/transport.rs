@@ -187,17 +187,36 @@ impl Transport for ShmTransport {
         Some(self.ctx.landing.clone())
     }
 
+    fn pause_polling(&self) {
+        if self.ctx.poll_lease_ns == 0 {
+            return self.set_polling(false);
+        }
+        // The lease first, then the poller count: a producer that saw us
+        // polling published before, and the reader thread looks at the ring
+        // before the lease ends (it sleeps no longer once it saw it; if it
+        // sleeps a whole slice, renewing wakes it).
+        let until = super::ring::monotonic_ns().saturating_add(self.ctx.poll_lease_ns);
+        for l in &self.live {
+            l.in_ring.renew_lease(until);
+            l.in_ring.polling().fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     fn set_polling(&self, on: bool) {
         for l in &self.live {
             let r = &l.in_ring;
             if on {
                 r.polling().fetch_add(1, Ordering::SeqCst);
             } else {
+                // This thread stops without its op done (it will sleep): a
+                // lease an earlier op left would keep producers from waking
+                // the reader thread for what this one waits for; end it.
+                r.end_lease();
                 r.polling().fetch_sub(1, Ordering::SeqCst);
                 fence(Ordering::SeqCst);
-                // A record a producer left to us while we polled, or a
-                // release of our CMA payloads: the reader thread takes it
-                // from here.
+                // A record a producer left to us while we polled or under
+                // the lease, or a release of our CMA payloads: the reader
+                // thread takes it from here.
                 if !matches!(r.pending(), Ok(false)) || l.release_pending() {
                     r.notify_reader();
                 }
