@@ -255,6 +255,9 @@ impl Communicator {
             )));
         }
         config.validate()?;
+        if config.malloc_tune {
+            crate::malloc::tune_once();
+        }
         let deadline = Instant::now() + config.timeout;
         let available = list_interfaces().map_err(zccl_transports::TransportError::from)?;
         let nics = select(config.socket_ifname.as_deref(), &available)

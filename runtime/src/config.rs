@@ -21,6 +21,7 @@
 //! | `ZCCL_SHM_CMA_DISABLE` | `1`: never use that single copy | `0`/`1` | `0` |
 //! | `ZCCL_HOST_ID` | overrides the host identity (boot id + network namespace) | any | — |
 //! | `ZCCL_MAX_UNEXPECTED_BYTES` | per sending peer: most bytes a receiver buffers for receives not posted yet; a sender that would exceed it sends a request and waits for a clear-to-send ([`crate::flow`]); set the same on every rank | 1..=2⁶³ | 67108864 (64 MiB) |
+//! | `ZCCL_MALLOC_TUNE` | `1`: at the first communicator, keep glibc's allocator from returning memory to the kernel between operations (see [`crate::malloc`]); `0`: leave it alone | `0`/`1` | `1` |
 //! | `ZCCL_SPIN_US` | how long a thread waiting on a handle spins, polling for messages, before it sleeps; microseconds, 0 = never | a whole number, clamped to 0..=10⁶ | 50 |
 //! | `ZCCL_ROUTER` | sends to other hosts: `on` (NIC-aware router), `affinity` (whole, on the sender's own NIC), `off` (striped by TCP) | see left | `on` |
 //! | `ZCCL_CROSS_NIC` | router rail matching: `0` same rail only, `1` any NIC, `2` same rail first | `0`, `1`, `2` | `2` |
@@ -68,6 +69,9 @@ pub struct Config {
     /// `ZCCL_SPIN_US`: how long a waiting thread spins (polling the
     /// transports for messages already there) before it sleeps.
     pub spin_wait: Duration,
+    /// `ZCCL_MALLOC_TUNE`: whether the first communicator tunes glibc's
+    /// allocator ([`crate::malloc`]).
+    pub malloc_tune: bool,
     /// `ZCCL_ROUTER`.
     pub router: crate::router::RouterMode,
     /// The router's policy (`ZCCL_CROSS_NIC`, `ZCCL_PXN_DISABLE`,
@@ -312,7 +316,18 @@ impl Config {
             }
             None => Duration::from_micros(50),
         };
+        let malloc_tune = match get("ZCCL_MALLOC_TUNE").as_deref().map(str::trim) {
+            None | Some("" | "1" | "true" | "yes") => true,
+            Some("0" | "false" | "no") => false,
+            Some(v) => {
+                return Err(Error::Config(format!(
+                    "ZCCL_MALLOC_TUNE={}: must be 0 or 1",
+                    shown(v)
+                )));
+            }
+        };
         Ok(Self {
+            malloc_tune,
             timeout,
             socket_ifname,
             tcp,

@@ -42,8 +42,12 @@ use std::collections::HashMap;
 use crate::label::OpLabel;
 
 /// Largest payload sent eagerly (completing without an acknowledgement).
-/// A constant, not a setting: sender and receiver must agree on it.
-pub const EAGER_MAX: u64 = 64 << 10;
+/// A constant, not a setting: sender and receiver must agree on it. The
+/// size up to which shared memory copies through its ring (and a waiting
+/// thread takes a message itself): a ring step of a 256 KiB–512 KiB
+/// collective moves pieces of this size, and waiting for each one's
+/// acknowledgement cost a round trip per step.
+pub const EAGER_MAX: u64 = 256 << 10;
 
 /// Default of `ZCCL_MAX_UNEXPECTED_BYTES`: per sending peer.
 pub const DEFAULT_WINDOW: u64 = 64 << 20;
@@ -159,7 +163,7 @@ impl Credit {
     /// use zccl_runtime::flow::{Credit, Protocol};
     /// let mut c = Credit::new(1000);
     /// // Larger than the window, nothing in flight: at once (bounded by one message).
-    /// assert_eq!(c.choose(0, 100_000, false, true), Protocol::Immediate { charged: 100_000 });
+    /// assert_eq!(c.choose(0, 1_000_000, false, true), Protocol::Immediate { charged: 1_000_000 });
     /// assert_eq!(c.choose(0, 8, false, true), Protocol::Rendezvous);
     /// ```
     pub fn choose(&mut self, peer: u32, len: u64, routed: bool, labelled: bool) -> Protocol {

@@ -65,6 +65,7 @@ pub mod launcher;
 pub mod launcher_env;
 pub mod lend;
 pub mod logging;
+pub mod malloc;
 pub mod metrics;
 mod protocol;
 pub mod router;

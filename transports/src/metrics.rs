@@ -30,7 +30,7 @@
 //! assert!(text.contains("zccl_op_duration_seconds_count{op=\"send\"} 1"));
 //! ```
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
@@ -75,11 +75,25 @@ pub struct Metrics {
     op_bytes: Family<OpLabel, Counter>,
     op_seconds: Family<OpLabel, Histogram>,
     route_chunks: Family<NicVia, Counter>,
+    /// The shared-memory transport's two series, looked up once (every
+    /// message counts here: no label allocation or hashing per message).
+    shm_tx: OnceLock<Counter>,
+    shm_rx: OnceLock<Counter>,
+    /// Each op's series, looked up once (a handful of ops; counted per
+    /// completed op).
+    ops: Mutex<Vec<(&'static str, Counter, Histogram)>>,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
+    }
+}
+
+fn shm_label() -> NicRail {
+    NicRail {
+        nic: "shm".into(),
+        rail: rail_label(None),
     }
 }
 
@@ -167,6 +181,9 @@ impl Metrics {
             op_bytes,
             op_seconds,
             route_chunks,
+            shm_tx: OnceLock::new(),
+            shm_rx: OnceLock::new(),
+            ops: Mutex::new(Vec::new()),
         }
     }
 
@@ -178,6 +195,12 @@ impl Metrics {
 
     /// `bytes` of payload sent on `nic`.
     pub fn nic_transmit(&self, nic: &str, rail: Option<u32>, bytes: u64) {
+        if nic == "shm" && rail.is_none() {
+            self.shm_tx
+                .get_or_init(|| self.tx.get_or_create(&shm_label()).clone())
+                .inc_by(bytes);
+            return;
+        }
         self.tx
             .get_or_create(&NicRail {
                 nic: nic.to_string(),
@@ -188,6 +211,12 @@ impl Metrics {
 
     /// `bytes` of payload received on `nic`.
     pub fn nic_receive(&self, nic: &str, rail: Option<u32>, bytes: u64) {
+        if nic == "shm" && rail.is_none() {
+            self.shm_rx
+                .get_or_init(|| self.rx.get_or_create(&shm_label()).clone())
+                .inc_by(bytes);
+            return;
+        }
         self.rx
             .get_or_create(&NicRail {
                 nic: nic.to_string(),
@@ -220,12 +249,21 @@ impl Metrics {
     }
 
     /// An operation `op` moved `bytes` and took `elapsed` from issue to completion.
-    pub fn op_done(&self, op: &str, bytes: u64, elapsed: Duration) {
-        let l = OpLabel { op: op.to_string() };
-        self.op_bytes.get_or_create(&l).inc_by(bytes);
-        self.op_seconds
-            .get_or_create(&l)
-            .observe(elapsed.as_secs_f64());
+    pub fn op_done(&self, op: &'static str, bytes: u64, elapsed: Duration) {
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let i = match ops.iter().position(|(o, ..)| *o == op) {
+            Some(i) => i,
+            None => {
+                let l = OpLabel { op: op.to_string() };
+                let c = self.op_bytes.get_or_create(&l).clone();
+                let h = self.op_seconds.get_or_create(&l).clone();
+                ops.push((op, c, h));
+                ops.len() - 1
+            }
+        };
+        let (_, c, h) = &ops[i];
+        c.inc_by(bytes);
+        h.observe(elapsed.as_secs_f64());
     }
 
     /// The router sent a chunk on `nic`, directly or through a proxy.

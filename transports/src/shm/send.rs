@@ -17,8 +17,9 @@ use super::ring::{Ring, RingStop};
 use crate::{CloseReason, Message, MessageKind};
 
 /// Largest message a sender writes into the ring itself (when the ring has
-/// room and nothing is queued before it) instead of waking the writer thread.
-pub(super) const INLINE_MAX: usize = 64 << 10;
+/// room and nothing is queued before it) instead of waking the writer thread:
+/// whatever a poll takes ([`POLL_MAX_PAYLOAD`]).
+pub(super) const INLINE_MAX: usize = POLL_MAX_PAYLOAD;
 
 /// Writes one message record into the link's out ring, counting data
 /// payloads in the metrics (`nic="shm"`); the caller holds the producer lock.

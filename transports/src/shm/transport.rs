@@ -320,12 +320,17 @@ mod tests {
     use super::*;
     use crate::MessageKind;
     use crate::TransportEvent;
-    use crate::shm::config::{CMA_MIN_BYTES, POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD};
+    use crate::shm::config::{CMA_MIN_BYTES, POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD, ShmConfig};
     use crate::shm::testutil::{cfg, expect_lost, msg, next, pair, wait_true, watched};
 
     #[test]
     fn poll_takes_small_whole_messages_in_order_and_leaves_the_rest() {
-        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
+        // Without CMA, so that a message over the poll bound is a ring one.
+        let ring_only = || ShmConfig {
+            cma_min_bytes: 0,
+            ..cfg()
+        };
+        let ((t0, _rx0), (t1, mut rx1)) = pair(ring_only(), ring_only());
         t1.ctx.pause_readers.store(true, Ordering::Release);
         // Sends that find room are written inline: in the ring on return.
         for i in 0..20 {
