@@ -116,6 +116,47 @@ impl Pending {
         }
     }
 
+    /// After the op completed: polls, as a waiter spins, until `ready()`
+    /// (something the transport's threads or a poll bring about, such as
+    /// the release of a lent buffer) or the spin budget ends; if it is still
+    /// not ready then, the transport's threads are left in charge (no poll
+    /// lease holds them back) before the caller sleeps. Without this, a
+    /// lease the op's own wait left behind would keep the peer from waking
+    /// this rank's reader thread for the release, and the caller would sleep
+    /// until the lease ran out.
+    pub(crate) fn spin_for(&self, ready: impl Fn() -> bool) {
+        let Some(Spin {
+            engine,
+            transport,
+            budget,
+        }) = &self.spin
+        else {
+            return;
+        };
+        if ready() {
+            return;
+        }
+        let polling = Polling::start(transport.as_ref());
+        let until = Instant::now() + *budget;
+        loop {
+            if ready() {
+                break;
+            }
+            let got = engine.try_lock().map(|mut e| e.poll()).unwrap_or(0);
+            if Instant::now() >= until {
+                break;
+            }
+            if got == 0 {
+                std::thread::yield_now();
+            }
+        }
+        if ready() {
+            polling.pause();
+        } else {
+            drop(polling);
+        }
+    }
+
     /// Whether the op completed, after one poll for messages that arrived
     /// (a thread that only tests also makes progress, without a wake-up).
     pub(crate) fn test(&self) -> bool {

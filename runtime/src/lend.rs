@@ -172,6 +172,7 @@ impl LentSendHandle {
         let Some(p) = &self.p else {
             return Ok(());
         };
+        p.spin_for(|| self.release.is_set());
         if self.release.wait_until(p.deadline) {
             return Ok(());
         }
@@ -200,6 +201,7 @@ impl LentSendHandle {
         // (the peer copied it before it could match); after a failure it
         // may never (a peer that stopped reading).
         let wait = if r.is_ok() {
+            p.spin_for(|| self.release.is_set());
             p.timeout
         } else {
             FAILED_RELEASE_WAIT

@@ -30,8 +30,8 @@
 //! assert!(text.contains("zccl_op_duration_seconds_count{op=\"send\"} 1"));
 //! ```
 
-use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::AtomicI64;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
