@@ -61,6 +61,16 @@ impl Polling<'_> {
     }
 }
 
+/// A thread sleeping until its transport's threads deliver what it waits for
+/// ([`Pending::sleeping`]); it stops when this drops.
+pub(crate) struct SleepGuard(Arc<dyn zccl_transports::Transport>);
+
+impl Drop for SleepGuard {
+    fn drop(&mut self) {
+        self.0.set_sleeping(false);
+    }
+}
+
 impl Drop for Polling<'_> {
     fn drop(&mut self) {
         self.0.set_polling(false);
@@ -71,17 +81,21 @@ impl Pending {
     /// Spins for up to the configured time, matching messages that already
     /// arrived on this thread (no thread wake-up on the way), until the op
     /// completes.
-    fn spin(&self) {
+    /// Returns whether the op is still pending (the caller then sleeps).
+    fn spin(&self) -> bool {
         let Some(Spin {
             engine,
             transport,
             budget,
         }) = &self.spin
         else {
-            return;
+            return !self.slot.is_done();
         };
-        if budget.is_zero() || self.slot.is_done() {
-            return;
+        if self.slot.is_done() {
+            return false;
+        }
+        if budget.is_zero() {
+            return true;
         }
         let until = Instant::now() + *budget;
         let polling = Polling::start(transport.as_ref());
@@ -111,9 +125,21 @@ impl Pending {
         poll();
         if self.slot.is_done() {
             polling.pause();
+            false
         } else {
             drop(polling);
+            true
         }
+    }
+
+    /// Tells the transport this thread is about to sleep until something
+    /// its threads deliver (no poll lease may hold them back meanwhile);
+    /// it stops sleeping when the guard drops.
+    pub(crate) fn sleeping(&self) -> Option<SleepGuard> {
+        self.spin.as_ref().map(|s| {
+            s.transport.set_sleeping(true);
+            SleepGuard(s.transport.clone())
+        })
     }
 
     /// After the op completed: polls, as a waiter spins, until `ready()`
@@ -124,17 +150,17 @@ impl Pending {
     /// lease the op's own wait left behind would keep the peer from waking
     /// this rank's reader thread for the release, and the caller would sleep
     /// until the lease ran out.
-    pub(crate) fn spin_for(&self, ready: impl Fn() -> bool) {
+    pub(crate) fn spin_for(&self, ready: impl Fn() -> bool) -> Option<SleepGuard> {
         let Some(Spin {
             engine,
             transport,
             budget,
         }) = &self.spin
         else {
-            return;
+            return None;
         };
         if ready() {
-            return;
+            return None;
         }
         let polling = Polling::start(transport.as_ref());
         let until = Instant::now() + *budget;
@@ -152,8 +178,10 @@ impl Pending {
         }
         if ready() {
             polling.pause();
+            None
         } else {
             drop(polling);
+            self.sleeping()
         }
     }
 
@@ -172,19 +200,19 @@ impl Pending {
     }
 
     pub(crate) fn wait(&self) -> Outcome {
-        self.spin();
-        self.slot
-            .wait_until(self.deadline + GRACE)
-            .unwrap_or_else(|| {
-                Err(Error::Timeout {
-                    op: self.desc.clone(),
-                    after: self.timeout,
-                    nic: "progress engine unresponsive".into(),
-                    culprit: None,
-                    other_op: None,
-                    mine: crate::label::OpLabel::NONE,
-                })
+        let asleep = if self.spin() { self.sleeping() } else { None };
+        let outcome = self.slot.wait_until(self.deadline + GRACE);
+        drop(asleep);
+        outcome.unwrap_or_else(|| {
+            Err(Error::Timeout {
+                op: self.desc.clone(),
+                after: self.timeout,
+                nic: "progress engine unresponsive".into(),
+                culprit: None,
+                other_op: None,
+                mine: crate::label::OpLabel::NONE,
             })
+        })
     }
 
     fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome> {

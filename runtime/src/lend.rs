@@ -172,8 +172,10 @@ impl LentSendHandle {
         let Some(p) = &self.p else {
             return Ok(());
         };
-        p.spin_for(|| self.release.is_set());
-        if self.release.wait_until(p.deadline) {
+        let asleep = p.spin_for(|| self.release.is_set());
+        let released = self.release.wait_until(p.deadline);
+        drop(asleep);
+        if released {
             return Ok(());
         }
         self.transport.withdraw(p.desc.peer);
@@ -200,13 +202,14 @@ impl LentSendHandle {
         // After a match the transport gives the memory back within moments
         // (the peer copied it before it could match); after a failure it
         // may never (a peer that stopped reading).
-        let wait = if r.is_ok() {
-            p.spin_for(|| self.release.is_set());
-            p.timeout
+        let (wait, asleep) = if r.is_ok() {
+            (p.timeout, p.spin_for(|| self.release.is_set()))
         } else {
-            FAILED_RELEASE_WAIT
+            (FAILED_RELEASE_WAIT, p.sleeping())
         };
-        if self.release.wait_until(Instant::now() + wait) {
+        let released = self.release.wait_until(Instant::now() + wait);
+        drop(asleep);
+        if released {
             return r;
         }
         self.transport.withdraw(p.desc.peer);

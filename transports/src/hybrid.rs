@@ -255,6 +255,12 @@ impl Transport for HybridTransport {
         }
     }
 
+    fn set_sleeping(&self, on: bool) {
+        if let Some(shm) = &self.shm {
+            shm.set_sleeping(on);
+        }
+    }
+
     fn poll(&self, max: usize, f: &mut dyn FnMut(u32, Message)) -> usize {
         match &self.shm {
             Some(shm) => shm.poll(max, f),

@@ -389,6 +389,15 @@ pub trait Transport: Send + Sync + 'static {
         self.set_polling(false);
     }
 
+    /// A thread starts (`true`) or stops (`false`) sleeping until an op
+    /// completes, relying on the transport's own threads to deliver what it
+    /// waits for; calls pair up. While one sleeps, no lease of
+    /// [`Transport::pause_polling`] may keep those threads from being woken.
+    /// Default: no-op.
+    fn set_sleeping(&self, on: bool) {
+        let _ = on;
+    }
+
     /// Closes every connection: a clean close delivers what is queued first;
     /// an abort drops queued data and tells peers the cause. The returned
     /// future resolves when the sockets are closed; callers bound it with a timeout.

@@ -43,8 +43,9 @@ const R_POLLING: usize = 96;
 /// it that polled stopped because its op completed, and expects to poll
 /// again soon ([`Transport::pause_polling`](crate::Transport::pause_polling)).
 /// While it runs a producer leaves small records to the next poll as while a
-/// thread polls; the consumer's reader thread sleeps no longer than the
-/// lease, so a record nobody polls for waits at most that long.
+/// thread polls; a reader thread that goes to sleep under the lease sleeps no
+/// longer than it, so a record nobody polls for waits at most that long (at
+/// most a wait slice if the reader was already asleep when the lease began).
 const R_LEASE: usize = 104;
 /// [`Ring::reader_waiting`] values: the reader thread sleeps for up to a
 /// wait slice ([`ShmConfig::wait_slice`]) ...
@@ -164,14 +165,15 @@ impl Ring {
     }
 
     /// Consumer side: promises to look at the ring before `until`
-    /// ([`monotonic_ns`]) without being woken ([`R_LEASE`]). Wakes the
-    /// reader thread if it sleeps a whole slice (it then sleeps only until
-    /// the lease runs out): either it sees the lease, or this sees it asleep.
+    /// ([`monotonic_ns`]) without being woken ([`R_LEASE`]). A reader thread
+    /// that sleeps a whole slice is not woken for it (that would cost a
+    /// wake-up per op whenever waits alternate between spinning and
+    /// sleeping): it sees the lease when it next wakes, so a record left
+    /// under the lease and not polled for waits at most a wait slice then.
+    /// Threads that sleep until an op completes end the lease
+    /// ([`ShmTransport`](super::ShmTransport)'s `set_sleeping`).
     pub(super) fn renew_lease(&self, until: u64) {
         self.lease().fetch_max(until, Ordering::SeqCst);
-        if self.reader_waiting().load(Ordering::SeqCst) == ASLEEP {
-            self.notify_reader();
-        }
     }
 
     /// Consumer side: withdraws the lease (a thread stops polling and will
@@ -827,14 +829,13 @@ mod tests {
         };
         let lease = Duration::from_millis(300);
         let until = |t: Instant| monotonic_ns() + (lease - t.elapsed()).as_nanos() as u64;
-        // The reader sleeps a whole slice; a renewal wakes it into a leased
-        // sleep, during which a small record wakes nobody: the reader finds
-        // it when the lease ends, not at the end of its 20 s slice.
+        // A reader that goes to sleep under a lease sleeps only until it
+        // ends; a small record meanwhile wakes nobody: the reader finds it
+        // when the lease ends, not at the end of its 20 s slice.
         let (p, c) = rings(&cfg(0, slice));
-        let r = sleeper(c.clone());
-        asleep(&c, ASLEEP);
         let t = Instant::now();
         c.renew_lease(until(t));
+        let r = sleeper(c.clone());
         asleep(&c, ASLEEP_LEASED);
         p.write_pollable(&[1; 8], &go).unwrap();
         assert!(c.attentive());
@@ -843,12 +844,15 @@ mod tests {
         assert!(woke < Duration::from_secs(5), "{woke:?}");
         assert_eq!(read(&c, 8), [1; 8]);
         assert!(!c.attentive(), "the lease ran out");
-        // An ended lease: small records wake the reader at once again.
+        // A renewal does not wake a reader sleeping a whole slice (it sees
+        // the lease when it next wakes) ...
         let r = sleeper(c.clone());
         asleep(&c, ASLEEP);
+        c.renew_lease(monotonic_ns() + 10_000_000_000);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(c.reader_waiting().load(Ordering::SeqCst), ASLEEP);
+        // ... and an ended lease lets small records wake it at once again.
         let t = Instant::now();
-        c.renew_lease(until(t));
-        asleep(&c, ASLEEP_LEASED);
         c.end_lease();
         assert!(!c.attentive());
         p.write_pollable(&[2; 8], &go).unwrap();

@@ -247,6 +247,7 @@ impl ShmTransport {
             links,
             live,
             poll_next: AtomicUsize::new(0),
+            sleepers: std::sync::atomic::AtomicU32::new(0),
         })
     }
 }

@@ -31,6 +31,10 @@ pub struct ShmTransport {
     pub(super) live: Vec<Arc<Link>>,
     /// Where the next poll starts (round robin).
     pub(super) poll_next: AtomicUsize,
+    /// Threads sleeping until an op completes
+    /// ([`Transport::set_sleeping`](crate::Transport::set_sleeping)): while
+    /// there are any, no poll lease is granted.
+    pub(super) sleepers: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for ShmTransport {
@@ -46,6 +50,20 @@ impl std::fmt::Debug for ShmTransport {
 }
 
 impl ShmTransport {
+    /// Ends the poll lease of every ring from a peer, and hands what was
+    /// left under it (a record, a release of our CMA payloads) to the reader
+    /// threads.
+    fn end_leases(&self) {
+        for l in &self.live {
+            let r = &l.in_ring;
+            r.end_lease();
+            fence(Ordering::SeqCst);
+            if !matches!(r.pending(), Ok(false)) || l.release_pending() {
+                r.notify_reader();
+            }
+        }
+    }
+
     pub(super) fn link(&self, peer: u32) -> Option<&Arc<Link>> {
         self.links.get(peer as usize)?.as_ref()
     }
@@ -199,6 +217,22 @@ impl Transport for ShmTransport {
         for l in &self.live {
             l.in_ring.renew_lease(until);
             l.in_ring.polling().fetch_sub(1, Ordering::SeqCst);
+        }
+        // A thread of ours sleeps until its op completes: it needs the reader
+        // threads woken for its messages, so no lease. (The lease first,
+        // then this load; a new sleeper raises the count, then ends the
+        // leases: either it ends ours, or we see it and end them here.)
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            self.end_leases();
+        }
+    }
+
+    fn set_sleeping(&self, on: bool) {
+        if on {
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            self.end_leases();
+        } else {
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
