@@ -220,12 +220,27 @@ impl Pending {
     }
 }
 
-struct OutcomeFuture<'a>(&'a Pending);
+/// An async wait: it relies on the engine and the transport's threads, so
+/// while it is pending it counts as a sleeping thread (no poll lease holds
+/// those threads back; see [`Pending::sleeping`]).
+struct OutcomeFuture<'a>(&'a Pending, Option<SleepGuard>);
 
 impl Future for OutcomeFuture<'_> {
     type Output = Outcome;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        self.0.poll(cx)
+        let this = self.get_mut();
+        match this.0.poll(cx) {
+            Poll::Ready(o) => {
+                this.1 = None;
+                Poll::Ready(o)
+            }
+            Poll::Pending => {
+                if this.1.is_none() {
+                    this.1 = this.0.sleeping();
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -248,7 +263,7 @@ impl SendHandle {
 
     /// Waits without blocking a thread.
     pub async fn wait_async(self) -> Result<()> {
-        OutcomeFuture(&self.p).await.map(|_| ())
+        OutcomeFuture(&self.p, None).await.map(|_| ())
     }
 
     /// The op.
@@ -281,7 +296,7 @@ impl<T: Element> RecvHandle<T> {
 
     /// Waits without blocking a thread.
     pub async fn wait_async(self) -> Result<HostBuffer<T>> {
-        OutcomeFuture(&self.p).await.map(to_buffer)
+        OutcomeFuture(&self.p, None).await.map(to_buffer)
     }
 
     /// The op.
@@ -320,7 +335,7 @@ impl BatchHandle {
     pub async fn wait_all_async(self) -> Vec<Result<Option<Received>>> {
         let mut out = Vec::with_capacity(self.ops.len());
         for p in &self.ops {
-            let o = OutcomeFuture(p).await;
+            let o = OutcomeFuture(p, None).await;
             out.push(batch_result(p, o));
         }
         out
