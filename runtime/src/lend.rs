@@ -49,29 +49,36 @@ const FAILED_RELEASE_WAIT: Duration = Duration::from_millis(200);
 /// Set when the last holder of a lent payload dropped it.
 #[derive(Default)]
 pub(crate) struct Release {
-    done: Mutex<bool>,
+    /// Whether set, and how many threads wait for it (a notification is a
+    /// system call even with nobody waiting: made only for waiters).
+    done: Mutex<(bool, usize)>,
     cv: Condvar,
 }
 
 impl Release {
     fn set(&self) {
-        *self.done.lock().expect("release") = true;
-        self.cv.notify_all();
+        let mut d = self.done.lock().expect("release");
+        d.0 = true;
+        if d.1 != 0 {
+            self.cv.notify_all();
+        }
     }
 
     fn is_set(&self) -> bool {
-        *self.done.lock().expect("release")
+        self.done.lock().expect("release").0
     }
 
     /// Waits until set or until `deadline`; whether it was set.
     fn wait_until(&self, deadline: Instant) -> bool {
         let mut d = self.done.lock().expect("release");
-        while !*d {
+        while !d.0 {
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
+            d.1 += 1;
             d = self.cv.wait_timeout(d, deadline - now).expect("release").0;
+            d.1 -= 1;
         }
         true
     }

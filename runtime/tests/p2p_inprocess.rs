@@ -591,6 +591,12 @@ fn receives_into_the_callers_buffer() {
             let ra = unsafe { ch.irecv_into(peer, &mut a) }.unwrap();
             let rb = unsafe { ch.irecv_into(peer, &mut b) }.unwrap();
             let ro = unsafe { ch.irecv_into(r, &mut own) }.unwrap();
+            // Both ranks posted their receives before either sends (a
+            // message that arrives first is copied in at the match instead).
+            let sync = c.channel(9);
+            let ready = sync.isend(peer, vec![1u8]).unwrap();
+            sync.irecv::<u8>(peer, 1).unwrap().wait().unwrap();
+            ready.wait().unwrap();
             let sa = ch.isend(peer, pattern(r, big, 1)).unwrap();
             let sb = ch.isend(peer, pattern(r, 1000, 2)).unwrap();
             let so = ch.isend(r, pattern(r, 64, 3)).unwrap();

@@ -69,6 +69,10 @@ pub struct Zone {
     len: usize,
     state: Mutex<State>,
     cv: Condvar,
+    /// Threads in `close` waiting for a copy to finish (changed under
+    /// `state`'s lock): a finished claim notifies only if there are any
+    /// (a notification is a system call even with nobody waiting).
+    closers: std::sync::atomic::AtomicUsize,
 }
 
 // SAFETY: the buffer is written only by the thread that holds the zone Busy
@@ -91,6 +95,7 @@ impl Zone {
             len,
             state: Mutex::new(State::Open),
             cv: Condvar::new(),
+            closers: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -133,7 +138,11 @@ impl Zone {
     pub fn close(&self) -> bool {
         let mut st = self.state.lock().expect("zone");
         while *st == State::Busy {
+            self.closers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             st = self.cv.wait(st).expect("zone");
+            self.closers
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         let (filled, landed) = match *st {
             State::Filled { landed } => (true, landed),
@@ -184,7 +193,9 @@ impl Claim {
         } else {
             State::Open
         };
-        self.zone.cv.notify_all();
+        if self.zone.closers.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+            self.zone.cv.notify_all();
+        }
     }
 }
 
