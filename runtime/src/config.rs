@@ -96,6 +96,20 @@ const MAX_MESSAGE_LIMIT: u64 = 1 << 40;
 /// heartbeat's granularity; anything shorter cannot work).
 const MIN_DURATION_SECS: f64 = 1e-3;
 
+/// A yes/no variable: `0`/`1` (also `false`/`true`, `no`/`yes`); unset or
+/// empty means `default`.
+fn flag(name: &str, v: Option<String>, default: bool) -> Result<bool> {
+    match v.as_deref().map(str::trim) {
+        None | Some("") => Ok(default),
+        Some("1" | "true" | "yes") => Ok(true),
+        Some("0" | "false" | "no") => Ok(false),
+        Some(v) => Err(Error::Config(format!(
+            "{name}={}: must be 0 or 1",
+            shown(v)
+        ))),
+    }
+}
+
 /// A duration in seconds, in [1 ms, [`MAX_DURATION_SECS`]].
 fn secs(name: &str, v: &str) -> Result<Duration> {
     let bad = || {
@@ -262,16 +276,7 @@ impl Config {
             None => 2,
         };
         let socket_ifname = get("ZCCL_SOCKET_IFNAME").filter(|s| !s.trim().is_empty());
-        let shm_enabled = match get("ZCCL_SHM_DISABLE").as_deref().map(str::trim) {
-            None | Some("" | "0" | "false" | "no") => true,
-            Some("1" | "true" | "yes") => false,
-            Some(v) => {
-                return Err(Error::Config(format!(
-                    "ZCCL_SHM_DISABLE={}: must be 0 or 1",
-                    shown(v)
-                )));
-            }
-        };
+        let shm_enabled = !flag("ZCCL_SHM_DISABLE", get("ZCCL_SHM_DISABLE"), false)?;
         let mut shm = ShmConfig {
             max_message: tcp.limits.max_message,
             ..ShmConfig::default()
@@ -316,16 +321,7 @@ impl Config {
             }
             None => Duration::from_micros(50),
         };
-        let malloc_tune = match get("ZCCL_MALLOC_TUNE").as_deref().map(str::trim) {
-            None | Some("" | "1" | "true" | "yes") => true,
-            Some("0" | "false" | "no") => false,
-            Some(v) => {
-                return Err(Error::Config(format!(
-                    "ZCCL_MALLOC_TUNE={}: must be 0 or 1",
-                    shown(v)
-                )));
-            }
-        };
+        let malloc_tune = flag("ZCCL_MALLOC_TUNE", get("ZCCL_MALLOC_TUNE"), true)?;
         Ok(Self {
             malloc_tune,
             timeout,

@@ -41,6 +41,15 @@ pub(crate) struct Spin {
     pub(crate) budget: Duration,
 }
 
+impl Spin {
+    /// One poll of the transports on this thread, matching what arrived
+    /// (nothing when another thread holds the engine: it is making progress
+    /// too). Returns how many messages it took.
+    fn poll(&self) -> usize {
+        self.engine.try_lock().map(|mut e| e.poll()).unwrap_or(0)
+    }
+}
+
 /// Tells the transport a thread polls it, for as long as it lives.
 struct Polling<'a>(&'a dyn zccl_transports::Transport);
 
@@ -49,15 +58,20 @@ impl<'a> Polling<'a> {
         t.set_polling(true);
         Polling(t)
     }
-}
 
-impl Polling<'_> {
-    /// Stops polling because the op completed: this thread is expected back
-    /// with its next op soon, so small messages may wait for that poll for a
-    /// short lease ([`Transport::pause_polling`](zccl_transports::Transport::pause_polling)).
+    /// Stops polling because what it waited for is done: this thread is
+    /// expected back with its next op soon, so small messages may wait for
+    /// that poll for a short lease
+    /// ([`Transport::pause_polling`](zccl_transports::Transport::pause_polling)).
     fn pause(self) {
         self.0.pause_polling();
         std::mem::forget(self);
+    }
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.0.set_polling(false);
     }
 }
 
@@ -71,42 +85,30 @@ impl Drop for SleepGuard {
     }
 }
 
-impl Drop for Polling<'_> {
-    fn drop(&mut self) {
-        self.0.set_polling(false);
-    }
-}
-
 impl Pending {
-    /// Spins for up to the configured time, matching messages that already
-    /// arrived on this thread (no thread wake-up on the way), until the op
-    /// completes.
-    /// Returns whether the op is still pending (the caller then sleeps).
-    fn spin(&self) -> bool {
-        let Some(Spin {
-            engine,
-            transport,
-            budget,
-        }) = &self.spin
-        else {
-            return !self.slot.is_done();
-        };
-        if self.slot.is_done() {
-            return false;
+    /// Spins for up to the configured time (`ZCCL_SPIN_US`), polling and
+    /// matching messages that already arrived on this thread (no thread
+    /// wake-up on the way), until `ready()`: the op's completion, or
+    /// something a poll or the transport's threads bring about after it
+    /// (the release of a lent buffer). Returns `None` once ready (leaving
+    /// a poll lease behind); otherwise the caller is about to sleep, and
+    /// the returned guard marks it sleeping for as long as it lives, so
+    /// that no lease holds the transport's threads back meanwhile.
+    pub(crate) fn spin_until(&self, ready: impl Fn() -> bool) -> Option<SleepGuard> {
+        let spin = self.spin.as_ref()?;
+        if ready() {
+            return None;
         }
-        if budget.is_zero() {
-            return true;
+        if spin.budget.is_zero() {
+            return self.sleeping();
         }
-        let until = Instant::now() + *budget;
-        let polling = Polling::start(transport.as_ref());
-        let poll = || engine.try_lock().map(|mut e| e.poll()).unwrap_or(0);
+        let until = Instant::now() + spin.budget;
+        let polling = Polling::start(spin.transport.as_ref());
         loop {
-            if self.slot.is_done() {
+            if ready() {
                 break;
             }
-            // Another thread (the engine's task, another waiter) holding
-            // the lock is making progress too: just look again.
-            let got = poll();
+            let got = spin.poll();
             if Instant::now() >= until {
                 break;
             }
@@ -122,13 +124,13 @@ impl Pending {
         // in a ping-pong): take it now, or stopping to poll would hand it
         // to the reader thread, and the next op would wait for the wake-ups
         // of that thread and of the engine's task.
-        poll();
-        if self.slot.is_done() {
+        spin.poll();
+        if ready() {
             polling.pause();
-            false
+            None
         } else {
             drop(polling);
-            true
+            self.sleeping()
         }
     }
 
@@ -142,65 +144,19 @@ impl Pending {
         })
     }
 
-    /// After the op completed: polls, as a waiter spins, until `ready()`
-    /// (something the transport's threads or a poll bring about, such as
-    /// the release of a lent buffer) or the spin budget ends; if it is still
-    /// not ready then, the transport's threads are left in charge (no poll
-    /// lease holds them back) before the caller sleeps. Without this, a
-    /// lease the op's own wait left behind would keep the peer from waking
-    /// this rank's reader thread for the release, and the caller would sleep
-    /// until the lease ran out.
-    pub(crate) fn spin_for(&self, ready: impl Fn() -> bool) -> Option<SleepGuard> {
-        let Some(Spin {
-            engine,
-            transport,
-            budget,
-        }) = &self.spin
-        else {
-            return None;
-        };
-        if ready() {
-            return None;
-        }
-        let polling = Polling::start(transport.as_ref());
-        let until = Instant::now() + *budget;
-        loop {
-            if ready() {
-                break;
-            }
-            let got = engine.try_lock().map(|mut e| e.poll()).unwrap_or(0);
-            if Instant::now() >= until {
-                break;
-            }
-            if got == 0 {
-                std::thread::yield_now();
-            }
-        }
-        if ready() {
-            polling.pause();
-            None
-        } else {
-            drop(polling);
-            self.sleeping()
-        }
-    }
-
     /// Whether the op completed, after one poll for messages that arrived
     /// (a thread that only tests also makes progress, without a wake-up).
     pub(crate) fn test(&self) -> bool {
-        if self.slot.is_done() {
-            return true;
-        }
-        if let Some(Spin { engine, .. }) = &self.spin
-            && let Ok(mut e) = engine.try_lock()
+        if !self.slot.is_done()
+            && let Some(spin) = &self.spin
         {
-            e.poll();
+            spin.poll();
         }
         self.slot.is_done()
     }
 
     pub(crate) fn wait(&self) -> Outcome {
-        let asleep = if self.spin() { self.sleeping() } else { None };
+        let asleep = self.spin_until(|| self.slot.is_done());
         let outcome = self.slot.wait_until(self.deadline + GRACE);
         drop(asleep);
         outcome.unwrap_or_else(|| {

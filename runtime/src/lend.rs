@@ -179,7 +179,7 @@ impl LentSendHandle {
         let Some(p) = &self.p else {
             return Ok(());
         };
-        let asleep = p.spin_for(|| self.release.is_set());
+        let asleep = p.spin_until(|| self.release.is_set());
         let released = self.release.wait_until(p.deadline);
         drop(asleep);
         if released {
@@ -210,7 +210,7 @@ impl LentSendHandle {
         // (the peer copied it before it could match); after a failure it
         // may never (a peer that stopped reading).
         let (wait, asleep) = if r.is_ok() {
-            (p.timeout, p.spin_for(|| self.release.is_set()))
+            (p.timeout, p.spin_until(|| self.release.is_set()))
         } else {
             (FAILED_RELEASE_WAIT, p.sleeping())
         };

@@ -383,8 +383,8 @@ pub trait Transport: Send + Sync + 'static {
     /// again soon (its next op). The transport may then keep leaving small
     /// messages to the next poll for a short lease instead of waking its own
     /// threads for each (shared memory: [`shm::ShmConfig::poll_lease`]); a
-    /// message nobody polls for is taken by the transport's threads when the
-    /// lease runs out. Default: `set_polling(false)`.
+    /// message nobody polls for is taken by the transport's threads after
+    /// the lease (see there). Default: `set_polling(false)`.
     fn pause_polling(&self) {
         self.set_polling(false);
     }

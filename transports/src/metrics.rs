@@ -90,10 +90,24 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn shm_label() -> NicRail {
-    NicRail {
-        nic: "shm".into(),
-        rail: rail_label(None),
+/// Adds `bytes` to `nic`'s series of `family`; the shared-memory one
+/// (every message counts there) through `shm`, looked up once.
+fn count_nic(
+    family: &Family<NicRail, Counter>,
+    shm: &OnceLock<Counter>,
+    nic: &str,
+    rail: Option<u32>,
+    bytes: u64,
+) {
+    let label = || NicRail {
+        nic: nic.to_string(),
+        rail: rail_label(rail),
+    };
+    if nic == "shm" && rail.is_none() {
+        shm.get_or_init(|| family.get_or_create(&label()).clone())
+            .inc_by(bytes);
+    } else {
+        family.get_or_create(&label()).inc_by(bytes);
     }
 }
 
@@ -195,34 +209,12 @@ impl Metrics {
 
     /// `bytes` of payload sent on `nic`.
     pub fn nic_transmit(&self, nic: &str, rail: Option<u32>, bytes: u64) {
-        if nic == "shm" && rail.is_none() {
-            self.shm_tx
-                .get_or_init(|| self.tx.get_or_create(&shm_label()).clone())
-                .inc_by(bytes);
-            return;
-        }
-        self.tx
-            .get_or_create(&NicRail {
-                nic: nic.to_string(),
-                rail: rail_label(rail),
-            })
-            .inc_by(bytes);
+        count_nic(&self.tx, &self.shm_tx, nic, rail, bytes);
     }
 
     /// `bytes` of payload received on `nic`.
     pub fn nic_receive(&self, nic: &str, rail: Option<u32>, bytes: u64) {
-        if nic == "shm" && rail.is_none() {
-            self.shm_rx
-                .get_or_init(|| self.rx.get_or_create(&shm_label()).clone())
-                .inc_by(bytes);
-            return;
-        }
-        self.rx
-            .get_or_create(&NicRail {
-                nic: nic.to_string(),
-                rail: rail_label(rail),
-            })
-            .inc_by(bytes);
+        count_nic(&self.rx, &self.shm_rx, nic, rail, bytes);
     }
 
     /// Bytes queued on `nic` changed by `delta`.

@@ -26,16 +26,18 @@ pub struct ShmConfig {
     /// ([`Transport::pause_polling`](crate::Transport::pause_polling))
     /// keeps producers from waking this rank's reader threads for small
     /// messages: the next op's poll takes them with no system call on
-    /// either side. Also the longest a small message can wait when this
-    /// rank does not poll again (its reader threads look when the lease runs
-    /// out, which is why it is short). `Duration::ZERO`: no lease. Default:
-    /// [`POLL_LEASE`].
+    /// either side. Also about the longest a small message can wait when
+    /// this rank does not poll again (its reader threads look when the lease
+    /// runs out, which is why it is short; a reader thread that was asleep
+    /// before the lease began looks within [`ShmConfig::wait_slice`]). A
+    /// thread that sleeps until its op completes ends the lease.
+    /// `Duration::ZERO`: no lease. Default: [`POLL_LEASE`].
     pub poll_lease: Duration,
 }
 
-/// Default of [`ShmConfig::poll_lease`]. Reader threads of a rank that
-/// keeps issuing ops wake about once per lease each; 1 ms keeps that under
-/// a few per cent of a core with 8 ranks on 2 vCPUs.
+/// Default of [`ShmConfig::poll_lease`]: a reader thread that went to sleep
+/// under a lease wakes when it runs out, so a rank that keeps issuing ops
+/// wakes each reader thread at most about once per lease.
 ///
 /// ```
 /// use zccl_transports::shm::{POLL_LEASE, ShmConfig};

@@ -47,8 +47,9 @@ const R_POLLING: usize = 96;
 /// longer than it, so a record nobody polls for waits at most that long (at
 /// most a wait slice if the reader was already asleep when the lease began).
 const R_LEASE: usize = 104;
-/// [`Ring::reader_waiting`] values: the reader thread sleeps for up to a
-/// wait slice ([`ShmConfig::wait_slice`]) ...
+/// [`Ring::reader_waiting`] values (producers only ask whether it is 0;
+/// the two kinds of sleep tell apart what the tests observe): the reader
+/// thread sleeps for up to a wait slice ([`ShmConfig::wait_slice`]) ...
 const ASLEEP: u32 = 1;
 /// ... or only until the consumer's lease runs out.
 const ASLEEP_LEASED: u32 = 2;
@@ -246,8 +247,6 @@ impl Ring {
             }
             let mut slice = self.slice;
             if leased {
-                // After announcing ASLEEP (SeqCst), so that a renewal we do
-                // not see finds us asleep and wakes us.
                 let until = self.lease().load(Ordering::SeqCst);
                 let now = monotonic_ns();
                 if until > now {
@@ -753,25 +752,26 @@ mod tests {
         assert_eq!(r0.cma_withdrawn().load(Ordering::SeqCst), u64::MAX);
     }
 
+    /// A consumer's reader thread waiting (as the reader does) until data
+    /// is pending; returns when it woke.
+    fn sleeper(c: Arc<Ring>) -> std::thread::JoinHandle<Instant> {
+        std::thread::spawn(move || {
+            let stop = AtomicBool::new(false);
+            c.wait(c.data_seq(), c.reader_waiting(), &stop, true, || {
+                c.pending()
+                    .map(|d| d.then_some(()))
+                    .map_err(RingStop::Corrupt)
+            })
+            .unwrap();
+            Instant::now()
+        })
+    }
+
     #[test]
     fn a_poller_keeps_small_records_from_waking_the_reader() {
         let slice = Duration::from_millis(600);
         let (p, c) = rings(&cfg(0, slice));
         let go = AtomicBool::new(false);
-        // The consumer's reader sleeps until data is pending; returns how
-        // long after `since` it woke.
-        let sleeper = |c: Arc<Ring>| {
-            std::thread::spawn(move || {
-                let stop = AtomicBool::new(false);
-                c.wait(c.data_seq(), c.reader_waiting(), &stop, true, || {
-                    c.pending()
-                        .map(|d| d.then_some(()))
-                        .map_err(RingStop::Corrupt)
-                })
-                .unwrap();
-                Instant::now()
-            })
-        };
         let asleep = |c: &Ring| {
             while c.reader_waiting().load(Ordering::SeqCst) == 0 {
                 std::thread::yield_now();
@@ -810,18 +810,6 @@ mod tests {
     fn a_lease_defers_the_reader_until_it_runs_out_and_can_be_ended() {
         let slice = Duration::from_secs(20);
         let go = AtomicBool::new(false);
-        let sleeper = |c: Arc<Ring>| {
-            std::thread::spawn(move || {
-                let stop = AtomicBool::new(false);
-                c.wait(c.data_seq(), c.reader_waiting(), &stop, true, || {
-                    c.pending()
-                        .map(|d| d.then_some(()))
-                        .map_err(RingStop::Corrupt)
-                })
-                .unwrap();
-                Instant::now()
-            })
-        };
         let asleep = |c: &Ring, how: u32| {
             while c.reader_waiting().load(Ordering::SeqCst) != how {
                 std::thread::yield_now();

@@ -210,9 +210,10 @@ impl Transport for ShmTransport {
             return self.set_polling(false);
         }
         // The lease first, then the poller count: a producer that saw us
-        // polling published before, and the reader thread looks at the ring
-        // before the lease ends (it sleeps no longer once it saw it; if it
-        // sleeps a whole slice, renewing wakes it).
+        // polling published before, and the next poll takes it, or the
+        // reader thread when the lease ends (a reader that went to sleep
+        // under it sleeps no longer; one asleep for a whole wait slice
+        // looks at the end of that slice).
         let until = super::ring::monotonic_ns().saturating_add(self.ctx.poll_lease_ns);
         for l in &self.live {
             l.in_ring.renew_lease(until);
@@ -242,15 +243,12 @@ impl Transport for ShmTransport {
             if on {
                 r.polling().fetch_add(1, Ordering::SeqCst);
             } else {
-                // This thread stops without its op done (it will sleep): a
-                // lease an earlier op left would keep producers from waking
-                // the reader thread for what this one waits for; end it.
-                r.end_lease();
                 r.polling().fetch_sub(1, Ordering::SeqCst);
                 fence(Ordering::SeqCst);
-                // A record a producer left to us while we polled or under
-                // the lease, or a release of our CMA payloads: the reader
-                // thread takes it from here.
+                // A record a producer left to us while we polled, or a
+                // release of our CMA payloads: the reader thread takes it
+                // from here. (A lease an earlier op left is ended by a
+                // thread that goes on to sleep: `set_sleeping`.)
                 if !matches!(r.pending(), Ok(false)) || l.release_pending() {
                     r.notify_reader();
                 }
