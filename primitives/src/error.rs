@@ -117,6 +117,24 @@ pub enum Error {
         /// Number of ranks.
         ranks: usize,
     },
+    /// The ranks of a broadcast named different roots (found by the
+    /// root check every broadcast of more than 2 ranks runs first).
+    #[error(
+        "rank {rank}: broadcast root mismatch on channel {channel}: this rank passed root {mine}, \
+         the ranks passed roots from {min} to {max}"
+    )]
+    RootMismatch {
+        /// The rank that reports.
+        rank: usize,
+        /// The channel.
+        channel: u32,
+        /// The root this rank passed.
+        mine: usize,
+        /// The smallest root any rank passed.
+        min: usize,
+        /// The largest root any rank passed.
+        max: usize,
+    },
     /// An argument is out of range or inconsistent.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -8,8 +8,8 @@
 //! on which ranks disagreed stays failed); before each case the ranks line
 //! up with a barrier on channel 1. A rank whose call returned runs a
 //! barrier on the case's channel, which must fail at once: that is how a
-//! rank that only talked to ranks agreeing with it (a broadcast child of the
-//! root it agrees on) learns of the disagreement.
+//! rank that only talked to ranks agreeing with it learns of the
+//! disagreement (broadcasts must fail in the call itself).
 
 mod common;
 
@@ -27,18 +27,20 @@ const CASE: &str = "ZCCL-CASE";
 
 /// The cases and, for each, the words every rank's message must contain
 /// (element counts and sizes appear as "1024 x f32", "4096 B").
-const CASES: [(&str, &[&str]); 5] = [
+const CASES: [(&str, &[&str]); 6] = [
     ("size", &["mismatch", "all_reduce(sum)", "f32"]),
     ("dtype_equal_bytes", &["mismatch", "f32", "f64"]),
     (
         "op_kind",
         &["operation mismatch", "all_gather", "all_reduce(sum)"],
     ),
-    // With 2 ranks both roots are named (the two broadcasts' first
-    // messages cross); with more, ranks that only hear from ranks agreeing
-    // with them complete their broadcast, with the data of the root they
-    // agree on, and fail at their next op of the channel.
+    // Every rank fails in the broadcast itself: with 2 ranks the two
+    // broadcasts' first messages cross; with more, the root check each
+    // broadcast runs first (its messages carry the root's label) fails.
     ("root", &["operation mismatch", "broadcast(root 1 mod 12)"]),
+    // The odd rank names a root that is not itself (with 4 ranks, one whose
+    // tree never sends to it): it must not wait for its timeout.
+    ("root_other", &["operation mismatch", "broadcast(root "]),
     (
         "all_to_all_v_counts",
         &["size/type mismatch", "all_to_all_v"],
@@ -70,6 +72,10 @@ fn run_case(case: &str, c: &Communicator, ch: u32) -> zccl_primitives::Result<()
         "root" => {
             let mut x = vec![r as f32; 256];
             broadcast(c, ch, &mut x, if odd { 1 } else { 0 })
+        }
+        "root_other" => {
+            let mut x = vec![r as f32; 256];
+            broadcast(c, ch, &mut x, if odd { n - 1 } else { 0 })
         }
         "all_to_all_v_counts" => {
             // Every rank sends 8 elements to every rank; rank 1 expects
@@ -132,6 +138,10 @@ fn check(test: &str, n: u32) {
             let secs: f64 = secs.parse().unwrap();
             if how == "returned" {
                 problems.push(format!("{case}: rank {r} returned data"));
+            } else if how != "raised" && case.starts_with("root") {
+                problems.push(format!(
+                    "{case}: rank {r}'s broadcast returned; it should fail"
+                ));
             } else if secs > 1.0 {
                 problems.push(format!("{case}: rank {r} raised after {secs} s: {msg}"));
             } else if let Some(w) = words.iter().find(|w| !msg.contains(*w)) {

@@ -83,6 +83,9 @@ pub fn broadcast_with<T: Elem, F: Fabric + ?Sized>(
     if n == 1 {
         return Ok(());
     }
+    if n > 2 {
+        agree_on_root(f, ch, root)?;
+    }
     match algo {
         Algo::Tree => {
             let node = tree::binomial(r, root, n);
@@ -136,6 +139,34 @@ pub fn broadcast_with<T: Elem, F: Fabric + ?Sized>(
     Ok(())
 }
 
+/// Fails on every rank unless every rank passed the same `root`.
+///
+/// A tree or chain broadcast cannot find a disagreement on the root by
+/// itself: a rank whose parent agrees with it completes with that root's
+/// data, and a rank that names a root nobody else does may wait for a
+/// parent that never sends. So every broadcast of more than 2 ranks first
+/// all-reduces (max) `[root, -root]` as `i64`, 16 bytes, one all-reduce's
+/// latency, whose result tells every rank the smallest and the largest
+/// root passed. Its messages carry the broadcast's label, so roots that
+/// differ modulo 12 already fail as an operation mismatch there (reported to
+/// every rank); the comparison catches the rest. With 2 ranks the two
+/// broadcasts' first messages cross, which the runtime reports by itself.
+fn agree_on_root<F: Fabric + ?Sized>(f: &F, ch: u32, root: usize) -> Result<()> {
+    let mut v = [root as i64, -(root as i64)];
+    super::all_reduce(f, ch, &mut v, crate::reduce::ReduceOp::Max)?;
+    let (min, max) = ((-v[1]) as usize, v[0] as usize);
+    if min != max {
+        return Err(crate::error::Error::RootMismatch {
+            rank: f.rank(),
+            channel: ch,
+            mine: root,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// Non-blocking [`broadcast`]: the handle returns `root`'s buffer.
 ///
 /// ```
@@ -157,4 +188,52 @@ pub fn ibroadcast<T: Elem, F: Fabric + ?Sized + 'static>(
         broadcast(f, ch, &mut buf, root)?;
         Ok(buf)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::sim::run_ranks;
+
+    #[test]
+    fn roots_that_share_a_label_still_fail_on_every_rank() {
+        // Roots 0 and 12 carry the same label (root mod 12): the root
+        // check's values tell them apart, on every rank, before any data.
+        for algo in [Algo::Tree, Algo::Ring] {
+            let out = run_ranks(13, move |f| {
+                let root = if f.rank() == 5 { 12 } else { 0 };
+                let mut v = vec![f.rank() as u8; 4];
+                broadcast_with(f, 0, &mut v, root, algo).map(|()| v)
+            });
+            for (r, o) in out.iter().enumerate() {
+                match o {
+                    Err(Error::RootMismatch {
+                        rank,
+                        mine,
+                        min: 0,
+                        max: 12,
+                        ..
+                    }) => {
+                        assert_eq!((*rank, *mine), (r, if r == 5 { 12 } else { 0 }));
+                    }
+                    other => panic!("rank {r}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn agreeing_roots_pass_the_check() {
+        for n in [3, 4, 13] {
+            let out = run_ranks(n, move |f| {
+                let mut v = vec![f.rank() as u16 as u8; 3];
+                broadcast(f, 0, &mut v, n - 1).map(|()| v)
+            });
+            assert!(
+                out.iter()
+                    .all(|v| v.as_deref() == Ok(&[n as u8 - 1; 3][..]))
+            );
+        }
+    }
 }
