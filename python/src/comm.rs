@@ -155,21 +155,43 @@ impl Comm {
     where
         B: FnOnce(&Communicator) -> Outcome + Send + 'static,
     {
+        if async_op {
+            let slot = self
+                .sh
+                .exec
+                .submit(self.job(keep, body))
+                .map_err(PyRuntimeError::new_err)?;
+            Ok(Work::queued(slot))
+        } else {
+            Ok(Work::done(self.run_now(py, keep, body)))
+        }
+    }
+
+    /// Runs a collective now on this thread (behind queued ones), without
+    /// the GIL.
+    fn run_now<B>(&self, py: Python<'_>, keep: Vec<Py<PyAny>>, body: B) -> Outcome
+    where
+        B: FnOnce(&Communicator) -> Outcome + Send + 'static,
+    {
+        let job = self.job(keep, body);
+        py.detach(|| self.sh.exec.run(job))
+    }
+
+    /// `body` as the executor's job: a failure aborts the communicator, and
+    /// `keep` goes when it finished.
+    fn job<B>(&self, keep: Vec<Py<PyAny>>, body: B) -> crate::work::Job
+    where
+        B: FnOnce(&Communicator) -> Outcome + Send + 'static,
+    {
         let sh = self.sh.clone();
-        let job = Box::new(move || {
+        Box::new(move || {
             let r = body(&sh.comm);
             if let Err(e) = &r {
                 sh.fail(e);
             }
             drop(keep);
             r
-        });
-        if async_op {
-            let slot = self.sh.exec.submit(job).map_err(PyRuntimeError::new_err)?;
-            Ok(Work::queued(slot))
-        } else {
-            Ok(Work::done(py.detach(|| self.sh.exec.run(job))))
-        }
+        })
     }
 
     fn p2p_channel(tag: u32) -> PyResult<u32> {
@@ -282,6 +304,36 @@ impl Comm {
     /// learn that it aborted.
     fn abort(&self) {
         self.sh.comm.abort();
+    }
+
+    /// All-reduce of `nbytes` of `dtype` at `addr`, in place, on this
+    /// thread and without a `Work`: the torch backend's path for small
+    /// tensors, where a handle costs as much as the operation. Returns
+    /// `None` when it succeeded, else the `ZcclError` it failed with, not
+    /// raised, so that the caller can hand it to `Work.wait()` (bad
+    /// arguments still raise). The caller keeps the memory alive meanwhile,
+    /// as it does for any blocking call.
+    ///
+    /// ```python
+    /// err = comm.all_reduce_now(t.data_ptr(), t.numel() * 4, "float32", "sum")
+    /// assert err is None
+    /// ```
+    fn all_reduce_now(
+        &self,
+        py: Python<'_>,
+        addr: usize,
+        nbytes: usize,
+        dtype: &str,
+        op: &str,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let dt = Dt::parse(dtype)?;
+        let op = reduce_op(op, dt)?;
+        let input = Span::new(addr, nbytes, "all_reduce input")?;
+        let r = self.run_now(py, Vec::new(), move |c| {
+            run_all_reduce(c, dt, op, input, None)
+        });
+        Ok(r.err()
+            .map(|e| ZcclError::new_err(e).into_value(py).into_any()))
     }
 
     /// All-reduce of `n` bytes of `dtype` at `addr`, in place, or into

@@ -59,7 +59,7 @@ impl Slot {
     }
 }
 
-type Job = Box<dyn FnOnce() -> Outcome + Send>;
+pub(crate) type Job = Box<dyn FnOnce() -> Outcome + Send>;
 
 /// The executor thread's queue: jobs and where their outcome goes.
 type Queue = Sender<(Job, Arc<Slot>)>;

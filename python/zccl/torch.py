@@ -60,16 +60,52 @@ _BITWISE = {5: torch.bitwise_and, 6: torch.bitwise_or, 7: torch.bitwise_xor}
 _OP_NAMES = {0: "SUM", 1: "AVG", 2: "PRODUCT", 3: "MIN", 4: "MAX", 5: "BAND", 6: "BOR", 7: "BXOR", 8: "PREMUL_SUM"}
 _REDUCIBLE = {torch.uint8, torch.int32, torch.int64, torch.float16, torch.bfloat16, torch.float32, torch.float64}
 # (dtype, op code) -> (dtype name, op name) of the all_reduce fast path.
-_FAST_AR = {(d, c): (str(d).replace("torch.", ""), o) for d in _REDUCIBLE for c, o in _NATIVE_OPS.items()}
+_FAST_AR = {
+    (d, c): (str(d).replace("torch.", ""), o, torch.empty((), dtype=d).element_size())
+    for d in _REDUCIBLE
+    for c, o in _NATIVE_OPS.items()
+}
 
 
-def _op_code(opts_or_op):
+def _op_code_slow(opts_or_op):
     op = getattr(opts_or_op, "reduceOp", opts_or_op)
     op = getattr(op, "op", op)
     try:
         return int(op)
     except TypeError:
         return int(op.value)
+
+
+def _hash_is_code():
+    """Whether `hash(ReduceOp)` is the op's number for every plain op (torch
+    1.13 and 2.x hash a ReduceOp by its RedOpType): then the op of an
+    options object costs one attribute read and a hash."""
+    try:
+        for code in _OP_NAMES:
+            if code == 8:
+                continue
+            red = dist.ReduceOp(dist.ReduceOp.RedOpType(code)) if hasattr(dist.ReduceOp, "RedOpType") else None
+            if red is None or hash(red) != code or _op_code_slow(red) != code:
+                return False
+            o = dist.AllreduceOptions()
+            o.reduceOp = red
+            if hash(o.reduceOp) != code:
+                return False
+        return True
+    except Exception:  # noqa: BLE001 - any surprise: the portable way
+        return False
+
+
+if _hash_is_code():
+
+    def _op_code(opts_or_op):
+        op = getattr(opts_or_op, "reduceOp", opts_or_op)
+        # PREMUL_SUM carries a factor: its hash is not a plain code.
+        c = hash(op)
+        return c if 0 <= c < 8 else _op_code_slow(op)
+
+else:
+    _op_code = _op_code_slow
 
 
 def _secs(timeout):
@@ -119,24 +155,26 @@ _SCAN_AT = [_LIVE_MAX]
 
 
 def _keep(w):
-    with _LIVE_LOCK:
-        _LIVE[id(w)] = w
-        if len(_LIVE) > _SCAN_AT[0]:
+    # A single dict operation is atomic under the GIL: no lock on this path
+    # (it runs once per operation); the scan below takes one.
+    _LIVE[id(w)] = w
+    if len(_LIVE) > _SCAN_AT[0]:
+        with _LIVE_LOCK:
             # Only Works already waited on may go (C++ may still call wait()
             # on the others), oldest first (dicts keep insertion order), down
             # to three quarters of the bound; the next scan comes a quarter
             # bound later, so a program that never waits its Works does not
-            # pay a scan per call.
+            # pay a scan per call. (`list(...)` copies in one step, so other
+            # threads' inserts do not disturb the walk.)
             drop = len(_LIVE) - _LIVE_MAX * 3 // 4
-            for k in [k for k, v in _LIVE.items() if v._done][:drop]:
-                del _LIVE[k]
+            for k in [k for k, v in list(_LIVE.items()) if v._done][:drop]:
+                _LIVE.pop(k, None)
             _SCAN_AT[0] = max(_LIVE_MAX, len(_LIVE) + _LIVE_MAX // 4)
     return w
 
 
 def _release(w):
-    with _LIVE_LOCK:
-        _LIVE.pop(id(w), None)
+    _LIVE.pop(id(w), None)
 
 
 class _Work(dist._Work):
@@ -181,6 +219,13 @@ class _Work(dist._Work):
             self._fut.set_result(self._result)
 
     def wait(self, timeout=None):
+        if self._done and self._fut is None:
+            # Completed (the common case of a small operation, which ran
+            # inline): no lock, nothing to copy back.
+            _LIVE.pop(id(self), None)
+            if self._error is not None:
+                raise self._error
+            return True
         try:
             self._finish(_secs(timeout))
         finally:
@@ -243,8 +288,58 @@ class _Work(dist._Work):
         _release(self)
 
 
-def _done(result):
-    return _keep(_Work(None, result))
+class _DoneWork(dist._Work):
+    """A Work whose operation already ran (inline), successfully or with
+    `error`: a small operation's handle, built with as little as a Work can
+    be (it runs once per call, and a trainer's small all_reduces are mostly
+    their calls' own cost)."""
+
+    _done = True
+    _error = None
+    _fut = None
+
+    def __init__(self, result, error=None):
+        dist._Work.__init__(self)
+        self._result = result
+        if error is not None:
+            self._error = error
+
+    def wait(self, timeout=None):
+        _LIVE.pop(id(self), None)
+        if self._error is not None:
+            raise self._error
+        return True
+
+    def is_completed(self):
+        return True
+
+    def is_success(self):
+        return self._error is None
+
+    def exception(self):
+        return self._error
+
+    def result(self):
+        return self._result
+
+    def source_rank(self):
+        return -1
+
+    def get_future(self):
+        # Two threads asking at once may each build one; both complete alike.
+        if self._fut is None:
+            fut = torch.futures.Future()
+            if self._error is not None:
+                fut.set_exception(self._error)
+            else:
+                fut.set_result(self._result)
+            self._fut = fut
+            _LIVE.pop(id(self), None)
+        return self._fut
+
+
+def _done(result, error=None):
+    return _keep(_DoneWork(result, error))
 
 
 def _local_host():
@@ -288,6 +383,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
         self._timeout = _secs(timeout)
         self._root, uid = _store_id(store, rank, self._timeout)
         self._comm = Comm.init(uid, rank, size, self._timeout)
+        self._all_reduce_now = self._comm.all_reduce_now
         self._zc = Communicator(self._comm)
         self._rank = rank
         self._size = size
@@ -348,11 +444,14 @@ class ProcessGroupZccl(dist.ProcessGroup):
         if len(tensors) == 1:
             t = tensors[0]
             fast = _FAST_AR.get((t.dtype, _op_code(opts) if opts is not None else 0))
-            if fast is not None and t.device.type == "cpu" and t.is_contiguous():
-                n = t.numel() * t.element_size()
+            if fast is not None and t.is_cpu and t.is_contiguous():
+                n = t.numel() * fast[2]
                 if n < _INLINE_BYTES:
-                    z = self._comm.all_reduce(t.data_ptr(), n, fast[0], fast[1], 0, [t], False)
-                    return _keep(_Work(z, tensors))
+                    w = _DoneWork(tensors, self._all_reduce_now(t.data_ptr(), n, fast[0], fast[1]))
+                    _LIVE[id(w)] = w
+                    if len(_LIVE) > _SCAN_AT[0]:
+                        _keep(w)
+                    return w
         t = self._one(tensors, "allreduce")
         code = _op_code(opts) if opts is not None else 0
         return self._allreduce(t, code, tensors)
