@@ -294,15 +294,12 @@ class _DoneWork(dist._Work):
     be (it runs once per call, and a trainer's small all_reduces are mostly
     their calls' own cost)."""
 
+    # No __init__ of its own (a Python-level __init__ costs as much again
+    # as pybind's): `_done_work` sets the fields.
     _done = True
     _error = None
     _fut = None
-
-    def __init__(self, result, error=None):
-        dist._Work.__init__(self)
-        self._result = result
-        if error is not None:
-            self._error = error
+    _result = None
 
     def wait(self, timeout=None):
         _LIVE.pop(id(self), None)
@@ -338,8 +335,16 @@ class _DoneWork(dist._Work):
         return self._fut
 
 
+def _done_work(result, error=None):
+    w = _DoneWork()
+    w._result = result
+    if error is not None:
+        w._error = error
+    return w
+
+
 def _done(result, error=None):
-    return _keep(_DoneWork(result, error))
+    return _keep(_done_work(result, error))
 
 
 def _local_host():
@@ -447,7 +452,11 @@ class ProcessGroupZccl(dist.ProcessGroup):
             if fast is not None and t.is_cpu and t.is_contiguous():
                 n = t.numel() * fast[2]
                 if n < _INLINE_BYTES:
-                    w = _DoneWork(tensors, self._all_reduce_now(t.data_ptr(), n, fast[0], fast[1]))
+                    err = self._all_reduce_now(t.data_ptr(), n, fast[0], fast[1])
+                    w = _DoneWork()
+                    w._result = tensors
+                    if err is not None:
+                        w._error = err
                     _LIVE[id(w)] = w
                     if len(_LIVE) > _SCAN_AT[0]:
                         _keep(w)
