@@ -66,8 +66,8 @@ rm -f "$OUT"/*.json "$OUT"/*.txt
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD -- primitives runtime transports 2>/dev/null || echo ' (+ uncommitted changes in primitives/runtime/transports)')"
   echo "cpus: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo "kernel: $(uname -r)"
-  [ "$have_mpi" = 1 ] && echo "mpi: $(mpirun --version 2>&1 | head -1)"
-  [ "$have_gloo" = 1 ] && echo "torch: $("$PY_TORCH" -c 'import torch; print(torch.__version__)' 2>&1)"
+  if [ "$have_mpi" = 1 ]; then echo "mpi: $(mpirun --version 2>&1 | head -1)"; fi
+  if [ "$have_gloo" = 1 ]; then echo "torch: $("$PY_TORCH" -c 'import torch; print(torch.__version__)' 2>&1)"; fi
 } | tee "$OUT/env.txt"
 
 for round in $(seq 1 "$ROUNDS"); do

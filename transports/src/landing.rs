@@ -9,7 +9,8 @@
 //! empty payload, and the receive completes without a copy. A message that
 //! arrives before its zone is posted, or over a path that does not land
 //! (TCP, the ring's small records), is copied into the zone when the
-//! receive matches it ([`Zone::fill_from`]).
+//! receive matches it ([`Zone::fill_from`]); a large one may first wait a
+//! little for the zone ([`Landing::claim_within`]).
 //!
 //! The owner **closes** the zone when it takes its buffer back (the
 //! receive completed, failed or was dropped): closing waits out a copy in
@@ -32,7 +33,9 @@
 //! ```
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// The key of a message: who sent it and its place in the sender's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -209,6 +212,10 @@ impl Drop for Claim {
 #[derive(Default)]
 pub struct Landing {
     zones: Mutex<HashMap<LandKey, Arc<Zone>>>,
+    /// Notified when a zone is posted, if a thread waits in
+    /// [`Landing::claim_within`] (`waiting`, read under `zones`' lock).
+    posted_cv: Condvar,
+    waiting: AtomicUsize,
 }
 
 impl Landing {
@@ -220,10 +227,14 @@ impl Landing {
     pub unsafe fn post(&self, key: LandKey, ptr: *mut u8, len: usize) -> Arc<Zone> {
         // SAFETY: forwarded from our caller.
         let zone = unsafe { Zone::new(ptr, len) };
-        self.zones
-            .lock()
-            .expect("landing")
-            .insert(key, zone.clone());
+        let mut zones = self.zones.lock().expect("landing");
+        zones.insert(key, zone.clone());
+        // A waiter counts itself before it takes the lock to look, so under
+        // the lock its count is seen.
+        if self.waiting.load(Ordering::Relaxed) != 0 {
+            self.posted_cv.notify_all();
+        }
+        drop(zones);
         zone
     }
 
@@ -251,6 +262,75 @@ impl Landing {
         *st = State::Busy;
         drop(st);
         Some(Claim { zone, done: false })
+    }
+
+    /// [`Landing::claim`], waiting up to `wait` for the zone of `key` to be
+    /// posted: for a large message that came before its receive, which
+    /// would otherwise be copied into a buffer of its own (allocated,
+    /// faulted in, freed) and then again into the receive's buffer at the
+    /// match. Gives up early once `stop` is set (checked every
+    /// millisecond); `None` when no zone of exactly `len` bytes came.
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::AtomicBool};
+    /// use std::time::Duration;
+    /// use zccl_transports::landing::{LandKey, Landing};
+    /// let landing = Arc::new(Landing::default());
+    /// let key = LandKey { peer: 1, comm: 0, channel: 2, seq: 7 };
+    /// let stop = AtomicBool::new(false);
+    /// // Nobody posts: it gives up after the wait.
+    /// assert!(landing.claim_within(key, 4, Duration::from_millis(5), &stop).is_none());
+    /// // Posted meanwhile by another thread: claimed.
+    /// let mut buf = vec![0u8; 4];
+    /// let (l2, addr) = (landing.clone(), buf.as_mut_ptr() as usize);
+    /// let poster = std::thread::spawn(move || {
+    ///     std::thread::sleep(Duration::from_millis(20));
+    ///     // SAFETY: `buf` outlives the zone (closed below, before `buf` is read).
+    ///     unsafe { l2.post(key, addr as *mut u8, 4) }
+    /// });
+    /// let mut claim = landing.claim_within(key, 4, Duration::from_secs(5), &stop).unwrap();
+    /// claim.dest().copy_from_slice(b"zccl");
+    /// claim.done(true);
+    /// let zone = poster.join().unwrap();
+    /// zone.close();
+    /// assert_eq!(&buf, b"zccl");
+    /// ```
+    pub fn claim_within(
+        &self,
+        key: LandKey,
+        len: usize,
+        wait: Duration,
+        stop: &AtomicBool,
+    ) -> Option<Claim> {
+        if let Some(c) = self.claim(key, len) {
+            return Some(c);
+        }
+        if wait.is_zero() {
+            return None;
+        }
+        let until = Instant::now() + wait;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let mut zones = self.zones.lock().expect("landing");
+        let found = loop {
+            if zones.contains_key(&key) {
+                break true;
+            }
+            let now = Instant::now();
+            if now >= until || stop.load(Ordering::Acquire) {
+                break false;
+            }
+            let slice = (until - now).min(Duration::from_millis(1));
+            zones = self
+                .posted_cv
+                .wait_timeout(zones, slice)
+                .expect("landing")
+                .0;
+        };
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        drop(zones);
+        // Removed again meanwhile (its receive gave up), or of another
+        // length: no claim, and the message takes the buffer of its own.
+        if found { self.claim(key, len) } else { None }
     }
 
     /// Number of posted zones (tests, diagnostics).
