@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod args;
+pub mod buffer;
 pub mod check;
 pub mod cli;
 pub mod count;

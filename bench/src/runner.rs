@@ -52,6 +52,7 @@ use zccl_primitives::scan::{DiagState, all_scan_diag};
 use zccl_primitives::schedule::scan::ScanDirection;
 
 use crate::args::{Average, Settings, check_root, nccl_name};
+use crate::buffer::filled;
 use crate::check::{
     BenchElem, count_wrong, id, reduce_input, reduced, scan_decay, scan_expected, scan_state,
 };
@@ -225,22 +226,24 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
         let c = self.c;
         let (r, n, m) = (c.r, c.n, self.block());
         let zero = T::from_i64(0);
+        // Buffers as numpy allocates them (huge pages from 4 MiB, see
+        // `crate::buffer`): the peers' benchmarks run on numpy arrays.
         self.a = match c.op {
-            Op::AllReduce | Op::ReduceScatter => (0..c.lay.send_count)
-                .map(|i| T::from_i64(reduce_input(c.redop, r, i, rep)))
-                .collect(),
+            Op::AllReduce | Op::ReduceScatter => filled(c.lay.send_count, |i| {
+                T::from_i64(reduce_input(c.redop, r, i, rep))
+            }),
             Op::AllGather if c.in_place => {
-                let mut v = vec![zero; n * m];
+                let mut v = filled(n * m, |_| zero);
                 for i in 0..m {
                     v[r * m + i] = id(r, i, rep);
                 }
                 v
             }
-            _ => (0..c.lay.send_count).map(|i| id(r, i, rep)).collect(),
+            _ => filled(c.lay.send_count, |i| id(r, i, rep)),
         };
         self.b = match c.in_place {
             true => Vec::new(),
-            false => vec![zero; c.lay.recv_count],
+            false => filled(c.lay.recv_count, |_| zero),
         };
         self.scratch = match (c.in_place, c.op) {
             (
@@ -252,7 +255,7 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
                 | Op::RingShift
                 | Op::Pingpong
                 | Op::TokenRing,
-            ) => vec![zero; c.lay.recv_count],
+            ) => filled(c.lay.recv_count, |_| zero),
             _ => Vec::new(),
         };
     }
