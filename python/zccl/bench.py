@@ -49,6 +49,7 @@ def _iters(nbytes):
 
 def _worker(args):
     """One rank: time all_reduce of each size through torch.distributed."""
+    import numpy
     import torch
     import torch.distributed as dist
 
@@ -59,7 +60,10 @@ def _worker(args):
     rank, n = dist.get_rank(), dist.get_world_size()
     out = []
     for nbytes in [_size(s) for s in args.sizes.split(",")]:
-        t = torch.ones(max(nbytes // 4, 1), dtype=torch.float32)
+        # On numpy's memory, as the native bench's buffers (`zccl bench`
+        # advises buffers of 4 MiB or more for huge pages, as numpy does):
+        # the same kind of memory for the three columns.
+        t = torch.from_numpy(numpy.ones(max(nbytes // 4, 1), dtype=numpy.float32))
         iters, warm = _iters(nbytes)
         for _ in range(warm):
             dist.all_reduce(t)
