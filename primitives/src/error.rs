@@ -120,8 +120,7 @@ pub enum Error {
     /// The ranks of a broadcast named different roots (found by the
     /// root check every broadcast of more than 2 ranks runs first).
     #[error(
-        "rank {rank}: broadcast root mismatch on channel {channel}: this rank passed root {mine}, \
-         the ranks passed roots from {min} to {max}"
+        "rank {rank}: broadcast root mismatch on channel {channel}: this rank passed root {mine}, {others}"
     )]
     RootMismatch {
         /// The rank that reports.
@@ -130,10 +129,10 @@ pub enum Error {
         channel: u32,
         /// The root this rank passed.
         mine: usize,
-        /// The smallest root any rank passed.
-        min: usize,
-        /// The largest root any rank passed.
-        max: usize,
+        /// What the others passed, as far as the check tells: "the ranks
+        /// passed roots from 0 to 12", or "another rank passed a
+        /// different root" (the one-round check of a small broadcast).
+        others: String,
     },
     /// An argument is out of range or inconsistent.
     #[error("invalid argument: {0}")]

@@ -84,6 +84,9 @@ pub fn broadcast_with<T: Elem, F: Fabric + ?Sized>(
         return Ok(());
     }
     if n > 2 {
+        if algo == Algo::Tree && std::mem::size_of_val(buf) <= SMALL_BCAST_BYTES {
+            return small_broadcast(f, ch, buf, root);
+        }
         agree_on_root(f, ch, root)?;
     }
     match algo {
@@ -160,10 +163,52 @@ fn agree_on_root<F: Fabric + ?Sized>(f: &F, ch: u32, root: usize) -> Result<()> 
             rank: f.rank(),
             channel: ch,
             mine: root,
-            min,
-            max,
+            others: format!("the ranks passed roots from {min} to {max}"),
         });
     }
+    Ok(())
+}
+
+/// Tree broadcasts of at most this many bytes (with more than 2 ranks) run
+/// as one all-reduce with the root check folded in ([`small_broadcast`]).
+const SMALL_BCAST_BYTES: usize = 64 << 10;
+
+/// A small broadcast of more than 2 ranks as one all-reduce, so that the
+/// root check costs no round of its own: every rank contributes `buf`'s
+/// bytes if it is the root, zeros otherwise, and a byte-wise max leaves the
+/// root's bytes exactly (whatever they encode: NaNs, negative zeros).
+/// Behind them go the 8 bytes of `root` and the 8 of `!root`: per byte, the
+/// maximum of the one plus the maximum of the other is 255 when every rank
+/// passed the same root and more otherwise, which every rank sees alike.
+/// Like [`agree_on_root`]'s, the messages carry the broadcast's label.
+fn small_broadcast<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    buf: &mut [T],
+    root: usize,
+) -> Result<()> {
+    let len = std::mem::size_of_val(buf);
+    let mut v = vec![0u8; len + 16];
+    if f.rank() == root {
+        v[..len].copy_from_slice(crate::dtype::as_bytes(buf));
+    }
+    v[len..len + 8].copy_from_slice(&(root as u64).to_le_bytes());
+    v[len + 8..].copy_from_slice(&(!(root as u64)).to_le_bytes());
+    super::all_reduce_with(f, ch, &mut v, crate::reduce::ReduceOp::Max, Algo::Tree)?;
+    let (roots, nots) = v[len..].split_at(8);
+    if roots
+        .iter()
+        .zip(nots)
+        .any(|(&a, &b)| u16::from(a) + u16::from(b) != 255)
+    {
+        return Err(crate::error::Error::RootMismatch {
+            rank: f.rank(),
+            channel: ch,
+            mine: root,
+            others: "another rank passed a different root".into(),
+        });
+    }
+    crate::dtype::as_bytes_mut(buf).copy_from_slice(&v[..len]);
     Ok(())
 }
 
@@ -209,13 +254,14 @@ mod tests {
             for (r, o) in out.iter().enumerate() {
                 match o {
                     Err(Error::RootMismatch {
-                        rank,
-                        mine,
-                        min: 0,
-                        max: 12,
-                        ..
+                        rank, mine, others, ..
                     }) => {
                         assert_eq!((*rank, *mine), (r, if r == 5 { 12 } else { 0 }));
+                        let want = match algo {
+                            Algo::Tree => "another rank passed a different root",
+                            Algo::Ring => "the ranks passed roots from 0 to 12",
+                        };
+                        assert_eq!(others, want, "rank {r}");
                     }
                     other => panic!("rank {r}: {other:?}"),
                 }
@@ -234,6 +280,40 @@ mod tests {
                 out.iter()
                     .all(|v| v.as_deref() == Ok(&[n as u8 - 1; 3][..]))
             );
+        }
+    }
+
+    #[test]
+    fn small_broadcasts_deliver_the_roots_bits_exactly() {
+        // NaNs with payloads, negative zero, the largest values: a
+        // byte-wise max against zeros keeps every bit; sizes up to the
+        // bound and past it (the check, then the tree).
+        let special = [f32::from_bits(0x7fc0_1234), -0.0, f32::MAX, f32::MIN, 1.5];
+        for len in [
+            1usize,
+            5,
+            1000,
+            SMALL_BCAST_BYTES / 4,
+            SMALL_BCAST_BYTES / 4 + 1,
+        ] {
+            for (n, root) in [(3, 2), (4, 0), (5, 3)] {
+                let out = run_ranks(n, move |f| {
+                    let mut v: Vec<f32> = if f.rank() == root {
+                        (0..len).map(|i| special[i % special.len()]).collect()
+                    } else {
+                        vec![7.0; len]
+                    };
+                    broadcast(f, 0, &mut v, root).unwrap();
+                    v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
+                });
+                let want: Vec<u32> = (0..len)
+                    .map(|i| special[i % special.len()].to_bits())
+                    .collect();
+                assert!(
+                    out.iter().all(|v| *v == want),
+                    "n={n} root={root} len={len}"
+                );
+            }
         }
     }
 }
