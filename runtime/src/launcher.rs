@@ -114,6 +114,15 @@ pub struct Ports {
 
 /// Picks the job's ports: `master` and `master + 1` when `master` is given,
 /// else a free port `P` whose successor is free too.
+///
+/// The ports are free when picked, but bound only later, by the ranks; a
+/// port from the kernel's ephemeral range (what `bind(0)` and every
+/// outgoing connection get) may be handed to another socket meanwhile, and
+/// was (`Address already in use` when jobs ran side by side). So the pair is
+/// drawn at random below that range (`net.ipv4.ip_local_port_range`), where
+/// the kernel never hands out ports by itself, and checked free; only if
+/// that range is too small or busy does it fall back to a port from the
+/// kernel.
 pub fn pick_ports(master: Option<u16>) -> io::Result<Ports> {
     if let Some(p) = master {
         let root = p.checked_add(1).ok_or_else(|| {
@@ -123,6 +132,9 @@ pub fn pick_ports(master: Option<u16>) -> io::Result<Ports> {
             )
         })?;
         return Ok(Ports { master: p, root });
+    }
+    if let Some(ports) = pick_below_ephemeral() {
+        return Ok(ports);
     }
     for _ in 0..64 {
         let a = TcpListener::bind(("0.0.0.0", 0))?;
@@ -138,6 +150,30 @@ pub fn pick_ports(master: Option<u16>) -> io::Result<Ports> {
         io::ErrorKind::AddrInUse,
         "no two consecutive free ports found",
     ))
+}
+
+/// Lowest port [`pick_ports`] draws from.
+const PICK_MIN: u16 = 10_000;
+
+/// A free pair `P`, `P + 1` drawn at random from `PICK_MIN` up to the start
+/// of the kernel's ephemeral range, if that leaves room (see [`pick_ports`]).
+fn pick_below_ephemeral() -> Option<Ports> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let low: u16 = range.split_whitespace().next()?.parse().ok()?;
+    let span = low.checked_sub(PICK_MIN + 1).filter(|&s| s >= 1000)?;
+    let state = std::collections::hash_map::RandomState::new();
+    for i in 0..64u64 {
+        let draw = std::hash::BuildHasher::hash_one(&state, (std::process::id(), i));
+        let p = PICK_MIN + (draw % u64::from(span)) as u16;
+        let free = |port: u16| TcpListener::bind(("0.0.0.0", port)).is_ok();
+        if free(p) && free(p + 1) {
+            return Some(Ports {
+                master: p,
+                root: p + 1,
+            });
+        }
+    }
+    None
 }
 
 /// The variables rank `rank` of `world` gets (see the [module](self) docs).
@@ -1266,6 +1302,17 @@ mod tests {
     fn ports() {
         let p = pick_ports(None).unwrap();
         assert_eq!(p.root, p.master + 1);
+        // Below the ephemeral range where there is one (Linux).
+        if let Some(low) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+            .filter(|&low| low > PICK_MIN + 1000)
+        {
+            assert!(
+                (PICK_MIN..low).contains(&p.master) && p.root < low,
+                "{p:?} (ephemeral from {low})"
+            );
+        }
         assert_eq!(
             pick_ports(Some(29500)).unwrap(),
             Ports {
