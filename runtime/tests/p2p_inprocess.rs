@@ -625,13 +625,20 @@ fn receives_into_the_callers_buffer() {
                 .unwrap();
             early.wait().unwrap();
             assert!(c2 == pattern(peer, big, 4), "early message");
-            // Sent shortly before its receive is posted, a CMA message of
-            // 4 MiB or more waits for the receive's zone (up to 33 ms at
+            // Sent as (or just before) its receive is posted, a CMA message
+            // of 4 MiB or more waits for the receive's zone (up to 33 ms at
             // 64 MiB) and lands in it, instead of a buffer of its own.
+            // (Buffers made first and the ranks lined up, so that the two
+            // sends go within moments of each other: a rank still building
+            // its buffers when the peer's message came would post its
+            // receive after the wait, in a slow debug build.)
             let huge = 64 << 20;
-            let late = ch.isend(peer, pattern(r, huge, 5)).unwrap();
-            std::thread::sleep(Duration::from_millis(2));
+            let payload = pattern(r, huge, 5);
             let mut e = vec![0u8; huge];
+            let ready = sync.isend(peer, vec![2u8]).unwrap();
+            sync.irecv::<u8>(peer, 1).unwrap().wait().unwrap();
+            ready.wait().unwrap();
+            let late = ch.isend(peer, payload).unwrap();
             let re = unsafe { ch.irecv_into(peer, &mut e) }.unwrap();
             while !re.test() {
                 assert!(Instant::now() < until + Duration::from_secs(10));
