@@ -326,9 +326,7 @@ impl Comm {
         dtype: &str,
         op: &str,
     ) -> PyResult<Option<Py<PyAny>>> {
-        let dt = Dt::parse(dtype)?;
-        let op = reduce_op(op, dt)?;
-        let input = Span::new(addr, nbytes, "all_reduce input")?;
+        let (dt, op, input) = all_reduce_args(addr, nbytes, dtype, op)?;
         let r = self.run_now(py, Vec::new(), move |c| {
             run_all_reduce(c, dt, op, input, None)
         });
@@ -351,9 +349,7 @@ impl Comm {
         keep: Vec<Py<PyAny>>,
         async_op: bool,
     ) -> PyResult<Work> {
-        let dt = Dt::parse(dtype)?;
-        let op = reduce_op(op, dt)?;
-        let input = Span::new(addr, nbytes, "all_reduce input")?;
+        let (dt, op, input) = all_reduce_args(addr, nbytes, dtype, op)?;
         let output = if out == 0 {
             None
         } else {
@@ -886,6 +882,19 @@ fn no_overlap(a: &Span, b: &Span, what: &str) -> PyResult<()> {
         )));
     }
     Ok(())
+}
+
+/// An all-reduce's element type, reduction and input, from its Python
+/// arguments.
+fn all_reduce_args(
+    addr: usize,
+    nbytes: usize,
+    dtype: &str,
+    op: &str,
+) -> PyResult<(Dt, ReduceOp, Span)> {
+    let dt = Dt::parse(dtype)?;
+    let op = reduce_op(op, dt)?;
+    Ok((dt, op, Span::new(addr, nbytes, "all_reduce input")?))
 }
 
 fn run_all_reduce(

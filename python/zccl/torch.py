@@ -177,7 +177,20 @@ def _release(w):
     _LIVE.pop(id(w), None)
 
 
-class _Work(dist._Work):
+class _Answers:
+    """What every Work of this backend answers alike, pending or finished."""
+
+    def exception(self):
+        return self._error
+
+    def result(self):
+        return self._result
+
+    def source_rank(self):
+        return -1
+
+
+class _Work(_Answers, dist._Work):
     """torch's Work over a zccl operation: `wait`, `is_completed`,
     `is_success`, `exception`, `get_future` (DDP's communication hooks use
     it), `result`."""
@@ -253,15 +266,6 @@ class _Work(dist._Work):
                 return False
         return self._error is None
 
-    def exception(self):
-        return self._error
-
-    def result(self):
-        return self._result
-
-    def source_rank(self):
-        return -1
-
     def get_future(self):
         with self._lock:
             if self._fut is not None:
@@ -288,7 +292,7 @@ class _Work(dist._Work):
         _release(self)
 
 
-class _DoneWork(dist._Work):
+class _DoneWork(_Answers, dist._Work):
     """A Work whose operation already ran (inline), successfully or with
     `error`: a small operation's handle, built with as little as a Work can
     be (it runs once per call, and a trainer's small all_reduces are mostly
@@ -312,15 +316,6 @@ class _DoneWork(dist._Work):
 
     def is_success(self):
         return self._error is None
-
-    def exception(self):
-        return self._error
-
-    def result(self):
-        return self._result
-
-    def source_rank(self):
-        return -1
 
     def get_future(self):
         # Two threads asking at once may each build one; both complete alike.
@@ -452,15 +447,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
             if fast is not None and t.is_cpu and t.is_contiguous():
                 n = t.numel() * fast[2]
                 if n < _INLINE_BYTES:
-                    err = self._all_reduce_now(t.data_ptr(), n, fast[0], fast[1])
-                    w = _DoneWork()
-                    w._result = tensors
-                    if err is not None:
-                        w._error = err
-                    _LIVE[id(w)] = w
-                    if len(_LIVE) > _SCAN_AT[0]:
-                        _keep(w)
-                    return w
+                    return _done(tensors, self._all_reduce_now(t.data_ptr(), n, fast[0], fast[1]))
         t = self._one(tensors, "allreduce")
         code = _op_code(opts) if opts is not None else 0
         return self._allreduce(t, code, tensors)

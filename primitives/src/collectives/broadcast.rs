@@ -1,5 +1,7 @@
 //! Broadcast: binomial tree for small buffers, pipelined chain of
-//! [`CHAIN_SEGMENT_BYTES`] segments for large ones.
+//! [`CHAIN_SEGMENT_BYTES`] segments for large ones; with more than 2 ranks
+//! every rank checks the root (one all-reduce for small buffers, which
+//! carries the data too; a 16-byte one before the tree or chain above).
 
 use crate::fabric::Signed;
 use std::sync::Arc;
@@ -147,10 +149,10 @@ pub fn broadcast_with<T: Elem, F: Fabric + ?Sized>(
 /// A tree or chain broadcast cannot find a disagreement on the root by
 /// itself: a rank whose parent agrees with it completes with that root's
 /// data, and a rank that names a root nobody else does may wait for a
-/// parent that never sends. So every broadcast of more than 2 ranks first
-/// all-reduces (max) `[root, -root]` as `i64`, 16 bytes, one all-reduce's
-/// latency, whose result tells every rank the smallest and the largest
-/// root passed. Its messages carry the broadcast's label, so roots that
+/// parent that never sends. So a broadcast of more than 2 ranks that is not
+/// a [`small_broadcast`] first all-reduces (max) `[root, -root]` as `i64`,
+/// 16 bytes, one all-reduce's latency, whose result tells every rank the
+/// smallest and the largest root passed. Its messages carry the broadcast's label, so roots that
 /// differ modulo 12 already fail as an operation mismatch there (reported to
 /// every rank); the comparison catches the rest. With 2 ranks the two
 /// broadcasts' first messages cross, which the runtime reports by itself.
