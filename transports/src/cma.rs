@@ -58,8 +58,7 @@ pub(crate) const SPLIT_MIN: usize = 8 << 20;
 /// second one adds (the sender, meanwhile, only waits). Errors of either
 /// half are reported (the first one).
 pub(crate) fn read_parallel(pid: u32, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
-    let two = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
-    if dst.len() < SPLIT_MIN || !two {
+    if dst.len() < SPLIT_MIN || !two_cpus() {
         return read(pid, addr, dst);
     }
     // Split on a page boundary.
@@ -71,6 +70,15 @@ pub(crate) fn read_parallel(pid: u32, addr: u64, dst: &mut [u8]) -> Result<(), E
         let second = h.join().unwrap_or(Err(Errno::EFAULT));
         first.and(second)
     })
+}
+
+/// Whether this process may run on two CPUs or more, asked once: the
+/// standard library reads the cgroup's quota files on every call (about
+/// 30 µs here, more than a 256 KiB copy), so it must stay off the message
+/// path.
+fn two_cpus() -> bool {
+    static TWO: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TWO.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2)
 }
 
 pub(crate) fn read(pid: u32, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
