@@ -17,7 +17,7 @@
 //! apart from the parent's and the siblings'. Creating one costs one
 //! all-to-all exchange of 16 bytes over the parent and no new connection.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -39,7 +39,9 @@
 // ranks run different operations, `stall` (pure) whom a chain of waits
 // blames. Flow control's decisions are `crate::flow`.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -214,25 +216,25 @@ impl Engine {
         window: u64,
     ) -> Self {
         Self {
-            rts: HashSet::new(),
-            held: HashMap::new(),
+            rts: HashSet::default(),
+            held: HashMap::default(),
             credit: flow::Credit::new(window),
             owed: flow::Owed::new(window),
-            last_eager: HashMap::new(),
+            last_eager: HashMap::default(),
             rank,
             world,
-            waits: HashMap::new(),
-            reported: HashSet::new(),
-            poisoned: HashMap::new(),
+            waits: HashMap::default(),
+            reported: HashSet::default(),
+            poisoned: HashMap::default(),
             suspects: Vec::new(),
             transport,
-            sends: HashMap::new(),
-            recvs: HashMap::new(),
-            unexpected: HashMap::new(),
+            sends: HashMap::default(),
+            recvs: HashMap::default(),
+            unexpected: HashMap::default(),
             deadlines: BTreeMap::new(),
-            order: HashMap::new(),
+            order: HashMap::default(),
             failure: None,
-            closed_peers: HashSet::new(),
+            closed_peers: HashSet::default(),
             local: VecDeque::new(),
             router,
         }

@@ -3,6 +3,7 @@
 //! reports ends at. Pure; tested below.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::time::Duration;
 
 /// How long an op past its deadline waits (at most; a tenth of its timeout
@@ -16,7 +17,7 @@ pub(super) const STALL_NOTICE: Duration = Duration::from_millis(300);
 /// reported no wait of its own is where the chain ends; so is a cycle.
 ///
 /// Pure; tested below.
-pub(crate) fn culprit(peer: u32, waits: &HashMap<u32, u32>) -> u32 {
+pub(crate) fn culprit<S: BuildHasher>(peer: u32, waits: &HashMap<u32, u32, S>) -> u32 {
     let mut cur = peer;
     let mut seen = HashSet::from([cur]);
     while let Some(&next) = waits.get(&cur) {
@@ -41,7 +42,7 @@ mod tests {
             assert_eq!(culprit(peer, &waits), 1);
         }
         // Nobody reported: the peer itself.
-        assert_eq!(culprit(5, &HashMap::new()), 5);
+        assert_eq!(culprit(5, &HashMap::<u32, u32>::new()), 5);
         // A cycle (every rank waiting on the next) stops where it closes.
         let ring = HashMap::from([(0, 1), (1, 2), (2, 0)]);
         assert!([0, 1, 2].contains(&culprit(1, &ring)));
