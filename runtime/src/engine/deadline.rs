@@ -16,8 +16,11 @@ use crate::label::OpLabel;
 use crate::protocol::Control;
 
 impl Engine {
-    pub(super) fn expire(&mut self) {
-        let now = Instant::now();
+    /// Expires what is due at `now` (the time is an input, so that tests
+    /// drive deadlines without waiting): an op past its deadline turns
+    /// overdue and reports whom it waits on; one overdue for its stall
+    /// notice fails. Also confirms the crossed-send suspects that are due.
+    pub(super) fn expire_at(&mut self, now: Instant) {
         self.check_suspects(now);
         while let Some((&(when, stream, idx), &(kind, key))) = self.deadlines.iter().next() {
             if when > now {

@@ -1,0 +1,491 @@
+//! The engine driven without sockets: each rank's engine talks to a
+//! [`Wire`] that only records what it was asked to send; the tests hand
+//! those messages to the peers' engines themselves (in order, reordered or
+//! not at all), pass transport events in, and set the clock for deadlines
+//! ([`Engine::expire_at`]). Inputs are issued ops, arrived messages,
+//! transport events and the time; what the tests look at is what the
+//! engine sent and how every handle's slot completed.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use zccl_transports::{
+    BoxFuture, CloseReason, GoodbyeReason, Message, MessageKind, PeerPath, Transport,
+    TransportError,
+};
+
+use super::*;
+
+/// A transport that records what the engine sends, and how it was closed.
+#[derive(Default)]
+struct Wire {
+    out: Mutex<Vec<(u32, Message)>>,
+    closed: Mutex<Option<GoodbyeReason>>,
+}
+
+impl Transport for Wire {
+    fn name(&self) -> &'static str {
+        "wire"
+    }
+    fn send(&self, peer: u32, msg: Message) -> Result<(), TransportError> {
+        if self.closed.lock().unwrap().is_some() {
+            return Err(TransportError::Closed);
+        }
+        self.out.lock().unwrap().push((peer, msg));
+        Ok(())
+    }
+    fn path(&self, _peer: u32) -> Option<PeerPath> {
+        None
+    }
+    fn close(&self, reason: GoodbyeReason) -> BoxFuture {
+        *self.closed.lock().unwrap() = Some(reason);
+        Box::pin(async {})
+    }
+}
+
+/// `n` engines and their wires; rank `r`'s ops get their sequence numbers
+/// and channel indices as the communicator assigns them.
+struct Net {
+    engines: Vec<Engine>,
+    wires: Vec<Arc<Wire>>,
+    seq: HashMap<(u32, bool, u32, u32), u64>,
+    index: HashMap<(u32, u32), u64>,
+    timeout: Duration,
+    t0: Instant,
+}
+
+/// One op as a user issues it.
+struct Op {
+    kind: OpKind,
+    peer: u32,
+    channel: u32,
+    bytes: u64,
+    label: OpLabel,
+    payload: Option<Bytes>,
+}
+
+fn send(peer: u32, payload: &[u8], label: OpLabel) -> Op {
+    Op {
+        kind: OpKind::Send,
+        peer,
+        channel: 0,
+        bytes: payload.len() as u64,
+        label,
+        payload: Some(Bytes::copy_from_slice(payload)),
+    }
+}
+
+fn recv(peer: u32, bytes: u64, label: OpLabel) -> Op {
+    Op {
+        kind: OpKind::Recv,
+        peer,
+        channel: 0,
+        bytes,
+        label,
+        payload: None,
+    }
+}
+
+/// How a slot completed (`None`: not yet).
+fn outcome(s: &Slot) -> Option<Outcome> {
+    if !s.is_done() {
+        return None;
+    }
+    s.wait_until(Instant::now())
+}
+
+fn data(o: Option<Outcome>) -> Vec<u8> {
+    match o {
+        Some(Ok(Some(b))) => b.to_vec(),
+        other => panic!("expected data, got {other:?}"),
+    }
+}
+
+fn failed(o: Option<Outcome>) -> Error {
+    match o {
+        Some(Err(e)) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+impl Net {
+    fn new(n: u32, window: u64) -> Self {
+        let wires: Vec<Arc<Wire>> = (0..n).map(|_| Arc::new(Wire::default())).collect();
+        let engines = (0..n)
+            .map(|r| Engine::new(r, n, wires[r as usize].clone(), None, window))
+            .collect();
+        Net {
+            engines,
+            wires,
+            seq: HashMap::default(),
+            index: HashMap::default(),
+            timeout: Duration::from_secs(1),
+            t0: Instant::now(),
+        }
+    }
+
+    /// Issues `ops` on `rank` as one batch; returns their slots.
+    fn issue(&mut self, rank: u32, ops: Vec<Op>) -> Vec<Arc<Slot>> {
+        let mut specs = Vec::new();
+        let mut slots = Vec::new();
+        for op in ops {
+            let seq = self
+                .seq
+                .entry((rank, op.kind == OpKind::Send, op.peer, op.channel))
+                .or_insert(0);
+            let index = self.index.entry((rank, op.channel)).or_insert(0);
+            let slot = Arc::new(Slot::default());
+            specs.push(OpSpec {
+                desc: OpDesc {
+                    rank,
+                    kind: op.kind,
+                    peer: op.peer,
+                    comm: 0,
+                    channel: op.channel,
+                    seq: *seq,
+                    bytes: op.bytes,
+                    dtype: DType::U8,
+                },
+                payload: op.payload,
+                deadline: self.t0 + self.timeout,
+                timeout: self.timeout,
+                slot: slot.clone(),
+                index: *index,
+                lent: false,
+                zone: None,
+                label: op.label,
+            });
+            *seq += 1;
+            *index += 1;
+            slots.push(slot);
+        }
+        self.engines[rank as usize].issue_all(specs);
+        slots
+    }
+
+    /// Takes what `rank` sent so far.
+    fn sent(&self, rank: u32) -> Vec<(u32, Message)> {
+        std::mem::take(&mut *self.wires[rank as usize].out.lock().unwrap())
+    }
+
+    /// Hands `msg` from `from` to its destination's engine.
+    fn deliver(&mut self, from: u32, to: u32, msg: Message) {
+        let e = &mut self.engines[to as usize];
+        e.on_message(from, msg);
+        e.drain_local();
+    }
+
+    /// Delivers everything sent, in order, until nothing is left.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            for from in 0..self.engines.len() as u32 {
+                for (to, msg) in self.sent(from) {
+                    moved = true;
+                    self.deliver(from, to, msg);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+}
+
+fn controls(msgs: &[(u32, Message)]) -> Vec<Control> {
+    msgs.iter()
+        .filter(|(_, m)| m.kind == MessageKind::Control)
+        .map(|(_, m)| Control::decode(&m.payload).expect("a valid control message"))
+        .collect()
+}
+
+#[test]
+fn eager_send_completes_at_issue_and_waits_at_the_receiver() {
+    let mut net = Net::new(2, 1 << 20);
+    let s = net.issue(0, vec![send(1, b"8 bytes!", OpLabel::ALL_REDUCE_SUM)]);
+    // Complete before the receiver did anything: no acknowledgement round.
+    assert!(matches!(outcome(&s[0]), Some(Ok(None))));
+    let out = net.sent(0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.kind, MessageKind::Data);
+    net.deliver(0, 1, out.into_iter().next().unwrap().1);
+    assert_eq!(net.engines[1].unexpected.len(), 1);
+    let r = net.issue(1, vec![recv(0, 8, OpLabel::ALL_REDUCE_SUM)]);
+    assert_eq!(data(outcome(&r[0])), b"8 bytes!");
+    assert!(net.engines[1].unexpected.is_empty());
+    // An eager message is not answered (its credit comes back in batches).
+    assert!(controls(&net.sent(1)).is_empty());
+}
+
+#[test]
+fn plain_send_completes_on_the_receivers_ack() {
+    let mut net = Net::new(2, 1 << 20);
+    let s = net.issue(0, vec![send(1, b"p2p", OpLabel::NONE)]);
+    net.pump();
+    assert!(outcome(&s[0]).is_none(), "completed before its receive");
+    let r = net.issue(1, vec![recv(0, 3, OpLabel::NONE)]);
+    assert_eq!(data(outcome(&r[0])), b"p2p");
+    let acks = controls(&net.sent(1));
+    assert!(
+        matches!(acks[..], [Control::Ack { channel: 0, seq: 0 }]),
+        "{acks:?}"
+    );
+    net.engines[0].on_message(1, control_msg(0, acks[0]));
+    assert!(matches!(outcome(&s[0]), Some(Ok(None))));
+}
+
+#[test]
+fn a_channels_ops_complete_in_issue_order_whatever_the_arrival_order() {
+    let mut net = Net::new(2, 1 << 20);
+    let r = net.issue(
+        1,
+        vec![recv(0, 1, OpLabel::NONE), recv(0, 1, OpLabel::NONE)],
+    );
+    net.issue(
+        0,
+        vec![send(1, b"a", OpLabel::NONE), send(1, b"b", OpLabel::NONE)],
+    );
+    let mut out = net.sent(0);
+    assert_eq!(out.len(), 2);
+    let (second, first) = (out.pop().unwrap().1, out.pop().unwrap().1);
+    assert_eq!((first.seq, second.seq), (0, 1));
+    // The second message arrives first: its receive matched, but its handle
+    // waits for the first op of the channel.
+    net.deliver(0, 1, second);
+    assert!(outcome(&r[1]).is_none() && outcome(&r[0]).is_none());
+    net.deliver(0, 1, first);
+    assert_eq!(data(outcome(&r[0])), b"a");
+    assert_eq!(data(outcome(&r[1])), b"b");
+}
+
+#[test]
+fn past_the_window_only_a_request_goes_and_the_data_follows_the_receive() {
+    let window = 1024;
+    let mut net = Net::new(2, window);
+    let (small, big) = (vec![1u8; 1000], vec![7u8; 4096]);
+    // The first fills the window (unmatched, it may wait at the receiver);
+    // the second would exceed it: only its request goes.
+    let s = net.issue(
+        0,
+        vec![send(1, &small, OpLabel::NONE), send(1, &big, OpLabel::NONE)],
+    );
+    let out = net.sent(0);
+    let kinds: Vec<MessageKind> = out.iter().map(|(_, m)| m.kind).collect();
+    assert_eq!(kinds, [MessageKind::Data, MessageKind::Control]);
+    assert!(matches!(
+        controls(&out)[..],
+        [Control::Rts {
+            bytes: 4096,
+            seq: 1,
+            ..
+        }]
+    ));
+    for (to, m) in out {
+        net.deliver(0, to, m);
+    }
+    // The receiver holds the first message and a request, never more than
+    // the window of bytes.
+    let held: usize = net.engines[1]
+        .unexpected
+        .values()
+        .map(|(_, b)| b.len())
+        .sum();
+    assert_eq!(held, 1000);
+    assert!(held as u64 <= window);
+    assert_eq!(net.engines[1].rts.len(), 1);
+    let r = net.issue(
+        1,
+        vec![recv(0, 1000, OpLabel::NONE), recv(0, 4096, OpLabel::NONE)],
+    );
+    net.pump();
+    assert_eq!(data(outcome(&r[0])), small);
+    assert_eq!(data(outcome(&r[1])), big);
+    assert!(s.iter().all(|s| matches!(outcome(s), Some(Ok(None)))));
+    // Everything was acknowledged: the window is free again.
+    assert_eq!(net.engines[0].credit.in_flight(1), 0);
+}
+
+#[test]
+fn a_size_mismatch_fails_the_send_and_the_receive() {
+    let mut net = Net::new(2, 1 << 20);
+    let s = net.issue(0, vec![send(1, &[0; 16], OpLabel::NONE)]);
+    let r = net.issue(1, vec![recv(0, 8, OpLabel::NONE)]);
+    net.pump();
+    for (side, e) in [
+        ("receive", failed(outcome(&r[0]))),
+        ("send", failed(outcome(&s[0]))),
+    ] {
+        match e {
+            Error::Mismatch {
+                send_bytes: 16,
+                recv_bytes: 8,
+                ..
+            } => {}
+            other => panic!("{side}: {other}"),
+        }
+    }
+}
+
+#[test]
+fn a_collective_mismatch_reaches_every_rank_of_the_channel() {
+    let mut net = Net::new(3, 1 << 20);
+    // Rank 0 runs an all-gather where rank 1 runs an all-reduce; rank 2
+    // waits on rank 1 in the same channel.
+    net.issue(0, vec![send(1, &[0; 8], OpLabel::ALL_GATHER)]);
+    let r1 = net.issue(1, vec![recv(0, 8, OpLabel::ALL_REDUCE_SUM)]);
+    let r2 = net.issue(2, vec![recv(1, 8, OpLabel::ALL_REDUCE_SUM)]);
+    net.pump();
+    assert!(matches!(failed(outcome(&r1[0])), Error::Mismatch { .. }));
+    match failed(outcome(&r2[0])) {
+        Error::Disagreement { reported_by: 1, .. } => {}
+        other => panic!("rank 2: {other}"),
+    }
+    // Later ops of that channel fail at once, on every rank.
+    for rank in 0..3 {
+        let peer = (rank + 1) % 3;
+        let s = net.issue(rank, vec![recv(peer, 8, OpLabel::ALL_REDUCE_SUM)]);
+        assert!(
+            matches!(failed(outcome(&s[0])), Error::Disagreement { .. }),
+            "rank {rank}"
+        );
+    }
+}
+
+#[test]
+fn an_overdue_op_reports_its_wait_then_names_the_rank_that_stalled() {
+    let mut net = Net::new(3, 1 << 20);
+    // Rank 0 waits on rank 1, which itself reported waiting on rank 2.
+    let r = net.issue(0, vec![recv(1, 4, OpLabel::NONE)]);
+    net.deliver(1, 0, control_msg(0, Control::Waiting { on: 2 }));
+    let deadline = net.t0 + net.timeout;
+    net.engines[0].expire_at(deadline - Duration::from_millis(1));
+    assert!(outcome(&r[0]).is_none() && net.sent(0).is_empty());
+    // Past the deadline: overdue, and every other rank hears whom it waits on.
+    net.engines[0].expire_at(deadline);
+    assert!(outcome(&r[0]).is_none(), "failed before the stall notice");
+    let reports = net.sent(0);
+    let mut to: Vec<u32> = reports.iter().map(|(p, _)| *p).collect();
+    to.sort();
+    assert_eq!(to, [1, 2]);
+    assert!(
+        controls(&reports)
+            .iter()
+            .all(|c| matches!(c, Control::Waiting { on: 1 }))
+    );
+    // After the notice (a tenth of the timeout here) it fails, blaming the
+    // end of the chain.
+    net.engines[0].expire_at(deadline + net.timeout / 10);
+    match failed(outcome(&r[0])) {
+        Error::Timeout {
+            culprit: Some(2),
+            op,
+            ..
+        } => assert_eq!(op.peer, 1),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_failed_peer_fails_every_pending_and_later_op_naming_it() {
+    let mut net = Net::new(3, 1 << 20);
+    let pending = net.issue(
+        0,
+        vec![recv(1, 4, OpLabel::NONE), send(2, b"xy", OpLabel::NONE)],
+    );
+    let reason = CloseReason::Aborted {
+        cause_rank: None,
+        message: "killed".into(),
+    };
+    let (failure, _close) = net.engines[0]
+        .on_peer_closed(1, reason, None)
+        .expect("a failure");
+    // The others are told which rank failed before any handle fails.
+    match net.wires[0].closed.lock().unwrap().clone() {
+        Some(GoodbyeReason::Abort {
+            cause_rank: Some(1),
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    net.engines[0].fail_all(failure);
+    for s in &pending {
+        match failed(outcome(s)) {
+            Error::PeerFailed { failed_rank: 1, .. } => {}
+            other => panic!("{other}"),
+        }
+    }
+    let later = net.issue(0, vec![send(2, b"z", OpLabel::NONE)]);
+    assert!(matches!(
+        failed(outcome(&later[0])),
+        Error::PeerFailed { failed_rank: 1, .. }
+    ));
+}
+
+#[test]
+fn a_clean_close_fails_only_that_peers_ops() {
+    let mut net = Net::new(3, 1 << 20);
+    let to1 = net.issue(0, vec![recv(1, 4, OpLabel::NONE)]);
+    let to2 = net.issue(0, vec![recv(2, 4, OpLabel::NONE)]);
+    assert!(
+        net.engines[0]
+            .on_peer_closed(1, CloseReason::Clean, None)
+            .is_none()
+    );
+    assert!(matches!(failed(outcome(&to1[0])), Error::PeerClosed { .. }));
+    assert!(outcome(&to2[0]).is_none());
+    net.issue(2, vec![send(0, b"four", OpLabel::NONE)]);
+    net.pump();
+    assert_eq!(data(outcome(&to2[0])), b"four");
+}
+
+#[test]
+fn abort_fails_pending_ops_and_tells_the_peers() {
+    let mut net = Net::new(2, 1 << 20);
+    let r = net.issue(0, vec![recv(1, 4, OpLabel::NONE)]);
+    let (failure, _close) = net.engines[0].abort("user".into()).expect("first abort");
+    assert!(net.engines[0].abort("again".into()).is_none());
+    net.engines[0].fail_all(failure);
+    match failed(outcome(&r[0])) {
+        Error::Aborted { reason, .. } => assert_eq!(reason, "user"),
+        other => panic!("{other}"),
+    }
+    match net.wires[0].closed.lock().unwrap().clone() {
+        Some(GoodbyeReason::Abort {
+            cause_rank: Some(0),
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn timeouts_name_the_rank_that_stalled() {
+    let op = OpDesc {
+        rank: 0,
+        kind: OpKind::Recv,
+        peer: 3,
+        comm: 0,
+        channel: 0,
+        seq: 0,
+        bytes: 4,
+        dtype: DType::F32,
+    };
+    let e = |culprit| Error::Timeout {
+        op: op.clone(),
+        after: Duration::from_secs(5),
+        nic: "local".into(),
+        culprit,
+        other_op: None,
+        mine: OpLabel::NONE,
+    };
+    assert!(
+        e(Some(1))
+            .to_string()
+            .ends_with("rank 3 was itself waiting; rank 1 is the one that stalled"),
+        "{}",
+        e(Some(1))
+    );
+    assert!(e(Some(3)).to_string().ends_with(": rank 3 stalled"));
+    assert!(e(None).to_string().ends_with("[local]"));
+}
