@@ -40,14 +40,6 @@ pub(crate) fn probe_word() -> (u64, u64) {
     (PROBE.as_ptr() as u64, v)
 }
 
-/// Copies `dst.len()` bytes found at `addr` in process `pid` into `dst`,
-/// looping over partial reads (`process_vm_readv` may stop at a page it
-/// cannot read, or after about 2 GiB).
-///
-/// Errors are the kernel's: `EFAULT` (the range is not mapped in `pid`, e.g.
-/// the buffer was freed), `ESRCH` (no such process), `EPERM` (no ptrace
-/// rights), `ENOSYS` (CMA not built in, or filtered by seccomp).
-/// `addr + dst.len()` must not overflow (callers check it).
 /// Messages at least this large are copied by two threads at once (see
 /// [`read_parallel`]).
 pub(crate) const SPLIT_MIN: usize = 8 << 20;
@@ -81,6 +73,14 @@ fn two_cpus() -> bool {
     *TWO.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2)
 }
 
+/// Copies `dst.len()` bytes found at `addr` in process `pid` into `dst`,
+/// looping over partial reads (`process_vm_readv` may stop at a page it
+/// cannot read, or after about 2 GiB).
+///
+/// Errors are the kernel's: `EFAULT` (the range is not mapped in `pid`, e.g.
+/// the buffer was freed), `ESRCH` (no such process), `EPERM` (no ptrace
+/// rights), `ENOSYS` (CMA not built in, or filtered by seccomp).
+/// `addr + dst.len()` must not overflow (callers check it).
 pub(crate) fn read(pid: u32, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return Err(Errno::ESRCH);
