@@ -30,7 +30,7 @@
 //!   followed by its payload, streamed through the ring in pieces, so messages
 //!   of any size pass through a small ring.
 //! * **CMA (single copy).** A data message of at least
-//!   [`ShmConfig::cma_min_bytes`] (256 KiB by default; 0 turns CMA off) does
+//!   [`ShmConfig::cma_min_bytes`] (more than 256 KiB by default; 0 turns CMA off) does
 //!   not go through the ring: the sender writes a 64-byte record carrying its
 //!   pid, the address and length of the payload and a sequence number, and
 //!   keeps the payload (`Bytes`) alive; the receiver's reader thread copies
