@@ -585,11 +585,13 @@ fn receives_into_the_callers_buffer() {
             let big = 3 << 20;
             let mut a = vec![0u8; big];
             let mut b = vec![0u8; 1000];
+            let mut m = vec![0u8; 64 << 10];
             let mut own = vec![0u8; 64];
             // SAFETY (all below): every buffer is untouched until its
             // handle is waited or dropped.
             let ra = unsafe { ch.irecv_into(peer, &mut a) }.unwrap();
             let rb = unsafe { ch.irecv_into(peer, &mut b) }.unwrap();
+            let rm = unsafe { ch.irecv_into(peer, &mut m) }.unwrap();
             let ro = unsafe { ch.irecv_into(r, &mut own) }.unwrap();
             // Both ranks posted their receives before either sends (a
             // message that arrives first is copied in at the match instead).
@@ -599,6 +601,7 @@ fn receives_into_the_callers_buffer() {
             ready.wait().unwrap();
             let sa = ch.isend(peer, pattern(r, big, 1)).unwrap();
             let sb = ch.isend(peer, pattern(r, 1000, 2)).unwrap();
+            let sm = ch.isend(peer, pattern(r, 64 << 10, 6)).unwrap();
             let so = ch.isend(r, pattern(r, 64, 3)).unwrap();
             let until = Instant::now() + Duration::from_secs(10);
             while !ra.test() {
@@ -608,12 +611,16 @@ fn receives_into_the_callers_buffer() {
             let landed = ra.landed();
             ra.wait().unwrap();
             rb.wait().unwrap();
+            rm.wait().unwrap();
             ro.wait().unwrap();
-            for s in [sa, sb, so] {
+            for s in [sa, sb, sm, so] {
                 s.wait().unwrap();
             }
             assert!(a == pattern(peer, big, 1), "large message");
             assert!(b == pattern(peer, 1000, 2), "small message");
+            // (Through the shared-memory ring, and into the buffer straight
+            // from it when a waiting thread's poll takes it.)
+            assert!(m == pattern(peer, 64 << 10, 6), "medium message");
             assert!(own == pattern(r, 64, 3), "to itself");
             // Sent before the receive is posted: copied in at the match.
             let early = ch.isend(peer, pattern(r, big, 4)).unwrap();
@@ -655,6 +662,13 @@ fn receives_into_the_callers_buffer() {
             assert!(matches!(rd.wait(), Err(Error::Mismatch { .. })));
             assert!(sd.wait().is_err());
             assert_eq!(d, vec![7u8; 10]);
+            // Also for a message the ring could have landed.
+            let mut d = vec![7u8; 32 << 10];
+            let rd = unsafe { ch.irecv_into(peer, &mut d) }.unwrap();
+            let sd = ch.isend(peer, vec![1u8; (32 << 10) + 8]).unwrap();
+            assert!(matches!(rd.wait(), Err(Error::Mismatch { .. })));
+            assert!(sd.wait().is_err());
+            assert!(d.iter().all(|&x| x == 7));
             (landed, landed_late)
         });
         // Over shared memory the large messages landed (CMA); over TCP
