@@ -155,11 +155,17 @@ pub fn pick_ports(master: Option<u16>) -> io::Result<Ports> {
 /// Lowest port [`pick_ports`] draws from.
 const PICK_MIN: u16 = 10_000;
 
+/// The first port of the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), where it can be read (Linux).
+fn ephemeral_low() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
+}
+
 /// A free pair `P`, `P + 1` drawn at random from `PICK_MIN` up to the start
 /// of the kernel's ephemeral range, if that leaves room (see [`pick_ports`]).
 fn pick_below_ephemeral() -> Option<Ports> {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let low: u16 = range.split_whitespace().next()?.parse().ok()?;
+    let low = ephemeral_low()?;
     let span = low.checked_sub(PICK_MIN + 1).filter(|&s| s >= 1000)?;
     let state = std::collections::hash_map::RandomState::new();
     for i in 0..64u64 {
@@ -1303,11 +1309,7 @@ mod tests {
         let p = pick_ports(None).unwrap();
         assert_eq!(p.root, p.master + 1);
         // Below the ephemeral range where there is one (Linux).
-        if let Some(low) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-            .filter(|&low| low > PICK_MIN + 1000)
-        {
+        if let Some(low) = ephemeral_low().filter(|&low| low > PICK_MIN + 1000) {
             assert!(
                 (PICK_MIN..low).contains(&p.master) && p.root < low,
                 "{p:?} (ephemeral from {low})"

@@ -118,28 +118,14 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
             // A data record already whole in the ring goes into its
             // receive's zone if one is posted (a bounded copy: the zone is
             // never held while waiting for the sender), as in a poll.
-            let len = rec.len as usize;
             let whole = matches!(ring.readable(), Ok(n) if n >= rec.len);
-            let mut zone = if rec.kind == REC_DATA && len >= RING_LAND_MIN_BYTES && whole {
-                let key = crate::landing::LandKey {
-                    peer: link.peer,
-                    comm: rec.comm,
-                    channel: rec.channel,
-                    seq: rec.seq,
-                };
-                ctx.landing.claim(key, len)
-            } else {
-                None
-            };
-            if let Some(c) = zone.as_mut() {
-                let tail = ring.tail().load(Ordering::Relaxed);
-                // SAFETY: `len` bytes are published past the tail (checked
-                // above) and we hold the consumer lock.
-                unsafe { ring.copy_out(tail, c.dest()) };
-                ring.consume_to(tail + rec.len);
-            }
-            match zone {
-                Some(c) => {
+            match whole.then(|| ring_zone(link, ctx, &rec)).flatten() {
+                Some(mut c) => {
+                    let tail = ring.tail().load(Ordering::Relaxed);
+                    // SAFETY: `rec.len` bytes are published past the tail
+                    // (checked above) and we hold the consumer lock.
+                    unsafe { ring.copy_out(tail, c.dest()) };
+                    ring.consume_to(tail + rec.len);
                     c.done(true);
                     RecvBuf::new(0)
                 }
@@ -147,7 +133,7 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
                     // Straight from the ring into the buffer handed up (no
                     // zeroing, no further copy; recycled when the receiver
                     // drops it).
-                    let mut payload = RecvBuf::new(len);
+                    let mut payload = RecvBuf::new(rec.len as usize);
                     match ring.read_exact(payload.as_mut_slice(), stop) {
                         Ok(()) => {}
                         Err(RingStop::Closed) => return Next::Stop,
@@ -244,12 +230,7 @@ fn copy_cma(
             cma_seen + 1
         ));
     }
-    let key = crate::landing::LandKey {
-        peer: link.peer,
-        comm: rec.comm,
-        channel: rec.channel,
-        seq: rec.seq,
-    };
+    let key = land_key(link, rec);
     let len = rec.len as usize;
     let mut claim = if wait_for_zone && len >= LAND_WAIT_MIN_BYTES {
         ctx.landing
@@ -303,6 +284,24 @@ fn copy_cma(
 /// empty): one copy fewer than through a buffer of their own and the
 /// match. Smaller ones skip the zones' lookup.
 pub(super) const RING_LAND_MIN_BYTES: usize = 16 << 10;
+
+/// The landing key of the message of record `rec` from `link`'s peer.
+fn land_key(link: &Link, rec: &Record) -> crate::landing::LandKey {
+    crate::landing::LandKey {
+        peer: link.peer,
+        comm: rec.comm,
+        channel: rec.channel,
+        seq: rec.seq,
+    }
+}
+
+/// The zone a ring data record of at least [`RING_LAND_MIN_BYTES`] goes
+/// into, claimed, if its receive posted one of its length.
+fn ring_zone(link: &Link, ctx: &Ctx, rec: &Record) -> Option<crate::landing::Claim> {
+    (rec.kind == REC_DATA && rec.len as usize >= RING_LAND_MIN_BYTES)
+        .then(|| ctx.landing.claim(land_key(link, rec), rec.len as usize))
+        .flatten()
+}
 
 /// One poll of one link: delivers the record at the tail if it is a whole
 /// small data or control record and nobody else is reading; a data record
@@ -361,20 +360,8 @@ pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message))
         {
             return false;
         }
-        let len = rec.len as usize;
-        let zone = if rec.kind == REC_DATA && len >= RING_LAND_MIN_BYTES {
-            let key = crate::landing::LandKey {
-                peer: link.peer,
-                comm: rec.comm,
-                channel: rec.channel,
-                seq: rec.seq,
-            };
-            ctx.landing.claim(key, len)
-        } else {
-            None
-        };
-        let mut payload = RecvBuf::new(if zone.is_some() { 0 } else { len });
-        let mut zone = zone;
+        let mut zone = ring_zone(link, ctx, &rec);
+        let mut payload = RecvBuf::new(if zone.is_some() { 0 } else { rec.len as usize });
         let dest = match zone.as_mut() {
             Some(c) => c.dest(),
             None => payload.as_mut_slice(),
@@ -484,7 +471,7 @@ mod tests {
         use crate::{Message, MessageKind};
         let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
         let landing = t1.landing().expect("shm lands");
-        let (mut polled_in, mut came_whole) = (0, 0);
+        let (mut landed, mut came_whole) = (0, 0);
         for seq in 0..40u64 {
             // Every fifth zone is one byte short: it must not be used.
             let len = RING_LAND_MIN_BYTES + (seq as usize * 977) % (200 << 10);
@@ -538,7 +525,7 @@ mod tests {
             if msg.payload.is_empty() {
                 assert!(filled && zone.landed() && zlen == len, "seq {seq}");
                 assert!(zone_buf == data, "seq {seq}: landed bytes differ");
-                polled_in += 1;
+                landed += 1;
             } else {
                 assert!(msg.payload[..] == data[..], "seq {seq}: payload differs");
                 assert!(!filled, "seq {seq}: a zone filled as well");
@@ -549,10 +536,10 @@ mod tests {
                 came_whole += 1;
             }
         }
-        eprintln!("{polled_in} landed, {came_whole} whole");
+        eprintln!("{landed} landed, {came_whole} whole");
         // The short zones (every fifth) never land; every other record is
         // whole in the ring by the time it is read (written one at a time,
         // each at once), so it lands, by a poll or by the reader thread.
-        assert_eq!((polled_in, came_whole), (32, 8));
+        assert_eq!((landed, came_whole), (32, 8));
     }
 }
