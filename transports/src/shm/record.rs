@@ -34,8 +34,16 @@ pub(super) const REC_GOODBYE: u8 = 3;
 /// the first CMA record of the ring), sender pid (u32), zeros.
 pub(super) const REC_CMA: u8 = 4;
 pub(super) const CMA_EXT: usize = 32;
+/// Bytes the reader skips: `len` bytes that follow the header up to the end
+/// of the ring's data area, written by a producer that found the ring empty
+/// far into its data area, so that its next record starts at the beginning
+/// (see [`Ring::idle_gap`](super::ring::Ring::idle_gap)). Any other field is
+/// zero.
+pub(super) const REC_PAD: u8 = 5;
 /// Largest control record accepted (control messages are tiny).
 const MAX_CONTROL: u64 = 1 << 20;
+/// Largest pad accepted: a ring's largest capacity (`ZCCL_SHM_RING_BYTES`).
+const MAX_PAD: u64 = 1 << 30;
 
 /// The header of a record of `len` payload bytes (any kind; see
 /// [`decode_record`] for what a reader accepts).
@@ -102,7 +110,13 @@ pub(super) fn decode_record(b: &[u8; REC_LEN], max_message: u64) -> Result<Recor
         REC_DATA | REC_CMA if r.len <= max_message => Ok(r),
         REC_CONTROL if r.len <= MAX_CONTROL => Ok(r),
         REC_GOODBYE if r.len == 0 => Ok(r),
-        REC_DATA | REC_CMA | REC_CONTROL | REC_GOODBYE => Err(format!(
+        REC_PAD
+            if r.len <= MAX_PAD && r.dtype == 0 && r.comm == 0 && r.channel == 0 && r.seq == 0 =>
+        {
+            Ok(r)
+        }
+        REC_PAD if r.len <= MAX_PAD => Err("pad record with fields set".into()),
+        REC_DATA | REC_CMA | REC_CONTROL | REC_GOODBYE | REC_PAD => Err(format!(
             "record of {} bytes exceeds the limit of {max_message} bytes",
             r.len
         )),
@@ -176,8 +190,16 @@ mod tests {
             (REC_CMA, max, MessageKind::Data),
             (REC_CONTROL, MAX_CONTROL, MessageKind::Control),
             (REC_GOODBYE, 0, MessageKind::Data),
+            (REC_PAD, MAX_PAD, MessageKind::Data),
         ] {
             for (dtype, comm, channel, seq) in [(0, 0, 0, 0), (255, u32::MAX, u32::MAX, u64::MAX)] {
+                if kind == REC_PAD && seq != 0 {
+                    // A pad carries nothing but its length.
+                    let b = encode_record(kind, dtype, comm, channel, seq, 1);
+                    let why = decode_record(&b, max).err().unwrap();
+                    assert!(why.contains("pad record with fields set"), "{why}");
+                    continue;
+                }
                 for len in [0, bound / 2, bound] {
                     let b = encode_record(kind, dtype, comm, channel, seq, len);
                     let d = decode_record(&b, max).unwrap();
@@ -220,7 +242,7 @@ mod tests {
             rejected(b, "bad record header");
         }
         // Kinds.
-        for kind in [0, 5, 6, 0x7f, 0xff] {
+        for kind in [0, 6, 7, 0x7f, 0xff] {
             rejected(encode_record(kind, 0, 0, 0, 0, 0), "unknown record kind");
         }
         // A header cut short does not get this far: the decoder takes whole

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::config::{POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD};
 use super::link::{Ctx, Link, lock};
 use super::record::{
-    CMA_EXT, REC_CMA, REC_CONTROL, REC_DATA, REC_GOODBYE, REC_LEN, Record, decode_cma,
+    CMA_EXT, REC_CMA, REC_CONTROL, REC_DATA, REC_GOODBYE, REC_LEN, REC_PAD, Record, decode_cma,
     decode_record,
 };
 use super::ring::RingStop;
@@ -101,6 +101,20 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
         REC_GOODBYE => {
             link.report(ctx, CloseReason::Clean);
             return Next::Stop;
+        }
+        REC_PAD => {
+            // The producer publishes a pad with the record after it.
+            return match ring.readable() {
+                Ok(n) if n >= rec.len => {
+                    ring.consume_to(ring.tail().load(Ordering::Relaxed) + rec.len);
+                    Next::Go
+                }
+                Ok(n) => lost(format!(
+                    "pad record of {} bytes with {n} bytes published",
+                    rec.len
+                )),
+                Err(why) => lost(why),
+            };
         }
         REC_CMA => {
             let mut xb = [0u8; CMA_EXT];
@@ -322,17 +336,27 @@ pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message))
     if link.reader_gone.load(Ordering::Acquire) {
         return false;
     }
-    let avail = match ring.readable() {
-        Ok(n) if n >= REC_LEN as u64 => n,
-        _ => return false, // taken meanwhile, or corrupt: the reader reports it
-    };
-    let tail = ring.tail().load(Ordering::Relaxed);
-    let mut hb = [0u8; REC_LEN];
-    // SAFETY: `avail >= REC_LEN` bytes are published (Acquire on head in
-    // `readable`), and we hold the consumer lock.
-    unsafe { ring.copy_out(tail, &mut hb) };
-    let Ok(rec) = decode_record(&hb, ctx.max_message) else {
-        return false; // the reader thread reports it
+    let (avail, tail, rec) = loop {
+        let avail = match ring.readable() {
+            Ok(n) if n >= REC_LEN as u64 => n,
+            _ => return false, // taken meanwhile, or corrupt: the reader reports it
+        };
+        let tail = ring.tail().load(Ordering::Relaxed);
+        let mut hb = [0u8; REC_LEN];
+        // SAFETY: `avail >= REC_LEN` bytes are published (Acquire on head in
+        // `readable`), and we hold the consumer lock.
+        unsafe { ring.copy_out(tail, &mut hb) };
+        let Ok(rec) = decode_record(&hb, ctx.max_message) else {
+            return false; // the reader thread reports it
+        };
+        if rec.kind != REC_PAD {
+            break (avail, tail, rec);
+        }
+        // Skipped: the producer went back to the start of the ring.
+        if avail < REC_LEN as u64 + rec.len {
+            return false; // the reader thread reports it
+        }
+        ring.consume_to(tail + REC_LEN as u64 + rec.len);
     };
     let payload = if rec.kind == REC_CMA {
         // A CMA record is whole in the ring; its copy never waits for the
@@ -541,5 +565,67 @@ mod tests {
         // whole in the ring by the time it is read (written one at a time,
         // each at once), so it lands, by a poll or by the reader thread.
         assert_eq!((landed, came_whole), (32, 8));
+    }
+
+    /// A producer that finds its ring empty far into the data area starts
+    /// the next small record over at the beginning, past a pad record: a
+    /// stream of small messages stays in the first part of the ring, and
+    /// every message still arrives whole and in order, whether polls or
+    /// the reader thread take the pads. A pad claiming more bytes than are
+    /// published closes the link as lost.
+    #[test]
+    fn an_idle_ring_goes_back_to_its_start_past_a_pad() {
+        use crate::MessageKind;
+        use crate::shm::ring::REWIND_MIN;
+        use crate::shm::testutil::msg;
+        let small = ShmConfig {
+            ring_bytes: 64 << 10,
+            ..cfg()
+        };
+        let ((t0, _rx0), (t1, mut rx1)) = pair(small.clone(), small);
+        let link = t0.link(1).unwrap();
+        let cap = 64u64 << 10;
+        let rewind_at = REWIND_MIN.min(cap / 2);
+        let (mut sent_bytes, mut furthest) = (0u64, 0u64);
+        for seq in 0..400u64 {
+            let len = (seq as usize * 733) % 3000;
+            let m = msg(MessageKind::Data, seq, len);
+            let want = m.payload.clone();
+            let by_poll = seq % 3 != 0;
+            t1.set_polling(by_poll);
+            t0.send(1, m).unwrap();
+            let mut got = None;
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while got.is_none() {
+                if by_poll {
+                    t1.poll(1, &mut |_, m| got = Some(m));
+                }
+                if got.is_none()
+                    && let Ok(TransportEvent::Message { msg, .. }) = rx1.try_recv()
+                {
+                    got = Some(msg);
+                }
+                assert!(std::time::Instant::now() < until, "message {seq} lost");
+            }
+            t1.set_polling(false);
+            let got = got.unwrap();
+            assert_eq!(got.seq, seq);
+            assert!(got.payload == want, "message {seq}: payload differs");
+            sent_bytes += (REC_LEN + len) as u64;
+            let head = link.out_ring.tail().load(Ordering::Acquire);
+            furthest = furthest.max(head % cap);
+        }
+        // The head went further than the records (the pads), and no record
+        // ever ended past the rewind point plus one record.
+        let head = link.out_ring.tail().load(Ordering::Acquire);
+        assert!(head > sent_bytes, "no pad written: {head} <= {sent_bytes}");
+        assert!(furthest <= rewind_at + 3032, "a record ended at {furthest}");
+        // A pad longer than what is published is a broken peer.
+        {
+            let _p = lock(&link.producer);
+            let pad = encode_record(REC_PAD, 0, 0, 0, 0, 1 << 20);
+            link.out_ring.write_all(&pad, &link.stop).unwrap();
+        }
+        expect_lost(&mut rx1, 0, "pad record of 1048576 bytes");
     }
 }

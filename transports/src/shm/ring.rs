@@ -56,6 +56,10 @@ const ASLEEP_LEASED: u32 = 2;
 /// Added to a leased sleep, so that the reader wakes after the lease ran out
 /// (futex timeouts are not exact).
 const LEASE_MARGIN: Duration = Duration::from_micros(20);
+/// How far into its data area an empty ring's head must be before the
+/// producer starts the next small record over at the beginning
+/// ([`Ring::idle_gap`]).
+pub(super) const REWIND_MIN: u64 = 64 << 10;
 pub(super) const CMA_YES: u32 = 1;
 pub(super) const CMA_NO: u32 = 2;
 
@@ -311,6 +315,53 @@ impl Ring {
         }
         self.write_all(header, stop)?;
         self.write_all(payload, stop)
+    }
+
+    /// Producer, holding the producer lock: when the ring is empty and its
+    /// head sits at least [`REWIND_MIN`] (or half the capacity, if smaller)
+    /// into the data area, the bytes from the head to the end of the data
+    /// area, provided they are at least `min_gap` and a record of `total`
+    /// bytes fits before the head. The caller then writes a pad record of
+    /// that many bytes and its record after it
+    /// ([`Ring::write_after_gap`]), at the start of the data area: a stream
+    /// of small messages that the consumer keeps up with stays in the first
+    /// pages of the ring, warm in the caches of both sides, instead of
+    /// sweeping all of it (each first touch of a page of the ring is a page
+    /// fault, and every record a cache miss).
+    #[inline]
+    pub(super) fn idle_gap(&self, total: u64, min_gap: u64) -> Option<u64> {
+        let head = self.head().load(Ordering::Relaxed);
+        if self.tail().load(Ordering::Acquire) != head {
+            return None;
+        }
+        let idx = head % self.cap;
+        let gap = self.cap - idx;
+        (idx >= REWIND_MIN.min(self.cap / 2) && total <= idx && gap >= min_gap).then_some(gap)
+    }
+
+    /// Producer, holding the producer lock, after [`Ring::idle_gap`]
+    /// returned `gap`: writes `pad` (a record telling the consumer to skip
+    /// `gap` bytes from its start) at the head, then `header` and `payload`
+    /// at the start of the data area, and publishes all of it at once (a
+    /// poll sees the pad and the record whole).
+    pub(super) fn write_after_gap(&self, pad: &[u8], gap: u64, header: &[u8], payload: &[u8]) {
+        let head = self.head().load(Ordering::Relaxed);
+        debug_assert!(pad.len() as u64 <= gap && (head + gap).is_multiple_of(self.cap));
+        let at = head + gap;
+        // SAFETY: the ring is empty (`idle_gap`, and only this producer
+        // fills it), so the whole capacity from `head` is free: `gap` bytes
+        // to the end of the data area, and `header + payload <= head % cap`
+        // bytes from its start.
+        unsafe {
+            self.copy_in(head, pad);
+            self.copy_in(at, header);
+            self.copy_in(at + header.len() as u64, payload);
+        }
+        self.head().store(
+            at + (header.len() + payload.len()) as u64,
+            Ordering::Release,
+        );
+        self.notify_data(true);
     }
 
     /// Producer: copies `buf` into the ring at position `pos`.
@@ -665,6 +716,41 @@ mod tests {
         assert_eq!(read(&c, 232), [header, big].concat());
         producer.join().unwrap().unwrap();
         assert_eq!(c.readable().unwrap(), 0);
+    }
+
+    #[test]
+    fn an_empty_ring_far_into_its_data_area_offers_the_gap_to_its_end() {
+        let (p, c) = rings(&ShmConfig::default());
+        let go = AtomicBool::new(false);
+        let rewind_at = REWIND_MIN.min(CAP / 2);
+        // Near the start: no gap offered.
+        p.write_all(&bytes(100, 1), &go).unwrap();
+        assert_eq!(read(&c, 100), bytes(100, 1));
+        assert_eq!(p.idle_gap(10, 32), None);
+        // Far in, but not empty: none either.
+        p.write_all(&bytes(rewind_at as usize, 2), &go).unwrap();
+        assert_eq!(p.idle_gap(10, 32), None);
+        assert_eq!(read(&c, rewind_at as usize), bytes(rewind_at as usize, 2));
+        // Empty and far in: the bytes to the end, if the record fits before
+        // the head and the gap holds a pad header.
+        let idx = 100 + rewind_at;
+        assert_eq!(p.idle_gap(10, 32), Some(CAP - idx));
+        assert_eq!(p.idle_gap(idx, 32), Some(CAP - idx));
+        assert_eq!(p.idle_gap(idx + 1, 32), None);
+        assert_eq!(p.idle_gap(10, CAP - idx + 1), None);
+        // Pad, header and payload published at once, the record at the
+        // start of the data area.
+        let seq = c.data_seq().load(Ordering::SeqCst);
+        let gap = CAP - idx;
+        p.write_after_gap(&bytes(32, 3), gap, &bytes(32, 4), &bytes(50, 5));
+        assert_eq!(c.data_seq().load(Ordering::SeqCst), seq + 1);
+        assert_eq!(c.readable().unwrap(), gap + 82);
+        assert_eq!(read(&c, 32), bytes(32, 3));
+        let tail = c.tail().load(Ordering::Relaxed);
+        c.consume_to(tail + gap - 32);
+        assert_eq!(c.tail().load(Ordering::Relaxed) % CAP, 0);
+        assert_eq!(read(&c, 82), [bytes(32, 4), bytes(50, 5)].concat());
+        assert_eq!(p.free(), CAP);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::config::{POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD};
 use super::link::{Ctx, Link, Out, lock};
 use super::record::{
-    CMA_EXT, CmaExt, REC_CMA, REC_CONTROL, REC_DATA, REC_GOODBYE, REC_LEN, encode_cma,
+    CMA_EXT, CmaExt, REC_CMA, REC_CONTROL, REC_DATA, REC_GOODBYE, REC_LEN, REC_PAD, encode_cma,
     encode_record,
 };
 use super::ring::{Ring, RingStop};
@@ -49,7 +49,15 @@ fn write_copy(ring: &Ring, m: &Message, stop: &AtomicBool) -> Result<(), RingSto
         m.seq,
         m.payload.len() as u64,
     );
-    ring.write_record(&rec, &m.payload, stop, m.payload.len() <= POLL_MAX_PAYLOAD)
+    let pollable = m.payload.len() <= POLL_MAX_PAYLOAD;
+    let total = (REC_LEN + m.payload.len()) as u64;
+    if pollable && let Some(gap) = ring.idle_gap(total, REC_LEN as u64) {
+        // Back to the start of the ring, past a pad to its end.
+        let pad = encode_record(REC_PAD, 0, 0, 0, 0, gap - REC_LEN as u64);
+        ring.write_after_gap(&pad, gap, &rec, &m.payload);
+        return Ok(());
+    }
+    ring.write_record(&rec, &m.payload, stop, pollable)
 }
 
 /// A CMA record: the payload stays where it is, kept alive until the peer
