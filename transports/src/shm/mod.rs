@@ -31,7 +31,7 @@
 //!   of any size pass through a small ring. A producer that finds its ring
 //!   empty more than 64 KiB into the data area writes a pad record to the
 //!   end of it and its small record at the start
-//!   ([`Ring::idle_gap`](ring::Ring::idle_gap)): a stream of small messages
+//!   (`Ring::idle_gap` in `ring.rs`): a stream of small messages
 //!   the consumer keeps up with stays in the first pages of the ring, warm
 //!   in both caches, instead of sweeping all 4 MiB (measured: the first
 //!   thousands of 1 KiB operations of a job took a page fault every few
