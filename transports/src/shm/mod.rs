@@ -30,7 +30,7 @@
 //!   followed by its payload, streamed through the ring in pieces, so messages
 //!   of any size pass through a small ring. A producer that finds its ring
 //!   empty more than 64 KiB into the data area writes a pad record to the
-//!   end of it and its small record at the start
+//!   end of it and its small record (up to 8 KiB) at the start
 //!   (`Ring::idle_gap` in `ring.rs`): a stream of small messages
 //!   the consumer keeps up with stays in the first pages of the ring, warm
 //!   in both caches, instead of sweeping all 4 MiB (measured: the first

@@ -620,6 +620,20 @@ mod tests {
         let head = link.out_ring.tail().load(Ordering::Acquire);
         assert!(head > sent_bytes, "no pad written: {head} <= {sent_bytes}");
         assert!(furthest <= rewind_at + 3032, "a record ended at {furthest}");
+        // Records larger than REWIND_MAX_RECORD go where the head is, also
+        // from far into the ring.
+        let mut far_in = 0;
+        for seq in 400..410u64 {
+            let before = link.out_ring.tail().load(Ordering::Acquire);
+            far_in += usize::from(before % cap >= rewind_at);
+            t0.send(1, msg(MessageKind::Data, seq, 12 << 10)).unwrap();
+            assert!(
+                matches!(next(&mut rx1), TransportEvent::Message { msg, .. } if msg.seq == seq)
+            );
+            let after = link.out_ring.tail().load(Ordering::Acquire);
+            assert_eq!(after - before, (REC_LEN + (12 << 10)) as u64);
+        }
+        assert!(far_in >= 3, "{far_in}");
         // A pad longer than what is published is a broken peer.
         {
             let _p = lock(&link.producer);
