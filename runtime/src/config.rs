@@ -15,7 +15,7 @@
 //! | `ZCCL_METRICS_ADDR` | serve Prometheus metrics: rank with local rank `l` on `host:(port + l)`; unset = off | `ip:port` | unset |
 //! | `ZCCL_NTHREADS` | progress-engine threads per rank | a whole number, clamped to 1..=64 | 1 with at most 2 CPUs, else 2 |
 //! | `ZCCL_SHM_DISABLE` | `1`: ranks of one host talk over TCP, not shared memory | `0`/`1` (`false`/`true`, `no`/`yes`) | `0` |
-//! | `ZCCL_SHM_RING_BYTES` | bytes of each shared-memory ring (one per direction and pair) | 4096..=2³⁰ | 4 MiB |
+//! | `ZCCL_SHM_RING_BYTES` | bytes of each shared-memory ring (one per direction and pair; smaller, with a warning, where `/dev/shm` cannot hold all pairs' rings) | 4096..=2³⁰ | 4 MiB |
 //! | `ZCCL_SHM_SPIN` | spin rounds before a shared-memory wait sleeps in `futex` | 0..=4294967295 | 200 |
 //! | `ZCCL_SHM_CMA_MIN_BYTES` | same-host messages at least this large are copied once, straight from the sender's memory (`process_vm_readv`), instead of twice through the ring | a whole number | 262145 (more than 256 KiB) |
 //! | `ZCCL_SHM_CMA_DISABLE` | `1`: never use that single copy | `0`/`1` | `0` |

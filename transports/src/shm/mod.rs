@@ -24,7 +24,9 @@
 //!   can leave one behind.)
 //! * **Rings.** The segment holds two single-producer/single-consumer byte
 //!   rings (`a → b` and `b → a`), each of [`ShmConfig::ring_bytes`]
-//!   (`ZCCL_SHM_RING_BYTES`, 4 MiB by default). Positions are monotonic `u64`
+//!   (`ZCCL_SHM_RING_BYTES`, 4 MiB by default; smaller where `/dev/shm`
+//!   cannot hold the rings of every local pair, see `fit_ring_bytes` in
+//!   `segment.rs`). Positions are monotonic `u64`
 //!   counters (`head` written only by the producer, `tail` only by the
 //!   consumer, on separate cache lines). A message is a 32-byte record header
 //!   followed by its payload, streamed through the ring in pieces, so messages

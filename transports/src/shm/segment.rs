@@ -142,6 +142,45 @@ impl Segment {
     }
 }
 
+/// Smallest ring [`fit_ring_bytes`] shrinks to.
+pub(super) const MIN_FIT_RING: u64 = 64 << 10;
+
+/// The ring capacity (bytes per direction) to create segments with, so that
+/// the segments of every pair of `local` ranks of this host fit in `free`
+/// bytes of `/dev/shm` with a tenth to spare: `wanted`, or halved until they
+/// fit (down to [`MIN_FIT_RING`]), else why not. Segments are sparse when
+/// created and fill as their rings are used, so a `/dev/shm` too small for
+/// them (Docker's 64 MiB default and 8 ranks of 4 MiB rings: 28 pairs of
+/// 8 MiB) would otherwise end a rank with `SIGBUS` in the middle of a job.
+/// Only the creator of a segment chooses its size (the opener reads it), so
+/// ranks that see different free space still agree per pair. Pure.
+pub(super) fn fit_ring_bytes(wanted: u64, local: u64, free: u64) -> Result<u64, String> {
+    let pairs = local * local.saturating_sub(1) / 2;
+    let budget = free - free / 10;
+    let need = |cap: u64| pairs.saturating_mul(HEADER as u64 + 2 * cap);
+    let mut cap = wanted;
+    while need(cap) > budget && cap > MIN_FIT_RING {
+        cap = (cap / 2).max(MIN_FIT_RING).div_ceil(4096) * 4096;
+    }
+    if need(cap) <= budget {
+        return Ok(cap);
+    }
+    Err(format!(
+        "{} MiB free, but the shared-memory rings of {local} ranks on this host need {} MiB \
+         even at {} KiB per ring ({pairs} pairs): enlarge it (docker run --shm-size) or run \
+         fewer ranks per host",
+        free >> 20,
+        need(cap).div_ceil(1 << 20),
+        cap >> 10,
+    ))
+}
+
+/// Bytes free in the filesystem of `/dev/shm`, if it can be asked.
+pub(super) fn shm_free_bytes() -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs("/dev/shm").ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
 #[cfg(test)]
 impl Segment {
     /// A segment of `len` bytes in this process's own memory (an anonymous
@@ -278,6 +317,39 @@ pub(super) fn try_open_segment(
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn rings_shrink_to_fit_dev_shm_or_say_why_not() {
+        let seg = |cap: u64| HEADER as u64 + 2 * cap;
+        // Room enough: what was asked for, whatever the rank count.
+        assert_eq!(fit_ring_bytes(4 << 20, 4, 1 << 30), Ok(4 << 20));
+        assert_eq!(fit_ring_bytes(4 << 20, 1, 0), Ok(4 << 20));
+        assert_eq!(fit_ring_bytes(4 << 20, 0, 0), Ok(4 << 20));
+        // Docker's 64 MiB and 8 ranks: 28 pairs of 8 MiB do not fit; 1 MiB
+        // rings do (28 x 2 MiB + headers = 56.1 MiB, within 90 % of 64).
+        let got = fit_ring_bytes(4 << 20, 8, 64 << 20).unwrap();
+        assert_eq!(got, 1 << 20);
+        assert!(28 * seg(got) <= (64 << 20) * 9 / 10);
+        assert!(28 * seg(2 * got) > (64 << 20) * 9 / 10);
+        // 4 ranks fit as they are (6 pairs of 8 MiB = 48 MiB).
+        assert_eq!(fit_ring_bytes(4 << 20, 4, 64 << 20), Ok(4 << 20));
+        // Shrinking keeps whole pages and stops at the minimum.
+        let odd = fit_ring_bytes(3 * 4096 * 100, 2, 600 << 10).unwrap();
+        assert!(odd.is_multiple_of(4096) && odd >= MIN_FIT_RING, "{odd}");
+        assert!(seg(odd) <= (600 << 10) * 9 / 10);
+        // Not even the smallest rings fit: an error with the numbers and
+        // what to do.
+        let why = fit_ring_bytes(4 << 20, 64, 64 << 20).unwrap_err();
+        for want in [
+            "64 MiB free",
+            "64 ranks",
+            "2016 pairs",
+            "64 KiB per ring",
+            "--shm-size",
+        ] {
+            assert!(why.contains(want), "{why:?} lacks {want:?}");
+        }
+    }
 
     #[test]
     fn names_and_tags() {

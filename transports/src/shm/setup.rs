@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::config::ShmSetup;
 use super::futex::{futex_wait, futex_wake};
@@ -17,8 +17,8 @@ use super::recv::reader;
 use super::ring::{CMA_NO, CMA_YES, R_CMA_OK, Ring};
 use super::segment::{
     CTL, OFF_ATTACHED, OFF_CREATOR_PID, OFF_CREATOR_PROBE, OFF_CREATOR_PROBE_VAL, OFF_OPENER_PID,
-    OFF_OPENER_PROBE, OFF_OPENER_PROBE_VAL, Segment, create_segment, segment_name,
-    try_open_segment, valid_tag,
+    OFF_OPENER_PROBE, OFF_OPENER_PROBE_VAL, Segment, create_segment, fit_ring_bytes, segment_name,
+    shm_free_bytes, try_open_segment, valid_tag,
 };
 use super::send::writer;
 use super::transport::ShmTransport;
@@ -69,7 +69,32 @@ impl ShmTransport {
         let rank = setup.rank;
         let cfg = &setup.config;
         let cma_on = cfg.cma_min_bytes > 0;
-        let cap = (cfg.ring_bytes.max(4096).div_ceil(4096) * 4096) as u64;
+        let wanted = (cfg.ring_bytes.max(4096).div_ceil(4096) * 4096) as u64;
+        // The rings of the segments this rank creates, sized so that the
+        // whole host's fit in /dev/shm (only creators choose; every rank
+        // checks, so that where none fit all of them say so at once).
+        let cap = match shm_free_bytes() {
+            Some(free) if !setup.peers.is_empty() => {
+                let local = setup.peers.len() as u64 + 1;
+                let cap =
+                    fit_ring_bytes(wanted, local, free).map_err(|message| TransportError::Io {
+                        context: "/dev/shm".into(),
+                        message,
+                    })?;
+                if cap < wanted {
+                    warn!(
+                        rank,
+                        free_mib = free >> 20,
+                        local_ranks = local,
+                        ring_kib = cap >> 10,
+                        wanted_kib = wanted >> 10,
+                        "/dev/shm is small for this many ranks: shared-memory rings shrunk (enlarge /dev/shm, e.g. docker run --shm-size, for full speed)"
+                    );
+                }
+                cap
+            }
+            _ => wanted,
+        };
         let tag_of = |r: u32| -> Result<&str, TransportError> {
             match setup.tags.get(r as usize) {
                 Some(Some(t)) if valid_tag(t) => Ok(t.as_str()),
