@@ -346,6 +346,12 @@ impl Engine {
     /// Records an op's outcome and releases completions in channel order.
     fn finish(&mut self, stream: Stream, index: u64, slot: Arc<Slot>, outcome: Outcome) {
         let ord = self.order.entry(stream).or_default();
+        if index == ord.next && ord.ready.is_empty() {
+            // In order, nothing held back (the common case): no map.
+            slot.complete(outcome);
+            ord.next += 1;
+            return;
+        }
         ord.ready.insert(index, (slot, outcome));
         while let Some((slot, outcome)) = ord.ready.remove(&ord.next) {
             slot.complete(outcome);
