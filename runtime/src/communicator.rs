@@ -932,7 +932,7 @@ impl Channel {
                 OpKind::Send => "send",
                 OpKind::Recv => "recv",
             };
-            let slot = Arc::new(Slot::counted(op_name, bytes));
+            let slot = Arc::new(Slot::counted(op_name, bytes, now));
             pendings.push(Pending {
                 slot: slot.clone(),
                 desc: desc.clone(),

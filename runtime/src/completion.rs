@@ -37,10 +37,12 @@ struct SlotState {
 
 impl Slot {
     /// A slot whose successful completion is counted in the metrics as `op`
-    /// moving `bytes` (`zccl_op_bytes_total`, `zccl_op_duration_seconds`).
-    pub(crate) fn counted(op: &'static str, bytes: u64) -> Self {
+    /// moving `bytes` (`zccl_op_bytes_total`, `zccl_op_duration_seconds`),
+    /// timed from `issued` (the caller's clock reading, shared by the ops it
+    /// issues at once).
+    pub(crate) fn counted(op: &'static str, bytes: u64, issued: Instant) -> Self {
         Slot {
-            metric: Some((op, bytes, Instant::now())),
+            metric: Some((op, bytes, issued)),
             ..Slot::default()
         }
     }
