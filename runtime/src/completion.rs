@@ -4,6 +4,7 @@
 //! It sits below both: the engine completes slots without knowing handles,
 //! and handles wait on slots (spinning on the engine first).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -19,6 +20,9 @@ pub(crate) type Outcome = Result<Option<Bytes>>;
 #[derive(Default)]
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
+    /// Set once the outcome is in (it stays in, or taken, from then on):
+    /// what a spinning waiter reads, without the lock.
+    done: AtomicBool,
     cv: Condvar,
     /// What a successful completion adds to the metrics: op name, bytes,
     /// and when the op was issued.
@@ -57,6 +61,7 @@ impl Slot {
             crate::metrics::Metrics::global().op_done(op, bytes, issued.elapsed());
         }
         s.result = Some(o);
+        self.done.store(true, Ordering::Release);
         if let Some(w) = s.waker.take() {
             w.wake();
         }
@@ -65,9 +70,9 @@ impl Slot {
         }
     }
 
+    /// Whether the outcome is in (or already taken).
     pub(crate) fn is_done(&self) -> bool {
-        let s = self.state.lock().expect("slot");
-        s.result.is_some() || s.taken
+        self.done.load(Ordering::Acquire)
     }
 
     /// Sleeps until the outcome is in and takes it, or gives up at `until`
