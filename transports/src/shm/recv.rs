@@ -411,7 +411,8 @@ mod tests {
     use crate::Transport;
     use crate::shm::config::ShmConfig;
     use crate::shm::record::{CmaExt, encode_cma, encode_record};
-    use crate::shm::testutil::{cfg, expect_lost, next, pair};
+    use crate::shm::testutil::{Side, cfg, expect_lost, next, pair};
+    use crate::shm::transport::ShmTransport;
 
     /// Writes a raw record (header, then `ext`) from rank 0 to rank 1, then
     /// expects rank 1 to report rank 0 lost with a reason containing `want`.
@@ -484,6 +485,39 @@ mod tests {
         }
     }
 
+    /// Sends `m` from `t0` to `t1` and takes it on `t1`: by polls when
+    /// `by_poll` (`t1` counts as polling meanwhile), else from the reader
+    /// thread alone (its event).
+    fn send_and_take(
+        t0: &ShmTransport,
+        (t1, rx1): &mut Side,
+        m: crate::Message,
+        by_poll: bool,
+    ) -> crate::Message {
+        let seq = m.seq;
+        if by_poll {
+            t1.set_polling(true);
+        }
+        t0.send(1, m).unwrap();
+        let mut got = None;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.is_none() {
+            if by_poll {
+                t1.poll(1, &mut |_, m| got = Some(m));
+            }
+            if got.is_none()
+                && let Ok(TransportEvent::Message { msg, .. }) = rx1.try_recv()
+            {
+                got = Some(msg);
+            }
+            assert!(std::time::Instant::now() < until, "message {seq} lost");
+        }
+        if by_poll {
+            t1.set_polling(false);
+        }
+        got.unwrap()
+    }
+
     /// A ring data record whose receive posted a zone of its length lands
     /// there whole (arriving empty), whether a poll or the reader thread
     /// takes it; one whose zone differs in length comes with its bytes and
@@ -493,8 +527,8 @@ mod tests {
     fn ring_records_land_in_their_zone_or_come_whole() {
         use crate::landing::LandKey;
         use crate::{Message, MessageKind};
-        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
-        let landing = t1.landing().expect("shm lands");
+        let ((t0, _rx0), mut side1) = pair(cfg(), cfg());
+        let landing = side1.0.landing().expect("shm lands");
         let (mut landed, mut came_whole) = (0, 0);
         for seq in 0..40u64 {
             // Every fifth zone is one byte short: it must not be used.
@@ -512,37 +546,15 @@ mod tests {
             let zone = unsafe { landing.post(key, zone_buf.as_mut_ptr(), zlen) };
             // The first half is taken by polls, the second by the reader
             // thread alone.
-            let by_poll = seq < 20;
-            t1.set_polling(by_poll);
-            t0.send(
-                1,
-                Message {
-                    kind: MessageKind::Data,
-                    dtype: 9,
-                    comm: 3,
-                    channel: 5,
-                    seq,
-                    payload: data.clone().into(),
-                },
-            )
-            .unwrap();
-            let mut got = None;
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while got.is_none() {
-                if by_poll {
-                    t1.poll(1, &mut |_, m| got = Some(m));
-                }
-                if got.is_none()
-                    && let Ok(TransportEvent::Message { msg, .. }) = rx1.try_recv()
-                {
-                    got = Some(msg);
-                }
-                assert!(std::time::Instant::now() < until, "message {seq} lost");
-            }
-            if by_poll {
-                t1.set_polling(false);
-            }
-            let msg = got.unwrap();
+            let m = Message {
+                kind: MessageKind::Data,
+                dtype: 9,
+                comm: 3,
+                channel: 5,
+                seq,
+                payload: data.clone().into(),
+            };
+            let msg = send_and_take(&t0, &mut side1, m, seq < 20);
             assert_eq!((msg.comm, msg.channel, msg.seq), (3, 5, seq));
             landing.remove(key);
             let filled = zone.close();
@@ -582,7 +594,7 @@ mod tests {
             ring_bytes: 64 << 10,
             ..cfg()
         };
-        let ((t0, _rx0), (t1, mut rx1)) = pair(small.clone(), small);
+        let ((t0, _rx0), mut side1) = pair(small.clone(), small);
         let link = t0.link(1).unwrap();
         let cap = 64u64 << 10;
         let rewind_at = REWIND_MIN.min(cap / 2);
@@ -591,29 +603,13 @@ mod tests {
             let len = (seq as usize * 733) % 3000;
             let m = msg(MessageKind::Data, seq, len);
             let want = m.payload.clone();
-            let by_poll = seq % 3 != 0;
-            t1.set_polling(by_poll);
-            t0.send(1, m).unwrap();
-            let mut got = None;
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while got.is_none() {
-                if by_poll {
-                    t1.poll(1, &mut |_, m| got = Some(m));
-                }
-                if got.is_none()
-                    && let Ok(TransportEvent::Message { msg, .. }) = rx1.try_recv()
-                {
-                    got = Some(msg);
-                }
-                assert!(std::time::Instant::now() < until, "message {seq} lost");
-            }
-            t1.set_polling(false);
-            let got = got.unwrap();
+            let got = send_and_take(&t0, &mut side1, m, seq % 3 != 0);
             assert_eq!(got.seq, seq);
             assert!(got.payload == want, "message {seq}: payload differs");
             sent_bytes += (REC_LEN + len) as u64;
-            let head = link.out_ring.tail().load(Ordering::Acquire);
-            furthest = furthest.max(head % cap);
+            // Everything sent is consumed: the tail is where the head is.
+            let pos = link.out_ring.tail().load(Ordering::Acquire);
+            furthest = furthest.max(pos % cap);
         }
         // The head went further than the records (the pads), and no record
         // ever ended past the rewind point plus one record.
@@ -628,7 +624,7 @@ mod tests {
             far_in += usize::from(before % cap >= rewind_at);
             t0.send(1, msg(MessageKind::Data, seq, 12 << 10)).unwrap();
             assert!(
-                matches!(next(&mut rx1), TransportEvent::Message { msg, .. } if msg.seq == seq)
+                matches!(next(&mut side1.1), TransportEvent::Message { msg, .. } if msg.seq == seq)
             );
             let after = link.out_ring.tail().load(Ordering::Acquire);
             assert_eq!(after - before, (REC_LEN + (12 << 10)) as u64);
@@ -640,6 +636,6 @@ mod tests {
             let pad = encode_record(REC_PAD, 0, 0, 0, 0, 1 << 20);
             link.out_ring.write_all(&pad, &link.stop).unwrap();
         }
-        expect_lost(&mut rx1, 0, "pad record of 1048576 bytes");
+        expect_lost(&mut side1.1, 0, "pad record of 1048576 bytes");
     }
 }
