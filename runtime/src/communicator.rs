@@ -113,6 +113,8 @@ struct Core {
     host_ids: Vec<String>,
     /// Whether each world rank is reached over shared memory.
     via_shm: Vec<bool>,
+    /// How long a waiter polls without yielding ([`crate::handle::tight_spin`]).
+    spin_tight: Duration,
     /// Lowest context id not used by any communicator of this rank.
     next_comm: Mutex<u32>,
     aborted: AtomicBool,
@@ -383,6 +385,11 @@ impl Communicator {
             info!(target: "zccl::init", rank, %addr, "rank {rank} serves Prometheus metrics on http://{addr}/metrics");
         }
         info!(rank, size, nics = ?nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), "communicator ready");
+        let spin_tight = crate::handle::tight_spin(
+            book_size as usize,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            config.spin_wait,
+        );
         let core = Arc::new(Core {
             world_rank: rank,
             config,
@@ -394,6 +401,7 @@ impl Communicator {
             nics,
             host_ids: book.peers.iter().map(|p| p.host_id.clone()).collect(),
             via_shm,
+            spin_tight,
             next_comm: Mutex::new(1),
             aborted: AtomicBool::new(false),
             _root: root,
@@ -942,6 +950,7 @@ impl Channel {
                     engine: core.engine.clone(),
                     transport: core.transport.clone(),
                     budget: core.config.spin_wait,
+                    tight: core.spin_tight,
                 }),
             });
             specs.push(OpSpec {
@@ -996,7 +1005,8 @@ impl Channel {
     /// transport lets the peer copy it from this process's memory (ranks of
     /// one host that read each other by CMA, messages of at least
     /// `ZCCL_SHM_CMA_MIN_BYTES`); everywhere else it is copied when the send
-    /// is issued, like [`Channel::isend`] of a slice. The handle completes
+    /// is issued, like [`Channel::isend`] of a slice (and so is any payload
+    /// under 1 KiB: cheaper to copy than to lend). The handle completes
     /// when the receiver matched the send and the memory is free again; see
     /// [`crate::lend`] for what happens when the send fails.
     ///
@@ -1023,13 +1033,19 @@ impl Channel {
         // SAFETY: the caller keeps `data` valid and unchanged until the
         // handle is done (our contract); the handle waits for the release
         // or withdraws the payload before it lets go.
-        let (bytes, release) = unsafe { crate::lend::lend(crate::buffer::as_bytes(data)) };
+        let raw = crate::buffer::as_bytes(data);
+        let (bytes, release) = if raw.len() < crate::lend::LEND_MIN_BYTES {
+            (Bytes::copy_from_slice(raw), None)
+        } else {
+            let (b, r) = unsafe { crate::lend::lend(raw) };
+            (b, Some(r))
+        };
         let op = Op::Send {
             peer,
             dtype: T::DTYPE,
             data: bytes,
         };
-        let p = match self.issue_ops(vec![op], true) {
+        let p = match self.issue_ops(vec![op], release.is_some()) {
             Ok(mut p) => p.pop().expect("one op"),
             // Not issued: the payload was dropped with the op.
             Err(e) => return Err(e),

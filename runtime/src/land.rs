@@ -38,7 +38,7 @@ pub(crate) struct Landed {
 
 impl Landed {
     /// Posts a zone for message `key` with `transport`'s landing zones, if
-    /// it has any.
+    /// it has any and lands messages of `len` bytes.
     ///
     /// # Safety
     /// `ptr` must be valid for writes of `len` bytes, and not otherwise
@@ -50,12 +50,12 @@ impl Landed {
         len: usize,
     ) -> Self {
         match transport.landing() {
-            Some(l) => Landed {
+            Some(l) if l.lands(len) => Landed {
                 // SAFETY: forwarded from our caller.
                 zone: unsafe { l.post(key, ptr, len) },
                 posted: Some((l, key)),
             },
-            None => Landed {
+            _ => Landed {
                 // SAFETY: forwarded from our caller.
                 zone: unsafe { Zone::new(ptr, len) },
                 posted: None,

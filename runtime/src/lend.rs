@@ -151,15 +151,36 @@ pub(crate) unsafe fn lend(data: &[u8]) -> (Bytes, Arc<Release>) {
 #[must_use = "a lent send must be waited on before its buffer is reused"]
 pub struct LentSendHandle {
     pub(crate) p: Option<Pending>,
-    pub(crate) release: Arc<Release>,
+    /// `None`: nothing was lent (a small payload, copied at issue:
+    /// [`LEND_MIN_BYTES`]).
+    pub(crate) release: Option<Arc<Release>>,
     pub(crate) transport: Arc<dyn Transport>,
 }
 
+/// Payloads smaller than this are copied when a lent send is issued, not
+/// lent: copying a few hundred bytes costs less than the lending's own
+/// bookkeeping (an owner and a release flag allocated, set and waited for;
+/// a tenth of an 8 B send's time here), and no transport reads small
+/// payloads in place anyway (shared memory copies them into its ring at
+/// the send, TCP writes them at once).
+pub(crate) const LEND_MIN_BYTES: usize = 1024;
+
 impl LentSendHandle {
+    /// Whether the transport gave the lent memory back (always, when
+    /// nothing was lent).
+    fn released(&self) -> bool {
+        self.release.as_ref().is_none_or(|r| r.is_set())
+    }
+
+    /// [`Release::wait_until`]; at once when nothing was lent.
+    fn wait_release_until(&self, deadline: Instant) -> bool {
+        self.release.as_ref().is_none_or(|r| r.wait_until(deadline))
+    }
+
     /// Whether the send completed (successfully or not) and the lent memory
     /// is free again.
     pub fn test(&self) -> bool {
-        self.p.as_ref().is_none_or(|p| p.slot.is_done()) && self.release.is_set()
+        self.p.as_ref().is_none_or(|p| p.slot.is_done()) && self.released()
     }
 
     /// Blocks until the send completed and the lent memory is free again,
@@ -179,8 +200,11 @@ impl LentSendHandle {
         let Some(p) = &self.p else {
             return Ok(());
         };
-        let asleep = p.spin_until(|| self.release.is_set());
-        let released = self.release.wait_until(p.deadline);
+        if self.release.is_none() {
+            return Ok(());
+        }
+        let asleep = p.spin_until(|| self.released());
+        let released = self.wait_release_until(p.deadline);
         drop(asleep);
         if released {
             return Ok(());
@@ -206,15 +230,18 @@ impl LentSendHandle {
             return Ok(());
         };
         let r = p.wait().map(|_| ());
+        if self.release.is_none() {
+            return r;
+        }
         // After a match the transport gives the memory back within moments
         // (the peer copied it before it could match); after a failure it
         // may never (a peer that stopped reading).
         let (wait, asleep) = if r.is_ok() {
-            (p.timeout, p.spin_until(|| self.release.is_set()))
+            (p.timeout, p.spin_until(|| self.released()))
         } else {
             (FAILED_RELEASE_WAIT, p.sleeping())
         };
-        let released = self.release.wait_until(Instant::now() + wait);
+        let released = self.wait_release_until(Instant::now() + wait);
         drop(asleep);
         if released {
             return r;
@@ -246,7 +273,7 @@ impl std::fmt::Debug for LentSendHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LentSendHandle")
             .field("op", &self.op())
-            .field("released", &self.release.is_set())
+            .field("released", &self.released())
             .finish()
     }
 }

@@ -32,7 +32,7 @@
 //! assert_eq!(buf, [1, 2, 3, 4]);
 //! ```
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -212,6 +212,9 @@ impl Drop for Claim {
 #[derive(Default)]
 pub struct Landing {
     zones: Mutex<HashMap<LandKey, Arc<Zone>>>,
+    /// The transport claims zones only for messages of at least this many
+    /// bytes ([`Landing::lands`]).
+    min_bytes: usize,
     /// Notified when a zone is posted, if a thread waits in
     /// [`Landing::claim_within`] (`waiting`, read under `zones`' lock).
     posted_cv: Condvar,
@@ -219,6 +222,31 @@ pub struct Landing {
 }
 
 impl Landing {
+    /// Zones for a transport that claims them only for messages of at least
+    /// `min_bytes` bytes (smaller ones are copied at the match). The
+    /// default claims any size.
+    ///
+    /// ```
+    /// use zccl_transports::landing::Landing;
+    /// let l = Landing::with_min_bytes(16 << 10);
+    /// assert!(!l.lands(4096));
+    /// assert!(l.lands(16 << 10));
+    /// assert!(Landing::default().lands(1));
+    /// ```
+    pub fn with_min_bytes(min_bytes: usize) -> Self {
+        Landing {
+            min_bytes,
+            ..Landing::default()
+        }
+    }
+
+    /// Whether a message of `len` bytes can be claimed into a zone at all:
+    /// a receive of a smaller one need not post one (a post and its removal
+    /// take the zones' lock twice, a tenth of a small receive's time).
+    pub fn lands(&self, len: usize) -> bool {
+        len >= self.min_bytes
+    }
+
     /// Posts a zone for the message `key`.
     ///
     /// # Safety

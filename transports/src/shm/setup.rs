@@ -186,7 +186,14 @@ impl ShmTransport {
             max_message: cfg.max_message,
             poll_lease_ns: u64::try_from(cfg.poll_lease.as_nanos()).unwrap_or(u64::MAX),
             deliver: std::sync::OnceLock::new(),
-            landing: Arc::default(),
+            // Ring records from RING_LAND_MIN_BYTES and CMA copies (above
+            // cma_min_bytes) land in posted zones; nothing smaller does.
+            landing: Arc::new(crate::landing::Landing::with_min_bytes(
+                match cfg.cma_min_bytes {
+                    0 => super::recv::RING_LAND_MIN_BYTES,
+                    c => c.min(super::recv::RING_LAND_MIN_BYTES),
+                },
+            )),
             #[cfg(test)]
             pause_readers: AtomicBool::new(false),
         });
