@@ -100,7 +100,11 @@ pub fn all_to_all_v<T: Elem, F: Fabric + ?Sized>(
 ) -> Result<Vec<T>> {
     let f = &Signed::new::<T>(f, OpLabel::ALL_TO_ALL_V);
     check_counts(f.size(), input.len(), send_counts, recv_counts)?;
-    let mut out = vec![T::default(); recv_counts.iter().sum()];
+    let total = recv_counts
+        .iter()
+        .try_fold(0usize, |a, &c| a.checked_add(c))
+        .ok_or_else(|| invalid("all_to_all_v: recv counts add up to more than usize::MAX"))?;
+    let mut out = vec![T::default(); total];
     all_to_all_v_into(f, ch, input, send_counts, recv_counts, &mut out)?;
     Ok(out)
 }
@@ -256,4 +260,33 @@ pub fn iall_to_all_v<T: Elem, F: Fabric + ?Sized + 'static>(
     start(f, "all_to_all_v", move |f| {
         all_to_all_v(f, ch, &input, &send_counts, &recv_counts)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::run_ranks;
+
+    #[test]
+    fn counts_whose_sum_wraps_around_are_refused_not_used() {
+        // usize::MAX + 2 wraps to 1 = the input's length: before the sums
+        // saturated this passed the check and sliced (or wrote) out of range.
+        let out = run_ranks(2, |f| {
+            let input = [7u8];
+            let mut output = [0u8; 1];
+            let counts = [usize::MAX, 2];
+            let into = all_to_all_v_into(f, 0, &input, &counts, &counts, &mut output)
+                .unwrap_err()
+                .to_string();
+            let alloc = all_to_all_v(f, 0, &input, &[1, 0], &[usize::MAX, 2])
+                .unwrap_err()
+                .to_string();
+            (into, alloc, output)
+        });
+        for (into, alloc, output) in out {
+            assert!(into.contains("send counts add up to"), "{into}");
+            assert!(alloc.contains("recv counts add up to more than"), "{alloc}");
+            assert_eq!(output, [0], "nothing written");
+        }
+    }
 }

@@ -142,6 +142,13 @@ impl Span {
                 "zccl: {what} has a null address"
             )));
         }
+        // No Rust slice may be longer than isize::MAX bytes or wrap around
+        // the address space.
+        if len > isize::MAX as usize || addr.checked_add(len).is_none() {
+            return Err(PyValueError::new_err(format!(
+                "zccl: {what} of {len} bytes at {addr:#x} does not fit in the address space"
+            )));
+        }
         Ok(Span { addr, len })
     }
 

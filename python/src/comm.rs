@@ -185,7 +185,11 @@ impl Comm {
     {
         let sh = self.sh.clone();
         Box::new(move || {
-            let r = body(&sh.comm);
+            // A panic below (a bug, or input that slipped past the checks)
+            // fails this op and aborts the communicator like any error, so
+            // the other ranks hear of it instead of waiting out their
+            // timeout, and no wait on this op hangs.
+            let r = crate::work::catch_panic(|| body(&sh.comm));
             if let Err(e) = &r {
                 sh.fail(e);
             }
@@ -301,9 +305,13 @@ impl Comm {
     }
 
     /// Aborts: pending and future operations fail on this rank, and peers
-    /// learn that it aborted.
-    fn abort(&self) {
-        self.sh.comm.abort();
+    /// learn that it aborted (and `reason`, when given).
+    #[pyo3(signature = (reason=None))]
+    fn abort(&self, reason: Option<String>) {
+        match reason {
+            Some(r) => self.sh.comm.abort_because(&r),
+            None => self.sh.comm.abort(),
+        }
     }
 
     /// All-reduce of `nbytes` of `dtype` at `addr`, in place, on this
@@ -382,7 +390,7 @@ impl Comm {
     ) -> PyResult<Work> {
         let label = Dt::label(dtype);
         let n = self.sh.comm.size() as usize;
-        if out_nbytes != nbytes * n {
+        if nbytes.checked_mul(n) != Some(out_nbytes) {
             return Err(PyValueError::new_err(format!(
                 "zccl: all_gather output has {out_nbytes} bytes, {n} ranks x {nbytes} expected"
             )));
@@ -415,7 +423,7 @@ impl Comm {
         let dt = Dt::parse(dtype)?;
         let op = reduce_op(op, dt)?;
         let n = self.sh.comm.size() as usize;
-        if nbytes != out_nbytes * n {
+        if out_nbytes.checked_mul(n) != Some(nbytes) {
             return Err(PyValueError::new_err(format!(
                 "zccl: reduce_scatter input has {nbytes} bytes, {n} ranks x {out_nbytes} expected"
             )));
@@ -502,11 +510,19 @@ impl Comm {
                     v.len()
                 )));
             }
-            if v.iter().sum::<usize>() != total {
-                return Err(PyValueError::new_err(format!(
-                    "zccl: all_to_all {what} splits add up to {} bytes, the tensor has {total}",
-                    v.iter().sum::<usize>()
-                )));
+            // Checked: hostile splits must not wrap around to the total.
+            match v.iter().try_fold(0usize, |a, &b| a.checked_add(b)) {
+                Some(sum) if sum == total => {}
+                Some(sum) => {
+                    return Err(PyValueError::new_err(format!(
+                        "zccl: all_to_all {what} splits add up to {sum} bytes, the tensor has {total}"
+                    )));
+                }
+                None => {
+                    return Err(PyValueError::new_err(format!(
+                        "zccl: all_to_all {what} splits add up to more than 2^64 bytes, the tensor has {total}"
+                    )));
+                }
             }
             Ok(v)
         };
@@ -725,7 +741,10 @@ impl Comm {
             .and_then(|x| x.checked_mul(4))
             .ok_or_else(|| PyValueError::new_err("zccl: all_scan state too large"))?;
         let st = Span::new(state, bytes, "all_scan state")?;
-        let de = Span::new(decay, rows * 4, "all_scan decay")?;
+        let de_bytes = rows
+            .checked_mul(4)
+            .ok_or_else(|| PyValueError::new_err("zccl: all_scan decay too large"))?;
+        let de = Span::new(decay, de_bytes, "all_scan decay")?;
         let ex = Span::new(excl, bytes, "all_scan exclusive output")?;
         let inc = if incl == 0 {
             None

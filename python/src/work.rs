@@ -61,6 +61,22 @@ impl Slot {
 
 pub(crate) type Job = Box<dyn FnOnce() -> Outcome + Send>;
 
+/// Runs `f`, turning a panic into an error outcome (Python would otherwise
+/// get a `PanicException`, which `except Exception` does not catch, or, on
+/// the executor thread, no outcome at all and a `wait()` that never ends).
+pub(crate) fn catch_panic(f: impl FnOnce() -> Outcome) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        Err(format!(
+            "zccl: internal error (panic: {msg}); the communicator is aborted"
+        ))
+    })
+}
+
 /// The executor thread's queue: jobs and where their outcome goes.
 type Queue = Sender<(Job, Arc<Slot>)>;
 
@@ -91,9 +107,9 @@ impl Executor {
     /// the queued jobs; returns its outcome. Call without the GIL.
     pub fn run(&self, job: Job) -> Outcome {
         {
-            let _g = self.running.lock().unwrap();
+            let _g = self.running.lock().unwrap_or_else(|e| e.into_inner());
             if self.queued.load(Ordering::Acquire) == 0 {
-                return job();
+                return catch_panic(job);
             }
         }
         let slot = self.submit(job)?;
@@ -129,8 +145,8 @@ impl Executor {
                 .spawn(move || {
                     for (job, slot) in rx {
                         let r = {
-                            let _g = running.lock().unwrap();
-                            let r = job();
+                            let _g = running.lock().unwrap_or_else(|e| e.into_inner());
+                            let r = catch_panic(job);
                             queued.fetch_sub(1, Ordering::AcqRel);
                             r
                         };

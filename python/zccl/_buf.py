@@ -33,7 +33,7 @@ def dtype_name(x):
     return str(x.dtype)
 
 
-def span(x, what="buffer"):
+def span(x, what="buffer", write=False):
     """(address, nbytes) of a contiguous CPU tensor or numpy array."""
     if _is_torch(x):
         if x.device.type != "cpu":
@@ -49,10 +49,14 @@ def span(x, what="buffer"):
         raise TypeError(f"zccl: {what} must be a torch tensor or a numpy array, not {type(x).__name__}")
     if not x.flags["C_CONTIGUOUS"]:
         raise ValueError(f"zccl: {what} is not C-contiguous (use numpy.ascontiguousarray)")
+    if write and not x.flags["WRITEABLE"]:
+        # Writing would change an immutable object (numpy.frombuffer of
+        # bytes) or fault on a read-only mapping (numpy.load(mmap_mode="r")).
+        raise ValueError(f"zccl: {what} is read-only, and zccl writes into it (pass a writeable copy)")
     return ai["data"][0] or 0, x.nbytes
 
 
-def reducible(x, what="buffer"):
+def reducible(x, what="buffer", write=False):
     """(address, nbytes, dtype) of a buffer a reduction can combine."""
     name = dtype_name(x)
     dt = _REDUCIBLE.get(name)
@@ -61,7 +65,7 @@ def reducible(x, what="buffer"):
             f"zccl: {what} has dtype {name}; reductions support uint8, int32, int64, "
             "float16, bfloat16, float32 and float64"
         )
-    a, n = span(x, what)
+    a, n = span(x, what, write)
     return a, n, dt
 
 

@@ -107,21 +107,22 @@ class Communicator:
         c = self._c.split(color, key)
         return None if c is None else Communicator(c)
 
-    def abort(self):
-        """Fails every pending and future operation; peers learn it."""
-        self._c.abort()
+    def abort(self, reason=None):
+        """Fails every pending and future operation; peers learn it (and
+        `reason`, when given)."""
+        self._c.abort(reason)
 
     # -- collectives -------------------------------------------------------
 
     def all_reduce(self, buf, op="sum", out=None, async_op=False):
         """Reduces `buf` over all ranks, in place (or into `out`)."""
-        a, n, dt = _buf.reducible(buf, "all_reduce buffer")
+        a, n, dt = _buf.reducible(buf, "all_reduce buffer", write=out is None)
         o = 0
         keep = [buf]
         if out is not None:
             if _buf.dtype_name(out) != _buf.dtype_name(buf):
                 raise TypeError("zccl: all_reduce output dtype differs from the input's")
-            o, on = _buf.span(out, "all_reduce output")
+            o, on = _buf.span(out, "all_reduce output", write=True)
             if on != n:
                 raise ValueError(f"zccl: all_reduce output has {on} bytes, input {n}")
             keep.append(out)
@@ -132,7 +133,8 @@ class Communicator:
         """`out` (size × inp, flat or with a leading rank dimension) gets
         every rank's `inp`, in rank order."""
         a, n = _buf.span(inp, "all_gather input")
-        o, on = _buf.span(out, "all_gather output")
+        o, on = _buf.span(out, "all_gather output", write=True)
+        _same_dtype(inp, out, "all_gather")
         keep = [inp, out]
         w = self._c.all_gather(a, n, o, on, _buf.dtype_name(inp), keep, async_op)
         return _done(w, keep, async_op=async_op)
@@ -140,7 +142,7 @@ class Communicator:
     def reduce_scatter(self, inp, out, op="sum", async_op=False):
         """Rank r's `out` gets block r of the reduction of every `inp`."""
         a, n, dt = _buf.reducible(inp, "reduce_scatter input")
-        o, on = _buf.span(out, "reduce_scatter output")
+        o, on = _buf.span(out, "reduce_scatter output", write=True)
         if _buf.dtype_name(out) != _buf.dtype_name(inp):
             raise TypeError("zccl: reduce_scatter output dtype differs from the input's")
         keep = [inp, out]
@@ -149,7 +151,7 @@ class Communicator:
 
     def broadcast(self, buf, root=0, async_op=False):
         """Copies `root`'s `buf` into every rank's `buf`."""
-        a, n = _buf.span(buf, "broadcast buffer")
+        a, n = _buf.span(buf, "broadcast buffer", write=int(root) != self.rank)
         w = self._c.broadcast(a, n, int(root), _buf.dtype_name(buf), [buf], async_op)
         return _done(w, [buf], async_op=async_op)
 
@@ -162,10 +164,9 @@ class Communicator:
         p. Equal blocks by default; `send_counts`/`recv_counts` (elements
         per rank) for all-to-all-v."""
         a, n = _buf.span(inp, "all_to_all input")
-        o, on = _buf.span(out, "all_to_all output")
+        o, on = _buf.span(out, "all_to_all output", write=True)
+        _same_dtype(inp, out, "all_to_all")
         isz = _buf.itemsize(inp)
-        if _buf.itemsize(out) != isz:
-            raise TypeError("zccl: all_to_all output element size differs from the input's")
         send = [int(c) * isz for c in send_counts] if send_counts is not None else []
         recv = [int(c) * isz for c in recv_counts] if recv_counts is not None else []
         if (send == []) != (recv == []):
@@ -183,7 +184,7 @@ class Communicator:
 
     def irecv(self, buf, peer, tag=0):
         """Posts a receive into `buf` from `peer`; returns a `Work`."""
-        a, n = _buf.span(buf, "recv buffer")
+        a, n = _buf.span(buf, "recv buffer", write=True)
         return Work(self._c.p2p([(False, a, n, int(peer), int(tag), _buf.dtype_name(buf))], [buf]), [buf])
 
     def send(self, buf, peer, tag=0):
@@ -198,8 +199,10 @@ class Communicator:
         items, keep = [], []
         for op in ops:
             kind, buf, peer = op[0], op[1], op[2]
+            if kind not in ("send", "recv"):
+                raise ValueError(f"zccl: batch op kind must be \"send\" or \"recv\", not {kind!r}")
             tag = op[3] if len(op) > 3 else 0
-            a, n = _buf.span(buf, f"{kind} buffer")
+            a, n = _buf.span(buf, f"{kind} buffer", write=kind == "recv")
             items.append((kind == "send", a, n, int(peer), int(tag), _buf.dtype_name(buf)))
             keep.append(buf)
         return Work(self._c.p2p(items, keep), keep)
@@ -210,7 +213,8 @@ class Communicator:
         """`out` gets the `inp` of rank `r - offset` (this rank's goes to
         `r + offset`): one step of ring attention."""
         a, n = _buf.span(inp, "ring_shift input")
-        o, on = _buf.span(out, "ring_shift output")
+        o, on = _buf.span(out, "ring_shift output", write=True)
+        _same_dtype(inp, out, "ring_shift")
         keep = [inp, out]
         w = self._c.ring_shift(a, n, o, on, int(offset), keep, async_op)
         return _done(w, keep, async_op=async_op)
@@ -304,7 +308,15 @@ def attn_merge(out, lse, out2, lse2):
     for x, w in ((out, "out"), (lse, "lse"), (out2, "out2"), (lse2, "lse2")):
         if _buf.dtype_name(x) != "float32":
             raise TypeError(f"zccl: attn_merge {w} must be float32")
-    _attn_merge(_buf.span(out, "out"), _buf.span(lse, "lse"), _buf.span(out2, "out2"), _buf.span(lse2, "lse2"))
+    _attn_merge(_buf.span(out, "out", write=True), _buf.span(lse, "lse", write=True), _buf.span(out2, "out2"), _buf.span(lse2, "lse2"))
+
+
+def _same_dtype(inp, out, what):
+    """An output of another dtype would get the input's bits reinterpreted."""
+    if _buf.dtype_name(out) != _buf.dtype_name(inp):
+        raise TypeError(
+            f"zccl: {what} output is {_buf.dtype_name(out)}, the input {_buf.dtype_name(inp)}: they must match"
+        )
 
 
 def _numel(shape):

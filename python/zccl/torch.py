@@ -338,6 +338,20 @@ def _done_work(result, error=None):
     return w
 
 
+
+def _list_mismatch(tensors, size, like, what):
+    """Why a root's gather/scatter list does not fit `size` ranks of tensors
+    like `like` (same dtype and element count), or None."""
+    if len(tensors) != size:
+        return f"zccl: {what} has {len(tensors)} tensors for {size} ranks"
+    for r, t in enumerate(tensors):
+        if t.dtype != like.dtype or t.numel() != like.numel():
+            return (
+                f"zccl: {what}[{r}] is {t.dtype} with {t.numel()} elements, "
+                f"the tensor of each rank is {like.dtype} with {like.numel()}"
+            )
+    return None
+
 def _done(result, error=None):
     return _keep(_done_work(result, error))
 
@@ -356,7 +370,9 @@ def _local_host():
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect((addr, int(os.environ.get("MASTER_PORT", "29500")) or 1))
             return s.getsockname()[0]
-    except OSError:
+    except (OSError, ValueError, OverflowError):
+        # Unresolvable host, or a MASTER_PORT that is no port number: the
+        # address is only a hint here (torch's store reports a bad port).
         return "127.0.0.1"
 
 
@@ -665,6 +681,11 @@ class ProcessGroupZccl(dist.ProcessGroup):
         self._gather_flat(s.host, flat).wait()
         if self._rank == root:
             outs = self._one(output_tensors, "gather")
+            # Checked after the exchange, which every rank completed: the
+            # error is the root's own, nobody waits on it.
+            bad = _list_mismatch(outs, self._size, inp, "gather_list")
+            if bad:
+                raise ValueError(bad)
             with torch.no_grad():
                 for r, o in enumerate(outs):
                     o.copy_(flat[r * inp.numel() : (r + 1) * inp.numel()].view(o.shape))
@@ -675,6 +696,12 @@ class ProcessGroupZccl(dist.ProcessGroup):
         root = opts.rootRank
         if self._rank == root:
             ins = self._one(input_tensors, "scatter")
+            bad = _list_mismatch(ins, self._size, out, "scatter_list")
+            if bad:
+                # The other ranks are about to wait for the root's data:
+                # abort, so that they fail at once with this reason.
+                self._comm.abort(bad)
+                raise ValueError(bad)
             flat = torch.cat([i.detach().to("cpu").reshape(-1) for i in ins])
         else:
             flat = torch.empty((self._size * out.numel(),), dtype=out.dtype)

@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | `ZCCL_TIMEOUT` | deadline of every op and of init, seconds | [0.001, 1e9] | 300 |
 //! | `ZCCL_PEER_TIMEOUT` | a peer silent this long is declared stuck, seconds | [0.001, 1e9] | min(`ZCCL_TIMEOUT`/2, 60) |
-//! | `ZCCL_HEARTBEAT_MS` | heartbeat period of idle sockets | 0..=10¹² (0 means 1) | min(1000, peer timeout/5) |
+//! | `ZCCL_HEARTBEAT_MS` | heartbeat period of idle sockets | 0..=10¹² (0 means 1), at most half the peer timeout | min(1000, peer timeout/5) |
 //! | `ZCCL_HANDSHAKE_TIMEOUT` | longest wait for a connection's hello, seconds | [0.001, 1e9] | min(10, `ZCCL_TIMEOUT`) |
 //! | `ZCCL_SOCKET_IFNAME` | NICs to use (NCCL syntax, see [`zccl_transports::ifname`]) | any | all but `docker*`, `lo*` |
 //! | `ZCCL_NSOCKS_PERPEER` | TCP connections per peer | 1..=64 | one per NIC (the most NICs any rank selected) |
@@ -193,7 +193,7 @@ impl Config {
                 )));
             }
         }
-        Ok(())
+        heartbeat_fits(self.tcp.heartbeat_interval, self.tcp.peer_timeout)
     }
 
     /// Reads variables through `get` (pure; used by tests). Never panics: a
@@ -230,6 +230,7 @@ impl Config {
                 .min(Duration::from_secs(1))
                 .max(Duration::from_millis(1)),
         };
+        heartbeat_fits(heartbeat_interval, peer_timeout)?;
         let handshake_timeout = get("ZCCL_HANDSHAKE_TIMEOUT")
             .map(|v| secs("ZCCL_HANDSHAKE_TIMEOUT", &v))
             .transpose()?
@@ -341,6 +342,24 @@ impl Config {
     }
 }
 
+/// A heartbeat must come well within the peer timeout: an idle, healthy
+/// peer is silent for a heartbeat period between frames, and one silent for
+/// the peer timeout is declared stuck (`ZCCL_HEARTBEAT_MS=120000` with the
+/// default 60 s would fail every idle job; a huge period would switch the
+/// detection of dead peers off). At most half of it, as the default's fifth.
+fn heartbeat_fits(heartbeat: Duration, peer_timeout: Duration) -> Result<()> {
+    // (1 ms, the floor, is allowed whatever the timeout: the default for
+    // peer timeouts under 2 ms, which only tests forcing stalls use.)
+    if heartbeat > Duration::from_millis(1) && heartbeat.saturating_mul(2) > peer_timeout {
+        return Err(Error::Config(format!(
+            "ZCCL_HEARTBEAT_MS: a heartbeat every {heartbeat:?} does not fit the peer timeout \
+             (ZCCL_PEER_TIMEOUT) of {peer_timeout:?}: idle healthy peers would be declared \
+             stuck; it must be at most half of it"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +416,31 @@ mod tests {
         ] {
             assert!(matches!(cfg(&bad), Err(Error::Config(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_heartbeat_must_fit_twice_in_the_peer_timeout() {
+        // The default peer timeout is 60 s.
+        let e = cfg(&[("ZCCL_HEARTBEAT_MS", "120000")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ZCCL_HEARTBEAT_MS") && e.contains("ZCCL_PEER_TIMEOUT"),
+            "{e}"
+        );
+        assert!(cfg(&[("ZCCL_HEARTBEAT_MS", "1000000000000")]).is_err());
+        assert!(cfg(&[("ZCCL_HEARTBEAT_MS", "30000")]).is_ok());
+        let c = cfg(&[("ZCCL_PEER_TIMEOUT", "2"), ("ZCCL_HEARTBEAT_MS", "1000")]).unwrap();
+        assert_eq!(c.tcp.heartbeat_interval, Duration::from_secs(1));
+        assert!(cfg(&[("ZCCL_PEER_TIMEOUT", "1.5"), ("ZCCL_HEARTBEAT_MS", "1000")]).is_err());
+        // Defaults always fit, down to the smallest peer timeout.
+        assert!(cfg(&[("ZCCL_PEER_TIMEOUT", "0.001")]).is_ok());
+        // A Config built in code is checked the same way.
+        let mut c = Config::default();
+        c.tcp.heartbeat_interval = Duration::from_secs(31);
+        assert!(c.validate().is_err());
+        c.tcp.heartbeat_interval = Duration::from_secs(30);
+        c.validate().unwrap();
     }
 
     #[test]

@@ -37,16 +37,23 @@ pub fn chunk_ranges(count: usize, n: usize) -> Vec<Range<usize>> {
 
 /// Exclusive prefix sums of `counts`: the offset of each part in a packed buffer.
 ///
+/// The sums saturate at `usize::MAX` instead of wrapping around, so counts
+/// whose sum overflows (hostile split sizes) end at `usize::MAX`, which no
+/// buffer's length equals: a caller that compares the last offset with its
+/// buffer's length rejects them, and the offsets never wrap back into it.
+///
 /// ```
 /// use zccl_primitives::schedule::chunks::offsets;
 /// assert_eq!(offsets(&[2, 0, 3]), vec![0, 2, 2, 5]);
+/// // 2^64 - 1 + 2 would wrap to 1; it stays at the top instead.
+/// assert_eq!(offsets(&[usize::MAX, 2]), vec![0, usize::MAX, usize::MAX]);
 /// ```
 pub fn offsets(counts: &[usize]) -> Vec<usize> {
     let mut o = Vec::with_capacity(counts.len() + 1);
-    let mut acc = 0;
+    let mut acc = 0usize;
     o.push(0);
     for &c in counts {
-        acc += c;
+        acc = acc.saturating_add(c);
         o.push(acc);
     }
     o

@@ -12,12 +12,16 @@ use super::wrap;
 /// use zccl_primitives::schedule::shift::peers;
 /// assert_eq!(peers(0, 4, 1), (1, 3));
 /// assert_eq!(peers(0, 4, -1), (3, 1));
+/// // Any offset, however large, agrees with its remainder on every rank.
+/// assert_eq!(peers(1, 3, isize::MAX), peers(1, 3, isize::MAX % 3));
+/// assert_eq!(peers(2, 3, isize::MIN), peers(2, 3, isize::MIN.rem_euclid(3)));
 /// ```
 pub fn peers(rank: usize, n: usize, offset: isize) -> (usize, usize) {
-    (
-        wrap(rank as isize + offset, n),
-        wrap(rank as isize - offset, n),
-    )
+    // The offset is reduced first: `rank + offset` could overflow (and
+    // wrap differently on different ranks, which would then disagree on
+    // who sends to whom).
+    let k = wrap(offset, n);
+    ((rank + k) % n, (rank + n - k) % n)
 }
 
 /// The origin of the block `rank` holds after `step` shifts by `offset`.
@@ -29,7 +33,9 @@ pub fn peers(rank: usize, n: usize, offset: isize) -> (usize, usize) {
 /// ```
 pub fn origin_at(rank: usize, n: usize, offset: isize, step: usize) -> usize {
     let k = wrap(offset, n);
-    (rank + n - (k * step) % n) % n
+    // (k·step) mod n without the product overflowing.
+    let ks = ((k as u128 * step as u128) % n as u128) as usize;
+    (rank + n - ks) % n
 }
 
 /// Whether `n` shifts by `offset` show every block to every rank (`gcd(k, n) = 1`).

@@ -227,6 +227,16 @@ def mismatch():
             return t[:4].tolist()
         return "not involved"
 
+    def scatter_sizes(g):
+        # The root's list adds up to the right total, but its pieces do not
+        # fit (2 elements, then 0): without the check rank 1 got a piece of
+        # rank 0's tensor and no error.
+        out = torch.zeros(1)
+        lst = [torch.ones(2), torch.ones(0)] + [torch.ones(1)] * (w - 2) if r == 0 else None
+        dist.scatter(out, lst, src=0, group=g)
+        return out.tolist()
+
+    case("scatter_list_sizes", scatter_sizes)
     case("recv_size", lambda g: p2p(g, 99, torch.float32))
     case("recv_dtype_f32_i32", lambda g: p2p(g, 100, torch.int32))
     sys.stdout.flush()

@@ -463,6 +463,12 @@ def raises(exc, fn, *words):
     return False, f"did not raise {exc.__name__}"
 
 
+def read_only_untouched():
+    raw = bytes(16)
+    ok, detail = raises(ValueError, lambda: comm.all_reduce(np.frombuffer(raw, np.float32)), "read-only")
+    return ok and raw == bytes(16), detail
+
+
 ERRORS = {
     "int8_all_reduce_numpy": lambda: raises(TypeError, lambda: comm.all_reduce(np.ones(4, np.int8)), "int8"),
     "int8_all_reduce_torch": lambda: raises(TypeError, lambda: comm.all_reduce(torch.ones(4, dtype=torch.int8)), "int8"),
@@ -476,6 +482,26 @@ ERRORS = {
     "not_an_array": lambda: raises(TypeError, lambda: comm.all_reduce([1.0, 2.0])),
     "bad_peer": lambda: raises(ValueError, lambda: comm.isend(np.ones(2), W + 3), str(W + 3)),
     "all_scan_dtype": lambda: raises(TypeError, lambda: comm.all_scan(np.ones((2, 2)), np.ones(2))),
+    "all_gather_out_dtype": lambda: raises(
+        TypeError, lambda: comm.all_gather(np.ones(2, np.float32), np.ones(2 * W, np.int32)), "int32", "float32"),
+    "all_to_all_out_dtype": lambda: raises(
+        TypeError, lambda: comm.all_to_all(np.ones(W, np.float32), np.ones(W, np.int32)), "int32"),
+    "ring_shift_out_dtype": lambda: raises(
+        TypeError, lambda: comm.ring_shift(np.ones(2, np.float32), np.ones(2, np.int32)), "int32"),
+    # Counts whose byte sum wraps around 2^64 to the buffer's size.
+    "all_to_all_wrapping_splits": lambda: raises(
+        ValueError,
+        lambda: comm.all_to_all(np.ones(1, np.uint8), np.ones(1, np.uint8),
+                                [2**64 - 1, 2] + [0] * (W - 2), [2**64 - 1, 2] + [0] * (W - 2)),
+        "2^64"),
+    "batch_unknown_kind": lambda: raises(
+        ValueError, lambda: comm.batch([("isend", np.ones(2), (R + 1) % W)]), "isend"),
+    "read_only_all_reduce": read_only_untouched,
+    "read_only_recv": lambda: raises(
+        ValueError, lambda: comm.irecv(np.frombuffer(bytes(8), np.float32), (R + 1) % W), "read-only"),
+    "read_only_all_gather_out": lambda: raises(
+        ValueError,
+        lambda: comm.all_gather(np.ones(2, np.float32), np.frombuffer(bytes(8 * W), np.float32)), "read-only"),
 }
 
 
