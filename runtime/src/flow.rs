@@ -37,7 +37,7 @@
 //! assert!(EAGER_MAX >= 4096);
 //! ```
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::label::OpLabel;
 
@@ -132,7 +132,7 @@ impl Credit {
     pub fn new(window: u64) -> Self {
         Self {
             window: window.max(1),
-            in_flight: HashMap::new(),
+            in_flight: HashMap::default(),
         }
     }
 
@@ -243,7 +243,7 @@ impl Owed {
     pub fn new(window: u64) -> Self {
         Self {
             batch: (window / 4).max(1),
-            owed: HashMap::new(),
+            owed: HashMap::default(),
         }
     }
 
