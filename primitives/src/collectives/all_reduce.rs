@@ -189,6 +189,12 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
     op: ReduceOp,
 ) -> Result<()> {
     let n = f.size();
+    if n.is_power_of_two()
+        && std::mem::size_of_val(buf) >= RD_IN_PLACE_MIN_BYTES
+        && let Some(acc) = as_acc_mut(buf)
+    {
+        return rd_in_place(f, ch, acc, op);
+    }
     let accb = std::mem::size_of::<T::Acc>() * buf.len();
     let mut acc = to_acc(buf);
     match rd::plan(f.rank(), n) {
@@ -238,6 +244,68 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
     Ok(())
 }
 
+/// From this size up, recursive doubling reduces in place ([`rd_in_place`]):
+/// below it the buffer copies it saves cost less than the lent send's and
+/// the receive-into's own bookkeeping (A/B, 7 interleaved rounds: 2 ranks,
+/// 8 KiB 2.57 against 2.69 µs, 16 KiB 3.38 against 2.93 µs, 64 KiB 10.5
+/// against 6.7 µs; 4 ranks, 64 KiB 73 against 54 µs).
+const RD_IN_PLACE_MIN_BYTES: usize = 16 << 10;
+
+/// `buf` as its accumulator type, when that is its own type (every type but
+/// `f16`/`bf16`, which accumulate in `f32`).
+fn as_acc_mut<T: Elem>(buf: &mut [T]) -> Option<&mut [T::Acc]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<T::Acc>()).then(|| {
+        // SAFETY: `T` and `T::Acc` are the same type (checked just above).
+        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<T::Acc>(), buf.len()) }
+    })
+}
+
+/// Recursive doubling over a power-of-two group, for a type that is its own
+/// accumulator: the same rounds, messages and combine order as
+/// [`rd_all_reduce`] (so the same bits on every rank), reduced in place.
+/// Each round lends `buf` to the send and receives the partner's into one
+/// scratch buffer; the general path instead converts the buffer to a fresh
+/// accumulator, copies it into each send, gets each receive as a buffer of
+/// its own and converts that again, and builds the result in a third one
+/// (five allocations and six copies of the buffer at 4 KiB, 2 ranks).
+fn rd_in_place<A, F>(f: &F, ch: u32, buf: &mut [A], op: ReduceOp) -> Result<()>
+where
+    A: Elem<Acc = A> + crate::reduce::Accumulator,
+    F: Fabric + ?Sized,
+{
+    use crate::dtype::{as_bytes, as_bytes_mut};
+    let n = f.size();
+    let rd::RdRole::Core { rounds, .. } = rd::plan(f.rank(), n) else {
+        unreachable!("a power-of-two group has no folded ranks");
+    };
+    let mut scratch = vec![A::default(); buf.len()];
+    let mut sends = Vec::with_capacity(rounds.len());
+    for rd in rounds {
+        let t = tag(OP_RD, 1 + rd.round as u16, 0);
+        // SAFETY: `scratch` is not touched until the receive was waited
+        // (or its handle dropped, which takes it back); `buf` is not written
+        // until the send released it (`wait_free`), and every send is waited
+        // (or dropped, which waits for the release) before this returns.
+        let rv = unsafe { f.irecv_into(rd.peer, ch, t, as_bytes_mut(&mut scratch)) }?;
+        let mut s = unsafe { f.isend_lent(rd.peer, ch, t, as_bytes(buf)) }?;
+        rv.wait()?;
+        s.wait_free()?;
+        if rd.self_is_left {
+            combine_into(op, buf, &scratch);
+        } else {
+            combine_into_rhs(op, buf, &scratch);
+        }
+        sends.push(s);
+    }
+    wait_all(sends)?;
+    if op == ReduceOp::Avg {
+        for x in buf.iter_mut() {
+            *x = A::divide(*x, n);
+        }
+    }
+    Ok(())
+}
+
 /// Non-blocking [`all_reduce`]: reduces the owned `buf` on a progress thread;
 /// [`OpHandle::wait`] returns the reduced buffer.
 ///
@@ -261,4 +329,58 @@ pub fn iall_reduce<T: Elem, F: Fabric + ?Sized + 'static>(
         all_reduce(f, ch, &mut buf, op)?;
         Ok(buf)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::run_ranks;
+
+    /// Rank r's value at index i: spread over magnitudes, so that a
+    /// different bracketing of the sum would show in the low bits.
+    fn x(r: usize, i: usize) -> f32 {
+        ((r * 7919 + i * 104_729) % 1_000_003) as f32 * 10f32.powi((r % 4) as i32 - 2)
+    }
+
+    #[test]
+    fn in_place_recursive_doubling_gives_the_same_bits_as_the_tree_it_follows() {
+        // 8192 f32 = 32 KiB: above RD_IN_PLACE_MIN_BYTES, below the ring.
+        let len = 8192;
+        assert!(len * 4 >= RD_IN_PLACE_MIN_BYTES);
+        for n in [2usize, 4, 8] {
+            let out = run_ranks(n, move |f| {
+                let mut v: Vec<f32> = (0..len).map(|i| x(f.rank(), i)).collect();
+                all_reduce_with(f, 0, &mut v, ReduceOp::Sum, Algo::Tree).unwrap();
+                let mut a: Vec<f32> = (0..len).map(|i| x(f.rank(), i)).collect();
+                all_reduce_with(f, 0, &mut a, ReduceOp::Avg, Algo::Tree).unwrap();
+                let mut m: Vec<i64> = (0..len).map(|i| (x(f.rank(), i) as i64) - 500).collect();
+                all_reduce_with(f, 0, &mut m, ReduceOp::Max, Algo::Tree).unwrap();
+                (v, a, m)
+            });
+            // Recursive doubling's bracketing: a balanced tree over the
+            // ranks in rank order, lower group on the left.
+            fn tree(xs: &[f32]) -> f32 {
+                if xs.len() == 1 {
+                    xs[0]
+                } else {
+                    let h = xs.len() / 2;
+                    tree(&xs[..h]) + tree(&xs[h..])
+                }
+            }
+            for i in 0..len {
+                let xs: Vec<f32> = (0..n).map(|r| x(r, i)).collect();
+                let sum = tree(&xs);
+                let max = xs.iter().map(|&v| v as i64 - 500).max().unwrap();
+                for (r, (v, a, m)) in out.iter().enumerate() {
+                    assert_eq!(v[i].to_bits(), sum.to_bits(), "n {n} rank {r} index {i}");
+                    assert_eq!(
+                        a[i].to_bits(),
+                        (sum / n as f32).to_bits(),
+                        "avg n {n} rank {r} index {i}"
+                    );
+                    assert_eq!(m[i], max, "max n {n} rank {r} index {i}");
+                }
+            }
+        }
+    }
 }
