@@ -120,8 +120,7 @@ class Communicator:
         o = 0
         keep = [buf]
         if out is not None:
-            if _buf.dtype_name(out) != _buf.dtype_name(buf):
-                raise TypeError("zccl: all_reduce output dtype differs from the input's")
+            _same_dtype(buf, out, "all_reduce")
             o, on = _buf.span(out, "all_reduce output", write=True)
             if on != n:
                 raise ValueError(f"zccl: all_reduce output has {on} bytes, input {n}")
@@ -143,8 +142,7 @@ class Communicator:
         """Rank r's `out` gets block r of the reduction of every `inp`."""
         a, n, dt = _buf.reducible(inp, "reduce_scatter input")
         o, on = _buf.span(out, "reduce_scatter output", write=True)
-        if _buf.dtype_name(out) != _buf.dtype_name(inp):
-            raise TypeError("zccl: reduce_scatter output dtype differs from the input's")
+        _same_dtype(inp, out, "reduce_scatter")
         keep = [inp, out]
         w = self._c.reduce_scatter(a, n, o, on, dt, _op_name(op), keep, async_op)
         return _done(w, keep, async_op=async_op)

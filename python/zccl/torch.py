@@ -338,7 +338,6 @@ def _done_work(result, error=None):
     return w
 
 
-
 def _list_mismatch(tensors, size, like, what):
     """Why a root's gather/scatter list does not fit `size` ranks of tensors
     like `like` (same dtype and element count), or None."""
@@ -351,6 +350,7 @@ def _list_mismatch(tensors, size, like, what):
                 f"the tensor of each rank is {like.dtype} with {like.numel()}"
             )
     return None
+
 
 def _done(result, error=None):
     return _keep(_done_work(result, error))

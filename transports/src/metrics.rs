@@ -82,9 +82,6 @@ pub struct Metrics {
     /// Each op's series, looked up once (a handful of ops; counted per
     /// completed op).
     ops: Mutex<Vec<(&'static str, Counter, Histogram)>>,
-    /// The series of the two ops every message is ("send", "recv"), without
-    /// the lock: each completed op counts here.
-    send_recv: [OnceLock<(Counter, Histogram)>; 2],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -201,7 +198,6 @@ impl Metrics {
             shm_tx: OnceLock::new(),
             shm_rx: OnceLock::new(),
             ops: Mutex::new(Vec::new()),
-            send_recv: [OnceLock::new(), OnceLock::new()],
         }
     }
 
@@ -246,23 +242,6 @@ impl Metrics {
 
     /// An operation `op` moved `bytes` and took `elapsed` from issue to completion.
     pub fn op_done(&self, op: &'static str, bytes: u64, elapsed: Duration) {
-        let fixed = match op {
-            "send" => Some(&self.send_recv[0]),
-            "recv" => Some(&self.send_recv[1]),
-            _ => None,
-        };
-        if let Some(cell) = fixed {
-            let (c, h) = cell.get_or_init(|| {
-                let l = OpLabel { op: op.to_string() };
-                (
-                    self.op_bytes.get_or_create(&l).clone(),
-                    self.op_seconds.get_or_create(&l).clone(),
-                )
-            });
-            c.inc_by(bytes);
-            h.observe(elapsed.as_secs_f64());
-            return;
-        }
         let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         let i = match ops.iter().position(|(o, ..)| *o == op) {
             Some(i) => i,
@@ -313,7 +292,7 @@ mod tests {
         m.peer_timeout();
         m.route_chunk("nic1", true);
         m.op_done("all_reduce", 100, Duration::from_millis(3));
-        // The two ops counted without the lock land in the same families.
+        // Several ops and repeated calls land in the same families.
         m.op_done("send", 8, Duration::from_micros(2));
         m.op_done("send", 16, Duration::from_micros(3));
         m.op_done("recv", 4, Duration::from_micros(2));
