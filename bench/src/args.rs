@@ -271,6 +271,11 @@ pub const fn nccl_name(t: DType) -> &'static str {
         DType::F32 => "float",
         DType::F64 => "double",
         DType::BF16 => "bfloat16",
+        DType::I8 => "int8",
+        DType::U32 => "uint32",
+        DType::U64 => "uint64",
+        // Types the bench does not run (`-d` refuses them): zccl's names.
+        other => other.name(),
     }
 }
 

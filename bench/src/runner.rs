@@ -487,6 +487,8 @@ fn make_case<F: Fabric + ?Sized>(dtype: DType, c: Ctx) -> Box<dyn Case<F>> {
         DType::BF16 => Box::new(Coll::<bf16>::new(c)),
         DType::F32 => Box::new(Coll::<f32>::new(c)),
         DType::F64 => Box::new(Coll::<f64>::new(c)),
+        // `-d` accepts element types only (`args::parse_dtypes`).
+        other => unreachable!("the bench does not run {other}"),
     }
 }
 

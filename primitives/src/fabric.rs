@@ -818,7 +818,7 @@ pub const fn tag(op: u8, step: u16, index: u32) -> u64 {
 }
 
 /// Bits of a tag that carry the message's label: the header type byte
-/// ([`zccl_runtime::label::OpLabel::wire`]: element type and operation) in
+/// ([`zccl_runtime::label::OpLabel::byte`]: element type and operation) in
 /// the tag's top byte, which [`tag`] leaves zero. Fabrics that carry labels
 /// (the communicator, [`crate::comm::Labelled`]) put it on the wire; the
 /// others ignore it or, like the simulated fabric, compare it with the rest
@@ -841,14 +841,14 @@ pub const fn with_label(t: u64, op: OpLabel, dtype: DType) -> u64 {
     if t >> LABEL_SHIFT != 0 {
         t
     } else {
-        t | (op.wire(dtype) as u64) << LABEL_SHIFT
+        t | (op.byte(dtype) as u64) << LABEL_SHIFT
     }
 }
 
 /// The label a tag carries (see [`LABEL_SHIFT`]): element type (`None`
 /// for an invalid code) and operation.
 pub const fn label_of(t: u64) -> (Option<DType>, OpLabel) {
-    OpLabel::split((t >> LABEL_SHIFT) as u8)
+    OpLabel::from_byte((t >> LABEL_SHIFT) as u8)
 }
 
 /// A fabric whose messages carry the label of the operation that sends
@@ -872,7 +872,7 @@ impl<'a, F: Fabric + ?Sized> Signed<'a, F> {
     /// `f` is itself an operation's fabric: the outer label stays).
     pub(crate) fn bytes(f: &'a F, op: OpLabel, dtype: DType) -> Self {
         let byte = match f.tag_label() {
-            0 => op.wire(dtype),
+            0 => op.byte(dtype),
             outer => outer,
         };
         Self { f, byte }

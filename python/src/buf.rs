@@ -35,11 +35,33 @@ impl Dt {
         }
     }
 
-    /// The label of a buffer that only moves: its element type when zccl
-    /// knows it, plain bytes otherwise.
+    /// The label of a buffer that only moves: its element type, also for
+    /// the types zccl moves but does not reduce (int8, bool, complex64,
+    /// ...: their label still tells them apart, so ranks that pass int8
+    /// here and uint8 there fail with a mismatch); plain bytes for a type
+    /// zccl has no name for.
     pub fn label(name: Option<&str>) -> zccl_runtime::DType {
-        name.and_then(|n| Dt::parse(n).ok())
-            .map_or(zccl_runtime::DType::U8, Dt::dtype)
+        use zccl_runtime::DType;
+        let Some(n) = name else {
+            return DType::U8;
+        };
+        if let Ok(d) = Dt::parse(n) {
+            return d.dtype();
+        }
+        match n {
+            "int8" => DType::I8,
+            "int16" | "short" => DType::I16,
+            "uint16" => DType::U16,
+            "uint32" => DType::U32,
+            "uint64" => DType::U64,
+            "bool" => DType::Bool,
+            "complex32" | "chalf" => DType::C32,
+            "complex64" | "cfloat" => DType::C64,
+            "complex128" | "cdouble" => DType::C128,
+            "float8_e4m3fn" => DType::F8E4M3,
+            "float8_e5m2" => DType::F8E5M2,
+            _ => DType::U8,
+        }
     }
 
     /// Parses the names `zccl._buf` uses (torch's and numpy's spelling).

@@ -594,8 +594,9 @@ impl Comm {
     }
 
     /// Ring shift: `out` gets the `nbytes` of rank `r - offset`, while this
-    /// rank's go to `r + offset`.
-    #[pyo3(signature = (addr, nbytes, out, out_nbytes, offset=1, keep=vec![], async_op=false))]
+    /// rank's go to `r + offset`. `dtype` (the buffers' element type) labels
+    /// the messages, so ranks whose types differ fail with a mismatch.
+    #[pyo3(signature = (addr, nbytes, out, out_nbytes, offset=1, keep=vec![], async_op=false, dtype=None))]
     #[allow(clippy::too_many_arguments)]
     fn ring_shift(
         &self,
@@ -607,12 +608,14 @@ impl Comm {
         offset: isize,
         keep: Vec<Py<PyAny>>,
         async_op: bool,
+        dtype: Option<String>,
     ) -> PyResult<Work> {
         let (input, output) = in_out(addr, nbytes, out, out_nbytes, "ring_shift")?;
+        let label = Dt::label(dtype.as_deref());
         self.collective(py, keep, async_op, move |c| {
             // SAFETY: kept alive and untouched by the Python side.
             let (i, o) = unsafe { slices::<u8>(input, output)? };
-            let f = Labelled::new(c, DType::U8).op(OpLabel::RING_SHIFT);
+            let f = Labelled::new(c, label).op(OpLabel::RING_SHIFT);
             ring::ring_shift_into(&f, CH_COLL, i, o, offset).map_err(s)
         })
     }

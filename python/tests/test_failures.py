@@ -24,6 +24,11 @@ TYPE_NAMES = {
     "f32": ("f32", "float32"),
     "i32": ("i32", "int32"),
     "f64": ("f64", "float64"),
+    "i8": ("i8", "int8"),
+    "u8": ("u8", "uint8"),
+    "bool": ("bool",),
+    "i16": ("i16", "int16"),
+    "f16": ("f16", "float16"),
 }
 
 
@@ -114,6 +119,10 @@ ALL_RAISE = {
     "all_reduce_dtype_f32_f64": ("f32", "f64"),
     "all_gather_dtype_f32_i32": ("f32", "i32"),
     "all_gather_into_tensor_dtype_f32_f64": ("f32", "f64"),
+    # Types that move as bytes still carry their own label.
+    "all_reduce_dtype_i8_bool": ("i8", "bool"),
+    "all_gather_dtype_i8_u8": ("i8", "u8"),
+    "all_gather_dtype_i16_f16": ("i16", "f16"),
     "all_reduce_op_sum_max": None,
     "all_reduce_vs_all_gather": None,
     "scatter_list_sizes": None,
@@ -158,7 +167,17 @@ def test_dtype_mismatch_message_names_both_types(zccl_launch, n, case):
     assert not bad, f"messages without both {a} and {b}:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("case", ["broadcast_size", "broadcast_dtype_f32_i32", "recv_size", "recv_dtype_f32_i32"])
+# case -> the two element types the victim's message must name (None: a size mismatch)
+NEVER_WRONG = {
+    "broadcast_size": None,
+    "broadcast_dtype_f32_i32": ("f32", "i32"),
+    "recv_size": None,
+    "recv_dtype_f32_i32": ("f32", "i32"),
+    "recv_dtype_i8_u8": ("i8", "u8"),
+}
+
+
+@pytest.mark.parametrize("case", list(NEVER_WRONG))
 @pytest.mark.parametrize("n", WORLD_SIZES)
 def test_mismatch_never_returns_wrong_data(zccl_launch, n, case):
     """Broadcast from rank 0 / send from rank 0 with rank 1 expecting another
@@ -173,8 +192,8 @@ def test_mismatch_never_returns_wrong_data(zccl_launch, n, case):
         problems.append(f"the mismatched rank returned: {_show(v)}")
     elif v["secs"] > T + 1:
         problems.append(f"the mismatched rank raised after {v['secs']} s: {_show(v)}")
-    elif "dtype" in case and not (_mentions(v["msg"], "f32") and _mentions(v["msg"], "i32")):
-        problems.append(f"the message does not name both f32 and i32: {_show(v)}")
+    elif NEVER_WRONG[case] and not all(_mentions(v["msg"], t) for t in NEVER_WRONG[case]):
+        problems.append(f"the message does not name both {' and '.join(NEVER_WRONG[case])}: {_show(v)}")
     for r, d in got.items():
         if r == VICTIM or d["raised"]:
             continue
@@ -188,7 +207,7 @@ def test_mismatch_program_completes(zccl_launch, n):
     launch = zccl_launch("failures.py", n, "mismatch")
     assert launch.rc == 0 and not launch.timed_out, f"zccl run exited {launch.rc}{launch.tail()}"
     cases = {d["case"] for d in launch.results()}
-    assert len(cases) == 17, f"cases reported: {sorted(cases)}{launch.tail()}"
+    assert len(cases) == 21, f"cases reported: {sorted(cases)}{launch.tail()}"
 
 
 @pytest.mark.parametrize("case", list(OP_NAMES))

@@ -214,7 +214,7 @@ class Communicator:
         o, on = _buf.span(out, "ring_shift output", write=True)
         _same_dtype(inp, out, "ring_shift")
         keep = [inp, out]
-        w = self._c.ring_shift(a, n, o, on, int(offset), keep, async_op)
+        w = self._c.ring_shift(a, n, o, on, int(offset), keep, async_op, _buf.dtype_name(inp))
         return _done(w, keep, async_op=async_op)
 
     def ring_pass(self, block, fn, offset=1, shapes=None):

@@ -15,6 +15,22 @@ pub use half::{bf16, f16};
 
 /// Element type of a buffer; travels with every message so that a receive of
 /// another type fails on both sides.
+///
+/// The first seven are the [`Element`] types zccl moves, reduces and
+/// converts. The others are only **labels**: their data moves as bytes (a
+/// `u8` buffer; the Python binding uses them for torch's and numpy's other
+/// types), but the message still says what it holds, so that ranks that
+/// pass, say, `int8` on one side and `uint8` or `bool` of the same size on
+/// the other fail with a mismatch naming both instead of reading each
+/// other's bytes as their own.
+///
+/// ```
+/// use zccl_runtime::DType;
+/// assert_eq!(DType::I8.size(), 1);
+/// assert_eq!(DType::C128.to_string(), "complex128");
+/// assert_eq!(DType::from_code(DType::Bool.code()), Some(DType::Bool));
+/// assert!(DType::F32.is_element() && !DType::U16.is_element());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum DType {
@@ -32,10 +48,33 @@ pub enum DType {
     F32 = 6,
     /// `f64`
     F64 = 7,
+    /// `i8` (label only: moves as bytes).
+    I8 = 8,
+    /// `i16` (label only).
+    I16 = 9,
+    /// `u16` (label only).
+    U16 = 10,
+    /// `u32` (label only).
+    U32 = 11,
+    /// `u64` (label only).
+    U64 = 12,
+    /// Boolean, one byte (label only).
+    Bool = 13,
+    /// Complex of two f16 (torch's `complex32`; label only).
+    C32 = 14,
+    /// Complex of two f32 (label only).
+    C64 = 15,
+    /// Complex of two f64 (label only).
+    C128 = 16,
+    /// 8-bit float, 4-bit exponent (torch's `float8_e4m3fn`; label only).
+    F8E4M3 = 17,
+    /// 8-bit float, 5-bit exponent (torch's `float8_e5m2`; label only).
+    F8E5M2 = 18,
 }
 
 impl DType {
-    /// Every element type, in a fixed order.
+    /// The [`Element`] types (the ones zccl reduces and converts), in a
+    /// fixed order.
     pub const ALL: [DType; 7] = [
         DType::U8,
         DType::I32,
@@ -46,14 +85,36 @@ impl DType {
         DType::F64,
     ];
 
+    /// The types that are labels only: their data moves as bytes.
+    pub const LABELS: [DType; 11] = [
+        DType::I8,
+        DType::I16,
+        DType::U16,
+        DType::U32,
+        DType::U64,
+        DType::Bool,
+        DType::C32,
+        DType::C64,
+        DType::C128,
+        DType::F8E4M3,
+        DType::F8E5M2,
+    ];
+
     /// Size of one element in bytes.
     pub const fn size(self) -> usize {
         match self {
-            Self::U8 => 1,
-            Self::F16 | Self::BF16 => 2,
-            Self::I32 | Self::F32 => 4,
-            Self::I64 | Self::F64 => 8,
+            Self::U8 | Self::I8 | Self::Bool | Self::F8E4M3 | Self::F8E5M2 => 1,
+            Self::F16 | Self::BF16 | Self::I16 | Self::U16 => 2,
+            Self::I32 | Self::F32 | Self::U32 | Self::C32 => 4,
+            Self::I64 | Self::F64 | Self::U64 | Self::C64 => 8,
+            Self::C128 => 16,
         }
+    }
+
+    /// Whether this is one of the [`Element`] types ([`DType::ALL`]), not a
+    /// label only.
+    pub const fn is_element(self) -> bool {
+        (self as u8) <= 7
     }
 
     /// Lower-case name (`"f32"`).
@@ -66,6 +127,17 @@ impl DType {
             Self::BF16 => "bf16",
             Self::F32 => "f32",
             Self::F64 => "f64",
+            Self::I8 => "i8",
+            Self::I16 => "i16",
+            Self::U16 => "u16",
+            Self::U32 => "u32",
+            Self::U64 => "u64",
+            Self::Bool => "bool",
+            Self::C32 => "complex32",
+            Self::C64 => "complex64",
+            Self::C128 => "complex128",
+            Self::F8E4M3 => "float8_e4m3fn",
+            Self::F8E5M2 => "float8_e5m2",
         }
     }
 
@@ -84,6 +156,17 @@ impl DType {
             5 => Self::BF16,
             6 => Self::F32,
             7 => Self::F64,
+            8 => Self::I8,
+            9 => Self::I16,
+            10 => Self::U16,
+            11 => Self::U32,
+            12 => Self::U64,
+            13 => Self::Bool,
+            14 => Self::C32,
+            15 => Self::C64,
+            16 => Self::C128,
+            17 => Self::F8E4M3,
+            18 => Self::F8E5M2,
             _ => return None,
         })
     }
@@ -425,18 +508,12 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for d in [
-            DType::U8,
-            DType::I32,
-            DType::I64,
-            DType::F16,
-            DType::BF16,
-            DType::F32,
-            DType::F64,
-        ] {
+        for d in DType::ALL.into_iter().chain(DType::LABELS) {
             assert_eq!(DType::from_code(d.code()), Some(d));
+            assert_eq!(d.is_element(), DType::ALL.contains(&d), "{d}");
         }
         assert_eq!(DType::from_code(0), None);
+        assert_eq!(DType::from_code(19), None);
         assert_eq!(<bf16 as Element>::DTYPE.size(), 2);
     }
 

@@ -754,7 +754,7 @@ pub struct Channel {
     timeout: Duration,
     /// Ops go to the communicator's internal context (split exchanges).
     service: bool,
-    /// The element type byte ops carry instead of `u8` (see [`Channel::with_label`]).
+    /// The element type ops carry instead of `u8` (see [`Channel::with_label`]).
     label: Option<DType>,
     /// The operation label ops carry (see [`Channel::with_op`]).
     op: OpLabel,
@@ -789,7 +789,9 @@ impl Channel {
     /// sends a collective's bytes as `f32` and a peer that receives them as
     /// `i32` (same byte count, another type) both fail with a mismatch
     /// naming both types, instead of reading reinterpreted bytes. Typed ops
-    /// (any element type but `u8`) keep their own type.
+    /// (any element type but `u8`) keep their own type. `dtype` may also be
+    /// one of the types zccl only moves ([`DType::LABELS`]: `i8`, `bool`,
+    /// complex, ...), which tells, say, `i8` bytes from `u8` bytes.
     ///
     /// ```
     /// use zccl_runtime::{BootstrapRoot, Communicator, Config, DType, Error, UniqueId};

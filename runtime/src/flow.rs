@@ -69,7 +69,7 @@ pub fn acknowledged(len: u64, routed: bool, labelled: bool) -> bool {
     routed || !labelled || len > EAGER_MAX
 }
 
-/// Whether a message of type byte `code` may go eagerly ([`crate::flow`]):
+/// Whether a message of type code `code` may go eagerly ([`crate::flow`]):
 /// one of an operation whose every rank receives in each step, so that a
 /// mismatch shows at a receive and reaches every rank
 /// (`Control::Disagree`). Plain point-to-point messages are acknowledged
@@ -81,9 +81,9 @@ pub fn acknowledged(len: u64, routed: bool, labelled: bool) -> bool {
 /// use zccl_runtime::{DType, flow::eager_label, label::OpLabel};
 /// assert!(eager_label(OpLabel::ALL_REDUCE_SUM.wire(DType::F32)));
 /// assert!(!eager_label(OpLabel::BROADCAST.wire(DType::F32)));
-/// assert!(!eager_label(DType::F32.code()));
+/// assert!(!eager_label(DType::F32.code().into()));
 /// ```
-pub fn eager_label(code: u8) -> bool {
+pub fn eager_label(code: u16) -> bool {
     let l = OpLabel::split(code).1;
     l != OpLabel::NONE && !l.is_broadcast()
 }

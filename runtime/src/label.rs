@@ -1,7 +1,7 @@
 //! What a message belongs to beyond its element type: the collective (and
 //! its reduction) that sent it. The label shares the message header's type
-//! byte with the element type (type in the low 3 bits, label in the high 5),
-//! and the receive's match compares the whole byte, so ranks that disagree
+//! code with the element type (type in the low byte, label in the high
+//! byte), and the receive's match compares the whole code, so ranks that disagree
 //! on the operation fail with a mismatch naming both operations instead of
 //! reading each other's bytes as their own (all-reduce pieces taken for
 //! all-gather blocks, a max reduced into a sum). Costs nothing on the wire.
@@ -10,9 +10,9 @@
 //! use zccl_runtime::{DType, label::OpLabel};
 //! let l = OpLabel::ALL_REDUCE_SUM;
 //! assert_eq!(l.to_string(), "all_reduce(sum)");
-//! let byte = l.wire(DType::F32);
-//! assert_eq!(OpLabel::split(byte), (Some(DType::F32), l));
-//! assert_eq!(OpLabel::split(DType::I64.code()), (Some(DType::I64), OpLabel::NONE));
+//! let code = l.wire(DType::F32);
+//! assert_eq!(OpLabel::split(code), (Some(DType::F32), l));
+//! assert_eq!(OpLabel::split(DType::I64.code().into()), (Some(DType::I64), OpLabel::NONE));
 //! ```
 
 use std::fmt;
@@ -147,13 +147,39 @@ impl OpLabel {
         self.0
     }
 
-    /// The header's type byte for `dtype` under this label.
-    pub const fn wire(self, dtype: DType) -> u8 {
-        dtype.code() | (self.0 << 3)
+    /// The header's type code for `dtype` under this label: the element
+    /// type's code in the low byte, the label in the high byte.
+    pub const fn wire(self, dtype: DType) -> u16 {
+        dtype.code() as u16 | (self.0 as u16) << 8
     }
 
-    /// A header's type byte as element type and label.
-    pub const fn split(byte: u8) -> (Option<DType>, OpLabel) {
+    /// A header's type code as element type and label.
+    pub const fn split(code: u16) -> (Option<DType>, OpLabel) {
+        (
+            DType::from_code(code as u8),
+            OpLabel((code >> 8) as u8 & 31),
+        )
+    }
+
+    /// The one-byte form of [`OpLabel::wire`] that fits in a tag's top byte
+    /// (`zccl_primitives::fabric::with_label`): label in the high 5 bits,
+    /// element type in the low 3, so only for [`DType::ALL`]'s types (the
+    /// types a collective's elements have); any other type reads back as
+    /// `u8`.
+    ///
+    /// ```
+    /// use zccl_runtime::{DType, label::OpLabel};
+    /// let b = OpLabel::ALL_GATHER.byte(DType::F64);
+    /// assert_eq!(OpLabel::from_byte(b), (Some(DType::F64), OpLabel::ALL_GATHER));
+    /// assert_eq!(OpLabel::from_byte(OpLabel::ALL_GATHER.byte(DType::I8)).0, Some(DType::U8));
+    /// ```
+    pub const fn byte(self, dtype: DType) -> u8 {
+        let d = if dtype.is_element() { dtype } else { DType::U8 };
+        d.code() | (self.0 << 3)
+    }
+
+    /// Reads [`OpLabel::byte`].
+    pub const fn from_byte(byte: u8) -> (Option<DType>, OpLabel) {
         (DType::from_code(byte & 7), OpLabel(byte >> 3))
     }
 }

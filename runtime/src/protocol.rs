@@ -21,15 +21,15 @@ pub(crate) enum Control {
         channel: u32,
         seq: u64,
         recv_bytes: u64,
-        recv_dtype: u8,
+        recv_dtype: u16,
     },
-    /// Request to send `(channel, seq)`: `bytes` of type byte `dtype` wait
+    /// Request to send `(channel, seq)`: `bytes` of type code `dtype` wait
     /// at the sender until the receive is posted ([`crate::flow`]).
     Rts {
         channel: u32,
         seq: u64,
         bytes: u64,
-        dtype: u8,
+        dtype: u16,
     },
     /// Clear to send `(channel, seq)`: its receive is posted. Carries
     /// `credit` bytes of eager credit returned at the same time.
@@ -38,32 +38,32 @@ pub(crate) enum Control {
     Credit { bytes: u64 },
     /// Rank `reporter` found that ranks run different operations on
     /// `channel` (sent to every rank: each fails its pending and later ops
-    /// of that channel). Sides are `(rank, type byte, bytes)`: sender and
+    /// of that channel). Sides are `(rank, type code, bytes)`: sender and
     /// receiver of one message, or two senders whose messages `crossed`.
     Disagree {
         channel: u32,
         reporter: u32,
         crossed: bool,
-        a: (u32, u8, u64),
-        b: (u32, u8, u64),
+        a: (u32, u16, u64),
+        b: (u32, u16, u64),
     },
 }
 
-const LEN: usize = 22;
+const LEN: usize = 23;
 /// Length of an encoded [`Control::Disagree`].
-const DISAGREE_LEN: usize = 36;
+const DISAGREE_LEN: usize = 38;
 
-fn put_side(b: &mut [u8], (rank, code, bytes): (u32, u8, u64)) {
+fn put_side(b: &mut [u8], (rank, code, bytes): (u32, u16, u64)) {
     b[0..4].copy_from_slice(&rank.to_le_bytes());
-    b[4] = code;
-    b[5..13].copy_from_slice(&bytes.to_le_bytes());
+    b[4..6].copy_from_slice(&code.to_le_bytes());
+    b[6..14].copy_from_slice(&bytes.to_le_bytes());
 }
 
-fn side(b: &[u8]) -> Option<(u32, u8, u64)> {
+fn side(b: &[u8]) -> Option<(u32, u16, u64)> {
     Some((
         u32::from_le_bytes(b[0..4].try_into().ok()?),
-        b[4],
-        u64::from_le_bytes(b[5..13].try_into().ok()?),
+        u16::from_le_bytes(b[4..6].try_into().ok()?),
+        u64::from_le_bytes(b[6..14].try_into().ok()?),
     ))
 }
 
@@ -82,8 +82,8 @@ impl Control {
             b[1..5].copy_from_slice(&channel.to_le_bytes());
             b[5..9].copy_from_slice(&reporter.to_le_bytes());
             b[9] = crossed as u8;
-            put_side(&mut b[10..23], a);
-            put_side(&mut b[23..36], other);
+            put_side(&mut b[10..24], a);
+            put_side(&mut b[24..38], other);
             return b;
         }
         let mut b = vec![0u8; LEN];
@@ -114,7 +114,7 @@ impl Control {
         b[1..5].copy_from_slice(&channel.to_le_bytes());
         b[5..13].copy_from_slice(&seq.to_le_bytes());
         b[13..21].copy_from_slice(&bytes.to_le_bytes());
-        b[21] = dtype;
+        b[21..23].copy_from_slice(&dtype.to_le_bytes());
         b
     }
 
@@ -128,8 +128,8 @@ impl Control {
                     1 => true,
                     _ => return None,
                 },
-                a: side(&b[10..23])?,
-                b: side(&b[23..36])?,
+                a: side(&b[10..24])?,
+                b: side(&b[24..38])?,
             });
         }
         if b.len() != LEN {
@@ -144,13 +144,13 @@ impl Control {
                 channel,
                 seq,
                 recv_bytes: u64::from_le_bytes(b[13..21].try_into().ok()?),
-                recv_dtype: b[21],
+                recv_dtype: u16::from_le_bytes(b[21..23].try_into().ok()?),
             }),
             5 => Some(Self::Rts {
                 channel,
                 seq,
                 bytes: u64::from_le_bytes(b[13..21].try_into().ok()?),
-                dtype: b[21],
+                dtype: u16::from_le_bytes(b[21..23].try_into().ok()?),
             }),
             6 => Some(Self::Cts {
                 channel,
@@ -181,13 +181,13 @@ mod tests {
                 channel: 0,
                 seq: 9,
                 recv_bytes: 1 << 40,
-                recv_dtype: 6,
+                recv_dtype: 0x0106,
             },
             Control::Rts {
                 channel: 2,
                 seq: 5,
                 bytes: 1 << 33,
-                dtype: 0x2d,
+                dtype: 0x1f12,
             },
             Control::Cts {
                 channel: u32::MAX,
@@ -199,7 +199,7 @@ mod tests {
                 channel: 5,
                 reporter: 3,
                 crossed: true,
-                a: (1, 0x2d, 8),
+                a: (1, 0x0b0d, 8),
                 b: (u32::MAX, 7, u64::MAX),
             },
         ] {

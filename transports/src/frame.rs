@@ -12,8 +12,7 @@
 //! |--------|-------------|
 //! | 0      | marker `b'Z'` |
 //! | 1      | kind        |
-//! | 2      | dtype       |
-//! | 3      | reserved, 0 |
+//! | 2..4   | dtype (type code, opaque) |
 //! | 4..8   | channel     |
 //! | 8..16  | seq         |
 //! | 16..24 | total_len (bytes of the whole message) |
@@ -89,7 +88,7 @@ pub struct FrameHeader {
     /// What the frame carries.
     pub kind: FrameKind,
     /// Element type code of the message (opaque to the transport).
-    pub dtype: u8,
+    pub dtype: u16,
     /// Communicator context id of the message (opaque to the transport).
     pub comm: u32,
     /// Channel of the message (opaque to the transport).
@@ -113,9 +112,6 @@ pub enum FrameError {
     /// Unknown frame kind.
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
-    /// The reserved byte is not zero.
-    #[error("reserved header byte is not zero")]
-    Reserved,
     /// The chunk is larger than the configured frame bound.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     FrameTooLarge {
@@ -172,7 +168,7 @@ impl FrameHeader {
         let mut b = [0u8; FRAME_HEADER_LEN];
         b[0] = MARKER;
         b[1] = self.kind as u8;
-        b[2] = self.dtype;
+        b[2..4].copy_from_slice(&self.dtype.to_le_bytes());
         b[4..8].copy_from_slice(&self.channel.to_le_bytes());
         b[8..16].copy_from_slice(&self.seq.to_le_bytes());
         b[16..24].copy_from_slice(&self.total_len.to_le_bytes());
@@ -188,14 +184,11 @@ impl FrameHeader {
             return Err(FrameError::BadMarker(b[0]));
         }
         let kind = FrameKind::from_u8(b[1]).ok_or(FrameError::UnknownKind(b[1]))?;
-        if b[3] != 0 {
-            return Err(FrameError::Reserved);
-        }
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
         let h = Self {
             kind,
-            dtype: b[2],
+            dtype: u16::from_le_bytes([b[2], b[3]]),
             comm: u32_at(36),
             channel: u32_at(4),
             seq: u64_at(8),
@@ -340,7 +333,6 @@ mod tests {
         let cases = [
             (0, b'X', FrameError::BadMarker(b'X')),
             (1, 99, FrameError::UnknownKind(99)),
-            (3, 1, FrameError::Reserved),
         ];
         for (at, value, want) in cases {
             let mut b = data(10, 0, 10).encode();

@@ -68,8 +68,9 @@ pub enum MessageKind {
 pub struct Message {
     /// Data or control.
     pub kind: MessageKind,
-    /// Element type code (opaque to the transport).
-    pub dtype: u8,
+    /// Type code (opaque to the transport): the layer above puts the
+    /// element type and the operation label here.
+    pub dtype: u16,
     /// Communicator context id (opaque to the transport): keeps the traffic
     /// of communicators that share connections (e.g. after a split) apart.
     pub comm: u32,

@@ -186,7 +186,7 @@ struct Partial {
     /// `buf` is a fresh mapping: each reader faults its chunk in first.
     fresh: bool,
     received: u64,
-    dtype: u8,
+    dtype: u16,
     claimed: BTreeMap<u64, u64>,
 }
 

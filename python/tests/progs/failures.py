@@ -153,6 +153,9 @@ def mismatch():
         torch.ones((1 << 18) + (1 if odd else 0)), group=g, async_op=True).wait())
     case("all_reduce_dtype_f32_i32", ar(1024, torch.float32, dtype_odd=torch.int32))
     case("all_reduce_dtype_f32_f64", ar(2048, torch.float32, n_odd=1024, dtype_odd=torch.float64))
+    # Types zccl moves as bytes (int8 and bool are reduced by a gather in
+    # Python): the same bytes read three ways.
+    case("all_reduce_dtype_i8_bool", ar(1024, torch.int8, dtype_odd=torch.bool))
 
     def ag_list(g, n=10, n_odd=11, dtype=torch.float32, dtype_odd=torch.float32):
         inp = torch.ones(n_odd if odd else n, dtype=dtype_odd if odd else dtype)
@@ -170,6 +173,8 @@ def mismatch():
     case("all_gather_into_tensor_size", ag_tensor)
     case("all_gather_dtype_f32_i32", lambda g: ag_list(g, 10, 10, torch.float32, torch.int32))
     case("all_gather_into_tensor_dtype_f32_f64", lambda g: ag_tensor(g, 20, 10, torch.float32, torch.float64))
+    case("all_gather_dtype_i8_u8", lambda g: ag_list(g, 10, 10, torch.int8, torch.uint8))
+    case("all_gather_dtype_i16_f16", lambda g: ag_list(g, 10, 10, torch.int16, torch.float16))
 
     def bc(g, dtype_odd=torch.float32, n_odd=101):
         t = torch.ones(n_odd if odd else 100, dtype=dtype_odd if odd else torch.float32)
@@ -239,6 +244,19 @@ def mismatch():
     case("scatter_list_sizes", scatter_sizes)
     case("recv_size", lambda g: p2p(g, 99, torch.float32))
     case("recv_dtype_f32_i32", lambda g: p2p(g, 100, torch.int32))
+
+    def p2p8(g):
+        # int8 sent, uint8 expected: the same 100 bytes.
+        if r == 0:
+            dist.send(torch.full((100,), -1, dtype=torch.int8), VICTIM, group=g)
+            return "sent"
+        if odd:
+            t = torch.zeros(100, dtype=torch.uint8)
+            dist.recv(t, 0, group=g)
+            return t[:4].tolist()
+        return "not involved"
+
+    case("recv_dtype_i8_u8", p2p8)
     sys.stdout.flush()
     os._exit(0)
 

@@ -27,7 +27,7 @@ pub(super) struct Poison {
 }
 
 /// A side of a disagreement from a header type byte.
-pub(super) fn side(rank: u32, code: u8, bytes: u64) -> OpSide {
+pub(super) fn side(rank: u32, code: u16, bytes: u64) -> OpSide {
     let (dtype, op) = OpLabel::split(code);
     OpSide {
         rank,
@@ -40,7 +40,7 @@ pub(super) fn side(rank: u32, code: u8, bytes: u64) -> OpSide {
 /// Whether a message of type byte `msg` from a peer and this rank's
 /// pending send of type byte `send` to that peer belong to different
 /// labelled operations (the crossing [`CROSSED_GRACE`] is about). Pure.
-pub(crate) fn crossed_ops(msg: u8, send: u8) -> bool {
+pub(crate) fn crossed_ops(msg: u16, send: u16) -> bool {
     msg != send && OpLabel::split(msg).1 != OpLabel::NONE && OpLabel::split(send).1 != OpLabel::NONE
 }
 
@@ -74,7 +74,7 @@ mod tests {
         // One operation's own messages cross all the time (a pairwise exchange).
         assert!(!crossed_ops(ar, ar));
         // Unlabelled point-to-point traffic is never a suspect.
-        assert!(!crossed_ops(DType::F32.code(), ag));
-        assert!(!crossed_ops(ar, DType::F64.code()));
+        assert!(!crossed_ops(DType::F32.code().into(), ag));
+        assert!(!crossed_ops(ar, DType::F64.code().into()));
     }
 }

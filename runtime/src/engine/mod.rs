@@ -124,7 +124,7 @@ struct PendingOp {
     zone: Option<Arc<Zone>>,
     /// The header type byte its message carries or must carry: element
     /// type and operation label ([`OpLabel::wire`]).
-    code: u8,
+    code: u16,
     /// Its deadline passed and the engine waits [`STALL_NOTICE`] for the
     /// reports of other ranks that timed out too before failing it.
     overdue: bool,
@@ -153,7 +153,7 @@ pub(crate) struct Engine {
     sends: HashMap<Key, PendingOp>,
     recvs: HashMap<Key, PendingOp>,
     /// Messages that arrived before their receive: type byte, payload.
-    unexpected: HashMap<Key, (u8, Bytes)>,
+    unexpected: HashMap<Key, (u16, Bytes)>,
     /// Requests to send whose receive is not posted yet ([`crate::flow`]).
     rts: HashSet<Key>,
     /// Rendezvous sends waiting for their clear-to-send: the message and
@@ -166,7 +166,7 @@ pub(crate) struct Engine {
     /// The last eager send to each peer on each stream (type byte, seq):
     /// completed at once, it is no longer in `sends`, but the check for
     /// crossed sends of different operations still needs it.
-    last_eager: HashMap<(u32, u32, u32), (u8, u64, u64)>,
+    last_eager: HashMap<(u32, u32, u32), (u16, u64, u64)>,
     deadlines: BTreeMap<(Instant, Stream, u64), (OpKind, Key)>,
     order: HashMap<Stream, ChannelOrder>,
     failure: Option<Failure>,
@@ -583,7 +583,7 @@ impl Engine {
     }
 
     /// A receive meets its message.
-    fn matched(&mut self, recv: PendingOp, code: u8, payload: Bytes) {
+    fn matched(&mut self, recv: PendingOp, code: u16, payload: Bytes) {
         let d = &recv.desc;
         let (send_dtype, send_op) = OpLabel::split(code);
         // A message a transport copied into the receive's zone arrives

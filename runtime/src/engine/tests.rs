@@ -63,6 +63,14 @@ struct Op {
     bytes: u64,
     label: OpLabel,
     payload: Option<Bytes>,
+    dtype: DType,
+}
+
+impl Op {
+    /// The same op over elements of `dtype`.
+    fn of(self, dtype: DType) -> Self {
+        Op { dtype, ..self }
+    }
 }
 
 fn send(peer: u32, payload: &[u8], label: OpLabel) -> Op {
@@ -73,6 +81,7 @@ fn send(peer: u32, payload: &[u8], label: OpLabel) -> Op {
         bytes: payload.len() as u64,
         label,
         payload: Some(Bytes::copy_from_slice(payload)),
+        dtype: DType::U8,
     }
 }
 
@@ -84,6 +93,7 @@ fn recv(peer: u32, bytes: u64, label: OpLabel) -> Op {
         bytes,
         label,
         payload: None,
+        dtype: DType::U8,
     }
 }
 
@@ -145,7 +155,7 @@ impl Net {
                     channel: op.channel,
                     seq: *seq,
                     bytes: op.bytes,
-                    dtype: DType::U8,
+                    dtype: op.dtype,
                 },
                 payload: op.payload,
                 deadline: self.t0 + self.timeout,
@@ -325,6 +335,52 @@ fn a_size_mismatch_fails_the_send_and_the_receive() {
             other => panic!("{side}: {other}"),
         }
     }
+}
+
+#[test]
+fn types_that_move_as_bytes_still_tell_each_other_apart() {
+    // int8 against uint8 and bool of the same size: the same bytes, three
+    // readings. Each pair fails on both sides, naming both types.
+    for (sent, expected) in [
+        (DType::I8, DType::U8),
+        (DType::I8, DType::Bool),
+        (DType::C64, DType::I64),
+    ] {
+        let mut net = Net::new(2, 1 << 20);
+        let s = net.issue(0, vec![send(1, &[0; 16], OpLabel::ALL_GATHER).of(sent)]);
+        let r = net.issue(1, vec![recv(0, 16, OpLabel::ALL_GATHER).of(expected)]);
+        net.pump();
+        let e = failed(outcome(&r[0]));
+        let text = e.to_string();
+        assert!(
+            matches!(e, Error::Mismatch { send_dtype, recv_dtype, .. }
+                if send_dtype == sent && recv_dtype == expected),
+            "{text}"
+        );
+        let (a, b) = (format!("x {sent})"), format!("x {expected})"));
+        assert!(text.contains(&a) && text.contains(&b), "{text}");
+        // The sender learns it too (an eager send: through the channel's
+        // disagreement, at its next op there).
+        let later = net.issue(0, vec![send(1, &[0; 16], OpLabel::ALL_GATHER).of(sent)]);
+        net.pump();
+        assert!(outcome(&s[0]).is_some());
+        assert!(
+            matches!(
+                failed(outcome(&later[0])),
+                Error::Disagreement { .. } | Error::Mismatch { .. }
+            ),
+            "{sent} vs {expected}"
+        );
+    }
+    // The same label-only type on both sides is delivered.
+    let mut net = Net::new(2, 1 << 20);
+    net.issue(
+        0,
+        vec![send(1, &[1, 2, 3, 4], OpLabel::NONE).of(DType::Bool)],
+    );
+    let r = net.issue(1, vec![recv(0, 4, OpLabel::NONE).of(DType::Bool)]);
+    net.pump();
+    assert_eq!(data(outcome(&r[0])), [1, 2, 3, 4]);
 }
 
 #[test]

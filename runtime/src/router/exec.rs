@@ -117,7 +117,7 @@ struct Active {
     comm: u32,
     channel: u32,
     seq: u64,
-    dtype: u8,
+    dtype: u16,
     started: Instant,
 }
 

@@ -19,7 +19,7 @@ pub enum Arrival {
     /// Seen before (a re-sent or hedged copy): dropped.
     Duplicate,
     /// The last missing chunk: the whole message (type code, bytes).
-    Complete(u8, Bytes),
+    Complete(u16, Bytes),
     /// Disagrees with earlier chunks of the same message (size, type or
     /// chunk count): dropped.
     Inconsistent(String),
@@ -27,7 +27,7 @@ pub enum Arrival {
 
 struct Partial {
     buf: Vec<u8>,
-    dtype: u8,
+    dtype: u16,
     got: Vec<bool>,
     missing: u32,
 }

@@ -15,7 +15,7 @@
 pub use crate::ids::ROUTE_COMM;
 
 const MAGIC: u32 = 0x5a52_5445; // "ZRTE"
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// Length of the header in front of every routed chunk.
 pub const HEADER_LEN: usize = 64;
@@ -39,8 +39,8 @@ pub struct ChunkHeader {
     pub channel: u32,
     /// Its sequence number.
     pub seq: u64,
-    /// Its element type code.
-    pub dtype: u8,
+    /// Its type code (element type and operation label).
+    pub dtype: u16,
     /// Its size.
     pub total_len: u64,
     /// Where this chunk starts.
@@ -81,7 +81,6 @@ impl ChunkHeader {
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         b[4] = VERSION;
-        b[5] = self.dtype;
         b[6..8].copy_from_slice(&self.src_nic.to_le_bytes());
         b[8..10].copy_from_slice(&self.dst_nic.to_le_bytes());
         b[10..12].copy_from_slice(&self.lane.to_le_bytes());
@@ -94,6 +93,7 @@ impl ChunkHeader {
         b[44..52].copy_from_slice(&self.offset.to_le_bytes());
         b[52..56].copy_from_slice(&self.chunks.to_le_bytes());
         b[56..60].copy_from_slice(&self.index.to_le_bytes());
+        b[60..62].copy_from_slice(&self.dtype.to_le_bytes());
         b
     }
 
@@ -125,7 +125,7 @@ impl ChunkHeader {
             return Err(WireError::Malformed("unknown version"));
         }
         let h = ChunkHeader {
-            dtype: b[5],
+            dtype: u16_at(60),
             src_nic: u16_at(6),
             dst_nic: u16_at(8),
             lane: u16_at(10),

@@ -11,8 +11,7 @@
 //! |--------|---------------|
 //! | 0      | marker `b'R'` |
 //! | 1      | kind          |
-//! | 2      | dtype         |
-//! | 3      | reserved, 0   |
+//! | 2..4   | dtype (type code, opaque) |
 //! | 4..8   | comm          |
 //! | 8..12  | channel       |
 //! | 12..16 | reserved, 0   |
@@ -50,7 +49,7 @@ const MAX_PAD: u64 = 1 << 30;
 #[inline]
 pub(super) fn encode_record(
     kind: u8,
-    dtype: u8,
+    dtype: u16,
     comm: u32,
     channel: u32,
     seq: u64,
@@ -59,7 +58,7 @@ pub(super) fn encode_record(
     let mut b = [0u8; REC_LEN];
     b[0] = REC_MARK;
     b[1] = kind;
-    b[2] = dtype;
+    b[2..4].copy_from_slice(&dtype.to_le_bytes());
     b[4..8].copy_from_slice(&comm.to_le_bytes());
     b[8..12].copy_from_slice(&channel.to_le_bytes());
     b[16..24].copy_from_slice(&seq.to_le_bytes());
@@ -70,7 +69,7 @@ pub(super) fn encode_record(
 /// A decoded record header.
 pub(super) struct Record {
     pub(super) kind: u8,
-    pub(super) dtype: u8,
+    pub(super) dtype: u16,
     pub(super) comm: u32,
     pub(super) channel: u32,
     pub(super) seq: u64,
@@ -95,12 +94,12 @@ impl Record {
 pub(super) fn decode_record(b: &[u8; REC_LEN], max_message: u64) -> Result<Record, String> {
     let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
     let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-    if b[0] != REC_MARK || b[3] != 0 || u32_at(12) != 0 {
+    if b[0] != REC_MARK || u32_at(12) != 0 {
         return Err(format!("bad record header {:02x?}", &b[..4]));
     }
     let r = Record {
         kind: b[1],
-        dtype: b[2],
+        dtype: u16::from_le_bytes([b[2], b[3]]),
         comm: u32_at(4),
         channel: u32_at(8),
         seq: u64_at(16),
@@ -192,7 +191,9 @@ mod tests {
             (REC_GOODBYE, 0, MessageKind::Data),
             (REC_PAD, MAX_PAD, MessageKind::Data),
         ] {
-            for (dtype, comm, channel, seq) in [(0, 0, 0, 0), (255, u32::MAX, u32::MAX, u64::MAX)] {
+            for (dtype, comm, channel, seq) in
+                [(0, 0, 0, 0), (u16::MAX, u32::MAX, u32::MAX, u64::MAX)]
+            {
                 if kind == REC_PAD && seq != 0 {
                     // A pad carries nothing but its length.
                     let b = encode_record(kind, dtype, comm, channel, seq, 1);
@@ -236,7 +237,7 @@ mod tests {
             rejected(b, "bad record header");
         }
         // Reserved bytes.
-        for at in [3, 12, 13, 14, 15] {
+        for at in [12, 13, 14, 15] {
             let mut b = good;
             b[at] = 1;
             rejected(b, "bad record header");
@@ -271,7 +272,6 @@ mod tests {
                 // Past the marker and reserved checks, into kinds and lengths.
                 b[0] = REC_MARK;
                 b[1] %= 6;
-                b[3] = 0;
                 b[12..16].fill(0);
                 b[24..32].copy_from_slice(&(next() % 4096).to_le_bytes());
             }
