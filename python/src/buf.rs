@@ -191,6 +191,15 @@ impl Span {
         Ok(self.len / sz)
     }
 
+    /// The span, checked to hold whole, aligned elements of `dt`: an
+    /// argument error raised before anything is submitted (a check inside
+    /// the operation would fail it, and so abort the communicator on every
+    /// rank, for what is the caller's mistake on this one).
+    pub fn of(self, dt: Dt, what: &str) -> PyResult<Span> {
+        with_elem!(dt, T => self.check::<T>(what))?;
+        Ok(self)
+    }
+
     /// The span as elements.
     ///
     /// # Safety

@@ -361,7 +361,7 @@ impl Comm {
         let output = if out == 0 {
             None
         } else {
-            let o = Span::new(out, nbytes, "all_reduce output")?;
+            let o = Span::new(out, nbytes, "all_reduce output")?.of(dt, "all_reduce output")?;
             if o.overlaps(&input) && o.addr != input.addr {
                 return Err(PyValueError::new_err(
                     "zccl: all_reduce input and output overlap without being the same",
@@ -429,6 +429,10 @@ impl Comm {
             )));
         }
         let (input, output) = in_out(addr, nbytes, out, out_nbytes, "reduce_scatter")?;
+        let (input, output) = (
+            input.of(dt, "reduce_scatter input")?,
+            output.of(dt, "reduce_scatter output")?,
+        );
         self.collective(py, keep, async_op, move |c| {
             with_elem!(dt, T => {
                 // SAFETY: kept alive and untouched by the Python side.
@@ -561,6 +565,13 @@ impl Comm {
             let ch = Self::p2p_channel(tag)?;
             let span = Span::new(addr, nbytes, "p2p buffer")?;
             checked.push((is_send, span, peer, ch, tag, what, label));
+        }
+        let spans: Vec<(bool, Span)> = checked.iter().map(|c| (c.0, c.1)).collect();
+        if let Some(i) = receive_overlap(&spans) {
+            return Err(PyValueError::new_err(format!(
+                "zccl: p2p item {i} receives into memory another item of the same batch also \
+                 uses (a receive's buffer must not overlap any other buffer of its batch)"
+            )));
         }
         let mut posted = Vec::with_capacity(checked.len());
         for (is_send, span, peer, ch, tag, what, label) in checked {
@@ -743,16 +754,20 @@ impl Comm {
             .checked_mul(cols)
             .and_then(|x| x.checked_mul(4))
             .ok_or_else(|| PyValueError::new_err("zccl: all_scan state too large"))?;
-        let st = Span::new(state, bytes, "all_scan state")?;
+        let st = Span::new(state, bytes, "all_scan state")?.of(Dt::F32, "all_scan state")?;
         let de_bytes = rows
             .checked_mul(4)
             .ok_or_else(|| PyValueError::new_err("zccl: all_scan decay too large"))?;
-        let de = Span::new(decay, de_bytes, "all_scan decay")?;
-        let ex = Span::new(excl, bytes, "all_scan exclusive output")?;
+        let de = Span::new(decay, de_bytes, "all_scan decay")?.of(Dt::F32, "all_scan decay")?;
+        let ex = Span::new(excl, bytes, "all_scan exclusive output")?
+            .of(Dt::F32, "all_scan exclusive output")?;
         let inc = if incl == 0 {
             None
         } else {
-            Some(Span::new(incl, bytes, "all_scan inclusive output")?)
+            Some(
+                Span::new(incl, bytes, "all_scan inclusive output")?
+                    .of(Dt::F32, "all_scan inclusive output")?,
+            )
         };
         for o in std::iter::once(&ex).chain(inc.as_ref()) {
             no_overlap(&st, o, "all_scan")?;
@@ -908,6 +923,27 @@ fn no_overlap(a: &Span, b: &Span, what: &str) -> PyResult<()> {
 
 /// An all-reduce's element type, reduction and input, from its Python
 /// arguments.
+/// The index of a receive whose buffer overlaps another buffer of the same
+/// batch (`(is_send, span)` items), if any: the bytes written there would
+/// depend on timing. Sends may share memory with each other.
+fn receive_overlap(items: &[(bool, Span)]) -> Option<usize> {
+    let mut order: Vec<usize> = (0..items.len()).filter(|&i| items[i].1.len > 0).collect();
+    order.sort_by_key(|&i| items[i].1.addr);
+    // The furthest end of any buffer, and of any receive, seen so far.
+    let (mut end, mut recv_end) = (0usize, 0usize);
+    for i in order {
+        let (is_send, s) = items[i];
+        if s.addr < recv_end || (!is_send && s.addr < end) {
+            return Some(i);
+        }
+        end = end.max(s.addr + s.len);
+        if !is_send {
+            recv_end = recv_end.max(s.addr + s.len);
+        }
+    }
+    None
+}
+
 fn all_reduce_args(
     addr: usize,
     nbytes: usize,
@@ -916,7 +952,8 @@ fn all_reduce_args(
 ) -> PyResult<(Dt, ReduceOp, Span)> {
     let dt = Dt::parse(dtype)?;
     let op = reduce_op(op, dt)?;
-    Ok((dt, op, Span::new(addr, nbytes, "all_reduce input")?))
+    let input = Span::new(addr, nbytes, "all_reduce input")?.of(dt, "all_reduce input")?;
+    Ok((dt, op, input))
 }
 
 fn run_all_reduce(

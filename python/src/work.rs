@@ -77,6 +77,22 @@ pub(crate) fn catch_panic(f: impl FnOnce() -> Outcome) -> Outcome {
     })
 }
 
+thread_local! {
+    /// The executors whose job this thread is running (their `running`
+    /// locks, by address): a callback of that job (ring_pass, token_ring,
+    /// all_scan) that calls a collective of the same communicator would
+    /// wait for itself.
+    static RUNNING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `job` as executor `id`'s job on this thread (its lock held).
+fn run_marked(id: usize, job: Job) -> Outcome {
+    RUNNING.with(|r| r.borrow_mut().push(id));
+    let r = catch_panic(job);
+    RUNNING.with(|r| r.borrow_mut().retain(|&x| x != id));
+    r
+}
+
 /// The executor thread's queue: jobs and where their outcome goes.
 type Queue = Sender<(Job, Arc<Slot>)>;
 
@@ -103,13 +119,35 @@ impl Executor {
         }
     }
 
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.running) as usize
+    }
+
+    /// Refuses a job issued from inside one of this executor's jobs (a
+    /// Python callback of ring_pass, token_ring or all_scan calling a
+    /// collective of the same communicator): it would wait for the job it
+    /// runs in, forever.
+    fn not_reentered(&self) -> Result<(), String> {
+        if RUNNING.with(|r| r.borrow().contains(&self.id())) {
+            return Err(
+                "zccl: a collective of this communicator was called from inside a \
+                        callback of one of its operations (ring_pass, token_ring, all_scan), \
+                        which would wait for itself; call it after that operation returns, \
+                        or on another communicator (split/new_group)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Runs `job` on the calling thread if nothing is queued, else behind
     /// the queued jobs; returns its outcome. Call without the GIL.
     pub fn run(&self, job: Job) -> Outcome {
+        self.not_reentered()?;
         {
             let _g = self.running.lock().unwrap_or_else(|e| e.into_inner());
             if self.queued.load(Ordering::Acquire) == 0 {
-                return catch_panic(job);
+                return run_marked(self.id(), job);
             }
         }
         let slot = self.submit(job)?;
@@ -134,19 +172,21 @@ impl Executor {
 
     /// Queues `job`; its outcome lands in the returned slot.
     pub fn submit(&self, job: Job) -> Result<Arc<Slot>, String> {
+        self.not_reentered()?;
         let slot = Arc::new(Slot::default());
         let mut q = self.queue.lock().unwrap();
         if q.is_none() {
             let (tx, rx) = channel::<(Job, Arc<Slot>)>();
             let queued = self.queued.clone();
             let running = self.running.clone();
+            let id = self.id();
             std::thread::Builder::new()
                 .name(format!("zccl-py-{}", self.name))
                 .spawn(move || {
                     for (job, slot) in rx {
                         let r = {
                             let _g = running.lock().unwrap_or_else(|e| e.into_inner());
-                            let r = catch_panic(job);
+                            let r = run_marked(id, job);
                             queued.fetch_sub(1, Ordering::AcqRel);
                             r
                         };
@@ -271,8 +311,15 @@ impl Work {
         Some(r)
     }
 
+    /// The outcome if the operation is known to be done, without blocking:
+    /// while another thread waits in [`Work::finish`] (holding the state),
+    /// the answer is "not yet" rather than waiting with it, GIL held.
     fn peek(&self) -> Option<Outcome> {
-        let st = self.state.lock().unwrap();
+        let st = match self.state.try_lock() {
+            Ok(st) => st,
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        };
         match &*st {
             State::Done(r) => Some(r.clone()),
             State::Queued(slot) => slot.peek(),

@@ -53,6 +53,19 @@ def test_native(zccl_launch, n, area):
     assert ranks == list(range(n)), f"`{prefix}` checks came from ranks {ranks} only{launch.tail()}"
 
 
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_collective_from_inside_a_callback_raises(zccl_launch, n):
+    """A ring_pass callback that calls a collective of the same communicator
+    (which waits for the ring_pass it runs in) raises at once on every rank
+    instead of hanging; the program still ends normally."""
+    launch = zccl_launch("native_api.py", n, "reentry")
+    launch.assert_completed(n)
+    checks = launch.checks("native.reentry")
+    assert sorted(r for r, _ in checks) == list(range(n)), f"ranks that reported: {checks}{launch.tail()}"
+    bad = [f"[rank {r}] {d['detail'][:400]}" for r, d in checks if not d["ok"]]
+    assert not bad, "\n".join(bad)
+
+
 # -- attn_merge (local, no communication) -------------------------------------
 
 

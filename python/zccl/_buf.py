@@ -47,6 +47,10 @@ def span(x, what="buffer", write=False):
     ai = getattr(x, "__array_interface__", None)
     if ai is None:
         raise TypeError(f"zccl: {what} must be a torch tensor or a numpy array, not {type(x).__name__}")
+    if getattr(x.dtype, "hasobject", False):
+        # Its bytes are pointers to Python objects: copied without their
+        # references, or overwritten by another process's pointers.
+        raise TypeError(f"zccl: {what} holds Python objects (dtype {x.dtype}); zccl moves plain data only")
     if not x.flags["C_CONTIGUOUS"]:
         raise ValueError(f"zccl: {what} is not C-contiguous (use numpy.ascontiguousarray)")
     if write and not x.flags["WRITEABLE"]:

@@ -249,7 +249,8 @@ class _Work(_Answers, dist._Work):
     def is_completed(self):
         if self._done:
             return True
-        if self._z is None or self._z.is_completed():
+        z = self._z  # read once: a thread finishing it sets it to None
+        if z is None or z.is_completed():
             # The copies into the caller's tensors (list outputs, staged
             # tensors) happen now, so that completed means readable.
             self._finish_quietly()
@@ -274,7 +275,8 @@ class _Work(_Answers, dist._Work):
             if self._done:
                 self._complete_future()
                 return self._fut
-        if self._z is None or self._z.is_completed():
+        z = self._z
+        if z is None or z.is_completed():
             self._finish_quietly()
             return self._fut
         # Complete it when the operation completes, whether or not anybody
@@ -519,7 +521,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
 
     def broadcast(self, tensors, opts=None):
         t = self._one(tensors, "broadcast")
-        root = opts.rootRank if opts is not None else 0
+        root = self._root_rank(opts, "broadcast")
         s = _Staged(t, True)
         a, n = _buf.span(s.host, "broadcast tensor")
         w = self._run(self._comm.broadcast, n, a, n, root, _buf.dtype_name(s.host), [s.host])
@@ -661,11 +663,20 @@ class ProcessGroupZccl(dist.ProcessGroup):
     def barrier(self, opts=None):
         return self._finish(self._comm.barrier(False), [])
 
+    def _root_rank(self, opts, what):
+        """`opts.rootRank`, checked before anything moves (torch 1.13 does
+        not check it for the default group): a root outside the group would
+        leave the result nowhere, without an error."""
+        root = opts.rootRank if opts is not None else 0
+        if not 0 <= root < self._size:
+            raise ValueError(f"zccl: {what} root {root} is not a rank of this group of {self._size}")
+        return root
+
     def reduce(self, tensors, opts=None):
         """Reduce to `rootRank` (an all-reduce; non-root tensors are left
         unchanged, as torch documents them undefined)."""
         t = self._one(tensors, "reduce")
-        root = opts.rootRank
+        root = self._root_rank(opts, "reduce")
         tmp = t.detach().clone()
         self._allreduce(tmp, _op_code(opts), [tmp]).wait()
         if self._rank == root:
@@ -675,7 +686,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
 
     def gather(self, output_tensors, input_tensors, opts=None):
         inp = self._one(input_tensors, "gather")
-        root = opts.rootRank
+        root = self._root_rank(opts, "gather")
         flat = torch.empty((self._size * inp.numel(),), dtype=inp.dtype)
         s = _Staged(inp, False)
         self._gather_flat(s.host, flat).wait()
@@ -693,7 +704,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
 
     def scatter(self, output_tensors, input_tensors, opts=None):
         out = self._one(output_tensors, "scatter")
-        root = opts.rootRank
+        root = self._root_rank(opts, "scatter")
         if self._rank == root:
             ins = self._one(input_tensors, "scatter")
             bad = _list_mismatch(ins, self._size, out, "scatter_list")

@@ -242,6 +242,10 @@ def mismatch():
         return out.tolist()
 
     case("scatter_list_sizes", scatter_sizes)
+    # A root outside the group (torch 1.13 does not check it for the
+    # default group): nobody got the result, and nobody was told.
+    case("reduce_root_out_of_range", lambda g: dist.reduce(torch.ones(4), dst=w + 3))
+    case("gather_root_negative", lambda g: dist.gather(torch.ones(4), None, dst=-1))
     case("recv_size", lambda g: p2p(g, 99, torch.float32))
     case("recv_dtype_f32_i32", lambda g: p2p(g, 100, torch.int32))
 

@@ -15,6 +15,7 @@ against a sequential float64 recurrence within 1e-5 of its magnitude.
 
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Checks, seed_of, short, watchdog  # noqa: E402
@@ -448,6 +449,28 @@ def async_case():
     return ok1 and ok2, f"all_reduce: {d1}; all_gather: {d2}"
 
 
+def is_completed_while_another_thread_waits():
+    # A thread waits on a receive its peer answers only later; meanwhile
+    # is_completed() must answer at once (it used to wait with the waiter,
+    # holding the GIL: every Python thread stopped, up to the timeout).
+    import threading
+
+    buf = np.zeros(4, np.float32)
+    w = comm.irecv(buf, (R - 1) % W, tag=9)
+    waiter = threading.Thread(target=w.wait)
+    waiter.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    early = w.is_completed()
+    secs = time.monotonic() - t0
+    comm.barrier()  # every rank looked before any rank sends
+    comm.send(np.full(4, R + 1, np.float32), (R + 1) % W, tag=9)
+    waiter.join(30)
+    got = buf.tolist() == [float((R - 1) % W + 1)] * 4
+    return (not early and secs < 0.1 and got and w.is_completed(),
+            f"is_completed() said {early} in {secs * 1e3:.1f} ms while waited on; received {buf.tolist()}")
+
+
 # -- argument errors (raised locally, before any communication) ---------------
 
 
@@ -502,6 +525,20 @@ ERRORS = {
     "read_only_all_gather_out": lambda: raises(
         ValueError,
         lambda: comm.all_gather(np.ones(2, np.float32), np.frombuffer(bytes(8 * W), np.float32)), "read-only"),
+    # Pointers to Python objects: copied without references they crashed
+    # the interpreter when freed.
+    "object_array": lambda: raises(
+        TypeError, lambda: comm.all_gather(np.array([object()] * 2, dtype=object), np.empty(2 * W, dtype=object)),
+        "Python objects"),
+    # An unaligned view (numpy allows them): raised here, before anything is
+    # submitted, so the communicator stays usable (`communicator_still_works`).
+    "unaligned_all_reduce": lambda: raises(
+        ValueError, lambda: comm.all_reduce(np.zeros(20, np.uint8)[1:17].view(np.float32)), "aligned"),
+    # One buffer sent and received into in the same batch: what it ends up
+    # holding would depend on timing.
+    "batch_recv_overlaps_send": lambda: raises(
+        ValueError, lambda: (lambda x: comm.batch([("send", x, (R + 1) % W), ("recv", x, (R - 1) % W)]))(
+            np.ones(4, np.float32)), "overlap"),
 }
 
 
@@ -511,7 +548,25 @@ def still_works():
     return bool((x == W * (W + 1) // 2).all()), f"all_reduce after the argument errors: {x.tolist()}"
 
 
+def callback_reentry():
+    # A collective of the same communicator from inside a callback of one
+    # of its operations waited for itself, forever. Now it raises at once
+    # (and, like any failed operation, aborts the communicator).
+    t0 = time.monotonic()
+    ok, detail = raises(zccl.ZcclError, lambda: comm.ring_pass(np.ones(4, np.float32), lambda s, o, b: comm.barrier()),
+                        "inside a callback")
+    secs = time.monotonic() - t0
+    return ok and secs < 10, f"{detail} after {secs:.1f} s"
+
+
 # -- the run ----------------------------------------------------------------
+
+if sys.argv[1:] == ["reentry"]:
+    # Its own launch: the failed operation aborts the communicator, which
+    # the other checks' ranks would see mid-collective.
+    C.run("native.reentry", callback_reentry)
+    C.finish()
+
 
 C.run("native.identity", lambda: ((comm.rank, comm.size, comm.local_rank, comm.local_size) ==
                                   (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), W),
@@ -569,8 +624,10 @@ for reverse in (False, True):
 C.run("native.all_scan.forward.torch", all_scan_case, False, 1, "torch")
 C.run("native.split", split_case)
 C.run("native.async", async_case)
+C.run("native.async.is_completed_while_waited_on", is_completed_while_another_thread_waits)
 for name, fn in ERRORS.items():
     C.run(f"native.errors.{name}", fn)
+
 C.run("native.errors.communicator_still_works", still_works)
 comm.barrier()
 C.finish()
