@@ -841,7 +841,9 @@ impl Comm {
         let sh = self.sh.clone();
         py.detach(|| {
             self.sh.exec.run(Box::new(move || {
-                let r = body(&sh.comm);
+                // As in `job`: a panic fails the operation and aborts the
+                // communicator, so the peers hear of it at once.
+                let r = crate::work::catch_panic(|| body(&sh.comm));
                 if let Err(e) = &r {
                     sh.fail(e);
                 }
