@@ -77,3 +77,23 @@ def test_ddp_loss_equals_gloo(zccl_launch, n):
     for want in ["ddp.init_broadcast", "ddp.step5.loss", "ddp.after5.loss", "ddp.final_params", "ddp.replicas_equal"]:
         assert want in names, f"check {want} did not run{launch.tail()}"
     launch.assert_completed(n)
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_functional_collectives_and_dtensor(zccl_launch, n):
+    """torch 2.x's functional collectives (what DTensor, compiled collectives
+    and context parallel call) over zccl, on the world and on a subgroup,
+    and a DTensor shard/gather/replicate: exact against references. Skips,
+    saying so, on a torch without them (Debian's 1.13)."""
+    launch = zccl_launch("functional.py", n)
+    skips = [d["skip"] for d in launch.results() if "skip" in d]
+    if skips:
+        pytest.skip(skips[0])
+    launch.assert_completed(n)
+    checks = launch.checks("functional.")
+    bad, text = _failures(checks)
+    assert not bad, f"{len(bad)} of {len(checks)} functional checks failed:\n{text}"
+    names = {d["name"] for _, d in checks}
+    for want in ("functional.world.all_gather_tensor", "functional.subgroup.reduce_scatter_tensor",
+                 "functional.dtensor.shard_gather_replicate"):
+        assert want in names, f"{want} did not run{launch.tail()}"

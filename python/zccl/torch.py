@@ -417,6 +417,22 @@ class ProcessGroupZccl(dist.ProcessGroup):
     def name(self):
         return BACKEND
 
+    @property
+    def group_name(self):
+        """The name torch registered this group under. torch 2.x's functional
+        collectives (`torch.distributed._functional_collectives`: DTensor,
+        compiled collectives, context parallel) find a group by it; torch
+        sets it on the ProcessGroup it builds, which a Python backend's group
+        replaces, so it is taken from torch's registry on first use."""
+        try:
+            return super().group_name
+        except RuntimeError:
+            name = dist.distributed_c10d._world.pg_names.get(self)
+            if name is None:
+                raise
+            self._set_group_name(name)
+            return name
+
     def _get_backend(self, device=None):
         return self
 
@@ -610,6 +626,24 @@ class ProcessGroupZccl(dist.ProcessGroup):
 
     reduce_scatter_tensor = _reduce_scatter_base
     reduce_scatter_single = _reduce_scatter_base
+
+    # torch 2.x's functional collectives (`_functional_collectives`, hence
+    # DTensor and compiled code) and its coalescing manager call these for
+    # all_gather_into_tensor / reduce_scatter_tensor: one operation per pair,
+    # in order.
+    def allgather_into_tensor_coalesced(self, outputs, inputs, opts=None):
+        if len(outputs) != len(inputs):
+            raise ValueError(f"zccl: {len(outputs)} all-gather outputs for {len(inputs)} inputs")
+        for o, i in zip(outputs, inputs):
+            self._allgather_base(o, i).wait()
+        return _done(outputs)
+
+    def reduce_scatter_tensor_coalesced(self, outputs, inputs, opts=None):
+        if len(outputs) != len(inputs):
+            raise ValueError(f"zccl: {len(outputs)} reduce-scatter outputs for {len(inputs)} inputs")
+        for o, i in zip(outputs, inputs):
+            self._reduce_scatter_base(o, i, opts).wait()
+        return _done(outputs)
 
     def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts=None):
         si, so = _Staged(input, False), _Staged(output, True)
