@@ -304,6 +304,12 @@ impl Comm {
         Ok(r.map(Comm::wrap))
     }
 
+    /// Closes the connections now, in order: peers see a clean close, later
+    /// operations fail. Dropping the last reference does the same.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.sh.comm.close());
+    }
+
     /// Aborts: pending and future operations fail on this rank, and peers
     /// learn that it aborted (and `reason`, when given).
     #[pyo3(signature = (reason=None))]

@@ -97,3 +97,6 @@ def test_functional_collectives_and_dtensor(zccl_launch, n):
     for want in ("functional.world.all_gather_tensor", "functional.subgroup.reduce_scatter_tensor",
                  "functional.dtensor.shard_gather_replicate"):
         assert want in names, f"{want} did not run{launch.tail()}"
+    # destroy_process_group closes every group in order (ProcessGroupZccl.shutdown),
+    # also those a DeviceMesh still holds: no rank reports another lost at exit.
+    assert "was lost" not in launch.err, f"a rank was reported lost at exit{launch.tail()}"

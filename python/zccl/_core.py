@@ -107,6 +107,11 @@ class Communicator:
         c = self._c.split(color, key)
         return None if c is None else Communicator(c)
 
+    def close(self):
+        """Closes the connections now, in order: peers see a clean close,
+        later operations fail. Dropping the communicator does the same."""
+        self._c.close()
+
     def abort(self, reason=None):
         """Fails every pending and future operation; peers learn it (and
         `reason`, when given)."""

@@ -433,6 +433,13 @@ class ProcessGroupZccl(dist.ProcessGroup):
             self._set_group_name(name)
             return name
 
+    def shutdown(self):
+        """Closes the group's communicator in order (torch 2.x's
+        destroy_process_group calls this): ranks that exit while another
+        object, a DeviceMesh say, still holds the group no longer make their
+        peers report them lost."""
+        self._comm.close()
+
     def _get_backend(self, device=None):
         return self
 

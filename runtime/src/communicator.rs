@@ -691,6 +691,32 @@ impl Communicator {
         self.abort_because("abort() called")
     }
 
+    /// Closes the connections now, in order, as dropping the last clone
+    /// does: pending operations fail, peers see this rank close cleanly
+    /// (no "lost" rank), and later operations fail at once. For a program
+    /// that ends while something else still holds the communicator (torch's
+    /// `destroy_process_group` calls this through the Python binding's
+    /// `shutdown`). Communicators made by [`Communicator::split`] share the
+    /// connections, so closing one closes them all. Idempotent; returns
+    /// within a few seconds.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// comm.close();
+    /// assert!(comm.channel(0).isend(0, vec![1u8]).and_then(|s| s.wait()).is_err());
+    /// comm.close();
+    /// ```
+    pub fn close(&self) {
+        let core = &self.inner.core;
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        if core.cmd_tx.send(Cmd::Shutdown { done: done_tx }).is_ok() {
+            let _ = done_rx.recv_timeout(Duration::from_secs(3));
+        }
+    }
+
     /// [`Communicator::abort`], telling the peers why: they report the
     /// reason with this rank's abort (e.g. the operation that failed here,
     /// naming the rank that caused it), so a failure seen first by one rank

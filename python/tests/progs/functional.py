@@ -2,7 +2,9 @@
 (`torch.distributed._functional_collectives`, what DTensor, compiled
 collectives and context parallel call) and DTensor redistributions over the
 "zccl" backend, on the world group and on a subgroup, against references
-every rank computes from the same seeds (all exact: integer-valued floats).
+every rank computes from the same seeds (all exact: integer-valued floats),
+and, with 4 ranks, a 2-D DeviceMesh whose row and column groups the mesh
+still holds when the program destroys the default group.
 
 Run as `zccl run -n N -- python functional.py`. Prints CHECK lines named
 `functional.<case>` (see _common.py), or, where the installed torch has no
@@ -98,6 +100,26 @@ def dtensor():
     return ok_local and ok_full and ok_rep, f"local {ok_local} full_tensor {ok_full} replicate {ok_rep}"
 
 
+def mesh_2d():
+    # A 2-D mesh makes a subgroup per row and column; the mesh holds them
+    # past destroy_process_group, which must still close them in order (the
+    # test checks that no rank reports another lost at exit).
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (2, W // 2), mesh_dim_names=("dp", "cp"))
+    full = torch.arange(4.0 * W).reshape(4, W)
+    ok_full = torch.equal(distribute_tensor(full, mesh, [Shard(0), Shard(1)]).full_tensor(), full)
+    t = torch.full((2,), float(R))
+    dist.all_reduce(t, group=mesh["cp"].get_group())
+    row = [R - R % (W // 2) + i for i in range(W // 2)]
+    ok_cp = torch.equal(t, torch.full((2,), float(sum(row))))
+    MESHES.append(mesh)
+    return ok_full and ok_cp, f"full_tensor {ok_full}, cp all_reduce {t.tolist()} (row {row})"
+
+
+MESHES = []
+
 try:
     import torch.distributed.tensor  # noqa: F401
     from torch.distributed.device_mesh import init_device_mesh  # noqa: F401
@@ -105,6 +127,8 @@ except ImportError:
     pass
 else:
     C.run("functional.dtensor.shard_gather_replicate", dtensor)
+    if W % 2 == 0 and W >= 4:
+        C.run("functional.dtensor.mesh_2d", mesh_2d)
 
 dist.barrier()
 dist.destroy_process_group()
