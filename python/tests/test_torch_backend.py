@@ -100,3 +100,19 @@ def test_functional_collectives_and_dtensor(zccl_launch, n):
     # destroy_process_group closes every group in order (ProcessGroupZccl.shutdown),
     # also those a DeviceMesh still holds: no rank reports another lost at exit.
     assert "was lost" not in launch.err, f"a rank was reported lost at exit{launch.tail()}"
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_torch_context_parallel_attention(zccl_launch, n):
+    """torch 2.x's own ring attention (`context_parallel`, what TorchTitan's
+    context parallelism runs) over zccl: the gathered result equals full
+    attention in float64 within 1e-5. Skips, saying so, where torch has no
+    functional collectives or no context_parallel."""
+    launch = zccl_launch("functional.py", n)
+    skips = [d.get("skip") or d.get("cp_skip") for d in launch.results() if "skip" in d or "cp_skip" in d]
+    if skips:
+        pytest.skip(skips[0])
+    checks = launch.checks("functional.context_parallel.")
+    assert sorted(r for r, _ in checks) == list(range(n)), f"context_parallel checks: {checks}{launch.tail()}"
+    bad, text = _failures(checks)
+    assert not bad, text

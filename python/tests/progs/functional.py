@@ -120,6 +120,29 @@ def mesh_2d():
 
 MESHES = []
 
+
+def context_parallel_attention():
+    # torch's own ring attention for sequence parallelism: each rank keeps a
+    # shard of Q, K, V along the sequence; the result, gathered back, equals
+    # full attention in float64 within 1e-5. (Non-causal: torch has no CPU
+    # sharding rule for causal flash attention.)
+    import torch.nn.functional as F
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.experimental import context_parallel
+    from torch.distributed.tensor.experimental._attention import context_parallel_unshard
+
+    mesh = init_device_mesh("cpu", (W,))
+    g = torch.Generator().manual_seed(seed_of("context_parallel"))
+    q, k, v = (torch.randn(1, 2, 16 * W, 8, generator=g) for _ in range(3))
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    qs, ks, vs = q.clone(), k.clone(), v.clone()
+    with context_parallel(mesh, buffers=[qs, ks, vs], buffer_seq_dims=[2, 2, 2]):
+        out = F.scaled_dot_product_attention(qs, ks, vs)
+    (full,) = context_parallel_unshard(mesh, [out], [2])
+    err = (full.double() - ref).abs().max().item()
+    MESHES.append(mesh)
+    return err <= 1e-5, f"max |error| against float64 full attention {err:.2e} (shard {tuple(out.shape)})"
+
 try:
     import torch.distributed.tensor  # noqa: F401
     from torch.distributed.device_mesh import init_device_mesh  # noqa: F401
@@ -129,6 +152,13 @@ else:
     C.run("functional.dtensor.shard_gather_replicate", dtensor)
     if W % 2 == 0 and W >= 4:
         C.run("functional.dtensor.mesh_2d", mesh_2d)
+    try:
+        from torch.distributed.tensor.experimental import context_parallel  # noqa: F401
+        from torch.distributed.tensor.experimental._attention import context_parallel_unshard  # noqa: F401
+    except ImportError as e:
+        emit("RESULT", cp_skip=f"torch {torch.__version__} has no context_parallel ({e})")
+    else:
+        C.run("functional.context_parallel.sdpa", context_parallel_attention)
 
 dist.barrier()
 dist.destroy_process_group()
