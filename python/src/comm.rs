@@ -601,7 +601,7 @@ impl Comm {
                     let msg = format!("{desc}: {e}");
                     // What was posted already stays valid: wait it out
                     // through a work that owns it, then report.
-                    drop(Work::posted(posted, keep, self.on_error()));
+                    Work::posted(posted, keep, self.on_error()).abandon();
                     self.sh.fail(&msg);
                     return Err(ZcclError::new_err(msg));
                 }

@@ -383,7 +383,39 @@ impl Work {
     }
 }
 
+impl Drop for Work {
+    /// A receive dropped before it completed gives its buffer back: the
+    /// message it matches (and counts as received) is discarded, while both
+    /// sides report success. Usually a program that forgot to keep or wait
+    /// its `irecv` handle: say so where zccl's warnings go.
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let State::Posted(ops) = st {
+            for (op, what) in ops.iter() {
+                if matches!(op, P2p::Recv(_)) && !op.test() {
+                    tracing::warn!(
+                        target: zccl_runtime::logging::P2P,
+                        "{what}: its Work was dropped before the receive completed; the \
+                         message it matches is discarded (keep the Work and wait() on it)"
+                    );
+                }
+            }
+        }
+    }
+}
+
 impl Work {
+    /// Drops the operations of a batch that failed to post (their handles
+    /// take their memory back first), without the warning of a dropped
+    /// receive: the batch's error is the report.
+    pub fn abandon(self) {
+        let ops = std::mem::replace(
+            &mut *self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            State::Done(Err("abandoned".into())),
+        );
+        drop(ops);
+    }
+
     fn release(&self, _py: Python<'_>) {
         drop(std::mem::take(&mut *self.keep.lock().unwrap()));
     }

@@ -54,6 +54,16 @@ def test_native(zccl_launch, n, area):
 
 
 @pytest.mark.parametrize("n", WORLD_SIZES)
+def test_dropped_irecv_is_reported(zccl_launch, n):
+    """An irecv dropped unwaited discards the message it matches
+    (`native.p2p.dropped_irecv` checks the data); zccl says so on stderr,
+    naming the receive, instead of losing it silently."""
+    launch = zccl_launch("native_api.py", n)
+    warned = launch.err.count("dropped before the receive completed")
+    assert warned >= n, f"{warned} warnings for {n} dropped receives{launch.tail()}"
+
+
+@pytest.mark.parametrize("n", WORLD_SIZES)
 def test_collective_from_inside_a_callback_raises(zccl_launch, n):
     """A ring_pass callback that calls a collective of the same communicator
     (which waits for the ring_pass it runs in) raises at once on every rank

@@ -289,6 +289,25 @@ def p2p_blocking():
     return close(got, payload(prv, R, 17, 3), None, None)
 
 
+def dropped_irecv():
+    # An irecv whose Work is dropped unwaited gives its buffer back: the
+    # message it matches is discarded (both sides report success) and zccl
+    # warns about it on stderr (the test reads the warning); the next
+    # receive gets the next message.
+    nxt, prv = (R + 1) % W, (R - 1) % W
+    lost = np.zeros(4, np.float32)
+    w = comm.irecv(lost, prv, tag=11)
+    del w
+    comm.barrier()
+    s1 = comm.isend(np.full(4, 1.0, np.float32), nxt, tag=11)
+    s2 = comm.isend(np.full(4, 2.0, np.float32), nxt, tag=11)
+    got = np.zeros(4, np.float32)
+    comm.recv(got, prv, tag=11)
+    s1.wait()
+    s2.wait()
+    return got.tolist() == [2.0] * 4 and lost.tolist() == [0.0] * 4, f"dropped buffer {lost.tolist()}, next {got.tolist()}"
+
+
 def batch_ring(n):
     nxt, prv = (R + 1) % W, (R - 1) % W
     fp, fn = np.zeros(n), np.zeros(n)
@@ -607,6 +626,7 @@ C.run("native.all_to_all.counts", all_to_all_counts)
 for n in (1, 10007):
     C.run(f"native.p2p.isend_irecv.n{n}", p2p_ring, n)
 C.run("native.p2p.send_recv", p2p_blocking)
+C.run("native.p2p.dropped_irecv", dropped_irecv)
 for n in (1, 100003):
     C.run(f"native.batch.ring.n{n}", batch_ring, n)
 for off in sorted({1, -1, 2 % W if W > 2 else 1}):
