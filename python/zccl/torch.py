@@ -340,6 +340,16 @@ def _done_work(result, error=None):
     return w
 
 
+def _pairwise(what, outputs, inputs, run):
+    """`run(output, input)` for each pair in order, each waited; one
+    finished Work for all."""
+    if len(outputs) != len(inputs):
+        raise ValueError(f"zccl: {len(outputs)} {what} outputs for {len(inputs)} inputs")
+    for o, i in zip(outputs, inputs):
+        run(o, i).wait()
+    return _done(outputs)
+
+
 def _list_mismatch(tensors, size, like, what):
     """Why a root's gather/scatter list does not fit `size` ranks of tensors
     like `like` (same dtype and element count), or None."""
@@ -544,7 +554,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
 
     def broadcast(self, tensors, opts=None):
         t = self._one(tensors, "broadcast")
-        root = self._root_rank(opts, "broadcast")
+        root = opts.rootRank if opts is not None else 0
         s = _Staged(t, True)
         a, n = _buf.span(s.host, "broadcast tensor")
         w = self._run(self._comm.broadcast, n, a, n, root, _buf.dtype_name(s.host), [s.host])
@@ -639,18 +649,10 @@ class ProcessGroupZccl(dist.ProcessGroup):
     # all_gather_into_tensor / reduce_scatter_tensor: one operation per pair,
     # in order.
     def allgather_into_tensor_coalesced(self, outputs, inputs, opts=None):
-        if len(outputs) != len(inputs):
-            raise ValueError(f"zccl: {len(outputs)} all-gather outputs for {len(inputs)} inputs")
-        for o, i in zip(outputs, inputs):
-            self._allgather_base(o, i).wait()
-        return _done(outputs)
+        return _pairwise("all-gather", outputs, inputs, self._allgather_base)
 
     def reduce_scatter_tensor_coalesced(self, outputs, inputs, opts=None):
-        if len(outputs) != len(inputs):
-            raise ValueError(f"zccl: {len(outputs)} reduce-scatter outputs for {len(inputs)} inputs")
-        for o, i in zip(outputs, inputs):
-            self._reduce_scatter_base(o, i, opts).wait()
-        return _done(outputs)
+        return _pairwise("reduce-scatter", outputs, inputs, lambda o, i: self._reduce_scatter_base(o, i, opts))
 
     def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts=None):
         si, so = _Staged(input, False), _Staged(output, True)
@@ -706,8 +708,10 @@ class ProcessGroupZccl(dist.ProcessGroup):
 
     def _root_rank(self, opts, what):
         """`opts.rootRank`, checked before anything moves (torch 1.13 does
-        not check it for the default group): a root outside the group would
-        leave the result nowhere, without an error."""
+        not check it for the default group): reduce and gather run on an
+        all-reduce / all-gather, where a root outside the group would leave
+        the result nowhere, without an error (broadcast and scatter pass the
+        root to the binding's broadcast, which checks it)."""
         root = opts.rootRank if opts is not None else 0
         if not 0 <= root < self._size:
             raise ValueError(f"zccl: {what} root {root} is not a rank of this group of {self._size}")
@@ -745,7 +749,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
 
     def scatter(self, output_tensors, input_tensors, opts=None):
         out = self._one(output_tensors, "scatter")
-        root = self._root_rank(opts, "scatter")
+        root = opts.rootRank
         if self._rank == root:
             ins = self._one(input_tensors, "scatter")
             bad = _list_mismatch(ins, self._size, out, "scatter_list")

@@ -135,12 +135,27 @@ struct Inner {
     service_issue: Mutex<IssueState>,
 }
 
+impl Core {
+    /// Hands the engine's task the command `make` builds around a `done`
+    /// sender and waits up to `wait` for it to be carried out (nothing to
+    /// wait for when the task is gone).
+    fn request(&self, make: impl FnOnce(std::sync::mpsc::Sender<()>) -> Cmd, wait: Duration) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        if self.cmd_tx.send(make(done_tx)).is_ok() {
+            let _ = done_rx.recv_timeout(wait);
+        }
+    }
+
+    /// Closes the connections in order (pending ops fail), bounded by a few
+    /// seconds: on drop and on [`Communicator::close`].
+    fn shut_down(&self) {
+        self.request(|done| Cmd::Shutdown { done }, Duration::from_secs(3));
+    }
+}
+
 impl Drop for Core {
     fn drop(&mut self) {
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        if self.cmd_tx.send(Cmd::Shutdown { done: done_tx }).is_ok() {
-            let _ = done_rx.recv_timeout(Duration::from_secs(3));
-        }
+        self.shut_down();
         if let Some(rt) = self.runtime.lock().expect("runtime").take() {
             rt.shutdown_background();
         }
@@ -710,11 +725,7 @@ impl Communicator {
     /// comm.close();
     /// ```
     pub fn close(&self) {
-        let core = &self.inner.core;
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        if core.cmd_tx.send(Cmd::Shutdown { done: done_tx }).is_ok() {
-            let _ = done_rx.recv_timeout(Duration::from_secs(3));
-        }
+        self.inner.core.shut_down();
     }
 
     /// [`Communicator::abort`], telling the peers why: they report the
@@ -732,14 +743,13 @@ impl Communicator {
         if core.aborted.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let cmd = Cmd::Abort {
-            reason: reason.into(),
-            done: done_tx,
-        };
-        if core.cmd_tx.send(cmd).is_ok() {
-            let _ = done_rx.recv_timeout(Duration::from_secs(1));
-        }
+        core.request(
+            |done| Cmd::Abort {
+                reason: reason.into(),
+                done,
+            },
+            Duration::from_secs(1),
+        );
     }
 }
 
