@@ -17,7 +17,7 @@
 //! | `ZCCL_SHM_DISABLE` | `1`: ranks of one host talk over TCP, not shared memory | `0`/`1` (`false`/`true`, `no`/`yes`) | `0` |
 //! | `ZCCL_SHM_RING_BYTES` | bytes of each shared-memory ring (one per direction and pair; smaller, with a warning, where `/dev/shm` cannot hold all pairs' rings) | 4096..=2³⁰ | 4 MiB |
 //! | `ZCCL_SHM_SPIN` | spin rounds before a shared-memory wait sleeps in `futex` | 0..=4294967295 | 200 |
-//! | `ZCCL_SHM_CMA_MIN_BYTES` | same-host messages at least this large are copied once, straight from the sender's memory (`process_vm_readv`), instead of twice through the ring | a whole number; `0` turns the single copy off, as `ZCCL_SHM_CMA_DISABLE=1` does | 262145 (more than 256 KiB) |
+//! | `ZCCL_SHM_CMA_MIN_BYTES` | same-host messages at least this large are copied once, straight from the sender's memory (`process_vm_readv`), instead of twice through the ring | a whole number; `0` turns the single copy off, as `ZCCL_SHM_CMA_DISABLE=1` does | 262145 (more than 256 KiB); 65537 (more than 64 KiB) on a host with more ranks than CPUs |
 //! | `ZCCL_SHM_CMA_DISABLE` | `1`: never use that single copy | `0`/`1` | `0` |
 //! | `ZCCL_HOST_ID` | overrides the host identity (boot id + network namespace) | any | — |
 //! | `ZCCL_MAX_UNEXPECTED_BYTES` | per sending peer: most bytes a receiver buffers for receives not posted yet; a sender that would exceed it sends a request and waits for a clear-to-send ([`crate::flow`]); set the same on every rank | 1..=2⁶³ | 67108864 (64 MiB) |
@@ -289,11 +289,16 @@ impl Config {
             shm.spin_iterations = uint("ZCCL_SHM_SPIN", &v, 0..=u64::from(u32::MAX))? as u32;
         }
         if let Some(v) = get("ZCCL_SHM_CMA_MIN_BYTES") {
+            // An explicit threshold holds on any host, crowded or not.
             shm.cma_min_bytes = usize_in("ZCCL_SHM_CMA_MIN_BYTES", &v, 0..=u64::MAX)?;
+            shm.crowded_cma_min_bytes = shm.cma_min_bytes;
         }
         match get("ZCCL_SHM_CMA_DISABLE").as_deref().map(str::trim) {
             None | Some("" | "0") => {}
-            Some("1") => shm.cma_min_bytes = 0,
+            Some("1") => {
+                shm.cma_min_bytes = 0;
+                shm.crowded_cma_min_bytes = 0;
+            }
             Some(v) => {
                 return Err(Error::Config(format!(
                     "ZCCL_SHM_CMA_DISABLE={}: must be 0 or 1",
@@ -383,6 +388,31 @@ mod tests {
         assert!(c.socket_ifname.is_none());
         assert!(c.shm_enabled);
         assert_eq!(c.shm.ring_bytes, 4 << 20);
+        // Two CMA thresholds, picked by the transport per host (more
+        // ranks than CPUs or not).
+        assert_eq!(c.shm.cma_min_bytes, zccl_transports::shm::CMA_MIN_BYTES);
+        assert_eq!(
+            c.shm.crowded_cma_min_bytes,
+            zccl_transports::shm::CROWDED_CMA_MIN_BYTES
+        );
+    }
+
+    #[test]
+    fn an_explicit_cma_threshold_holds_on_every_host() {
+        let c = cfg(&[("ZCCL_SHM_CMA_MIN_BYTES", "1000000")]).unwrap();
+        assert_eq!(c.shm.cma_min_for(2, 8), 1_000_000);
+        assert_eq!(c.shm.cma_min_for(8, 2), 1_000_000);
+        for off in [
+            ("ZCCL_SHM_CMA_MIN_BYTES", "0"),
+            ("ZCCL_SHM_CMA_DISABLE", "1"),
+        ] {
+            let c = cfg(&[off]).unwrap();
+            assert_eq!(
+                (c.shm.cma_min_for(2, 8), c.shm.cma_min_for(8, 2)),
+                (0, 0),
+                "{off:?}"
+            );
+        }
     }
 
     #[test]

@@ -68,7 +68,15 @@ impl ShmTransport {
         let deadline = Instant::now() + setup.setup_timeout;
         let rank = setup.rank;
         let cfg = &setup.config;
-        let cma_on = cfg.cma_min_bytes > 0;
+        // The CMA threshold for this host: lower where its ranks outnumber
+        // its CPUs (`ShmConfig::cma_min_for`). Every rank of the host sees
+        // the same counts; a receiver handles CMA records of any size, so
+        // the two sides need not agree anyway.
+        let cma_min = cfg.cma_min_for(
+            setup.peers.len() + 1,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
+        let cma_on = cma_min > 0;
         let wanted = (cfg.ring_bytes.max(4096).div_ceil(4096) * 4096) as u64;
         // The rings of the segments this rank creates, sized so that the
         // whole host's fit in /dev/shm (only creators choose; every rank
@@ -188,12 +196,10 @@ impl ShmTransport {
             deliver: std::sync::OnceLock::new(),
             // Ring records from RING_LAND_MIN_BYTES and CMA copies (above
             // cma_min_bytes) land in posted zones; nothing smaller does.
-            landing: Arc::new(crate::landing::Landing::with_min_bytes(
-                match cfg.cma_min_bytes {
-                    0 => super::recv::RING_LAND_MIN_BYTES,
-                    c => c.min(super::recv::RING_LAND_MIN_BYTES),
-                },
-            )),
+            landing: Arc::new(crate::landing::Landing::with_min_bytes(match cma_min {
+                0 => super::recv::RING_LAND_MIN_BYTES,
+                c => c.min(super::recv::RING_LAND_MIN_BYTES),
+            })),
             #[cfg(test)]
             pause_readers: AtomicBool::new(false),
         });
@@ -224,7 +230,7 @@ impl ShmTransport {
                 reader_gone: AtomicBool::new(false),
                 cma_seen: AtomicU64::new(0),
                 backlog: AtomicUsize::new(0),
-                cma_min: cfg.cma_min_bytes,
+                cma_min,
                 cma_from: cma.ok(),
                 kept: Mutex::new(std::collections::VecDeque::new()),
                 cma_sent: AtomicU64::new(0),
@@ -260,7 +266,7 @@ impl ShmTransport {
             rank,
             peers = ?setup.peers,
             ring_bytes = cap,
-            cma_min_bytes = cfg.cma_min_bytes,
+            cma_min_bytes = cma_min,
             cma_from = ?cma_peers,
             "shm transport ready"
         );
