@@ -95,7 +95,7 @@ fn all_gather_into_with<T: Elem, F: Fabric + ?Sized>(
         )));
     }
     match algo {
-        Algo::Ring => {
+        Algo::Ring | Algo::Halving => {
             out[r * m..(r + 1) * m].copy_from_slice(input);
             let chunks: Vec<_> = (0..n).map(|j| j * m..(j + 1) * m).collect();
             ring_all_gather_chunks(f, ch, out, &chunks, OP_AG)?;

@@ -108,7 +108,7 @@ pub fn broadcast_with<T: Elem, F: Fabric + ?Sized>(
                 s.wait()?;
             }
         }
-        Algo::Ring => {
+        Algo::Ring | Algo::Halving => {
             let seg = (CHAIN_SEGMENT_BYTES / std::mem::size_of::<T>()).max(1);
             let segs: Vec<_> = (0..buf.len().div_ceil(seg).max(1))
                 .map(|i| i * seg..((i + 1) * seg).min(buf.len()))
@@ -261,7 +261,7 @@ mod tests {
                         assert_eq!((*rank, *mine), (r, if r == 5 { 12 } else { 0 }));
                         let want = match algo {
                             Algo::Tree => "another rank passed a different root",
-                            Algo::Ring => "the ranks passed roots from 0 to 12",
+                            Algo::Ring | Algo::Halving => "the ranks passed roots from 0 to 12",
                         };
                         assert_eq!(others, want, "rank {r}");
                     }

@@ -54,6 +54,7 @@ const OP_AG: u8 = 0x04;
 const OP_BCAST: u8 = 0x05;
 const OP_BARRIER: u8 = 0x06;
 const OP_RS: u8 = 0x07;
+const OP_HALVING: u8 = 0x08;
 
 fn step_tag(op: u8, s: usize) -> u64 {
     tag(op, s as u16, 0)

@@ -1,7 +1,9 @@
 //! Choosing between the ring (bandwidth-optimal) and the latency-optimal
 //! algorithm (recursive doubling for all-reduce, Bruck for all-gather,
 //! binomial tree for broadcast), by message size, overridable with
-//! `ZCCL_ALGO=ring|tree|auto`.
+//! `ZCCL_ALGO=ring|tree|halving|auto`. All-reduce has a third algorithm for
+//! medium sizes over power-of-two groups, Rabenseifner's
+//! ([`crate::schedule::halving`]; [`choose_all_reduce`]).
 //!
 //! Every rank of a collective must make the same choice; the choice depends
 //! only on the message size, the group size and `ZCCL_ALGO`, which must
@@ -48,6 +50,10 @@ pub enum AlgoChoice {
     Ring,
     /// Always the latency-optimal algorithm.
     Tree,
+    /// Rabenseifner's all-reduce wherever it applies (a power-of-two group
+    /// and a type that is its own accumulator), the ring elsewhere and for
+    /// the other collectives.
+    Halving,
 }
 
 /// The algorithm a collective runs.
@@ -74,7 +80,30 @@ pub enum Algo {
     Ring,
     /// Recursive doubling all-reduce / Bruck all-gather / binomial broadcast.
     Tree,
+    /// Rabenseifner's all-reduce: reduce-scatter by recursive halving, then
+    /// all-gather by recursive doubling ([`crate::schedule::halving`]). Only
+    /// all-reduce over a power-of-two group of a type that is its own
+    /// accumulator (every type but f16/bf16) runs it; elsewhere it means
+    /// [`Algo::Ring`].
+    Halving,
 }
+
+/// All-reduces of more than [`TREE_MAX_BYTES`] and at most this many bytes
+/// over a power-of-two group of 4 ranks or more use Rabenseifner's
+/// algorithm ([`Algo::Halving`]) under [`AlgoChoice::Auto`]. Measured on
+/// 2 vCPUs (shared memory, f32 sum, in place, medians of 5–7 interleaved
+/// runs against the ring): 4 ranks 256 KiB 313 → 237 µs, 1 MiB 799 →
+/// 683 µs, 4 MiB 4184 → 3857 µs; 8 ranks 1 MiB 3055 → 2183 µs, 4 MiB
+/// 14898 → 12210 µs. Larger buffers keep the ring, whose pipelined pieces
+/// overlap the copies with the reductions (64 MiB, 4 ranks: 59.7 ms by
+/// the ring, 79.0 ms by halving; 16 MiB, 8 ranks: 39.1 against 46.2 ms).
+///
+/// ```
+/// use zccl_primitives::schedule::algo::{choose_all_reduce, Algo, AlgoChoice, HALVING_MAX_BYTES};
+/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, HALVING_MAX_BYTES, 8), Algo::Halving);
+/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, HALVING_MAX_BYTES + 1, 8), Algo::Ring);
+/// ```
+pub const HALVING_MAX_BYTES: usize = 4 << 20;
 
 /// Parses a `ZCCL_ALGO` value (pure). Unset or empty means `auto`; case and
 /// surrounding blanks are ignored; anything else is an error naming the value.
@@ -84,6 +113,7 @@ pub enum Algo {
 /// assert_eq!(parse_algo(None).unwrap(), AlgoChoice::Auto);
 /// assert_eq!(parse_algo(Some(" Ring ")).unwrap(), AlgoChoice::Ring);
 /// assert_eq!(parse_algo(Some("tree")).unwrap(), AlgoChoice::Tree);
+/// assert_eq!(parse_algo(Some("halving")).unwrap(), AlgoChoice::Halving);
 /// assert!(parse_algo(Some("fast")).unwrap_err().to_string().contains("ZCCL_ALGO=\"fast\""));
 /// ```
 pub fn parse_algo(value: Option<&str>) -> Result<AlgoChoice> {
@@ -94,7 +124,10 @@ pub fn parse_algo(value: Option<&str>) -> Result<AlgoChoice> {
         "" | "auto" => Ok(AlgoChoice::Auto),
         "ring" => Ok(AlgoChoice::Ring),
         "tree" => Ok(AlgoChoice::Tree),
-        _ => Err(invalid(format!("{ENV}={v:?}: expected ring, tree or auto"))),
+        "halving" => Ok(AlgoChoice::Halving),
+        _ => Err(invalid(format!(
+            "{ENV}={v:?}: expected ring, tree, halving or auto"
+        ))),
     }
 }
 
@@ -124,9 +157,39 @@ pub fn choice_from_env() -> Result<AlgoChoice> {
 /// ```
 pub fn choose(choice: AlgoChoice, bytes: usize, n: usize) -> Algo {
     match choice {
-        AlgoChoice::Ring => Algo::Ring,
+        AlgoChoice::Ring | AlgoChoice::Halving => Algo::Ring,
         AlgoChoice::Tree => Algo::Tree,
         AlgoChoice::Auto if n <= 1 || bytes <= TREE_MAX_BYTES => Algo::Tree,
         AlgoChoice::Auto => Algo::Ring,
+    }
+}
+
+/// The all-reduce algorithm for `bytes` bytes over `n` ranks: [`choose`]'s,
+/// except that medium sizes over a power-of-two group of 4 or more take
+/// [`Algo::Halving`] (up to [`HALVING_MAX_BYTES`]); with 2 ranks halving
+/// and the ring are the same two steps.
+///
+/// ```
+/// use zccl_primitives::schedule::algo::{choose_all_reduce, Algo, AlgoChoice};
+/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 1024, 8), Algo::Tree);
+/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 1 << 20, 8), Algo::Halving);
+/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 1 << 20, 6), Algo::Ring);
+/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 1 << 20, 2), Algo::Ring);
+/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 64 << 20, 8), Algo::Ring);
+/// assert_eq!(choose_all_reduce(AlgoChoice::Ring, 1 << 20, 8), Algo::Ring);
+/// assert_eq!(choose_all_reduce(AlgoChoice::Halving, 64 << 20, 8), Algo::Halving);
+/// ```
+pub fn choose_all_reduce(choice: AlgoChoice, bytes: usize, n: usize) -> Algo {
+    match choice {
+        AlgoChoice::Halving => Algo::Halving,
+        AlgoChoice::Auto
+            if n >= 4
+                && n.is_power_of_two()
+                && bytes > TREE_MAX_BYTES
+                && bytes <= HALVING_MAX_BYTES =>
+        {
+            Algo::Halving
+        }
+        _ => choose(choice, bytes, n),
     }
 }

@@ -8,6 +8,7 @@
 pub mod algo;
 pub mod bruck;
 pub mod chunks;
+pub mod halving;
 pub mod pairwise;
 pub mod rd;
 pub mod ring;
