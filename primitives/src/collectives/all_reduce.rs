@@ -72,7 +72,7 @@ pub fn all_reduce_with<T: Elem, F: Fabric + ?Sized>(
     }
     match algo {
         Algo::Halving if n.is_power_of_two() => match as_acc_mut(buf) {
-            Some(acc) => halving_in_place(f, ch, acc, op),
+            Some(acc) => halving_all_reduce(f, ch, None, acc, op),
             None => ring_all_reduce(f, ch, buf, op),
         },
         Algo::Ring | Algo::Halving => ring_all_reduce(f, ch, buf, op),
@@ -119,6 +119,12 @@ pub fn all_reduce_into<T: Elem, F: Fabric + ?Sized>(
         Algo::Halving if !(f.size().is_power_of_two() && own_acc::<T>()) => Algo::Ring,
         a => a,
     };
+    if f.size() > 1
+        && algo == Algo::Halving
+        && let (Some(src), Some(out)) = (as_acc(input), as_acc_mut(output))
+    {
+        return halving_all_reduce(f, ch, Some(src), out, op);
+    }
     if f.size() == 1 || algo != Algo::Ring {
         output.copy_from_slice(input);
         return all_reduce_with(f, ch, output, op, algo);
@@ -265,6 +271,14 @@ fn own_acc<T: Elem>() -> bool {
     std::any::TypeId::of::<T>() == std::any::TypeId::of::<T::Acc>()
 }
 
+/// `buf` as its accumulator type, when that is its own type.
+fn as_acc<T: Elem>(buf: &[T]) -> Option<&[T::Acc]> {
+    own_acc::<T>().then(|| {
+        // SAFETY: `T` and `T::Acc` are the same type (checked just above).
+        unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<T::Acc>(), buf.len()) }
+    })
+}
+
 /// `buf` as its accumulator type, when that is its own type (every type but
 /// `f16`/`bf16`, which accumulate in `f32`).
 fn as_acc_mut<T: Elem>(buf: &mut [T]) -> Option<&mut [T::Acc]> {
@@ -321,11 +335,19 @@ where
 }
 
 /// Rabenseifner's all-reduce ([`halving`]) over a power-of-two group, for a
-/// type that is its own accumulator, in place: each reduce-scatter step
-/// lends the half it gives away and receives the partner's copy of the half
-/// it keeps into one scratch buffer, then combines it in; the all-gather
-/// lends what the rank holds and receives straight into `buf`.
-fn halving_in_place<A, F>(f: &F, ch: u32, buf: &mut [A], op: ReduceOp) -> Result<()>
+/// type that is its own accumulator, into `buf`; out of place when `src` is
+/// given (its first step reads `src` and writes `buf`, so nothing is copied
+/// first, as the ring does). Each reduce-scatter step lends the half it
+/// gives away and receives the partner's copy of the half it keeps into one
+/// scratch buffer, then combines it in; the all-gather lends what the rank
+/// holds and receives straight into `buf`.
+fn halving_all_reduce<A, F>(
+    f: &F,
+    ch: u32,
+    src: Option<&[A]>,
+    buf: &mut [A],
+    op: ReduceOp,
+) -> Result<()>
 where
     A: Elem<Acc = A> + crate::reduce::Accumulator,
     F: Fabric + ?Sized,
@@ -343,6 +365,12 @@ where
         let (send, keep) = (span(&st.send), span(&st.keep));
         let t = tag(OP_HALVING, st.step as u16, 0);
         let got = &mut scratch[..keep.len()];
+        // The first step reads this rank's contribution from `src` when out
+        // of place; later ones read what the earlier ones wrote into `buf`.
+        let from = match src {
+            Some(src) if st.step == 0 => src.as_ptr(),
+            _ => base.cast_const(),
+        };
         // SAFETY: `scratch` is not touched until the receive was waited (or
         // its handle dropped, which takes it back). The lent blocks `send`
         // lie in `buf` and are disjoint from every block written from here
@@ -350,15 +378,19 @@ where
         // never overlaps what an earlier step sent), and the sends are free
         // before the all-gather writes anywhere.
         let rv = unsafe { f.irecv_into(st.peer, ch, t, as_bytes_mut(got)) }?;
-        let lent = unsafe { std::slice::from_raw_parts(base.add(send.start), send.len()) };
+        let lent = unsafe { std::slice::from_raw_parts(from.add(send.start), send.len()) };
         sends.push(unsafe { f.isend_lent(st.peer, ch, t, as_bytes(lent)) }?);
         rv.wait()?;
         // SAFETY: `keep` lies in `buf`, disjoint from every lent block.
         let mine = unsafe { std::slice::from_raw_parts_mut(base.add(keep.start), keep.len()) };
-        if st.self_is_left {
-            combine_into(op, mine, got);
-        } else {
-            combine_into_rhs(op, mine, got);
+        match src {
+            Some(src) if st.step == 0 => {
+                // `mine = partner's ⊕ src's` (as the ring's out-of-place
+                // step): the partner's partial result on the left.
+                crate::reduce::combine_to::<A>(op, mine, got, &src[keep]);
+            }
+            _ if st.self_is_left => combine_into(op, mine, got),
+            _ => combine_into_rhs(op, mine, got),
         }
     }
     if op == ReduceOp::Avg {
@@ -491,6 +523,17 @@ mod tests {
                         .map(|i| half::f16::from_f32((f.rank() + i % 3) as f32))
                         .collect();
                     all_reduce_with(f, 0, &mut h, ReduceOp::Sum, Algo::Halving).unwrap();
+                    // Halving out of place: the same bits as in place.
+                    let mut s = vec![0f32; len];
+                    if f.size().is_power_of_two() && f.size() > 1 {
+                        halving_all_reduce(f, 0, Some(&input), &mut s, ReduceOp::Sum).unwrap();
+                        assert_eq!(
+                            s.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            "out of place, rank {}",
+                            f.rank()
+                        );
+                    }
                     (v, a, m, p, o, h)
                 });
                 for i in 0..len {

@@ -91,19 +91,21 @@ pub enum Algo {
 /// All-reduces of more than [`TREE_MAX_BYTES`] and at most this many bytes
 /// over a power-of-two group of 4 ranks or more use Rabenseifner's
 /// algorithm ([`Algo::Halving`]) under [`AlgoChoice::Auto`]. Measured on
-/// 2 vCPUs (shared memory, f32 sum, in place, medians of 5–7 interleaved
-/// runs against the ring): 4 ranks 256 KiB 313 → 237 µs, 1 MiB 799 →
-/// 683 µs, 4 MiB 4184 → 3857 µs; 8 ranks 1 MiB 3055 → 2183 µs, 4 MiB
-/// 14898 → 12210 µs. Larger buffers keep the ring, whose pipelined pieces
-/// overlap the copies with the reductions (64 MiB, 4 ranks: 59.7 ms by
-/// the ring, 79.0 ms by halving; 16 MiB, 8 ranks: 39.1 against 46.2 ms).
+/// 2 vCPUs (shared memory, f32 sum, medians of 7–11 interleaved runs
+/// against the ring): in place, 4 ranks 256 KiB 313 → 237 µs, 1 MiB
+/// 909 → 649 µs, 4 MiB 4875 → 4799 µs; 8 ranks 1 MiB 3055 → 2183 µs;
+/// out of place (where the ring reads the input without a copy), 4 ranks
+/// 256 KiB 258 → 220 µs, 1 MiB 861 → 870 µs, 2 MiB 1900 → 1886 µs, but
+/// 4 MiB 4203 → 4653 µs. Larger buffers keep the ring, whose pipelined
+/// pieces overlap the copies with the reductions (64 MiB, 4 ranks: 59.7 ms
+/// by the ring, 79.0 ms by halving).
 ///
 /// ```
 /// use zccl_primitives::schedule::algo::{choose_all_reduce, Algo, AlgoChoice, HALVING_MAX_BYTES};
 /// assert_eq!(choose_all_reduce(AlgoChoice::Auto, HALVING_MAX_BYTES, 8), Algo::Halving);
 /// assert_eq!(choose_all_reduce(AlgoChoice::Auto, HALVING_MAX_BYTES + 1, 8), Algo::Ring);
 /// ```
-pub const HALVING_MAX_BYTES: usize = 4 << 20;
+pub const HALVING_MAX_BYTES: usize = 2 << 20;
 
 /// Parses a `ZCCL_ALGO` value (pure). Unset or empty means `auto`; case and
 /// surrounding blanks are ignored; anything else is an error naming the value.
@@ -175,7 +177,7 @@ pub fn choose(choice: AlgoChoice, bytes: usize, n: usize) -> Algo {
 /// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 1 << 20, 8), Algo::Halving);
 /// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 1 << 20, 6), Algo::Ring);
 /// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 1 << 20, 2), Algo::Ring);
-/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 64 << 20, 8), Algo::Ring);
+/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 4 << 20, 8), Algo::Ring);
 /// assert_eq!(choose_all_reduce(AlgoChoice::Ring, 1 << 20, 8), Algo::Ring);
 /// assert_eq!(choose_all_reduce(AlgoChoice::Halving, 64 << 20, 8), Algo::Halving);
 /// ```

@@ -150,10 +150,10 @@ def mismatch():
 
     case("all_reduce_size", ar(1000, torch.float32, n_odd=999))
     # Sizes on both sides of an algorithm boundary (recursive doubling /
-    # halving at 64 KiB, halving / ring at 4 MiB with 4 ranks): ranks that
+    # halving at 64 KiB, halving / ring at 2 MiB with 4 ranks): ranks that
     # run different schedules still report the mismatch, not a timeout.
     case("all_reduce_size_tree_vs_halving", ar(1 << 14, torch.float32, n_odd=(1 << 14) + 1))
-    case("all_reduce_size_halving_vs_ring", ar(1 << 20, torch.float32, n_odd=(1 << 20) + 1))
+    case("all_reduce_size_halving_vs_ring", ar(1 << 19, torch.float32, n_odd=(1 << 19) + 1))
     case("all_reduce_size_async", lambda g: dist.all_reduce(
         torch.ones((1 << 18) + (1 if odd else 0)), group=g, async_op=True).wait())
     case("all_reduce_dtype_f32_i32", ar(1024, torch.float32, dtype_odd=torch.int32))
