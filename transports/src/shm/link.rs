@@ -32,6 +32,10 @@ pub(super) struct Ctx {
     pub(super) deliver: std::sync::OnceLock<crate::Deliver>,
     /// Receives' posted destinations: CMA copies land there directly.
     pub(super) landing: Arc<crate::landing::Landing>,
+    /// Whether large CMA copies run on two threads
+    /// ([`read_parallel`](crate::cma::read_parallel)): not on a host with
+    /// more ranks than CPUs.
+    pub(super) split_copies: bool,
     /// Tests: readers take no record while set (so that polls get them all).
     #[cfg(test)]
     pub(super) pause_readers: AtomicBool,

@@ -257,7 +257,7 @@ fn copy_cma(
         Some(c) => c.dest(),
         None => payload.as_mut_slice(),
     };
-    crate::cma::read_parallel(pid, ext.addr, dest).map_err(|e| {
+    crate::cma::read_parallel(pid, ext.addr, dest, ctx.split_copies).map_err(|e| {
         format!(
             "copying {} bytes at {:#x} from pid {pid} by CMA failed: {}",
             rec.len,

@@ -72,10 +72,11 @@ impl ShmTransport {
         // its CPUs (`ShmConfig::cma_min_for`). Every rank of the host sees
         // the same counts; a receiver handles CMA records of any size, so
         // the two sides need not agree anyway.
-        let cma_min = cfg.cma_min_for(
+        let (local, cpus) = (
             setup.peers.len() + 1,
             std::thread::available_parallelism().map_or(1, |n| n.get()),
         );
+        let cma_min = cfg.cma_min_for(local, cpus);
         let cma_on = cma_min > 0;
         let wanted = (cfg.ring_bytes.max(4096).div_ceil(4096) * 4096) as u64;
         // The rings of the segments this rank creates, sized so that the
@@ -194,6 +195,7 @@ impl ShmTransport {
             max_message: cfg.max_message,
             poll_lease_ns: u64::try_from(cfg.poll_lease.as_nanos()).unwrap_or(u64::MAX),
             deliver: std::sync::OnceLock::new(),
+            split_copies: local <= cpus,
             // Ring records from RING_LAND_MIN_BYTES and CMA copies (above
             // cma_min_bytes) land in posted zones; nothing smaller does.
             landing: Arc::new(crate::landing::Landing::with_min_bytes(match cma_min {
