@@ -63,6 +63,10 @@ impl<F: Fabric + ?Sized> Fabric for Counting<'_, F> {
         self.inner.rank()
     }
 
+    fn ensure_live(&self) -> Result<()> {
+        self.inner.ensure_live()
+    }
+
     fn size(&self) -> usize {
         self.inner.size()
     }

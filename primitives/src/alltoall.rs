@@ -175,6 +175,10 @@ pub fn all_to_all_v_into<T: Elem, F: Fabric + ?Sized>(
             send_counts[r], recv_counts[r]
         )));
     }
+    if n == 1 {
+        // No message to send: the fabric's state is the only failure.
+        f.ensure_live()?;
+    }
     output[ro[r]..ro[r + 1]].copy_from_slice(&input[so[r]..so[r + 1]]);
     let sz = std::mem::size_of::<T>();
     // Every block from a peer is received straight into its place in

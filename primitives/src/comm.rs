@@ -235,6 +235,13 @@ impl<'a> Labelled<'a> {
 }
 
 impl Fabric for Labelled<'_> {
+    fn ensure_live(&self) -> Result<()> {
+        Communicator::ensure_live(self.comm).map_err(|e| crate::Error::Ended {
+            rank: Communicator::rank(self.comm) as usize,
+            reason: e.to_string(),
+        })
+    }
+
     fn rank(&self) -> usize {
         Communicator::rank(self.comm) as usize
     }
@@ -303,6 +310,13 @@ impl Fabric for Labelled<'_> {
 
 /// A communicator is a fabric whose messages carry no label (plain bytes).
 impl Fabric for Communicator {
+    fn ensure_live(&self) -> Result<()> {
+        Communicator::ensure_live(self).map_err(|e| crate::Error::Ended {
+            rank: Communicator::rank(self) as usize,
+            reason: e.to_string(),
+        })
+    }
+
     fn rank(&self) -> usize {
         Communicator::rank(self) as usize
     }

@@ -95,6 +95,15 @@ pub enum Error {
         /// Why the fabric was aborted.
         reason: String,
     },
+    /// The fabric was aborted or closed before this operation started
+    /// ([`Fabric::ensure_live`](crate::Fabric::ensure_live)).
+    #[error("rank {rank}: {reason}")]
+    Ended {
+        /// The rank whose fabric ended.
+        rank: usize,
+        /// Why, in the fabric's words.
+        reason: String,
+    },
     /// The underlying transport failed (used by adapters over real transports).
     #[error("rank {rank}: {dir} rank {peer} on channel {channel}: {reason}")]
     Transport {

@@ -739,6 +739,19 @@ pub trait Fabric: Send + Sync {
         }))
     }
 
+    /// `Ok` while the fabric can run operations; an error once it was
+    /// aborted or closed. Operations that send no message (a collective of a
+    /// 1-rank group) ask it, so that they fail after an abort like the rest.
+    /// Default: always `Ok` (the simulated fabric, which cannot be aborted).
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// assert!(run_ranks(1, |f| f.ensure_live().is_ok())[0]);
+    /// ```
+    fn ensure_live(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The label byte this fabric stamps on the tags of the messages it
     /// carries ([`with_label`]; 0: none). The wrapper every operation puts
     /// around its fabric reports its own, so that an operation run inside
@@ -890,6 +903,10 @@ impl<'a, F: Fabric + ?Sized> Signed<'a, F> {
 impl<F: Fabric + ?Sized> Fabric for Signed<'_, F> {
     fn rank(&self) -> usize {
         self.f.rank()
+    }
+
+    fn ensure_live(&self) -> Result<()> {
+        self.f.ensure_live()
     }
 
     fn tag_label(&self) -> u8 {

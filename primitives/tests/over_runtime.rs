@@ -56,6 +56,47 @@ fn job<R: Send + 'static>(
         .collect()
 }
 
+/// A 1-rank communicator's collectives send no message; after `abort()`
+/// (or `close()`) they still fail, naming the reason, instead of returning
+/// as if nothing happened.
+#[test]
+fn a_one_rank_communicator_fails_its_collectives_after_abort_or_close() {
+    for how in ["abort", "close"] {
+        let errs = job(1, &[], move |c| {
+            let mut v = vec![1.0f32; 8];
+            all_reduce(&c, 0, &mut v, ReduceOp::Sum).unwrap();
+            if how == "abort" {
+                c.abort();
+            } else {
+                c.close();
+            }
+            let input = vec![1.0f32; 8];
+            vec![
+                all_reduce(&c, 0, &mut v, ReduceOp::Sum).err(),
+                broadcast(&c, 0, &mut v, 0).err(),
+                reduce_scatter(&c, 0, &input, ReduceOp::Sum).err(),
+                barrier(&c, 0).err(),
+                all_gather(&c, 0, &input).err(),
+                zccl_primitives::alltoall::all_to_all(&c, 0, &input).err(),
+                ring_shift(&c, 0, vec![1u8; 4], 4, 1).err(),
+            ]
+        });
+        for (i, e) in errs[0].iter().enumerate() {
+            let e = e
+                .as_ref()
+                .unwrap_or_else(|| panic!("{how}: op {i} returned Ok"));
+            // The ring shift (to itself) goes through the engine, which
+            // words it its own way.
+            if i < 6 {
+                assert!(
+                    e.to_string().contains(&format!("{how}() called")),
+                    "{how}: op {i}: {e}"
+                );
+            }
+        }
+    }
+}
+
 fn data(rank: usize, len: usize) -> Vec<i64> {
     (0..len)
         .map(|i| (i as i64 * 7919 + rank as i64 * 104_729) % 1_000_003 - 500_000)

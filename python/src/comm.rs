@@ -189,6 +189,12 @@ impl Comm {
             // fails this op and aborts the communicator like any error, so
             // the other ranks hear of it instead of waiting out their
             // timeout, and no wait on this op hangs.
+            // A communicator aborted or closed fails every later op, also
+            // those that send nothing (a 1-rank communicator's collectives).
+            if let Err(e) = sh.comm.ensure_live() {
+                drop(keep);
+                return Err(e.to_string());
+            }
             let r = crate::work::catch_panic(|| body(&sh.comm));
             if let Err(e) = &r {
                 sh.fail(e);

@@ -76,6 +76,18 @@ def test_collective_from_inside_a_callback_raises(zccl_launch, n):
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_every_operation_fails_after_abort(zccl_launch, n):
+    """After `abort()` every operation raises ZcclError naming it, with one
+    rank too (whose collectives send nothing)."""
+    launch = zccl_launch("native_api.py", n, "abort")
+    launch.assert_completed(n)
+    checks = launch.checks("native.after_abort")
+    assert sorted(r for r, _ in checks) == list(range(n)), f"ranks that reported: {checks}{launch.tail()}"
+    bad = [f"[rank {r}] {d['detail'][:400]}" for r, d in checks if not d["ok"]]
+    assert not bad, "\n".join(bad)
+
+
 # -- attn_merge (local, no communication) -------------------------------------
 
 

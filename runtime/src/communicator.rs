@@ -118,6 +118,9 @@ struct Core {
     /// Lowest context id not used by any communicator of this rank.
     next_comm: Mutex<u32>,
     aborted: AtomicBool,
+    /// Why the communicator stopped (aborted or closed), once it did:
+    /// [`Communicator::ensure_live`]'s answer.
+    ended: std::sync::OnceLock<String>,
     _root: Option<BootstrapRoot>,
 }
 
@@ -419,6 +422,7 @@ impl Communicator {
             spin_tight,
             next_comm: Mutex::new(1),
             aborted: AtomicBool::new(false),
+            ended: std::sync::OnceLock::new(),
             _root: root,
         });
         Ok(Self {
@@ -725,7 +729,34 @@ impl Communicator {
     /// comm.close();
     /// ```
     pub fn close(&self) {
+        let _ = self.inner.core.ended.set("close() called".into());
         self.inner.core.shut_down();
+    }
+
+    /// `Ok` while the communicator runs; once it was aborted
+    /// ([`Communicator::abort`]) or closed ([`Communicator::close`]), the
+    /// error every new operation gets. Operations that send no message (the
+    /// collectives of a 1-rank communicator) ask it, so that they fail after
+    /// an abort like any other.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// assert!(comm.ensure_live().is_ok());
+    /// comm.abort();
+    /// let e = comm.ensure_live().unwrap_err().to_string();
+    /// assert!(e.contains("abort() called"), "{e}");
+    /// ```
+    pub fn ensure_live(&self) -> Result<()> {
+        match self.inner.core.ended.get() {
+            None => Ok(()),
+            Some(reason) => Err(Error::Aborted {
+                op: None,
+                reason: reason.clone(),
+            }),
+        }
     }
 
     /// [`Communicator::abort`], telling the peers why: they report the
@@ -740,6 +771,7 @@ impl Communicator {
     /// ```
     pub fn abort_because(&self, reason: &str) {
         let core = &self.inner.core;
+        let _ = core.ended.set(reason.into());
         if core.aborted.swap(true, Ordering::AcqRel) {
             return;
         }

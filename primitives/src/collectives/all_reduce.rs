@@ -66,6 +66,7 @@ pub fn all_reduce_with<T: Elem, F: Fabric + ?Sized>(
     let f = &Signed::new::<T>(f, op.label(OpLabel::ALL_REDUCE_SUM));
     let n = f.size();
     if n == 1 {
+        f.ensure_live()?;
         let out = finish::<T>(op, &to_acc(buf), 1);
         buf.copy_from_slice(&out);
         return Ok(());

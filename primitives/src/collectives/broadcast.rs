@@ -83,7 +83,7 @@ pub fn broadcast_with<T: Elem, F: Fabric + ?Sized>(
     let f = &Signed::new::<T>(f, OpLabel::broadcast_root(root));
     let (r, n) = (f.rank(), f.size());
     if n == 1 {
-        return Ok(());
+        return f.ensure_live();
     }
     if n > 2 {
         if algo == Algo::Tree && std::mem::size_of_val(buf) <= SMALL_BCAST_BYTES {

@@ -578,7 +578,25 @@ def callback_reentry():
     return ok and secs < 10, f"{detail} after {secs:.1f} s"
 
 
+def after_abort():
+    # Every operation fails once the communicator was aborted, also where it
+    # sends nothing (a 1-rank communicator's collectives returned as if
+    # nothing had happened).
+    comm.abort()
+    x = np.ones(8, np.float32)
+    results = []
+    for name, call in (("all_reduce", lambda: comm.all_reduce(x)), ("barrier", comm.barrier),
+                       ("broadcast", lambda: comm.broadcast(x, 0)), ("all_gather", lambda: comm.all_gather(x, np.empty(8 * W, np.float32)))):
+        ok, detail = raises(zccl.ZcclError, call, "abort() called")
+        results.append((ok, f"{name}: {detail}"))
+    return all(ok for ok, _ in results), "; ".join(d for _, d in results)
+
+
 # -- the run ----------------------------------------------------------------
+
+if sys.argv[1:] == ["abort"]:
+    C.run("native.after_abort", after_abort)
+    C.finish()
 
 if sys.argv[1:] == ["reentry"]:
     # Its own launch: the failed operation aborts the communicator, which
