@@ -115,7 +115,12 @@ def _secs(timeout):
         s = timeout.total_seconds()
     else:
         s = float(timeout)
-    return s if s > 0 else None
+    if s == 0:
+        # torch's kNoTimeout (a zero duration): the group's own timeout.
+        return None
+    if not s > 0 or s == float("inf"):
+        raise ValueError(f"zccl: timeout must be a positive number of seconds (or 0 for the group's), got {timeout!r}")
+    return s
 
 
 class _Staged:
