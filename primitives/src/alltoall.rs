@@ -179,7 +179,6 @@ pub fn all_to_all_v_into<T: Elem, F: Fabric + ?Sized>(
         // No message to send: the fabric's state is the only failure.
         f.ensure_live()?;
     }
-    output[ro[r]..ro[r + 1]].copy_from_slice(&input[so[r]..so[r + 1]]);
     let sz = std::mem::size_of::<T>();
     // Every block from a peer is received straight into its place in
     // `output` (a same-host CMA copy lands there; see
@@ -211,6 +210,12 @@ pub fn all_to_all_v_into<T: Elem, F: Fabric + ?Sized>(
         // every handle is waited (or dropped, which waits) before it returns.
         sends.push(unsafe { f.isend_lent(to, ch, t, block) }?);
     }
+    // This rank's own block, while the peers copy theirs (a CMA peer reads
+    // the lent blocks meanwhile).
+    // SAFETY: block `r` of `output` lies inside it and is disjoint from
+    // every block a receive lands in.
+    unsafe { std::slice::from_raw_parts_mut(base.add(ro[r]), recv_counts[r]) }
+        .copy_from_slice(&input[so[r]..so[r + 1]]);
     for rv in recvs {
         rv.wait()?;
     }
