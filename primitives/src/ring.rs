@@ -346,6 +346,10 @@ where
 {
     let f = &Signed::bytes(f, OpLabel::RING_PASS, DType::U8);
     let (r, n) = (f.rank(), f.size());
+    if n == 1 {
+        // No message to send: the fabric's state is the only failure.
+        f.ensure_live()?;
+    }
     if !shift::visits_all(n, offset) {
         return Err(invalid(format!(
             "ring_pass: offset {offset} is not coprime to {n} ranks"

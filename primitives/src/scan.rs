@@ -188,6 +188,10 @@ where
         )));
     }
     let blk = row_blocks(rows, blocks)?;
+    if f.size() == 1 {
+        // No message to send: the fabric's state is the only failure.
+        f.ensure_live()?;
+    }
     let role = chain_role(f.rank(), f.size(), dir);
     let mut exclusive = vec![0.0f32; rows * cols];
     let need_inclusive = want_inclusive || role.send_to.is_some();
@@ -364,6 +368,9 @@ where
             identity.len(),
             local.len()
         )));
+    }
+    if f.size() == 1 {
+        f.ensure_live()?;
     }
     let role = chain_role(f.rank(), f.size(), dir);
     let t = tag(OP_SCAN_FN, 0, 0);

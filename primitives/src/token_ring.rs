@@ -140,6 +140,10 @@ pub fn token_ring<F: Fabric + ?Sized, K: TokenRingKernel>(
 ) -> Result<()> {
     let f = &Signed::bytes(f, OpLabel::TOKEN_RING, DType::U8);
     let r = f.rank();
+    if f.size() == 1 {
+        // No message to send: the fabric's state is the only failure.
+        f.ensure_live()?;
+    }
     check_offset("token_ring", q_offset)?;
     if q_local.len() != kernel.q_len(r, 0, r) {
         return Err(invalid(format!(

@@ -78,6 +78,16 @@ fn a_one_rank_communicator_fails_its_collectives_after_abort_or_close() {
                 barrier(&c, 0).err(),
                 all_gather(&c, 0, &input).err(),
                 zccl_primitives::alltoall::all_to_all(&c, 0, &input).err(),
+                zccl_primitives::scan::all_scan_with(
+                    &c,
+                    0,
+                    &input,
+                    ScanDirection::Forward,
+                    &[0.0; 8],
+                    |a, b| a.iter().zip(b).map(|(x, y)| x + y).collect(),
+                    true,
+                )
+                .err(),
                 ring_shift(&c, 0, vec![1u8; 4], 4, 1).err(),
             ]
         });
@@ -87,7 +97,7 @@ fn a_one_rank_communicator_fails_its_collectives_after_abort_or_close() {
                 .unwrap_or_else(|| panic!("{how}: op {i} returned Ok"));
             // The ring shift (to itself) goes through the engine, which
             // words it its own way.
-            if i < 6 {
+            if i < 7 {
                 assert!(
                     e.to_string().contains(&format!("{how}() called")),
                     "{how}: op {i}: {e}"

@@ -119,14 +119,15 @@ def test_torch_context_parallel_attention(zccl_launch, n):
 
 
 def test_wait_timeouts_follow_torch():
-    """`Work.wait(timeout)` and the group's timeout: 0 is torch's kNoTimeout
-    (the group's own timeout); a negative, NaN or infinite one is an error,
-    not "no timeout"."""
+    """`Work.wait(timeout)` and the group's timeout: 0 (torch's kNoTimeout)
+    and -1 ms (kUnsetTimeout) mean the group's own timeout; any other
+    negative, NaN or infinite one is an error, not "no timeout"."""
     import datetime
 
     zt = pytest.importorskip("zccl.torch")
     assert zt._secs(None) is None
     assert zt._secs(0) is None and zt._secs(datetime.timedelta(0)) is None
+    assert zt._secs(datetime.timedelta(milliseconds=-1)) is None  # kUnsetTimeout
     assert zt._secs(2.5) == 2.5 and zt._secs(datetime.timedelta(seconds=3)) == 3.0
     for bad in (-1, float("nan"), float("inf"), datetime.timedelta(seconds=-1)):
         with pytest.raises(ValueError, match="timeout"):

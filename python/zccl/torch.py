@@ -115,8 +115,9 @@ def _secs(timeout):
         s = timeout.total_seconds()
     else:
         s = float(timeout)
-    if s == 0:
-        # torch's kNoTimeout (a zero duration): the group's own timeout.
+    if s == 0 or s == -0.001:
+        # torch's kNoTimeout (zero) and kUnsetTimeout (-1 ms): the group's
+        # own timeout.
         return None
     if not s > 0 or s == float("inf"):
         raise ValueError(f"zccl: timeout must be a positive number of seconds (or 0 for the group's), got {timeout!r}")

@@ -515,8 +515,9 @@ mod tests {
                     all_reduce_with(f, 0, &mut m, ReduceOp::Min, Algo::Halving).unwrap();
                     let mut p: Vec<i64> = (0..len).map(|i| (f.rank() + i) as i64 % 5 + 1).collect();
                     all_reduce_with(f, 0, &mut p, ReduceOp::Prod, Algo::Halving).unwrap();
-                    // Out of place, and a type that accumulates in f32
-                    // (halving does not apply: the ring runs).
+                    // Out of place (by size: recursive doubling here), and a
+                    // type that accumulates in f32 (halving does not apply:
+                    // the ring runs).
                     let input: Vec<f32> = (0..len).map(|i| x(f.rank(), i)).collect();
                     let mut o = vec![0f32; len];
                     all_reduce_into(f, 0, &input, &mut o, ReduceOp::Max).unwrap();

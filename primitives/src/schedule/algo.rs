@@ -6,8 +6,10 @@
 //! ([`crate::schedule::halving`]; [`choose_all_reduce`]).
 //!
 //! Every rank of a collective must make the same choice; the choice depends
-//! only on the message size, the group size and `ZCCL_ALGO`, which must
-//! therefore be set identically on every rank.
+//! only on the message size, the group size, `ZCCL_ALGO` (which must
+//! therefore be set identically on every rank) and, for halving, the element
+//! type (f16/bf16 take the ring), which ranks that pass matching buffers
+//! share.
 
 use crate::error::{Result, invalid};
 

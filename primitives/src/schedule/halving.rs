@@ -12,7 +12,10 @@
 //! on halves each step; the rank keeps the lower half when bit `mask` of its
 //! rank is clear (and is then the left operand, so both partners compute the
 //! same bracketing), sends the other half to `rank ^ mask` and combines the
-//! partner's copy of the kept half into its own. It ends owning one reduced
+//! partner's copy of the kept half into its own (every operator is
+//! commutative bit for bit, so the operand order does not change the result;
+//! the order is kept for a reader who compares with a reference tree). It
+//! ends owning one reduced
 //! block ([`owned_block`], `rank` with its bits reversed); only that rank
 //! computes it. The all-gather runs the steps backwards, each rank sending
 //! what it kept and receiving what it gave away, so every rank ends with the

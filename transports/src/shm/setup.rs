@@ -69,9 +69,11 @@ impl ShmTransport {
         let rank = setup.rank;
         let cfg = &setup.config;
         // The CMA threshold for this host: lower where its ranks outnumber
-        // its CPUs (`ShmConfig::cma_min_for`). Every rank of the host sees
-        // the same counts; a receiver handles CMA records of any size, so
-        // the two sides need not agree anyway.
+        // the CPUs this process may use (`ShmConfig::cma_min_for`; affinity
+        // and cgroup quota, as `handle::tight_spin` counts them, so ranks
+        // bound to one core each count as crowded). Ranks with different
+        // affinities may choose differently, which is harmless: a receiver
+        // handles CMA records of any size.
         let (local, cpus) = (
             setup.peers.len() + 1,
             std::thread::available_parallelism().map_or(1, |n| n.get()),
