@@ -405,7 +405,7 @@ impl Communicator {
         info!(rank, size, nics = ?nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), "communicator ready");
         let spin_tight = crate::handle::tight_spin(
             book_size as usize,
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            zccl_transports::shm::shared_cpus(),
             config.spin_wait,
         );
         let core = Arc::new(Core {

@@ -48,7 +48,11 @@ pub(crate) struct Spin {
 const TIGHT_SPIN: Duration = Duration::from_micros(10);
 
 /// How long a waiting thread polls without yielding in between, given the
-/// ranks of this job on this host and the CPUs this process may run on.
+/// ranks of this job on this host and the CPUs they share
+/// ([`zccl_transports::shm::shared_cpus`]: a rank bound to its own cores by
+/// an affinity mask is not taken for oversubscribed; 2 ranks each bound to
+/// its own vCPU, 8 B ping-pong 1.26 µs polling back to back against
+/// 1.55 µs yielding from the first empty poll).
 ///
 /// With a core for each rank, yielding after each empty poll only delays
 /// seeing the peer's message by a system call (a third of an 8 B

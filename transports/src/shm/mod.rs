@@ -161,4 +161,5 @@ pub use config::{
     POLL_MAX_PAYLOAD, ShmConfig, ShmSetup,
 };
 pub use segment::{host_identity, job_tag, segment_name, valid_tag};
+pub use setup::shared_cpus;
 pub use transport::ShmTransport;

@@ -61,8 +61,13 @@ fn cma_accept(
 /// without crowding them, and a rank cannot tell that from a mask shared by
 /// the whole job; taking bound ranks for crowded cost 30–45 % (2 ranks, each
 /// bound to its own vCPU, all-gather 256 KiB by CMA: 34–109 µs against
-/// 23–68 µs through the ring). Asked once per transport.
-fn shared_cpus() -> usize {
+/// 23–68 µs through the ring). Asked once per transport (and by the
+/// runtime's choice of how a waiter spins).
+///
+/// ```
+/// assert!(zccl_transports::shm::shared_cpus() >= 1);
+/// ```
+pub fn shared_cpus() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // SAFETY: plain libc queries into a zeroed `cpu_set_t` this function
     // owns; its size is passed.
