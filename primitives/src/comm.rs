@@ -236,10 +236,7 @@ impl<'a> Labelled<'a> {
 
 impl Fabric for Labelled<'_> {
     fn ensure_live(&self) -> Result<()> {
-        Communicator::ensure_live(self.comm).map_err(|e| crate::Error::Ended {
-            rank: Communicator::rank(self.comm) as usize,
-            reason: e.to_string(),
-        })
+        Fabric::ensure_live(self.comm)
     }
 
     fn rank(&self) -> usize {

@@ -68,21 +68,21 @@ def test_collective_from_inside_a_callback_raises(zccl_launch, n):
     """A ring_pass callback that calls a collective of the same communicator
     (which waits for the ring_pass it runs in) raises at once on every rank
     instead of hanging; the program still ends normally."""
-    launch = zccl_launch("native_api.py", n, "reentry")
-    launch.assert_completed(n)
-    checks = launch.checks("native.reentry")
-    assert sorted(r for r, _ in checks) == list(range(n)), f"ranks that reported: {checks}{launch.tail()}"
-    bad = [f"[rank {r}] {d['detail'][:400]}" for r, d in checks if not d["ok"]]
-    assert not bad, "\n".join(bad)
+    _every_rank_passed(zccl_launch("native_api.py", n, "reentry"), "native.reentry", n)
 
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_every_operation_fails_after_abort(zccl_launch, n):
     """After `abort()` every operation raises ZcclError naming it, with one
     rank too (whose collectives send nothing)."""
-    launch = zccl_launch("native_api.py", n, "abort")
+    _every_rank_passed(zccl_launch("native_api.py", n, "abort"), "native.after_abort", n)
+
+
+def _every_rank_passed(launch, name, n):
+    """The launch completed and each of its `n` ranks reported check `name`
+    as passed."""
     launch.assert_completed(n)
-    checks = launch.checks("native.after_abort")
+    checks = launch.checks(name)
     assert sorted(r for r, _ in checks) == list(range(n)), f"ranks that reported: {checks}{launch.tail()}"
     bad = [f"[rank {r}] {d['detail'][:400]}" for r, d in checks if not d["ok"]]
     assert not bad, "\n".join(bad)

@@ -328,11 +328,17 @@ where
     }
     wait_all(sends)?;
     if op == ReduceOp::Avg {
-        for x in buf.iter_mut() {
-            *x = A::divide(*x, n);
-        }
+        divide_all(buf, n);
     }
     Ok(())
+}
+
+/// AVG's last step over a sum in place (the in-place algorithms, whose
+/// values are their own accumulators).
+fn divide_all<A: crate::reduce::Accumulator>(xs: &mut [A], n: usize) {
+    for x in xs {
+        *x = A::divide(*x, n);
+    }
 }
 
 /// Rabenseifner's all-reduce ([`halving`]) over a power-of-two group, for a
@@ -368,10 +374,8 @@ where
         let got = &mut scratch[..keep.len()];
         // The first step reads this rank's contribution from `src` when out
         // of place; later ones read what the earlier ones wrote into `buf`.
-        let from = match src {
-            Some(src) if st.step == 0 => src.as_ptr(),
-            _ => base.cast_const(),
-        };
+        let first_src = src.filter(|_| st.step == 0);
+        let from = first_src.map_or(base.cast_const(), <[A]>::as_ptr);
         // SAFETY: `scratch` is not touched until the receive was waited (or
         // its handle dropped, which takes it back). The lent blocks `send`
         // lie in `buf` and are disjoint from every block written from here
@@ -384,23 +388,23 @@ where
         rv.wait()?;
         // SAFETY: `keep` lies in `buf`, disjoint from every lent block.
         let mine = unsafe { std::slice::from_raw_parts_mut(base.add(keep.start), keep.len()) };
-        match src {
-            Some(src) if st.step == 0 => {
+        match first_src {
+            Some(src) => {
                 // `mine = partner's ⊕ src's` (as the ring's out-of-place
                 // step): the partner's partial result on the left.
                 crate::reduce::combine_to::<A>(op, mine, got, &src[keep]);
             }
-            _ if st.self_is_left => combine_into(op, mine, got),
-            _ => combine_into_rhs(op, mine, got),
+            None if st.self_is_left => combine_into(op, mine, got),
+            None => combine_into_rhs(op, mine, got),
         }
     }
     if op == ReduceOp::Avg {
         let own = chunks[halving::owned_block(r, n)].clone();
         // SAFETY: the owned block is this rank's last kept one, not lent.
-        let own = unsafe { std::slice::from_raw_parts_mut(base.add(own.start), own.len()) };
-        for x in own.iter_mut() {
-            *x = A::divide(*x, n);
-        }
+        divide_all(
+            unsafe { std::slice::from_raw_parts_mut(base.add(own.start), own.len()) },
+            n,
+        );
     }
     // The all-gather writes blocks lent above: they must be free first.
     for s in &mut sends {
