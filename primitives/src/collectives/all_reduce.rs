@@ -262,10 +262,14 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
 
 /// From this size up, recursive doubling reduces in place ([`rd_in_place`]):
 /// below it the buffer copies it saves cost less than the lent send's and
-/// the receive-into's own bookkeeping (A/B, 7 interleaved rounds: 2 ranks,
-/// 8 KiB 2.57 against 2.69 µs, 16 KiB 3.38 against 2.93 µs, 64 KiB 10.5
-/// against 6.7 µs; 4 ranks, 64 KiB 73 against 54 µs).
-const RD_IN_PLACE_MIN_BYTES: usize = 16 << 10;
+/// the receive-into's own bookkeeping. Measured (medians of 7–9
+/// interleaved rounds) once shared memory wrote lent payloads straight into
+/// its ring: in place against the general path, 2 ranks 8 B 2.25 against
+/// 1.89 µs, 2 KiB 2.86 against 2.60, 4 KiB 2.93 against 3.21 (5.82 against
+/// 5.64 in a slower hour), 8 KiB 3.94 against 4.88; 4 ranks 1 KiB 14.2
+/// against 16.1, 4 KiB 20.0 against 24.0. (Before, when the lent send
+/// copied its payload first, the crossover was at 16 KiB.)
+const RD_IN_PLACE_MIN_BYTES: usize = 4 << 10;
 
 /// Whether `T` is its own accumulator type (every type but `f16`/`bf16`).
 fn own_acc<T: Elem>() -> bool {
