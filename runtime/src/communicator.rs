@@ -360,8 +360,14 @@ impl Communicator {
                     "rank {rank}: shared-memory setup failed: {e} (ZCCL_SHM_DISABLE=1 uses TCP instead)"
                 ))
             })?;
-            Some((Arc::new(shm) as Arc<dyn Transport>, shm_rx))
+            Some((shm, shm_rx))
         };
+        // The CPUs this host's ranks share: from every local rank's affinity
+        // mask where shared memory exchanged them, else this rank's guess.
+        let shared_cpus = shm
+            .as_ref()
+            .map_or_else(zccl_transports::shm::shared_cpus, |(s, _)| s.shared_cpus());
+        let shm = shm.map(|(s, rx)| (Arc::new(s) as Arc<dyn Transport>, rx));
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let via_shm = if shm.is_some() {
             via_shm
@@ -403,11 +409,8 @@ impl Communicator {
             info!(target: "zccl::init", rank, %addr, "rank {rank} serves Prometheus metrics on http://{addr}/metrics");
         }
         info!(rank, size, nics = ?nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), "communicator ready");
-        let spin_tight = crate::handle::tight_spin(
-            book_size as usize,
-            zccl_transports::shm::shared_cpus(),
-            config.spin_wait,
-        );
+        let spin_tight =
+            crate::handle::tight_spin(book_size as usize, shared_cpus, config.spin_wait);
         let core = Arc::new(Core {
             world_rank: rank,
             config,

@@ -103,6 +103,13 @@ pub(super) const OFF_OPENER_PROBE: usize = 64;
 pub(super) const OFF_OPENER_PROBE_VAL: usize = 72;
 /// Ring control blocks: ring 0 carries `lo → hi`, ring 1 `hi → lo`.
 pub(super) const CTL: [usize; 2] = [256, 512];
+/// Each side's affinity mask ([`CpuMask`](super::cpus::CpuMask)).
+pub(super) const OFF_CREATOR_MASK: usize = 1024;
+pub(super) const OFF_OPENER_MASK: usize = OFF_CREATOR_MASK + super::cpus::CpuMask::BYTES;
+// The masks sit past both control blocks (256 bytes each) and inside the header.
+const _: () = assert!(
+    OFF_CREATOR_MASK >= CTL[1] + 256 && OFF_OPENER_MASK + super::cpus::CpuMask::BYTES <= HEADER
+);
 
 /// One mapped segment. Unlinks its name on drop unless it is already gone.
 pub(super) struct Segment {
@@ -258,6 +265,7 @@ pub(super) fn create_segment(
         .store(probe, Ordering::Relaxed);
     seg.u64_at(OFF_CREATOR_PROBE_VAL)
         .store(val, Ordering::Relaxed);
+    super::cpus::CpuMask::own().store(&seg, OFF_CREATOR_MASK);
     seg.u64_at(OFF_MAGIC).store(MAGIC, Ordering::Release);
     Ok(seg)
 }

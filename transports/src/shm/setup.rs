@@ -11,14 +11,15 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::config::ShmSetup;
+use super::cpus::{CpuMask, shared_cpus_with};
 use super::futex::{futex_wait, futex_wake};
 use super::link::{Ctx, Link};
 use super::recv::reader;
 use super::ring::{CMA_NO, CMA_YES, R_CMA_OK, Ring};
 use super::segment::{
-    CTL, OFF_ATTACHED, OFF_CREATOR_PID, OFF_CREATOR_PROBE, OFF_CREATOR_PROBE_VAL, OFF_OPENER_PID,
-    OFF_OPENER_PROBE, OFF_OPENER_PROBE_VAL, Segment, create_segment, fit_ring_bytes, segment_name,
-    shm_free_bytes, try_open_segment, valid_tag,
+    CTL, OFF_ATTACHED, OFF_CREATOR_MASK, OFF_CREATOR_PID, OFF_CREATOR_PROBE, OFF_CREATOR_PROBE_VAL,
+    OFF_OPENER_MASK, OFF_OPENER_PID, OFF_OPENER_PROBE, OFF_OPENER_PROBE_VAL, Segment,
+    create_segment, fit_ring_bytes, segment_name, shm_free_bytes, try_open_segment, valid_tag,
 };
 use super::send::writer;
 use super::transport::ShmTransport;
@@ -53,40 +54,6 @@ fn cma_accept(
     res
 }
 
-/// The CPUs this host's ranks share, as far as one rank can tell: what this
-/// process may use (`available_parallelism`: the cgroup's quota, the online
-/// CPUs) when no affinity mask binds it; `usize::MAX` (not crowded) when one
-/// does. A launcher that binds each rank to its own cores (`mpirun`'s
-/// default for few ranks, `srun --cpu-bind=cores`) gives every rank few CPUs
-/// without crowding them, and a rank cannot tell that from a mask shared by
-/// the whole job; taking bound ranks for crowded cost 30–45 % (2 ranks, each
-/// bound to its own vCPU, all-gather 256 KiB by CMA: 34–109 µs against
-/// 23–68 µs through the ring). Asked once per transport (and by the
-/// runtime's choice of how a waiter spins).
-///
-/// ```
-/// assert!(zccl_transports::shm::shared_cpus() >= 1);
-/// ```
-pub fn shared_cpus() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // SAFETY: plain libc queries into a zeroed `cpu_set_t` this function
-    // owns; its size is passed.
-    let (online, bound) = unsafe {
-        let online = libc::sysconf(libc::_SC_NPROCESSORS_ONLN);
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let rc = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-        (
-            online,
-            rc == 0 && i64::from(libc::CPU_COUNT(&set)) < online as i64,
-        )
-    };
-    if online > 0 && bound {
-        usize::MAX
-    } else {
-        cpus
-    }
-}
-
 impl ShmTransport {
     /// Creates, opens and maps the segments of every peer in `setup.peers`,
     /// waits until each peer mapped its side (the names are then unlinked),
@@ -102,13 +69,8 @@ impl ShmTransport {
         let deadline = Instant::now() + setup.setup_timeout;
         let rank = setup.rank;
         let cfg = &setup.config;
-        // The CMA threshold for this host: lower where its ranks outnumber
-        // the CPUs they share (`ShmConfig::cma_min_for`, `shared_cpus`).
-        // Ranks may count differently, which is harmless: a receiver
-        // handles CMA records of any size.
-        let (local, cpus) = (setup.peers.len() + 1, shared_cpus());
-        let cma_min = cfg.cma_min_for(local, cpus);
-        let cma_on = cma_min > 0;
+        let local = setup.peers.len() + 1;
+        let cma_on = cfg.cma_min_bytes > 0;
         let wanted = (cfg.ring_bytes.max(4096).div_ceil(4096) * 4096) as u64;
         // The rings of the segments this rank creates, sized so that the
         // whole host's fit in /dev/shm (only creators choose; every rank
@@ -182,6 +144,7 @@ impl ShmTransport {
             seg.u64_at(OFF_OPENER_PROBE).store(probe, Ordering::Relaxed);
             seg.u64_at(OFF_OPENER_PROBE_VAL)
                 .store(val, Ordering::Relaxed);
+            CpuMask::own().store(&seg, OFF_OPENER_MASK);
             // We read ring 0 (the creator's, lower rank's, direction).
             let cma = cma_accept(
                 &seg,
@@ -218,6 +181,26 @@ impl ShmTransport {
                 (OFF_OPENER_PID, OFF_OPENER_PROBE, OFF_OPENER_PROBE_VAL),
             );
         }
+        // The CPUs this host's ranks share, from every local rank's
+        // affinity mask (the peers wrote theirs before the segment's magic
+        // or attach flag we acquired), and so the CMA threshold: lower
+        // where the ranks outnumber them (`ShmConfig::cma_min_for`). Ranks
+        // may count differently (a quota each sees alone), which is
+        // harmless: a receiver handles CMA records of any size.
+        let masks: Vec<CpuMask> = std::iter::once(CpuMask::own())
+            .chain(segs.iter().map(|(p, seg, ..)| {
+                CpuMask::load(
+                    seg,
+                    if *p > rank {
+                        OFF_OPENER_MASK
+                    } else {
+                        OFF_CREATOR_MASK
+                    },
+                )
+            }))
+            .collect();
+        let cpus = shared_cpus_with(&masks);
+        let cma_min = cfg.cma_min_for(local, cpus);
         // 4. Start the threads.
         let ctx = Arc::new(Ctx {
             rank,
@@ -301,6 +284,7 @@ impl ShmTransport {
             ring_bytes = cap,
             cma_min_bytes = cma_min,
             cma_from = ?cma_peers,
+            shared_cpus = cpus,
             "shm transport ready"
         );
         if !ring_peers.is_empty() {
@@ -319,6 +303,7 @@ impl ShmTransport {
             live,
             poll_next: AtomicUsize::new(0),
             sleepers: std::sync::atomic::AtomicU32::new(0),
+            shared_cpus: cpus,
         })
     }
 }

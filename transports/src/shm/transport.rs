@@ -35,6 +35,8 @@ pub struct ShmTransport {
     /// ([`Transport::set_sleeping`](crate::Transport::set_sleeping)): while
     /// there are any, no poll lease is granted.
     pub(super) sleepers: std::sync::atomic::AtomicU32,
+    /// The CPUs this host's ranks share ([`ShmTransport::shared_cpus`]).
+    pub(super) shared_cpus: usize,
 }
 
 impl std::fmt::Debug for ShmTransport {
@@ -50,6 +52,13 @@ impl std::fmt::Debug for ShmTransport {
 }
 
 impl ShmTransport {
+    /// The CPUs this host's ranks share, from every local rank's affinity
+    /// mask, exchanged at setup ([`shared_cpus_of`](super::shared_cpus_of)):
+    /// they are crowded when they outnumber them.
+    pub fn shared_cpus(&self) -> usize {
+        self.shared_cpus
+    }
+
     /// Writes `msg` into the ring on the calling thread when it can go at
     /// once: the ring has room and nothing is queued before it (one thread
     /// wake-up less per message than handing it to the writer thread; never
