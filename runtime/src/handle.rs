@@ -68,7 +68,7 @@ const TIGHT_SPIN: Duration = Duration::from_micros(10);
 /// all_reduce. Open MPI makes the same choice (`mpi_yield_when_idle` when
 /// oversubscribed).
 pub(crate) fn tight_spin(local_ranks: usize, cpus: usize, budget: Duration) -> Duration {
-    if local_ranks > cpus {
+    if zccl_transports::shm::crowded(local_ranks, cpus) {
         Duration::ZERO
     } else {
         budget.min(TIGHT_SPIN)

@@ -44,6 +44,7 @@ pub const TREE_MAX_BYTES: usize = 64 * 1024;
 /// assert_eq!(choose(AlgoChoice::Ring, 1, 8), Algo::Ring);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum AlgoChoice {
     /// Choose by size ([`TREE_MAX_BYTES`]).
     #[default]
@@ -77,6 +78,7 @@ pub enum AlgoChoice {
 /// assert_eq!(outcomes, [4 * 2, 4 * 3]);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Algo {
     /// Ring (reduce-scatter + all-gather; ring all-gather; chain broadcast).
     Ring,

@@ -29,7 +29,11 @@ pub struct ShmConfig {
     /// total copying decides and one copy beats two from smaller messages.
     /// The runtime sets it, like `cma_min_bytes`, from
     /// `ZCCL_SHM_CMA_MIN_BYTES` when that is set (an explicit threshold
-    /// holds on any host). Default: [`CROWDED_CMA_MIN_BYTES`].
+    /// holds on any host). `0` here alone: this rank sends nothing by CMA
+    /// on a crowded host, but still reads the CMA records of a peer that
+    /// counted the host otherwise (whether the host is crowded is known
+    /// only once the segments are up, after CMA was agreed). Default:
+    /// [`CROWDED_CMA_MIN_BYTES`].
     pub crowded_cma_min_bytes: usize,
     /// How long a thread that stops polling because its op completed
     /// ([`Transport::pause_polling`](crate::Transport::pause_polling))
@@ -133,7 +137,7 @@ impl ShmConfig {
     /// share a host of `cpus` CPUs: [`ShmConfig::crowded_cma_min_bytes`]
     /// when they outnumber the CPUs, else [`ShmConfig::cma_min_bytes`].
     /// `cma_min_bytes == 0` turns CMA off on any host; `0` as the crowded
-    /// threshold turns it off on crowded hosts only.
+    /// threshold stops this rank sending by CMA on crowded hosts only.
     ///
     /// ```
     /// use zccl_transports::shm::{CMA_MIN_BYTES, CROWDED_CMA_MIN_BYTES, ShmConfig};
@@ -146,7 +150,7 @@ impl ShmConfig {
     pub fn cma_min_for(&self, local_ranks: usize, cpus: usize) -> usize {
         if self.cma_min_bytes == 0 {
             0
-        } else if local_ranks > cpus {
+        } else if super::cpus::crowded(local_ranks, cpus) {
             self.crowded_cma_min_bytes
         } else {
             self.cma_min_bytes

@@ -152,6 +152,20 @@ pub fn shared_cpus_of(masks: &[CpuMask], online: usize, parallelism: usize, own:
     union.min(quota).max(1)
 }
 
+/// Whether `local_ranks` ranks outnumber the `cpus` they share (see
+/// [`shared_cpus_of`]): then copies and waits take CPU time from another
+/// rank, and the CMA threshold, split copies and a waiter's spinning are
+/// chosen for that. Pure.
+///
+/// ```
+/// use zccl_transports::shm::crowded;
+/// assert!(crowded(4, 2));
+/// assert!(!crowded(2, 2));
+/// ```
+pub fn crowded(local_ranks: usize, cpus: usize) -> bool {
+    local_ranks > cpus
+}
+
 /// The CPUs this host's ranks share as far as this rank alone can tell
 /// (no peer's mask known: a communicator without shared memory between its
 /// local ranks): what this process may use (`available_parallelism`: the

@@ -161,6 +161,6 @@ pub use config::{
     CMA_CLOSE_WAIT, CMA_MIN_BYTES, CROWDED_CMA_MIN_BYTES, POLL_LEASE, POLL_MAX_CMA_BYTES,
     POLL_MAX_PAYLOAD, ShmConfig, ShmSetup,
 };
-pub use cpus::{CpuMask, shared_cpus, shared_cpus_of};
+pub use cpus::{CpuMask, crowded, shared_cpus, shared_cpus_of};
 pub use segment::{host_identity, job_tag, segment_name, valid_tag};
 pub use transport::ShmTransport;

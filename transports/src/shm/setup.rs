@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::config::ShmSetup;
-use super::cpus::{CpuMask, shared_cpus_with};
+use super::cpus::{CpuMask, crowded, shared_cpus_with};
 use super::futex::{futex_wait, futex_wake};
 use super::link::{Ctx, Link};
 use super::recv::reader;
@@ -209,7 +209,7 @@ impl ShmTransport {
             max_message: cfg.max_message,
             poll_lease_ns: u64::try_from(cfg.poll_lease.as_nanos()).unwrap_or(u64::MAX),
             deliver: std::sync::OnceLock::new(),
-            split_copies: local <= cpus,
+            split_copies: !crowded(local, cpus),
             // Ring records from RING_LAND_MIN_BYTES and CMA copies (above
             // cma_min_bytes) land in posted zones; nothing smaller does.
             landing: Arc::new(crate::landing::Landing::with_min_bytes(match cma_min {
