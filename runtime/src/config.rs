@@ -17,7 +17,7 @@
 //! | `ZCCL_SHM_DISABLE` | `1`: ranks of one host talk over TCP, not shared memory | `0`/`1` (`false`/`true`, `no`/`yes`) | `0` |
 //! | `ZCCL_SHM_RING_BYTES` | bytes of each shared-memory ring (one per direction and pair; smaller, with a warning, where `/dev/shm` cannot hold all pairs' rings) | 4096..=2³⁰ | 4 MiB |
 //! | `ZCCL_SHM_SPIN` | spin rounds before a shared-memory wait sleeps in `futex` | 0..=4294967295 | 200 |
-//! | `ZCCL_SHM_CMA_MIN_BYTES` | same-host messages at least this large are copied once, straight from the sender's memory (`process_vm_readv`), instead of twice through the ring | a whole number; `0` turns the single copy off, as `ZCCL_SHM_CMA_DISABLE=1` does | 262145 (more than 256 KiB); 65537 (more than 64 KiB) on a host with more ranks than CPUs (ranks not bound to CPUs by an affinity mask) |
+//! | `ZCCL_SHM_CMA_MIN_BYTES` | same-host messages at least this large are copied once, straight from the sender's memory (`process_vm_readv`), instead of twice through the ring | a whole number; `0` turns the single copy off, as `ZCCL_SHM_CMA_DISABLE=1` does | 262145 (more than 256 KiB); 65537 (more than 64 KiB) on a host whose ranks outnumber their CPUs (the union of the local ranks' affinity masks) |
 //! | `ZCCL_SHM_CMA_DISABLE` | `1`: never use that single copy | `0`/`1` | `0` |
 //! | `ZCCL_HOST_ID` | overrides the host identity (boot id + network namespace) | any | — |
 //! | `ZCCL_MAX_UNEXPECTED_BYTES` | per sending peer: most bytes a receiver buffers for receives not posted yet; a sender that would exceed it sends a request and waits for a clear-to-send ([`crate::flow`]); set the same on every rank | 1..=2⁶³ | 67108864 (64 MiB) |

@@ -468,10 +468,13 @@ mod tests {
 
     #[test]
     fn in_place_recursive_doubling_gives_the_same_bits_as_the_tree_it_follows() {
-        // 8192 f32 = 32 KiB: above RD_IN_PLACE_MIN_BYTES, below the ring.
-        let len = 8192;
-        assert!(len * 4 >= RD_IN_PLACE_MIN_BYTES);
-        for n in [2usize, 4, 8] {
+        // 1000 f32 (general path), 1024 = 4 KiB (in place from exactly
+        // RD_IN_PLACE_MIN_BYTES), 8192 = 32 KiB: all below the ring.
+        assert_eq!(1024 * 4, RD_IN_PLACE_MIN_BYTES);
+        for (len, n) in [1000usize, 1024, 8192]
+            .into_iter()
+            .flat_map(|len| [2usize, 4, 8].map(|n| (len, n)))
+        {
             let out = run_ranks(n, move |f| {
                 let mut v: Vec<f32> = (0..len).map(|i| x(f.rank(), i)).collect();
                 all_reduce_with(f, 0, &mut v, ReduceOp::Sum, Algo::Tree).unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use zccl_runtime::label::OpLabel;
 
 use super::OP_BCAST;
-use crate::dtype::{Elem, from_bytes, to_bytes};
+use crate::dtype::Elem;
 use crate::error::Result;
 use crate::fabric::{Fabric, check_rank, tag};
 use crate::nonblocking::{OpHandle, start};
@@ -95,14 +95,20 @@ pub fn broadcast_with<T: Elem, F: Fabric + ?Sized>(
         Algo::Tree => {
             let node = tree::binomial(r, root, n);
             let t = tag(OP_BCAST, 0, root as u32);
+            let bytes = crate::dtype::as_bytes_mut(buf);
+            // Received straight into `buf` and sent on from it, lent (no
+            // message buffers in between). SAFETY: `buf` is borrowed
+            // mutably for the whole call; the receive is waited before the
+            // sends read it, and every send is waited (or dropped, which
+            // waits for its release) before this returns.
             if let Some(p) = node.parent {
-                let got = f.irecv(p, ch, t, std::mem::size_of_val(buf))?.wait()?;
-                buf.copy_from_slice(&from_bytes::<T>(&got));
+                unsafe { f.irecv_into(p, ch, t, bytes) }?.wait()?;
             }
+            let bytes: &[u8] = bytes;
             let sends: Vec<_> = node
                 .children
                 .iter()
-                .map(|&c| f.isend(c, ch, t, to_bytes(buf)))
+                .map(|&c| unsafe { f.isend_lent(c, ch, t, bytes) })
                 .collect::<Result<_>>()?;
             for s in sends {
                 s.wait()?;

@@ -82,9 +82,10 @@ pub fn segment_name(job: u64, tag_a: &str, a: u32, b: u32) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Segment layout: a header page (these words, then the two rings' control
-// blocks at `CTL`), then the data of ring 0 and of ring 1, each of the ring
-// size the header records.
+// Segment layout: a header page (these words, the two rings' control blocks
+// at `CTL`, then each side's affinity mask at `OFF_CREATOR_MASK` and
+// `OFF_OPENER_MASK`), then the data of ring 0 and of ring 1, each of the
+// ring size the header records.
 
 const MAGIC: u64 = u64::from_le_bytes(*b"ZCCLSHM2");
 pub(super) const HEADER: usize = 4096;

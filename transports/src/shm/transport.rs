@@ -202,11 +202,12 @@ impl Transport for ShmTransport {
     }
 
     /// A lent message that goes by CMA is sent as it is (only the peer
-    /// copies its payload). Any other is written into the ring from the
-    /// lent memory when the ring takes it at once (the memory is free again
-    /// when this returns); only one queued for the writer thread is copied
-    /// first (2 ranks, 4 KiB all_reduce in place: one allocation and one
-    /// copy of the payload fewer per step).
+    /// copies its payload). Any other of at most [`INLINE_MAX`] bytes is
+    /// written into the ring from the lent memory when the ring takes it at
+    /// once (the memory is free again when this returns); one queued for
+    /// the writer thread (a larger one, or behind others) is copied first
+    /// (2 ranks, 4 KiB all_reduce in place: one allocation and one copy of
+    /// the payload fewer per step).
     fn send_lent(&self, peer: u32, mut msg: Message) -> Result<(), TransportError> {
         let link = self.link(peer).ok_or(TransportError::NoSuchPeer(peer))?;
         if let Some(r) = self.try_write_now(link, peer, &msg) {
@@ -485,16 +486,26 @@ mod tests {
 
     #[test]
     fn a_lent_payload_goes_from_its_memory_or_is_copied_before_it_is_queued() {
-        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
+        // No CMA (on a crowded host 256 KiB would go by CMA, and the ring
+        // would never fill).
+        let no_cma = || ShmConfig {
+            cma_min_bytes: 0,
+            crowded_cma_min_bytes: 0,
+            ..cfg()
+        };
+        let ((t0, _rx0), (t1, mut rx1)) = pair(no_cma(), no_cma());
         t1.ctx.pause_readers.store(true, Ordering::Release);
+        let link = t0.link(1).unwrap();
         // The ring takes it at once: written from the lent memory, which is
-        // free again when the call returns.
+        // free again when the call returns. (The writer thread's queue is
+        // taken away meanwhile: a queued send would fail.)
+        let queue = link.tx.lock().unwrap().take();
         let (first, first_dropped, _m0) = watched(0, 1000);
         t0.send_lent(1, first).unwrap();
         assert!(first_dropped.load(Ordering::SeqCst));
+        *link.tx.lock().unwrap() = queue;
         // Fill the ring (nobody reads it): the next message waits in the
         // writer thread's queue.
-        let link = t0.link(1).unwrap();
         let mut sent = vec![msg(MessageKind::Data, 0, 1000)];
         let mut seq = 1;
         while link.out_ring.free() >= (REC_LEN + POLL_MAX_PAYLOAD) as u64 {
