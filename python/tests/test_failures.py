@@ -117,6 +117,8 @@ ALL_RAISE = {
     "all_gather_into_tensor_size": None,
     "reduce_scatter_tensor_size": None,
     "all_to_all_single_size": None,
+    "all_to_all_single_splits": None,
+    "all_to_all_single_negative_split": None,
     "all_reduce_dtype_f32_i32": ("f32", "i32"),
     "all_reduce_dtype_f32_f64": ("f32", "f64"),
     "all_gather_dtype_f32_i32": ("f32", "i32"),
@@ -220,7 +222,7 @@ def test_mismatch_program_completes(zccl_launch, n):
     launch = zccl_launch("failures.py", n, "mismatch")
     assert launch.rc == 0 and not launch.timed_out, f"zccl run exited {launch.rc}{launch.tail()}"
     cases = {d["case"] for d in launch.results()}
-    assert len(cases) == 25, f"cases reported: {sorted(cases)}{launch.tail()}"
+    assert len(cases) == 27, f"cases reported: {sorted(cases)}{launch.tail()}"
 
 
 @pytest.mark.parametrize("case", list(OP_NAMES))

@@ -668,6 +668,14 @@ class ProcessGroupZccl(dist.ProcessGroup):
         o, on = _buf.span(so.host, "all_to_all output")
         send, recv = [], []
         if output_split_sizes or input_split_sizes:
+            try:
+                self._check_splits(si.host, so.host, input_split_sizes, output_split_sizes)
+            except ValueError as e:
+                # The other ranks are about to wait for this rank's blocks:
+                # abort, so that they fail at once with this reason (as a
+                # bad split found by the native call does).
+                self._comm.abort(str(e))
+                raise
             row_in = si.host[0].numel() * si.host.element_size() if si.host.dim() > 0 and si.host.shape[0] else 0
             row_out = so.host[0].numel() * so.host.element_size() if so.host.dim() > 0 and so.host.shape[0] else 0
             if input_split_sizes:
@@ -678,12 +686,43 @@ class ProcessGroupZccl(dist.ProcessGroup):
                 recv = [int(x) * row_out for x in output_split_sizes]
             else:
                 recv = [on // self._size] * self._size
+            r = self._rank
+            if send[r] != recv[r]:
+                bad = (
+                    f"zccl: all_to_all_single: rank {r} sends {send[r]} B to itself "
+                    f"(input_split_sizes {list(input_split_sizes or [])}) but expects {recv[r]} B from itself "
+                    f"(output_split_sizes {list(output_split_sizes or [])})"
+                )
+                self._comm.abort(bad)
+                raise ValueError(bad)
         w = self._run(
             self._comm.all_to_all, on, a, n, o, on, send, recv, _buf.dtype_name(si.host), [si.host, so.host]
         )
         return self._finish(w, output, [si, so])
 
     all_to_all_single = alltoall_base
+
+    def _check_splits(self, inp, out, input_split_sizes, output_split_sizes):
+        """all_to_all_single's split sizes, in the caller's terms (rows along
+        dim 0) before any byte moves: one entry per rank, none negative, and
+        adding up to the tensor's rows."""
+        for name, splits, t in (("input_split_sizes", input_split_sizes, inp),
+                                ("output_split_sizes", output_split_sizes, out)):
+            if not splits:
+                continue
+            splits = [int(x) for x in splits]
+            if len(splits) != self._size:
+                raise ValueError(
+                    f"zccl: all_to_all_single {name} has {len(splits)} entries for {self._size} ranks: {splits}"
+                )
+            if any(x < 0 for x in splits):
+                raise ValueError(f"zccl: all_to_all_single {name} has a negative entry: {splits}")
+            rows = t.shape[0] if t.dim() > 0 else 1
+            if sum(splits) != rows:
+                raise ValueError(
+                    f"zccl: all_to_all_single {name} {splits} add up to {sum(splits)} rows, "
+                    f"the {'input' if t is inp else 'output'} has {rows} along dim 0"
+                )
 
     def alltoall(self, output_tensors, input_tensors, opts=None):
         if len(output_tensors) != self._size or len(input_tensors) != self._size:

@@ -205,6 +205,23 @@ def mismatch():
 
     case("all_to_all_single_size", a2a)
 
+    def a2a_splits(g):
+        # Every rank sends 2 rows to each; rank 1 expects 3 from rank 0 and
+        # 1 from itself.
+        outs = [3, 1] + [2] * (w - 2) if odd else [2] * w
+        out = torch.empty(sum(outs))
+        dist.all_to_all_single(out, torch.ones(2 * w), outs, [2] * w, group=g)
+        return out[:4].tolist()
+
+    def a2a_negative(g):
+        ins = [3, -1] + [2] * (w - 2) if odd else [2] * w
+        out = torch.empty(2 * w)
+        dist.all_to_all_single(out, torch.ones(2 * w), [2] * w, ins, group=g)
+        return out[:4].tolist()
+
+    case("all_to_all_single_splits", a2a_splits)
+    case("all_to_all_single_negative_split", a2a_negative)
+
     # Operation mismatches with equal sizes and types: another reduction, or
     # another collective moving the same bytes.
     def redop(g):
