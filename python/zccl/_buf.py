@@ -43,6 +43,12 @@ def span(x, what="buffer", write=False):
             )
         if not x.is_contiguous():
             raise ValueError(f"zccl: {what} is not contiguous (call .contiguous())")
+        if (hasattr(x, "is_conj") and x.is_conj()) or (hasattr(x, "is_neg") and x.is_neg()):
+            # Its memory holds the unconjugated (unnegated) values.
+            raise ValueError(
+                f"zccl: {what} is a lazy conjugate or negation of another tensor "
+                "(call .resolve_conj() / .resolve_neg() first)"
+            )
         return x.data_ptr(), x.numel() * x.element_size()
     ai = getattr(x, "__array_interface__", None)
     if ai is None:

@@ -124,6 +124,19 @@ def _secs(timeout):
     return s
 
 
+# A real tensor can carry a lazy negation (`x.conj().imag`); complex ones
+# never take the all_reduce fast path. (Absent before torch 1.10.)
+_is_neg = torch.Tensor.is_neg if hasattr(torch.Tensor, "is_neg") else (lambda t: False)
+
+
+def _lazy(t):
+    """Whether `t`'s memory holds other values than it reads as: a lazy
+    conjugate or negation (torch >= 1.10; never on older ones)."""
+    return (getattr(t, "is_conj", None) is not None and t.is_conj()) or (
+        getattr(t, "is_neg", None) is not None and t.is_neg()
+    )
+
+
 class _Staged:
     """A tensor as zccl can use it: itself when it is a contiguous CPU
     tensor, else a contiguous host copy that is written back after the
@@ -134,10 +147,13 @@ class _Staged:
     def __init__(self, t, write):
         self.orig = t
         self.write = write
-        if t.device.type == "cpu" and t.is_contiguous():
+        if t.device.type == "cpu" and t.is_contiguous() and not _lazy(t):
             self.host = t
         else:
-            self.host = t.detach().to("cpu").contiguous()
+            # A lazily conjugated or negated view (`x.conj()`,
+            # `torch._neg_view`) holds x's bytes: its values are resolved
+            # into the copy (and written back through the view).
+            self.host = t.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
 
     def back(self):
         if self.write and self.host is not self.orig:
@@ -501,7 +517,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
         if len(tensors) == 1:
             t = tensors[0]
             fast = _FAST_AR.get((t.dtype, _op_code(opts) if opts is not None else 0))
-            if fast is not None and t.is_cpu and t.is_contiguous():
+            if fast is not None and t.is_cpu and t.is_contiguous() and not _is_neg(t):
                 n = t.numel() * fast[2]
                 if n < _INLINE_BYTES:
                     return _done(tensors, self._all_reduce_now(t.data_ptr(), n, fast[0], fast[1]))

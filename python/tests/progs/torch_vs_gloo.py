@@ -319,6 +319,36 @@ def broadcast_case(dtype, n, root):
     return True, "bit-equal to root's tensor (gloo has no broadcast of this dtype)"
 
 
+def lazy_views(kind):
+    """Tensors whose memory holds other values than they read as (a lazy
+    conjugate, a lazy negation: `x.conj()`, `x.conj().imag`): what moves
+    is what they read as."""
+    if not hasattr(torch.Tensor, "is_conj"):
+        return True, "torch has no lazy conjugation"
+    c = make((5,), torch.float32, "exact", "lazy", kind, 0) + 1j * make((5,), torch.float32, "exact", "lazy", kind, 1)
+    if kind == "broadcast_conj":
+        z = c.conj() if R == 0 else torch.zeros(5, dtype=torch.complex64)
+        dist.broadcast(z, src=0)
+        return compare(torch.view_as_real(z.resolve_conj()), torch.view_as_real(c.conj().resolve_conj()), None)
+    if kind == "send_conj":
+        if W == 1:
+            return True, "single rank"
+        got = torch.zeros(5, dtype=torch.complex64)
+        if R == 0:
+            dist.send(c.conj(), 1)
+        elif R == 1:
+            dist.recv(got, 0)
+            return compare(torch.view_as_real(got), torch.view_as_real(c.conj().resolve_conj()), None)
+        return True, "not in the pair"
+    # all_reduce of a real tensor with a lazy negation (the imaginary part
+    # of a conjugate), in place through the view.
+    xs = [make((5,), torch.float32, "exact", "lazyneg", r) for r in range(W)]
+    v = (xs[R].clone() * 1j).conj().imag
+    assert v.is_neg()
+    dist.all_reduce(v)
+    return compare(v.resolve_neg().clone(), -fold(xs, "SUM"), None)  # small integers: exact
+
+
 def barrier_case(async_op):
     dist.barrier(group=GLOO)
     if R == 0:
@@ -755,6 +785,9 @@ for root in range(W):
         for n in (0, 1, 1001):
             C.run(f"broadcast.{dname(dt)}.n{n}.root{root}", broadcast_case, dt, n, root)
 C.run(f"broadcast.float32.n{BIG}.root{W - 1}", broadcast_case, torch.float32, BIG, W - 1)
+C.run("broadcast.complex64.lazy_conjugate", lazy_views, "broadcast_conj")
+C.run("p2p.complex64.lazy_conjugate", lazy_views, "send_conj")
+C.run("all_reduce.float32.SUM.lazy_negation", lazy_views, "all_reduce_neg")
 
 C.run("barrier.sync", barrier_case, False)
 C.run("barrier.async", barrier_case, True)
