@@ -22,6 +22,7 @@ comes later).
 """
 
 import datetime
+import functools
 import inspect
 import os
 import socket
@@ -127,6 +128,20 @@ def _secs(timeout):
 # A real tensor can carry a lazy negation (`x.conj().imag`); complex ones
 # never take the all_reduce fast path. (Absent before torch 1.10.)
 _is_neg = torch.Tensor.is_neg if hasattr(torch.Tensor, "is_neg") else (lambda t: False)
+
+
+class _Unsupported(Exception):
+    """An operation and element type the backend does not run (the same on
+    every rank that makes the call): raised without aborting the group, so
+    a program may catch it and fall back, as with Gloo."""
+
+
+class _UnsupportedType(_Unsupported, TypeError):
+    pass
+
+
+class _UnsupportedValue(_Unsupported, ValueError):
+    pass
 
 
 def _lazy(t):
@@ -539,20 +554,20 @@ class ProcessGroupZccl(dist.ProcessGroup):
         ...): gather every rank's tensor and reduce in rank order, which is
         exact for these."""
         if code == 8:
-            raise ValueError("zccl: PREMUL_SUM is not supported (use SUM and scale)")
+            raise _UnsupportedValue("zccl: PREMUL_SUM is not supported (use SUM and scale)")
         name = _OP_NAMES.get(code, str(code))
         if code in _BITWISE:
             if t.is_floating_point() or t.is_complex():
-                raise TypeError(f"zccl: {name} needs an integer or bool tensor, not {t.dtype}")
+                raise _UnsupportedType(f"zccl: {name} needs an integer or bool tensor, not {t.dtype}")
             fn = _BITWISE[code]
         elif t.dtype == torch.bool:
             fn = {0: torch.logical_or, 3: torch.logical_and, 4: torch.logical_or, 2: torch.logical_and}.get(code)
             if fn is None:
-                raise TypeError(f"zccl: {name} is not defined for bool tensors")
+                raise _UnsupportedType(f"zccl: {name} is not defined for bool tensors")
         elif code in (0, 2, 3, 4) and not t.is_floating_point():
             fn = {0: torch.add, 2: torch.mul, 3: torch.minimum, 4: torch.maximum}[code]
         else:
-            raise TypeError(f"zccl: all_reduce {name} of {t.dtype} is not supported")
+            raise _UnsupportedType(f"zccl: all_reduce {name} of {t.dtype} is not supported")
         s = _Staged(t, True)
         gathered = torch.empty((self._size,) + tuple(s.host.shape), dtype=s.host.dtype)
         a, n = _buf.span(s.host)
@@ -631,7 +646,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
 
     def _reduce_scatter_flat(self, inp, out, code):
         if code not in _NATIVE_OPS or inp.dtype not in _REDUCIBLE:
-            raise TypeError(f"zccl: reduce_scatter {_OP_NAMES.get(code, code)} of {inp.dtype} is not supported")
+            raise _UnsupportedType(f"zccl: reduce_scatter {_OP_NAMES.get(code, code)} of {inp.dtype} is not supported")
         a, n, dt = _buf.reducible(inp, "reduce_scatter input")
         o, on = _buf.span(out, "reduce_scatter output")
         if out.dtype != inp.dtype:
@@ -855,6 +870,39 @@ class ProcessGroupZccl(dist.ProcessGroup):
 
     start_coalescing = _start_coalescing
     end_coalescing = _end_coalescing
+
+
+def _aborts_on_bad_arguments(method):
+    """A collective whose arguments this rank finds wrong (its own checks
+    or the binding's, before any byte moves: a wrong output size, an
+    unsupported type, a list of the wrong length) aborts the group with the
+    reason before raising: the other ranks are about to wait for this one,
+    and fail at once naming it instead of waiting out the timeout and
+    blaming a stall. (An operation the backend does not support for the
+    type, which every rank making the same call hits alike, raises without
+    aborting: `_Unsupported`.)"""
+
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (ValueError, TypeError) as e:
+            if str(e).startswith("zccl:") and not isinstance(e, _Unsupported):
+                self._comm.abort(f"rank {self._rank}: {e}")
+            raise
+
+    return checked
+
+
+# The collectives (every rank waits for every other); the all_reduce fast
+# path raises nothing of its own (it falls back to `_allreduce`).
+for _name in ("_allreduce", "broadcast", "allgather", "_allgather_base", "reduce_scatter",
+              "_reduce_scatter_base", "alltoall_base", "alltoall", "reduce", "gather", "scatter"):
+    setattr(ProcessGroupZccl, _name, _aborts_on_bad_arguments(getattr(ProcessGroupZccl, _name)))
+for _alias, _name in (("allgather_into_tensor", "_allgather_base"), ("all_gather_single", "_allgather_base"),
+                      ("reduce_scatter_tensor", "_reduce_scatter_base"),
+                      ("reduce_scatter_single", "_reduce_scatter_base"), ("all_to_all_single", "alltoall_base")):
+    setattr(ProcessGroupZccl, _alias, getattr(ProcessGroupZccl, _name))
 
 
 def _create(store, rank, size, timeout, *args, **kwargs):

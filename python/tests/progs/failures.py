@@ -220,6 +220,23 @@ def mismatch():
         return out[:4].tolist()
 
     case("all_to_all_single_splits", a2a_splits)
+
+    # Arguments only the victim's own checks refuse (before any byte moves):
+    # it aborts with the reason, so the others fail at once.
+    def ag_local(g):
+        inp = torch.ones(4)
+        out = torch.empty(w * 4 + (1 if odd else 0))
+        all_gather_into_tensor(out, inp, group=g)
+        return out[:4].tolist()
+
+    def a2a_list_local(g):
+        k = w + 1 if odd else w
+        outs = [torch.empty(2) for _ in range(k)]
+        dist.all_to_all(outs, [torch.ones(2) for _ in range(k)], group=g)
+        return [o.tolist() for o in outs[:2]]
+
+    case("all_gather_into_tensor_local_output", ag_local)
+    case("all_to_all_list_length", a2a_list_local)
     case("all_to_all_single_negative_split", a2a_negative)
 
     # Operation mismatches with equal sizes and types: another reduction, or
