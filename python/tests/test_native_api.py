@@ -71,6 +71,17 @@ def test_collective_from_inside_a_callback_raises(zccl_launch, n):
     _every_rank_passed(zccl_launch("native_api.py", n, "reentry"), "native.reentry", n)
 
 
+@pytest.mark.parametrize("kind", ["write_numpy", "write_torch", "keep", "autograd"])
+def test_a_lent_block_written_or_kept_by_a_callback_fails_every_rank(zccl_launch, kind):
+    """ring_pass forwards the block its callback gets while the callback
+    runs, and reuses it afterwards: a callback that writes into it (numpy's
+    view is read-only; torch's in-place writes move its version counter) or
+    keeps it (a slice, a tensor autograd saves for backward) raises on every
+    rank, instead of the next rank receiving the changed bytes or a view of
+    freed memory staying behind."""
+    _every_rank_passed(zccl_launch("native_api.py", 2, "lent_view", kind), "native.lent_view", 2)
+
+
 @pytest.mark.parametrize("n", [1, 2])
 def test_every_operation_fails_after_abort(zccl_launch, n):
     """After `abort()` every operation raises ZcclError naming it, with one

@@ -6,6 +6,7 @@ torch backend stages them through host memory itself).
 """
 
 import ctypes
+import sys
 
 # torch / numpy dtype names -> the names the native module knows for
 # reductions; every other dtype moves as bytes only.
@@ -104,3 +105,50 @@ def view(addr, nbytes, like, shape=None):
         raw = (ctypes.c_char * nbytes).from_address(addr)
         a = np.frombuffer(raw, dtype=like.dtype, count=n)
     return a.reshape(shape) if shape is not None else a
+
+
+def with_view(fn, addr, nbytes, like, shape, what, keep=False):
+    """`fn(view)` over `nbytes` at `addr` (zccl's memory, lent to the call;
+    see `view`), returning what `fn` returns. That memory may be on its
+    way to another rank meanwhile (a ring pass forwards the block it hands
+    to the callback) and is reused once the call returns, so a numpy view
+    is read-only, and a torch view (torch has no read-only tensors) that
+    was written in place, or that something still references after the
+    call (unless `keep`: the result may be made from it), makes this raise:
+    the operation then fails on every rank instead of sending changed
+    bytes or leaving a view of freed memory behind."""
+    n = nbytes // itemsize(like)
+    if n == 0:
+        return fn(view(addr, nbytes, like, shape))
+    raw = (ctypes.c_char * nbytes).from_address(addr)
+    base = sys.getrefcount(raw)
+    if _is_torch(like):
+        import torch
+
+        v = torch.frombuffer(raw, dtype=like.dtype, count=n)
+        v0 = v._version
+        v = v.view(shape) if shape is not None else v
+    else:
+        import numpy as np
+
+        v = np.frombuffer(raw, dtype=like.dtype, count=n)
+        v.flags.writeable = False
+        v0 = None
+        v = v.reshape(shape) if shape is not None else v
+    try:
+        out = fn(v)
+    finally:
+        wrote = v0 is not None and v._version != v0
+        del v
+    if wrote:
+        raise RuntimeError(
+            f"zccl: {what}: the callback wrote into the block it was given (it is lent: "
+            "other ranks may be reading it); clone() it and change the copy"
+        )
+    if not keep and sys.getrefcount(raw) > base:
+        del out
+        raise RuntimeError(
+            f"zccl: {what}: the callback kept a reference to the block it was given, which is "
+            "only valid during the call; clone() it to keep it"
+        )
+    return out

@@ -225,8 +225,10 @@ class Communicator:
     def ring_pass(self, block, fn, offset=1, shapes=None):
         """Ring attention's driver: every rank's `block` visits every rank.
         `fn(step, origin, blk)` is called once per block, own block first,
-        while the next block is already moving. `blk` is a zero-copy view
-        valid only during the call (clone it to keep it). `shapes[p]`: shape
+        while the next block is already moving. `blk` is a zero-copy view,
+        lent (it is being forwarded) and valid only during the call: clone
+        it to keep or change it (a write into it or a reference kept past
+        the call raises on every rank; numpy views are read-only). `shapes[p]`: shape
         of rank p's block when they differ (default: all like `block`)."""
         a, n = _buf.span(block, "ring_pass block")
         size = self.size
@@ -235,7 +237,7 @@ class Communicator:
         lens = [_numel(s) * _buf.itemsize(block) for s in shapes]
 
         def on_block(step, origin, addr, nbytes):
-            fn(step, origin, _buf.view(addr, nbytes, block, shapes[origin]))
+            _buf.with_view(lambda blk: fn(step, origin, blk), addr, nbytes, block, shapes[origin], "ring_pass")
 
         self._c.ring_pass(a, n, lens, on_block, int(offset))
 
@@ -257,7 +259,8 @@ class Communicator:
         qshape = tuple(q.shape)
 
         def c(step, origin, addr, nbytes):
-            blk = compute(step, origin, _buf.view(addr, nbytes, q, qshape))
+            blk = _buf.with_view(lambda qv: compute(step, origin, qv), addr, nbytes, q, qshape,
+                                 "token_ring compute", keep=True)
             if _buf.dtype_name(blk) != _buf.dtype_name(like) or tuple(blk.shape) != block_shape:
                 raise ValueError(
                     f"zccl: token_ring compute returned {_buf.dtype_name(blk)} {tuple(blk.shape)}, "
@@ -268,7 +271,7 @@ class Communicator:
             return (ba, bn, blk)
 
         def m(src, step, addr, nbytes):
-            merge(src, step, _buf.view(addr, nbytes, like, block_shape))
+            _buf.with_view(lambda blk: merge(src, step, blk), addr, nbytes, like, block_shape, "token_ring merge")
 
         self._c.token_ring(a, n, [n] * size, [block_bytes] * size, c, m, int(q_offset))
 

@@ -592,7 +592,39 @@ def after_abort():
     return all(ok for ok, _ in results), "; ".join(d for _, d in results)
 
 
+def lent_view(kind):
+    # The block a ring_pass callback gets is lent: forwarded to the next
+    # rank meanwhile, and reused after the call. Writing into it (numpy: a
+    # read-only view; torch: its version counter moves) or keeping it fails
+    # the operation on every rank instead of sending changed bytes to the
+    # next rank or leaving a view of freed memory behind.
+    n = 1 << 20  # 4 MiB of float32: lent by CMA between ranks of one host
+    block = np.full(n, R + 1, np.float32) if kind == "write_numpy" else torch.full((n,), float(R + 1))
+    kept = []
+
+    def fn(step, origin, blk):
+        if kind.startswith("write") and step == 0:
+            blk *= -1
+        if kind == "keep":
+            kept.append(blk[:4])
+        if kind == "autograd":
+            # Saved for backward: the view would be read after the call.
+            w = torch.ones(n, requires_grad=True)
+            kept.append((w * blk).sum())
+
+    want = {"write_numpy": "read-only", "write_torch": "wrote into the block",
+            "keep": "kept a reference", "autograd": "kept a reference"}[kind]
+    ok, detail = raises(Exception, lambda: comm.ring_pass(block, fn), want)
+    kept.clear()
+    return ok, detail
+
+
 # -- the run ----------------------------------------------------------------
+
+if len(sys.argv) == 3 and sys.argv[1] == "lent_view":
+    # Its own launch per kind: the failed operation aborts the communicator.
+    C.run("native.lent_view", lent_view, sys.argv[2])
+    C.finish()
 
 if sys.argv[1:] == ["abort"]:
     C.run("native.after_abort", after_abort)
