@@ -132,3 +132,8 @@ def test_wait_timeouts_follow_torch():
     for bad in (-1, float("nan"), float("inf"), datetime.timedelta(seconds=-1)):
         with pytest.raises(ValueError, match="timeout"):
             zt._secs(bad)
+        # A Work whose operation already finished (ran inline) refuses it
+        # too, as a pending one does.
+        with pytest.raises(ValueError, match="timeout"):
+            zt._done_work([]).wait(bad)
+    assert zt._done_work([]).wait(datetime.timedelta(seconds=1))

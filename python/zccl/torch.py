@@ -271,7 +271,10 @@ class _Work(_Answers, dist._Work):
     def wait(self, timeout=None):
         if self._done and self._fut is None:
             # Completed (the common case of a small operation, which ran
-            # inline): no lock, nothing to copy back.
+            # inline): no lock, nothing to copy back. A bad timeout is
+            # refused alike whether or not the operation finished.
+            if timeout is not None:
+                _secs(timeout)
             _LIVE.pop(id(self), None)
             if self._error is not None:
                 raise self._error
@@ -345,6 +348,8 @@ class _DoneWork(_Answers, dist._Work):
     _result = None
 
     def wait(self, timeout=None):
+        if timeout is not None:
+            _secs(timeout)  # refused alike whether or not the operation finished
         _LIVE.pop(id(self), None)
         if self._error is not None:
             raise self._error
