@@ -156,3 +156,24 @@ def test_attn_merge_rejects_float64():
     out, lse, out2, lse2 = _inputs(rows=3, d=4)
     with pytest.raises(TypeError):
         zccl.attn_merge(out.astype(np.float64), lse, out2, lse2)
+
+
+def test_integer_arguments_out_of_range_name_the_call():
+    """A negative rank, tag, color or count, or an offset past 2**63, is a
+    ValueError naming the call and the integers it got, not the binding's
+    bare OverflowError."""
+    lib = _zccl()
+    with pytest.raises(ValueError, match=r"zccl: init: .*out of range \(-1, 2\)"):
+        lib.Communicator.init("x", -1, 2)
+    root = lib.Root("127.0.0.1:0", None, 20.0)
+    c = lib.Communicator.init(root.unique_id, 0, 1, 20.0)
+    try:
+        x = np.ones(4, np.float32)
+        with pytest.raises(ValueError, match=r"zccl: isend: .*tag=-1"):
+            c.isend(x, 0, tag=-1)
+        with pytest.raises(ValueError, match=r"zccl: ring_shift: .*offset=9223372036854775808"):
+            c.ring_shift(x, np.empty_like(x), offset=2**63)
+        with pytest.raises(ValueError, match=r"zccl: all_to_all: .*\[-1\]"):
+            c.all_to_all(x, np.empty_like(x), [-1], [4])
+    finally:
+        c.close()

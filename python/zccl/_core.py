@@ -347,3 +347,41 @@ def _np_contig(a):
 
     return np.ascontiguousarray(a)
 
+
+
+# The messages of the binding's integer conversions (a negative tag, rank,
+# count or offset; one past 2**63): not an OverflowError naming nothing, but
+# a ValueError naming the call and the integers it got.
+_RANGE_MESSAGES = ("out of range integral type conversion", "can't convert negative int", "too big to convert",
+                   "too large to convert")
+
+
+def _range_errors(name, fn):
+    import functools
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OverflowError as e:
+            if not any(m in str(e) for m in _RANGE_MESSAGES):
+                raise
+            def shown(v):
+                return isinstance(v, int) or (isinstance(v, (list, tuple)) and all(isinstance(x, int) for x in v))
+
+            ints = [repr(a) for a in args if shown(a)]
+            ints += [f"{k}={v!r}" for k, v in kwargs.items() if shown(v)]
+            raise ValueError(
+                f"zccl: {name}: an integer argument is out of range ({', '.join(ints) or 'see the call'})"
+            ) from None
+
+    return checked
+
+
+for _name, _attr in list(vars(Communicator).items()):
+    if _name.startswith("_"):
+        continue
+    if isinstance(_attr, classmethod):
+        setattr(Communicator, _name, classmethod(_range_errors(_name, _attr.__func__)))
+    elif callable(_attr):
+        setattr(Communicator, _name, _range_errors(_name, _attr))
