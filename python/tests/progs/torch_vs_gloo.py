@@ -328,16 +328,22 @@ def lazy_views(kind):
     c = make((5,), torch.float32, "exact", "lazy", kind, 0) + 1j * make((5,), torch.float32, "exact", "lazy", kind, 1)
     if kind == "broadcast_conj":
         z = c.conj() if R == 0 else torch.zeros(5, dtype=torch.complex64)
-        dist.broadcast(z, src=0)
+        # Straight to the group: torch 2.x's `dist.broadcast` refuses an
+        # unresolved conjugate itself (view_as_real), 1.13's hands it on.
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        dist.distributed_c10d._get_default_group().broadcast([z], opts).wait()
         return compare(torch.view_as_real(z.resolve_conj()), torch.view_as_real(c.conj().resolve_conj()), None)
     if kind == "send_conj":
         if W == 1:
             return True, "single rank"
         got = torch.zeros(5, dtype=torch.complex64)
+        pg = dist.distributed_c10d._get_default_group()  # as for broadcast
         if R == 0:
-            dist.send(c.conj(), 1)
-        elif R == 1:
-            dist.recv(got, 0)
+            pg.send([c.conj()], 1, 0).wait()
+            return True, "sent"
+        if R == 1:
+            pg.recv([got], 0, 0).wait()
             return compare(torch.view_as_real(got), torch.view_as_real(c.conj().resolve_conj()), None)
         return True, "not in the pair"
     # all_reduce of a real tensor with a lazy negation (the imaginary part
