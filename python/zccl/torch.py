@@ -162,6 +162,14 @@ class _Staged:
     def __init__(self, t, write):
         self.orig = t
         self.write = write
+        if write and any(st == 0 and sz > 1 for st, sz in zip(t.stride(), t.shape)):
+            # An expanded tensor: several elements share one place, so no
+            # result can be written into it (torch refuses the copy back
+            # only after the operation ran).
+            raise ValueError(
+                f"zccl: an output tensor of shape {tuple(t.shape)} is expanded (stride 0 in "
+                f"{tuple(t.stride())}): its elements share memory; pass a tensor of its own (.contiguous())"
+            )
         if t.device.type == "cpu" and t.is_contiguous() and not _lazy(t):
             self.host = t
         else:

@@ -236,6 +236,13 @@ def mismatch():
         return [o.tolist() for o in outs[:2]]
 
     case("all_gather_into_tensor_local_output", ag_local)
+
+    def ar_expanded(g):
+        t = torch.ones(1).expand(8) if odd else torch.ones(8)
+        dist.all_reduce(t, group=g)
+        return t[:4].tolist()
+
+    case("all_reduce_expanded_output", ar_expanded)
     case("all_to_all_list_length", a2a_list_local)
     case("all_to_all_single_negative_split", a2a_negative)
 
