@@ -34,6 +34,13 @@ def dtype_name(x):
     return str(x.dtype)
 
 
+def lazy(t):
+    """Whether torch tensor `t`'s memory holds other values than it reads
+    as: a lazy conjugate or negation (`x.conj()`, `x.conj().imag`; torch >=
+    1.10, never on older ones)."""
+    return (hasattr(t, "is_conj") and t.is_conj()) or (hasattr(t, "is_neg") and t.is_neg())
+
+
 def span(x, what="buffer", write=False):
     """(address, nbytes) of a contiguous CPU tensor or numpy array."""
     if _is_torch(x):
@@ -44,8 +51,7 @@ def span(x, what="buffer", write=False):
             )
         if not x.is_contiguous():
             raise ValueError(f"zccl: {what} is not contiguous (call .contiguous())")
-        if (hasattr(x, "is_conj") and x.is_conj()) or (hasattr(x, "is_neg") and x.is_neg()):
-            # Its memory holds the unconjugated (unnegated) values.
+        if lazy(x):
             raise ValueError(
                 f"zccl: {what} is a lazy conjugate or negation of another tensor "
                 "(call .resolve_conj() / .resolve_neg() first)"

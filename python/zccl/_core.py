@@ -7,6 +7,8 @@ failed operation aborts the communicator on that rank, and its peers learn
 it at once: a collective that failed on one rank fails on every rank.
 """
 
+import functools
+
 from . import _buf
 from ._zccl import Comm as _Comm
 from ._zccl import Root, ZcclError
@@ -348,7 +350,6 @@ def _np_contig(a):
     return np.ascontiguousarray(a)
 
 
-
 # The messages of the binding's integer conversions (a negative tag, rank,
 # count or offset; one past 2**63): not an OverflowError naming nothing, but
 # a ValueError naming the call and the integers it got.
@@ -356,9 +357,11 @@ _RANGE_MESSAGES = ("out of range integral type conversion", "can't convert negat
                    "too large to convert")
 
 
-def _range_errors(name, fn):
-    import functools
+def _an_integer(v):
+    return isinstance(v, int) or (isinstance(v, (list, tuple)) and all(isinstance(x, int) for x in v))
 
+
+def _range_errors(name, fn):
     @functools.wraps(fn)
     def checked(*args, **kwargs):
         try:
@@ -366,11 +369,8 @@ def _range_errors(name, fn):
         except OverflowError as e:
             if not any(m in str(e) for m in _RANGE_MESSAGES):
                 raise
-            def shown(v):
-                return isinstance(v, int) or (isinstance(v, (list, tuple)) and all(isinstance(x, int) for x in v))
-
-            ints = [repr(a) for a in args if shown(a)]
-            ints += [f"{k}={v!r}" for k, v in kwargs.items() if shown(v)]
+            ints = [repr(a) for a in args if _an_integer(a)]
+            ints += [f"{k}={v!r}" for k, v in kwargs.items() if _an_integer(v)]
             raise ValueError(
                 f"zccl: {name}: an integer argument is out of range ({', '.join(ints) or 'see the call'})"
             ) from None

@@ -144,14 +144,6 @@ class _UnsupportedValue(_Unsupported, ValueError):
     pass
 
 
-def _lazy(t):
-    """Whether `t`'s memory holds other values than it reads as: a lazy
-    conjugate or negation (torch >= 1.10; never on older ones)."""
-    return (getattr(t, "is_conj", None) is not None and t.is_conj()) or (
-        getattr(t, "is_neg", None) is not None and t.is_neg()
-    )
-
-
 class _Staged:
     """A tensor as zccl can use it: itself when it is a contiguous CPU
     tensor, else a contiguous host copy that is written back after the
@@ -170,7 +162,7 @@ class _Staged:
                 f"zccl: an output tensor of shape {tuple(t.shape)} is expanded (stride 0 in "
                 f"{tuple(t.stride())}): its elements share memory; pass a tensor of its own (.contiguous())"
             )
-        if t.device.type == "cpu" and t.is_contiguous() and not _lazy(t):
+        if t.device.type == "cpu" and t.is_contiguous() and not _buf.lazy(t):
             self.host = t
         else:
             # A lazily conjugated or negated view (`x.conj()`,
@@ -712,14 +704,8 @@ class ProcessGroupZccl(dist.ProcessGroup):
         o, on = _buf.span(so.host, "all_to_all output")
         send, recv = [], []
         if output_split_sizes or input_split_sizes:
-            try:
-                self._check_splits(si.host, so.host, input_split_sizes, output_split_sizes)
-            except ValueError as e:
-                # The other ranks are about to wait for this rank's blocks:
-                # abort, so that they fail at once with this reason (as a
-                # bad split found by the native call does).
-                self._comm.abort(str(e))
-                raise
+            # (A bad split aborts the group: `_aborts_on_bad_arguments`.)
+            self._check_splits(si.host, so.host, input_split_sizes, output_split_sizes)
             row_in = si.host[0].numel() * si.host.element_size() if si.host.dim() > 0 and si.host.shape[0] else 0
             row_out = so.host[0].numel() * so.host.element_size() if so.host.dim() > 0 and so.host.shape[0] else 0
             if input_split_sizes:
@@ -732,13 +718,11 @@ class ProcessGroupZccl(dist.ProcessGroup):
                 recv = [on // self._size] * self._size
             r = self._rank
             if send[r] != recv[r]:
-                bad = (
+                raise ValueError(
                     f"zccl: all_to_all_single: rank {r} sends {send[r]} B to itself "
                     f"(input_split_sizes {list(input_split_sizes or [])}) but expects {recv[r]} B from itself "
                     f"(output_split_sizes {list(output_split_sizes or [])})"
                 )
-                self._comm.abort(bad)
-                raise ValueError(bad)
         w = self._run(
             self._comm.all_to_all, on, a, n, o, on, send, recv, _buf.dtype_name(si.host), [si.host, so.host]
         )
@@ -843,9 +827,8 @@ class ProcessGroupZccl(dist.ProcessGroup):
             ins = self._one(input_tensors, "scatter")
             bad = _list_mismatch(ins, self._size, out, "scatter_list")
             if bad:
-                # The other ranks are about to wait for the root's data:
-                # abort, so that they fail at once with this reason.
-                self._comm.abort(bad)
+                # The ranks waiting for the root's data learn it through the
+                # abort of `_aborts_on_bad_arguments`.
                 raise ValueError(bad)
             flat = torch.cat([i.detach().to("cpu").reshape(-1) for i in ins])
         else:
