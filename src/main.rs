@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
+use zccl::runtime::binding::BindTo;
 use zccl::runtime::launcher::{self, LaunchOptions};
 use zccl::topology::{Source, report, xml};
 
@@ -171,6 +172,10 @@ struct RunArgs {
     /// MASTER_PORT for the ranks (the zccl root uses MASTER_PORT + 1); default: a free port.
     #[arg(long, value_name = "PORT")]
     master_port: Option<u16>,
+    /// Bind each rank to a core of its own (core: when the cores are at
+    /// least as many as the ranks, as mpirun does), or leave them unbound (none).
+    #[arg(long, value_name = "core|none", env = "ZCCL_BIND_TO", default_value_t = BindTo::Core)]
+    bind_to: BindTo,
     /// The program and its arguments.
     #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true,
           allow_hyphen_values = true)]
@@ -238,6 +243,7 @@ fn run(args: RunArgs) -> std::process::ExitCode {
         args: command.collect(),
         grace: Duration::from_secs_f64(args.grace),
         master_port: args.master_port,
+        bind: args.bind_to,
     };
     let code = match launcher::run(&opts) {
         Ok(report) => report.exit_code(),

@@ -323,6 +323,95 @@ fn a_missing_command_is_127_and_named() {
     assert!(r.stderr.contains("not found"), "{}", r.stderr);
 }
 
+/// The CPUs each rank of `zccl run -n n [extra] -- ...` may use, by rank,
+/// as `/proc/self/status` lists them; the launcher itself runs under
+/// `taskset -c cpus` when given.
+fn rank_cpus(n: usize, extra: &[&str], cpus: Option<&str>, envs: &[(&str, &str)]) -> Vec<String> {
+    let nn = n.to_string();
+    let mut args = vec!["run", "-n", nn.as_str()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", "grep Cpus_allowed_list /proc/self/status"]);
+    let r = match cpus {
+        None => run(&args, envs),
+        Some(c) => {
+            // Through taskset: the launcher's own mask is `c`.
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", c, env!("CARGO_BIN_EXE_zccl")])
+                .args(&args)
+                .envs(envs.iter().copied())
+                .env_remove("ZCCL_DEBUG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().expect("start taskset");
+            let out = collect(child.stdout.take().unwrap());
+            let err = collect(child.stderr.take().unwrap());
+            let (status, elapsed) = wait_bounded(&mut child, "taskset zccl run");
+            Run {
+                status,
+                stdout: out.join().unwrap(),
+                stderr: err.join().unwrap(),
+                elapsed,
+            }
+        }
+    };
+    assert!(r.status.success(), "{}\n{}", r.status, r.stderr);
+    (0..n)
+        .map(|rank| {
+            let prefix = format!("[{rank}] Cpus_allowed_list:");
+            r.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no line of rank {rank} in\n{}", r.stdout))
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn ranks_are_bound_a_core_each_when_the_cores_are_enough() {
+    let cpus = zccl::runtime::binding::allowed_cpus();
+    let cores = zccl::runtime::binding::cores(&cpus, |_| None).len();
+    if cpus.len() < 2 {
+        eprintln!(
+            "SKIP: this process may use {} CPU(s); binding needs 2",
+            cpus.len()
+        );
+        return;
+    }
+    let mine = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap();
+    // Two ranks on two CPUs: one CPU each (or one core's threads each), different.
+    let two = rank_cpus(2, &[], Some(&format!("{},{}", cpus[0], cpus[1])), &[]);
+    assert_ne!(two[0], two[1], "{two:?}");
+    assert!(!two[0].contains(',') || cores < cpus.len(), "{two:?}");
+    // Unbound on request (flag or variable): the launcher's own mask.
+    assert_eq!(
+        rank_cpus(2, &["--bind-to", "none"], None, &[]),
+        vec![mine.clone(), mine.clone()]
+    );
+    assert_eq!(
+        rank_cpus(2, &[], None, &[("ZCCL_BIND_TO", "none")]),
+        vec![mine.clone(), mine.clone()]
+    );
+    // More ranks than CPUs (oversubscribed): left to the scheduler.
+    let c0 = cpus[0].to_string();
+    assert_eq!(
+        rank_cpus(2, &[], Some(&c0), &[]),
+        vec![c0.clone(), c0.clone()]
+    );
+    let bad = run(&["run", "-n", "1", "--bind-to", "socket", "true"], &[]);
+    assert_eq!(bad.status.code(), Some(2), "{}", bad.stderr);
+    assert!(bad.stderr.contains("core or none"), "{}", bad.stderr);
+}
+
 #[test]
 fn bad_arguments_are_usage_errors() {
     for args in [

@@ -213,6 +213,9 @@ pub struct CommonArgs {
     #[arg(short = 'N', long = "ranks", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub ranks: Option<u32>,
+    /// With -N: bind each rank to a core of its own (core: when the cores are at least as many as the ranks, as mpirun does), or leave them unbound (none).
+    #[arg(long, value_name = "core|none", env = "ZCCL_BIND_TO", default_value_t = zccl_runtime::binding::BindTo::Core)]
+    pub bind_to: zccl_runtime::binding::BindTo,
     /// Also write the results to FILE as JSON (an array, one object per row and half).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -402,6 +405,8 @@ pub struct Settings {
     pub average: Average,
     /// `-N`.
     pub ranks: Option<u32>,
+    /// `--bind-to` (the `-N` launcher's).
+    pub bind_to: zccl_runtime::binding::BindTo,
     /// ring_shift `--offset` (1 for sendrecv).
     pub offset: i64,
     /// all_scan `--cols`.
@@ -508,6 +513,7 @@ impl OpCmd {
             blocking: c.blocking == 1,
             average: Average::from_flag(c.average),
             ranks: c.ranks,
+            bind_to: c.bind_to,
             offset,
             scan_cols,
             scan_blocks,

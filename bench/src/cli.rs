@@ -118,7 +118,7 @@ pub fn run_as(prog: &str, args: BenchArgs) -> ExitCode {
                 );
             }
             let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
-            match launch::launch(prog, n, &program, &argv) {
+            match launch::launch(prog, n, &program, &argv, s.bind_to) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(e) => {
                     say(prog, format_args!("error: {e}"));

@@ -18,6 +18,10 @@
 //! a SIGTERM or SIGINT the launcher receives is forwarded to the ranks as
 //! SIGTERM ([`crate::hold`]).
 //!
+//! The ranks are bound a core each when the cores are enough, as by
+//! `zccl run` (`--bind-to none` leaves them unbound;
+//! [`zccl_runtime::binding`]).
+//!
 //! `-N` starts at most [`MAX_LOCAL_RANKS`] ranks: every rank connects to
 //! every other, with threads per connection, so n local ranks run about
 //! 2n² threads in all.
@@ -29,6 +33,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use zccl_runtime::UniqueId;
+use zccl_runtime::binding::{BindTo, bind_command, host_plan};
 use zccl_runtime::launcher::{REMOVED_VARS, RankExit, Reaper, pick_ports, rank_env};
 
 /// Variables that say this process is a rank of a launched job.
@@ -96,15 +101,25 @@ pub fn mode(ranks: Option<u32>, get: impl Fn(&str) -> Option<String>) -> Mode {
 
 /// Starts `n` ranks of `program args...` and waits for them; returns the
 /// exit code (see the module docs). Messages are prefixed `prog:`.
-pub fn launch(prog: &str, n: u32, program: &OsString, args: &[OsString]) -> io::Result<i32> {
+pub fn launch(
+    prog: &str,
+    n: u32,
+    program: &OsString,
+    args: &[OsString],
+    bind: BindTo,
+) -> io::Result<i32> {
     let ports = pick_ports(None)?;
     let secret = UniqueId::random_secret()
         .map_err(|e| io::Error::other(e.to_string()))?
         .to_hex();
     // Dropping the reaper on an error kills the ranks started so far.
     let mut reaper = Reaper::new();
+    let plan = host_plan(n, bind);
     for r in 0..n {
         let mut cmd = Command::new(program);
+        if let Some(p) = &plan {
+            bind_command(&mut cmd, &p[r as usize]);
+        }
         cmd.args(args)
             .envs(rank_env(r, n, ports, &secret))
             .stdin(Stdio::null())
@@ -192,19 +207,25 @@ mod tests {
     #[test]
     fn exit_codes_follow_the_first_failure() {
         let sh = OsString::from("/bin/sh");
-        let ok = launch("t", 2, &sh, &["-c".into(), "exit 0".into()]).unwrap();
+        let ok = launch("t", 2, &sh, &["-c".into(), "exit 0".into()], BindTo::Core).unwrap();
         assert_eq!(ok, 0);
         // Rank 1 fails with 3; rank 0 succeeds.
         let script = "if [ \"$ZCCL_RANK\" = 1 ]; then exit 3; fi; exit 0";
-        let code = launch("t", 2, &sh, &["-c".into(), script.into()]).unwrap();
+        let code = launch("t", 2, &sh, &["-c".into(), script.into()], BindTo::Core).unwrap();
         assert_eq!(code, 3);
         // Rank 2 fails first (3), rank 0 50 ms later (1): rank 2's code,
         // though rank 0 is the lower rank.
         let script =
             "case $ZCCL_RANK in 2) sleep 0.2; exit 3;; 0) sleep 0.25; exit 1;; esac; sleep 0.4";
-        let code = launch("t", 4, &sh, &["-c".into(), script.into()]).unwrap();
+        let code = launch("t", 4, &sh, &["-c".into(), script.into()], BindTo::Core).unwrap();
         assert_eq!(code, 3);
-        let missing = launch("t", 1, &OsString::from("/nonexistent/zccl-bench"), &[]);
+        let missing = launch(
+            "t",
+            1,
+            &OsString::from("/nonexistent/zccl-bench"),
+            &[],
+            BindTo::Core,
+        );
         assert!(
             missing
                 .unwrap_err()

@@ -25,6 +25,12 @@
 //! Ranks read `/dev/null` as stdin. Programs that buffer a pipe (C stdio,
 //! Python) print late unless told not to (`PYTHONUNBUFFERED=1`).
 //!
+//! With at least as many cores as ranks, rank `r` is bound to the `r`-th
+//! core the launcher may use, as `mpirun` binds small jobs; with more ranks
+//! than cores, or [`LaunchOptions::bind`] set to [`BindTo::None`]
+//! (`--bind-to none`), ranks run wherever the scheduler puts them
+//! ([`crate::binding`] has why and how).
+//!
 //! Every rank runs in its own process group, so signals reach whatever the
 //! rank started (`sh -c` children too). `SIGINT`, `SIGTERM` and `SIGHUP` sent
 //! to the launcher are forwarded to every rank; after the grace period the
@@ -60,6 +66,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error as ThisError;
 
+use crate::binding::{BindTo, bind_command, host_plan};
 use crate::unique_id::UniqueId;
 
 /// What to launch.
@@ -76,6 +83,9 @@ pub struct LaunchOptions {
     pub grace: Duration,
     /// `MASTER_PORT`; `None` picks a free port `P` with `P + 1` free too.
     pub master_port: Option<u16>,
+    /// Where ranks are bound ([`crate::binding`]): by default a core each
+    /// when the cores are enough, as `mpirun` does.
+    pub bind: BindTo,
 }
 
 impl LaunchOptions {
@@ -99,6 +109,7 @@ impl LaunchOptions {
             args: args.into_iter().map(Into::into).collect(),
             grace: Self::DEFAULT_GRACE,
             master_port: None,
+            bind: BindTo::default(),
         }
     }
 }
@@ -473,8 +484,12 @@ fn spawn_rank(
     rank: u32,
     ports: Ports,
     secret: &str,
+    cpus: Option<&[usize]>,
 ) -> Result<u32, LaunchError> {
     let mut cmd = Command::new(&opts.program);
+    if let Some(cpus) = cpus {
+        bind_command(&mut cmd, cpus);
+    }
     cmd.args(&opts.args)
         .envs(rank_env(rank, opts.nprocs, ports, secret))
         .stdin(Stdio::null())
@@ -534,8 +549,10 @@ pub fn run(opts: &LaunchOptions) -> Result<JobReport, LaunchError> {
     let mut reaper = Reaper::new();
     // Output streams of each rank not yet closed.
     let mut streams_open: Vec<u8> = Vec::with_capacity(opts.nprocs as usize);
+    let plan = host_plan(opts.nprocs, opts.bind);
     for r in 0..opts.nprocs {
-        if let Err(e) = spawn_rank(&mut reaper, opts, r, ports, &secret) {
+        let cpus = plan.as_ref().map(|p| p[r as usize].as_slice());
+        if let Err(e) = spawn_rank(&mut reaper, opts, r, ports, &secret, cpus) {
             reaper.kill_all();
             return Err(e);
         }

@@ -18,7 +18,8 @@
 //! * [`logging`] — `ZCCL_DEBUG`, `ZCCL_DEBUG_SUBSYS`, `ZCCL_DEBUG_FILE`, shaped
 //!   like NCCL's.
 //! * [`launcher`] — the single-host launcher behind `zccl run -n N`
-//!   (see `docs/launching.md` for Slurm, `mpirun` and `torchrun`).
+//!   (see `docs/launching.md` for Slurm, `mpirun` and `torchrun`);
+//!   [`binding`] — where it binds its ranks (a core each, as `mpirun`).
 //! * [`router`] — the NIC-aware router: the planner (pure), and the executor
 //!   the progress engine drives (proxies, reassembly, adaptation).
 //!
@@ -48,6 +49,7 @@
 
 #![warn(missing_docs)]
 
+pub mod binding;
 pub mod bootstrap;
 pub mod buffer;
 pub mod communicator;
