@@ -110,7 +110,13 @@
 //!   producer that writes a small record does not wake the reader thread for
 //!   it (that wake-up, on a 2-core machine, preempts the very thread that
 //!   polls); the last poller to stop wakes the reader thread if anything is
-//!   left, so either it sees the record or the producer sees no poller.
+//!   left, so either it sees the record or the producer sees no poller. A
+//!   reader thread that is awake anyway (woken for a large record, or at
+//!   its lease's end) also leaves a record a poll can take to the polling
+//!   threads while they are attentive (one polls, or the lease runs): once
+//!   it took one, it used to find the next within its spin and take every
+//!   message from then on, through the engine's task (two wake-ups each).
+//!   Left records wait for the next poll, or for the lease's end.
 //! * **Dead peers.** This transport only reports what it sees in the ring: a
 //!   clean goodbye record ([`CloseReason::Clean`], after every message sent
 //!   before it) and corrupt ring state ([`CloseReason::Lost`]). A peer that is

@@ -392,6 +392,41 @@ mod tests {
     use crate::shm::testutil::{cfg, expect_lost, msg, next, pair, wait_true, watched};
 
     #[test]
+    fn an_awake_reader_thread_leaves_small_records_to_attentive_pollers() {
+        let ring_only = |lease| ShmConfig {
+            cma_min_bytes: 0,
+            poll_lease: lease,
+            ..cfg()
+        };
+        let ((t0, _rx0), (t1, mut rx1)) = pair(
+            ring_only(Duration::ZERO),
+            ring_only(Duration::from_secs(30)),
+        );
+        // Rank 1 polled and expects to poll again soon: its lease runs.
+        t1.set_polling(true);
+        t1.pause_polling();
+        // A record too large for a poll wakes the reader thread; the small
+        // one right behind it is already whole in the ring when the reader
+        // is done with the large one.
+        t0.send(1, msg(MessageKind::Data, 0, POLL_MAX_PAYLOAD + 1))
+            .unwrap();
+        t0.send(1, msg(MessageKind::Data, 1, 8)).unwrap();
+        match next(&mut rx1) {
+            TransportEvent::Message { peer: 0, msg: m } => {
+                assert_eq!(m, msg(MessageKind::Data, 0, POLL_MAX_PAYLOAD + 1))
+            }
+            other => panic!("{other:?}"),
+        }
+        // The awake reader does not take the small one (it would, and every
+        // later one, a wake-up chain per message): the next poll does.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(rx1.try_recv().is_err(), "the reader took the small record");
+        let mut got = Vec::new();
+        assert_eq!(t1.poll(10, &mut |p, m| got.push((p, m))), 1);
+        assert_eq!(got, vec![(0, msg(MessageKind::Data, 1, 8))]);
+    }
+
+    #[test]
     fn poll_takes_small_whole_messages_in_order_and_leaves_the_rest() {
         // Without CMA, so that a message over the poll bound is a ring one.
         let ring_only = || ShmConfig {
