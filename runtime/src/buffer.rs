@@ -14,7 +14,7 @@ use bytes::Bytes;
 pub use half::{bf16, f16};
 
 /// Element type of a buffer; travels with every message so that a receive of
-/// another type fails on both sides.
+/// another type fails (and with it the channel, on every rank).
 ///
 /// The first seven are the [`Element`] types zccl moves, reduces and
 /// converts. The others are only **labels**: their data moves as bytes (a

@@ -858,8 +858,9 @@ impl Channel {
     /// labelled as elements of `dtype`: the label travels with each message
     /// and is checked at the match like an element type, so a rank that
     /// sends a collective's bytes as `f32` and a peer that receives them as
-    /// `i32` (same byte count, another type) both fail with a mismatch
-    /// naming both types, instead of reading reinterpreted bytes. Typed ops
+    /// `i32` (same byte count, another type) fail with a mismatch naming
+    /// both types (the receive, then the channel on every rank), instead of
+    /// reading reinterpreted bytes. Typed ops
     /// (any element type but `u8`) keep their own type. `dtype` may also be
     /// one of the types zccl only moves ([`DType::LABELS`]: `i8`, `bool`,
     /// complex, ...), which tells, say, `i8` bytes from `u8` bytes.
@@ -873,7 +874,10 @@ impl Channel {
     /// let s = f32s.isend(0, vec![0u8; 16]).unwrap();
     /// let r = i32s.irecv::<u8>(0, 16).unwrap();
     /// assert!(matches!(r.wait(), Err(Error::Mismatch { .. })));
-    /// assert!(s.wait().is_err());
+    /// // The small send completed when it went (eager); the channel fails.
+    /// assert!(s.wait().is_ok());
+    /// let e = f32s.isend(0, vec![0u8; 1]).unwrap().wait().unwrap_err();
+    /// assert!(e.to_string().contains("4 x f32") && e.to_string().contains("4 x i32"), "{e}");
     /// ```
     pub fn with_label(mut self, dtype: DType) -> Self {
         self.label = Some(dtype);
@@ -1059,8 +1063,14 @@ impl Channel {
         Ok((pendings, landed))
     }
 
-    /// Starts sending `data` to `peer`. The send is eager: it never waits for
-    /// the receiver to post; the handle completes when the receiver matched it.
+    /// Starts sending `data` to `peer`. It never waits for the receiver to
+    /// post. Up to [`flow::EAGER_MAX`](crate::flow::EAGER_MAX) bytes the
+    /// handle completes once the transport has the data (as `MPI_Send` of a
+    /// small message); a larger send completes when the receiver matched
+    /// it. A size or type mismatch fails the receive, naming both sides, and
+    /// then every op of this channel on every rank
+    /// ([`Error::Disagreement`]): a small send that completed already learns
+    /// it at its next op on the channel.
     ///
     /// An owned `Vec<T>` or [`HostBuffer<T>`] is sent without a copy; a slice is copied once.
     pub fn isend<T: Element>(
@@ -1189,8 +1199,10 @@ impl Channel {
         })
     }
 
-    /// Blocking send: returns once the receiver matched it (like `MPI_Ssend`;
-    /// two ranks that both send first to each other must use [`Channel::batch`]).
+    /// Blocking send ([`Channel::isend`], waited): a small one returns once
+    /// the transport has it, a larger one once the receiver matched it (like
+    /// `MPI_Send`: two ranks that both send first to each other must use
+    /// [`Channel::batch`], or they deadlock past the eager size).
     pub fn send<T: Element>(&self, peer: u32, data: impl Into<HostBuffer<T>>) -> Result<()> {
         self.isend(peer, data)?.wait()
     }

@@ -216,7 +216,10 @@ pub enum Error {
         mine: OpLabel,
     },
     /// Send and receive disagree on size, element type or operation
-    /// ([`crate::label`]); reported on both sides.
+    /// ([`crate::label`]): the receive fails with it, and so does a send
+    /// that waited for the receiver's answer (larger than
+    /// [`crate::flow::EAGER_MAX`]); the channel then fails on every rank
+    /// ([`Error::Disagreement`]).
     #[error("{}", mismatch(.op, *.send_bytes, *.send_dtype, *.send_op, *.recv_bytes, *.recv_dtype, *.recv_op))]
     Mismatch {
         /// The op on this side.
@@ -238,9 +241,10 @@ pub enum Error {
     /// op's channel: found by one rank (a send and receive that disagree,
     /// or two ranks sending each other messages of different operations
     /// that neither receives) and reported to every rank, whose pending and
-    /// later ops on that channel all fail with it. Raised for labelled
-    /// operations (collectives) only; plain point-to-point mismatches fail
-    /// just the two ops ([`Error::Mismatch`]).
+    /// later ops on that channel all fail with it (the receive that found
+    /// it fails with [`Error::Mismatch`], and so does a send still waiting
+    /// for its answer; a small send completed before, eager, learns it this
+    /// way, at its next op on the channel).
     #[error("{}", disagreement(.op, *.reported_by, *.crossed, .a, .b))]
     Disagreement {
         /// The op on this side.

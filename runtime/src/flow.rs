@@ -3,9 +3,9 @@
 //!
 //! Pure state (no I/O), driven by the engine; tested below.
 //!
-//! * **Eager** (a message of a collective or primitive other than
-//!   broadcast, of at most [`EAGER_MAX`] bytes, not routed, credit
-//!   available): the
+//! * **Eager** (a plain point-to-point message or one of a collective or
+//!   primitive other than broadcast, of at most [`EAGER_MAX`] bytes, not
+//!   routed, credit available): the
 //!   send completes as soon as the transport has the bytes. The receiver
 //!   does not acknowledge it; it returns the credit in batches
 //!   (a credit control message) once it matched such
@@ -54,9 +54,7 @@ pub const DEFAULT_WINDOW: u64 = 64 << 20;
 
 /// Whether the receiver acknowledges a data message: every message that
 /// came through the router, every one larger than [`EAGER_MAX`], and every
-/// one not `labelled` as an operation's whose mismatches every rank learns
-/// (plain point-to-point: its send reports a size or type mismatch itself,
-/// which needs the receiver's answer; see the engine's `eager_label`).
+/// one not `labelled` as eager ([`eager_label`]: a broadcast's).
 ///
 /// ```
 /// use zccl_runtime::flow::{acknowledged, EAGER_MAX};
@@ -70,22 +68,22 @@ pub fn acknowledged(len: u64, routed: bool, labelled: bool) -> bool {
 }
 
 /// Whether a message of type code `code` may go eagerly ([`crate::flow`]):
-/// one of an operation whose every rank receives in each step, so that a
-/// mismatch shows at a receive and reaches every rank
-/// (`Control::Disagree`). Plain point-to-point messages are acknowledged
-/// (their send reports a mismatch itself), and so are a broadcast's (its
-/// root only sends: with roots that differ, its sends stay pending, and the
-/// crossed-send check names both roots). Pure.
+/// a mismatch at its receive then reaches the sender, and every other rank
+/// of the channel, as a disagreement that fails the channel
+/// (`Control::Disagree`), not through the send's own handle, which
+/// completed already (as `MPI_Send` of a small message completes before its
+/// receive is posted). All but a broadcast's: its root only sends, and
+/// with roots that differ, its sends stay pending so that the crossed-send
+/// check names both roots. Pure.
 ///
 /// ```
 /// use zccl_runtime::{DType, flow::eager_label, label::OpLabel};
 /// assert!(eager_label(OpLabel::ALL_REDUCE_SUM.wire(DType::F32)));
+/// assert!(eager_label(DType::F32.code().into())); // plain point-to-point
 /// assert!(!eager_label(OpLabel::BROADCAST.wire(DType::F32)));
-/// assert!(!eager_label(DType::F32.code().into()));
 /// ```
 pub fn eager_label(code: u16) -> bool {
-    let l = OpLabel::split(code).1;
-    l != OpLabel::NONE && !l.is_broadcast()
+    !OpLabel::split(code).1.is_broadcast()
 }
 
 /// How one send travels.

@@ -682,7 +682,9 @@ fn every_variable_in_the_sources_is_walked() {
     // Documented in the runtime's table, read elsewhere: `ZCCL_ALGO` by
     // `zccl_primitives::schedule::algo` at the first collective (its unit
     // tests walk the values; a bad one is an error naming the variable).
-    const READ_ELSEWHERE: &[&str] = &["ZCCL_ALGO"];
+    // `ZCCL_BIND_TO` by the launchers' command lines (clap: a bad value is
+    // a usage error naming the allowed ones; tests/run_cli.rs).
+    const READ_ELSEWHERE: &[&str] = &["ZCCL_ALGO", "ZCCL_BIND_TO"];
     let walked: BTreeSet<String> = VARS
         .iter()
         .map(|v| v.0)

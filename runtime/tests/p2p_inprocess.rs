@@ -98,45 +98,75 @@ fn ring_shift_sizes_and_types() {
     });
 }
 
+/// A size or type mismatch fails the receive naming both sides, then the
+/// channel on both ranks (the small send itself completed when it went,
+/// eager, as `MPI_Send`'s; the sender learns it at its next op there); a
+/// send larger than the eager size fails itself. Other channels stay usable.
 #[test]
 fn mismatch_fails_both_sides_with_both_sizes() {
-    let res = job(2, &[], |c| {
+    let big = zccl_runtime::flow::EAGER_MAX as usize / 4 + 2;
+    let res = job(2, &[], move |c| {
         let r = c.rank();
-        let size_err = if r == 0 {
-            c.isend(1, vec![1.0f32; 10]).unwrap().wait().unwrap_err()
-        } else {
-            c.irecv::<f32>(0, 12).unwrap().wait().unwrap_err()
-        };
-        let type_err = if r == 0 {
-            c.isend(1, vec![1i32; 4]).unwrap().wait().unwrap_err()
-        } else {
-            c.irecv::<f32>(0, 4).unwrap().wait().unwrap_err()
-        };
-        // The communicator stays usable after a mismatch.
+        let mut errs = Vec::new();
+        // (channel, what rank 0 sends, what rank 1 expects)
+        for (ch, case) in [(1u32, 0), (2, 1), (3, 2)] {
+            let chan = c.channel(ch);
+            if r == 0 {
+                let sent = match case {
+                    0 => chan.isend(1, vec![1.0f32; 10]).unwrap().wait(),
+                    1 => chan.isend(1, vec![1i32; 4]).unwrap().wait(),
+                    _ => chan.isend(1, vec![1.0f32; big]).unwrap().wait(),
+                };
+                match (case, sent) {
+                    // Eager: complete; the channel's next op fails.
+                    (0 | 1, Ok(())) => errs.push(chan.recv::<u8>(1, 1).unwrap_err()),
+                    (2, Err(e)) => errs.push(e),
+                    (_, other) => panic!("case {case}: {other:?}"),
+                }
+            } else {
+                let e = match case {
+                    0 => chan.irecv::<f32>(0, 12).unwrap().wait().unwrap_err(),
+                    1 => chan.irecv::<f32>(0, 4).unwrap().wait().unwrap_err(),
+                    _ => chan.irecv::<f32>(0, big - 1).unwrap().wait().unwrap_err(),
+                };
+                errs.push(e);
+            }
+        }
+        // Another channel stays usable after a mismatch.
         let ok = if r == 0 {
             c.send(1, vec![7u8; 3]).map(|_| vec![])
         } else {
             c.recv::<u8>(0, 3).map(|b| b.into_vec())
         };
-        (size_err, type_err, ok.unwrap())
+        (errs, ok.unwrap())
     });
-    for (r, (size_err, type_err, _)) in res.iter().enumerate() {
-        assert!(
-            matches!(size_err, Error::Mismatch { .. }),
-            "rank {r}: {size_err}"
-        );
-        let s = size_err.to_string();
-        assert!(
-            s.contains("send is 40 B (10 x f32)") && s.contains("receive is 48 B (12 x f32)"),
-            "rank {r}: {s}"
-        );
-        let t = type_err.to_string();
-        assert!(
-            t.contains("16 B (4 x i32)") && t.contains("16 B (4 x f32)"),
-            "rank {r}: {t}"
-        );
+    let big_b = 4 * big;
+    for (r, (errs, _)) in res.iter().enumerate() {
+        let want = [
+            ("40 B (10 x f32)", "48 B (12 x f32)"),
+            ("16 B (4 x i32)", "16 B (4 x f32)"),
+            (&*format!("{big_b} B"), &*format!("{} B", big_b - 4)),
+        ];
+        for (e, (a, b)) in errs.iter().zip(want) {
+            let s = e.to_string();
+            assert!(s.contains(a) && s.contains(b), "rank {r}: {s}");
+        }
+        if r == 1 {
+            assert!(
+                errs.iter().all(|e| matches!(e, Error::Mismatch { .. })),
+                "{errs:?}"
+            );
+            assert!(
+                errs[0].to_string().contains("send is 40 B (10 x f32)"),
+                "{}",
+                errs[0]
+            );
+        } else {
+            assert!(matches!(errs[0], Error::Disagreement { .. }), "{}", errs[0]);
+            assert!(matches!(errs[2], Error::Mismatch { .. }), "{}", errs[2]);
+        }
     }
-    assert_eq!(res[1].2, vec![7u8; 3]);
+    assert_eq!(res[1].1, vec![7u8; 3]);
 }
 
 #[test]
@@ -439,6 +469,15 @@ fn split_even_odd(n: u32) {
             .wait()
             .unwrap();
         assert_eq!(out[1].as_ref().unwrap().bytes(), &[left as u8]);
+        // And the other way round: no rank ends (closing its communicator,
+        // which fails a neighbour's pending receive from it) before both
+        // neighbours are past their timed-out receive (small sends are eager:
+        // completing one does not wait for the peer).
+        c.channel(79)
+            .batch(vec![Op::send(left, vec![0u8]), Op::recv::<u8>(right, 1)])
+            .unwrap()
+            .wait()
+            .unwrap();
         (half.comm_id(), dup.comm_id())
     });
     // Context ids agree on every rank.
@@ -655,19 +694,27 @@ fn receives_into_the_callers_buffer() {
             re.wait().unwrap();
             late.wait().unwrap();
             assert!(e == pattern(peer, huge, 5), "late receive");
-            // A mismatch fails both sides; the buffer is not written.
+            // A mismatch fails the receive (and then the channel, on both
+            // ranks: both ranks mismatch here, and the one that finds it
+            // second may already have the other's disagreement); the buffer
+            // is not written. Each on a channel of its own.
+            let ch = c.channel(5);
             let mut d = vec![7u8; 10];
             let rd = unsafe { ch.irecv_into(peer, &mut d) }.unwrap();
             let sd = ch.isend(peer, vec![1u8; 12]).unwrap();
-            assert!(matches!(rd.wait(), Err(Error::Mismatch { .. })));
-            assert!(sd.wait().is_err());
+            let bad = |r: Result<_, Error>| {
+                matches!(r, Err(Error::Mismatch { .. } | Error::Disagreement { .. }))
+            };
+            assert!(bad(rd.wait()));
+            let _ = sd.wait(); // eager: it may have completed
             assert_eq!(d, vec![7u8; 10]);
             // Also for a message the ring could have landed.
+            let ch = c.channel(6);
             let mut d = vec![7u8; 32 << 10];
             let rd = unsafe { ch.irecv_into(peer, &mut d) }.unwrap();
             let sd = ch.isend(peer, vec![1u8; (32 << 10) + 8]).unwrap();
-            assert!(matches!(rd.wait(), Err(Error::Mismatch { .. })));
-            assert!(sd.wait().is_err());
+            assert!(bad(rd.wait()));
+            let _ = sd.wait();
             assert!(d.iter().all(|&x| x == 7));
             (landed, landed_late)
         });

@@ -19,13 +19,14 @@
 //!   communicators that share this engine (a world communicator and those
 //!   split from it) apart. Hence a batch completes whatever the order of its
 //!   ops on each rank.
-//! * A small message of a collective or primitive (other than broadcast) is
-//!   eager: its send completes once the transport has it, unacknowledged
-//!   (the receiver returns the window's credit in batches); a mismatch at
-//!   its receive is reported to every rank ([`Control::Disagree`]). Any
-//!   other receive that matches answers the sender with an ack (or a
-//!   mismatch nack carrying its size and type), and its send completes on
-//!   that answer.
+//! * A small message (plain point-to-point, or of a collective or primitive
+//!   other than broadcast) is eager: its send completes once the transport
+//!   has it, unacknowledged (the receiver returns the window's credit in
+//!   batches). Any other receive that matches answers the sender with an
+//!   ack (or a mismatch nack carrying its size and type), and its send
+//!   completes on that answer. A mismatch at any receive is reported to
+//!   every rank ([`Control::Disagree`]): the channel fails on all of them,
+//!   which is how an eager sender learns of it.
 //! * Ops of one channel of one communicator complete, as seen by handles, in
 //!   issue order.
 //! * Every op has a deadline; expired ops fail with a timeout error.
@@ -649,15 +650,14 @@ impl Engine {
             })
         };
         let stream = (recv.desc.comm, recv.desc.channel);
-        // A labelled (collective) mismatch concerns every rank of the
-        // channel, not only these two: tell them all.
-        let poison =
-            (!ok && (send_op != OpLabel::NONE || recv_op != OpLabel::NONE)).then(|| Poison {
-                reported_by: self.rank,
-                crossed: false,
-                a: side(d.peer, code, sent_bytes),
-                b: side(self.rank, recv.code, d.bytes),
-            });
+        // A mismatch concerns every rank of the channel, not only these
+        // two (and an eager sender learns it only so): tell them all.
+        let poison = (!ok).then(|| Poison {
+            reported_by: self.rank,
+            crossed: false,
+            a: side(d.peer, code, sent_bytes),
+            b: side(self.rank, recv.code, d.bytes),
+        });
         self.finish(stream, recv.index, recv.slot, outcome);
         if let Some(p) = poison {
             self.disagree(stream, p);
@@ -866,8 +866,8 @@ impl Engine {
                         r.forget((peer, msg.comm, channel, seq), Instant::now());
                     }
                     let Some(s) = self.take(OpKind::Send, (msg.comm, channel, peer, seq)) else {
-                        // An eager send (labelled), completed already: the
-                        // receiver reports the disagreement to every rank
+                        // An eager send, completed already: the receiver
+                        // reports the disagreement to every rank
                         // (Control::Disagree), which fails this channel.
                         return;
                     };

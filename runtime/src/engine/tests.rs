@@ -229,16 +229,28 @@ fn eager_send_completes_at_issue_and_waits_at_the_receiver() {
 }
 
 #[test]
-fn plain_send_completes_on_the_receivers_ack() {
+fn a_small_plain_send_is_eager_a_large_one_completes_on_the_ack() {
     let mut net = Net::new(2, 1 << 20);
+    // Small: complete once the transport has it, like a collective's.
     let s = net.issue(0, vec![send(1, b"p2p", OpLabel::NONE)]);
+    assert!(matches!(outcome(&s[0]), Some(Ok(None))));
     net.pump();
-    assert!(outcome(&s[0]).is_none(), "completed before its receive");
     let r = net.issue(1, vec![recv(0, 3, OpLabel::NONE)]);
     assert_eq!(data(outcome(&r[0])), b"p2p");
+    assert!(
+        controls(&net.sent(1)).is_empty(),
+        "an eager message is not answered"
+    );
+    // Past the eager size: pending until the receiver acknowledges it.
+    let big = vec![5u8; flow::EAGER_MAX as usize + 1];
+    let s = net.issue(0, vec![send(1, &big, OpLabel::NONE)]);
+    net.pump();
+    assert!(outcome(&s[0]).is_none(), "completed before its receive");
+    let r = net.issue(1, vec![recv(0, big.len() as u64, OpLabel::NONE)]);
+    assert_eq!(data(outcome(&r[0])), big);
     let acks = controls(&net.sent(1));
     assert!(
-        matches!(acks[..], [Control::Ack { channel: 0, seq: 0 }]),
+        matches!(acks[..], [Control::Ack { channel: 0, seq: 1 }]),
         "{acks:?}"
     );
     net.engines[0].on_message(1, control_msg(0, acks[0]));
@@ -317,23 +329,56 @@ fn past_the_window_only_a_request_goes_and_the_data_follows_the_receive() {
 }
 
 #[test]
-fn a_size_mismatch_fails_the_send_and_the_receive() {
-    let mut net = Net::new(2, 1 << 20);
-    let s = net.issue(0, vec![send(1, &[0; 16], OpLabel::NONE)]);
-    let r = net.issue(1, vec![recv(0, 8, OpLabel::NONE)]);
-    net.pump();
-    for (side, e) in [
-        ("receive", failed(outcome(&r[0]))),
-        ("send", failed(outcome(&s[0]))),
-    ] {
-        match e {
-            Error::Mismatch {
-                send_bytes: 16,
-                recv_bytes: 8,
-                ..
-            } => {}
-            other => panic!("{side}: {other}"),
+fn a_size_mismatch_fails_the_receive_and_the_channel_on_every_rank() {
+    let big = flow::EAGER_MAX + 8;
+    for (sent, expected) in [(16, 8), (big, big - 8)] {
+        let mut net = Net::new(3, 1 << 20);
+        let s = net.issue(0, vec![send(1, &vec![0; sent as usize], OpLabel::NONE)]);
+        let r = net.issue(1, vec![recv(0, expected, OpLabel::NONE)]);
+        // Rank 2 waits on rank 1 in the same channel.
+        let r2 = net.issue(2, vec![recv(1, 4, OpLabel::NONE)]);
+        net.pump();
+        let both = |e: &Error| {
+            let t = e.to_string();
+            t.contains(&format!("{sent} B")) && t.contains(&format!("{expected} B"))
+        };
+        let e = failed(outcome(&r[0]));
+        assert!(
+            matches!(e, Error::Mismatch { send_bytes, recv_bytes, .. }
+                if send_bytes == sent && recv_bytes == expected),
+            "{e}"
+        );
+        // A small send completed when it went (eager); a large one waited
+        // for the receiver's answer and fails with it.
+        if sent <= flow::EAGER_MAX {
+            assert!(matches!(outcome(&s[0]), Some(Ok(None))));
+        } else {
+            let e = failed(outcome(&s[0]));
+            assert!(matches!(e, Error::Mismatch { .. }) && both(&e), "{e}");
         }
+        let e = failed(outcome(&r2[0]));
+        assert!(
+            matches!(e, Error::Disagreement { reported_by: 1, .. }) && both(&e),
+            "{e}"
+        );
+        // The channel is broken on every rank, the sender included, each
+        // error naming both sizes; another channel still works.
+        for rank in 0..3 {
+            let later = net.issue(rank, vec![send((rank + 1) % 3, b"x", OpLabel::NONE)]);
+            let e = failed(outcome(&later[0]));
+            assert!(
+                matches!(e, Error::Disagreement { .. }) && both(&e),
+                "rank {rank}: {e}"
+            );
+        }
+        let mut ok = send(1, b"fine", OpLabel::NONE);
+        ok.channel = 1;
+        net.issue(0, vec![ok]);
+        let mut r = recv(0, 4, OpLabel::NONE);
+        r.channel = 1;
+        let r = net.issue(1, vec![r]);
+        net.pump();
+        assert_eq!(data(outcome(&r[0])), b"fine");
     }
 }
 
@@ -447,7 +492,11 @@ fn a_failed_peer_fails_every_pending_and_later_op_naming_it() {
     let mut net = Net::new(3, 1 << 20);
     let pending = net.issue(
         0,
-        vec![recv(1, 4, OpLabel::NONE), send(2, b"xy", OpLabel::NONE)],
+        // A send past the eager size: pending until acknowledged.
+        vec![
+            recv(1, 4, OpLabel::NONE),
+            send(2, &[1; flow::EAGER_MAX as usize + 1], OpLabel::NONE),
+        ],
     );
     let reason = CloseReason::Aborted {
         cause_rank: None,
