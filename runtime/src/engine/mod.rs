@@ -448,8 +448,12 @@ impl Engine {
                     .choose(d.peer, len, routed, eager_label(pending_code))
                 {
                     Protocol::Eager { .. } => {
-                        self.last_eager
-                            .insert((d.comm, d.channel, d.peer), (pending_code, d.seq, len));
+                        // For the crossed-send check, which only concerns
+                        // labelled operations.
+                        if op.label != OpLabel::NONE {
+                            self.last_eager
+                                .insert((d.comm, d.channel, d.peer), (pending_code, d.seq, len));
+                        }
                         // Complete once the transport has it: no
                         // acknowledgement comes (the receiver returns the
                         // credit in batches).
