@@ -668,6 +668,19 @@ impl Engine {
         }
     }
 
+    /// A message from `peer` that no receive will take (its channel
+    /// failed) is dropped: an eager one's window credit goes back to the
+    /// sender as if it had been matched (an acknowledged one's sender
+    /// returns its own charge when its send fails).
+    fn drop_unmatched(&mut self, peer: u32, comm: u32, code: u16, len: u64) {
+        let routed = self.router.as_ref().is_some_and(|r| r.wants(peer));
+        if !flow::acknowledged(len, routed, eager_label(code))
+            && let Some(credit) = self.owed.on_matched(peer, len)
+        {
+            self.post(peer, control_msg(comm, Control::Credit { bytes: credit }));
+        }
+    }
+
     /// Ranks disagree on `stream`: its pending ops fail, and so will its
     /// later ones; found here, every other rank is told.
     fn disagree(&mut self, stream: Stream, p: Poison) {
@@ -685,7 +698,16 @@ impl Engine {
         );
         self.poisoned.insert(stream, p);
         self.suspects.retain(|s| (s.1.0, s.1.1) != stream);
+        let dropped: Vec<(u32, u32, u16, u64)> = self
+            .unexpected
+            .iter()
+            .filter(|(k, _)| (k.0, k.1) == stream)
+            .map(|(k, (code, b))| (k.2, k.0, *code, b.len() as u64))
+            .collect();
         self.unexpected.retain(|k, _| (k.0, k.1) != stream);
+        for (peer, comm, code, len) in dropped {
+            self.drop_unmatched(peer, comm, code, len);
+        }
         let mut keys: Vec<(OpKind, Key)> = self
             .sends
             .keys()
@@ -711,6 +733,13 @@ impl Engine {
             }
         }
         failed.sort_by_key(|op| op.index);
+        for op in &failed {
+            // A charged send the receiver will not acknowledge now (it
+            // drops the message, or already matched it): its window back.
+            if op.desc.kind == OpKind::Send && op.charged > 0 {
+                self.credit.on_returned(op.desc.peer, op.charged);
+            }
+        }
         for op in failed {
             let e = p.error(&op.desc);
             self.finish(stream, op.index, op.slot, Err(e));
@@ -804,10 +833,13 @@ impl Engine {
                 match self.take(OpKind::Recv, key) {
                     Some(recv) => self.matched(recv, msg.dtype, msg.payload),
                     None => {
+                        if self.poisoned.contains_key(&(msg.comm, msg.channel)) {
+                            // No op of that channel will take it.
+                            let len = msg.payload.len() as u64;
+                            self.drop_unmatched(peer, msg.comm, msg.dtype, len);
+                            return;
+                        }
                         if OpLabel::split(msg.dtype).1 != OpLabel::NONE {
-                            if self.poisoned.contains_key(&(msg.comm, msg.channel)) {
-                                return;
-                            }
                             let crossed = self
                                 .sends
                                 .iter()

@@ -383,6 +383,50 @@ fn a_size_mismatch_fails_the_receive_and_the_channel_on_every_rank() {
 }
 
 #[test]
+fn messages_dropped_by_a_failed_channel_give_their_window_back() {
+    // A 4 KiB window: credit comes back in batches of 1 KiB.
+    let mut net = Net::new(2, 4096);
+    net.issue(
+        0,
+        vec![
+            send(1, &[0; 16], OpLabel::NONE),
+            send(1, &[1; 1000], OpLabel::NONE),
+            send(1, &[2; 1000], OpLabel::NONE),
+        ],
+    );
+    assert_eq!(net.engines[0].credit.in_flight(1), 2016);
+    // The first mismatches: the channel fails, the other two are dropped
+    // at the receiver, which still owes their credit.
+    let r = net.issue(1, vec![recv(0, 8, OpLabel::NONE)]);
+    net.pump();
+    assert!(matches!(failed(outcome(&r[0])), Error::Mismatch { .. }));
+    assert!(net.engines[1].unexpected.is_empty());
+    assert_eq!(net.engines[0].credit.in_flight(1), 0);
+    // A charged send still waiting for its acknowledgement when its
+    // channel fails returns its own charge.
+    let mut net = Net::new(2, 1 << 20);
+    let big = vec![3u8; flow::EAGER_MAX as usize + 1];
+    let s = net.issue(0, vec![send(1, &big, OpLabel::NONE)]);
+    assert_eq!(net.engines[0].credit.in_flight(1), big.len() as u64);
+    net.sent(0); // not delivered: the channel fails first (rank 1 reports)
+    net.engines[0].on_message(
+        1,
+        control_msg(
+            0,
+            Control::Disagree {
+                channel: 0,
+                reporter: 1,
+                crossed: false,
+                a: (0, 0, 1),
+                b: (1, 0, 1),
+            },
+        ),
+    );
+    assert!(matches!(failed(outcome(&s[0])), Error::Disagreement { .. }));
+    assert_eq!(net.engines[0].credit.in_flight(1), 0);
+}
+
+#[test]
 fn types_that_move_as_bytes_still_tell_each_other_apart() {
     // int8 against uint8 and bool of the same size: the same bytes, three
     // readings. Each pair fails on both sides, naming both types.
