@@ -91,8 +91,10 @@ pub(super) fn reader(link: &Link, ctx: &Ctx) {
 /// the engine's task (two wake-ups) instead of the waiting thread's poll,
 /// 64 KiB sendrecv 34 us against 6-7 us, until the job ended. A record
 /// left here waits for the next poll, or the lease's end (the reader then
-/// wakes and takes it). When a poll holds the consumer lock, the reader
-/// does not wait to look (it takes the record, as before).
+/// wakes and takes it). Only the last record published is left: a record
+/// behind it (perhaps one a poll cannot take, whose producer woke this
+/// thread) would otherwise wait too. When a poll holds the consumer lock,
+/// the reader does not wait to look (it takes the record, as before).
 fn leave_to_pollers(link: &Link, ctx: &Ctx) -> bool {
     let ring = &link.in_ring;
     if !ring.attentive() {
@@ -110,7 +112,13 @@ fn leave_to_pollers(link: &Link, ctx: &Ctx) -> bool {
     // SAFETY: `avail >= REC_LEN` bytes are published, and we hold the
     // consumer lock.
     unsafe { ring.copy_out(tail, &mut hb) };
-    decode_record(&hb, ctx.max_message).is_ok_and(|rec| pollable(&rec, avail))
+    decode_record(&hb, ctx.max_message).is_ok_and(|rec| {
+        let whole = match rec.kind {
+            REC_CMA => (REC_LEN + CMA_EXT) as u64,
+            _ => REC_LEN as u64 + rec.len,
+        };
+        pollable(&rec, avail) && avail == whole
+    })
 }
 
 /// Whether a poll takes record `rec` at the tail, with `avail` bytes of the

@@ -99,6 +99,8 @@ pub(super) struct Ring {
     cap: u64,
     spin: u32,
     slice: Duration,
+    /// The consumer's poll lease ([`ShmConfig::poll_lease`]).
+    lease_len: Duration,
 }
 
 // SAFETY: the raw data pointer points into `seg`'s mapping, which the ring
@@ -118,6 +120,7 @@ impl Ring {
             cap,
             spin: cfg.spin_iterations,
             slice: cfg.wait_slice,
+            lease_len: cfg.poll_lease,
         }
     }
 
@@ -262,6 +265,12 @@ impl Ring {
                 if until > now {
                     waiting.store(ASLEEP_LEASED, Ordering::SeqCst);
                     slice = slice.min(Duration::from_nanos(until - now) + LEASE_MARGIN);
+                } else if self.polling().load(Ordering::SeqCst) != 0 && !self.lease_len.is_zero() {
+                    // A thread polls: a record left to it may be left to
+                    // the lease it takes when its op completes (which wakes
+                    // nobody), so look again within a lease.
+                    waiting.store(ASLEEP_LEASED, Ordering::SeqCst);
+                    slice = slice.min(self.lease_len + LEASE_MARGIN);
                 }
             }
             futex_wait(seq, s, slice);

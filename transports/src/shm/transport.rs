@@ -426,6 +426,67 @@ mod tests {
         assert_eq!(got, vec![(0, msg(MessageKind::Data, 1, 8))]);
     }
 
+    /// `rx`'s next event, a message, and how long it took to come.
+    fn timed_message(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<TransportEvent>,
+    ) -> (Message, Duration) {
+        let t0 = Instant::now();
+        match next(rx) {
+            TransportEvent::Message { peer: 0, msg: m } => (m, t0.elapsed()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_record_behind_a_left_one_is_not_kept_waiting() {
+        // Long sleeps, so that a missed wake-up shows.
+        let slow = |lease| ShmConfig {
+            cma_min_bytes: 0,
+            poll_lease: lease,
+            wait_slice: Duration::from_secs(3),
+            ..cfg()
+        };
+        let ((t0, _rx0), (t1, mut rx1)) = pair(slow(Duration::ZERO), slow(Duration::from_secs(30)));
+        // A thread of rank 1 polls (and takes nothing): the small record is
+        // left to it; the large one behind it wakes the reader thread,
+        // which must take both.
+        t1.set_polling(true);
+        t0.send(1, msg(MessageKind::Data, 0, 8)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        t0.send(1, msg(MessageKind::Data, 1, POLL_MAX_PAYLOAD + 1))
+            .unwrap();
+        let (a, _) = timed_message(&mut rx1);
+        let (b, took) = timed_message(&mut rx1);
+        assert_eq!((a.seq, b.seq), (0, 1));
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        t1.set_polling(false);
+    }
+
+    #[test]
+    fn a_record_left_to_a_poller_that_stops_waits_about_a_lease() {
+        let slow = |lease| ShmConfig {
+            cma_min_bytes: 0,
+            poll_lease: lease,
+            wait_slice: Duration::from_secs(3),
+            ..cfg()
+        };
+        let ((t0, _rx0), (t1, mut rx1)) =
+            pair(slow(Duration::ZERO), slow(Duration::from_millis(100)));
+        t1.set_polling(true);
+        // Wake the reader thread (a record no poll takes), so that it goes
+        // back to sleep while the thread polls.
+        t0.send(1, msg(MessageKind::Data, 0, POLL_MAX_PAYLOAD + 1))
+            .unwrap();
+        timed_message(&mut rx1);
+        std::thread::sleep(Duration::from_millis(20));
+        // Left to the poller, which then stops with a lease, polling no more.
+        t0.send(1, msg(MessageKind::Data, 1, 8)).unwrap();
+        t1.pause_polling();
+        let (m, took) = timed_message(&mut rx1);
+        assert_eq!(m.seq, 1);
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
+
     #[test]
     fn poll_takes_small_whole_messages_in_order_and_leaves_the_rest() {
         // Without CMA, so that a message over the poll bound is a ring one.
