@@ -1090,7 +1090,8 @@ impl Channel {
     /// `ZCCL_SHM_CMA_MIN_BYTES`); everywhere else it is copied when the send
     /// is issued, like [`Channel::isend`] of a slice (and so is any payload
     /// under 1 KiB: cheaper to copy than to lend). The handle completes
-    /// when the receiver matched the send and the memory is free again; see
+    /// when the send did ([`Channel::isend`]: eager up to 256 KiB) and the
+    /// memory is free again; see
     /// [`crate::lend`] for what happens when the send fails.
     ///
     /// # Safety

@@ -237,7 +237,9 @@ impl Future for OutcomeFuture<'_> {
     }
 }
 
-/// Handle of a non-blocking send. Completes when the receiver matched it.
+/// Handle of a non-blocking send. Completes once the transport has the data
+/// (up to [`flow::EAGER_MAX`](crate::flow::EAGER_MAX) bytes, eager), or when
+/// the receiver matched it (larger ones).
 #[must_use = "a send handle must be waited on to learn whether the send succeeded"]
 pub struct SendHandle {
     pub(crate) p: Pending,

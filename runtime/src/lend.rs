@@ -130,8 +130,9 @@ pub(crate) unsafe fn lend(data: &[u8]) -> (Bytes, Arc<Release>) {
 
 /// Handle of a lent send ([`Channel::isend_lent`](crate::Channel::isend_lent)).
 ///
-/// Completes when the receiver matched the send **and** the transport has
-/// given the lent memory back. Dropping it without waiting waits for the
+/// Completes when the send did ([`crate::SendHandle`]: eager up to
+/// [`flow::EAGER_MAX`](crate::flow::EAGER_MAX) bytes, else matched) **and**
+/// the transport has given the lent memory back. Dropping it without waiting waits for the
 /// memory only ([`LentSendHandle::wait_released`]), so an error path that
 /// drops its handles is not held up by the sends' outcomes; it must not be
 /// leaked (`std::mem::forget`) while the memory is in use.
@@ -233,9 +234,10 @@ impl LentSendHandle {
         if self.release.is_none() {
             return r;
         }
-        // After a match the transport gives the memory back within moments
-        // (the peer copied it before it could match); after a failure it
-        // may never (a peer that stopped reading).
+        // After a match (or an eager send's completion: it was written into
+        // the ring, or the peer copies it when it reads the record) the
+        // transport gives the memory back once the peer has it; after a
+        // failure it may never (a peer that stopped reading).
         let (wait, asleep) = if r.is_ok() {
             (p.timeout, p.spin_until(|| self.released()))
         } else {

@@ -429,7 +429,8 @@ fn messages_dropped_by_a_failed_channel_give_their_window_back() {
 #[test]
 fn types_that_move_as_bytes_still_tell_each_other_apart() {
     // int8 against uint8 and bool of the same size: the same bytes, three
-    // readings. Each pair fails on both sides, naming both types.
+    // readings. Each pair fails the receive naming both types, and then the
+    // channel (the sender's next op there).
     for (sent, expected) in [
         (DType::I8, DType::U8),
         (DType::I8, DType::Bool),
