@@ -172,9 +172,10 @@ struct RunArgs {
     /// MASTER_PORT for the ranks (the zccl root uses MASTER_PORT + 1); default: a free port.
     #[arg(long, value_name = "PORT")]
     master_port: Option<u16>,
-    /// Bind each rank to a core of its own (core: when the cores are at
-    /// least as many as the ranks, as mpirun does), or leave them unbound (none).
-    #[arg(long, value_name = "core|none", env = "ZCCL_BIND_TO", default_value_t = BindTo::Core)]
+    /// Bind ranks to CPUs: auto (as mpirun: a core each for up to 2 ranks, a
+    /// package each for more, none when oversubscribed), core (a core each
+    /// when the cores are enough), none (as torchrun).
+    #[arg(long, value_name = "auto|core|none", env = "ZCCL_BIND_TO", default_value_t = BindTo::None)]
     bind_to: BindTo,
     /// The program and its arguments.
     #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true,

@@ -370,9 +370,9 @@ fn rank_cpus(n: usize, extra: &[&str], cpus: Option<&str>, envs: &[(&str, &str)]
 }
 
 #[test]
-fn ranks_are_bound_a_core_each_when_the_cores_are_enough() {
+fn ranks_are_bound_only_when_asked() {
+    use zccl::runtime::binding::{cores, sysfs_core};
     let cpus = zccl::runtime::binding::allowed_cpus();
-    let cores = zccl::runtime::binding::cores(&cpus, |_| None).len();
     if cpus.len() < 2 {
         eprintln!(
             "SKIP: this process may use {} CPU(s); binding needs 2",
@@ -388,28 +388,40 @@ fn ranks_are_bound_a_core_each_when_the_cores_are_enough() {
                 .map(|s| s.trim().to_string())
         })
         .unwrap();
-    // Two ranks on two CPUs: one CPU each (or one core's threads each), different.
-    let two = rank_cpus(2, &[], Some(&format!("{},{}", cpus[0], cpus[1])), &[]);
-    assert_ne!(two[0], two[1], "{two:?}");
-    assert!(!two[0].contains(',') || cores < cpus.len(), "{two:?}");
-    // Unbound on request (flag or variable): the launcher's own mask.
+    // By default (as torchrun) and with none: the launcher's own mask.
+    assert_eq!(
+        rank_cpus(2, &[], None, &[]),
+        vec![mine.clone(), mine.clone()]
+    );
     assert_eq!(
         rank_cpus(2, &["--bind-to", "none"], None, &[]),
         vec![mine.clone(), mine.clone()]
     );
-    assert_eq!(
-        rank_cpus(2, &[], None, &[("ZCCL_BIND_TO", "none")]),
-        vec![mine.clone(), mine.clone()]
-    );
+    // Two ranks on two CPUs, bound (flag or variable): a core each, so
+    // different CPUs when the two are cores of their own (not two hardware
+    // threads of one core, which cannot give each rank a core).
+    let pair = format!("{},{}", cpus[0], cpus[1]);
+    if cores(&cpus[..2], sysfs_core).len() == 2 {
+        for (extra, envs) in [
+            (&["--bind-to", "core"][..], &[][..]),
+            (&["--bind-to", "auto"][..], &[][..]),
+            (&[][..], &[("ZCCL_BIND_TO", "core")][..]),
+        ] {
+            let two = rank_cpus(2, extra, Some(&pair), envs);
+            assert_ne!(two[0], two[1], "{extra:?} {envs:?}: {two:?}");
+        }
+    } else {
+        eprintln!("SKIP (part): CPUs {pair} are threads of one core");
+    }
     // More ranks than CPUs (oversubscribed): left to the scheduler.
     let c0 = cpus[0].to_string();
     assert_eq!(
-        rank_cpus(2, &[], Some(&c0), &[]),
+        rank_cpus(2, &["--bind-to", "core"], Some(&c0), &[]),
         vec![c0.clone(), c0.clone()]
     );
     let bad = run(&["run", "-n", "1", "--bind-to", "socket", "true"], &[]);
     assert_eq!(bad.status.code(), Some(2), "{}", bad.stderr);
-    assert!(bad.stderr.contains("core or none"), "{}", bad.stderr);
+    assert!(bad.stderr.contains("auto, core or none"), "{}", bad.stderr);
 }
 
 #[test]

@@ -213,8 +213,8 @@ pub struct CommonArgs {
     #[arg(short = 'N', long = "ranks", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub ranks: Option<u32>,
-    /// With -N: bind each rank to a core of its own (core: when the cores are at least as many as the ranks, as mpirun does), or leave them unbound (none).
-    #[arg(long, value_name = "core|none", env = "ZCCL_BIND_TO", default_value_t = zccl_runtime::binding::BindTo::Core)]
+    /// With -N: bind ranks to CPUs as mpirun does (auto: a core each for up to 2 ranks, a package each for more, none when oversubscribed), a core each (core), or not at all (none).
+    #[arg(long, value_name = "auto|core|none", env = "ZCCL_BIND_TO", default_value_t = zccl_runtime::binding::BindTo::Auto)]
     pub bind_to: zccl_runtime::binding::BindTo,
     /// Also write the results to FILE as JSON (an array, one object per row and half).
     #[arg(long, value_name = "FILE")]

@@ -18,8 +18,9 @@
 //! a SIGTERM or SIGINT the launcher receives is forwarded to the ranks as
 //! SIGTERM ([`crate::hold`]).
 //!
-//! The ranks are bound a core each when the cores are enough, as by
-//! `zccl run` (`--bind-to none` leaves them unbound;
+//! The ranks are bound as `mpirun` binds them (`--bind-to auto`, the
+//! default: a core each for up to 2 ranks, a package each for more, none
+//! when oversubscribed; `--bind-to none` leaves them unbound;
 //! [`zccl_runtime::binding`]).
 //!
 //! `-N` starts at most [`MAX_LOCAL_RANKS`] ranks: every rank connects to
@@ -207,24 +208,24 @@ mod tests {
     #[test]
     fn exit_codes_follow_the_first_failure() {
         let sh = OsString::from("/bin/sh");
-        let ok = launch("t", 2, &sh, &["-c".into(), "exit 0".into()], BindTo::Core).unwrap();
+        let ok = launch("t", 2, &sh, &["-c".into(), "exit 0".into()], BindTo::Auto).unwrap();
         assert_eq!(ok, 0);
         // Rank 1 fails with 3; rank 0 succeeds.
         let script = "if [ \"$ZCCL_RANK\" = 1 ]; then exit 3; fi; exit 0";
-        let code = launch("t", 2, &sh, &["-c".into(), script.into()], BindTo::Core).unwrap();
+        let code = launch("t", 2, &sh, &["-c".into(), script.into()], BindTo::Auto).unwrap();
         assert_eq!(code, 3);
         // Rank 2 fails first (3), rank 0 50 ms later (1): rank 2's code,
         // though rank 0 is the lower rank.
         let script =
             "case $ZCCL_RANK in 2) sleep 0.2; exit 3;; 0) sleep 0.25; exit 1;; esac; sleep 0.4";
-        let code = launch("t", 4, &sh, &["-c".into(), script.into()], BindTo::Core).unwrap();
+        let code = launch("t", 4, &sh, &["-c".into(), script.into()], BindTo::Auto).unwrap();
         assert_eq!(code, 3);
         let missing = launch(
             "t",
             1,
             &OsString::from("/nonexistent/zccl-bench"),
             &[],
-            BindTo::Core,
+            BindTo::Auto,
         );
         assert!(
             missing

@@ -107,7 +107,8 @@ def _run_native(zbin, n, sizes):
     for nbytes in sizes:
         iters, warm = _iters(nbytes)
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            cmd = [zbin, "bench", "all_reduce", "-N", str(n), "-b", str(nbytes), "-e", str(nbytes)]
+            # Unbound, like the torch ranks under `zccl run` (as torchrun).
+            cmd = [zbin, "bench", "all_reduce", "-N", str(n), "--bind-to", "none", "-b", str(nbytes), "-e", str(nbytes)]
             cmd += ["-n", str(iters), "-w", str(warm), "-a", "3", "--json", f.name]
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
             if p.returncode != 0:

@@ -1,25 +1,25 @@
-//! Where the single-host launchers (`zccl run`, `zccl bench -N`) bind their
-//! ranks: one core each, in order, when there are at least as many cores
-//! as ranks, as `mpirun` does by default (`--bind-to core` for small jobs);
-//! no binding when the ranks outnumber the cores (an oversubscribed host,
-//! where each rank had better run wherever a CPU is free).
+//! Where the single-host launchers bind their ranks. `zccl bench -N`
+//! binds by default as `mpirun` does (`auto`): with 2 ranks or fewer, rank
+//! `r` to the `r`-th core; with more, rank `r` to the CPUs of package
+//! (socket) `r mod packages`, which on a one-package host is no binding;
+//! with more ranks than cores, none (an oversubscribed host, where each rank
+//! had better run wherever a CPU is free). `zccl run`, which plays
+//! torchrun's part for trainers (whose ranks run threads of their own),
+//! binds nothing unless asked (`--bind-to auto|core`).
 //!
 //! Why: ranks that wait poll (a rank's receive spins on shared memory), and
 //! the kernel sometimes leaves two polling ranks on one CPU while another
-//! CPU idles. Measured on the 2-vCPU machine of `docs/performance.md`, 2
-//! unbound ranks ran a 128 KiB sendrecv in 11–14 µs in most runs and
-//! 58–72 µs in the others: in those, both ranks' threads were switched on
-//! one CPU (16 000 context switches per 20 000 iterations against 3 300).
-//! Bound ranks cannot end up there.
+//! idles: a trace of 2 unbound ranks in a 128 KiB sendrecv showed both
+//! ranks' threads switching on one vCPU of 2. Bound ranks cannot end up
+//! there, and benchmarks compare like with like (`mpirun` binds its 2-rank
+//! runs the same way).
 //!
 //! A core is what `/sys/devices/system/cpu/cpuN/topology` says
 //! (`physical_package_id`, `core_id`): a rank bound to a core may use all
 //! its hardware threads. Only the CPUs the launcher itself may use count
-//! (its affinity mask: `taskset`, a cpuset, a Slurm allocation). With
-//! `--bind-to none` (or `ZCCL_BIND_TO=none`) ranks inherit the launcher's
-//! mask unchanged. The decisions ([`BindTo::plan`], [`cores`]) are pure;
-//! [`host_plan`] reads this host and [`bind_command`] applies a plan to a
-//! child process.
+//! (its affinity mask: `taskset`, a cpuset, a Slurm allocation). The
+//! decisions ([`BindTo::plan`], [`cores`]) are pure; [`host_plan`] reads
+//! this host and [`bind_command`] applies a plan to a child process.
 
 use std::fmt;
 use std::process::Command;
@@ -29,15 +29,17 @@ use std::str::FromStr;
 ///
 /// ```
 /// use zccl_runtime::binding::BindTo;
+/// assert_eq!("auto".parse::<BindTo>(), Ok(BindTo::Auto));
 /// assert_eq!("core".parse::<BindTo>(), Ok(BindTo::Core));
 /// assert_eq!("NONE".parse::<BindTo>(), Ok(BindTo::None));
-/// assert!("socket".parse::<BindTo>().unwrap_err().contains("core or none"));
-/// assert_eq!(BindTo::default(), BindTo::Core);
+/// assert!("socket".parse::<BindTo>().unwrap_err().contains("auto, core or none"));
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindTo {
-    /// One core per rank, in order, when the cores are enough; else none.
-    #[default]
+    /// As `mpirun`: a core per rank for 2 ranks or fewer, a package per
+    /// rank (round robin) for more, nothing when oversubscribed.
+    Auto,
+    /// A core per rank, in order, when the cores are enough; else nothing.
     Core,
     /// Ranks keep the launcher's affinity mask.
     None,
@@ -48,10 +50,11 @@ impl FromStr for BindTo {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(BindTo::Auto),
             "core" => Ok(BindTo::Core),
             "none" => Ok(BindTo::None),
             _ => Err(format!(
-                "{} is not a binding: use core or none",
+                "{} is not a binding: use auto, core or none",
                 crate::envvars::shown(s)
             )),
         }
@@ -61,67 +64,112 @@ impl FromStr for BindTo {
 impl fmt::Display for BindTo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            BindTo::Auto => "auto",
             BindTo::Core => "core",
             BindTo::None => "none",
         })
     }
 }
 
+/// One core: its package (socket) and its CPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Core {
+    /// `physical_package_id` (0 where unknown).
+    pub package: u32,
+    /// Its CPUs (hardware threads), ascending.
+    pub cpus: Vec<usize>,
+}
+
 impl BindTo {
     /// The CPUs of each of `ranks` ranks, given the `cores` the launcher
-    /// may use (each a list of CPUs, [`cores`]); `None` leaves every rank
-    /// unbound. Pure.
+    /// may use ([`cores`]); `None` leaves every rank unbound. Pure.
     ///
     /// ```
-    /// use zccl_runtime::binding::BindTo;
-    /// let cores = vec![vec![0, 2], vec![1, 3]];
-    /// assert_eq!(BindTo::Core.plan(2, &cores), Some(vec![vec![0, 2], vec![1, 3]]));
-    /// assert_eq!(BindTo::Core.plan(1, &cores), Some(vec![vec![0, 2]]));
+    /// use zccl_runtime::binding::{cores, BindTo};
+    /// // Two packages of two cores.
+    /// let c = cores(&[0, 1, 2, 3], |cpu| Some(((cpu / 2) as u32, (cpu % 2) as u32)));
+    /// assert_eq!(BindTo::Core.plan(2, &c), Some(vec![vec![0], vec![1]]));
+    /// assert_eq!(BindTo::Auto.plan(2, &c), Some(vec![vec![0], vec![1]]));
+    /// // More than 2 ranks: a package each, round robin.
+    /// assert_eq!(BindTo::Auto.plan(3, &c), Some(vec![vec![0, 1], vec![2, 3], vec![0, 1]]));
+    /// assert_eq!(BindTo::Core.plan(3, &c), Some(vec![vec![0], vec![1], vec![2]]));
     /// // More ranks than cores: oversubscribed, left to the scheduler.
-    /// assert_eq!(BindTo::Core.plan(4, &cores), None);
-    /// assert_eq!(BindTo::None.plan(2, &cores), None);
+    /// assert_eq!(BindTo::Auto.plan(5, &c), None);
+    /// assert_eq!(BindTo::None.plan(2, &c), None);
     /// ```
-    pub fn plan(self, ranks: u32, cores: &[Vec<usize>]) -> Option<Vec<Vec<usize>>> {
-        match self {
-            BindTo::None => None,
-            BindTo::Core => {
-                let n = usize::try_from(ranks).ok()?;
-                (n >= 1 && n <= cores.len()).then(|| cores[..n].to_vec())
+    pub fn plan(self, ranks: u32, cores: &[Core]) -> Option<Vec<Vec<usize>>> {
+        let n = usize::try_from(ranks).ok()?;
+        if n == 0 || n > cores.len() || self == BindTo::None {
+            return None;
+        }
+        if self == BindTo::Core || n <= 2 {
+            return Some(cores[..n].iter().map(|c| c.cpus.clone()).collect());
+        }
+        let mut packages: Vec<(u32, Vec<usize>)> = Vec::new();
+        for c in cores {
+            match packages.iter_mut().find(|p| p.0 == c.package) {
+                Some(p) => p.1.extend(&c.cpus),
+                None => packages.push((c.package, c.cpus.clone())),
             }
         }
+        if packages.len() < 2 {
+            return None; // one package: every rank may use every CPU anyway
+        }
+        for p in &mut packages {
+            p.1.sort_unstable();
+        }
+        Some(
+            (0..n)
+                .map(|r| packages[r % packages.len()].1.clone())
+                .collect(),
+        )
     }
 }
 
-/// The cores among `cpus` (the CPUs the launcher may use), each the list of
-/// its CPUs, in the order of their lowest CPU; `core_of(cpu)` gives a CPU's
-/// `(package, core)`, `None` making it a core of its own. Pure.
+/// The cores among `cpus` (the CPUs the launcher may use), in the order of
+/// their lowest CPU; `core_of(cpu)` gives a CPU's `(package, core)`,
+/// `None` making it a core of its own. Pure.
 ///
 /// ```
 /// use zccl_runtime::binding::cores;
 /// // Two cores with two hardware threads each (CPU n and n + 2 siblings).
 /// let topo = |cpu: usize| Some((0, (cpu % 2) as u32));
-/// assert_eq!(cores(&[0, 1, 2, 3], topo), vec![vec![0, 2], vec![1, 3]]);
+/// let c = cores(&[0, 1, 2, 3], topo);
+/// assert_eq!(c.iter().map(|c| c.cpus.clone()).collect::<Vec<_>>(), vec![vec![0, 2], vec![1, 3]]);
 /// // Only the CPUs the launcher may use count.
-/// assert_eq!(cores(&[1, 3], topo), vec![vec![1, 3]]);
-/// assert_eq!(cores(&[0, 1], |_| None), vec![vec![0], vec![1]]);
+/// assert_eq!(cores(&[1, 3], topo).len(), 1);
+/// assert_eq!(cores(&[0, 1], |_| None).len(), 2);
 /// ```
-pub fn cores(cpus: &[usize], core_of: impl Fn(usize) -> Option<(u32, u32)>) -> Vec<Vec<usize>> {
+pub fn cores(cpus: &[usize], core_of: impl Fn(usize) -> Option<(u32, u32)>) -> Vec<Core> {
     let mut sorted = cpus.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
     let mut keys: Vec<Option<(u32, u32)>> = Vec::new();
-    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut out: Vec<Core> = Vec::new();
     for cpu in sorted {
         let key = core_of(cpu);
         match key.and_then(|k| keys.iter().position(|x| *x == Some(k))) {
-            Some(i) => out[i].push(cpu),
+            Some(i) => out[i].cpus.push(cpu),
             None => {
                 keys.push(key);
-                out.push(vec![cpu]);
+                out.push(Core {
+                    package: key.map_or(0, |k| k.0),
+                    cpus: vec![cpu],
+                });
             }
         }
     }
     out
+}
+
+/// This host's cores as this process may use them: its affinity mask
+/// grouped by sysfs topology ([`cores`]).
+///
+/// ```
+/// assert!(!zccl_runtime::binding::host_cores().is_empty());
+/// ```
+pub fn host_cores() -> Vec<Core> {
+    cores(&allowed_cpus(), sysfs_core)
 }
 
 /// The CPUs this process may run on (its affinity mask); empty where it
@@ -145,7 +193,11 @@ pub fn allowed_cpus() -> Vec<usize> {
 }
 
 /// `(physical_package_id, core_id)` of `cpu` from sysfs, if readable.
-fn sysfs_core(cpu: usize) -> Option<(u32, u32)> {
+///
+/// ```
+/// let _ = zccl_runtime::binding::sysfs_core(0);
+/// ```
+pub fn sysfs_core(cpu: usize) -> Option<(u32, u32)> {
     let read = |f: &str| -> Option<u32> {
         std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/topology/{f}"))
             .ok()?
@@ -156,8 +208,8 @@ fn sysfs_core(cpu: usize) -> Option<(u32, u32)> {
     Some((read("physical_package_id")?, read("core_id")?))
 }
 
-/// The plan for `ranks` ranks on this host under `bind`: this process's
-/// CPUs grouped into cores ([`cores`], [`BindTo::plan`]).
+/// The plan for `ranks` ranks on this host under `bind` ([`host_cores`],
+/// [`BindTo::plan`]).
 ///
 /// ```
 /// use zccl_runtime::binding::{host_plan, BindTo};
@@ -170,7 +222,7 @@ pub fn host_plan(ranks: u32, bind: BindTo) -> Option<Vec<Vec<usize>>> {
     if bind == BindTo::None {
         return None;
     }
-    bind.plan(ranks, &cores(&allowed_cpus(), sysfs_core))
+    bind.plan(ranks, &host_cores())
 }
 
 /// Makes `cmd`'s process run on `cpus` only (set between fork and exec; a
@@ -210,6 +262,10 @@ pub fn bind_command(cmd: &mut Command, cpus: &[usize]) {
 mod tests {
     use super::*;
 
+    fn flat(c: &[Core]) -> Vec<Vec<usize>> {
+        c.iter().map(|c| c.cpus.clone()).collect()
+    }
+
     #[test]
     fn plan_binds_in_core_order_or_not_at_all() {
         let four = cores(&[0, 1, 2, 3], |c| Some((0, c as u32)));
@@ -217,6 +273,9 @@ mod tests {
             BindTo::Core.plan(3, &four),
             Some(vec![vec![0], vec![1], vec![2]])
         );
+        // One package: more than 2 ranks under auto are not restricted.
+        assert_eq!(BindTo::Auto.plan(3, &four), None);
+        assert_eq!(BindTo::Auto.plan(2, &four), Some(vec![vec![0], vec![1]]));
         assert_eq!(BindTo::Core.plan(5, &four), None);
         assert_eq!(BindTo::Core.plan(0, &four), None);
         assert_eq!(BindTo::Core.plan(1, &[]), None);
@@ -226,9 +285,23 @@ mod tests {
     fn cores_group_siblings_across_packages() {
         // Two packages, each core id 0 and 1: four cores.
         let topo = |c: usize| Some(((c / 4) as u32, (c % 2) as u32));
+        let c = cores(&[7, 6, 5, 4, 3, 2, 1, 0], topo);
         assert_eq!(
-            cores(&[7, 6, 5, 4, 3, 2, 1, 0], topo),
+            flat(&c),
             vec![vec![0, 2], vec![1, 3], vec![4, 6], vec![5, 7]]
+        );
+        assert_eq!(
+            c.iter().map(|c| c.package).collect::<Vec<_>>(),
+            [0, 0, 1, 1]
+        );
+        assert_eq!(
+            BindTo::Auto.plan(4, &c),
+            Some(vec![
+                vec![0, 1, 2, 3],
+                vec![4, 5, 6, 7],
+                vec![0, 1, 2, 3],
+                vec![4, 5, 6, 7]
+            ])
         );
     }
 

@@ -27,7 +27,7 @@
 //! | `ZCCL_CROSS_NIC` | router rail matching: `0` same rail only, `1` any NIC, `2` same rail first | `0`, `1`, `2` | `2` |
 //! | `ZCCL_PXN_DISABLE` | `1`: the router's sender drives other NICs itself instead of relaying through the rank affine to them | `0`/`1` | `0` |
 //! | `ZCCL_ALGO` | collective algorithm (read by `zccl_primitives`, once per process; set it alike on every rank): `ring`, `tree` (recursive doubling, Bruck, binomial tree), `halving` (Rabenseifner's all-reduce over power-of-two groups; the ring elsewhere), `auto` (by size: tree up to 64 KiB, halving for all-reduce up to 2 MiB over power-of-two groups of 4+ ranks, ring above) | see left | `auto` |
-//! | `ZCCL_BIND_TO` | where `zccl run` and `zccl bench -N` bind their ranks (read by those launchers, [`crate::binding`]): `core` (a core each, when the cores are at least as many as the ranks, as `mpirun`), `none` | `core`, `none` | `core` |
+//! | `ZCCL_BIND_TO` | where `zccl run` and `zccl bench -N` bind their ranks (read by those launchers, [`crate::binding`]): `auto` (as `mpirun`: a core each for up to 2 ranks, a package each for more, none when oversubscribed), `core` (a core each when the cores are enough), `none` | `auto`, `core`, `none` | `none` for `zccl run`, `auto` for `zccl bench -N` |
 //! | `ZCCL_ROUTE_CHUNK_BYTES` | largest chunk the router sends | 4096..=18446744073709551615 | 1 MiB |
 //!
 //! A value outside its range is an [`Error::Config`] that names the variable

@@ -25,11 +25,9 @@
 //! Ranks read `/dev/null` as stdin. Programs that buffer a pipe (C stdio,
 //! Python) print late unless told not to (`PYTHONUNBUFFERED=1`).
 //!
-//! With at least as many cores as ranks, rank `r` is bound to the `r`-th
-//! core the launcher may use, as `mpirun` binds small jobs; with more ranks
-//! than cores, or [`LaunchOptions::bind`] set to [`BindTo::None`]
-//! (`--bind-to none`), ranks run wherever the scheduler puts them
-//! ([`crate::binding`] has why and how).
+//! Ranks are not bound to CPUs unless [`LaunchOptions::bind`] says so
+//! (`--bind-to auto|core`, [`crate::binding`]): trainers' ranks run
+//! threads of their own, and torchrun does not bind either.
 //!
 //! Every rank runs in its own process group, so signals reach whatever the
 //! rank started (`sh -c` children too). `SIGINT`, `SIGTERM` and `SIGHUP` sent
@@ -83,8 +81,8 @@ pub struct LaunchOptions {
     pub grace: Duration,
     /// `MASTER_PORT`; `None` picks a free port `P` with `P + 1` free too.
     pub master_port: Option<u16>,
-    /// Where ranks are bound ([`crate::binding`]): by default a core each
-    /// when the cores are enough, as `mpirun` does.
+    /// Where ranks are bound ([`crate::binding`]): by default nowhere (as
+    /// torchrun; `mpirun`'s way is [`BindTo::Auto`]).
     pub bind: BindTo,
 }
 
@@ -109,7 +107,7 @@ impl LaunchOptions {
             args: args.into_iter().map(Into::into).collect(),
             grace: Self::DEFAULT_GRACE,
             master_port: None,
-            bind: BindTo::default(),
+            bind: BindTo::None,
         }
     }
 }

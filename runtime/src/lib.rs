@@ -19,7 +19,7 @@
 //!   like NCCL's.
 //! * [`launcher`] — the single-host launcher behind `zccl run -n N`
 //!   (see `docs/launching.md` for Slurm, `mpirun` and `torchrun`);
-//!   [`binding`] — where it binds its ranks (a core each, as `mpirun`).
+//!   [`binding`] — where the launchers bind ranks (`--bind-to`).
 //! * [`router`] — the NIC-aware router: the planner (pure), and the executor
 //!   the progress engine drives (proxies, reassembly, adaptation).
 //!
