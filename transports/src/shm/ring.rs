@@ -231,8 +231,10 @@ impl Ring {
     /// Waits until `ready()` returns `Some`: spin briefly, then futex-wait on
     /// `seq` after announcing ourselves in `waiting`. With `leased` (the
     /// reader thread waiting for a record) a sleep ends when the consumer's
-    /// lease runs out ([`R_LEASE`]), since producers do not wake it for
-    /// small records meanwhile.
+    /// lease runs out ([`R_LEASE`]), or while a thread of the consumer polls
+    /// within the length of a lease (that thread may stop with a lease, which
+    /// wakes nobody), since producers do not wake it for small records
+    /// meanwhile.
     pub(super) fn wait<T>(
         &self,
         seq: &AtomicU32,
@@ -873,8 +875,11 @@ mod tests {
 
     #[test]
     fn a_poller_keeps_small_records_from_waking_the_reader() {
-        let slice = Duration::from_millis(600);
-        let (p, c) = rings(&cfg(0, slice));
+        let slice = Duration::from_secs(5);
+        let (p, c) = rings(&ShmConfig {
+            poll_lease: Duration::from_millis(400),
+            ..cfg(0, slice)
+        });
         let go = AtomicBool::new(false);
         let asleep = |c: &Ring| {
             while c.reader_waiting().load(Ordering::SeqCst) == 0 {
@@ -883,7 +888,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         };
         // A poller is there: a pollable record does not wake the reader,
-        // which finds it at the end of its wait slice.
+        // which finds it when it looks again, a lease after it went to sleep
+        // (the poller may stop with a lease that wakes nobody), not at the
+        // end of its wait slice.
         c.polling().store(1, Ordering::SeqCst);
         let r = sleeper(c.clone());
         asleep(&c);
@@ -891,6 +898,7 @@ mod tests {
         p.write_pollable(&[1; 8], &go).unwrap();
         let woke = r.join().unwrap();
         assert!(woke - t >= Duration::from_millis(200), "{:?}", woke - t);
+        assert!(woke - t < Duration::from_secs(3), "{:?}", woke - t);
         assert_eq!(read(&c, 8), [1; 8]);
         // A record a poll cannot take wakes the reader at once.
         let (p, c) = rings(&cfg(0, Duration::from_secs(20)));
