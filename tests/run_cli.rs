@@ -60,10 +60,15 @@ struct Run {
 fn run(args: &[&str], envs: &[(&str, &str)]) -> Run {
     let mut cmd = zccl_cmd(args);
     cmd.envs(envs.iter().copied());
+    run_cmd(cmd, &format!("{args:?}"))
+}
+
+/// Runs `cmd` (stdout and stderr piped) to its end, within `LIMIT`.
+fn run_cmd(mut cmd: Command, what: &str) -> Run {
     let mut child = cmd.spawn().expect("start zccl");
     let out = collect(child.stdout.take().unwrap());
     let err = collect(child.stderr.take().unwrap());
-    let (status, elapsed) = wait_bounded(&mut child, &format!("{args:?}"));
+    let (status, elapsed) = wait_bounded(&mut child, what);
     Run {
         status,
         stdout: out.join().unwrap(),
@@ -343,16 +348,7 @@ fn rank_cpus(n: usize, extra: &[&str], cpus: Option<&str>, envs: &[(&str, &str)]
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
-            let mut child = cmd.spawn().expect("start taskset");
-            let out = collect(child.stdout.take().unwrap());
-            let err = collect(child.stderr.take().unwrap());
-            let (status, elapsed) = wait_bounded(&mut child, "taskset zccl run");
-            Run {
-                status,
-                stdout: out.join().unwrap(),
-                stderr: err.join().unwrap(),
-                elapsed,
-            }
+            run_cmd(cmd, "taskset zccl run")
         }
     };
     assert!(r.status.success(), "{}\n{}", r.status, r.stderr);

@@ -698,15 +698,12 @@ impl Engine {
         );
         self.poisoned.insert(stream, p);
         self.suspects.retain(|s| (s.1.0, s.1.1) != stream);
-        let dropped: Vec<(u32, u32, u16, u64)> = self
+        let dropped: Vec<_> = self
             .unexpected
-            .iter()
-            .filter(|(k, _)| (k.0, k.1) == stream)
-            .map(|(k, (code, b))| (k.2, k.0, *code, b.len() as u64))
+            .extract_if(|k, _| (k.0, k.1) == stream)
             .collect();
-        self.unexpected.retain(|k, _| (k.0, k.1) != stream);
-        for (peer, comm, code, len) in dropped {
-            self.drop_unmatched(peer, comm, code, len);
+        for (k, (code, b)) in dropped {
+            self.drop_unmatched(k.2, k.0, code, b.len() as u64);
         }
         let mut keys: Vec<(OpKind, Key)> = self
             .sends
@@ -733,14 +730,12 @@ impl Engine {
             }
         }
         failed.sort_by_key(|op| op.index);
-        for op in &failed {
+        for op in failed {
             // A charged send the receiver will not acknowledge now (it
             // drops the message, or already matched it): its window back.
             if op.desc.kind == OpKind::Send && op.charged > 0 {
                 self.credit.on_returned(op.desc.peer, op.charged);
             }
-        }
-        for op in failed {
             let e = p.error(&op.desc);
             self.finish(stream, op.index, op.slot, Err(e));
         }

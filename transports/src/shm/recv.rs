@@ -103,22 +103,32 @@ fn leave_to_pollers(link: &Link, ctx: &Ctx) -> bool {
     let Ok(_consumer) = link.consumer.try_lock() else {
         return false;
     };
-    let avail = match ring.readable() {
-        Ok(n) if n >= REC_LEN as u64 => n,
-        _ => return false,
-    };
-    let tail = ring.tail().load(Ordering::Relaxed);
-    let mut hb = [0u8; REC_LEN];
-    // SAFETY: `avail >= REC_LEN` bytes are published, and we hold the
-    // consumer lock.
-    unsafe { ring.copy_out(tail, &mut hb) };
-    decode_record(&hb, ctx.max_message).is_ok_and(|rec| {
+    peek(link, ctx).is_some_and(|(avail, _, rec)| {
         let whole = match rec.kind {
             REC_CMA => (REC_LEN + CMA_EXT) as u64,
             _ => REC_LEN as u64 + rec.len,
         };
-        pollable(&rec, avail) && avail == whole
+        avail == whole && pollable(&rec, avail)
     })
+}
+
+/// The record header at the tail of `link`'s ring, with the bytes
+/// published and the tail: `None` when less than a header is there, or it
+/// does not decode (the reader thread reports that). The caller holds the
+/// consumer lock.
+#[inline]
+fn peek(link: &Link, ctx: &Ctx) -> Option<(u64, u64, Record)> {
+    let ring = &link.in_ring;
+    let avail = match ring.readable() {
+        Ok(n) if n >= REC_LEN as u64 => n,
+        _ => return None,
+    };
+    let tail = ring.tail().load(Ordering::Relaxed);
+    let mut hb = [0u8; REC_LEN];
+    // SAFETY: `avail >= REC_LEN` bytes are published (Acquire on head in
+    // `readable`), and the caller holds the consumer lock.
+    unsafe { ring.copy_out(tail, &mut hb) };
+    Some((avail, tail, decode_record(&hb, ctx.max_message).ok()?))
 }
 
 /// Whether a poll takes record `rec` at the tail, with `avail` bytes of the
@@ -393,17 +403,9 @@ pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message))
         return false;
     }
     let (avail, tail, rec) = loop {
-        let avail = match ring.readable() {
-            Ok(n) if n >= REC_LEN as u64 => n,
-            _ => return false, // taken meanwhile, or corrupt: the reader reports it
-        };
-        let tail = ring.tail().load(Ordering::Relaxed);
-        let mut hb = [0u8; REC_LEN];
-        // SAFETY: `avail >= REC_LEN` bytes are published (Acquire on head in
-        // `readable`), and we hold the consumer lock.
-        unsafe { ring.copy_out(tail, &mut hb) };
-        let Ok(rec) = decode_record(&hb, ctx.max_message) else {
-            return false; // the reader thread reports it
+        // Taken meanwhile, or corrupt (the reader thread reports it).
+        let Some((avail, tail, rec)) = peek(link, ctx) else {
+            return false;
         };
         if rec.kind != REC_PAD {
             break (avail, tail, rec);
