@@ -45,6 +45,25 @@ use crate::label::OpLabel;
 use crate::launcher_env::{self, RootSpec};
 use crate::lend::LentSendHandle;
 use crate::unique_id::UniqueId;
+use smallvec::{SmallVec, smallvec};
+
+/// The metrics' series of sends or receives, looked up once per process.
+fn op_series(kind: OpKind) -> &'static zccl_transports::metrics::OpSeries {
+    use std::sync::OnceLock;
+    use zccl_transports::metrics::OpSeries;
+    static SEND: OnceLock<OpSeries> = OnceLock::new();
+    static RECV: OnceLock<OpSeries> = OnceLock::new();
+    let metrics = crate::metrics::Metrics::global();
+    match kind {
+        OpKind::Send => SEND.get_or_init(|| metrics.op("send")),
+        OpKind::Recv => RECV.get_or_init(|| metrics.op("recv")),
+    }
+}
+
+/// The ops of one issue: most calls issue one (no allocation for it).
+type Ops = SmallVec<[Op; 1]>;
+/// Their handles' side, in the same order.
+type Pendings = SmallVec<[Pending; 1]>;
 
 /// One operation of a [`Channel::batch`].
 #[derive(Debug, Clone)]
@@ -113,8 +132,9 @@ struct Core {
     host_ids: Vec<String>,
     /// Whether each world rank is reached over shared memory.
     via_shm: Vec<bool>,
-    /// How long a waiter polls without yielding ([`crate::handle::tight_spin`]).
-    spin_tight: Duration,
+    /// How a waiting thread spins: the engine, the transport it polls, for
+    /// how long ([`crate::handle::tight_spin`]); one for every op's handle.
+    spin: Arc<crate::handle::Spin>,
     /// Lowest context id not used by any communicator of this rank.
     next_comm: Mutex<u32>,
     aborted: AtomicBool,
@@ -411,6 +431,12 @@ impl Communicator {
         info!(rank, size, nics = ?nics.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), "communicator ready");
         let spin_tight =
             crate::handle::tight_spin(book_size as usize, shared_cpus, config.spin_wait);
+        let spin = Arc::new(crate::handle::Spin {
+            engine: engine.clone(),
+            transport: transport.clone(),
+            budget: config.spin_wait,
+            tight: spin_tight,
+        });
         let core = Arc::new(Core {
             world_rank: rank,
             config,
@@ -422,7 +448,7 @@ impl Communicator {
             nics,
             host_ids: book.peers.iter().map(|p| p.host_id.clone()).collect(),
             via_shm,
-            spin_tight,
+            spin,
             next_comm: Mutex::new(1),
             aborted: AtomicBool::new(false),
             ended: std::sync::OnceLock::new(),
@@ -922,13 +948,13 @@ impl Channel {
         Ok(())
     }
 
-    fn issue(&self, ops: Vec<Op>) -> Result<Vec<Pending>> {
+    fn issue(&self, ops: Ops) -> Result<Pendings> {
         self.issue_ops(ops, false)
     }
 
     /// Issues `ops`; `lent`: their payloads borrow the caller's memory (see
     /// [`Channel::isend_lent`]).
-    fn issue_ops(&self, ops: Vec<Op>, lent: bool) -> Result<Vec<Pending>> {
+    fn issue_ops(&self, ops: Ops, lent: bool) -> Result<Pendings> {
         self.issue_full(ops, lent, None).map(|(p, _)| p)
     }
 
@@ -937,10 +963,10 @@ impl Channel {
     /// returned.
     fn issue_full(
         &self,
-        ops: Vec<Op>,
+        ops: Ops,
         lent: bool,
         into: Option<(*mut u8, usize)>,
-    ) -> Result<(Vec<Pending>, Option<crate::land::Landed>)> {
+    ) -> Result<(Pendings, Option<crate::land::Landed>)> {
         let core = &self.inner.core;
         let max = core.config.tcp.limits.max_message;
         for op in &ops {
@@ -971,8 +997,8 @@ impl Channel {
             (self.inner.comm, &self.inner.issue)
         };
         let mut st = state.lock().expect("issue state");
-        let mut specs = Vec::with_capacity(ops.len());
-        let mut pendings = Vec::with_capacity(ops.len());
+        let mut specs: SmallVec<[OpSpec; 1]> = SmallVec::with_capacity(ops.len());
+        let mut pendings = Pendings::with_capacity(ops.len());
         let mut landed = None;
         for op in ops {
             let (kind, peer, dtype, bytes, payload) = match op {
@@ -1013,22 +1039,13 @@ impl Channel {
                 bytes,
                 dtype,
             };
-            let op_name = match kind {
-                OpKind::Send => "send",
-                OpKind::Recv => "recv",
-            };
-            let slot = Arc::new(Slot::counted(op_name, bytes, now));
+            let slot = Arc::new(Slot::counted(op_series(kind), bytes, now));
             pendings.push(Pending {
                 slot: slot.clone(),
                 desc: desc.clone(),
                 deadline,
                 timeout: self.timeout,
-                spin: Some(crate::handle::Spin {
-                    engine: core.engine.clone(),
-                    transport: core.transport.clone(),
-                    budget: core.config.spin_wait,
-                    tight: core.spin_tight,
-                }),
+                spin: Some(core.spin.clone()),
             });
             specs.push(OpSpec {
                 desc,
@@ -1078,7 +1095,7 @@ impl Channel {
         peer: u32,
         data: impl Into<HostBuffer<T>>,
     ) -> Result<SendHandle> {
-        let mut p = self.issue(vec![Op::send(peer, data)])?;
+        let mut p = self.issue(smallvec![Op::send(peer, data)])?;
         Ok(SendHandle {
             p: p.pop().expect("one op"),
         })
@@ -1129,7 +1146,7 @@ impl Channel {
             dtype: T::DTYPE,
             data: bytes,
         };
-        let p = match self.issue_ops(vec![op], release.is_some()) {
+        let p = match self.issue_ops(smallvec![op], release.is_some()) {
             Ok(mut p) => p.pop().expect("one op"),
             // Not issued: the payload was dropped with the op.
             Err(e) => return Err(e),
@@ -1174,7 +1191,7 @@ impl Channel {
     ) -> Result<crate::land::RecvIntoHandle> {
         let into = (buf.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(buf));
         let (mut p, landed) =
-            self.issue_full(vec![Op::recv::<T>(peer, buf.len())], false, Some(into))?;
+            self.issue_full(smallvec![Op::recv::<T>(peer, buf.len())], false, Some(into))?;
         Ok(crate::land::RecvIntoHandle {
             p: p.pop(),
             landed: landed.expect("a receive posts a zone"),
@@ -1184,7 +1201,7 @@ impl Channel {
     /// Starts receiving `count` elements of `T` from `peer`. A send of another
     /// size or type fails both the receive and the send.
     pub fn irecv<T: Element>(&self, peer: u32, count: usize) -> Result<RecvHandle<T>> {
-        let mut p = self.issue(vec![Op::recv::<T>(peer, count)])?;
+        let mut p = self.issue(smallvec![Op::recv::<T>(peer, count)])?;
         Ok(RecvHandle {
             p: p.pop().expect("one op"),
             _t: PhantomData,
@@ -1196,7 +1213,7 @@ impl Channel {
     /// the same channel are matched in the order they appear.
     pub fn batch(&self, ops: Vec<Op>) -> Result<BatchHandle> {
         Ok(BatchHandle {
-            ops: self.issue(ops)?,
+            ops: self.issue(SmallVec::from_vec(ops))?.into_vec(),
         })
     }
 

@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::error::Result;
+use zccl_transports::metrics::OpSeries;
 
 /// What the engine produces for one op: received bytes for a receive.
 pub(crate) type Outcome = Result<Option<Bytes>>;
@@ -24,9 +25,9 @@ pub(crate) struct Slot {
     /// what a spinning waiter reads, without the lock.
     done: AtomicBool,
     cv: Condvar,
-    /// What a successful completion adds to the metrics: op name, bytes,
-    /// and when the op was issued.
-    metric: Option<(&'static str, u64, Instant)>,
+    /// What a successful completion adds to the metrics: the op's series,
+    /// bytes, and when the op was issued.
+    metric: Option<(&'static OpSeries, u64, Instant)>,
 }
 
 #[derive(Default)]
@@ -41,10 +42,10 @@ struct SlotState {
 
 impl Slot {
     /// A slot whose successful completion is counted in the metrics as `op`
-    /// moving `bytes` (`zccl_op_bytes_total`, `zccl_op_duration_seconds`),
+    /// ([`crate::metrics::Metrics::op`]) moving `bytes` (`zccl_op_bytes_total`, `zccl_op_duration_seconds`),
     /// timed from `issued` (the caller's clock reading, shared by the ops it
     /// issues at once).
-    pub(crate) fn counted(op: &'static str, bytes: u64, issued: Instant) -> Self {
+    pub(crate) fn counted(op: &'static OpSeries, bytes: u64, issued: Instant) -> Self {
         Slot {
             metric: Some((op, bytes, issued)),
             ..Slot::default()
@@ -58,7 +59,7 @@ impl Slot {
             return;
         }
         if let (Ok(_), Some((op, bytes, issued))) = (&o, self.metric) {
-            crate::metrics::Metrics::global().op_done(op, bytes, issued.elapsed());
+            op.done(bytes, issued.elapsed());
         }
         s.result = Some(o);
         self.done.store(true, Ordering::Release);

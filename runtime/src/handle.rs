@@ -30,7 +30,7 @@ pub(crate) struct Pending {
     pub(crate) deadline: Instant,
     pub(crate) timeout: Duration,
     /// What to make progress on while spinning, and for how long.
-    pub(crate) spin: Option<Spin>,
+    pub(crate) spin: Option<Arc<Spin>>,
 }
 
 /// How a waiting thread spins (see `ZCCL_SPIN_US`).

@@ -81,7 +81,7 @@ pub struct Metrics {
     shm_rx: OnceLock<Counter>,
     /// Each op's series, looked up once (a handful of ops; counted per
     /// completed op).
-    ops: Mutex<Vec<(&'static str, Counter, Histogram)>>,
+    ops: Mutex<Vec<(&'static str, OpSeries)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -118,6 +118,34 @@ fn rail_label(rail: Option<u32>) -> String {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One operation's completions: bytes and issue-to-completion time
+/// ([`Metrics::op`]).
+///
+/// ```
+/// let m = zccl_transports::metrics::Metrics::new();
+/// m.op("recv").done(4096, std::time::Duration::from_micros(50));
+/// assert!(m.encode().contains("zccl_op_duration_seconds_count{op=\"recv\"} 1"));
+/// ```
+#[derive(Clone)]
+pub struct OpSeries {
+    bytes: Counter,
+    seconds: Histogram,
+}
+
+impl OpSeries {
+    /// One completed operation that moved `bytes` in `elapsed`.
+    ///
+    /// ```
+    /// let m = zccl_transports::metrics::Metrics::new();
+    /// m.op("send").done(8, std::time::Duration::from_micros(1));
+    /// assert!(m.encode().contains("zccl_op_bytes_total{op=\"send\"} 8"));
+    /// ```
+    pub fn done(&self, bytes: u64, elapsed: Duration) {
+        self.bytes.inc_by(bytes);
+        self.seconds.observe(elapsed.as_secs_f64());
     }
 }
 
@@ -242,20 +270,33 @@ impl Metrics {
 
     /// An operation `op` moved `bytes` and took `elapsed` from issue to completion.
     pub fn op_done(&self, op: &'static str, bytes: u64, elapsed: Duration) {
+        self.op(op).done(bytes, elapsed);
+    }
+
+    /// The series of operation `op` (`zccl_op_bytes_total`,
+    /// `zccl_op_duration_seconds`), to count its completions without
+    /// looking them up each time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let m = zccl_transports::metrics::Metrics::new();
+    /// let sends = m.op("send");
+    /// sends.done(8, Duration::from_micros(2));
+    /// sends.done(8, Duration::from_micros(3));
+    /// assert!(m.encode().contains("zccl_op_bytes_total{op=\"send\"} 16"));
+    /// ```
+    pub fn op(&self, op: &'static str) -> OpSeries {
         let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
-        let i = match ops.iter().position(|(o, ..)| *o == op) {
-            Some(i) => i,
-            None => {
-                let l = OpLabel { op: op.to_string() };
-                let c = self.op_bytes.get_or_create(&l).clone();
-                let h = self.op_seconds.get_or_create(&l).clone();
-                ops.push((op, c, h));
-                ops.len() - 1
-            }
+        if let Some((_, s)) = ops.iter().find(|(o, _)| *o == op) {
+            return s.clone();
+        }
+        let l = OpLabel { op: op.to_string() };
+        let s = OpSeries {
+            bytes: self.op_bytes.get_or_create(&l).clone(),
+            seconds: self.op_seconds.get_or_create(&l).clone(),
         };
-        let (_, c, h) = &ops[i];
-        c.inc_by(bytes);
-        h.observe(elapsed.as_secs_f64());
+        ops.push((op, s.clone()));
+        s
     }
 
     /// The router sent a chunk on `nic`, directly or through a proxy.

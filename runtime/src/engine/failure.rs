@@ -101,7 +101,7 @@ impl Engine {
             .chain(self.recvs.drain().map(|(_, p)| p))
             .collect();
         all.sort_by_key(|p| (p.desc.comm, p.desc.channel, p.index));
-        self.deadlines.clear();
+        self.earliest = None;
         for p in all {
             let e = self.failure_error(&f, &p.desc);
             self.finish((p.desc.comm, p.desc.channel), p.index, p.slot, Err(e));

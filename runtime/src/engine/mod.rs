@@ -42,7 +42,7 @@
 // engine without sockets: a recording transport, messages handed between
 // engines by the test, transport events and the clock as inputs.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -119,7 +119,6 @@ struct PendingOp {
     desc: OpDesc,
     slot: Arc<Slot>,
     index: u64,
-    deadline: Instant,
     timeout: Duration,
     /// A receive's destination in the user's memory ([`crate::land`]).
     zone: Option<Arc<Zone>>,
@@ -129,6 +128,9 @@ struct PendingOp {
     /// Its deadline passed and the engine waits [`STALL_NOTICE`] for the
     /// reports of other ranks that timed out too before failing it.
     overdue: bool,
+    /// When the engine looks at it next: its deadline, then (overdue) the
+    /// end of its stall notice.
+    due: Instant,
     /// A send's bytes charged to the peer's flow-control window, returned
     /// by its acknowledgement ([`crate::flow`]).
     charged: u64,
@@ -137,7 +139,10 @@ struct PendingOp {
 #[derive(Default)]
 struct ChannelOrder {
     next: u64,
-    ready: BTreeMap<u64, (Arc<Slot>, Outcome)>,
+    /// Outcomes held back for earlier ops: entry `i` is op `next + i`'s
+    /// (the common out-of-order case, a receive posted before a send that
+    /// completes at once, costs no map).
+    ready: VecDeque<Option<(Arc<Slot>, Outcome)>>,
 }
 
 #[derive(Clone)]
@@ -168,7 +173,11 @@ pub(crate) struct Engine {
     /// completed at once, it is no longer in `sends`, but the check for
     /// crossed sends of different operations still needs it.
     last_eager: HashMap<(u32, u32, u32), (u16, u64, u64)>,
-    deadlines: BTreeMap<(Instant, Stream, u64), (OpKind, Key)>,
+    /// No pending op is due before this (`None`: none pending). Kept as a
+    /// bound, not a map: an op that completes leaves it as it is, and the
+    /// next look finds nothing due and tightens it ([`Engine::expire_at`]),
+    /// so issuing and completing an op cost no map of deadlines.
+    earliest: Option<Instant>,
     order: HashMap<Stream, ChannelOrder>,
     failure: Option<Failure>,
     closed_peers: HashSet<u32>,
@@ -236,7 +245,7 @@ impl Engine {
             sends: HashMap::default(),
             recvs: HashMap::default(),
             unexpected: HashMap::default(),
-            deadlines: BTreeMap::new(),
+            earliest: None,
             order: HashMap::default(),
             failure: None,
             closed_peers: HashSet::default(),
@@ -253,7 +262,7 @@ impl Engine {
     }
 
     /// Issues ops from a user thread (the caller holds the engine's lock).
-    pub(crate) fn issue_all(&mut self, ops: Vec<OpSpec>) {
+    pub(crate) fn issue_all(&mut self, ops: impl IntoIterator<Item = OpSpec>) {
         for op in ops {
             self.issue(op);
         }
@@ -296,7 +305,7 @@ impl Engine {
     /// hence deadlines, without waking the task).
     fn next_wake(&self) -> Instant {
         let mut t = Instant::now() + IDLE_TICK;
-        if let Some(d) = self.deadlines.keys().next().map(|k| k.0) {
+        if let Some(d) = self.earliest {
             t = t.min(d);
         }
         if let Some(r) = self.router.as_ref() {
@@ -353,8 +362,18 @@ impl Engine {
             ord.next += 1;
             return;
         }
-        ord.ready.insert(index, (slot, outcome));
-        while let Some((slot, outcome)) = ord.ready.remove(&ord.next) {
+        let Some(at) = index.checked_sub(ord.next) else {
+            // Not issued on this stream after `next` (never happens): no
+            // order to keep.
+            return slot.complete(outcome);
+        };
+        let at = at as usize;
+        if ord.ready.len() <= at {
+            ord.ready.resize_with(at + 1, || None);
+        }
+        ord.ready[at] = Some((slot, outcome));
+        while let Some(Some(_)) = ord.ready.front() {
+            let (slot, outcome) = ord.ready.pop_front().flatten().expect("front is ready");
             slot.complete(outcome);
             ord.next += 1;
         }
@@ -392,11 +411,11 @@ impl Engine {
             desc: d.clone(),
             slot: op.slot,
             index: op.index,
-            deadline: op.deadline,
             timeout: op.timeout,
             zone: op.zone,
             code: op.label.wire(d.dtype),
             overdue: false,
+            due: op.deadline,
             charged: 0,
         };
         match d.kind {
@@ -471,8 +490,7 @@ impl Engine {
                         if let Protocol::Immediate { charged } = protocol {
                             pending.charged = charged;
                         }
-                        self.deadlines
-                            .insert((op.deadline, stream, op.index), (OpKind::Send, key));
+                        self.note_due(op.deadline);
                         self.sends.insert(key, pending);
                         let posted = if protocol == Protocol::Rendezvous {
                             self.held.insert(key, (msg, lent));
@@ -504,8 +522,7 @@ impl Engine {
                         Err(Error::PeerClosed { op: d }),
                     );
                 }
-                self.deadlines
-                    .insert((op.deadline, stream, op.index), (OpKind::Recv, key));
+                self.note_due(op.deadline);
                 self.recvs.insert(key, pending);
                 if !self.rts.is_empty() && self.rts.remove(&key) {
                     self.clear_to_send(key);
@@ -582,8 +599,6 @@ impl Engine {
         if kind == OpKind::Send {
             self.held.remove(&key);
         }
-        self.deadlines
-            .remove(&(p.deadline, (p.desc.comm, p.desc.channel), p.index));
         Some(p)
     }
 
@@ -1077,7 +1092,7 @@ impl Drop for Engine {
             }));
         }
         for (_, ord) in self.order.drain() {
-            for (_, (slot, outcome)) in ord.ready {
+            for (slot, outcome) in ord.ready.into_iter().flatten() {
                 slot.complete(outcome);
             }
         }

@@ -639,3 +639,71 @@ fn timeouts_name_the_rank_that_stalled() {
     assert!(e(Some(3)).to_string().ends_with(": rank 3 stalled"));
     assert!(e(None).to_string().ends_with("[local]"));
 }
+
+#[test]
+fn outcomes_held_behind_a_pending_op_go_out_in_issue_order() {
+    let mut net = Net::new(2, 1 << 20);
+    let r = net.issue(1, (0..4).map(|_| recv(0, 1, OpLabel::NONE)).collect());
+    net.issue(
+        0,
+        [b"a", b"b", b"c", b"d"]
+            .into_iter()
+            .map(|p| send(1, p, OpLabel::NONE))
+            .collect(),
+    );
+    let mut out: Vec<Message> = net.sent(0).into_iter().map(|(_, m)| m).collect();
+    let (d, c, b, a) = (
+        out.pop().unwrap(),
+        out.pop().unwrap(),
+        out.pop().unwrap(),
+        out.pop().unwrap(),
+    );
+    // The fourth, then the second arrive: both wait for the first.
+    net.deliver(0, 1, d);
+    net.deliver(0, 1, b);
+    assert!(r.iter().all(|s| outcome(s).is_none()));
+    // The first releases itself and the second; the fourth waits for the third.
+    net.deliver(0, 1, a);
+    assert_eq!(data(outcome(&r[0])), b"a");
+    assert_eq!(data(outcome(&r[1])), b"b");
+    assert!(outcome(&r[3]).is_none());
+    net.deliver(0, 1, c);
+    assert_eq!(data(outcome(&r[2])), b"c");
+    assert_eq!(data(outcome(&r[3])), b"d");
+}
+
+#[test]
+fn a_completed_ops_deadline_leaves_no_trace_and_later_ones_still_expire() {
+    let mut net = Net::new(2, 1 << 20);
+    let first = net.t0 + net.timeout;
+    // One receive completes; the engine's bound still says `first`.
+    let r = net.issue(1, vec![recv(0, 1, OpLabel::NONE)]);
+    net.issue(0, vec![send(1, b"x", OpLabel::NONE)]);
+    net.pump();
+    assert_eq!(data(outcome(&r[0])), b"x");
+    // A later receive, due three timeouts in.
+    net.timeout *= 3;
+    let later = net.t0 + net.timeout;
+    let r = net.issue(1, vec![recv(0, 1, OpLabel::NONE)]);
+    assert_eq!(net.engines[1].earliest, Some(first));
+    // Past the first deadline nothing is due: no report, the bound moves on.
+    net.engines[1].expire_at(first);
+    assert!(outcome(&r[0]).is_none() && net.sent(1).is_empty());
+    assert_eq!(net.engines[1].earliest, Some(later));
+    // At its own deadline it turns overdue, then fails.
+    net.engines[1].expire_at(later);
+    assert!(outcome(&r[0]).is_none());
+    assert!(matches!(
+        controls(&net.sent(1))[..],
+        [Control::Waiting { on: 0 }]
+    ));
+    net.engines[1].expire_at(later + net.timeout / 10);
+    assert!(matches!(
+        failed(outcome(&r[0])),
+        Error::Timeout {
+            culprit: Some(0),
+            ..
+        }
+    ));
+    assert_eq!(net.engines[1].earliest, None);
+}
