@@ -190,6 +190,11 @@ impl Ring {
         self.lease().fetch_max(until, Ordering::SeqCst);
     }
 
+    /// Consumer side: until when its lease runs ([`monotonic_ns`]; 0: none).
+    pub(super) fn lease_until(&self) -> u64 {
+        self.lease().load(Ordering::Acquire)
+    }
+
     /// Consumer side: withdraws the lease (a thread stops polling and will
     /// sleep). The caller then checks for records left meanwhile.
     pub(super) fn end_lease(&self) {

@@ -303,6 +303,7 @@ impl ShmTransport {
             live,
             poll_next: AtomicUsize::new(0),
             sleepers: std::sync::atomic::AtomicU32::new(0),
+            covered: std::sync::atomic::AtomicU32::new(0),
             shared_cpus: cpus,
         })
     }
