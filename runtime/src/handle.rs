@@ -157,11 +157,14 @@ impl Pending {
                 std::thread::yield_now();
             }
         }
-        // A message that came in meanwhile (typically the peer's next one,
-        // in a ping-pong): take it now, or stopping to poll would hand it
-        // to the reader thread, and the next op would wait for the wake-ups
-        // of that thread and of the engine's task.
-        spin.poll();
+        // Out of time: a message that came in meanwhile is taken now, or
+        // stopping to poll would hand it to the reader thread, and the op
+        // would wait for the wake-ups of that thread and of the engine's
+        // task. (Done, the thread pauses with a lease instead: what came
+        // meanwhile stays for its next op's poll, off this op's path.)
+        if !ready() {
+            spin.poll();
+        }
         if ready() {
             polling.pause();
             None
