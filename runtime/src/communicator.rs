@@ -60,6 +60,11 @@ fn op_series(kind: OpKind) -> &'static zccl_transports::metrics::OpSeries {
     }
 }
 
+/// Smallest plain receive given a landing buffer of its own
+/// ([`crate::zone::Scratch`]): below the smallest message a same-host peer
+/// sends by CMA (`zccl_transports::shm::CROWDED_CMA_MIN_BYTES`), none lands.
+const SCRATCH_MIN_BYTES: u64 = zccl_transports::shm::CROWDED_CMA_MIN_BYTES as u64;
+
 /// The ops of one issue: most calls issue one (no allocation for it).
 type Ops = SmallVec<[Op; 1]>;
 /// Their handles' side, in the same order.
@@ -966,7 +971,7 @@ impl Channel {
         ops: Ops,
         lent: bool,
         into: Option<(*mut u8, usize)>,
-    ) -> Result<(Pendings, Option<crate::land::Landed>)> {
+    ) -> Result<(Pendings, Option<crate::zone::Landed>)> {
         let core = &self.inner.core;
         let max = core.config.tcp.limits.max_message;
         for op in &ops {
@@ -1040,12 +1045,28 @@ impl Channel {
                 dtype,
             };
             let slot = Arc::new(Slot::counted(op_series(kind), bytes, now));
+            let key = zccl_transports::landing::LandKey {
+                peer,
+                comm,
+                channel: self.id,
+                seq,
+            };
+            // A plain receive of a size a same-host peer may send by CMA
+            // gets a buffer of its own as its landing zone.
+            let scratch = (kind == OpKind::Recv
+                && into.is_none()
+                && bytes >= SCRATCH_MIN_BYTES
+                && core.via_shm.get(peer as usize).copied().unwrap_or(false))
+            .then(|| crate::zone::Scratch::post(&core.transport, key, bytes as usize))
+            .flatten();
+            let zone = scratch.as_ref().map(|s| s.zone());
             pendings.push(Pending {
                 slot: slot.clone(),
                 desc: desc.clone(),
                 deadline,
                 timeout: self.timeout,
                 spin: Some(core.spin.clone()),
+                scratch,
             });
             specs.push(OpSpec {
                 desc,
@@ -1055,21 +1076,16 @@ impl Channel {
                 slot,
                 index,
                 lent,
-                zone: None,
+                scratch: zone.is_some(),
+                zone,
                 label: self.op,
             });
             if kind == OpKind::Recv
                 && let Some((ptr, len)) = into
             {
-                let key = zccl_transports::landing::LandKey {
-                    peer,
-                    comm,
-                    channel: self.id,
-                    seq,
-                };
                 // SAFETY: `Channel::irecv_into`'s caller keeps the memory
                 // valid and untouched until the handle closes the zone.
-                let l = unsafe { crate::land::Landed::post(&core.transport, key, ptr, len) };
+                let l = unsafe { crate::zone::Landed::post(&core.transport, key, ptr, len) };
                 specs.last_mut().expect("just pushed").zone = Some(l.zone.clone());
                 landed = Some(l);
             }

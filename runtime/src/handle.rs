@@ -31,6 +31,8 @@ pub(crate) struct Pending {
     pub(crate) timeout: Duration,
     /// What to make progress on while spinning, and for how long.
     pub(crate) spin: Option<Arc<Spin>>,
+    /// A plain receive's own landing buffer ([`crate::zone::Scratch`]).
+    pub(crate) scratch: Option<crate::zone::Scratch>,
 }
 
 /// How a waiting thread spins (see `ZCCL_SPIN_US`).
@@ -199,7 +201,7 @@ impl Pending {
         let asleep = self.spin_until(|| self.slot.is_done());
         let outcome = self.slot.wait_until(self.deadline + GRACE);
         drop(asleep);
-        outcome.unwrap_or_else(|| {
+        let outcome = outcome.unwrap_or_else(|| {
             Err(Error::Timeout {
                 op: self.desc.clone(),
                 after: self.timeout,
@@ -208,11 +210,20 @@ impl Pending {
                 other_op: None,
                 mine: crate::label::OpLabel::NONE,
             })
-        })
+        });
+        self.landed(outcome)
     }
 
     fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
-        self.slot.poll_take(cx)
+        self.slot.poll_take(cx).map(|o| self.landed(o))
+    }
+
+    /// The outcome with a plain receive's landed data in it.
+    fn landed(&self, o: Outcome) -> Outcome {
+        match &self.scratch {
+            Some(s) => s.outcome(o),
+            None => o,
+        }
     }
 }
 
@@ -290,6 +301,26 @@ impl<T: Element> RecvHandle<T> {
     /// Blocks until the data arrived or the op failed.
     pub fn wait(self) -> Result<HostBuffer<T>> {
         self.p.wait().map(to_buffer)
+    }
+
+    /// Whether a same-host peer's message was copied by CMA straight into
+    /// the buffer this receive returns, as it arrived (large receives from
+    /// same-host peers post one; other messages come in a buffer of the
+    /// transport's). Diagnostics and tests.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let r = comm.irecv::<u8>(0, 3).unwrap();
+    /// comm.isend(0, vec![1u8, 2, 3]).unwrap().wait().unwrap();
+    /// // To itself: handed over in memory, no transport involved.
+    /// assert!(!r.landed());
+    /// assert_eq!(r.wait().unwrap().to_vec(), [1, 2, 3]);
+    /// ```
+    pub fn landed(&self) -> bool {
+        self.p.scratch.as_ref().is_some_and(|s| s.landed())
     }
 
     /// Waits without blocking a thread.

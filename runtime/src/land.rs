@@ -21,57 +21,9 @@
 //! assert_eq!(out, [4, 5, 6]);
 //! ```
 
-use std::sync::Arc;
-
-use zccl_transports::Transport;
-use zccl_transports::landing::{LandKey, Landing, Zone};
-
 use crate::error::{OpDesc, Result};
 use crate::handle::Pending;
-
-/// A posted zone, and where it is posted (none for a transport that does
-/// not land: the engine fills it at the match).
-pub(crate) struct Landed {
-    pub(crate) zone: Arc<Zone>,
-    posted: Option<(Arc<Landing>, LandKey)>,
-}
-
-impl Landed {
-    /// Posts a zone for message `key` with `transport`'s landing zones, if
-    /// it has any and lands messages of `len` bytes.
-    ///
-    /// # Safety
-    /// `ptr` must be valid for writes of `len` bytes, and not otherwise
-    /// accessed, until [`Landed::close`] returned.
-    pub(crate) unsafe fn post(
-        transport: &Arc<dyn Transport>,
-        key: LandKey,
-        ptr: *mut u8,
-        len: usize,
-    ) -> Self {
-        match transport.landing() {
-            Some(l) if l.lands(len) => Landed {
-                // SAFETY: forwarded from our caller.
-                zone: unsafe { l.post(key, ptr, len) },
-                posted: Some((l, key)),
-            },
-            _ => Landed {
-                // SAFETY: forwarded from our caller.
-                zone: unsafe { Zone::new(ptr, len) },
-                posted: None,
-            },
-        }
-    }
-
-    /// Takes the buffer back: no transport claims the zone any more, a copy
-    /// in progress is waited out, and nothing writes into it afterwards.
-    fn close(&self) -> bool {
-        if let Some((l, key)) = &self.posted {
-            l.remove(*key);
-        }
-        self.zone.close()
-    }
-}
+pub(crate) use crate::zone::Landed;
 
 /// Handle of a receive into the user's memory
 /// ([`Channel::irecv_into`](crate::Channel::irecv_into)).

@@ -72,6 +72,7 @@ pub mod metrics;
 mod protocol;
 pub mod router;
 pub mod unique_id;
+mod zone;
 
 pub use bootstrap::BootstrapRoot;
 pub use buffer::{DType, Element, HostBuffer, MemoryKind, Received, bf16, f16};

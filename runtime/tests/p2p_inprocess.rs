@@ -725,6 +725,72 @@ fn receives_into_the_callers_buffer() {
     }
 }
 
+/// Plain receives of messages a same-host peer sends by CMA: the copy
+/// lands in the receive's own buffer (no second buffer, and a message of
+/// 4 MiB or more does not wait for a zone a plain receive would never
+/// post); one that came before its receive was posted is handed over as
+/// it came; over TCP nothing lands. Blocking, non-blocking and batch.
+#[test]
+fn plain_receives_of_large_same_host_messages_land_in_their_own_buffer() {
+    for shm in ["0", "1"] {
+        let out = job(2, &[("ZCCL_SHM_DISABLE", shm)], move |c| {
+            let (r, peer) = (c.rank(), 1 - c.rank());
+            let (ch, sync) = (c.channel(2), c.channel(9));
+            let line_up = || {
+                let s = sync.isend(peer, vec![1u8]).unwrap();
+                sync.irecv::<u8>(peer, 1).unwrap().wait().unwrap();
+                s.wait().unwrap();
+            };
+            let mut landed = Vec::new();
+            for (i, len) in [(1usize << 20) + 8, 8 << 20].into_iter().enumerate() {
+                // Posted first, then sent.
+                let h = ch.irecv::<u8>(peer, len).unwrap();
+                line_up();
+                let s = ch.isend(peer, pattern(r, len, i as u64)).unwrap();
+                let until = Instant::now() + Duration::from_secs(20);
+                while !h.test() {
+                    assert!(Instant::now() < until);
+                    std::thread::yield_now();
+                }
+                landed.push(h.landed());
+                assert!(
+                    h.wait().unwrap().to_vec() == pattern(peer, len, i as u64),
+                    "posted {len}"
+                );
+                s.wait().unwrap();
+                // Sent well before the receive is posted.
+                let s = ch.isend(peer, pattern(r, len, 10 + i as u64)).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+                let got = ch.recv::<u8>(peer, len).unwrap();
+                assert!(
+                    got.to_vec() == pattern(peer, len, 10 + i as u64),
+                    "early {len}"
+                );
+                s.wait().unwrap();
+            }
+            // In a batch, with a small receive beside it.
+            let len = 4 << 20;
+            let b = ch
+                .batch(vec![
+                    Op::send(peer, pattern(r, len, 20)),
+                    Op::recv::<u8>(peer, len),
+                    Op::send(peer, pattern(r, 16, 21)),
+                    Op::recv::<u8>(peer, 16),
+                ])
+                .unwrap()
+                .wait()
+                .unwrap();
+            let bytes = |o: &Option<zccl_runtime::Received>| o.as_ref().unwrap().bytes().to_vec();
+            assert!(bytes(&b[1]) == pattern(peer, len, 20), "batch, large");
+            assert_eq!(bytes(&b[3]), pattern(peer, 16, 21), "batch, small");
+            landed
+        });
+        // Over shared memory the posted ones landed; over TCP none did.
+        let want = shm == "0";
+        assert_eq!(out, vec![vec![want, want]; 2], "shm disabled {shm}");
+    }
+}
+
 #[test]
 fn a_receive_buffer_given_back_early_is_never_written() {
     let out = job(2, &[], |c| {

@@ -78,8 +78,11 @@ pub(crate) struct OpSpec {
     /// the transport's `send_lent`, or is copied where it would be read
     /// later in this process (a send to itself, the router's chunks).
     pub(crate) lent: bool,
-    /// A receive into the user's memory ([`crate::land`]).
+    /// A receive into the user's memory ([`crate::land`]), or into the
+    /// runtime's own buffer (`scratch`: a message that did not land there
+    /// is not copied into it at the match, [`crate::zone::Scratch`]).
     pub(crate) zone: Option<Arc<Zone>>,
+    pub(crate) scratch: bool,
     /// The operation its messages belong to ([`crate::label`]).
     pub(crate) label: OpLabel,
 }
@@ -122,6 +125,8 @@ struct PendingOp {
     timeout: Duration,
     /// A receive's destination in the user's memory ([`crate::land`]).
     zone: Option<Arc<Zone>>,
+    /// The zone is the runtime's own ([`OpSpec::scratch`]).
+    scratch: bool,
     /// The header type byte its message carries or must carry: element
     /// type and operation label ([`OpLabel::wire`]).
     code: u16,
@@ -413,6 +418,7 @@ impl Engine {
             index: op.index,
             timeout: op.timeout,
             zone: op.zone,
+            scratch: op.scratch,
             code: op.label.wire(d.dtype),
             overdue: false,
             due: op.deadline,
@@ -617,6 +623,7 @@ impl Engine {
         let ok = code == recv.code && sent_bytes == d.bytes;
         if ok
             && !landed
+            && !recv.scratch
             && let Some(z) = &recv.zone
         {
             // Into the user's buffer now (a closed zone's owner no longer

@@ -164,6 +164,7 @@ impl Net {
                 index: *index,
                 lent: false,
                 zone: None,
+                scratch: false,
                 label: op.label,
             });
             *seq += 1;
