@@ -82,7 +82,10 @@ impl Spin {
     /// (nothing when another thread holds the engine: it is making progress
     /// too). Returns how many messages it took.
     fn poll(&self) -> usize {
-        self.engine.try_lock().map(|mut e| e.poll()).unwrap_or(0)
+        self.engine
+            .try_lock()
+            .map(|mut e| e.poll_with(self.transport.as_ref()))
+            .unwrap_or(0)
     }
 }
 

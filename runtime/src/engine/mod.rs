@@ -6,7 +6,7 @@
 //!   shared-memory peer is written into the ring by the calling thread, no
 //!   wake-up of the task in between. A thread that waits on a handle first
 //!   spins briefly, polling the transports for messages that already
-//!   arrived ([`Engine::poll`]) and matching them itself; only then does it
+//!   arrived ([`Engine::poll_with`]) and matching them itself; only then does it
 //!   sleep. Everything else (TCP frames, large messages, peer failures,
 //!   deadlines) reaches the engine through its task.
 //! * Flow control ([`crate::flow`]): while the receiver's window for this
@@ -278,8 +278,9 @@ impl Engine {
     /// the transports already hold complete (shared-memory rings) are
     /// matched here, on the waiting thread, instead of waking the reader
     /// thread and the engine's task. Returns how many were taken.
-    pub(crate) fn poll(&mut self) -> usize {
-        let transport = self.transport.clone();
+    /// `transport` is the engine's own, which the waiting thread holds a
+    /// reference to (no clone of the engine's per poll).
+    pub(crate) fn poll_with(&mut self, transport: &dyn Transport) -> usize {
         let n = transport.poll(64, &mut |peer, msg| self.on_message(peer, msg));
         self.drain_local();
         n

@@ -348,7 +348,13 @@ impl Transport for ShmTransport {
         if n == 0 || max == 0 {
             return 0;
         }
-        let start = self.poll_next.fetch_add(1, Ordering::Relaxed) % n;
+        // Round robin among several links (one link: no shared counter to
+        // bump on every poll).
+        let start = if n == 1 {
+            0
+        } else {
+            self.poll_next.fetch_add(1, Ordering::Relaxed) % n
+        };
         // Payloads the peers copied meanwhile (they do not wake our
         // reader thread for that while we poll).
         for l in &self.live {
