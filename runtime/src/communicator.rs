@@ -61,9 +61,9 @@ fn op_series(kind: OpKind) -> &'static zccl_transports::metrics::OpSeries {
 }
 
 /// Smallest plain receive given a landing buffer of its own
-/// ([`crate::zone::Scratch`]): below the smallest message a same-host peer
-/// sends by CMA (`zccl_transports::shm::CROWDED_CMA_MIN_BYTES`), none lands.
-const SCRATCH_MIN_BYTES: u64 = zccl_transports::shm::CROWDED_CMA_MIN_BYTES as u64;
+/// ([`crate::zone::Scratch`]): the size from which a same-host peer's
+/// message waits for a zone.
+const SCRATCH_MIN_BYTES: u64 = zccl_transports::shm::LAND_WAIT_MIN_BYTES as u64;
 
 /// The ops of one issue: most calls issue one (no allocation for it).
 type Ops = SmallVec<[Op; 1]>;
@@ -1051,8 +1051,8 @@ impl Channel {
                 channel: self.id,
                 seq,
             };
-            // A plain receive of a size a same-host peer may send by CMA
-            // gets a buffer of its own as its landing zone.
+            // A large plain receive from a same-host peer gets a buffer of
+            // its own as its landing zone.
             let scratch = (kind == OpKind::Recv
                 && into.is_none()
                 && bytes >= SCRATCH_MIN_BYTES

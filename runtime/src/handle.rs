@@ -307,9 +307,10 @@ impl<T: Element> RecvHandle<T> {
     }
 
     /// Whether a same-host peer's message was copied by CMA straight into
-    /// the buffer this receive returns, as it arrived (large receives from
-    /// same-host peers post one; other messages come in a buffer of the
-    /// transport's). Diagnostics and tests.
+    /// the buffer this receive returns, as it arrived (receives of at least
+    /// [`LAND_WAIT_MIN_BYTES`](zccl_transports::shm::LAND_WAIT_MIN_BYTES)
+    /// from same-host peers post one; other messages come in a buffer of
+    /// the transport's). Diagnostics and tests.
     ///
     /// ```
     /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};

@@ -56,13 +56,15 @@ impl Landed {
 
 /// A receive buffer of the runtime's own, posted as the landing zone of a
 /// plain receive ([`Channel::irecv`](crate::Channel::irecv), a batch's
-/// receive) of a message a same-host peer may send by CMA: the copy lands
-/// in it straight from the sender's memory, and the receive hands it over
-/// as its data. Without it, such a message arriving before its receive
-/// was posted, or to a receive posted without a zone, was copied into a
-/// buffer of the transport's own; and one of 4 MiB or more first waited
-/// for a zone that a plain receive never posts (a blocking 64 MiB `recv`
-/// from a same-host rank took 44 ms instead of about 10).
+/// receive) of a same-host peer's message of at least
+/// [`LAND_WAIT_MIN_BYTES`](zccl_transports::shm::LAND_WAIT_MIN_BYTES): the
+/// CMA copy lands in it straight from the sender's memory, and the receive
+/// hands it over as its data. Without it such a message waited in the
+/// shared-memory reader thread for a zone a plain receive never posts
+/// (`land_wait`, len at 2 GB/s) before it took a buffer of its own: a
+/// blocking 64 MiB `recv` from a same-host rank took 44 ms instead of
+/// about 14. (Smaller messages take a buffer of the transport's when they
+/// arrive, at the same cost: they never wait.)
 pub(crate) struct Scratch {
     landed: Landed,
     buf: std::sync::Mutex<Option<zccl_transports::recvbuf::RecvBuf>>,
@@ -75,7 +77,9 @@ impl Scratch {
         if !transport.landing().is_some_and(|l| l.lands(len)) {
             return None;
         }
-        let mut buf = zccl_transports::recvbuf::RecvBuf::new(len);
+        // Not faulted in here (the receive is non-blocking; the copy
+        // faults the pages in, and a recycled buffer has them already).
+        let (mut buf, _fresh) = zccl_transports::recvbuf::RecvBuf::new_lazy(len);
         let ptr = buf.as_mut_slice().as_mut_ptr();
         // SAFETY: the buffer's memory does not move with the `RecvBuf` and
         // lives until it drops, which is after the zone is closed (`take`,
@@ -103,9 +107,10 @@ impl Scratch {
     pub(crate) fn outcome(&self, o: Outcome) -> Outcome {
         self.landed.close();
         match o {
-            Ok(_) if self.landed.zone.landed() => {
+            // A landed message reaches the engine empty (its bytes are here).
+            Ok(Some(p)) if p.is_empty() && self.landed.zone.landed() => {
                 let buf = self.buf.lock().unwrap_or_else(|p| p.into_inner()).take();
-                Ok(buf.map(|b| b.into_bytes()))
+                Ok(Some(buf.map_or(p, |b| b.into_bytes())))
             }
             o => o,
         }

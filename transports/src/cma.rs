@@ -91,6 +91,12 @@ struct Helper {
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Half>>,
     /// It copies for someone right now.
     busy: std::sync::atomic::AtomicBool,
+    /// The process it was started in: a child forked since has the
+    /// structure but not the thread (it copies alone).
+    pid: u32,
+    /// Halves it copied (tests).
+    #[cfg(test)]
+    done: std::sync::atomic::AtomicUsize,
 }
 
 /// A half copy under way on the helper thread.
@@ -136,6 +142,8 @@ impl Helper {
                             let dst = unsafe { std::slice::from_raw_parts_mut(h.dst, h.len) };
                             let r = read(h.pid, h.addr, dst);
                             if let Some(me) = Helper::get() {
+                                #[cfg(test)]
+                                me.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 me.busy.store(false, std::sync::atomic::Ordering::Release);
                             }
                             let _ = h.done.send(r);
@@ -145,6 +153,9 @@ impl Helper {
                 Some(Helper {
                     jobs: std::sync::Mutex::new(tx),
                     busy: std::sync::atomic::AtomicBool::new(false),
+                    pid: std::process::id(),
+                    #[cfg(test)]
+                    done: std::sync::atomic::AtomicUsize::new(0),
                 })
             })
             .as_ref()
@@ -155,10 +166,11 @@ impl Helper {
     fn start(pid: u32, addr: u64, dst: &mut [u8]) -> Option<Copying<'_>> {
         use std::sync::atomic::Ordering;
         let me = Helper::get()?;
-        if me
-            .busy
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
+        if me.pid != std::process::id()
+            || me
+                .busy
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
         {
             return None;
         }
@@ -309,7 +321,9 @@ mod tests {
             .map(|i| (i * 13 + i / 4096) as u8)
             .collect();
         // Several callers at once: whoever finds the helper busy copies
-        // both halves itself; every copy is whole either way.
+        // both halves itself; every copy is whole either way, and the
+        // helper took some halves.
+        let before = Helper::get().map_or(0, |h| h.done.load(std::sync::atomic::Ordering::Relaxed));
         std::thread::scope(|s| {
             for _ in 0..3 {
                 s.spawn(|| {
@@ -321,12 +335,15 @@ mod tests {
                 });
             }
         });
+        let after = Helper::get().map_or(0, |h| h.done.load(std::sync::atomic::Ordering::Relaxed));
+        assert!(after > before, "the helper thread copied nothing");
         // An error in the helper's half is reported: a mapping whose upper
-        // half is unmapped again.
+        // half is made unreadable (it stays mapped: nothing else can come
+        // to live there meanwhile).
         let mut dst = vec![0u8; SPLIT_MIN];
         let mid = dst.len() / 2;
-        // SAFETY: a fresh anonymous mapping, then its upper half unmapped;
-        // the lower half is unmapped at the end, and only read in between.
+        // SAFETY: a fresh anonymous mapping of our own, its upper half then
+        // unreadable; unmapped at the end, and only read in between.
         unsafe {
             let p = libc::mmap(
                 std::ptr::null_mut(),
@@ -337,12 +354,13 @@ mod tests {
                 0,
             );
             assert_ne!(p, libc::MAP_FAILED);
-            assert_eq!(libc::munmap(p.cast::<u8>().add(mid).cast(), mid), 0);
+            let upper = p.cast::<u8>().add(mid).cast();
+            assert_eq!(libc::mprotect(upper, mid, libc::PROT_NONE), 0);
             assert_eq!(
                 read_parallel(pid, p as u64, &mut dst, true),
                 Err(Errno::EFAULT)
             );
-            libc::munmap(p, mid);
+            libc::munmap(p, dst.len());
         }
     }
 

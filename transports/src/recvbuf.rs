@@ -157,8 +157,15 @@ impl RecvBuf {
     /// not faulted in at once: for readers that fill it piece by piece,
     /// each calling [`prefault_range`] on its piece just before (a 64 MiB
     /// buffer takes long enough to fault in that the sender's window would
-    /// close meanwhile).
-    pub(crate) fn new_lazy(len: usize) -> (Self, bool) {
+    /// close meanwhile), and for a buffer posted long before its bytes come
+    /// (whoever copies into it faults its pages in).
+    ///
+    /// ```
+    /// let (mut b, _fresh) = zccl_transports::recvbuf::RecvBuf::new_lazy(8 << 20);
+    /// b.as_mut_slice()[0] = 1;
+    /// assert_eq!(b.len(), 8 << 20);
+    /// ```
+    pub fn new_lazy(len: usize) -> (Self, bool) {
         Self::alloc(len)
     }
 

@@ -383,6 +383,10 @@ impl Engine {
             slot.complete(outcome);
             ord.next += 1;
         }
+        if ord.ready.is_empty() && ord.ready.capacity() > 64 {
+            // After a burst of many outcomes held back: not kept at its peak.
+            ord.ready.shrink_to_fit();
+        }
     }
 
     fn failure_error(&self, f: &Failure, desc: &OpDesc) -> Error {

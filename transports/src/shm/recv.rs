@@ -261,8 +261,13 @@ fn received(rec: &Record, payload: RecvBuf) -> Message {
 }
 
 /// CMA payloads from this size up wait a little for their receive's
-/// landing zone rather than take a buffer of their own.
-pub(super) const LAND_WAIT_MIN_BYTES: usize = 4 << 20;
+/// landing zone rather than take a buffer of their own (which is why a
+/// plain receive this large posts a buffer of its own as its zone).
+///
+/// ```
+/// assert_eq!(zccl_transports::shm::LAND_WAIT_MIN_BYTES, 4 << 20);
+/// ```
+pub const LAND_WAIT_MIN_BYTES: usize = 4 << 20;
 
 /// How long a CMA payload of `len` bytes waits for its landing zone: about
 /// what copying it twice would cost instead (`len` at 2 GB/s, the copy

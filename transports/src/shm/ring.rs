@@ -195,6 +195,17 @@ impl Ring {
         self.lease().load(Ordering::Acquire)
     }
 
+    /// Consumer side, after renewing a lease that had run out: a reader
+    /// thread that went to sleep for a whole wait slice meanwhile (no lease,
+    /// no poller counted) looks again, and sleeps under the new lease
+    /// instead (otherwise a record left under it could wait a whole slice).
+    pub(super) fn wake_unleased_reader(&self) {
+        if self.reader_waiting().load(Ordering::SeqCst) == ASLEEP {
+            self.data_seq().fetch_add(1, Ordering::SeqCst);
+            futex_wake(self.data_seq());
+        }
+    }
+
     /// Consumer side: withdraws the lease (a thread stops polling and will
     /// sleep). The caller then checks for records left meanwhile.
     pub(super) fn end_lease(&self) {

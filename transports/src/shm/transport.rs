@@ -289,8 +289,14 @@ impl Transport for ShmTransport {
             // length, so that most ops leave the producers' line alone.
             let half = now.saturating_add(self.ctx.poll_lease_ns / 2);
             for l in &self.live {
-                if l.in_ring.lease_until() < half {
+                let lease = l.in_ring.lease_until();
+                if lease < half {
                     l.in_ring.renew_lease(until);
+                    if lease <= now {
+                        // It ran out while this thread polled uncounted
+                        // (a long spin, or a sleeper ended it).
+                        l.in_ring.wake_unleased_reader();
+                    }
                 }
             }
         } else {
@@ -592,6 +598,35 @@ mod tests {
         // Left to the poller, which then stops with a lease, polling no more.
         t0.send(1, msg(MessageKind::Data, 1, 8)).unwrap();
         t1.pause_polling();
+        let (m, took) = timed_message(&mut rx1);
+        assert_eq!(m.seq, 1);
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
+
+    #[test]
+    fn a_lease_that_ran_out_under_an_uncounted_poller_is_renewed_awake() {
+        let slow = |lease| ShmConfig {
+            cma_min_bytes: 0,
+            poll_lease: lease,
+            wait_slice: Duration::from_secs(3),
+            ..cfg()
+        };
+        let ((t0, _rx0), (t1, mut rx1)) =
+            pair(slow(Duration::ZERO), slow(Duration::from_millis(100)));
+        // A lease, and a poller under it that does not count itself.
+        t1.set_polling(true);
+        t1.pause_polling();
+        t1.set_polling(true);
+        assert_eq!(t1.covered.load(Ordering::SeqCst), 1);
+        // The lease runs out while it polls: the reader thread looks at its
+        // end, finds no lease and no counted poller, and sleeps a whole
+        // (3 s) slice.
+        std::thread::sleep(Duration::from_millis(300));
+        // The poller stops, renewing the lease; a small record is then left
+        // to the next poll, which never comes: the reader takes it when the
+        // new lease runs out (not at the end of its 3 s slice).
+        t1.pause_polling();
+        t0.send(1, msg(MessageKind::Data, 1, 8)).unwrap();
         let (m, took) = timed_message(&mut rx1);
         assert_eq!(m.seq, 1);
         assert!(took < Duration::from_millis(1500), "{took:?}");
