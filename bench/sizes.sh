@@ -3,8 +3,10 @@
 # over the whole size range, interleaved in one session: ROUNDS rounds of
 #   for n in RANKS: for each (op, size): zccl, Open MPI, Gloo
 # then the median of the rounds per (library, op, ranks, size), and the
-# ratios the progress-engine issue (#14) sets as targets. See
-# docs/performance.md.
+# ratios the progress-engine issue (#14) sets as targets (ratio of the
+# medians); beside them, for information, the median of each round's own
+# zccl / Open MPI ratio, steadier when the machine changes speed between
+# rounds. See docs/performance.md.
 #
 #   all_reduce  at 8 B, 1 KiB, 4 KiB, 64 KiB, 256 KiB, 1 MiB, 64 MiB
 #   alltoall    at 1 MiB, 64 MiB
@@ -99,22 +101,25 @@ python3 - "$OUT" <<'EOF'
 import glob, json, os, re, statistics, sys
 out = sys.argv[1]
 res = {}  # (lib, op, n, size) -> [time_us]
-def add(k, t):
+by_round = {}  # (lib, op, n, size) -> {round: time_us}
+def add(k, t, rnd):
     res.setdefault(k, []).append(t)
+    by_round.setdefault(k, {})[rnd] = t
 for f in glob.glob(os.path.join(out, "zccl_*.json")):
-    m = re.search(r"zccl_(\w+?)_[0-9KM]+_np(\d+)_r", os.path.basename(f))
-    op, n = m.group(1), int(m.group(2))
+    m = re.search(r"zccl_(\w+?)_[0-9KM]+_np(\d+)_r(\d+)", os.path.basename(f))
+    op, n, rnd = m.group(1), int(m.group(2)), int(m.group(3))
     for r in json.load(open(f)):
         if not r["in_place"]:
-            add(("zccl", op, n, r["size"]), r["time_us"])
+            add(("zccl", op, n, r["size"]), r["time_us"], rnd)
 peer_name = {"allreduce": "all_reduce", "alltoall": "alltoall", "sendrecv": "sendrecv", "pingpong": "pingpong"}
 for lib in ("mpi", "gloo"):
     for f in glob.glob(os.path.join(out, f"{lib}_*.txt")):
-        n = int(re.search(r"_np(\d+)_r", f).group(1))
+        m = re.search(r"_np(\d+)_r(\d+)", f)
+        n, rnd = int(m.group(1)), int(m.group(2))
         for line in open(f):
             p = line.split()
             if len(p) == 6 and p[0] in peer_name:
-                add((lib, peer_name[p[0]], n, int(p[1])), float(p[3]))
+                add((lib, peer_name[p[0]], n, int(p[1])), float(p[3]), rnd)
 med = {k: statistics.median(v) for k, v in res.items()}
 cnt = {k: len(v) for k, v in res.items()}
 def human(b):
@@ -124,8 +129,8 @@ def human(b):
     return f"{b} B"
 # zccl's sizes are the rows; the peers report the same sizes (all_to_all:
 # nccl-tests' size = the per-rank buffer, as mpi_bench.py's).
-print("\n| op | ranks | size | zccl (µs) | Open MPI (µs) | Gloo (µs) | zccl / Open MPI time | target | met |")
-print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+print("\n| op | ranks | size | zccl (µs) | Open MPI (µs) | Gloo (µs) | zccl / Open MPI time | target | met | per-round ratio |")
+print("|---|---:|---:|---:|---:|---:|---:|---|---|---:|")
 def target(op, n, size):
     if op == "all_reduce":
         return ("≥ 1.5× busbw", 1 / 1.5) if size >= 64 << 20 else ("≤ 1.0×", 1.0)
@@ -144,8 +149,16 @@ for op, n, size in keys:
     if ok == "**no**":
         met_all = False
     f = lambda v: f"{v:.1f}" if v else "—"
-    print(f"| {op} | {n} | {human(size)} | {f(z)} | {f(m)} | {f(g)} | {f'{ratio:.2f}×' if ratio else '—'} | {tname} | {ok} |")
+    # The median of each round's own ratio (the two libraries' runs of one
+    # round are minutes apart at most): information beside the target's
+    # ratio of medians, steadier when the machine changes speed between
+    # rounds.
+    zr, mr = by_round.get(("zccl", op, n, size), {}), by_round.get(("mpi", op, n, size), {})
+    pr = [zr[k] / mr[k] for k in zr if k in mr and mr[k]]
+    prs = f"{statistics.median(pr):.2f}×" if pr else "—"
+    print(f"| {op} | {n} | {human(size)} | {f(z)} | {f(m)} | {f(g)} | {f'{ratio:.2f}×' if ratio else '—'} | {tname} | {ok} | {prs} |")
 rounds = sorted(set(cnt.values()))
-print(f"\nmedians of {rounds} rounds per cell; time = the slowest rank's, µs per operation (pingpong: one way)")
+print(f"\nmedians of {rounds} rounds per cell; time = the slowest rank's, µs per operation (pingpong: one way);")
+print("met: the ratio of the medians against the target; per-round ratio: the median of each round's zccl / Open MPI (information)")
 print("all targets met" if met_all else "some targets missed")
 EOF
