@@ -214,15 +214,15 @@ impl Pending {
                 mine: crate::label::OpLabel::NONE,
             })
         });
-        self.landed(outcome)
+        self.with_landed(outcome)
     }
 
     fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
-        self.slot.poll_take(cx).map(|o| self.landed(o))
+        self.slot.poll_take(cx).map(|o| self.with_landed(o))
     }
 
     /// The outcome with a plain receive's landed data in it.
-    fn landed(&self, o: Outcome) -> Outcome {
+    fn with_landed(&self, o: Outcome) -> Outcome {
         match &self.scratch {
             Some(s) => s.outcome(o),
             None => o,

@@ -89,41 +89,38 @@ unsafe impl Send for Half {}
 /// The process's copy helper thread.
 struct Helper {
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Half>>,
-    /// It copies for someone right now.
-    busy: std::sync::atomic::AtomicBool,
     /// The process it was started in: a child forked since has the
     /// structure but not the thread (it copies alone).
     pid: u32,
-    /// Halves it copied (tests).
-    #[cfg(test)]
-    done: std::sync::atomic::AtomicUsize,
 }
 
-/// A half copy under way on the helper thread.
+/// The helper thread copies for someone right now.
+static HELPER_BUSY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Halves the helper thread copied (tests).
+#[cfg(test)]
+static HELPER_COPIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A half copy under way on the helper thread (`rx`: its result, until
+/// taken).
 struct Copying<'a> {
-    rx: std::sync::mpsc::Receiver<Result<(), Errno>>,
-    result: Option<Result<(), Errno>>,
+    rx: Option<std::sync::mpsc::Receiver<Result<(), Errno>>>,
     _dst: std::marker::PhantomData<&'a mut [u8]>,
 }
 
 impl Copying<'_> {
     fn join(mut self) -> Result<(), Errno> {
-        self.wait();
-        self.result.take().unwrap_or(Err(Errno::EFAULT))
-    }
-
-    fn wait(&mut self) {
-        if self.result.is_none() {
-            // A helper that died (it never does) fails the copy.
-            self.result = Some(self.rx.recv().unwrap_or(Err(Errno::EFAULT)));
-        }
+        // A helper that died (it never does) fails the copy.
+        let rx = self.rx.take().expect("joined once");
+        rx.recv().unwrap_or(Err(Errno::EFAULT))
     }
 }
 
 impl Drop for Copying<'_> {
     fn drop(&mut self) {
         // The buffer is borrowed until the helper is done with it.
-        self.wait();
+        if let Some(rx) = self.rx.take() {
+            let _ = rx.recv();
+        }
     }
 }
 
@@ -141,21 +138,16 @@ impl Helper {
                             // the result is sent.
                             let dst = unsafe { std::slice::from_raw_parts_mut(h.dst, h.len) };
                             let r = read(h.pid, h.addr, dst);
-                            if let Some(me) = Helper::get() {
-                                #[cfg(test)]
-                                me.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                me.busy.store(false, std::sync::atomic::Ordering::Release);
-                            }
+                            #[cfg(test)]
+                            HELPER_COPIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            HELPER_BUSY.store(false, std::sync::atomic::Ordering::Release);
                             let _ = h.done.send(r);
                         }
                     })
                     .ok()?;
                 Some(Helper {
                     jobs: std::sync::Mutex::new(tx),
-                    busy: std::sync::atomic::AtomicBool::new(false),
                     pid: std::process::id(),
-                    #[cfg(test)]
-                    done: std::sync::atomic::AtomicUsize::new(0),
                 })
             })
             .as_ref()
@@ -167,8 +159,7 @@ impl Helper {
         use std::sync::atomic::Ordering;
         let me = Helper::get()?;
         if me.pid != std::process::id()
-            || me
-                .busy
+            || HELPER_BUSY
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
         {
@@ -189,12 +180,11 @@ impl Helper {
             .send(half)
             .is_ok();
         if !sent {
-            me.busy.store(false, Ordering::Release);
+            HELPER_BUSY.store(false, Ordering::Release);
             return None;
         }
         Some(Copying {
-            rx,
-            result: None,
+            rx: Some(rx),
             _dst: std::marker::PhantomData,
         })
     }
@@ -323,7 +313,8 @@ mod tests {
         // Several callers at once: whoever finds the helper busy copies
         // both halves itself; every copy is whole either way, and the
         // helper took some halves.
-        let before = Helper::get().map_or(0, |h| h.done.load(std::sync::atomic::Ordering::Relaxed));
+        let copied = || HELPER_COPIED.load(std::sync::atomic::Ordering::Relaxed);
+        let before = copied();
         std::thread::scope(|s| {
             for _ in 0..3 {
                 s.spawn(|| {
@@ -335,8 +326,7 @@ mod tests {
                 });
             }
         });
-        let after = Helper::get().map_or(0, |h| h.done.load(std::sync::atomic::Ordering::Relaxed));
-        assert!(after > before, "the helper thread copied nothing");
+        assert!(copied() > before, "the helper thread copied nothing");
         // An error in the helper's half is reported: a mapping whose upper
         // half is made unreadable (it stays mapped: nothing else can come
         // to live there meanwhile).

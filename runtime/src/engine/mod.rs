@@ -82,6 +82,7 @@ pub(crate) struct OpSpec {
     /// runtime's own buffer (`scratch`: a message that did not land there
     /// is not copied into it at the match, [`crate::zone::Scratch`]).
     pub(crate) zone: Option<Arc<Zone>>,
+    /// `zone` is the runtime's own buffer.
     pub(crate) scratch: bool,
     /// The operation its messages belong to ([`crate::label`]).
     pub(crate) label: OpLabel,

@@ -453,19 +453,40 @@ mod tests {
     use crate::TransportEvent;
     use crate::shm::config::{CMA_MIN_BYTES, POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD, ShmConfig};
     use crate::shm::record::REC_LEN;
-    use crate::shm::testutil::{cfg, expect_lost, msg, next, pair, wait_true, watched};
+    use crate::shm::testutil::{Side, cfg, expect_lost, msg, next, pair, wait_true, watched};
+
+    /// Two ranks whose messages all go through the rings (no CMA): rank 0
+    /// without a poll lease, rank 1 with `lease`; `slice`: both ranks'
+    /// wait slice (long ones make a missed wake-up show), else the default.
+    fn leased_pair(lease: Duration, slice: Option<Duration>) -> (Side, Side) {
+        let cfg = |lease| ShmConfig {
+            cma_min_bytes: 0,
+            poll_lease: lease,
+            wait_slice: slice.unwrap_or(cfg().wait_slice),
+            ..cfg()
+        };
+        pair(cfg(Duration::ZERO), cfg(lease))
+    }
+
+    /// A small record (sequence `seq`) rank 0 sends is left to rank 1's
+    /// next poll: the reader thread does not deliver it meanwhile.
+    fn left_to_the_poll(
+        t0: &ShmTransport,
+        t1: &ShmTransport,
+        rx1: &mut tokio::sync::mpsc::UnboundedReceiver<TransportEvent>,
+        seq: u64,
+    ) {
+        t0.send(1, msg(MessageKind::Data, seq, 8)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(rx1.try_recv().is_err(), "the reader thread took it");
+        let mut got = Vec::new();
+        assert_eq!(t1.poll(10, &mut |p, m| got.push((p, m))), 1);
+        assert_eq!(got, vec![(0, msg(MessageKind::Data, seq, 8))]);
+    }
 
     #[test]
     fn an_awake_reader_thread_leaves_small_records_to_attentive_pollers() {
-        let ring_only = |lease| ShmConfig {
-            cma_min_bytes: 0,
-            poll_lease: lease,
-            ..cfg()
-        };
-        let ((t0, _rx0), (t1, mut rx1)) = pair(
-            ring_only(Duration::ZERO),
-            ring_only(Duration::from_secs(30)),
-        );
+        let ((t0, _rx0), (t1, mut rx1)) = leased_pair(Duration::from_secs(30), None);
         // Rank 1 polled and expects to poll again soon: its lease runs.
         t1.set_polling(true);
         t1.pause_polling();
@@ -492,15 +513,7 @@ mod tests {
 
     #[test]
     fn a_poller_under_the_lease_leaves_the_producers_line_alone() {
-        let ring_only = |lease| ShmConfig {
-            cma_min_bytes: 0,
-            poll_lease: lease,
-            ..cfg()
-        };
-        let ((t0, _rx0), (t1, mut rx1)) = pair(
-            ring_only(Duration::ZERO),
-            ring_only(Duration::from_secs(30)),
-        );
+        let ((t0, _rx0), (t1, mut rx1)) = leased_pair(Duration::from_secs(30), None);
         let ring = &t1.link(0).unwrap().in_ring;
         let count = || ring.polling().load(Ordering::SeqCst);
         // No lease yet: a poller counts itself in the ring.
@@ -514,12 +527,7 @@ mod tests {
         // is; a small record is still left to its poll.
         t1.set_polling(true);
         assert_eq!(count(), 0);
-        t0.send(1, msg(MessageKind::Data, 1, 8)).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(rx1.try_recv().is_err(), "the reader thread was woken");
-        let mut got = Vec::new();
-        assert_eq!(t1.poll(10, &mut |p, m| got.push((p, m))), 1);
-        assert_eq!(got, vec![(0, msg(MessageKind::Data, 1, 8))]);
+        left_to_the_poll(&t0, &t1, &mut rx1, 1);
         t1.pause_polling();
         assert_eq!(ring.lease_until(), lease);
         // Two pollers, one counted and one covered, stopping in either
@@ -556,13 +564,8 @@ mod tests {
     #[test]
     fn a_record_behind_a_left_one_is_not_kept_waiting() {
         // Long sleeps, so that a missed wake-up shows.
-        let slow = |lease| ShmConfig {
-            cma_min_bytes: 0,
-            poll_lease: lease,
-            wait_slice: Duration::from_secs(3),
-            ..cfg()
-        };
-        let ((t0, _rx0), (t1, mut rx1)) = pair(slow(Duration::ZERO), slow(Duration::from_secs(30)));
+        let ((t0, _rx0), (t1, mut rx1)) =
+            leased_pair(Duration::from_secs(30), Some(Duration::from_secs(3)));
         // A thread of rank 1 polls (and takes nothing): the small record is
         // left to it; the large one behind it wakes the reader thread,
         // which must take both.
@@ -580,14 +583,8 @@ mod tests {
 
     #[test]
     fn a_record_left_to_a_poller_that_stops_waits_about_a_lease() {
-        let slow = |lease| ShmConfig {
-            cma_min_bytes: 0,
-            poll_lease: lease,
-            wait_slice: Duration::from_secs(3),
-            ..cfg()
-        };
         let ((t0, _rx0), (t1, mut rx1)) =
-            pair(slow(Duration::ZERO), slow(Duration::from_millis(100)));
+            leased_pair(Duration::from_millis(100), Some(Duration::from_secs(3)));
         t1.set_polling(true);
         // Wake the reader thread (a record no poll takes), so that it goes
         // back to sleep while the thread polls.
@@ -605,14 +602,8 @@ mod tests {
 
     #[test]
     fn a_lease_that_ran_out_under_an_uncounted_poller_is_renewed_awake() {
-        let slow = |lease| ShmConfig {
-            cma_min_bytes: 0,
-            poll_lease: lease,
-            wait_slice: Duration::from_secs(3),
-            ..cfg()
-        };
         let ((t0, _rx0), (t1, mut rx1)) =
-            pair(slow(Duration::ZERO), slow(Duration::from_millis(100)));
+            leased_pair(Duration::from_millis(100), Some(Duration::from_secs(3)));
         // A lease, and a poller under it that does not count itself.
         t1.set_polling(true);
         t1.pause_polling();
