@@ -26,8 +26,12 @@ const W_WAITING: usize = 12;
 /// abort). The consumer checks it after every CMA copy and rejects the copy
 /// (closing the link) when set.
 const W_CMA_WITHDRAWN: usize = 16;
-const R_TAIL: usize = 64;
-const R_SPACE_SEQ: usize = 72;
+// The consumer's tail and space sequence, written at every record it takes,
+// sit on a line of their own (`R_TAIL`), apart from the consumer's words a
+// producer reads at every record (`R_WAITING` to `R_LEASE`), which change
+// rarely: otherwise each send read a line the consumer had just written.
+const R_TAIL: usize = 128;
+const R_SPACE_SEQ: usize = 136;
 const R_WAITING: usize = 76;
 /// Whether the consumer reads CMA records of this ring: 0 (not decided
 /// yet), [`CMA_YES`] or [`CMA_NO`] (written once, at setup).
@@ -101,6 +105,12 @@ pub(super) struct Ring {
     slice: Duration,
     /// The consumer's poll lease ([`ShmConfig::poll_lease`]).
     lease_len: Duration,
+    /// Producer side (under the producer lock): the consumer's tail as last
+    /// read. It only lags the real one (tails only grow), so space it
+    /// shows is there; the tail is read again only when it shows too
+    /// little, not at every record (a line the consumer writes at every
+    /// record it takes).
+    seen_tail: AtomicU64,
 }
 
 // SAFETY: the raw data pointer points into `seg`'s mapping, which the ring
@@ -113,7 +123,7 @@ impl Ring {
     pub(super) fn new(seg: Arc<Segment>, dir: usize, cap: u64, cfg: &ShmConfig) -> Self {
         // SAFETY: the segment is HEADER + 2 * cap bytes long.
         let data = unsafe { seg.base().add(HEADER + dir * cap as usize) };
-        Self {
+        let ring = Self {
             seg,
             ctl: CTL[dir],
             data,
@@ -121,7 +131,11 @@ impl Ring {
             spin: cfg.spin_iterations,
             slice: cfg.wait_slice,
             lease_len: cfg.poll_lease,
-        }
+            seen_tail: AtomicU64::new(0),
+        };
+        ring.seen_tail
+            .store(ring.tail().load(Ordering::Acquire), Ordering::Relaxed);
+        ring
     }
 
     #[inline]
@@ -299,12 +313,31 @@ impl Ring {
         }
     }
 
-    /// Producer: bytes that can be written without waiting.
-    #[inline]
+    /// Producer: bytes that can be written without waiting (reads the
+    /// consumer's tail).
+    #[cfg(test)]
     pub(super) fn free(&self) -> u64 {
         let head = self.head().load(Ordering::Relaxed);
-        let tail = self.tail().load(Ordering::Acquire);
+        let tail = self.load_tail();
         self.cap.saturating_sub(head.saturating_sub(tail))
+    }
+
+    /// Producer: the consumer's tail, read now (and kept as the one seen).
+    #[inline]
+    fn load_tail(&self) -> u64 {
+        let tail = self.tail().load(Ordering::Acquire);
+        self.seen_tail.store(tail, Ordering::Relaxed);
+        tail
+    }
+
+    /// Producer, holding the producer lock: whether `n` bytes can be
+    /// written without waiting. Reads the consumer's tail only when the
+    /// one last seen leaves too little room.
+    #[inline]
+    pub(super) fn has_room(&self, n: u64) -> bool {
+        let head = self.head().load(Ordering::Relaxed);
+        let fits = |tail: u64| self.cap.saturating_sub(head.saturating_sub(tail)) >= n;
+        fits(self.seen_tail.load(Ordering::Relaxed)) || fits(self.load_tail())
     }
 
     /// Producer: copies `buf` into the ring, waiting for space as needed.
@@ -334,7 +367,7 @@ impl Ring {
         pollable: bool,
     ) -> Result<(), RingStop> {
         let total = (header.len() + payload.len()) as u64;
-        if pollable && self.free() >= total {
+        if pollable && self.has_room(total) {
             let head = self.head().load(Ordering::Relaxed);
             // SAFETY: `total` bytes from `head` are free (the consumer only
             // frees more meanwhile), and only the producer writes them.
@@ -364,14 +397,14 @@ impl Ring {
     #[inline]
     pub(super) fn idle_gap(&self, total: u64, min_gap: u64) -> Option<u64> {
         let head = self.head().load(Ordering::Relaxed);
-        if self.tail().load(Ordering::Acquire) != head {
-            return None;
-        }
         let idx = head % self.cap;
         let gap = self.cap - idx;
+        // Whether the ring is empty is asked last: only then is the tail
+        // read (when the one last seen is behind the head).
         (idx >= REWIND_MIN.min(self.cap / 2)
             && total <= idx.min(REWIND_MAX_RECORD)
-            && gap >= min_gap)
+            && gap >= min_gap
+            && (self.seen_tail.load(Ordering::Relaxed) == head || self.load_tail() == head))
             .then_some(gap)
     }
 
@@ -424,7 +457,7 @@ impl Ring {
         let mut head = self.head().load(Ordering::Relaxed);
         while !buf.is_empty() {
             let free = self.wait(self.space_seq(), self.writer_waiting(), stop, false, || {
-                let tail = self.tail().load(Ordering::Acquire);
+                let tail = self.load_tail();
                 if tail > head || head - tail > cap {
                     return Err(RingStop::Corrupt(format!(
                         "ring positions head {head} tail {tail} (capacity {cap})"
@@ -552,7 +585,7 @@ mod tests {
     //! memory, driven from one thread or from two.
 
     use super::*;
-    use crate::shm::segment::OFF_OPENER_PROBE_VAL;
+    use crate::shm::segment::{OFF_CREATOR_MASK, OFF_OPENER_PROBE_VAL};
     use std::time::Instant;
 
     const CAP: u64 = 4096;
@@ -589,6 +622,33 @@ mod tests {
             Err(RingStop::Corrupt(why)) => why,
             other => panic!("expected a corrupt ring: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_producer_reads_the_tail_again_only_when_the_one_it_saw_leaves_too_little_room() {
+        let (p, c) = rings(&ShmConfig::default());
+        let go = AtomicBool::new(false);
+        let seen = |r: &Ring| r.seen_tail.load(Ordering::Relaxed);
+        p.write_record(&bytes(32, 1), &bytes(CAP as usize - 1000, 2), &go, true)
+            .unwrap();
+        assert_eq!(
+            read(&c, CAP as usize - 968),
+            [bytes(32, 1), bytes(CAP as usize - 1000, 2)].concat()
+        );
+        // The consumer freed the ring; the producer still sees its old tail,
+        // which leaves room for this: the tail is not read.
+        assert!(p.has_room(900));
+        assert_eq!(seen(&p), 0);
+        // It does not leave room for this: the tail is read, and seen.
+        assert!(p.has_room(2000));
+        assert_eq!(seen(&p), CAP - 968);
+        // No room whatever the tail says.
+        assert!(!p.has_room(CAP + 1));
+        // A small record into the room seen, whole and in order.
+        p.write_record(&bytes(32, 3), &bytes(8, 4), &go, true)
+            .unwrap();
+        assert_eq!(read(&c, 40), [bytes(32, 3), bytes(8, 4)].concat());
+        assert_eq!(seen(&p), CAP - 968, "not read for it");
     }
 
     #[test]
@@ -812,16 +872,16 @@ mod tests {
     }
 
     #[test]
-    fn control_block_words_do_not_overlap_and_each_side_writes_its_own_line() {
+    fn control_block_words_do_not_overlap_and_each_side_writes_its_own_lines() {
         let producer_line = [
             (W_HEAD, 8),
             (W_DATA_SEQ, 4),
             (W_WAITING, 4),
             (W_CMA_WITHDRAWN, 8),
         ];
+        // What the consumer writes at every record, on a line of its own.
+        let consumer_hot = [(R_TAIL, 8), (R_SPACE_SEQ, 4)];
         let consumer_line = [
-            (R_TAIL, 8),
-            (R_SPACE_SEQ, 4),
             (R_WAITING, 4),
             (R_CMA_OK, 4),
             (R_CMA_DONE, 8),
@@ -837,7 +897,17 @@ mod tests {
                 "{off}"
             );
         }
-        let all: Vec<_> = producer_line.iter().chain(&consumer_line).collect();
+        for &(off, len) in &consumer_hot {
+            assert!(
+                off.is_multiple_of(len) && off >= 128 && off + len <= 192,
+                "{off}"
+            );
+        }
+        let all: Vec<_> = producer_line
+            .iter()
+            .chain(&consumer_line)
+            .chain(&consumer_hot)
+            .collect();
         for (i, &&(a, la)) in all.iter().enumerate() {
             for &&(b, lb) in &all[i + 1..] {
                 assert!(a + la <= b || b + lb <= a, "words at {a} and {b} overlap");
@@ -845,8 +915,8 @@ mod tests {
         }
         // The blocks sit after the segment's own words, a line apart.
         assert!(OFF_OPENER_PROBE_VAL + 8 <= CTL[0]);
-        assert!(CTL[0].is_multiple_of(64) && CTL[0] + 128 <= CTL[1]);
-        assert!(CTL[1].is_multiple_of(64) && CTL[1] + 128 <= HEADER);
+        assert!(CTL[0].is_multiple_of(64) && CTL[0] + 192 <= CTL[1]);
+        assert!(CTL[1].is_multiple_of(64) && CTL[1] + 192 <= OFF_CREATOR_MASK);
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl ShmTransport {
             && link.backlog.load(Ordering::Acquire) == 0
             && let Ok(_producer) = link.producer.try_lock()
             && link.backlog.load(Ordering::Acquire) == 0
-            && link.out_ring.free() >= record_bytes(link, msg) as u64
+            && link.out_ring.has_room(record_bytes(link, msg) as u64)
         {
             return Some(match write_msg(link, msg) {
                 Ok(()) => Ok(()),
