@@ -1058,7 +1058,8 @@ impl Channel {
                 && bytes >= SCRATCH_MIN_BYTES
                 && core.via_shm.get(peer as usize).copied().unwrap_or(false))
             .then(|| crate::zone::Scratch::post(&core.transport, key, bytes as usize))
-            .flatten();
+            .flatten()
+            .map(Box::new);
             let zone = scratch.as_ref().map(|s| s.zone());
             pendings.push(Pending {
                 slot: slot.clone(),

@@ -30,9 +30,17 @@ pub(crate) struct Slot {
     metric: Option<(&'static OpSeries, u64, Instant)>,
 }
 
+/// An outcome as a slot keeps it: the error boxed, so that the slot (and
+/// every move of it) stays small; errors are rare.
+type Kept = std::result::Result<Option<Bytes>, Box<crate::error::Error>>;
+
+fn unbox(k: Kept) -> Outcome {
+    k.map_err(|e| *e)
+}
+
 #[derive(Default)]
 struct SlotState {
-    result: Option<Outcome>,
+    result: Option<Kept>,
     taken: bool,
     waker: Option<Waker>,
     /// A thread sleeps on the condition variable (a spinning waiter, the
@@ -61,7 +69,7 @@ impl Slot {
         if let (Ok(_), Some((op, bytes, issued))) = (&o, self.metric) {
             op.done(bytes, issued.elapsed());
         }
-        s.result = Some(o);
+        s.result = Some(o.map_err(Box::new));
         self.done.store(true, Ordering::Release);
         if let Some(w) = s.waker.take() {
             w.wake();
@@ -83,7 +91,7 @@ impl Slot {
         loop {
             if let Some(r) = s.result.take() {
                 s.taken = true;
-                return Some(r);
+                return Some(unbox(r));
             }
             let now = Instant::now();
             if now >= until {
@@ -101,7 +109,7 @@ impl Slot {
         let mut s = self.state.lock().expect("slot");
         if let Some(r) = s.result.take() {
             s.taken = true;
-            return Poll::Ready(r);
+            return Poll::Ready(unbox(r));
         }
         s.waker = Some(cx.waker().clone());
         Poll::Pending

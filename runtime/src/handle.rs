@@ -31,8 +31,10 @@ pub(crate) struct Pending {
     pub(crate) timeout: Duration,
     /// What to make progress on while spinning, and for how long.
     pub(crate) spin: Option<Arc<Spin>>,
-    /// A plain receive's own landing buffer ([`crate::zone::Scratch`]).
-    pub(crate) scratch: Option<crate::zone::Scratch>,
+    /// A plain receive's own landing buffer ([`crate::zone::Scratch`];
+    /// boxed: rare, and a handle is moved at every step of issuing and
+    /// waiting).
+    pub(crate) scratch: Option<Box<crate::zone::Scratch>>,
 }
 
 /// How a waiting thread spins (see `ZCCL_SPIN_US`).
