@@ -113,11 +113,20 @@ impl Op {
     }
 }
 
+/// The numbering of the ops issued on each channel of a communicator.
 #[derive(Default)]
 struct IssueState {
-    send_seq: HashMap<(u32, u32), u64>,
-    recv_seq: HashMap<(u32, u32), u64>,
-    op_index: HashMap<u32, u64>,
+    channels: HashMap<u32, ChannelSeqs>,
+}
+
+/// One channel's numbering: the next op's position among all its ops, and
+/// the next send and receive sequence number with each peer (indexed by
+/// rank in the communicator; one map lookup per op).
+#[derive(Default)]
+struct ChannelSeqs {
+    index: u64,
+    send: Vec<u64>,
+    recv: Vec<u64>,
 }
 
 /// What every communicator of one `init` shares: the progress engine, its
@@ -1022,18 +1031,20 @@ impl Channel {
                 Some(l) if dtype == DType::U8 => l,
                 _ => dtype,
             };
-            let peer = self.inner.members[peer as usize];
+            let seqs = st.channels.entry(self.id).or_default();
             let counters = if kind == OpKind::Send {
-                &mut st.send_seq
+                &mut seqs.send
             } else {
-                &mut st.recv_seq
+                &mut seqs.recv
             };
-            let seq_ref = counters.entry((self.id, peer)).or_insert(0);
-            let seq = *seq_ref;
-            *seq_ref += 1;
-            let index_ref = st.op_index.entry(self.id).or_insert(0);
-            let index = *index_ref;
-            *index_ref += 1;
+            if counters.is_empty() {
+                counters.resize(self.inner.size as usize, 0);
+            }
+            let seq = counters[peer as usize];
+            counters[peer as usize] += 1;
+            let index = seqs.index;
+            seqs.index += 1;
+            let peer = self.inner.members[peer as usize];
             let desc = OpDesc {
                 rank: core.world_rank,
                 kind,
