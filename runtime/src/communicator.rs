@@ -973,14 +973,14 @@ impl Channel {
     }
 
     /// [`Channel::issue_ops`]; `into`: the receive among `ops` lands in this
-    /// memory (`ptr`, `len` bytes; see [`crate::land`]), and its zone is
+    /// memory (`ptr`, `len` bytes; see [`crate::land`]), and where it goes is
     /// returned.
     fn issue_full(
         &self,
         ops: Ops,
         lent: bool,
         into: Option<(*mut u8, usize)>,
-    ) -> Result<(Pendings, Option<crate::zone::Landed>)> {
+    ) -> Result<(Pendings, Option<crate::land::Into>)> {
         let core = &self.inner.core;
         let max = core.config.tcp.limits.max_message;
         for op in &ops {
@@ -1095,11 +1095,16 @@ impl Channel {
             if kind == OpKind::Recv
                 && let Some((ptr, len)) = into
             {
-                // SAFETY: `Channel::irecv_into`'s caller keeps the memory
-                // valid and untouched until the handle closes the zone.
-                let l = unsafe { crate::zone::Landed::post(&core.transport, key, ptr, len) };
-                specs.last_mut().expect("just pushed").zone = Some(l.zone.clone());
-                landed = Some(l);
+                landed = Some(if core.transport.landing().is_some_and(|l| l.lands(len)) {
+                    // SAFETY: `Channel::irecv_into`'s caller keeps the memory
+                    // valid and untouched until the handle closes the zone.
+                    let l = unsafe { crate::zone::Landed::post(&core.transport, key, ptr, len) };
+                    specs.last_mut().expect("just pushed").zone = Some(l.zone.clone());
+                    crate::land::Into::Zone(l)
+                } else {
+                    // No transport lands it: the handle copies it in.
+                    crate::land::Into::Copy(crate::land::Dest { ptr, len })
+                });
             }
         }
         // Issued here, on the caller's thread, in index order (`st` is held).
@@ -1189,8 +1194,10 @@ impl Channel {
     /// Starts receiving `buf.len()` elements of `T` from `peer` **straight
     /// into `buf`**: from a same-host peer by CMA the copy lands there
     /// directly (no receive buffer, no second copy); any other message is
-    /// copied into `buf` when it is matched. A send of another size or type
-    /// fails both, as with [`Channel::irecv`].
+    /// copied into `buf` when it is matched, or by the handle's `wait`
+    /// where no transport lands messages of its size (under 16 KiB, or
+    /// without shared memory). A send of another size or type fails both,
+    /// as with [`Channel::irecv`].
     ///
     /// # Safety
     /// `buf` must stay valid and must not be read or written until the
@@ -1222,7 +1229,7 @@ impl Channel {
             self.issue_full(smallvec![Op::recv::<T>(peer, buf.len())], false, Some(into))?;
         Ok(crate::land::RecvIntoHandle {
             p: p.pop(),
-            landed: landed.expect("a receive posts a zone"),
+            into: landed.expect("a receive has a destination"),
         })
     }
 

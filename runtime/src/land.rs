@@ -1,12 +1,16 @@
 //! Receives into the user's memory
 //! ([`Channel::irecv_into`](crate::Channel::irecv_into)).
 //!
-//! The receive posts a landing zone for its message
-//! ([`zccl_transports::landing`]): a same-host peer's CMA copy goes straight
-//! into the user's buffer (one copy in all, as Open MPI's `vader` does),
-//! and any other message is copied there when the receive matches it. The
-//! [`RecvIntoHandle`] closes the zone when it is waited or dropped: after
-//! that nothing writes into the buffer.
+//! A receive of a size its transport lands posts a landing zone for its
+//! message ([`zccl_transports::landing`]): a same-host peer's CMA copy goes
+//! straight into the user's buffer (one copy in all, as Open MPI's `vader`
+//! does), and any other message is copied there when the receive matches
+//! it. The [`RecvIntoHandle`] closes the zone when it is waited or
+//! dropped: after that nothing writes into the buffer. A receive of a size
+//! no transport lands (small ones) posts nothing: its message comes in a
+//! buffer of the transport's, and the handle's `wait` copies it into the
+//! user's buffer (the same single copy, without a zone's allocation and
+//! locks); nothing else ever writes there.
 //!
 //! ```
 //! use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
@@ -47,8 +51,29 @@ pub(crate) use crate::zone::Landed;
 #[must_use = "a receive into a buffer must be waited on before the buffer is used"]
 pub struct RecvIntoHandle {
     pub(crate) p: Option<Pending>,
-    pub(crate) landed: Landed,
+    pub(crate) into: Into,
 }
+
+/// Where a [`RecvIntoHandle`]'s message goes.
+pub(crate) enum Into {
+    /// A posted zone: the transport or the engine fills it.
+    Zone(Landed),
+    /// The user's buffer, which `wait` copies the received message into.
+    Copy(Dest),
+}
+
+/// The user's buffer of a receive that posted no zone.
+pub(crate) struct Dest {
+    pub(crate) ptr: *mut u8,
+    pub(crate) len: usize,
+}
+
+// SAFETY: the buffer is only written by the handle's `wait`, on whatever
+// thread holds the handle; `Channel::irecv_into`'s caller keeps it valid
+// and untouched until then.
+unsafe impl Send for Dest {}
+// SAFETY: as above (a shared handle never writes).
+unsafe impl Sync for Dest {}
 
 impl RecvIntoHandle {
     /// Whether the receive completed (successfully or not).
@@ -63,16 +88,32 @@ impl RecvIntoHandle {
         let Some(p) = self.p.take() else {
             return Ok(());
         };
-        let r = p.wait().map(|_| ());
-        self.landed.close();
-        r
+        let r = p.wait();
+        match &self.into {
+            Into::Zone(landed) => {
+                landed.close();
+                r.map(|_| ())
+            }
+            Into::Copy(dest) => {
+                let got = r?.unwrap_or_default();
+                // The engine matched it only at the receive's exact size.
+                assert_eq!(got.len(), dest.len, "a receive matched its own size");
+                // SAFETY: `Channel::irecv_into`'s contract: the buffer is
+                // valid for `len` bytes and untouched until this returns.
+                unsafe { std::ptr::copy_nonoverlapping(got.as_ptr(), dest.ptr, dest.len) };
+                Ok(())
+            }
+        }
     }
 
     /// Whether the transport copied the message into the buffer as it
     /// arrived (a same-host CMA copy into the posted zone), rather than the
-    /// engine at the match. Diagnostics and tests.
+    /// engine at the match or `wait` afterwards. Diagnostics and tests.
     pub fn landed(&self) -> bool {
-        self.landed.zone.landed()
+        match &self.into {
+            Into::Zone(landed) => landed.zone.landed(),
+            Into::Copy(_) => false,
+        }
     }
 
     /// The op.
@@ -83,8 +124,10 @@ impl RecvIntoHandle {
 
 impl Drop for RecvIntoHandle {
     fn drop(&mut self) {
-        if self.p.take().is_some() {
-            self.landed.close();
+        if self.p.take().is_some()
+            && let Into::Zone(landed) = &self.into
+        {
+            landed.close();
         }
     }
 }
@@ -93,7 +136,7 @@ impl std::fmt::Debug for RecvIntoHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecvIntoHandle")
             .field("op", &self.op())
-            .field("zone", &self.landed.zone)
+            .field("landed", &self.landed())
             .finish()
     }
 }

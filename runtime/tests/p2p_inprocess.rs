@@ -820,3 +820,39 @@ fn a_receive_buffer_given_back_early_is_never_written() {
     });
     assert_eq!(out, vec![true, true]);
 }
+
+#[test]
+fn a_small_receive_into_memory_is_copied_in_by_its_wait_and_a_dropped_one_never_writes() {
+    // Small receives into memory post no landing zone: the message comes
+    // in a buffer of the transport's and `wait` copies it in, so a handle
+    // dropped unwaited (even after its message came) leaves the buffer as
+    // it was, and the channel goes on with the next message.
+    for shm in ["0", "1"] {
+        let out = job(2, &[("ZCCL_SHM_DISABLE", shm)], move |c| {
+            let peer = 1 - c.rank();
+            let ch = c.channel(4);
+            let mut dropped = vec![0u8; 100];
+            {
+                // SAFETY: `dropped` is untouched until the handle drops.
+                let h = unsafe { ch.irecv_into(peer, &mut dropped) }.unwrap();
+                assert!(!h.landed());
+                ch.isend(peer, vec![7u8; 100]).unwrap().wait().unwrap();
+                let until = Instant::now() + Duration::from_secs(10);
+                while !h.test() {
+                    assert!(Instant::now() < until, "the message came");
+                    std::thread::yield_now();
+                }
+            }
+            let mut next = vec![0u8; 100];
+            // SAFETY: `next` is untouched until the handle is waited.
+            let h = unsafe { ch.irecv_into(peer, &mut next) }.unwrap();
+            ch.isend(peer, vec![9u8; 100]).unwrap().wait().unwrap();
+            h.wait().unwrap();
+            (dropped.iter().all(|&b| b == 0), next == vec![9u8; 100])
+        });
+        assert!(
+            out.iter().all(|&(d, n)| d && n),
+            "shm disabled={shm}: {out:?}"
+        );
+    }
+}
