@@ -1194,9 +1194,9 @@ impl Channel {
     /// Starts receiving `buf.len()` elements of `T` from `peer` **straight
     /// into `buf`**: from a same-host peer by CMA the copy lands there
     /// directly (no receive buffer, no second copy); any other message is
-    /// copied into `buf` when it is matched, or by the handle's `wait`
-    /// where no transport lands messages of its size (under 16 KiB, or
-    /// without shared memory). A send of another size or type fails both,
+    /// copied into `buf` when it is matched, or by the handle (its `wait`,
+    /// or its drop if the message came before) where no transport lands
+    /// messages of its size (under 16 KiB, or without shared memory). A send of another size or type fails both,
     /// as with [`Channel::irecv`].
     ///
     /// # Safety

@@ -10,7 +10,8 @@
 //! no transport lands (small ones) posts nothing: its message comes in a
 //! buffer of the transport's, and the handle's `wait` copies it into the
 //! user's buffer (the same single copy, without a zone's allocation and
-//! locks); nothing else ever writes there.
+//! locks), or its drop if the message came before; nothing else ever
+//! writes there.
 //!
 //! ```
 //! use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
@@ -68,7 +69,21 @@ pub(crate) struct Dest {
     pub(crate) len: usize,
 }
 
-// SAFETY: the buffer is only written by the handle's `wait`, on whatever
+impl Dest {
+    /// Copies the received message in.
+    fn fill(&self, got: Option<bytes::Bytes>) -> Result<()> {
+        let got = got.unwrap_or_default();
+        // The engine matches a message only of the receive's exact size.
+        assert_eq!(got.len(), self.len, "a receive matched at its own size");
+        // SAFETY: `Channel::irecv_into`'s contract: the buffer is valid for
+        // `len` bytes and untouched until the handle is waited or dropped,
+        // which is when this runs.
+        unsafe { std::ptr::copy_nonoverlapping(got.as_ptr(), self.ptr, self.len) };
+        Ok(())
+    }
+}
+
+// SAFETY: the buffer is only written by the handle's `wait` or drop, on whatever
 // thread holds the handle; `Channel::irecv_into`'s caller keeps it valid
 // and untouched until then.
 unsafe impl Send for Dest {}
@@ -94,15 +109,7 @@ impl RecvIntoHandle {
                 landed.close();
                 r.map(|_| ())
             }
-            Into::Copy(dest) => {
-                let got = r?.unwrap_or_default();
-                // The engine matched it only at the receive's exact size.
-                assert_eq!(got.len(), dest.len, "a receive matched its own size");
-                // SAFETY: `Channel::irecv_into`'s contract: the buffer is
-                // valid for `len` bytes and untouched until this returns.
-                unsafe { std::ptr::copy_nonoverlapping(got.as_ptr(), dest.ptr, dest.len) };
-                Ok(())
-            }
+            Into::Copy(dest) => dest.fill(r?),
         }
     }
 
@@ -124,10 +131,20 @@ impl RecvIntoHandle {
 
 impl Drop for RecvIntoHandle {
     fn drop(&mut self) {
-        if self.p.take().is_some()
-            && let Into::Zone(landed) = &self.into
-        {
-            landed.close();
+        let Some(p) = self.p.take() else {
+            return;
+        };
+        match &self.into {
+            Into::Zone(landed) => {
+                landed.close();
+            }
+            Into::Copy(dest) => {
+                // A message that came before the drop is still delivered, as
+                // into a zone filled at the match; a later one never is.
+                if p.slot.is_done() {
+                    let _ = p.wait().and_then(|got| dest.fill(got));
+                }
+            }
         }
     }
 }

@@ -822,19 +822,21 @@ fn a_receive_buffer_given_back_early_is_never_written() {
 }
 
 #[test]
-fn a_small_receive_into_memory_is_copied_in_by_its_wait_and_a_dropped_one_never_writes() {
+fn a_small_receive_into_memory_is_copied_in_by_its_wait_or_its_drop_and_never_after() {
     // Small receives into memory post no landing zone: the message comes
-    // in a buffer of the transport's and `wait` copies it in, so a handle
-    // dropped unwaited (even after its message came) leaves the buffer as
-    // it was, and the channel goes on with the next message.
+    // in a buffer of the transport's and the handle copies it in, at its
+    // wait, or at its drop if the message came before (as a zone filled at
+    // the match was); dropped before its message, it never writes the
+    // buffer, and the channel goes on with the next message.
     for shm in ["0", "1"] {
         let out = job(2, &[("ZCCL_SHM_DISABLE", shm)], move |c| {
-            let peer = 1 - c.rank();
+            let (r, peer) = (c.rank(), 1 - c.rank());
             let ch = c.channel(4);
-            let mut dropped = vec![0u8; 100];
+            let sync = c.channel(5);
+            let mut came = vec![0u8; 100];
             {
-                // SAFETY: `dropped` is untouched until the handle drops.
-                let h = unsafe { ch.irecv_into(peer, &mut dropped) }.unwrap();
+                // SAFETY: `came` is untouched until the handle drops.
+                let h = unsafe { ch.irecv_into(peer, &mut came) }.unwrap();
                 assert!(!h.landed());
                 ch.isend(peer, vec![7u8; 100]).unwrap().wait().unwrap();
                 let until = Instant::now() + Duration::from_secs(10);
@@ -843,15 +845,32 @@ fn a_small_receive_into_memory_is_copied_in_by_its_wait_and_a_dropped_one_never_
                     std::thread::yield_now();
                 }
             }
+            // Rank 0 drops its receive before rank 1 sends; rank 1 waits
+            // for that, then sends.
+            let mut early = vec![0u8; 100];
+            if r == 0 {
+                // SAFETY: `early` is untouched until the handle drops.
+                drop(unsafe { ch.irecv_into(peer, &mut early) }.unwrap());
+                sync.isend(peer, vec![1u8]).unwrap().wait().unwrap();
+            } else {
+                sync.irecv::<u8>(peer, 1).unwrap().wait().unwrap();
+                ch.isend(peer, vec![8u8; 100]).unwrap().wait().unwrap();
+            }
             let mut next = vec![0u8; 100];
             // SAFETY: `next` is untouched until the handle is waited.
             let h = unsafe { ch.irecv_into(peer, &mut next) }.unwrap();
             ch.isend(peer, vec![9u8; 100]).unwrap().wait().unwrap();
             h.wait().unwrap();
-            (dropped.iter().all(|&b| b == 0), next == vec![9u8; 100])
+            // Rank 0's dropped receive took the 8s (and discarded them):
+            // both ranks' next receive gets the 9s.
+            (
+                came == vec![7u8; 100],
+                early.iter().all(|&b| b == 0),
+                next == vec![9u8; 100],
+            )
         });
         assert!(
-            out.iter().all(|&(d, n)| d && n),
+            out.iter().all(|&(c, e, n)| c && e && n),
             "shm disabled={shm}: {out:?}"
         );
     }
