@@ -120,13 +120,58 @@ struct IssueState {
 }
 
 /// One channel's numbering: the next op's position among all its ops, and
-/// the next send and receive sequence number with each peer (indexed by
-/// rank in the communicator; one map lookup per op).
+/// the next send and receive sequence number with each peer it used (one
+/// map lookup per op, for the channel).
 #[derive(Default)]
 struct ChannelSeqs {
     index: u64,
-    send: Vec<u64>,
-    recv: Vec<u64>,
+    send: PeerSeqs,
+    recv: PeerSeqs,
+}
+
+/// The next sequence number with each peer a channel used: a short list
+/// (most channels talk to one or two peers: a ring's neighbours), a map
+/// once it holds more than [`PeerSeqs::FEW`] (an all-to-all's channel).
+/// Memory follows the peers used, not the communicator's size (Python
+/// gives every tag a channel of its own).
+enum PeerSeqs {
+    Few(SmallVec<[(u32, u64); 4]>),
+    Many(HashMap<u32, u64>),
+}
+
+impl Default for PeerSeqs {
+    fn default() -> Self {
+        PeerSeqs::Few(SmallVec::new())
+    }
+}
+
+impl PeerSeqs {
+    const FEW: usize = 8;
+
+    /// `peer`'s next sequence number, counted as taken.
+    fn take(&mut self, peer: u32) -> u64 {
+        match self {
+            PeerSeqs::Few(v) => {
+                if let Some((_, s)) = v.iter_mut().find(|(p, _)| *p == peer) {
+                    *s += 1;
+                    return *s - 1;
+                }
+                if v.len() < Self::FEW {
+                    v.push((peer, 1));
+                    return 0;
+                }
+                let mut m: HashMap<u32, u64> = v.drain(..).collect();
+                m.insert(peer, 1);
+                *self = PeerSeqs::Many(m);
+                0
+            }
+            PeerSeqs::Many(m) => {
+                let s = m.entry(peer).or_insert(0);
+                *s += 1;
+                *s - 1
+            }
+        }
+    }
 }
 
 /// What every communicator of one `init` shares: the progress engine, its
@@ -980,7 +1025,7 @@ impl Channel {
         ops: Ops,
         lent: bool,
         into: Option<(*mut u8, usize)>,
-    ) -> Result<(Pendings, Option<crate::land::Into>)> {
+    ) -> Result<(Pendings, Option<crate::land::Target>)> {
         let core = &self.inner.core;
         let max = core.config.tcp.limits.max_message;
         for op in &ops {
@@ -1032,16 +1077,11 @@ impl Channel {
                 _ => dtype,
             };
             let seqs = st.channels.entry(self.id).or_default();
-            let counters = if kind == OpKind::Send {
-                &mut seqs.send
+            let seq = if kind == OpKind::Send {
+                seqs.send.take(peer)
             } else {
-                &mut seqs.recv
+                seqs.recv.take(peer)
             };
-            if counters.is_empty() {
-                counters.resize(self.inner.size as usize, 0);
-            }
-            let seq = counters[peer as usize];
-            counters[peer as usize] += 1;
             let index = seqs.index;
             seqs.index += 1;
             let peer = self.inner.members[peer as usize];
@@ -1095,15 +1135,17 @@ impl Channel {
             if kind == OpKind::Recv
                 && let Some((ptr, len)) = into
             {
-                landed = Some(if core.transport.landing().is_some_and(|l| l.lands(len)) {
+                let lands = core.transport.landing().is_some_and(|l| l.lands(len));
+                landed = Some(if lands || len >= crate::land::COPY_MAX_BYTES {
                     // SAFETY: `Channel::irecv_into`'s caller keeps the memory
                     // valid and untouched until the handle closes the zone.
                     let l = unsafe { crate::zone::Landed::post(&core.transport, key, ptr, len) };
                     specs.last_mut().expect("just pushed").zone = Some(l.zone.clone());
-                    crate::land::Into::Zone(l)
+                    crate::land::Target::Zone(l)
                 } else {
-                    // No transport lands it: the handle copies it in.
-                    crate::land::Into::Copy(crate::land::Dest { ptr, len })
+                    // Small, and no transport lands it: the handle copies
+                    // it in.
+                    crate::land::Target::Copy(crate::land::Dest { ptr, len })
                 });
             }
         }
@@ -1194,9 +1236,9 @@ impl Channel {
     /// Starts receiving `buf.len()` elements of `T` from `peer` **straight
     /// into `buf`**: from a same-host peer by CMA the copy lands there
     /// directly (no receive buffer, no second copy); any other message is
-    /// copied into `buf` when it is matched, or by the handle (its `wait`,
-    /// or its drop if the message came before) where no transport lands
-    /// messages of its size (under 16 KiB, or without shared memory). A send of another size or type fails both,
+    /// copied into `buf` when it is matched, or, if it is under 16 KiB and
+    /// no transport lands messages of its size, by the handle (its `wait`,
+    /// or its drop if the message came before). A send of another size or type fails both,
     /// as with [`Channel::irecv`].
     ///
     /// # Safety
@@ -1263,5 +1305,29 @@ impl Channel {
     /// Blocking receive.
     pub fn recv<T: Element>(&self, peer: u32, count: usize) -> Result<HostBuffer<T>> {
         self.irecv(peer, count)?.wait()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerSeqs;
+
+    #[test]
+    fn each_peer_counts_its_own_sequence_across_the_switch_to_a_map() {
+        let mut s = PeerSeqs::default();
+        // Peers 0..12 twice each, interleaved: the list becomes a map at
+        // the ninth peer, and no count restarts or jumps.
+        let mut got = Vec::new();
+        for round in 0..2 {
+            for peer in 0..12u32 {
+                got.push((peer, round, s.take(peer)));
+            }
+        }
+        assert!(matches!(s, PeerSeqs::Many(_)));
+        for (peer, round, seq) in got {
+            assert_eq!(seq, round, "peer {peer}");
+        }
+        assert_eq!(s.take(3), 2);
+        assert_eq!(s.take(11), 2);
     }
 }

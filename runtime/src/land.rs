@@ -6,12 +6,13 @@
 //! straight into the user's buffer (one copy in all, as Open MPI's `vader`
 //! does), and any other message is copied there when the receive matches
 //! it. The [`RecvIntoHandle`] closes the zone when it is waited or
-//! dropped: after that nothing writes into the buffer. A receive of a size
-//! no transport lands (small ones) posts nothing: its message comes in a
-//! buffer of the transport's, and the handle's `wait` copies it into the
-//! user's buffer (the same single copy, without a zone's allocation and
-//! locks), or its drop if the message came before; nothing else ever
-//! writes there.
+//! dropped: after that nothing writes into the buffer. A small receive
+//! (under [`COPY_MAX_BYTES`]) of a size no transport lands posts nothing:
+//! its message comes in a buffer of the transport's, and the handle's
+//! `wait` copies it into the user's buffer (the same single copy, without
+//! a zone's allocation and locks), or its drop if the message came before;
+//! nothing else ever writes there. (Larger ones keep a zone that the
+//! engine fills at the match, freeing the transport's buffer then.)
 //!
 //! ```
 //! use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
@@ -52,11 +53,11 @@ pub(crate) use crate::zone::Landed;
 #[must_use = "a receive into a buffer must be waited on before the buffer is used"]
 pub struct RecvIntoHandle {
     pub(crate) p: Option<Pending>,
-    pub(crate) into: Into,
+    pub(crate) into: Target,
 }
 
 /// Where a [`RecvIntoHandle`]'s message goes.
-pub(crate) enum Into {
+pub(crate) enum Target {
     /// A posted zone: the transport or the engine fills it.
     Zone(Landed),
     /// The user's buffer, which `wait` copies the received message into.
@@ -69,12 +70,28 @@ pub(crate) struct Dest {
     pub(crate) len: usize,
 }
 
+/// Receives into memory smaller than this that no transport lands post no
+/// zone ([`Target::Copy`]): the handle copies their message in. A larger
+/// one keeps a zone the engine fills at the match, so that the transport's
+/// buffer is freed then, not held until the wait.
+pub(crate) const COPY_MAX_BYTES: usize = 16 << 10;
+
 impl Dest {
-    /// Copies the received message in.
-    fn fill(&self, got: Option<bytes::Bytes>) -> Result<()> {
+    /// Copies the received message in (the engine matches a message only
+    /// at the receive's exact size; anything else is refused, not copied).
+    fn fill(&self, got: Option<bytes::Bytes>, op: &OpDesc) -> Result<()> {
         let got = got.unwrap_or_default();
-        // The engine matches a message only of the receive's exact size.
-        assert_eq!(got.len(), self.len, "a receive matched at its own size");
+        if got.len() != self.len {
+            debug_assert!(false, "a receive matched at another size");
+            return Err(crate::error::Error::Aborted {
+                op: Some(op.clone()),
+                reason: format!(
+                    "internal error: {} bytes delivered to a receive of {}",
+                    got.len(),
+                    self.len
+                ),
+            });
+        }
         // SAFETY: `Channel::irecv_into`'s contract: the buffer is valid for
         // `len` bytes and untouched until the handle is waited or dropped,
         // which is when this runs.
@@ -91,7 +108,10 @@ unsafe impl Send for Dest {}
 unsafe impl Sync for Dest {}
 
 impl RecvIntoHandle {
-    /// Whether the receive completed (successfully or not).
+    /// Whether the receive completed (successfully or not). A small
+    /// message may still be on its way into the buffer: the buffer is the
+    /// caller's, filled, only once `wait` returned (as the contract of
+    /// [`Channel::irecv_into`](crate::Channel::irecv_into) says).
     pub fn test(&self) -> bool {
         self.p.as_ref().is_none_or(|p| p.slot.is_done())
     }
@@ -105,11 +125,11 @@ impl RecvIntoHandle {
         };
         let r = p.wait();
         match &self.into {
-            Into::Zone(landed) => {
+            Target::Zone(landed) => {
                 landed.close();
                 r.map(|_| ())
             }
-            Into::Copy(dest) => dest.fill(r?),
+            Target::Copy(dest) => dest.fill(r?, &p.desc),
         }
     }
 
@@ -118,8 +138,8 @@ impl RecvIntoHandle {
     /// engine at the match or `wait` afterwards. Diagnostics and tests.
     pub fn landed(&self) -> bool {
         match &self.into {
-            Into::Zone(landed) => landed.zone.landed(),
-            Into::Copy(_) => false,
+            Target::Zone(landed) => landed.zone.landed(),
+            Target::Copy(_) => false,
         }
     }
 
@@ -135,14 +155,14 @@ impl Drop for RecvIntoHandle {
             return;
         };
         match &self.into {
-            Into::Zone(landed) => {
+            Target::Zone(landed) => {
                 landed.close();
             }
-            Into::Copy(dest) => {
+            Target::Copy(dest) => {
                 // A message that came before the drop is still delivered, as
                 // into a zone filled at the match; a later one never is.
                 if p.slot.is_done() {
-                    let _ = p.wait().and_then(|got| dest.fill(got));
+                    let _ = p.wait().and_then(|got| dest.fill(got, &p.desc));
                 }
             }
         }

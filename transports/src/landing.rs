@@ -1,8 +1,10 @@
 //! Landing zones: user buffers that an incoming message is copied into
 //! directly, instead of into a receive buffer and then again at its match.
 //!
-//! A receive that names its destination (`irecv_into` in the runtime)
-//! **posts** a [`Zone`] under the message's key `(peer, comm, channel, seq)`.
+//! A receive that names its destination (`irecv_into` in the runtime, for
+//! sizes its transport lands; small ones elsewhere are copied in by their
+//! handle instead, `zccl_runtime`'s `land`) **posts** a [`Zone`] under the
+//! message's key `(peer, comm, channel, seq)`.
 //! A transport thread about to copy a message of that key **claims** the zone
 //! (only while it is open, and only for exactly the zone's length), copies
 //! the payload into it and marks it filled; the message then goes up with an
@@ -223,8 +225,8 @@ pub struct Landing {
 
 impl Landing {
     /// Zones for a transport that claims them only for messages of at least
-    /// `min_bytes` bytes (smaller ones are copied at the match). The
-    /// default claims any size.
+    /// `min_bytes` bytes (the receiver copies smaller ones in itself, at
+    /// the match or at the receive's wait). The default claims any size.
     ///
     /// ```
     /// use zccl_transports::landing::Landing;

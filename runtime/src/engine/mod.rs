@@ -78,9 +78,11 @@ pub(crate) struct OpSpec {
     /// the transport's `send_lent`, or is copied where it would be read
     /// later in this process (a send to itself, the router's chunks).
     pub(crate) lent: bool,
-    /// A receive into the user's memory ([`crate::land`]), or into the
-    /// runtime's own buffer (`scratch`: a message that did not land there
-    /// is not copied into it at the match, [`crate::zone::Scratch`]).
+    /// A receive into the user's memory that posted a zone
+    /// ([`crate::land`]; a small one may post none and be copied in by its
+    /// handle), or into the runtime's own buffer (`scratch`: a message that
+    /// did not land there is not copied into it at the match,
+    /// [`crate::zone::Scratch`]).
     pub(crate) zone: Option<Arc<Zone>>,
     /// `zone` is the runtime's own buffer.
     pub(crate) scratch: bool,

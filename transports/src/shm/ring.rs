@@ -17,7 +17,8 @@ use super::config::ShmConfig;
 use super::futex::{futex_wait, futex_wake};
 use super::segment::{CTL, HEADER, Segment};
 
-// Within a control block: producer-written line, then consumer-written line.
+// Within a control block: the producer-written line, the consumer's line of
+// rarely written words, then the consumer's tail (see `R_TAIL`).
 const W_HEAD: usize = 0;
 const W_DATA_SEQ: usize = 8;
 const W_WAITING: usize = 12;
@@ -318,7 +319,7 @@ impl Ring {
     #[cfg(test)]
     pub(super) fn free(&self) -> u64 {
         let head = self.head().load(Ordering::Relaxed);
-        let tail = self.load_tail();
+        let tail = self.tail().load(Ordering::Acquire);
         self.cap.saturating_sub(head.saturating_sub(tail))
     }
 
