@@ -1135,18 +1135,11 @@ impl Channel {
             if kind == OpKind::Recv
                 && let Some((ptr, len)) = into
             {
-                let lands = core.transport.landing().is_some_and(|l| l.lands(len));
-                landed = Some(if lands || len >= crate::land::COPY_MAX_BYTES {
-                    // SAFETY: `Channel::irecv_into`'s caller keeps the memory
-                    // valid and untouched until the handle closes the zone.
-                    let l = unsafe { crate::zone::Landed::post(&core.transport, key, ptr, len) };
-                    specs.last_mut().expect("just pushed").zone = Some(l.zone.clone());
-                    crate::land::Target::Zone(l)
-                } else {
-                    // Small, and no transport lands it: the handle copies
-                    // it in.
-                    crate::land::Target::Copy(crate::land::Dest { ptr, len })
-                });
+                // SAFETY: `Channel::irecv_into`'s caller keeps the memory
+                // valid and untouched until the handle is waited or dropped.
+                let t = unsafe { crate::land::Target::post(&core.transport, key, ptr, len) };
+                specs.last_mut().expect("just pushed").zone = t.zone();
+                landed = Some(t);
             }
         }
         // Issued here, on the caller's thread, in index order (`st` is held).

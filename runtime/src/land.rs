@@ -27,6 +27,12 @@
 //! assert_eq!(out, [4, 5, 6]);
 //! ```
 
+use std::sync::Arc;
+
+use zccl_transports::Transport;
+use zccl_transports::landing::{LandKey, Zone};
+
+use crate::completion::Outcome;
 use crate::error::{OpDesc, Result};
 use crate::handle::Pending;
 pub(crate) use crate::zone::Landed;
@@ -66,8 +72,8 @@ pub(crate) enum Target {
 
 /// The user's buffer of a receive that posted no zone.
 pub(crate) struct Dest {
-    pub(crate) ptr: *mut u8,
-    pub(crate) len: usize,
+    ptr: *mut u8,
+    len: usize,
 }
 
 /// Receives into memory smaller than this that no transport lands post no
@@ -75,6 +81,55 @@ pub(crate) struct Dest {
 /// one keeps a zone the engine fills at the match, so that the transport's
 /// buffer is freed then, not held until the wait.
 pub(crate) const COPY_MAX_BYTES: usize = 16 << 10;
+
+impl Target {
+    /// Where a receive of `len` bytes at `ptr` for message `key` goes: a
+    /// zone posted with `transport` if it lands messages of that size, or
+    /// if the receive is of [`COPY_MAX_BYTES`] or more (a zone the engine
+    /// fills at the match); else the buffer itself, for the handle to copy
+    /// into.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes, and not otherwise
+    /// accessed, until the handle holding the target is waited or dropped.
+    pub(crate) unsafe fn post(
+        transport: &Arc<dyn Transport>,
+        key: LandKey,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Self {
+        if transport.landing().is_some_and(|l| l.lands(len)) || len >= COPY_MAX_BYTES {
+            // SAFETY: forwarded from our caller.
+            Target::Zone(unsafe { Landed::post(transport, key, ptr, len) })
+        } else {
+            Target::Copy(Dest { ptr, len })
+        }
+    }
+
+    /// The zone the engine is to know of (none for [`Target::Copy`]).
+    pub(crate) fn zone(&self) -> Option<Arc<Zone>> {
+        match self {
+            Target::Zone(landed) => Some(landed.zone.clone()),
+            Target::Copy(_) => None,
+        }
+    }
+
+    /// Takes the buffer back with the receive's outcome, if it has one: a
+    /// zone is closed (nothing writes into it afterwards), the buffer of a
+    /// [`Target::Copy`] gets the received message.
+    fn settle(&self, outcome: Option<Outcome>, op: &OpDesc) -> Result<()> {
+        match self {
+            Target::Zone(landed) => {
+                landed.close();
+                outcome.map_or(Ok(()), |r| r.map(|_| ()))
+            }
+            Target::Copy(dest) => match outcome {
+                Some(r) => dest.fill(r?, op),
+                None => Ok(()),
+            },
+        }
+    }
+}
 
 impl Dest {
     /// Copies the received message in (the engine matches a message only
@@ -123,14 +178,7 @@ impl RecvIntoHandle {
         let Some(p) = self.p.take() else {
             return Ok(());
         };
-        let r = p.wait();
-        match &self.into {
-            Target::Zone(landed) => {
-                landed.close();
-                r.map(|_| ())
-            }
-            Target::Copy(dest) => dest.fill(r?, &p.desc),
-        }
+        self.into.settle(Some(p.wait()), &p.desc)
     }
 
     /// Whether the transport copied the message into the buffer as it
@@ -151,20 +199,12 @@ impl RecvIntoHandle {
 
 impl Drop for RecvIntoHandle {
     fn drop(&mut self) {
-        let Some(p) = self.p.take() else {
-            return;
-        };
-        match &self.into {
-            Target::Zone(landed) => {
-                landed.close();
-            }
-            Target::Copy(dest) => {
-                // A message that came before the drop is still delivered, as
-                // into a zone filled at the match; a later one never is.
-                if p.slot.is_done() {
-                    let _ = p.wait().and_then(|got| dest.fill(got, &p.desc));
-                }
-            }
+        if let Some(p) = self.p.take() {
+            // A message that came before the drop is still delivered (a
+            // zone was filled at the match; a copy is made now); a later
+            // one never is.
+            let came = p.slot.is_done().then(|| p.wait());
+            let _ = self.into.settle(came, &p.desc);
         }
     }
 }

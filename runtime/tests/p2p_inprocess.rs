@@ -860,31 +860,18 @@ fn a_small_receive_into_memory_is_copied_in_by_its_wait_or_its_drop_and_never_af
             let h = unsafe { ch.irecv_into(peer, &mut next) }.unwrap();
             ch.isend(peer, vec![9u8; 100]).unwrap().wait().unwrap();
             h.wait().unwrap();
-            // A message of another size fails the receive (and the
-            // channel) and leaves the buffer as it was.
-            let odd = c.channel(6);
-            let mut short = vec![0u8; 100];
-            // SAFETY: `short` is untouched until the handle is waited.
-            let h = unsafe { odd.irecv_into(peer, &mut short) }.unwrap();
-            let s = odd.isend(peer, vec![5u8; 50]).unwrap();
-            let mismatch = h.wait().unwrap_err().to_string();
-            let _ = s.wait();
             // Rank 0's dropped receive took the 8s (and discarded them):
-            // both ranks' next receive gets the 9s.
+            // both ranks' next receive gets the 9s. (A size mismatch on
+            // this path: `receives_into_the_callers_buffer`'s 10 B case.)
             (
                 came == vec![7u8; 100],
                 early.iter().all(|&b| b == 0),
                 next == vec![9u8; 100],
-                short.iter().all(|&b| b == 0),
-                mismatch,
             )
         });
-        for (came, early, next, short, mismatch) in &out {
-            assert!(came & early & next & short, "shm disabled={shm}: {out:?}");
-            assert!(
-                mismatch.contains("100") && mismatch.contains("50"),
-                "{mismatch}"
-            );
-        }
+        assert!(
+            out.iter().all(|&(c, e, n)| c && e && n),
+            "shm disabled={shm}: {out:?}"
+        );
     }
 }
