@@ -39,11 +39,14 @@ pub(crate) enum Control {
     /// Rank `reporter` found that ranks run different operations on
     /// `channel` (sent to every rank: each fails its pending and later ops
     /// of that channel). Sides are `(rank, type code, bytes)`: sender and
-    /// receiver of one message, or two senders whose messages `crossed`.
+    /// receiver of one message, or two senders whose messages `crossed`;
+    /// `seq` is the message's (the sender's seq to the receiver; 0 when
+    /// `crossed`).
     Disagree {
         channel: u32,
         reporter: u32,
         crossed: bool,
+        seq: u64,
         a: (u32, u16, u64),
         b: (u32, u16, u64),
     },
@@ -51,7 +54,7 @@ pub(crate) enum Control {
 
 const LEN: usize = 23;
 /// Length of an encoded [`Control::Disagree`].
-const DISAGREE_LEN: usize = 38;
+const DISAGREE_LEN: usize = 46;
 
 fn put_side(b: &mut [u8], (rank, code, bytes): (u32, u16, u64)) {
     b[0..4].copy_from_slice(&rank.to_le_bytes());
@@ -73,6 +76,7 @@ impl Control {
             channel,
             reporter,
             crossed,
+            seq,
             a,
             b: other,
         } = *self
@@ -84,6 +88,7 @@ impl Control {
             b[9] = crossed as u8;
             put_side(&mut b[10..24], a);
             put_side(&mut b[24..38], other);
+            b[38..46].copy_from_slice(&seq.to_le_bytes());
             return b;
         }
         let mut b = vec![0u8; LEN];
@@ -128,6 +133,7 @@ impl Control {
                     1 => true,
                     _ => return None,
                 },
+                seq: u64::from_le_bytes(b[38..46].try_into().ok()?),
                 a: side(&b[10..24])?,
                 b: side(&b[24..38])?,
             });
@@ -199,6 +205,7 @@ mod tests {
                 channel: 5,
                 reporter: 3,
                 crossed: true,
+                seq: u64::MAX - 1,
                 a: (1, 0x0b0d, 8),
                 b: (u32::MAX, 7, u64::MAX),
             },

@@ -19,8 +19,10 @@ use thiserror::Error;
 pub const MAGIC: [u8; 8] = *b"ZCCLHELO";
 /// The wire protocol version; peers must match exactly.
 ///
-/// Version 2 added the communicator context id to the frame header.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2 added the communicator context id to the frame header;
+/// version 3 the sequence number of the message found mismatched to the
+/// engine's disagreement report.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Size in bytes of an encoded [`Hello`].
 pub const HELLO_LEN: usize = 44;
 /// The rank number that designates the bootstrap root in [`Hello::dst_rank`]/[`Hello::src_rank`].

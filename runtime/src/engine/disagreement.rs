@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::buffer::DType;
-use crate::error::{Error, OpDesc};
+use crate::error::{Error, OpDesc, OpKind};
 use crate::label::{OpLabel, OpSide};
 
 /// How long two labelled sends of different operations that crossed
@@ -22,6 +22,9 @@ pub(super) const CROSSED_GRACE: Duration = Duration::from_millis(200);
 pub(super) struct Poison {
     pub(super) reported_by: u32,
     pub(super) crossed: bool,
+    /// The sequence number of the message found mismatched (`a`'s to
+    /// `b`); unused when `crossed`.
+    pub(super) seq: u64,
     pub(super) a: OpSide,
     pub(super) b: OpSide,
 }
@@ -45,7 +48,28 @@ pub(crate) fn crossed_ops(msg: u16, send: u16) -> bool {
 }
 
 impl Poison {
+    /// What `op` of the poisoned stream fails with. The send whose message
+    /// the receiver found mismatched fails with [`Error::Mismatch`], as it
+    /// does through the receiver's own answer: the report may overtake
+    /// that answer (the transports hand messages over on two paths), so
+    /// the outcome does not depend on which comes first.
     pub(super) fn error(&self, op: &OpDesc) -> Error {
+        if !self.crossed
+            && op.kind == OpKind::Send
+            && op.rank == self.a.rank
+            && op.peer == self.b.rank
+            && op.seq == self.seq
+        {
+            return Error::Mismatch {
+                op: op.clone(),
+                send_bytes: self.a.bytes,
+                send_dtype: self.a.dtype,
+                send_op: self.a.op,
+                recv_bytes: self.b.bytes,
+                recv_dtype: self.b.dtype,
+                recv_op: self.b.op,
+            };
+        }
         Error::Disagreement {
             op: op.clone(),
             reported_by: self.reported_by,

@@ -689,6 +689,7 @@ impl Engine {
         let poison = (!ok).then(|| Poison {
             reported_by: self.rank,
             crossed: false,
+            seq: d.seq,
             a: side(d.peer, code, sent_bytes),
             b: side(self.rank, recv.code, d.bytes),
         });
@@ -775,6 +776,7 @@ impl Engine {
                     channel: stream.1,
                     reporter: self.rank,
                     crossed: p.crossed,
+                    seq: p.seq,
                     a: (p.a.rank, p.a.op.wire(p.a.dtype), p.a.bytes),
                     b: (p.b.rank, p.b.op.wire(p.b.dtype), p.b.bytes),
                 }
@@ -830,6 +832,7 @@ impl Engine {
             let p = Poison {
                 reported_by: self.rank,
                 crossed: true,
+                seq: 0,
                 a: side(m.2, *code, payload.len() as u64),
                 b: side(self.rank, send_code, send_bytes),
             };
@@ -988,12 +991,14 @@ impl Engine {
                     channel,
                     reporter,
                     crossed,
+                    seq,
                     a,
                     b,
                 }) => {
                     let p = Poison {
                         reported_by: reporter,
                         crossed,
+                        seq,
                         a: side(a.0, a.1, a.2),
                         b: side(b.0, b.1, b.2),
                     };

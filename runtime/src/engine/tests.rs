@@ -418,6 +418,7 @@ fn messages_dropped_by_a_failed_channel_give_their_window_back() {
                 channel: 0,
                 reporter: 1,
                 crossed: false,
+                seq: 5, // another message than this send's
                 a: (0, 0, 1),
                 b: (1, 0, 1),
             },
@@ -425,6 +426,72 @@ fn messages_dropped_by_a_failed_channel_give_their_window_back() {
     );
     assert!(matches!(failed(outcome(&s[0])), Error::Disagreement { .. }));
     assert_eq!(net.engines[0].credit.in_flight(1), 0);
+}
+
+#[test]
+fn a_send_waiting_for_its_answer_fails_with_the_mismatch_whichever_report_comes_first() {
+    // The receiver answers the mismatched send (Control::Mismatch) and then
+    // tells every rank (Control::Disagree); the transports may hand the
+    // sender the two out of order. Either way the send fails with the
+    // mismatch, naming both sizes, and the send behind it with the
+    // channel's disagreement.
+    let big = flow::EAGER_MAX + 8;
+    for reversed in [false, true] {
+        let mut net = Net::new(2, 1 << 20);
+        let s = net.issue(
+            0,
+            vec![
+                send(1, &vec![0; big as usize], OpLabel::NONE),
+                send(1, &vec![0; big as usize], OpLabel::NONE),
+            ],
+        );
+        let r = net.issue(1, vec![recv(0, big - 8, OpLabel::NONE)]);
+        // Until rank 1 has answered (rendezvous or not, whatever the
+        // window allowed), without losing rank 0's later messages.
+        for _ in 0..4 {
+            for (to, msg) in net.sent(0) {
+                net.deliver(0, to, msg);
+            }
+            let mut answers = net.sent(1);
+            let kinds = controls(&answers);
+            if kinds.iter().any(|c| matches!(c, Control::Disagree { .. })) {
+                assert!(
+                    matches!(
+                        kinds[..],
+                        [
+                            ..,
+                            Control::Mismatch { seq: 0, .. },
+                            Control::Disagree { seq: 0, .. }
+                        ]
+                    ),
+                    "the answer goes ahead of the report"
+                );
+                if reversed {
+                    answers.reverse();
+                }
+                for (to, msg) in answers {
+                    net.deliver(1, to, msg);
+                }
+                break;
+            }
+            for (to, msg) in answers {
+                net.deliver(1, to, msg);
+            }
+        }
+        assert!(matches!(failed(outcome(&r[0])), Error::Mismatch { .. }));
+        let e = failed(outcome(&s[0]));
+        let text = e.to_string();
+        assert!(
+            matches!(e, Error::Mismatch { send_bytes, recv_bytes, .. }
+                if send_bytes == big && recv_bytes == big - 8),
+            "reversed {reversed}: {text}"
+        );
+        assert!(text.contains("send seq 0"), "{text}");
+        assert!(
+            matches!(failed(outcome(&s[1])), Error::Disagreement { .. }),
+            "reversed {reversed}"
+        );
+    }
 }
 
 #[test]
