@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use zccl_runtime::UniqueId;
 use zccl_runtime::binding::{BindTo, bind_command, host_plan};
-use zccl_runtime::launcher::{REMOVED_VARS, RankExit, Reaper, pick_ports, rank_env};
+use zccl_runtime::launcher::{REMOVED_VARS, pick_ports, rank_env};
+use zccl_runtime::reaper::{RankExit, Reaper};
 
 /// Variables that say this process is a rank of a launched job.
 pub const LAUNCHER_VARS: [&str; 4] = ["ZCCL_RANK", "RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"];
@@ -133,7 +134,7 @@ pub fn launch(
         for k in REMOVED_VARS {
             cmd.env_remove(k);
         }
-        zccl_runtime::launcher::die_with_parent(&mut cmd);
+        zccl_runtime::reaper::die_with_parent(&mut cmd);
         reaper.spawn(cmd).map_err(|e| {
             io::Error::new(
                 e.kind(),

@@ -70,6 +70,7 @@ pub mod logging;
 pub mod malloc;
 pub mod metrics;
 mod protocol;
+pub mod reaper;
 pub mod router;
 pub mod unique_id;
 mod zone;

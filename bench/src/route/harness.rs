@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use zccl_runtime::UniqueId;
-use zccl_runtime::launcher::{RankExit, die_with_parent};
+use zccl_runtime::reaper::{RankExit, die_with_parent};
 use zccl_testbed::{Spec, Testbed};
 
 use super::protocol::{self, Line, RankReport, SpRankReport};
