@@ -63,7 +63,7 @@ put("router_wire", "header", chunk(3, 9, 2, 2, 1, 4, 1, (1 << 64) - 2, 6, 1 << 3
 put("router_wire", "doc", chunk(0, 5, 1, 1, 1, 0, 0, 7, 0, 10, 8, 2, 1) + b"\x01\x02")
 put("router_wire", "ack", b"\xa1" + struct.pack("<IIQIH", 1, 2, 3, 4, 5))
 
-# topology/src/xml.rs: small hand-written files and the Azure fixtures.
+# topology/src/xml/import.rs: small hand-written files and the Azure fixtures.
 put("topology_xml", "partial", """<system version="1">
   <cpu numaid="0" arch="x86_64">
     <pci busid="0000:17:00.0" class="0x030200" link_speed="16 GT/s" link_width="16"/>

@@ -269,7 +269,7 @@ pub fn router_wire(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------
-// topology/src/xml.rs
+// topology/src/xml/import.rs
 // ---------------------------------------------------------------------------
 
 fn cleared(mut t: Topology) -> Topology {
