@@ -387,7 +387,11 @@ impl Comm {
     }
 
     /// All-gather: `out` (`size × nbytes`) gets every rank's `nbytes` at `addr`.
-    #[pyo3(signature = (addr, nbytes, out, out_nbytes, dtype=None, keep=vec![], async_op=false))]
+    /// `of` names the operation the messages are stamped with when the
+    /// gather carries another collective (`"all_reduce(max)"` for a
+    /// reduction done by gathering), so that a peer running a plain
+    /// all-gather, or another reduction, fails with a mismatch naming both.
+    #[pyo3(signature = (addr, nbytes, out, out_nbytes, dtype=None, keep=vec![], async_op=false, of=None))]
     #[allow(clippy::too_many_arguments)]
     fn all_gather(
         &self,
@@ -399,8 +403,15 @@ impl Comm {
         dtype: Option<&str>,
         keep: Vec<Py<PyAny>>,
         async_op: bool,
+        of: Option<&str>,
     ) -> PyResult<Work> {
         let label = Dt::label(dtype);
+        let op = match of {
+            None => OpLabel::ALL_GATHER,
+            Some(name) => OpLabel::from_name(name).ok_or_else(|| {
+                PyValueError::new_err(format!("zccl: all_gather of={name:?} names no operation"))
+            })?,
+        };
         let n = self.sh.comm.size() as usize;
         if nbytes.checked_mul(n) != Some(out_nbytes) {
             return Err(PyValueError::new_err(format!(
@@ -411,7 +422,7 @@ impl Comm {
         self.collective(py, keep, async_op, move |c| {
             // SAFETY: the Python side keeps both alive and untouched (keep).
             let (i, o) = unsafe { slices::<u8>(input, output)? };
-            let f = Labelled::new(c, label).op(OpLabel::ALL_GATHER);
+            let f = Labelled::new(c, label).op(op);
             collectives::all_gather_into(&f, CH_COLL, i, o).map_err(s)
         })
     }

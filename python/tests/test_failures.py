@@ -135,6 +135,12 @@ ALL_RAISE = {
     "scatter_list_sizes": None,
     "reduce_root_out_of_range": None,
     "gather_root_negative": None,
+    "all_reduce_op_band_bor": None,
+    "all_reduce_op_i8_sum_max": None,
+    "all_reduce_i16_vs_all_gather": None,
+    "gather_list_sizes": None,
+    "all_gather_coalesced_lengths": None,
+    "all_reduce_misaligned_small": None,
 }
 
 # Cases whose ranks run different schedules (an algorithm boundary between the
@@ -143,12 +149,17 @@ ALL_RAISE = {
 AT_ONCE = {"all_reduce_size_tree_vs_halving", "all_reduce_size_halving_vs_ring",
            # Refused by the victim's own checks: it aborts with the reason.
            "all_to_all_single_splits", "all_to_all_single_negative_split",
-           "all_gather_into_tensor_local_output", "all_to_all_list_length", "all_reduce_expanded_output"}
+           "all_gather_into_tensor_local_output", "all_to_all_list_length", "all_reduce_expanded_output",
+           "gather_list_sizes", "all_gather_coalesced_lengths", "all_reduce_misaligned_small",
+           # Reductions by gathering: each rank's block names its operation.
+           "all_reduce_op_band_bor", "all_reduce_op_i8_sum_max"}
 
 # case -> the two operations every rank's message must name
 OP_NAMES = {
     "all_reduce_op_sum_max": ("all_reduce(sum)", "all_reduce(max)"),
     "all_reduce_vs_all_gather": ("all_reduce(sum)", "all_gather"),
+    "all_reduce_op_band_bor": ("all_reduce(band) of int32", "all_reduce(bor) of int32"),
+    "all_reduce_op_i8_sum_max": ("all_reduce(sum)", "all_reduce(max)"),
 }
 
 
@@ -228,7 +239,7 @@ def test_mismatch_program_completes(zccl_launch, n):
     launch = zccl_launch("failures.py", n, "mismatch")
     assert launch.rc == 0 and not launch.timed_out, f"zccl run exited {launch.rc}{launch.tail()}"
     cases = {d["case"] for d in launch.results()}
-    assert len(cases) == 30, f"cases reported: {sorted(cases)}{launch.tail()}"
+    assert len(cases) == 36, f"cases reported: {sorted(cases)}{launch.tail()}"
 
 
 @pytest.mark.parametrize("case", list(OP_NAMES))
@@ -241,7 +252,7 @@ def test_operation_mismatch_message_names_both_operations(zccl_launch, n, case):
     got = _results(launch, case, n)
     a, b = OP_NAMES[case]
     named = [d for d in got.values() if d["raised"] and a in (d["msg"] or "") and b in (d["msg"] or "")]
-    if n == 2 or case == "all_reduce_op_sum_max":
+    if n == 2 or case != "all_reduce_vs_all_gather":
         # The first messages meet: every rank names both operations.
         assert len(named) == n, f"messages without both {a} and {b}:\n" + "\n".join(map(_show, got.values()))
     else:

@@ -130,6 +130,27 @@ def _secs(timeout):
 _is_neg = torch.Tensor.is_neg if hasattr(torch.Tensor, "is_neg") else (lambda t: False)
 
 
+# The all_reduce made of an all_gather (`_allreduce_by_gather`): each
+# rank's block starts with a header naming its reduction and element type.
+_HEADER_BYTES = 8
+_GATHER_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                  torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _gather_header(code, dtype):
+    kind = _GATHER_DTYPES.index(dtype) if dtype in _GATHER_DTYPES else 255
+    return bytes([ord("Z"), ord("A"), ord("R"), code & 0xFF, kind, 0, 0, 0])
+
+
+def _header_text(head):
+    b = bytes(head.tolist())
+    if b[:3] != b"ZAR":
+        return "a block without zccl's all_reduce header"
+    kind = str(_GATHER_DTYPES[b[4]]).replace("torch.", "") if b[4] < len(_GATHER_DTYPES) else "another type"
+    op = {**_NATIVE_OPS, 5: "band", 6: "bor", 7: "bxor"}.get(b[3], b[3])
+    return f"all_reduce({op}) of {kind}"
+
+
 class _Unsupported(Exception):
     """An operation and element type the backend does not run (the same on
     every rank that makes the call): raised without aborting the group, so
@@ -540,7 +561,14 @@ class ProcessGroupZccl(dist.ProcessGroup):
             if fast is not None and t.is_cpu and t.is_contiguous() and not _is_neg(t):
                 n = t.numel() * fast[2]
                 if n < _INLINE_BYTES:
-                    return _done(tensors, self._all_reduce_now(t.data_ptr(), n, fast[0], fast[1]))
+                    try:
+                        return _done(tensors, self._all_reduce_now(t.data_ptr(), n, fast[0], fast[1]))
+                    except (ValueError, TypeError) as e:
+                        # Refused before anything was sent (a misaligned
+                        # tensor): the peers would wait for this rank.
+                        if str(e).startswith("zccl:"):
+                            self._comm.abort(f"rank {self._rank}: {e}")
+                        raise
         t = self._one(tensors, "allreduce")
         code = _op_code(opts) if opts is not None else 0
         return self._allreduce(t, code, tensors)
@@ -574,15 +602,30 @@ class ProcessGroupZccl(dist.ProcessGroup):
         else:
             raise _UnsupportedType(f"zccl: all_reduce {name} of {t.dtype} is not supported")
         s = _Staged(t, True)
-        gathered = torch.empty((self._size,) + tuple(s.host.shape), dtype=s.host.dtype)
-        a, n = _buf.span(s.host)
+        # Each rank's block is a header naming its op and element type,
+        # then its bytes: every rank sees every header, so ranks that ran
+        # different reductions (BAND against BOR, int8 MAX against SUM) all
+        # raise the same error instead of reducing differently. The
+        # messages carry all_reduce's label, so a rank running a plain
+        # all_gather meanwhile fails with an operation mismatch.
+        data = s.host.reshape(-1).view(torch.uint8)
+        mine = torch.tensor(list(_gather_header(code, s.host.dtype)), dtype=torch.uint8)
+        block = torch.cat([mine, data])
+        gathered = torch.empty((self._size, block.numel()), dtype=torch.uint8)
+        a, n = _buf.span(block)
         o, on = _buf.span(gathered)
-        w = self._comm.all_gather(a, n, o, on, _buf.dtype_name(s.host), [s.host, gathered], False)
+        label = f"all_reduce({_NATIVE_OPS.get(code, 'sum')})"
+        w = self._comm.all_gather(a, n, o, on, "uint8", [block, gathered], False, label)
         w.wait()
+        heads = gathered[:, : _HEADER_BYTES]
+        if not bool((heads == mine).all()):
+            ops = "; ".join(f"rank {r} {_header_text(heads[r])}" for r in range(self._size))
+            raise ZcclError(f"zccl: ranks ran different all_reduce operations: {ops}")
+        values = gathered[:, _HEADER_BYTES:].contiguous().view(s.host.dtype).reshape((self._size,) + tuple(s.host.shape))
 
-        acc = gathered[0].clone()
+        acc = values[0].clone()
         for r in range(1, self._size):
-            acc = fn(acc, gathered[r])
+            acc = fn(acc, values[r])
         with torch.no_grad():
             s.host.copy_(acc.to(s.host.dtype))
         s.back()
@@ -645,6 +688,11 @@ class ProcessGroupZccl(dist.ProcessGroup):
     all_gather_single = _allgather_base
 
     def allgather_coalesced(self, output_lists, input_list, opts=None):
+        if len(output_lists) != len(input_list):
+            raise ValueError(
+                f"zccl: all_gather_coalesced has {len(input_list)} input tensors "
+                f"and {len(output_lists)} output lists"
+            )
         for outs, inp in zip(output_lists, input_list):
             self.allgather([outs], [inp]).wait()
         return _done(output_lists)
@@ -805,16 +853,18 @@ class ProcessGroupZccl(dist.ProcessGroup):
     def gather(self, output_tensors, input_tensors, opts=None):
         inp = self._one(input_tensors, "gather")
         root = self._root_rank(opts, "gather")
+        if self._rank == root:
+            outs = self._one(output_tensors, "gather")
+            # Checked before the exchange, as scatter's list: the other
+            # ranks fail in this gather naming it (through the abort of
+            # `_aborts_on_bad_arguments`), not at their next operation.
+            bad = _list_mismatch(outs, self._size, inp, "gather_list")
+            if bad:
+                raise ValueError(bad)
         flat = torch.empty((self._size * inp.numel(),), dtype=inp.dtype)
         s = _Staged(inp, False)
         self._gather_flat(s.host, flat).wait()
         if self._rank == root:
-            outs = self._one(output_tensors, "gather")
-            # Checked after the exchange, which every rank completed: the
-            # error is the root's own, nobody waits on it.
-            bad = _list_mismatch(outs, self._size, inp, "gather_list")
-            if bad:
-                raise ValueError(bad)
             with torch.no_grad():
                 for r, o in enumerate(outs):
                     o.copy_(flat[r * inp.numel() : (r + 1) * inp.numel()].view(o.shape))
@@ -842,6 +892,8 @@ class ProcessGroupZccl(dist.ProcessGroup):
     # -- point to point ----------------------------------------------------
 
     def _p2p(self, tensors, peer, tag, is_send):
+        if not 0 <= int(tag) < 2**32:
+            raise ValueError(f"zccl: tag must be in 0..2**32, got {tag}")
         t = self._one(tensors, "send" if is_send else "recv")
         s = _Staged(t, not is_send)
         a, n = _buf.span(s.host, "send tensor" if is_send else "recv tensor")
@@ -891,8 +943,8 @@ def _aborts_on_bad_arguments(method):
 
 
 # The collectives (every rank waits for every other); the all_reduce fast
-# path raises nothing of its own (it falls back to `_allreduce`).
-for _name in ("_allreduce", "broadcast", "allgather", "_allgather_base", "reduce_scatter",
+# path (`allreduce`) aborts on its own refusals inline.
+for _name in ("_allreduce", "broadcast", "allgather", "allgather_coalesced", "_allgather_base", "reduce_scatter",
               "_reduce_scatter_base", "alltoall_base", "alltoall", "reduce", "gather", "scatter"):
     setattr(ProcessGroupZccl, _name, _aborts_on_bad_arguments(getattr(ProcessGroupZccl, _name)))
 for _alias, _name in (("allgather_into_tensor", "_allgather_base"), ("all_gather_single", "_allgather_base"),

@@ -131,6 +131,26 @@ impl OpLabel {
         }
     }
 
+    /// The label named `name`, as [`OpLabel`]'s `Display` writes it
+    /// (`"all_reduce(max)"`, `"broadcast"`); `None` for any other text.
+    /// For bindings that run one collective through another's schedule
+    /// (an all-reduce made of an all-gather) and stamp it with the
+    /// operation the caller asked for.
+    ///
+    /// ```
+    /// use zccl_runtime::label::OpLabel;
+    /// assert_eq!(OpLabel::from_name("all_reduce(max)"), OpLabel::ALL_REDUCE_SUM.offset(3));
+    /// assert_eq!(OpLabel::from_name("all_gather"), Some(OpLabel::ALL_GATHER));
+    /// assert_eq!(OpLabel::from_name(""), None);
+    /// assert_eq!(OpLabel::from_name("all_reduce(xor)"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<Self> {
+        NAMES
+            .iter()
+            .position(|&n| !n.is_empty() && n == name)
+            .map(|i| Self(i as u8))
+    }
+
     /// The label `code` (`0..32`).
     pub const fn new(code: u8) -> Option<Self> {
         if code < 32 { Some(Self(code)) } else { None }

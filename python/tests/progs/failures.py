@@ -266,6 +266,55 @@ def mismatch():
 
     case("all_reduce_vs_all_gather", kind)
 
+    # Reductions zccl runs by gathering (bitwise ops, int8/int16/bool):
+    # another reduction, or a plain all_gather, on one rank.
+    def gathered_op(dtype, op, op_odd):
+        def f(g):
+            t = torch.full((64,), 3 + r, dtype=dtype)
+            dist.all_reduce(t, op=op_odd if odd else op, group=g)
+            return t[:4].tolist()
+        return f
+
+    case("all_reduce_op_band_bor", gathered_op(torch.int32, dist.ReduceOp.BAND, dist.ReduceOp.BOR))
+    case("all_reduce_op_i8_sum_max", gathered_op(torch.int8, dist.ReduceOp.SUM, dist.ReduceOp.MAX))
+
+    def i16_kind(g):
+        t = torch.full((4,), 3 + 2 * r, dtype=torch.int16)
+        if odd:
+            outs = [torch.zeros(4, dtype=torch.int16) for _ in range(w)]
+            dist.all_gather(outs, t, group=g)
+            return [o.tolist() for o in outs]
+        dist.all_reduce(t, group=g)
+        return t.tolist()
+
+    case("all_reduce_i16_vs_all_gather", i16_kind)
+
+    # Refused by the victim before anything is sent: the others fail at
+    # once naming it, not by the timeout.
+    def gather_list(g):
+        lst = [torch.zeros(3) for _ in range(w)] if r == 0 else None
+        dist.gather(torch.ones(2), lst, dst=0, group=g)
+        return lst[0].tolist() if lst else "sent"
+
+    case("gather_list_sizes", gather_list)
+
+    def ag_coalesced(g):
+        ins = [torch.ones(2) for _ in range(3 if odd else 2)]
+        outs = [[torch.zeros(2) for _ in range(w)] for _ in range(2)]
+        dist.all_gather_coalesced(outs, ins, group=g)
+        return outs[0][0].tolist()
+
+    case("all_gather_coalesced_lengths", ag_coalesced)
+
+    def misaligned(g):
+        # A float32 view one byte into its buffer, on the small all_reduce
+        # path: zccl refuses it (Gloo would copy).
+        t = torch.frombuffer(bytearray(17), dtype=torch.float32, offset=1, count=4) if odd else torch.ones(4)
+        dist.all_reduce(t, group=g)
+        return t.tolist()
+
+    case("all_reduce_misaligned_small", misaligned)
+
     # Point to point: rank 0 sends 100 float32; rank 1 receives 99 float32 /
     # 100 int32. The receiver must raise (the sender may have finished).
     def p2p(g, n_recv, dtype_recv):

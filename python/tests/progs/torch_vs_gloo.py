@@ -523,6 +523,25 @@ def p2p_tags_out_of_order():
     return ok1 and ok2, f"tag 11: {d1}; tag 12: {d2}"
 
 
+def p2p_negative_tag():
+    """A negative tag is refused naming the tag (Gloo: "Tag must be
+    nonnegative"), on this rank only; the group stays usable."""
+    if W == 1:
+        return True, "single rank"
+    nxt, prv = (R + 1) % W, (R - 1) % W
+    try:
+        dist.isend(torch.ones(2), nxt, tag=-1).wait()
+        return False, "isend with tag -1 completed"
+    except Exception as e:  # noqa: BLE001 - the message is checked
+        msg = str(e)
+    a, got = p2p_payload(R, nxt, 3, tag=4), torch.zeros(3)
+    works = [dist.isend(a, nxt, tag=4), dist.irecv(got, prv, tag=4)]
+    for w in works:
+        w.wait()
+    ok, d = compare(got, p2p_payload(prv, R, 3, tag=4), None)
+    return "tag" in msg and "-1" in msg and ok, f"refused: {msg!r}; then {d}"
+
+
 def batch_ring(n, dtype, group):
     nxt, prv = (R + 1) % W, (R - 1) % W
     to_next = p2p_payload(R, nxt, n, dtype, 100)
@@ -813,6 +832,7 @@ for dt in (torch.float32, torch.int64, torch.bfloat16):
     for n in (1, 10007):
         C.run(f"p2p.isend_irecv.{dname(dt)}.n{n}", p2p_isend_irecv, n, dt)
 C.run("p2p.tags_out_of_order", p2p_tags_out_of_order)
+C.run("p2p.negative_tag", p2p_negative_tag)
 for dt in (torch.float32, torch.int64, torch.bfloat16):
     for n in (1, 100003):
         C.run(f"batch_isend_irecv.{dname(dt)}.n{n}", batch_case, n, dt)
