@@ -169,7 +169,7 @@ struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = LaunchOptions::DEFAULT_GRACE.as_secs_f64(),
           value_parser = parse_grace)]
     grace: f64,
-    /// MASTER_PORT for the ranks (the zccl root uses MASTER_PORT + 1); default: a free port.
+    /// MASTER_PORT for the ranks (the zccl root uses MASTER_PORT + 1); default (or 0): a free port.
     #[arg(long, value_name = "PORT")]
     master_port: Option<u16>,
     /// Bind ranks to CPUs: auto (as mpirun: a core each for up to 2 ranks, a

@@ -328,6 +328,22 @@ fn a_missing_command_is_127_and_named() {
     assert!(r.stderr.contains("not found"), "{}", r.stderr);
 }
 
+#[test]
+fn a_directory_or_a_script_without_its_interpreter_is_126_and_said_so() {
+    let dir = std::env::temp_dir().join(format!("zccl-run-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let r = run(&["run", "-n", "2", "--", dir.to_str().unwrap()], &[]);
+    assert_eq!(r.status.code(), Some(126), "{}", r.stderr);
+    assert!(r.stderr.contains("is a directory"), "{}", r.stderr);
+    let script = dir.join("bad-interpreter.sh");
+    std::fs::write(&script, "#!/nonexistent/zccl-interpreter\necho hi\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let r = run(&["run", "-n", "1", "--", script.to_str().unwrap()], &[]);
+    assert_eq!(r.status.code(), Some(126), "{}", r.stderr);
+    assert!(r.stderr.contains("bad interpreter"), "{}", r.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The CPUs each rank of `zccl run -n n [extra] -- ...` may use, by rank,
 /// as `/proc/self/status` lists them; the launcher itself runs under
 /// `taskset -c cpus` when given.

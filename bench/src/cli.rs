@@ -94,7 +94,9 @@ pub fn run_as(prog: &str, args: BenchArgs) -> ExitCode {
     };
     match launch::mode(s.ranks, |k| std::env::var(k).ok()) {
         Mode::Launch(n) => {
-            if let Err(e) = launch::check_local_ranks(n).and_then(|()| check_root(s.op, s.root, n))
+            if let Err(e) = launch::check_local_ranks(n)
+                .and_then(|()| check_root(s.op, s.root, n))
+                .and_then(|()| check_files(&s).map_err(|e| error_text(&e)))
             {
                 say(prog, format_args!("error: {e}"));
                 return ExitCode::from(2);
@@ -183,6 +185,11 @@ fn join(prog: &str, s: &Settings) -> Result<u8> {
         host: hostname(),
         transport: transport(&comm),
     };
+    if r == 0 {
+        // Before the sweep, not after it (the other ranks learn it as rank
+        // 0 leaving the job).
+        check_files(s)?;
+    }
     let corrupt = corrupt_requested(std::env::var(CORRUPT_ENV).ok().as_deref());
     let bar = (r == 0 && !s.no_progress && io::stderr().is_terminal())
         .then(|| progress_bar(row_count(s)));
@@ -236,6 +243,32 @@ fn join(prog: &str, s: &Settings) -> Result<u8> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// The output files (`--json`, `--csv`, `--plot`) can be written: checked
+/// before the sweep, so that a wrong path fails at once instead of after
+/// the whole run. A file that exists is opened without truncating it; one
+/// that does not is created and removed again.
+fn check_files(s: &Settings) -> Result<()> {
+    for (path, what) in [(&s.json, "JSON"), (&s.csv, "CSV"), (&s.plot, "plot")] {
+        let Some(path) = path else { continue };
+        let opened = if path.exists() {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map(drop)
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map(|_| {
+                    let _ = std::fs::remove_file(path);
+                })
+        };
+        opened.with_context(|| format!("cannot write the {what} file {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn write_files(s: &Settings, n: usize, rows: &[Row]) -> Result<()> {

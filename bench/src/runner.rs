@@ -129,6 +129,8 @@ struct Ctx {
 impl Ctx {
     /// The rank this rank receives from in a shift by `k`.
     fn from(&self, k: i64) -> usize {
+        // `k` reduced first: `r - k` overflows for offsets near i64::MIN.
+        let k = k.rem_euclid(self.n as i64);
         (self.r as i64 - k).rem_euclid(self.n as i64) as usize
     }
 }
@@ -572,7 +574,9 @@ fn notes(s: &Settings, n: usize) -> Vec<String> {
         ],
         Op::RingShift => vec![format!(
             "ring_shift offset: {} (rank r sends to r{:+} mod {n} and receives from r{:+} mod {n})",
-            s.offset, s.offset, -s.offset
+            s.offset,
+            s.offset,
+            -i128::from(s.offset)
         )],
         Op::TokenRing => vec![
             "token_ring: size and bandwidth count both directions (half to r+1 on channel 0, half to r-1 on channel 1)"
@@ -799,6 +803,21 @@ mod tests {
                 assert!(text.contains("# Out of bounds values : 0 OK"), "{text}");
                 assert_eq!(text.matches("#  Rank ").count(), n);
             }
+        }
+    }
+
+    #[test]
+    fn ring_shift_offsets_at_the_ends_of_i64_check_clean() {
+        for offset in [i64::MIN, i64::MIN + 1, i64::MAX, -7] {
+            let args = format!("ring_shift --offset={offset} -b 8 -e 64 -n 1 -w 0");
+            let (ranks, text) = sim(3, &args, false);
+            for (i, w) in all_wrong(&ranks[0]).iter().enumerate() {
+                assert_eq!(*w, (Some(0), Some(0)), "offset {offset} row {i}:\n{text}");
+            }
+            assert!(
+                text.contains(&format!("r{:+} mod 3", -i128::from(offset))),
+                "{text}"
+            );
         }
     }
 

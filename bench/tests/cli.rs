@@ -424,13 +424,42 @@ fn an_os_error_is_shown_once() {
         "--json",
         "/nonexistent/zccl/x.json",
     ]);
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let (out, err) = text(&o);
+    // Refused before the sweep (an argument error), not after it.
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(rows(&out).is_empty(), "{out}");
     assert!(
         err.contains("zccl-bench: error: cannot write the JSON file /nonexistent/zccl/x.json: "),
         "{err}"
     );
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    // Every output path is checked; an existing file is not truncated by
+    // the check.
+    let dir = std::env::temp_dir().join(format!("zccl-bench-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kept = dir.join("kept.csv");
+    std::fs::write(&kept, "old\n").unwrap();
+    let o = run(&[
+        "all_reduce",
+        "-b",
+        "1K",
+        "-e",
+        "1K",
+        "-n",
+        "1",
+        "--csv",
+        kept.to_str().unwrap(),
+        "--plot",
+        "/nonexistent/zccl/x.svg",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        rows(&out).is_empty() && err.contains("cannot write the plot file"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "old\n");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `kill -9` of one rank of a running `-N` job: that rank is the first to

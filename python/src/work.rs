@@ -16,6 +16,7 @@ use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 /// What an operation ended with: nothing, or zccl's error message.
@@ -339,11 +340,18 @@ impl Work {
 impl Work {
     /// Blocks (without the GIL) until the operation completed; raises
     /// `ZcclError` with zccl's message if it failed, or `TimeoutError` if
-    /// `timeout` (seconds) passed first. `timeout=None` or `0` waits for the
-    /// operation's own deadline (the communicator's timeout).
+    /// `timeout` (seconds) passed first. `timeout=None`, `0` or infinity
+    /// waits for the operation's own deadline (the communicator's timeout);
+    /// a negative or NaN `timeout` raises `ValueError`.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let t = match timeout {
+            Some(s) if s.is_nan() || s < 0.0 => {
+                return Err(PyValueError::new_err(format!(
+                    "zccl: wait timeout must be a number of seconds >= 0 (0 or None: the \
+                     operation's own deadline), got {s}"
+                )));
+            }
             Some(s) if s > 0.0 && s.is_finite() => Some(Duration::from_secs_f64(s.min(1e9))),
             _ => None,
         };

@@ -36,8 +36,9 @@ class Work:
 
     Holds the buffers of the operation until it is done. `wait(timeout)`
     raises `ZcclError` if the operation failed and `TimeoutError` if
-    `timeout` seconds passed first; without a timeout it waits at most the
-    communicator's own timeout.
+    `timeout` seconds passed first; without a timeout (`None`, 0) it waits
+    at most the communicator's own timeout. A negative or NaN `timeout`
+    raises `ValueError`.
     """
 
     __slots__ = ("_w", "_keep", "_then")

@@ -122,8 +122,8 @@ pub struct Ports {
     pub root: u16,
 }
 
-/// Picks the job's ports: `master` and `master + 1` when `master` is given,
-/// else a free port `P` whose successor is free too.
+/// Picks the job's ports: `master` and `master + 1` when `master` is given
+/// (and not 0), else a free port `P` whose successor is free too.
 ///
 /// The ports are free when picked, but bound only later, by the ranks; a
 /// port from the kernel's ephemeral range (what `bind(0)` and every
@@ -134,7 +134,8 @@ pub struct Ports {
 /// that range is too small or busy does it fall back to a port from the
 /// kernel.
 pub fn pick_ports(master: Option<u16>) -> io::Result<Ports> {
-    if let Some(p) = master {
+    // Port 0 asks for a free one, as it does of `bind`.
+    if let Some(p) = master.filter(|&p| p != 0) {
         let root = p.checked_add(1).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -267,6 +268,19 @@ pub enum LaunchError {
         /// The program as given.
         program: String,
     },
+    /// The program is a directory.
+    #[error("{program}: is a directory")]
+    IsADirectory {
+        /// The program as given.
+        program: String,
+    },
+    /// The program is a script whose `#!` line names an interpreter that
+    /// does not exist (the kernel reports it as a missing file).
+    #[error("{program}: bad interpreter (the file exists; the program its #! line names does not)")]
+    BadInterpreter {
+        /// The program as given.
+        program: String,
+    },
     /// Starting a rank failed otherwise.
     #[error("cannot start rank {rank} ({program}): {source}")]
     Spawn {
@@ -290,7 +304,9 @@ impl LaunchError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::NotFound { .. } => 127,
-            Self::PermissionDenied { .. } => 126,
+            Self::PermissionDenied { .. }
+            | Self::IsADirectory { .. }
+            | Self::BadInterpreter { .. } => 126,
             _ => 1,
         }
     }
@@ -414,14 +430,50 @@ fn spawn_rank(
     }
     die_with_parent(&mut cmd);
     let program = opts.program.to_string_lossy().into_owned();
+    // What the path is, for the errors a shell would tell apart.
+    let path = std::path::Path::new(&opts.program);
+    let named_path = program.contains('/');
     reaper.spawn(cmd).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound if named_path && path.is_file() => {
+            LaunchError::BadInterpreter { program }
+        }
         io::ErrorKind::NotFound => LaunchError::NotFound { program },
+        io::ErrorKind::PermissionDenied if path.is_dir() => LaunchError::IsADirectory { program },
         io::ErrorKind::PermissionDenied => LaunchError::PermissionDenied { program },
         _ => LaunchError::Spawn {
             rank,
             program,
             source,
         },
+    })
+}
+
+/// Files the launcher holds open per rank: the rank's stdout and stderr
+/// pipes, its pidfd and its death pipe ([`Reaper`]).
+const FILES_PER_RANK: u64 = 4;
+
+/// This process's limit on open files (`ulimit -n`), if it has one.
+fn open_files_limit() -> Option<u64> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) };
+    (rc == 0 && l.rlim_cur != libc::RLIM_INFINITY).then_some(l.rlim_cur)
+}
+
+/// Why `nprocs` ranks cannot all be started under a limit of `limit` open
+/// files, checked before any is (as `mpirun` refuses more ranks than
+/// slots): otherwise thousands of ranks start before one fails. Pure.
+fn too_many_ranks(nprocs: u32, limit: Option<u64>) -> Option<String> {
+    let limit = limit?;
+    let need = u64::from(nprocs) * FILES_PER_RANK + 32;
+    (need > limit).then(|| {
+        format!(
+            "{nprocs} ranks need about {need} open files in the launcher ({FILES_PER_RANK} a rank), \
+             more than its limit of {limit} (ulimit -n); zccl run starts ranks on this host only"
+        )
     })
 }
 
@@ -447,6 +499,9 @@ pub fn run(opts: &LaunchOptions) -> Result<JobReport, LaunchError> {
     }
     if opts.program.is_empty() {
         return Err(LaunchError::Invalid("no program to run".into()));
+    }
+    if let Some(why) = too_many_ranks(opts.nprocs, open_files_limit()) {
+        return Err(LaunchError::Invalid(why));
     }
     let _one_at_a_time = LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
     let ports = pick_ports(opts.master_port)
@@ -667,6 +722,18 @@ mod tests {
             }
         );
         assert!(pick_ports(Some(u16::MAX)).is_err());
+        // 0 asks for a free pair, as no port does.
+        let z = pick_ports(Some(0)).unwrap();
+        assert!(z.master != 0 && z.root == z.master + 1, "{z:?}");
+    }
+
+    #[test]
+    fn more_ranks_than_the_open_files_allow_are_refused_up_front() {
+        assert_eq!(too_many_ranks(4, None), None);
+        assert_eq!(too_many_ranks(4, Some(1024)), None);
+        let e = too_many_ranks(100_000, Some(1024)).unwrap();
+        assert!(e.contains("100000 ranks") && e.contains("1024"), "{e}");
+        assert!(too_many_ranks(u32::MAX, Some(u64::MAX - 1)).is_none());
     }
 
     #[test]

@@ -505,6 +505,15 @@ def raises(exc, fn, *words):
     return False, f"did not raise {exc.__name__}"
 
 
+def wait_bad_timeouts():
+    """A negative or NaN wait timeout is refused (it used to mean "no
+    timeout"); the operation is still there to wait on."""
+    w = comm.all_reduce(np.ones(2, np.float32), async_op=True)
+    results = [raises(ValueError, lambda t=t: w.wait(t), "timeout") for t in (-1.0, float("nan"))]
+    w.wait()
+    return all(ok for ok, _ in results), "; ".join(d for _, d in results)
+
+
 def read_only_untouched():
     raw = bytes(16)
     ok, detail = raises(ValueError, lambda: comm.all_reduce(np.frombuffer(raw, np.float32)), "read-only")
@@ -539,6 +548,7 @@ ERRORS = {
     "batch_unknown_kind": lambda: raises(
         ValueError, lambda: comm.batch([("isend", np.ones(2), (R + 1) % W)]), "isend"),
     "read_only_all_reduce": read_only_untouched,
+    "wait_bad_timeouts": wait_bad_timeouts,
     "read_only_recv": lambda: raises(
         ValueError, lambda: comm.irecv(np.frombuffer(bytes(8), np.float32), (R + 1) % W), "read-only"),
     "read_only_all_gather_out": lambda: raises(
