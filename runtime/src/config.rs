@@ -7,7 +7,7 @@
 //! | `ZCCL_HEARTBEAT_MS` | heartbeat period of idle sockets | 0..=10¹² (0 means 1), at most half the peer timeout | min(1000, peer timeout/5) |
 //! | `ZCCL_HANDSHAKE_TIMEOUT` | longest wait for a connection's hello, seconds | [0.001, 1e9] | min(10, `ZCCL_TIMEOUT`) |
 //! | `ZCCL_SOCKET_IFNAME` | NICs to use (NCCL syntax, see [`zccl_transports::ifname`]) | any | all but `docker*`, `lo*` |
-//! | `ZCCL_NSOCKS_PERPEER` | TCP connections per peer | 1..=64 | one per NIC (the most NICs any rank selected) |
+//! | `ZCCL_NSOCKS_PERPEER` | TCP connections per peer; set the same on every rank (a rank set otherwise fails the job at connection setup, on every rank, naming it) | 1..=64 | one per NIC (the most NICs any rank selected) |
 //! | `ZCCL_CHUNK_BYTES` | striping chunk size | 1..=`ZCCL_MAX_FRAME_BYTES` | 524288 |
 //! | `ZCCL_MAX_FRAME_BYTES` | largest frame accepted | 1..=4294967295 | 16 MiB |
 //! | `ZCCL_MAX_MESSAGE_BYTES` | largest message accepted | 1..=2⁴⁰ (1 TiB) | 16 GiB |

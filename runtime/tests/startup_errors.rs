@@ -11,14 +11,22 @@ use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
 /// Starts one thread per `(rank, size, id)` and returns each one's error
 /// text and how long it took to fail.
 fn run(ranks: Vec<(u32, u32, UniqueId)>) -> Vec<(u32, String, Duration)> {
-    let config = Config {
-        timeout: Duration::from_secs(30),
-        ..Config::default()
-    };
+    run_with(ranks, |_| Config::default())
+}
+
+/// [`run`], each rank with the configuration `config(rank)` (its timeout
+/// set to 30 s).
+fn run_with(
+    ranks: Vec<(u32, u32, UniqueId)>,
+    config: impl Fn(u32) -> Config,
+) -> Vec<(u32, String, Duration)> {
     let threads: Vec<_> = ranks
         .into_iter()
         .map(|(rank, size, id)| {
-            let config = config.clone();
+            let config = Config {
+                timeout: Duration::from_secs(30),
+                ..config(rank)
+            };
             std::thread::spawn(move || {
                 let t0 = Instant::now();
                 let r = Communicator::init(&id, rank, size, config);
@@ -83,4 +91,26 @@ fn wrong_secret_fails_every_rank_at_once() {
     let r = run(vec![(0, 3, id), (1, 3, id), (2, 3, other)]);
     check(&r, "another job secret");
     assert!(r.iter().all(|(_, m, _)| m.contains("rank 2")), "{r:?}");
+}
+
+#[test]
+fn another_number_of_sockets_per_peer_fails_every_rank_at_once() {
+    // Rank 0 makes 1 TCP connection per peer (ZCCL_NSOCKS_PERPEER=1), the
+    // others 2: each would wait for connections the other never makes.
+    let (_root, id) = root();
+    let r = run_with(vec![(0, 3, id), (1, 3, id), (2, 3, id)], |rank| {
+        let mut c = Config::default();
+        c.tcp.sockets_per_peer = if rank == 0 { 1 } else { 2 };
+        c
+    });
+    check(&r, "ZCCL_NSOCKS_PERPEER must be the same on every rank");
+    // Each names a peer that disagrees and both counts.
+    for (rank, m, _) in &r {
+        let both = if *rank == 0 {
+            "makes 2 TCP connection(s) per peer and this rank 1"
+        } else {
+            "rank 0 makes 1 TCP connection(s) per peer and this rank 2"
+        };
+        assert!(m.contains(both), "rank {rank}: {m}");
+    }
 }

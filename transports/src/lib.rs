@@ -244,6 +244,11 @@ pub enum TransportError {
         /// Description of the missing connections.
         missing: String,
     },
+    /// A rank of the job was set up differently, in a way the ranks must
+    /// agree on (the number of TCP connections per peer): found at the
+    /// first connection, instead of waiting out the setup timeout.
+    #[error("ranks disagree on the transport's settings: {0}")]
+    Mismatch(String),
     /// A peer rank outside the world.
     #[error("no such peer rank {0}")]
     NoSuchPeer(u32),

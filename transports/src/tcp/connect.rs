@@ -4,6 +4,7 @@
 
 use super::data::{reader, writer};
 use super::*;
+use crate::handshake::HandshakeError;
 
 pub(super) fn tune_stream(stream: &TcpStream, cfg: &TcpConfig) {
     if let Err(e) = stream.set_nodelay(true) {
@@ -161,7 +162,20 @@ pub(super) async fn accept_one(
     let hello = read_hello(&mut stream, hs_timeout).await?;
     let mut exp = shared.expectation();
     exp.src_range = Some((shared.rank + 1, shared.world));
-    validate(&hello, &exp).map_err(|e| format!("{e} (claimed rank {})", hello.src_rank))?;
+    if let Err(e) = validate(&hello, &exp) {
+        // A rank of this job (the socket check is the last one) set up
+        // with another socket count: answer with ours, so that it knows
+        // too, and fail the setup (see `sockets_mismatch`).
+        if let HandshakeError::BadSocket { count, ours, .. } = e
+            && count != ours
+        {
+            let _ = write_hello(&mut stream, &shared.hello_to(hello.src_rank, 0), hs_timeout).await;
+            let _ = shared
+                .ready
+                .send(Err(sockets_mismatch(hello.src_rank, count, ours)));
+        }
+        return Err(format!("{e} (claimed rank {})", hello.src_rank));
+    }
     let peer = hello.src_rank;
     let slot = &shared.peers[peer as usize].sockets[hello.socket_index as usize];
     if slot.claimed.swap(true, Ordering::AcqRel) {
@@ -211,7 +225,11 @@ pub(super) async fn dial(
                 start_socket(&shared, peer, idx, stream, path);
                 return;
             }
-            Err(why) => {
+            Err(Dial::Mismatch(why)) => {
+                let _ = shared.ready.send(Err(why));
+                return;
+            }
+            Err(Dial::Failed(why)) => {
                 debug!(
                     rank = shared.rank,
                     peer, idx, attempt, "dial {} via {}: {why}", remote.addr, local.name
@@ -229,13 +247,27 @@ pub(super) async fn dial(
     }
 }
 
+/// Why a dial did not give a connection.
+pub(super) enum Dial {
+    /// Worth another try until the setup's deadline.
+    Failed(String),
+    /// The peer uses another number of sockets per peer: fatal.
+    Mismatch(String),
+}
+
+impl From<String> for Dial {
+    fn from(why: String) -> Self {
+        Self::Failed(why)
+    }
+}
+
 pub(super) async fn dial_once(
     shared: &Shared,
     peer: u32,
     idx: u16,
     local: &Interface,
     remote: &Endpoint,
-) -> Result<(TcpStream, NicPath), String> {
+) -> Result<(TcpStream, NicPath), Dial> {
     let cfg = &shared.cfg;
     let sock = match remote.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -256,7 +288,7 @@ pub(super) async fn dial_once(
     }
     let mut stream =
         match tokio::time::timeout(cfg.handshake_timeout, sock.connect(remote.addr)).await {
-            Err(_) => return Err("connect timed out".into()),
+            Err(_) => return Err(Dial::Failed("connect timed out".into())),
             Ok(r) => r.map_err(|e| format!("connect: {e}"))?,
         };
     write_hello(
@@ -268,13 +300,22 @@ pub(super) async fn dial_once(
     let reply = read_hello(&mut stream, cfg.handshake_timeout).await?;
     let mut exp = shared.expectation();
     exp.src_rank = Some(peer);
-    validate(&reply, &exp)
-        .map_err(|e| format!("rank {peer} answered with an invalid hello: {e}"))?;
+    match validate(&reply, &exp) {
+        Ok(()) => {}
+        Err(HandshakeError::BadSocket { count, ours, .. }) if count != ours => {
+            return Err(Dial::Mismatch(sockets_mismatch(peer, count, ours)));
+        }
+        Err(e) => {
+            return Err(Dial::Failed(format!(
+                "rank {peer} answered with an invalid hello: {e}"
+            )));
+        }
+    }
     if reply.socket_index != idx {
-        return Err(format!(
+        return Err(Dial::Failed(format!(
             "rank {peer} answered for socket {} instead of {idx}",
             reply.socket_index
-        ));
+        )));
     }
     let local_addr = stream.local_addr().map_err(|e| e.to_string())?;
     let ifname = if same_family {
@@ -317,7 +358,7 @@ pub(super) fn start_socket(
         writer(shared.clone(), peer, idx, w, rx, abort, path.clone()),
     );
     shared.spawn(true, reader(shared.clone(), peer, idx, r, path));
-    let _ = shared.ready.send((peer, idx));
+    let _ = shared.ready.send(Ok((peer, idx)));
 }
 
 #[cfg(test)]

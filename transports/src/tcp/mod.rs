@@ -250,7 +250,9 @@ struct Shared {
     start: Instant,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     io_tasks: Mutex<Vec<JoinHandle<()>>>,
-    ready: mpsc::UnboundedSender<(u32, u16)>,
+    /// A socket established (`Ok`), or a peer set up with another number
+    /// of sockets per peer (`Err`, fatal: see [`sockets_mismatch`]).
+    ready: mpsc::UnboundedSender<Result<(u32, u16), String>>,
 }
 
 impl Shared {
@@ -508,9 +510,26 @@ impl TcpTransport {
         }
         let expected = (setup.world_size as usize - 1) * n as usize;
         let mut established = 0usize;
-        while established < expected {
-            match tokio::time::timeout_at(deadline.into(), ready_rx.recv()).await {
-                Ok(Some(_)) => established += 1,
+        // A peer set up with another socket count: this rank fails, after
+        // answering for a moment longer the ranks that dial it (they learn
+        // the mismatch from its answer, instead of finding its port closed
+        // and waiting out the setup timeout).
+        let mut mismatch: Option<(String, Instant)> = None;
+        while established < expected || mismatch.is_some() {
+            let until = mismatch.as_ref().map_or(deadline, |m| m.1.min(deadline));
+            match tokio::time::timeout_at(until.into(), ready_rx.recv()).await {
+                Ok(Some(Ok(_))) => established += 1,
+                Ok(Some(Err(why))) => {
+                    if mismatch.is_none() {
+                        mismatch = Some((why, Instant::now() + MISMATCH_LINGER));
+                    }
+                }
+                Err(_) if mismatch.is_some() => {
+                    let (why, _) = mismatch.take().expect("checked");
+                    shared.closing.store(true, Ordering::Release);
+                    abort_all(&shared);
+                    return Err(TransportError::Mismatch(why));
+                }
                 Ok(None) => unreachable!("shared holds a sender"),
                 Err(_) => {
                     let errs = last_errors.lock().expect("errors");
@@ -553,6 +572,21 @@ impl TcpTransport {
         );
         Ok(Self { shared })
     }
+}
+
+/// How long a rank that found a socket-count mismatch keeps answering the
+/// ranks that dial it before it fails ([`TcpTransport::establish`]).
+const MISMATCH_LINGER: Duration = Duration::from_millis(500);
+
+/// What a rank says when a peer of the job (its hello carried the job's
+/// secret and world) uses `theirs` TCP connections per peer where this rank
+/// uses `ours`: the two would wait for connections the other never makes.
+pub(crate) fn sockets_mismatch(peer: u32, theirs: u16, ours: u16) -> String {
+    format!(
+        "rank {peer} makes {theirs} TCP connection(s) per peer and this rank {ours}: \
+         ZCCL_NSOCKS_PERPEER must be the same on every rank (unset, it is one per NIC, \
+         the most NICs any rank selected)"
+    )
 }
 
 fn abort_all(shared: &Shared) {
