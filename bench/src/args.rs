@@ -496,7 +496,7 @@ impl OpCmd {
             _ => (1, 0, 0, false),
         };
         if let Some(n) = c.ranks {
-            check_root(op, c.root, n)?;
+            check_job(op, c.root, n)?;
         }
         Ok(Settings {
             op,
@@ -527,11 +527,18 @@ impl OpCmd {
     }
 }
 
-/// `-r` must name a rank of the job (only broadcast uses it).
-pub fn check_root(op: Op, root: u32, n: u32) -> Result<(), String> {
+/// What the job of `n` ranks must be for `op`: `-r` names one of its ranks
+/// (only broadcast uses it), and pingpong has a pair to bounce between
+/// (with one rank it moved nothing, yet printed a bandwidth).
+pub fn check_job(op: Op, root: u32, n: u32) -> Result<(), String> {
     if op.rooted() && root >= n {
         return Err(format!(
             "-r/--root {root} is not a rank of the job (ranks 0..{n})"
+        ));
+    }
+    if op == Op::Pingpong && n < 2 {
+        return Err(format!(
+            "pingpong needs at least 2 ranks (ranks 2i and 2i+1 bounce the buffer); the job has {n}"
         ));
     }
     Ok(())
@@ -672,7 +679,13 @@ mod tests {
         let e = parse(&["broadcast", "-N", "2", "-r", "2"]).unwrap_err();
         assert!(e.contains("not a rank of the job"), "{e}");
         assert!(parse(&["gather"]).is_err());
-        assert!(check_root(Op::AllReduce, 9, 2).is_ok());
+        assert!(check_job(Op::AllReduce, 9, 2).is_ok());
+        assert!(
+            check_job(Op::Pingpong, 0, 1)
+                .unwrap_err()
+                .contains("at least 2 ranks")
+        );
+        assert!(check_job(Op::Pingpong, 0, 2).is_ok());
     }
 
     #[test]

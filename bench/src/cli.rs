@@ -11,7 +11,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use zccl_runtime::Communicator;
 
-use crate::args::{BenchArgs, BenchCmd, Settings, check_root, unknown_op};
+use crate::args::{BenchArgs, BenchCmd, Settings, check_job, unknown_op};
 use crate::launch::{self, Mode, say};
 use crate::report::{Row, total_wrong};
 use crate::runner::{CORRUPT_ENV, RankInfo, bench, corrupt_requested, row_count};
@@ -95,7 +95,7 @@ pub fn run_as(prog: &str, args: BenchArgs) -> ExitCode {
     match launch::mode(s.ranks, |k| std::env::var(k).ok()) {
         Mode::Launch(n) => {
             if let Err(e) = launch::check_local_ranks(n)
-                .and_then(|()| check_root(s.op, s.root, n))
+                .and_then(|()| check_job(s.op, s.root, n))
                 .and_then(|()| check_files(&s).map_err(|e| error_text(&e)))
             {
                 say(prog, format_args!("error: {e}"));

@@ -51,7 +51,7 @@ use zccl_primitives::ring::{ShiftInto, bidir_ring_step_into, ring_shift_into};
 use zccl_primitives::scan::{DiagState, all_scan_diag};
 use zccl_primitives::schedule::scan::ScanDirection;
 
-use crate::args::{Average, Settings, check_root, nccl_name};
+use crate::args::{Average, Settings, check_job, nccl_name};
 use crate::buffer::filled;
 use crate::check::{
     BenchElem, count_wrong, id, reduce_input, reduced, scan_decay, scan_expected, scan_state,
@@ -626,7 +626,7 @@ pub fn bench<F: Fabric + ?Sized>(
 ) -> Result<Outcome> {
     let f = &Counting::new(f);
     let (r, n) = (f.rank(), f.size());
-    check_root(s.op, s.root, n as u32).map_err(anyhow::Error::msg)?;
+    check_job(s.op, s.root, n as u32).map_err(anyhow::Error::msg)?;
     let records = all_gather(f, CH_CTRL, &me.encode()).context("gathering the rank table")?;
     if r == 0 {
         out(&preamble(&Preamble {
