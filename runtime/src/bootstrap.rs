@@ -497,11 +497,13 @@ pub async fn exchange(
 ) -> Result<AddressBook> {
     let rank = me.rank;
     let root = id.root();
-    let mut last_err = String::from("never tried");
+    // A tiny timeout (ZCCL_TIMEOUT, or init's) ends before the first try.
+    let mut last_err = String::from("the deadline passed before the first try");
     let mut stream = loop {
         if Instant::now() >= deadline {
             return Err(Error::Bootstrap(format!(
-                "rank {rank} could not reach the root at {root}: {last_err}"
+                "rank {rank} could not reach the root at {root} before init's deadline \
+                 (ZCCL_TIMEOUT): {last_err}"
             )));
         }
         match tokio::time::timeout_at(deadline.into(), TcpStream::connect(root)).await {
