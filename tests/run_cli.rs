@@ -329,6 +329,27 @@ fn a_missing_command_is_127_and_named() {
 }
 
 #[test]
+fn ranks_with_another_zccl_algo_fail_at_init_naming_it() {
+    // Rank 0 runs the ring, the others recursive doubling: their
+    // schedules would never meet (the timeout then blamed a stalled rank).
+    let bin = env!("CARGO_BIN_EXE_zccl");
+    let script = format!(
+        "if [ \"$ZCCL_RANK\" = 0 ]; then export ZCCL_ALGO=ring; else export ZCCL_ALGO=tree; fi; \
+         exec {bin} bench all_reduce -b 8K -e 8K -n 2 -w 0"
+    );
+    let t0 = std::time::Instant::now();
+    let r = run(&["run", "-n", "3", "--", "sh", "-c", &script], &[]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let want = "ZCCL_ALGO differs between ranks: rank 0 \"ring\", ranks 1-2 \"tree\"";
+    assert_eq!(r.stderr.matches(want).count(), 3, "{}", r.stderr);
+}
+
+#[test]
 fn a_directory_or_a_script_without_its_interpreter_is_126_and_said_so() {
     let dir = std::env::temp_dir().join(format!("zccl-run-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -51,6 +51,11 @@ pub struct PeerInfo {
     /// Its NICs and its host's GPU-NIC affinity, for the router.
     #[serde(default)]
     pub route: crate::router::cluster::RouteInfo,
+    /// Its values of the settings every rank must share (`ZCCL_ROUTER`,
+    /// `ZCCL_ALGO`), as `(variable, value)`: checked by
+    /// [`AddressBook::disagreement`] once every rank registered.
+    #[serde(default)]
+    pub agreed: Vec<(String, String)>,
 }
 
 /// Every rank's [`PeerInfo`], indexed by rank.
@@ -61,13 +66,68 @@ pub struct AddressBook {
 }
 
 impl AddressBook {
+    /// The first setting the ranks must share ([`PeerInfo::agreed`]) that
+    /// they do not, as a message naming the variable and which ranks hold
+    /// which value; `None` when they agree. Every rank reads the same book,
+    /// so every rank fails alike at init (instead of running schedules that
+    /// never meet, until the timeout blames a stalled rank). Pure.
+    ///
+    /// ```
+    /// use zccl_runtime::bootstrap::{AddressBook, PeerInfo};
+    /// let p = |rank, algo: &str| PeerInfo { rank, host_id: "h".into(), pid: 0,
+    ///     endpoints: vec![], shm_tag: None, route: Default::default(),
+    ///     agreed: vec![("ZCCL_ALGO".into(), algo.into())] };
+    /// let book = AddressBook { peers: vec![p(0, "ring"), p(1, "tree"), p(2, "tree")] };
+    /// assert_eq!(book.disagreement().unwrap(),
+    ///     "ZCCL_ALGO differs between ranks: rank 0 \"ring\", ranks 1-2 \"tree\"; \
+    ///      it must be the same on every rank");
+    /// let same = AddressBook { peers: vec![p(0, "ring"), p(1, "ring")] };
+    /// assert_eq!(same.disagreement(), None);
+    /// ```
+    pub fn disagreement(&self) -> Option<String> {
+        let mut names: Vec<&str> = Vec::new();
+        for p in &self.peers {
+            for (k, _) in &p.agreed {
+                if !names.contains(&k.as_str()) {
+                    names.push(k);
+                }
+            }
+        }
+        for name in names {
+            // value -> ranks holding it, in rank order of first holder.
+            let mut groups: Vec<(&str, Vec<u32>)> = Vec::new();
+            for p in &self.peers {
+                let v = p
+                    .agreed
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map_or("(not sent)", |(_, v)| v.as_str());
+                match groups.iter_mut().find(|g| g.0 == v) {
+                    Some(g) => g.1.push(p.rank),
+                    None => groups.push((v, vec![p.rank])),
+                }
+            }
+            if groups.len() > 1 {
+                let said: Vec<String> = groups
+                    .iter()
+                    .map(|(v, ranks)| format!("{} \"{v}\"", rank_list(ranks)))
+                    .collect();
+                return Some(format!(
+                    "{name} differs between ranks: {}; it must be the same on every rank",
+                    said.join(", ")
+                ));
+            }
+        }
+        None
+    }
+
     /// `(local rank, ranks on the host)` of `rank`, from host identities.
     ///
     /// ```
     /// use zccl_runtime::bootstrap::{AddressBook, PeerInfo};
     /// let p = |rank, host: &str| PeerInfo { rank, host_id: host.into(), pid: 0,
     ///                                      endpoints: vec![], shm_tag: None,
-    ///                                      route: Default::default() };
+    ///                                      route: Default::default(), agreed: vec![] };
     /// let book = AddressBook { peers: vec![p(0, "a"), p(1, "b"), p(2, "a")] };
     /// assert_eq!(book.local_rank(2), (1, 2));
     /// assert_eq!(book.local_rank(1), (0, 1));
@@ -564,4 +624,24 @@ pub async fn exchange(
         }
         RootReply::Error(why) => Err(Error::Bootstrap(why)),
     }
+}
+
+/// `ranks` (ascending) as `rank 3`, `ranks 0-2`, `ranks 0, 2, 5-7`.
+fn rank_list(ranks: &[u32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ranks.len() {
+        let mut j = i;
+        while j + 1 < ranks.len() && ranks[j + 1] == ranks[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            ranks[i].to_string()
+        } else {
+            format!("{}-{}", ranks[i], ranks[j])
+        });
+        i = j + 1;
+    }
+    let word = if ranks.len() == 1 { "rank" } else { "ranks" };
+    format!("{word} {}", parts.join(", "))
 }

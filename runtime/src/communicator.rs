@@ -386,6 +386,7 @@ impl Communicator {
             endpoints: endpoints.clone(),
             shm_tag: shm_tag.clone(),
             route: crate::router::cluster::probe_local(&nics),
+            agreed: agreed_settings(&config),
         };
         let limits = BootstrapLimits {
             timeout: config.timeout,
@@ -396,6 +397,9 @@ impl Communicator {
             },
         };
         let book = runtime.block_on(bootstrap::exchange(id, me, size, &limits, deadline))?;
+        if let Some(why) = book.disagreement() {
+            return Err(Error::Config(why));
+        }
         let (tcp_tx, tcp_rx) = mpsc::unbounded_channel();
         let setup = TcpSetup {
             rank,
@@ -871,6 +875,26 @@ impl Communicator {
             Duration::from_secs(1),
         );
     }
+}
+
+/// This rank's values of the settings every rank must share
+/// ([`bootstrap::PeerInfo::agreed`]): the router's mode (routed or not is
+/// decided alike on both sides of a message) and the collectives'
+/// algorithm (`ZCCL_ALGO`, read by `zccl_primitives`; ranks that run
+/// different schedules wait for messages that never come).
+fn agreed_settings(config: &Config) -> Vec<(String, String)> {
+    let algo = std::env::var("ZCCL_ALGO")
+        .ok()
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "auto".into());
+    vec![
+        (
+            "ZCCL_ROUTER".into(),
+            format!("{:?}", config.router).to_ascii_lowercase(),
+        ),
+        ("ZCCL_ALGO".into(), algo),
+    ]
 }
 
 /// Bytes each rank contributes to a split: color (`i64`, -1 for none), key

@@ -114,3 +114,23 @@ fn another_number_of_sockets_per_peer_fails_every_rank_at_once() {
         assert!(m.contains(both), "rank {rank}: {m}");
     }
 }
+
+#[test]
+fn ranks_with_another_router_mode_fail_at_init_naming_it() {
+    // Routed or not is decided alike on both sides of a message: a rank
+    // with ZCCL_ROUTER=off among ranks with it on would wait for
+    // acknowledgements that never come.
+    let (_root, id) = root();
+    let r = run_with(vec![(0, 3, id), (1, 3, id), (2, 3, id)], |rank| Config {
+        router: if rank == 2 {
+            zccl_runtime::router::RouterMode::Off
+        } else {
+            zccl_runtime::router::RouterMode::On
+        },
+        ..Config::default()
+    });
+    check(
+        &r,
+        "ZCCL_ROUTER differs between ranks: ranks 0-1 \"on\", rank 2 \"off\"",
+    );
+}
