@@ -164,10 +164,13 @@ pub(super) async fn accept_one(
     exp.src_range = Some((shared.rank + 1, shared.world));
     if let Err(e) = validate(&hello, &exp) {
         // A rank of this job (the socket check is the last one) set up
-        // with another socket count: answer with ours, so that it knows
-        // too, and fail the setup (see `sockets_mismatch`).
+        // with another socket count, while the connections are being set
+        // up: answer with ours, so that it knows too, and fail the setup
+        // (see `sockets_mismatch`). Once the job runs (the setup's
+        // receiver is gone) it is a stray like any other.
         if let HandshakeError::BadSocket { count, ours, .. } = e
             && count != ours
+            && !shared.ready.is_closed()
         {
             let _ = write_hello(&mut stream, &shared.hello_to(hello.src_rank, 0), hs_timeout).await;
             let _ = shared
