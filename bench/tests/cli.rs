@@ -413,17 +413,13 @@ fn errors_of_ranks_are_whole_lines() {
 /// A file that cannot be written: the OS error is shown once.
 #[test]
 fn an_os_error_is_shown_once() {
-    let o = run(&[
-        "all_reduce",
-        "-b",
-        "1K",
-        "-e",
-        "1K",
-        "-n",
-        "1",
-        "--json",
-        "/nonexistent/zccl/x.json",
-    ]);
+    // One 1 KiB all_reduce, writing to `files`.
+    let one = |files: &[&str]| {
+        let mut args = vec!["all_reduce", "-b", "1K", "-e", "1K", "-n", "1"];
+        args.extend_from_slice(files);
+        run(&args)
+    };
+    let o = one(&["--json", "/nonexistent/zccl/x.json"]);
     let (out, err) = text(&o);
     // Refused before the sweep (an argument error), not after it.
     assert_eq!(o.status.code(), Some(2), "{err}");
@@ -439,14 +435,7 @@ fn an_os_error_is_shown_once() {
     std::fs::create_dir_all(&dir).unwrap();
     let kept = dir.join("kept.csv");
     std::fs::write(&kept, "old\n").unwrap();
-    let o = run(&[
-        "all_reduce",
-        "-b",
-        "1K",
-        "-e",
-        "1K",
-        "-n",
-        "1",
+    let o = one(&[
         "--csv",
         kept.to_str().unwrap(),
         "--plot",

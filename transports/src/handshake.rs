@@ -182,6 +182,26 @@ pub enum HandshakeError {
     },
 }
 
+impl HandshakeError {
+    /// `(theirs, ours)` when the hello passed every other check and only
+    /// its count of sockets per peer differs from ours ([`validate`]'s last
+    /// check): a rank of this job set up otherwise, not a stray.
+    ///
+    /// ```
+    /// use zccl_transports::handshake::HandshakeError;
+    /// let e = HandshakeError::BadSocket { index: 0, count: 2, ours: 1 };
+    /// assert_eq!(e.socket_count_mismatch(), Some((2, 1)));
+    /// let e = HandshakeError::BadSocket { index: 3, count: 2, ours: 2 };
+    /// assert_eq!(e.socket_count_mismatch(), None);
+    /// ```
+    pub fn socket_count_mismatch(&self) -> Option<(u16, u16)> {
+        match *self {
+            Self::BadSocket { count, ours, .. } if count != ours => Some((count, ours)),
+            _ => None,
+        }
+    }
+}
+
 impl Hello {
     /// Encodes the hello.
     pub fn encode(&self) -> [u8; HELLO_LEN] {

@@ -4,7 +4,6 @@
 
 use super::data::{reader, writer};
 use super::*;
-use crate::handshake::HandshakeError;
 
 pub(super) fn tune_stream(stream: &TcpStream, cfg: &TcpConfig) {
     if let Err(e) = stream.set_nodelay(true) {
@@ -168,8 +167,7 @@ pub(super) async fn accept_one(
         // up: answer with ours, so that it knows too, and fail the setup
         // (see `sockets_mismatch`). Once the job runs (the setup's
         // receiver is gone) it is a stray like any other.
-        if let HandshakeError::BadSocket { count, ours, .. } = e
-            && count != ours
+        if let Some((count, ours)) = e.socket_count_mismatch()
             && !shared.ready.is_closed()
         {
             let _ = write_hello(&mut stream, &shared.hello_to(hello.src_rank, 0), hs_timeout).await;
@@ -303,16 +301,11 @@ pub(super) async fn dial_once(
     let reply = read_hello(&mut stream, cfg.handshake_timeout).await?;
     let mut exp = shared.expectation();
     exp.src_rank = Some(peer);
-    match validate(&reply, &exp) {
-        Ok(()) => {}
-        Err(HandshakeError::BadSocket { count, ours, .. }) if count != ours => {
-            return Err(Dial::Mismatch(sockets_mismatch(peer, count, ours)));
-        }
-        Err(e) => {
-            return Err(Dial::Failed(format!(
-                "rank {peer} answered with an invalid hello: {e}"
-            )));
-        }
+    if let Err(e) = validate(&reply, &exp) {
+        return Err(match e.socket_count_mismatch() {
+            Some((count, ours)) => Dial::Mismatch(sockets_mismatch(peer, count, ours)),
+            None => Dial::Failed(format!("rank {peer} answered with an invalid hello: {e}")),
+        });
     }
     if reply.socket_index != idx {
         return Err(Dial::Failed(format!(

@@ -581,7 +581,7 @@ const MISMATCH_LINGER: Duration = Duration::from_millis(500);
 /// What a rank says when a peer of the job (its hello carried the job's
 /// secret and world) uses `theirs` TCP connections per peer where this rank
 /// uses `ours`: the two would wait for connections the other never makes.
-pub(crate) fn sockets_mismatch(peer: u32, theirs: u16, ours: u16) -> String {
+pub(super) fn sockets_mismatch(peer: u32, theirs: u16, ours: u16) -> String {
     format!(
         "rank {peer} makes {theirs} TCP connection(s) per peer and this rank {ours}: \
          ZCCL_NSOCKS_PERPEER must be the same on every rank (unset, it is one per NIC, \
