@@ -31,6 +31,10 @@
 //! | token_ring | `bidir_ring_step_into`: first half of the input to `r+1` on channel 0, second half to `r−1` on channel 1, received halves into the output buffer | into a scratch buffer, copied over the input buffer |
 //! | all_scan | `all_scan_diag(state)` returns the exclusive prefix (the output) | the prefix is copied over the state buffer |
 //!
+//! The bench's own copies (the in-place forms' copy back) go through
+//! `zccl_transports::copy`, as zccl's do: `memcpy` can be 15× slower at
+//! some relative alignments of two buffers (see that module).
+//!
 //! The `_into` forms lend the input and receive into the output: between
 //! same-host ranks reading each other by CMA a block is copied once; other
 //! paths copy at the send and at the match, and those copies are in the
@@ -50,6 +54,7 @@ use zccl_primitives::reduce::ReduceOp;
 use zccl_primitives::ring::{ShiftInto, bidir_ring_step_into, ring_shift_into};
 use zccl_primitives::scan::{DiagState, all_scan_diag};
 use zccl_primitives::schedule::scan::ScanDirection;
+use zccl_transports::copy::copy_slice;
 
 use crate::args::{Average, Settings, check_job, nccl_name};
 use crate::buffer::filled;
@@ -276,21 +281,21 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
             }
             (Op::ReduceScatter, true) => {
                 reduce_scatter_into(f, CH_DATA, &self.a, &mut self.scratch, c.redop)?;
-                self.a[r * m..(r + 1) * m].copy_from_slice(&self.scratch);
+                copy_slice(&mut self.a[r * m..(r + 1) * m], &self.scratch);
             }
             (Op::AllGather, false) => all_gather_into(f, CH_DATA, &self.a, &mut self.b)?,
             (Op::AllGather, true) => {
                 all_gather_into(f, CH_DATA, &self.a[r * m..(r + 1) * m], &mut self.scratch)?;
-                self.a.copy_from_slice(&self.scratch);
+                copy_slice(&mut self.a, &self.scratch);
             }
             (Op::Alltoall, false) => all_to_all_into(f, CH_DATA, &self.a, &mut self.b)?,
             (Op::Alltoall, true) => {
                 all_to_all_into(f, CH_DATA, &self.a, &mut self.scratch)?;
-                self.a.copy_from_slice(&self.scratch);
+                copy_slice(&mut self.a, &self.scratch);
             }
             (Op::Broadcast, false) => {
                 if r == c.root {
-                    self.b.copy_from_slice(&self.a);
+                    copy_slice(&mut self.b, &self.a);
                 }
                 broadcast(f, CH_DATA, &mut self.b, c.root)?;
             }
@@ -311,7 +316,7 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
                     as_bytes_mut(&mut self.scratch),
                     c.offset as isize,
                 )?;
-                self.a.copy_from_slice(&self.scratch);
+                copy_slice(&mut self.a, &self.scratch);
             }
             (Op::Pingpong, in_place) => {
                 // In place: the reply lands in the scratch buffer, copied back.
@@ -319,7 +324,7 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
                 let out = if in_place { &mut *scratch } else { b };
                 pingpong(f, CH_DATA, as_bytes(a), as_bytes_mut(out))?;
                 if in_place && pingpong_peer(f.rank(), f.size()).is_some() {
-                    a.copy_from_slice(scratch);
+                    copy_slice(a, scratch);
                 }
             }
             (Op::TokenRing, in_place) => {
@@ -344,7 +349,7 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
                     },
                 )?;
                 if in_place {
-                    a.copy_from_slice(scratch);
+                    copy_slice(a, scratch);
                 }
             }
             (Op::AllScan, _) => unreachable!("all_scan has its own case"),
@@ -444,7 +449,7 @@ impl<F: Fabric + ?Sized> Case<F> for Scan {
             false,
         )?;
         if self.c.in_place {
-            self.state.copy_from_slice(&res.exclusive);
+            copy_slice(&mut self.state, &res.exclusive);
         } else {
             self.out = res.exclusive;
         }

@@ -214,8 +214,8 @@ pub fn all_to_all_v_into<T: Elem, F: Fabric + ?Sized>(
     // the lent blocks meanwhile).
     // SAFETY: block `r` of `output` lies inside it and is disjoint from
     // every block a receive lands in.
-    unsafe { std::slice::from_raw_parts_mut(base.add(ro[r]), recv_counts[r]) }
-        .copy_from_slice(&input[so[r]..so[r + 1]]);
+    let own = unsafe { std::slice::from_raw_parts_mut(base.add(ro[r]), recv_counts[r]) };
+    zccl_transports::copy::copy_slice(own, &input[so[r]..so[r + 1]]);
     for rv in recvs {
         rv.wait()?;
     }

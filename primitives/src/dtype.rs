@@ -109,7 +109,7 @@ half_elem!(f16 => F16, bf16 => BF16);
 pub fn to_bytes<T: Elem>(s: &[T]) -> Vec<u8> {
     let b = as_bytes(s);
     let mut v = zccl_runtime::buffer::recycled_vec(b.len());
-    v.copy_from_slice(b);
+    zccl_transports::copy::copy(&mut v, b);
     v
 }
 
@@ -162,7 +162,7 @@ pub fn from_bytes<T: Elem>(b: &[u8]) -> Vec<T> {
     let mut v = vec![T::default(); n];
     // SAFETY: `v` owns `n * sz` bytes, the source has that many, they do not
     // overlap, and every bit pattern is a valid `T`.
-    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), v.as_mut_ptr().cast::<u8>(), n * sz) };
+    unsafe { zccl_transports::copy::copy_raw(v.as_mut_ptr().cast::<u8>(), b.as_ptr(), n * sz) };
     v
 }
 

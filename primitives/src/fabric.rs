@@ -448,7 +448,7 @@ impl PendingRecvInto for CopyInto {
             )));
         }
         // SAFETY: see the `Send` impl; the lengths are equal.
-        unsafe { std::ptr::copy_nonoverlapping(got.as_ptr(), self.dst, self.len) };
+        unsafe { zccl_transports::copy::copy_raw(self.dst, got.as_ptr(), self.len) };
         Ok(())
     }
 

@@ -122,7 +122,7 @@ pub fn unpack_seq_to_heads<T: Elem>(recv: &[T], s: UlyssesShape, ranks: usize) -
             for t in 0..s.seq_local {
                 let src = i * chunk + (b * s.seq_local + t) * row;
                 let dst = (b * seq + i * s.seq_local + t) * row;
-                out[dst..dst + row].copy_from_slice(&recv[src..src + row]);
+                zccl_transports::copy::copy_slice(&mut out[dst..dst + row], &recv[src..src + row]);
             }
         }
     }
@@ -173,7 +173,7 @@ pub fn unpack_heads_to_seq<T: Elem>(recv: &[T], s: UlyssesShape, ranks: usize) -
             for t in 0..s.seq_local {
                 let src = i * chunk + (b * s.seq_local + t) * row;
                 let dst = ((b * s.seq_local + t) * s.heads + i * hp) * s.dim;
-                out[dst..dst + row].copy_from_slice(&recv[src..src + row]);
+                zccl_transports::copy::copy_slice(&mut out[dst..dst + row], &recv[src..src + row]);
             }
         }
     }

@@ -218,11 +218,14 @@ where
         let range = b.start * cols..b.end * cols;
         if let Some(rv) = rv {
             let got: Vec<f32> = from_bytes(&rv.wait()?);
-            exclusive[range.clone()].copy_from_slice(&got);
+            zccl_transports::copy::copy_slice(&mut exclusive[range.clone()], &got);
         }
         if need_inclusive {
             if role.recv_from.is_none() {
-                inclusive[range.clone()].copy_from_slice(&local.state[range.clone()]);
+                zccl_transports::copy::copy_slice(
+                    &mut inclusive[range.clone()],
+                    &local.state[range.clone()],
+                );
             } else {
                 for i in b.clone() {
                     let g = local.decay[i];

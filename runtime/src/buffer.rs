@@ -213,9 +213,9 @@ pub fn vec_from_bytes<T: Element>(b: &[u8]) -> Vec<T> {
     // bytes, all written by the copy before the length is set; any bit
     // pattern is a valid `T` (an `Element` is plain data).
     unsafe {
-        std::ptr::copy_nonoverlapping(
-            b.as_ptr(),
+        zccl_transports::copy::copy_raw(
             v.as_mut_ptr().cast::<u8>(),
+            b.as_ptr(),
             n * std::mem::size_of::<T>(),
         );
         v.set_len(n);

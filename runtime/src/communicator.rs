@@ -1228,7 +1228,7 @@ impl Channel {
         // or withdraws the payload before it lets go.
         let raw = crate::buffer::as_bytes(data);
         let (bytes, release) = if raw.len() < crate::lend::LEND_MIN_BYTES {
-            (Bytes::copy_from_slice(raw), None)
+            (zccl_transports::copy::to_bytes(raw), None)
         } else {
             let (b, r) = unsafe { crate::lend::lend(raw) };
             (b, Some(r))

@@ -150,7 +150,7 @@ impl Dest {
         // SAFETY: `Channel::irecv_into`'s contract: the buffer is valid for
         // `len` bytes and untouched until the handle is waited or dropped,
         // which is when this runs.
-        unsafe { std::ptr::copy_nonoverlapping(got.as_ptr(), self.ptr, self.len) };
+        unsafe { zccl_transports::copy::copy_raw(self.ptr, got.as_ptr(), self.len) };
         Ok(())
     }
 }

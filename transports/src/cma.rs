@@ -199,15 +199,69 @@ fn two_cpus() -> bool {
     *TWO.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2)
 }
 
+/// Bytes bounced at a time by [`read`] (see there): small enough to stay
+/// in L2 between the kernel's copy in and ours out.
+const BOUNCE: usize = 128 << 10;
+
 /// Copies `dst.len()` bytes found at `addr` in process `pid` into `dst`,
 /// looping over partial reads (`process_vm_readv` may stop at a page it
 /// cannot read, or after about 2 GiB).
+///
+/// Where `dst` lies 1 to 63 bytes ahead of `addr` modulo 4 KiB, the
+/// kernel's copy runs into the short-distance `rep movsb` trap
+/// ([`crate::copy`]: 2.0 against 5.7 GB/s at 16 MiB here), so the bytes go
+/// through a buffer of this thread placed at `addr`'s page offset, 128 KiB
+/// at a time, and [`crate::copy::copy`] moves them on (16 MiB: 8.3 → 4.1 ms
+/// measured in C).
 ///
 /// Errors are the kernel's: `EFAULT` (the range is not mapped in `pid`, e.g.
 /// the buffer was freed), `ESRCH` (no such process), `EPERM` (no ptrace
 /// rights), `ENOSYS` (CMA not built in, or filtered by seccomp).
 /// `addr + dst.len()` must not overflow (callers check it).
 pub(crate) fn read(pid: u32, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
+    if dst.len() >= 4096 && crate::copy::is_slow_distance(dst.as_ptr() as usize, addr as usize) {
+        return read_bounced(pid, addr, dst);
+    }
+    read_direct(pid, addr, dst)
+}
+
+/// Chunks [`read_bounced`] moved (tests).
+#[cfg(test)]
+static BOUNCED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// [`read`] through this thread's bounce buffer (allocated on first use,
+/// `BOUNCE` + 4 KiB, kept for the thread's life).
+fn read_bounced(pid: u32, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|buf| {
+        let Ok(mut buf) = buf.try_borrow_mut() else {
+            // Not re-entered in practice; never wrong either way.
+            return read_direct(pid, addr, dst);
+        };
+        if buf.is_empty() {
+            buf.resize(BOUNCE + 4096, 0);
+        }
+        let mut off = 0usize;
+        while off < dst.len() {
+            let n = (dst.len() - off).min(BOUNCE);
+            let from = addr + off as u64;
+            // Start the bounce at `from`'s page offset: distance 0.
+            let start = ((from as usize).wrapping_sub(buf.as_ptr() as usize)) & 4095;
+            let bounce = &mut buf[start..start + n];
+            read_direct(pid, from, bounce)?;
+            crate::copy::copy(&mut dst[off..off + n], bounce);
+            #[cfg(test)]
+            BOUNCED.fetch_add(1, Ordering::Relaxed);
+            off += n;
+        }
+        Ok(())
+    })
+}
+
+/// [`read`] straight into `dst`.
+fn read_direct(pid: u32, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return Err(Errno::ESRCH);
     };
@@ -302,6 +356,37 @@ mod tests {
         );
         assert!(explain(Errno::EFAULT).contains("not mapped"));
         read(pid, 8, &mut []).unwrap();
+    }
+
+    /// Destinations 1 to 63 bytes ahead of the source (mod 4 KiB) go
+    /// through the bounce buffer, in chunks, and land exactly; an unmapped
+    /// source still fails with `EFAULT`.
+    #[test]
+    fn reads_at_the_slow_distance_bounce_and_land_exactly() {
+        let pid = std::process::id();
+        let len = 3 * BOUNCE + 4096 + 5;
+        let src: Vec<u8> = (0..len).map(|i| (i * 11 + i / 4096) as u8).collect();
+        for dist in [1usize, 16, 63, 64, 0] {
+            let mut buf = vec![0u8; len + 8192];
+            let want = (src.as_ptr() as usize + dist) & 4095;
+            let start = (want + 4096 - (buf.as_ptr() as usize & 4095)) & 4095;
+            let dst = &mut buf[start..start + len];
+            let before = BOUNCED.load(Ordering::Relaxed);
+            read(pid, src.as_ptr() as u64, dst).unwrap();
+            assert!(dst == &src[..], "distance {dist}");
+            let bounced = BOUNCED.load(Ordering::Relaxed) - before;
+            if (1..64).contains(&dist) {
+                assert!(bounced >= 4, "distance {dist}: {bounced} chunks bounced");
+            }
+            assert!(buf[..start].iter().all(|&b| b == 0));
+            assert!(buf[start + len..].iter().all(|&b| b == 0));
+        }
+        let mut dst = vec![0u8; 8192 + 4096];
+        let start = (8 + 16 + 4096 - (dst.as_ptr() as usize & 4095)) & 4095;
+        assert_eq!(
+            read(pid, 8, &mut dst[start..start + 8192]),
+            Err(Errno::EFAULT)
+        );
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl Zone {
         }
         // SAFETY: the zone is open and we hold its lock: neither a claim nor
         // `close` runs meanwhile; the poster keeps the memory valid.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr, self.len) };
+        unsafe { crate::copy::copy_raw(self.ptr, src.as_ptr(), self.len) };
         *st = State::Filled { landed: false };
         true
     }

@@ -100,7 +100,7 @@ fn all_gather_into_with<T: Elem, F: Fabric + ?Sized>(
     }
     match algo {
         Algo::Ring | Algo::Halving => {
-            out[r * m..(r + 1) * m].copy_from_slice(input);
+            zccl_transports::copy::copy_slice(&mut out[r * m..(r + 1) * m], input);
             let chunks: Vec<_> = (0..n).map(|j| j * m..(j + 1) * m).collect();
             ring_all_gather_chunks(f, ch, out, &chunks, OP_AG)?;
         }
@@ -126,7 +126,10 @@ fn all_gather_into_with<T: Elem, F: Fabric + ?Sized>(
             wait_all(sends)?;
             for i in 0..n {
                 let j = (r + i) % n;
-                out[j * m..(j + 1) * m].copy_from_slice(&rot[i * m..(i + 1) * m]);
+                zccl_transports::copy::copy_slice(
+                    &mut out[j * m..(j + 1) * m],
+                    &rot[i * m..(i + 1) * m],
+                );
             }
         }
     }

@@ -127,7 +127,7 @@ pub fn all_reduce_into<T: Elem, F: Fabric + ?Sized>(
         return halving_all_reduce(f, ch, Some(src), out, op);
     }
     if f.size() == 1 || algo != Algo::Ring {
-        output.copy_from_slice(input);
+        zccl_transports::copy::copy_slice(output, input);
         return all_reduce_with(f, ch, output, op, algo);
     }
     ring_all_reduce_from(f, ch, Some(input), output, op)
@@ -224,7 +224,7 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
                     std::mem::size_of_val(buf),
                 )?
                 .wait()?;
-            buf.copy_from_slice(&from_bytes::<T>(&got));
+            zccl_transports::copy::copy_slice(buf, &from_bytes::<T>(&got));
             s.wait()?;
         }
         rd::RdRole::Core {
@@ -250,7 +250,7 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
             }
             wait_all(sends)?;
             let done = finish::<T>(op, &acc, n);
-            buf.copy_from_slice(&done);
+            zccl_transports::copy::copy_slice(buf, &done);
             if let Some(dst) = fold_from {
                 f.isend(dst, ch, tag(OP_RD, 0xffff, 0), to_bytes(buf))?
                     .wait()?;

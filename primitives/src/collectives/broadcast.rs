@@ -215,7 +215,7 @@ fn small_broadcast<T: Elem, F: Fabric + ?Sized>(
     let len = std::mem::size_of_val(buf);
     let mut v = vec![0u8; len + 16];
     if f.rank() == root {
-        v[..len].copy_from_slice(crate::dtype::as_bytes(buf));
+        zccl_transports::copy::copy_slice(&mut v[..len], crate::dtype::as_bytes(buf));
     }
     v[len..len + 8].copy_from_slice(&(root as u64).to_le_bytes());
     v[len + 8..].copy_from_slice(&(!(root as u64)).to_le_bytes());
@@ -233,7 +233,7 @@ fn small_broadcast<T: Elem, F: Fabric + ?Sized>(
             others: "another rank passed a different root".into(),
         });
     }
-    crate::dtype::as_bytes_mut(buf).copy_from_slice(&v[..len]);
+    zccl_transports::copy::copy_slice(crate::dtype::as_bytes_mut(buf), &v[..len]);
     Ok(())
 }
 

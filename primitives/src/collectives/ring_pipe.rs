@@ -325,7 +325,7 @@ pub(super) fn ring_all_gather_pipe<T: Elem, F: Fabric + ?Sized>(
             let t = tag(opcode, st.step as u16 + 1, k);
             match rx.next()? {
                 Got::Bytes(got) => {
-                    out[p].copy_from_slice(&got.elems::<T>());
+                    zccl_transports::copy::copy_slice(&mut out[p], &got.elems::<T>());
                     if !last {
                         sends.push(f.isend_bytes(st.send_to, ch, t, got)?);
                     }

@@ -472,7 +472,7 @@ impl Engine {
                 if op.lent && !lent {
                     // Held past this call (delivered locally, or chunked
                     // and retransmitted by the router): copy it now.
-                    msg.payload = Bytes::copy_from_slice(&msg.payload);
+                    msg.payload = zccl_transports::copy::to_bytes(&msg.payload);
                 }
                 let len = msg.payload.len() as u64;
                 let mut pending = pending;

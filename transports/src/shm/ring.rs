@@ -448,8 +448,8 @@ impl Ring {
         // SAFETY: [idx, idx + first) and [0, n - first) lie in the data area
         // (the caller's contract makes them free).
         unsafe {
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.data.add(idx), first);
-            std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), self.data, n - first);
+            crate::copy::copy_raw(self.data.add(idx), buf.as_ptr(), first);
+            crate::copy::copy_raw(self.data, buf.as_ptr().add(first), n - first);
         }
     }
 
@@ -473,8 +473,8 @@ impl Ring {
             // SAFETY: [idx, idx + first) and [0, n - first) lie in the data
             // area, and the consumer does not read them until `head` moves.
             unsafe {
-                std::ptr::copy_nonoverlapping(buf.as_ptr(), self.data.add(idx), first);
-                std::ptr::copy_nonoverlapping(buf.as_ptr().add(first), self.data, n - first);
+                crate::copy::copy_raw(self.data.add(idx), buf.as_ptr(), first);
+                crate::copy::copy_raw(self.data, buf.as_ptr().add(first), n - first);
             }
             head += n as u64;
             self.head().store(head, Ordering::Release);
@@ -535,8 +535,8 @@ impl Ring {
         // SAFETY: [idx, idx + first) and [0, n - first) lie in the data area;
         // the producer does not overwrite them until the tail moves past.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.data.add(idx), out.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(self.data, out.as_mut_ptr().add(first), n - first);
+            crate::copy::copy_raw(out.as_mut_ptr(), self.data.add(idx), first);
+            crate::copy::copy_raw(out.as_mut_ptr().add(first), self.data, n - first);
         }
     }
 
@@ -1014,7 +1014,7 @@ mod tests {
                 std::thread::yield_now();
             }
         };
-        let lease = Duration::from_millis(300);
+        let lease = Duration::from_millis(1000);
         let until = |t: Instant| monotonic_ns() + (lease - t.elapsed()).as_nanos() as u64;
         // A reader that goes to sleep under a lease sleeps only until it
         // ends; a small record meanwhile wakes nobody: the reader finds it

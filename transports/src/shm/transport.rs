@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering, fence};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::config::CMA_CLOSE_WAIT;
@@ -247,7 +246,7 @@ impl Transport for ShmTransport {
             return r;
         }
         if !link.use_cma(&msg) {
-            msg.payload = Bytes::copy_from_slice(&msg.payload);
+            msg.payload = crate::copy::to_bytes(&msg.payload);
         }
         self.queue(link, peer, msg)
     }
