@@ -26,7 +26,12 @@
 //!   rings (`a → b` and `b → a`), each of [`ShmConfig::ring_bytes`]
 //!   (`ZCCL_SHM_RING_BYTES`, 4 MiB by default; smaller where `/dev/shm`
 //!   cannot hold the rings of every local pair, see `fit_ring_bytes` in
-//!   `segment.rs`). Positions are monotonic `u64`
+//!   `segment.rs`). Where the host's rings together take at most 256 MiB
+//!   (8 ranks of 4 MiB rings), both ranks map every page at setup
+//!   (`Segment::prefault`, `MADV_POPULATE_WRITE`) instead of faulting each
+//!   in on the rings' first lap (measured, 2 ranks: `zccl bench sendrecv
+//!   -b 64K -n 20` 92–152 → 11–15 µs; a job's start 20 ms longer with 2
+//!   ranks, 150 ms with 8 on 2 vCPUs). Positions are monotonic `u64`
 //!   counters (`head` written only by the producer, `tail` only by the
 //!   consumer, on separate cache lines). A message is a 32-byte record header
 //!   followed by its payload, streamed through the ring in pieces, so messages

@@ -125,6 +125,25 @@ impl Segment {
         self.map.as_mut_ptr()
     }
 
+    /// Maps every page of the segment into this process now
+    /// (`MADV_POPULATE_WRITE`, Linux 5.14+; the first of the two ranks to
+    /// do it allocates the pages), instead of one fault per page on the
+    /// rings' first lap: a 4 MiB ring's 1024 pages cost each side about
+    /// 2 ms there, 100 µs an op for 64 KiB messages until the ring has gone
+    /// round once. Best effort: an older kernel or a full `/dev/shm`
+    /// leaves the pages to fault in as before; returns whether it worked.
+    pub(super) fn prefault(&self) -> bool {
+        // SAFETY: the range is this mapping; populating changes which pages
+        // are present, not their contents (shared pages stay as they are).
+        unsafe {
+            libc::madvise(
+                self.base().cast(),
+                self.map.len(),
+                libc::MADV_POPULATE_WRITE,
+            ) == 0
+        }
+    }
+
     #[inline]
     pub(super) fn u64_at(&self, off: usize) -> &AtomicU64 {
         debug_assert!(off.is_multiple_of(8) && off + 8 <= HEADER);
@@ -157,7 +176,8 @@ pub(super) const MIN_FIT_RING: u64 = 64 << 10;
 /// the segments of every pair of `local` ranks of this host fit in `free`
 /// bytes of `/dev/shm` with a tenth to spare: `wanted`, or halved until they
 /// fit (down to [`MIN_FIT_RING`]), else why not. Segments are sparse when
-/// created and fill as their rings are used, so a `/dev/shm` too small for
+/// created and fill as their rings are used (or at setup, where
+/// [`prefault_fits`]), so a `/dev/shm` too small for
 /// them (Docker's 64 MiB default and 8 ranks of 4 MiB rings: 28 pairs of
 /// 8 MiB) would otherwise end a rank with `SIGBUS` in the middle of a job.
 /// Only the creator of a segment chooses its size (the opener reads it), so
@@ -181,6 +201,21 @@ pub(super) fn fit_ring_bytes(wanted: u64, local: u64, free: u64) -> Result<u64, 
         need(cap).div_ceil(1 << 20),
         cap >> 10,
     ))
+}
+
+/// Most bytes of rings a host's ranks map up front ([`Segment::prefault`]):
+/// the rings of up to 8 ranks of 4 MiB rings (28 pairs of 8 MiB, a GPU
+/// node's). Above it, pages fault in as the rings are used, which keeps a
+/// many-rank host that sends only small messages from holding every ring
+/// whole (a mapped page counts in each process's RSS, though the two ranks
+/// of a pair share it).
+pub(super) const PREFAULT_MAX_BYTES: u64 = 256 << 20;
+
+/// Whether the segments of `local` ranks with rings of `cap` bytes are
+/// small enough, all together, to be mapped up front. Pure.
+pub(super) fn prefault_fits(local: u64, cap: u64) -> bool {
+    let pairs = local * local.saturating_sub(1) / 2;
+    pairs.saturating_mul(HEADER as u64 + 2 * cap) <= PREFAULT_MAX_BYTES
 }
 
 /// Bytes free in the filesystem of `/dev/shm`, if it can be asked.
@@ -416,6 +451,40 @@ mod tests {
         assert!(try_open_segment(&name, job, 0, 1).unwrap().is_none());
         a.u64_at(HEADER - 8).store(7, Ordering::Relaxed);
         assert_eq!(b.u64_at(HEADER - 8).load(Ordering::Relaxed), 7);
+    }
+
+    /// Pages of `seg` present in memory (`mincore`).
+    fn resident(seg: &Segment) -> usize {
+        let pages = seg.map.len().div_ceil(4096);
+        let mut v = vec![0u8; pages];
+        // SAFETY: the range is the mapping; `v` has a byte per page.
+        let rc = unsafe { libc::mincore(seg.base().cast(), seg.map.len(), v.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        v.iter().filter(|&&b| b & 1 == 1).count()
+    }
+
+    #[test]
+    fn prefault_maps_every_page_and_keeps_what_is_written() {
+        let job = job();
+        let name = segment_name(job, "segtest", 4, 5);
+        let a = create_segment(&name, job, 4, 5, 1 << 20).unwrap();
+        let pages = a.map.len().div_ceil(4096);
+        // Sparse when created: only the header's pages were touched.
+        assert!(resident(&a) < pages / 2, "{} of {pages}", resident(&a));
+        if !a.prefault() {
+            eprintln!("skipped: MADV_POPULATE_WRITE unsupported here (Linux < 5.14)");
+            return;
+        }
+        assert_eq!(resident(&a), pages);
+        assert_eq!(a.u64_at(OFF_MAGIC).load(Ordering::Acquire), MAGIC);
+        assert_eq!(a.u64_at(OFF_RING_BYTES).load(Ordering::Relaxed), 1 << 20);
+        // The budget: up to 8 ranks of 4 MiB rings, not 9; 32 ranks of
+        // 64 KiB rings, not 64.
+        assert!(prefault_fits(8, 4 << 20));
+        assert!(!prefault_fits(9, 4 << 20));
+        assert!(prefault_fits(32, 64 << 10));
+        assert!(!prefault_fits(64, 64 << 10));
+        assert!(prefault_fits(1, u64::MAX / 4));
     }
 
     #[test]

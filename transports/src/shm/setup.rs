@@ -19,7 +19,8 @@ use super::ring::{CMA_NO, CMA_YES, R_CMA_OK, Ring};
 use super::segment::{
     CTL, OFF_ATTACHED, OFF_CREATOR_MASK, OFF_CREATOR_PID, OFF_CREATOR_PROBE, OFF_CREATOR_PROBE_VAL,
     OFF_OPENER_MASK, OFF_OPENER_PID, OFF_OPENER_PROBE, OFF_OPENER_PROBE_VAL, Segment,
-    create_segment, fit_ring_bytes, segment_name, shm_free_bytes, try_open_segment, valid_tag,
+    create_segment, fit_ring_bytes, prefault_fits, segment_name, shm_free_bytes, try_open_segment,
+    valid_tag,
 };
 use super::send::writer;
 use super::transport::ShmTransport;
@@ -180,6 +181,14 @@ impl ShmTransport {
                 cma_on,
                 (OFF_OPENER_PID, OFF_OPENER_PROBE, OFF_OPENER_PROBE_VAL),
             );
+        }
+        // Every page of the rings mapped now, not one fault per page on
+        // their first lap (where the host's rings all together are small
+        // enough: `prefault_fits`).
+        if prefault_fits(local as u64, cap) {
+            for (_, seg, ..) in &segs {
+                seg.prefault();
+            }
         }
         // The CPUs this host's ranks share, from every local rank's
         // affinity mask (the peers wrote theirs before the segment's magic
