@@ -398,6 +398,13 @@ impl Communicator {
         };
         let book = runtime.block_on(bootstrap::exchange(id, me, size, &limits, deadline))?;
         if let Some(why) = book.disagreement() {
+            // Every rank reads the same book and fails alike; where this
+            // process hosts the root, it first finishes handing the book to
+            // the others (else a rank could read a closed connection
+            // instead, and not learn why).
+            if let Some(root) = root {
+                let _ = root.join();
+            }
             return Err(Error::Config(why));
         }
         let (tcp_tx, tcp_rx) = mpsc::unbounded_channel();
