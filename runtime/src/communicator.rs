@@ -244,6 +244,19 @@ impl Drop for Core {
     }
 }
 
+/// The bootstrap root an initialising rank hosts, joined if init fails
+/// after the address book came back: the root has then only the book's
+/// sends left to finish (each bounded by the handshake timeout).
+struct JoinOnError(Option<BootstrapRoot>);
+
+impl Drop for JoinOnError {
+    fn drop(&mut self) {
+        if let Some(root) = self.0.take() {
+            let _ = root.join();
+        }
+    }
+}
+
 /// A rank's communicator.
 ///
 /// Create one per rank with [`Communicator::init`] (a [`UniqueId`] handed out
@@ -397,14 +410,12 @@ impl Communicator {
             },
         };
         let book = runtime.block_on(bootstrap::exchange(id, me, size, &limits, deadline))?;
+        // From here on, a failure of this rank first lets the root it hosts
+        // finish handing out the address book (bounded by the handshake
+        // timeout), so no other rank reads a closed connection instead of
+        // learning why (a settings disagreement fails every rank at once).
+        let mut root = JoinOnError(root);
         if let Some(why) = book.disagreement() {
-            // Every rank reads the same book and fails alike; where this
-            // process hosts the root, it first finishes handing the book to
-            // the others (else a rank could read a closed connection
-            // instead, and not learn why).
-            if let Some(root) = root {
-                let _ = root.join();
-            }
             return Err(Error::Config(why));
         }
         let (tcp_tx, tcp_rx) = mpsc::unbounded_channel();
@@ -522,7 +533,7 @@ impl Communicator {
             next_comm: Mutex::new(1),
             aborted: AtomicBool::new(false),
             ended: std::sync::OnceLock::new(),
-            _root: root,
+            _root: root.0.take(),
         });
         Ok(Self {
             inner: Arc::new(Inner {

@@ -478,8 +478,12 @@ mod tests {
         assert_eq!(resident(&a), pages);
         assert_eq!(a.u64_at(OFF_MAGIC).load(Ordering::Acquire), MAGIC);
         assert_eq!(a.u64_at(OFF_RING_BYTES).load(Ordering::Relaxed), 1 << 20);
-        // The budget: up to 8 ranks of 4 MiB rings, not 9; 32 ranks of
-        // 64 KiB rings, not 64.
+    }
+
+    #[test]
+    fn rings_are_mapped_up_front_only_within_the_budget() {
+        // Up to 8 ranks of 4 MiB rings, not 9; 32 ranks of 64 KiB rings,
+        // not 64; a rank alone has no pair.
         assert!(prefault_fits(8, 4 << 20));
         assert!(!prefault_fits(9, 4 << 20));
         assert!(prefault_fits(32, 64 << 10));
