@@ -35,6 +35,7 @@ fn main() {
         1 << 20,
         4 << 20,
         16 << 20,
+        64 << 20,
     ] {
         let src_buf = vec![1u8; size + 8192];
         let mut dst_buf = vec![0u8; size + 8192];

@@ -93,7 +93,7 @@ pub fn pack_seq_to_heads<T: Elem>(x: &[T], s: UlyssesShape, ranks: usize) -> Res
         for b in 0..s.batch {
             for t in 0..s.seq_local {
                 let base = ((b * s.seq_local + t) * s.heads + j * hp) * s.dim;
-                out.extend_from_slice(&x[base..base + hp * s.dim]);
+                zccl_transports::copy::extend(&mut out, &x[base..base + hp * s.dim]);
             }
         }
     }
@@ -147,7 +147,7 @@ pub fn pack_heads_to_seq<T: Elem>(y: &[T], s: UlyssesShape, ranks: usize) -> Res
     for j in 0..ranks {
         for b in 0..s.batch {
             let base = (b * seq + j * s.seq_local) * row;
-            out.extend_from_slice(&y[base..base + s.seq_local * row]);
+            zccl_transports::copy::extend(&mut out, &y[base..base + s.seq_local * row]);
         }
     }
     Ok(out)

@@ -92,7 +92,7 @@ pub trait TokenRingKernel {
     /// (default: all of it). Its length must be `q_len(next holder, step + 1, origin)`.
     fn forward_q(&mut self, step: usize, origin: usize, q: &[u8]) -> Vec<u8> {
         let _ = (step, origin);
-        q.to_vec()
+        zccl_transports::copy::to_vec(q)
     }
     /// Computes this rank's partial result for the Q of `origin` at `step`
     /// (attention of that Q against this rank's K, V).

@@ -677,7 +677,7 @@ impl Comm {
         }
         let block = Span::new(addr, nbytes, "ring_pass block")?;
         // SAFETY: read now, while the caller holds the block.
-        let own = unsafe { block.slice::<u8>("block")? }.to_vec();
+        let own = zccl_transports::copy::to_vec(unsafe { block.slice::<u8>("block")? });
         let failure: Arc<Mutex<Option<PyErr>>> = Arc::default();
         let f2 = failure.clone();
         let r = self.run_with_callbacks(py, move |c| {
@@ -728,7 +728,7 @@ impl Comm {
         }
         let q = Span::new(addr, nbytes, "token_ring Q")?;
         // SAFETY: read now, while the caller holds Q.
-        let own = unsafe { q.slice::<u8>("Q")? }.to_vec();
+        let own = zccl_transports::copy::to_vec(unsafe { q.slice::<u8>("Q")? });
         let failure: Arc<Mutex<Option<PyErr>>> = Arc::default();
         let mut kernel = PyKernel {
             q_lens,
@@ -830,9 +830,9 @@ impl Comm {
             let f = Labelled::new(c, DType::F32).op(OpLabel::ALL_SCAN);
             scan::all_scan_diag_blocks(&f, CH_COLL, local, dir, blocks, i_.is_some(), |b| {
                 let span = b.rows.start * cols..b.rows.end * cols;
-                e_[span.clone()].copy_from_slice(b.exclusive);
+                zccl_transports::copy::copy_slice(&mut e_[span.clone()], b.exclusive);
                 if let (Some(dst), Some(src)) = (i_.as_deref_mut(), b.inclusive) {
-                    dst[span].copy_from_slice(src);
+                    zccl_transports::copy::copy_slice(&mut dst[span], src);
                 }
                 match &on_block {
                     Some(cb) => call_py(&f2, cb, |py| {

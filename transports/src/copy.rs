@@ -114,6 +114,42 @@ pub fn to_bytes(src: &[u8]) -> bytes::Bytes {
     bytes::Bytes::from(v)
 }
 
+/// Appends a copy of `src` to `v` (as `extend_from_slice`, through
+/// [`copy`]).
+///
+/// ```
+/// let mut v = vec![1u32, 2];
+/// zccl_transports::copy::extend(&mut v, &[3u32; 2000]);
+/// assert_eq!(v.len(), 2002);
+/// assert_eq!(v[2001], 3);
+/// ```
+pub fn extend<T: Copy>(v: &mut Vec<T>, src: &[T]) {
+    v.reserve(src.len());
+    let len = v.len();
+    // SAFETY: `reserve` made room for `src.len()` more elements after
+    // `len`; the copy writes all of them before `set_len` exposes them, and
+    // `T: Copy` has no drop glue.
+    unsafe {
+        copy_raw(
+            v.as_mut_ptr().add(len).cast(),
+            src.as_ptr().cast(),
+            std::mem::size_of_val(src),
+        );
+        v.set_len(len + src.len());
+    }
+}
+
+/// A `Vec` holding a copy of `src` (as `to_vec`, through [`copy`]).
+///
+/// ```
+/// assert_eq!(zccl_transports::copy::to_vec(&[5u8; 3000]), vec![5u8; 3000]);
+/// ```
+pub fn to_vec<T: Copy>(src: &[T]) -> Vec<T> {
+    let mut v = Vec::new();
+    extend(&mut v, src);
+    v
+}
+
 /// [`copy`] on raw pointers.
 ///
 /// # Safety
@@ -138,32 +174,41 @@ pub unsafe fn copy_raw(dst: *mut u8, src: *const u8, n: usize) {
     unsafe { std::ptr::copy_nonoverlapping(src, dst, n) }
 }
 
-/// Copies from the end down, four 16-byte moves per step; the first
-/// `n % 64` bytes by `memcpy`. (The loop stays a loop: four stores per
-/// step against a stride of -64 is no `memcpy` idiom for the compiler.)
+/// Copies from the end down, four 16-byte moves per step (`movdqu`, in
+/// assembly: the bytes are moved, never read as Rust values, so
+/// uninitialised source bytes such as padding are copied soundly, as
+/// `copy_nonoverlapping` copies them; and the compiler cannot turn the
+/// loop back into a `memcpy` call); the first `n % 64` bytes by `memcpy`.
 ///
 /// # Safety
 /// As [`copy_raw`].
 #[cfg(target_arch = "x86_64")]
 #[inline(never)]
 unsafe fn copy_backward(dst: *mut u8, src: *const u8, n: usize) {
-    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128};
     let mut i = n;
     while i >= 64 {
         i -= 64;
-        // SAFETY: [i, i + 64) lies in both ranges; `loadu`/`storeu` take
-        // any alignment; SSE2 is part of x86-64.
+        // SAFETY: [i, i + 64) lies in both ranges (readable source,
+        // writable destination, disjoint); `movdqu` takes any alignment and
+        // SSE2 is part of x86-64.
         unsafe {
-            let s = src.add(i).cast::<__m128i>();
-            let d = dst.add(i).cast::<__m128i>();
-            let a = _mm_loadu_si128(s);
-            let b = _mm_loadu_si128(s.add(1));
-            let c = _mm_loadu_si128(s.add(2));
-            let e = _mm_loadu_si128(s.add(3));
-            _mm_storeu_si128(d, a);
-            _mm_storeu_si128(d.add(1), b);
-            _mm_storeu_si128(d.add(2), c);
-            _mm_storeu_si128(d.add(3), e);
+            std::arch::asm!(
+                "movdqu {a}, [{s}]",
+                "movdqu {b}, [{s} + 16]",
+                "movdqu {c}, [{s} + 32]",
+                "movdqu {e}, [{s} + 48]",
+                "movdqu [{d}], {a}",
+                "movdqu [{d} + 16], {b}",
+                "movdqu [{d} + 32], {c}",
+                "movdqu [{d} + 48], {e}",
+                s = in(reg) src.add(i),
+                d = in(reg) dst.add(i),
+                a = out(xmm_reg) _,
+                b = out(xmm_reg) _,
+                c = out(xmm_reg) _,
+                e = out(xmm_reg) _,
+                options(nostack, preserves_flags),
+            );
         }
     }
     // SAFETY: the first `i` bytes of both ranges.
@@ -213,6 +258,12 @@ mod tests {
         let bytes: Vec<u8> = (0..9000u32).map(|i| i as u8).collect();
         assert_eq!(&to_bytes(&bytes[5..])[..], &bytes[5..]);
         assert!(to_bytes(&[]).is_empty());
+        let mut v = to_vec(&bytes[..3]);
+        extend(&mut v, &bytes[16..9000]);
+        assert_eq!(&v[..3], &bytes[..3]);
+        assert_eq!(&v[3..], &bytes[16..9000]);
+        extend(&mut v, &[]);
+        assert_eq!(v.len(), 3 + 9000 - 16);
     }
 
     #[test]

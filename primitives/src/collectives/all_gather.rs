@@ -106,7 +106,7 @@ fn all_gather_into_with<T: Elem, F: Fabric + ?Sized>(
         }
         Algo::Tree => {
             let mut rot: Vec<T> = Vec::with_capacity(n * m);
-            rot.extend_from_slice(input);
+            zccl_transports::copy::extend(&mut rot, input);
             // Sends own their bytes: waited once, at the end (a step need
             // not wait for the previous one's acknowledgement).
             let mut sends = Vec::new();
@@ -121,7 +121,7 @@ fn all_gather_into_with<T: Elem, F: Fabric + ?Sized>(
                         st.blocks * m * std::mem::size_of::<T>(),
                     )?
                     .wait()?;
-                rot.extend_from_slice(&from_bytes::<T>(&got));
+                zccl_transports::copy::extend(&mut rot, &from_bytes::<T>(&got));
             }
             wait_all(sends)?;
             for i in 0..n {

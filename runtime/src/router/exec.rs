@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tracing::{debug, info, warn};
 use zccl_transports::metrics::Metrics;
 use zccl_transports::{Message, MessageKind};
@@ -332,9 +332,9 @@ impl Router {
                 chunks: nchunks,
                 index: d.chunk as u32,
             };
-            let mut buf = BytesMut::with_capacity(HEADER_LEN + len as usize);
+            let mut buf = Vec::with_capacity(HEADER_LEN + len as usize);
             buf.extend_from_slice(&h.encode());
-            buf.extend_from_slice(&a.payload[off as usize..(off + len) as usize]);
+            zccl_transports::copy::extend(&mut buf, &a.payload[off as usize..(off + len) as usize]);
             self.next_seq += 1;
             let msg = Message {
                 kind: MessageKind::Data,
@@ -342,7 +342,7 @@ impl Router {
                 comm: ROUTE_COMM,
                 channel: 0,
                 seq: self.next_seq,
-                payload: buf.freeze(),
+                payload: buf.into(),
             };
             let src_name = nic_name(&self.rc.cluster, lane.src_nic)
                 .unwrap_or("?")

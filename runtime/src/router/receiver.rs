@@ -126,7 +126,7 @@ impl Reassembly {
             return Arrival::Duplicate;
         }
         let off = h.offset as usize;
-        p.buf[off..off + data.len()].copy_from_slice(data);
+        zccl_transports::copy::copy(&mut p.buf[off..off + data.len()], data);
         p.got[i] = true;
         p.missing -= 1;
         if p.missing > 0 {

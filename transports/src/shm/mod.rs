@@ -26,8 +26,8 @@
 //!   rings (`a → b` and `b → a`), each of [`ShmConfig::ring_bytes`]
 //!   (`ZCCL_SHM_RING_BYTES`, 4 MiB by default; smaller where `/dev/shm`
 //!   cannot hold the rings of every local pair, see `fit_ring_bytes` in
-//!   `segment.rs`). Where the host's rings together take at most 256 MiB
-//!   (8 ranks of 4 MiB rings), both ranks map every page at setup
+//!   `segment.rs`). Where a job's rings on the host together take at most
+//!   256 MiB (8 ranks of 4 MiB rings), both ranks map every page at setup
 //!   (`Segment::prefault`, `MADV_POPULATE_WRITE`) instead of faulting each
 //!   in on the rings' first lap (measured, 2 ranks: `zccl bench sendrecv
 //!   -b 64K -n 20` 92–152 → 11–15 µs; a job's start 20 ms longer with 2

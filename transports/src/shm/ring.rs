@@ -1035,6 +1035,10 @@ mod tests {
         // the lease when it next wakes) ...
         let r = sleeper(c.clone());
         asleep(&c, ASLEEP);
+        // The sleeper announces itself before it looks at the lease: give
+        // it time to look (and find none) and sleep, so that the renewal
+        // comes after (it failed under the full suite's load without).
+        std::thread::sleep(Duration::from_millis(200));
         c.renew_lease(monotonic_ns() + 10_000_000_000);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(c.reader_waiting().load(Ordering::SeqCst), ASLEEP);

@@ -126,22 +126,27 @@ impl Segment {
     }
 
     /// Maps every page of the segment into this process now
-    /// (`MADV_POPULATE_WRITE`, Linux 5.14+; the first of the two ranks to
-    /// do it allocates the pages), instead of one fault per page on the
-    /// rings' first lap: a 4 MiB ring's 1024 pages cost each side about
-    /// 2 ms there, 100 µs an op for 64 KiB messages until the ring has gone
-    /// round once. Best effort: an older kernel or a full `/dev/shm`
-    /// leaves the pages to fault in as before; returns whether it worked.
-    pub(super) fn prefault(&self) -> bool {
-        // SAFETY: the range is this mapping; populating changes which pages
-        // are present, not their contents (shared pages stay as they are).
-        unsafe {
-            libc::madvise(
-                self.base().cast(),
-                self.map.len(),
-                libc::MADV_POPULATE_WRITE,
-            ) == 0
-        }
+    /// (`MADV_POPULATE_WRITE`, Linux 5.14+), instead of one fault per page
+    /// on the rings' first lap: a 4 MiB ring's 1024 pages cost each side
+    /// about 2 ms there, 100 µs an op for 64 KiB messages until the ring
+    /// has gone round once. The ring this rank writes (`out_dir`) first, so
+    /// that a page the two ranks have not touched yet is allocated by its
+    /// producer (its NUMA node) unless the peer got to it first. Best
+    /// effort: on failure (older kernel: `EINVAL`; `/dev/shm` full:
+    /// `EFAULT`, `ENOMEM`) the pages fault in as before; the error is
+    /// returned.
+    pub(super) fn prefault(&self, out_dir: usize) -> Result<(), Errno> {
+        let cap = (self.map.len() - HEADER) / 2;
+        let populate = |off: usize, len: usize| {
+            // SAFETY: the range lies in this mapping; populating changes
+            // which pages are present, not their contents.
+            let rc = unsafe {
+                libc::madvise(self.base().add(off).cast(), len, libc::MADV_POPULATE_WRITE)
+            };
+            if rc == 0 { Ok(()) } else { Err(Errno::last()) }
+        };
+        populate(HEADER + out_dir * cap, cap)?;
+        populate(0, self.map.len())
     }
 
     #[inline]
@@ -203,12 +208,12 @@ pub(super) fn fit_ring_bytes(wanted: u64, local: u64, free: u64) -> Result<u64, 
     ))
 }
 
-/// Most bytes of rings a host's ranks map up front ([`Segment::prefault`]):
-/// the rings of up to 8 ranks of 4 MiB rings (28 pairs of 8 MiB, a GPU
-/// node's). Above it, pages fault in as the rings are used, which keeps a
-/// many-rank host that sends only small messages from holding every ring
-/// whole (a mapped page counts in each process's RSS, though the two ranks
-/// of a pair share it).
+/// Most bytes of rings a job's ranks on one host map up front
+/// ([`Segment::prefault`]): the rings of up to 8 ranks of 4 MiB rings
+/// (28 pairs of 8 MiB, a GPU node's). Above it, pages fault in as the
+/// rings are used, which keeps a many-rank host whose pairs do not all
+/// talk from holding every ring whole (a mapped page counts in each
+/// process's RSS, though the two ranks of a pair share it).
 pub(super) const PREFAULT_MAX_BYTES: u64 = 256 << 20;
 
 /// Whether the segments of `local` ranks with rings of `cap` bytes are
@@ -471,8 +476,10 @@ mod tests {
         let pages = a.map.len().div_ceil(4096);
         // Sparse when created: only the header's pages were touched.
         assert!(resident(&a) < pages / 2, "{} of {pages}", resident(&a));
-        if !a.prefault() {
-            eprintln!("skipped: MADV_POPULATE_WRITE unsupported here (Linux < 5.14)");
+        if let Err(e) = a.prefault(0) {
+            eprintln!(
+                "skipped: MADV_POPULATE_WRITE failed here ({e}: unsupported before Linux 5.14, or /dev/shm full)"
+            );
             return;
         }
         assert_eq!(resident(&a), pages);

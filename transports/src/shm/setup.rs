@@ -183,11 +183,19 @@ impl ShmTransport {
             );
         }
         // Every page of the rings mapped now, not one fault per page on
-        // their first lap (where the host's rings all together are small
-        // enough: `prefault_fits`).
-        if prefault_fits(local as u64, cap) {
-            for (_, seg, ..) in &segs {
-                seg.prefault();
+        // their first lap, where the job's rings on this host are small
+        // enough all together (`prefault_fits`, decided from each
+        // segment's own ring size, which both of its ranks read alike).
+        for (p, seg, pcap, _) in &segs {
+            if prefault_fits(local as u64, *pcap) {
+                let out_dir = usize::from(rank > *p);
+                if let Err(e) = seg.prefault(out_dir) {
+                    warn!(
+                        rank,
+                        peer = *p,
+                        "could not map the shared-memory rings up front ({e}); their pages fault in as they are used"
+                    );
+                }
             }
         }
         // The CPUs this host's ranks share, from every local rank's
