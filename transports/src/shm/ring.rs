@@ -440,6 +440,7 @@ impl Ring {
     /// `[pos, pos + buf.len())` must be free space of the ring (behind the
     /// consumer's tail by at most the capacity) that only this producer
     /// writes.
+    #[inline]
     unsafe fn copy_in(&self, pos: u64, buf: &[u8]) {
         let n = buf.len();
         debug_assert!(n as u64 <= self.cap);
@@ -468,14 +469,9 @@ impl Ring {
                 Ok((free > 0).then_some(free))
             })?;
             let n = (free as usize).min(buf.len());
-            let idx = (head % cap) as usize;
-            let first = n.min(cap as usize - idx);
-            // SAFETY: [idx, idx + first) and [0, n - first) lie in the data
-            // area, and the consumer does not read them until `head` moves.
-            unsafe {
-                crate::copy::copy_raw(self.data.add(idx), buf.as_ptr(), first);
-                crate::copy::copy_raw(self.data, buf.as_ptr().add(first), n - first);
-            }
+            // SAFETY: `n` bytes from `head` are free (the wait above), and
+            // the consumer does not read them until `head` moves.
+            unsafe { self.copy_in(head, &buf[..n]) };
             head += n as u64;
             self.head().store(head, Ordering::Release);
             self.notify_data(small);

@@ -187,15 +187,14 @@ impl ShmTransport {
         // enough all together (`prefault_fits`, decided from each
         // segment's own ring size, which both of its ranks read alike).
         for (p, seg, pcap, _) in &segs {
-            if prefault_fits(local as u64, *pcap) {
-                let out_dir = usize::from(rank > *p);
-                if let Err(e) = seg.prefault(out_dir) {
-                    warn!(
-                        rank,
-                        peer = *p,
-                        "could not map the shared-memory rings up front ({e}); their pages fault in as they are used"
-                    );
-                }
+            if prefault_fits(local as u64, *pcap)
+                && let Err(e) = seg.prefault(out_dir(rank, *p))
+            {
+                warn!(
+                    rank,
+                    peer = *p,
+                    "could not map the shared-memory rings up front ({e}); their pages fault in as they are used"
+                );
             }
         }
         // The CPUs this host's ranks share, from every local rank's
@@ -240,8 +239,7 @@ impl ShmTransport {
         let mut cma_peers = Vec::new();
         let mut ring_peers = Vec::new();
         for (p, seg, pcap, cma) in segs {
-            // Ring 0 carries lo -> hi.
-            let (out_dir, in_dir) = if rank < p { (0, 1) } else { (1, 0) };
+            let (out_dir, in_dir) = (out_dir(rank, p), out_dir(p, rank));
             let (tx, rx) = std::sync::mpsc::channel();
             let (wdone_tx, wdone_rx) = oneshot::channel();
             let (rdone_tx, rdone_rx) = oneshot::channel();
@@ -324,6 +322,12 @@ impl ShmTransport {
             shared_cpus: cpus,
         })
     }
+}
+
+/// The ring of a pair's segment that `rank` writes to `peer`: ring 0
+/// carries lower rank -> higher rank, ring 1 the other way.
+fn out_dir(rank: u32, peer: u32) -> usize {
+    usize::from(rank > peer)
 }
 
 #[cfg(test)]
