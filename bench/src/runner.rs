@@ -57,7 +57,7 @@ use zccl_primitives::schedule::scan::ScanDirection;
 use zccl_transports::copy::copy_slice;
 
 use crate::args::{Average, Settings, check_job, nccl_name};
-use crate::buffer::filled;
+use crate::buffer::{Buf, filled};
 use crate::check::{
     BenchElem, count_wrong, id, reduce_input, reduced, scan_decay, scan_expected, scan_state,
 };
@@ -150,12 +150,12 @@ trait Case<F: Fabric + ?Sized> {
 
 /// Every op but all_scan, for element type `T`. `a` is the input (and the
 /// buffer of in-place runs), `b` the output of out-of-place runs.
-struct Coll<T> {
+struct Coll<T: Copy> {
     c: Ctx,
-    a: Vec<T>,
-    b: Vec<T>,
+    a: Buf<T>,
+    b: Buf<T>,
     /// In-place alltoall's output before it is copied back.
-    scratch: Vec<T>,
+    scratch: Buf<T>,
 }
 
 /// `got` against `want(i)` for `want_len` elements; a length difference counts as wrong elements.
@@ -195,9 +195,9 @@ impl<T: BenchElem> Coll<T> {
     fn new(c: Ctx) -> Self {
         Coll {
             c,
-            a: Vec::new(),
-            b: Vec::new(),
-            scratch: Vec::new(),
+            a: Buf::default(),
+            b: Buf::default(),
+            scratch: Buf::default(),
         }
     }
 
@@ -249,7 +249,7 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
             _ => filled(c.lay.send_count, |i| id(r, i, rep)),
         };
         self.b = match c.in_place {
-            true => Vec::new(),
+            true => Buf::default(),
             false => filled(c.lay.recv_count, |_| zero),
         };
         self.scratch = match (c.in_place, c.op) {
@@ -263,7 +263,7 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
                 | Op::Pingpong
                 | Op::TokenRing,
             ) => filled(c.lay.recv_count, |_| zero),
-            _ => Vec::new(),
+            _ => Buf::default(),
         };
     }
 
