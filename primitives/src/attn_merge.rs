@@ -97,7 +97,10 @@ pub fn attn_merge(
     out2: &[f32],
     lse2: &[f32],
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    let (mut o, mut l) = (out1.to_vec(), lse1.to_vec());
+    let (mut o, mut l) = (
+        zccl_transports::copy::to_vec(out1),
+        zccl_transports::copy::to_vec(lse1),
+    );
     attn_merge_into(&mut o, &mut l, out2, lse2)?;
     Ok((o, l))
 }

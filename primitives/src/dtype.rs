@@ -260,7 +260,7 @@ pub(crate) fn message_with<T: Elem>(count: usize, fill: impl FnOnce(&mut [T])) -
         None => {
             let mut tmp = vec![T::default(); count];
             fill(&mut tmp);
-            b.copy_from_slice(as_bytes(&tmp));
+            zccl_transports::copy::copy(&mut b, as_bytes(&tmp));
         }
     }
     b

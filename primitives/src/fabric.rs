@@ -138,7 +138,7 @@ impl RecvBytes {
     pub fn into_vec(self) -> Vec<u8> {
         match self.0 {
             BytesRepr::Vec(v) => v,
-            BytesRepr::Owner(o) => o.as_ref().as_ref().to_vec(),
+            BytesRepr::Owner(o) => zccl_transports::copy::to_vec(o.as_ref().as_ref()),
             BytesRepr::Host(h) => h.into_vec(),
         }
     }
@@ -162,7 +162,7 @@ impl RecvBytes {
         match self.0 {
             BytesRepr::Vec(v) => v.into(),
             BytesRepr::Host(h) => h,
-            BytesRepr::Owner(o) => o.as_ref().as_ref().to_vec().into(),
+            BytesRepr::Owner(o) => zccl_transports::copy::to_vec(o.as_ref().as_ref()).into(),
         }
     }
 
@@ -700,7 +700,7 @@ pub trait Fabric: Send + Sync {
         tag: u64,
         data: &[u8],
     ) -> Result<SendHandle> {
-        self.isend(to, channel, tag, data.to_vec())
+        self.isend(to, channel, tag, zccl_transports::copy::to_vec(data))
     }
 
     /// Like [`Fabric::irecv`] of `dst.len()` bytes, but the message ends up

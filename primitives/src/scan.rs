@@ -379,11 +379,11 @@ where
     let t = tag(OP_SCAN_FN, 0, 0);
     let exclusive = match role.recv_from {
         Some(p) => from_bytes::<f32>(&f.irecv(p, ch, t, local.len() * 4)?.wait()?),
-        None => identity.to_vec(),
+        None => zccl_transports::copy::to_vec(identity),
     };
     let inclusive = if want_inclusive || role.send_to.is_some() {
         let inc = if role.recv_from.is_none() {
-            local.to_vec()
+            zccl_transports::copy::to_vec(local)
         } else {
             combine(&exclusive, local)
         };

@@ -458,7 +458,10 @@ impl<T: Element> From<Vec<T>> for HostBuffer<T> {
 
 impl<T: Element> From<&[T]> for HostBuffer<T> {
     fn from(s: &[T]) -> Self {
-        s.to_vec().into()
+        // Not `to_vec`: the copy must not fall into the short-distance trap
+        // (`zccl_transports::copy`), which a fresh allocation meets as
+        // often as any other.
+        zccl_transports::copy::to_vec(s).into()
     }
 }
 

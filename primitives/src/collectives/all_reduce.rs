@@ -68,7 +68,7 @@ pub fn all_reduce_with<T: Elem, F: Fabric + ?Sized>(
     if n == 1 {
         f.ensure_live()?;
         let out = finish::<T>(op, &to_acc(buf), 1);
-        buf.copy_from_slice(&out);
+        zccl_transports::copy::copy_slice(buf, &out);
         return Ok(());
     }
     match algo {

@@ -70,7 +70,7 @@ pub fn reduce_scatter_into<T: Elem, F: Fabric + ?Sized>(
     }
     if n == 1 {
         f.ensure_live()?;
-        output.copy_from_slice(&finish::<T>(op, &to_acc(input), 1));
+        zccl_transports::copy::copy_slice(output, &finish::<T>(op, &to_acc(input), 1));
         return Ok(());
     }
     let mut b = RsBuf {
