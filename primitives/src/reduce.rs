@@ -402,14 +402,30 @@ pub fn to_acc<T: Elem>(x: &[T]) -> Vec<T::Acc> {
 /// assert_eq!(finish::<i64>(ReduceOp::Sum, &[3], 2), vec![3]);
 /// ```
 pub fn finish<T: Elem>(op: ReduceOp, acc: &[T::Acc], n: usize) -> Vec<T> {
-    acc.iter()
-        .map(|&a| {
-            let a = if op == ReduceOp::Avg {
-                <T::Acc as Accumulator>::divide(a, n)
-            } else {
-                a
-            };
-            T::from_acc(a)
-        })
-        .collect()
+    let mut out = vec![T::default(); acc.len()];
+    finish_into(op, acc, n, &mut out);
+    out
+}
+
+/// [`finish`] into `out` (of `acc.len()` elements), without allocating.
+///
+/// # Panics
+/// If the lengths differ.
+///
+/// ```
+/// use zccl_primitives::reduce::{finish_into, ReduceOp};
+/// let mut out = [0.0f32; 2];
+/// finish_into::<f32>(ReduceOp::Avg, &[3.0, 5.0], 2, &mut out);
+/// assert_eq!(out, [1.5, 2.5]);
+/// ```
+pub fn finish_into<T: Elem>(op: ReduceOp, acc: &[T::Acc], n: usize, out: &mut [T]) {
+    assert_eq!(acc.len(), out.len(), "finish_into: length mismatch");
+    for (o, &a) in out.iter_mut().zip(acc) {
+        let a = if op == ReduceOp::Avg {
+            <T::Acc as Accumulator>::divide(a, n)
+        } else {
+            a
+        };
+        *o = T::from_acc(a);
+    }
 }

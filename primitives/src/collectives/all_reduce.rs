@@ -13,12 +13,13 @@ use super::ring_pipe::{
 use super::{OP_AR_AG, OP_AR_RS, OP_HALVING, OP_RD, wait_all};
 use crate::dtype::{Elem, from_bytes, to_bytes};
 use crate::error::{Error, Result};
-use crate::fabric::{Fabric, tag};
+use crate::fabric::{Fabric, SendHandle, tag};
 use crate::nonblocking::{OpHandle, start};
-use crate::reduce::{ReduceOp, combine_into, combine_into_rhs, finish, to_acc};
+use crate::reduce::{ReduceOp, combine_into, combine_into_rhs, finish, finish_into, to_acc};
 use crate::schedule::algo::{Algo, choice_from_env, choose_all_reduce};
 use crate::schedule::chunks::chunk_ranges;
 use crate::schedule::{halving, rd, ring};
+use smallvec::SmallVec;
 
 /// Reduces `buf` element-wise over all ranks with `op`; every rank receives
 /// the result in `buf`. The algorithm follows `ZCCL_ALGO` and the size (see
@@ -230,27 +231,33 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
         rd::RdRole::Core {
             fold_from, rounds, ..
         } => {
+            // Received data is combined straight from the runtime's buffer
+            // (`elems` borrows it when aligned, as the runtime's buffers
+            // are): no copy and no allocation per round.
             if let Some(src) = fold_from {
-                let got: Vec<T::Acc> = f.irecv(src, ch, tag(OP_RD, 0, 0), accb)?.wait_elems()?;
-                combine_into_rhs(op, &mut acc, &got);
+                let got = f.irecv(src, ch, tag(OP_RD, 0, 0), accb)?.wait_bytes()?;
+                combine_into_rhs(op, &mut acc, &got.elems::<T::Acc>());
             }
             // Sends own their bytes: they are waited once, at the end, so
             // that a round starts as soon as its partner's data is in (not
-            // after the partner acknowledged the previous round's).
-            let mut sends = Vec::with_capacity(rounds.len());
+            // after the partner acknowledged the previous round's). Up to
+            // 64 ranks' rounds without an allocation.
+            let mut sends: SmallVec<[SendHandle; 6]> = SmallVec::new();
             for rd in rounds {
                 let t = tag(OP_RD, 1 + rd.round as u16, 0);
                 sends.push(f.isend(rd.peer, ch, t, to_bytes(&acc))?);
-                let got: Vec<T::Acc> = f.irecv(rd.peer, ch, t, accb)?.wait_elems()?;
+                let got = f.irecv(rd.peer, ch, t, accb)?.wait_bytes()?;
+                let got = got.elems::<T::Acc>();
                 if rd.self_is_left {
                     combine_into(op, &mut acc, &got);
                 } else {
                     combine_into_rhs(op, &mut acc, &got);
                 }
             }
-            wait_all(sends)?;
-            let done = finish::<T>(op, &acc, n);
-            zccl_transports::copy::copy_slice(buf, &done);
+            for s in sends {
+                s.wait()?;
+            }
+            finish_into::<T>(op, &acc, n, buf);
             if let Some(dst) = fold_from {
                 f.isend(dst, ch, tag(OP_RD, 0xffff, 0), to_bytes(buf))?
                     .wait()?;
