@@ -20,15 +20,15 @@ pub const HUGE_MIN_BYTES: usize = 4 << 20;
 pub const ALIGN: usize = 64;
 
 /// A buffer of the bench: `len` elements at an address aligned to
-/// [`ALIGN`] bytes, as torch's CPU allocator aligns its tensors (64 bytes)
+/// [`ALIGN`] bytes (when it holds any bytes), as torch's CPU allocator aligns its tensors (64 bytes)
 /// and as nccl-tests' `cudaMalloc` and the OSU micro-benchmarks align
 /// theirs (256 bytes, a page). A plain `Vec<f32>` is aligned to 16 bytes
 /// only (malloc's), and ranks that allocate alike then place their buffers
 /// 16 bytes apart modulo 4 KiB: the distance at which this CPU's copies
 /// (`rep movsb`, also inside `process_vm_readv`) run 3–20 times slower
 /// (`zccl_transports::copy`; docs/performance.md, "The short-distance copy
-/// trap"). zccl copes with such buffers (its copies bounce them), at a
-/// cost the bench would report instead of the library's speed on the
+/// trap"). zccl copes with such buffers (its copies run backwards there,
+/// its cross-process reads bounce), at a cost the bench would report instead of the library's speed on the
 /// buffers its users have. Dereferences to `[T]`.
 ///
 /// ```
@@ -106,22 +106,37 @@ impl<T: Copy> std::ops::DerefMut for Buf<T> {
 /// ```
 pub fn filled<T: Copy>(len: usize, mut f: impl FnMut(usize) -> T) -> Buf<T> {
     let layout = Buf::<T>::layout(len);
-    if layout.size() == 0 {
-        return Buf {
-            ptr: std::ptr::NonNull::dangling(),
-            len,
+    let ptr = if layout.size() == 0 {
+        // Nothing to allocate (no elements, or zero-sized ones, which are
+        // still produced by `f` and written, as any others).
+        std::ptr::NonNull::dangling()
+    } else {
+        // SAFETY: a layout of non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) }.cast::<T>();
+        let Some(ptr) = std::ptr::NonNull::new(p) else {
+            std::alloc::handle_alloc_error(layout);
         };
-    }
-    // SAFETY: a layout of non-zero size.
-    let p = unsafe { std::alloc::alloc(layout) }.cast::<T>();
-    let Some(ptr) = std::ptr::NonNull::new(p) else {
-        std::alloc::handle_alloc_error(layout);
+        advise_huge(p.cast(), layout.size());
+        ptr
     };
-    advise_huge(p.cast(), layout.size());
-    for i in 0..len {
-        // SAFETY: `i < len` elements of the allocation; written once each.
-        unsafe { p.add(i).write(f(i)) };
+    // Frees the allocation if `f` panics before the buffer owns it.
+    struct Unfilled(*mut u8, std::alloc::Layout);
+    impl Drop for Unfilled {
+        fn drop(&mut self) {
+            if self.1.size() != 0 {
+                // SAFETY: allocated just above with this layout; no element
+                // needs dropping (`T: Copy`).
+                unsafe { std::alloc::dealloc(self.0, self.1) }
+            }
+        }
     }
+    let guard = Unfilled(ptr.as_ptr().cast(), layout);
+    for i in 0..len {
+        // SAFETY: `i < len` elements of the allocation (or zero-sized
+        // writes through an aligned dangling pointer); written once each.
+        unsafe { ptr.as_ptr().add(i).write(f(i)) };
+    }
+    std::mem::forget(guard);
     Buf { ptr, len }
 }
 
@@ -161,7 +176,8 @@ mod tests {
         let mut b: Buf<u16> = filled(10, |i| i as u16);
         b[9] = 99;
         assert_eq!(&b[8..], &[8, 99]);
-        let z: Buf<()> = filled(7, |_| ());
-        assert_eq!(z.len(), 7);
+        let mut calls = 0;
+        let z: Buf<()> = filled(7, |_| calls += 1);
+        assert_eq!((z.len(), calls), (7, 7));
     }
 }

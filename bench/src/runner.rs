@@ -233,8 +233,8 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
         let c = self.c;
         let (r, n, m) = (c.r, c.n, self.block());
         let zero = T::from_i64(0);
-        // Buffers as numpy allocates them (huge pages from 4 MiB, see
-        // `crate::buffer`): the peers' benchmarks run on numpy arrays.
+        // Buffers aligned as torch aligns its tensors, advised for huge
+        // pages from 4 MiB as numpy advises its arrays (`crate::buffer`).
         self.a = match c.op {
             Op::AllReduce | Op::ReduceScatter => filled(c.lay.send_count, |i| {
                 T::from_i64(reduce_input(c.redop, r, i, rep))

@@ -15,7 +15,7 @@ use crate::dtype::{Elem, from_bytes, to_bytes};
 use crate::error::{Error, Result};
 use crate::fabric::{Fabric, SendHandle, tag};
 use crate::nonblocking::{OpHandle, start};
-use crate::reduce::{ReduceOp, combine_into, combine_into_rhs, finish, finish_into, to_acc};
+use crate::reduce::{ReduceOp, combine_into, combine_into_rhs, finish_into, to_acc};
 use crate::schedule::algo::{Algo, choice_from_env, choose_all_reduce};
 use crate::schedule::chunks::chunk_ranges;
 use crate::schedule::{halving, rd, ring};
@@ -68,8 +68,8 @@ pub fn all_reduce_with<T: Elem, F: Fabric + ?Sized>(
     let n = f.size();
     if n == 1 {
         f.ensure_live()?;
-        let out = finish::<T>(op, &to_acc(buf), 1);
-        zccl_transports::copy::copy_slice(buf, &out);
+        let acc = to_acc(buf);
+        finish_into::<T>(op, &acc, 1, buf);
         return Ok(());
     }
     match algo {
@@ -233,7 +233,8 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
         } => {
             // Received data is combined straight from the runtime's buffer
             // (`elems` borrows it when aligned, as the runtime's buffers
-            // are): no copy and no allocation per round.
+            // are): no copy and no allocation for it (each send still
+            // copies `acc` into its own message).
             if let Some(src) = fold_from {
                 let got = f.irecv(src, ch, tag(OP_RD, 0, 0), accb)?.wait_bytes()?;
                 combine_into_rhs(op, &mut acc, &got.elems::<T::Acc>());
@@ -254,9 +255,7 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
                     combine_into_rhs(op, &mut acc, &got);
                 }
             }
-            for s in sends {
-                s.wait()?;
-            }
+            wait_all(sends)?;
             finish_into::<T>(op, &acc, n, buf);
             if let Some(dst) = fold_from {
                 f.isend(dst, ch, tag(OP_RD, 0xffff, 0), to_bytes(buf))?

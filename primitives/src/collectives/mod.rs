@@ -60,7 +60,7 @@ fn step_tag(op: u8, s: usize) -> u64 {
     tag(op, s as u16, 0)
 }
 
-fn wait_all(sends: Vec<SendHandle>) -> Result<()> {
+fn wait_all(sends: impl IntoIterator<Item = SendHandle>) -> Result<()> {
     for s in sends {
         s.wait()?;
     }

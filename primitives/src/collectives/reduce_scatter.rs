@@ -10,7 +10,7 @@ use crate::dtype::Elem;
 use crate::error::{Error, Result};
 use crate::fabric::Fabric;
 use crate::nonblocking::{OpHandle, start};
-use crate::reduce::{ReduceOp, finish, to_acc};
+use crate::reduce::{ReduceOp, finish_into, to_acc};
 use crate::schedule::chunks::chunk_ranges;
 use crate::schedule::ring;
 
@@ -70,7 +70,7 @@ pub fn reduce_scatter_into<T: Elem, F: Fabric + ?Sized>(
     }
     if n == 1 {
         f.ensure_live()?;
-        zccl_transports::copy::copy_slice(output, &finish::<T>(op, &to_acc(input), 1));
+        finish_into::<T>(op, &to_acc(input), 1, output);
         return Ok(());
     }
     let mut b = RsBuf {
