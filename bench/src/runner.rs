@@ -401,11 +401,12 @@ impl<T: BenchElem, F: Fabric + ?Sized> Case<F> for Coll<T> {
     }
 }
 
-/// all_scan: `f32` state (`rows × cols`) and per-row decay.
+/// all_scan: `f32` state (`rows × cols`) and per-row decay (the bench's
+/// buffers); the exclusive prefix as the library returns it.
 struct Scan {
     c: Ctx,
-    state: Vec<f32>,
-    decay: Vec<f32>,
+    state: Buf<f32>,
+    decay: Buf<f32>,
     out: Vec<f32>,
 }
 
@@ -413,8 +414,8 @@ impl Scan {
     fn new(c: Ctx) -> Self {
         Scan {
             c,
-            state: Vec::new(),
-            decay: Vec::new(),
+            state: Buf::default(),
+            decay: Buf::default(),
             out: Vec::new(),
         }
     }
@@ -428,8 +429,8 @@ impl<F: Fabric + ?Sized> Case<F> for Scan {
     fn init(&mut self, rep: u64) {
         let (rows, cols) = self.rows_cols();
         let r = self.c.r;
-        self.state = (0..rows * cols).map(|i| scan_state(r, i, rep)).collect();
-        self.decay = (0..rows).map(|i| scan_decay(r, i, rep)).collect();
+        self.state = filled(rows * cols, |i| scan_state(r, i, rep));
+        self.decay = filled(rows, |i| scan_decay(r, i, rep));
         self.out.clear();
     }
 
@@ -458,7 +459,7 @@ impl<F: Fabric + ?Sized> Case<F> for Scan {
 
     fn wrong(&self, rep: u64) -> u64 {
         let (rows, cols) = self.rows_cols();
-        let got = if self.c.in_place {
+        let got: &[f32] = if self.c.in_place {
             &self.state
         } else {
             &self.out
@@ -471,7 +472,7 @@ impl<F: Fabric + ?Sized> Case<F> for Scan {
     }
 
     fn corrupt(&mut self) {
-        let out = if self.c.in_place {
+        let out: &mut [f32] = if self.c.in_place {
             &mut self.state
         } else {
             &mut self.out
