@@ -108,11 +108,6 @@ half_elem!(f16 => F16, bf16 => BF16);
 /// ```
 pub fn to_bytes<T: Elem>(s: &[T]) -> Vec<u8> {
     let b = as_bytes(s);
-    if b.len() < zccl_runtime::buffer::RECYCLE_MIN_BYTES {
-        // Below the recycled sizes: a fresh vector, written once (not
-        // zeroed first, as a recycled one of a new size is).
-        return zccl_transports::copy::to_vec(b);
-    }
     let mut v = zccl_runtime::buffer::recycled_vec(b.len());
     zccl_transports::copy::copy(&mut v, b);
     v

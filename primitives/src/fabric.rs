@@ -546,7 +546,13 @@ impl RecvHandle {
     /// assert_eq!(out, vec![vec![1.5], vec![0.5]]);
     /// ```
     pub fn wait_elems<T: Elem>(self) -> Result<Vec<T>> {
-        Ok(self.wait_bytes()?.elems::<T>().into_owned())
+        // Not `into_owned`: its copy of a borrowed slice is a plain
+        // `memcpy`, which the short-distance trap slows 10-20x
+        // (`zccl_transports::copy`).
+        Ok(match self.wait_bytes()?.elems::<T>() {
+            std::borrow::Cow::Borrowed(s) => zccl_transports::copy::to_vec(s),
+            std::borrow::Cow::Owned(v) => v,
+        })
     }
 
     /// Non-blocking arrival check.

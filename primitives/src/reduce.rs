@@ -402,9 +402,18 @@ pub fn to_acc<T: Elem>(x: &[T]) -> Vec<T::Acc> {
 /// assert_eq!(finish::<i64>(ReduceOp::Sum, &[3], 2), vec![3]);
 /// ```
 pub fn finish<T: Elem>(op: ReduceOp, acc: &[T::Acc], n: usize) -> Vec<T> {
-    let mut out = vec![T::default(); acc.len()];
-    finish_into(op, acc, n, &mut out);
-    out
+    acc.iter().map(|&a| finish_one::<T>(op, a, n)).collect()
+}
+
+/// One element of [`finish`].
+#[inline]
+fn finish_one<T: Elem>(op: ReduceOp, a: T::Acc, n: usize) -> T {
+    let a = if op == ReduceOp::Avg {
+        <T::Acc as Accumulator>::divide(a, n)
+    } else {
+        a
+    };
+    T::from_acc(a)
 }
 
 /// [`finish`] into `out` (of `acc.len()` elements), without allocating.
@@ -421,11 +430,6 @@ pub fn finish<T: Elem>(op: ReduceOp, acc: &[T::Acc], n: usize) -> Vec<T> {
 pub fn finish_into<T: Elem>(op: ReduceOp, acc: &[T::Acc], n: usize, out: &mut [T]) {
     assert_eq!(acc.len(), out.len(), "finish_into: length mismatch");
     for (o, &a) in out.iter_mut().zip(acc) {
-        let a = if op == ReduceOp::Avg {
-            <T::Acc as Accumulator>::divide(a, n)
-        } else {
-            a
-        };
-        *o = T::from_acc(a);
+        *o = finish_one::<T>(op, a, n);
     }
 }
