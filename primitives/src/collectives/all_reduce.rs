@@ -355,9 +355,16 @@ fn divide_all<A: crate::reduce::Accumulator>(xs: &mut [A], n: usize) {
 /// type that is its own accumulator, into `buf`; out of place when `src` is
 /// given (its first step reads `src` and writes `buf`, so nothing is copied
 /// first, as the ring does). Each reduce-scatter step lends the half it
-/// gives away and receives the partner's copy of the half it keeps into one
-/// scratch buffer, then combines it in; the all-gather lends what the rank
-/// holds and receives straight into `buf`.
+/// gives away and receives the partner's copy of the half it keeps, then
+/// combines it in; the all-gather lends what the rank holds and receives
+/// straight into `buf`.
+///
+/// Where the partner's copy lands: out of place, the first step's straight
+/// into the kept half of `buf` (nothing is there yet; it is then combined
+/// with `src` in place), and the later steps' into the half of `buf` the
+/// first step gave away (lent from `src`, so that part of `buf` is unused
+/// until the all-gather fills it): no scratch buffer at all. In place, into
+/// one scratch buffer the size of the first step's half.
 fn halving_all_reduce<A, F>(
     f: &F,
     ch: u32,
@@ -374,35 +381,78 @@ where
     let chunks = chunk_ranges(buf.len(), n);
     let span = |b: &std::ops::Range<usize>| chunks[b.start].start..chunks[b.end - 1].end;
     let rs = halving::reduce_scatter_steps(r, n);
-    let most = rs.iter().map(|s| span(&s.keep).len()).max().unwrap_or(0);
+    // Where the partner's copy of a later step's kept half lands: the first
+    // step's given-away half of `buf` out of place (when it is large enough,
+    // as it is unless blocks are nearly empty), else a scratch buffer.
+    let later = rs
+        .iter()
+        .skip(1)
+        .map(|s| span(&s.keep).len())
+        .max()
+        .unwrap_or(0);
+    let free = match (src, rs.first()) {
+        (Some(_), Some(s0)) if span(&s0.send).len() >= later => Some(span(&s0.send)),
+        _ => None,
+    };
+    let most = match (src, &free) {
+        (Some(_), Some(_)) => 0,
+        (Some(_), None) => later,
+        (None, _) => rs.iter().map(|s| span(&s.keep).len()).max().unwrap_or(0),
+    };
     let mut scratch = vec![A::default(); most];
     let base = buf.as_mut_ptr();
     let mut sends = Vec::with_capacity(2 * rs.len());
     for st in &rs {
         let (send, keep) = (span(&st.send), span(&st.keep));
         let t = tag(OP_HALVING, st.step as u16, 0);
-        let got = &mut scratch[..keep.len()];
         // The first step reads this rank's contribution from `src` when out
         // of place; later ones read what the earlier ones wrote into `buf`.
         let first_src = src.filter(|_| st.step == 0);
         let from = first_src.map_or(base.cast_const(), <[A]>::as_ptr);
-        // SAFETY: `scratch` is not touched until the receive was waited (or
-        // its handle dropped, which takes it back). The lent blocks `send`
-        // lie in `buf` and are disjoint from every block written from here
-        // to the all-gather (each step writes only what it keeps, which
-        // never overlaps what an earlier step sent), and the sends are free
-        // before the all-gather writes anywhere.
+        // Where the partner's copy lands.
+        // SAFETY: the first step's, out of place, is the kept half of `buf`
+        // itself, read only once the receive was waited; `free` is the part
+        // of `buf` the first step lent from `src` instead, disjoint from
+        // every kept half and every block lent from `buf`, and written by
+        // nothing else before the all-gather; `scratch` is not touched
+        // until the receive was waited (or its handle dropped, which takes
+        // it back).
+        let got: &mut [A] = match (&first_src, &free) {
+            (Some(_), _) => unsafe {
+                std::slice::from_raw_parts_mut(base.add(keep.start), keep.len())
+            },
+            (None, Some(fr)) => unsafe {
+                std::slice::from_raw_parts_mut(base.add(fr.start), keep.len())
+            },
+            (None, None) => &mut scratch[..keep.len()],
+        };
+        // SAFETY: the lent blocks `send` lie in `src` (the first step out
+        // of place) or in `buf`, disjoint from every block written from
+        // here to the all-gather, and the sends are free before the
+        // all-gather writes anywhere.
         let rv = unsafe { f.irecv_into(st.peer, ch, t, as_bytes_mut(got)) }?;
         let lent = unsafe { std::slice::from_raw_parts(from.add(send.start), send.len()) };
         sends.push(unsafe { f.isend_lent(st.peer, ch, t, as_bytes(lent)) }?);
         rv.wait()?;
-        // SAFETY: `keep` lies in `buf`, disjoint from every lent block.
+        // What landed (unused by the first step out of place, whose copy
+        // landed in `mine`).
+        let got: &[A] = match (&first_src, &free) {
+            (Some(_), _) => &[],
+            // SAFETY: as above; the receive was waited.
+            (None, Some(fr)) => unsafe {
+                std::slice::from_raw_parts(base.add(fr.start), keep.len())
+            },
+            (None, None) => &scratch[..keep.len()],
+        };
+        // SAFETY: `keep` lies in `buf`, disjoint from every lent block and
+        // from `free` (and, as `got`, already received into, out of place).
         let mine = unsafe { std::slice::from_raw_parts_mut(base.add(keep.start), keep.len()) };
         match first_src {
             Some(src) => {
                 // `mine = partner's ⊕ src's` (as the ring's out-of-place
-                // step): the partner's partial result on the left.
-                crate::reduce::combine_to::<A>(op, mine, got, &src[keep]);
+                // step): the partner's partial result, received in place, on
+                // the left.
+                combine_into(op, mine, &src[keep]);
             }
             None if st.self_is_left => combine_into(op, mine, got),
             None => combine_into_rhs(op, mine, got),
@@ -521,7 +571,7 @@ mod tests {
     fn halving_agrees_with_a_reference_and_every_rank_holds_the_same_bits() {
         // Lengths below, at and above the group size (empty and uneven
         // blocks); power-of-two groups run halving, others fall back.
-        for n in [1usize, 2, 3, 4, 6, 8] {
+        for n in [1usize, 2, 3, 4, 6, 8, 16] {
             for len in [0usize, 1, 3, 7, 8, 33, 1000] {
                 let out = run_ranks(n, move |f| {
                     let mut v: Vec<f32> = (0..len).map(|i| x(f.rank(), i)).collect();
