@@ -60,10 +60,27 @@ fn op_series(kind: OpKind) -> &'static zccl_transports::metrics::OpSeries {
     }
 }
 
-/// Smallest plain receive given a landing buffer of its own
-/// ([`crate::zone::Scratch`]): the size from which a same-host peer's
-/// message waits for a zone.
-const SCRATCH_MIN_BYTES: u64 = zccl_transports::shm::LAND_WAIT_MIN_BYTES as u64;
+/// Whether a plain receive of `bytes` from a same-host peer gets a landing
+/// buffer of its own ([`crate::zone::Scratch`]) under `shm`: where its
+/// message may come by CMA and a poll would leave the record in the ring,
+/// a little, until the receive's zone is posted (from the smallest CMA
+/// size in effect up to [`zccl_transports::shm::POLL_MAX_CMA_BYTES`]:
+/// `unposted_cma` in the transport's `recv.rs`), and from the size whose
+/// messages wait for a zone anyway
+/// ([`zccl_transports::shm::LAND_WAIT_MIN_BYTES`]). In between (up to
+/// 4 MiB), a buffer is taken when the message comes: a ring pipeline posts
+/// all its receives at once, and buffers for all of them up front would
+/// not be reused (2 ranks, 64 MiB in place, 2 MiB pieces: 1.2x slower).
+fn scratch_for(shm: &zccl_transports::shm::ShmConfig, bytes: u64) -> bool {
+    use zccl_transports::shm::{LAND_WAIT_MIN_BYTES, POLL_MAX_CMA_BYTES};
+    let cma_min = [shm.cma_min_bytes, shm.crowded_cma_min_bytes]
+        .into_iter()
+        .filter(|&b| b > 0)
+        .min();
+    let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    bytes >= LAND_WAIT_MIN_BYTES
+        || cma_min.is_some_and(|m| (m..=POLL_MAX_CMA_BYTES).contains(&bytes))
+}
 
 /// The ops of one issue: most calls issue one (no allocation for it).
 type Ops = SmallVec<[Op; 1]>;
@@ -1148,7 +1165,7 @@ impl Channel {
             // its own as its landing zone.
             let scratch = (kind == OpKind::Recv
                 && into.is_none()
-                && bytes >= SCRATCH_MIN_BYTES
+                && scratch_for(&core.config.shm, bytes)
                 && core.via_shm.get(peer as usize).copied().unwrap_or(false))
             .then(|| crate::zone::Scratch::post(&core.transport, key, bytes as usize))
             .flatten()
@@ -1346,6 +1363,38 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::PeerSeqs;
+
+    #[test]
+    fn plain_receives_get_a_buffer_where_cma_records_would_wait_for_one() {
+        use super::scratch_for;
+        use zccl_transports::shm::{
+            CMA_MIN_BYTES, CROWDED_CMA_MIN_BYTES, LAND_WAIT_MIN_BYTES, POLL_MAX_CMA_BYTES,
+            ShmConfig,
+        };
+        let d = ShmConfig::default();
+        // From the smallest CMA size (the crowded one) to what a poll
+        // copies, and from the size that waits for a zone anyway.
+        assert!(!scratch_for(&d, CROWDED_CMA_MIN_BYTES as u64 - 1));
+        assert!(scratch_for(&d, CROWDED_CMA_MIN_BYTES as u64));
+        assert!(scratch_for(&d, POLL_MAX_CMA_BYTES as u64));
+        assert!(!scratch_for(&d, POLL_MAX_CMA_BYTES as u64 + 1));
+        assert!(!scratch_for(&d, LAND_WAIT_MIN_BYTES as u64 - 1));
+        assert!(scratch_for(&d, LAND_WAIT_MIN_BYTES as u64));
+        // Crowded CMA off: from the other threshold; CMA off: only large.
+        let no_crowded = ShmConfig {
+            crowded_cma_min_bytes: 0,
+            ..d.clone()
+        };
+        assert!(!scratch_for(&no_crowded, CMA_MIN_BYTES as u64 - 1));
+        assert!(scratch_for(&no_crowded, CMA_MIN_BYTES as u64));
+        let off = ShmConfig {
+            cma_min_bytes: 0,
+            crowded_cma_min_bytes: 0,
+            ..d
+        };
+        assert!(!scratch_for(&off, POLL_MAX_CMA_BYTES as u64));
+        assert!(scratch_for(&off, LAND_WAIT_MIN_BYTES as u64));
+    }
 
     #[test]
     fn each_peer_counts_its_own_sequence_across_the_switch_to_a_map() {

@@ -56,15 +56,19 @@ impl Landed {
 
 /// A receive buffer of the runtime's own, posted as the landing zone of a
 /// plain receive ([`Channel::irecv`](crate::Channel::irecv), a batch's
-/// receive) of a same-host peer's message of at least
-/// [`LAND_WAIT_MIN_BYTES`](zccl_transports::shm::LAND_WAIT_MIN_BYTES): the
+/// receive) of a same-host peer's message of a size that waits for its
+/// zone (`scratch_for` in `communicator.rs`: from
+/// [`LAND_WAIT_MIN_BYTES`](zccl_transports::shm::LAND_WAIT_MIN_BYTES), and
+/// the CMA sizes up to
+/// [`POLL_MAX_CMA_BYTES`](zccl_transports::shm::POLL_MAX_CMA_BYTES), which
+/// polls leave in the ring a little until their receive is posted): the
 /// CMA copy lands in it straight from the sender's memory, and the receive
-/// hands it over as its data. Without it such a message waited in the
-/// shared-memory reader thread for a zone a plain receive never posts
-/// (`land_wait`, len at 2 GB/s) before it took a buffer of its own: a
-/// blocking 64 MiB `recv` from a same-host rank took 44 ms instead of
-/// about 14. (Smaller messages take a buffer of the transport's when they
-/// arrive, at the same cost: they never wait.)
+/// hands it over as its data. Without it such a message waited for a zone
+/// a plain receive never posts (`land_wait`, len at 2 GB/s) before it took
+/// a buffer of its own: a blocking 64 MiB `recv` from a same-host rank
+/// took 44 ms instead of about 14. (Messages of other sizes take a buffer
+/// of the transport's when they arrive, at the same cost: they never
+/// wait.)
 pub(crate) struct Scratch {
     landed: Landed,
     buf: std::sync::Mutex<Option<zccl_transports::recvbuf::RecvBuf>>,

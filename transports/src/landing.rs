@@ -274,6 +274,28 @@ impl Landing {
         self.zones.lock().expect("landing").remove(&key);
     }
 
+    /// Whether a zone is posted for message `key` (of any length): its
+    /// receive has been posted. A transport may leave a message whose
+    /// receive is not posted yet where it is rather than copy it into a
+    /// buffer of its own (shared memory's polls do, for CMA records).
+    ///
+    /// ```
+    /// use zccl_transports::landing::{LandKey, Landing};
+    /// let landing = Landing::default();
+    /// let key = LandKey { peer: 1, comm: 0, channel: 2, seq: 7 };
+    /// assert!(!landing.has_zone(key));
+    /// let mut buf = vec![0u8; 4];
+    /// // SAFETY: `buf` stays valid and untouched until the zone is closed.
+    /// let zone = unsafe { landing.post(key, buf.as_mut_ptr(), buf.len()) };
+    /// assert!(landing.has_zone(key));
+    /// landing.remove(key);
+    /// zone.close();
+    /// assert!(!landing.has_zone(key));
+    /// ```
+    pub fn has_zone(&self, key: LandKey) -> bool {
+        self.zones.lock().expect("landing").contains_key(&key)
+    }
+
     /// A transport thread is about to copy `len` bytes of message `key`:
     /// the zone to copy them into, now held for this copy, if one is posted
     /// and open for exactly that length.

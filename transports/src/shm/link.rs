@@ -27,6 +27,8 @@ pub(super) struct Ctx {
     pub(super) max_message: u64,
     /// [`ShmConfig::poll_lease`](super::ShmConfig::poll_lease), nanoseconds.
     pub(super) poll_lease_ns: u64,
+    /// [`ShmConfig::unposted_wait`](super::ShmConfig::unposted_wait).
+    pub(super) unposted_wait: Option<std::time::Duration>,
     /// The engine's direct delivery
     /// ([`Transport::set_deliver`](crate::Transport::set_deliver)).
     pub(super) deliver: std::sync::OnceLock<crate::Deliver>,
@@ -64,6 +66,12 @@ pub(super) struct Link {
     /// Number of the last CMA record of `in_ring` copied (by the reader
     /// thread or a poll, under `consumer`).
     pub(super) cma_seen: AtomicU64,
+    /// The CMA record at the tail of `in_ring` that the reader thread
+    /// leaves for its receive to be posted (its ring position + 1; 0:
+    /// none), and until when ([`super::ring::monotonic_ns`]); see
+    /// `leave_to_pollers` in `recv.rs`. Under `consumer`.
+    pub(super) deferred_at: AtomicU64,
+    pub(super) deferred_until: AtomicU64,
     /// Messages queued for the writer thread and not yet in the ring: a
     /// sender may write inline only when it is 0, which keeps messages in
     /// send order.

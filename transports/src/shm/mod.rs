@@ -100,7 +100,11 @@
 //!   per link (round robin), it `try_lock`s the consumer lock and reads the
 //!   record at the tail if it is a whole data or control record, or a CMA
 //!   record of at most [`POLL_MAX_CMA_BYTES`] (it makes the copy itself: a
-//!   copy never waits for the peer). Goodbyes, larger CMA records, large
+//!   copy never waits for the peer; a CMA record that is the last one in
+//!   the ring and whose receive has not posted its landing zone yet is
+//!   left there, by polls and the reader thread, for up to about what a
+//!   second copy would cost, so that its bytes go once, straight into the
+//!   receive's buffer). Goodbyes, larger CMA records, large
 //!   and partly written messages are left to the reader thread, so a poll
 //!   never waits. A poll also drops the kept CMA payloads the peers have
 //!   copied: a receiver that finishes a copy wakes the sender's reader

@@ -224,6 +224,7 @@ impl ShmTransport {
             closing: AtomicBool::new(false),
             max_message: cfg.max_message,
             poll_lease_ns: u64::try_from(cfg.poll_lease.as_nanos()).unwrap_or(u64::MAX),
+            unposted_wait: cfg.unposted_wait,
             deliver: std::sync::OnceLock::new(),
             split_copies: !crowded(local, cpus),
             // Ring records from RING_LAND_MIN_BYTES and CMA copies (above
@@ -260,6 +261,8 @@ impl ShmTransport {
                 consumer: Mutex::new(()),
                 reader_gone: AtomicBool::new(false),
                 cma_seen: AtomicU64::new(0),
+                deferred_at: AtomicU64::new(0),
+                deferred_until: AtomicU64::new(0),
                 backlog: AtomicUsize::new(0),
                 cma_min,
                 cma_from: cma.ok(),
