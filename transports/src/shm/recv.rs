@@ -130,8 +130,8 @@ fn whole_len(rec: &Record) -> u64 {
 /// zone yet. Taken now, its payload would be copied into a buffer of its
 /// own and again into the receive's buffer at the match: a peer one
 /// operation ahead sends its next message while this rank still waits for
-/// the last one (measured: a fifth of a 4-rank 1 MiB sendrecv's copies
-/// went twice). Left in the ring a little ([`leave_unposted`]), it is
+/// the last one (measured: in a 4-rank 1 MiB sendrecv those second copies
+/// took a third as many CPU samples as the CMA copies themselves). Left in the ring a little ([`leave_unposted`]), it is
 /// copied once, straight into the zone, by the poll after the receive is
 /// posted. (Receives of sizes that may come by CMA post a zone even where
 /// they name no buffer: the runtime's scratch buffers.)
