@@ -131,9 +131,9 @@ fn whole_len(rec: &Record) -> u64 {
 /// own and again into the receive's buffer at the match: a peer one
 /// operation ahead sends its next message while this rank still waits for
 /// the last one (measured: in a 4-rank 1 MiB sendrecv those second copies
-/// took a third as many CPU samples as the CMA copies themselves). Left in the ring a little ([`leave_unposted`]), it is
-/// copied once, straight into the zone, by the poll after the receive is
-/// posted. (Receives of sizes that may come by CMA post a zone even where
+/// took a third as many CPU samples as the CMA copies themselves). Left in
+/// the ring a little ([`leave_unposted`]), it is copied once, straight
+/// into the zone, by the poll after the receive is posted. (Receives of sizes that may come by CMA post a zone even where
 /// they name no buffer: the runtime's scratch buffers.)
 fn unposted_cma(link: &Link, ctx: &Ctx, rec: &Record) -> bool {
     rec.kind == REC_CMA && !ctx.landing.has_zone(land_key(link, rec))
@@ -738,19 +738,25 @@ mod tests {
         t1.set_polling(true);
 
         // Left while unposted (the reader thread leaves it too: nothing
-        // comes as an event), then lands in the zone posted for it.
+        // comes as an event), then lands in the zone posted for it. (Times
+        // count from before the send: no one can have seen it earlier.)
         let m0 = msg(MessageKind::Data, 0, len);
+        let sent = Instant::now();
         t0.send(1, m0.clone()).unwrap();
         until_in_ring(&t1, whole);
-        let first = Instant::now();
-        assert_eq!(t1.poll(8, &mut |_, m| got.push(m)), 0);
+        let mut polled = t1.poll(8, &mut |_, m| got.push(m));
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(t1.poll(8, &mut |_, m| got.push(m)), 0);
-        assert!(rx1.try_recv().is_err(), "the reader thread took it");
+        polled += t1.poll(8, &mut |_, m| got.push(m));
+        let event = rx1.try_recv().ok();
         let mut buf = vec![0u8; len];
         // SAFETY: `buf` is read only after the zone is closed below.
         let zone = unsafe { landing.post(key(0), buf.as_mut_ptr(), len) };
-        if first.elapsed() < wait {
+        if sent.elapsed() < wait {
+            assert_eq!(polled, 0, "taken by a poll within the wait");
+            assert!(
+                event.is_none(),
+                "taken by the reader thread within the wait"
+            );
             assert_eq!(t1.poll(8, &mut |_, m| got.push(m)), 1);
             let m = got.pop().unwrap();
             assert!(m.payload.is_empty() && zone.landed(), "not landed");
@@ -758,10 +764,11 @@ mod tests {
             assert!(buf[..] == m0.payload[..]);
         } else {
             // This thread was held up past the wait (a loaded machine): the
-            // bytes came whole instead, by a poll or the reader thread.
-            landing.remove(key(0));
-            zone.close();
-            eprintln!("held up {:?}: landing not checked", first.elapsed());
+            // bytes may have come whole instead, by a poll or the reader.
+            eprintln!("held up {:?}: landing not checked", sent.elapsed());
+            if let Some(TransportEvent::Message { msg, .. }) = event {
+                got.push(msg);
+            }
             let t = Instant::now();
             while got.is_empty() && t.elapsed() < Duration::from_secs(10) {
                 t1.poll(8, &mut |_, m| got.push(m));
@@ -769,20 +776,23 @@ mod tests {
                     got.push(msg);
                 }
             }
-            assert!(got.pop().unwrap() == m0);
+            landing.remove(key(0));
+            let landed = zone.close();
+            let m = got.pop().unwrap();
+            assert!(m == m0 || (landed && m.payload.is_empty() && buf[..] == m0.payload[..]));
         }
 
         // Never posted: taken whole once the wait is over, not before.
         t1.ctx.pause_readers.store(true, Ordering::Release);
         let m1 = msg(MessageKind::Data, 1, len);
+        let sent = Instant::now();
         t0.send(1, m1.clone()).unwrap();
         until_in_ring(&t1, whole);
-        let first = Instant::now();
         while t1.poll(8, &mut |_, m| got.push(m)) == 0 {
-            assert!(first.elapsed() < Duration::from_secs(10), "never taken");
+            assert!(sent.elapsed() < Duration::from_secs(10), "never taken");
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(first.elapsed() >= wait, "taken after {:?}", first.elapsed());
+        assert!(sent.elapsed() >= wait, "taken after {:?}", sent.elapsed());
         assert!(got.pop().unwrap() == m1);
 
         // With a record behind it: taken at once; the last one is left.
