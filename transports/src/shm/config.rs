@@ -51,7 +51,7 @@ pub struct ShmConfig {
     /// receive to be posted (its bytes then go straight into the receive's
     /// buffer, one copy instead of two), before it is copied into a buffer
     /// of its own: `None` (the default) is about what the second copy would
-    /// cost (the payload at 2 GB/s: 512 µs for 1 MiB); tests set it.
+    /// cost (the payload at 2 GB/s: 524 µs for 1 MiB); tests set it.
     pub unposted_wait: Option<Duration>,
 }
 
