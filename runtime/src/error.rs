@@ -112,7 +112,20 @@ fn stalled(
     culprit: Option<u32>,
     other_op: Option<(u32, OpLabel)>,
     other_mine: OpLabel,
+    crossed: bool,
 ) -> String {
+    if crossed {
+        // A cycle, not a stall: no rank is to blame but the order of calls.
+        return format!(
+            ": rank {p} sent this rank a message on this channel that no receive here \
+             has taken, so the two ranks wait in sends to each other (a send of more \
+             than {eager} KiB completes only once its receive is posted, as with NCCL \
+             and Gloo); post the receive first (irecv, batch_isend_irecv) or let one \
+             of the two ranks receive first",
+            p = op.peer,
+            eager = crate::flow::EAGER_MAX >> 10
+        );
+    }
     let other = match other_op {
         Some((peer, l)) => format!(
             " (this rank runs {}; rank {peer} meanwhile sent {l} messages on this channel: \
@@ -195,7 +208,7 @@ pub enum Error {
         op: OpDesc,
     },
     /// The op's deadline passed.
-    #[error("{op} timed out after {:.1} s [{nic}]{}", .after.as_secs_f64(), stalled(.op, *.culprit, *.other_op, *.mine))]
+    #[error("{op} timed out after {:.1} s [{nic}]{}", .after.as_secs_f64(), stalled(.op, *.culprit, *.other_op, *.mine, *.crossed))]
     Timeout {
         /// The op.
         op: OpDesc,
@@ -214,6 +227,10 @@ pub enum Error {
         other_op: Option<(u32, OpLabel)>,
         /// This op's own operation label.
         mine: OpLabel,
+        /// This op is a send, and the peer's own send to this rank on the
+        /// channel waits here with no receive: the two ranks wait in sends
+        /// to each other (a deadlock of the program's order of calls).
+        crossed: bool,
     },
     /// Send and receive disagree on size, element type or operation
     /// ([`crate::label`]): the receive fails with it, and so does a send

@@ -218,6 +218,7 @@ impl Pending {
                 culprit: None,
                 other_op: None,
                 mine: crate::label::OpLabel::NONE,
+                crossed: false,
             })
         });
         self.with_landed(outcome)

@@ -218,6 +218,7 @@ impl LentSendHandle {
             culprit: None,
             other_op: None,
             mine: crate::label::OpLabel::NONE,
+            crossed: false,
         })
     }
 
@@ -256,6 +257,7 @@ impl LentSendHandle {
             culprit: None,
             other_op: None,
             mine: crate::label::OpLabel::NONE,
+            crossed: false,
         }))
     }
 }

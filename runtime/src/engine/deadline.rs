@@ -106,6 +106,14 @@ impl Engine {
                 .filter(|(k, _)| k.0 == p.desc.comm && k.1 == p.desc.channel)
                 .map(|(k, (code, _))| (k.2, OpLabel::split(*code).1))
                 .find(|&(_, l)| l != mine);
+            // A send whose peer's own send to this rank waits here
+            // unreceived: the two wait in sends to each other.
+            let crossed = kind == OpKind::Send
+                && p.desc.peer != self.rank
+                && self
+                    .unexpected
+                    .keys()
+                    .any(|k| (k.0, k.1, k.2) == (p.desc.comm, p.desc.channel, p.desc.peer));
             let e = Error::Timeout {
                 op: p.desc.clone(),
                 after: p.timeout,
@@ -113,6 +121,7 @@ impl Engine {
                 culprit: (p.desc.peer != self.rank).then_some(stalled),
                 other_op,
                 mine,
+                crossed,
             };
             self.finish(stream, p.index, p.slot, Err(e));
         }

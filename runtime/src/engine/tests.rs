@@ -696,6 +696,7 @@ fn timeouts_name_the_rank_that_stalled() {
         culprit,
         other_op: None,
         mine: OpLabel::NONE,
+        crossed: false,
     };
     assert!(
         e(Some(1))
@@ -774,4 +775,43 @@ fn a_completed_ops_deadline_leaves_no_trace_and_later_ones_still_expire() {
         }
     ));
     assert_eq!(net.engines[1].earliest, None);
+}
+
+#[test]
+fn two_ranks_that_each_send_before_they_receive_are_told_so_at_their_timeout() {
+    let big = vec![7u8; (crate::flow::EAGER_MAX + 1) as usize];
+    // Both send first: each send waits for a receive the other never posts.
+    let mut net = Net::new(2, 1 << 20);
+    let s0 = net.issue(0, vec![send(1, &big, OpLabel::NONE)]);
+    let s1 = net.issue(1, vec![send(0, &big, OpLabel::NONE)]);
+    net.pump();
+    assert!(outcome(&s0[0]).is_none() && outcome(&s1[0]).is_none());
+    let due = net.t0 + net.timeout;
+    for e in &mut net.engines {
+        e.expire_at(due);
+    }
+    net.pump();
+    for e in &mut net.engines {
+        e.expire_at(due + net.timeout / 10);
+    }
+    for (r, s) in [(0, &s0), (1, &s1)] {
+        let e = failed(outcome(&s[0]));
+        assert!(
+            matches!(e, Error::Timeout { crossed: true, .. }),
+            "rank {r}: {e}"
+        );
+        let text = e.to_string();
+        assert!(text.contains("wait in sends to each other"), "{text}");
+        assert!(!text.contains("stalled"), "{text}");
+    }
+    // A send whose peer posts nothing and sends nothing is not crossed.
+    let mut net = Net::new(2, 1 << 20);
+    let s0 = net.issue(0, vec![send(1, &big, OpLabel::NONE)]);
+    net.pump();
+    let due = net.t0 + net.timeout;
+    net.engines[0].expire_at(due);
+    net.pump();
+    net.engines[0].expire_at(due + net.timeout / 10);
+    let e = failed(outcome(&s0[0]));
+    assert!(matches!(e, Error::Timeout { crossed: false, .. }), "{e}");
 }
