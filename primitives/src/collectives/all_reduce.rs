@@ -409,43 +409,31 @@ where
         // of place; later ones read what the earlier ones wrote into `buf`.
         let first_src = src.filter(|_| st.step == 0);
         let from = first_src.map_or(base.cast_const(), <[A]>::as_ptr);
-        // Where the partner's copy lands.
-        // SAFETY: the first step's, out of place, is the kept half of `buf`
-        // itself, read only once the receive was waited; `free` is the part
-        // of `buf` the first step lent from `src` instead, disjoint from
-        // every kept half and every block lent from `buf`, and written by
-        // nothing else before the all-gather; `scratch` is not touched
-        // until the receive was waited (or its handle dropped, which takes
-        // it back).
-        let got: &mut [A] = match (&first_src, &free) {
-            (Some(_), _) => unsafe {
-                std::slice::from_raw_parts_mut(base.add(keep.start), keep.len())
-            },
-            (None, Some(fr)) => unsafe {
-                std::slice::from_raw_parts_mut(base.add(fr.start), keep.len())
-            },
-            (None, None) => &mut scratch[..keep.len()],
+        // Where the partner's copy lands: out of place, the first step's in
+        // the kept half of `buf` itself (read only once the receive was
+        // waited); later steps' in `free`, the part of `buf` the first step
+        // lent from `src` instead (disjoint from every kept half and every
+        // block lent from `buf`, written by nothing else before the
+        // all-gather); else in `scratch` (not touched until the receive was
+        // waited, or its handle dropped, which takes it back).
+        let land: *mut A = match (&first_src, &free) {
+            // SAFETY: `keep` and `free` lie in `buf`.
+            (Some(_), _) => unsafe { base.add(keep.start) },
+            (None, Some(fr)) => unsafe { base.add(fr.start) },
+            (None, None) => scratch.as_mut_ptr(),
         };
-        // SAFETY: the lent blocks `send` lie in `src` (the first step out
-        // of place) or in `buf`, disjoint from every block written from
-        // here to the all-gather, and the sends are free before the
-        // all-gather writes anywhere.
+        // SAFETY: `keep.len()` elements at `land` (see above); the lent
+        // blocks `send` lie in `src` (the first step out of place) or in
+        // `buf`, disjoint from every block written from here to the
+        // all-gather, and the sends are free before the all-gather writes
+        // anywhere.
+        let got = unsafe { std::slice::from_raw_parts_mut(land, keep.len()) };
         let rv = unsafe { f.irecv_into(st.peer, ch, t, as_bytes_mut(got)) }?;
         let lent = unsafe { std::slice::from_raw_parts(from.add(send.start), send.len()) };
         sends.push(unsafe { f.isend_lent(st.peer, ch, t, as_bytes(lent)) }?);
         rv.wait()?;
-        // What landed (unused by the first step out of place, whose copy
-        // landed in `mine`).
-        let got: &[A] = match (&first_src, &free) {
-            (Some(_), _) => &[],
-            // SAFETY: as above; the receive was waited.
-            (None, Some(fr)) => unsafe {
-                std::slice::from_raw_parts(base.add(fr.start), keep.len())
-            },
-            (None, None) => &scratch[..keep.len()],
-        };
         // SAFETY: `keep` lies in `buf`, disjoint from every lent block and
-        // from `free` (and, as `got`, already received into, out of place).
+        // from `free` (out of place, the first step's copy is already in it).
         let mine = unsafe { std::slice::from_raw_parts_mut(base.add(keep.start), keep.len()) };
         match first_src {
             Some(src) => {
@@ -454,8 +442,16 @@ where
                 // the left.
                 combine_into(op, mine, &src[keep]);
             }
-            None if st.self_is_left => combine_into(op, mine, got),
-            None => combine_into_rhs(op, mine, got),
+            None => {
+                // SAFETY: what landed at `land`, received (waited above),
+                // disjoint from `mine`.
+                let got = unsafe { std::slice::from_raw_parts(land, keep.len()) };
+                if st.self_is_left {
+                    combine_into(op, mine, got);
+                } else {
+                    combine_into_rhs(op, mine, got);
+                }
+            }
         }
     }
     if op == ReduceOp::Avg {

@@ -93,10 +93,27 @@ impl Engine {
                 self.transport.path(p.desc.peer)
             });
             let stalled = culprit(p.desc.peer, &self.waits);
-            warn!(
-                rank = self.rank,
-                "{} timed out (rank {stalled} stalled)", p.desc
-            );
+            // A send whose peer's own send to this rank waits here
+            // unreceived: the two wait in sends to each other.
+            let crossed = kind == OpKind::Send
+                && p.desc.peer != self.rank
+                && self
+                    .unexpected
+                    .keys()
+                    .any(|k| (k.0, k.1, k.2) == (p.desc.comm, p.desc.channel, p.desc.peer));
+            if crossed {
+                warn!(
+                    rank = self.rank,
+                    "{} timed out (rank {} and this rank wait in sends to each other)",
+                    p.desc,
+                    p.desc.peer
+                );
+            } else {
+                warn!(
+                    rank = self.rank,
+                    "{} timed out (rank {stalled} stalled)", p.desc
+                );
+            }
             // Messages of another operation waiting on this channel mean
             // the ranks run different collectives.
             let mine = OpLabel::split(p.code).1;
@@ -106,14 +123,6 @@ impl Engine {
                 .filter(|(k, _)| k.0 == p.desc.comm && k.1 == p.desc.channel)
                 .map(|(k, (code, _))| (k.2, OpLabel::split(*code).1))
                 .find(|&(_, l)| l != mine);
-            // A send whose peer's own send to this rank waits here
-            // unreceived: the two wait in sends to each other.
-            let crossed = kind == OpKind::Send
-                && p.desc.peer != self.rank
-                && self
-                    .unexpected
-                    .keys()
-                    .any(|k| (k.0, k.1, k.2) == (p.desc.comm, p.desc.channel, p.desc.peer));
             let e = Error::Timeout {
                 op: p.desc.clone(),
                 after: p.timeout,

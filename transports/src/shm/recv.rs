@@ -133,8 +133,9 @@ fn whole_len(rec: &Record) -> u64 {
 /// the last one (measured: in a 4-rank 1 MiB sendrecv those second copies
 /// took a third as many CPU samples as the CMA copies themselves). Left in
 /// the ring a little ([`leave_unposted`]), it is copied once, straight
-/// into the zone, by the poll after the receive is posted. (Receives of sizes that may come by CMA post a zone even where
-/// they name no buffer: the runtime's scratch buffers.)
+/// into the zone, by the poll after the receive is posted. (Receives of
+/// sizes that may come by CMA post a zone even where they name no buffer:
+/// the runtime's scratch buffers.)
 fn unposted_cma(link: &Link, ctx: &Ctx, rec: &Record) -> bool {
     rec.kind == REC_CMA && !ctx.landing.has_zone(land_key(link, rec))
 }
