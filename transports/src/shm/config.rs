@@ -40,10 +40,10 @@ pub struct ShmConfig {
     /// keeps producers from waking this rank's reader threads for small
     /// messages: the next op's poll takes them with no system call on
     /// either side. Also about the longest a small message can wait when
-    /// this rank does not poll again (its reader threads look when the lease
-    /// runs out, which is why it is short; a reader thread that was asleep
-    /// before the lease began looks within [`ShmConfig::wait_slice`]). A
-    /// thread that sleeps until its op completes ends the lease.
+    /// this rank does not poll again (its lease watcher thread looks when
+    /// the lease runs out, which is why it is short, and wakes the reader
+    /// threads that have something left). A thread that sleeps until its op
+    /// completes ends the lease.
     /// `Duration::ZERO`: no lease. Default: [`POLL_LEASE`].
     pub poll_lease: Duration,
     /// How long a CMA record of at most [`POLL_MAX_CMA_BYTES`] whose
@@ -55,9 +55,9 @@ pub struct ShmConfig {
     pub unposted_wait: Option<Duration>,
 }
 
-/// Default of [`ShmConfig::poll_lease`]: a reader thread that went to sleep
-/// under a lease wakes when it runs out, so a rank that keeps issuing ops
-/// wakes each reader thread at most about once per lease.
+/// Default of [`ShmConfig::poll_lease`]: the lease watcher wakes when a
+/// lease runs out, so a rank that keeps issuing ops wakes it (one thread,
+/// whatever the number of peers) about once per lease.
 ///
 /// ```
 /// use zccl_transports::shm::{POLL_LEASE, ShmConfig};

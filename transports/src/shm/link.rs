@@ -27,6 +27,11 @@ pub(super) struct Ctx {
     pub(super) max_message: u64,
     /// [`ShmConfig::poll_lease`](super::ShmConfig::poll_lease), nanoseconds.
     pub(super) poll_lease_ns: u64,
+    /// [`ShmConfig::wait_slice`](super::ShmConfig::wait_slice): the lease
+    /// watcher's sleep when it has no lease to wait for.
+    pub(super) wait_slice: std::time::Duration,
+    /// The lease watcher's wake-up word ([`super::watch`]).
+    pub(super) watch: super::watch::Watch,
     /// [`ShmConfig::unposted_wait`](super::ShmConfig::unposted_wait).
     pub(super) unposted_wait: Option<std::time::Duration>,
     /// The engine's direct delivery

@@ -120,12 +120,16 @@
 //!   it (that wake-up, on a 2-core machine, preempts the very thread that
 //!   polls); the last poller to stop wakes the reader thread if anything is
 //!   left, so either it sees the record or the producer sees no poller. A
-//!   reader thread that is awake anyway (woken for a large record, or at
-//!   its lease's end) also leaves a record a poll can take to the polling
-//!   threads while they are attentive (one polls, or the lease runs): once
-//!   it took one, it used to find the next within its spin and take every
-//!   message from then on, through the engine's task (two wake-ups each).
-//!   Left records wait for the next poll, or for the lease's end.
+//!   reader thread that is awake anyway (woken for a large record) also
+//!   leaves a record a poll can take to the polling threads while they are
+//!   attentive (one polls, or the lease runs): once it took one, it used to
+//!   find the next within its spin and take every message from then on,
+//!   through the engine's task (two wake-ups each). Left records wait for
+//!   the next poll, or for the lease's end: one **lease watcher** thread
+//!   per transport wakes then, looks at every ring, and wakes the reader
+//!   threads that have something left (`watch`); the reader threads
+//!   themselves sleep whole wait slices, so a busy rank wakes one thread
+//!   per lease, not one per peer.
 //! * **Dead peers.** This transport only reports what it sees in the ring: a
 //!   clean goodbye record ([`CloseReason::Clean`], after every message sent
 //!   before it) and corrupt ring state ([`CloseReason::Lost`]). A peer that is
@@ -157,7 +161,9 @@
 // * `recv`: taking records out of a link (the reader thread, polls, CMA
 //   copies);
 // * `setup`: `ShmTransport::establish`;
-// * `transport`: `ShmTransport` and its `Transport` implementation.
+// * `transport`: `ShmTransport` and its `Transport` implementation;
+// * `watch`: the lease watcher, which hands records left under a poll
+//   lease that ran out to the reader threads.
 mod config;
 mod cpus;
 mod futex;
@@ -171,6 +177,7 @@ mod setup;
 #[cfg(test)]
 mod testutil;
 mod transport;
+mod watch;
 
 pub use config::{
     CMA_CLOSE_WAIT, CMA_MIN_BYTES, CROWDED_CMA_MIN_BYTES, POLL_LEASE, POLL_MAX_CMA_BYTES,

@@ -40,7 +40,7 @@ pub(super) fn reader(link: &Link, ctx: &Ctx) {
         // that polls can take small messages meanwhile.
         // A record a poll can take is left to the consumer's polling
         // threads while they are attentive (see `leave_to_pollers`).
-        let waited = ring.wait(ring.data_seq(), ring.reader_waiting(), stop, true, || {
+        let waited = ring.wait(ring.data_seq(), ring.reader_waiting(), stop, || {
             let data = ring.pending().map_err(RingStop::Corrupt)?;
             let take = data && !leave_to_pollers(link, ctx);
             Ok((take || link.release_pending()).then_some(()))
@@ -88,12 +88,12 @@ pub(super) fn reader(link: &Link, ctx: &Ctx) {
 /// consumer's polling threads: they are attentive (one polls, or its lease
 /// runs: [`Ring::attentive`](super::ring::Ring::attentive)) and the record
 /// is one a poll takes ([`pollable`]). Without this, a reader thread that
-/// happened to wake (once per lease) kept finding the next message within
-/// its spin and never slept again: every message then went through it and
-/// the engine's task (two wake-ups) instead of the waiting thread's poll,
-/// 64 KiB sendrecv 34 us against 6-7 us, until the job ended. A record
-/// left here waits for the next poll, or the lease's end (the reader then
-/// wakes and takes it). Only the last record published is left: a record
+/// happened to wake kept finding the next message within its spin and
+/// never slept again: every message then went through it and the engine's
+/// task (two wake-ups) instead of the waiting thread's poll, 64 KiB
+/// sendrecv 34 us against 6-7 us, until the job ended. A record left here
+/// waits for the next poll, or the lease's end (the lease watcher then
+/// wakes the reader, which takes it: [`super::watch`]). Only the last record published is left: a record
 /// behind it (perhaps one a poll cannot take, whose producer woke this
 /// thread) would otherwise wait too. When a poll holds the consumer lock,
 /// the reader does not wait to look (it takes the record, as before).
@@ -403,7 +403,8 @@ fn copy_cma(
     link.cma_seen.store(ext.number, Ordering::Relaxed);
     // The sender drops the payload on this: a thread of the sender that
     // polls does it (no wake-up), or its reader thread, woken here unless
-    // the sender's lease runs (then it looks by itself before it ends).
+    // the sender's lease runs (then its lease watcher wakes it when the
+    // lease ends, if nobody polled meanwhile).
     // (SeqCst store, then SeqCst load of the sender's poller count; the
     // sender's last poller decrements it, then checks for releases: one of
     // the two sees the other.)

@@ -48,19 +48,14 @@ const R_POLLING: usize = 96;
 /// it that polled stopped because its op completed, and expects to poll
 /// again soon ([`Transport::pause_polling`](crate::Transport::pause_polling)).
 /// While it runs a producer leaves small records to the next poll as while a
-/// thread polls; a reader thread that goes to sleep under the lease sleeps no
-/// longer than it, so a record nobody polls for waits at most that long (at
-/// most a wait slice if the reader was already asleep when the lease began).
+/// thread polls; the consumer's lease watcher
+/// ([`watch`](super::watch)) looks when it runs out, so a record nobody
+/// polls for waits at most that long (at most a wait slice if the watcher
+/// was asleep without a lease when it began and nobody woke it).
 const R_LEASE: usize = 104;
-/// [`Ring::reader_waiting`] values (producers only ask whether it is 0;
-/// the two kinds of sleep tell apart what the tests observe): the reader
-/// thread sleeps for up to a wait slice ([`ShmConfig::wait_slice`]) ...
+/// The [`Ring::reader_waiting`] value of a thread asleep in [`Ring::wait`]
+/// (0: none; producers only ask whether it is 0).
 const ASLEEP: u32 = 1;
-/// ... or only until the consumer's lease runs out.
-const ASLEEP_LEASED: u32 = 2;
-/// Added to a leased sleep, so that the reader wakes after the lease ran out
-/// (futex timeouts are not exact).
-const LEASE_MARGIN: Duration = Duration::from_micros(20);
 /// How far into its data area an empty ring's head must be before the
 /// producer starts the next small record over at the beginning
 /// ([`Ring::idle_gap`]).
@@ -104,8 +99,6 @@ pub(super) struct Ring {
     cap: u64,
     spin: u32,
     slice: Duration,
-    /// The consumer's poll lease ([`ShmConfig::poll_lease`]).
-    lease_len: Duration,
     /// Producer side (under the producer lock): the consumer's tail as last
     /// read. It only lags the real one (tails only grow), so space it
     /// shows is there; the tail is read again only when it shows too
@@ -131,7 +124,6 @@ impl Ring {
             cap,
             spin: cfg.spin_iterations,
             slice: cfg.wait_slice,
-            lease_len: cfg.poll_lease,
             seen_tail: AtomicU64::new(0),
         };
         ring.seen_tail
@@ -194,12 +186,11 @@ impl Ring {
     }
 
     /// Consumer side: promises to look at the ring before `until`
-    /// ([`monotonic_ns`]) without being woken ([`R_LEASE`]). A reader thread
-    /// that sleeps a whole slice is not woken for it (that would cost a
-    /// wake-up per op whenever waits alternate between spinning and
-    /// sleeping): it sees the lease when it next wakes, so a record left
-    /// under the lease and not polled for waits at most a wait slice then.
-    /// Threads that sleep until an op completes end the lease
+    /// ([`monotonic_ns`]) without being woken ([`R_LEASE`]). Nobody is woken
+    /// for it: the caller wakes the lease watcher if the lease had run out
+    /// (it may sleep without a bound), and the watcher sees a renewal when
+    /// it wakes at the old lease's end. Threads that sleep until an op
+    /// completes end the lease
     /// ([`ShmTransport`](super::ShmTransport)'s `set_sleeping`).
     pub(super) fn renew_lease(&self, until: u64) {
         self.lease().fetch_max(until, Ordering::SeqCst);
@@ -208,17 +199,6 @@ impl Ring {
     /// Consumer side: until when its lease runs ([`monotonic_ns`]; 0: none).
     pub(super) fn lease_until(&self) -> u64 {
         self.lease().load(Ordering::Acquire)
-    }
-
-    /// Consumer side, after renewing a lease that had run out: a reader
-    /// thread that went to sleep for a whole wait slice meanwhile (no lease,
-    /// no poller counted) looks again, and sleeps under the new lease
-    /// instead (otherwise a record left under it could wait a whole slice).
-    pub(super) fn wake_unleased_reader(&self) {
-        if self.reader_waiting().load(Ordering::SeqCst) == ASLEEP {
-            self.data_seq().fetch_add(1, Ordering::SeqCst);
-            futex_wake(self.data_seq());
-        }
     }
 
     /// Consumer side: withdraws the lease (a thread stops polling and will
@@ -260,18 +240,15 @@ impl Ring {
     }
 
     /// Waits until `ready()` returns `Some`: spin briefly, then futex-wait on
-    /// `seq` after announcing ourselves in `waiting`. With `leased` (the
-    /// reader thread waiting for a record) a sleep ends when the consumer's
-    /// lease runs out ([`R_LEASE`]), or while a thread of the consumer polls
-    /// within the length of a lease (that thread may stop with a lease, which
-    /// wakes nobody), since producers do not wake it for small records
-    /// meanwhile.
+    /// `seq` after announcing ourselves in `waiting`, a wait slice at a time.
+    /// (A reader thread waiting for a record is not woken for small records
+    /// while the consumer is attentive; its lease watcher wakes it when the
+    /// consumer stops being so with a record left: [`watch`](super::watch).)
     pub(super) fn wait<T>(
         &self,
         seq: &AtomicU32,
         waiting: &AtomicU32,
         stop: &AtomicBool,
-        leased: bool,
         mut ready: impl FnMut() -> Result<Option<T>, RingStop>,
     ) -> Result<T, RingStop> {
         for _ in 0..self.spin {
@@ -291,22 +268,7 @@ impl Ring {
                 waiting.store(0, Ordering::Relaxed);
                 return Ok(v);
             }
-            let mut slice = self.slice;
-            if leased {
-                let until = self.lease().load(Ordering::SeqCst);
-                let now = monotonic_ns();
-                if until > now {
-                    waiting.store(ASLEEP_LEASED, Ordering::SeqCst);
-                    slice = slice.min(Duration::from_nanos(until - now) + LEASE_MARGIN);
-                } else if self.polling().load(Ordering::SeqCst) != 0 && !self.lease_len.is_zero() {
-                    // A thread polls: a record left to it may be left to
-                    // the lease it takes when its op completes (which wakes
-                    // nobody), so look again within a lease.
-                    waiting.store(ASLEEP_LEASED, Ordering::SeqCst);
-                    slice = slice.min(self.lease_len + LEASE_MARGIN);
-                }
-            }
-            futex_wait(seq, s, slice);
+            futex_wait(seq, s, self.slice);
             waiting.store(0, Ordering::Relaxed);
             if let Some(v) = ready()? {
                 return Ok(v);
@@ -458,7 +420,7 @@ impl Ring {
         let cap = self.cap;
         let mut head = self.head().load(Ordering::Relaxed);
         while !buf.is_empty() {
-            let free = self.wait(self.space_seq(), self.writer_waiting(), stop, false, || {
+            let free = self.wait(self.space_seq(), self.writer_waiting(), stop, || {
                 let tail = self.load_tail();
                 if tail > head || head - tail > cap {
                     return Err(RingStop::Corrupt(format!(
@@ -553,7 +515,7 @@ impl Ring {
         let mut tail = self.tail().load(Ordering::Relaxed);
         let mut off = 0usize;
         while off < out.len() {
-            let avail = self.wait(self.data_seq(), self.reader_waiting(), stop, false, || {
+            let avail = self.wait(self.data_seq(), self.reader_waiting(), stop, || {
                 let head = self.head().load(Ordering::Acquire);
                 if head < tail || head - tail > self.cap {
                     return Err(RingStop::Corrupt(format!(
@@ -946,7 +908,7 @@ mod tests {
     fn sleeper(c: Arc<Ring>) -> std::thread::JoinHandle<Instant> {
         std::thread::spawn(move || {
             let stop = AtomicBool::new(false);
-            c.wait(c.data_seq(), c.reader_waiting(), &stop, true, || {
+            c.wait(c.data_seq(), c.reader_waiting(), &stop, || {
                 c.pending()
                     .map(|d| d.then_some(()))
                     .map_err(RingStop::Corrupt)
@@ -956,36 +918,39 @@ mod tests {
         })
     }
 
+    /// Returns once `c`'s reader thread sleeps.
+    fn asleep(c: &Ring) {
+        while c.reader_waiting().load(Ordering::SeqCst) != ASLEEP {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Whether the reader thread `r` still sleeps `d` after now.
+    fn sleeps_on(r: &std::thread::JoinHandle<Instant>, d: Duration) -> bool {
+        std::thread::sleep(d);
+        !r.is_finished()
+    }
+
     #[test]
     fn a_poller_keeps_small_records_from_waking_the_reader() {
-        let slice = Duration::from_secs(5);
-        let (p, c) = rings(&ShmConfig {
-            poll_lease: Duration::from_millis(400),
-            ..cfg(0, slice)
-        });
+        let (p, c) = rings(&cfg(0, Duration::from_secs(20)));
         let go = AtomicBool::new(false);
-        let asleep = |c: &Ring| {
-            while c.reader_waiting().load(Ordering::SeqCst) == 0 {
-                std::thread::yield_now();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
         // A poller is there: a pollable record does not wake the reader,
-        // which finds it when it looks again, a lease after it went to sleep
-        // (the poller may stop with a lease that wakes nobody), not at the
-        // end of its wait slice.
+        // which sleeps on (the lease watcher hands the record over if the
+        // poller stops without it: `watch`).
         c.polling().store(1, Ordering::SeqCst);
         let r = sleeper(c.clone());
         asleep(&c);
-        let t = Instant::now();
         p.write_pollable(&[1; 8], &go).unwrap();
-        let woke = r.join().unwrap();
-        assert!(woke - t >= Duration::from_millis(200), "{:?}", woke - t);
-        assert!(woke - t < Duration::from_secs(3), "{:?}", woke - t);
+        assert!(
+            sleeps_on(&r, Duration::from_millis(300)),
+            "a small record woke the reader"
+        );
+        let t = Instant::now();
+        c.notify_reader(); // as the watcher does
+        assert!(r.join().unwrap() - t < Duration::from_secs(10));
         assert_eq!(read(&c, 8), [1; 8]);
         // A record a poll cannot take wakes the reader at once.
-        let (p, c) = rings(&cfg(0, Duration::from_secs(20)));
-        c.polling().store(1, Ordering::SeqCst);
         let r = sleeper(c.clone());
         asleep(&c);
         let t = Instant::now();
@@ -1002,56 +967,37 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_defers_the_reader_until_it_runs_out_and_can_be_ended() {
-        let slice = Duration::from_secs(20);
+    fn a_lease_keeps_small_records_from_waking_the_reader_until_it_is_ended() {
+        let (p, c) = rings(&cfg(0, Duration::from_secs(20)));
         let go = AtomicBool::new(false);
-        let asleep = |c: &Ring, how: u32| {
-            while c.reader_waiting().load(Ordering::SeqCst) != how {
-                std::thread::yield_now();
-            }
-        };
-        let lease = Duration::from_millis(1000);
-        let until = |t: Instant| monotonic_ns() + (lease - t.elapsed()).as_nanos() as u64;
-        // A reader that goes to sleep under a lease sleeps only until it
-        // ends; a small record meanwhile wakes nobody: the reader finds it
-        // when the lease ends, not at the end of its 20 s slice.
-        let (p, c) = rings(&cfg(0, slice));
-        let t = Instant::now();
-        c.renew_lease(until(t));
+        // Under a lease a small record wakes nobody.
+        c.renew_lease(monotonic_ns() + 10_000_000_000);
         let r = sleeper(c.clone());
-        asleep(&c, ASLEEP_LEASED);
+        asleep(&c);
         p.write_pollable(&[1; 8], &go).unwrap();
         assert!(c.attentive());
-        let woke = r.join().unwrap() - t;
-        assert!(woke >= lease, "{woke:?}");
-        assert!(woke < Duration::from_secs(5), "{woke:?}");
+        assert!(
+            sleeps_on(&r, Duration::from_millis(300)),
+            "a small record woke the reader"
+        );
+        c.notify_reader();
+        r.join().unwrap();
         assert_eq!(read(&c, 8), [1; 8]);
-        assert!(!c.attentive(), "the lease ran out");
-        // A renewal does not wake a reader sleeping a whole slice (it sees
-        // the lease when it next wakes) ...
+        // An ended lease lets small records wake it at once again.
         let r = sleeper(c.clone());
-        asleep(&c, ASLEEP);
-        // The sleeper announces itself before it looks at the lease: give
-        // it time to look (and find none) and sleep, so that the renewal
-        // comes after (it failed under the full suite's load without).
-        std::thread::sleep(Duration::from_millis(200));
-        c.renew_lease(monotonic_ns() + 10_000_000_000);
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(c.reader_waiting().load(Ordering::SeqCst), ASLEEP);
-        // ... and an ended lease lets small records wake it at once again.
+        asleep(&c);
         let t = Instant::now();
         c.end_lease();
         assert!(!c.attentive());
         p.write_pollable(&[2; 8], &go).unwrap();
-        let woke = r.join().unwrap() - t;
-        assert!(woke < lease, "{woke:?}");
+        assert!(r.join().unwrap() - t < Duration::from_secs(10));
         assert_eq!(read(&c, 8), [2; 8]);
         // A record a poll cannot take wakes it at once even under a lease.
         let r = sleeper(c.clone());
-        asleep(&c, ASLEEP);
+        asleep(&c);
         let t = Instant::now();
         c.renew_lease(monotonic_ns() + 10_000_000_000);
         p.write_all(&[3; 8], &go).unwrap();
-        assert!(r.join().unwrap() - t < Duration::from_secs(5));
+        assert!(r.join().unwrap() - t < Duration::from_secs(10));
     }
 }

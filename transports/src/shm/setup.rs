@@ -24,6 +24,7 @@ use super::segment::{
 };
 use super::send::writer;
 use super::transport::ShmTransport;
+use super::watch::watcher;
 use crate::{TransportError, TransportEvent};
 
 /// A mapped segment during setup: peer, segment, ring bytes, and whether
@@ -225,6 +226,8 @@ impl ShmTransport {
             max_message: cfg.max_message,
             poll_lease_ns: u64::try_from(cfg.poll_lease.as_nanos()).unwrap_or(u64::MAX),
             unposted_wait: cfg.unposted_wait,
+            wait_slice: cfg.wait_slice,
+            watch: Default::default(),
             deliver: std::sync::OnceLock::new(),
             split_copies: !crowded(local, cpus),
             // Ring records from RING_LAND_MIN_BYTES and CMA copies (above
@@ -314,7 +317,14 @@ impl ShmTransport {
                 why[0]
             );
         }
-        let live = links.iter().flatten().cloned().collect();
+        let live: Vec<Arc<Link>> = links.iter().flatten().cloned().collect();
+        if ctx.poll_lease_ns != 0 && !live.is_empty() {
+            let (l, c) = (live.clone(), ctx.clone());
+            std::thread::Builder::new()
+                .name(format!("zccl-shm-lease{rank}"))
+                .spawn(move || watcher(&l, &c))
+                .map_err(|e| TransportError::io("spawn shm lease watcher thread", &e))?;
+        }
         Ok(Self {
             ctx,
             links,

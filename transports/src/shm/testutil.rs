@@ -19,29 +19,42 @@ pub(super) type Side = (ShmTransport, mpsc::UnboundedReceiver<TransportEvent>);
 
 /// Ranks 0 and 1 of a fresh job, as threads of this process.
 pub(super) fn pair(cfg0: ShmConfig, cfg1: ShmConfig) -> (Side, Side) {
+    let mut g = group(vec![cfg0, cfg1]);
+    let b = g.pop().unwrap();
+    (g.pop().unwrap(), b)
+}
+
+/// Ranks `0..cfgs.len()` of a fresh job (rank `r` with `cfgs[r]`), as
+/// threads of this process, each linked to every other.
+pub(super) fn group(cfgs: Vec<ShmConfig>) -> Vec<Side> {
     static N: AtomicU32 = AtomicU32::new(0);
     let mut b = [0u8; 16];
     b[..4].copy_from_slice(&std::process::id().to_le_bytes());
     b[4..8].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     b[8] = 0x5e;
     let job = job_tag(&JobSecret::from_bytes(b));
-    let start = |rank: u32, config: ShmConfig| {
-        std::thread::spawn(move || {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let setup = ShmSetup {
-                rank,
-                world_size: 2,
-                job,
-                tags: vec![Some("u0".into()), Some("u1".into())],
-                peers: vec![1 - rank],
-                config,
-                setup_timeout: Duration::from_secs(10),
-            };
-            (ShmTransport::establish(setup, tx).unwrap(), rx)
+    let n = cfgs.len() as u32;
+    let starts: Vec<_> = cfgs
+        .into_iter()
+        .enumerate()
+        .map(|(rank, config)| {
+            let rank = rank as u32;
+            std::thread::spawn(move || {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let setup = ShmSetup {
+                    rank,
+                    world_size: n,
+                    job,
+                    tags: (0..n).map(|r| Some(format!("u{r}"))).collect(),
+                    peers: (0..n).filter(|&p| p != rank).collect(),
+                    config,
+                    setup_timeout: Duration::from_secs(10),
+                };
+                (ShmTransport::establish(setup, tx).unwrap(), rx)
+            })
         })
-    };
-    let (a, b) = (start(0, cfg0), start(1, cfg1));
-    (a.join().unwrap(), b.join().unwrap())
+        .collect();
+    starts.into_iter().map(|s| s.join().unwrap()).collect()
 }
 
 pub(super) fn cfg() -> ShmConfig {

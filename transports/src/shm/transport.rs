@@ -160,6 +160,7 @@ impl ShmTransport {
 
     fn stop_all(&self) {
         self.ctx.closing.store(true, Ordering::Release);
+        self.ctx.watch.wake();
         for l in &self.live {
             l.stop();
         }
@@ -278,11 +279,13 @@ impl Transport for ShmTransport {
         }
         // The lease first, then the poller count: a producer that saw us
         // polling published before, and the next poll takes it, or the
-        // reader thread when the lease ends (a reader that went to sleep
-        // under it sleeps no longer; one asleep for a whole wait slice
-        // looks at the end of that slice).
+        // reader thread, which the lease watcher wakes when the lease ends
+        // (`super::watch`).
         let now = super::ring::monotonic_ns();
         let until = now.saturating_add(self.ctx.poll_lease_ns);
+        // Whether a lease had run out (a long wait, or a sleeper ended it):
+        // the lease watcher may then sleep past the new one's end.
+        let mut ran_out = false;
         if self.uncover() {
             // Not counted in the rings: renew only a lease under half its
             // length, so that most ops leave the producers' line alone.
@@ -291,18 +294,18 @@ impl Transport for ShmTransport {
                 let lease = l.in_ring.lease_until();
                 if lease < half {
                     l.in_ring.renew_lease(until);
-                    if lease <= now {
-                        // It ran out while this thread polled uncounted
-                        // (a long spin, or a sleeper ended it).
-                        l.in_ring.wake_unleased_reader();
-                    }
+                    ran_out |= lease <= now;
                 }
             }
         } else {
             for l in &self.live {
+                ran_out |= l.in_ring.lease_until() <= now;
                 l.in_ring.renew_lease(until);
                 l.in_ring.polling().fetch_sub(1, Ordering::SeqCst);
             }
+        }
+        if ran_out {
+            self.ctx.watch.lease_began();
         }
         // A thread of ours sleeps until its op completes: it needs the reader
         // threads woken for its messages, so no lease. (The lease first,
@@ -389,6 +392,9 @@ impl Transport for ShmTransport {
 
     fn close(&self, reason: GoodbyeReason) -> BoxFuture {
         let first = !self.ctx.closing.swap(true, Ordering::AcqRel);
+        // The lease watcher stops (a goodbye record wakes the readers for
+        // whatever was left before it).
+        self.ctx.watch.wake();
         let links = self.live.clone();
         Box::pin(async move {
             let clean = matches!(reason, GoodbyeReason::Clean);
