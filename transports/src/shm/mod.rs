@@ -93,7 +93,8 @@
 //!   into the ring itself, without waking the writer thread, when nothing is
 //!   queued before it and the ring has room for its record (small messages,
 //!   and CMA records of any size). The rings are always drained by the reader
-//!   thread, whatever the application does.
+//!   thread, whatever the application does. Per transport, one lease
+//!   watcher thread (see Polling below).
 //! * **Polling.** [`Transport::poll`] lets a user thread that waits on a
 //!   handle take small messages (payload at most [`POLL_MAX_PAYLOAD`]) that
 //!   are already complete in a ring, without waking the reader thread:

@@ -105,6 +105,9 @@ pub(super) struct Ring {
     /// little, not at every record (a line the consumer writes at every
     /// record it takes).
     seen_tail: AtomicU64,
+    /// Tests: sleeps in [`Ring::wait`] that ended (a wake-up or the slice).
+    #[cfg(test)]
+    pub(super) sleeps_ended: AtomicU64,
 }
 
 // SAFETY: the raw data pointer points into `seg`'s mapping, which the ring
@@ -125,6 +128,8 @@ impl Ring {
             spin: cfg.spin_iterations,
             slice: cfg.wait_slice,
             seen_tail: AtomicU64::new(0),
+            #[cfg(test)]
+            sleeps_ended: AtomicU64::new(0),
         };
         ring.seen_tail
             .store(ring.tail().load(Ordering::Acquire), Ordering::Relaxed);
@@ -269,6 +274,8 @@ impl Ring {
                 return Ok(v);
             }
             futex_wait(seq, s, self.slice);
+            #[cfg(test)]
+            self.sleeps_ended.fetch_add(1, Ordering::Relaxed);
             waiting.store(0, Ordering::Relaxed);
             if let Some(v) = ready()? {
                 return Ok(v);

@@ -606,6 +606,44 @@ mod tests {
     }
 
     #[test]
+    fn a_rank_that_keeps_renewing_its_lease_leaves_its_reader_thread_asleep() {
+        // A 2 ms lease renewed op after op (every 200 us, by a thread of
+        // rank 1); meanwhile the reader thread (5 s wait slices) takes a
+        // message no poll takes and goes back to sleep under the lease. For
+        // the next 300 ms the lease watcher looks at each lease's end; the
+        // reader thread is not woken for it (it used to be, at every lease's
+        // end: about 150 times here).
+        let ((t0, _rx0), (t1, mut rx1)) =
+            leased_pair(Duration::from_millis(2), Some(Duration::from_secs(5)));
+        let ring = &t1.link(0).unwrap().in_ring;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    t1.set_polling(true);
+                    t1.pause_polling();
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            t0.send(1, msg(MessageKind::Data, 0, POLL_MAX_PAYLOAD + 1))
+                .unwrap();
+            let (m, _) = timed_message(&mut rx1);
+            assert_eq!(m.seq, 0);
+            let until = Instant::now() + Duration::from_secs(5);
+            while ring.reader_waiting().load(Ordering::SeqCst) == 0 {
+                assert!(Instant::now() < until, "the reader thread never slept");
+                std::thread::yield_now();
+            }
+            let before = ring.sleeps_ended.load(Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(300));
+            let woke = ring.sleeps_ended.load(Ordering::Relaxed) - before;
+            stop.store(true, Ordering::Relaxed);
+            assert!(woke <= 2, "the reader thread woke {woke} times");
+        });
+    }
+
+    #[test]
     fn a_lease_that_ran_out_under_an_uncounted_poller_is_renewed_awake() {
         let ((t0, _rx0), (t1, mut rx1)) =
             leased_pair(Duration::from_millis(100), Some(Duration::from_secs(3)));
