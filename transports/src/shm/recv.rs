@@ -93,10 +93,11 @@ pub(super) fn reader(link: &Link, ctx: &Ctx) {
 /// task (two wake-ups) instead of the waiting thread's poll, 64 KiB
 /// sendrecv 34 us against 6-7 us, until the job ended. A record left here
 /// waits for the next poll, or the lease's end (the lease watcher then
-/// wakes the reader, which takes it: [`super::watch`]). Only the last record published is left: a record
-/// behind it (perhaps one a poll cannot take, whose producer woke this
-/// thread) would otherwise wait too. When a poll holds the consumer lock,
-/// the reader does not wait to look (it takes the record, as before).
+/// wakes the reader, which takes it: [`super::watch`]). Only the last
+/// record published is left: a record behind it (perhaps one a poll cannot
+/// take, whose producer woke this thread) would otherwise wait too. When a
+/// poll holds the consumer lock, the reader does not wait to look (it
+/// takes the record, as before).
 ///
 /// A CMA record whose receive is not posted yet is left as polls leave it,
 /// for as long as they do ([`leave_unposted`]).
