@@ -101,19 +101,15 @@ impl Engine {
                     .unexpected
                     .keys()
                     .any(|k| (k.0, k.1, k.2) == (p.desc.comm, p.desc.channel, p.desc.peer));
-            if crossed {
-                warn!(
-                    rank = self.rank,
-                    "{} timed out (rank {} and this rank wait in sends to each other)",
-                    p.desc,
+            let why = if crossed {
+                format!(
+                    "rank {} and this rank wait in sends to each other",
                     p.desc.peer
-                );
+                )
             } else {
-                warn!(
-                    rank = self.rank,
-                    "{} timed out (rank {stalled} stalled)", p.desc
-                );
-            }
+                format!("rank {stalled} stalled")
+            };
+            warn!(rank = self.rank, "{} timed out ({why})", p.desc);
             // Messages of another operation waiting on this channel mean
             // the ranks run different collectives.
             let mine = OpLabel::split(p.code).1;

@@ -71,10 +71,10 @@ pub(super) struct Link {
     /// Number of the last CMA record of `in_ring` copied (by the reader
     /// thread or a poll, under `consumer`).
     pub(super) cma_seen: AtomicU64,
-    /// The CMA record at the tail of `in_ring` that the reader thread
-    /// leaves for its receive to be posted (its ring position + 1; 0:
-    /// none), and until when ([`super::ring::monotonic_ns`]); see
-    /// `leave_to_pollers` in `recv.rs`. Under `consumer`.
+    /// The CMA record at the tail of `in_ring` that polls and the reader
+    /// thread leave for its receive to be posted (its ring position + 1;
+    /// 0: none), and until when ([`super::ring::monotonic_ns`]); see
+    /// `leave_unposted` in `recv.rs`. Under `consumer`.
     pub(super) deferred_at: AtomicU64,
     pub(super) deferred_until: AtomicU64,
     /// Messages queued for the writer thread and not yet in the ring: a
