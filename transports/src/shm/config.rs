@@ -114,11 +114,14 @@ pub const CROWDED_CMA_MIN_BYTES: usize = (64 << 10) + 1;
 pub const POLL_MAX_PAYLOAD: usize = 256 << 10;
 
 /// The largest CMA record a [`Transport::poll`](crate::Transport::poll)
-/// copies itself (on the waiting thread, no thread wake-up); larger ones are
-/// left to the reader thread, which copies the next piece of a pipeline
-/// while the waiting thread works on the last (measured on 2 vCPUs: polls
-/// copying 2 MiB pieces lost 10–20 % at 64 MiB, copying 512 KiB ones gained
-/// at 1 MiB).
+/// always copies itself (on the waiting thread, no thread wake-up); larger
+/// ones are left to the reader thread, which copies the next piece of a
+/// pipeline while the waiting thread works on the last (measured on
+/// 2 vCPUs: polls copying 2 MiB pieces lost 10–20 % at 64 MiB, copying
+/// 512 KiB ones gained at 1 MiB), except, where the host has a CPU per
+/// rank, one written while the ring was empty: no pipeline's piece, but a
+/// message the waiting thread waits for (2 ranks, sendrecv 2-4 MiB about
+/// 0.6x the time; see the shared-memory module's Polling notes).
 pub const POLL_MAX_CMA_BYTES: usize = 1 << 20;
 
 /// How long a clean close waits for the peer to finish copying the payloads

@@ -30,9 +30,12 @@ pub(super) const REC_CONTROL: u8 = 2;
 pub(super) const REC_GOODBYE: u8 = 3;
 /// A data message whose payload stays in the sender's memory; the header is
 /// followed by [`CMA_EXT`] bytes: address (u64), sequence number (u64, 1 for
-/// the first CMA record of the ring), sender pid (u32), zeros.
+/// the first CMA record of the ring), sender pid (u32), whether it is left to
+/// the consumer's polls (u8, 0 or 1: [`CmaExt::polled`]), zeros.
 pub(super) const REC_CMA: u8 = 4;
 pub(super) const CMA_EXT: usize = 32;
+/// Offset of [`CmaExt::polled`] in a CMA record's extension.
+pub(super) const CMA_POLLED_AT: usize = 20;
 /// Bytes the reader skips: `len` bytes that follow the header up to the end
 /// of the ring's data area, written by a producer that found the ring empty
 /// far into its data area, so that its next record starts at the beginning
@@ -129,6 +132,12 @@ pub(super) struct CmaExt {
     pub(super) addr: u64,
     pub(super) number: u64,
     pub(super) pid: u32,
+    /// The producer left the record to the consumer's polling threads (it
+    /// did not wake the reader thread for it while they were attentive): a
+    /// poll takes it whatever its size. Set for every record of at most
+    /// [`POLL_MAX_CMA_BYTES`](super::POLL_MAX_CMA_BYTES), and for a larger
+    /// one written alone (see `left_to_polls` in `send.rs`).
+    pub(super) polled: bool,
 }
 
 /// Encodes the CMA part of a record.
@@ -137,6 +146,7 @@ pub(super) fn encode_cma(e: &CmaExt) -> [u8; CMA_EXT] {
     b[0..8].copy_from_slice(&e.addr.to_le_bytes());
     b[8..16].copy_from_slice(&e.number.to_le_bytes());
     b[16..20].copy_from_slice(&e.pid.to_le_bytes());
+    b[CMA_POLLED_AT] = u8::from(e.polled);
     b
 }
 
@@ -146,9 +156,10 @@ pub(super) fn decode_cma(b: &[u8; CMA_EXT], len: u64) -> Result<CmaExt, String> 
         addr: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
         number: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
         pid: u32::from_le_bytes(b[16..20].try_into().expect("4 bytes")),
+        polled: b[CMA_POLLED_AT] == 1,
     };
-    if b[20..].iter().any(|&x| x != 0) {
-        return Err("bad CMA record (reserved bytes set)".into());
+    if b[CMA_POLLED_AT] > 1 || b[CMA_POLLED_AT + 1..].iter().any(|&x| x != 0) {
+        return Err("bad CMA record (reserved bytes set, or a flag byte other than 0 or 1)".into());
     }
     let end = e.addr.checked_add(len);
     if e.addr == 0 || end.is_none_or(|end| usize::try_from(end).is_err()) {
@@ -296,7 +307,10 @@ mod tests {
             addr: 0x7f00_0000_1000,
             number: 3,
             pid: 42,
+            polled: false,
         };
+        let polled = CmaExt { polled: true, ..e };
+        assert_eq!(decode_cma(&encode_cma(&polled), 1 << 20).unwrap(), polled);
         assert_eq!(decode_cma(&encode_cma(&e), 1 << 20).unwrap(), e);
         let mut b = encode_cma(&e);
         b[31] = 1;
@@ -316,12 +330,13 @@ mod tests {
 
     #[test]
     fn cma_extensions_at_the_extremes() {
-        // Every reserved byte counts.
+        // Every reserved byte counts, and the flag byte (20) is 0 or 1.
         for at in 20..CMA_EXT {
             let mut b = encode_cma(&CmaExt {
                 addr: 1,
                 number: 1,
                 pid: 1,
+                polled: true,
             });
             b[at] = 0x80;
             assert!(decode_cma(&b, 1).unwrap_err().contains("reserved"), "{at}");
@@ -334,6 +349,7 @@ mod tests {
                 addr: 4096,
                 number,
                 pid,
+                polled: false,
             };
             assert_eq!(decode_cma(&encode_cma(&e), 4096).unwrap(), e);
         }
@@ -343,6 +359,7 @@ mod tests {
             addr: u64::MAX - 10,
             number: 1,
             pid: 1,
+            polled: false,
         };
         if usize::BITS == 64 {
             assert!(decode_cma(&encode_cma(&top), 10).is_ok());

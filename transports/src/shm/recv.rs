@@ -2,7 +2,7 @@
 //! order, under the link's consumer lock: by the reader thread (any record,
 //! waiting for the rest of a large one), or by a poll (only small records
 //! already whole in the ring, and CMA records up to
-//! [`POLL_MAX_CMA_BYTES`]). A CMA record's payload is copied from the
+//! [`Link::poll_cma_max`]). A CMA record's payload is copied from the
 //! sender's memory here, into its receive's landing zone when that is
 //! posted; one that arrives before its receive is left in the ring a
 //! little for it ([`leave_unposted`]).
@@ -13,8 +13,8 @@ use std::time::Duration;
 use super::config::{POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD};
 use super::link::{Ctx, Link, lock};
 use super::record::{
-    CMA_EXT, REC_CMA, REC_CONTROL, REC_DATA, REC_GOODBYE, REC_LEN, REC_PAD, Record, decode_cma,
-    decode_record,
+    CMA_EXT, CMA_POLLED_AT, REC_CMA, REC_CONTROL, REC_DATA, REC_GOODBYE, REC_LEN, REC_PAD, Record,
+    decode_cma, decode_record,
 };
 use super::ring::{RingStop, monotonic_ns};
 use crate::recvbuf::RecvBuf;
@@ -112,7 +112,7 @@ fn leave_to_pollers(link: &Link, ctx: &Ctx) -> bool {
     let Some((avail, tail, rec)) = peek(link, ctx) else {
         return false;
     };
-    if !(avail == whole_len(&rec) && pollable(&rec, avail)) {
+    if !(avail == whole_len(&rec) && pollable(&rec, avail, cma_polled(link, tail, &rec, avail))) {
         return false;
     }
     !unposted_cma(link, ctx, &rec) || leave_unposted(link, ctx, tail, &rec)
@@ -134,11 +134,21 @@ fn whole_len(rec: &Record) -> u64 {
 /// the last one (measured: in a 4-rank 1 MiB sendrecv those second copies
 /// took a third as many CPU samples as the CMA copies themselves). Left in
 /// the ring a little ([`leave_unposted`]), it is copied once, straight
-/// into the zone, by the poll after the receive is posted. (Receives of
-/// sizes that may come by CMA post a zone even where they name no buffer:
-/// the runtime's scratch buffers.)
+/// into the zone, by the poll after the receive is posted. Only sizes
+/// whose receives post a zone even where they name no buffer (the
+/// runtime's scratch buffers: up to [`POLL_MAX_CMA_BYTES`], and from
+/// [`LAND_WAIT_MIN_BYTES`]) wait so: in between, a plain receive posts
+/// none, and its message is taken into a buffer of its own at once, by a
+/// poll ([`Link::poll_cma_max`]) as by the reader thread (polls that
+/// waited for such zones made a 2-rank 4 MiB reduce-scatter 1.35x slower).
 fn unposted_cma(link: &Link, ctx: &Ctx, rec: &Record) -> bool {
-    rec.kind == REC_CMA && !ctx.landing.has_zone(land_key(link, rec))
+    rec.kind == REC_CMA && zone_expected(rec.len) && !ctx.landing.has_zone(land_key(link, rec))
+}
+
+/// Whether every receive of a CMA message of `len` bytes posts a landing
+/// zone ([`unposted_cma`]). Pure.
+fn zone_expected(len: u64) -> bool {
+    len <= POLL_MAX_CMA_BYTES as u64 || len >= LAND_WAIT_MIN_BYTES as u64
 }
 
 /// Whether the CMA record `rec` at ring position `tail`, whose receive is
@@ -186,16 +196,36 @@ fn peek(link: &Link, ctx: &Ctx) -> Option<(u64, u64, Record)> {
 
 /// Whether a poll takes record `rec` at the tail, with `avail` bytes of the
 /// ring published: a data or control record whole in the ring, of at most
-/// [`POLL_MAX_PAYLOAD`], or a CMA record (whole) of at most
-/// [`POLL_MAX_CMA_BYTES`]. Pure.
-fn pollable(rec: &Record, avail: u64) -> bool {
+/// [`POLL_MAX_PAYLOAD`], or a CMA record (whole) its producer left to
+/// polls (`cma_polled`: [`CmaExt::polled`](super::record::CmaExt::polled),
+/// read by [`cma_polled`]). Pure.
+fn pollable(rec: &Record, avail: u64, cma_polled: bool) -> bool {
     match rec.kind {
-        REC_CMA => avail >= (REC_LEN + CMA_EXT) as u64 && rec.len <= POLL_MAX_CMA_BYTES as u64,
+        REC_CMA => avail >= (REC_LEN + CMA_EXT) as u64 && cma_polled,
         REC_DATA | REC_CONTROL => {
             rec.len <= POLL_MAX_PAYLOAD as u64 && avail >= REC_LEN as u64 + rec.len
         }
         _ => false,
     }
+}
+
+/// Whether `rec`, at ring position `tail` with `avail` bytes published, is
+/// a whole CMA record its producer left to polls
+/// ([`CmaExt::polled`](super::record::CmaExt::polled)); a flag byte other
+/// than 1 reads as not (the reader thread then decodes the record, and
+/// refuses a bad one). Under the consumer lock.
+fn cma_polled(link: &Link, tail: u64, rec: &Record, avail: u64) -> bool {
+    if rec.kind != REC_CMA || avail < (REC_LEN + CMA_EXT) as u64 {
+        return false;
+    }
+    let mut flag = [0u8; 1];
+    // SAFETY: the whole record is published (checked above), and the
+    // caller holds the consumer lock.
+    unsafe {
+        link.in_ring
+            .copy_out(tail + (REC_LEN + CMA_POLLED_AT) as u64, &mut flag)
+    };
+    flag[0] == 1
 }
 
 /// Reads one whole record under the consumer lock and delivers it.
@@ -475,7 +505,7 @@ pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message))
         }
         ring.consume_to(tail + REC_LEN as u64 + rec.len);
     };
-    if !pollable(&rec, avail) {
+    if !pollable(&rec, avail, cma_polled(link, tail, &rec, avail)) {
         return false;
     }
     if avail == whole_len(&rec)
@@ -551,6 +581,18 @@ mod tests {
     }
 
     #[test]
+    fn zones_are_waited_for_only_at_sizes_whose_receives_all_post_one() {
+        // The runtime's `scratch_for` posts a scratch zone for plain
+        // receives up to POLL_MAX_CMA_BYTES and from LAND_WAIT_MIN_BYTES.
+        assert!(zone_expected(1));
+        assert!(zone_expected(POLL_MAX_CMA_BYTES as u64));
+        assert!(!zone_expected(POLL_MAX_CMA_BYTES as u64 + 1));
+        assert!(!zone_expected(LAND_WAIT_MIN_BYTES as u64 - 1));
+        assert!(zone_expected(LAND_WAIT_MIN_BYTES as u64));
+        assert!(zone_expected(u64::MAX));
+    }
+
+    #[test]
     fn land_wait_is_about_a_second_copy_and_bounded() {
         assert_eq!(land_wait(LAND_WAIT_MIN_BYTES).as_micros(), 2097);
         assert_eq!(land_wait(64 << 20).as_millis(), 33);
@@ -562,7 +604,14 @@ mod tests {
         let buf = vec![7u8; 1 << 20];
         let pid = std::process::id();
         let hdr = |len: u64| encode_record(REC_CMA, 0, 0, 0, 0, len);
-        let ext = |addr: u64, number: u64, pid: u32| encode_cma(&CmaExt { addr, number, pid });
+        let ext = |addr: u64, number: u64, pid: u32| {
+            encode_cma(&CmaExt {
+                addr,
+                number,
+                pid,
+                polled: false,
+            })
+        };
         let at = buf.as_ptr() as u64;
         // The sender's buffer is not mapped.
         refused(cfg(), hdr(4096), &ext(8, 1, pid), "not mapped");

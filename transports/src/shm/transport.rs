@@ -859,6 +859,51 @@ mod tests {
         wait_true(&big_dropped);
     }
 
+    /// A CMA record larger than POLL_MAX_CMA_BYTES written alone into the
+    /// ring is left to the consumer's polls where the host has a CPU per
+    /// rank; one written behind another (a pipeline's next piece) is the
+    /// reader thread's, as every large one is on a crowded host.
+    #[test]
+    fn a_large_cma_record_written_alone_is_left_to_polls() {
+        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
+        t1.ctx.pause_readers.store(true, Ordering::Release);
+        t1.set_polling(true);
+        // Between the sizes whose receives always post a zone: taken into a
+        // buffer of its own at once, not left for a zone.
+        let len = POLL_MAX_CMA_BYTES * 2;
+        let uncrowded = t0.link(1).unwrap().poll_cma_max == u64::MAX;
+        let mut got = Vec::new();
+        let mut poll = |t1: &ShmTransport| {
+            got.clear();
+            t1.poll(10, &mut |p, m| got.push((p, m)));
+            got.clone()
+        };
+        // Alone in the ring.
+        t0.send(1, msg(MessageKind::Data, 1, len)).unwrap();
+        let first = poll(&t1);
+        if uncrowded {
+            assert_eq!(first, vec![(0, msg(MessageKind::Data, 1, len))]);
+            // Two at once: the first alone, the second behind it.
+            t0.send(1, msg(MessageKind::Data, 2, len)).unwrap();
+            t0.send(1, msg(MessageKind::Data, 3, len)).unwrap();
+            assert_eq!(poll(&t1), vec![(0, msg(MessageKind::Data, 2, len))]);
+            assert_eq!(poll(&t1), vec![], "the one behind is the reader's");
+        } else {
+            assert_eq!(first, vec![], "crowded: the reader thread's");
+        }
+        t1.set_polling(false);
+        t1.ctx.pause_readers.store(false, Ordering::Release);
+        let rest = if uncrowded { 3..4 } else { 1..2 };
+        for seq in rest {
+            match next(&mut rx1) {
+                TransportEvent::Message { peer: 0, msg: m } => {
+                    assert_eq!(m, msg(MessageKind::Data, seq, len))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn a_withdrawn_lent_payload_is_never_delivered() {
         for abort in [false, true] {
