@@ -118,10 +118,11 @@ pub const POLL_MAX_PAYLOAD: usize = 256 << 10;
 /// ones are left to the reader thread, which copies the next piece of a
 /// pipeline while the waiting thread works on the last (measured on
 /// 2 vCPUs: polls copying 2 MiB pieces lost 10–20 % at 64 MiB, copying
-/// 512 KiB ones gained at 1 MiB), except, where the host has a CPU per
-/// rank, one written while the ring was empty: no pipeline's piece, but a
-/// message the waiting thread waits for (2 ranks, sendrecv 2-4 MiB about
-/// 0.6x the time; see the shared-memory module's Polling notes).
+/// 512 KiB ones gained at 1 MiB). The exception, where the host has a CPU
+/// per rank: one written when the peer had copied every earlier one is no
+/// pipeline's piece but a message a thread waits for, and polls take it
+/// (2 ranks, sendrecv 2-4 MiB in about 0.6x the time; see the
+/// shared-memory module's Polling notes).
 pub const POLL_MAX_CMA_BYTES: usize = 1 << 20;
 
 /// How long a clean close waits for the peer to finish copying the payloads

@@ -102,10 +102,11 @@
 //!   record at the tail if it is a whole data or control record, or a CMA
 //!   record its producer left to polls: one of at most
 //!   [`POLL_MAX_CMA_BYTES`], and, where the host has a CPU per rank, a
-//!   larger one written while the ring was empty (a pipeline's later
-//!   pieces, written behind others, stay the reader thread's, which copies
-//!   them while the waiting thread combines the last). The poll makes the
-//!   copy itself: a copy never waits for the peer; a CMA record that is the last one in
+//!   larger one written when the peer had copied every earlier CMA record
+//!   (a pipeline's later pieces, written while earlier ones wait, stay the
+//!   reader thread's, which copies them while the waiting thread combines
+//!   the last). The poll makes the copy itself: a copy never waits for the
+//!   peer; a CMA record that is the last one in
 //!   the ring and whose receive has not posted its landing zone yet is
 //!   left there, by polls and the reader thread, for up to about what a
 //!   second copy would cost, so that its bytes go once, straight into the

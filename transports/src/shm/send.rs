@@ -80,7 +80,7 @@ fn write_cma(link: &Link, m: &Message) -> Result<(), RingStop> {
         m.payload.len() as u64,
     ));
     let polled = left_to_polls(m.payload.len() as u64, link.poll_cma_max, || {
-        matches!(link.out_ring.pending(), Ok(false))
+        link.out_ring.cma_done().load(Ordering::Acquire) + 1 == number
     });
     rec[REC_LEN..].copy_from_slice(&encode_cma(&CmaExt {
         addr: m.payload.as_ptr() as u64,
@@ -99,18 +99,16 @@ fn write_cma(link: &Link, m: &Message) -> Result<(), RingStop> {
 /// Whether a CMA record of `len` bytes is left to the consumer's polling
 /// threads ([`Ring::write_pollable`], marked [`CmaExt::polled`]) rather
 /// than handed to its reader thread: one of at most [`POLL_MAX_CMA_BYTES`],
-/// and a larger one up to `poll_cma_max` ([`Link::poll_cma_max`]) that is
-/// alone in the ring (`ring_empty`, asked only for those). Large records written behind
-/// others are a pipeline's pieces (a ring collective sends them all at
-/// once): the reader thread copies the next one while the waiting thread
-/// combines the last (2 ranks, all-reduce 4 MiB, 2 MiB pieces, all polled:
-/// 1.2x slower). Pure but for `ring_empty`.
-pub(super) fn left_to_polls(
-    len: u64,
-    poll_cma_max: u64,
-    ring_empty: impl FnOnce() -> bool,
-) -> bool {
-    len <= POLL_MAX_CMA_BYTES as u64 || (len <= poll_cma_max && ring_empty())
+/// and a larger one up to `poll_cma_max` ([`Link::poll_cma_max`]) when the
+/// peer has copied every CMA record written before it (`alone`, asked
+/// only for those). Large records written while earlier ones still wait
+/// are a pipeline's pieces (a ring collective sends them all at once): the
+/// reader thread copies the next one while the waiting thread combines
+/// the last (2 ranks, all-reduce 4 MiB, 2 MiB pieces, all polled: 1.2x
+/// slower). Small records ahead (a control message) do not count: polls
+/// take those. Pure but for `alone`.
+pub(super) fn left_to_polls(len: u64, poll_cma_max: u64, alone: impl FnOnce() -> bool) -> bool {
+    len <= POLL_MAX_CMA_BYTES as u64 || (len <= poll_cma_max && alone())
 }
 
 /// Ring bytes the record of `m` takes.
