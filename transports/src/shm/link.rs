@@ -106,7 +106,8 @@ pub(super) struct Link {
 /// [`Link::poll_cma_max`] on a host that is `crowded` or not.
 ///
 /// Where ranks have a CPU each, a waiting thread copies a CMA record of any
-/// size itself. Left to the reader thread, a record larger than
+/// size itself when it is no pipeline's piece (`left_to_polls` in
+/// `send.rs`). Left to the reader thread, a record larger than
 /// [`POLL_MAX_CMA_BYTES`] was copied on the core of the waiter, which
 /// spun (yielding) beside it until its spin ran out, then had to be woken
 /// (2 ranks on 2 vCPUs, medians of 7 interleaved rounds: sendrecv 2 MiB

@@ -163,7 +163,7 @@ mod tests {
         // Up to the poll bound: always, without a look at the ring.
         assert!(left_to_polls(1, max, || panic!("not asked")));
         assert!(left_to_polls(max, max, || panic!("not asked")));
-        // Larger: alone in the ring, on a link that allows it.
+        // Larger: when every earlier one was copied, on a link that allows it.
         assert!(left_to_polls(max + 1, u64::MAX, || true));
         assert!(left_to_polls(64 << 20, u64::MAX, || true));
         assert!(!left_to_polls(max + 1, u64::MAX, || false));
