@@ -89,8 +89,8 @@ pub(super) struct Link {
     /// threads ([`Ring::write_pollable`], marked
     /// [`CmaExt::polled`](super::record::CmaExt::polled)): [`POLL_MAX_CMA_BYTES`]
     /// where this host's ranks outnumber its CPUs, any size where they have
-    /// a CPU each ([`poll_cma_max`]; larger ones only when written alone:
-    /// `left_to_polls` in `send.rs`).
+    /// a CPU each ([`poll_cma_max`]; larger ones only when the peer had
+    /// copied every earlier one: `left_to_polls` in `send.rs`).
     pub(super) poll_cma_max: u64,
     /// The peer's pid when this rank reads the peer's CMA records.
     pub(super) cma_from: Option<u32>,

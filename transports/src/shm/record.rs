@@ -136,7 +136,8 @@ pub(super) struct CmaExt {
     /// did not wake the reader thread for it while they were attentive): a
     /// poll takes it whatever its size. Set for every record of at most
     /// [`POLL_MAX_CMA_BYTES`](super::POLL_MAX_CMA_BYTES), and for a larger
-    /// one written alone (see `left_to_polls` in `send.rs`).
+    /// one written when the peer had copied every earlier one (see
+    /// `left_to_polls` in `send.rs`).
     pub(super) polled: bool,
 }
 

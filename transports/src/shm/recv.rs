@@ -1,11 +1,11 @@
 //! Taking records out of a link's ring from the peer, whole and in ring
 //! order, under the link's consumer lock: by the reader thread (any record,
 //! waiting for the rest of a large one), or by a poll (only small records
-//! already whole in the ring, and CMA records their producer left to polls:
-//! `CmaExt::polled`, see [`pollable`]). A CMA record's payload is copied from the
-//! sender's memory here, into its receive's landing zone when that is
-//! posted; one that arrives before its receive is left in the ring a
-//! little for it ([`leave_unposted`]).
+//! already whole in the ring, and CMA records their producer left to
+//! polls: `CmaExt::polled`, see [`pollable`]). A CMA record's payload is
+//! copied from the sender's memory here, into its receive's landing zone
+//! when that is posted; one that arrives before its receive is left in the
+//! ring a little for it ([`leave_unposted`]).
 
 use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;

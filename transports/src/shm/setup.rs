@@ -218,6 +218,7 @@ impl ShmTransport {
             .collect();
         let cpus = shared_cpus_with(&masks);
         let cma_min = cfg.cma_min_for(local, cpus);
+        let is_crowded = crowded(local, cpus);
         // 4. Start the threads.
         let ctx = Arc::new(Ctx {
             rank,
@@ -229,7 +230,7 @@ impl ShmTransport {
             wait_slice: cfg.wait_slice,
             watch: Default::default(),
             deliver: std::sync::OnceLock::new(),
-            split_copies: !crowded(local, cpus),
+            split_copies: !is_crowded,
             // Ring records from RING_LAND_MIN_BYTES and CMA copies (above
             // cma_min_bytes) land in posted zones; nothing smaller does.
             landing: Arc::new(crate::landing::Landing::with_min_bytes(match cma_min {
@@ -268,7 +269,7 @@ impl ShmTransport {
                 deferred_until: AtomicU64::new(0),
                 backlog: AtomicUsize::new(0),
                 cma_min,
-                poll_cma_max: super::link::poll_cma_max(crowded(local, cpus)),
+                poll_cma_max: super::link::poll_cma_max(is_crowded),
                 cma_from: cma.ok(),
                 kept: Mutex::new(std::collections::VecDeque::new()),
                 cma_sent: AtomicU64::new(0),

@@ -859,10 +859,11 @@ mod tests {
         wait_true(&big_dropped);
     }
 
-    /// A CMA record larger than POLL_MAX_CMA_BYTES written alone into the
-    /// ring is left to the consumer's polls where the host has a CPU per
-    /// rank; one written behind another (a pipeline's next piece) is the
-    /// reader thread's, as every large one is on a crowded host.
+    /// A CMA record larger than POLL_MAX_CMA_BYTES written when the peer had
+    /// copied every earlier one is left to the consumer's polls where the
+    /// host has a CPU per rank; one written while another still waits (a
+    /// pipeline's next piece) is the reader thread's, as every large one is
+    /// on a crowded host.
     #[test]
     fn a_large_cma_record_written_alone_is_left_to_polls() {
         let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
@@ -872,18 +873,18 @@ mod tests {
         // buffer of its own at once, not left for a zone.
         let len = POLL_MAX_CMA_BYTES * 2;
         let uncrowded = t0.link(1).unwrap().poll_cma_max == u64::MAX;
-        let mut got = Vec::new();
-        let mut poll = |t1: &ShmTransport| {
-            got.clear();
+        let poll = |t1: &ShmTransport| {
+            let mut got = Vec::new();
             t1.poll(10, &mut |p, m| got.push((p, m)));
-            got.clone()
+            got
         };
-        // Alone in the ring.
+        // Nothing written before it.
         t0.send(1, msg(MessageKind::Data, 1, len)).unwrap();
         let first = poll(&t1);
         if uncrowded {
             assert_eq!(first, vec![(0, msg(MessageKind::Data, 1, len))]);
-            // Two at once: the first alone, the second behind it.
+            // Two at once: the first after every earlier one was copied, the
+            // second while the first waits.
             t0.send(1, msg(MessageKind::Data, 2, len)).unwrap();
             t0.send(1, msg(MessageKind::Data, 3, len)).unwrap();
             assert_eq!(poll(&t1), vec![(0, msg(MessageKind::Data, 2, len))]);
