@@ -60,26 +60,52 @@ fn op_series(kind: OpKind) -> &'static zccl_transports::metrics::OpSeries {
     }
 }
 
-/// Whether a plain receive of `bytes` from a same-host peer gets a landing
-/// buffer of its own ([`crate::zone::Scratch`]) under `shm`: where its
-/// message may come by CMA and a poll would leave the record in the ring,
-/// a little, until the receive's zone is posted (from the smallest CMA
-/// size in effect up to [`zccl_transports::shm::POLL_MAX_CMA_BYTES`]:
-/// `unposted_cma` in the transport's `recv.rs`), and from the size whose
-/// messages wait for a zone anyway
-/// ([`zccl_transports::shm::LAND_WAIT_MIN_BYTES`]). In between (up to
-/// 4 MiB), a buffer is taken when the message comes: a ring pipeline posts
-/// all its receives at once, and buffers for all of them up front would
-/// not be reused (2 ranks, 64 MiB in place, 2 MiB pieces: 1.2x slower).
-fn scratch_for(shm: &zccl_transports::shm::ShmConfig, bytes: u64) -> bool {
-    use zccl_transports::shm::{LAND_WAIT_MIN_BYTES, POLL_MAX_CMA_BYTES};
+/// What a plain receive (one that names no buffer) of a same-host peer's
+/// message posts with the transport's landing zones ([`plain_post`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlainPost {
+    /// A buffer of the runtime's own, as the message's landing zone
+    /// ([`crate::zone::Scratch`]).
+    Scratch,
+    /// A [mark](zccl_transports::landing::Landing::mark): the message takes
+    /// a buffer of the transport's when it comes ([`crate::zone::Mark`]).
+    Mark,
+}
+
+/// Plain receives from this size up post a buffer of their own
+/// ([`PlainPost::Scratch`]): a large message's CMA copy lands in it.
+const SCRATCH_MIN_BYTES: usize = 4 << 20;
+
+/// What a plain receive of `bytes` from a same-host peer posts under
+/// `shm`, so that the transport knows it is posted: the shared-memory
+/// transport leaves a CMA message whose receive is not posted yet where it
+/// is a little (polls up to any size they take, the reader thread above
+/// [`POLL_MAX_CMA_BYTES`](zccl_transports::shm::POLL_MAX_CMA_BYTES)), for
+/// its bytes to go once, straight into the receive's buffer; a posted
+/// receive it never waits for.
+///
+/// * From the smallest CMA size in effect up to `POLL_MAX_CMA_BYTES`, and
+///   from [`SCRATCH_MIN_BYTES`]: a buffer of its own.
+/// * In between: a mark. A ring pipeline posts all its receives at once,
+///   in pieces of 2 MiB: buffers for all of them up front would not be
+///   reused (2 ranks, 64 MiB in place: 1.2x slower).
+/// * Smaller (no CMA): nothing. Pure.
+fn plain_post(shm: &zccl_transports::shm::ShmConfig, bytes: u64) -> Option<PlainPost> {
+    use zccl_transports::shm::POLL_MAX_CMA_BYTES;
     let cma_min = [shm.cma_min_bytes, shm.crowded_cma_min_bytes]
         .into_iter()
         .filter(|&b| b > 0)
         .min();
     let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
-    bytes >= LAND_WAIT_MIN_BYTES
+    if bytes >= SCRATCH_MIN_BYTES
         || cma_min.is_some_and(|m| (m..=POLL_MAX_CMA_BYTES).contains(&bytes))
+    {
+        Some(PlainPost::Scratch)
+    } else if bytes > POLL_MAX_CMA_BYTES {
+        Some(PlainPost::Mark)
+    } else {
+        None
+    }
 }
 
 /// The ops of one issue: most calls issue one (no allocation for it).
@@ -1161,16 +1187,29 @@ impl Channel {
                 channel: self.id,
                 seq,
             };
-            // A large plain receive from a same-host peer gets a buffer of
-            // its own as its landing zone.
-            let scratch = (kind == OpKind::Recv
+            // A plain receive from a same-host peer posts a buffer of its
+            // own or a mark.
+            let plain = (kind == OpKind::Recv
                 && into.is_none()
-                && scratch_for(&core.config.shm, bytes)
                 && core.via_shm.get(peer as usize).copied().unwrap_or(false))
-            .then(|| crate::zone::Scratch::post(&core.transport, key, bytes as usize))
-            .flatten()
+            .then(|| plain_post(&core.config.shm, bytes))
+            .flatten();
+            let scratch = match plain {
+                Some(PlainPost::Scratch) => {
+                    crate::zone::Scratch::post(&core.transport, key, bytes as usize)
+                        .map(crate::zone::Plain::Scratch)
+                }
+                Some(PlainPost::Mark) => {
+                    crate::zone::Mark::post(&core.transport, key, bytes as usize)
+                        .map(crate::zone::Plain::Mark)
+                }
+                None => None,
+            }
             .map(Box::new);
-            let zone = scratch.as_ref().map(|s| s.zone());
+            let zone = match scratch.as_deref() {
+                Some(crate::zone::Plain::Scratch(s)) => Some(s.zone()),
+                _ => None,
+            };
             pendings.push(Pending {
                 slot: slot.clone(),
                 desc: desc.clone(),
@@ -1365,35 +1404,38 @@ mod tests {
     use super::PeerSeqs;
 
     #[test]
-    fn plain_receives_get_a_buffer_where_cma_records_would_wait_for_one() {
-        use super::scratch_for;
+    fn plain_receives_post_a_buffer_or_a_mark_wherever_cma_records_may_wait() {
+        use super::{PlainPost, SCRATCH_MIN_BYTES, plain_post};
         use zccl_transports::shm::{
-            CMA_MIN_BYTES, CROWDED_CMA_MIN_BYTES, LAND_WAIT_MIN_BYTES, POLL_MAX_CMA_BYTES,
-            ShmConfig,
+            CMA_MIN_BYTES, CROWDED_CMA_MIN_BYTES, POLL_MAX_CMA_BYTES, ShmConfig,
         };
+        let (buf, mark) = (Some(PlainPost::Scratch), Some(PlainPost::Mark));
         let d = ShmConfig::default();
         // From the smallest CMA size (the crowded one) to what a poll
-        // copies, and from the size that waits for a zone anyway.
-        assert!(!scratch_for(&d, CROWDED_CMA_MIN_BYTES as u64 - 1));
-        assert!(scratch_for(&d, CROWDED_CMA_MIN_BYTES as u64));
-        assert!(scratch_for(&d, POLL_MAX_CMA_BYTES as u64));
-        assert!(!scratch_for(&d, POLL_MAX_CMA_BYTES as u64 + 1));
-        assert!(!scratch_for(&d, LAND_WAIT_MIN_BYTES as u64 - 1));
-        assert!(scratch_for(&d, LAND_WAIT_MIN_BYTES as u64));
-        // Crowded CMA off: from the other threshold; CMA off: only large.
+        // copies a buffer, then marks, and buffers from 4 MiB.
+        assert_eq!(plain_post(&d, CROWDED_CMA_MIN_BYTES as u64 - 1), None);
+        assert_eq!(plain_post(&d, CROWDED_CMA_MIN_BYTES as u64), buf);
+        assert_eq!(plain_post(&d, POLL_MAX_CMA_BYTES as u64), buf);
+        assert_eq!(plain_post(&d, POLL_MAX_CMA_BYTES as u64 + 1), mark);
+        assert_eq!(plain_post(&d, SCRATCH_MIN_BYTES as u64 - 1), mark);
+        assert_eq!(plain_post(&d, SCRATCH_MIN_BYTES as u64), buf);
+        assert_eq!(plain_post(&d, u64::MAX), buf);
+        // Crowded CMA off: from the other threshold; CMA off: the large
+        // sizes alone (ring records land in a posted zone too).
         let no_crowded = ShmConfig {
             crowded_cma_min_bytes: 0,
             ..d.clone()
         };
-        assert!(!scratch_for(&no_crowded, CMA_MIN_BYTES as u64 - 1));
-        assert!(scratch_for(&no_crowded, CMA_MIN_BYTES as u64));
+        assert_eq!(plain_post(&no_crowded, CMA_MIN_BYTES as u64 - 1), None);
+        assert_eq!(plain_post(&no_crowded, CMA_MIN_BYTES as u64), buf);
         let off = ShmConfig {
             cma_min_bytes: 0,
             crowded_cma_min_bytes: 0,
             ..d
         };
-        assert!(!scratch_for(&off, POLL_MAX_CMA_BYTES as u64));
-        assert!(scratch_for(&off, LAND_WAIT_MIN_BYTES as u64));
+        assert_eq!(plain_post(&off, POLL_MAX_CMA_BYTES as u64), None);
+        assert_eq!(plain_post(&off, POLL_MAX_CMA_BYTES as u64 + 1), mark);
+        assert_eq!(plain_post(&off, SCRATCH_MIN_BYTES as u64), buf);
     }
 
     #[test]

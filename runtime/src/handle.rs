@@ -34,7 +34,7 @@ pub(crate) struct Pending {
     /// A plain receive's own landing buffer ([`crate::zone::Scratch`];
     /// boxed: rare, and a handle is moved at every step of issuing and
     /// waiting).
-    pub(crate) scratch: Option<Box<crate::zone::Scratch>>,
+    pub(crate) scratch: Option<Box<crate::zone::Plain>>,
 }
 
 /// How a waiting thread spins (see `ZCCL_SPIN_US`).
@@ -314,10 +314,10 @@ impl<T: Element> RecvHandle<T> {
     }
 
     /// Whether a same-host peer's message was copied by CMA straight into
-    /// the buffer this receive returns, as it arrived (receives of at least
-    /// [`LAND_WAIT_MIN_BYTES`](zccl_transports::shm::LAND_WAIT_MIN_BYTES)
-    /// from same-host peers post one; other messages come in a buffer of
-    /// the transport's). Diagnostics and tests.
+    /// the buffer this receive returns, as it arrived (receives of CMA
+    /// sizes up to 1 MiB and from 4 MiB from same-host peers post one;
+    /// other messages come in a buffer of the transport's). Diagnostics and
+    /// tests.
     ///
     /// ```
     /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};

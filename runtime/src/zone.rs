@@ -1,7 +1,8 @@
 //! Landing zones the runtime posts ([`zccl_transports::landing`]): a
 //! receive into the user's memory ([`crate::land`]) posts one over that
 //! memory ([`Landed`]); a large plain receive from a same-host peer posts a
-//! buffer of its own ([`Scratch`]).
+//! buffer of its own ([`Scratch`]) or a mark ([`Mark`]): which is
+//! [`Plain`].
 
 use std::sync::Arc;
 
@@ -56,19 +57,13 @@ impl Landed {
 
 /// A receive buffer of the runtime's own, posted as the landing zone of a
 /// plain receive ([`Channel::irecv`](crate::Channel::irecv), a batch's
-/// receive) of a same-host peer's message of a size that waits for its
-/// zone (`scratch_for` in `communicator.rs`: from
-/// [`LAND_WAIT_MIN_BYTES`](zccl_transports::shm::LAND_WAIT_MIN_BYTES), and
-/// the CMA sizes up to
-/// [`POLL_MAX_CMA_BYTES`](zccl_transports::shm::POLL_MAX_CMA_BYTES), which
-/// polls leave in the ring a little until their receive is posted): the
-/// CMA copy lands in it straight from the sender's memory, and the receive
-/// hands it over as its data. Without it such a message waited for a zone
-/// a plain receive never posts (`land_wait`, len at 2 GB/s) before it took
-/// a buffer of its own: a blocking 64 MiB `recv` from a same-host rank
-/// took 44 ms instead of about 14. (Messages of other sizes take a buffer
-/// of the transport's when they arrive, at the same cost: they never
-/// wait.)
+/// receive) of a same-host peer's message (`plain_post` in
+/// `communicator.rs` says at which sizes; [`Mark`] at the others): the CMA
+/// copy lands in it straight from the sender's memory, and the receive
+/// hands it over as its data. Without it (or a mark) such a message
+/// waited for a zone a plain receive never posts before it took a buffer
+/// of its own: a blocking 64 MiB `recv` from a same-host rank took 44 ms
+/// instead of about 14.
 pub(crate) struct Scratch {
     landed: Landed,
     buf: std::sync::Mutex<Option<zccl_transports::recvbuf::RecvBuf>>,
@@ -125,5 +120,66 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         // No copy runs into the buffer, nor will, before it is freed.
         self.landed.close();
+    }
+}
+
+/// A plain receive's [mark](zccl_transports::landing::Landing::mark): its
+/// message's key posted without a buffer, so that the transport does not
+/// wait for a zone that will not come, and takes a buffer of its own for
+/// the message at once. Forgotten when the receive ends (dropped with it).
+pub(crate) struct Mark {
+    landing: Arc<Landing>,
+    key: LandKey,
+}
+
+impl Mark {
+    /// Marks message `key`'s receive as posted, if `transport` lands
+    /// messages of `len` bytes (`None` otherwise).
+    pub(crate) fn post(transport: &Arc<dyn Transport>, key: LandKey, len: usize) -> Option<Self> {
+        let landing = transport.landing().filter(|l| l.lands(len))?;
+        landing.mark(key);
+        Some(Mark { landing, key })
+    }
+
+    /// Forgets the mark (the receive ended; again on drop, a no-op then).
+    fn remove(&self) {
+        self.landing.remove(self.key);
+    }
+}
+
+impl Drop for Mark {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// What a plain receive from a same-host peer posts with its transport's
+/// landing zones (`plain_post` in `communicator.rs`).
+pub(crate) enum Plain {
+    /// A buffer of the runtime's own, as the message's landing zone.
+    Scratch(Scratch),
+    /// A mark (held until the receive ends): the message takes a buffer
+    /// of the transport's.
+    Mark(Mark),
+}
+
+impl Plain {
+    /// Whether the transport landed the message in the receive's own buffer.
+    pub(crate) fn landed(&self) -> bool {
+        match self {
+            Plain::Scratch(s) => s.landed(),
+            Plain::Mark(_) => false,
+        }
+    }
+
+    /// The receive's outcome (see [`Scratch::outcome`]).
+    pub(crate) fn outcome(&self, o: Outcome) -> Outcome {
+        match self {
+            Plain::Scratch(s) => s.outcome(o),
+            Plain::Mark(m) => {
+                m.remove();
+                o
+            }
+        }
     }
 }

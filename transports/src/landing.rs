@@ -18,6 +18,13 @@
 //! receive completed, failed or was dropped): closing waits out a copy in
 //! progress, and nothing writes into the buffer afterwards.
 //!
+//! A receive that names no destination may **mark** its key instead
+//! ([`Landing::mark`]): it is posted, and its message takes a buffer of
+//! the transport's when it comes. A transport that leaves a message whose
+//! receive is not posted yet where it is, for a while
+//! ([`Landing::is_posted`], [`Landing::claim_within`]), then knows not to
+//! wait for a zone that will not come.
+//!
 //! ```
 //! use zccl_transports::landing::{LandKey, Landing};
 //! let landing = Landing::default();
@@ -210,10 +217,19 @@ impl Drop for Claim {
     }
 }
 
+/// What a receive posted under its message's key.
+enum Posted {
+    /// A destination to copy the message into.
+    Zone(Arc<Zone>),
+    /// No destination: the receive is posted, and its message takes a
+    /// buffer of the transport's ([`Landing::mark`]).
+    Mark,
+}
+
 /// The zones posted for one transport's incoming messages.
 #[derive(Default)]
 pub struct Landing {
-    zones: Mutex<HashMap<LandKey, Arc<Zone>>>,
+    zones: Mutex<HashMap<LandKey, Posted>>,
     /// The transport claims zones only for messages of at least this many
     /// bytes ([`Landing::lands`]).
     min_bytes: usize,
@@ -257,56 +273,99 @@ impl Landing {
     pub unsafe fn post(&self, key: LandKey, ptr: *mut u8, len: usize) -> Arc<Zone> {
         // SAFETY: forwarded from our caller.
         let zone = unsafe { Zone::new(ptr, len) };
+        self.insert(key, Posted::Zone(zone.clone()));
+        zone
+    }
+
+    /// Marks message `key`'s receive as posted without a zone: the message
+    /// takes a buffer of the transport's when it comes, at once (a
+    /// [`Landing::claim_within`] waiting for it stops waiting). Forget it
+    /// with [`Landing::remove`] when the receive ends; a claim of the
+    /// message forgets it too.
+    ///
+    /// ```
+    /// use std::sync::atomic::AtomicBool;
+    /// use std::time::{Duration, Instant};
+    /// use zccl_transports::landing::{LandKey, Landing};
+    /// let landing = Landing::default();
+    /// let key = LandKey { peer: 1, comm: 0, channel: 2, seq: 7 };
+    /// landing.mark(key);
+    /// assert!(landing.is_posted(key));
+    /// let t = Instant::now();
+    /// let stop = AtomicBool::new(false);
+    /// // Nothing to copy into, and no wait for it.
+    /// assert!(landing.claim_within(key, 4, Duration::from_secs(5), &stop).is_none());
+    /// assert!(t.elapsed() < Duration::from_secs(1));
+    /// assert!(!landing.is_posted(key), "the message came: the mark is gone");
+    /// ```
+    pub fn mark(&self, key: LandKey) {
+        self.insert(key, Posted::Mark);
+    }
+
+    fn insert(&self, key: LandKey, posted: Posted) {
         let mut zones = self.zones.lock().expect("landing");
-        zones.insert(key, zone.clone());
+        zones.insert(key, posted);
         // A waiter counts itself before it takes the lock to look, so under
         // the lock its count is seen.
         if self.waiting.load(Ordering::Relaxed) != 0 {
             self.posted_cv.notify_all();
         }
-        drop(zones);
-        zone
     }
 
-    /// Forgets the zone of `key` (its owner takes the buffer back; call
-    /// [`Zone::close`] too).
+    /// Forgets the zone or mark of `key` (its owner takes the buffer back;
+    /// call [`Zone::close`] too).
     pub fn remove(&self, key: LandKey) {
         self.zones.lock().expect("landing").remove(&key);
     }
 
-    /// Whether a zone is posted for message `key` (of any length): its
-    /// receive has been posted. A transport may leave a message whose
+    /// Whether message `key`'s receive is posted: a zone (of any length)
+    /// or a [mark](Landing::mark). A transport may leave a message whose
     /// receive is not posted yet where it is rather than copy it into a
-    /// buffer of its own (shared memory's polls do, for CMA records).
+    /// buffer of its own (shared memory does, for CMA records).
     ///
     /// ```
     /// use zccl_transports::landing::{LandKey, Landing};
     /// let landing = Landing::default();
     /// let key = LandKey { peer: 1, comm: 0, channel: 2, seq: 7 };
-    /// assert!(!landing.has_zone(key));
+    /// assert!(!landing.is_posted(key));
     /// let mut buf = vec![0u8; 4];
     /// // SAFETY: `buf` stays valid and untouched until the zone is closed.
     /// let zone = unsafe { landing.post(key, buf.as_mut_ptr(), buf.len()) };
-    /// assert!(landing.has_zone(key));
+    /// assert!(landing.is_posted(key));
     /// landing.remove(key);
     /// zone.close();
-    /// assert!(!landing.has_zone(key));
+    /// assert!(!landing.is_posted(key));
     /// ```
-    pub fn has_zone(&self, key: LandKey) -> bool {
+    pub fn is_posted(&self, key: LandKey) -> bool {
         self.zones.lock().expect("landing").contains_key(&key)
     }
 
     /// A transport thread is about to copy `len` bytes of message `key`:
     /// the zone to copy them into, now held for this copy, if one is posted
-    /// and open for exactly that length.
+    /// and open for exactly that length. A [mark](Landing::mark) is
+    /// forgotten here (the message came) and gives no zone.
     pub fn claim(&self, key: LandKey, len: usize) -> Option<Claim> {
-        let zone = {
-            let mut zones = self.zones.lock().expect("landing");
-            if zones.get(&key)?.len != len {
+        Self::claim_in(self.zones.lock().expect("landing"), key, len)
+    }
+
+    /// [`Landing::claim`] with the zones' lock held (and let go here).
+    fn claim_in(
+        mut zones: std::sync::MutexGuard<'_, HashMap<LandKey, Posted>>,
+        key: LandKey,
+        len: usize,
+    ) -> Option<Claim> {
+        match zones.get(&key)? {
+            Posted::Zone(z) if z.len != len => return None,
+            Posted::Zone(_) => {}
+            Posted::Mark => {
+                zones.remove(&key);
                 return None;
             }
-            zones.remove(&key)?
+        }
+        let Some(Posted::Zone(zone)) = zones.remove(&key) else {
+            return None;
         };
+        drop(zones);
         let mut st = zone.state.lock().expect("zone");
         if *st != State::Open {
             return None;
@@ -316,12 +375,14 @@ impl Landing {
         Some(Claim { zone, done: false })
     }
 
-    /// [`Landing::claim`], waiting up to `wait` for the zone of `key` to be
-    /// posted: for a large message that came before its receive, which
+    /// [`Landing::claim`], waiting up to `wait` for the receive of `key` to
+    /// be posted: for a large message that came before its receive, which
     /// would otherwise be copied into a buffer of its own (allocated,
     /// faulted in, freed) and then again into the receive's buffer at the
     /// match. Gives up early once `stop` is set (checked every
-    /// millisecond); `None` when no zone of exactly `len` bytes came.
+    /// millisecond); `None` when no zone of exactly `len` bytes came, at
+    /// once when the receive posted a [mark](Landing::mark) or a zone of
+    /// another length.
     ///
     /// ```
     /// use std::sync::{Arc, atomic::AtomicBool};
@@ -354,13 +415,13 @@ impl Landing {
         wait: Duration,
         stop: &AtomicBool,
     ) -> Option<Claim> {
-        if let Some(c) = self.claim(key, len) {
-            return Some(c);
+        let zones = self.zones.lock().expect("landing");
+        if zones.contains_key(&key) || wait.is_zero() {
+            return Self::claim_in(zones, key, len);
         }
-        if wait.is_zero() {
-            return None;
-        }
+        drop(zones);
         let until = Instant::now() + wait;
+        // Counted before the lock is taken to look (see `insert`).
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let mut zones = self.zones.lock().expect("landing");
         let found = loop {
@@ -379,13 +440,16 @@ impl Landing {
                 .0;
         };
         self.waiting.fetch_sub(1, Ordering::Relaxed);
-        drop(zones);
-        // Removed again meanwhile (its receive gave up), or of another
-        // length: no claim, and the message takes the buffer of its own.
-        if found { self.claim(key, len) } else { None }
+        // A zone of another length, or a mark: no claim, and the message
+        // takes a buffer of its own.
+        if found {
+            Self::claim_in(zones, key, len)
+        } else {
+            None
+        }
     }
 
-    /// Number of posted zones (tests, diagnostics).
+    /// Number of posted zones and marks (tests, diagnostics).
     pub fn posted(&self) -> usize {
         self.zones.lock().expect("landing").len()
     }
@@ -424,6 +488,46 @@ mod tests {
         // Closed: a late match copies nothing.
         assert!(!zone.fill_from(&vec![1u8; 1 << 20]));
         assert!(buf.iter().all(|&b| b == 9));
+    }
+
+    /// A mark or a zone of another length ends a wait at once, with no
+    /// claim; a mark posted while a thread waits wakes it; a claim
+    /// forgets the mark.
+    #[test]
+    fn a_posted_receive_without_a_fitting_zone_is_not_waited_for() {
+        use std::time::{Duration, Instant};
+        let landing = std::sync::Arc::new(Landing::default());
+        let stop = AtomicBool::new(false);
+        let long = Duration::from_secs(20);
+        landing.mark(key(1));
+        let t = Instant::now();
+        assert!(landing.claim_within(key(1), 8, long, &stop).is_none());
+        assert!(
+            !landing.is_posted(key(1)),
+            "the message came: mark forgotten"
+        );
+        let mut buf = [0u8; 8];
+        let zone = unsafe { landing.post(key(2), buf.as_mut_ptr(), 8) };
+        assert!(landing.claim_within(key(2), 7, long, &stop).is_none());
+        assert!(landing.is_posted(key(2)), "the zone stays for its match");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // Marked by another thread while this one waits.
+        let marker = {
+            let l = landing.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                l.mark(key(3));
+            })
+        };
+        let t = Instant::now();
+        assert!(landing.claim_within(key(3), 8, long, &stop).is_none());
+        let waited = t.elapsed();
+        marker.join().unwrap();
+        assert!(waited >= Duration::from_millis(50), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        assert_eq!(landing.posted(), 1, "only the zone is left");
+        landing.remove(key(2));
+        assert!(!zone.close());
     }
 
     #[test]

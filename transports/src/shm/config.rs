@@ -46,12 +46,14 @@ pub struct ShmConfig {
     /// completes ends the lease.
     /// `Duration::ZERO`: no lease. Default: [`POLL_LEASE`].
     pub poll_lease: Duration,
-    /// How long a CMA record of at most [`POLL_MAX_CMA_BYTES`] whose
-    /// receive has not posted its landing zone is left in the ring, for the
-    /// receive to be posted (its bytes then go straight into the receive's
-    /// buffer, one copy instead of two), before it is copied into a buffer
-    /// of its own: `None` (the default) is about what the second copy would
-    /// cost (the payload at 2 GB/s: 524 µs for 1 MiB); tests set it.
+    /// How long a CMA record whose receive is not posted yet (no landing
+    /// zone, no [mark](crate::landing::Landing::mark)) waits for it, left
+    /// in the ring by polls, or by the reader thread for records of more
+    /// than [`POLL_MAX_CMA_BYTES`] (its bytes then go straight into the
+    /// receive's buffer, one copy instead of two), before it is copied into
+    /// a buffer of its own: `None` (the default) is about what the second
+    /// copy would cost (the payload at 2 GB/s: 524 µs for 1 MiB); tests set
+    /// it.
     pub unposted_wait: Option<Duration>,
 }
 

@@ -190,6 +190,5 @@ pub use config::{
     POLL_MAX_PAYLOAD, ShmConfig, ShmSetup,
 };
 pub use cpus::{CpuMask, crowded, shared_cpus, shared_cpus_of};
-pub use recv::LAND_WAIT_MIN_BYTES;
 pub use segment::{host_identity, job_tag, segment_name, valid_tag};
 pub use transport::ShmTransport;

@@ -134,21 +134,15 @@ fn whole_len(rec: &Record) -> u64 {
 /// the last one (measured: in a 4-rank 1 MiB sendrecv those second copies
 /// took a third as many CPU samples as the CMA copies themselves). Left in
 /// the ring a little ([`leave_unposted`]), it is copied once, straight
-/// into the zone, by the poll after the receive is posted. Only sizes
-/// whose receives post a zone even where they name no buffer (the
-/// runtime's scratch buffers: up to [`POLL_MAX_CMA_BYTES`], and from
-/// [`LAND_WAIT_MIN_BYTES`]) wait so: in between, a plain receive posts
-/// none, and its message is taken into a buffer of its own at once, by a
-/// poll ([`Link::poll_cma_max`]) as by the reader thread (polls that
-/// waited for such zones made a 2-rank 4 MiB reduce-scatter 1.35x slower).
+/// into the zone, by the poll after the receive is posted. A receive that
+/// names no buffer posts one of the runtime's or a
+/// [mark](crate::landing::Landing::mark) instead, so a posted receive is
+/// never waited for. (Before marks, plain receives of 1 to 4 MiB posted
+/// nothing, records of those sizes could not wait, and the record a peer
+/// one operation ahead sent was copied twice: 4 ranks on 2 vCPUs, a 2 MiB
+/// sendrecv took as long as a 4 MiB one.)
 fn unposted_cma(link: &Link, ctx: &Ctx, rec: &Record) -> bool {
-    rec.kind == REC_CMA && zone_expected(rec.len) && !ctx.landing.has_zone(land_key(link, rec))
-}
-
-/// Whether every receive of a CMA message of `len` bytes posts a landing
-/// zone ([`unposted_cma`]). Pure.
-fn zone_expected(len: u64) -> bool {
-    len <= POLL_MAX_CMA_BYTES as u64 || len >= LAND_WAIT_MIN_BYTES as u64
+    rec.kind == REC_CMA && !ctx.landing.is_posted(land_key(link, rec))
 }
 
 /// Whether the CMA record `rec` at ring position `tail`, whose receive is
@@ -343,15 +337,6 @@ fn received(rec: &Record, payload: RecvBuf) -> Message {
     }
 }
 
-/// CMA payloads from this size up wait a little for their receive's
-/// landing zone rather than take a buffer of their own (which is why a
-/// plain receive this large posts a buffer of its own as its zone).
-///
-/// ```
-/// assert_eq!(zccl_transports::shm::LAND_WAIT_MIN_BYTES, 4 << 20);
-/// ```
-pub const LAND_WAIT_MIN_BYTES: usize = 4 << 20;
-
 /// How long a CMA payload of `len` bytes waits for its landing zone: about
 /// what copying it twice would cost instead (`len` at 2 GB/s, the copy
 /// rate of this path measured on a small VM), at most 50 ms. A receive
@@ -370,9 +355,14 @@ pub(super) fn land_wait(len: usize) -> Duration {
 /// returned (see [`crate::landing`]).
 ///
 /// `wait_for_zone` (the reader thread, not a polling thread, which may be
-/// the very thread that is to post the receive): a payload of at least
-/// [`LAND_WAIT_MIN_BYTES`] whose zone is not posted yet waits up to
-/// [`land_wait`] for it (see [`crate::landing::Landing::claim_within`]).
+/// the very thread that is to post the receive): a payload of more than
+/// [`POLL_MAX_CMA_BYTES`] whose receive is not posted yet waits up to
+/// [`land_wait`] ([`ShmConfig::unposted_wait`](super::ShmConfig::unposted_wait))
+/// for it (see [`crate::landing::Landing::claim_within`]), and takes a
+/// buffer of its own at once where the receive posted a mark. (Smaller
+/// ones wait only where polls leave them, [`leave_to_pollers`]: a reader
+/// thread that waited for those too, while no thread polled, measured no
+/// better.)
 fn copy_cma(
     link: &Link,
     ctx: &Ctx,
@@ -400,9 +390,9 @@ fn copy_cma(
     }
     let key = land_key(link, rec);
     let len = rec.len as usize;
-    let mut claim = if wait_for_zone && len >= LAND_WAIT_MIN_BYTES {
-        ctx.landing
-            .claim_within(key, len, land_wait(len), &link.stop)
+    let mut claim = if wait_for_zone && len > POLL_MAX_CMA_BYTES {
+        let wait = ctx.unposted_wait.unwrap_or_else(|| land_wait(len));
+        ctx.landing.claim_within(key, len, wait, &link.stop)
     } else {
         ctx.landing.claim(key, len)
     };
@@ -581,20 +571,8 @@ mod tests {
     }
 
     #[test]
-    fn zones_are_waited_for_only_at_sizes_whose_receives_all_post_one() {
-        // The runtime's `scratch_for` posts a scratch zone for plain
-        // receives up to POLL_MAX_CMA_BYTES and from LAND_WAIT_MIN_BYTES.
-        assert!(zone_expected(1));
-        assert!(zone_expected(POLL_MAX_CMA_BYTES as u64));
-        assert!(!zone_expected(POLL_MAX_CMA_BYTES as u64 + 1));
-        assert!(!zone_expected(LAND_WAIT_MIN_BYTES as u64 - 1));
-        assert!(zone_expected(LAND_WAIT_MIN_BYTES as u64));
-        assert!(zone_expected(u64::MAX));
-    }
-
-    #[test]
     fn land_wait_is_about_a_second_copy_and_bounded() {
-        assert_eq!(land_wait(LAND_WAIT_MIN_BYTES).as_micros(), 2097);
+        assert_eq!(land_wait(4 << 20).as_micros(), 2097);
         assert_eq!(land_wait(64 << 20).as_millis(), 33);
         assert_eq!(land_wait(1 << 30).as_millis(), 50);
     }
@@ -868,6 +846,63 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(stopped.elapsed() < wait, "{:?}", stopped.elapsed());
+    }
+
+    /// A CMA record of more than `POLL_MAX_CMA_BYTES` that the reader
+    /// thread takes before its receive is posted waits for the receive: it
+    /// lands in the zone posted meanwhile (one copy). Where the receive
+    /// posted a mark (a receive that names no buffer), it is taken into a
+    /// buffer of its own at once, and the mark is gone.
+    #[test]
+    fn the_reader_waits_for_a_large_records_receive_unless_it_is_marked() {
+        use crate::MessageKind;
+        use crate::landing::LandKey;
+        use crate::shm::testutil::msg;
+        use std::time::Instant;
+        let len = 2 * POLL_MAX_CMA_BYTES;
+        let key = |seq| LandKey {
+            peer: 0,
+            comm: 2,
+            channel: 3,
+            seq,
+        };
+        let wait = Duration::from_secs(5);
+        let cfg1 = ShmConfig {
+            unposted_wait: Some(wait),
+            ..cfg()
+        };
+        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg1);
+        let landing = t1.landing().expect("shm lands");
+
+        let m0 = msg(MessageKind::Data, 0, len);
+        t0.send(1, m0.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            rx1.try_recv().is_err(),
+            "taken before its receive was posted"
+        );
+        let mut buf = vec![0u8; len];
+        // SAFETY: `buf` is read only after the zone is closed below.
+        let zone = unsafe { landing.post(key(0), buf.as_mut_ptr(), len) };
+        match next(&mut rx1) {
+            TransportEvent::Message { peer: 0, msg } => {
+                assert!(msg.payload.is_empty(), "not landed")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(zone.close() && zone.landed());
+        assert!(buf[..] == m0.payload[..]);
+
+        landing.mark(key(1));
+        let m1 = msg(MessageKind::Data, 1, len);
+        let sent = Instant::now();
+        t0.send(1, m1.clone()).unwrap();
+        match next(&mut rx1) {
+            TransportEvent::Message { peer: 0, msg } => assert!(msg == m1),
+            other => panic!("{other:?}"),
+        }
+        assert!(sent.elapsed() < wait / 2, "{:?}", sent.elapsed());
+        assert!(!landing.is_posted(key(1)), "mark left behind");
     }
 
     /// A producer that finds its ring empty far into the data area starts

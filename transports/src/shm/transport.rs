@@ -869,8 +869,17 @@ mod tests {
         let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg());
         t1.ctx.pause_readers.store(true, Ordering::Release);
         t1.set_polling(true);
-        // Between the sizes whose receives always post a zone: taken into a
-        // buffer of its own at once, not left for a zone.
+        // Their receives posted without a zone (marks): taken into a buffer
+        // of their own at once, not left for a zone.
+        let landing = t1.landing().expect("shm lands");
+        for seq in 1..4 {
+            landing.mark(crate::landing::LandKey {
+                peer: 0,
+                comm: 2,
+                channel: 3,
+                seq,
+            });
+        }
         let len = POLL_MAX_CMA_BYTES * 2;
         let uncrowded = t0.link(1).unwrap().poll_cma_max == u64::MAX;
         let poll = |t1: &ShmTransport| {
