@@ -313,11 +313,11 @@ impl<T: Element> RecvHandle<T> {
         self.p.wait().map(to_buffer)
     }
 
-    /// Whether a same-host peer's message was copied by CMA straight into
-    /// the buffer this receive returns, as it arrived (receives of CMA
-    /// sizes up to 1 MiB and from 4 MiB from same-host peers post one;
-    /// other messages come in a buffer of the transport's). Diagnostics and
-    /// tests.
+    /// Whether a same-host peer's message was copied straight into the
+    /// buffer this receive returns, as it arrived (by CMA, or from the
+    /// shared-memory ring; receives of CMA sizes up to 1 MiB and from 4 MiB
+    /// from same-host peers post one; other messages come in a buffer of
+    /// the transport's). Diagnostics and tests.
     ///
     /// ```
     /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};

@@ -672,7 +672,7 @@ fn receives_into_the_callers_buffer() {
             early.wait().unwrap();
             assert!(c2 == pattern(peer, big, 4), "early message");
             // Sent as (or just before) its receive is posted, a CMA message
-            // of 4 MiB or more waits for the receive's zone (up to 33 ms at
+            // of more than 1 MiB waits for the receive's zone (up to 33 ms at
             // 64 MiB) and lands in it, instead of a buffer of its own.
             // (Buffers made first and the ranks lined up, so that the two
             // sends go within moments of each other: a rank still building

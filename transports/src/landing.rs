@@ -226,14 +226,14 @@ enum Posted {
     Mark,
 }
 
-/// The zones posted for one transport's incoming messages.
+/// The zones and marks posted for one transport's incoming messages.
 #[derive(Default)]
 pub struct Landing {
     zones: Mutex<HashMap<LandKey, Posted>>,
     /// The transport claims zones only for messages of at least this many
     /// bytes ([`Landing::lands`]).
     min_bytes: usize,
-    /// Notified when a zone is posted, if a thread waits in
+    /// Notified when a zone or mark is posted, if a thread waits in
     /// [`Landing::claim_within`] (`waiting`, read under `zones`' lock).
     posted_cv: Condvar,
     waiting: AtomicUsize,
@@ -420,7 +420,10 @@ impl Landing {
             return Self::claim_in(zones, key, len);
         }
         drop(zones);
-        let until = Instant::now() + wait;
+        // (A wait too long for the clock: about a year is as good.)
+        let until = Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 25));
         // Counted before the lock is taken to look (see `insert`).
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let mut zones = self.zones.lock().expect("landing");
@@ -512,6 +515,7 @@ mod tests {
         assert!(landing.is_posted(key(2)), "the zone stays for its match");
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         // Marked by another thread while this one waits.
+        let t = Instant::now();
         let marker = {
             let l = landing.clone();
             std::thread::spawn(move || {
@@ -519,7 +523,6 @@ mod tests {
                 l.mark(key(3));
             })
         };
-        let t = Instant::now();
         assert!(landing.claim_within(key(3), 8, long, &stop).is_none());
         let waited = t.elapsed();
         marker.join().unwrap();

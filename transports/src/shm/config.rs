@@ -47,13 +47,13 @@ pub struct ShmConfig {
     /// `Duration::ZERO`: no lease. Default: [`POLL_LEASE`].
     pub poll_lease: Duration,
     /// How long a CMA record whose receive is not posted yet (no landing
-    /// zone, no [mark](crate::landing::Landing::mark)) waits for it, left
-    /// in the ring by polls, or by the reader thread for records of more
-    /// than [`POLL_MAX_CMA_BYTES`] (its bytes then go straight into the
-    /// receive's buffer, one copy instead of two), before it is copied into
-    /// a buffer of its own: `None` (the default) is about what the second
-    /// copy would cost (the payload at 2 GB/s: 524 µs for 1 MiB); tests set
-    /// it.
+    /// zone, no [mark](crate::landing::Landing::mark)) waits for it, in all:
+    /// left in the ring while polls may take it, and, one of more than
+    /// [`POLL_MAX_CMA_BYTES`], waited for by the reader thread that takes
+    /// it (its bytes then go straight into the receive's buffer, one copy
+    /// instead of two), before it is copied into a buffer of its own:
+    /// `None` (the default) is about what the second copy would cost (the
+    /// payload at 2 GB/s: 524 µs for 1 MiB); tests set it.
     pub unposted_wait: Option<Duration>,
 }
 

@@ -127,8 +127,8 @@ fn whole_len(rec: &Record) -> u64 {
     }
 }
 
-/// Whether `rec` is a CMA record whose receive has not posted its landing
-/// zone yet. Taken now, its payload would be copied into a buffer of its
+/// Whether `rec` is a CMA record whose receive is not posted yet (neither
+/// a landing zone nor a [mark](crate::landing::Landing::mark)). Taken now, its payload would be copied into a buffer of its
 /// own and again into the receive's buffer at the match: a peer one
 /// operation ahead sends its next message while this rank still waits for
 /// the last one (measured: in a 4-rank 1 MiB sendrecv those second copies
@@ -231,6 +231,7 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
         Next::Stop
     };
     let mut hb = [0u8; REC_LEN];
+    let tail = ring.tail().load(Ordering::Relaxed);
     match ring.read_exact(&mut hb, stop) {
         Ok(()) => {}
         Err(RingStop::Closed) => return Next::Stop,
@@ -266,7 +267,7 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
                 Err(RingStop::Closed) => return Next::Stop,
                 Err(RingStop::Corrupt(why)) => return lost(why),
             }
-            match copy_cma(link, ctx, &rec, &xb, true) {
+            match copy_cma(link, ctx, &rec, &xb, zone_wait(link, ctx, tail, &rec)) {
                 Ok(p) => p,
                 Err(why) => return lost(why),
             }
@@ -354,21 +355,20 @@ pub(super) fn land_wait(len: usize) -> Duration {
 /// a landing zone, the payload is copied into it and an empty buffer is
 /// returned (see [`crate::landing`]).
 ///
-/// `wait_for_zone` (the reader thread, not a polling thread, which may be
-/// the very thread that is to post the receive): a payload of more than
-/// [`POLL_MAX_CMA_BYTES`] whose receive is not posted yet waits up to
-/// [`land_wait`] ([`ShmConfig::unposted_wait`](super::ShmConfig::unposted_wait))
-/// for it (see [`crate::landing::Landing::claim_within`]), and takes a
-/// buffer of its own at once where the receive posted a mark. (Smaller
-/// ones wait only where polls leave them, [`leave_to_pollers`]: a reader
-/// thread that waited for those too, while no thread polled, measured no
-/// better.)
+/// `zone_wait` (the reader thread's, [`zone_wait`]; zero for a polling
+/// thread, which may be the very thread that is to post the receive): a
+/// payload of more than [`POLL_MAX_CMA_BYTES`] whose receive is not posted
+/// yet waits up to that long for it (see
+/// [`crate::landing::Landing::claim_within`]), and takes a buffer of its
+/// own at once where the receive posted a mark. (Smaller ones wait only
+/// where polls leave them, [`leave_to_pollers`]: a reader thread that
+/// waited for those too, while no thread polled, measured no better.)
 fn copy_cma(
     link: &Link,
     ctx: &Ctx,
     rec: &Record,
     xb: &[u8; CMA_EXT],
-    wait_for_zone: bool,
+    zone_wait: Duration,
 ) -> Result<RecvBuf, String> {
     let cma_seen = link.cma_seen.load(Ordering::Relaxed);
     let ext = decode_cma(xb, rec.len)?;
@@ -390,9 +390,8 @@ fn copy_cma(
     }
     let key = land_key(link, rec);
     let len = rec.len as usize;
-    let mut claim = if wait_for_zone && len > POLL_MAX_CMA_BYTES {
-        let wait = ctx.unposted_wait.unwrap_or_else(|| land_wait(len));
-        ctx.landing.claim_within(key, len, wait, &link.stop)
+    let mut claim = if !zone_wait.is_zero() && len > POLL_MAX_CMA_BYTES {
+        ctx.landing.claim_within(key, len, zone_wait, &link.stop)
     } else {
         ctx.landing.claim(key, len)
     };
@@ -434,6 +433,20 @@ fn copy_cma(
         link.out_ring.notify_reader();
     }
     Ok(payload)
+}
+
+/// How long the reader thread waits for the receive of the CMA record
+/// `rec` at ring position `tail` ([`copy_cma`]): [`land_wait`] of its
+/// length ([`ShmConfig::unposted_wait`](super::ShmConfig::unposted_wait)),
+/// less what it already waited in the ring for polls ([`leave_unposted`]),
+/// so that a record waits that long in all.
+fn zone_wait(link: &Link, ctx: &Ctx, tail: u64, rec: &Record) -> Duration {
+    if link.deferred_at.load(Ordering::Relaxed) == tail + 1 {
+        let until = link.deferred_until.load(Ordering::Relaxed);
+        return Duration::from_nanos(until.saturating_sub(monotonic_ns()));
+    }
+    ctx.unposted_wait
+        .unwrap_or_else(|| land_wait(rec.len as usize))
 }
 
 /// Data records from this size up that are whole in the ring when they are
@@ -515,7 +528,7 @@ pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message))
         // SAFETY: the whole record is published (checked above).
         unsafe { ring.copy_out(tail + REC_LEN as u64, &mut xb) };
         ring.consume_to(tail + (REC_LEN + CMA_EXT) as u64);
-        match copy_cma(link, ctx, &rec, &xb, false) {
+        match copy_cma(link, ctx, &rec, &xb, Duration::ZERO) {
             Ok(p) => p,
             Err(why) => {
                 link.lost(ctx, &why);
@@ -903,6 +916,41 @@ mod tests {
         }
         assert!(sent.elapsed() < wait / 2, "{:?}", sent.elapsed());
         assert!(!landing.is_posted(key(1)), "mark left behind");
+    }
+
+    /// A large CMA record that polls left in the ring (its receive not
+    /// posted) and the reader thread then takes waits for its receive only
+    /// the rest of `unposted_wait`: that long in all, not twice. (Where
+    /// the host is crowded, polls do not take records this large: the
+    /// reader thread waits the whole time at once.)
+    #[test]
+    fn a_large_record_waits_for_its_receive_once_in_all() {
+        use crate::MessageKind;
+        use crate::shm::testutil::msg;
+        use std::time::Instant;
+        let len = 2 * POLL_MAX_CMA_BYTES;
+        let wait = Duration::from_secs(1);
+        let cfg1 = ShmConfig {
+            unposted_wait: Some(wait),
+            ..cfg()
+        };
+        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg1);
+        t1.set_polling(true);
+        let m = msg(MessageKind::Data, 0, len);
+        let sent = Instant::now();
+        t0.send(1, m.clone()).unwrap();
+        while sent.elapsed() < wait / 2 {
+            assert_eq!(t1.poll(8, &mut |_, _| {}), 0, "taken within the wait");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        t1.set_polling(false);
+        match next(&mut rx1) {
+            TransportEvent::Message { peer: 0, msg } => assert!(msg == m),
+            other => panic!("{other:?}"),
+        }
+        let took = sent.elapsed();
+        assert!(took >= wait, "taken after {took:?}");
+        assert!(took < wait * 7 / 5, "waited twice: {took:?}");
     }
 
     /// A producer that finds its ring empty far into the data area starts
