@@ -748,17 +748,10 @@ mod tests {
     #[test]
     fn an_unposted_cma_record_waits_a_while_for_its_zone() {
         use crate::MessageKind;
-        use crate::landing::LandKey;
-        use crate::shm::testutil::msg;
+        use crate::shm::testutil::{msg, msg_key as key, pair_waiting};
         use std::time::Instant;
         let len = POLL_MAX_CMA_BYTES;
         let whole = (REC_LEN + CMA_EXT) as u64;
-        let key = |seq| LandKey {
-            peer: 0,
-            comm: 2,
-            channel: 3,
-            seq,
-        };
         let until_in_ring = |t1: &ShmTransport, bytes: u64| {
             let ring = &t1.link(0).unwrap().in_ring;
             let t = Instant::now();
@@ -771,11 +764,7 @@ mod tests {
             }
         };
         let wait = Duration::from_millis(200);
-        let cfg1 = ShmConfig {
-            unposted_wait: Some(wait),
-            ..cfg()
-        };
-        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg1);
+        let ((t0, _rx0), (t1, mut rx1)) = pair_waiting(wait);
         let landing = t1.landing().expect("shm lands");
         let mut got = Vec::new();
         t1.set_polling(true);
@@ -869,22 +858,11 @@ mod tests {
     #[test]
     fn the_reader_waits_for_a_large_records_receive_unless_it_is_marked() {
         use crate::MessageKind;
-        use crate::landing::LandKey;
-        use crate::shm::testutil::msg;
+        use crate::shm::testutil::{msg, msg_key as key, pair_waiting};
         use std::time::Instant;
         let len = 2 * POLL_MAX_CMA_BYTES;
-        let key = |seq| LandKey {
-            peer: 0,
-            comm: 2,
-            channel: 3,
-            seq,
-        };
         let wait = Duration::from_secs(5);
-        let cfg1 = ShmConfig {
-            unposted_wait: Some(wait),
-            ..cfg()
-        };
-        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg1);
+        let ((t0, _rx0), (t1, mut rx1)) = pair_waiting(wait);
         let landing = t1.landing().expect("shm lands");
 
         let m0 = msg(MessageKind::Data, 0, len);
@@ -926,15 +904,11 @@ mod tests {
     #[test]
     fn a_large_record_waits_for_its_receive_once_in_all() {
         use crate::MessageKind;
-        use crate::shm::testutil::msg;
+        use crate::shm::testutil::{msg, pair_waiting};
         use std::time::Instant;
         let len = 2 * POLL_MAX_CMA_BYTES;
         let wait = Duration::from_secs(1);
-        let cfg1 = ShmConfig {
-            unposted_wait: Some(wait),
-            ..cfg()
-        };
-        let ((t0, _rx0), (t1, mut rx1)) = pair(cfg(), cfg1);
+        let ((t0, _rx0), (t1, mut rx1)) = pair_waiting(wait);
         t1.set_polling(true);
         let m = msg(MessageKind::Data, 0, len);
         let sent = Instant::now();

@@ -91,6 +91,26 @@ pub(super) fn expect_lost(rx: &mut mpsc::UnboundedReceiver<TransportEvent>, peer
     }
 }
 
+/// The landing key of message `seq` of [`msg`] from rank 0.
+pub(super) fn msg_key(seq: u64) -> crate::landing::LandKey {
+    crate::landing::LandKey {
+        peer: 0,
+        comm: 2,
+        channel: 3,
+        seq,
+    }
+}
+
+/// A pair of transports whose rank 1 waits `wait` for the receive of a
+/// CMA record that is not posted yet ([`ShmConfig::unposted_wait`]).
+pub(super) fn pair_waiting(wait: Duration) -> (Side, Side) {
+    let cfg1 = ShmConfig {
+        unposted_wait: Some(wait),
+        ..cfg()
+    };
+    pair(cfg(), cfg1)
+}
+
 pub(super) fn msg(kind: MessageKind, seq: u64, len: usize) -> Message {
     Message {
         kind,

@@ -873,12 +873,7 @@ mod tests {
         // of their own at once, not left for a zone.
         let landing = t1.landing().expect("shm lands");
         for seq in 1..4 {
-            landing.mark(crate::landing::LandKey {
-                peer: 0,
-                comm: 2,
-                channel: 3,
-                seq,
-            });
+            landing.mark(crate::shm::testutil::msg_key(seq));
         }
         let len = POLL_MAX_CMA_BYTES * 2;
         let uncrowded = t0.link(1).unwrap().poll_cma_max == u64::MAX;
