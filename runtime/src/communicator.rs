@@ -89,7 +89,7 @@ const SCRATCH_MIN_BYTES: usize = 4 << 20;
 /// * In between: a mark. A ring pipeline posts all its receives at once,
 ///   in pieces of 2 MiB: buffers for all of them up front would not be
 ///   reused (2 ranks, 64 MiB in place: 1.2x slower).
-/// * Smaller (no CMA): nothing. Pure.
+/// * Smaller, below the CMA sizes: nothing. Pure.
 fn plain_post(shm: &zccl_transports::shm::ShmConfig, bytes: u64) -> Option<PlainPost> {
     use zccl_transports::shm::POLL_MAX_CMA_BYTES;
     let cma_min = [shm.cma_min_bytes, shm.crowded_cma_min_bytes]

@@ -31,9 +31,9 @@ pub(crate) struct Pending {
     pub(crate) timeout: Duration,
     /// What to make progress on while spinning, and for how long.
     pub(crate) spin: Option<Arc<Spin>>,
-    /// A plain receive's own landing buffer ([`crate::zone::Scratch`];
-    /// boxed: rare, and a handle is moved at every step of issuing and
-    /// waiting).
+    /// A plain receive's own landing buffer or its mark
+    /// ([`crate::zone::Plain`]; boxed: rare, and a handle is moved at every
+    /// step of issuing and waiting).
     pub(crate) scratch: Option<Box<crate::zone::Plain>>,
 }
 

@@ -128,8 +128,9 @@ fn whole_len(rec: &Record) -> u64 {
 }
 
 /// Whether `rec` is a CMA record whose receive is not posted yet (neither
-/// a landing zone nor a [mark](crate::landing::Landing::mark)). Taken now, its payload would be copied into a buffer of its
-/// own and again into the receive's buffer at the match: a peer one
+/// a landing zone nor a [mark](crate::landing::Landing::mark)). Taken
+/// now, its payload would be copied into a buffer of its own and again
+/// into the receive's buffer at the match: a peer one
 /// operation ahead sends its next message while this rank still waits for
 /// the last one (measured: in a 4-rank 1 MiB sendrecv those second copies
 /// took a third as many CPU samples as the CMA copies themselves). Left in
