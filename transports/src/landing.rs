@@ -415,11 +415,6 @@ impl Landing {
         wait: Duration,
         stop: &AtomicBool,
     ) -> Option<Claim> {
-        let zones = self.zones.lock().expect("landing");
-        if zones.contains_key(&key) || wait.is_zero() {
-            return Self::claim_in(zones, key, len);
-        }
-        drop(zones);
         // (A wait too long for the clock: about a year is as good.)
         let until = Instant::now()
             .checked_add(wait)

@@ -106,13 +106,13 @@
 //!   (a pipeline's later pieces, written while earlier ones wait, stay the
 //!   reader thread's, which copies them while the waiting thread combines
 //!   the last). The poll makes the copy itself: a copy never waits for the
-//!   peer; a CMA record that is the last one in
-//!   the ring and whose receive is not posted yet (no landing zone, no
-//!   mark) is left there, by polls and the reader thread, for up to about
-//!   what a second copy would cost, so that its bytes go once, straight
-//!   into the receive's buffer; the reader thread waits out the rest of
-//!   that time for a larger one it takes). Goodbyes, larger CMA records, large
-//!   and partly written messages are left to the reader thread, so a poll
+//!   peer; a CMA record that is the last one in the ring and whose receive
+//!   is not posted yet (no landing zone, no mark) is left there, by polls
+//!   and the reader thread, for up to about what a second copy would cost,
+//!   so that its bytes go once, straight into the receive's buffer; the
+//!   reader thread waits out the rest of that time for a larger one it
+//!   takes). Goodbyes, larger CMA records, large and partly written
+//!   messages are left to the reader thread, so a poll
 //!   never waits. A poll also drops the kept CMA payloads the peers have
 //!   copied: a receiver that finishes a copy wakes the sender's reader
 //!   thread for that only when no thread of the sender polls (the last

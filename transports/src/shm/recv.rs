@@ -157,17 +157,25 @@ fn unposted_cma(link: &Link, ctx: &Ctx, rec: &Record) -> bool {
 /// up. Under the consumer lock.
 fn leave_unposted(link: &Link, ctx: &Ctx, tail: u64, rec: &Record) -> bool {
     let now = monotonic_ns();
+    now < unposted_until(link, ctx, tail, rec, now)
+}
+
+/// When the wait of the CMA record `rec` at ring position `tail` for its
+/// receive ends (monotonic ns): [`land_wait`] of its length
+/// ([`ShmConfig::unposted_wait`](super::ShmConfig::unposted_wait)) from
+/// the first look at it (`now`, if this is the first). Under the consumer
+/// lock.
+fn unposted_until(link: &Link, ctx: &Ctx, tail: u64, rec: &Record, now: u64) -> u64 {
     if link.deferred_at.load(Ordering::Relaxed) == tail + 1 {
-        return now < link.deferred_until.load(Ordering::Relaxed);
+        return link.deferred_until.load(Ordering::Relaxed);
     }
     let wait = ctx
         .unposted_wait
         .unwrap_or_else(|| land_wait(rec.len as usize));
-    let wait = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+    let until = now.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
     link.deferred_at.store(tail + 1, Ordering::Relaxed);
-    link.deferred_until
-        .store(now.saturating_add(wait), Ordering::Relaxed);
-    true
+    link.deferred_until.store(until, Ordering::Relaxed);
+    until
 }
 
 /// The record header at the tail of `link`'s ring, with the bytes
@@ -358,12 +366,9 @@ pub(super) fn land_wait(len: usize) -> Duration {
 ///
 /// `zone_wait` (the reader thread's, [`zone_wait`]; zero for a polling
 /// thread, which may be the very thread that is to post the receive): a
-/// payload of more than [`POLL_MAX_CMA_BYTES`] whose receive is not posted
-/// yet waits up to that long for it (see
-/// [`crate::landing::Landing::claim_within`]), and takes a buffer of its
-/// own at once where the receive posted a mark. (Smaller ones wait only
-/// where polls leave them, [`leave_to_pollers`]: a reader thread that
-/// waited for those too, while no thread polled, measured no better.)
+/// payload whose receive is not posted yet waits up to that long for it
+/// (see [`crate::landing::Landing::claim_within`]), and takes a buffer of
+/// its own at once where the receive posted a mark.
 fn copy_cma(
     link: &Link,
     ctx: &Ctx,
@@ -391,7 +396,7 @@ fn copy_cma(
     }
     let key = land_key(link, rec);
     let len = rec.len as usize;
-    let mut claim = if !zone_wait.is_zero() && len > POLL_MAX_CMA_BYTES {
+    let mut claim = if !zone_wait.is_zero() {
         ctx.landing.claim_within(key, len, zone_wait, &link.stop)
     } else {
         ctx.landing.claim(key, len)
@@ -437,17 +442,18 @@ fn copy_cma(
 }
 
 /// How long the reader thread waits for the receive of the CMA record
-/// `rec` at ring position `tail` ([`copy_cma`]): [`land_wait`] of its
-/// length ([`ShmConfig::unposted_wait`](super::ShmConfig::unposted_wait)),
-/// less what it already waited in the ring for polls ([`leave_unposted`]),
-/// so that a record waits that long in all.
+/// `rec` at ring position `tail` ([`copy_cma`]): one of more than
+/// [`POLL_MAX_CMA_BYTES`] until [`unposted_until`], so that a record left
+/// in the ring for polls first ([`leave_unposted`]) waits that long in
+/// all; a smaller one not at all (it waits only where polls leave it,
+/// [`leave_to_pollers`]: a reader thread that waited for those too, while
+/// no thread polled, measured no better).
 fn zone_wait(link: &Link, ctx: &Ctx, tail: u64, rec: &Record) -> Duration {
-    if link.deferred_at.load(Ordering::Relaxed) == tail + 1 {
-        let until = link.deferred_until.load(Ordering::Relaxed);
-        return Duration::from_nanos(until.saturating_sub(monotonic_ns()));
+    if rec.len <= POLL_MAX_CMA_BYTES as u64 {
+        return Duration::ZERO;
     }
-    ctx.unposted_wait
-        .unwrap_or_else(|| land_wait(rec.len as usize))
+    let now = monotonic_ns();
+    Duration::from_nanos(unposted_until(link, ctx, tail, rec, now).saturating_sub(now))
 }
 
 /// Data records from this size up that are whole in the ring when they are
