@@ -58,7 +58,7 @@ impl Landed {
 /// A receive buffer of the runtime's own, posted as the landing zone of a
 /// plain receive ([`Channel::irecv`](crate::Channel::irecv), a batch's
 /// receive) of a same-host peer's message (`plain_post` in
-/// `communicator.rs` says at which sizes; [`Mark`] at the others): the CMA
+/// `communicator/channel.rs` says at which sizes; [`Mark`] at the others): the CMA
 /// copy lands in it straight from the sender's memory, and the receive
 /// hands it over as its data. Without it (or a mark) such a message
 /// waited for a zone a plain receive never posts before it took a buffer
@@ -154,7 +154,7 @@ impl Drop for Mark {
 }
 
 /// What a plain receive from a same-host peer posts with its transport's
-/// landing zones (`plain_post` in `communicator.rs`).
+/// landing zones (`plain_post` in `communicator/channel.rs`).
 pub(crate) enum Plain {
     /// A buffer of the runtime's own, as the message's landing zone.
     Scratch(Scratch),

@@ -1,0 +1,595 @@
+//! [`Channel`]: an ordered stream of a communicator's point-to-point ops,
+//! and how its ops are issued: numbered, described, given a completion
+//! slot, a landing zone or mark for a plain same-host receive
+//! ([`plain_post`]), and handed to the progress engine on the caller's thread.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::buffer::{DType, Element, HostBuffer};
+use crate::completion::Slot;
+use crate::engine::{self, OpSpec};
+use crate::error::{Error, OpDesc, OpKind, Result};
+use crate::handle::{BatchHandle, Pending, RecvHandle, SendHandle};
+use crate::ids::SERVICE_COMM_BIT;
+use crate::label::OpLabel;
+use crate::lend::LentSendHandle;
+use smallvec::{SmallVec, smallvec};
+
+use super::shared::Inner;
+
+/// The metrics' series of sends or receives, looked up once per process.
+fn op_series(kind: OpKind) -> &'static zccl_transports::metrics::OpSeries {
+    use std::sync::OnceLock;
+    use zccl_transports::metrics::OpSeries;
+    static SEND: OnceLock<OpSeries> = OnceLock::new();
+    static RECV: OnceLock<OpSeries> = OnceLock::new();
+    let metrics = crate::metrics::Metrics::global();
+    match kind {
+        OpKind::Send => SEND.get_or_init(|| metrics.op("send")),
+        OpKind::Recv => RECV.get_or_init(|| metrics.op("recv")),
+    }
+}
+
+/// What a plain receive (one that names no buffer) of a same-host peer's
+/// message posts with the transport's landing zones ([`plain_post`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlainPost {
+    /// A buffer of the runtime's own, as the message's landing zone
+    /// ([`crate::zone::Scratch`]).
+    Scratch,
+    /// A [mark](zccl_transports::landing::Landing::mark): the message takes
+    /// a buffer of the transport's when it comes ([`crate::zone::Mark`]).
+    Mark,
+}
+
+/// Plain receives from this size up post a buffer of their own
+/// ([`PlainPost::Scratch`]): a large message's CMA copy lands in it.
+const SCRATCH_MIN_BYTES: usize = 4 << 20;
+
+/// What a plain receive of `bytes` from a same-host peer posts under
+/// `shm`, so that the transport knows it is posted: the shared-memory
+/// transport leaves a CMA message whose receive is not posted yet where it
+/// is a little (polls up to any size they take, the reader thread above
+/// [`POLL_MAX_CMA_BYTES`](zccl_transports::shm::POLL_MAX_CMA_BYTES)), for
+/// its bytes to go once, straight into the receive's buffer; a posted
+/// receive it never waits for.
+///
+/// * From the smallest CMA size in effect up to `POLL_MAX_CMA_BYTES`, and
+///   from [`SCRATCH_MIN_BYTES`]: a buffer of its own.
+/// * In between: a mark. A ring pipeline posts all its receives at once,
+///   in pieces of 2 MiB: buffers for all of them up front would not be
+///   reused (2 ranks, 64 MiB in place: 1.2x slower).
+/// * Smaller, below the CMA sizes: nothing. Pure.
+fn plain_post(shm: &zccl_transports::shm::ShmConfig, bytes: u64) -> Option<PlainPost> {
+    use zccl_transports::shm::POLL_MAX_CMA_BYTES;
+    let cma_min = [shm.cma_min_bytes, shm.crowded_cma_min_bytes]
+        .into_iter()
+        .filter(|&b| b > 0)
+        .min();
+    let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    if bytes >= SCRATCH_MIN_BYTES
+        || cma_min.is_some_and(|m| (m..=POLL_MAX_CMA_BYTES).contains(&bytes))
+    {
+        Some(PlainPost::Scratch)
+    } else if bytes > POLL_MAX_CMA_BYTES {
+        Some(PlainPost::Mark)
+    } else {
+        None
+    }
+}
+
+/// The ops of one issue: most calls issue one (no allocation for it).
+type Ops = SmallVec<[Op; 1]>;
+/// Their handles' side, in the same order.
+type Pendings = SmallVec<[Pending; 1]>;
+
+/// One operation of a [`Channel::batch`].
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Send `data` (of `dtype`) to `peer`.
+    Send {
+        /// Destination rank.
+        peer: u32,
+        /// Element type.
+        dtype: DType,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Receive `count` elements of `dtype` from `peer`.
+    Recv {
+        /// Source rank.
+        peer: u32,
+        /// Element type.
+        dtype: DType,
+        /// Number of elements.
+        count: usize,
+    },
+}
+
+impl Op {
+    /// A send of a typed buffer (an owned `Vec`/`HostBuffer` is not copied).
+    pub fn send<T: Element>(peer: u32, data: impl Into<HostBuffer<T>>) -> Self {
+        Self::Send {
+            peer,
+            dtype: T::DTYPE,
+            data: data.into().into_bytes(),
+        }
+    }
+
+    /// A receive of `count` elements of `T`.
+    pub fn recv<T: Element>(peer: u32, count: usize) -> Self {
+        Self::Recv {
+            peer,
+            dtype: T::DTYPE,
+            count,
+        }
+    }
+}
+
+/// A channel of a communicator: an independent, ordered stream of ops.
+#[derive(Clone)]
+pub struct Channel {
+    inner: Arc<Inner>,
+    id: u32,
+    timeout: Duration,
+    /// Ops go to the communicator's internal context (split exchanges).
+    service: bool,
+    /// The element type ops carry instead of `u8` (see [`Channel::with_label`]).
+    label: Option<DType>,
+    /// The operation label ops carry (see [`Channel::with_op`]).
+    op: OpLabel,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("id", &self.id)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Channel {
+    /// Channel `id` of the communicator `inner`, with the configured
+    /// timeout, no label; `service`: on its internal context.
+    pub(super) fn new(inner: Arc<Inner>, id: u32, service: bool) -> Self {
+        let timeout = inner.core.config.timeout;
+        Channel {
+            inner,
+            id,
+            timeout,
+            service,
+            label: None,
+            op: OpLabel::NONE,
+        }
+    }
+
+    /// The channel id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The same channel, with ops issued through it failing after `timeout`
+    /// instead of the configured `ZCCL_TIMEOUT` (the per-call override);
+    /// at most [`crate::config::MAX_DURATION_SECS`] (longer is cut to that).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.min(Duration::from_secs(crate::config::MAX_DURATION_SECS as u64));
+        self
+    }
+
+    /// The same channel, with every byte (`u8`) op issued through it
+    /// labelled as elements of `dtype`: the label travels with each message
+    /// and is checked at the match like an element type, so a rank that
+    /// sends a collective's bytes as `f32` and a peer that receives them as
+    /// `i32` (same byte count, another type) fail with a mismatch naming
+    /// both types (the receive, then the channel on every rank), instead of
+    /// reading reinterpreted bytes. Typed ops
+    /// (any element type but `u8`) keep their own type. `dtype` may also be
+    /// one of the types zccl only moves ([`DType::LABELS`]: `i8`, `bool`,
+    /// complex, ...), which tells, say, `i8` bytes from `u8` bytes.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, DType, Error, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let (f32s, i32s) = (comm.channel(4).with_label(DType::F32), comm.channel(4).with_label(DType::I32));
+    /// let s = f32s.isend(0, vec![0u8; 16]).unwrap();
+    /// let r = i32s.irecv::<u8>(0, 16).unwrap();
+    /// assert!(matches!(r.wait(), Err(Error::Mismatch { .. })));
+    /// // The small send completed when it went (eager); the channel fails.
+    /// assert!(s.wait().is_ok());
+    /// let e = f32s.isend(0, vec![0u8; 1]).unwrap().wait().unwrap_err();
+    /// assert!(e.to_string().contains("4 x f32") && e.to_string().contains("4 x i32"), "{e}");
+    /// ```
+    pub fn with_label(mut self, dtype: DType) -> Self {
+        self.label = Some(dtype);
+        self
+    }
+
+    /// The same channel, with every op issued through it labelled as part
+    /// of operation `op` (see [`crate::label`]): a message matches only a
+    /// receive of the same label, so ranks running different collectives
+    /// (or reductions) on the channel fail with a mismatch naming both
+    /// instead of exchanging data.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, Error, UniqueId, label::OpLabel};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let s = comm.channel(4).with_op(OpLabel::ALL_GATHER).isend(0, vec![0u8; 16]).unwrap();
+    /// let r = comm.channel(4).with_op(OpLabel::ALL_REDUCE_SUM).irecv::<u8>(0, 16).unwrap();
+    /// let e = r.wait().unwrap_err();
+    /// assert!(e.to_string().contains("send is all_gather of 16 B"), "{e}");
+    /// assert!(matches!(e, Error::Mismatch { .. }));
+    /// // The operation's small send completed when it was sent (eager,
+    /// // `zccl_runtime::flow`); the disagreement fails the channel's later
+    /// // ops instead, on every rank.
+    /// assert!(s.wait().is_ok());
+    /// let again = comm.channel(4).isend(0, vec![0u8; 1]).unwrap();
+    /// assert!(matches!(again.wait(), Err(Error::Disagreement { .. })));
+    /// ```
+    pub fn with_op(mut self, op: OpLabel) -> Self {
+        self.op = op;
+        self
+    }
+
+    fn check_peer(&self, peer: u32) -> Result<()> {
+        if peer >= self.inner.size {
+            return Err(Error::InvalidArgument(format!(
+                "peer rank {peer} is not in a world of {}",
+                self.inner.size
+            )));
+        }
+        Ok(())
+    }
+
+    fn issue(&self, ops: Ops) -> Result<Pendings> {
+        self.issue_ops(ops, false)
+    }
+
+    /// Issues `ops`; `lent`: their payloads borrow the caller's memory (see
+    /// [`Channel::isend_lent`]).
+    fn issue_ops(&self, ops: Ops, lent: bool) -> Result<Pendings> {
+        self.issue_full(ops, lent, None).map(|(p, _)| p)
+    }
+
+    /// [`Channel::issue_ops`]; `into`: the receive among `ops` lands in this
+    /// memory (`ptr`, `len` bytes; see [`crate::land`]), and where it goes is
+    /// returned.
+    fn issue_full(
+        &self,
+        ops: Ops,
+        lent: bool,
+        into: Option<(*mut u8, usize)>,
+    ) -> Result<(Pendings, Option<crate::land::Target>)> {
+        let core = &self.inner.core;
+        let max = core.config.tcp.limits.max_message;
+        for op in &ops {
+            let (peer, bytes) = match op {
+                Op::Send { peer, data, .. } => (*peer, Some(data.len() as u64)),
+                Op::Recv { peer, dtype, count } => {
+                    (*peer, (*count as u64).checked_mul(dtype.size() as u64))
+                }
+            };
+            self.check_peer(peer)?;
+            match bytes {
+                Some(b) if b <= max => {}
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "message to/from rank {peer} exceeds ZCCL_MAX_MESSAGE_BYTES ({max})"
+                    )));
+                }
+            }
+        }
+        let now = Instant::now();
+        let deadline = now + self.timeout;
+        let (comm, state) = if self.service {
+            (
+                self.inner.comm | SERVICE_COMM_BIT,
+                &self.inner.service_issue,
+            )
+        } else {
+            (self.inner.comm, &self.inner.issue)
+        };
+        let mut st = state.lock().expect("issue state");
+        let mut specs: SmallVec<[OpSpec; 1]> = SmallVec::with_capacity(ops.len());
+        let mut pendings = Pendings::with_capacity(ops.len());
+        let mut landed = None;
+        for op in ops {
+            let (kind, peer, dtype, bytes, payload) = match op {
+                Op::Send { peer, dtype, data } => {
+                    (OpKind::Send, peer, dtype, data.len() as u64, Some(data))
+                }
+                Op::Recv { peer, dtype, count } => (
+                    OpKind::Recv,
+                    peer,
+                    dtype,
+                    (count * dtype.size()) as u64,
+                    None,
+                ),
+            };
+            let dtype = match self.label {
+                Some(l) if dtype == DType::U8 => l,
+                _ => dtype,
+            };
+            let seqs = st.channels.entry(self.id).or_default();
+            let seq = if kind == OpKind::Send {
+                seqs.send.take(peer)
+            } else {
+                seqs.recv.take(peer)
+            };
+            let index = seqs.index;
+            seqs.index += 1;
+            let peer = self.inner.members[peer as usize];
+            let desc = OpDesc {
+                rank: core.world_rank,
+                kind,
+                peer,
+                comm,
+                channel: self.id,
+                seq,
+                bytes,
+                dtype,
+            };
+            let slot = Arc::new(Slot::counted(op_series(kind), bytes, now));
+            let key = zccl_transports::landing::LandKey {
+                peer,
+                comm,
+                channel: self.id,
+                seq,
+            };
+            // A plain receive from a same-host peer posts a buffer of its
+            // own or a mark.
+            let plain = (kind == OpKind::Recv
+                && into.is_none()
+                && core.via_shm.get(peer as usize).copied().unwrap_or(false))
+            .then(|| plain_post(&core.config.shm, bytes))
+            .flatten();
+            let scratch = match plain {
+                Some(PlainPost::Scratch) => {
+                    crate::zone::Scratch::post(&core.transport, key, bytes as usize)
+                        .map(crate::zone::Plain::Scratch)
+                }
+                Some(PlainPost::Mark) => {
+                    crate::zone::Mark::post(&core.transport, key, bytes as usize)
+                        .map(crate::zone::Plain::Mark)
+                }
+                None => None,
+            }
+            .map(Box::new);
+            let zone = match scratch.as_deref() {
+                Some(crate::zone::Plain::Scratch(s)) => Some(s.zone()),
+                _ => None,
+            };
+            pendings.push(Pending {
+                slot: slot.clone(),
+                desc: desc.clone(),
+                deadline,
+                timeout: self.timeout,
+                spin: Some(core.spin.clone()),
+                scratch,
+            });
+            specs.push(OpSpec {
+                desc,
+                payload,
+                deadline,
+                timeout: self.timeout,
+                slot,
+                index,
+                lent,
+                scratch: zone.is_some(),
+                zone,
+                label: self.op,
+            });
+            if kind == OpKind::Recv
+                && let Some((ptr, len)) = into
+            {
+                // SAFETY: `Channel::irecv_into`'s caller keeps the memory
+                // valid and untouched until the handle is waited or dropped.
+                let t = unsafe { crate::land::Target::post(&core.transport, key, ptr, len) };
+                specs.last_mut().expect("just pushed").zone = t.zone();
+                landed = Some(t);
+            }
+        }
+        // Issued here, on the caller's thread, in index order (`st` is held).
+        engine::lock(&core.engine).issue_all(specs);
+        drop(st);
+        Ok((pendings, landed))
+    }
+
+    /// Starts sending `data` to `peer`. It never waits for the receiver to
+    /// post. Up to [`flow::EAGER_MAX`](crate::flow::EAGER_MAX) bytes the
+    /// handle completes once the transport has the data (as `MPI_Send` of a
+    /// small message); a larger send completes when the receiver matched
+    /// it. A size or type mismatch fails the receive, naming both sides, and
+    /// then every op of this channel on every rank
+    /// ([`Error::Disagreement`]): a small send that completed already learns
+    /// it at its next op on the channel.
+    ///
+    /// An owned `Vec<T>` or [`HostBuffer<T>`] is sent without a copy; a slice is copied once.
+    pub fn isend<T: Element>(
+        &self,
+        peer: u32,
+        data: impl Into<HostBuffer<T>>,
+    ) -> Result<SendHandle> {
+        let mut p = self.issue(smallvec![Op::send(peer, data)])?;
+        Ok(SendHandle {
+            p: p.pop().expect("one op"),
+        })
+    }
+
+    /// Starts sending `data` to `peer` **without copying it** where the
+    /// transport lets the peer copy it from this process's memory (ranks of
+    /// one host that read each other by CMA, messages of at least
+    /// `ZCCL_SHM_CMA_MIN_BYTES`); everywhere else it is copied when the send
+    /// is issued, like [`Channel::isend`] of a slice (and so is any payload
+    /// under 1 KiB: cheaper to copy than to lend). The handle completes
+    /// when the send did ([`Channel::isend`]: eager up to 256 KiB) and the
+    /// memory is free again; see
+    /// [`crate::lend`] for what happens when the send fails.
+    ///
+    /// # Safety
+    /// `data` must stay valid and must not be written until the returned
+    /// handle has been waited on or dropped (dropping it waits). Leaking the
+    /// handle (`std::mem::forget`) while `data` is then freed or written is
+    /// undefined behaviour.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let ch = comm.channel(3);
+    /// let data: Vec<i64> = (0..100).collect();
+    /// let r = ch.irecv::<i64>(0, 100).unwrap();
+    /// // SAFETY: `data` is untouched until `s` is waited.
+    /// let s = unsafe { ch.isend_lent(0, &data) }.unwrap();
+    /// assert_eq!(r.wait().unwrap().into_vec(), data);
+    /// s.wait().unwrap();
+    /// ```
+    pub unsafe fn isend_lent<T: Element>(&self, peer: u32, data: &[T]) -> Result<LentSendHandle> {
+        // SAFETY: the caller keeps `data` valid and unchanged until the
+        // handle is done (our contract); the handle waits for the release
+        // or withdraws the payload before it lets go.
+        let raw = crate::buffer::as_bytes(data);
+        let (bytes, release) = if raw.len() < crate::lend::LEND_MIN_BYTES {
+            (zccl_transports::copy::to_bytes(raw), None)
+        } else {
+            let (b, r) = unsafe { crate::lend::lend(raw) };
+            (b, Some(r))
+        };
+        let op = Op::Send {
+            peer,
+            dtype: T::DTYPE,
+            data: bytes,
+        };
+        let p = match self.issue_ops(smallvec![op], release.is_some()) {
+            Ok(mut p) => p.pop().expect("one op"),
+            // Not issued: the payload was dropped with the op.
+            Err(e) => return Err(e),
+        };
+        Ok(LentSendHandle {
+            p: Some(p),
+            release,
+            transport: self.inner.core.transport.clone(),
+        })
+    }
+
+    /// Starts receiving `buf.len()` elements of `T` from `peer` **straight
+    /// into `buf`**: from a same-host peer by CMA the copy lands there
+    /// directly (no receive buffer, no second copy); any other message is
+    /// copied into `buf` when it is matched, or, if it is under 16 KiB and
+    /// no transport lands messages of its size, by the handle (its `wait`,
+    /// or its drop if the message came before). A send of another size or type fails both,
+    /// as with [`Channel::irecv`].
+    ///
+    /// # Safety
+    /// `buf` must stay valid and must not be read or written until the
+    /// returned handle has been waited on or dropped (dropping it takes the
+    /// buffer back: it waits out a copy in progress, and nothing writes into
+    /// `buf` afterwards). Leaking the handle while `buf` is then used is
+    /// undefined behaviour.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let ch = comm.channel(2);
+    /// let mut out = vec![0.0f64; 8];
+    /// // SAFETY: `out` is untouched until `r` is waited.
+    /// let r = unsafe { ch.irecv_into(0, &mut out) }.unwrap();
+    /// ch.isend(0, vec![2.5f64; 8]).unwrap().wait().unwrap();
+    /// r.wait().unwrap();
+    /// assert_eq!(out, vec![2.5; 8]);
+    /// ```
+    pub unsafe fn irecv_into<T: Element>(
+        &self,
+        peer: u32,
+        buf: &mut [T],
+    ) -> Result<crate::land::RecvIntoHandle> {
+        let into = (buf.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(buf));
+        let (mut p, landed) =
+            self.issue_full(smallvec![Op::recv::<T>(peer, buf.len())], false, Some(into))?;
+        Ok(crate::land::RecvIntoHandle {
+            p: p.pop(),
+            into: landed.expect("a receive has a destination"),
+        })
+    }
+
+    /// Starts receiving `count` elements of `T` from `peer`. A send of another
+    /// size or type fails both the receive and the send.
+    pub fn irecv<T: Element>(&self, peer: u32, count: usize) -> Result<RecvHandle<T>> {
+        let mut p = self.issue(smallvec![Op::recv::<T>(peer, count)])?;
+        Ok(RecvHandle {
+            p: p.pop().expect("one op"),
+            _t: PhantomData,
+        })
+    }
+
+    /// Issues several ops at once. Whatever the order of the ops on each rank,
+    /// the batch cannot deadlock (sends are eager). Ops to the same peer on
+    /// the same channel are matched in the order they appear.
+    pub fn batch(&self, ops: Vec<Op>) -> Result<BatchHandle> {
+        Ok(BatchHandle {
+            ops: self.issue(SmallVec::from_vec(ops))?.into_vec(),
+        })
+    }
+
+    /// Blocking send ([`Channel::isend`], waited): a small one returns once
+    /// the transport has it, a larger one once the receiver matched it (like
+    /// `MPI_Send`: two ranks that both send first to each other must use
+    /// [`Channel::batch`], or they deadlock past the eager size).
+    pub fn send<T: Element>(&self, peer: u32, data: impl Into<HostBuffer<T>>) -> Result<()> {
+        self.isend(peer, data)?.wait()
+    }
+
+    /// Blocking receive.
+    pub fn recv<T: Element>(&self, peer: u32, count: usize) -> Result<HostBuffer<T>> {
+        self.irecv(peer, count)?.wait()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plain_receives_post_a_buffer_or_a_mark_wherever_cma_records_may_wait() {
+        use super::{PlainPost, SCRATCH_MIN_BYTES, plain_post};
+        use zccl_transports::shm::{
+            CMA_MIN_BYTES, CROWDED_CMA_MIN_BYTES, POLL_MAX_CMA_BYTES, ShmConfig,
+        };
+        let (buf, mark) = (Some(PlainPost::Scratch), Some(PlainPost::Mark));
+        let d = ShmConfig::default();
+        // From the smallest CMA size (the crowded one) to what a poll
+        // copies a buffer, then marks, and buffers from 4 MiB.
+        assert_eq!(plain_post(&d, CROWDED_CMA_MIN_BYTES as u64 - 1), None);
+        assert_eq!(plain_post(&d, CROWDED_CMA_MIN_BYTES as u64), buf);
+        assert_eq!(plain_post(&d, POLL_MAX_CMA_BYTES as u64), buf);
+        assert_eq!(plain_post(&d, POLL_MAX_CMA_BYTES as u64 + 1), mark);
+        assert_eq!(plain_post(&d, SCRATCH_MIN_BYTES as u64 - 1), mark);
+        assert_eq!(plain_post(&d, SCRATCH_MIN_BYTES as u64), buf);
+        assert_eq!(plain_post(&d, u64::MAX), buf);
+        // Crowded CMA off: from the other threshold; CMA off: the large
+        // sizes alone (ring records land in a posted zone too).
+        let no_crowded = ShmConfig {
+            crowded_cma_min_bytes: 0,
+            ..d.clone()
+        };
+        assert_eq!(plain_post(&no_crowded, CMA_MIN_BYTES as u64 - 1), None);
+        assert_eq!(plain_post(&no_crowded, CMA_MIN_BYTES as u64), buf);
+        let off = ShmConfig {
+            cma_min_bytes: 0,
+            crowded_cma_min_bytes: 0,
+            ..d
+        };
+        assert_eq!(plain_post(&off, POLL_MAX_CMA_BYTES as u64), None);
+        assert_eq!(plain_post(&off, POLL_MAX_CMA_BYTES as u64 + 1), mark);
+        assert_eq!(plain_post(&off, SCRATCH_MIN_BYTES as u64), buf);
+    }
+}
