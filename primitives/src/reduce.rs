@@ -59,7 +59,7 @@ pub enum ReduceOp {
 
 impl ReduceOp {
     /// The operation label of this reduction in the collective whose sum
-    /// label is `sum` ([`OpLabel`]'s order: sum, prod, min, max, avg), so
+    /// label is `sum` ([`OpLabel`](zccl_runtime::label::OpLabel)'s order: sum, prod, min, max, avg), so
     /// that ranks reducing with different operators disagree on the label.
     ///
     /// ```

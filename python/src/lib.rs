@@ -4,8 +4,8 @@
 //! tensors and numpy arrays into (address, bytes, dtype) without copying,
 //! keeps them alive while an operation runs, and registers the
 //! `torch.distributed` backend. This module holds the communicator
-//! ([`comm::Comm`]), the bootstrap root ([`comm::Root`]) and operation
-//! handles ([`work::Work`]); every blocking wait releases the GIL.
+//! (`comm::Comm`), the bootstrap root (`comm::Root`) and operation
+//! handles (`work::Work`); every blocking wait releases the GIL.
 
 use pyo3::prelude::*;
 

@@ -40,7 +40,7 @@ pub enum DType {
     I32 = 2,
     /// `i64`
     I64 = 3,
-    /// IEEE half precision ([`f16`]).
+    /// IEEE half precision ([`f16`](struct@f16)).
     F16 = 4,
     /// bfloat16 ([`bf16`]).
     BF16 = 5,

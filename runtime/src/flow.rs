@@ -19,7 +19,7 @@
 //!   never buffered as unexpected.
 //!
 //! Unexpected data buffered at a receiver for one sender is thus at most the
-//! window ([`Window`], `ZCCL_MAX_UNEXPECTED_BYTES`), whatever the traffic:
+//! window ([`Credit`], `ZCCL_MAX_UNEXPECTED_BYTES`), whatever the traffic:
 //! every byte sent without a clear-to-send was charged to the window first.
 //! Whether a message is acknowledged follows from what both sides know (its
 //! length, its operation label, and whether the two ranks are on different

@@ -7,7 +7,7 @@
 //! does), and any other message is copied there when the receive matches
 //! it. The [`RecvIntoHandle`] closes the zone when it is waited or
 //! dropped: after that nothing writes into the buffer. A small receive
-//! (under [`COPY_MAX_BYTES`]) of a size no transport lands posts nothing:
+//! (under `COPY_MAX_BYTES`, 16 KiB) of a size no transport lands posts nothing:
 //! its message comes in a buffer of the transport's, and the handle's
 //! `wait` copies it into the user's buffer (the same single copy, without
 //! a zone's allocation and locks), or its drop if the message came before;

@@ -1,5 +1,5 @@
 //! Runs a [`Program`] on a [`SimCluster`]: every send between hosts goes
-//! through the router's real planner ([`zccl_runtime::router::plan`]) and,
+//! through the router's real planner ([`zccl_runtime::router::plan()`]) and,
 //! at chunk fidelity, the executor's real sending state machine
 //! ([`Outgoing`]: windows, clocking by acknowledgement, lanes taken out,
 //! tail hedging), over the flow model of [`crate::net`].
@@ -262,7 +262,7 @@ pub fn simulate(
     Ok(w.result())
 }
 
-/// The plan the simulator makes for one transfer: [`plan`] itself, with the
+/// The plan the simulator makes for one transfer: [`plan()`] itself, with the
 /// live state the sender's executor would have (`live`), the cluster's
 /// router view and the policy. Exposed so that tests can hold it against
 /// the runtime's.

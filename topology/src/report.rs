@@ -70,7 +70,7 @@ pub struct GpuReport {
     /// Kernel name (`ve0`), when known.
     pub name: Option<String>,
     /// Every usable NIC, best first (at most
-    /// [`MAX_LISTED_NICS`](crate::affinity::MAX_LISTED_NICS), then the
+    /// [`MAX_LISTED_NICS`], then the
     /// primary NIC if it falls beyond).
     pub nics: Vec<GpuNicReport>,
     /// How many usable NICs `nics` leaves out; absent from the JSON when 0,

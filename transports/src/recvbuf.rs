@@ -155,7 +155,7 @@ impl RecvBuf {
 
     /// Like [`RecvBuf::new`], but a freshly mapped buffer (the `bool`) is
     /// not faulted in at once: for readers that fill it piece by piece,
-    /// each calling [`prefault_range`] on its piece just before (a 64 MiB
+    /// each calling `prefault_range` on its piece just before (a 64 MiB
     /// buffer takes long enough to fault in that the sender's window would
     /// close meanwhile), and for a buffer posted long before its bytes come
     /// (whoever copies into it faults its pages in).

@@ -6,7 +6,7 @@
 //! itself, so everything here runs in tests without a network.
 //!
 //! * **Sender.** [`Router::start_send`] plans the transfer
-//!   ([`plan`](super::plan::plan)) with the live NIC state (link up or down,
+//!   ([`plan`]) with the live NIC state (link up or down,
 //!   bytes this rank has in flight per NIC, throughput measured from
 //!   acknowledgements). A direct plan sends the message whole on the
 //!   sender's own NIC; a striped one becomes an [`Outgoing`] whose chunks are

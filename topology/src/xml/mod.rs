@@ -6,11 +6,11 @@
 //! ship (bare `<pci>` leaves without `<gpu>`/`<nic>`, fake switches
 //! `ffff:ff:0N.0`):
 //! * a `<pci>` whose class says GPU or accelerator and that has no `<gpu>`
-//!   child still becomes a [`Gpu`]; its `dev` is the lowest number not taken
+//!   child still becomes a [`Gpu`](crate::model::Gpu); its `dev` is the lowest number not taken
 //!   by an explicit `<gpu dev>`, handed out in PCI bus-ID order (so with no
 //!   explicit `dev` at all, `dev` is the position in bus-ID order);
 //! * a `<pci>` whose class says NIC and that has no `<nic>` child gets one
-//!   [`Net`] named by its bus ID, numbered after the largest explicit
+//!   [`Net`](crate::model::Net) named by its bus ID, numbered after the largest explicit
 //!   `<net dev>`, in depth-first order of the bus-ID-sorted tree;
 //! * `<net>` without `dev` is ignored, as NCCL does (with a warning);
 //! * unknown elements, `<c2c>` and `<pcilink>` are skipped with a warning in

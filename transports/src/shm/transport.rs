@@ -235,7 +235,7 @@ impl Transport for ShmTransport {
     }
 
     /// A lent message that goes by CMA is sent as it is (only the peer
-    /// copies its payload). Any other of at most [`INLINE_MAX`] bytes is
+    /// copies its payload). Any other of at most `INLINE_MAX` bytes is
     /// written into the ring from the lent memory when the ring takes it at
     /// once (the memory is free again when this returns); one queued for
     /// the writer thread (a larger one, or behind others) is copied first
