@@ -21,10 +21,17 @@
 # Open MPI, /opt/peers-venv with mpi4py, Debian's python3-torch). A peer that
 # is missing is skipped with a note; its columns stay empty.
 #
+# zccl's ranks run as `zccl bench -N` starts them, with
+# GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (huge pages for their heap, as
+# `zccl run` gives); the peers run with their own defaults. PEER_HUGETLB=1
+# gives the peers' ranks the same tunable (a check that the difference is
+# not the tunable's alone; Open MPI's buffers are numpy's, mapped apart).
+#
 # Usage: bench/sizes.sh [OUTDIR]
 #   env: ROUNDS=3 RANKS="2 4" GLOO=1 (0: skip Gloo, it takes most of the time)
 #        OPS="all_reduce alltoall sendrecv pingpong" ZCCL_BIN=target/release/zccl
 #        PEERS=../shared/peers PY_TORCH=/usr/bin/python3 PY_MPI=/opt/peers-venv/bin/python
+#        PEER_HUGETLB=0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/zccl-sizes}
@@ -37,6 +44,12 @@ PEERS=${PEERS:-../shared/peers}
 PY_TORCH=${PY_TORCH:-/usr/bin/python3}
 PY_MPI=${PY_MPI:-/opt/peers-venv/bin/python}
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader --mca oob_tcp_if_include lo)
+PEER_HUGETLB=${PEER_HUGETLB:-0}
+GLOO_ENV=()
+if [ "$PEER_HUGETLB" = 1 ]; then
+  MPIRUN+=(-x GLIBC_TUNABLES=glibc.malloc.hugetlb=1)
+  GLOO_ENV=(env GLIBC_TUNABLES=glibc.malloc.hugetlb=1)
+fi
 
 [ -x "$ZCCL_BIN" ] || { echo "no $ZCCL_BIN: cargo build --release first (or set ZCCL_BIN)" >&2; exit 2; }
 have_mpi=1; command -v mpirun >/dev/null && [ -x "$PY_MPI" ] && [ -f "$PEERS/mpi_bench.py" ] || have_mpi=0
@@ -68,6 +81,7 @@ rm -f "$OUT"/*.json "$OUT"/*.txt
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD -- primitives runtime transports 2>/dev/null || echo ' (+ uncommitted changes in primitives/runtime/transports)')"
   echo "cpus: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo "kernel: $(uname -r)"
+  echo "peers' GLIBC_TUNABLES=glibc.malloc.hugetlb=1: $([ "$PEER_HUGETLB" = 1 ] && echo yes || echo no)"
   if [ "$have_mpi" = 1 ]; then echo "mpi: $(mpirun --version 2>&1 | head -1)"; fi
   if [ "$have_gloo" = 1 ]; then echo "torch: $("$PY_TORCH" -c 'import torch; print(torch.__version__)' 2>&1)"; fi
 } | tee "$OUT/env.txt"
@@ -87,7 +101,7 @@ for round in $(seq 1 "$ROUNDS"); do
             || echo "mpi $tag failed (see $OUT/mpi_$tag.txt)"
         fi
         if [ "$have_gloo" = 1 ] && [ "$op" != pingpong ]; then
-          timeout 300 "$PY_TORCH" "$PEERS/gloo_allreduce.py" --world-size "$n" --ops "$(peer_op "$op")" \
+          timeout 300 "${GLOO_ENV[@]}" "$PY_TORCH" "$PEERS/gloo_allreduce.py" --world-size "$n" --ops "$(peer_op "$op")" \
             --min-bytes "$s" --max-bytes "$s" --max-iters $((it < 200 ? it : 200)) --port $((29500 + RANDOM % 1000)) > "$OUT/gloo_$tag.txt" 2>&1 \
             || echo "gloo $tag failed (see $OUT/gloo_$tag.txt)"
         fi

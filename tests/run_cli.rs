@@ -534,6 +534,42 @@ fn worker() {
     println!("ring OK rank {r} of {n} got {left}");
 }
 
+#[test]
+fn ranks_get_huge_pages_for_their_heap_unless_told_otherwise() {
+    // What each rank is given.
+    let tunables = |envs: &[(&str, &str)]| {
+        let mut cmd = zccl_cmd(&[
+            "run",
+            "-n",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "echo \"[$GLIBC_TUNABLES]\"",
+        ]);
+        cmd.env_remove("GLIBC_TUNABLES")
+            .env_remove("ZCCL_MALLOC_TUNE")
+            .envs(envs.iter().copied());
+        let r = run_cmd(cmd, "tunables");
+        assert!(r.status.success(), "{}", r.stderr);
+        let mut lines: Vec<String> = r.stdout.lines().map(|l| l[4..].to_string()).collect();
+        lines.dedup();
+        assert_eq!(lines.len(), 1, "every rank alike: {}", r.stdout);
+        lines.remove(0)
+    };
+    assert_eq!(tunables(&[]), "[glibc.malloc.hugetlb=1]");
+    assert_eq!(
+        tunables(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")]),
+        "[glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1]"
+    );
+    assert_eq!(
+        tunables(&[("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")]),
+        "[glibc.malloc.hugetlb=0]"
+    );
+    assert_eq!(tunables(&[("ZCCL_MALLOC_TUNE", "0")]), "[]");
+    // What it does: tests/heap_pages.rs.
+}
+
 /// The one line that names the first rank to fail.
 fn first_failure(stderr: &str) -> &str {
     let lines: Vec<&str> = stderr

@@ -12,6 +12,13 @@
 //! plain pages against 8–11 ms with THP on. torch's CPU tensors are not
 //! advised by default (torch 2.x: `THP_MEM_ALLOC_ENABLE=1`), so the torch
 //! backend's users get what their allocator gives.
+//!
+//! The advice alone does not reach memory already on 4 KiB pages: the
+//! ranks keep buffers of up to 32 MiB on the heap (`ZCCL_MALLOC_TUNE`), and
+//! a sweep's later buffers reuse what its earlier ones touched. The ranks
+//! `zccl bench -N` starts have `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, as
+//! `zccl run`'s do (`zccl_runtime::malloc`), which advises the heap as it
+//! grows.
 
 /// Bytes from which a buffer is advised for huge pages (numpy's bound).
 pub const HUGE_MIN_BYTES: usize = 4 << 20;

@@ -21,7 +21,7 @@
 //! | `ZCCL_SHM_CMA_DISABLE` | `1`: never use that single copy | `0`/`1` | `0` |
 //! | `ZCCL_HOST_ID` | overrides the host identity (boot id + network namespace) | any | — |
 //! | `ZCCL_MAX_UNEXPECTED_BYTES` | per sending peer: most bytes a receiver buffers for receives not posted yet; a sender that would exceed it sends a request and waits for a clear-to-send ([`crate::flow`]); set the same on every rank | 1..=2⁶³ | 67108864 (64 MiB) |
-//! | `ZCCL_MALLOC_TUNE` | `1`: at the first communicator, keep glibc's allocator from returning memory to the kernel between operations (see [`crate::malloc`]); `0`: leave it alone | `0`/`1` | `1` |
+//! | `ZCCL_MALLOC_TUNE` | `1`: at the first communicator, keep glibc's allocator from returning memory to the kernel between operations, and the ranks `zccl run` starts get `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (huge pages for that heap; see [`crate::malloc`]); `0`: leave both alone | `0`/`1` | `1` |
 //! | `ZCCL_SPIN_US` | how long a thread waiting on a handle spins, polling for messages, before it sleeps (the first 10 µs back to back when this host's ranks have a core each, yielding the core between polls after that, or from the start when ranks outnumber cores); microseconds, 0 = never | a whole number, clamped to 0..=10⁶ | 300 |
 //! | `ZCCL_ROUTER` | sends to other hosts: `on` (NIC-aware router), `affinity` (whole, on the sender's own NIC), `off` (striped by TCP); the same on every rank (ranks that differ fail at init, each naming the variable and who holds which value) | see left | `on` |
 //! | `ZCCL_CROSS_NIC` | router rail matching: `0` same rail only, `1` any NIC, `2` same rail first | `0`, `1`, `2` | `2` |

@@ -428,6 +428,10 @@ fn spawn_rank(
     for k in REMOVED_VARS {
         cmd.env_remove(k);
     }
+    // Huge pages for the ranks' heaps (`crate::malloc`'s notes).
+    if let Some(t) = crate::malloc::rank_tunables_from_env() {
+        cmd.env("GLIBC_TUNABLES", t);
+    }
     die_with_parent(&mut cmd);
     let program = opts.program.to_string_lossy().into_owned();
     // What the path is, for the errors a shell would tell apart.

@@ -177,8 +177,13 @@ impl Communicator {
             )));
         }
         config.validate()?;
-        if config.malloc_tune {
-            crate::malloc::tune_once();
+        if config.malloc_tune && crate::malloc::tune_once() && crate::malloc::heap_unadvised_here()
+        {
+            info!(
+                "the heap is not advised for huge pages: large same-host copies out of heap buffers run \
+                 up to 2x slower; start the ranks with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
+                 (zccl run and zccl bench -N do)"
+            );
         }
         let deadline = Instant::now() + config.timeout;
         let available = list_interfaces().map_err(zccl_transports::TransportError::from)?;
