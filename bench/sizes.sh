@@ -45,10 +45,12 @@ PY_TORCH=${PY_TORCH:-/usr/bin/python3}
 PY_MPI=${PY_MPI:-/opt/peers-venv/bin/python}
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader --mca oob_tcp_if_include lo)
 PEER_HUGETLB=${PEER_HUGETLB:-0}
-GLOO_ENV=()
+GLOO_ENV=(env)
 if [ "$PEER_HUGETLB" = 1 ]; then
-  MPIRUN+=(-x GLIBC_TUNABLES=glibc.malloc.hugetlb=1)
-  GLOO_ENV=(env GLIBC_TUNABLES=glibc.malloc.hugetlb=1)
+  # Appended to what the peers inherit, as zccl's launcher does.
+  peer_tunables="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"
+  MPIRUN+=(-x "GLIBC_TUNABLES=$peer_tunables")
+  GLOO_ENV=(env "GLIBC_TUNABLES=$peer_tunables")
 fi
 
 [ -x "$ZCCL_BIN" ] || { echo "no $ZCCL_BIN: cargo build --release first (or set ZCCL_BIN)" >&2; exit 2; }
@@ -81,6 +83,7 @@ rm -f "$OUT"/*.json "$OUT"/*.txt
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD -- primitives runtime transports 2>/dev/null || echo ' (+ uncommitted changes in primitives/runtime/transports)')"
   echo "cpus: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo "kernel: $(uname -r)"
+  echo "zccl's ranks: GLIBC_TUNABLES=${GLIBC_TUNABLES:-} (glibc.malloc.hugetlb=1 added unless set there) ZCCL_MALLOC_TUNE=${ZCCL_MALLOC_TUNE:-1}"
   echo "peers' GLIBC_TUNABLES=glibc.malloc.hugetlb=1: $([ "$PEER_HUGETLB" = 1 ] && echo yes || echo no)"
   if [ "$have_mpi" = 1 ]; then echo "mpi: $(mpirun --version 2>&1 | head -1)"; fi
   if [ "$have_gloo" = 1 ]; then echo "torch: $("$PY_TORCH" -c 'import torch; print(torch.__version__)' 2>&1)"; fi

@@ -6,8 +6,11 @@
 //! Elsewhere, or on a glibc older than 2.35, it prints `SKIPPED` and why.
 //!
 //! Its own `main` (no test harness): the worker must allocate on the main
-//! thread, whose heap (glibc's main arena) is the one the tunable advises;
-//! libtest runs tests on threads of their own, whose arenas it does not.
+//! thread, whose heap grows advised with the tunable; libtest runs tests
+//! on threads of their own, whose arenas' later growth is not. Where the
+//! kernel gives no huge page even to a fresh advised mapping (memory
+//! fragmented, THP off for the process), it skips too. `--list` lists it
+//! as one test; a filter that does not match `heap_pages` skips it.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +20,18 @@ const WORKER: &str = "ZCCL_HEAP_PAGES_WORKER";
 fn main() {
     if std::env::var_os(WORKER).is_some() {
         worker();
+        return;
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        if !args.iter().any(|a| a == "--ignored") {
+            println!("heap_pages: test");
+        }
+        return;
+    }
+    if let Some(f) = args.iter().find(|a| !a.starts_with('-'))
+        && !"heap_pages".contains(f.as_str())
+    {
         return;
     }
     let mode =
@@ -85,27 +100,85 @@ fn kb(line: &str) -> u64 {
 /// communicator does), touches a 16 MiB one page by page, and says how much
 /// of the process is on transparent huge pages.
 fn worker() {
+    if let Some(why) = unsupported() {
+        println!("heap: SKIPPED {why}");
+        return;
+    }
+    // A control: a fresh mapping, aligned and advised, must get huge pages
+    // here, or the kernel gives none at all (the heap's 0 would say
+    // nothing).
+    let control = anon_huge_kb_after(|| {
+        let len = 4 << 20;
+        // SAFETY: a private anonymous mapping of our own, checked below,
+        // touched inside it, unmapped after the reading.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                2 * len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED, "mmap");
+            let start = (p as usize).next_multiple_of(2 << 20) as *mut u8;
+            libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE);
+            for i in (0..len).step_by(4096) {
+                start.add(i).write_volatile(1);
+            }
+            Box::new(move || {
+                libc::munmap(p, 2 * len);
+            }) as Box<dyn FnOnce()>
+        }
+    });
+    if control == 0 {
+        println!("heap: SKIPPED the kernel gave no huge page to a fresh advised mapping either");
+        return;
+    }
+    zccl::runtime::malloc::tune_once();
+    let heap = anon_huge_kb_after(|| {
+        let mut buf = vec![0u8; 16 << 20];
+        for i in (0..buf.len()).step_by(4096) {
+            buf[i] = 1;
+        }
+        std::hint::black_box(&mut buf);
+        Box::new(move || drop(buf)) as Box<dyn FnOnce()>
+    });
+    println!("heap: AnonHugePages {heap} kB");
+}
+
+/// Why the tunable cannot be tried here, if it cannot.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn unsupported() -> Option<String> {
     // glibc.malloc.hugetlb came with glibc 2.35.
     // SAFETY: returns a static NUL-terminated string.
     let v = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
     let v = v.to_string_lossy();
     let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if (major, minor) < (2, 35) {
-        println!("heap: SKIPPED glibc {v} has no glibc.malloc.hugetlb (2.35 and later)");
-        return;
-    }
-    zccl::runtime::malloc::tune_once();
-    let mut buf = vec![0u8; 16 << 20];
-    for i in (0..buf.len()).step_by(4096) {
-        buf[i] = 1;
-    }
-    std::hint::black_box(&mut buf);
-    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    let kb = rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))
-        .map(|v| v.trim().trim_end_matches("kB").trim().to_string())
-        .unwrap_or_else(|| "0".into());
-    println!("heap: AnonHugePages {kb} kB");
+    ((major, minor) < (2, 35))
+        .then(|| format!("glibc {v} has no glibc.malloc.hugetlb (2.35 and later)"))
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn unsupported() -> Option<String> {
+    Some("not glibc on Linux".into())
+}
+
+/// The growth of this process's `AnonHugePages` (kB) from before `touch`
+/// to after it; then runs what `touch` returned (freeing what it touched).
+fn anon_huge_kb_after(touch: impl FnOnce() -> Box<dyn FnOnce()>) -> u64 {
+    let read = || {
+        std::fs::read_to_string("/proc/self/smaps_rollup")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("AnonHugePages:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = read();
+    let free = touch();
+    let after = read();
+    free();
+    after.saturating_sub(before)
 }

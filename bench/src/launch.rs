@@ -134,11 +134,8 @@ pub fn launch(
         for k in REMOVED_VARS {
             cmd.env_remove(k);
         }
-        // Huge pages for the ranks' heaps, as `zccl run` gives them
-        // (`zccl_runtime::malloc`'s notes).
-        if let Some(t) = zccl_runtime::malloc::rank_tunables_from_env() {
-            cmd.env("GLIBC_TUNABLES", t);
-        }
+        // Huge pages for the ranks' heaps, as `zccl run` gives them.
+        zccl_runtime::launcher::set_rank_tunables(&mut cmd);
         zccl_runtime::reaper::die_with_parent(&mut cmd);
         reaper.spawn(cmd).map_err(|e| {
             io::Error::new(

@@ -14,6 +14,7 @@
 //! | `ZCCL_JOB_SECRET` | 32 random hex digits, fresh for each job |
 //! | `MASTER_ADDR`, `MASTER_PORT` | `127.0.0.1` and a free port (for torch's own store) |
 //! | `GROUP_RANK`, `GROUP_WORLD_SIZE` | `0`, `1` (torchrun's node rank and count) |
+//! | `GLIBC_TUNABLES` | the launcher's, with `glibc.malloc.hugetlb=1` added ([`set_rank_tunables`]; huge pages for the heap, see [`crate::malloc`]) |
 //!
 //! `ZCCL_UNIQUE_ID` and `ZCCL_ROOT_PORT` are removed (they would override
 //! the root). So `Communicator::from_env()` and
@@ -229,6 +230,21 @@ pub fn rank_env(
 /// Variables removed from the ranks' environment.
 pub const REMOVED_VARS: [&str; 2] = ["ZCCL_UNIQUE_ID", "ZCCL_ROOT_PORT"];
 
+/// Gives a rank's command the `GLIBC_TUNABLES` of
+/// [`crate::malloc::rank_tunables_from_env`] (huge pages for its heap), or
+/// leaves the variable as inherited. Both launchers (`zccl run`,
+/// `zccl bench -N`) start every rank through it.
+///
+/// ```
+/// let mut cmd = std::process::Command::new("true");
+/// zccl_runtime::launcher::set_rank_tunables(&mut cmd);
+/// ```
+pub fn set_rank_tunables(cmd: &mut Command) {
+    if let Some(t) = crate::malloc::rank_tunables_from_env() {
+        cmd.env("GLIBC_TUNABLES", t);
+    }
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobReport {
@@ -428,10 +444,7 @@ fn spawn_rank(
     for k in REMOVED_VARS {
         cmd.env_remove(k);
     }
-    // Huge pages for the ranks' heaps (`crate::malloc`'s notes).
-    if let Some(t) = crate::malloc::rank_tunables_from_env() {
-        cmd.env("GLIBC_TUNABLES", t);
-    }
+    set_rank_tunables(&mut cmd);
     die_with_parent(&mut cmd);
     let program = opts.program.to_string_lossy().into_owned();
     // What the path is, for the errors a shell would tell apart.

@@ -35,15 +35,21 @@
 //! they start ([`rank_tunables`]) unless `ZCCL_MALLOC_TUNE=0` or the
 //! launcher's own `GLIBC_TUNABLES` names `glibc.malloc.hugetlb`; under
 //! another launcher (torchrun, srun, mpirun), set
-//! `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` for the job (a first
-//! communicator on a heap left unadvised says so at `ZCCL_DEBUG=INFO`:
-//! [`heap_unadvised`]). Measured with it, 2 vCPUs, medians of 5
-//! interleaved rounds against the same build without: sendrecv 2 ranks
-//! 2 / 4 / 8 / 16 MiB 0.59 / 0.48 / 0.47 / 0.91x the time, 4 ranks
-//! 2 / 4 / 8 MiB 0.69 / 0.59 / 0.75x; all-reduce 4 ranks 2 MiB 0.59x,
-//! 2 ranks 8-16 MiB 0.76-0.80x; all-to-all 4 ranks 2-4 MiB 0.56-0.67x;
-//! 8 B-512 KiB unchanged (docs/performance.md). Its cost: the heap's
-//! resident memory grows in 2 MiB steps.
+//! `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` for the job (on glibc 2.35 or
+//! later with THP mode `madvise`, a process's first communicator on a heap
+//! left unadvised says so at `ZCCL_DEBUG=INFO`: [`heap_unadvised`]). glibc
+//! then advises its main heap as it grows, the first heap of each thread
+//! arena, and the blocks it maps apart; not the later growth of a thread
+//! arena. Measured with it, 2 vCPUs, medians of 5 interleaved rounds
+//! against the same build without: sendrecv 2 ranks 2 / 4 / 8 / 16 MiB
+//! 0.59 / 0.48 / 0.47 / 0.91x the time, 4 ranks 2 / 4 / 8 MiB
+//! 0.69 / 0.59 / 0.75x; all-reduce 4 ranks 2 MiB 0.59x, 2 ranks 8-16 MiB
+//! 0.76-0.80x; all-to-all 4 ranks 2-4 MiB 0.56-0.67x; no steady change
+//! measured at 8 B-512 KiB (docs/performance.md). Its costs: the heap's
+//! resident memory grows in 2 MiB steps; every process a rank starts
+//! inherits the variable; and a program that allocates otherwise may lose
+//! by it (Open MPI's 1 MiB sendrecv, numpy buffers, ran 2.6x slower with
+//! it).
 
 /// `mallopt(M_MMAP_THRESHOLD, ..)`: glibc's upper bound for it on 64-bit
 /// targets (`HEAP_MAX_SIZE / 2`).
@@ -123,20 +129,26 @@ pub fn rank_tunables(inherited: Option<&str>, malloc_tune: Option<&str>) -> Opti
     })
 }
 
-/// [`rank_tunables`] from this process's environment, for the launchers.
+/// [`rank_tunables`] from this process's environment, for the launchers
+/// (`None` too where `GLIBC_TUNABLES` is not valid UTF-8: left as it is).
 pub fn rank_tunables_from_env() -> Option<String> {
+    let inherited = match std::env::var_os("GLIBC_TUNABLES") {
+        None => None,
+        Some(v) => Some(v.into_string().ok()?),
+    };
     rank_tunables(
-        std::env::var("GLIBC_TUNABLES").ok().as_deref(),
+        inherited.as_deref(),
         std::env::var("ZCCL_MALLOC_TUNE").ok().as_deref(),
     )
 }
 
 /// Whether a `GLIBC_TUNABLES` value (`name=value` entries separated by
-/// `:`) sets `glibc.malloc.hugetlb`.
+/// `:`) sets `glibc.malloc.hugetlb`, as glibc reads it: the exact name,
+/// then `=` (an entry with blanks around the name is one glibc ignores).
 fn names_hugetlb(tunables: &str) -> bool {
     tunables
         .split(':')
-        .any(|e| e.split('=').next().map(str::trim) == Some("glibc.malloc.hugetlb"))
+        .any(|e| e.starts_with("glibc.malloc.hugetlb="))
 }
 
 /// Whether a process's heap is left on 4 KiB pages where huge pages would
@@ -156,12 +168,35 @@ pub fn heap_unadvised(thp_enabled: &str, tunables: Option<&str>) -> bool {
     thp_enabled.contains("[madvise]") && !tunables.is_some_and(names_hugetlb)
 }
 
-/// [`heap_unadvised`] for this process (false where the kernel's setting
-/// cannot be read, or not on glibc).
-pub fn heap_unadvised_here() -> bool {
-    cfg!(all(target_os = "linux", target_env = "gnu"))
+/// [`heap_unadvised`] for this process, on a glibc that knows the tunable
+/// (2.35 and later); false where the kernel's setting cannot be read, or
+/// not on glibc. It reads `GLIBC_TUNABLES` as the process has it now; glibc
+/// read it when the process started (a value set since has no effect).
+pub(crate) fn heap_unadvised_here() -> bool {
+    glibc_knows_hugetlb()
         && std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
             .is_ok_and(|m| heap_unadvised(&m, std::env::var("GLIBC_TUNABLES").ok().as_deref()))
+}
+
+/// Whether this process runs on a glibc of 2.35 or later (which reads
+/// `glibc.malloc.hugetlb`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn glibc_knows_hugetlb() -> bool {
+    // SAFETY: returns a static NUL-terminated string.
+    let v = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+    let mut parts = v.to_str().unwrap_or("0.0").split('.');
+    let mut next = || {
+        parts
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    (next(), next()) >= (2, 35)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn glibc_knows_hugetlb() -> bool {
+    false
 }
 
 #[cfg(test)]
@@ -180,15 +215,19 @@ mod tests {
             Some(HUGETLB_TUNABLE)
         );
         // Any value of the user's, in any position.
-        for t in [
-            "glibc.malloc.hugetlb=2",
-            "a.b=1:glibc.malloc.hugetlb=0",
-            " glibc.malloc.hugetlb =1:c.d=3",
-        ] {
+        for t in ["glibc.malloc.hugetlb=2", "a.b=1:glibc.malloc.hugetlb=0"] {
             assert_eq!(rank_tunables(Some(t), None), None, "{t}");
         }
-        // A name that only contains it is another tunable.
-        assert!(rank_tunables(Some("glibc.malloc.hugetlb_x=1"), None).is_some());
+        // What glibc would not read as that tunable is not the user's
+        // setting of it: another name, or blanks around the name.
+        for t in [
+            "glibc.malloc.hugetlb_x=1",
+            " glibc.malloc.hugetlb=1",
+            "glibc.malloc.hugetlb =1",
+            "glibc.malloc.hugetlb",
+        ] {
+            assert!(rank_tunables(Some(t), None).is_some(), "{t}");
+        }
         for off in ["0", "false", "no", " no "] {
             assert_eq!(rank_tunables(None, Some(off)), None, "{off}");
         }

@@ -177,19 +177,21 @@ impl Communicator {
             )));
         }
         config.validate()?;
-        if config.malloc_tune && crate::malloc::tune_once() && crate::malloc::heap_unadvised_here()
-        {
+        let unadvised_heap = config.malloc_tune
+            && crate::malloc::tune_once()
+            && crate::malloc::heap_unadvised_here();
+        let deadline = Instant::now() + config.timeout;
+        let available = list_interfaces().map_err(zccl_transports::TransportError::from)?;
+        let nics = select(config.socket_ifname.as_deref(), &available)
+            .map_err(zccl_transports::TransportError::from)?;
+        crate::logging::set_rank(rank);
+        if unadvised_heap {
             info!(
                 "the heap is not advised for huge pages: large same-host copies out of heap buffers run \
                  up to 2x slower; start the ranks with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
                  (zccl run and zccl bench -N do)"
             );
         }
-        let deadline = Instant::now() + config.timeout;
-        let available = list_interfaces().map_err(zccl_transports::TransportError::from)?;
-        let nics = select(config.socket_ifname.as_deref(), &available)
-            .map_err(zccl_transports::TransportError::from)?;
-        crate::logging::set_rank(rank);
         crate::logging::log_interfaces(rank, &nics);
         let listeners = TcpListeners::bind(&nics, &config.tcp)?;
         let endpoints = listeners.endpoints();

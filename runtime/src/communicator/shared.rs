@@ -40,7 +40,7 @@ pub(super) struct Core {
     pub(super) next_comm: Mutex<u32>,
     pub(super) aborted: AtomicBool,
     /// Why the communicator stopped (aborted or closed), once it did:
-    /// [`Communicator::ensure_live`]'s answer.
+    /// [`Communicator::ensure_live`](super::Communicator::ensure_live)'s answer.
     pub(super) ended: std::sync::OnceLock<String>,
     pub(super) _root: Option<BootstrapRoot>,
 }
@@ -75,7 +75,7 @@ impl Core {
     }
 
     /// Closes the connections in order (pending ops fail), bounded by a few
-    /// seconds: on drop and on [`Communicator::close`].
+    /// seconds: on drop and on [`Communicator::close`](super::Communicator::close).
     pub(super) fn shut_down(&self) {
         self.request(|done| Cmd::Shutdown { done }, Duration::from_secs(3));
     }

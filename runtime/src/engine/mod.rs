@@ -133,7 +133,7 @@ struct PendingOp {
     /// The header type byte its message carries or must carry: element
     /// type and operation label ([`OpLabel::wire`]).
     code: u16,
-    /// Its deadline passed and the engine waits [`STALL_NOTICE`] for the
+    /// Its deadline passed and the engine waits [`STALL_NOTICE`](stall::STALL_NOTICE) for the
     /// reports of other ranks that timed out too before failing it.
     overdue: bool,
     /// When the engine looks at it next: its deadline, then (overdue) the

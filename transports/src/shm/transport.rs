@@ -31,7 +31,7 @@ pub struct ShmTransport {
     /// Where the next poll starts (round robin).
     pub(super) poll_next: AtomicUsize,
     /// Threads sleeping until an op completes
-    /// ([`Transport::set_sleeping`](crate::Transport::set_sleeping)): while
+    /// ([`Transport::set_sleeping`]): while
     /// there are any, no poll lease is granted.
     pub(super) sleepers: std::sync::atomic::AtomicU32,
     /// Threads polling under this rank's own lease, not counted in the
