@@ -34,7 +34,7 @@ pub(crate) struct Pending {
     /// A plain receive's own landing buffer or its mark
     /// ([`crate::zone::Plain`]; boxed: rare, and a handle is moved at every
     /// step of issuing and waiting).
-    pub(crate) scratch: Option<Box<crate::zone::Plain>>,
+    pub(crate) plain: Option<Box<crate::zone::Plain>>,
 }
 
 /// How a waiting thread spins (see `ZCCL_SPIN_US`).
@@ -230,7 +230,7 @@ impl Pending {
 
     /// The outcome with a plain receive's landed data in it.
     fn with_landed(&self, o: Outcome) -> Outcome {
-        match &self.scratch {
+        match &self.plain {
             Some(s) => s.outcome(o),
             None => o,
         }
@@ -331,7 +331,7 @@ impl<T: Element> RecvHandle<T> {
     /// assert_eq!(r.wait().unwrap().to_vec(), [1, 2, 3]);
     /// ```
     pub fn landed(&self) -> bool {
-        self.p.scratch.as_ref().is_some_and(|s| s.landed())
+        self.p.plain.as_ref().is_some_and(|s| s.landed())
     }
 
     /// Waits without blocking a thread.

@@ -354,17 +354,15 @@ impl Landing {
         key: LandKey,
         len: usize,
     ) -> Option<Claim> {
-        match zones.get(&key)? {
-            Posted::Zone(z) if z.len != len => return None,
-            Posted::Zone(_) => {}
+        let zone = match zones.get(&key)? {
+            Posted::Zone(z) if z.len == len => z.clone(),
+            Posted::Zone(_) => return None,
             Posted::Mark => {
                 zones.remove(&key);
                 return None;
             }
-        }
-        let Some(Posted::Zone(zone)) = zones.remove(&key) else {
-            return None;
         };
+        zones.remove(&key);
         drop(zones);
         let mut st = zone.state.lock().expect("zone");
         if *st != State::Open {

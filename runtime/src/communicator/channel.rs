@@ -351,7 +351,7 @@ impl Channel {
                 && core.via_shm.get(peer as usize).copied().unwrap_or(false))
             .then(|| plain_post(&core.config.shm, bytes))
             .flatten();
-            let scratch = match plain {
+            let posted = match plain {
                 Some(PlainPost::Scratch) => {
                     crate::zone::Scratch::post(&core.transport, key, bytes as usize)
                         .map(crate::zone::Plain::Scratch)
@@ -363,7 +363,7 @@ impl Channel {
                 None => None,
             }
             .map(Box::new);
-            let zone = match scratch.as_deref() {
+            let zone = match posted.as_deref() {
                 Some(crate::zone::Plain::Scratch(s)) => Some(s.zone()),
                 _ => None,
             };
@@ -373,7 +373,7 @@ impl Channel {
                 deadline,
                 timeout: self.timeout,
                 spin: Some(core.spin.clone()),
-                scratch,
+                plain: posted,
             });
             specs.push(OpSpec {
                 desc,
