@@ -15,6 +15,11 @@
 #
 # Times are the slowest rank's (zccl -a 3, as the peers' scripts report
 # them); zccl runs out of place (Open MPI's calls are out of place); float32.
+# Every library is timed the same way: the same warm-up iterations, then 3
+# windows of the same iteration count (the peers' --budget-bytes 1G lets
+# their --max-iters set it; Gloo's is capped at 200), each window's time the slowest
+# rank's mean, and the median window reported (zccl --repeats 3, the peers'
+# --repeats default).
 #
 # Needs: `cargo build --release` (the `zccl` binary; or ZCCL_BIN), and the
 # peers as ../shared/peers/setup.sh installs them (`setup.sh torch-apt`:
@@ -95,17 +100,18 @@ for round in $(seq 1 "$ROUNDS"); do
       for s in $(sizes_of "$op"); do
         tag="${op}_${s}_np${n}_r${round}"
         it=$(iters_of "$s")
-        timeout 300 "$ZCCL_BIN" bench "$op" -N "$n" -b "$s" -e "$s" -n "$it" -w $((it / 10 + 2)) -c 1 -a 3 \
+        warm=$((it / 10 + 2))
+        timeout 300 "$ZCCL_BIN" bench "$op" -N "$n" -b "$s" -e "$s" -n "$it" -w "$warm" --repeats 3 -c 1 -a 3 \
           --no-progress --json "$OUT/zccl_$tag.json" > "$OUT/zccl_$tag.txt" 2>&1 \
           || echo "zccl $tag failed (see $OUT/zccl_$tag.txt)"
         if [ "$have_mpi" = 1 ]; then
           timeout 300 "${MPIRUN[@]}" -np "$n" "$PY_MPI" "$PEERS/mpi_bench.py" --ops "$(peer_op "$op")" \
-            --min-bytes "$s" --max-bytes "$s" --max-iters "$it" > "$OUT/mpi_$tag.txt" 2>&1 \
+            --min-bytes "$s" --max-bytes "$s" --max-iters "$it" --budget-bytes 1G --warmup "$warm" --repeats 3 > "$OUT/mpi_$tag.txt" 2>&1 \
             || echo "mpi $tag failed (see $OUT/mpi_$tag.txt)"
         fi
         if [ "$have_gloo" = 1 ] && [ "$op" != pingpong ]; then
           timeout 300 "${GLOO_ENV[@]}" "$PY_TORCH" "$PEERS/gloo_allreduce.py" --world-size "$n" --ops "$(peer_op "$op")" \
-            --min-bytes "$s" --max-bytes "$s" --max-iters $((it < 200 ? it : 200)) --port $((29500 + RANDOM % 1000)) > "$OUT/gloo_$tag.txt" 2>&1 \
+            --min-bytes "$s" --max-bytes "$s" --max-iters $((it < 200 ? it : 200)) --budget-bytes 1G --warmup "$warm" --repeats 3 --port $((29500 + RANDOM % 1000)) > "$OUT/gloo_$tag.txt" 2>&1 \
             || echo "gloo $tag failed (see $OUT/gloo_$tag.txt)"
         fi
       done

@@ -9,6 +9,7 @@
 //! | `-i, --stepbytes SIZE` | add `SIZE` to the size (used when `-f` is absent) | `1M` |
 //! | `-n, --iters N` | timed iterations per size | 20 |
 //! | `-w, --warmup_iters N` | untimed iterations before them, per size | 1 |
+//! | `--repeats R` | timed windows of `-n` iterations; the median window is reported | 1 |
 //! | `-c, --check N` | check iterations per size (0: no check, `#wrong` is `N/A`) | 1 |
 //! | `-d, --datatype T` | `uint8 int32 int64 half float double bfloat16` or `all` | `float` |
 //! | `-o, --op OP` | `sum prod min max avg` or `all` (reducing ops only) | `sum` |
@@ -187,6 +188,10 @@ pub struct CommonArgs {
         default_value_t = 1
     )]
     pub warmup: u32,
+    /// Time R windows of -n iterations each and report the median window (as the peers' mpi_bench.py --repeats; 1: nccl-tests' single window).
+    #[arg(long = "repeats", value_name = "R", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeats: u32,
     /// Check iterations per size: fresh data, one op, compare with the expected result (0: off).
     #[arg(short = 'c', long = "check", value_name = "N", default_value_t = 1)]
     pub check: u32,
@@ -391,6 +396,8 @@ pub struct Settings {
     pub iters: u32,
     /// `-w`.
     pub warmup: u32,
+    /// `--repeats`: timed windows per size and half, the median reported.
+    pub repeats: u32,
     /// `-c`.
     pub checks: u32,
     /// The types to run (all_scan: `float` only).
@@ -506,6 +513,7 @@ impl OpCmd {
             sizes,
             iters: c.iters,
             warmup: c.warmup,
+            repeats: c.repeats,
             checks: c.check,
             dtypes,
             redops,
@@ -590,6 +598,16 @@ mod tests {
         );
         let e = parse(&["all_reduce", "-a", "4"]).unwrap_err();
         assert!(e.contains("--average"), "{e}");
+    }
+
+    #[test]
+    fn repeats_default_to_one_window_and_refuse_zero() {
+        assert_eq!(parse(&["all_reduce"]).unwrap().repeats, 1);
+        assert_eq!(parse(&["sendrecv", "--repeats", "3"]).unwrap().repeats, 3);
+        for bad in ["0", "1001", "x"] {
+            let e = parse(&["all_reduce", "--repeats", bad]).unwrap_err();
+            assert!(e.contains("--repeats"), "{bad}: {e}");
+        }
     }
 
     #[test]

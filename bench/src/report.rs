@@ -15,7 +15,8 @@ use crate::ops::{Layout, Op};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Half {
     /// Time per iteration in µs: the mean over the ranks, or as `-a` says
-    /// (rank 0's, the minimum or the maximum).
+    /// (rank 0's, the minimum or the maximum); with `--repeats`, that of
+    /// the median window.
     pub time_us: f64,
     /// `S / t` in GB/s (10⁹ B/s).
     pub algbw: f64,

@@ -522,14 +522,21 @@ fn measure<'a, F: Fabric + ?Sized>(
     for _ in 0..s.warmup {
         case.run(f)?;
     }
-    barrier(f, CH_CTRL)?;
-    let t0 = Instant::now();
-    for _ in 0..s.iters {
-        case.run(f)?;
-    }
-    let mut secs = t0.elapsed().as_secs_f64() / f64::from(s.iters);
-    if s.op == Op::Pingpong {
-        secs /= 2.0; // one way: half the round trip
+    // `--repeats` windows, each started together by a barrier (as the
+    // peers' scripts time theirs); each window's time is aggregated over
+    // the ranks below, then the median window is reported.
+    let mut windows = Vec::with_capacity(s.repeats as usize);
+    for _ in 0..s.repeats {
+        barrier(f, CH_CTRL)?;
+        let t0 = Instant::now();
+        for _ in 0..s.iters {
+            case.run(f)?;
+        }
+        let mut secs = t0.elapsed().as_secs_f64() / f64::from(s.iters);
+        if s.op == Op::Pingpong {
+            secs /= 2.0; // one way: half the round trip
+        }
+        windows.push(secs);
     }
     let mut wrong = 0u64;
     for c in 0..s.checks {
@@ -543,35 +550,57 @@ fn measure<'a, F: Fabric + ?Sized>(
     }
     let sent = f.sent() - sent0;
     // Exact in f64 for any realistic count (below 2^53).
-    let mut agg = [secs, wrong as f64, sent as f64];
+    let mut agg = [wrong as f64, sent as f64];
     all_reduce(f, CH_CTRL, &mut agg, ReduceOp::Sum).context("aggregating the results")?;
-    let secs = match s.average {
-        Average::Mean => agg[0] / f.size() as f64,
+    match s.average {
+        Average::Mean => {
+            all_reduce(f, CH_CTRL, &mut windows, ReduceOp::Sum).context("aggregating the times")?;
+            windows.iter_mut().for_each(|w| *w /= f.size() as f64);
+        }
         Average::Rank0 => {
-            let mut t = [secs];
-            broadcast(f, CH_CTRL, &mut t, 0).context("aggregating the times")?;
-            t[0]
+            broadcast(f, CH_CTRL, &mut windows, 0).context("aggregating the times")?
         }
-        Average::Min | Average::Max => {
-            let op = if s.average == Average::Min {
-                ReduceOp::Min
-            } else {
-                ReduceOp::Max
-            };
-            let mut t = [secs];
-            all_reduce(f, CH_CTRL, &mut t, op).context("aggregating the times")?;
-            t[0]
+        Average::Min => {
+            all_reduce(f, CH_CTRL, &mut windows, ReduceOp::Min).context("aggregating the times")?
         }
-    };
+        Average::Max => {
+            all_reduce(f, CH_CTRL, &mut windows, ReduceOp::Max).context("aggregating the times")?
+        }
+    }
     Ok(Measured {
-        secs,
-        wrong: (s.checks > 0).then_some(agg[1] as u64),
-        bytes_sent: agg[2] as u64,
+        secs: median(&mut windows),
+        wrong: (s.checks > 0).then_some(agg[0] as u64),
+        bytes_sent: agg[1] as u64,
     })
+}
+
+/// The median of the windows' times (the mean of the middle two for an
+/// even count, as Python's `statistics.median`, which the peers' scripts
+/// use). `windows` is not empty (`--repeats` is at least 1).
+fn median(windows: &mut [f64]) -> f64 {
+    windows.sort_by(f64::total_cmp);
+    let m = windows.len() / 2;
+    if windows.len() % 2 == 1 {
+        windows[m]
+    } else {
+        (windows[m - 1] + windows[m]) / 2.0
+    }
 }
 
 /// What the preamble notes about op-specific settings.
 fn notes(s: &Settings, n: usize) -> Vec<String> {
+    let mut v = op_notes(s, n);
+    if s.repeats > 1 {
+        v.push(format!(
+            "repeats: {} timed windows of {} iterations per size and half; the median window's time is reported",
+            s.repeats, s.iters
+        ));
+    }
+    v
+}
+
+/// [`notes`] about the op itself.
+fn op_notes(s: &Settings, n: usize) -> Vec<String> {
     match s.op {
         Op::Sendrecv => vec!["sendrecv: rank r sends to r+1 and receives from r-1".into()],
         Op::Pingpong => vec![
@@ -773,6 +802,43 @@ mod tests {
             "only rank 0 prints"
         );
         (out.into_iter().map(|(r, _)| r).collect(), text)
+    }
+
+    #[test]
+    fn the_median_window_is_reported() {
+        assert_eq!(median(&mut [3.0]), 3.0);
+        assert_eq!(median(&mut [9.0, 1.0, 2.0]), 2.0);
+        // Even counts: the mean of the middle two, as Python's statistics.median.
+        assert_eq!(median(&mut [4.0, 1.0, 9.0, 2.0]), 3.0);
+        assert_eq!(median(&mut [f64::INFINITY, 1.0, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn repeats_time_several_windows_and_say_so() {
+        // Three windows of two iterations: each window's barrier and every
+        // iteration reach the fabric, so the bytes sent grow with the
+        // windows; the rows still check clean, and the preamble says how
+        // the time was taken.
+        let (one, text1) = sim(2, "all_reduce -b 64 -e 64 -n 2 -w 0 -c 1", false);
+        let (three, text3) = sim(
+            2,
+            "all_reduce -b 64 -e 64 -n 2 -w 0 -c 1 --repeats 3",
+            false,
+        );
+        assert_eq!(all_wrong(&three[0]), vec![(Some(0), Some(0))]);
+        let sent = |rows: &[Vec<Row>]| rows[0][0].out_of_place.bytes_sent;
+        assert!(
+            sent(&three) > sent(&one),
+            "{} vs {}",
+            sent(&three),
+            sent(&one)
+        );
+        assert!(three[0][0].out_of_place.time_us > 0.0);
+        assert!(!text1.contains("repeats:"), "{text1}");
+        assert!(
+            text3.contains("# repeats: 3 timed windows of 2 iterations"),
+            "{text3}"
+        );
     }
 
     fn all_wrong(rows: &[Row]) -> Vec<(Option<u64>, Option<u64>)> {
