@@ -502,7 +502,8 @@ fn make_case<F: Fabric + ?Sized>(dtype: DType, c: Ctx) -> Box<dyn Case<F>> {
 
 /// One half's aggregated measurement.
 struct Measured {
-    /// Mean seconds per iteration over the ranks.
+    /// Seconds per iteration, aggregated over the ranks as `-a` says (the
+    /// median window's with `--repeats`).
     secs: f64,
     /// Wrong elements summed over ranks (`None` without `-c`).
     wrong: Option<u64>,
