@@ -148,21 +148,9 @@ fn worker() {
 }
 
 /// Why the tunable cannot be tried here, if it cannot.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn unsupported() -> Option<String> {
-    // glibc.malloc.hugetlb came with glibc 2.35.
-    // SAFETY: returns a static NUL-terminated string.
-    let v = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
-    let v = v.to_string_lossy();
-    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    ((major, minor) < (2, 35))
-        .then(|| format!("glibc {v} has no glibc.malloc.hugetlb (2.35 and later)"))
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn unsupported() -> Option<String> {
-    Some("not glibc on Linux".into())
+    (!zccl::runtime::malloc::glibc_reads_hugetlb())
+        .then(|| "this libc does not read glibc.malloc.hugetlb (glibc 2.35 and later do)".into())
 }
 
 /// The growth of this process's `AnonHugePages` (kB) from before `touch`

@@ -100,7 +100,7 @@ const MIN_DURATION_SECS: f64 = 1e-3;
 
 /// A yes/no variable: `0`/`1` (also `false`/`true`, `no`/`yes`); unset or
 /// empty means `default`.
-fn flag(name: &str, v: Option<String>, default: bool) -> Result<bool> {
+pub(crate) fn flag(name: &str, v: Option<String>, default: bool) -> Result<bool> {
     match v.as_deref().map(str::trim) {
         None | Some("") => Ok(default),
         Some("1" | "true" | "yes") => Ok(true),

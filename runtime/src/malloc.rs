@@ -114,7 +114,8 @@ pub const HUGETLB_TUNABLE: &str = "glibc.malloc.hugetlb=1";
 /// assert_eq!(rank_tunables(Some("glibc.malloc.hugetlb=0"), None), None);
 /// ```
 pub fn rank_tunables(inherited: Option<&str>, malloc_tune: Option<&str>) -> Option<String> {
-    if matches!(malloc_tune.map(str::trim), Some("0" | "false" | "no")) {
+    let tune = crate::config::flag("ZCCL_MALLOC_TUNE", malloc_tune.map(str::to_owned), true);
+    if tune == Ok(false) {
         return None;
     }
     let inherited = inherited.unwrap_or("");
@@ -173,15 +174,20 @@ pub fn heap_unadvised(thp_enabled: &str, tunables: Option<&str>) -> bool {
 /// not on glibc. It reads `GLIBC_TUNABLES` as the process has it now; glibc
 /// read it when the process started (a value set since has no effect).
 pub(crate) fn heap_unadvised_here() -> bool {
-    glibc_knows_hugetlb()
+    glibc_reads_hugetlb()
         && std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
             .is_ok_and(|m| heap_unadvised(&m, std::env::var("GLIBC_TUNABLES").ok().as_deref()))
 }
 
-/// Whether this process runs on a glibc of 2.35 or later (which reads
-/// `glibc.malloc.hugetlb`).
+/// Whether this process runs on a glibc of 2.35 or later, which reads
+/// `glibc.malloc.hugetlb` (false on older glibc and off glibc).
+///
+/// ```
+/// let reads = zccl_runtime::malloc::glibc_reads_hugetlb();
+/// assert!(!reads || cfg!(all(target_os = "linux", target_env = "gnu")));
+/// ```
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn glibc_knows_hugetlb() -> bool {
+pub fn glibc_reads_hugetlb() -> bool {
     // SAFETY: returns a static NUL-terminated string.
     let v = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
     let mut parts = v.to_str().unwrap_or("0.0").split('.');
@@ -194,8 +200,10 @@ fn glibc_knows_hugetlb() -> bool {
     (next(), next()) >= (2, 35)
 }
 
+/// Whether this process runs on a glibc that reads `glibc.malloc.hugetlb`:
+/// never off glibc.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn glibc_knows_hugetlb() -> bool {
+pub fn glibc_reads_hugetlb() -> bool {
     false
 }
 
