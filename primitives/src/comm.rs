@@ -251,6 +251,39 @@ impl Fabric for Labelled<'_> {
         send_host(self.comm, self.chan(channel, tag), to, data.into())
     }
 
+    /// Both in one issue of the channel ([`zccl_runtime::Channel::isend_irecv`]).
+    fn isend_irecv(
+        &self,
+        to: usize,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        data: Vec<u8>,
+        len: usize,
+    ) -> Result<(SendHandle, RecvHandle)> {
+        let (s, r) = self
+            .chan(channel, tag)
+            .isend_irecv::<u8>(to as u32, data, from as u32, len)
+            .map_err(|e| {
+                // The runtime names the rank at fault; the site follows it.
+                if from >= Fabric::size(self) {
+                    self.site(from, channel).fail(Dir::Recv, e)
+                } else {
+                    self.site(to, channel).fail(Dir::Send, e)
+                }
+            })?;
+        Ok((
+            SendHandle::new(Send {
+                h: Some(s),
+                at: self.site(to, channel),
+            }),
+            RecvHandle::new(Recv {
+                h: Some(r),
+                at: self.site(from, channel),
+            }),
+        ))
+    }
+
     /// Sends a received buffer on without copying it.
     fn isend_bytes(
         &self,
@@ -324,6 +357,18 @@ impl Fabric for Communicator {
 
     fn isend(&self, to: usize, channel: u32, tag: u64, data: Vec<u8>) -> Result<SendHandle> {
         Labelled::plain(self).isend(to, channel, tag, data)
+    }
+
+    fn isend_irecv(
+        &self,
+        to: usize,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        data: Vec<u8>,
+        len: usize,
+    ) -> Result<(SendHandle, RecvHandle)> {
+        Labelled::plain(self).isend_irecv(to, from, channel, tag, data, len)
     }
 
     fn isend_bytes(

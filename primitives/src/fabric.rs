@@ -646,6 +646,37 @@ pub trait Fabric: Send + Sync {
     /// ```
     fn irecv(&self, from: usize, channel: u32, tag: u64, len: usize) -> Result<RecvHandle>;
 
+    /// One round of an exchange: posts a send of `data` to rank `to` and a
+    /// receive of `len` bytes from rank `from`, both on `channel` with
+    /// `tag`. The same as [`Fabric::isend`] then [`Fabric::irecv`] (the
+    /// default), but a fabric that can issue both at once does so (the
+    /// communicator: one issue, one lock, one clock reading), which counts
+    /// for the small messages of recursive doubling.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// let out = run_ranks(2, |f| {
+    ///     let peer = 1 - f.rank();
+    ///     let (s, r) = f.isend_irecv(peer, peer, 0, 0, vec![f.rank() as u8; 3], 3).unwrap();
+    ///     s.wait().unwrap();
+    ///     r.wait().unwrap()
+    /// });
+    /// assert_eq!(out, vec![vec![1; 3], vec![0; 3]]);
+    /// ```
+    fn isend_irecv(
+        &self,
+        to: usize,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        data: Vec<u8>,
+        len: usize,
+    ) -> Result<(SendHandle, RecvHandle)> {
+        let s = self.isend(to, channel, tag, data)?;
+        let r = self.irecv(from, channel, tag, len)?;
+        Ok((s, r))
+    }
+
     /// Like [`Fabric::isend`], for bytes that were received: a fabric that
     /// can send its own received buffers on without copying them (the
     /// communicator) does so; the default copies them into a vector.
@@ -929,6 +960,19 @@ impl<F: Fabric + ?Sized> Fabric for Signed<'_, F> {
 
     fn irecv(&self, from: usize, channel: u32, tag: u64, len: usize) -> Result<RecvHandle> {
         self.f.irecv(from, channel, self.t(tag), len)
+    }
+
+    fn isend_irecv(
+        &self,
+        to: usize,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        data: Vec<u8>,
+        len: usize,
+    ) -> Result<(SendHandle, RecvHandle)> {
+        self.f
+            .isend_irecv(to, from, channel, self.t(tag), data, len)
     }
 
     fn isend_bytes(

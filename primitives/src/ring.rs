@@ -127,8 +127,7 @@ pub fn ring_shift_start<F: Fabric + ?Sized>(
 ) -> Result<Shift> {
     let f = &Signed::bytes(f, OpLabel::RING_SHIFT, DType::U8);
     let (to, from) = shift::peers(f.rank(), f.size(), offset);
-    let send = f.isend(to, ch, t, send)?;
-    let recv = f.irecv(from, ch, t, recv_len)?;
+    let (send, recv) = f.isend_irecv(to, from, ch, t, send, recv_len)?;
     Ok(Shift { send, recv, from })
 }
 

@@ -143,10 +143,10 @@ impl Pending {
         if spin.budget.is_zero() {
             return self.sleeping();
         }
-        let start = Instant::now();
-        let until = start + spin.budget;
-        let tight = start + spin.tight;
         let polling = Polling::start(spin.transport.as_ref());
+        // The spin's limits, from the first clock reading: an op done by
+        // the first poll reads no clock at all.
+        let mut limits: Option<(Instant, Instant)> = None;
         loop {
             if ready() {
                 break;
@@ -157,6 +157,8 @@ impl Pending {
                 break;
             }
             let now = Instant::now();
+            let (until, tight) =
+                *limits.get_or_insert_with(|| (now + spin.budget, now + spin.tight));
             if now >= until {
                 break;
             }

@@ -207,10 +207,13 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
 ) -> Result<()> {
     let n = f.size();
     if n.is_power_of_two()
-        && std::mem::size_of_val(buf) >= RD_IN_PLACE_MIN_BYTES
         && let Some(acc) = as_acc_mut(buf)
     {
-        return rd_in_place(f, ch, acc, op);
+        return if std::mem::size_of_val(acc) >= RD_IN_PLACE_MIN_BYTES {
+            rd_in_place(f, ch, acc, op)
+        } else {
+            rd_small_in_place(f, ch, acc, op)
+        };
     }
     let accb = std::mem::size_of::<T::Acc>() * buf.len();
     let mut acc = to_acc(buf);
@@ -246,8 +249,10 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
             let mut sends: SmallVec<[SendHandle; 6]> = SmallVec::new();
             for rd in rounds {
                 let t = tag(OP_RD, 1 + rd.round as u16, 0);
-                sends.push(f.isend(rd.peer, ch, t, to_bytes(&acc))?);
-                let got = f.irecv(rd.peer, ch, t, accb)?.wait_bytes()?;
+                // The round's send and receive in one issue.
+                let (s, rv) = f.isend_irecv(rd.peer, rd.peer, ch, t, to_bytes(&acc), accb)?;
+                sends.push(s);
+                let got = rv.wait_bytes()?;
                 let got = got.elems::<T::Acc>();
                 if rd.self_is_left {
                     combine_into(op, &mut acc, &got);
@@ -266,16 +271,57 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
     Ok(())
 }
 
-/// From this size up, recursive doubling reduces in place ([`rd_in_place`]):
-/// below it the buffer copies it saves cost less than the lent send's and
+/// From this size up, recursive doubling lends `buf` to its sends and
+/// receives into a scratch buffer ([`rd_in_place`]); below it each send
+/// copies `buf` and each receive is the runtime's buffer
+/// ([`rd_small_in_place`]): those copies cost less than the lent send's and
 /// the receive-into's own bookkeeping. Measured (medians of 7–9
 /// interleaved rounds) once shared memory wrote lent payloads straight into
-/// its ring: in place against the general path, 2 ranks 8 B 2.25 against
+/// its ring, when the general path was still taken below this size: lent
+/// in place against the general path, 2 ranks 8 B 2.25 against
 /// 1.89 µs, 2 KiB 2.86 against 2.60, 4 KiB 2.93 against 3.21 (5.82 against
 /// 5.64 in a slower hour), 8 KiB 3.94 against 4.88; 4 ranks 1 KiB 14.2
 /// against 16.1, 4 KiB 20.0 against 24.0. (Before, when the lent send
 /// copied its payload first, the crossover was at 16 KiB.)
 const RD_IN_PLACE_MIN_BYTES: usize = 4 << 10;
+
+/// Recursive doubling over a power-of-two group below
+/// [`RD_IN_PLACE_MIN_BYTES`], for a type that is its own accumulator: the
+/// same rounds, messages and combine order as [`rd_all_reduce`] (so the
+/// same bits on every rank), but `buf` is the accumulator: no conversion
+/// into a fresh one and back (two allocations and copies fewer than the
+/// general path). Each round's send copies `buf` into its message (cheaper
+/// than lending at these sizes) and is issued with the round's receive.
+fn rd_small_in_place<A, F>(f: &F, ch: u32, buf: &mut [A], op: ReduceOp) -> Result<()>
+where
+    A: Elem<Acc = A> + crate::reduce::Accumulator,
+    F: Fabric + ?Sized,
+{
+    let n = f.size();
+    let rd::RdRole::Core { rounds, .. } = rd::plan(f.rank(), n) else {
+        unreachable!("a power-of-two group has no folded ranks");
+    };
+    let bytes = std::mem::size_of_val(buf);
+    // Up to 64 ranks' rounds without an allocation.
+    let mut sends: SmallVec<[SendHandle; 6]> = SmallVec::new();
+    for rd in rounds {
+        let t = tag(OP_RD, 1 + rd.round as u16, 0);
+        let (s, rv) = f.isend_irecv(rd.peer, rd.peer, ch, t, to_bytes(buf), bytes)?;
+        sends.push(s);
+        let got = rv.wait_bytes()?;
+        let got = got.elems::<A>();
+        if rd.self_is_left {
+            combine_into(op, buf, &got);
+        } else {
+            combine_into_rhs(op, buf, &got);
+        }
+    }
+    wait_all(sends)?;
+    if op == ReduceOp::Avg {
+        divide_all(buf, n);
+    }
+    Ok(())
+}
 
 /// Whether `T` is its own accumulator type (every type but `f16`/`bf16`).
 fn own_acc<T: Elem>() -> bool {
@@ -520,10 +566,11 @@ mod tests {
 
     #[test]
     fn in_place_recursive_doubling_gives_the_same_bits_as_the_tree_it_follows() {
-        // 1000 f32 (general path), 1024 = 4 KiB (in place from exactly
+        // 2 and 1000 f32 (`buf` the accumulator, each send a copy), 1024 =
+        // 4 KiB (lent and received in place from exactly
         // RD_IN_PLACE_MIN_BYTES), 8192 = 32 KiB: all below the ring.
         assert_eq!(1024 * 4, RD_IN_PLACE_MIN_BYTES);
-        for (len, n) in [1000usize, 1024, 8192]
+        for (len, n) in [2usize, 1000, 1024, 8192]
             .into_iter()
             .flat_map(|len| [2usize, 4, 8].map(|n| (len, n)))
         {

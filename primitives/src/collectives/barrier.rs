@@ -30,8 +30,9 @@ pub fn barrier<F: Fabric + ?Sized>(f: &F, ch: u32) -> Result<()> {
     let mut sends = Vec::new();
     while d < n {
         let t = tag(OP_BARRIER, k, 0);
-        sends.push(f.isend((r + d) % n, ch, t, Vec::new())?);
-        f.irecv((r + n - d) % n, ch, t, 0)?.wait()?;
+        let (s, rv) = f.isend_irecv((r + d) % n, (r + n - d) % n, ch, t, Vec::new(), 0)?;
+        sends.push(s);
+        rv.wait()?;
         d *= 2;
         k += 1;
     }

@@ -35,8 +35,9 @@ pub enum RdRole {
         new_rank: usize,
         /// The even rank folded into this one before the rounds (combined on the left).
         fold_from: Option<usize>,
-        /// The exchange rounds in order.
-        rounds: Vec<RdRound>,
+        /// The exchange rounds in order (up to 64 ranks' without an
+        /// allocation: a small all-reduce plans its rounds at every call).
+        rounds: smallvec::SmallVec<[RdRound; 6]>,
     },
 }
 

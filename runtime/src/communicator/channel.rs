@@ -82,10 +82,11 @@ fn plain_post(shm: &zccl_transports::shm::ShmConfig, bytes: u64) -> Option<Plain
     }
 }
 
-/// The ops of one issue: most calls issue one (no allocation for it).
-type Ops = SmallVec<[Op; 1]>;
+/// The ops of one issue: most calls issue one, an exchange's round two
+/// ([`Channel::isend_irecv`]); no allocation for either.
+type Ops = SmallVec<[Op; 2]>;
 /// Their handles' side, in the same order.
-type Pendings = SmallVec<[Pending; 1]>;
+type Pendings = SmallVec<[Pending; 2]>;
 
 /// One operation of a [`Channel::batch`].
 #[derive(Debug, Clone)]
@@ -298,7 +299,7 @@ impl Channel {
             (self.inner.comm, &self.inner.issue)
         };
         let mut st = state.lock().expect("issue state");
-        let mut specs: SmallVec<[OpSpec; 1]> = SmallVec::with_capacity(ops.len());
+        let mut specs: SmallVec<[OpSpec; 2]> = SmallVec::with_capacity(ops.len());
         let mut pendings = Pendings::with_capacity(ops.len());
         let mut landed = None;
         for op in ops {
@@ -531,6 +532,47 @@ impl Channel {
             p: p.pop().expect("one op"),
             _t: PhantomData,
         })
+    }
+
+    /// Starts a receive of `count` elements of `T` from `from` and a send of
+    /// `data` to `to`, issued together: one round of an exchange (as
+    /// `MPI_Sendrecv`, non-blocking). The same as [`Channel::isend`] then
+    /// [`Channel::irecv`], in one issue: the channel's state and the engine
+    /// locked once, the clock read once. Both are issued or, on an error
+    /// (an unknown peer, a message over `ZCCL_MAX_MESSAGE_BYTES`), neither.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let ch = comm.channel(4);
+    /// let (s, r) = ch.isend_irecv(0, vec![1i32, 2, 3], 0, 3).unwrap();
+    /// assert_eq!(r.wait().unwrap().into_vec(), vec![1, 2, 3]);
+    /// s.wait().unwrap();
+    /// // Nothing is issued when a peer is unknown.
+    /// assert!(ch.isend_irecv(0, vec![1i32], 5, 1).is_err());
+    /// ```
+    pub fn isend_irecv<T: Element>(
+        &self,
+        to: u32,
+        data: impl Into<HostBuffer<T>>,
+        from: u32,
+        count: usize,
+    ) -> Result<(SendHandle, RecvHandle<T>)> {
+        // The send first: an eager send completes as it is issued, and
+        // completions keep the issue order (a send behind the receive would
+        // be held back until the receive is done).
+        let mut p = self.issue(smallvec![Op::send(to, data), Op::recv::<T>(from, count)])?;
+        let recv = p.pop().expect("two ops");
+        let send = p.pop().expect("two ops");
+        Ok((
+            SendHandle { p: send },
+            RecvHandle {
+                p: recv,
+                _t: PhantomData,
+            },
+        ))
     }
 
     /// Issues several ops at once. Whatever the order of the ops on each rank,
