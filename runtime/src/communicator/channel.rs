@@ -534,8 +534,8 @@ impl Channel {
         })
     }
 
-    /// Starts a receive of `count` elements of `T` from `from` and a send of
-    /// `data` to `to`, issued together: one round of an exchange (as
+    /// Starts a send of `data` to `to` and a receive of `count` elements of
+    /// `T` from `from`, issued together: one round of an exchange (as
     /// `MPI_Sendrecv`, non-blocking). The same as [`Channel::isend`] then
     /// [`Channel::irecv`], in one issue: the channel's state and the engine
     /// locked once, the clock read once. Both are issued or, on an error
