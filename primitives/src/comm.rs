@@ -261,12 +261,17 @@ impl Fabric for Labelled<'_> {
         data: Vec<u8>,
         len: usize,
     ) -> Result<(SendHandle, RecvHandle)> {
+        let sent = data.len();
         let (s, r) = self
             .chan(channel, tag)
             .isend_irecv::<u8>(to as u32, data, from as u32, len)
             .map_err(|e| {
-                // The runtime names the rank at fault; the site follows it.
-                if from >= Fabric::size(self) {
+                // The site of the op the runtime refused (its reason names
+                // the rank): a send to an unknown peer, else a receive from
+                // one, else the larger message, the one over the limit. (Of
+                // two faults at once the runtime reports the send's first.)
+                let n = Fabric::size(self);
+                if to < n && (from >= n || len > sent) {
                     self.site(from, channel).fail(Dir::Recv, e)
                 } else {
                     self.site(to, channel).fail(Dir::Send, e)
