@@ -40,7 +40,10 @@
 //! left unadvised says so at `ZCCL_DEBUG=INFO`: [`heap_unadvised`]). glibc
 //! then advises its main heap as it grows, the first heap of each thread
 //! arena, and the blocks it maps apart; not the later growth of a thread
-//! arena. Measured with it, 2 vCPUs, medians of 5 interleaved rounds
+//! arena. Debian 12's glibc 2.36 on an Intel Xeon VM acted on the tunable
+//! in only about 1 process launch in 3 (it read the THP mode, then left
+//! its heap unadvised; always acted with address randomisation off), so
+//! there the gain below is a matter of chance. Measured with it, 2 vCPUs, medians of 5 interleaved rounds
 //! against the same build without: sendrecv 2 ranks 2 / 4 / 8 / 16 MiB
 //! 0.59 / 0.48 / 0.47 / 0.91x the time, 4 ranks 2 / 4 / 8 MiB
 //! 0.69 / 0.59 / 0.75x; all-reduce 4 ranks 2 MiB 0.59x, 2 ranks 8-16 MiB
