@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::fabric::{Fabric, SendHandle, tag};
 use crate::nonblocking::{OpHandle, start};
 use crate::reduce::{ReduceOp, combine_into, combine_into_rhs, finish_into, to_acc};
-use crate::schedule::algo::{Algo, choice_from_env, choose_all_reduce};
+use crate::schedule::algo::{Algo, AlgoChoice, choice_from_env, choose, choose_all_reduce};
 use crate::schedule::chunks::chunk_ranges;
 use crate::schedule::{halving, rd, ring};
 use smallvec::SmallVec;
@@ -40,8 +40,21 @@ pub fn all_reduce<T: Elem, F: Fabric + ?Sized>(
     buf: &mut [T],
     op: ReduceOp,
 ) -> Result<()> {
-    let algo = choose_all_reduce(choice_from_env()?, std::mem::size_of_val(buf), f.size());
+    let algo = pick::<T>(choice_from_env()?, std::mem::size_of_val(buf), f.size());
     all_reduce_with(f, ch, buf, op, algo)
+}
+
+/// The algorithm for `bytes` of `T` over `n` ranks: [`choose_all_reduce`]'s,
+/// or, where halving does not apply (a group that is not a power of two,
+/// f16/bf16), [`choose`]'s: recursive doubling below [`TREE_MAX_BYTES`]
+/// (halving starts below it), the ring above. Pure.
+///
+/// [`TREE_MAX_BYTES`]: crate::schedule::algo::TREE_MAX_BYTES
+fn pick<T: Elem>(choice: AlgoChoice, bytes: usize, n: usize) -> Algo {
+    match choose_all_reduce(choice, bytes, n) {
+        Algo::Halving if !(n.is_power_of_two() && own_acc::<T>()) => choose(choice, bytes, n),
+        a => a,
+    }
 }
 
 /// [`all_reduce`] with an explicit algorithm.
@@ -116,11 +129,7 @@ pub fn all_reduce_into<T: Elem, F: Fabric + ?Sized>(
         )));
     }
     let f = &Signed::new::<T>(f, op.label(OpLabel::ALL_REDUCE_SUM));
-    let algo = match choose_all_reduce(choice_from_env()?, std::mem::size_of_val(input), f.size()) {
-        // Where halving does not apply, the ring reads `input` itself.
-        Algo::Halving if !(f.size().is_power_of_two() && own_acc::<T>()) => Algo::Ring,
-        a => a,
-    };
+    let algo = pick::<T>(choice_from_env()?, std::mem::size_of_val(input), f.size());
     if f.size() > 1
         && algo == Algo::Halving
         && let (Some(src), Some(out)) = (as_acc(input), as_acc_mut(output))
@@ -562,6 +571,25 @@ mod tests {
     /// different bracketing of the sum would show in the low bits.
     fn x(r: usize, i: usize) -> f32 {
         ((r * 7919 + i * 104_729) % 1_000_003) as f32 * 10f32.powi((r % 4) as i32 - 2)
+    }
+
+    #[test]
+    fn types_and_groups_halving_does_not_serve_take_what_they_would_without_it() {
+        use crate::dtype::f16;
+        let auto = AlgoChoice::Auto;
+        // 48 KiB: halving for f32 over 4 or 8 ranks ...
+        assert_eq!(pick::<f32>(auto, 48 << 10, 4), Algo::Halving);
+        assert_eq!(pick::<f32>(auto, 48 << 10, 8), Algo::Halving);
+        // ... recursive doubling for f16, for 6 ranks, for 2 ranks.
+        assert_eq!(pick::<f16>(auto, 48 << 10, 4), Algo::Tree);
+        assert_eq!(pick::<f32>(auto, 48 << 10, 6), Algo::Tree);
+        assert_eq!(pick::<f32>(auto, 48 << 10, 2), Algo::Tree);
+        // Past recursive doubling's range: the ring.
+        assert_eq!(pick::<f16>(auto, 1 << 20, 4), Algo::Ring);
+        assert_eq!(pick::<f32>(auto, 1 << 20, 4), Algo::Halving);
+        // Asked for by name: halving where it applies, else the ring.
+        assert_eq!(pick::<f16>(AlgoChoice::Halving, 8, 4), Algo::Ring);
+        assert_eq!(pick::<f32>(AlgoChoice::Halving, 8, 4), Algo::Halving);
     }
 
     #[test]

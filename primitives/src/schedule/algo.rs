@@ -92,9 +92,27 @@ pub enum Algo {
     Halving,
 }
 
-/// All-reduces of more than [`TREE_MAX_BYTES`] and at most this many bytes
-/// over a power-of-two group of 4 ranks or more use Rabenseifner's
-/// algorithm ([`Algo::Halving`]) under [`AlgoChoice::Auto`]. Measured on
+/// All-reduces of at least this many bytes (and at most
+/// [`HALVING_MAX_BYTES`]) over a power-of-two group of 4 ranks or more use
+/// Rabenseifner's algorithm ([`Algo::Halving`]) under [`AlgoChoice::Auto`];
+/// smaller ones recursive doubling. Measured on 2 vCPUs (Intel Xeon VM,
+/// shared memory, 4 ranks, f32 sum out of place, medians of 3-5 interleaved
+/// rounds, µs, recursive doubling / halving): 16 KiB 24.1 / 32.5, 24 KiB
+/// 35.7 / 37.0, 32 KiB 44.6 / 40.8, 64 KiB 69.2 / 61.9 (Open MPI 57.1),
+/// 128 KiB 160.5 / 95.3. Recursive doubling sends the whole buffer at each
+/// of its log2(n) steps; halving sends half, a quarter, ... and gathers
+/// back, so it wins once the bytes, not the steps, dominate.
+///
+/// ```
+/// use zccl_primitives::schedule::algo::{choose_all_reduce, Algo, AlgoChoice, HALVING_MIN_BYTES};
+/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, HALVING_MIN_BYTES, 4), Algo::Halving);
+/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, HALVING_MIN_BYTES - 1, 4), Algo::Tree);
+/// ```
+pub const HALVING_MIN_BYTES: usize = 32 << 10;
+
+/// The largest all-reduce that takes Rabenseifner's algorithm
+/// ([`Algo::Halving`], from [`HALVING_MIN_BYTES`]) over a power-of-two
+/// group of 4 ranks or more under [`AlgoChoice::Auto`]. Measured on
 /// 2 vCPUs (shared memory, f32 sum, medians of 7–11 interleaved runs
 /// against the ring): in place, 4 ranks 256 KiB 313 → 237 µs, 1 MiB
 /// 909 → 649 µs, 4 MiB 4875 → 4799 µs; 8 ranks 1 MiB 3055 → 2183 µs;
@@ -172,12 +190,16 @@ pub fn choose(choice: AlgoChoice, bytes: usize, n: usize) -> Algo {
 
 /// The all-reduce algorithm for `bytes` bytes over `n` ranks: [`choose`]'s,
 /// except that medium sizes over a power-of-two group of 4 or more take
-/// [`Algo::Halving`] (up to [`HALVING_MAX_BYTES`]); with 2 ranks halving
-/// and the ring are the same two steps.
+/// [`Algo::Halving`] ([`HALVING_MIN_BYTES`] to [`HALVING_MAX_BYTES`]); with
+/// 2 ranks halving and the ring are the same two steps. (Where halving does
+/// not apply to the element type, f16 and bf16, the collective takes
+/// [`choose`]'s algorithm instead.)
 ///
 /// ```
 /// use zccl_primitives::schedule::algo::{choose_all_reduce, Algo, AlgoChoice};
 /// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 1024, 8), Algo::Tree);
+/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 64 << 10, 4), Algo::Halving);
+/// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 64 << 10, 2), Algo::Tree);
 /// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 1 << 20, 8), Algo::Halving);
 /// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 1 << 20, 6), Algo::Ring);
 /// assert_eq!(choose_all_reduce(AlgoChoice::Auto, 1 << 20, 2), Algo::Ring);
@@ -191,7 +213,7 @@ pub fn choose_all_reduce(choice: AlgoChoice, bytes: usize, n: usize) -> Algo {
         AlgoChoice::Auto
             if n >= 4
                 && n.is_power_of_two()
-                && bytes > TREE_MAX_BYTES
+                && bytes >= HALVING_MIN_BYTES
                 && bytes <= HALVING_MAX_BYTES =>
         {
             Algo::Halving
