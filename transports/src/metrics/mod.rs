@@ -38,9 +38,11 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
+
+mod duration;
+pub use duration::DurationHistogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NicRail {
@@ -73,7 +75,7 @@ pub struct Metrics {
     failures: Family<Nic, Counter>,
     timeouts: Counter,
     op_bytes: Family<OpLabel, Counter>,
-    op_seconds: Family<OpLabel, Histogram>,
+    op_seconds: Family<OpLabel, DurationHistogram>,
     route_chunks: Family<NicVia, Counter>,
     /// The shared-memory transport's two series, looked up once (every
     /// message counts here: no label allocation or hashing per message).
@@ -132,7 +134,7 @@ impl Default for Metrics {
 #[derive(Clone)]
 pub struct OpSeries {
     bytes: Counter,
-    seconds: Histogram,
+    seconds: DurationHistogram,
 }
 
 impl OpSeries {
@@ -145,7 +147,7 @@ impl OpSeries {
     /// ```
     pub fn done(&self, bytes: u64, elapsed: Duration) {
         self.bytes.inc_by(bytes);
-        self.seconds.observe(elapsed.as_secs_f64());
+        self.seconds.observe(elapsed);
     }
 }
 
@@ -189,10 +191,8 @@ impl Metrics {
             Unit::Bytes,
             op_bytes.clone(),
         );
-        // 1 µs .. ~4.4 min, ×4 per bucket.
-        let op_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(1e-6, 4.0, 15))
-        });
+        // 1 µs .. ~4.5 min, ×4 per bucket, without a lock per observation.
+        let op_seconds = Family::<OpLabel, DurationHistogram>::default();
         registry.register_with_unit(
             "op_duration",
             "Issue-to-completion time of operations",
