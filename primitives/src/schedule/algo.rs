@@ -213,8 +213,7 @@ pub fn choose_all_reduce(choice: AlgoChoice, bytes: usize, n: usize) -> Algo {
         AlgoChoice::Auto
             if n >= 4
                 && n.is_power_of_two()
-                && bytes >= HALVING_MIN_BYTES
-                && bytes <= HALVING_MAX_BYTES =>
+                && (HALVING_MIN_BYTES..=HALVING_MAX_BYTES).contains(&bytes) =>
         {
             Algo::Halving
         }
