@@ -251,7 +251,25 @@ fn rd_all_reduce<T: Elem, F: Fabric + ?Sized>(
                 let got = f.irecv(src, ch, tag(OP_RD, 0, 0), accb)?.wait_bytes()?;
                 combine_into_rhs(op, &mut acc, &got.elems::<T::Acc>());
             }
-            rd_rounds(f, ch, &rounds, &mut acc, op)?;
+            // Sends own their bytes: they are waited once, at the end, so
+            // that a round starts as soon as its partner's data is in (not
+            // after the partner acknowledged the previous round's). Up to
+            // 64 ranks' rounds without an allocation.
+            let mut sends: SmallVec<[SendHandle; 6]> = SmallVec::new();
+            for rd in rounds {
+                let t = tag(OP_RD, 1 + rd.round as u16, 0);
+                // The round's send and receive in one issue.
+                let (s, rv) = f.isend_irecv(rd.peer, rd.peer, ch, t, to_bytes(&acc), accb)?;
+                sends.push(s);
+                let got = rv.wait_bytes()?;
+                let got = got.elems::<T::Acc>();
+                if rd.self_is_left {
+                    combine_into(op, &mut acc, &got);
+                } else {
+                    combine_into_rhs(op, &mut acc, &got);
+                }
+            }
+            wait_all(sends)?;
             finish_into::<T>(op, &acc, n, buf);
             if let Some(dst) = fold_from {
                 f.isend(dst, ch, tag(OP_RD, 0xffff, 0), to_bytes(buf))?
@@ -283,6 +301,10 @@ const RD_IN_PLACE_MIN_BYTES: usize = 4 << 10;
 /// into a fresh one and back (two allocations and copies fewer than the
 /// general path). Each round's send copies `buf` into its message (cheaper
 /// than lending at these sizes) and is issued with the round's receive.
+///
+/// Its round loop is the general path's, written again: one helper shared
+/// by both measured 2.6 % slower at 8 B, 2 ranks (1.384 against 1.349 µs,
+/// medians of 9 interleaved rounds; 1.409 inlined by force).
 fn rd_small_in_place<A, F>(f: &F, ch: u32, buf: &mut [A], op: ReduceOp) -> Result<()>
 where
     A: Elem<Acc = A> + crate::reduce::Accumulator,
@@ -292,48 +314,26 @@ where
     let rd::RdRole::Core { rounds, .. } = rd::plan(f.rank(), n) else {
         unreachable!("a power-of-two group has no folded ranks");
     };
-    rd_rounds(f, ch, &rounds, buf, op)?;
-    if op == ReduceOp::Avg {
-        divide_all(buf, n);
-    }
-    Ok(())
-}
-
-/// Recursive doubling's exchange `rounds` over `acc` (the general path's
-/// accumulator, or the caller's buffer in [`rd_small_in_place`]): each
-/// round sends a copy of `acc` and receives the partner's in one issue,
-/// then combines it in (received data straight from the runtime's buffer:
-/// `elems` borrows it when aligned, as the runtime's buffers are). Sends
-/// own their bytes: they are waited once, at the end, so that a round
-/// starts as soon as its partner's data is in (not after the partner
-/// acknowledged the previous round's). Up to 64 ranks' rounds without an
-/// allocation.
-fn rd_rounds<A, F>(
-    f: &F,
-    ch: u32,
-    rounds: &[rd::RdRound],
-    acc: &mut [A],
-    op: ReduceOp,
-) -> Result<()>
-where
-    A: Elem + crate::reduce::Accumulator,
-    F: Fabric + ?Sized,
-{
-    let bytes = std::mem::size_of_val(acc);
+    let bytes = std::mem::size_of_val(buf);
+    // Up to 64 ranks' rounds without an allocation.
     let mut sends: SmallVec<[SendHandle; 6]> = SmallVec::new();
     for rd in rounds {
         let t = tag(OP_RD, 1 + rd.round as u16, 0);
-        let (s, rv) = f.isend_irecv(rd.peer, rd.peer, ch, t, to_bytes(acc), bytes)?;
+        let (s, rv) = f.isend_irecv(rd.peer, rd.peer, ch, t, to_bytes(buf), bytes)?;
         sends.push(s);
         let got = rv.wait_bytes()?;
         let got = got.elems::<A>();
         if rd.self_is_left {
-            combine_into(op, acc, &got);
+            combine_into(op, buf, &got);
         } else {
-            combine_into_rhs(op, acc, &got);
+            combine_into_rhs(op, buf, &got);
         }
     }
-    wait_all(sends)
+    wait_all(sends)?;
+    if op == ReduceOp::Avg {
+        divide_all(buf, n);
+    }
+    Ok(())
 }
 
 /// Whether `T` is its own accumulator type (every type but `f16`/`bf16`).
