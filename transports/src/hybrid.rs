@@ -261,6 +261,10 @@ impl Transport for HybridTransport {
         }
     }
 
+    fn reader_copying(&self) -> bool {
+        self.shm.as_ref().is_some_and(|s| s.reader_copying())
+    }
+
     fn poll(&self, max: usize, f: &mut dyn FnMut(u32, Message)) -> usize {
         match &self.shm {
             Some(shm) => shm.poll(max, f),

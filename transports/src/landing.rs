@@ -413,6 +413,51 @@ impl Landing {
         wait: Duration,
         stop: &AtomicBool,
     ) -> Option<Claim> {
+        let (zones, found) = self.wait_for(key, wait, stop);
+        // A zone of another length, or a mark: no claim, and the message
+        // takes a buffer of its own.
+        if found {
+            Self::claim_in(zones, key, len)
+        } else {
+            None
+        }
+    }
+
+    /// Waits up to `wait` for the receive of `key` to be posted (a zone or
+    /// a [mark](Landing::mark)), claiming nothing: whether it was. Gives up
+    /// early once `stop` is set (checked every millisecond). A transport
+    /// thread that would rather leave the message to the thread that posts
+    /// its receive than copy it itself waits here, then looks again.
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::AtomicBool};
+    /// use std::time::Duration;
+    /// use zccl_transports::landing::{LandKey, Landing};
+    /// let landing = Arc::new(Landing::default());
+    /// let key = LandKey { peer: 1, comm: 0, channel: 2, seq: 7 };
+    /// let stop = AtomicBool::new(false);
+    /// assert!(!landing.wait_posted(key, Duration::from_millis(5), &stop));
+    /// let l2 = landing.clone();
+    /// let poster = std::thread::spawn(move || {
+    ///     std::thread::sleep(Duration::from_millis(20));
+    ///     l2.mark(key);
+    /// });
+    /// assert!(landing.wait_posted(key, Duration::from_secs(5), &stop));
+    /// assert!(landing.is_posted(key), "nothing was claimed");
+    /// poster.join().unwrap();
+    /// ```
+    pub fn wait_posted(&self, key: LandKey, wait: Duration, stop: &AtomicBool) -> bool {
+        self.wait_for(key, wait, stop).1
+    }
+
+    /// Waits up to `wait` (or until `stop`) for `key` to be posted; returns
+    /// the zones' lock, held, and whether it was.
+    fn wait_for(
+        &self,
+        key: LandKey,
+        wait: Duration,
+        stop: &AtomicBool,
+    ) -> (std::sync::MutexGuard<'_, HashMap<LandKey, Posted>>, bool) {
         // (A wait too long for the clock: about a year is as good.)
         let until = Instant::now()
             .checked_add(wait)
@@ -436,13 +481,7 @@ impl Landing {
                 .0;
         };
         self.waiting.fetch_sub(1, Ordering::Relaxed);
-        // A zone of another length, or a mark: no claim, and the message
-        // takes a buffer of its own.
-        if found {
-            Self::claim_in(zones, key, len)
-        } else {
-            None
-        }
+        (zones, found)
     }
 
     /// Number of posted zones and marks (tests, diagnostics).

@@ -408,6 +408,15 @@ pub trait Transport: Send + Sync + 'static {
         let _ = on;
     }
 
+    /// Whether one of this transport's own threads is copying a large
+    /// message in right now (shared memory: a reader thread's CMA copy of
+    /// more than [`shm::POLL_MAX_CMA_BYTES`]). A waiting thread whose poll
+    /// found nothing may then sleep rather than spin beside the copy where
+    /// CPUs are short: it would only slow the copy down. Default: `false`.
+    fn reader_copying(&self) -> bool {
+        false
+    }
+
     /// Closes every connection: a clean close delivers what is queued first;
     /// an abort drops queued data and tells peers the cause. The returned
     /// future resolves when the sockets are closed; callers bound it with a timeout.

@@ -334,6 +334,7 @@ impl Communicator {
             transport: transport.clone(),
             budget: config.spin_wait,
             tight: spin_tight,
+            yield_to_copies: crate::handle::yield_to_copies(book_size as usize, shared_cpus),
         });
         let core = Arc::new(Core {
             world_rank: rank,

@@ -44,6 +44,9 @@ pub(super) struct Ctx {
     /// ([`read_parallel`](crate::cma::read_parallel)): not on a host with
     /// more ranks than CPUs.
     pub(super) split_copies: bool,
+    /// Reader threads of this transport copying a large CMA payload right
+    /// now ([`Transport::reader_copying`](crate::Transport::reader_copying)).
+    pub(super) reader_copies: std::sync::atomic::AtomicU32,
     /// Tests: readers take no record while set (so that polls get them all).
     #[cfg(test)]
     pub(super) pause_readers: AtomicBool,

@@ -136,7 +136,15 @@
 //!   per transport wakes then, looks at every ring, and wakes the reader
 //!   threads that have something left (`watch`); the reader threads
 //!   themselves sleep whole wait slices, so a busy rank wakes one thread
-//!   per lease, not one per peer.
+//!   per lease, not one per peer. A reader thread woken, while nobody
+//!   polled, for a large CMA record left to polls whose receive is not
+//!   posted yet waits for that post without the consumer lock, then looks
+//!   again: the thread that posts a receive most often polls for it next,
+//!   and then copies it itself rather than wait beside the reader thread's
+//!   copy (`recv`'s `awaits_post`). Where ranks have no second CPU each, a
+//!   waiting thread whose poll finds nothing sleeps rather than spins while
+//!   a reader thread copies a large record
+//!   ([`Transport::reader_copying`](crate::Transport::reader_copying)).
 //! * **Dead peers.** This transport only reports what it sees in the ring: a
 //!   clean goodbye record ([`CloseReason::Clean`], after every message sent
 //!   before it) and corrupt ring state ([`CloseReason::Lost`]). A peer that is

@@ -28,6 +28,32 @@ enum Next {
     Stop,
 }
 
+/// A large CMA copy under way on a reader thread, counted in
+/// [`Ctx::reader_copies`] for as long as it lives (see
+/// [`Transport::reader_copying`](crate::Transport::reader_copying)):
+/// one of more than [`POLL_MAX_CMA_BYTES`], which takes long enough that
+/// a waiter spinning beside it on a host short of CPUs costs more than
+/// its wake-up.
+struct ReaderCopy<'a>(Option<&'a std::sync::atomic::AtomicU32>);
+
+impl<'a> ReaderCopy<'a> {
+    fn start(ctx: &'a Ctx, len: u64) -> Self {
+        if len <= POLL_MAX_CMA_BYTES as u64 {
+            return ReaderCopy(None);
+        }
+        ctx.reader_copies.fetch_add(1, Ordering::AcqRel);
+        ReaderCopy(Some(&ctx.reader_copies))
+    }
+}
+
+impl Drop for ReaderCopy<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// The reader thread of a link: delivers every record the polls leave, and
 /// drops the kept CMA payloads the peer has copied, until a goodbye, a
 /// corrupt ring or a closing transport.
@@ -64,6 +90,12 @@ pub(super) fn reader(link: &Link, ctx: &Ctx) {
         if !matches!(ring.pending(), Ok(true)) || leave_to_pollers(link, ctx) {
             continue; // woken for a release only, or a poll took (takes) the data
         }
+        if let Some((key, wait)) = awaits_post(link, ctx) {
+            // Its receive's poster most likely polls next: look again once
+            // it is posted.
+            ctx.landing.wait_posted(key, wait, stop);
+            continue;
+        }
         let guard = lock(&link.consumer);
         match ring.readable() {
             Ok(0) => continue, // a poll took it; wait again
@@ -82,6 +114,34 @@ pub(super) fn reader(link: &Link, ctx: &Ctx) {
         }
     }
     link.reader_gone.store(true, Ordering::Release);
+}
+
+/// The key of the record at the tail, and how much longer it may wait
+/// for its receive to be posted, when it is one a poll could take but for
+/// that: the last record published, a CMA record its producer left to
+/// polls, whose receive is not posted yet ([`leave_unposted`]). The reader
+/// thread, woken for it while nobody polled, waits for the post without
+/// the consumer lock, then looks again ([`leave_to_pollers`]): the thread
+/// that posts a receive most often polls for it next, and copies it
+/// itself. Taken by the reader thread instead, the copy ran beside that
+/// thread, which the scheduler often left waiting behind the copy on the
+/// same CPU until it ended, so that its next op started a copy late
+/// (2 ranks on 2 vCPUs, sendrecv, medians of 5 interleaved rounds: 12 MiB
+/// 1385 -> 1034 us, 64 MiB 12.60 -> 11.39 ms, Open MPI 981 us and
+/// 11.00 ms; see docs/performance.md).
+fn awaits_post(link: &Link, ctx: &Ctx) -> Option<(crate::landing::LandKey, Duration)> {
+    let _consumer = link.consumer.try_lock().ok()?;
+    let (avail, tail, rec) = peek(link, ctx)?;
+    if !(rec.len > POLL_MAX_CMA_BYTES as u64
+        && avail == whole_len(&rec)
+        && pollable(&rec, avail, cma_polled(link, tail, &rec, avail))
+        && unposted_cma(link, ctx, &rec))
+    {
+        return None;
+    }
+    let now = monotonic_ns();
+    let until = unposted_until(link, ctx, tail, &rec, now);
+    (now < until).then(|| (land_key(link, &rec), Duration::from_nanos(until - now)))
 }
 
 /// Whether the reader thread leaves the record at the tail to the
@@ -276,6 +336,7 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
                 Err(RingStop::Closed) => return Next::Stop,
                 Err(RingStop::Corrupt(why)) => return lost(why),
             }
+            let _copying = ReaderCopy::start(ctx, rec.len);
             match copy_cma(link, ctx, &rec, &xb, zone_wait(link, ctx, tail, &rec)) {
                 Ok(p) => p,
                 Err(why) => return lost(why),
@@ -901,6 +962,48 @@ mod tests {
         }
         assert!(sent.elapsed() < wait / 2, "{:?}", sent.elapsed());
         assert!(!landing.is_posted(key(1)), "mark left behind");
+    }
+
+    /// A large CMA record left to polls that came while nobody polled,
+    /// before its receive: the reader thread woken for it waits for the
+    /// receive's post without taking it, then leaves it to the thread that
+    /// posted it and polls, which copies it straight into the zone. (Before,
+    /// the reader thread took it and copied it beside the poster.)
+    #[test]
+    fn the_reader_leaves_a_large_record_to_the_thread_that_posts_its_receive_and_polls() {
+        use crate::MessageKind;
+        use crate::shm::testutil::{msg, msg_key as key, pair_waiting};
+        use std::time::Instant;
+        let len = 2 * POLL_MAX_CMA_BYTES;
+        let wait = Duration::from_secs(5);
+        let ((t0, _rx0), (t1, mut rx1)) = pair_waiting(wait);
+        if t0.live[0].poll_cma_max < len as u64 {
+            eprintln!("SKIPPED: this host is crowded: polls take no CMA record this large");
+            return;
+        }
+        let landing = t1.landing().expect("shm lands");
+        let m = msg(MessageKind::Data, 0, len);
+        t0.send(1, m.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            rx1.try_recv().is_err(),
+            "taken before its receive was posted"
+        );
+        t1.set_polling(true);
+        let mut buf = vec![0u8; len];
+        // SAFETY: `buf` is read only after the zone is closed below.
+        let zone = unsafe { landing.post(key(0), buf.as_mut_ptr(), len) };
+        let start = Instant::now();
+        let mut got = Vec::new();
+        while got.is_empty() && start.elapsed() < wait {
+            t1.poll(8, &mut |peer, msg| got.push((peer, msg)));
+        }
+        t1.set_polling(false);
+        assert_eq!(got.len(), 1, "the poll did not take it");
+        assert!(got[0].0 == 0 && got[0].1.payload.is_empty(), "not landed");
+        assert!(rx1.try_recv().is_err(), "the reader thread took it too");
+        assert!(zone.close() && zone.landed());
+        assert!(buf[..] == m.payload[..]);
     }
 
     /// A large CMA record that polls left in the ring (its receive not

@@ -316,6 +316,10 @@ impl Transport for ShmTransport {
         }
     }
 
+    fn reader_copying(&self) -> bool {
+        self.ctx.reader_copies.load(Ordering::Acquire) != 0
+    }
+
     fn set_sleeping(&self, on: bool) {
         if on {
             self.sleepers.fetch_add(1, Ordering::SeqCst);
