@@ -89,9 +89,10 @@ pub(crate) fn tight_spin(local_ranks: usize, cpus: usize, budget: Duration) -> D
 /// and the copying one). A waiter spinning (and yielding) there took a CPU
 /// from the copies of its own rank or of the peer, and the one whose copy
 /// ran late issued its next op late. Together with the lease a sleeper
-/// leaves when it wakes ([`SleepGuard`]), on 2 vCPUs, medians of 4
-/// interleaved rounds: all-to-all 64 MiB over 4 ranks 28.1 -> 24.6 ms
-/// (Open MPI 21.9), 2 ranks 11.0 -> 10.7 ms (see docs/performance.md).
+/// leaves when it wakes ([`SleepGuard`]), on 2 vCPUs, medians of 5
+/// interleaved rounds: sendrecv 64 MiB over 2 ranks 11.39 -> 11.03 ms,
+/// 12 MiB 1034 -> 982 us (Open MPI 11.00 ms, 981 us); all-to-all over 4
+/// ranks was noise-bound (see docs/performance.md).
 pub(crate) fn yield_to_copies(local_ranks: usize, cpus: usize) -> bool {
     local_ranks.saturating_mul(2) > cpus
 }
