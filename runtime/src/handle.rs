@@ -136,7 +136,13 @@ impl Drop for Polling<'_> {
 
 /// A thread sleeping until its transport's threads deliver what it waits for
 /// ([`Pending::sleeping`]); it stops when this drops.
-pub(crate) struct SleepGuard(Arc<dyn zccl_transports::Transport>);
+pub(crate) struct SleepGuard {
+    transport: Arc<dyn zccl_transports::Transport>,
+    /// Whether it leaves a poll lease when it wakes: only where waiters
+    /// poll at all (`ZCCL_SPIN_US` not 0), or the lease would hold small
+    /// messages back for polls that never come.
+    lease: bool,
+}
 
 impl Drop for SleepGuard {
     /// The thread woke (its op done, or out of time): like a poller whose
@@ -146,8 +152,10 @@ impl Drop for SleepGuard {
     /// thread, which copied it beside this thread while it issued its next
     /// op (see `awaits_post` in the shared-memory transport).
     fn drop(&mut self) {
-        self.0.set_sleeping(false);
-        Polling::start(self.0.as_ref()).pause();
+        self.transport.set_sleeping(false);
+        if self.lease {
+            Polling::start(self.transport.as_ref()).pause();
+        }
     }
 }
 
@@ -223,7 +231,10 @@ impl Pending {
     pub(crate) fn sleeping(&self) -> Option<SleepGuard> {
         self.spin.as_ref().map(|s| {
             s.transport.set_sleeping(true);
-            SleepGuard(s.transport.clone())
+            SleepGuard {
+                transport: s.transport.clone(),
+                lease: !s.budget.is_zero(),
+            }
         })
     }
 
