@@ -150,7 +150,7 @@ impl Drop for SleepGuard {
     /// leaves a poll lease ([`Polling::pause`]). Without one, a large
     /// message its peer sent on right after the wake-up went to the reader
     /// thread, which copied it beside this thread while it issued its next
-    /// op (see `awaits_post` in the shared-memory transport).
+    /// op (see `Look::AwaitPost` in the shared-memory transport).
     fn drop(&mut self) {
         self.transport.set_sleeping(false);
         if self.lease {

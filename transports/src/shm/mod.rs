@@ -141,7 +141,7 @@
 //!   posted yet waits for that post without the consumer lock, then looks
 //!   again: the thread that posts a receive most often polls for it next,
 //!   and then copies it itself rather than wait beside the reader thread's
-//!   copy (`recv`'s `awaits_post`). Where ranks have no second CPU each, a
+//!   copy (`recv`'s `Look::AwaitPost`). Where ranks have no second CPU each, a
 //!   waiting thread whose poll finds nothing sleeps rather than spins while
 //!   a reader thread copies a large record
 //!   ([`Transport::reader_copying`](crate::Transport::reader_copying)).

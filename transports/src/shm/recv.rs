@@ -87,14 +87,18 @@ pub(super) fn reader(link: &Link, ctx: &Ctx) {
             lost(why);
             break;
         }
-        if !matches!(ring.pending(), Ok(true)) || leave_to_pollers(link, ctx) {
-            continue; // woken for a release only, or a poll took (takes) the data
+        if !matches!(ring.pending(), Ok(true)) {
+            continue; // woken for a release only, or a poll took the data
         }
-        if let Some((key, wait)) = awaits_post(link, ctx) {
-            // Its receive's poster most likely polls next: look again once
-            // it is posted.
-            ctx.landing.wait_posted(key, wait, stop);
-            continue;
+        match look(link, ctx, ring.attentive()) {
+            Look::Take => {}
+            Look::Leave => continue, // a poll takes it
+            Look::AwaitPost(key, wait) => {
+                // Its receive's poster most likely polls next: look again
+                // once it is posted.
+                ctx.landing.wait_posted(key, wait, stop);
+                continue;
+            }
         }
         let guard = lock(&link.consumer);
         match ring.readable() {
@@ -116,32 +120,59 @@ pub(super) fn reader(link: &Link, ctx: &Ctx) {
     link.reader_gone.store(true, Ordering::Release);
 }
 
-/// The key of the record at the tail, and how much longer it may wait
-/// for its receive to be posted, when it is one a poll could take but for
-/// that: the last record published, a CMA record its producer left to
-/// polls, whose receive is not posted yet ([`leave_unposted`]). The reader
-/// thread, woken for it while nobody polled, waits for the post without
-/// the consumer lock, then looks again ([`leave_to_pollers`]): the thread
-/// that posts a receive most often polls for it next, and copies it
-/// itself. Taken by the reader thread instead, the copy ran beside that
-/// thread, which the scheduler often left waiting behind the copy on the
-/// same CPU until it ended, so that its next op started a copy late
-/// (2 ranks on 2 vCPUs, sendrecv, medians of 5 interleaved rounds: 12 MiB
-/// 1385 -> 1034 us, 64 MiB 12.60 -> 11.39 ms, Open MPI 981 us and
-/// 11.00 ms; see docs/performance.md).
-fn awaits_post(link: &Link, ctx: &Ctx) -> Option<(crate::landing::LandKey, Duration)> {
-    let _consumer = link.consumer.try_lock().ok()?;
-    let (avail, tail, rec) = peek(link, ctx)?;
-    if !(rec.len > POLL_MAX_CMA_BYTES as u64
-        && avail == whole_len(&rec)
-        && pollable(&rec, avail, cma_polled(link, tail, &rec, avail))
-        && unposted_cma(link, ctx, &rec))
-    {
-        return None;
+/// What the reader thread does with the record at the tail ([`look`]).
+#[derive(Debug, PartialEq)]
+enum Look {
+    /// Takes it.
+    Take,
+    /// Leaves it to the consumer's polling threads ([`leave_to_pollers`]).
+    Leave,
+    /// Waits up to this long for the receive of this key to be posted,
+    /// without the consumer lock, then looks again. A large CMA record a
+    /// poll could take but for its unposted receive, found while nobody
+    /// polled: the thread that posts a receive most often polls for it
+    /// next, and copies it itself. Taken by the reader thread instead, the
+    /// copy ran beside that thread, which the scheduler often left waiting
+    /// behind the copy on the same CPU until it ended, so that its next op
+    /// started a copy late (2 ranks on 2 vCPUs, sendrecv, medians of 5
+    /// interleaved rounds: 12 MiB 1385 -> 1034 us, 64 MiB 12.60 ->
+    /// 11.39 ms, Open MPI 981 us and 11.00 ms; see docs/performance.md).
+    AwaitPost(crate::landing::LandKey, Duration),
+}
+
+/// One look at the record at the tail, the consumer's polling threads
+/// `attentive` or not ([`Ring::attentive`](super::ring::Ring::attentive)):
+/// a record a poll can take ([`pollable`], the last one published) is left
+/// to them while they are; one whose receive is not posted yet is left as
+/// polls leave it, for as long as they do ([`leave_unposted`]), and if
+/// nobody polls and it is larger than [`POLL_MAX_CMA_BYTES`], waited for
+/// ([`Look::AwaitPost`]). Anything else, and a look that finds a poll
+/// holding the consumer lock, takes it.
+fn look(link: &Link, ctx: &Ctx, attentive: bool) -> Look {
+    let Ok(_consumer) = link.consumer.try_lock() else {
+        return Look::Take;
+    };
+    let Some((avail, tail, rec)) = peek(link, ctx) else {
+        return Look::Take;
+    };
+    if !(avail == whole_len(&rec) && pollable(&rec, avail, cma_polled(link, tail, &rec, avail))) {
+        return Look::Take;
+    }
+    if !unposted_cma(link, ctx, &rec) {
+        return if attentive { Look::Leave } else { Look::Take };
+    }
+    if !attentive && rec.len <= POLL_MAX_CMA_BYTES as u64 {
+        return Look::Take;
     }
     let now = monotonic_ns();
     let until = unposted_until(link, ctx, tail, &rec, now);
-    (now < until).then(|| (land_key(link, &rec), Duration::from_nanos(until - now)))
+    if now >= until {
+        Look::Take
+    } else if attentive {
+        Look::Leave
+    } else {
+        Look::AwaitPost(land_key(link, &rec), Duration::from_nanos(until - now))
+    }
 }
 
 /// Whether the reader thread leaves the record at the tail to the
@@ -162,20 +193,7 @@ fn awaits_post(link: &Link, ctx: &Ctx) -> Option<(crate::landing::LandKey, Durat
 /// A CMA record whose receive is not posted yet is left as polls leave it,
 /// for as long as they do ([`leave_unposted`]).
 fn leave_to_pollers(link: &Link, ctx: &Ctx) -> bool {
-    let ring = &link.in_ring;
-    if !ring.attentive() {
-        return false;
-    }
-    let Ok(_consumer) = link.consumer.try_lock() else {
-        return false;
-    };
-    let Some((avail, tail, rec)) = peek(link, ctx) else {
-        return false;
-    };
-    if !(avail == whole_len(&rec) && pollable(&rec, avail, cma_polled(link, tail, &rec, avail))) {
-        return false;
-    }
-    !unposted_cma(link, ctx, &rec) || leave_unposted(link, ctx, tail, &rec)
+    link.in_ring.attentive() && look(link, ctx, true) == Look::Leave
 }
 
 /// The bytes record `rec` takes in the ring when it is whole there: a CMA
