@@ -410,7 +410,8 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Whether one of this transport's own threads is copying a large
     /// message in right now (shared memory: a reader thread's CMA copy of
-    /// more than [`shm::POLL_MAX_CMA_BYTES`]). A waiting thread whose poll
+    /// more than [`shm::POLL_MAX_CMA_BYTES`], counted from when it takes
+    /// the record, a wait for the receive's buffer included). A waiting thread whose poll
     /// found nothing may then sleep rather than spin beside the copy where
     /// CPUs are short: it would only slow the copy down. Default: `false`.
     fn reader_copying(&self) -> bool {
