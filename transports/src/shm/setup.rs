@@ -231,9 +231,9 @@ impl ShmTransport {
             watch: Default::default(),
             deliver: std::sync::OnceLock::new(),
             split_copies: !is_crowded,
+            reader_copies: std::sync::atomic::AtomicU32::new(0),
             // Ring records from RING_LAND_MIN_BYTES and CMA copies (above
             // cma_min_bytes) land in posted zones; nothing smaller does.
-            reader_copies: std::sync::atomic::AtomicU32::new(0),
             landing: Arc::new(crate::landing::Landing::with_min_bytes(match cma_min {
                 0 => super::recv::RING_LAND_MIN_BYTES,
                 c => c.min(super::recv::RING_LAND_MIN_BYTES),
