@@ -7,27 +7,39 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::error::Result;
+use crate::error::{OpDesc, Result};
 use zccl_transports::metrics::OpSeries;
 
 /// What the engine produces for one op: received bytes for a receive.
 pub(crate) type Outcome = Result<Option<Bytes>>;
 
-/// Completion slot shared by the engine and a handle.
-#[derive(Default)]
+/// One op as the engine and its handle share it: what the op is (its
+/// descriptor, deadline and timeout, fixed at issue) and the completion
+/// slot where the engine stores its outcome. Everything an op carries
+/// lives here once, in the op's one allocation: the handle, the issue's
+/// spec and the engine's record each hold only the `Arc` (an op's structs
+/// are moved at every step of issuing and completing it).
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
     /// Set once the outcome is in (it stays in, or taken, from then on):
     /// what a spinning waiter reads, without the lock.
     done: AtomicBool,
     cv: Condvar,
-    /// What a successful completion adds to the metrics: the op's series,
-    /// bytes, and when the op was issued.
-    metric: Option<(&'static OpSeries, u64, Instant)>,
+    /// The op.
+    pub(crate) desc: OpDesc,
+    /// When the op fails with [`crate::Error::Timeout`]: its issue time
+    /// plus `timeout`.
+    pub(crate) deadline: Instant,
+    /// The op's timeout (the channel's, when it was issued).
+    pub(crate) timeout: Duration,
+    /// The metrics' series a successful completion counts in
+    /// (`zccl_op_bytes_total`, `zccl_op_duration_seconds`: the op's bytes,
+    /// timed from its issue, `deadline - timeout`).
+    metric: Option<&'static OpSeries>,
 }
 
 /// An outcome as a slot keeps it: the error boxed, so that the slot (and
@@ -49,14 +61,23 @@ struct SlotState {
 }
 
 impl Slot {
-    /// A slot whose successful completion is counted in the metrics as `op`
-    /// ([`crate::metrics::Metrics::op`]) moving `bytes` (`zccl_op_bytes_total`, `zccl_op_duration_seconds`),
-    /// timed from `issued` (the caller's clock reading, shared by the ops it
-    /// issues at once).
-    pub(crate) fn counted(op: &'static OpSeries, bytes: u64, issued: Instant) -> Self {
+    /// The slot of op `desc`, issued at `deadline - timeout`, its
+    /// successful completion counted in the metrics as `metric`
+    /// ([`crate::metrics::Metrics::op`]; `None`: not counted).
+    pub(crate) fn new(
+        desc: OpDesc,
+        deadline: Instant,
+        timeout: Duration,
+        metric: Option<&'static OpSeries>,
+    ) -> Self {
         Slot {
-            metric: Some((op, bytes, issued)),
-            ..Slot::default()
+            state: Mutex::default(),
+            done: AtomicBool::new(false),
+            cv: Condvar::new(),
+            desc,
+            deadline,
+            timeout,
+            metric,
         }
     }
 
@@ -66,8 +87,12 @@ impl Slot {
         if s.result.is_some() || s.taken {
             return;
         }
-        if let (Ok(_), Some((op, bytes, issued))) = (&o, self.metric) {
-            op.done(bytes, issued.elapsed());
+        if let (Ok(_), Some(op)) = (&o, self.metric) {
+            let issued = self
+                .deadline
+                .checked_sub(self.timeout)
+                .unwrap_or(self.deadline);
+            op.done(self.desc.bytes, issued.elapsed());
         }
         s.result = Some(o.map_err(Box::new));
         self.done.store(true, Ordering::Release);

@@ -25,10 +25,9 @@ const GRACE: Duration = Duration::from_secs(2);
 
 /// One pending op as a handle sees it.
 pub(crate) struct Pending {
+    /// The op and its completion (its descriptor, deadline and timeout
+    /// live there).
     pub(crate) slot: Arc<Slot>,
-    pub(crate) desc: OpDesc,
-    pub(crate) deadline: Instant,
-    pub(crate) timeout: Duration,
     /// What to make progress on while spinning, and for how long.
     pub(crate) spin: Option<Arc<Spin>>,
     /// A plain receive's own landing buffer or its mark
@@ -160,6 +159,11 @@ impl Drop for SleepGuard {
 }
 
 impl Pending {
+    /// The op's descriptor.
+    pub(crate) fn desc(&self) -> &OpDesc {
+        &self.slot.desc
+    }
+
     /// Spins for up to the configured time (`ZCCL_SPIN_US`), polling and
     /// matching messages that already arrived on this thread (no thread
     /// wake-up on the way), until `ready()`: the op's completion, or
@@ -251,12 +255,12 @@ impl Pending {
 
     pub(crate) fn wait(&self) -> Outcome {
         let asleep = self.spin_until(|| self.slot.is_done());
-        let outcome = self.slot.wait_until(self.deadline + GRACE);
+        let outcome = self.slot.wait_until(self.slot.deadline + GRACE);
         drop(asleep);
         let outcome = outcome.unwrap_or_else(|| {
             Err(Error::Timeout {
-                op: self.desc.clone(),
-                after: self.timeout,
+                op: self.slot.desc.clone(),
+                after: self.slot.timeout,
                 nic: "progress engine unresponsive".into(),
                 culprit: None,
                 other_op: None,
@@ -330,7 +334,7 @@ impl SendHandle {
 
     /// The op.
     pub fn op(&self) -> &OpDesc {
-        &self.p.desc
+        self.p.desc()
     }
 }
 
@@ -384,7 +388,7 @@ impl<T: Element> RecvHandle<T> {
 
     /// The op.
     pub fn op(&self) -> &OpDesc {
-        &self.p.desc
+        self.p.desc()
     }
 }
 
@@ -395,7 +399,7 @@ pub struct BatchHandle {
 }
 
 fn batch_result(p: &Pending, o: Outcome) -> Result<Option<Received>> {
-    o.map(|b| b.map(|bytes| Received::new(p.desc.dtype, bytes)))
+    o.map(|b| b.map(|bytes| Received::new(p.slot.desc.dtype, bytes)))
 }
 
 impl BatchHandle {
@@ -431,7 +435,7 @@ impl BatchHandle {
 
     /// The ops, in batch order.
     pub fn ops(&self) -> Vec<&OpDesc> {
-        self.ops.iter().map(|p| &p.desc).collect()
+        self.ops.iter().map(|p| p.desc()).collect()
     }
 }
 

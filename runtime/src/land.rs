@@ -178,7 +178,7 @@ impl RecvIntoHandle {
         let Some(p) = self.p.take() else {
             return Ok(());
         };
-        self.into.settle(Some(p.wait()), &p.desc)
+        self.into.settle(Some(p.wait()), p.desc())
     }
 
     /// Whether the transport copied the message into the buffer as it
@@ -193,7 +193,7 @@ impl RecvIntoHandle {
 
     /// The op.
     pub fn op(&self) -> Option<&OpDesc> {
-        self.p.as_ref().map(|p| &p.desc)
+        self.p.as_ref().map(|p| p.desc())
     }
 }
 
@@ -204,7 +204,7 @@ impl Drop for RecvIntoHandle {
             // zone was filled at the match; a copy is made now); a later
             // one never is.
             let came = p.slot.is_done().then(|| p.wait());
-            let _ = self.into.settle(came, &p.desc);
+            let _ = self.into.settle(came, p.desc());
         }
     }
 }

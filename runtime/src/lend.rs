@@ -205,15 +205,15 @@ impl LentSendHandle {
             return Ok(());
         }
         let asleep = p.spin_until(|| self.released());
-        let released = self.wait_release_until(p.deadline);
+        let released = self.wait_release_until(p.slot.deadline);
         drop(asleep);
         if released {
             return Ok(());
         }
-        self.transport.withdraw(p.desc.peer);
+        self.transport.withdraw(p.slot.desc.peer);
         Err(Error::Timeout {
-            op: p.desc.clone(),
-            after: p.timeout,
+            op: p.slot.desc.clone(),
+            after: p.slot.timeout,
             nic: "the lent buffer was not released by the transport".into(),
             culprit: None,
             other_op: None,
@@ -224,7 +224,7 @@ impl LentSendHandle {
 
     /// The op.
     pub fn op(&self) -> Option<&OpDesc> {
-        self.p.as_ref().map(|p| &p.desc)
+        self.p.as_ref().map(|p| p.desc())
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -240,7 +240,7 @@ impl LentSendHandle {
         // transport gives the memory back once the peer has it; after a
         // failure it may never (a peer that stopped reading).
         let (wait, asleep) = if r.is_ok() {
-            (p.timeout, p.spin_until(|| self.released()))
+            (p.slot.timeout, p.spin_until(|| self.released()))
         } else {
             (FAILED_RELEASE_WAIT, p.sleeping())
         };
@@ -249,10 +249,10 @@ impl LentSendHandle {
         if released {
             return r;
         }
-        self.transport.withdraw(p.desc.peer);
+        self.transport.withdraw(p.slot.desc.peer);
         r.and(Err(Error::Timeout {
-            op: p.desc.clone(),
-            after: p.timeout,
+            op: p.slot.desc.clone(),
+            after: p.slot.timeout,
             nic: "the lent buffer was not released by the transport".into(),
             culprit: None,
             other_op: None,

@@ -17,8 +17,8 @@ use crate::handle::{BatchHandle, Pending, RecvHandle, SendHandle};
 use crate::ids::SERVICE_COMM_BIT;
 use crate::label::OpLabel;
 use crate::lend::LentSendHandle;
-use smallvec::{SmallVec, smallvec};
 
+use super::numbering::IssueState;
 use super::shared::Inner;
 
 /// The metrics' series of sends or receives, looked up once per process.
@@ -82,13 +82,30 @@ fn plain_post(shm: &zccl_transports::shm::ShmConfig, bytes: u64) -> Option<Plain
     }
 }
 
-/// The ops of one issue: most calls issue one (no allocation for it). Room
-/// for two inline ([`Channel::isend_irecv`]'s pair) made every single issue
-/// slower (larger moves: 8 B sendrecv 1.51 against 1.42 µs, ping-pong 1.08
-/// against 1.05) than the pair's allocations cost.
-type Ops = SmallVec<[Op; 1]>;
-/// Their handles' side, in the same order.
-type Pendings = SmallVec<[Pending; 1]>;
+/// What the ops of one issue share: their communicator context, one clock
+/// reading, and how their memory is used.
+struct How {
+    comm: u32,
+    deadline: Instant,
+    /// The payloads borrow the caller's memory ([`Channel::isend_lent`]).
+    lent: bool,
+    /// The receive lands in this memory ([`Channel::irecv_into`]).
+    into: Option<(*mut u8, usize)>,
+    /// Where that receive goes, once posted.
+    landed: Option<crate::land::Target>,
+}
+
+impl How {
+    fn new(comm: u32, timeout: Duration, lent: bool, into: Option<(*mut u8, usize)>) -> Self {
+        How {
+            comm,
+            deadline: Instant::now() + timeout,
+            lent,
+            into,
+            landed: None,
+        }
+    }
+}
 
 /// One operation of a [`Channel::batch`].
 #[derive(Debug, Clone)]
@@ -252,158 +269,185 @@ impl Channel {
         Ok(())
     }
 
-    fn issue(&self, ops: Ops) -> Result<Pendings> {
-        self.issue_ops(ops, false)
-    }
-
-    /// Issues `ops`; `lent`: their payloads borrow the caller's memory (see
-    /// [`Channel::isend_lent`]).
-    fn issue_ops(&self, ops: Ops, lent: bool) -> Result<Pendings> {
-        self.issue_full(ops, lent, None).map(|(p, _)| p)
-    }
-
-    /// [`Channel::issue_ops`]; `into`: the receive among `ops` lands in this
-    /// memory (`ptr`, `len` bytes; see [`crate::land`]), and where it goes is
-    /// returned.
-    fn issue_full(
-        &self,
-        ops: Ops,
-        lent: bool,
-        into: Option<(*mut u8, usize)>,
-    ) -> Result<(Pendings, Option<crate::land::Target>)> {
-        let core = &self.inner.core;
-        let max = core.config.tcp.limits.max_message;
-        for op in &ops {
-            let (peer, bytes) = match op {
-                Op::Send { peer, data, .. } => (*peer, Some(data.len() as u64)),
-                Op::Recv { peer, dtype, count } => {
-                    (*peer, (*count as u64).checked_mul(dtype.size() as u64))
-                }
-            };
-            self.check_peer(peer)?;
-            match bytes {
-                Some(b) if b <= max => {}
-                _ => {
-                    return Err(Error::InvalidArgument(format!(
-                        "message to/from rank {peer} exceeds ZCCL_MAX_MESSAGE_BYTES ({max})"
-                    )));
-                }
+    /// Checks what `op` asks for before anything is issued: a peer of this
+    /// communicator, a size within `ZCCL_MAX_MESSAGE_BYTES`.
+    fn check(&self, op: &Op) -> Result<()> {
+        let max = self.inner.core.config.tcp.limits.max_message;
+        let (peer, bytes) = match op {
+            Op::Send { peer, data, .. } => (*peer, Some(data.len() as u64)),
+            Op::Recv { peer, dtype, count } => {
+                (*peer, (*count as u64).checked_mul(dtype.size() as u64))
             }
+        };
+        self.check_peer(peer)?;
+        match bytes {
+            Some(b) if b <= max => Ok(()),
+            _ => Err(Error::InvalidArgument(format!(
+                "message to/from rank {peer} exceeds ZCCL_MAX_MESSAGE_BYTES ({max})"
+            ))),
         }
-        let now = Instant::now();
-        let deadline = now + self.timeout;
-        let (comm, state) = if self.service {
+    }
+
+    /// The communicator context its ops go on, and that context's
+    /// numbering.
+    fn context(&self) -> (u32, &std::sync::Mutex<IssueState>) {
+        if self.service {
             (
                 self.inner.comm | SERVICE_COMM_BIT,
                 &self.inner.service_issue,
             )
         } else {
             (self.inner.comm, &self.inner.issue)
-        };
-        let mut st = state.lock().expect("issue state");
-        let mut specs: SmallVec<[OpSpec; 1]> = SmallVec::with_capacity(ops.len());
-        let mut pendings = Pendings::with_capacity(ops.len());
-        let mut landed = None;
-        for op in ops {
-            let (kind, peer, dtype, bytes, payload) = match op {
-                Op::Send { peer, dtype, data } => {
-                    (OpKind::Send, peer, dtype, data.len() as u64, Some(data))
-                }
-                Op::Recv { peer, dtype, count } => (
-                    OpKind::Recv,
-                    peer,
-                    dtype,
-                    (count * dtype.size()) as u64,
-                    None,
-                ),
-            };
-            let dtype = match self.label {
-                Some(l) if dtype == DType::U8 => l,
-                _ => dtype,
-            };
-            let seqs = st.channels.entry(self.id).or_default();
-            let seq = if kind == OpKind::Send {
-                seqs.send.take(peer)
-            } else {
-                seqs.recv.take(peer)
-            };
-            let index = seqs.index;
-            seqs.index += 1;
-            let peer = self.inner.members[peer as usize];
-            let desc = OpDesc {
-                rank: core.world_rank,
-                kind,
-                peer,
-                comm,
-                channel: self.id,
-                seq,
-                bytes,
-                dtype,
-            };
-            let slot = Arc::new(Slot::counted(op_series(kind), bytes, now));
-            let key = zccl_transports::landing::LandKey {
-                peer,
-                comm,
-                channel: self.id,
-                seq,
-            };
-            // A plain receive from a same-host peer posts a buffer of its
-            // own or a mark.
-            let plain = (kind == OpKind::Recv
-                && into.is_none()
-                && core.via_shm.get(peer as usize).copied().unwrap_or(false))
-            .then(|| plain_post(&core.config.shm, bytes))
-            .flatten();
-            let posted = match plain {
-                Some(PlainPost::Scratch) => {
-                    crate::zone::Scratch::post(&core.transport, key, bytes as usize)
-                        .map(crate::zone::Plain::Scratch)
-                }
-                Some(PlainPost::Mark) => {
-                    crate::zone::Mark::post(&core.transport, key, bytes as usize)
-                        .map(crate::zone::Plain::Mark)
-                }
-                None => None,
-            }
-            .map(Box::new);
-            let zone = match posted.as_deref() {
-                Some(crate::zone::Plain::Scratch(s)) => Some(s.zone()),
-                _ => None,
-            };
-            pendings.push(Pending {
-                slot: slot.clone(),
-                desc: desc.clone(),
-                deadline,
-                timeout: self.timeout,
-                spin: Some(core.spin.clone()),
-                plain: posted,
-            });
-            specs.push(OpSpec {
-                desc,
-                payload,
-                deadline,
-                timeout: self.timeout,
-                slot,
-                index,
-                lent,
-                scratch: zone.is_some(),
-                zone,
-                label: self.op,
-            });
-            if kind == OpKind::Recv
-                && let Some((ptr, len)) = into
-            {
-                // SAFETY: `Channel::irecv_into`'s caller keeps the memory
-                // valid and untouched until the handle is waited or dropped.
-                let t = unsafe { crate::land::Target::post(&core.transport, key, ptr, len) };
-                specs.last_mut().expect("just pushed").zone = t.zone();
-                landed = Some(t);
-            }
         }
+    }
+
+    /// Issues the ops of an array (one op, or a send and a receive), with
+    /// no collection on the way: their handles' sides, in the same order.
+    /// `lent`: their payloads borrow the caller's memory (see
+    /// [`Channel::isend_lent`]); `into`: the receive among `ops` lands in
+    /// this memory (`ptr`, `len` bytes; see [`crate::land`]), and where it
+    /// goes is returned. Either all are issued or, on an error, none.
+    fn issue<const N: usize>(
+        &self,
+        ops: [Op; N],
+        lent: bool,
+        into: Option<(*mut u8, usize)>,
+    ) -> Result<([Pending; N], Option<crate::land::Target>)> {
+        for op in &ops {
+            self.check(op)?;
+        }
+        let (comm, state) = self.context();
+        let mut how = How::new(comm, self.timeout, lent, into);
+        let mut st = state.lock().expect("issue state");
+        let prepared = ops.map(|op| self.prepare(&mut st, &mut how, op));
         // Issued here, on the caller's thread, in index order (`st` is held).
-        engine::lock(&core.engine).issue_all(specs);
+        let mut engine = engine::lock(&self.inner.core.engine);
+        let pendings = prepared.map(|(pending, spec)| {
+            engine.issue(spec);
+            pending
+        });
+        engine.drain_local();
+        drop(engine);
         drop(st);
-        Ok((pendings, landed))
+        Ok((pendings, how.landed))
+    }
+
+    /// [`Channel::issue`] of any number of ops ([`Channel::batch`]).
+    fn issue_vec(&self, ops: Vec<Op>) -> Result<Vec<Pending>> {
+        for op in &ops {
+            self.check(op)?;
+        }
+        let (comm, state) = self.context();
+        let mut how = How::new(comm, self.timeout, false, None);
+        let mut st = state.lock().expect("issue state");
+        let (pendings, specs): (Vec<_>, Vec<_>) = ops
+            .into_iter()
+            .map(|op| self.prepare(&mut st, &mut how, op))
+            .unzip();
+        engine::lock(&self.inner.core.engine).issue_all(specs);
+        drop(st);
+        Ok(pendings)
+    }
+
+    /// Numbers and describes `op`, gives it its slot (and a same-host plain
+    /// receive its landing buffer or mark): the handle's side and the
+    /// engine's.
+    fn prepare(&self, st: &mut IssueState, how: &mut How, op: Op) -> (Pending, OpSpec) {
+        let core = &self.inner.core;
+        let (kind, peer, dtype, bytes, payload) = match op {
+            Op::Send { peer, dtype, data } => {
+                (OpKind::Send, peer, dtype, data.len() as u64, Some(data))
+            }
+            Op::Recv { peer, dtype, count } => (
+                OpKind::Recv,
+                peer,
+                dtype,
+                (count * dtype.size()) as u64,
+                None,
+            ),
+        };
+        let dtype = match self.label {
+            Some(l) if dtype == DType::U8 => l,
+            _ => dtype,
+        };
+        let seqs = st.channels.entry(self.id).or_default();
+        let seq = if kind == OpKind::Send {
+            seqs.send.take(peer)
+        } else {
+            seqs.recv.take(peer)
+        };
+        let index = seqs.index;
+        seqs.index += 1;
+        let peer = self.inner.members[peer as usize];
+        let comm = how.comm;
+        let desc = OpDesc {
+            rank: core.world_rank,
+            kind,
+            peer,
+            comm,
+            channel: self.id,
+            seq,
+            bytes,
+            dtype,
+        };
+        let slot = Arc::new(Slot::new(
+            desc,
+            how.deadline,
+            self.timeout,
+            Some(op_series(kind)),
+        ));
+        let key = zccl_transports::landing::LandKey {
+            peer,
+            comm,
+            channel: self.id,
+            seq,
+        };
+        // A plain receive from a same-host peer posts a buffer of its
+        // own or a mark.
+        let plain = (kind == OpKind::Recv
+            && how.into.is_none()
+            && core.via_shm.get(peer as usize).copied().unwrap_or(false))
+        .then(|| plain_post(&core.config.shm, bytes))
+        .flatten();
+        let posted = match plain {
+            Some(PlainPost::Scratch) => {
+                crate::zone::Scratch::post(&core.transport, key, bytes as usize)
+                    .map(crate::zone::Plain::Scratch)
+            }
+            Some(PlainPost::Mark) => crate::zone::Mark::post(&core.transport, key, bytes as usize)
+                .map(crate::zone::Plain::Mark),
+            None => None,
+        }
+        .map(Box::new);
+        let mut zone = match posted.as_deref() {
+            Some(crate::zone::Plain::Scratch(s)) => Some(s.zone()),
+            _ => None,
+        };
+        let scratch = zone.is_some();
+        if kind == OpKind::Recv
+            && let Some((ptr, len)) = how.into
+        {
+            // SAFETY: `Channel::irecv_into`'s caller keeps the memory
+            // valid and untouched until the handle is waited or dropped.
+            let t = unsafe { crate::land::Target::post(&core.transport, key, ptr, len) };
+            zone = t.zone();
+            how.landed = Some(t);
+        }
+        let pending = Pending {
+            slot: slot.clone(),
+            spin: Some(core.spin.clone()),
+            plain: posted,
+        };
+        let spec = OpSpec {
+            slot,
+            payload,
+            index,
+            lent: how.lent,
+            scratch,
+            zone,
+            label: self.op,
+        };
+        (pending, spec)
     }
 
     /// Starts sending `data` to `peer`. It never waits for the receiver to
@@ -421,10 +465,8 @@ impl Channel {
         peer: u32,
         data: impl Into<HostBuffer<T>>,
     ) -> Result<SendHandle> {
-        let mut p = self.issue(smallvec![Op::send(peer, data)])?;
-        Ok(SendHandle {
-            p: p.pop().expect("one op"),
-        })
+        let ([p], _) = self.issue([Op::send(peer, data)], false, None)?;
+        Ok(SendHandle { p })
     }
 
     /// Starts sending `data` to `peer` **without copying it** where the
@@ -472,8 +514,8 @@ impl Channel {
             dtype: T::DTYPE,
             data: bytes,
         };
-        let p = match self.issue_ops(smallvec![op], release.is_some()) {
-            Ok(mut p) => p.pop().expect("one op"),
+        let p = match self.issue([op], release.is_some(), None) {
+            Ok(([p], _)) => p,
             // Not issued: the payload was dropped with the op.
             Err(e) => return Err(e),
         };
@@ -518,10 +560,9 @@ impl Channel {
         buf: &mut [T],
     ) -> Result<crate::land::RecvIntoHandle> {
         let into = (buf.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(buf));
-        let (mut p, landed) =
-            self.issue_full(smallvec![Op::recv::<T>(peer, buf.len())], false, Some(into))?;
+        let ([p], landed) = self.issue([Op::recv::<T>(peer, buf.len())], false, Some(into))?;
         Ok(crate::land::RecvIntoHandle {
-            p: p.pop(),
+            p: Some(p),
             into: landed.expect("a receive has a destination"),
         })
     }
@@ -529,11 +570,8 @@ impl Channel {
     /// Starts receiving `count` elements of `T` from `peer`. A send of another
     /// size or type fails both the receive and the send.
     pub fn irecv<T: Element>(&self, peer: u32, count: usize) -> Result<RecvHandle<T>> {
-        let mut p = self.issue(smallvec![Op::recv::<T>(peer, count)])?;
-        Ok(RecvHandle {
-            p: p.pop().expect("one op"),
-            _t: PhantomData,
-        })
+        let ([p], _) = self.issue([Op::recv::<T>(peer, count)], false, None)?;
+        Ok(RecvHandle { p, _t: PhantomData })
     }
 
     /// Starts a send of `data` to `to` and a receive of `count` elements of
@@ -565,9 +603,11 @@ impl Channel {
         // The send first: an eager send completes as it is issued, and
         // completions keep the issue order (a send behind the receive would
         // be held back until the receive is done).
-        let mut p = self.issue(smallvec![Op::send(to, data), Op::recv::<T>(from, count)])?;
-        let recv = p.pop().expect("two ops");
-        let send = p.pop().expect("two ops");
+        let ([send, recv], _) = self.issue(
+            [Op::send(to, data), Op::recv::<T>(from, count)],
+            false,
+            None,
+        )?;
         Ok((
             SendHandle { p: send },
             RecvHandle {
@@ -582,7 +622,7 @@ impl Channel {
     /// the same channel are matched in the order they appear.
     pub fn batch(&self, ops: Vec<Op>) -> Result<BatchHandle> {
         Ok(BatchHandle {
-            ops: self.issue(SmallVec::from_vec(ops))?.into_vec(),
+            ops: self.issue_vec(ops)?,
         })
     }
 

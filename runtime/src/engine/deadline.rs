@@ -73,11 +73,11 @@ impl Engine {
         // naming the rank the chain of waits ends at.
         if let Some(p) = map.get_mut(&key)
             && !p.overdue
-            && p.desc.peer != self.rank
+            && p.desc().peer != self.rank
         {
             p.overdue = true;
-            let (peer, comm) = (p.desc.peer, p.desc.comm);
-            let notice = STALL_NOTICE.min(p.timeout / 10);
+            let (peer, comm) = (p.desc().peer, p.desc().comm);
+            let notice = STALL_NOTICE.min(p.slot.timeout / 10);
             p.due = now + notice;
             self.report_waiting(peer, comm);
             return;
@@ -87,43 +87,43 @@ impl Engine {
                 // A rendezvous send gives its (possibly lent) data up.
                 self.held.remove(&key);
             }
-            let nic = nic_text(if p.desc.peer == self.rank {
+            let nic = nic_text(if p.desc().peer == self.rank {
                 None
             } else {
-                self.transport.path(p.desc.peer)
+                self.transport.path(p.desc().peer)
             });
-            let stalled = culprit(p.desc.peer, &self.waits);
+            let stalled = culprit(p.desc().peer, &self.waits);
             // A send whose peer's own send to this rank waits here
             // unreceived: the two wait in sends to each other.
             let crossed = kind == OpKind::Send
-                && p.desc.peer != self.rank
+                && p.desc().peer != self.rank
                 && self
                     .unexpected
                     .keys()
-                    .any(|k| (k.0, k.1, k.2) == (p.desc.comm, p.desc.channel, p.desc.peer));
+                    .any(|k| (k.0, k.1, k.2) == (p.desc().comm, p.desc().channel, p.desc().peer));
             let why = if crossed {
                 format!(
                     "rank {} and this rank wait in sends to each other",
-                    p.desc.peer
+                    p.desc().peer
                 )
             } else {
                 format!("rank {stalled} stalled")
             };
-            warn!(rank = self.rank, "{} timed out ({why})", p.desc);
+            warn!(rank = self.rank, "{} timed out ({why})", p.desc());
             // Messages of another operation waiting on this channel mean
             // the ranks run different collectives.
             let mine = OpLabel::split(p.code).1;
             let other_op = self
                 .unexpected
                 .iter()
-                .filter(|(k, _)| k.0 == p.desc.comm && k.1 == p.desc.channel)
+                .filter(|(k, _)| k.0 == p.desc().comm && k.1 == p.desc().channel)
                 .map(|(k, (code, _))| (k.2, OpLabel::split(*code).1))
                 .find(|&(_, l)| l != mine);
             let e = Error::Timeout {
-                op: p.desc.clone(),
-                after: p.timeout,
+                op: p.desc().clone(),
+                after: p.slot.timeout,
                 nic,
-                culprit: (p.desc.peer != self.rank).then_some(stalled),
+                culprit: (p.desc().peer != self.rank).then_some(stalled),
                 other_op,
                 mine,
                 crossed,

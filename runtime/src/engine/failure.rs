@@ -38,8 +38,10 @@ impl Engine {
                     .collect();
                 for (kind, key) in keys {
                     if let Some(p) = self.take(kind, key) {
-                        let e = Error::PeerClosed { op: p.desc.clone() };
-                        self.finish((p.desc.comm, p.desc.channel), p.index, p.slot, Err(e));
+                        let e = Error::PeerClosed {
+                            op: p.desc().clone(),
+                        };
+                        self.finish((p.desc().comm, p.desc().channel), p.index, p.slot, Err(e));
                     }
                 }
                 return None;
@@ -100,11 +102,11 @@ impl Engine {
             .map(|(_, p)| p)
             .chain(self.recvs.drain().map(|(_, p)| p))
             .collect();
-        all.sort_by_key(|p| (p.desc.comm, p.desc.channel, p.index));
+        all.sort_by_key(|p| (p.desc().comm, p.desc().channel, p.index));
         self.earliest = None;
         for p in all {
-            let e = self.failure_error(&f, &p.desc);
-            self.finish((p.desc.comm, p.desc.channel), p.index, p.slot, Err(e));
+            let e = self.failure_error(&f, p.desc());
+            self.finish((p.desc().comm, p.desc().channel), p.index, p.slot, Err(e));
         }
     }
 

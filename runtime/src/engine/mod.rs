@@ -65,13 +65,11 @@ use crate::label::OpLabel;
 use crate::protocol::Control;
 use crate::router::{Action, Router};
 
-/// One op handed to the engine.
+/// One op handed to the engine: the op itself (its descriptor, deadline
+/// and timeout are the slot's) and what only issuing it needs.
 pub(crate) struct OpSpec {
-    pub(crate) desc: OpDesc,
-    pub(crate) payload: Option<Bytes>,
-    pub(crate) deadline: Instant,
-    pub(crate) timeout: Duration,
     pub(crate) slot: Arc<Slot>,
+    pub(crate) payload: Option<Bytes>,
     /// Position of the op among the ops of its channel.
     pub(crate) index: u64,
     /// The payload borrows the user's memory ([`crate::lend`]): it goes to
@@ -122,10 +120,9 @@ const CLOSE_NOTICE: Duration = Duration::from_millis(500);
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
 struct PendingOp {
-    desc: OpDesc,
+    /// The op (its descriptor, deadline and timeout) and its completion.
     slot: Arc<Slot>,
     index: u64,
-    timeout: Duration,
     /// A receive's destination in the user's memory ([`crate::land`]).
     zone: Option<Arc<Zone>>,
     /// The zone is the runtime's own ([`OpSpec::scratch`]).
@@ -142,6 +139,13 @@ struct PendingOp {
     /// A send's bytes charged to the peer's flow-control window, returned
     /// by its acknowledgement ([`crate::flow`]).
     charged: u64,
+}
+
+impl PendingOp {
+    /// The op's descriptor.
+    fn desc(&self) -> &OpDesc {
+        &self.slot.desc
+    }
 }
 
 #[derive(Default)]
@@ -407,8 +411,10 @@ impl Engine {
         }
     }
 
-    fn issue(&mut self, op: OpSpec) {
-        let d = op.desc.clone();
+    /// Issues one op from a user thread (the caller holds the engine's
+    /// lock, and calls [`Engine::drain_local`] after its last op).
+    pub(crate) fn issue(&mut self, op: OpSpec) {
+        let d = op.slot.desc.clone();
         let key = (d.comm, d.channel, d.peer, d.seq);
         let stream = (d.comm, d.channel);
         if let Some(f) = self.failure.clone() {
@@ -420,16 +426,15 @@ impl Engine {
             return self.finish(stream, op.index, op.slot, Err(e));
         }
         let pending_code = op.label.wire(d.dtype);
+        let due = op.slot.deadline;
         let pending = PendingOp {
-            desc: d.clone(),
             slot: op.slot,
             index: op.index,
-            timeout: op.timeout,
             zone: op.zone,
             scratch: op.scratch,
             code: op.label.wire(d.dtype),
             overdue: false,
-            due: op.deadline,
+            due,
             charged: 0,
         };
         match d.kind {
@@ -505,7 +510,7 @@ impl Engine {
                         if let Protocol::Immediate { charged } = protocol {
                             pending.charged = charged;
                         }
-                        self.note_due(op.deadline);
+                        self.note_due(due);
                         self.sends.insert(key, pending);
                         let posted = if protocol == Protocol::Rendezvous {
                             self.held.insert(key, (msg, lent));
@@ -537,7 +542,7 @@ impl Engine {
                         Err(Error::PeerClosed { op: d }),
                     );
                 }
-                self.note_due(op.deadline);
+                self.note_due(due);
                 self.recvs.insert(key, pending);
                 if !self.rts.is_empty() && self.rts.remove(&key) {
                     self.clear_to_send(key);
@@ -619,7 +624,7 @@ impl Engine {
 
     /// A receive meets its message.
     fn matched(&mut self, recv: PendingOp, code: u16, payload: Bytes) {
-        let d = &recv.desc;
+        let d = recv.desc();
         let (send_dtype, send_op) = OpLabel::split(code);
         // A message a transport copied into the receive's zone arrives
         // empty (the zone holds its bytes, of the zone's exact length).
@@ -684,7 +689,7 @@ impl Engine {
                 recv_op,
             })
         };
-        let stream = (recv.desc.comm, recv.desc.channel);
+        let stream = (recv.desc().comm, recv.desc().channel);
         // A mismatch concerns every rank of the channel, not only these
         // two (and an eager sender learns it only so): tell them all.
         let poison = (!ok).then(|| Poison {
@@ -765,10 +770,10 @@ impl Engine {
         for op in failed {
             // A charged send the receiver will not acknowledge now (it
             // drops the message, or already matched it): its window back.
-            if op.desc.kind == OpKind::Send && op.charged > 0 {
-                self.credit.on_returned(op.desc.peer, op.charged);
+            if op.desc().kind == OpKind::Send && op.charged > 0 {
+                self.credit.on_returned(op.desc().peer, op.charged);
             }
-            let e = p.error(&op.desc);
+            let e = p.error(op.desc());
             self.finish(stream, op.index, op.slot, Err(e));
         }
         if p.reported_by == self.rank {
@@ -810,7 +815,7 @@ impl Engine {
                 continue;
             };
             let mine = match self.sends.get(&k) {
-                Some(send) => Some((send.code, send.desc.bytes)),
+                Some(send) => Some((send.code, send.desc().bytes)),
                 // An eager send completed at once: still crossed if it is
                 // this rank's last one to the peer and this rank still
                 // waits on the stream in an operation other than the
@@ -940,9 +945,9 @@ impl Engine {
                     {
                         let (r_dtype, r_op) = OpLabel::split(recv_dtype);
                         let e = Error::Mismatch {
-                            op: s.desc.clone(),
-                            send_bytes: s.desc.bytes,
-                            send_dtype: s.desc.dtype,
+                            op: s.desc().clone(),
+                            send_bytes: s.desc().bytes,
+                            send_dtype: s.desc().dtype,
                             send_op: OpLabel::split(s.code).1,
                             recv_bytes,
                             recv_dtype: r_dtype.unwrap_or(DType::U8),
@@ -981,7 +986,7 @@ impl Engine {
                             let outcome = if sent {
                                 Ok(None)
                             } else {
-                                Err(transport_closed(&s.desc))
+                                Err(transport_closed(s.desc()))
                             };
                             self.finish((msg.comm, channel), s.index, s.slot, outcome);
                         }
@@ -1108,7 +1113,7 @@ impl Drop for Engine {
         let reason = "progress engine stopped".to_string();
         for (_, p) in self.sends.drain().chain(self.recvs.drain()) {
             p.slot.complete(Err(Error::Aborted {
-                op: Some(p.desc),
+                op: Some(p.desc().clone()),
                 reason: reason.clone(),
             }));
         }

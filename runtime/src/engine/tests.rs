@@ -145,22 +145,20 @@ impl Net {
                 .entry((rank, op.kind == OpKind::Send, op.peer, op.channel))
                 .or_insert(0);
             let index = self.index.entry((rank, op.channel)).or_insert(0);
-            let slot = Arc::new(Slot::default());
+            let desc = OpDesc {
+                rank,
+                kind: op.kind,
+                peer: op.peer,
+                comm: 0,
+                channel: op.channel,
+                seq: *seq,
+                bytes: op.bytes,
+                dtype: op.dtype,
+            };
+            let slot = Arc::new(Slot::new(desc, self.t0 + self.timeout, self.timeout, None));
             specs.push(OpSpec {
-                desc: OpDesc {
-                    rank,
-                    kind: op.kind,
-                    peer: op.peer,
-                    comm: 0,
-                    channel: op.channel,
-                    seq: *seq,
-                    bytes: op.bytes,
-                    dtype: op.dtype,
-                },
-                payload: op.payload,
-                deadline: self.t0 + self.timeout,
-                timeout: self.timeout,
                 slot: slot.clone(),
+                payload: op.payload,
                 index: *index,
                 lent: false,
                 zone: None,
