@@ -31,14 +31,16 @@ pub(crate) struct Slot {
     cv: Condvar,
     /// The op.
     pub(crate) desc: OpDesc,
-    /// When the op fails with [`crate::Error::Timeout`]: its issue time
-    /// plus `timeout`.
+    /// When the op was issued (what the metrics time it from).
+    issued: Instant,
+    /// When the op fails with [`crate::Error::Timeout`]: `issued` plus
+    /// `timeout`.
     pub(crate) deadline: Instant,
     /// The op's timeout (the channel's, when it was issued).
     pub(crate) timeout: Duration,
     /// The metrics' series a successful completion counts in
     /// (`zccl_op_bytes_total`, `zccl_op_duration_seconds`: the op's bytes,
-    /// timed from its issue, `deadline - timeout`).
+    /// timed from `issued`).
     metric: Option<&'static OpSeries>,
 }
 
@@ -61,20 +63,23 @@ struct SlotState {
 }
 
 impl Slot {
-    /// The slot of op `desc`, issued at `deadline - timeout`, its
-    /// successful completion counted in the metrics as `metric`
-    /// ([`crate::metrics::Metrics::op`]; `None`: not counted).
+    /// The slot of op `desc`, `issued` with `timeout` (its deadline: their
+    /// sum, which the caller has at hand), its successful completion
+    /// counted in the metrics as `metric` ([`crate::metrics::Metrics::op`];
+    /// `None`: not counted).
     pub(crate) fn new(
         desc: OpDesc,
-        deadline: Instant,
-        timeout: Duration,
+        issued: Instant,
+        (deadline, timeout): (Instant, Duration),
         metric: Option<&'static OpSeries>,
     ) -> Self {
+        debug_assert_eq!(issued.checked_add(timeout), Some(deadline));
         Slot {
             state: Mutex::default(),
             done: AtomicBool::new(false),
             cv: Condvar::new(),
             desc,
+            issued,
             deadline,
             timeout,
             metric,
@@ -88,11 +93,7 @@ impl Slot {
             return;
         }
         if let (Ok(_), Some(op)) = (&o, self.metric) {
-            let issued = self
-                .deadline
-                .checked_sub(self.timeout)
-                .unwrap_or(self.deadline);
-            op.done(self.desc.bytes, issued.elapsed());
+            op.done(self.desc.bytes, self.issued.elapsed());
         }
         s.result = Some(o.map_err(Box::new));
         self.done.store(true, Ordering::Release);

@@ -86,6 +86,8 @@ fn plain_post(shm: &zccl_transports::shm::ShmConfig, bytes: u64) -> Option<Plain
 /// reading, and how their memory is used.
 struct How {
     comm: u32,
+    /// The clock reading, and the deadline it gives.
+    now: Instant,
     deadline: Instant,
     /// The payloads borrow the caller's memory ([`Channel::isend_lent`]).
     lent: bool,
@@ -97,9 +99,11 @@ struct How {
 
 impl How {
     fn new(comm: u32, timeout: Duration, lent: bool, into: Option<(*mut u8, usize)>) -> Self {
+        let now = Instant::now();
         How {
             comm,
-            deadline: Instant::now() + timeout,
+            now,
+            deadline: now + timeout,
             lent,
             into,
             landed: None,
@@ -392,8 +396,8 @@ impl Channel {
         };
         let slot = Arc::new(Slot::new(
             desc,
-            how.deadline,
-            self.timeout,
+            how.now,
+            (how.deadline, self.timeout),
             Some(op_series(kind)),
         ));
         let key = zccl_transports::landing::LandKey {

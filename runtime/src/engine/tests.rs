@@ -155,7 +155,12 @@ impl Net {
                 bytes: op.bytes,
                 dtype: op.dtype,
             };
-            let slot = Arc::new(Slot::new(desc, self.t0 + self.timeout, self.timeout, None));
+            let slot = Arc::new(Slot::new(
+                desc,
+                self.t0,
+                (self.t0 + self.timeout, self.timeout),
+                None,
+            ));
             specs.push(OpSpec {
                 slot: slot.clone(),
                 payload: op.payload,
