@@ -53,6 +53,11 @@ pub(crate) struct Spin {
 /// The longest a waiter polls back to back, never yielding its core.
 const TIGHT_SPIN: Duration = Duration::from_micros(10);
 
+/// While polling back to back, a waiter reads the clock (and asks whether a
+/// transport thread copies a large message in) once per this many empty
+/// polls.
+const TIGHT_CHECK_EVERY: u32 = 8;
+
 /// How long a waiting thread polls without yielding in between, given the
 /// ranks of this job on this host and the CPUs they share
 /// (the union of the local ranks' affinity masks,
@@ -184,6 +189,9 @@ impl Pending {
         // The spin's limits, from the first clock reading: an op done by
         // the first poll reads no clock at all.
         let mut limits: Option<(Instant, Instant)> = None;
+        // Empty polls left before the clock and the copies are looked at
+        // again, while polling back to back.
+        let mut unchecked = 0u32;
         loop {
             if ready() {
                 break;
@@ -192,6 +200,10 @@ impl Pending {
             if got != 0 && ready() {
                 // Done by this poll: no clock read on the way out.
                 break;
+            }
+            if got == 0 && unchecked > 0 {
+                unchecked -= 1;
+                continue;
             }
             let now = Instant::now();
             let (until, tight) =
@@ -210,6 +222,11 @@ impl Pending {
                 // run. (Yielding after every empty poll measured best there;
                 // spinning longer between yields, worse.)
                 std::thread::yield_now();
+            }
+            if got == 0 && now < tight {
+                // Back to back: a message is seen one poll sooner for each
+                // clock reading and look at the copies left out.
+                unchecked = TIGHT_CHECK_EVERY - 1;
             }
         }
         // Out of time: a message that came in meanwhile is taken now, or
