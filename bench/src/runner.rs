@@ -167,8 +167,12 @@ fn pingpong_peer(rank: usize, n: usize) -> Option<usize> {
 }
 
 /// One ping-pong round trip as a user writes it: the first of a pair sends
-/// `send` and receives the reply into `recv`; the second receives into
-/// `recv` and sends that back.
+/// `send`, then receives the reply into `recv`; the second receives into
+/// `recv` and sends that back. The same calls in the same order as the
+/// MPI ping-pong it is compared with (`Send` then `Recv`, and `Recv` then
+/// `Send`: `../shared/peers/mpi_bench.py`). Posting the first rank's
+/// receive before its send puts that post on the round trip's path: 8 B
+/// between 2 processes measured 1.01 against 0.86 us one way.
 fn pingpong<F: Fabric + ?Sized>(f: &F, ch: u32, send: &[u8], recv: &mut [u8]) -> Result<()> {
     let Some(peer) = pingpong_peer(f.rank(), f.size()) else {
         return Ok(());
@@ -176,9 +180,8 @@ fn pingpong<F: Fabric + ?Sized>(f: &F, ch: u32, send: &[u8], recv: &mut [u8]) ->
     // SAFETY: each buffer is borrowed for the whole call and every handle
     // is waited before it returns.
     if f.rank() < peer {
-        let r = unsafe { f.irecv_into(peer, ch, 0, recv) }?;
         unsafe { f.isend_lent(peer, ch, 0, send) }?.wait()?;
-        r.wait()?;
+        unsafe { f.irecv_into(peer, ch, 0, recv) }?.wait()?;
     } else {
         unsafe { f.irecv_into(peer, ch, 0, recv) }?.wait()?;
         unsafe { f.isend_lent(peer, ch, 0, recv) }?.wait()?;
