@@ -547,6 +547,7 @@ fn zone_wait(link: &Link, ctx: &Ctx, tail: u64, rec: &Record) -> Duration {
 /// empty): one copy fewer than through a buffer of their own and the
 /// match. Smaller ones skip the zones' lookup.
 pub(super) const RING_LAND_MIN_BYTES: usize = 16 << 10;
+const _: () = assert!(super::ring::SLOT_MAX_PAYLOAD < RING_LAND_MIN_BYTES);
 
 /// The landing key of the message of record `rec` from `link`'s peer.
 fn land_key(link: &Link, rec: &Record) -> crate::landing::LandKey {
@@ -570,6 +571,38 @@ fn ring_zone(link: &Link, ctx: &Ctx, rec: &Record) -> Option<crate::landing::Cla
 /// small data or control record and nobody else is reading; a data record
 /// of at least [`RING_LAND_MIN_BYTES`] whose receive posted a zone is copied
 /// into it.
+/// A poll's take of the record at the tail from the ring's slot
+/// ([`Ring::slot_record`](super::ring::Ring::slot_record)): the last small
+/// record published, copied beside the head, so the poll that read the
+/// head reads no other line for it. `None` when the slot does not hold the
+/// record at the tail (the poll reads the ring as before); `Some(false)`
+/// when the ring is corrupt (the reader thread reports it). Under the
+/// consumer lock; delivers as [`poll_link`] does.
+#[inline]
+fn poll_slot(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> Option<bool> {
+    let ring = &link.in_ring;
+    let tail = ring.tail().load(Ordering::Relaxed);
+    let (hb, pb) = ring.slot_record(tail)?;
+    let rec = decode_record(&hb, ctx.max_message).ok()?;
+    let len = rec.len as usize;
+    if !matches!(rec.kind, REC_DATA | REC_CONTROL) || len > pb.len() {
+        return None;
+    }
+    match ring.readable() {
+        Ok(avail) if avail >= REC_LEN as u64 + rec.len => {}
+        // Not published yet (the slot is filled first), or corrupt.
+        Ok(_) => return None,
+        Err(_) => return Some(false),
+    }
+    // Far below a landing zone's size (`RING_LAND_MIN_BYTES`): into a
+    // buffer of its own, as from the ring.
+    let mut payload = RecvBuf::new(len);
+    payload.as_mut_slice().copy_from_slice(&pb[..len]);
+    ring.consume_to(tail + REC_LEN as u64 + rec.len);
+    f(link.peer, received(&rec, payload));
+    Some(true)
+}
+
 #[inline]
 pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> bool {
     let ring = &link.in_ring;
@@ -584,6 +617,9 @@ pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message))
     };
     if link.reader_gone.load(Ordering::Acquire) {
         return false;
+    }
+    if let Some(taken) = poll_slot(link, ctx, f) {
+        return taken;
     }
     let (avail, tail, rec) = loop {
         // Taken meanwhile, or corrupt (the reader thread reports it).
@@ -1058,6 +1094,52 @@ mod tests {
         let took = sent.elapsed();
         assert!(took >= wait, "taken after {took:?}");
         assert!(took < wait * 7 / 5, "waited twice: {took:?}");
+    }
+
+    /// Small records are taken by polls from the ring's slot (the last one
+    /// published) or, with later ones published behind them, from the
+    /// ring: either way whole and in order, across the ring's rewinds to
+    /// its start, beside records too large for the slot.
+    #[test]
+    fn small_records_come_whole_and_in_order_from_the_slot_or_the_ring() {
+        use crate::MessageKind;
+        use crate::shm::testutil::msg;
+        let small = ShmConfig {
+            ring_bytes: 64 << 10,
+            ..cfg()
+        };
+        let ((t0, _rx0), (t1, _rx1)) = pair(small.clone(), small);
+        t1.set_polling(true);
+        let mut seq = 0u64;
+        let mut want = std::collections::VecDeque::new();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while seq < 6000 {
+            // One to three records published before the polls look.
+            for _ in 0..=(seq % 3) {
+                let len = (seq % 25) as usize;
+                let kind = if seq.is_multiple_of(7) {
+                    MessageKind::Control
+                } else {
+                    MessageKind::Data
+                };
+                let m = msg(kind, seq, len);
+                want.push_back((kind, seq, m.payload.clone()));
+                t0.send(1, m).unwrap();
+                seq += 1;
+            }
+            while !want.is_empty() {
+                t1.poll(1, &mut |peer, m| {
+                    let (kind, s, payload) = want.pop_front().expect("one sent");
+                    assert_eq!((peer, m.kind, m.seq), (0, kind, s));
+                    assert_eq!((m.dtype, m.comm, m.channel), (1, 2, 3));
+                    assert!(m.payload == payload, "message {s}: payload differs");
+                });
+                assert!(std::time::Instant::now() < until, "{want:?} not taken");
+            }
+        }
+        // The stream went round the ring many times.
+        let link = t0.link(1).unwrap();
+        assert!(link.out_ring.tail().load(Ordering::Acquire) > 4 * (64 << 10));
     }
 
     /// A producer that finds its ring empty far into the data area starts
