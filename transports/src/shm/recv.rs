@@ -567,10 +567,6 @@ fn ring_zone(link: &Link, ctx: &Ctx, rec: &Record) -> Option<crate::landing::Cla
         .flatten()
 }
 
-/// One poll of one link: delivers the record at the tail if it is a whole
-/// small data or control record and nobody else is reading; a data record
-/// of at least [`RING_LAND_MIN_BYTES`] whose receive posted a zone is copied
-/// into it.
 /// A poll's take of the record at the tail from the ring's slot
 /// ([`Ring::slot_record`](super::ring::Ring::slot_record)): the last small
 /// record published, copied beside the head, so the poll that read the
@@ -603,6 +599,11 @@ fn poll_slot(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> Option<
     Some(true)
 }
 
+/// One poll of one link: delivers the record at the tail if it is a whole
+/// small data or control record and nobody else is reading (from the
+/// ring's slot when that holds it, [`poll_slot`]); a data record
+/// of at least [`RING_LAND_MIN_BYTES`] whose receive posted a zone is copied
+/// into it.
 #[inline]
 pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> bool {
     let ring = &link.in_ring;
@@ -1108,10 +1109,21 @@ mod tests {
             ring_bytes: 64 << 10,
             ..cfg()
         };
-        let ((t0, _rx0), (t1, _rx1)) = pair(small.clone(), small);
+        let ((t0, _rx0), (t1, mut rx1)) = pair(small.clone(), small);
         t1.set_polling(true);
         let mut seq = 0u64;
-        let mut want = std::collections::VecDeque::new();
+        let mut want = Want::new();
+        // Each path delivers in ring order (the reader thread may take one
+        // now and then, into its events).
+        let (mut last_polled, mut last_read) = (None, None);
+        type Want = std::collections::BTreeMap<u64, (MessageKind, bytes::Bytes)>;
+        fn check(want: &mut Want, m: crate::Message, last: &mut Option<u64>) {
+            let (kind, payload) = want.remove(&m.seq).expect("sent once, taken once");
+            assert_eq!((m.kind, m.dtype, m.comm, m.channel), (kind, 1, 2, 3));
+            assert!(m.payload == payload, "message {}: payload differs", m.seq);
+            assert!(last.is_none_or(|l| l < m.seq), "{} after {last:?}", m.seq);
+            *last = Some(m.seq);
+        }
         let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while seq < 6000 {
             // One to three records published before the polls look.
@@ -1123,20 +1135,26 @@ mod tests {
                     MessageKind::Data
                 };
                 let m = msg(kind, seq, len);
-                want.push_back((kind, seq, m.payload.clone()));
+                want.insert(seq, (kind, m.payload.clone()));
                 t0.send(1, m).unwrap();
                 seq += 1;
             }
             while !want.is_empty() {
+                let mut got = Vec::new();
                 t1.poll(1, &mut |peer, m| {
-                    let (kind, s, payload) = want.pop_front().expect("one sent");
-                    assert_eq!((peer, m.kind, m.seq), (0, kind, s));
-                    assert_eq!((m.dtype, m.comm, m.channel), (1, 2, 3));
-                    assert!(m.payload == payload, "message {s}: payload differs");
+                    assert_eq!(peer, 0);
+                    got.push(m);
                 });
+                for m in got {
+                    check(&mut want, m, &mut last_polled);
+                }
+                while let Ok(TransportEvent::Message { msg, .. }) = rx1.try_recv() {
+                    check(&mut want, msg, &mut last_read);
+                }
                 assert!(std::time::Instant::now() < until, "{want:?} not taken");
             }
         }
+        assert!(last_polled.is_some(), "no poll took a record");
         // The stream went round the ring many times.
         let link = t0.link(1).unwrap();
         assert!(link.out_ring.tail().load(Ordering::Acquire) > 4 * (64 << 10));

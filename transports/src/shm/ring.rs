@@ -232,7 +232,7 @@ impl Ring {
         self.slot(3).store(word(header, 16), Ordering::Relaxed);
         self.slot(4).store(word(&p, 0), Ordering::Relaxed);
         self.slot(5).store(word(&p, 8), Ordering::Relaxed);
-        self.slot(0).store(pos + 1, Ordering::Release);
+        self.slot(0).store(pos.wrapping_add(1), Ordering::Release);
     }
 
     /// Consumer, holding the consumer lock: the record at position `tail`
@@ -243,7 +243,7 @@ impl Ring {
     /// that the record is published (the head past it) before taking it.
     #[inline]
     pub(super) fn slot_record(&self, tail: u64) -> Option<([u8; REC_LEN], [u8; SLOT_MAX_PAYLOAD])> {
-        if self.slot(0).load(Ordering::Acquire) != tail + 1 {
+        if self.slot(0).load(Ordering::Acquire) != tail.wrapping_add(1) {
             return None;
         }
         let mut w = [0u64; SLOT_WORDS - 1];
@@ -251,7 +251,7 @@ impl Ring {
             *v = self.slot(i + 1).load(Ordering::Relaxed);
         }
         fence(Ordering::Acquire);
-        if self.slot(0).load(Ordering::Relaxed) != tail + 1 {
+        if self.slot(0).load(Ordering::Relaxed) != tail.wrapping_add(1) {
             return None;
         }
         let mut h = [0u8; REC_LEN];
