@@ -210,12 +210,14 @@ impl Ring {
 
     /// Producer, holding the producer lock, before it publishes the record
     /// at position `pos` (`header`, a [`REC_LEN`]-byte encoded header, and
-    /// `payload`, at most [`SLOT_MAX_PAYLOAD`] bytes): copies the record
-    /// into the slot, as a sequence lock's writer (tag 0, the words, then
-    /// the tag).
+    /// `payload`): copies the record into the slot when the payload fits
+    /// ([`SLOT_MAX_PAYLOAD`]; a larger record leaves the slot as it is), as
+    /// a sequence lock's writer (tag 0, the words, then the tag).
     #[inline]
     fn fill_slot(&self, pos: u64, header: &[u8], payload: &[u8]) {
-        debug_assert!(header.len() == REC_LEN && payload.len() <= SLOT_MAX_PAYLOAD);
+        if payload.len() > SLOT_MAX_PAYLOAD || header.len() != REC_LEN {
+            return;
+        }
         let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
         let mut p = [0u8; SLOT_MAX_PAYLOAD];
         p[..payload.len()].copy_from_slice(payload);
@@ -428,9 +430,7 @@ impl Ring {
                 self.copy_in(head, header);
                 self.copy_in(head + header.len() as u64, payload);
             }
-            if payload.len() <= SLOT_MAX_PAYLOAD && header.len() == REC_LEN {
-                self.fill_slot(head, header, payload);
-            }
+            self.fill_slot(head, header, payload);
             self.head().store(head + total, Ordering::Release);
             self.notify_data(true);
             return Ok(());
@@ -482,9 +482,7 @@ impl Ring {
             self.copy_in(at, header);
             self.copy_in(at + header.len() as u64, payload);
         }
-        if payload.len() <= SLOT_MAX_PAYLOAD && header.len() == REC_LEN {
-            self.fill_slot(at, header, payload);
-        }
+        self.fill_slot(at, header, payload);
         self.head().store(
             at + (header.len() + payload.len()) as u64,
             Ordering::Release,
