@@ -19,6 +19,7 @@
 //! | `ZCCL_SHM_SPIN` | spin rounds before a shared-memory wait sleeps in `futex` | 0..=4294967295 | 200 |
 //! | `ZCCL_SHM_CMA_MIN_BYTES` | same-host messages at least this large are copied once, straight from the sender's memory (`process_vm_readv`), instead of twice through the ring | a whole number; `0` turns the single copy off, as `ZCCL_SHM_CMA_DISABLE=1` does | 262145 (more than 256 KiB); 65537 (more than 64 KiB) on a host whose ranks outnumber their CPUs (the union of the local ranks' affinity masks) |
 //! | `ZCCL_SHM_CMA_DISABLE` | `1`: never use that single copy | `0`/`1` | `0` |
+//! | `ZCCL_SHM_POLL_LEASE_US` | how long, after a thread's op completes, same-host peers leave small messages to this rank's next poll instead of waking its reader threads; also about the longest such a message waits when nothing polls again (see [`zccl_transports::shm::ShmConfig::poll_lease`]) | 0..=1000000 (`0`: no lease) | 1000; 4000 on a host whose ranks have no spare CPU each (twice the ranks outnumber their CPUs) |
 //! | `ZCCL_HOST_ID` | overrides the host identity (boot id + network namespace) | any | — |
 //! | `ZCCL_MAX_UNEXPECTED_BYTES` | per sending peer: most bytes a receiver buffers for receives not posted yet; a sender that would exceed it sends a request and waits for a clear-to-send ([`crate::flow`]); set the same on every rank | 1..=2⁶³ | 67108864 (64 MiB) |
 //! | `ZCCL_MALLOC_TUNE` | `1`: at the first communicator, keep glibc's allocator from returning memory to the kernel between operations, and the ranks `zccl run` and `zccl bench -N` start get `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (huge pages for that heap; see [`crate::malloc`]); `0`: leave both alone | `0`/`1` | `1` |
@@ -295,6 +296,12 @@ impl Config {
             shm.cma_min_bytes = usize_in("ZCCL_SHM_CMA_MIN_BYTES", &v, 0..=u64::MAX)?;
             shm.crowded_cma_min_bytes = shm.cma_min_bytes;
         }
+        if let Some(v) = get("ZCCL_SHM_POLL_LEASE_US") {
+            // An explicit lease holds on any host, full or not.
+            let us = uint("ZCCL_SHM_POLL_LEASE_US", &v, 0..=1_000_000)?;
+            shm.poll_lease = Duration::from_micros(us);
+            shm.full_poll_lease = shm.poll_lease;
+        }
         match get("ZCCL_SHM_CMA_DISABLE").as_deref().map(str::trim) {
             None | Some("" | "0") => {}
             Some("1") => {
@@ -397,6 +404,28 @@ mod tests {
             c.shm.crowded_cma_min_bytes,
             zccl_transports::shm::CROWDED_CMA_MIN_BYTES
         );
+    }
+
+    #[test]
+    fn the_poll_lease_is_longer_on_a_full_host_unless_set() {
+        use zccl_transports::shm::{FULL_HOST_POLL_LEASE, POLL_LEASE};
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.shm.poll_lease_for(2, 8), POLL_LEASE);
+        assert_eq!(c.shm.poll_lease_for(2, 2), FULL_HOST_POLL_LEASE);
+        let c = cfg(&[("ZCCL_SHM_POLL_LEASE_US", "250")]).unwrap();
+        let set = Duration::from_micros(250);
+        assert_eq!(
+            (c.shm.poll_lease_for(2, 8), c.shm.poll_lease_for(8, 2)),
+            (set, set)
+        );
+        let c = cfg(&[("ZCCL_SHM_POLL_LEASE_US", "0")]).unwrap();
+        assert_eq!(c.shm.poll_lease_for(8, 2), Duration::ZERO);
+        for bad in ["1000001", "-1", "1ms", "0x10"] {
+            let e = cfg(&[("ZCCL_SHM_POLL_LEASE_US", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("ZCCL_SHM_POLL_LEASE_US"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub(crate) fn tight_spin(local_ranks: usize, cpus: usize, budget: Duration) -> D
 /// 12 MiB 1034 -> 982 us (Open MPI 11.00 ms, 981 us); all-to-all over 4
 /// ranks was noise-bound (see docs/performance.md).
 pub(crate) fn yield_to_copies(local_ranks: usize, cpus: usize) -> bool {
-    local_ranks.saturating_mul(2) > cpus
+    zccl_transports::shm::full(local_ranks, cpus)
 }
 
 impl Spin {

@@ -73,6 +73,7 @@ const VARS: &[(&str, Reader, &[&str])] = &[
     ("ZCCL_SHM_SPIN", Reader::Config, &["4294967295", "4294967296"]),
     ("ZCCL_SHM_CMA_MIN_BYTES", Reader::Config, &["18446744073709551615"]),
     ("ZCCL_SHM_CMA_DISABLE", Reader::Config, &["1", "2"]),
+    ("ZCCL_SHM_POLL_LEASE_US", Reader::Config, &["0", "1000000", "1000001", "-1", "1ms"]),
     ("ZCCL_MAX_UNEXPECTED_BYTES", Reader::Config, &["1", "0", "9223372036854775808", "9223372036854775809"]),
     ("ZCCL_MALLOC_TUNE", Reader::Config, &["2", "0", "1"]),
     ("ZCCL_SPIN_US", Reader::Config, &["18446744073709551615", "1000001"]),

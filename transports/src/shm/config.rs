@@ -44,8 +44,19 @@ pub struct ShmConfig {
     /// the lease runs out, which is why it is short, and wakes the reader
     /// threads that have something left). A thread that sleeps until its op
     /// completes ends the lease.
-    /// `Duration::ZERO`: no lease. Default: [`POLL_LEASE`].
+    /// `Duration::ZERO`: no lease. The runtime sets it from
+    /// `ZCCL_SHM_POLL_LEASE_US`. Default: [`POLL_LEASE`]. Applies where
+    /// each of this host's ranks has a spare CPU; see
+    /// [`ShmConfig::full_poll_lease`] and [`ShmConfig::poll_lease_for`].
     pub poll_lease: Duration,
+    /// [`ShmConfig::poll_lease`] for a host whose ranks have no spare CPU
+    /// each ([`full`](super::full)): there each wake-up of the lease
+    /// watcher preempts a rank, and the rank that waits for it waits that
+    /// long too, so a longer lease (fewer wake-ups) is the better trade.
+    /// The runtime sets it, like `poll_lease`, from
+    /// `ZCCL_SHM_POLL_LEASE_US` (an explicit lease holds on any host).
+    /// Default: [`FULL_HOST_POLL_LEASE`].
+    pub full_poll_lease: Duration,
     /// How long a CMA record whose receive is not posted yet (no landing
     /// zone, no [mark](crate::landing::Landing::mark)) waits for it, in all:
     /// left in the ring while polls may take it, and, one of more than
@@ -67,6 +78,25 @@ pub struct ShmConfig {
 /// assert_eq!(POLL_LEASE.as_micros(), 1000);
 /// ```
 pub const POLL_LEASE: Duration = Duration::from_millis(1);
+
+/// Default of [`ShmConfig::full_poll_lease`]: the lease on a host whose
+/// ranks have no spare CPU each. A rank that keeps issuing ops renews its
+/// lease when less than half of it is left, and its lease watcher wakes at
+/// each lease's end, about every 0.75 lease: 1,300 wake-ups a second per
+/// rank with a 1 ms lease. On 2 vCPUs each one preempted a rank (the peer
+/// waiting for that rank polled, then yielded, for 20-30 us); medians of 5
+/// interleaved rounds, 1 ms / 4 ms / 10 ms lease: all_reduce 2 ranks 8 B
+/// 1.238 / 1.173 / 1.167 us, 256 KiB 49.3 / 42.8 / 40.5 us; 4 ranks
+/// 256 KiB 171 / 152 / 130 us, 1 MiB 705 / 517 / 460 us (see
+/// docs/performance.md). 4 ms keeps most of the gain and bounds the wait
+/// of a message nobody polls for at 4 ms, not 10.
+///
+/// ```
+/// use zccl_transports::shm::{FULL_HOST_POLL_LEASE, ShmConfig};
+/// assert_eq!(ShmConfig::default().full_poll_lease, FULL_HOST_POLL_LEASE);
+/// assert_eq!(FULL_HOST_POLL_LEASE.as_micros(), 4000);
+/// ```
+pub const FULL_HOST_POLL_LEASE: Duration = Duration::from_millis(4);
 
 /// Default of [`ShmConfig::cma_min_bytes`]: messages larger than
 /// [`POLL_MAX_PAYLOAD`] (256 KiB) go by CMA; up to it, two copies through
@@ -141,6 +171,7 @@ impl Default for ShmConfig {
             cma_min_bytes: CMA_MIN_BYTES,
             crowded_cma_min_bytes: CROWDED_CMA_MIN_BYTES,
             poll_lease: POLL_LEASE,
+            full_poll_lease: FULL_HOST_POLL_LEASE,
             unposted_wait: None,
         }
     }
@@ -168,6 +199,26 @@ impl ShmConfig {
             self.crowded_cma_min_bytes
         } else {
             self.cma_min_bytes
+        }
+    }
+
+    /// The poll lease a rank holds where `local_ranks` ranks of the job
+    /// share a host of `cpus` CPUs: [`ShmConfig::full_poll_lease`] when
+    /// they leave no spare CPU each ([`full`](super::full)), else
+    /// [`ShmConfig::poll_lease`].
+    ///
+    /// ```
+    /// use zccl_transports::shm::{FULL_HOST_POLL_LEASE, POLL_LEASE, ShmConfig};
+    /// let c = ShmConfig::default();
+    /// assert_eq!(c.poll_lease_for(2, 8), POLL_LEASE);
+    /// assert_eq!(c.poll_lease_for(2, 2), FULL_HOST_POLL_LEASE);
+    /// assert_eq!(c.poll_lease_for(4, 2), FULL_HOST_POLL_LEASE);
+    /// ```
+    pub fn poll_lease_for(&self, local_ranks: usize, cpus: usize) -> Duration {
+        if super::cpus::full(local_ranks, cpus) {
+            self.full_poll_lease
+        } else {
+            self.poll_lease
         }
     }
 }

@@ -166,6 +166,25 @@ pub fn crowded(local_ranks: usize, cpus: usize) -> bool {
     local_ranks > cpus
 }
 
+/// Whether `local_ranks` ranks leave no spare CPU beside each rank's own
+/// among the `cpus` they share (see [`shared_cpus_of`]): a rank's waiting
+/// thread and one of its transport threads cannot both run without taking
+/// a CPU from a rank. A crowded host is full too. Then a thread that wakes
+/// preempts a rank (a waiting thread yields to copies; the poll lease is
+/// longer, [`ShmConfig::poll_lease_for`](super::ShmConfig::poll_lease_for)).
+/// Pure.
+///
+/// ```
+/// use zccl_transports::shm::full;
+/// assert!(full(2, 2));
+/// assert!(full(5, 8));
+/// assert!(!full(4, 8));
+/// assert!(!full(1, 64));
+/// ```
+pub fn full(local_ranks: usize, cpus: usize) -> bool {
+    local_ranks.saturating_mul(2) > cpus
+}
+
 /// The CPUs this host's ranks share as far as this rank alone can tell
 /// (no peer's mask known: a communicator without shared memory between its
 /// local ranks): what this process may use (`available_parallelism`: the

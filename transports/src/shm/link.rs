@@ -26,7 +26,8 @@ pub(super) struct Ctx {
     pub(super) events: mpsc::UnboundedSender<TransportEvent>,
     pub(super) closing: AtomicBool,
     pub(super) max_message: u64,
-    /// [`ShmConfig::poll_lease`](super::ShmConfig::poll_lease), nanoseconds.
+    /// [`ShmConfig::poll_lease_for`](super::ShmConfig::poll_lease_for) this
+    /// host, nanoseconds.
     pub(super) poll_lease_ns: u64,
     /// [`ShmConfig::wait_slice`](super::ShmConfig::wait_slice): the lease
     /// watcher's sleep when it has no lease to wait for.

@@ -225,7 +225,8 @@ impl ShmTransport {
             events,
             closing: AtomicBool::new(false),
             max_message: cfg.max_message,
-            poll_lease_ns: u64::try_from(cfg.poll_lease.as_nanos()).unwrap_or(u64::MAX),
+            poll_lease_ns: u64::try_from(cfg.poll_lease_for(local, cpus).as_nanos())
+                .unwrap_or(u64::MAX),
             unposted_wait: cfg.unposted_wait,
             wait_slice: cfg.wait_slice,
             watch: Default::default(),

@@ -471,6 +471,7 @@ mod tests {
         let cfg = |lease| ShmConfig {
             cma_min_bytes: 0,
             poll_lease: lease,
+            full_poll_lease: lease,
             wait_slice: slice.unwrap_or(cfg().wait_slice),
             ..cfg()
         };

@@ -147,6 +147,7 @@ mod tests {
         let c = |lease| ShmConfig {
             cma_min_bytes: 0,
             poll_lease: lease,
+            full_poll_lease: lease,
             wait_slice: Duration::from_secs(5),
             ..cfg()
         };
