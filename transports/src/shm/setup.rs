@@ -310,6 +310,7 @@ impl ShmTransport {
             cma_min_bytes = cma_min,
             cma_from = ?cma_peers,
             shared_cpus = cpus,
+            poll_lease_us = ctx.poll_lease_ns / 1000,
             "shm transport ready"
         );
         if !ring_peers.is_empty() {
