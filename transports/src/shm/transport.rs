@@ -522,6 +522,32 @@ mod tests {
     }
 
     #[test]
+    fn a_rank_holds_the_lease_its_host_calls_for() {
+        // Distinct leases for a host with a spare CPU per rank and for a
+        // full one: the pause leaves the one `poll_lease_for` picks for the
+        // CPUs the two ranks share (set up without it, both read 30 s).
+        let (roomy, full) = (Duration::from_secs(30), Duration::from_secs(90));
+        let c = ShmConfig {
+            cma_min_bytes: 0,
+            poll_lease: roomy,
+            full_poll_lease: full,
+            ..cfg()
+        };
+        let ((_t0, _rx0), (t1, _rx1)) = pair(c.clone(), c.clone());
+        let want = c.poll_lease_for(2, t1.shared_cpus());
+        let ring = &t1.link(0).unwrap().in_ring;
+        let before = super::super::ring::monotonic_ns();
+        t1.set_polling(true);
+        t1.pause_polling();
+        let held = Duration::from_nanos(ring.lease_until() - before);
+        // The pause reads the clock after `before`: at most a second later.
+        assert!(
+            held >= want && held < want + Duration::from_secs(1),
+            "{held:?} {want:?}"
+        );
+    }
+
+    #[test]
     fn a_poller_under_the_lease_leaves_the_producers_line_alone() {
         let ((t0, _rx0), (t1, mut rx1)) = leased_pair(Duration::from_secs(30), None);
         let ring = &t1.link(0).unwrap().in_ring;
