@@ -86,7 +86,8 @@ pub const POLL_LEASE: Duration = Duration::from_millis(1);
 /// rank with a 1 ms lease. On 2 vCPUs each one preempted a rank (the peer
 /// waiting for that rank polled, then yielded, for 20-30 us); medians of 5
 /// interleaved rounds, 1 ms / 4 ms / 10 ms lease: all_reduce 2 ranks 8 B
-/// 1.238 / 1.173 / 1.167 us, 256 KiB 49.3 / 42.8 / 40.5 us; 4 ranks
+/// 1.238 / 1.173 / 1.167 us (the 4 and 10 ms builds renewing at 7/8),
+/// 256 KiB 49.3 / 42.8 / 40.5 us; 4 ranks
 /// 256 KiB 171 / 152 / 130 us, 1 MiB 705 / 517 / 460 us (see
 /// docs/performance.md). 4 ms keeps most of the gain and bounds the wait
 /// of a message nobody polls for at 4 ms, not 10.
