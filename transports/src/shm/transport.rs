@@ -525,7 +525,8 @@ mod tests {
     fn a_rank_holds_the_lease_its_host_calls_for() {
         // Distinct leases for a host with a spare CPU per rank and for a
         // full one: the pause leaves the one `poll_lease_for` picks for the
-        // CPUs the two ranks share (set up without it, both read 30 s).
+        // CPUs the two ranks share. (A setup that ignored the host would
+        // hold 30 s everywhere: caught where the host is full, as on 2 CPUs.)
         let (roomy, full) = (Duration::from_secs(30), Duration::from_secs(90));
         let c = ShmConfig {
             cma_min_bytes: 0,
