@@ -24,6 +24,7 @@
 //! | `ZCCL_MAX_UNEXPECTED_BYTES` | per sending peer: most bytes a receiver buffers for receives not posted yet; a sender that would exceed it sends a request and waits for a clear-to-send ([`crate::flow`]); set the same on every rank | 1..=2⁶³ | 67108864 (64 MiB) |
 //! | `ZCCL_MALLOC_TUNE` | `1`: at the first communicator, keep glibc's allocator from returning memory to the kernel between operations, and the ranks `zccl run` and `zccl bench -N` start get `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (huge pages for that heap; see [`crate::malloc`]); `0`: leave both alone | `0`/`1` | `1` |
 //! | `ZCCL_SPIN_US` | how long a thread waiting on a handle spins, polling for messages, before it sleeps (the first 10 µs back to back when this host's ranks have a core each, yielding the core between polls after that, or from the start when ranks outnumber cores); microseconds, 0 = never | a whole number, clamped to 0..=10⁶ | 300 |
+//! | `ZCCL_SPIN_US_PER_MIB` | how much longer a thread waiting for a large op spins, per MiB of the op, before it sleeps: a large op's wait is mostly a copy, and a thread that sleeps through it can wake late (on a VM its vCPU halts); it spins for the longer of `ZCCL_SPIN_US` and this times the op's MiB, at most one second, and not at all where `ZCCL_SPIN_US` is 0; microseconds, 0 = `ZCCL_SPIN_US` alone | 0..=1000000 | 250 |
 //! | `ZCCL_ROUTER` | sends to other hosts: `on` (NIC-aware router), `affinity` (whole, on the sender's own NIC), `off` (striped by TCP); the same on every rank (ranks that differ fail at init, each naming the variable and who holds which value) | see left | `on` |
 //! | `ZCCL_CROSS_NIC` | router rail matching: `0` same rail only, `1` any NIC, `2` same rail first | `0`, `1`, `2` | `2` |
 //! | `ZCCL_PXN_DISABLE` | `1`: the router's sender drives other NICs itself instead of relaying through the rank affine to them | `0`/`1` | `0` |
@@ -47,6 +48,10 @@ use zccl_transports::tcp::TcpConfig;
 
 use crate::envvars::{read_process_env, shown};
 use crate::error::{Error, Result};
+
+/// `ZCCL_SPIN_US_PER_MIB`'s default: a waiter spins 250 µs per MiB of its
+/// op (64 MiB: 16 ms), where that is longer than `ZCCL_SPIN_US`.
+pub const DEFAULT_SPIN_PER_MIB: Duration = Duration::from_micros(250);
 
 /// Configuration of a communicator.
 #[derive(Debug, Clone)]
@@ -72,6 +77,9 @@ pub struct Config {
     /// `ZCCL_SPIN_US`: how long a waiting thread spins (polling the
     /// transports for messages already there) before it sleeps.
     pub spin_wait: Duration,
+    /// `ZCCL_SPIN_US_PER_MIB`: how much longer than `spin_wait` a thread
+    /// waiting for a large op spins, per MiB of the op.
+    pub spin_per_mib: Duration,
     /// `ZCCL_MALLOC_TUNE`: whether the first communicator tunes glibc's
     /// allocator ([`crate::malloc`]).
     pub malloc_tune: bool,
@@ -338,6 +346,12 @@ impl Config {
             // that sleeps costs a chain of wake-ups; see docs/performance.md).
             None => Duration::from_micros(300),
         };
+        let spin_per_mib = match get("ZCCL_SPIN_US_PER_MIB") {
+            Some(v) => Duration::from_micros(uint("ZCCL_SPIN_US_PER_MIB", &v, 0..=1_000_000)?),
+            // About the time a MiB takes to copy here (64 MiB: 11 ms), with
+            // room for a peer a little late.
+            None => DEFAULT_SPIN_PER_MIB,
+        };
         let malloc_tune = flag("ZCCL_MALLOC_TUNE", get("ZCCL_MALLOC_TUNE"), true)?;
         Ok(Self {
             malloc_tune,
@@ -349,6 +363,7 @@ impl Config {
             shm,
             metrics_addr,
             spin_wait,
+            spin_per_mib,
             max_unexpected_bytes,
             router,
             route_policy,
@@ -425,6 +440,22 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("ZCCL_SHM_POLL_LEASE_US"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_waiter_spins_per_mib_of_its_op_unless_set_otherwise() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.spin_per_mib, DEFAULT_SPIN_PER_MIB);
+        let c = cfg(&[("ZCCL_SPIN_US_PER_MIB", "0")]).unwrap();
+        assert_eq!(c.spin_per_mib, Duration::ZERO);
+        let c = cfg(&[("ZCCL_SPIN_US_PER_MIB", " 1000000 ")]).unwrap();
+        assert_eq!(c.spin_per_mib, Duration::from_secs(1));
+        for bad in ["1000001", "-1", "250us", "", "0x10"] {
+            let e = cfg(&[("ZCCL_SPIN_US_PER_MIB", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("ZCCL_SPIN_US_PER_MIB"), "{bad:?}: {e}");
         }
     }
 

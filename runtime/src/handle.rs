@@ -48,6 +48,36 @@ pub(crate) struct Spin {
     /// Whether a waiter sleeps rather than spins while a transport thread
     /// copies a large message in ([`yield_to_copies`]).
     pub(crate) yield_to_copies: bool,
+    /// How much longer than `budget` it spins per MiB of the op it waits
+    /// for (`ZCCL_SPIN_US_PER_MIB`, [`spin_budget`]).
+    pub(crate) per_mib: Duration,
+}
+
+/// The longest a waiter spins, however large its op.
+pub(crate) const MAX_SPIN: Duration = Duration::from_secs(1);
+
+/// How long a thread waiting for an op of `bytes` spins before it sleeps:
+/// `budget` (`ZCCL_SPIN_US`), or `per_mib` for each MiB of the op where
+/// that is longer (`ZCCL_SPIN_US_PER_MIB`), at most [`MAX_SPIN`]; never,
+/// where `budget` is zero (the user turned spinning off).
+///
+/// A large op's wait is mostly the copy it waits for (its own, or the
+/// peer's out of its buffer): about 11 ms for 64 MiB here. A waiter that
+/// slept through it took up to twice as long as one that spun: on a VM a
+/// sleeping thread's vCPU halts, and the wake-up at the copy's end waits for
+/// the host to run it again (2 ranks on 2 vCPUs, medians of 5 interleaved
+/// rounds in one of this VM's slow phases, sendrecv 16 MiB 4.9 -> 1.5 ms,
+/// 64 MiB 20.7 -> 13.0 ms, Open MPI, which never sleeps, 1.5 and 13.8 ms;
+/// see docs/performance.md). Scaled by the op's size, a small op's wait
+/// (most often on a peer that has not sent yet) still sleeps after
+/// `budget`.
+pub(crate) fn spin_budget(budget: Duration, per_mib: Duration, bytes: u64) -> Duration {
+    if budget.is_zero() {
+        return Duration::ZERO;
+    }
+    let scaled = per_mib.as_nanos().saturating_mul(u128::from(bytes)) >> 20;
+    let scaled = Duration::from_nanos(u64::try_from(scaled).unwrap_or(u64::MAX));
+    budget.max(scaled).min(MAX_SPIN)
 }
 
 /// The longest a waiter polls back to back, never yielding its core.
@@ -169,7 +199,8 @@ impl Pending {
         &self.slot.desc
     }
 
-    /// Spins for up to the configured time (`ZCCL_SPIN_US`), polling and
+    /// Spins for up to the configured time (`ZCCL_SPIN_US`, longer for a
+    /// large op: [`spin_budget`]), polling and
     /// matching messages that already arrived on this thread (no thread
     /// wake-up on the way), until `ready()`: the op's completion, or
     /// something a poll or the transport's threads bring about after it
@@ -182,7 +213,8 @@ impl Pending {
         if ready() {
             return None;
         }
-        if spin.budget.is_zero() {
+        let budget = spin_budget(spin.budget, spin.per_mib, self.slot.desc.bytes);
+        if budget.is_zero() {
             return self.sleeping();
         }
         let polling = Polling::start(spin.transport.as_ref());
@@ -206,8 +238,7 @@ impl Pending {
                 continue;
             }
             let now = Instant::now();
-            let (until, tight) =
-                *limits.get_or_insert_with(|| (now + spin.budget, now + spin.tight));
+            let (until, tight) = *limits.get_or_insert_with(|| (now + budget, now + spin.tight));
             if now >= until {
                 break;
             }
@@ -460,6 +491,110 @@ impl BatchHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use zccl_transports::{BoxFuture, GoodbyeReason, Message, PeerPath, TransportError};
+
+    use crate::buffer::DType;
+    use crate::completion::Slot;
+    use crate::engine::Engine;
+    use crate::error::OpKind;
+
+    #[test]
+    fn a_large_op_spins_longer_before_its_waiter_sleeps() {
+        let us = Duration::from_micros;
+        let (budget, per_mib) = (us(300), us(250));
+        // Small ops: the plain budget.
+        assert_eq!(spin_budget(budget, per_mib, 8), budget);
+        assert_eq!(spin_budget(budget, per_mib, 1 << 20), budget);
+        // Large ones: per MiB, past the budget.
+        assert_eq!(spin_budget(budget, per_mib, 16 << 20), us(4000));
+        assert_eq!(spin_budget(budget, per_mib, 64 << 20), us(16000));
+        // Never past a second, even for the largest op.
+        assert_eq!(spin_budget(budget, per_mib, u64::MAX), MAX_SPIN);
+        assert_eq!(spin_budget(budget, Duration::MAX, 1 << 20), MAX_SPIN);
+        // Scaling off: the budget alone; spinning off: none at all.
+        assert_eq!(spin_budget(budget, Duration::ZERO, 64 << 20), budget);
+        assert_eq!(
+            spin_budget(Duration::ZERO, per_mib, 64 << 20),
+            Duration::ZERO
+        );
+    }
+
+    /// A transport with nothing to deliver that counts the times a waiter
+    /// went to sleep.
+    #[derive(Default)]
+    struct Quiet {
+        sleeps: AtomicUsize,
+    }
+
+    impl zccl_transports::Transport for Quiet {
+        fn name(&self) -> &'static str {
+            "quiet"
+        }
+        fn send(&self, _peer: u32, _msg: Message) -> std::result::Result<(), TransportError> {
+            Ok(())
+        }
+        fn path(&self, _peer: u32) -> Option<PeerPath> {
+            None
+        }
+        fn set_sleeping(&self, on: bool) {
+            if on {
+                self.sleeps.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        fn close(&self, _reason: GoodbyeReason) -> BoxFuture {
+            Box::pin(async {})
+        }
+    }
+
+    /// Waits for a receive of `bytes` that another thread completes after
+    /// `after`; returns how often the waiter slept.
+    fn sleeps_waiting(bytes: u64, after: Duration) -> usize {
+        let quiet = Arc::new(Quiet::default());
+        let engine = Arc::new(Mutex::new(Engine::new(0, 2, quiet.clone(), None, 1 << 20)));
+        let spin = Arc::new(Spin {
+            engine,
+            transport: quiet.clone(),
+            budget: Duration::from_micros(300),
+            tight: Duration::ZERO,
+            yield_to_copies: false,
+            per_mib: Duration::from_micros(250),
+        });
+        let desc = OpDesc {
+            rank: 0,
+            kind: OpKind::Recv,
+            peer: 1,
+            comm: 0,
+            channel: 0,
+            seq: 0,
+            bytes,
+            dtype: DType::U8,
+        };
+        let (now, timeout) = (Instant::now(), Duration::from_secs(60));
+        let slot = Arc::new(Slot::new(desc, now, (now + timeout, timeout), None));
+        let p = Pending {
+            slot: slot.clone(),
+            spin: Some(spin),
+            plain: None,
+        };
+        let done = std::thread::spawn(move || {
+            std::thread::sleep(after);
+            slot.complete(Ok(None));
+        });
+        assert!(p.wait().is_ok());
+        done.join().unwrap();
+        quiet.sleeps.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_waiter_sleeps_after_its_budget_unless_its_op_is_large() {
+        // 8 B, done after 200 ms: the waiter spins its 300 us, then sleeps.
+        assert_eq!(sleeps_waiting(8, Duration::from_millis(200)), 1);
+        // 1 GiB (a 256 ms spin), done after 20 ms: it never sleeps.
+        assert_eq!(sleeps_waiting(1 << 30, Duration::from_millis(20)), 0);
+    }
 
     #[test]
     fn a_waiter_polls_back_to_back_only_while_every_rank_has_a_core() {

@@ -77,6 +77,7 @@ const VARS: &[(&str, Reader, &[&str])] = &[
     ("ZCCL_MAX_UNEXPECTED_BYTES", Reader::Config, &["1", "0", "9223372036854775808", "9223372036854775809"]),
     ("ZCCL_MALLOC_TUNE", Reader::Config, &["2", "0", "1"]),
     ("ZCCL_SPIN_US", Reader::Config, &["18446744073709551615", "1000001"]),
+    ("ZCCL_SPIN_US_PER_MIB", Reader::Config, &["0", "1000000", "1000001", "-1", "250us"]),
     ("ZCCL_ROUTER", Reader::Config, &["affinity", "OFF", "sideways"]),
     ("ZCCL_CROSS_NIC", Reader::Config, &["3", "00"]),
     ("ZCCL_PXN_DISABLE", Reader::Config, &["1", "2"]),

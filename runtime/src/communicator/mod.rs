@@ -335,6 +335,7 @@ impl Communicator {
             budget: config.spin_wait,
             tight: spin_tight,
             yield_to_copies: crate::handle::yield_to_copies(book_size as usize, shared_cpus),
+            per_mib: config.spin_per_mib,
         });
         let core = Arc::new(Core {
             world_rank: rank,
