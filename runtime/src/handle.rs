@@ -53,6 +53,22 @@ pub(crate) struct Spin {
     pub(crate) per_mib: Duration,
 }
 
+/// How much longer a waiter spins per MiB of its op ([`spin_budget`]),
+/// given the ranks of this job on this host and the CPUs they share:
+/// `per_mib` (`ZCCL_SPIN_US_PER_MIB`), or nothing where ranks outnumber
+/// CPUs. There a large op's copies are made by the other ranks' threads on
+/// the same CPUs, and a waiter that spins (even yielding between polls)
+/// takes CPU from them: 4 ranks on 2 vCPUs, all-to-all 64 MiB, two of five
+/// rounds took 99 and 115 ms instead of 31-34 ms with the longer spin
+/// (Open MPI 26-32 ms; see docs/performance.md).
+pub(crate) fn spin_per_mib(local_ranks: usize, cpus: usize, per_mib: Duration) -> Duration {
+    if zccl_transports::shm::crowded(local_ranks, cpus) {
+        Duration::ZERO
+    } else {
+        per_mib
+    }
+}
+
 /// The longest a waiter spins, however large its op.
 pub(crate) const MAX_SPIN: Duration = Duration::from_secs(1);
 
@@ -514,6 +530,11 @@ mod tests {
         // Never past a second, even for the largest op.
         assert_eq!(spin_budget(budget, per_mib, u64::MAX), MAX_SPIN);
         assert_eq!(spin_budget(budget, Duration::MAX, 1 << 20), MAX_SPIN);
+        // Where ranks outnumber CPUs: no longer spin.
+        assert_eq!(spin_per_mib(2, 2, per_mib), per_mib);
+        assert_eq!(spin_per_mib(1, 64, per_mib), per_mib);
+        assert_eq!(spin_per_mib(4, 2, per_mib), Duration::ZERO);
+        assert_eq!(spin_per_mib(9, 8, per_mib), Duration::ZERO);
         // Scaling off: the budget alone; spinning off: none at all.
         assert_eq!(spin_budget(budget, Duration::ZERO, 64 << 20), budget);
         assert_eq!(
