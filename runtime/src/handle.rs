@@ -58,9 +58,9 @@ pub(crate) struct Spin {
 /// `per_mib` (`ZCCL_SPIN_US_PER_MIB`), or nothing where ranks outnumber
 /// CPUs. There a large op's copies are made by the other ranks' threads on
 /// the same CPUs, and a waiter that spins (even yielding between polls)
-/// takes CPU from them: 4 ranks on 2 vCPUs, all-to-all 64 MiB, two of five
-/// rounds took 99 and 115 ms instead of 31-34 ms with the longer spin
-/// (Open MPI 26-32 ms; see docs/performance.md).
+/// takes CPU from them: 4 ranks on 2 vCPUs, all-to-all 64 MiB, 6
+/// interleaved rounds, each slower with the longer spin (medians 31.7
+/// against 29.1 ms, one round at 126 ms; see docs/performance.md).
 pub(crate) fn spin_per_mib(local_ranks: usize, cpus: usize, per_mib: Duration) -> Duration {
     if zccl_transports::shm::crowded(local_ranks, cpus) {
         Duration::ZERO
