@@ -59,7 +59,7 @@ pub(crate) struct Spin {
 /// CPUs. There a large op's copies are made by the other ranks' threads on
 /// the same CPUs, and a waiter that spins (even yielding between polls)
 /// takes CPU from them: 4 ranks on 2 vCPUs, all-to-all 64 MiB, 6
-/// interleaved rounds, each slower with the longer spin (medians 31.7
+/// interleaved rounds, each slower with the longer spin (medians 31.6
 /// against 29.1 ms, one round at 126 ms; see docs/performance.md).
 pub(crate) fn spin_per_mib(local_ranks: usize, cpus: usize, per_mib: Duration) -> Duration {
     if zccl_transports::shm::crowded(local_ranks, cpus) {
