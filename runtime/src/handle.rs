@@ -229,8 +229,8 @@ impl Pending {
         if ready() {
             return None;
         }
-        let budget = spin_budget(spin.budget, spin.per_mib, self.slot.desc.bytes);
-        if budget.is_zero() {
+        // (`spin_budget` is zero exactly where `spin.budget` is.)
+        if spin.budget.is_zero() {
             return self.sleeping();
         }
         let polling = Polling::start(spin.transport.as_ref());
@@ -254,7 +254,12 @@ impl Pending {
                 continue;
             }
             let now = Instant::now();
-            let (until, tight) = *limits.get_or_insert_with(|| (now + budget, now + spin.tight));
+            let (until, tight) = *limits.get_or_insert_with(|| {
+                // Sized by the op only here: an op done by its first poll
+                // never computes it.
+                let budget = spin_budget(spin.budget, spin.per_mib, self.slot.desc.bytes);
+                (now + budget, now + spin.tight)
+            });
             if now >= until {
                 break;
             }
