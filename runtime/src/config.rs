@@ -402,6 +402,14 @@ mod tests {
         Config::from_lookup(|k| m.get(k).cloned())
     }
 
+    /// Asserts that each of `values` for `var` is an error naming `var`.
+    fn refused(var: &str, values: &[&str]) {
+        for v in values {
+            let e = cfg(&[(var, v)]).unwrap_err().to_string();
+            assert!(e.contains(var), "{var}={v:?}: {e}");
+        }
+    }
+
     #[test]
     fn defaults() {
         let c = cfg(&[]).unwrap();
@@ -435,12 +443,7 @@ mod tests {
         );
         let c = cfg(&[("ZCCL_SHM_POLL_LEASE_US", "0")]).unwrap();
         assert_eq!(c.shm.poll_lease_for(8, 2), Duration::ZERO);
-        for bad in ["1000001", "-1", "1ms", "0x10"] {
-            let e = cfg(&[("ZCCL_SHM_POLL_LEASE_US", bad)])
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("ZCCL_SHM_POLL_LEASE_US"), "{bad}: {e}");
-        }
+        refused("ZCCL_SHM_POLL_LEASE_US", &["1000001", "-1", "1ms", "0x10"]);
     }
 
     #[test]
@@ -451,12 +454,10 @@ mod tests {
         assert_eq!(c.spin_per_mib, Duration::ZERO);
         let c = cfg(&[("ZCCL_SPIN_US_PER_MIB", " 1000000 ")]).unwrap();
         assert_eq!(c.spin_per_mib, Duration::from_secs(1));
-        for bad in ["1000001", "-1", "250us", "", "0x10"] {
-            let e = cfg(&[("ZCCL_SPIN_US_PER_MIB", bad)])
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("ZCCL_SPIN_US_PER_MIB"), "{bad:?}: {e}");
-        }
+        refused(
+            "ZCCL_SPIN_US_PER_MIB",
+            &["1000001", "-1", "250us", "", "0x10"],
+        );
     }
 
     #[test]
