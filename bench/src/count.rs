@@ -132,6 +132,17 @@ impl<F: Fabric + ?Sized> Fabric for Counting<'_, F> {
         unsafe { self.inner.irecv_into(from, channel, tag, dst) }
     }
 
+    fn irecv_combine(
+        &self,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        len: usize,
+        combine: zccl_primitives::fabric::Combine,
+    ) -> Result<RecvIntoHandle> {
+        self.inner.irecv_combine(from, channel, tag, len, combine)
+    }
+
     // Forwarded, not left to the default: the default copies the received
     // buffer into a vector, which would make the bench measure a copy the
     // communicator does not make.

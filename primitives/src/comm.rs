@@ -333,6 +333,23 @@ impl Fabric for Labelled<'_> {
         Ok(RecvIntoHandle::new(RecvInto { h: Some(h), at }))
     }
 
+    /// Hands the message to `combine`: a same-host CMA copy piece by piece.
+    fn irecv_combine(
+        &self,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        len: usize,
+        combine: crate::fabric::Combine,
+    ) -> Result<RecvIntoHandle> {
+        let at = self.site(from, channel);
+        let h = self
+            .chan(channel, tag)
+            .irecv_combine::<u8>(from as u32, len, combine)
+            .map_err(|e| at.fail(Dir::Recv, e))?;
+        Ok(RecvIntoHandle::new(RecvInto { h: Some(h), at }))
+    }
+
     fn irecv(&self, from: usize, channel: u32, tag: u64, len: usize) -> Result<RecvHandle> {
         let at = self.site(from, channel);
         let h = self
@@ -406,6 +423,17 @@ impl Fabric for Communicator {
     ) -> Result<RecvIntoHandle> {
         // SAFETY: forwarded from our caller.
         unsafe { Labelled::plain(self).irecv_into(from, channel, tag, dst) }
+    }
+
+    fn irecv_combine(
+        &self,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        len: usize,
+        combine: crate::fabric::Combine,
+    ) -> Result<RecvIntoHandle> {
+        Labelled::plain(self).irecv_combine(from, channel, tag, len, combine)
     }
 
     fn irecv(&self, from: usize, channel: u32, tag: u64, len: usize) -> Result<RecvHandle> {

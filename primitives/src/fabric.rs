@@ -44,6 +44,7 @@ use crate::dtype::{Elem, cast_slice, from_bytes, to_bytes};
 use crate::error::Result;
 use zccl_runtime::DType;
 use zccl_runtime::label::OpLabel;
+pub use zccl_transports::landing::Combine;
 
 /// A pending send, as implemented by a fabric.
 ///
@@ -460,6 +461,36 @@ impl PendingRecvInto for CopyInto {
     }
 }
 
+/// [`Fabric::irecv_combine`]'s default: an ordinary receive, handed to the
+/// sink whole when it is waited.
+struct CombineAtWait {
+    h: Option<RecvHandle>,
+    len: usize,
+    combine: Combine,
+}
+
+impl PendingRecvInto for CombineAtWait {
+    fn wait(mut self: Box<Self>) -> Result<()> {
+        let got = self.h.take().expect("waited once").wait_bytes()?;
+        if got.len() != self.len {
+            return Err(crate::error::invalid(format!(
+                "irecv_combine: received {} B where {} B were due",
+                got.len(),
+                self.len
+            )));
+        }
+        (self.combine)(0, &got);
+        Ok(())
+    }
+
+    fn test(&mut self) -> Result<bool> {
+        match &mut self.h {
+            Some(h) => h.test(),
+            None => Ok(true),
+        }
+    }
+}
+
 /// Handle of a posted receive.
 ///
 /// ```
@@ -776,6 +807,48 @@ pub trait Fabric: Send + Sync {
         }))
     }
 
+    /// Like [`Fabric::irecv`] of `len` bytes, but the message is handed to
+    /// `combine` as `(offset, bytes)` pieces, in order, each once, none
+    /// splitting an element ([`Combine`]), instead of being returned: for a
+    /// reduction of what arrives into memory of the caller's. A fabric
+    /// that copies a message piece by piece (the communicator, from a
+    /// same-host peer by CMA) hands each piece over while it is still in
+    /// the cache, on the thread that copies it; the default receives as
+    /// usual and hands the message over whole when the handle is waited.
+    /// `combine` is not called once the handle was waited or dropped.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// let out = run_ranks(1, |f| {
+    ///     let got = Arc::new(Mutex::new(Vec::new()));
+    ///     let g = got.clone();
+    ///     let r = f.irecv_combine(0, 0, 0, 2, Box::new(move |off: usize, b: &[u8]| {
+    ///         g.lock().unwrap().push((off, b.to_vec()));
+    ///     })).unwrap();
+    ///     f.isend(0, 0, 0, vec![3, 4]).unwrap().wait().unwrap();
+    ///     r.wait().unwrap();
+    ///     let v = got.lock().unwrap().clone();
+    ///     v
+    /// });
+    /// assert_eq!(out[0], [(0, vec![3, 4])]);
+    /// ```
+    fn irecv_combine(
+        &self,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        len: usize,
+        combine: Combine,
+    ) -> Result<RecvIntoHandle> {
+        let h = self.irecv(from, channel, tag, len)?;
+        Ok(RecvIntoHandle::new(CombineAtWait {
+            h: Some(h),
+            len,
+            combine,
+        }))
+    }
+
     /// `Ok` while the fabric can run operations; an error once it was
     /// aborted or closed. Operations that send no message (a collective of a
     /// 1-rank group) ask it, so that they fail after an abort like the rest.
@@ -1005,5 +1078,17 @@ impl<F: Fabric + ?Sized> Fabric for Signed<'_, F> {
     ) -> Result<RecvIntoHandle> {
         // SAFETY: forwarded from our caller.
         unsafe { self.f.irecv_into(from, channel, self.t(tag), dst) }
+    }
+
+    fn irecv_combine(
+        &self,
+        from: usize,
+        channel: u32,
+        tag: u64,
+        len: usize,
+        combine: Combine,
+    ) -> Result<RecvIntoHandle> {
+        self.f
+            .irecv_combine(from, channel, self.t(tag), len, combine)
     }
 }

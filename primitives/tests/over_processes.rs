@@ -193,3 +193,63 @@ fn all_reduce_16_mib_across_processes_over_shared_memory() {
         );
     }
 }
+
+/// Ring reductions of buffers large enough that the reduce-scatter's
+/// receives reduce what they get as it comes (`combine_as_received`: 3
+/// ranks of 12 MiB, 36 MiB together), between three processes over shared
+/// memory, where a same-host peer's pieces are read by CMA a cache-sized
+/// part at a time and reduced at once: all-reduce out of place and in
+/// place, and reduce-scatter, against references computed here (exact:
+/// integer-valued sums and maxima). Three ranks, so the reduce-scatter has a
+/// middle step (partial results passed on) as well as the last.
+#[test]
+fn large_ring_reductions_reduce_as_they_receive_across_processes() {
+    const LEN: usize = 3 << 20; // 12 MiB of f32 or i32
+    let val = |r: usize, i: usize| ((i * 31 + r * 7) % 1001) as i32 - 500;
+    if is_worker() {
+        use zccl_primitives::collectives::{all_reduce, all_reduce_into, reduce_scatter};
+        use zccl_primitives::schedule::chunks::chunk_range;
+        let c = Communicator::from_env().expect("init from env");
+        let (r, n) = (Fabric::rank(&c), Fabric::size(&c));
+        let sum = |i: usize| (0..n).map(|q| val(q, i) as f32).sum::<f32>();
+        let max = |i: usize| (0..n).map(|q| val(q, i)).max().unwrap();
+        let x: Vec<f32> = (0..LEN).map(|i| val(r, i) as f32).collect();
+        let mut out = vec![0f32; LEN];
+        all_reduce_into(&c, 0, &x, &mut out, ReduceOp::Sum).unwrap();
+        let bad = (0..LEN).filter(|&i| out[i] != sum(i)).count();
+        assert_eq!(bad, 0, "rank {r}: out-of-place sum wrong in {bad} places");
+        let mut y: Vec<i32> = (0..LEN).map(|i| val(r, i)).collect();
+        all_reduce(&c, 0, &mut y, ReduceOp::Max).unwrap();
+        let bad = (0..LEN).filter(|&i| y[i] != max(i)).count();
+        assert_eq!(bad, 0, "rank {r}: in-place max wrong in {bad} places");
+        let mine = reduce_scatter(&c, 0, &x, ReduceOp::Sum).unwrap();
+        let at = chunk_range(LEN, n, r);
+        assert_eq!(mine.len(), at.len(), "rank {r}: reduce-scatter length");
+        let bad = at.clone().filter(|&i| mine[i - at.start] != sum(i)).count();
+        assert_eq!(bad, 0, "rank {r}: reduce-scatter wrong in {bad} places");
+        let h =
+            fnv(zccl_primitives::dtype::as_bytes(&out)) ^ fnv(zccl_primitives::dtype::as_bytes(&y));
+        println!("{} rank {r} large_ring {h:016x}", common::procs::RESULT);
+        return;
+    }
+    let outs = run_job(
+        "large_ring_reductions_reduce_as_they_receive_across_processes",
+        3,
+        &[],
+        JOB_DEADLINE,
+    );
+    let hashes: Vec<u64> = outs
+        .iter()
+        .enumerate()
+        .map(|(r, out)| {
+            let got = results(r, out);
+            assert_eq!(got.len(), 1, "rank {r}: {got:?}");
+            assert_eq!(got[0].0, "large_ring");
+            got[0].1
+        })
+        .collect();
+    assert!(
+        hashes.iter().all(|&h| h == hashes[0]),
+        "every rank ends with the same bits: {hashes:x?}"
+    );
+}

@@ -106,6 +106,20 @@ impl Target {
         }
     }
 
+    /// Where a receive of `len` bytes handed to `combine` in pieces
+    /// ([`Channel::irecv_combine`](crate::Channel::irecv_combine)) for
+    /// message `key` goes: a combining zone, posted with `transport` if it
+    /// lands messages of that size (else the engine hands the message over
+    /// at the match).
+    pub(crate) fn post_combining(
+        transport: &Arc<dyn Transport>,
+        key: LandKey,
+        len: usize,
+        combine: zccl_transports::landing::Combine,
+    ) -> Self {
+        Target::Zone(Landed::post_combining(transport, key, len, combine))
+    }
+
     /// The zone the engine is to know of (none for [`Target::Copy`]).
     pub(crate) fn zone(&self) -> Option<Arc<Zone>> {
         match self {
@@ -120,6 +134,15 @@ impl Target {
     fn settle(&self, outcome: Option<Outcome>, op: &OpDesc) -> Result<()> {
         match self {
             Target::Zone(landed) => {
+                // A combining zone's message that did not land (it came
+                // whole, in a buffer) is handed over here, on the thread
+                // that waits, not under the engine's lock at the match.
+                if landed.zone.combines()
+                    && let Some(Ok(Some(got))) = &outcome
+                    && !landed.zone.landed()
+                {
+                    landed.zone.fill_from(got);
+                }
                 landed.close();
                 outcome.map_or(Ok(()), |r| r.map(|_| ()))
             }

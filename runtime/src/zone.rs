@@ -45,6 +45,27 @@ impl Landed {
         }
     }
 
+    /// Posts a combining zone ([`Zone::combining`]) for message `key` with
+    /// `transport`'s landing zones, if it has any and lands messages of
+    /// `len` bytes.
+    pub(crate) fn post_combining(
+        transport: &Arc<dyn Transport>,
+        key: LandKey,
+        len: usize,
+        combine: zccl_transports::landing::Combine,
+    ) -> Self {
+        match transport.landing() {
+            Some(l) if l.lands(len) => Landed {
+                zone: l.post_combining(key, len, combine),
+                posted: Some((l, key)),
+            },
+            _ => Landed {
+                zone: Zone::combining(len, combine),
+                posted: None,
+            },
+        }
+    }
+
     /// Takes the buffer back: no transport claims the zone any more, a copy
     /// in progress is waited out, and nothing writes into it afterwards.
     pub(crate) fn close(&self) -> bool {

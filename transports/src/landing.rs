@@ -85,7 +85,24 @@ pub struct Zone {
     /// `state`'s lock): a finished claim notifies only if there are any
     /// (a notification is a system call even with nobody waiting).
     closers: std::sync::atomic::AtomicUsize,
+    /// A combining zone's sink ([`Zone::combining`]): the bytes go to it
+    /// instead of into `ptr` (null then). Called only by the thread that
+    /// holds the zone Busy (a claim) or its state's lock (`fill_from`).
+    combine: Option<Mutex<Combine>>,
 }
+
+/// Where a combining zone's bytes go ([`Zone::combining`]): called with
+/// each piece of the message in order, as `(offset, bytes)`, the offsets
+/// counted from the message's start; the pieces cover the message once.
+/// Every piece but the last is a multiple of [`COMBINE_PIECE_BYTES`] long,
+/// so a piece never splits an element.
+pub type Combine = Box<dyn FnMut(usize, &[u8]) + Send>;
+
+/// The size of the pieces a transport thread hands a combining zone
+/// ([`Combine`]): small enough that a piece copied into a buffer of the
+/// thread's is still in its cache when the sink reads it, a multiple of
+/// every element's size.
+pub const COMBINE_PIECE_BYTES: usize = 256 << 10;
 
 // SAFETY: the buffer is written only by the thread that holds the zone Busy
 // (a claim) or holds its lock (`fill_from`); the poster keeps it valid until
@@ -108,7 +125,46 @@ impl Zone {
             state: Mutex::new(State::Open),
             cv: Condvar::new(),
             closers: std::sync::atomic::AtomicUsize::new(0),
+            combine: None,
         })
+    }
+
+    /// A zone of `len` bytes whose message is handed to `combine` in
+    /// pieces instead of being stored (see [`Combine`]): a receive that
+    /// reduces what it gets into memory of its own. A transport that
+    /// copies by CMA reads each piece into a cache-sized buffer and hands
+    /// it over at once ([`Claim::combining`]), so the message is never
+    /// written to memory whole; a message that came any other way is
+    /// handed over whole by [`Zone::fill_from`] (the runtime calls it from
+    /// the receive's handle, off its engine's lock). Not posted anywhere
+    /// ([`Landing::post_combining`] posts one).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use zccl_transports::landing::Zone;
+    /// let sum = Arc::new(Mutex::new(0u64));
+    /// let s = sum.clone();
+    /// let zone = Zone::combining(3, Box::new(move |_off: usize, b: &[u8]| {
+    ///     *s.lock().unwrap() += b.iter().map(|&x| u64::from(x)).sum::<u64>();
+    /// }));
+    /// assert!(zone.fill_from(&[1, 2, 3]));
+    /// assert!(zone.close());
+    /// assert_eq!(*sum.lock().unwrap(), 6);
+    /// ```
+    pub fn combining(len: usize, combine: Combine) -> Arc<Self> {
+        Arc::new(Zone {
+            ptr: std::ptr::null_mut(),
+            len,
+            state: Mutex::new(State::Open),
+            cv: Condvar::new(),
+            closers: std::sync::atomic::AtomicUsize::new(0),
+            combine: Some(Mutex::new(combine)),
+        })
+    }
+
+    /// Whether the zone hands its bytes to a sink ([`Zone::combining`]).
+    pub fn combines(&self) -> bool {
+        self.combine.is_some()
     }
 
     /// Length in bytes.
@@ -131,16 +187,21 @@ impl Zone {
     }
 
     /// At the match of a message that did not land: copies `src` into the
-    /// zone if it is still open and of the same length. Returns whether it
-    /// did (a closed zone's owner no longer wants the data).
+    /// zone (or hands it to a combining zone's sink, whole) if it is still
+    /// open and of the same length. Returns whether it did (a closed zone's
+    /// owner no longer wants the data).
     pub fn fill_from(&self, src: &[u8]) -> bool {
         let mut st = self.state.lock().expect("zone");
         if *st != State::Open || src.len() != self.len {
             return false;
         }
-        // SAFETY: the zone is open and we hold its lock: neither a claim nor
-        // `close` runs meanwhile; the poster keeps the memory valid.
-        unsafe { crate::copy::copy_raw(self.ptr, src.as_ptr(), self.len) };
+        if let Some(c) = &self.combine {
+            (c.lock().expect("zone sink"))(0, src);
+        } else {
+            // SAFETY: the zone is open and we hold its lock: neither a claim
+            // nor `close` runs meanwhile; the poster keeps the memory valid.
+            unsafe { crate::copy::copy_raw(self.ptr, src.as_ptr(), self.len) };
+        }
         *st = State::Filled { landed: false };
         true
     }
@@ -182,11 +243,32 @@ pub struct Claim {
 }
 
 impl Claim {
-    /// The destination, to copy the payload into.
+    /// The destination, to copy the payload into (empty for a combining
+    /// zone, whose claims only [`Landing::claim_any`] and
+    /// [`Landing::claim_within`] give: see [`Claim::combining`]).
     pub fn dest(&mut self) -> &mut [u8] {
+        if self.zone.combine.is_some() {
+            debug_assert!(false, "a combining zone has no destination");
+            return &mut [];
+        }
         // SAFETY: the zone is Busy for this claim: nobody else writes or
         // reads it until `done`/drop, and the poster keeps it valid.
         unsafe { std::slice::from_raw_parts_mut(self.zone.ptr, self.zone.len) }
+    }
+
+    /// Whether the claimed zone is a combining one ([`Zone::combining`]).
+    pub fn zone_combines(&self) -> bool {
+        self.zone.combine.is_some()
+    }
+
+    /// A combining zone's sink ([`Zone::combining`]), to hand the payload
+    /// to in pieces of [`COMBINE_PIECE_BYTES`] (the last one shorter), in
+    /// order; `None` for a zone to copy into ([`Claim::dest`]).
+    pub fn combining(&mut self) -> Option<std::sync::MutexGuard<'_, Combine>> {
+        self.zone
+            .combine
+            .as_ref()
+            .map(|c| c.lock().expect("zone sink"))
     }
 
     /// The copy finished (`ok`) or failed (the zone opens again).
@@ -277,6 +359,35 @@ impl Landing {
         zone
     }
 
+    /// Posts a combining zone ([`Zone::combining`]) for the message `key`.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use zccl_transports::landing::{LandKey, Landing};
+    /// let landing = Landing::default();
+    /// let key = LandKey { peer: 1, comm: 0, channel: 2, seq: 7 };
+    /// let got = Arc::new(Mutex::new(Vec::new()));
+    /// let g = got.clone();
+    /// let zone = landing.post_combining(key, 4, Box::new(move |off: usize, b: &[u8]| {
+    ///     g.lock().unwrap().push((off, b.to_vec()));
+    /// }));
+    /// // A transport that copies into zones as they are leaves it alone ...
+    /// assert!(landing.claim(key, 4).is_none());
+    /// // ... one that hands pieces over claims it.
+    /// let mut claim = landing.claim_any(key, 4).unwrap();
+    /// (claim.combining().unwrap())(0, &[1, 2]);
+    /// (claim.combining().unwrap())(2, &[3, 4]);
+    /// claim.done(true);
+    /// assert!(zone.landed());
+    /// zone.close();
+    /// assert_eq!(*got.lock().unwrap(), [(0, vec![1, 2]), (2, vec![3, 4])]);
+    /// ```
+    pub fn post_combining(&self, key: LandKey, len: usize, combine: Combine) -> Arc<Zone> {
+        let zone = Zone::combining(len, combine);
+        self.insert(key, Posted::Zone(zone.clone()));
+        zone
+    }
+
     /// Marks message `key`'s receive as posted without a zone: the message
     /// takes a buffer of the transport's when it comes, at once (a
     /// [`Landing::claim_within`] waiting for it stops waiting). Forget it
@@ -343,18 +454,30 @@ impl Landing {
     /// A transport thread is about to copy `len` bytes of message `key`:
     /// the zone to copy them into, now held for this copy, if one is posted
     /// and open for exactly that length. A [mark](Landing::mark) is
-    /// forgotten here (the message came) and gives no zone.
+    /// forgotten here (the message came) and gives no zone. A combining
+    /// zone ([`Zone::combining`]) is left posted (its message is handed
+    /// over at the match); [`Landing::claim_any`] claims those too.
     pub fn claim(&self, key: LandKey, len: usize) -> Option<Claim> {
-        Self::claim_in(self.zones.lock().expect("landing"), key, len)
+        Self::claim_in(self.zones.lock().expect("landing"), key, len, false)
     }
 
-    /// [`Landing::claim`] with the zones' lock held (and let go here).
+    /// [`Landing::claim`], combining zones included: for a transport
+    /// thread that hands a combining zone's payload over in pieces
+    /// ([`Claim::combining`]).
+    pub fn claim_any(&self, key: LandKey, len: usize) -> Option<Claim> {
+        Self::claim_in(self.zones.lock().expect("landing"), key, len, true)
+    }
+
+    /// [`Landing::claim`] (or, `any`, [`Landing::claim_any`]) with the
+    /// zones' lock held (and let go here).
     fn claim_in(
         mut zones: std::sync::MutexGuard<'_, HashMap<LandKey, Posted>>,
         key: LandKey,
         len: usize,
+        any: bool,
     ) -> Option<Claim> {
         let zone = match zones.get(&key)? {
+            Posted::Zone(z) if z.combine.is_some() && !any => return None,
             Posted::Zone(z) if z.len == len => z.clone(),
             Posted::Zone(_) => return None,
             Posted::Mark => {
@@ -373,8 +496,8 @@ impl Landing {
         Some(Claim { zone, done: false })
     }
 
-    /// [`Landing::claim`], waiting up to `wait` for the receive of `key` to
-    /// be posted: for a large message that came before its receive, which
+    /// [`Landing::claim_any`] (combining zones included), waiting up to
+    /// `wait` for the receive of `key` to be posted: for a large message that came before its receive, which
     /// would otherwise be copied into a buffer of its own (allocated,
     /// faulted in, freed) and then again into the receive's buffer at the
     /// match. Gives up early once `stop` is set (checked every
@@ -417,7 +540,7 @@ impl Landing {
         // A zone of another length, or a mark: no claim, and the message
         // takes a buffer of its own.
         if found {
-            Self::claim_in(zones, key, len)
+            Self::claim_in(zones, key, len, true)
         } else {
             None
         }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use zccl_runtime::label::OpLabel;
 
 use super::ring_pipe::{
-    RecvAhead, piece_elems, ring_all_gather_pipe, ring_reduce_scatter_pipe, split_mine,
+    RecvAhead, combine_as_received, piece_elems, ring_all_gather_pipe, ring_reduce_scatter_pipe,
+    split_mine,
 };
 use super::{OP_AR_AG, OP_AR_RS, OP_HALVING, OP_RD, wait_all};
 use crate::dtype::{Elem, from_bytes, to_bytes};
@@ -163,6 +164,20 @@ fn ring_all_reduce_from<T: Elem, F: Fabric + ?Sized>(
     buf: &mut [T],
     op: ReduceOp,
 ) -> Result<()> {
+    let combine = combine_as_received(std::mem::size_of_val(buf), f.size());
+    ring_all_reduce_as(f, ch, src, buf, op, combine)
+}
+
+/// [`ring_all_reduce_from`], its reduce-scatter's pieces reduced as they
+/// come (`combine`) or once each is in.
+fn ring_all_reduce_as<T: Elem, F: Fabric + ?Sized>(
+    f: &F,
+    ch: u32,
+    src: Option<&[T]>,
+    buf: &mut [T],
+    op: ReduceOp,
+    combine: bool,
+) -> Result<()> {
     let (r, n) = (f.rank(), f.size());
     let chunks = chunk_ranges(buf.len(), n);
     // One piece size (in elements) for both halves, so that each finished
@@ -170,10 +185,21 @@ fn ring_all_reduce_from<T: Elem, F: Fabric + ?Sized>(
     let per = piece_elems::<T::Acc>();
     let rs = ring::reduce_scatter_steps(r, n);
     let mut rx = RecvAhead::new(f, ch, rs[0].recv_from);
-    for st in &rs {
-        rx.plan_step::<T::Acc>(OP_AR_RS, st.step, chunks[st.recv_chunk].clone(), per);
-    }
     let base = buf.as_mut_ptr();
+    let mut b = split_mine(buf, chunks[r].clone());
+    b.src = src;
+    // Large: reduced as they come (`combine_as_received`).
+    // SAFETY: `b`'s memory (the caller's `buf` and `src`) outlives `rx`;
+    // `b.mine`'s pieces are read (lent) only after their receive returned,
+    // the contributions never written before the reduce-scatter ends (in
+    // place, the all-gather overwrites them after it).
+    if combine {
+        unsafe { rx.plan_reduce_scatter(&mut b, &chunks, &rs, op, n, OP_AR_RS, per) }
+    } else {
+        for st in &rs {
+            rx.plan_step::<T::Acc>(OP_AR_RS, st.step, chunks[st.recv_chunk].clone(), per);
+        }
+    }
     for st in ring::all_gather_steps(r, n) {
         let chunk = chunks[st.recv_chunk].clone();
         if src.is_some() {
@@ -188,13 +214,10 @@ fn ring_all_reduce_from<T: Elem, F: Fabric + ?Sized>(
     }
     rx.post_all()?;
     let (mut first, mut sends) = (Vec::new(), Vec::new());
-    {
-        let mut b = split_mine(buf, chunks[r].clone());
-        b.src = src;
-        ring_reduce_scatter_pipe(
-            f, ch, &mut b, &chunks, op, OP_AR_RS, per, &mut rx, &mut first, &mut sends, true,
-        )?;
-    }
+    ring_reduce_scatter_pipe(
+        f, ch, &mut b, &chunks, op, OP_AR_RS, per, &mut rx, &mut first, &mut sends, true,
+    )?;
+    drop(b);
     if src.is_none() {
         // In place, step 0 lent chunks of `buf` that the all-gather
         // overwrites: they must be free first. (Only free: their
@@ -575,6 +598,54 @@ mod tests {
     /// different bracketing of the sum would show in the low bits.
     fn x(r: usize, i: usize) -> f32 {
         ((r * 7919 + i * 104_729) % 1_000_003) as f32 * 10f32.powi((r % 4) as i32 - 2)
+    }
+
+    /// The ring all-reduce gives the same bits whether its reduce-scatter
+    /// reduces each piece as it comes (through the fabric's
+    /// `irecv_combine`) or once it is in: every type (f16/bf16 partial
+    /// results travel as f32) and op, in place and out of place, 3 ranks
+    /// (a middle step) and 2, pieces of several sizes (a chunk of several
+    /// pieces, the last one short).
+    #[test]
+    fn reducing_as_pieces_come_gives_the_bits_of_reducing_them_after() {
+        use crate::dtype::{bf16, f16};
+        fn check<T: Elem>(n: usize, len: usize, mk: fn(f32) -> T, ops: &[ReduceOp]) {
+            for &op in ops {
+                for in_place in [false, true] {
+                    let got = run_ranks(n, move |f| {
+                        let input: Vec<T> = (0..len).map(|i| mk(x(f.rank(), i) / 64.0)).collect();
+                        [true, false].map(|combine| {
+                            let mut out = if in_place {
+                                input.clone()
+                            } else {
+                                vec![T::default(); len]
+                            };
+                            let src = (!in_place).then_some(&input[..]);
+                            ring_all_reduce_as(f, 0, src, &mut out, op, combine).unwrap();
+                            out
+                        })
+                    });
+                    for (r, [a, b]) in got.iter().enumerate() {
+                        assert!(
+                            crate::dtype::as_bytes(a) == crate::dtype::as_bytes(b),
+                            "{} over {n} ranks, {len} elements, {op:?}, in place {in_place}: \
+                             rank {r} differs",
+                            std::any::type_name::<T>()
+                        );
+                    }
+                }
+            }
+        }
+        let all = [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max, ReduceOp::Prod];
+        for n in [2, 3] {
+            // Chunks of a piece and a half (pieces of 2 MiB of the
+            // accumulator: 524 288 f32).
+            check::<f32>(n, n * 786_432, |v| v, &[ReduceOp::Sum]);
+            check::<bf16>(n, n * 786_432, bf16::from_f32, &[ReduceOp::Avg]);
+            check::<f16>(n, 1000, f16::from_f32, &all);
+            check::<f64>(n, 1000, f64::from, &all);
+            check::<i32>(n, 1001, |v| v as i32, &all);
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@ use crate::fabric::Signed;
 use std::sync::Arc;
 use zccl_runtime::label::OpLabel;
 
-use super::ring_pipe::{RecvAhead, RsBuf, piece_elems, ring_reduce_scatter_pipe};
+use super::ring_pipe::{
+    RecvAhead, RsBuf, combine_as_received, piece_elems, ring_reduce_scatter_pipe,
+};
 use super::{OP_RS, wait_all};
 use crate::dtype::Elem;
 use crate::error::{Error, Result};
@@ -83,8 +85,15 @@ pub fn reduce_scatter_into<T: Elem, F: Fabric + ?Sized>(
     let per = piece_elems::<T::Acc>();
     let steps = ring::reduce_scatter_steps(r, n);
     let mut rx = RecvAhead::new(f, ch, steps[0].recv_from);
-    for st in &steps {
-        rx.plan_step::<T::Acc>(OP_RS, st.step, chunks[st.recv_chunk].clone(), per);
+    if combine_as_received(std::mem::size_of_val(input), n) {
+        // SAFETY: `b`'s memory (the caller's `input` and `output`)
+        // outlives `rx`; `output` is not read before the reduce-scatter
+        // ends, and `input` never written.
+        unsafe { rx.plan_reduce_scatter(&mut b, &chunks, &steps, op, n, OP_RS, per) }
+    } else {
+        for st in &steps {
+            rx.plan_step::<T::Acc>(OP_RS, st.step, chunks[st.recv_chunk].clone(), per);
+        }
     }
     rx.post_all()?;
     let (mut first, mut sends) = (Vec::new(), Vec::new());

@@ -91,14 +91,23 @@ struct How {
     deadline: Instant,
     /// The payloads borrow the caller's memory ([`Channel::isend_lent`]).
     lent: bool,
-    /// The receive lands in this memory ([`Channel::irecv_into`]).
-    into: Option<(*mut u8, usize)>,
+    /// Where the receive lands ([`Channel::irecv_into`],
+    /// [`Channel::irecv_combine`]).
+    into: Option<Sink>,
     /// Where that receive goes, once posted.
     landed: Option<crate::land::Target>,
 }
 
+/// Where the receive of an issue goes, other than a buffer of its own.
+enum Sink {
+    /// This memory (`ptr`, `len` bytes; [`Channel::irecv_into`]).
+    Memory(*mut u8, usize),
+    /// A combining zone's sink ([`Channel::irecv_combine`]).
+    Combine(zccl_transports::landing::Combine),
+}
+
 impl How {
-    fn new(comm: u32, timeout: Duration, lent: bool, into: Option<(*mut u8, usize)>) -> Self {
+    fn new(comm: u32, timeout: Duration, lent: bool, into: Option<Sink>) -> Self {
         let now = Instant::now();
         How {
             comm,
@@ -308,14 +317,13 @@ impl Channel {
     /// Issues the ops of an array (one op, or a send and a receive), with
     /// no collection on the way: their handles' sides, in the same order.
     /// `lent`: their payloads borrow the caller's memory (see
-    /// [`Channel::isend_lent`]); `into`: the receive among `ops` lands in
-    /// this memory (`ptr`, `len` bytes; see [`crate::land`]), and where it
-    /// goes is returned. Either all are issued or, on an error, none.
+    /// [`Channel::isend_lent`]); `into`: where the receive among `ops`
+    /// lands (see [`crate::land`]), and where it goes is returned. Either all are issued or, on an error, none.
     fn issue<const N: usize>(
         &self,
         ops: [Op; N],
         lent: bool,
-        into: Option<(*mut u8, usize)>,
+        into: Option<Sink>,
     ) -> Result<([Pending; N], Option<crate::land::Target>)> {
         for op in &ops {
             self.check(op)?;
@@ -435,11 +443,18 @@ impl Channel {
         };
         let scratch = zone.is_some();
         if kind == OpKind::Recv
-            && let Some((ptr, len)) = how.into
+            && let Some(into) = how.into.take()
         {
-            // SAFETY: `Channel::irecv_into`'s caller keeps the memory
-            // valid and untouched until the handle is waited or dropped.
-            let t = unsafe { crate::land::Target::post(&core.transport, key, ptr, len) };
+            let t = match into {
+                // SAFETY: `Channel::irecv_into`'s caller keeps the memory
+                // valid and untouched until the handle is waited or dropped.
+                Sink::Memory(ptr, len) => unsafe {
+                    crate::land::Target::post(&core.transport, key, ptr, len)
+                },
+                Sink::Combine(c) => {
+                    crate::land::Target::post_combining(&core.transport, key, bytes as usize, c)
+                }
+            };
             zone = t.zone();
             how.landed = Some(t);
         }
@@ -569,8 +584,55 @@ impl Channel {
         peer: u32,
         buf: &mut [T],
     ) -> Result<crate::land::RecvIntoHandle> {
-        let into = (buf.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(buf));
+        let into = Sink::Memory(buf.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(buf));
         let ([p], landed) = self.issue([Op::recv::<T>(peer, buf.len())], false, Some(into))?;
+        Ok(crate::land::RecvIntoHandle {
+            p: Some(p),
+            into: landed.expect("a receive has a destination"),
+        })
+    }
+
+    /// Starts receiving `count` elements of `T` from `peer`, **handed to
+    /// `combine` in pieces** instead of stored: `combine(offset, bytes)`
+    /// gets each piece once, in order, `offset` in bytes from the
+    /// message's start; a piece never splits an element (see
+    /// [`zccl_transports::landing::Combine`]). From a same-host peer by CMA
+    /// each piece is read from the sender's memory into a cache-sized
+    /// buffer and handed over at once, on the thread that copies it; any
+    /// other message is handed over whole by the handle's `wait` (or its
+    /// drop, if the message came before). For a reduction of what arrives
+    /// into memory of the caller's (the ring collectives' reduce-scatter):
+    /// the message is read once and never written to memory whole.
+    /// `combine` is not called once the handle's `wait` returned or its
+    /// drop ended. A send of another size or type fails both, as with
+    /// [`Channel::irecv`] (`combine` is then not called).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let ch = comm.channel(3);
+    /// let sum = Arc::new(Mutex::new(0i64));
+    /// let s = sum.clone();
+    /// let r = ch.irecv_combine::<i32>(0, 4, Box::new(move |_off: usize, b: &[u8]| {
+    ///     for x in b.chunks_exact(4) {
+    ///         *s.lock().unwrap() += i64::from(i32::from_ne_bytes(x.try_into().unwrap()));
+    ///     }
+    /// })).unwrap();
+    /// ch.isend(0, vec![1i32, 2, 3, 4]).unwrap().wait().unwrap();
+    /// r.wait().unwrap();
+    /// assert_eq!(*sum.lock().unwrap(), 10);
+    /// ```
+    pub fn irecv_combine<T: Element>(
+        &self,
+        peer: u32,
+        count: usize,
+        combine: zccl_transports::landing::Combine,
+    ) -> Result<crate::land::RecvIntoHandle> {
+        let into = Sink::Combine(combine);
+        let ([p], landed) = self.issue([Op::recv::<T>(peer, count)], false, Some(into))?;
         Ok(crate::land::RecvIntoHandle {
             p: Some(p),
             into: landed.expect("a receive has a destination"),

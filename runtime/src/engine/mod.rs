@@ -639,9 +639,11 @@ impl Engine {
             && !landed
             && !recv.scratch
             && let Some(z) = &recv.zone
+            && !z.combines()
         {
             // Into the user's buffer now (a closed zone's owner no longer
-            // wants the bytes).
+            // wants the bytes). A combining zone's sink gets them from the
+            // handle instead (`land`), off the engine's lock.
             z.fill_from(&payload);
         }
         // Routed: the peer is on another host and the router carries what

@@ -17,6 +17,7 @@ use super::record::{
     decode_cma, decode_record,
 };
 use super::ring::{RingStop, monotonic_ns};
+use crate::landing::COMBINE_PIECE_BYTES;
 use crate::recvbuf::RecvBuf;
 use crate::{CloseReason, Message, TransportEvent};
 
@@ -483,21 +484,28 @@ fn copy_cma(
     let mut claim = if !zone_wait.is_zero() {
         ctx.landing.claim_within(key, len, zone_wait, &link.stop)
     } else {
-        ctx.landing.claim(key, len)
+        ctx.landing.claim_any(key, len)
     };
-    let mut payload = RecvBuf::new(if claim.is_some() { 0 } else { rec.len as usize });
-    let dest = match claim.as_mut() {
-        Some(c) => c.dest(),
-        None => payload.as_mut_slice(),
-    };
-    crate::cma::read_parallel(pid, ext.addr, dest, ctx.split_copies).map_err(|e| {
+    let failed = |e| {
         format!(
             "copying {} bytes at {:#x} from pid {pid} by CMA failed: {}",
             rec.len,
             ext.addr,
             crate::cma::explain(e)
         )
-    })?;
+    };
+    let mut payload = RecvBuf::new(if claim.is_some() { 0 } else { rec.len as usize });
+    match claim.as_mut() {
+        Some(c) if c.zone_combines() => {
+            let mut sink = c.combining().expect("a combining zone has a sink");
+            read_combining(pid, ext.addr, len, &mut **sink).map_err(failed)?;
+        }
+        Some(c) => {
+            crate::cma::read_parallel(pid, ext.addr, c.dest(), ctx.split_copies).map_err(failed)?
+        }
+        None => crate::cma::read_parallel(pid, ext.addr, payload.as_mut_slice(), ctx.split_copies)
+            .map_err(failed)?,
+    }
     // A lent payload the sender withdrew may have changed under the copy.
     fence(Ordering::SeqCst);
     if link.in_ring.cma_withdrawn().load(Ordering::SeqCst) >= ext.number {
@@ -523,6 +531,41 @@ fn copy_cma(
         link.out_ring.notify_reader();
     }
     Ok(payload)
+}
+
+/// Copies `len` bytes at `addr` of process `pid` by CMA into a buffer of
+/// this thread's, a [`COMBINE_PIECE_BYTES`] piece at a time, handing each
+/// piece to a combining zone's `sink` while it is still in this CPU's
+/// cache ([`crate::landing::Zone::combining`]): a reduction reads what it
+/// receives once, from the peer's memory, instead of the copy writing it
+/// to memory whole and the reduction reading it back.
+fn read_combining(
+    pid: u32,
+    addr: u64,
+    len: usize,
+    sink: &mut dyn FnMut(usize, &[u8]),
+) -> Result<(), nix::errno::Errno> {
+    thread_local! {
+        // 16-byte aligned, so every element type can be read in place.
+        static PIECE: std::cell::RefCell<Vec<u128>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    PIECE.with_borrow_mut(|piece| {
+        if piece.is_empty() {
+            piece.resize(COMBINE_PIECE_BYTES / 16, 0);
+        }
+        // SAFETY: the vector's memory as bytes (any byte pattern is valid).
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(piece.as_mut_ptr().cast::<u8>(), COMBINE_PIECE_BYTES)
+        };
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(COMBINE_PIECE_BYTES);
+            crate::cma::read(pid, addr + off as u64, &mut buf[..n])?;
+            sink(off, &buf[..n]);
+            off += n;
+        }
+        Ok(())
+    })
 }
 
 /// How long the reader thread waits for the receive of the CMA record
@@ -865,6 +908,84 @@ mod tests {
         // whole in the ring by the time it is read (written one at a time,
         // each at once), so it lands, by a poll or by the reader thread.
         assert_eq!((landed, came_whole), (32, 8));
+    }
+
+    /// A CMA record whose receive posted a combining zone is read from the
+    /// sender a piece of `COMBINE_PIECE_BYTES` at a time, each handed to
+    /// the zone's sink in order (by a poll, and by the reader thread for
+    /// one larger than polls take); the message then comes empty, landed.
+    /// A ring record (too small for CMA) is left to the match instead.
+    #[test]
+    fn cma_records_are_handed_to_a_combining_zone_piece_by_piece() {
+        use crate::MessageKind;
+        use crate::shm::testutil::{msg, msg_key as key, pair_waiting};
+        use std::sync::{Arc, Mutex};
+        use std::time::Instant;
+        let ((t0, _rx0), (t1, mut rx1)) = pair_waiting(Duration::from_millis(200));
+        let landing = t1.landing().expect("shm lands");
+        t1.set_polling(true);
+        let cases = [
+            (0, POLL_MAX_PAYLOAD / 2),           // a ring record
+            (1, 3 * COMBINE_PIECE_BYTES + 4100), // polled CMA, short last piece
+            (2, POLL_MAX_CMA_BYTES * 3 + 64),    // the reader thread's
+        ];
+        for (seq, len) in cases {
+            let pieces = Arc::new(Mutex::new(Vec::<(usize, Vec<u8>)>::new()));
+            let sink = pieces.clone();
+            let zone = landing.post_combining(
+                key(seq),
+                len,
+                Box::new(move |off: usize, b: &[u8]| sink.lock().unwrap().push((off, b.to_vec()))),
+            );
+            if seq == 2 {
+                // Nobody polls: the reader thread copies it.
+                t1.set_polling(false);
+            }
+            let m = msg(MessageKind::Data, seq, len);
+            t0.send(1, m.clone()).unwrap();
+            let mut got = Vec::new();
+            let t = Instant::now();
+            while got.is_empty() {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "seq {seq}: never came"
+                );
+                if seq != 2 {
+                    t1.poll(8, &mut |_, m| got.push(m));
+                }
+                if let Ok(TransportEvent::Message { msg, .. }) = rx1.try_recv() {
+                    got.push(msg);
+                }
+            }
+            let came = got.pop().unwrap();
+            landing.remove(key(seq));
+            let landed = zone.close();
+            let pieces = pieces.lock().unwrap();
+            if seq == 0 {
+                assert!(
+                    came == m && !landed && pieces.is_empty(),
+                    "ring record: whole"
+                );
+                continue;
+            }
+            assert!(came.payload.is_empty() && landed, "seq {seq}: not landed");
+            let mut at = 0;
+            for (i, (off, b)) in pieces.iter().enumerate() {
+                assert_eq!(*off, at, "seq {seq}: piece {i} out of order");
+                let last = i + 1 == pieces.len();
+                assert!(
+                    last || b.len() == COMBINE_PIECE_BYTES,
+                    "seq {seq}: piece {i}"
+                );
+                assert!(
+                    b[..] == m.payload[at..at + b.len()],
+                    "seq {seq}: piece {i}'s bytes"
+                );
+                at += b.len();
+            }
+            assert_eq!(at, len, "seq {seq}: the pieces cover the message");
+            assert_eq!(pieces.len(), len.div_ceil(COMBINE_PIECE_BYTES));
+        }
     }
 
     /// A CMA record whose receive has not posted its zone, the last one in
