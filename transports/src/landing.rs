@@ -18,6 +18,15 @@
 //! receive completed, failed or was dropped): closing waits out a copy in
 //! progress, and nothing writes into the buffer afterwards.
 //!
+//! A **combining** zone ([`Zone::combining`], [`Landing::post_combining`])
+//! has no memory: its message is handed to a sink of the receiver's
+//! ([`Combine`]), which reduces it into memory of its own. A transport
+//! that copies by CMA claims it ([`Landing::claim_any`]) and hands the
+//! payload over in pieces of [`COMBINE_PIECE_BYTES`], each read into a
+//! buffer of the copying thread and handed over while still in its cache
+//! ([`Claim::combining`]); [`Landing::claim`] leaves it alone, and a
+//! message that came whole goes to the sink through [`Zone::fill_from`].
+//!
 //! A receive that names no destination may **mark** its key instead
 //! ([`Landing::mark`]): it is posted, and its message takes a buffer of
 //! the transport's when it comes. A transport that leaves a message whose
