@@ -217,7 +217,6 @@ fn ring_all_reduce_as<T: Elem, F: Fabric + ?Sized>(
     ring_reduce_scatter_pipe(
         f, ch, &mut b, &chunks, op, OP_AR_RS, per, &mut rx, &mut first, &mut sends, true,
     )?;
-    drop(b);
     if src.is_none() {
         // In place, step 0 lent chunks of `buf` that the all-gather
         // overwrites: they must be free first. (Only free: their

@@ -174,8 +174,8 @@ impl<'a, F: Fabric + ?Sized> RecvAhead<'a, F> {
     /// `per` elements) as receives that reduce what they get as it comes
     /// ([`Fabric::irecv_combine`]): a piece of every step but the last is
     /// combined with this rank's contribution into a new partial result
-    /// (returned, in order, to be sent on once its receive completed),
-    /// a piece of the last step into its place in `b.mine`, finished. A
+    /// (kept here, to be sent on once its receive completed), a piece of
+    /// the last step into its place in `b.mine`, finished. A
     /// same-host peer's piece is then read from its memory a cache-sized
     /// part at a time and reduced at once, never written to memory whole
     /// and read back (4 ranks, 64 MiB: 240 MiB of memory traffic per rank

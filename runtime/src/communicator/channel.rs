@@ -318,7 +318,8 @@ impl Channel {
     /// no collection on the way: their handles' sides, in the same order.
     /// `lent`: their payloads borrow the caller's memory (see
     /// [`Channel::isend_lent`]); `into`: where the receive among `ops`
-    /// lands (see [`crate::land`]), and where it goes is returned. Either all are issued or, on an error, none.
+    /// lands (see [`crate::land`]), and where it goes is returned. Either
+    /// all are issued or, on an error, none.
     fn issue<const N: usize>(
         &self,
         ops: [Op; N],
@@ -605,7 +606,10 @@ impl Channel {
     /// the message is read once and never written to memory whole.
     /// `combine` is not called once the handle's `wait` returned or its
     /// drop ended. A send of another size or type fails both, as with
-    /// [`Channel::irecv`] (`combine` is then not called).
+    /// [`Channel::irecv`]; one of the same length may have been handed to
+    /// `combine` before its type was compared, so what `combine` wrote is
+    /// not to be used after a failed receive (as a failed
+    /// [`Channel::irecv_into`]'s buffer).
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};

@@ -927,7 +927,7 @@ mod tests {
         let cases = [
             (0, POLL_MAX_PAYLOAD / 2),           // a ring record
             (1, 3 * COMBINE_PIECE_BYTES + 4100), // polled CMA, short last piece
-            (2, POLL_MAX_CMA_BYTES * 3 + 64),    // the reader thread's
+            (2, POLL_MAX_CMA_BYTES * 3 + 64),    // copied by the reader thread
         ];
         for (seq, len) in cases {
             let pieces = Arc::new(Mutex::new(Vec::<(usize, Vec<u8>)>::new()));
