@@ -425,44 +425,9 @@ impl std::fmt::Debug for RecvIntoHandle {
     }
 }
 
-/// [`Fabric::irecv_into`]'s default: an ordinary receive, copied into the
-/// caller's buffer when it is waited (nothing is written before).
-struct CopyInto {
-    h: Option<RecvHandle>,
-    dst: *mut u8,
-    len: usize,
-}
-
-// SAFETY: `dst` is written only in `wait`, on the waiting thread; the
-// caller of `irecv_into` keeps it valid until the handle is waited or
-// dropped.
-unsafe impl Send for CopyInto {}
-
-impl PendingRecvInto for CopyInto {
-    fn wait(mut self: Box<Self>) -> Result<()> {
-        let got = self.h.take().expect("waited once").wait_bytes()?;
-        if got.len() != self.len {
-            return Err(crate::error::invalid(format!(
-                "irecv_into: received {} B into a buffer of {} B",
-                got.len(),
-                self.len
-            )));
-        }
-        // SAFETY: see the `Send` impl; the lengths are equal.
-        unsafe { zccl_transports::copy::copy_raw(self.dst, got.as_ptr(), self.len) };
-        Ok(())
-    }
-
-    fn test(&mut self) -> Result<bool> {
-        match &mut self.h {
-            Some(h) => h.test(),
-            None => Ok(true),
-        }
-    }
-}
-
-/// [`Fabric::irecv_combine`]'s default: an ordinary receive, handed to the
-/// sink whole when it is waited.
+/// [`Fabric::irecv_combine`]'s default (and so [`Fabric::irecv_into`]'s):
+/// an ordinary receive, handed to the sink whole when it is waited
+/// (nothing is handed over before).
 struct CombineAtWait {
     h: Option<RecvHandle>,
     len: usize,
@@ -474,7 +439,7 @@ impl PendingRecvInto for CombineAtWait {
         let got = self.h.take().expect("waited once").wait_bytes()?;
         if got.len() != self.len {
             return Err(crate::error::invalid(format!(
-                "irecv_combine: received {} B where {} B were due",
+                "received {} B where a receive of {} B was posted",
                 got.len(),
                 self.len
             )));
@@ -799,12 +764,19 @@ pub trait Fabric: Send + Sync {
         tag: u64,
         dst: &mut [u8],
     ) -> Result<RecvIntoHandle> {
-        let h = self.irecv(from, channel, tag, dst.len())?;
-        Ok(RecvIntoHandle::new(CopyInto {
-            h: Some(h),
-            dst: dst.as_mut_ptr(),
-            len: dst.len(),
-        }))
+        /// `dst`, written by the sink on the thread that waits.
+        struct Dst(*mut u8);
+        // SAFETY: the caller keeps the memory valid and untouched until the
+        // handle is waited or dropped, and only the sink writes it.
+        unsafe impl Send for Dst {}
+        let (dst, len) = (Dst(dst.as_mut_ptr()), dst.len());
+        let copy = move |off: usize, b: &[u8]| {
+            let dst = &dst;
+            // SAFETY: see `Dst`; the pieces lie within the `len` bytes
+            // (the default hands over one, of exactly `len` bytes).
+            unsafe { zccl_transports::copy::copy_raw(dst.0.add(off), b.as_ptr(), b.len()) };
+        };
+        self.irecv_combine(from, channel, tag, len, Box::new(copy))
     }
 
     /// Like [`Fabric::irecv`] of `len` bytes, but the message is handed to

@@ -106,20 +106,6 @@ impl Target {
         }
     }
 
-    /// Where a receive of `len` bytes handed to `combine` in pieces
-    /// ([`Channel::irecv_combine`](crate::Channel::irecv_combine)) for
-    /// message `key` goes: a combining zone, posted with `transport` if it
-    /// lands messages of that size (else the engine hands the message over
-    /// at the match).
-    pub(crate) fn post_combining(
-        transport: &Arc<dyn Transport>,
-        key: LandKey,
-        len: usize,
-        combine: zccl_transports::landing::Combine,
-    ) -> Self {
-        Target::Zone(Landed::post_combining(transport, key, len, combine))
-    }
-
     /// The zone the engine is to know of (none for [`Target::Copy`]).
     pub(crate) fn zone(&self) -> Option<Arc<Zone>> {
         match self {

@@ -31,18 +31,12 @@ impl Landed {
         ptr: *mut u8,
         len: usize,
     ) -> Self {
-        match transport.landing() {
-            Some(l) if l.lands(len) => Landed {
-                // SAFETY: forwarded from our caller.
-                zone: unsafe { l.post(key, ptr, len) },
-                posted: Some((l, key)),
-            },
-            _ => Landed {
-                // SAFETY: forwarded from our caller.
-                zone: unsafe { Zone::new(ptr, len) },
-                posted: None,
-            },
-        }
+        Self::post_as(transport, key, len, |landing| match landing {
+            // SAFETY: forwarded from our caller.
+            Some(l) => unsafe { l.post(key, ptr, len) },
+            // SAFETY: forwarded from our caller.
+            None => unsafe { Zone::new(ptr, len) },
+        })
     }
 
     /// Posts a combining zone ([`Zone::combining`]) for message `key` with
@@ -54,13 +48,29 @@ impl Landed {
         len: usize,
         combine: zccl_transports::landing::Combine,
     ) -> Self {
+        Self::post_as(transport, key, len, |landing| match landing {
+            Some(l) => l.post_combining(key, len, combine),
+            None => Zone::combining(len, combine),
+        })
+    }
+
+    /// The zone `make` makes: posted with `transport`'s landing zones (it
+    /// gets them) if it has any and lands messages of `len` bytes, else
+    /// not posted anywhere (it gets `None`; the engine or the handle fills
+    /// it).
+    fn post_as(
+        transport: &Arc<dyn Transport>,
+        key: LandKey,
+        len: usize,
+        make: impl FnOnce(Option<&Landing>) -> Arc<Zone>,
+    ) -> Self {
         match transport.landing() {
             Some(l) if l.lands(len) => Landed {
-                zone: l.post_combining(key, len, combine),
+                zone: make(Some(&l)),
                 posted: Some((l, key)),
             },
             _ => Landed {
-                zone: Zone::combining(len, combine),
+                zone: make(None),
                 posted: None,
             },
         }

@@ -452,9 +452,15 @@ impl Channel {
                 Sink::Memory(ptr, len) => unsafe {
                     crate::land::Target::post(&core.transport, key, ptr, len)
                 },
-                Sink::Combine(c) => {
-                    crate::land::Target::post_combining(&core.transport, key, bytes as usize, c)
-                }
+                // A combining zone, posted where the transport lands
+                // messages of this size (else the handle hands the
+                // message over when it is waited).
+                Sink::Combine(c) => crate::land::Target::Zone(crate::zone::Landed::post_combining(
+                    &core.transport,
+                    key,
+                    bytes as usize,
+                    c,
+                )),
             };
             zone = t.zone();
             how.landed = Some(t);
