@@ -200,17 +200,23 @@ fn ring_all_reduce_as<T: Elem, F: Fabric + ?Sized>(
             rx.plan_step::<T::Acc>(OP_AR_RS, st.step, chunks[st.recv_chunk].clone(), per);
         }
     }
+    // The all-gather's pieces are received straight into their place in
+    // `buf`, in place too. There a chunk is read (this rank's contribution)
+    // or lent (step 0's) during the reduce-scatter while its zone is
+    // posted, but no byte of it can arrive before that is over: the final
+    // value of piece `k` of chunk `c` exists only once every rank combined
+    // its contribution to that piece and sent the result on, this rank's
+    // included (and, for the chunk lent at step 0, once its right
+    // neighbour copied it: that copy starts the chunk's chain). (Received
+    // into buffers of their own and copied in, in place took 1.2x as long
+    // as out of place: 4 ranks, 64 MiB, 64.1 against 51.8 ms; landed, 49.5
+    // ms.)
     for st in ring::all_gather_steps(r, n) {
         let chunk = chunks[st.recv_chunk].clone();
-        if src.is_some() {
-            // Out of place, the all-gather's chunks of `buf` are neither
-            // read nor lent before they arrive: receive them in place.
-            // SAFETY: they lie in `buf`, are touched only once their receive
-            // returned, and `rx` is dropped before `buf` is released.
-            unsafe { rx.plan_step_into::<T>(OP_AR_AG, st.step, chunk, per, base) };
-        } else {
-            rx.plan_step::<T>(OP_AR_AG, st.step, chunk, per);
-        }
+        // SAFETY: the pieces lie in `buf`, are written only by their
+        // message (see above), read by this rank only once their receive
+        // returned, and `rx` is dropped before `buf` is released.
+        unsafe { rx.plan_step_into::<T>(OP_AR_AG, st.step, chunk, per, base) };
     }
     rx.post_all()?;
     let (mut first, mut sends) = (Vec::new(), Vec::new());
@@ -218,9 +224,11 @@ fn ring_all_reduce_as<T: Elem, F: Fabric + ?Sized>(
         f, ch, &mut b, &chunks, op, OP_AR_RS, per, &mut rx, &mut first, &mut sends, true,
     )?;
     if src.is_none() {
-        // In place, step 0 lent chunks of `buf` that the all-gather
-        // overwrites: they must be free first. (Only free: their
-        // completion follows every receive posted before them.)
+        // In place, step 0 lent chunks of `buf` that the all-gather's
+        // values land in: taken back before the pipe forwards those (the
+        // peer's copy preceded them, see above; this collects the
+        // transport's release). (Only free: their completion follows every
+        // receive posted before them.)
         for s in &mut first {
             s.wait_free()?;
         }
