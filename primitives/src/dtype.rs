@@ -255,13 +255,19 @@ pub(crate) fn cast_slice_mut<T: Elem>(b: &mut [u8]) -> Option<&mut [T]> {
 /// the allocation is aligned for `T` (the usual case).
 pub(crate) fn message_with<T: Elem>(count: usize, fill: impl FnOnce(&mut [T])) -> Vec<u8> {
     let mut b = zccl_runtime::buffer::recycled_vec(count * std::mem::size_of::<T>());
-    match cast_slice_mut::<T>(&mut b) {
+    fill_as(&mut b, fill);
+    b
+}
+
+/// Has `fill` write `b` as elements of `T`: in place where `b` is aligned
+/// for `T` (the usual case), else through a vector copied in after.
+pub(crate) fn fill_as<T: Elem>(b: &mut [u8], fill: impl FnOnce(&mut [T])) {
+    match cast_slice_mut::<T>(b) {
         Some(s) => fill(s),
         None => {
-            let mut tmp = vec![T::default(); count];
+            let mut tmp = vec![T::default(); b.len() / std::mem::size_of::<T>()];
             fill(&mut tmp);
-            zccl_transports::copy::copy(&mut b, as_bytes(&tmp));
+            zccl_transports::copy::copy(b, as_bytes(&tmp));
         }
     }
-    b
 }

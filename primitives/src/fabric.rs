@@ -40,7 +40,7 @@
 //! assert_eq!(got, vec![vec![1, 1, 1], vec![0, 0, 0]]);
 //! ```
 
-use crate::dtype::{Elem, cast_slice, from_bytes, to_bytes};
+use crate::dtype::{Elem, to_bytes};
 use crate::error::Result;
 use zccl_runtime::DType;
 use zccl_runtime::label::OpLabel;
@@ -180,10 +180,7 @@ impl RecvBytes {
     /// assert_eq!(b.elems::<u8>().len(), 16);
     /// ```
     pub fn elems<T: Elem>(&self) -> std::borrow::Cow<'_, [T]> {
-        match cast_slice::<T>(self) {
-            Some(s) => std::borrow::Cow::Borrowed(s),
-            None => std::borrow::Cow::Owned(from_bytes(self)),
-        }
+        crate::dtype::as_elems(self)
     }
 }
 

@@ -122,10 +122,10 @@ impl Target {
             Target::Zone(landed) => {
                 // A combining zone's message that did not land (it came
                 // whole, in a buffer) is handed over here, on the thread
-                // that waits, not under the engine's lock at the match.
+                // that waits, not under the engine's lock at the match (a
+                // landed one left the zone filled: `fill_from` skips it).
                 if landed.zone.combines()
                     && let Some(Ok(Some(got))) = &outcome
-                    && !landed.zone.landed()
                 {
                     landed.zone.fill_from(got);
                 }

@@ -265,15 +265,10 @@ impl Claim {
         unsafe { std::slice::from_raw_parts_mut(self.zone.ptr, self.zone.len) }
     }
 
-    /// Whether the claimed zone is a combining one ([`Zone::combining`]).
-    pub fn zone_combines(&self) -> bool {
-        self.zone.combine.is_some()
-    }
-
     /// A combining zone's sink ([`Zone::combining`]), to hand the payload
     /// to in pieces of [`COMBINE_PIECE_BYTES`] (the last one shorter), in
     /// order; `None` for a zone to copy into ([`Claim::dest`]).
-    pub fn combining(&mut self) -> Option<std::sync::MutexGuard<'_, Combine>> {
+    pub fn combining(&self) -> Option<std::sync::MutexGuard<'_, Combine>> {
         self.zone
             .combine
             .as_ref()

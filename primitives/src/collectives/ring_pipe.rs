@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 
 use super::{OP_AR_AG, step_tag};
-use crate::dtype::{Elem, as_bytes, cast_slice, cast_slice_mut, from_bytes, message_with};
+use crate::dtype::{Elem, as_bytes, as_elems, fill_as, message_with};
 use crate::error::Result;
 use crate::fabric::{Combine, Fabric, RecvBytes, RecvHandle, RecvIntoHandle, SendHandle, tag};
 use crate::reduce::{ReduceOp, combine_finish, combine_finish_to, combine_to};
@@ -205,20 +205,20 @@ impl<'a, F: Fabric + ?Sized> RecvAhead<'a, F> {
                 let t = tag(opcode, st.step as u16, k);
                 let combine: Combine = if last {
                     let mine = Shared(b.mine_piece(&p).as_mut_ptr());
-                    let src = Shared(b.src.map_or(std::ptr::null(), |s| s[p.clone()].as_ptr()));
+                    let src = b.src.map(|s| Shared(s[p.clone()].as_ptr()));
                     Box::new(move |off: usize, got: &[u8]| {
                         let (e, m) = (off / acc, got.len() / acc);
-                        let x = elems::<T::Acc>(got);
+                        let x = as_elems::<T::Acc>(got);
                         // SAFETY: elements `e..e + m` of this piece of
                         // `b.mine` (and of the input), ours to write
                         // (read) until the receive returns (the contract).
                         let out = unsafe { std::slice::from_raw_parts_mut(mine.get().add(e), m) };
-                        if src.get().is_null() {
-                            combine_finish(op, n, out, &x);
-                        } else {
+                        match src {
                             // SAFETY: as above, read only.
-                            let src = unsafe { std::slice::from_raw_parts(src.get().add(e), m) };
-                            combine_finish_to(op, n, out, &x, src);
+                            Some(src) => combine_finish_to(op, n, out, &x, unsafe {
+                                std::slice::from_raw_parts(src.get().add(e), m)
+                            }),
+                            None => combine_finish(op, n, out, &x),
                         }
                     })
                 } else {
@@ -227,25 +227,17 @@ impl<'a, F: Fabric + ?Sized> RecvAhead<'a, F> {
                     let local = Shared(b.local(&p).as_ptr());
                     self.partials.push_back(msg);
                     Box::new(move |off: usize, got: &[u8]| {
-                        let m = got.len() / acc;
-                        let x = elems::<T::Acc>(got);
+                        let x = as_elems::<T::Acc>(got);
                         // SAFETY: the partial result's bytes `off..`, and
                         // elements of this rank's contribution, valid until
                         // the receive returns (the contract).
                         let (out, local) = unsafe {
                             (
                                 std::slice::from_raw_parts_mut(into.get().add(off), got.len()),
-                                std::slice::from_raw_parts(local.get().add(off / acc), m),
+                                std::slice::from_raw_parts(local.get().add(off / acc), x.len()),
                             )
                         };
-                        match cast_slice_mut::<T::Acc>(out) {
-                            Some(o) => combine_to::<T>(op, o, &x, local),
-                            None => {
-                                let mut tmp = vec![T::Acc::default(); m];
-                                combine_to::<T>(op, &mut tmp, &x, local);
-                                zccl_transports::copy::copy(out, as_bytes(&tmp));
-                            }
-                        }
+                        fill_as::<T::Acc>(out, |o| combine_to::<T>(op, o, &x, local));
                     })
                 };
                 self.plan.push((t, p.len() * acc, Dest::Combine(combine)));
@@ -495,14 +487,6 @@ impl<P: Copy> Shared<P> {
     /// wrapper, not its field).
     fn get(self) -> P {
         self.0
-    }
-}
-
-/// `got` as elements of `A`: in place where aligned, else copied.
-fn elems<A: Elem>(got: &[u8]) -> std::borrow::Cow<'_, [A]> {
-    match cast_slice::<A>(got) {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(from_bytes(got)),
     }
 }
 

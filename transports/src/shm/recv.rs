@@ -495,17 +495,17 @@ fn copy_cma(
         )
     };
     let mut payload = RecvBuf::new(if claim.is_some() { 0 } else { rec.len as usize });
-    match claim.as_mut() {
-        Some(c) if c.zone_combines() => {
-            let mut sink = c.combining().expect("a combining zone has a sink");
-            read_combining(pid, ext.addr, len, &mut **sink).map_err(failed)?;
-        }
+    let read = match claim.as_mut() {
         Some(c) => {
-            crate::cma::read_parallel(pid, ext.addr, c.dest(), ctx.split_copies).map_err(failed)?
+            if let Some(mut sink) = c.combining() {
+                read_combining(pid, ext.addr, len, &mut **sink)
+            } else {
+                crate::cma::read_parallel(pid, ext.addr, c.dest(), ctx.split_copies)
+            }
         }
-        None => crate::cma::read_parallel(pid, ext.addr, payload.as_mut_slice(), ctx.split_copies)
-            .map_err(failed)?,
-    }
+        None => crate::cma::read_parallel(pid, ext.addr, payload.as_mut_slice(), ctx.split_copies),
+    };
+    read.map_err(failed)?;
     // A lent payload the sender withdrew may have changed under the copy.
     fence(Ordering::SeqCst);
     if link.in_ring.cma_withdrawn().load(Ordering::SeqCst) >= ext.number {
