@@ -30,6 +30,7 @@ AREAS = [
     "subgroup",
     "async",
     "async_poll",
+    "blocking",
 ]
 
 

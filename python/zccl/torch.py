@@ -26,6 +26,7 @@ import functools
 import inspect
 import os
 import socket
+import sys
 import threading
 
 import torch
@@ -107,6 +108,31 @@ if _hash_is_code():
 
 else:
     _op_code = _op_code_slow
+
+
+def _blocking_call():
+    """Whether the `torch.distributed` function that called into this
+    backend was called with `async_op=False` (it waits on the returned Work
+    at once): then the operation runs on the calling thread, as a small one
+    does, instead of being handed to the group's executor thread and waited
+    for. torch passes the flag to a backend only from 2.8 on
+    (`opts.asyncOp`), so it is read where every version has it: the
+    `async_op` argument of the `torch.distributed` function below this
+    backend on the stack. A call from anywhere else (DDP's reducer, a
+    direct call) counts as async. A blocking `dist.all_reduce` handed to
+    the executor thread waited for its wake-ups (and went the long way
+    through this module): medians of 5 interleaved runs, 2 ranks, 256 KiB
+    54.8 -> 42.7 us, 1 MiB 204 -> 174 us; 4 ranks on 2 vCPUs 256 KiB 275
+    -> 180 us, 4 MiB 2.86 -> 2.34 ms (see docs/performance.md)."""
+    f = sys._getframe(1)
+    while f is not None and f.f_globals.get("__name__") == __name__:
+        f = f.f_back
+    if f is None or not f.f_globals.get("__name__", "").startswith("torch.distributed"):
+        return False
+    code = f.f_code
+    if "async_op" not in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]:
+        return False
+    return f.f_locals.get("async_op") is False
 
 
 def _secs(timeout):
@@ -532,7 +558,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
         return tensors[0]
 
     def _async(self, nbytes):
-        return nbytes >= _INLINE_BYTES
+        return nbytes >= _INLINE_BYTES and not _blocking_call()
 
     def _finish(self, zwork, result, staged=(), post=None):
         def after():
@@ -560,7 +586,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
             fast = _FAST_AR.get((t.dtype, _op_code(opts) if opts is not None else 0))
             if fast is not None and t.is_cpu and t.is_contiguous() and not _is_neg(t):
                 n = t.numel() * fast[2]
-                if n < _INLINE_BYTES:
+                if n < _INLINE_BYTES or _blocking_call():
                     try:
                         return _done(tensors, self._all_reduce_now(t.data_ptr(), n, fast[0], fast[1]))
                     except (ValueError, TypeError) as e:

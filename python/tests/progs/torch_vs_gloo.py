@@ -701,6 +701,72 @@ def async_all_reduce(n):
     return ok, f"wait, is_completed, get_future().wait(), then(): {d}"
 
 
+def _executor_wakeups():
+    """{thread id: voluntary context switches} of this process's zccl
+    executor threads (one per communicator that queued an operation; each
+    sleeps between the jobs it runs)."""
+    got = {}
+    for t in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{t}/status") as f:
+                st = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:  # the thread ended meanwhile
+            continue
+        if st.get("Name", "").strip().startswith("zccl-py-"):
+            got[t] = int(st["voluntary_ctxt_switches"])
+    return got
+
+
+def blocking_runs_on_the_calling_thread():
+    """Blocking collectives of tensors large enough to be queued when async
+    run on the thread that calls them (torch waits on their Work at once):
+    no executor thread wakes up for them, while one does for an async one
+    (so the check can fail), and every result is right."""
+    g = dist.new_group(list(range(W)))
+    blk = BIG // 4  # float32 elements per rank's block: 1 MiB
+    n = W * blk
+    bad = []
+    # An executor thread goes back to sleep (a switch counted) just after
+    # its last job completed: let earlier async checks' threads settle.
+    time.sleep(0.1)
+    before = _executor_wakeups()
+    x = torch.full((n,), float(R + 1))
+    dist.all_reduce(x, group=g)
+    if not bool((x == W * (W + 1) / 2).all()):
+        bad.append("all_reduce")
+    inp = torch.arange(n, dtype=torch.float32) + R * n
+    out = torch.empty(n)
+    dist.all_to_all_single(out, inp, group=g)
+    want = torch.cat([torch.arange(R * blk, (R + 1) * blk, dtype=torch.float32) + j * n for j in range(W)])
+    if not torch.equal(out, want):
+        bad.append("all_to_all_single")
+    ag = torch.empty(n)
+    all_gather_into_tensor(ag, torch.full((blk,), float(R)), group=g)
+    if not torch.equal(ag, torch.arange(W, dtype=torch.float32).repeat_interleave(blk)):
+        bad.append("all_gather_into_tensor")
+    rs = torch.empty(blk)
+    reduce_scatter_tensor(rs, torch.full((n,), float(R + 1)), group=g)
+    if not bool((rs == W * (W + 1) / 2).all()):
+        bad.append("reduce_scatter_tensor")
+    bc = torch.full((blk,), float(R))
+    dist.broadcast(bc, src=W - 1, group=g)
+    if not bool((bc == W - 1).all()):
+        bad.append("broadcast")
+    during = _executor_wakeups()
+    dist.all_reduce(torch.ones(blk), group=g, async_op=True).wait()
+    # (Counted once the thread that ran it sleeps again.)
+    end = time.monotonic() + 5
+    after = _executor_wakeups()
+    while after == during and time.monotonic() < end:
+        time.sleep(0.01)
+        after = _executor_wakeups()
+    woke_blocking = {t: during[t] - before.get(t, 0) for t in during if during[t] != before.get(t)}
+    woke_async = {t: after[t] - during.get(t, 0) for t in after if after[t] != during.get(t)}
+    ok = not bad and not woke_blocking and bool(woke_async)
+    return ok, (f"wrong: {bad or 'none'}; executor threads woken (thread: times) by the blocking calls: "
+                f"{woke_blocking or 'none'}, by the async one: {woke_async or 'none'}")
+
+
 def async_many_in_flight():
     """Several different async collectives issued back to back, waited in
     reverse order."""
@@ -847,6 +913,7 @@ C.run("subgroup.interleaved", subgroup_interleaved)
 for n in (1001, BIG // 4 + 1):
     C.run(f"async.all_reduce.n{n}", async_all_reduce, n)
 C.run("async.many_in_flight", async_many_in_flight)
+C.run("blocking.runs_on_the_calling_thread", blocking_runs_on_the_calling_thread)
 for kind in ("all_reduce", "all_gather_list", "all_reduce_noncontiguous"):
     for n in (1001, BIG // 4 + 1):
         C.run(f"async_poll.is_completed.{kind}.n{n}", async_poll_is_completed, kind, n)
