@@ -580,7 +580,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
         # The common case first, in as few Python steps as possible (a
         # trainer's small all_reduces are mostly this call's own cost): one
         # contiguous CPU tensor of a natively reduced dtype and op, small
-        # enough to run inline.
+        # enough to run inline or called blocking (`_blocking_call`).
         if len(tensors) == 1:
             t = tensors[0]
             fast = _FAST_AR.get((t.dtype, _op_code(opts) if opts is not None else 0))
