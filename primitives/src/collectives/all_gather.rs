@@ -103,7 +103,7 @@ fn all_gather_into_with<T: Elem, F: Fabric + ?Sized>(
     match algo {
         Algo::Ring | Algo::Halving => {
             let chunks: Vec<_> = (0..n).map(|j| j * m..(j + 1) * m).collect();
-            ring_all_gather_chunks(f, ch, out, &chunks, OP_AG, Some(input))?;
+            ring_all_gather_chunks(f, ch, out, &chunks, OP_AG, input)?;
         }
         Algo::Tree => {
             let mut rot: Vec<T> = Vec::with_capacity(n * m);
@@ -137,24 +137,22 @@ fn all_gather_into_with<T: Elem, F: Fabric + ?Sized>(
     Ok(())
 }
 
-/// The ring all-gather of `chunks` of `out`, this rank's own chunk taken
-/// from `own` when given (its contents: lent to the first step's sends,
-/// and copied into `out` while the peers read it), else already in `out`.
+/// The ring all-gather of `chunks` of `out`, this rank's own chunk from
+/// `own`: lent to the first step's sends, and copied into `out` while the
+/// peers read it.
 fn ring_all_gather_chunks<T: Elem, F: Fabric + ?Sized>(
     f: &F,
     ch: u32,
     out: &mut [T],
     chunks: &[Range<usize>],
     opcode: u8,
-    own: Option<&[T]>,
+    own: &[T],
 ) -> Result<()> {
     let (r, n) = (f.rank(), f.size());
     let per = piece_elems::<T>();
     let steps = ring::all_gather_steps(r, n);
     let Some(first) = steps.first() else {
-        if let Some(own) = own {
-            zccl_transports::copy::copy_slice(&mut out[chunks[r].clone()], own);
-        }
+        zccl_transports::copy::copy_slice(&mut out[chunks[r].clone()], own);
         return Ok(());
     };
     let mut rx = RecvAhead::new(f, ch, first.recv_from);
@@ -169,29 +167,18 @@ fn ring_all_gather_chunks<T: Elem, F: Fabric + ?Sized>(
     }
     rx.post_all()?;
     let mut sends = Vec::new();
-    debug_assert!(
-        own.is_none() || first.send_chunk == r,
-        "step 0 sends the own chunk"
-    );
-    let mine = chunks[first.send_chunk].clone();
-    for (k, p) in pieces(mine.clone(), per) {
+    debug_assert_eq!(first.send_chunk, r, "step 0 sends the own chunk");
+    let mine = chunks[r].clone();
+    for (k, p) in pieces(0..mine.len(), per) {
         let t = step_tag(opcode, 0) | k as u64;
-        // The caller's input, or this rank's chunk of `out` (not written by
-        // the all-gather).
-        let from = match own {
-            Some(own) => &own[p.start - mine.start..p.end - mine.start],
-            None => &out[p],
-        };
-        // SAFETY: `sends` are waited (or dropped, which waits) before `out`
-        // and `own` are released.
-        sends.push(unsafe { f.isend_lent(first.send_to, ch, t, as_bytes(from)) }?);
+        // SAFETY: `sends` are waited (or dropped, which waits) before `own`
+        // is released.
+        sends.push(unsafe { f.isend_lent(first.send_to, ch, t, as_bytes(&own[p])) }?);
     }
     // This rank's chunk goes into place while the peer reads it: the copy
     // no longer holds the first sends back (2 ranks, 1 MiB: each rank
     // copied its 512 KiB before its peer could start reading them).
-    if let Some(own) = own {
-        zccl_transports::copy::copy_slice(&mut out[mine], own);
-    }
+    zccl_transports::copy::copy_slice(&mut out[mine], own);
     ring_all_gather_pipe(f, ch, out, chunks, opcode, per, &mut rx, &mut sends)?;
     wait_all(sends)
 }

@@ -190,6 +190,7 @@ impl Ring {
     pub(super) fn force_head(&self, head: u64) {
         self.publish(head);
     }
+
     #[inline]
     pub(super) fn data_seq(&self) -> &AtomicU32 {
         self.seg.u32_at(self.ctl + W_DATA_SEQ)
