@@ -40,8 +40,9 @@ __all__ = ["ProcessGroupZccl", "communicator", "ZcclError"]
 
 BACKEND = "zccl"
 # Operations below this many bytes run on the calling thread even when
-# async (a hand-off costs more than they do); larger ones run on the
-# group's executor thread, so that compute overlaps them.
+# async (a hand-off costs more than they do); larger async ones run on the
+# group's executor thread, so that compute overlaps them (blocking ones run
+# on the calling thread at every size: `_blocking_call`).
 def _inline_bytes():
     v = os.environ.get("ZCCL_TORCH_INLINE_BYTES", "").strip()
     if not v:
