@@ -156,6 +156,16 @@ def _secs(timeout):
 # never take the all_reduce fast path. (Absent before torch 1.10.)
 _is_neg = torch.Tensor.is_neg if hasattr(torch.Tensor, "is_neg") else (lambda t: False)
 
+# Point-to-point's short path: dtypes that are never lazily conjugated
+# (not complex), by zccl's name for them.
+_P2P_FAST = {
+    d: str(d).replace("torch.", "")
+    for d in (getattr(torch, n, None) for n in (
+        "float32", "float64", "float16", "bfloat16", "int8", "int16", "int32", "int64",
+        "uint8", "bool", "float8_e4m3fn", "float8_e5m2"))
+    if d is not None
+}
+
 
 # The all_reduce made of an all_gather (`_allreduce_by_gather`): each
 # rank's block starts with a header naming its reduction and element type.
@@ -921,6 +931,15 @@ class ProcessGroupZccl(dist.ProcessGroup):
     def _p2p(self, tensors, peer, tag, is_send):
         if not 0 <= int(tag) < 2**32:
             raise ValueError(f"zccl: tag must be in 0..2**32, got {tag}")
+        if len(tensors) == 1:
+            # The common case in as few Python steps as possible (a ring
+            # step is two of these and two waits): a contiguous CPU tensor
+            # used in place, nothing to stage or copy back.
+            t = tensors[0]
+            name = _P2P_FAST.get(t.dtype)
+            if name is not None and t.is_cpu and t.is_contiguous() and not _is_neg(t):
+                op = (is_send, t.data_ptr(), t.numel() * t.element_size(), int(peer), int(tag), name)
+                return _keep(_Work(self._comm.p2p([op], [t]), tensors))
         t = self._one(tensors, "send" if is_send else "recv")
         s = _Staged(t, not is_send)
         a, n = _buf.span(s.host, "send tensor" if is_send else "recv tensor")
