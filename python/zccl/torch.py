@@ -167,6 +167,12 @@ _P2P_FAST = {
 }
 
 
+def _plain(t):
+    """Whether `t` is used in place as it is: a contiguous CPU tensor that is
+    not a lazy negation (the short paths; the general one stages the rest)."""
+    return t.is_cpu and t.is_contiguous() and not _is_neg(t)
+
+
 # The all_reduce made of an all_gather (`_allreduce_by_gather`): each
 # rank's block starts with a header naming its reduction and element type.
 _HEADER_BYTES = 8
@@ -717,6 +723,13 @@ class ProcessGroupZccl(dist.ProcessGroup):
                 f"zccl: all_gather_into_tensor output has {output.numel()} elements, "
                 f"{self._size} ranks x {input.numel()} expected"
             )
+        name = _P2P_FAST.get(input.dtype)
+        if name is not None and output.dtype == input.dtype and _plain(input) and _plain(output):
+            # The common case in as few Python steps as possible.
+            on = output.numel() * output.element_size()
+            w = self._run(self._comm.all_gather, on, input.data_ptr(), input.numel() * input.element_size(),
+                          output.data_ptr(), on, name, [input, output])
+            return _keep(_Work(w, output))
         si, so = _Staged(input, False), _Staged(output, True)
         w = self._gather_flat(si.host, so.host)
         return self._finish(w, output, [si, so])
@@ -763,8 +776,15 @@ class ProcessGroupZccl(dist.ProcessGroup):
                 f"zccl: reduce_scatter_tensor input has {input.numel()} elements, "
                 f"{self._size} ranks x {output.numel()} expected"
             )
-        si, so = _Staged(input, False), _Staged(output, True)
         code = _op_code(opts) if opts is not None else 0
+        fast = _FAST_AR.get((input.dtype, code))
+        if fast is not None and output.dtype == input.dtype and _plain(input) and _plain(output):
+            # The common case in as few Python steps as possible.
+            n = input.numel() * fast[2]
+            w = self._run(self._comm.reduce_scatter, n, input.data_ptr(), n, output.data_ptr(),
+                          output.numel() * fast[2], fast[0], fast[1], [input, output])
+            return _keep(_Work(w, output))
+        si, so = _Staged(input, False), _Staged(output, True)
         w = self._reduce_scatter_flat(si.host, so.host, code)
         return self._finish(w, output, [si, so])
 
@@ -786,15 +806,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
             # Even blocks of contiguous CPU tensors (Ulysses' case) in as few
             # Python steps as possible: used in place, nothing to stage.
             name = _P2P_FAST.get(input.dtype)
-            if (
-                name is not None
-                and output.dtype == input.dtype
-                and input.is_cpu
-                and output.is_cpu
-                and input.is_contiguous()
-                and output.is_contiguous()
-                and not _is_neg(input)
-            ):
+            if name is not None and output.dtype == input.dtype and _plain(input) and _plain(output):
                 n = input.numel() * input.element_size()
                 on = output.numel() * output.element_size()
                 a, o = input.data_ptr(), output.data_ptr()
@@ -955,7 +967,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
             # used in place, nothing to stage or copy back.
             t = tensors[0]
             name = _P2P_FAST.get(t.dtype)
-            if name is not None and t.is_cpu and t.is_contiguous() and not _is_neg(t):
+            if name is not None and _plain(t):
                 op = (is_send, t.data_ptr(), t.numel() * t.element_size(), int(peer), int(tag), name)
                 return _keep(_Work(self._comm.p2p([op], [t]), tensors))
         t = self._one(tensors, "send" if is_send else "recv")
