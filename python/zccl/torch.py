@@ -156,8 +156,8 @@ def _secs(timeout):
 # never take the all_reduce fast path. (Absent before torch 1.10.)
 _is_neg = torch.Tensor.is_neg if hasattr(torch.Tensor, "is_neg") else (lambda t: False)
 
-# Point-to-point's short path: dtypes that are never lazily conjugated
-# (not complex), by zccl's name for them.
+# The short paths' dtypes (point-to-point, all-gather, all-to-all): those
+# that are never lazily conjugated (not complex), by zccl's name for them.
 _P2P_FAST = {
     d: str(d).replace("torch.", "")
     for d in (getattr(torch, n, None) for n in (
