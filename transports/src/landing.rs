@@ -128,13 +128,18 @@ impl Zone {
     /// `ptr` must be valid for writes of `len` bytes, and not otherwise
     /// accessed, until [`Zone::close`] returned.
     pub unsafe fn new(ptr: *mut u8, len: usize) -> Arc<Self> {
+        Self::open(ptr, len, None)
+    }
+
+    /// An open zone: memory at `ptr` (null for a sink), or a sink.
+    fn open(ptr: *mut u8, len: usize, combine: Option<Combine>) -> Arc<Self> {
         Arc::new(Zone {
             ptr,
             len,
             state: Mutex::new(State::Open),
             cv: Condvar::new(),
             closers: std::sync::atomic::AtomicUsize::new(0),
-            combine: None,
+            combine: combine.map(Mutex::new),
         })
     }
 
@@ -161,14 +166,7 @@ impl Zone {
     /// assert_eq!(*sum.lock().unwrap(), 6);
     /// ```
     pub fn combining(len: usize, combine: Combine) -> Arc<Self> {
-        Arc::new(Zone {
-            ptr: std::ptr::null_mut(),
-            len,
-            state: Mutex::new(State::Open),
-            cv: Condvar::new(),
-            closers: std::sync::atomic::AtomicUsize::new(0),
-            combine: Some(Mutex::new(combine)),
-        })
+        Self::open(std::ptr::null_mut(), len, Some(combine))
     }
 
     /// Whether the zone hands its bytes to a sink ([`Zone::combining`]).
@@ -501,7 +499,8 @@ impl Landing {
     }
 
     /// [`Landing::claim_any`] (combining zones included), waiting up to
-    /// `wait` for the receive of `key` to be posted: for a large message that came before its receive, which
+    /// `wait` for the receive of `key` to be posted: for a large message
+    /// that came before its receive, which
     /// would otherwise be copied into a buffer of its own (allocated,
     /// faulted in, freed) and then again into the receive's buffer at the
     /// match. Gives up early once `stop` is set (checked every

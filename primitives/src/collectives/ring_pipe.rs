@@ -213,13 +213,10 @@ impl<'a, F: Fabric + ?Sized> RecvAhead<'a, F> {
                         // `b.mine` (and of the input), ours to write
                         // (read) until the receive returns (the contract).
                         let out = unsafe { std::slice::from_raw_parts_mut(mine.get().add(e), m) };
-                        match src {
-                            // SAFETY: as above, read only.
-                            Some(src) => combine_finish_to(op, n, out, &x, unsafe {
-                                std::slice::from_raw_parts(src.get().add(e), m)
-                            }),
-                            None => combine_finish(op, n, out, &x),
-                        }
+                        // SAFETY: as above, read only.
+                        let src =
+                            src.map(|s| unsafe { std::slice::from_raw_parts(s.get().add(e), m) });
+                        finish_piece(op, n, out, &x, src);
                     })
                 } else {
                     let mut msg = zccl_runtime::buffer::recycled_vec(p.len() * acc);
@@ -398,13 +395,8 @@ pub(super) fn ring_reduce_scatter_pipe<T: Elem, F: Fabric + ?Sized>(
             };
             if last {
                 if let Some(got) = got {
-                    let x = got.elems::<T::Acc>();
-                    let src = b.src;
-                    let mine = b.mine_piece(&p);
-                    match src {
-                        Some(src) => combine_finish_to(op, n, mine, &x, &src[p.clone()]),
-                        None => combine_finish(op, n, mine, &x),
-                    }
+                    let src = b.src.map(|s| &s[p.clone()]);
+                    finish_piece(op, n, b.mine_piece(&p), &got.elems::<T::Acc>(), src);
                 }
                 if then_gather {
                     let mine = b.mine_piece(&p);
@@ -471,6 +463,16 @@ pub(super) fn ring_all_gather_pipe<T: Elem, F: Fabric + ?Sized>(
         }
     }
     Ok(())
+}
+
+/// The last reduce-scatter step's combine of a received piece `x` into
+/// `out`, finished (Avg division, rounding to `T`): `x ⊕ src` out of
+/// place, `x ⊕ out` in place.
+fn finish_piece<T: Elem>(op: ReduceOp, n: usize, out: &mut [T], x: &[T::Acc], src: Option<&[T]>) {
+    match src {
+        Some(src) => combine_finish_to(op, n, out, x, src),
+        None => combine_finish(op, n, out, x),
+    }
 }
 
 /// A pointer a receive's sink may use on another thread (the contract of
