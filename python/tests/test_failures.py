@@ -116,6 +116,7 @@ ALL_RAISE = {
     "all_gather_size": None,
     "all_gather_into_tensor_size": None,
     "reduce_scatter_tensor_size": None,
+    "reduce_scatter_tensor_size_halving_vs_ring": None,
     "all_to_all_single_size": None,
     "all_to_all_single_splits": None,
     "all_to_all_single_negative_split": None,
@@ -147,6 +148,7 @@ ALL_RAISE = {
 # two sizes): the first messages must still meet, so the mismatch is reported
 # at once rather than by the timeout.
 AT_ONCE = {"all_reduce_size_tree_vs_halving", "all_reduce_size_halving_vs_ring",
+           "reduce_scatter_tensor_size_halving_vs_ring",
            # Refused by the victim's own checks: it aborts with the reason.
            "all_to_all_single_splits", "all_to_all_single_negative_split",
            "all_gather_into_tensor_local_output", "all_to_all_list_length", "all_reduce_expanded_output",

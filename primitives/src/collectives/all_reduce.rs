@@ -11,7 +11,7 @@ use super::ring_pipe::{
     RecvAhead, combine_as_received, piece_elems, ring_all_gather_pipe, ring_reduce_scatter_pipe,
     split_mine,
 };
-use super::{OP_AR_AG, OP_AR_RS, OP_HALVING, OP_RD, wait_all};
+use super::{OP_AR_AG, OP_AR_RS, OP_HALVING, OP_RD, as_acc, as_acc_mut, own_acc, wait_all};
 use crate::dtype::{Elem, from_bytes, to_bytes};
 use crate::error::{Error, Result};
 use crate::fabric::{Fabric, SendHandle, tag};
@@ -365,28 +365,6 @@ where
         divide_all(buf, n);
     }
     Ok(())
-}
-
-/// Whether `T` is its own accumulator type (every type but `f16`/`bf16`).
-fn own_acc<T: Elem>() -> bool {
-    std::any::TypeId::of::<T>() == std::any::TypeId::of::<T::Acc>()
-}
-
-/// `buf` as its accumulator type, when that is its own type.
-fn as_acc<T: Elem>(buf: &[T]) -> Option<&[T::Acc]> {
-    own_acc::<T>().then(|| {
-        // SAFETY: `T` and `T::Acc` are the same type (checked just above).
-        unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<T::Acc>(), buf.len()) }
-    })
-}
-
-/// `buf` as its accumulator type, when that is its own type (every type but
-/// `f16`/`bf16`, which accumulate in `f32`).
-fn as_acc_mut<T: Elem>(buf: &mut [T]) -> Option<&mut [T::Acc]> {
-    own_acc::<T>().then(|| {
-        // SAFETY: `T` and `T::Acc` are the same type (checked just above).
-        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<T::Acc>(), buf.len()) }
-    })
 }
 
 /// Recursive doubling over a power-of-two group, for a type that is its own

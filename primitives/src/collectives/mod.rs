@@ -22,12 +22,13 @@
 //! Counts need not be divisible by the number of ranks (chunks follow
 //! [`crate::schedule::chunks`]; zero-length chunks are sent as empty messages).
 
+use crate::dtype::Elem;
 use crate::error::Result;
 use crate::fabric::{SendHandle, tag};
 
 // One file per collective, each with its non-blocking form: `all_reduce.rs`
 // (ring and recursive doubling, in place and out of place),
-// `all_gather.rs` (ring and Bruck), `reduce_scatter.rs` (ring),
+// `all_gather.rs` (ring and Bruck), `reduce_scatter.rs` (ring and recursive halving),
 // `broadcast.rs` (binomial tree and chain), `barrier.rs` (dissemination).
 // The pipelined ring phases that all-reduce shares with reduce-scatter and
 // all-gather (pieces, receives posted ahead) are in `ring_pipe.rs`.
@@ -55,6 +56,7 @@ const OP_BCAST: u8 = 0x05;
 const OP_BARRIER: u8 = 0x06;
 const OP_RS: u8 = 0x07;
 const OP_HALVING: u8 = 0x08;
+const OP_HALVING_RS: u8 = 0x09;
 
 fn step_tag(op: u8, s: usize) -> u64 {
     tag(op, s as u16, 0)
@@ -65,4 +67,26 @@ fn wait_all(sends: impl IntoIterator<Item = SendHandle>) -> Result<()> {
         s.wait()?;
     }
     Ok(())
+}
+
+/// Whether `T` is its own accumulator type (every type but `f16`/`bf16`).
+pub(super) fn own_acc<T: Elem>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<T::Acc>()
+}
+
+/// `buf` as its accumulator type, when that is its own type.
+pub(super) fn as_acc<T: Elem>(buf: &[T]) -> Option<&[T::Acc]> {
+    own_acc::<T>().then(|| {
+        // SAFETY: `T` and `T::Acc` are the same type (checked just above).
+        unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<T::Acc>(), buf.len()) }
+    })
+}
+
+/// `buf` as its accumulator type, when that is its own type (every type but
+/// `f16`/`bf16`, which accumulate in `f32`).
+pub(super) fn as_acc_mut<T: Elem>(buf: &mut [T]) -> Option<&mut [T::Acc]> {
+    own_acc::<T>().then(|| {
+        // SAFETY: `T` and `T::Acc` are the same type (checked just above).
+        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<T::Acc>(), buf.len()) }
+    })
 }

@@ -3,7 +3,9 @@
 //! binomial tree for broadcast), by message size, overridable with
 //! `ZCCL_ALGO=ring|tree|halving|auto`. All-reduce has a third algorithm for
 //! medium sizes over power-of-two groups, Rabenseifner's
-//! ([`crate::schedule::halving`]; [`choose_all_reduce`]).
+//! ([`crate::schedule::halving`]; [`choose_all_reduce`]), and reduce-scatter
+//! takes its first half, recursive halving, up to a few MiB there
+//! ([`choose_reduce_scatter`]).
 //!
 //! Every rank of a collective must make the same choice; the choice depends
 //! only on the message size, the group size, `ZCCL_ALGO` (which must
@@ -53,9 +55,10 @@ pub enum AlgoChoice {
     Ring,
     /// Always the latency-optimal algorithm.
     Tree,
-    /// Rabenseifner's all-reduce wherever it applies (a power-of-two group
-    /// and a type that is its own accumulator), the ring elsewhere and for
-    /// the other collectives.
+    /// Rabenseifner's all-reduce and recursive-halving reduce-scatter
+    /// wherever they apply (a power-of-two group, of 4 ranks or more for
+    /// reduce-scatter, and a type that is its own accumulator), the ring
+    /// elsewhere and for the other collectives.
     Halving,
 }
 
@@ -85,10 +88,11 @@ pub enum Algo {
     /// Recursive doubling all-reduce / Bruck all-gather / binomial broadcast.
     Tree,
     /// Rabenseifner's all-reduce: reduce-scatter by recursive halving, then
-    /// all-gather by recursive doubling ([`crate::schedule::halving`]). Only
-    /// all-reduce over a power-of-two group of a type that is its own
-    /// accumulator (every type but f16/bf16) runs it; elsewhere it means
-    /// [`Algo::Ring`].
+    /// all-gather by recursive doubling ([`crate::schedule::halving`]); for
+    /// reduce-scatter, the recursive halving alone. Only all-reduce over a
+    /// power-of-two group, and reduce-scatter over one of 4 ranks or more,
+    /// of a type that is its own accumulator (every type but f16/bf16) run
+    /// it; elsewhere it means [`Algo::Ring`].
     Halving,
 }
 
@@ -220,3 +224,49 @@ pub fn choose_all_reduce(choice: AlgoChoice, bytes: usize, n: usize) -> Algo {
         _ => choose(choice, bytes, n),
     }
 }
+
+/// The reduce-scatter algorithm for an input of `bytes` bytes over `n`
+/// ranks: [`Algo::Halving`] (recursive halving, `log₂ n` steps) over a
+/// power-of-two group of 4 or more up to [`RS_HALVING_MAX_BYTES`], or
+/// wherever it applies when asked for by name (`halving`, or `tree`: it is
+/// also the latency-optimal one); the ring elsewhere (2 ranks: the ring's
+/// one step is halving's). (Where halving does not apply to the element
+/// type, f16 and bf16, the collective takes the ring.)
+///
+/// ```
+/// use zccl_primitives::schedule::algo::{choose_reduce_scatter, Algo, AlgoChoice};
+/// assert_eq!(choose_reduce_scatter(AlgoChoice::Auto, 1024, 4), Algo::Halving);
+/// assert_eq!(choose_reduce_scatter(AlgoChoice::Auto, 1 << 20, 8), Algo::Halving);
+/// assert_eq!(choose_reduce_scatter(AlgoChoice::Auto, 1 << 20, 2), Algo::Ring);
+/// assert_eq!(choose_reduce_scatter(AlgoChoice::Auto, 1 << 20, 6), Algo::Ring);
+/// assert_eq!(choose_reduce_scatter(AlgoChoice::Auto, 1 << 30, 4), Algo::Ring);
+/// assert_eq!(choose_reduce_scatter(AlgoChoice::Tree, 1 << 30, 4), Algo::Halving);
+/// assert_eq!(choose_reduce_scatter(AlgoChoice::Ring, 1024, 4), Algo::Ring);
+/// ```
+pub fn choose_reduce_scatter(choice: AlgoChoice, bytes: usize, n: usize) -> Algo {
+    let applies = n >= 4 && n.is_power_of_two();
+    match choice {
+        AlgoChoice::Halving | AlgoChoice::Tree if applies => Algo::Halving,
+        AlgoChoice::Auto if applies && bytes <= RS_HALVING_MAX_BYTES => Algo::Halving,
+        _ => Algo::Ring,
+    }
+}
+
+/// The largest reduce-scatter input that takes recursive halving
+/// ([`choose_reduce_scatter`]) over a power-of-two group of 4 ranks or more
+/// under [`AlgoChoice::Auto`]; larger ones take the pipelined ring, whose
+/// pieces overlap the copies with the reductions. Measured on 2 vCPUs
+/// (shared memory, f32 sum out of place, `zccl bench reduce_scatter`,
+/// medians of 3-5 interleaved rounds, µs, ring / halving): 4 ranks 1 KiB
+/// 12.4 / 8.9, 16 KiB 16.8 / 17.6, 64 KiB 35.5 / 25.3, 128 KiB 57.8 / 46.6,
+/// 256 KiB 129.5 / 84.8, 1 MiB 499.9 / 335.2, 4 MiB 1440 / 1305, but
+/// 16 MiB 5191 / 6323; 8 ranks (4 per vCPU, noisy) 1 KiB 69.6 / 49.2,
+/// 64 KiB 158.8 / 134.0, 256 KiB 470.6 / 465.5, 1 MiB 1636 / 1430, 4 MiB
+/// 4627 / 4626.
+///
+/// ```
+/// use zccl_primitives::schedule::algo::{choose_reduce_scatter, Algo, AlgoChoice, RS_HALVING_MAX_BYTES};
+/// assert_eq!(choose_reduce_scatter(AlgoChoice::Auto, RS_HALVING_MAX_BYTES, 4), Algo::Halving);
+/// assert_eq!(choose_reduce_scatter(AlgoChoice::Auto, RS_HALVING_MAX_BYTES + 1, 4), Algo::Ring);
+/// ```
+pub const RS_HALVING_MAX_BYTES: usize = 4 << 20;

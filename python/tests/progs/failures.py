@@ -197,6 +197,17 @@ def mismatch():
 
     case("reduce_scatter_tensor_size", rs)
 
+    def rs_halving_vs_ring(g):
+        # 4 ranks: inputs of 4 MiB, and 16 B more on the victim: recursive
+        # halving up to the 4 MiB boundary, the ring above it. (2 ranks run
+        # the ring at any size: a plain size mismatch there.)
+        out = torch.empty(((1 << 20) // w if w == 4 else 1000) + (1 if odd else 0))
+        inp = torch.ones(w * out.numel())
+        reduce_scatter_tensor(out, inp, group=g)
+        return out[:4].tolist()
+
+    case("reduce_scatter_tensor_size_halving_vs_ring", rs_halving_vs_ring)
+
     def a2a(g):
         k = 4 if odd else 3
         out = torch.empty(w * k)
