@@ -25,8 +25,8 @@
 
 use crate::error::{Dir, Error, Result};
 use crate::fabric::{
-    Fabric, PendingRecv, PendingRecvInto, PendingSend, RecvBytes, RecvHandle, RecvIntoHandle,
-    SendHandle, label_of,
+    Fabric, MORE_PIECES, PendingRecv, PendingRecvInto, PendingSend, RecvBytes, RecvHandle,
+    RecvIntoHandle, SendHandle, label_of,
 };
 use zccl_runtime::label::OpLabel;
 use zccl_runtime::{Communicator, DType};
@@ -218,7 +218,12 @@ impl<'a> Labelled<'a> {
     /// root the operation's label carries ([`OpLabel::refine`]).
     fn chan(&self, id: u32, tag: u64) -> zccl_runtime::Channel {
         let (dtype, op) = label_of(tag);
-        let ch = self.comm.channel(id).with_op(self.op.refine(op));
+        let mut op = self.op.refine(op);
+        if tag as u32 & MORE_PIECES != 0 && op != OpLabel::NONE {
+            // A piece with more to follow says so on the wire.
+            op = op.more_follow();
+        }
+        let ch = self.comm.channel(id).with_op(op);
         match self.label.or(dtype) {
             Some(l) => ch.with_label(l),
             None => ch,

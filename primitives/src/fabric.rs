@@ -909,6 +909,43 @@ pub const fn tag(op: u8, step: u16, index: u32) -> u64 {
     ((op as u64) << 48) | ((step as u64) << 32) | index as u64
 }
 
+/// The bit of a tag's index that marks a piece of a message sent in pieces
+/// (a ring collective's chunk, a chain broadcast's segments) after which
+/// more pieces of it follow ([`piece_index`]). The communicator fabric
+/// ([`crate::comm::Labelled`]) carries it in the message's label
+/// ([`zccl_runtime::label::OpLabel::more_follow`]), which the receive's
+/// match compares; the simulated fabric compares whole tags. So where two
+/// ranks' chunks differ by whole pieces (the shorter side's pieces all
+/// alike in size to the longer side's first ones), the shorter side's last
+/// piece meets one marked as having more to follow, and both fail with a
+/// mismatch, instead of the shorter side completing with the longer side's
+/// first pieces (and the rest left for its next operation).
+///
+/// ```
+/// use zccl_primitives::fabric::{piece_index, MORE_PIECES};
+/// assert_eq!(piece_index(3, true), 3 | MORE_PIECES);
+/// assert_eq!(piece_index(3, false), 3);
+/// ```
+pub const MORE_PIECES: u32 = 1 << 31;
+
+/// The index the tag of piece `k` of a message carries: `k`, marked with
+/// [`MORE_PIECES`] when more pieces of the message follow.
+///
+/// ```
+/// use zccl_primitives::fabric::{piece_index, tag, MORE_PIECES};
+/// // A chunk in three pieces: the first two say more follow.
+/// let tags: Vec<u64> = (0..3).map(|k| tag(7, 1, piece_index(k, k < 2))).collect();
+/// assert!(tags[..2].iter().all(|&t| t as u32 & MORE_PIECES != 0));
+/// assert_eq!(tags[2], tag(7, 1, 2));
+/// ```
+pub const fn piece_index(k: usize, more: bool) -> u32 {
+    if more {
+        k as u32 | MORE_PIECES
+    } else {
+        k as u32
+    }
+}
+
 /// Bits of a tag that carry the message's label: the header type byte
 /// ([`zccl_runtime::label::OpLabel::byte`]: element type and operation) in
 /// the tag's top byte, which [`tag`] leaves zero. Fabrics that carry labels

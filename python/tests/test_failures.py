@@ -117,6 +117,8 @@ ALL_RAISE = {
     "all_gather_into_tensor_size": None,
     "reduce_scatter_tensor_size": None,
     "reduce_scatter_tensor_size_halving_vs_ring": None,
+    "reduce_scatter_tensor_size_whole_piece": None,
+    "all_gather_into_tensor_size_whole_piece": None,
     "all_to_all_single_size": None,
     "all_to_all_single_splits": None,
     "all_to_all_single_negative_split": None,
@@ -149,6 +151,7 @@ ALL_RAISE = {
 # at once rather than by the timeout.
 AT_ONCE = {"all_reduce_size_tree_vs_halving", "all_reduce_size_halving_vs_ring",
            "reduce_scatter_tensor_size_halving_vs_ring",
+           "reduce_scatter_tensor_size_whole_piece", "all_gather_into_tensor_size_whole_piece",
            # Refused by the victim's own checks: it aborts with the reason.
            "all_to_all_single_splits", "all_to_all_single_negative_split",
            "all_gather_into_tensor_local_output", "all_to_all_list_length", "all_reduce_expanded_output",
@@ -241,7 +244,7 @@ def test_mismatch_program_completes(zccl_launch, n):
     launch = zccl_launch("failures.py", n, "mismatch")
     assert launch.rc == 0 and not launch.timed_out, f"zccl run exited {launch.rc}{launch.tail()}"
     cases = {d["case"] for d in launch.results()}
-    assert len(cases) == 36, f"cases reported: {sorted(cases)}{launch.tail()}"
+    assert len(cases) == 39, f"cases reported: {sorted(cases)}{launch.tail()}"
 
 
 @pytest.mark.parametrize("case", list(OP_NAMES))

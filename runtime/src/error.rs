@@ -72,9 +72,10 @@ fn mismatch(
             format!("{l} of {b} B ({})", elems(b, d))
         }
     };
-    let what = if send_op != recv_op {
+    let what = if send_op.base() != recv_op.base() {
         "operation mismatch"
     } else {
+        // (Pieces that differ only in whether more follow: a size mismatch.)
         "size/type mismatch"
     };
     format!(
@@ -86,7 +87,7 @@ fn mismatch(
 
 /// The text of a disagreement between two ranks of a channel.
 fn disagreement(op: &OpDesc, reported_by: u32, crossed: bool, a: &OpSide, b: &OpSide) -> String {
-    let what = if a.op != b.op {
+    let what = if a.op.base() != b.op.base() {
         "operation mismatch"
     } else {
         "size/type mismatch"

@@ -4,7 +4,10 @@
 //! byte), and the receive's match compares the whole code, so ranks that disagree
 //! on the operation fail with a mismatch naming both operations instead of
 //! reading each other's bytes as their own (all-reduce pieces taken for
-//! all-gather blocks, a max reduced into a sum). Costs nothing on the wire.
+//! all-gather blocks, a max reduced into a sum). The label's top bit marks a
+//! piece of a message sent in pieces after which more follow
+//! ([`OpLabel::more_follow`]), so ranks whose pieces differ only in number
+//! fail the same way. Costs nothing on the wire.
 //!
 //! ```
 //! use zccl_runtime::{DType, label::OpLabel};
@@ -19,9 +22,15 @@ use std::fmt;
 
 use crate::buffer::DType;
 
-/// An operation label, `0..32` (0: none, plain point-to-point traffic).
+/// An operation label, `0..32` (0: none, plain point-to-point traffic),
+/// possibly marked as a piece of a longer message
+/// ([`OpLabel::more_follow`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct OpLabel(u8);
+
+/// The bit of a label that marks a piece after which more pieces of the same
+/// stream follow ([`OpLabel::more_follow`]).
+const MORE: u8 = 0x80;
 
 const NAMES: [&str; 32] = [
     "",
@@ -108,7 +117,40 @@ impl OpLabel {
 
     /// Whether this is a broadcast label (with or without its root).
     pub const fn is_broadcast(self) -> bool {
-        self.0 == Self::BROADCAST.0 || self.0 >= BROADCAST_ROOT_0
+        let b = self.base().0;
+        b == Self::BROADCAST.0 || b >= BROADCAST_ROOT_0
+    }
+
+    /// This label on a piece of a message sent in pieces (a ring
+    /// collective's chunk, a chain broadcast's segments) that is not the
+    /// stream's last: the receive's match compares it with the label the
+    /// receiver expects, so ranks whose chunks differ by whole pieces (where
+    /// one side's pieces are all the other side's first ones, every size
+    /// alike) fail with a mismatch at the shorter side's last piece instead
+    /// of that side completing with the other's first pieces.
+    ///
+    /// ```
+    /// use zccl_runtime::{DType, label::OpLabel};
+    /// let l = OpLabel::ALL_REDUCE_SUM;
+    /// let m = l.more_follow();
+    /// assert_ne!(m.wire(DType::F32), l.wire(DType::F32));
+    /// assert_eq!(OpLabel::split(m.wire(DType::F32)), (Some(DType::F32), m));
+    /// assert_eq!((m.base(), m.has_more()), (l, true));
+    /// assert_eq!(m.to_string(), "all_reduce(sum), a piece with more to follow");
+    /// ```
+    pub const fn more_follow(self) -> Self {
+        Self(self.0 | MORE)
+    }
+
+    /// Whether the label marks a piece with more to follow
+    /// ([`OpLabel::more_follow`]).
+    pub const fn has_more(self) -> bool {
+        self.0 & MORE != 0
+    }
+
+    /// The operation, without [`OpLabel::more_follow`]'s mark.
+    pub const fn base(self) -> Self {
+        Self(self.0 & !MORE)
     }
 
     /// The label a collective stamps on its messages when the caller (a
@@ -177,7 +219,7 @@ impl OpLabel {
     pub const fn split(code: u16) -> (Option<DType>, OpLabel) {
         (
             DType::from_code(code as u8),
-            OpLabel((code >> 8) as u8 & 31),
+            OpLabel((code >> 8) as u8 & (31 | MORE)),
         )
     }
 
@@ -195,7 +237,7 @@ impl OpLabel {
     /// ```
     pub const fn byte(self, dtype: DType) -> u8 {
         let d = if dtype.is_element() { dtype } else { DType::U8 };
-        d.code() | (self.0 << 3)
+        d.code() | ((self.0 & 31) << 3)
     }
 
     /// Reads [`OpLabel::byte`].
@@ -206,7 +248,11 @@ impl OpLabel {
 
 impl fmt::Display for OpLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(NAMES[self.0 as usize & 31])
+        f.write_str(NAMES[self.0 as usize & 31])?;
+        if self.has_more() {
+            f.write_str(", a piece with more to follow")?;
+        }
+        Ok(())
     }
 }
 

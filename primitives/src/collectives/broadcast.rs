@@ -10,7 +10,7 @@ use zccl_runtime::label::OpLabel;
 use super::OP_BCAST;
 use crate::dtype::Elem;
 use crate::error::Result;
-use crate::fabric::{Fabric, check_rank, tag};
+use crate::fabric::{Fabric, check_rank, piece_index, tag};
 use crate::nonblocking::{OpHandle, start};
 use crate::schedule::algo::{Algo, choice_from_env, choose};
 use crate::schedule::tree;
@@ -132,7 +132,8 @@ fn chain<F: Fabric + ?Sized>(f: &F, ch: u32, bytes: &mut [u8], root: usize) -> R
     let segs: Vec<_> = (0..bytes.len().div_ceil(CHAIN_SEGMENT_BYTES).max(1))
         .map(|i| i * CHAIN_SEGMENT_BYTES..((i + 1) * CHAIN_SEGMENT_BYTES).min(bytes.len()))
         .collect();
-    let t = |i: usize| tag(OP_BCAST, 1, i as u32);
+    let last = segs.len() - 1;
+    let t = |i: usize| tag(OP_BCAST, 1, piece_index(i, i < last));
     let base = bytes.as_mut_ptr();
     // SAFETY (for every `unsafe` below): the segments are disjoint ranges
     // of `bytes`, which this call borrows mutably throughout. A segment is

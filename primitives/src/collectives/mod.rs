@@ -90,3 +90,66 @@ pub(super) fn as_acc_mut<T: Elem>(buf: &mut [T]) -> Option<&mut [T::Acc]> {
         unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<T::Acc>(), buf.len()) }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fabric::Fabric;
+    use crate::reduce::ReduceOp;
+    use crate::schedule::algo::Algo;
+    use crate::sim::{SimConfig, try_run_ranks};
+    use std::time::Duration;
+
+    /// Ranks whose chunks differ by whole pieces: rank 1's pieces are rank
+    /// 0's and one more (or the reverse), every size alike up to there.
+    /// Every rank that receives must fail; none may complete with the
+    /// other's first pieces.
+    #[test]
+    fn chunks_that_differ_by_a_whole_piece_fail_on_every_rank() {
+        let cfg = SimConfig {
+            op_timeout: Duration::from_secs(3),
+            ..SimConfig::default()
+        };
+        let p = ring_pipe::piece_elems::<f32>();
+        type Case = (
+            &'static str,
+            fn(&crate::sim::SimFabric, usize) -> Result<()>,
+        );
+        let cases: [Case; 4] = [
+            ("all_reduce", |f, p| {
+                let mut v = vec![1f32; 2 * p + if f.rank() == 1 { 2 } else { 0 }];
+                all_reduce_with(f, 0, &mut v, ReduceOp::Sum, Algo::Ring)
+            }),
+            ("reduce_scatter", |f, p| {
+                let extra = if f.rank() == 1 { 1 } else { 0 };
+                let input = vec![1f32; 2 * (p + extra)];
+                let mut out = vec![0f32; p + extra];
+                reduce_scatter_into(f, 0, &input, &mut out, ReduceOp::Sum)
+            }),
+            ("all_gather", |f, p| {
+                let extra = if f.rank() == 1 { 1 } else { 0 };
+                let input = vec![1f32; p + extra];
+                all_gather_with(f, 0, &input, Algo::Ring).map(drop)
+            }),
+            ("broadcast", |f, _| {
+                // The root's two segments against one on rank 1.
+                let seg = CHAIN_SEGMENT_BYTES;
+                let mut v = vec![1u8; if f.rank() == 0 { 2 * seg } else { seg }];
+                broadcast_with(f, 0, &mut v, 0, Algo::Ring)
+            }),
+        ];
+        for (name, case) in cases {
+            let run = try_run_ranks(cfg.clone(), 2, move |f| {
+                case(f, p).err().map(|e| e.to_string())
+            })
+            .unwrap();
+            for (r, e) in run.results.iter().enumerate() {
+                // (A broadcast's root only sends: on the communicator it
+                // learns of the mismatch with its next operation.)
+                if name != "broadcast" || r != 0 {
+                    assert!(e.is_some(), "{name}: rank {r} completed");
+                }
+            }
+        }
+    }
+}

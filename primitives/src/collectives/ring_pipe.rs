@@ -9,7 +9,9 @@ use std::ops::Range;
 use super::{OP_AR_AG, step_tag};
 use crate::dtype::{Elem, as_bytes, as_elems, fill_as, message_with};
 use crate::error::Result;
-use crate::fabric::{Combine, Fabric, RecvBytes, RecvHandle, RecvIntoHandle, SendHandle, tag};
+use crate::fabric::{
+    Combine, Fabric, RecvBytes, RecvHandle, RecvIntoHandle, SendHandle, piece_index, tag,
+};
 use crate::reduce::{ReduceOp, combine_finish, combine_finish_to, combine_to};
 use crate::schedule::ring;
 
@@ -45,13 +47,15 @@ pub(super) fn piece_elems<E>() -> usize {
     (RING_PIECE_BYTES / std::mem::size_of::<E>()).max(1)
 }
 
-/// The pieces of a chunk, in order; an empty chunk is one empty piece (sent
-/// as an empty message).
+/// The pieces of a chunk, in order, each with the index its tags carry
+/// (marked, but for the last, as a piece with more to follow:
+/// [`piece_index`]); an empty chunk is one empty piece (sent as an empty
+/// message).
 pub(super) fn pieces(r: Range<usize>, per: usize) -> impl Iterator<Item = (u32, Range<usize>)> {
     let count = r.len().div_ceil(per).max(1);
     (0..count).map(move |k| {
         let a = (r.start + k * per).min(r.end);
-        (k as u32, a..(a + per).min(r.end))
+        (piece_index(k, k + 1 < count), a..(a + per).min(r.end))
     })
 }
 

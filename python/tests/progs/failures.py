@@ -208,6 +208,17 @@ def mismatch():
 
     case("reduce_scatter_tensor_size_halving_vs_ring", rs_halving_vs_ring)
 
+    # Ring chunks of exactly one 2 MiB piece against one piece and one more
+    # element: every piece alike but the victim's extra one, which the ranks
+    # whose pieces end first must not take for their last.
+    def rs_whole_piece(g):
+        out = torch.empty((1 << 19) + (1 if odd else 0))
+        reduce_scatter_tensor(out, torch.ones(w * out.numel()), group=g)
+        return out[:4].tolist()
+
+    case("reduce_scatter_tensor_size_whole_piece", rs_whole_piece)
+    case("all_gather_into_tensor_size_whole_piece", lambda g: ag_tensor(g, 1 << 19, (1 << 19) + 1))
+
     def a2a(g):
         k = 4 if odd else 3
         out = torch.empty(w * k)

@@ -112,12 +112,12 @@ impl Engine {
             warn!(rank = self.rank, "{} timed out ({why})", p.desc());
             // Messages of another operation waiting on this channel mean
             // the ranks run different collectives.
-            let mine = OpLabel::split(p.code).1;
+            let mine = OpLabel::split(p.code).1.base();
             let other_op = self
                 .unexpected
                 .iter()
                 .filter(|(k, _)| k.0 == p.desc().comm && k.1 == p.desc().channel)
-                .map(|(k, (code, _))| (k.2, OpLabel::split(*code).1))
+                .map(|(k, (code, _))| (k.2, OpLabel::split(*code).1.base()))
                 .find(|&(_, l)| l != mine);
             let e = Error::Timeout {
                 op: p.desc().clone(),

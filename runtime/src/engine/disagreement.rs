@@ -44,7 +44,13 @@ pub(super) fn side(rank: u32, code: u16, bytes: u64) -> OpSide {
 /// pending send of type byte `send` to that peer belong to different
 /// labelled operations (the crossing [`CROSSED_GRACE`] is about). Pure.
 pub(crate) fn crossed_ops(msg: u16, send: u16) -> bool {
-    msg != send && OpLabel::split(msg).1 != OpLabel::NONE && OpLabel::split(send).1 != OpLabel::NONE
+    // Pieces of one message differ only in the piece mark
+    // (`OpLabel::more_follow`): the same operation.
+    let op = |code: u16| {
+        let (dtype, op) = OpLabel::split(code);
+        (dtype, op.base())
+    };
+    op(msg) != op(send) && op(msg).1 != OpLabel::NONE && op(send).1 != OpLabel::NONE
 }
 
 impl Poison {
@@ -95,8 +101,12 @@ mod tests {
             OpLabel::broadcast_root(0).wire(DType::U8),
             OpLabel::broadcast_root(1).wire(DType::U8)
         ));
-        // One operation's own messages cross all the time (a pairwise exchange).
+        // One operation's own messages cross all the time (a pairwise
+        // exchange), pieces with more to follow and last ones alike.
         assert!(!crossed_ops(ar, ar));
+        let ar_more = OpLabel::ALL_REDUCE_SUM.more_follow().wire(DType::F32);
+        assert!(!crossed_ops(ar_more, ar));
+        assert!(crossed_ops(ar_more, ag));
         // Unlabelled point-to-point traffic is never a suspect.
         assert!(!crossed_ops(DType::F32.code().into(), ag));
         assert!(!crossed_ops(ar, DType::F64.code().into()));
