@@ -5,8 +5,9 @@
 //! communicator's `channel(c).isend`/`irecv::<u8>`, which match in posting
 //! order per (peer, channel) exactly as [`Fabric`] requires; of the tag only
 //! its label byte is sent ([`crate::fabric::LABEL_SHIFT`]: the element type
-//! and operation every collective stamps on its messages), in the header's
-//! type byte, and the receive's match compares it: ranks that run different
+//! and operation every collective stamps on its messages) and its piece
+//! mark ([`crate::fabric::MORE_PIECES`]), in the header's type code, and the
+//! receive's match compares them: ranks that run different
 //! operations, element types or broadcast roots fail with a mismatch naming
 //! both (and every rank of the channel learns it, see
 //! [`zccl_runtime::Error::Disagreement`]), as do sizes that differ.
