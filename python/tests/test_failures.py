@@ -151,6 +151,8 @@ ALL_RAISE = {
 # at once rather than by the timeout.
 AT_ONCE = {"all_reduce_size_tree_vs_halving", "all_reduce_size_halving_vs_ring",
            "reduce_scatter_tensor_size_halving_vs_ring",
+           # Chunks whose pieces differ in number: the shorter side's last
+           # piece meets one marked as having more to follow.
            "reduce_scatter_tensor_size_whole_piece", "all_gather_into_tensor_size_whole_piece",
            # Refused by the victim's own checks: it aborts with the reason.
            "all_to_all_single_splits", "all_to_all_single_negative_split",
