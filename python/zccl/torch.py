@@ -173,6 +173,12 @@ def _plain(t):
     return t.is_cpu and t.is_contiguous() and not _is_neg(t)
 
 
+def _plain_pair(input, output):
+    """Whether an input and an output tensor of one dtype are both `_plain`
+    (the short paths of the collectives with an input and an output)."""
+    return output.dtype == input.dtype and _plain(input) and _plain(output)
+
+
 # The all_reduce made of an all_gather (`_allreduce_by_gather`): each
 # rank's block starts with a header naming its reduction and element type.
 _HEADER_BYTES = 8
@@ -601,7 +607,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
         if len(tensors) == 1:
             t = tensors[0]
             fast = _FAST_AR.get((t.dtype, _op_code(opts) if opts is not None else 0))
-            if fast is not None and t.is_cpu and t.is_contiguous() and not _is_neg(t):
+            if fast is not None and _plain(t):
                 n = t.numel() * fast[2]
                 if n < _INLINE_BYTES or _blocking_call():
                     try:
@@ -724,7 +730,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
                 f"{self._size} ranks x {input.numel()} expected"
             )
         name = _P2P_FAST.get(input.dtype)
-        if name is not None and output.dtype == input.dtype and _plain(input) and _plain(output):
+        if name is not None and _plain_pair(input, output):
             # The common case in as few Python steps as possible.
             on = output.numel() * output.element_size()
             w = self._run(self._comm.all_gather, on, input.data_ptr(), input.numel() * input.element_size(),
@@ -778,7 +784,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
             )
         code = _op_code(opts) if opts is not None else 0
         fast = _FAST_AR.get((input.dtype, code))
-        if fast is not None and output.dtype == input.dtype and _plain(input) and _plain(output):
+        if fast is not None and _plain_pair(input, output):
             # The common case in as few Python steps as possible.
             n = input.numel() * fast[2]
             w = self._run(self._comm.reduce_scatter, n, input.data_ptr(), n, output.data_ptr(),
@@ -806,7 +812,7 @@ class ProcessGroupZccl(dist.ProcessGroup):
             # Even blocks of contiguous CPU tensors (Ulysses' case) in as few
             # Python steps as possible: used in place, nothing to stage.
             name = _P2P_FAST.get(input.dtype)
-            if name is not None and output.dtype == input.dtype and _plain(input) and _plain(output):
+            if name is not None and _plain_pair(input, output):
                 n = input.numel() * input.element_size()
                 on = output.numel() * output.element_size()
                 a, o = input.data_ptr(), output.data_ptr()

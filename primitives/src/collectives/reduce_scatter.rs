@@ -3,6 +3,7 @@
 //! rounds for the same bytes; [`choose_reduce_scatter`]).
 
 use crate::fabric::Signed;
+use std::ops::Range;
 use std::sync::Arc;
 use zccl_runtime::label::OpLabel;
 
@@ -83,22 +84,22 @@ pub fn reduce_scatter_into<T: Elem, F: Fabric + ?Sized>(
     if algo == Algo::Halving
         && let (Some(src), Some(out)) = (as_acc(input), as_acc_mut(output))
     {
-        return halving_reduce_scatter(f, ch, src, out, op);
+        return halving_reduce_scatter(f, ch, &chunks, src, out, op);
     }
-    ring_reduce_scatter(f, ch, input, output, op)
+    ring_reduce_scatter(f, ch, &chunks, input, output, op)
 }
 
-/// The pipelined ring reduce-scatter into `output` (this rank's chunk, its
-/// length checked), over 2 ranks or more.
+/// The pipelined ring reduce-scatter into `output` (this rank's chunk of
+/// `chunks`, its length checked), over 2 ranks or more.
 fn ring_reduce_scatter<T: Elem, F: Fabric + ?Sized>(
     f: &F,
     ch: u32,
+    chunks: &[Range<usize>],
     input: &[T],
     output: &mut [T],
     op: ReduceOp,
 ) -> Result<()> {
     let (r, n) = (f.rank(), f.size());
-    let chunks = chunk_ranges(input.len(), n);
     let mine_at = chunks[r].clone();
     let mut b = RsBuf {
         before: &[],
@@ -114,7 +115,7 @@ fn ring_reduce_scatter<T: Elem, F: Fabric + ?Sized>(
         // SAFETY: `b`'s memory (the caller's `input` and `output`)
         // outlives `rx`; `output` is not read before the reduce-scatter
         // ends, and `input` never written.
-        unsafe { rx.plan_reduce_scatter(&mut b, &chunks, &steps, op, n, OP_RS, per) }
+        unsafe { rx.plan_reduce_scatter(&mut b, chunks, &steps, op, n, OP_RS, per) }
     } else {
         for st in &steps {
             rx.plan_step::<T::Acc>(OP_RS, st.step, chunks[st.recv_chunk].clone(), per);
@@ -123,7 +124,7 @@ fn ring_reduce_scatter<T: Elem, F: Fabric + ?Sized>(
     rx.post_all()?;
     let (mut first, mut sends) = (Vec::new(), Vec::new());
     ring_reduce_scatter_pipe(
-        f, ch, &mut b, &chunks, op, OP_RS, per, &mut rx, &mut first, &mut sends, false,
+        f, ch, &mut b, chunks, op, OP_RS, per, &mut rx, &mut first, &mut sends, false,
     )?;
     first.append(&mut sends);
     wait_all(first)
@@ -155,6 +156,7 @@ fn ring_reduce_scatter<T: Elem, F: Fabric + ?Sized>(
 fn halving_reduce_scatter<A, F>(
     f: &F,
     ch: u32,
+    chunks: &[Range<usize>],
     input: &[A],
     output: &mut [A],
     op: ReduceOp,
@@ -164,7 +166,6 @@ where
     F: Fabric + ?Sized,
 {
     let (r, n) = (f.rank(), f.size());
-    let chunks = chunk_ranges(input.len(), n);
     let chunk_of = |v: usize| chunks[halving::owned_block(v, n)].clone();
     // Where each virtual block starts when the blocks lie in virtual order.
     let mut at = vec![0usize; n + 1];
@@ -281,7 +282,8 @@ mod tests {
             for len in [0, 1, 3, n - 1, n, 2 * n + 3, 1000, 4099] {
                 let out = run_ranks(n, move |f| {
                     let r = f.rank();
-                    let mine = chunk_ranges(len, n)[r].len();
+                    let chunks = chunk_ranges(len, n);
+                    let mine = chunks[r].len();
                     let i64s: Vec<i64> = (0..len).map(|i| x(r, i)).collect();
                     let f64s: Vec<f64> = i64s.iter().map(|&v| v as f64).collect();
                     let prods: Vec<i64> = (0..len).map(|i| (r + i) as i64 % 3 + 1).collect();
@@ -293,16 +295,16 @@ mod tests {
                         (ReduceOp::Prod, &prods),
                     ] {
                         let mut h = vec![0i64; mine];
-                        halving_reduce_scatter(f, 0, input, &mut h, op).unwrap();
+                        halving_reduce_scatter(f, 0, &chunks, input, &mut h, op).unwrap();
                         // The ring gives the same integers.
                         let mut g = vec![0i64; mine];
-                        ring_reduce_scatter(f, 0, input, &mut g, op).unwrap();
+                        ring_reduce_scatter(f, 0, &chunks, input, &mut g, op).unwrap();
                         assert_eq!(h, g, "{op:?} n {n} len {len} rank {r}");
                         got.push(h.iter().map(|&v| v as f64).collect::<Vec<_>>());
                     }
                     for op in [ReduceOp::Sum, ReduceOp::Avg] {
                         let mut h = vec![0f64; mine];
-                        halving_reduce_scatter(f, 0, &f64s, &mut h, op).unwrap();
+                        halving_reduce_scatter(f, 0, &chunks, &f64s, &mut h, op).unwrap();
                         got.push(h);
                     }
                     got
@@ -338,7 +340,15 @@ mod tests {
         let run = try_run_ranks(SimConfig::default(), 4, |f| {
             let input: Vec<i32> = (0..4).map(|i| (10 * f.rank() + i) as i32).collect();
             let mut out = [0i32; 1];
-            halving_reduce_scatter(f, 0, &input, &mut out, ReduceOp::Sum).unwrap();
+            halving_reduce_scatter(
+                f,
+                0,
+                &chunk_ranges(input.len(), 4),
+                &input,
+                &mut out,
+                ReduceOp::Sum,
+            )
+            .unwrap();
             out[0]
         })
         .unwrap();
@@ -363,9 +373,16 @@ mod tests {
             let len = if f.rank() == 2 { 12 } else { 8 };
             let input = vec![1i32; len];
             let mut out = vec![0i32; chunk_ranges(len, 4)[f.rank()].len()];
-            halving_reduce_scatter(f, 0, &input, &mut out, ReduceOp::Sum)
-                .err()
-                .map(|e| e.to_string())
+            halving_reduce_scatter(
+                f,
+                0,
+                &chunk_ranges(input.len(), 4),
+                &input,
+                &mut out,
+                ReduceOp::Sum,
+            )
+            .err()
+            .map(|e| e.to_string())
         })
         .unwrap();
         // Rank 2's first partner (rank 3) finds the sizes differ at once.
