@@ -31,10 +31,12 @@ pub(crate) struct Slot {
     cv: Condvar,
     /// The op.
     pub(crate) desc: OpDesc,
-    /// When the op was issued (what the metrics time it from).
-    issued: Instant,
-    /// When the op fails with [`crate::Error::Timeout`]: `issued` plus
-    /// `timeout`.
+    /// When the op was issued, a [`zccl_transports::clock`] reading (what
+    /// the metrics time it from: a cheaper clock than `Instant`'s, read
+    /// again when the op completes).
+    issued: u64,
+    /// When the op fails with [`crate::Error::Timeout`]: its issue time
+    /// plus `timeout`.
     pub(crate) deadline: Instant,
     /// The op's timeout (the channel's, when it was issued).
     pub(crate) timeout: Duration,
@@ -63,17 +65,17 @@ struct SlotState {
 }
 
 impl Slot {
-    /// The slot of op `desc`, `issued` with `timeout` (its deadline: their
-    /// sum, which the caller has at hand), its successful completion
+    /// The slot of op `desc`, `issued` at that [`zccl_transports::clock`]
+    /// reading with `timeout` (its deadline: the issue time plus the
+    /// timeout, which the caller has at hand), its successful completion
     /// counted in the metrics as `metric` ([`crate::metrics::Metrics::op`];
     /// `None`: not counted).
     pub(crate) fn new(
         desc: OpDesc,
-        issued: Instant,
+        issued: u64,
         (deadline, timeout): (Instant, Duration),
         metric: Option<&'static OpSeries>,
     ) -> Self {
-        debug_assert_eq!(issued.checked_add(timeout), Some(deadline));
         Slot {
             state: Mutex::default(),
             done: AtomicBool::new(false),
@@ -93,7 +95,7 @@ impl Slot {
             return;
         }
         if let (Ok(_), Some(op)) = (&o, self.metric) {
-            op.done(self.desc.bytes, self.issued.elapsed());
+            op.done(self.desc.bytes, zccl_transports::clock::since(self.issued));
         }
         s.result = Some(o.map_err(Box::new));
         self.done.store(true, Ordering::Release);

@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -235,8 +235,9 @@ impl Pending {
         }
         let polling = Polling::start(spin.transport.as_ref());
         // The spin's limits, from the first clock reading: an op done by
-        // the first poll reads no clock at all.
-        let mut limits: Option<(Instant, Instant)> = None;
+        // the first poll reads no clock at all. (The cheap clock,
+        // `zccl_transports::clock`: it is read every few polls.)
+        let mut limits: Option<(u64, u64)> = None;
         // Empty polls left before the clock and the copies are looked at
         // again, while polling back to back.
         let mut unchecked = 0u32;
@@ -253,12 +254,16 @@ impl Pending {
                 unchecked -= 1;
                 continue;
             }
-            let now = Instant::now();
+            let now = zccl_transports::clock::ticks();
             let (until, tight) = *limits.get_or_insert_with(|| {
                 // Sized by the op only here: an op done by its first poll
                 // never computes it.
                 let budget = spin_budget(spin.budget, spin.per_mib, self.slot.desc.bytes);
-                (now + budget, now + spin.tight)
+                let ticks = zccl_transports::clock::to_ticks;
+                (
+                    now.saturating_add(ticks(budget)),
+                    now.saturating_add(ticks(spin.tight)),
+                )
             });
             if now >= until {
                 break;
@@ -598,8 +603,9 @@ mod tests {
             bytes,
             dtype: DType::U8,
         };
-        let (now, timeout) = (Instant::now(), Duration::from_secs(60));
-        let slot = Arc::new(Slot::new(desc, now, (now + timeout, timeout), None));
+        let (now, timeout) = (std::time::Instant::now(), Duration::from_secs(60));
+        let issued = zccl_transports::clock::ticks();
+        let slot = Arc::new(Slot::new(desc, issued, (now + timeout, timeout), None));
         let p = Pending {
             slot: slot.clone(),
             spin: Some(spin),

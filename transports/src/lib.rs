@@ -3,6 +3,9 @@
 //! * [`Transport`] — the seam every transport implements: enqueue a whole
 //!   message for a peer without waiting for the receiver, and report incoming
 //!   messages and peer loss as [`TransportEvent`]s.
+//! * [`clock`] — a monotonic clock cheap enough for the per-operation path
+//!   (the time-stamp counter where the kernel keeps time on it), whose
+//!   readings mean the same instant in every process of the host.
 //! * [`frame`] — the 40-byte frame header codec and length bounds (pure).
 //! * [`handshake`] — the `Hello` that opens every connection: magic, protocol
 //!   version, job secret, ranks (pure).
@@ -35,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clock;
 mod cma;
 pub mod copy;
 pub mod frame;

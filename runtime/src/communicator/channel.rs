@@ -86,8 +86,10 @@ fn plain_post(shm: &zccl_transports::shm::ShmConfig, bytes: u64) -> Option<Plain
 /// reading, and how their memory is used.
 struct How {
     comm: u32,
-    /// The clock reading, and the deadline it gives.
-    now: Instant,
+    /// The issue time, on the cheap clock the metrics time ops with
+    /// ([`zccl_transports::clock`]), and the deadline (on `Instant`'s,
+    /// which the engine's timers keep).
+    issued: u64,
     deadline: Instant,
     /// The payloads borrow the caller's memory ([`Channel::isend_lent`]).
     lent: bool,
@@ -108,11 +110,10 @@ enum Sink {
 
 impl How {
     fn new(comm: u32, timeout: Duration, lent: bool, into: Option<Sink>) -> Self {
-        let now = Instant::now();
         How {
             comm,
-            now,
-            deadline: now + timeout,
+            issued: zccl_transports::clock::ticks(),
+            deadline: Instant::now() + timeout,
             lent,
             into,
             landed: None,
@@ -411,7 +412,7 @@ impl Channel {
         };
         let slot = Arc::new(Slot::new(
             desc,
-            how.now,
+            how.issued,
             (how.deadline, self.timeout),
             Some(op_series(kind)),
         ));

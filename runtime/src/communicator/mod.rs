@@ -177,6 +177,10 @@ impl Communicator {
             )));
         }
         config.validate()?;
+        // The cheap clock's rate, calibrated now (a 2 ms sleep, once per
+        // process) rather than by the first op that times itself.
+        let clock = zccl_transports::clock::source();
+        tracing::debug!(?clock, "clock");
         let unadvised_heap = config.malloc_tune
             && crate::malloc::tune_once()
             && crate::malloc::heap_unadvised_here();

@@ -157,7 +157,7 @@ impl Net {
             };
             let slot = Arc::new(Slot::new(
                 desc,
-                self.t0,
+                zccl_transports::clock::ticks(),
                 (self.t0 + self.timeout, self.timeout),
                 None,
             ));

@@ -27,8 +27,8 @@ pub(super) struct Ctx {
     pub(super) closing: AtomicBool,
     pub(super) max_message: u64,
     /// [`ShmConfig::poll_lease_for`](super::ShmConfig::poll_lease_for) this
-    /// host, nanoseconds.
-    pub(super) poll_lease_ns: u64,
+    /// host, in [`clock`](crate::clock) ticks.
+    pub(super) poll_lease: u64,
     /// [`ShmConfig::wait_slice`](super::ShmConfig::wait_slice): the lease
     /// watcher's sleep when it has no lease to wait for.
     pub(super) wait_slice: std::time::Duration,
@@ -78,7 +78,7 @@ pub(super) struct Link {
     pub(super) cma_seen: AtomicU64,
     /// The CMA record at the tail of `in_ring` that polls and the reader
     /// thread leave for its receive to be posted (its ring position + 1;
-    /// 0: none), and until when ([`super::ring::monotonic_ns`]); see
+    /// 0: none), and until when ([`clock::ticks`](crate::clock::ticks)); see
     /// `leave_unposted` in `recv.rs`. Under `consumer`.
     pub(super) deferred_at: AtomicU64,
     pub(super) deferred_until: AtomicU64,

@@ -16,7 +16,8 @@ use super::record::{
     CMA_EXT, CMA_POLLED_AT, REC_CMA, REC_CONTROL, REC_DATA, REC_GOODBYE, REC_LEN, REC_PAD, Record,
     decode_cma, decode_record,
 };
-use super::ring::{RingStop, monotonic_ns};
+use super::ring::RingStop;
+use crate::clock;
 use crate::landing::COMBINE_PIECE_BYTES;
 use crate::recvbuf::RecvBuf;
 use crate::{CloseReason, Message, TransportEvent};
@@ -170,14 +171,14 @@ fn look(link: &Link, ctx: &Ctx, attentive: bool) -> Look {
     if !attentive && rec.len <= POLL_MAX_CMA_BYTES as u64 {
         return Look::Take;
     }
-    let now = monotonic_ns();
+    let now = clock::ticks();
     let until = unposted_until(link, ctx, tail, &rec, now);
     if now >= until {
         Look::Take
     } else if attentive {
         Look::Leave
     } else {
-        Look::AwaitPost(land_key(link, &rec), Duration::from_nanos(until - now))
+        Look::AwaitPost(land_key(link, &rec), clock::to_duration(until - now))
     }
 }
 
@@ -240,12 +241,12 @@ fn unposted_cma(link: &Link, ctx: &Ctx, rec: &Record) -> bool {
 /// before they receive, say) is delayed by that much at most, never held
 /// up. Under the consumer lock.
 fn leave_unposted(link: &Link, ctx: &Ctx, tail: u64, rec: &Record) -> bool {
-    let now = monotonic_ns();
+    let now = clock::ticks();
     now < unposted_until(link, ctx, tail, rec, now)
 }
 
 /// When the wait of the CMA record `rec` at ring position `tail` for its
-/// receive ends (monotonic ns): [`land_wait`] of its length
+/// receive ends ([`clock::ticks`]): [`land_wait`] of its length
 /// ([`ShmConfig::unposted_wait`](super::ShmConfig::unposted_wait)) from
 /// the first look at it (`now`, if this is the first). Under the consumer
 /// lock.
@@ -256,7 +257,7 @@ fn unposted_until(link: &Link, ctx: &Ctx, tail: u64, rec: &Record, now: u64) -> 
     let wait = ctx
         .unposted_wait
         .unwrap_or_else(|| land_wait(rec.len as usize));
-    let until = now.saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+    let until = now.saturating_add(clock::to_ticks(wait));
     link.deferred_at.store(tail + 1, Ordering::Relaxed);
     link.deferred_until.store(until, Ordering::Relaxed);
     until
@@ -579,8 +580,8 @@ fn zone_wait(link: &Link, ctx: &Ctx, tail: u64, rec: &Record) -> Duration {
     if rec.len <= POLL_MAX_CMA_BYTES as u64 {
         return Duration::ZERO;
     }
-    let now = monotonic_ns();
-    Duration::from_nanos(unposted_until(link, ctx, tail, rec, now).saturating_sub(now))
+    let now = clock::ticks();
+    clock::to_duration(unposted_until(link, ctx, tail, rec, now).saturating_sub(now))
 }
 
 /// Data records from this size up that are whole in the ring when they are

@@ -63,7 +63,8 @@ const R_CMA_DONE: usize = 88;
 /// ([`Transport::set_polling`](crate::Transport::set_polling)): a small
 /// record is then left to them and the reader thread is not woken for it.
 const R_POLLING: usize = 96;
-/// Until when (`CLOCK_MONOTONIC`, nanoseconds, [`monotonic_ns`]) the
+/// Until when (a [`clock`](crate::clock) reading: the same instant in every
+/// process of the host) the
 /// consumer promises to look at this ring without being woken: a thread of
 /// it that polled stopped because its op completed, and expects to poll
 /// again soon ([`Transport::pause_polling`](crate::Transport::pause_polling)).
@@ -88,19 +89,6 @@ pub(super) const REWIND_MIN: u64 = 64 << 10;
 pub(super) const REWIND_MAX_RECORD: u64 = 8 << 10;
 pub(super) const CMA_YES: u32 = 1;
 pub(super) const CMA_NO: u32 = 2;
-
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the
-/// host (of one time namespace), which leases ([`R_LEASE`]) are written in.
-pub(super) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always
-    // exists (vDSO, no system call).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Why a ring operation stopped.
 #[derive(Debug)]
@@ -303,11 +291,11 @@ impl Ring {
     #[inline]
     pub(super) fn attentive(&self) -> bool {
         self.polling().load(Ordering::SeqCst) != 0
-            || monotonic_ns() < self.lease().load(Ordering::SeqCst)
+            || crate::clock::ticks() < self.lease().load(Ordering::SeqCst)
     }
 
     /// Consumer side: promises to look at the ring before `until`
-    /// ([`monotonic_ns`]) without being woken ([`R_LEASE`]). Nobody is woken
+    /// ([`clock::ticks`](crate::clock::ticks)) without being woken ([`R_LEASE`]). Nobody is woken
     /// for it: the caller wakes the lease watcher if the lease had run out
     /// (it may sleep without a bound), and the watcher sees a renewal when
     /// it wakes at the old lease's end. Threads that sleep until an op
@@ -317,7 +305,8 @@ impl Ring {
         self.lease().fetch_max(until, Ordering::SeqCst);
     }
 
-    /// Consumer side: until when its lease runs ([`monotonic_ns`]; 0: none).
+    /// Consumer side: until when its lease runs ([`clock::ticks`](crate::clock::ticks);
+    /// 0: none).
     pub(super) fn lease_until(&self) -> u64 {
         self.lease().load(Ordering::Acquire)
     }
@@ -1185,7 +1174,7 @@ mod tests {
         let (p, c) = rings(&cfg(0, Duration::from_secs(20)));
         let go = AtomicBool::new(false);
         // Under a lease a small record wakes nobody.
-        c.renew_lease(monotonic_ns() + 10_000_000_000);
+        c.renew_lease(crate::clock::ticks() + crate::clock::to_ticks(Duration::from_secs(10)));
         let r = sleeper(c.clone());
         asleep(&c);
         p.write_pollable(&[1; 8], &go).unwrap();
@@ -1210,7 +1199,7 @@ mod tests {
         let r = sleeper(c.clone());
         asleep(&c);
         let t = Instant::now();
-        c.renew_lease(monotonic_ns() + 10_000_000_000);
+        c.renew_lease(crate::clock::ticks() + crate::clock::to_ticks(Duration::from_secs(10)));
         p.write_all(&[3; 8], &go).unwrap();
         assert!(r.join().unwrap() - t < Duration::from_secs(10));
     }

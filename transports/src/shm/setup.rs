@@ -225,8 +225,7 @@ impl ShmTransport {
             events,
             closing: AtomicBool::new(false),
             max_message: cfg.max_message,
-            poll_lease_ns: u64::try_from(cfg.poll_lease_for(local, cpus).as_nanos())
-                .unwrap_or(u64::MAX),
+            poll_lease: crate::clock::to_ticks(cfg.poll_lease_for(local, cpus)),
             unposted_wait: cfg.unposted_wait,
             wait_slice: cfg.wait_slice,
             watch: Default::default(),
@@ -310,7 +309,7 @@ impl ShmTransport {
             cma_min_bytes = cma_min,
             cma_from = ?cma_peers,
             shared_cpus = cpus,
-            poll_lease_us = ctx.poll_lease_ns / 1000,
+            poll_lease_us = cfg.poll_lease_for(local, cpus).as_micros(),
             "shm transport ready"
         );
         if !ring_peers.is_empty() {
@@ -323,7 +322,7 @@ impl ShmTransport {
             );
         }
         let live: Vec<Arc<Link>> = links.iter().flatten().cloned().collect();
-        if ctx.poll_lease_ns != 0 && !live.is_empty() {
+        if ctx.poll_lease != 0 && !live.is_empty() {
             let (l, c) = (live.clone(), ctx.clone());
             std::thread::Builder::new()
                 .name(format!("zccl-shm-lease{rank}"))

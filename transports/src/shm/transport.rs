@@ -120,11 +120,11 @@ impl ShmTransport {
     /// lease (`ZCCL_SPIN_US` above half a lease) then has small records
     /// delivered by the reader threads, as when nobody polls.
     fn covered(&self) -> bool {
-        let half = self.ctx.poll_lease_ns / 2;
+        let half = self.ctx.poll_lease / 2;
         if half == 0 {
             return false;
         }
-        let now = super::ring::monotonic_ns();
+        let now = crate::clock::ticks();
         self.live
             .iter()
             .all(|l| l.in_ring.lease_until() >= now.saturating_add(half))
@@ -274,22 +274,22 @@ impl Transport for ShmTransport {
     }
 
     fn pause_polling(&self) {
-        if self.ctx.poll_lease_ns == 0 {
+        if self.ctx.poll_lease == 0 {
             return self.set_polling(false);
         }
         // The lease first, then the poller count: a producer that saw us
         // polling published before, and the next poll takes it, or the
         // reader thread, which the lease watcher wakes when the lease ends
         // (`super::watch`).
-        let now = super::ring::monotonic_ns();
-        let until = now.saturating_add(self.ctx.poll_lease_ns);
+        let now = crate::clock::ticks();
+        let until = now.saturating_add(self.ctx.poll_lease);
         // Whether a lease had run out (a long wait, or a sleeper ended it):
         // the lease watcher may then sleep past the new one's end.
         let mut ran_out = false;
         if self.uncover() {
             // Not counted in the rings: renew only a lease under half its
             // length, so that most ops leave the producers' line alone.
-            let half = now.saturating_add(self.ctx.poll_lease_ns / 2);
+            let half = now.saturating_add(self.ctx.poll_lease / 2);
             for l in &self.live {
                 let lease = l.in_ring.lease_until();
                 if lease < half {
@@ -537,10 +537,10 @@ mod tests {
         let ((_t0, _rx0), (t1, _rx1)) = pair(c.clone(), c.clone());
         let want = c.poll_lease_for(2, t1.shared_cpus());
         let ring = &t1.link(0).unwrap().in_ring;
-        let before = super::super::ring::monotonic_ns();
+        let before = crate::clock::ticks();
         t1.set_polling(true);
         t1.pause_polling();
-        let held = Duration::from_nanos(ring.lease_until() - before);
+        let held = crate::clock::to_duration(ring.lease_until() - before);
         // The pause reads the clock after `before`: at most a second later.
         assert!(
             held >= want && held < want + Duration::from_secs(1),
@@ -559,7 +559,7 @@ mod tests {
         t1.pause_polling();
         assert_eq!(count(), 0);
         let lease = ring.lease_until();
-        assert!(lease > super::super::ring::monotonic_ns());
+        assert!(lease > crate::clock::ticks());
         // Under the lease it does not, and its pause leaves the lease as it
         // is; a small record is still left to its poll.
         t1.set_polling(true);

@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use super::futex::{futex_wait, futex_wake};
 use super::link::{Ctx, Link};
-use super::ring::monotonic_ns;
 
 /// Added to a sleep until a lease's end, so that the watcher wakes after
 /// it ran out (futex timeouts are not exact).
@@ -58,8 +57,9 @@ impl Watch {
     }
 }
 
-/// What the watcher does about one ring, at `now` (nanoseconds of
-/// [`monotonic_ns`]). Pure.
+/// What the watcher does about one ring, at `now` (a
+/// [`clock`](crate::clock) reading; so are the times it takes and
+/// returns). Pure.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Look {
     /// Wake its reader thread: something is left and the consumer is not
@@ -105,7 +105,7 @@ pub(super) fn watcher(live: &[Arc<Link>], ctx: &Ctx) {
         w.unbounded.store(1, Ordering::SeqCst);
         let s = w.seq.load(Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let now = monotonic_ns();
+        let now = crate::clock::ticks();
         let mut next: Option<u64> = None;
         for l in live {
             if l.reader_gone.load(Ordering::Acquire) {
@@ -114,7 +114,7 @@ pub(super) fn watcher(live: &[Arc<Link>], ctx: &Ctx) {
             let r = &l.in_ring;
             let left = !matches!(r.pending(), Ok(false)) || l.release_pending();
             let polling = r.polling().load(Ordering::SeqCst) != 0;
-            match look(now, r.lease_until(), polling, ctx.poll_lease_ns, left) {
+            match look(now, r.lease_until(), polling, ctx.poll_lease, left) {
                 Look::Hand => r.notify_reader(),
                 Look::At(t) => next = Some(next.map_or(t, |n| n.min(t))),
                 Look::Idle => {}
@@ -123,7 +123,7 @@ pub(super) fn watcher(live: &[Arc<Link>], ctx: &Ctx) {
         let sleep = match next {
             Some(t) => {
                 w.unbounded.store(0, Ordering::SeqCst);
-                Duration::from_nanos(t.saturating_sub(now)) + LEASE_MARGIN
+                crate::clock::to_duration(t.saturating_sub(now)) + LEASE_MARGIN
             }
             None => ctx.wait_slice,
         };
