@@ -42,7 +42,9 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 mod duration;
+mod tally;
 pub use duration::DurationHistogram;
+pub use tally::TallyCounter;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NicRail {
@@ -69,18 +71,18 @@ struct NicVia {
 /// The metrics of one process. Cheap to update from any thread.
 pub struct Metrics {
     registry: Registry,
-    tx: Family<NicRail, Counter>,
-    rx: Family<NicRail, Counter>,
+    tx: Family<NicRail, TallyCounter>,
+    rx: Family<NicRail, TallyCounter>,
     inflight: Family<Nic, Gauge<i64, AtomicI64>>,
     failures: Family<Nic, Counter>,
     timeouts: Counter,
-    op_bytes: Family<OpLabel, Counter>,
+    op_bytes: Family<OpLabel, TallyCounter>,
     op_seconds: Family<OpLabel, DurationHistogram>,
     route_chunks: Family<NicVia, Counter>,
     /// The shared-memory transport's two series, looked up once (every
     /// message counts here: no label allocation or hashing per message).
-    shm_tx: OnceLock<Counter>,
-    shm_rx: OnceLock<Counter>,
+    shm_tx: OnceLock<TallyCounter>,
+    shm_rx: OnceLock<TallyCounter>,
     /// Each op's series, looked up once (a handful of ops; counted per
     /// completed op).
     ops: Mutex<Vec<(&'static str, OpSeries)>>,
@@ -95,8 +97,8 @@ impl std::fmt::Debug for Metrics {
 /// Adds `bytes` to `nic`'s series of `family`; the shared-memory one
 /// (every message counts there) through `shm`, looked up once.
 fn count_nic(
-    family: &Family<NicRail, Counter>,
-    shm: &OnceLock<Counter>,
+    family: &Family<NicRail, TallyCounter>,
+    shm: &OnceLock<TallyCounter>,
     nic: &str,
     rail: Option<u32>,
     bytes: u64,
@@ -133,7 +135,7 @@ impl Default for Metrics {
 /// ```
 #[derive(Clone)]
 pub struct OpSeries {
-    bytes: Counter,
+    bytes: TallyCounter,
     seconds: DurationHistogram,
 }
 
@@ -155,14 +157,17 @@ impl Metrics {
     /// A fresh registry with every zccl metric registered.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("zccl");
-        let tx = Family::<NicRail, Counter>::default();
+        // The byte counters (every message on shared memory counts there)
+        // and the op series are tallies: each thread adds to its own,
+        // without a locked instruction (`tally.rs`).
+        let tx = Family::<NicRail, TallyCounter>::default();
         registry.register_with_unit(
             "nic_transmit",
             "Payload bytes sent on a NIC",
             Unit::Bytes,
             tx.clone(),
         );
-        let rx = Family::<NicRail, Counter>::default();
+        let rx = Family::<NicRail, TallyCounter>::default();
         registry.register_with_unit(
             "nic_receive",
             "Payload bytes received on a NIC",
@@ -184,7 +189,7 @@ impl Metrics {
         );
         let timeouts = Counter::default();
         registry.register("peer_timeouts", "Peers declared stuck", timeouts.clone());
-        let op_bytes = Family::<OpLabel, Counter>::default();
+        let op_bytes = Family::<OpLabel, TallyCounter>::default();
         registry.register_with_unit(
             "op",
             "Bytes moved by completed operations",
