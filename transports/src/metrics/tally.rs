@@ -188,7 +188,7 @@ impl Tally {
     }
 }
 
-/// A Prometheus counter that each thread adds to on its own ([`Tally`]):
+/// A Prometheus counter that each thread adds to on its own (see the `tally` module):
 /// no locked instruction per addition. Clones share the count.
 ///
 /// ```
