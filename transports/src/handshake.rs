@@ -23,8 +23,11 @@ pub const MAGIC: [u8; 8] = *b"ZCCLHELO";
 /// version 3 the sequence number of the message found mismatched to the
 /// engine's disagreement report; version 4 the top bit of the header's
 /// operation label, set on a piece of a message sent in pieces when more
-/// follow (a version-3 peer would take every such piece for a mismatch).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// follow (a version-3 peer would take every such piece for a mismatch);
+/// version 5 writes the shared-memory rings' poll leases in
+/// [`clock`](crate::clock) ticks (the time-stamp counter where it is fit),
+/// not `CLOCK_MONOTONIC` nanoseconds.
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Size in bytes of an encoded [`Hello`].
 pub const HELLO_LEN: usize = 44;
 /// The rank number that designates the bootstrap root in [`Hello::dst_rank`]/[`Hello::src_rank`].
