@@ -203,7 +203,17 @@ impl RecvBuf {
                 return (buf, true);
             }
         }
-        let layout = Layout::from_size_align(len.max(1), RECV_ALIGN).expect("layout");
+        if len == 0 {
+            // No memory (`Drop` frees none for a capacity of 0).
+            let buf = Self {
+                ptr: NonNull::new(std::ptr::without_provenance_mut(RECV_ALIGN)).expect("non-zero"),
+                len: 0,
+                cap: 0,
+                mapped: false,
+            };
+            return (buf, false);
+        }
+        let layout = Layout::from_size_align(len, RECV_ALIGN).expect("layout");
         // SAFETY: non-zero size; zeroed so the bytes are initialised (calloc
         // skips the memset for fresh memory).
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
@@ -245,8 +255,18 @@ impl RecvBuf {
     }
 
     /// Hands the buffer over without copying; dropping the last clone of
-    /// the `Bytes` recycles the memory.
+    /// the `Bytes` recycles the memory. An empty buffer becomes an empty
+    /// `Bytes` (no allocation: a message whose bytes went straight into
+    /// its receive's memory arrives empty, once per op).
+    ///
+    /// ```
+    /// let b = zccl_transports::recvbuf::RecvBuf::new(0).into_bytes();
+    /// assert!(b.is_empty());
+    /// ```
     pub fn into_bytes(self) -> Bytes {
+        if self.len == 0 {
+            return Bytes::new();
+        }
         Bytes::from_owner(self)
     }
 }
@@ -265,6 +285,9 @@ impl std::fmt::Debug for RecvBuf {
 
 impl Drop for RecvBuf {
     fn drop(&mut self) {
+        if self.cap == 0 {
+            return;
+        }
         if !self.mapped {
             let layout = Layout::from_size_align(self.cap, RECV_ALIGN).expect("layout");
             // SAFETY: allocated in `new` with this layout.

@@ -7,6 +7,7 @@
 //! when that is posted; one that arrives before its receive is left in the
 //! ring a little for it ([`leave_unposted`]).
 
+use bytes::Bytes;
 use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
@@ -397,7 +398,7 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
             }
         }
     };
-    let msg = received(&rec, payload);
+    let msg = received(&rec, payload.into_bytes());
     // Delivered under the consumer lock: a poll cannot deliver a later
     // record before this one is in the engine or its event channel.
     let msg = match ctx.deliver.get() {
@@ -416,10 +417,30 @@ fn read_record(link: &Link, ctx: &Ctx) -> Next {
     }
 }
 
+/// Payloads up to this many bytes that a poll takes from the ring go up in
+/// a buffer made by one allocation ([`small_payload`]), larger ones in a
+/// [`RecvBuf`] (two: its memory and the `Bytes` owner that recycles it;
+/// the pool and huge pages pay off only for large buffers).
+const SMALL_PAYLOAD_MAX: usize = 4 << 10;
+
+/// A payload of `len` bytes, written by `fill`, in a buffer of its own
+/// made by one allocation (a `Vec` handed to `Bytes` whole; none when
+/// empty). Per 8-byte all-reduce of 2 ranks, one allocation and one free
+/// fewer than a [`RecvBuf`] (see docs/performance.md).
+#[inline]
+fn small_payload(len: usize, fill: impl FnOnce(&mut [u8])) -> Bytes {
+    if len == 0 {
+        return Bytes::new();
+    }
+    let mut v = vec![0u8; len];
+    fill(&mut v);
+    Bytes::from(v)
+}
+
 /// The message of a record read whole (by the reader thread or a poll),
 /// counted in the metrics when it carries data.
 #[inline]
-fn received(rec: &Record, payload: RecvBuf) -> Message {
+fn received(rec: &Record, payload: Bytes) -> Message {
     if rec.kind != REC_CONTROL {
         crate::metrics::Metrics::global().nic_receive("shm", None, rec.len);
     }
@@ -429,7 +450,7 @@ fn received(rec: &Record, payload: RecvBuf) -> Message {
         comm: rec.comm,
         channel: rec.channel,
         seq: rec.seq,
-        payload: payload.into_bytes(),
+        payload,
     }
 }
 
@@ -635,9 +656,8 @@ fn poll_slot(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> Option<
         Err(_) => return Some(false),
     }
     // Far below a landing zone's size (`RING_LAND_MIN_BYTES`): into a
-    // buffer of its own, as from the ring.
-    let mut payload = RecvBuf::new(len);
-    payload.as_mut_slice().copy_from_slice(&pb[..len]);
+    // buffer of its own (one allocation, `small_payload`).
+    let payload = small_payload(len, |b| b.copy_from_slice(&pb[..len]));
     ring.consume_to(tail + REC_LEN as u64 + rec.len);
     f(link.peer, received(&rec, payload));
     Some(true)
@@ -701,26 +721,30 @@ pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message))
         unsafe { ring.copy_out(tail + REC_LEN as u64, &mut xb) };
         ring.consume_to(tail + (REC_LEN + CMA_EXT) as u64);
         match copy_cma(link, ctx, &rec, &xb, Duration::ZERO) {
-            Ok(p) => p,
+            Ok(p) => p.into_bytes(),
             Err(why) => {
                 link.lost(ctx, &why);
                 link.stop();
                 return false;
             }
         }
-    } else {
-        let mut zone = ring_zone(link, ctx, &rec);
-        let mut payload = RecvBuf::new(if zone.is_some() { 0 } else { rec.len as usize });
-        let dest = match zone.as_mut() {
-            Some(c) => c.dest(),
-            None => payload.as_mut_slice(),
-        };
+    } else if let Some(mut c) = ring_zone(link, ctx, &rec) {
         // SAFETY: the whole record is published (checked above).
-        unsafe { ring.copy_out(tail + REC_LEN as u64, dest) };
+        unsafe { ring.copy_out(tail + REC_LEN as u64, c.dest()) };
         ring.consume_to(tail + REC_LEN as u64 + rec.len);
-        if let Some(c) = zone {
-            c.done(true);
-        }
+        c.done(true);
+        Bytes::new()
+    } else {
+        // SAFETY (both): the whole record is published (checked above).
+        let from = tail + REC_LEN as u64;
+        let payload = if rec.len as usize <= SMALL_PAYLOAD_MAX {
+            small_payload(rec.len as usize, |b| unsafe { ring.copy_out(from, b) })
+        } else {
+            let mut b = RecvBuf::new(rec.len as usize);
+            unsafe { ring.copy_out(from, b.as_mut_slice()) };
+            b.into_bytes()
+        };
+        ring.consume_to(from + rec.len);
         payload
     };
     let msg = received(&rec, payload);
