@@ -95,7 +95,10 @@ impl Slot {
             return;
         }
         if let (Ok(_), Some(op)) = (&o, self.metric) {
-            op.done(self.desc.bytes, zccl_transports::clock::since(self.issued));
+            op.done_ns(
+                self.desc.bytes,
+                zccl_transports::clock::since_ns(self.issued),
+            );
         }
         s.result = Some(o.map_err(Box::new));
         self.done.store(true, Ordering::Release);

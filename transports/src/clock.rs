@@ -87,9 +87,13 @@ impl Scale {
         }
     }
 
-    fn to_duration(self, t: u64) -> Duration {
+    fn to_ns(self, t: u64) -> u64 {
         let ns = (u128::from(t) * u128::from(self.ns_per_tick)) >> 32;
-        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+        u64::try_from(ns).unwrap_or(u64::MAX)
+    }
+
+    fn to_duration(self, t: u64) -> Duration {
+        Duration::from_nanos(self.to_ns(t))
     }
 
     fn to_ticks(self, d: Duration) -> u64 {
@@ -248,6 +252,19 @@ pub fn to_duration(t: u64) -> Duration {
 /// ```
 pub fn to_ticks(d: Duration) -> u64 {
     scale().to_ticks(d)
+}
+
+/// The nanoseconds since `t0` (a [`ticks`] reading); zero for one in the
+/// future. (No `Duration`: making one divides by a billion, which a
+/// caller that wants nanoseconds would undo.)
+///
+/// ```
+/// let t0 = zccl_transports::clock::ticks();
+/// assert!(zccl_transports::clock::since_ns(t0) < 1_000_000_000);
+/// ```
+#[inline]
+pub fn since_ns(t0: u64) -> u64 {
+    scale().to_ns(ticks().saturating_sub(t0))
 }
 
 /// The time since `t0` (a [`ticks`] reading); zero for one in the future.

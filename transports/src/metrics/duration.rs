@@ -73,7 +73,18 @@ const _: () = assert!(SUM < super::tally::CELLS);
 impl DurationHistogram {
     /// Counts one observation of `d`.
     pub fn observe(&self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.observe_ns(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Counts one observation of `ns` nanoseconds.
+    ///
+    /// ```
+    /// let h = zccl_transports::metrics::DurationHistogram::default();
+    /// h.observe_ns(2_500);
+    /// assert_eq!(h.buckets()[1], (4e-6, 1));
+    /// ```
+    #[inline]
+    pub fn observe_ns(&self, ns: u64) {
         let i = BOUNDS_NS
             .iter()
             .position(|&b| ns <= b)

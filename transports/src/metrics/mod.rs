@@ -148,8 +148,20 @@ impl OpSeries {
     /// assert!(m.encode().contains("zccl_op_bytes_total{op=\"send\"} 8"));
     /// ```
     pub fn done(&self, bytes: u64, elapsed: Duration) {
+        self.done_ns(bytes, u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// [`OpSeries::done`] with the time in nanoseconds.
+    ///
+    /// ```
+    /// let m = zccl_transports::metrics::Metrics::new();
+    /// m.op("recv").done_ns(8, 1_500);
+    /// assert!(m.encode().contains("zccl_op_duration_seconds_sum{op=\"recv\"} 0.0000015"));
+    /// ```
+    #[inline]
+    pub fn done_ns(&self, bytes: u64, elapsed_ns: u64) {
         self.bytes.inc_by(bytes);
-        self.seconds.observe(elapsed);
+        self.seconds.observe_ns(elapsed_ns);
     }
 }
 

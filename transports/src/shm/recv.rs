@@ -432,7 +432,10 @@ fn small_payload(len: usize, fill: impl FnOnce(&mut [u8])) -> Bytes {
     if len == 0 {
         return Bytes::new();
     }
-    let mut v = vec![0u8; len];
+    // `malloc` and a zeroing store, not `calloc` (`vec![0; len]`): glibc's
+    // `calloc` skips the thread's cache of freed chunks.
+    let mut v = Vec::with_capacity(len);
+    v.resize(len, 0u8);
     fill(&mut v);
     Bytes::from(v)
 }
