@@ -38,8 +38,9 @@
 //! assert!(clock::to_ticks(Duration::from_millis(1)) > 0);
 //! ```
 
+use std::cell::Cell;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What [`ticks`] counts.
 ///
@@ -73,18 +74,23 @@ struct Scale {
     ns_per_tick: u64,
     ticks_per_ns: u64,
     hz: u64,
+    /// [`ANCHOR_FOR`] in ticks.
+    anchor_ticks: u64,
 }
 
 impl Scale {
     /// The scale of a clock of `hz` ticks a second.
     fn of_hz(hz: u64) -> Scale {
         let hz = hz.max(1);
-        Scale {
+        let mut s = Scale {
             ns_per_tick: u64::try_from((1_000_000_000u128 << 32) / u128::from(hz))
                 .unwrap_or(u64::MAX),
             ticks_per_ns: u64::try_from((u128::from(hz) << 32) / 1_000_000_000).unwrap_or(u64::MAX),
             hz,
-        }
+            anchor_ticks: 0,
+        };
+        s.anchor_ticks = s.to_ticks(ANCHOR_FOR);
+        s
     }
 
     fn to_ns(self, t: u64) -> u64 {
@@ -267,6 +273,49 @@ pub fn since_ns(t0: u64) -> u64 {
     scale().to_ns(ticks().saturating_sub(t0))
 }
 
+/// How long a thread's pair of an `Instant` and a [`ticks`] reading serves
+/// [`instant_of`] before it reads `Instant::now()` again.
+const ANCHOR_FOR: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// This thread's last `Instant::now()` and the [`ticks`] reading just
+    /// after it ([`instant_of`]).
+    static ANCHOR: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
+}
+
+/// The `Instant` of `t`, a [`ticks`] reading this thread made a moment
+/// ago, without reading the `Instant` clock for every call: the thread's
+/// last `Instant::now()` (read again once it is [`ANCHOR_FOR`] old, or
+/// for a reading older than it) plus the ticks since. Off from
+/// `Instant::now()` by the rate's calibration error over at most a
+/// millisecond (nanoseconds): for deadlines, not for measuring.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use zccl_transports::clock;
+/// let before = Instant::now();
+/// let i = clock::instant_of(clock::ticks());
+/// let after = Instant::now();
+/// assert!(i + Duration::from_micros(1) >= before && i <= after + Duration::from_micros(1));
+/// ```
+pub fn instant_of(t: u64) -> Instant {
+    let s = scale();
+    ANCHOR
+        .try_with(|a| match a.get() {
+            Some((i, t0)) if t >= t0 && t - t0 < s.anchor_ticks => {
+                i + Duration::from_nanos(s.to_ns(t - t0))
+            }
+            _ => {
+                // Paired with a fresh reading, not `t`: a stale `t` would
+                // put every later instant off by its age.
+                let i = Instant::now();
+                a.set(Some((i, ticks())));
+                i
+            }
+        })
+        .unwrap_or_else(|_| Instant::now())
+}
+
 /// The time since `t0` (a [`ticks`] reading); zero for one in the future.
 ///
 /// ```
@@ -313,6 +362,30 @@ mod tests {
             Scale::of_hz(1).to_duration(u64::MAX),
             Duration::from_nanos(u64::MAX)
         );
+    }
+
+    #[test]
+    fn instants_of_readings_stay_with_the_instant_clock() {
+        source();
+        let start = Instant::now();
+        // Across several anchors (one a millisecond).
+        while start.elapsed() < Duration::from_millis(5) {
+            let before = Instant::now();
+            let i = instant_of(ticks());
+            let after = Instant::now();
+            let slack = Duration::from_micros(2);
+            assert!(
+                i + slack >= before && i <= after + slack,
+                "{i:?} not in {before:?}..{after:?}"
+            );
+        }
+        // A reading older than the anchor gets a fresh anchor, not a time
+        // before it.
+        let old = ticks();
+        std::thread::sleep(Duration::from_millis(2));
+        instant_of(ticks());
+        let before = Instant::now();
+        assert!(instant_of(old) >= before);
     }
 
     #[test]

@@ -88,7 +88,8 @@ struct How {
     comm: u32,
     /// The issue time, on the cheap clock the metrics time ops with
     /// ([`zccl_transports::clock`]), and the deadline (on `Instant`'s,
-    /// which the engine's timers keep).
+    /// which the engine's timers keep; from the same reading,
+    /// `clock::instant_of`).
     issued: u64,
     deadline: Instant,
     /// The payloads borrow the caller's memory ([`Channel::isend_lent`]).
@@ -110,10 +111,11 @@ enum Sink {
 
 impl How {
     fn new(comm: u32, timeout: Duration, lent: bool, into: Option<Sink>) -> Self {
+        let issued = zccl_transports::clock::ticks();
         How {
             comm,
-            issued: zccl_transports::clock::ticks(),
-            deadline: Instant::now() + timeout,
+            issued,
+            deadline: zccl_transports::clock::instant_of(issued) + timeout,
             lent,
             into,
             landed: None,
