@@ -428,6 +428,8 @@ const SMALL_PAYLOAD_MAX: usize = 4 << 10;
 /// empty). Per 8-byte all-reduce of 2 ranks, one allocation and one free
 /// fewer than a [`RecvBuf`] (see docs/performance.md).
 #[inline]
+// `vec![0; len]` is `calloc`, which this avoids on purpose (below).
+#[allow(clippy::slow_vector_initialization)]
 fn small_payload(len: usize, fill: impl FnOnce(&mut [u8])) -> Bytes {
     if len == 0 {
         return Bytes::new();
