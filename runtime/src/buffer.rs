@@ -387,6 +387,8 @@ static RECYCLED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new
 /// let v = zccl_runtime::buffer::recycled_vec(1 << 20);
 /// assert_eq!(v.len(), 1 << 20);
 /// ```
+// `vec![0; len]` is `calloc`, which the small case avoids on purpose.
+#[allow(clippy::slow_vector_initialization)]
 pub fn recycled_vec(len: usize) -> Vec<u8> {
     if len < RECYCLE_MIN_BYTES {
         // `malloc` and a zeroing store: glibc's `calloc` (`vec![0; len]`)

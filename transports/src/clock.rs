@@ -285,7 +285,7 @@ thread_local! {
 
 /// The `Instant` of `t`, a [`ticks`] reading this thread made a moment
 /// ago, without reading the `Instant` clock for every call: the thread's
-/// last `Instant::now()` (read again once it is [`ANCHOR_FOR`] old, or
+/// last `Instant::now()` (read again once it is a millisecond old, or
 /// for a reading older than it) plus the ticks since. Off from
 /// `Instant::now()` by the rate's calibration error over at most a
 /// millisecond (nanoseconds): for deadlines, not for measuring.
