@@ -306,14 +306,31 @@ pub fn instant_of(t: u64) -> Instant {
                 i + Duration::from_nanos(s.to_ns(t - t0))
             }
             _ => {
-                // Paired with a fresh reading, not `t`: a stale `t` would
-                // put every later instant off by its age.
-                let i = Instant::now();
-                a.set(Some((i, ticks())));
+                let (i, t) = anchor();
+                a.set(Some((i, t)));
                 i
             }
         })
         .unwrap_or_else(|_| Instant::now())
+}
+
+/// A fresh pair of an `Instant::now()` and the [`ticks`] reading of the
+/// same moment: the reading halfway between two taken around it, the pair
+/// of three whose two readings lie closest together (a thread preempted
+/// between the two clocks would otherwise put every instant derived from
+/// the pair off by the preemption). Fresh, not the caller's reading: a
+/// stale one would put them off by its age.
+fn anchor() -> (Instant, u64) {
+    (0..3)
+        .map(|_| {
+            let a = ticks();
+            let i = Instant::now();
+            let b = ticks();
+            (b.saturating_sub(a), i, a + b.saturating_sub(a) / 2)
+        })
+        .min_by_key(|p| p.0)
+        .map(|(_, i, t)| (i, t))
+        .expect("three pairs")
 }
 
 /// The time since `t0` (a [`ticks`] reading); zero for one in the future.
@@ -373,7 +390,10 @@ mod tests {
             let before = Instant::now();
             let i = instant_of(ticks());
             let after = Instant::now();
-            let slack = Duration::from_micros(2);
+            // The rate's calibration error over at most a millisecond (and
+            // a pair's own width), with room for a loaded machine; a wrong
+            // unit or a stale anchor is off by far more.
+            let slack = Duration::from_micros(50);
             assert!(
                 i + slack >= before && i <= after + slack,
                 "{i:?} not in {before:?}..{after:?}"
