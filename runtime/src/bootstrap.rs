@@ -56,6 +56,12 @@ pub struct PeerInfo {
     /// [`AddressBook::disagreement`] once every rank registered.
     #[serde(default)]
     pub agreed: Vec<(String, String)>,
+    /// What its clock's ticks count (`zccl_transports::clock::Source::kind`):
+    /// ranks of one host that differ (one cannot read the kernel's
+    /// clocksource, say) would misread each other's poll leases, so they
+    /// use TCP between them ([`AddressBook::shares_memory`]).
+    #[serde(default)]
+    pub clock: String,
 }
 
 /// Every rank's [`PeerInfo`], indexed by rank.
@@ -76,7 +82,7 @@ impl AddressBook {
     /// use zccl_runtime::bootstrap::{AddressBook, PeerInfo};
     /// let p = |rank, algo: &str| PeerInfo { rank, host_id: "h".into(), pid: 0,
     ///     endpoints: vec![], shm_tag: None, route: Default::default(),
-    ///     agreed: vec![("ZCCL_ALGO".into(), algo.into())] };
+    ///     agreed: vec![("ZCCL_ALGO".into(), algo.into())], clock: "tsc".into() };
     /// let book = AddressBook { peers: vec![p(0, "ring"), p(1, "tree"), p(2, "tree")] };
     /// assert_eq!(book.disagreement().unwrap(),
     ///     "ZCCL_ALGO differs between ranks: rank 0 \"ring\", ranks 1-2 \"tree\"; \
@@ -121,13 +127,43 @@ impl AddressBook {
         None
     }
 
+    /// Whether ranks `a` and `b` talk over shared memory: two ranks of one
+    /// host (and network namespace) that both publish a segment tag (are
+    /// willing) and read the same clock (see [`PeerInfo::clock`]). Pure.
+    ///
+    /// ```
+    /// use zccl_runtime::bootstrap::{AddressBook, PeerInfo};
+    /// let p = |rank, host: &str, shm: bool, clock: &str| PeerInfo { rank,
+    ///     host_id: host.into(), pid: 0, endpoints: vec![],
+    ///     shm_tag: shm.then(|| format!("{rank:016x}")), route: Default::default(),
+    ///     agreed: vec![], clock: clock.into() };
+    /// let book = AddressBook { peers: vec![p(0, "a", true, "tsc"), p(1, "a", true, "tsc"),
+    ///     p(2, "b", true, "tsc"), p(3, "a", false, "tsc"), p(4, "a", true, "monotonic")] };
+    /// assert!(book.shares_memory(0, 1));
+    /// assert!(!book.shares_memory(0, 0)); // itself
+    /// assert!(!book.shares_memory(0, 2)); // another host
+    /// assert!(!book.shares_memory(0, 3)); // ZCCL_SHM_DISABLE=1 there
+    /// assert!(!book.shares_memory(0, 4)); // another clock
+    /// ```
+    pub fn shares_memory(&self, a: u32, b: u32) -> bool {
+        let (Some(x), Some(y)) = (self.peers.get(a as usize), self.peers.get(b as usize)) else {
+            return false;
+        };
+        a != b
+            && x.shm_tag.is_some()
+            && y.shm_tag.is_some()
+            && x.host_id == y.host_id
+            && x.clock == y.clock
+    }
+
     /// `(local rank, ranks on the host)` of `rank`, from host identities.
     ///
     /// ```
     /// use zccl_runtime::bootstrap::{AddressBook, PeerInfo};
     /// let p = |rank, host: &str| PeerInfo { rank, host_id: host.into(), pid: 0,
     ///                                      endpoints: vec![], shm_tag: None,
-    ///                                      route: Default::default(), agreed: vec![] };
+    ///                                      route: Default::default(), agreed: vec![],
+    ///                                      clock: "tsc".into() };
     /// let book = AddressBook { peers: vec![p(0, "a"), p(1, "b"), p(2, "a")] };
     /// assert_eq!(book.local_rank(2), (1, 2));
     /// assert_eq!(book.local_rank(1), (0, 1));
@@ -278,8 +314,8 @@ impl BootstrapRoot {
 
 /// What a connection to the root turned out to be.
 enum Arrival {
-    /// A rank of this job registered.
-    Registered(PeerInfo, TcpStream, SocketAddr),
+    /// A rank of this job registered (boxed: the larger variant by far).
+    Registered(Box<PeerInfo>, TcpStream, SocketAddr),
     /// A registration that dooms the job (another world size, a rank out of
     /// range or twice, another job secret): its reason, already sent to the
     /// offender.
@@ -348,7 +384,7 @@ async fn serve(
                     break Err(why);
                 }
                 debug!(rank = info.rank, %from, "rank registered");
-                ranks.insert(info.rank, (info, stream, from));
+                ranks.insert(info.rank, (*info, stream, from));
             }
             Ok(Some(Arrival::Fatal(why))) => break Err(why),
             Ok(None) => unreachable!("acceptor holds a sender"),
@@ -543,7 +579,7 @@ async fn register(
             info.rank, hello.src_rank
         ));
     }
-    Ok(Arrival::Registered(info, stream, from))
+    Ok(Arrival::Registered(Box::new(info), stream, from))
 }
 
 /// Registers `me` with the root of `id` and returns the address book.

@@ -62,6 +62,24 @@ pub enum Source {
     Monotonic,
 }
 
+impl Source {
+    /// What the ticks count, as a word: `tsc` or `monotonic`. Ranks that
+    /// share memory must say the same (their poll leases are written by
+    /// one and read by the other).
+    ///
+    /// ```
+    /// use zccl_transports::clock::Source;
+    /// assert_eq!(Source::Tsc { hz: 2_600_000_000 }.kind(), "tsc");
+    /// assert_eq!(Source::Monotonic.kind(), "monotonic");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Tsc { .. } => "tsc",
+            Source::Monotonic => "monotonic",
+        }
+    }
+}
+
 /// Whether the time-stamp counter is read, decided once per process.
 static TSC: OnceLock<bool> = OnceLock::new();
 

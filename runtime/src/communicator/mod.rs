@@ -221,6 +221,7 @@ impl Communicator {
             shm_tag: shm_tag.clone(),
             route: crate::router::cluster::probe_local(&nics),
             agreed: agreed_settings(&config),
+            clock: clock.kind().to_string(),
         };
         let limits = BootstrapLimits {
             timeout: config.timeout,
@@ -252,15 +253,26 @@ impl Communicator {
         };
         let tcp = runtime.block_on(TcpTransport::establish(listeners, setup, tcp_tx))?;
         let tcp: Arc<dyn Transport> = Arc::new(tcp);
-        // Same host (and network namespace), both sides willing: shared memory.
-        let my_host = &book.peers[rank as usize].host_id;
-        let via_shm: Vec<bool> = book
+        // Same host (and network namespace), both sides willing, one clock:
+        // shared memory.
+        let via_shm: Vec<bool> = (0..size).map(|p| book.shares_memory(rank, p)).collect();
+        let me = &book.peers[rank as usize];
+        let other_clock: Vec<u32> = book
             .peers
             .iter()
-            .map(|p| {
-                p.rank != rank && shm_tag.is_some() && p.shm_tag.is_some() && &p.host_id == my_host
-            })
+            .filter(|p| p.host_id == me.host_id && p.shm_tag.is_some() && me.shm_tag.is_some())
+            .filter(|p| p.clock != me.clock)
+            .map(|p| p.rank)
             .collect();
+        if !other_clock.is_empty() {
+            info!(
+                rank,
+                peers = ?other_clock,
+                clock = %me.clock,
+                "these same-host ranks read another clock (one of us cannot read the kernel's \
+                 clocksource or the CPU's flags): TCP between us, not shared memory"
+            );
+        }
         let shm_peers: Vec<u32> = (0..size).filter(|&p| via_shm[p as usize]).collect();
         let shm = if shm_peers.is_empty() {
             None

@@ -4,7 +4,8 @@
 //! * **Who is local.** [`host_identity`] is `/proc/sys/kernel/random/boot_id`
 //!   plus the inode of `/proc/self/ns/net` (or `ZCCL_HOST_ID`); the runtime
 //!   publishes it in the address book, and two ranks use shared memory when
-//!   their identities are equal and both published a segment tag (a rank with
+//!   their identities are equal, they read the same [`clock`](crate::clock)
+//!   (its poll leases are written in its ticks) and both published a segment tag (a rank with
 //!   `ZCCL_SHM_DISABLE=1` publishes none, so the pair falls back to TCP on both
 //!   sides).
 //! * **Segments.** One POSIX shared-memory segment per pair of ranks `a < b`,
