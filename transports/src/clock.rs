@@ -18,15 +18,18 @@
 //! agrees). Then a tick value read by one process means the same instant in
 //! every process of the host, which is what a poll lease written into
 //! shared memory by one rank and read by another needs: both sides decide
-//! alike, from the same two files.
+//! alike, from the same two files. (A process that cannot read them, in a
+//! container without sysfs say, decides otherwise: every rank publishes its
+//! [`Source::kind`], and the runtime keeps same-host ranks whose kinds
+//! differ off shared memory.)
 //!
 //! **Rate.** A tick's length is calibrated once per process against
-//! `CLOCK_MONOTONIC` over about 2 ms (a sleep), at the first call that needs
-//! it ([`to_duration`], [`to_ticks`], [`source`]: the runtime calls
-//! [`source`] when it creates a communicator, so no op waits for it); an error of some parts per million
-//! only scales durations (a lease's length, a metric), never whether two
-//! readings are in order. Readings themselves ([`ticks`]) need no
-//! calibration.
+//! `CLOCK_MONOTONIC` over about 2 ms (a sleep), at the first call that
+//! needs it ([`to_duration`], [`to_ticks`], [`source`]: the runtime calls
+//! [`source`] when it creates a communicator, so no op waits for it); an
+//! error of some parts per million only scales durations (a lease's
+//! length, a metric), never whether two readings are in order. Readings
+//! themselves ([`ticks`]) need no calibration.
 //!
 //! ```
 //! use std::time::Duration;
