@@ -144,16 +144,27 @@ impl AddressBook {
     /// assert!(!book.shares_memory(0, 2)); // another host
     /// assert!(!book.shares_memory(0, 3)); // ZCCL_SHM_DISABLE=1 there
     /// assert!(!book.shares_memory(0, 4)); // another clock
+    /// assert!(book.clocks_apart(0, 4) && !book.clocks_apart(0, 1));
     /// ```
     pub fn shares_memory(&self, a: u32, b: u32) -> bool {
-        let (Some(x), Some(y)) = (self.peers.get(a as usize), self.peers.get(b as usize)) else {
-            return false;
-        };
-        a != b
-            && x.shm_tag.is_some()
-            && y.shm_tag.is_some()
-            && x.host_id == y.host_id
-            && x.clock == y.clock
+        self.same_host_willing(a, b)
+            .is_some_and(|(x, y)| x.clock == y.clock)
+    }
+
+    /// Whether ranks `a` and `b` would talk over shared memory but for
+    /// their clocks ([`AddressBook::shares_memory`]): what the runtime
+    /// tells the user about. Pure.
+    pub fn clocks_apart(&self, a: u32, b: u32) -> bool {
+        self.same_host_willing(a, b)
+            .is_some_and(|(x, y)| x.clock != y.clock)
+    }
+
+    /// The entries of two different ranks of one host that both publish a
+    /// segment tag.
+    fn same_host_willing(&self, a: u32, b: u32) -> Option<(&PeerInfo, &PeerInfo)> {
+        let (x, y) = (self.peers.get(a as usize)?, self.peers.get(b as usize)?);
+        (a != b && x.shm_tag.is_some() && y.shm_tag.is_some() && x.host_id == y.host_id)
+            .then_some((x, y))
     }
 
     /// `(local rank, ranks on the host)` of `rank`, from host identities.

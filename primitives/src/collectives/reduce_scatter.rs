@@ -177,7 +177,7 @@ where
     // `acc` holds the first step's kept blocks, in virtual order, from
     // virtual offset `base`.
     let base = at[first.keep.start];
-    let span = |b: &std::ops::Range<usize>| at[b.start] - base..at[b.end] - base;
+    let span = |b: &Range<usize>| at[b.start] - base..at[b.end] - base;
     let mut acc = vec![A::default(); at[first.keep.end] - base];
     let middle = rs[1..last].iter().map(|s| span(&s.keep).len()).max();
     let mut scratch = vec![A::default(); middle.unwrap_or(0)];

@@ -256,19 +256,12 @@ impl Communicator {
         // Same host (and network namespace), both sides willing, one clock:
         // shared memory.
         let via_shm: Vec<bool> = (0..size).map(|p| book.shares_memory(rank, p)).collect();
-        let me = &book.peers[rank as usize];
-        let other_clock: Vec<u32> = book
-            .peers
-            .iter()
-            .filter(|p| p.host_id == me.host_id && p.shm_tag.is_some() && me.shm_tag.is_some())
-            .filter(|p| p.clock != me.clock)
-            .map(|p| p.rank)
-            .collect();
+        let other_clock: Vec<u32> = (0..size).filter(|&p| book.clocks_apart(rank, p)).collect();
         if !other_clock.is_empty() {
             info!(
                 rank,
                 peers = ?other_clock,
-                clock = %me.clock,
+                clock = %book.peers[rank as usize].clock,
                 "these same-host ranks read another clock (one of us cannot read the kernel's \
                  clocksource or the CPU's flags): TCP between us, not shared memory"
             );
