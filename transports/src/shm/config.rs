@@ -63,8 +63,9 @@ pub struct ShmConfig {
     /// [`POLL_MAX_CMA_BYTES`], waited for by the reader thread that takes
     /// it (its bytes then go straight into the receive's buffer, one copy
     /// instead of two), before it is copied into a buffer of its own:
-    /// `None` (the default) is about what the second copy would cost (the
-    /// payload at 2 GB/s: 524 µs for 1 MiB); tests set it.
+    /// `None` (the default) scales with its length (the payload at
+    /// 0.5 GB/s: 2 ms for 1 MiB, at most 50 ms; see `land_wait` in
+    /// `shm/recv.rs`); tests set it.
     pub unposted_wait: Option<Duration>,
 }
 
