@@ -539,7 +539,22 @@ impl Landing {
         wait: Duration,
         stop: &AtomicBool,
     ) -> Option<Claim> {
-        let (zones, found) = self.wait_for(key, wait, stop);
+        self.claim_within_while(key, len, wait, stop, &|| true)
+    }
+
+    /// [`Landing::claim_within`], giving up early also once `keep` says so
+    /// (asked every millisecond, under the zones' lock: it must not touch
+    /// them): a transport thread that holds other messages up while it
+    /// waits stops when one comes behind.
+    pub(crate) fn claim_within_while(
+        &self,
+        key: LandKey,
+        len: usize,
+        wait: Duration,
+        stop: &AtomicBool,
+        keep: &dyn Fn() -> bool,
+    ) -> Option<Claim> {
+        let (zones, found) = self.wait_for(key, wait, stop, keep);
         // A zone of another length, or a mark: no claim, and the message
         // takes a buffer of its own.
         if found {
@@ -573,16 +588,31 @@ impl Landing {
     /// poster.join().unwrap();
     /// ```
     pub fn wait_posted(&self, key: LandKey, wait: Duration, stop: &AtomicBool) -> bool {
-        self.wait_for(key, wait, stop).1
+        self.wait_for(key, wait, stop, &|| true).1
     }
 
-    /// Waits up to `wait` (or until `stop`) for `key` to be posted; returns
-    /// the zones' lock, held, and whether it was.
+    /// [`Landing::wait_posted`], giving up early also once `keep` says so
+    /// (asked every millisecond, under the zones' lock: it must not touch
+    /// them).
+    pub(crate) fn wait_posted_while(
+        &self,
+        key: LandKey,
+        wait: Duration,
+        stop: &AtomicBool,
+        keep: &dyn Fn() -> bool,
+    ) -> bool {
+        self.wait_for(key, wait, stop, keep).1
+    }
+
+    /// Waits up to `wait` (or until `stop`, or until `keep` says no) for
+    /// `key` to be posted; returns the zones' lock, held, and whether it
+    /// was.
     fn wait_for(
         &self,
         key: LandKey,
         wait: Duration,
         stop: &AtomicBool,
+        keep: &dyn Fn() -> bool,
     ) -> (std::sync::MutexGuard<'_, HashMap<LandKey, Posted>>, bool) {
         // (A wait too long for the clock: about a year is as good.)
         let until = Instant::now()
@@ -596,7 +626,7 @@ impl Landing {
                 break true;
             }
             let now = Instant::now();
-            if now >= until || stop.load(Ordering::Acquire) {
+            if now >= until || stop.load(Ordering::Acquire) || !keep() {
                 break false;
             }
             let slice = (until - now).min(Duration::from_millis(1));

@@ -101,10 +101,12 @@ pub(super) fn reader(link: &Link, ctx: &Ctx) {
         match look(link, ctx, ring.attentive()) {
             Look::Take => {}
             Look::Leave => continue, // a poll takes it
-            Look::AwaitPost(key, wait) => {
+            Look::AwaitPost(key, wait, avail) => {
                 // Its receive's poster most likely polls next: look again
-                // once it is posted.
-                ctx.landing.wait_posted(key, wait, stop);
+                // once it is posted, or once a record comes behind it
+                // (which it holds up: it is then taken at once).
+                let alone = || matches!(ring.readable(), Ok(n) if n == avail);
+                ctx.landing.wait_posted_while(key, wait, stop, &alone);
                 continue;
             }
         }
@@ -145,7 +147,9 @@ enum Look {
     /// started a copy late (2 ranks on 2 vCPUs, sendrecv, medians of 5
     /// interleaved rounds: 12 MiB 1385 -> 1034 us, 64 MiB 12.60 ->
     /// 11.39 ms, Open MPI 981 us and 11.00 ms; see docs/performance.md).
-    AwaitPost(crate::landing::LandKey, Duration),
+    /// The wait ends early when more than the record's `u64` bytes are
+    /// published: a record behind it would wait too.
+    AwaitPost(crate::landing::LandKey, Duration, u64),
 }
 
 /// One look at the record at the tail, the consumer's polling threads
@@ -179,7 +183,7 @@ fn look(link: &Link, ctx: &Ctx, attentive: bool) -> Look {
     } else if attentive {
         Look::Leave
     } else {
-        Look::AwaitPost(land_key(link, &rec), clock::to_duration(until - now))
+        Look::AwaitPost(land_key(link, &rec), clock::to_duration(until - now), avail)
     }
 }
 
@@ -463,8 +467,10 @@ fn received(rec: &Record, payload: Bytes) -> Message {
 /// at [`LAND_WAIT_BYTES_PER_US`] (2 ns a byte: 2 ms for 1 MiB, 33.5 ms for
 /// 16 MiB), at most 50 ms. A receive posted in that time gets the bytes
 /// straight from the sender's memory; later, the message takes a buffer of
-/// its own, so a program that posts its receives in another order only
-/// waits that long once per such message.
+/// its own. Only a record with nothing behind it waits: one written
+/// behind it ends the wait (the reader's [`Look::AwaitPost`] and
+/// [`copy_cma`]'s claim), so a program that receives a peer's messages in
+/// another order than they were sent is not held up by it.
 ///
 /// Taken early, a payload costs a second copy of `len` bytes and a buffer
 /// of its own, which on a VM can be fresh memory whose first touch the
@@ -523,7 +529,11 @@ fn copy_cma(
     let key = land_key(link, rec);
     let len = rec.len as usize;
     let mut claim = if !zone_wait.is_zero() {
-        ctx.landing.claim_within(key, len, zone_wait, &link.stop)
+        // Its header is consumed: anything published now came behind it,
+        // and waits as long as this does.
+        let alone = || matches!(link.in_ring.readable(), Ok(0));
+        ctx.landing
+            .claim_within_while(key, len, zone_wait, &link.stop, &alone)
     } else {
         ctx.landing.claim_any(key, len)
     };
@@ -615,7 +625,8 @@ fn read_combining(
 /// in the ring for polls first ([`leave_unposted`]) waits that long in
 /// all; a smaller one not at all (it waits only where polls leave it,
 /// [`leave_to_pollers`]: a reader thread that waited for those too, while
-/// no thread polled, measured no better).
+/// no thread polled, measured no better). A record published behind it
+/// ends the wait ([`copy_cma`]): it would wait as long.
 fn zone_wait(link: &Link, ctx: &Ctx, tail: u64, rec: &Record) -> Duration {
     if rec.len <= POLL_MAX_CMA_BYTES as u64 {
         return Duration::ZERO;
@@ -1188,6 +1199,40 @@ mod tests {
         }
         assert!(sent.elapsed() < wait / 2, "{:?}", sent.elapsed());
         assert!(!landing.is_posted(key(1)), "mark left behind");
+    }
+
+    /// A large CMA record waiting for its receive holds up what its sender
+    /// wrote behind it; a record written behind it ends the wait: the
+    /// large one is taken into a buffer of its own and the small one
+    /// delivered at once, not after the wait (a receiver that takes a
+    /// peer's messages in another order than they were sent). Before,
+    /// the small one came only when the wait was over (`land_wait`: 33 ms
+    /// behind 16 MiB).
+    #[test]
+    fn a_record_behind_a_large_one_waiting_for_its_receive_ends_the_wait() {
+        use crate::MessageKind;
+        use crate::shm::testutil::{msg, pair_waiting};
+        use std::time::Instant;
+        let len = 2 * POLL_MAX_CMA_BYTES;
+        let wait = Duration::from_secs(20);
+        let ((t0, _rx0), (t1, mut rx1)) = pair_waiting(wait);
+        let big = msg(MessageKind::Data, 0, len);
+        t0.send(1, big.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            rx1.try_recv().is_err(),
+            "taken before its receive was posted"
+        );
+        let small = msg(MessageKind::Data, 1, 64);
+        let sent = Instant::now();
+        t0.send(1, small.clone()).unwrap();
+        for want in [&big, &small] {
+            match next(&mut rx1) {
+                TransportEvent::Message { peer: 0, msg } => assert!(&msg == want),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(sent.elapsed() < wait / 4, "held up {:?}", sent.elapsed());
     }
 
     /// A large CMA record left to polls that came while nobody polled,
