@@ -142,7 +142,9 @@
 //!   posted yet waits for that post without the consumer lock, then looks
 //!   again: the thread that posts a receive most often polls for it next,
 //!   and then copies it itself rather than wait beside the reader thread's
-//!   copy (`recv`'s `Look::AwaitPost`). Where ranks have no second CPU each, a
+//!   copy (`recv`'s `Look::AwaitPost`); a record written behind it ends
+//!   that wait, as it ends any wait of a record for its receive (it would
+//!   wait as long). Where ranks have no second CPU each, a
 //!   waiting thread whose poll finds nothing sleeps rather than spins while
 //!   a reader thread copies a large record
 //!   ([`Transport::reader_copying`](crate::Transport::reader_copying)).
