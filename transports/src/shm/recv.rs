@@ -1215,7 +1215,7 @@ mod tests {
         use std::time::Instant;
         let len = 2 * POLL_MAX_CMA_BYTES;
         let wait = Duration::from_secs(20);
-        let ((t0, _rx0), (t1, mut rx1)) = pair_waiting(wait);
+        let ((t0, _rx0), (_t1, mut rx1)) = pair_waiting(wait);
         let big = msg(MessageKind::Data, 0, len);
         t0.send(1, big.clone()).unwrap();
         std::thread::sleep(Duration::from_millis(50));
