@@ -480,8 +480,8 @@ fn received(rec: &Record, payload: Bytes) -> Message {
 /// operation (about 23 ms) after the records of the peers ahead arrived.
 /// Waiting about a second copy's time (`len` at 2 GB/s, before) took 12 %
 /// of those 16 MiB blocks into buffers of their own there; at this rate,
-/// none in 3000 (medians of 5 interleaved rounds against Open MPI's
-/// 21.3 ms: 25.5 -> 22.9 ms; 4-rank all-to-all 1 MiB 324 -> 233 us).
+/// 2 of 3012 (medians of 5 interleaved rounds: 25.5 -> 22.9 ms, Open
+/// MPI 21.7 ms; 4-rank all-to-all 1 MiB, 3 rounds: 324 -> 233 us).
 pub(super) fn land_wait(len: usize) -> Duration {
     let us = len as u64 / LAND_WAIT_BYTES_PER_US;
     Duration::from_micros(us).min(Duration::from_millis(50))
