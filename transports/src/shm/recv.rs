@@ -104,9 +104,13 @@ pub(super) fn reader(link: &Link, ctx: &Ctx) {
             Look::AwaitPost(key, wait, avail) => {
                 // Its receive's poster most likely polls next: look again
                 // once it is posted, or once a record comes behind it
-                // (which it holds up: it is then taken at once).
-                let alone = || matches!(ring.readable(), Ok(n) if n == avail);
-                ctx.landing.wait_posted_while(key, wait, stop, &alone);
+                // (which it holds up: it is then taken at once), or once
+                // the peer copied a payload of ours (reaped above, then
+                // the wait goes on for what is left of it: a send of this
+                // rank may be what its poster waits for).
+                let keep =
+                    || matches!(ring.readable(), Ok(n) if n == avail) && !link.release_pending();
+                ctx.landing.wait_posted_while(key, wait, stop, &keep);
                 continue;
             }
         }
@@ -148,7 +152,9 @@ enum Look {
     /// interleaved rounds: 12 MiB 1385 -> 1034 us, 64 MiB 12.60 ->
     /// 11.39 ms, Open MPI 981 us and 11.00 ms; see docs/performance.md).
     /// The wait ends early when more than the record's `u64` bytes are
-    /// published: a record behind it would wait too.
+    /// published (a record behind it would wait too), and when the peer
+    /// released a payload of ours (the loop reaps it, and a send of this
+    /// rank completes: it may be what the receive's poster waits for).
     AwaitPost(crate::landing::LandKey, Duration, u64),
 }
 
@@ -1233,6 +1239,44 @@ mod tests {
             }
         }
         assert!(sent.elapsed() < wait / 4, "held up {:?}", sent.elapsed());
+    }
+
+    /// A reader thread waiting for a large record's receive still reaps:
+    /// a payload of this rank that the peer copied meanwhile is released
+    /// (its send completes) at once, not when the wait is over. Before,
+    /// a rank whose op waited for that send, and would post the receive
+    /// only after it, waited out the whole wait (`land_wait`: up to 50 ms).
+    #[test]
+    fn a_reader_waiting_for_a_receive_still_releases_what_the_peer_copied() {
+        use crate::MessageKind;
+        use crate::shm::testutil::{msg, pair_waiting, wait_true, watched};
+        use std::time::Instant;
+        let len = 2 * POLL_MAX_CMA_BYTES;
+        let wait = Duration::from_secs(20);
+        let ((t0, mut rx0), (t1, mut rx1)) = pair_waiting(wait);
+        // Rank 1's reader thread waits for the receive of this one.
+        t0.send(1, msg(MessageKind::Data, 0, len)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            rx1.try_recv().is_err(),
+            "taken before its receive was posted"
+        );
+        // Rank 1 lends a payload to rank 0, which copies it (its reader
+        // thread, after its own short wait for a receive).
+        let (lent, dropped, _mem) = watched(1, len);
+        let sent = Instant::now();
+        t1.send_lent(0, lent).unwrap();
+        match next(&mut rx0) {
+            TransportEvent::Message { peer: 1, msg } => assert_eq!(msg.seq, 1),
+            other => panic!("{other:?}"),
+        }
+        wait_true(&dropped);
+        assert!(
+            sent.elapsed() < wait / 4,
+            "released after {:?}",
+            sent.elapsed()
+        );
+        assert!(rx1.try_recv().is_err(), "the waiting record was taken");
     }
 
     /// A large CMA record left to polls that came while nobody polled,
