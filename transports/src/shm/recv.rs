@@ -105,9 +105,9 @@ pub(super) fn reader(link: &Link, ctx: &Ctx) {
                 // Its receive's poster most likely polls next: look again
                 // once it is posted, or once a record comes behind it
                 // (which it holds up: it is then taken at once), or once
-                // the peer copied a payload of ours (reaped above, then
-                // the wait goes on for what is left of it: a send of this
-                // rank may be what its poster waits for).
+                // the peer copied a payload of ours (reaped at the loop's
+                // top, then the wait goes on for what is left of it: a
+                // send of this rank may be what its poster waits for).
                 let keep =
                     || matches!(ring.readable(), Ok(n) if n == avail) && !link.release_pending();
                 ctx.landing.wait_posted_while(key, wait, stop, &keep);
@@ -438,16 +438,11 @@ const SMALL_PAYLOAD_MAX: usize = 4 << 10;
 /// empty). Per 8-byte all-reduce of 2 ranks, one allocation and one free
 /// fewer than a [`RecvBuf`] (see docs/performance.md).
 #[inline]
-// `vec![0; len]` is `calloc`, which this avoids on purpose (below).
-#[allow(clippy::slow_vector_initialization)]
 fn small_payload(len: usize, fill: impl FnOnce(&mut [u8])) -> Bytes {
     if len == 0 {
         return Bytes::new();
     }
-    // `malloc` and a zeroing store, not `calloc` (`vec![0; len]`): glibc's
-    // `calloc` skips the thread's cache of freed chunks.
-    let mut v = Vec::with_capacity(len);
-    v.resize(len, 0u8);
+    let mut v = crate::recvbuf::small_zeroed(len);
     fill(&mut v);
     Bytes::from(v)
 }
@@ -1169,7 +1164,7 @@ mod tests {
     #[test]
     fn the_reader_waits_for_a_large_records_receive_unless_it_is_marked() {
         use crate::MessageKind;
-        use crate::shm::testutil::{msg, msg_key as key, pair_waiting};
+        use crate::shm::testutil::{msg, msg_key as key, pair_waiting, sent_and_left_unposted};
         use std::time::Instant;
         let len = 2 * POLL_MAX_CMA_BYTES;
         let wait = Duration::from_secs(5);
@@ -1177,12 +1172,7 @@ mod tests {
         let landing = t1.landing().expect("shm lands");
 
         let m0 = msg(MessageKind::Data, 0, len);
-        t0.send(1, m0.clone()).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(
-            rx1.try_recv().is_err(),
-            "taken before its receive was posted"
-        );
+        sent_and_left_unposted(&t0, &mut rx1, m0.clone());
         let mut buf = vec![0u8; len];
         // SAFETY: `buf` is read only after the zone is closed below.
         let zone = unsafe { landing.post(key(0), buf.as_mut_ptr(), len) };
@@ -1217,18 +1207,13 @@ mod tests {
     #[test]
     fn a_record_behind_a_large_one_waiting_for_its_receive_ends_the_wait() {
         use crate::MessageKind;
-        use crate::shm::testutil::{msg, pair_waiting};
+        use crate::shm::testutil::{msg, pair_waiting, sent_and_left_unposted};
         use std::time::Instant;
         let len = 2 * POLL_MAX_CMA_BYTES;
         let wait = Duration::from_secs(20);
         let ((t0, _rx0), (_t1, mut rx1)) = pair_waiting(wait);
         let big = msg(MessageKind::Data, 0, len);
-        t0.send(1, big.clone()).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(
-            rx1.try_recv().is_err(),
-            "taken before its receive was posted"
-        );
+        sent_and_left_unposted(&t0, &mut rx1, big.clone());
         let small = msg(MessageKind::Data, 1, 64);
         let sent = Instant::now();
         t0.send(1, small.clone()).unwrap();
@@ -1249,18 +1234,13 @@ mod tests {
     #[test]
     fn a_reader_waiting_for_a_receive_still_releases_what_the_peer_copied() {
         use crate::MessageKind;
-        use crate::shm::testutil::{msg, pair_waiting, wait_true, watched};
+        use crate::shm::testutil::{msg, pair_waiting, sent_and_left_unposted, wait_true, watched};
         use std::time::Instant;
         let len = 2 * POLL_MAX_CMA_BYTES;
         let wait = Duration::from_secs(20);
         let ((t0, mut rx0), (t1, mut rx1)) = pair_waiting(wait);
         // Rank 1's reader thread waits for the receive of this one.
-        t0.send(1, msg(MessageKind::Data, 0, len)).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(
-            rx1.try_recv().is_err(),
-            "taken before its receive was posted"
-        );
+        sent_and_left_unposted(&t0, &mut rx1, msg(MessageKind::Data, 0, len));
         // Rank 1 lends a payload to rank 0, which copies it (its reader
         // thread, after its own short wait for a receive).
         let (lent, dropped, _mem) = watched(1, len);
@@ -1287,7 +1267,7 @@ mod tests {
     #[test]
     fn the_reader_leaves_a_large_record_to_the_thread_that_posts_its_receive_and_polls() {
         use crate::MessageKind;
-        use crate::shm::testutil::{msg, msg_key as key, pair_waiting};
+        use crate::shm::testutil::{msg, msg_key as key, pair_waiting, sent_and_left_unposted};
         use std::time::Instant;
         let len = 2 * POLL_MAX_CMA_BYTES;
         let wait = Duration::from_secs(5);
@@ -1298,12 +1278,7 @@ mod tests {
         }
         let landing = t1.landing().expect("shm lands");
         let m = msg(MessageKind::Data, 0, len);
-        t0.send(1, m.clone()).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(
-            rx1.try_recv().is_err(),
-            "taken before its receive was posted"
-        );
+        sent_and_left_unposted(&t0, &mut rx1, m.clone());
         t1.set_polling(true);
         let mut buf = vec![0u8; len];
         // SAFETY: `buf` is read only after the zone is closed below.

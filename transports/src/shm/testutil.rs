@@ -91,6 +91,22 @@ pub(super) fn expect_lost(rx: &mut mpsc::UnboundedReceiver<TransportEvent>, peer
     }
 }
 
+/// Rank 0 sends `m` (a large CMA message) to rank 1, whose receive is not
+/// posted: 50 ms later rank 1 has not taken it (it waits for the post).
+pub(super) fn sent_and_left_unposted(
+    t0: &ShmTransport,
+    rx1: &mut mpsc::UnboundedReceiver<TransportEvent>,
+    m: Message,
+) {
+    use crate::Transport;
+    t0.send(1, m).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        rx1.try_recv().is_err(),
+        "taken before its receive was posted"
+    );
+}
+
 /// The landing key of message `seq` of [`msg`] from rank 0.
 pub(super) fn msg_key(seq: u64) -> crate::landing::LandKey {
     crate::landing::LandKey {
