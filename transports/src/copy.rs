@@ -267,7 +267,11 @@ fn last_level_cache() -> Option<usize> {
     let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
     dir.filter_map(|e| {
         let p = e.ok()?.path();
-        let level: u32 = std::fs::read_to_string(p.join("level")).ok()?.trim().parse().ok()?;
+        let level: u32 = std::fs::read_to_string(p.join("level"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         let size = parse_cache_size(&std::fs::read_to_string(p.join("size")).ok()?)?;
         Some((level, size))
     })
@@ -392,7 +396,9 @@ mod tests {
             return;
         }
         let src_buf: Vec<u8> = (0..40_000u32).map(|i| (i * 13 + 5) as u8).collect();
-        for len in [0, 1, 63, 64, 127, 128, 129, 191, 255, 256, 1000, 4096, 12_345, 33_000] {
+        for len in [
+            0, 1, 63, 64, 127, 128, 129, 191, 255, 256, 1000, 4096, 12_345, 33_000,
+        ] {
             for dist in [0usize, 1, 16, 32, 63, 64, 100, 2048, 4032, 4080, 4095] {
                 for src_off in [0usize, 16, 1000] {
                     let src = &src_buf[src_off..src_off + len];
