@@ -22,7 +22,7 @@
 //! zccl-bench --bench copy`).
 //! Copies from a quarter of the last-level cache up ([`stream_min`]: 4 MiB
 //! with this VM's 16 MiB L3) store past the caches instead (`vmovntdq`,
-//! AVX; [`copy_streaming`]), as glibc's `memcpy` does from its own
+//! AVX; `copy_streaming`), as glibc's `memcpy` does from its own
 //! threshold, a quarter of the L3 it reads from CPUID. On the project's
 //! VM, CPUID reports a 256 MiB shared cache, so glibc streams only from
 //! 192 MiB, and below that its `rep movsb` reads each destination line
@@ -222,10 +222,10 @@ unsafe fn copy_backward(dst: *mut u8, src: *const u8, n: usize) {
 }
 
 /// The size from which [`copy`] streams its stores past the caches
-/// ([`copy_streaming`]): a quarter of the last-level cache, as glibc's
+/// (`copy_streaming`): a quarter of the last-level cache, as glibc's
 /// default (from 2.38; a copy that large would evict much of what the
 /// cache holds, and streaming skips reading each destination line first),
-/// with the cache's size from the kernel ([`last_level_cache`]), or
+/// with the cache's size from the kernel (`last_level_cache`), or
 /// [`STREAM_MIN_DEFAULT`] where it does not say; never (`usize::MAX`)
 /// without AVX or off x86-64. Read once.
 ///
