@@ -51,21 +51,26 @@ pub(crate) struct Spin {
     /// How much longer than `budget` it spins per MiB of the op it waits
     /// for (`ZCCL_SPIN_US_PER_MIB`, [`spin_budget`]).
     pub(crate) per_mib: Duration,
+    /// The ops it spins longer for, by their bytes ([`spin_per_mib_sizes`]).
+    pub(crate) per_mib_sizes: std::ops::RangeInclusive<u64>,
 }
 
-/// How much longer a waiter spins per MiB of its op ([`spin_budget`]),
-/// given the ranks of this job on this host and the CPUs they share:
-/// `per_mib` (`ZCCL_SPIN_US_PER_MIB`), or nothing where ranks outnumber
-/// CPUs. There a large op's copies are made by the other ranks' threads on
-/// the same CPUs, and a waiter that spins (even yielding between polls)
-/// takes CPU from them: 4 ranks on 2 vCPUs, all-to-all 64 MiB, 6
+/// The ops a waiter spins longer for, per MiB of them ([`spin_budget`]),
+/// by their bytes, given the ranks of this job on this host and the CPUs
+/// they share: any, or where ranks outnumber CPUs, those of
+/// [`CROWDED_POLL_CMA`](zccl_transports::shm::CROWDED_POLL_CMA), whose
+/// messages the waiter's own polls copy there. Larger ops' copies, and
+/// pipelines' pieces, are made by reader threads beside the other ranks'
+/// work on the same CPUs, and a waiter that spins (even yielding between
+/// polls) takes CPU from them: 4 ranks on 2 vCPUs, all-to-all 64 MiB, 6
 /// interleaved rounds, each slower with the longer spin (medians 31.6
-/// against 29.1 ms, one round at 126 ms; see docs/performance.md).
-pub(crate) fn spin_per_mib(local_ranks: usize, cpus: usize, per_mib: Duration) -> Duration {
+/// against 29.1 ms, one round at 126 ms); sendrecv 64 MiB 7 % slower
+/// (see docs/performance.md).
+pub(crate) fn spin_per_mib_sizes(local_ranks: usize, cpus: usize) -> std::ops::RangeInclusive<u64> {
     if zccl_transports::shm::crowded(local_ranks, cpus) {
-        Duration::ZERO
+        zccl_transports::shm::CROWDED_POLL_CMA
     } else {
-        per_mib
+        0..=u64::MAX
     }
 }
 
@@ -74,8 +79,9 @@ pub(crate) const MAX_SPIN: Duration = Duration::from_secs(1);
 
 /// How long a thread waiting for an op of `bytes` spins before it sleeps:
 /// `budget` (`ZCCL_SPIN_US`), or `per_mib` for each MiB of the op where
-/// that is longer (`ZCCL_SPIN_US_PER_MIB`), at most [`MAX_SPIN`]; never,
-/// where `budget` is zero (the user turned spinning off).
+/// that is longer (`ZCCL_SPIN_US_PER_MIB`) and `sizes` holds the op's
+/// ([`spin_per_mib_sizes`]), at most [`MAX_SPIN`]; never, where
+/// `budget` is zero (the user turned spinning off).
 ///
 /// A large op's wait is mostly the copy it waits for (its own, or the
 /// peer's out of its buffer): about 11 ms for 64 MiB here. A waiter that
@@ -87,9 +93,17 @@ pub(crate) const MAX_SPIN: Duration = Duration::from_secs(1);
 /// see docs/performance.md). Scaled by the op's size, a small op's wait
 /// (most often on a peer that has not sent yet) still sleeps after
 /// `budget`.
-pub(crate) fn spin_budget(budget: Duration, per_mib: Duration, bytes: u64) -> Duration {
+pub(crate) fn spin_budget(
+    budget: Duration,
+    per_mib: Duration,
+    sizes: &std::ops::RangeInclusive<u64>,
+    bytes: u64,
+) -> Duration {
     if budget.is_zero() {
         return Duration::ZERO;
+    }
+    if !sizes.contains(&bytes) {
+        return budget;
     }
     let scaled = per_mib.as_nanos().saturating_mul(u128::from(bytes)) >> 20;
     let scaled = Duration::from_nanos(u64::try_from(scaled).unwrap_or(u64::MAX));
@@ -258,7 +272,12 @@ impl Pending {
             let (until, tight) = *limits.get_or_insert_with(|| {
                 // Sized by the op only here: an op done by its first poll
                 // never computes it.
-                let budget = spin_budget(spin.budget, spin.per_mib, self.slot.desc.bytes);
+                let budget = spin_budget(
+                    spin.budget,
+                    spin.per_mib,
+                    &spin.per_mib_sizes,
+                    self.slot.desc.bytes,
+                );
                 let ticks = zccl_transports::clock::to_ticks;
                 (
                     now.saturating_add(ticks(budget)),
@@ -531,24 +550,35 @@ mod tests {
     fn a_large_op_spins_longer_before_its_waiter_sleeps() {
         let us = Duration::from_micros;
         let (budget, per_mib) = (us(300), us(250));
+        let any = 0..=u64::MAX;
         // Small ops: the plain budget.
-        assert_eq!(spin_budget(budget, per_mib, 8), budget);
-        assert_eq!(spin_budget(budget, per_mib, 1 << 20), budget);
+        assert_eq!(spin_budget(budget, per_mib, &any, 8), budget);
+        assert_eq!(spin_budget(budget, per_mib, &any, 1 << 20), budget);
         // Large ones: per MiB, past the budget.
-        assert_eq!(spin_budget(budget, per_mib, 16 << 20), us(4000));
-        assert_eq!(spin_budget(budget, per_mib, 64 << 20), us(16000));
+        assert_eq!(spin_budget(budget, per_mib, &any, 16 << 20), us(4000));
+        assert_eq!(spin_budget(budget, per_mib, &any, 64 << 20), us(16000));
         // Never past a second, even for the largest op.
-        assert_eq!(spin_budget(budget, per_mib, u64::MAX), MAX_SPIN);
-        assert_eq!(spin_budget(budget, Duration::MAX, 1 << 20), MAX_SPIN);
-        // Where ranks outnumber CPUs: no longer spin.
-        assert_eq!(spin_per_mib(2, 2, per_mib), per_mib);
-        assert_eq!(spin_per_mib(1, 64, per_mib), per_mib);
-        assert_eq!(spin_per_mib(4, 2, per_mib), Duration::ZERO);
-        assert_eq!(spin_per_mib(9, 8, per_mib), Duration::ZERO);
-        // Scaling off: the budget alone; spinning off: none at all.
-        assert_eq!(spin_budget(budget, Duration::ZERO, 64 << 20), budget);
+        assert_eq!(spin_budget(budget, per_mib, &any, u64::MAX), MAX_SPIN);
+        assert_eq!(spin_budget(budget, Duration::MAX, &any, 1 << 20), MAX_SPIN);
+        // Where ranks outnumber CPUs: per MiB for the sizes polls copy
+        // there, the plain budget for others.
+        assert_eq!(spin_per_mib_sizes(2, 2), any);
+        assert_eq!(spin_per_mib_sizes(1, 64), any);
+        let crowded = spin_per_mib_sizes(4, 2);
+        assert_eq!(crowded, zccl_transports::shm::CROWDED_POLL_CMA);
+        assert_eq!(spin_per_mib_sizes(9, 8), crowded);
+        assert_eq!(spin_budget(budget, per_mib, &crowded, 2 << 20), budget);
+        assert_eq!(spin_budget(budget, per_mib, &crowded, 4 << 20), us(1000));
+        assert_eq!(spin_budget(budget, per_mib, &crowded, 8 << 20), us(2000));
         assert_eq!(
-            spin_budget(Duration::ZERO, per_mib, 64 << 20),
+            spin_budget(budget, per_mib, &crowded, (8 << 20) + 1),
+            budget
+        );
+        assert_eq!(spin_budget(budget, per_mib, &crowded, 64 << 20), budget);
+        // Scaling off: the budget alone; spinning off: none at all.
+        assert_eq!(spin_budget(budget, Duration::ZERO, &any, 64 << 20), budget);
+        assert_eq!(
+            spin_budget(Duration::ZERO, per_mib, &any, 64 << 20),
             Duration::ZERO
         );
     }
@@ -592,6 +622,7 @@ mod tests {
             tight: Duration::ZERO,
             yield_to_copies: false,
             per_mib: Duration::from_micros(250),
+            per_mib_sizes: 0..=u64::MAX,
         });
         let desc = OpDesc {
             rank: 0,

@@ -41,6 +41,9 @@ use crate::schedule::ring;
 /// assert_eq!(lens, [len - RING_PIECE_BYTES, len - RING_PIECE_BYTES, RING_PIECE_BYTES, RING_PIECE_BYTES]);
 /// ```
 pub const RING_PIECE_BYTES: usize = 2 << 20;
+// Where ranks outnumber CPUs, the shared-memory transport leaves a
+// pipeline's pieces to the reader thread by their size: none may be larger.
+const _: () = assert!(RING_PIECE_BYTES as u64 <= *zccl_transports::shm::CROWDED_POLL_CMA.start());
 
 /// Elements of `E` per ring piece.
 pub(super) fn piece_elems<E>() -> usize {

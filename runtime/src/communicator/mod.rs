@@ -344,11 +344,8 @@ impl Communicator {
             budget: config.spin_wait,
             tight: spin_tight,
             yield_to_copies: crate::handle::yield_to_copies(book_size as usize, shared_cpus),
-            per_mib: crate::handle::spin_per_mib(
-                book_size as usize,
-                shared_cpus,
-                config.spin_per_mib,
-            ),
+            per_mib: config.spin_per_mib,
+            per_mib_sizes: crate::handle::spin_per_mib_sizes(book_size as usize, shared_cpus),
         });
         let core = Arc::new(Core {
             world_rank: rank,

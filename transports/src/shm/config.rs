@@ -159,6 +159,34 @@ pub const POLL_MAX_PAYLOAD: usize = 256 << 10;
 /// shared-memory module's Polling notes).
 pub const POLL_MAX_CMA_BYTES: usize = 1 << 20;
 
+/// Where ranks outnumber CPUs (crowded), the sizes of the CMA records past
+/// [`POLL_MAX_CMA_BYTES`] a poll takes when they are no pipeline's piece
+/// (written when the peer had copied every earlier one): more than 2 MiB
+/// (zccl's ring pipelines send pieces of 2 MiB at most,
+/// `zccl_primitives::collectives::RING_PIECE_BYTES`, which a reader thread
+/// copies while the waiter combines the last) up to 8 MiB. A waiter there
+/// also spins through ops of these sizes (the runtime's
+/// `ZCCL_SPIN_US_PER_MIB`), so the thread that waits for a message copies
+/// it, as an Open MPI rank does, instead of sleeping while a reader thread
+/// is woken to copy it and then wakes it: 4 ranks on 2 vCPUs, medians of
+/// 6 interleaved rounds (each build first in turn), sendrecv 4 MiB 1148 ->
+/// 844 us, all-to-all 16 MiB (4 MiB blocks) 4.81 -> 4.59 ms (see
+/// docs/performance.md). Larger messages stay with the reader thread and a
+/// sleeping waiter: polled and spun through, a 64 MiB sendrecv took 7 %
+/// longer (the waiter's spin takes CPU from the other ranks' copies), the
+/// all-to-all of 64 MiB (16 MiB blocks) 2 %; so did pipelines' pieces
+/// (reduce-scatter 16 MiB 8 % longer with its 2 MiB pieces polled).
+///
+/// ```
+/// use zccl_transports::shm::{CROWDED_POLL_CMA, POLL_MAX_CMA_BYTES};
+/// assert!(!CROWDED_POLL_CMA.contains(&(2 << 20)));
+/// assert!(CROWDED_POLL_CMA.contains(&(4 << 20)));
+/// assert!(CROWDED_POLL_CMA.contains(&(8 << 20)));
+/// assert!(!CROWDED_POLL_CMA.contains(&(16 << 20)));
+/// assert!(*CROWDED_POLL_CMA.start() > POLL_MAX_CMA_BYTES as u64);
+/// ```
+pub const CROWDED_POLL_CMA: std::ops::RangeInclusive<u64> = (2 << 20) + 1..=8 << 20;
+
 /// How long a clean close waits for the peer to finish copying the payloads
 /// of this rank's CMA records before the links close regardless.
 pub const CMA_CLOSE_WAIT: Duration = Duration::from_secs(1);

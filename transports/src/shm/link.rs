@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::config::POLL_MAX_CMA_BYTES;
+use super::config::{CROWDED_POLL_CMA, POLL_MAX_CMA_BYTES};
 use super::ring::{CMA_YES, Ring};
 use crate::{CloseReason, Message, MessageKind, PeerPath, TransportEvent};
 
@@ -89,13 +89,13 @@ pub(super) struct Link {
     /// This rank's
     /// [`ShmConfig::cma_min_bytes`](super::ShmConfig::cma_min_bytes).
     pub(super) cma_min: usize,
-    /// The largest CMA record this rank leaves to the peer's polling
-    /// threads ([`Ring::write_pollable`], marked
-    /// [`CmaExt::polled`](super::record::CmaExt::polled)): [`POLL_MAX_CMA_BYTES`]
-    /// where this host's ranks outnumber its CPUs, any size where they have
-    /// a CPU each ([`poll_cma_max`]; larger ones only when the peer had
-    /// copied every earlier one: `left_to_polls` in `send.rs`).
-    pub(super) poll_cma_max: u64,
+    /// The sizes of the CMA records past [`POLL_MAX_CMA_BYTES`] this rank
+    /// leaves to the peer's polling threads ([`Ring::write_pollable`],
+    /// marked [`CmaExt::polled`](super::record::CmaExt::polled)) when the
+    /// peer had copied every earlier one (`left_to_polls` in `send.rs`):
+    /// [`CROWDED_POLL_CMA`] where this host's ranks outnumber its CPUs, any
+    /// size where they have a CPU each ([`poll_cma_alone`]).
+    pub(super) poll_cma_alone: std::ops::RangeInclusive<u64>,
     /// The peer's pid when this rank reads the peer's CMA records.
     pub(super) cma_from: Option<u32>,
     /// Payloads of CMA records written to `out_ring`, with their numbers,
@@ -107,7 +107,7 @@ pub(super) struct Link {
     pub(super) cma_released: AtomicU64,
 }
 
-/// [`Link::poll_cma_max`] on a host that is `crowded` or not.
+/// [`Link::poll_cma_alone`] on a host that is `crowded` or not.
 ///
 /// Where ranks have a CPU each, a waiting thread copies a CMA record of any
 /// size itself when it is no pipeline's piece (`left_to_polls` in
@@ -116,13 +116,14 @@ pub(super) struct Link {
 /// spun (yielding) beside it until its spin ran out, then had to be woken
 /// (2 ranks on 2 vCPUs, medians of 7 interleaved rounds: sendrecv 2 MiB
 /// 470-529 µs against 1 MiB's 119-163 µs; polled, 220-282 µs). Where ranks
-/// outnumber CPUs the reader thread copies beside another rank's work, not
-/// a spinning waiter, and polls stop at [`POLL_MAX_CMA_BYTES`].
-pub(super) fn poll_cma_max(crowded: bool) -> u64 {
+/// outnumber CPUs, those of [`CROWDED_POLL_CMA`] (more than 2 MiB, up to
+/// 8 MiB); the others are copied by the reader thread while the waiter
+/// sleeps.
+pub(super) fn poll_cma_alone(crowded: bool) -> std::ops::RangeInclusive<u64> {
     if crowded {
-        POLL_MAX_CMA_BYTES as u64
+        CROWDED_POLL_CMA
     } else {
-        u64::MAX
+        POLL_MAX_CMA_BYTES as u64 + 1..=u64::MAX
     }
 }
 

@@ -198,8 +198,8 @@ mod transport;
 mod watch;
 
 pub use config::{
-    CMA_CLOSE_WAIT, CMA_MIN_BYTES, CROWDED_CMA_MIN_BYTES, FULL_HOST_POLL_LEASE, POLL_LEASE,
-    POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD, ShmConfig, ShmSetup,
+    CMA_CLOSE_WAIT, CMA_MIN_BYTES, CROWDED_CMA_MIN_BYTES, CROWDED_POLL_CMA, FULL_HOST_POLL_LEASE,
+    POLL_LEASE, POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD, ShmConfig, ShmSetup,
 };
 pub use cpus::{CpuMask, crowded, full, shared_cpus, shared_cpus_of};
 pub use segment::{host_identity, job_tag, segment_name, valid_tag};

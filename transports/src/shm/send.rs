@@ -79,7 +79,7 @@ fn write_cma(link: &Link, m: &Message) -> Result<(), RingStop> {
         m.seq,
         m.payload.len() as u64,
     ));
-    let polled = left_to_polls(m.payload.len() as u64, link.poll_cma_max, || {
+    let polled = left_to_polls(m.payload.len() as u64, &link.poll_cma_alone, || {
         link.out_ring.cma_done().load(Ordering::Acquire) + 1 == number
     });
     rec[REC_LEN..].copy_from_slice(&encode_cma(&CmaExt {
@@ -99,16 +99,20 @@ fn write_cma(link: &Link, m: &Message) -> Result<(), RingStop> {
 /// Whether a CMA record of `len` bytes is left to the consumer's polling
 /// threads ([`Ring::write_pollable`], marked [`CmaExt::polled`]) rather
 /// than handed to its reader thread: one of at most [`POLL_MAX_CMA_BYTES`],
-/// and a larger one up to `poll_cma_max` ([`Link::poll_cma_max`]) when the
-/// peer has copied every CMA record written before it (`alone`, asked
-/// only for those). Large records written while earlier ones still wait
-/// are a pipeline's pieces (a ring collective sends them all at once): the
-/// reader thread copies the next one while the waiting thread combines
-/// the last (2 ranks, all-reduce 4 MiB, 2 MiB pieces, all polled: 1.2x
-/// slower). Small records ahead (a control message) do not count: polls
-/// take those. Pure but for `alone`.
-pub(super) fn left_to_polls(len: u64, poll_cma_max: u64, alone: impl FnOnce() -> bool) -> bool {
-    len <= POLL_MAX_CMA_BYTES as u64 || (len <= poll_cma_max && alone())
+/// and a larger one of the sizes `alone_sizes` allows
+/// ([`Link::poll_cma_alone`]) when the peer has copied every CMA record
+/// written before it (`alone`, asked only for those). Large records
+/// written while earlier ones still wait are a pipeline's pieces (a ring
+/// collective sends them all at once): the reader thread copies the next
+/// one while the waiting thread combines the last (2 ranks, all-reduce 4
+/// MiB, 2 MiB pieces, all polled: 1.2x slower). Small records ahead (a
+/// control message) do not count: polls take those. Pure but for `alone`.
+pub(super) fn left_to_polls(
+    len: u64,
+    alone_sizes: &std::ops::RangeInclusive<u64>,
+    alone: impl FnOnce() -> bool,
+) -> bool {
+    len <= POLL_MAX_CMA_BYTES as u64 || (alone_sizes.contains(&len) && alone())
 }
 
 /// Ring bytes the record of `m` takes.
@@ -160,13 +164,23 @@ mod tests {
     #[test]
     fn large_cma_records_are_left_to_polls_only_when_alone_and_allowed() {
         let max = POLL_MAX_CMA_BYTES as u64;
+        let any = super::super::link::poll_cma_alone(false);
+        let crowded = super::super::link::poll_cma_alone(true);
         // Up to the poll bound: always, without a look at the ring.
-        assert!(left_to_polls(1, max, || panic!("not asked")));
-        assert!(left_to_polls(max, max, || panic!("not asked")));
+        assert!(left_to_polls(1, &crowded, || panic!("not asked")));
+        assert!(left_to_polls(max, &crowded, || panic!("not asked")));
         // Larger: when every earlier one was copied, on a link that allows it.
-        assert!(left_to_polls(max + 1, u64::MAX, || true));
-        assert!(left_to_polls(64 << 20, u64::MAX, || true));
-        assert!(!left_to_polls(max + 1, u64::MAX, || false));
-        assert!(!left_to_polls(max + 1, max, || panic!("not asked")));
+        assert!(left_to_polls(max + 1, &any, || true));
+        assert!(left_to_polls(64 << 20, &any, || true));
+        assert!(!left_to_polls(max + 1, &any, || false));
+        // Crowded: more than a pipeline's piece, up to 8 MiB.
+        assert!(!left_to_polls(max + 1, &crowded, || panic!("not asked")));
+        assert!(!left_to_polls(2 << 20, &crowded, || panic!("not asked")));
+        assert!(left_to_polls((2 << 20) + 1, &crowded, || true));
+        assert!(left_to_polls(8 << 20, &crowded, || true));
+        assert!(!left_to_polls(8 << 20, &crowded, || false));
+        assert!(!left_to_polls((8 << 20) + 1, &crowded, || panic!(
+            "not asked"
+        )));
     }
 }

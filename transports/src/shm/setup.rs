@@ -270,7 +270,7 @@ impl ShmTransport {
                 deferred_until: AtomicU64::new(0),
                 backlog: AtomicUsize::new(0),
                 cma_min,
-                poll_cma_max: super::link::poll_cma_max(is_crowded),
+                poll_cma_alone: super::link::poll_cma_alone(is_crowded),
                 cma_from: cma.ok(),
                 kept: Mutex::new(std::collections::VecDeque::new()),
                 cma_sent: AtomicU64::new(0),

@@ -908,7 +908,7 @@ mod tests {
             landing.mark(crate::shm::testutil::msg_key(seq));
         }
         let len = POLL_MAX_CMA_BYTES * 2;
-        let uncrowded = t0.link(1).unwrap().poll_cma_max == u64::MAX;
+        let uncrowded = *t0.link(1).unwrap().poll_cma_alone.end() == u64::MAX;
         let poll = |t1: &ShmTransport| {
             let mut got = Vec::new();
             t1.poll(10, &mut |p, m| got.push((p, m)));
