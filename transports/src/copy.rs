@@ -27,7 +27,8 @@
 //! VM, CPUID reports a 256 MiB shared cache, so glibc streams only from
 //! 192 MiB, and below that its `rep movsb` reads each destination line
 //! before it overwrites it: 9.3 GB/s for 16 MiB from memory against 17.5
-//! GB/s streamed (`cargo bench -p zccl-bench --bench copy`). The
+//! GB/s streamed (docs/performance.md; `cargo bench -p zccl-bench --bench
+//! copy`: 8.9 against 17.6). The
 //! threshold here comes from the kernel's cache description
 //! (`/sys/devices/system/cpu/cpu0/cache`), so a copy larger than the cache
 //! streams whatever CPUID says.
