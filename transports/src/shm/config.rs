@@ -169,9 +169,9 @@ pub const POLL_MAX_CMA_BYTES: usize = 1 << 20;
 /// `ZCCL_SPIN_US_PER_MIB`), so the thread that waits for a message copies
 /// it, as an Open MPI rank does, instead of sleeping while a reader thread
 /// is woken to copy it and then wakes it: 4 ranks on 2 vCPUs, medians of
-/// 6 interleaved rounds (each build first in turn), sendrecv 4 MiB 1148 ->
-/// 844 us, all-to-all 16 MiB (4 MiB blocks) 4.81 -> 4.59 ms (see
-/// docs/performance.md). Larger messages stay with the reader thread and a
+/// 6 interleaved rounds (each build first in turn), sendrecv 4 MiB 1238 ->
+/// 827 us, 8 MiB 2529 -> 2050 us, all-to-all 16 MiB (4 MiB blocks) 5.40 ->
+/// 5.16 ms (see docs/performance.md). Larger messages stay with the reader thread and a
 /// sleeping waiter: polled and spun through, a 64 MiB sendrecv took 7 %
 /// longer (the waiter's spin takes CPU from the other ranks' copies), the
 /// all-to-all of 64 MiB (16 MiB blocks) 2 %; so did pipelines' pieces
