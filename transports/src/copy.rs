@@ -164,18 +164,20 @@ pub fn to_vec<T: Copy>(src: &[T]) -> Vec<T> {
 /// ```
 #[inline]
 pub unsafe fn copy_raw(dst: *mut u8, src: *const u8, n: usize) {
+    // A small copy (a small message's, on every op) looks at nothing else.
     #[cfg(target_arch = "x86_64")]
-    if n >= stream_min() {
-        // SAFETY: the caller's contract; `stream_min` is finite only where
-        // the CPU has AVX.
-        unsafe { copy_streaming(dst, src, n) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if n >= SMALL && is_slow_distance(dst as usize, src as usize) {
-        // SAFETY: the caller's contract.
-        unsafe { copy_backward(dst, src, n) };
-        return;
+    if n >= SMALL {
+        if n >= stream_min() {
+            // SAFETY: the caller's contract; `stream_min` is finite only
+            // where the CPU has AVX.
+            unsafe { copy_streaming(dst, src, n) };
+            return;
+        }
+        if is_slow_distance(dst as usize, src as usize) {
+            // SAFETY: the caller's contract.
+            unsafe { copy_backward(dst, src, n) };
+            return;
+        }
     }
     // SAFETY: the caller's contract.
     unsafe { std::ptr::copy_nonoverlapping(src, dst, n) }
@@ -248,6 +250,8 @@ pub fn stream_min() -> usize {
 /// Where the kernel does not describe the caches: the threshold a 16 MiB
 /// L3 gives.
 pub const STREAM_MIN_DEFAULT: usize = 4 << 20;
+// `copy_raw` asks for streaming only past `SMALL` (every threshold is).
+const _: () = assert!(SMALL < 1 << 20 && SMALL < STREAM_MIN_DEFAULT);
 
 /// The streaming threshold for a last-level cache of `cache` bytes (where
 /// known): a quarter of it, at least 1 MiB. Pure.
