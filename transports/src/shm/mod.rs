@@ -35,8 +35,16 @@
 //!   ranks, 150 ms with 8 on 2 vCPUs). Positions are monotonic `u64`
 //!   counters (`head` written only by the producer, `tail` only by the
 //!   consumer, on separate cache lines). A message is a 32-byte record header
-//!   followed by its payload, streamed through the ring in pieces, so messages
-//!   of any size pass through a small ring. A producer that finds its ring
+//!   followed by its payload: published whole when the ring has room for
+//!   all of it (the reader then copies it straight into its receive's
+//!   buffer), else streamed through the ring in pieces of at most 256 KiB
+//!   (`STREAM_PIECE`), so messages of any size pass through a small ring
+//!   and both sides copy at once. Payload bytes from 64 KiB up are written
+//!   with stores that bypass the caches (`copy::copy_raw_shared`): the
+//!   peer's core reads them, from memory, instead of from lines the
+//!   writer's core holds modified (2 ranks on 2 vCPUs, medians of 5
+//!   interleaved rounds: sendrecv 64 KiB 17.7 -> 9.8 us, 256 KiB 67 -> 33
+//!   us; without CMA, 1 MiB 408 -> 213 us; docs/performance.md). A producer that finds its ring
 //!   empty more than 64 KiB into the data area writes a pad record to the
 //!   end of it and its small record (up to 8 KiB) at the start
 //!   (`Ring::idle_gap` in `ring.rs`): a stream of small messages
@@ -92,8 +100,8 @@
 //!   [`Transport::send`] never blocks) and one reader thread that delivers
 //!   whole messages as [`TransportEvent::Message`]. A sender writes a message
 //!   into the ring itself, without waking the writer thread, when nothing is
-//!   queued before it and the ring has room for its record (small messages,
-//!   and CMA records of any size). The rings are always drained by the reader
+//!   queued before it and the ring has room for all of its record (a
+//!   message of any size, or a CMA record). The rings are always drained by the reader
 //!   thread, whatever the application does. Per transport, one lease
 //!   watcher thread (see Polling below).
 //! * **Polling.** [`Transport::poll`] lets a user thread that waits on a

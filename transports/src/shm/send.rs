@@ -1,6 +1,8 @@
 //! Writing messages into a link's ring to the peer: by the writer thread
 //! (fed by the link's queue), or by a sender itself when nothing is queued
-//! before its message and the ring has room ([`INLINE_MAX`]). A data message
+//! before its message and the ring has room for all of its record (any
+//! size: the bytes are copied once either way, and the writer thread is
+//! not woken; `try_write_now` in `transport.rs`). A data message
 //! is copied into the ring or, from
 //! [`ShmConfig::cma_min_bytes`](super::ShmConfig::cma_min_bytes) up and to a
 //! peer that reads them, sent as a CMA record while its payload is kept.
@@ -15,11 +17,6 @@ use super::record::{
 };
 use super::ring::{Ring, RingStop};
 use crate::{CloseReason, Message, MessageKind};
-
-/// Largest message a sender writes into the ring itself (when the ring has
-/// room and nothing is queued before it) instead of waking the writer thread:
-/// whatever a poll takes ([`POLL_MAX_PAYLOAD`]).
-pub(super) const INLINE_MAX: usize = POLL_MAX_PAYLOAD;
 
 /// Writes one message record into the link's out ring, counting data
 /// payloads in the metrics (`nic="shm"`); the caller holds the producer lock.

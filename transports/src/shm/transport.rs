@@ -12,7 +12,7 @@ use super::config::CMA_CLOSE_WAIT;
 use super::link::{Ctx, Link, Out};
 use super::recv::poll_link;
 use super::ring::{CMA_YES, RingStop};
-use super::send::{INLINE_MAX, record_bytes, write_msg};
+use super::send::{record_bytes, write_msg};
 use crate::frame::GoodbyeReason;
 use crate::{BoxFuture, CloseReason, Message, PeerPath, Transport, TransportError};
 
@@ -78,9 +78,7 @@ impl ShmTransport {
             // The reader thread does it too; this only frees memory sooner.
             let _ = link.reap();
         }
-        let len = msg.payload.len();
-        if (len <= INLINE_MAX || link.use_cma(msg))
-            && link.backlog.load(Ordering::Acquire) == 0
+        if link.backlog.load(Ordering::Acquire) == 0
             && let Ok(_producer) = link.producer.try_lock()
             && link.backlog.load(Ordering::Acquire) == 0
             && link.out_ring.has_room(record_bytes(link, msg) as u64)
@@ -235,12 +233,13 @@ impl Transport for ShmTransport {
     }
 
     /// A lent message that goes by CMA is sent as it is (only the peer
-    /// copies its payload). Any other of at most `INLINE_MAX` bytes is
-    /// written into the ring from the lent memory when the ring takes it at
-    /// once (the memory is free again when this returns); one queued for
-    /// the writer thread (a larger one, or behind others) is copied first
-    /// (2 ranks, 4 KiB all_reduce in place: one allocation and one copy of
-    /// the payload fewer per step).
+    /// copies its payload). Any other is written into the ring from the
+    /// lent memory when the ring takes all of it at once (the memory is
+    /// free again when this returns); one queued for the writer thread
+    /// (larger than the ring's free space, or behind others) is copied
+    /// first (2 ranks, 4 KiB all_reduce in place: one allocation and one
+    /// copy of the payload fewer per step; 1 MiB sendrecv without CMA, one
+    /// copy of three).
     fn send_lent(&self, peer: u32, mut msg: Message) -> Result<(), TransportError> {
         let link = self.link(peer).ok_or(TransportError::NoSuchPeer(peer))?;
         if let Some(r) = self.try_write_now(link, peer, &msg) {
