@@ -300,6 +300,51 @@ fn read_direct(pid: u32, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Where Yama limits ptrace to a process's own descendants
+/// (`kernel.yama.ptrace_scope = 1`, the default of Ubuntu and of kernels
+/// built with Yama), a rank may not read a sibling rank's memory: the
+/// ranks a launcher starts (torchrun, `zccl run`, mpirun's `orted`,
+/// `slurmstepd`) are each other's siblings, so every pair's CMA probe
+/// fails with `EPERM` and large messages go twice through the ring. Yama's
+/// own way out is for the process read to name who may: this declares the
+/// rank's parent process (`prctl(PR_SET_PTRACER)`), which lets the parent
+/// and its descendants (the sibling ranks) read it, and nothing else;
+/// Open MPI's users get the same only by setting the scope to 0 for the
+/// whole host. Called before a rank publishes its probe word, where CMA is
+/// on. Returns the pid declared, `None` where there was nothing to do (no
+/// Yama, another scope: 0 needs nothing, 2 and 3 cannot be helped), or
+/// the error of `prctl`.
+pub(crate) fn let_siblings_read() -> Result<Option<u32>, Errno> {
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok();
+    let Some(tracer) = ptracer_to_declare(scope.as_deref(), std::os::unix::process::parent_id())
+    else {
+        return Ok(None);
+    };
+    // SAFETY: `prctl` with integer arguments only; PR_SET_PTRACER changes
+    // this process's Yama exception and nothing in its memory.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_PTRACER,
+            libc::c_ulong::from(tracer),
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if r == 0 {
+        Ok(Some(tracer))
+    } else {
+        Err(Errno::last())
+    }
+}
+
+/// The process a rank declares its ptracer ([`let_siblings_read`]), from
+/// Yama's `ptrace_scope` file's text (`None` without Yama) and the rank's
+/// parent pid: the parent under scope 1, else none. Pure.
+fn ptracer_to_declare(scope: Option<&str>, parent: u32) -> Option<u32> {
+    (scope.map(str::trim) == Some("1") && parent != 0).then_some(parent)
+}
+
 /// A short explanation of a [`read`] error for logs and error messages.
 pub(crate) fn explain(e: Errno) -> String {
     let why = match e {
@@ -440,6 +485,34 @@ mod tests {
                 Err(Errno::EFAULT)
             );
             libc::munmap(p, dst.len());
+        }
+    }
+
+    #[test]
+    fn only_yamas_relational_scope_makes_a_rank_declare_its_parent() {
+        assert_eq!(ptracer_to_declare(Some("1\n"), 4242), Some(4242));
+        for scope in [None, Some("0\n"), Some("2\n"), Some("3\n"), Some("junk")] {
+            assert_eq!(ptracer_to_declare(scope, 4242), None, "{scope:?}");
+        }
+        // No parent to name (a rank whose parent lives outside its PID
+        // namespace sees 0).
+        assert_eq!(ptracer_to_declare(Some("1"), 0), None);
+    }
+
+    /// The call itself: on a kernel with Yama at scope 1 it declares the
+    /// parent; elsewhere it does nothing (visibly skipped here).
+    #[test]
+    fn letting_siblings_read_declares_the_parent_under_yama_scope_1() {
+        let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok();
+        match scope.as_deref().map(str::trim) {
+            Some("1") => assert_eq!(
+                let_siblings_read(),
+                Ok(Some(std::os::unix::process::parent_id()))
+            ),
+            other => {
+                eprintln!("skipped: Yama ptrace_scope is {other:?}, not 1 (nothing to declare)");
+                assert_eq!(let_siblings_read(), Ok(None));
+            }
         }
     }
 

@@ -73,6 +73,22 @@ impl ShmTransport {
         let cfg = &setup.config;
         let local = setup.peers.len() + 1;
         let cma_on = cfg.cma_min_bytes > 0;
+        if cma_on {
+            // Before this rank publishes its probe word for the peers.
+            match crate::cma::let_siblings_read() {
+                Ok(Some(parent)) => debug!(
+                    rank,
+                    parent,
+                    "Yama ptrace_scope 1: parent declared ptracer, so sibling ranks may read this one by CMA"
+                ),
+                Ok(None) => {}
+                Err(e) => warn!(
+                    rank,
+                    error = %e,
+                    "Yama ptrace_scope 1 and prctl(PR_SET_PTRACER) failed: sibling ranks cannot read this one by CMA (large same-host messages go through the ring)"
+                ),
+            }
+        }
         let wanted = (cfg.ring_bytes.max(4096).div_ceil(4096) * 4096) as u64;
         // The rings of the segments this rank creates, sized so that the
         // whole host's fit in /dev/shm (only creators choose; every rank
