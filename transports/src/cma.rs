@@ -301,8 +301,8 @@ fn read_direct(pid: u32, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
 }
 
 /// Where Yama limits ptrace to a process's own descendants
-/// (`kernel.yama.ptrace_scope = 1`, the default of Ubuntu and of kernels
-/// built with Yama), a rank may not read a sibling rank's memory: the
+/// (`kernel.yama.ptrace_scope = 1`, Yama's own default, which Ubuntu
+/// keeps), a rank may not read a sibling rank's memory: the
 /// ranks a launcher starts (torchrun, `zccl run`, mpirun's `orted`,
 /// `slurmstepd`) are each other's siblings, so every pair's CMA probe
 /// fails with `EPERM` and large messages go twice through the ring. Yama's

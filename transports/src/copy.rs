@@ -189,8 +189,8 @@ pub unsafe fn copy_raw(dst: *mut u8, src: *const u8, n: usize) {
 /// the reader takes them from memory instead of from lines this core holds
 /// modified, and the copy does not read each destination line first. 2
 /// processes on 2 vCPUs exchanging 1 MiB through 64-256 KiB slots (C, both
-/// copies one thread each side): 287 us with plain stores into the
-/// slots, 116 us streamed (docs/performance.md). Below it, [`copy_raw`].
+/// copies one thread each side): 260-290 us with plain stores into the
+/// slots, 111-120 us streamed (docs/performance.md). Below it, [`copy_raw`].
 ///
 /// # Safety
 /// As [`copy_raw`].

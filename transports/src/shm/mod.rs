@@ -44,7 +44,7 @@
 //!   peer's core reads them, from memory, instead of from lines the
 //!   writer's core holds modified (2 ranks on 2 vCPUs, medians of 5
 //!   interleaved rounds: sendrecv 64 KiB 17.7 -> 9.8 us, 256 KiB 67 -> 33
-//!   us; without CMA, 1 MiB 408 -> 213 us; docs/performance.md). A producer that finds its ring
+//!   us; without CMA, 1 MiB 420 -> 207 us; docs/performance.md). A producer that finds its ring
 //!   empty more than 64 KiB into the data area writes a pad record to the
 //!   end of it and its small record (up to 8 KiB) at the start
 //!   (`Ring::idle_gap` in `ring.rs`): a stream of small messages

@@ -238,8 +238,8 @@ impl Transport for ShmTransport {
     /// free again when this returns); one queued for the writer thread
     /// (larger than the ring's free space, or behind others) is copied
     /// first (2 ranks, 4 KiB all_reduce in place: one allocation and one
-    /// copy of the payload fewer per step; 1 MiB sendrecv without CMA, one
-    /// copy of three).
+    /// copy of the payload fewer per step; a 1 MiB message without CMA:
+    /// two copies instead of three).
     fn send_lent(&self, peer: u32, mut msg: Message) -> Result<(), TransportError> {
         let link = self.link(peer).ok_or(TransportError::NoSuchPeer(peer))?;
         if let Some(r) = self.try_write_now(link, peer, &msg) {
