@@ -120,23 +120,27 @@ pub const FULL_HOST_POLL_LEASE: Duration = Duration::from_millis(4);
 pub const CMA_MIN_BYTES: usize = POLL_MAX_PAYLOAD + 1;
 
 /// Default of [`ShmConfig::crowded_cma_min_bytes`]: on a host with more
-/// ranks than CPUs, messages larger than 64 KiB go by CMA. Measured on
-/// 2 vCPUs with 4 ranks (medians of 9 interleaved runs against the
-/// 256 KiB threshold): all-to-all 512 KiB 266 → 209 µs, 1 MiB 482 →
-/// 374 µs; all-gather 1 MiB 473 → 343 µs; sendrecv 128 KiB 94 → 72 µs;
-/// all-reduce 512 KiB 617 → 570 µs, 1 MiB 1323 → 1134 µs. From 32 KiB
-/// instead, the recursive-doubling all-reduce (whose 32–64 KiB exchanges
-/// wait on each other) lost 15–23 % (4 ranks, 32 KiB and 64 KiB), hence
-/// more than 64 KiB. With a CPU per rank the ring's two copies run on both
-/// sides at once and stay ahead up to 256 KiB (2 ranks, all-gather 256 KiB:
-/// 26 µs through the ring, 58 µs by CMA), hence two thresholds.
+/// ranks than CPUs too, messages larger than 256 KiB go by CMA, as
+/// [`CMA_MIN_BYTES`]. It was more than 64 KiB while the ring's payloads
+/// went in with plain stores (the reader then pulled each line out of the
+/// writer core's cache; 4 ranks on 2 vCPUs, medians of 9 interleaved runs
+/// then, 256 KiB against 64 KiB: all-to-all 512 KiB 266 against 209 µs,
+/// sendrecv 128 KiB 94 against 72 µs). With streaming stores into the
+/// ring ([`crate::copy::copy_raw_shared`]) the ring is ahead up to 256 KiB
+/// there too (medians of 5 interleaved rounds, 64 KiB against 256 KiB:
+/// sendrecv 128 KiB 76.7 against 68.3 µs, 256 KiB 94.3 against 85.6;
+/// all-gather 512 KiB 234 against 191; reduce-scatter 1 MiB 453 against
+/// 355; all-reduce 512 KiB 385 against 316; broadcast 256 KiB 170 against
+/// 131; all-to-all 1 MiB 412 against 292 in 7 rounds; docs/performance.md).
+/// The field stays: a program that builds its own [`ShmConfig`] may still
+/// set the two apart (`ZCCL_SHM_CMA_MIN_BYTES` sets both).
 ///
 /// ```
-/// use zccl_transports::shm::{CROWDED_CMA_MIN_BYTES, ShmConfig};
+/// use zccl_transports::shm::{CMA_MIN_BYTES, CROWDED_CMA_MIN_BYTES, ShmConfig};
 /// assert_eq!(ShmConfig::default().crowded_cma_min_bytes, CROWDED_CMA_MIN_BYTES);
-/// assert_eq!(CROWDED_CMA_MIN_BYTES, (64 << 10) + 1);
+/// assert_eq!(CROWDED_CMA_MIN_BYTES, CMA_MIN_BYTES);
 /// ```
-pub const CROWDED_CMA_MIN_BYTES: usize = (64 << 10) + 1;
+pub const CROWDED_CMA_MIN_BYTES: usize = CMA_MIN_BYTES;
 
 /// Largest payload [`Transport::poll`](crate::Transport::poll) delivers;
 /// larger messages are left to the reader thread. The largest message
