@@ -744,14 +744,22 @@ mod tests {
         assert_eq!(plain_post(&d, SCRATCH_MIN_BYTES as u64 - 1), mark);
         assert_eq!(plain_post(&d, SCRATCH_MIN_BYTES as u64), buf);
         assert_eq!(plain_post(&d, u64::MAX), buf);
-        // Crowded CMA off: from the other threshold; CMA off: the large
-        // sizes alone (ring records land in a posted zone too).
+        // Crowded CMA off: from the other threshold, past what a poll
+        // copies (marks); CMA off: the large sizes alone (ring records
+        // land in a posted zone too).
         let no_crowded = ShmConfig {
             crowded_cma_min_bytes: 0,
             ..d.clone()
         };
+        const { assert!(CMA_MIN_BYTES > POLL_MAX_CMA_BYTES) };
         assert_eq!(plain_post(&no_crowded, CMA_MIN_BYTES as u64 - 1), None);
-        assert_eq!(plain_post(&no_crowded, CMA_MIN_BYTES as u64), buf);
+        assert_eq!(plain_post(&no_crowded, CMA_MIN_BYTES as u64), mark);
+        let low = ShmConfig {
+            cma_min_bytes: 64 << 10,
+            ..no_crowded.clone()
+        };
+        assert_eq!(plain_post(&low, (64 << 10) - 1), None);
+        assert_eq!(plain_post(&low, 64 << 10), buf);
         let off = ShmConfig {
             cma_min_bytes: 0,
             crowded_cma_min_bytes: 0,

@@ -101,13 +101,23 @@ pub const POLL_LEASE: Duration = Duration::from_millis(1);
 pub const FULL_HOST_POLL_LEASE: Duration = Duration::from_millis(4);
 
 /// Default of [`ShmConfig::cma_min_bytes`]: messages larger than
-/// [`POLL_MAX_PAYLOAD`] (256 KiB) go by CMA; up to it, two copies through
-/// the ring (which stays in the caches, and which a waiting thread polls)
-/// beat the system call, whose pinning of the sender's pages costs more
-/// than its copy. Measured on 2 vCPUs, 2 ranks, exactly 256 KiB: ping-pong
-/// 23 µs by CMA against 15.5 µs through the ring, sendrecv 24–34 against
-/// 18–22 µs, a 512 KiB all-reduce (256 KiB steps) 53–77 against 39–49 µs;
-/// at 512 KiB and more CMA wins.
+/// [`POLL_MAX_PAYLOAD`] (1 MiB) go by CMA; up to it, two copies through
+/// the ring, the first with streaming stores and the second by the
+/// waiting thread's poll, beat the system call (whose pinning of the
+/// sender's pages costs more than its copy, and which this VM's kernel
+/// copies with `rep movsq`). Measured on 2 vCPUs, 2 ranks, medians of 5
+/// interleaved rounds, CMA from 256 KiB against from 1 MiB: sendrecv
+/// 512 KiB 82.4 against 60.8 µs, 1 MiB 154.2 against 117.5 (Open MPI 155.3);
+/// all-reduce 1 MiB 236.6 against 145.0 (274.2), 2 MiB 440.9 against
+/// 292.9; all-to-all 1 MiB 102.7 against 74.5 (98.6), 2 MiB 206.1 against
+/// 158.5; all-gather 2 MiB 190.6 against 148.0; reduce-scatter 2 MiB
+/// 218.7 against 172.8; broadcast 1 MiB, all-reduce 4 MiB and sendrecv
+/// 2 MiB alike. From 2 MiB instead (a 2 MiB poll bound) two 2 MiB records
+/// no longer fit the 4 MiB ring whole: all-to-all 4 MiB 389 against
+/// 684 µs, all-gather 4 MiB 343 against 537 (docs/performance.md). Before
+/// the ring's payloads were streamed the bound was 256 KiB (ping-pong at
+/// 256 KiB 23 µs by CMA against 15.5 µs through the ring; at 512 KiB CMA
+/// won then).
 ///
 /// ```
 /// use zccl_transports::shm::{CMA_MIN_BYTES, POLL_MAX_PAYLOAD, ShmConfig};
@@ -120,36 +130,40 @@ pub const FULL_HOST_POLL_LEASE: Duration = Duration::from_millis(4);
 pub const CMA_MIN_BYTES: usize = POLL_MAX_PAYLOAD + 1;
 
 /// Default of [`ShmConfig::crowded_cma_min_bytes`]: on a host with more
-/// ranks than CPUs too, messages larger than 256 KiB go by CMA, as
-/// [`CMA_MIN_BYTES`]. It was more than 64 KiB while the ring's payloads
-/// went in with plain stores (the reader then pulled each line out of the
-/// writer core's cache; 4 ranks on 2 vCPUs, medians of 9 interleaved runs
-/// then, 256 KiB against 64 KiB: all-to-all 512 KiB 266 against 209 µs,
-/// sendrecv 128 KiB 94 against 72 µs). With streaming stores into the
-/// ring ([`crate::copy::copy_raw_shared`]) the ring is ahead up to 256 KiB
-/// there too (medians of 5 interleaved rounds, 64 KiB against 256 KiB:
+/// ranks than CPUs, messages larger than 256 KiB go by CMA. It was more
+/// than 64 KiB while the ring's payloads went in with plain stores (the
+/// reader then pulled each line out of the writer core's cache; 4 ranks
+/// on 2 vCPUs, medians of 9 interleaved runs then, 256 KiB against 64 KiB:
+/// all-to-all 512 KiB 266 against 209 µs, sendrecv 128 KiB 94 against
+/// 72 µs). With streaming stores into the ring
+/// ([`crate::copy::copy_raw_shared`]) the ring is ahead up to 256 KiB
+/// there (medians of 5 interleaved rounds, 64 KiB against 256 KiB:
 /// sendrecv 128 KiB 76.7 against 68.3 µs, 256 KiB 94.3 against 85.6;
 /// all-gather 512 KiB 234 against 191; reduce-scatter 1 MiB 453 against
 /// 355; all-reduce 512 KiB 385 against 316; broadcast 256 KiB 170 against
 /// 131; all-to-all 1 MiB 412 against 292 in 7 rounds; docs/performance.md).
-/// The field stays: a program that builds its own [`ShmConfig`] may still
-/// set the two apart (`ZCCL_SHM_CMA_MIN_BYTES` sets both).
+/// Not up to 1 MiB as with a CPU per rank: the waiter that polls a ring
+/// record there shares a CPU with the peer that writes the next one
+/// (256 KiB against 1 MiB: sendrecv 1 MiB 360 against 437 µs, all-reduce
+/// 1 MiB 568 against 580; all-gather 2 MiB 749 against 554).
 ///
 /// ```
 /// use zccl_transports::shm::{CMA_MIN_BYTES, CROWDED_CMA_MIN_BYTES, ShmConfig};
 /// assert_eq!(ShmConfig::default().crowded_cma_min_bytes, CROWDED_CMA_MIN_BYTES);
-/// assert_eq!(CROWDED_CMA_MIN_BYTES, CMA_MIN_BYTES);
+/// assert_eq!(CROWDED_CMA_MIN_BYTES, (256 << 10) + 1);
+/// assert!(CROWDED_CMA_MIN_BYTES < CMA_MIN_BYTES);
 /// ```
-pub const CROWDED_CMA_MIN_BYTES: usize = CMA_MIN_BYTES;
+pub const CROWDED_CMA_MIN_BYTES: usize = (256 << 10) + 1;
 
 /// Largest payload [`Transport::poll`](crate::Transport::poll) delivers;
 /// larger messages are left to the reader thread. The largest message
-/// that goes through the ring by default ([`CMA_MIN_BYTES`] is one more): a
-/// waiting thread copies out a 128 KiB piece of a collective itself rather
-/// than waking the reader thread for it (measured on 2 vCPUs: a 256 KiB
-/// all-reduce of 2 ranks, whose ring steps move 128 KiB, took 180–200 µs
-/// with a 64 KiB bound).
-pub const POLL_MAX_PAYLOAD: usize = 256 << 10;
+/// that goes through the ring by default where ranks have a CPU each
+/// ([`CMA_MIN_BYTES`] is one more): a waiting thread copies a message or a
+/// collective's piece out itself rather than waking the reader thread for
+/// it (measured on 2 vCPUs: a 256 KiB all-reduce of 2 ranks, whose ring
+/// steps move 128 KiB, took 180–200 µs with a 64 KiB bound; 1 MiB rather
+/// than 256 KiB: see [`CMA_MIN_BYTES`]).
+pub const POLL_MAX_PAYLOAD: usize = 1 << 20;
 
 /// The largest CMA record a [`Transport::poll`](crate::Transport::poll)
 /// always copies itself (on the waiting thread, no thread wake-up); larger

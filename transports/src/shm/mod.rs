@@ -53,9 +53,9 @@
 //!   thousands of 1 KiB operations of a job took a page fault every few
 //!   messages, 4-rank all_reduce ~2x slower than later).
 //! * **CMA (single copy).** A data message of at least
-//!   [`ShmConfig::cma_min_bytes`] (more than 256 KiB by default, and as
-//!   much, [`ShmConfig::crowded_cma_min_bytes`], on a host with more ranks
-//!   than CPUs; 0 turns CMA off) does
+//!   [`ShmConfig::cma_min_bytes`] (more than 1 MiB by default; more than
+//!   256 KiB, [`ShmConfig::crowded_cma_min_bytes`], on a host with more
+//!   ranks than CPUs; 0 turns CMA off) does
 //!   not go through the ring: the sender writes a 64-byte record carrying its
 //!   pid, the address and length of the payload and a sequence number, and
 //!   keeps the payload (`Bytes`) alive; the receiver's reader thread copies

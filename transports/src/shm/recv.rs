@@ -975,6 +975,7 @@ mod tests {
     #[test]
     fn cma_records_are_handed_to_a_combining_zone_piece_by_piece() {
         use crate::MessageKind;
+        use crate::shm::config::CROWDED_CMA_MIN_BYTES;
         use crate::shm::testutil::{msg, msg_key as key, pair_waiting};
         use std::sync::{Arc, Mutex};
         use std::time::Instant;
@@ -982,7 +983,7 @@ mod tests {
         let landing = t1.landing().expect("shm lands");
         t1.set_polling(true);
         let cases = [
-            (0, POLL_MAX_PAYLOAD / 2),           // a ring record
+            (0, CROWDED_CMA_MIN_BYTES / 2),      // a ring record
             (1, 3 * COMBINE_PIECE_BYTES + 4100), // polled CMA, short last piece
             (2, POLL_MAX_CMA_BYTES * 3 + 64),    // copied by the reader thread
         ];

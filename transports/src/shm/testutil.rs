@@ -57,9 +57,14 @@ pub(super) fn group(cfgs: Vec<ShmConfig>) -> Vec<Side> {
     starts.into_iter().map(|s| s.join().unwrap()).collect()
 }
 
+/// The tests' configuration: CMA from more than 256 KiB, as on a crowded
+/// host ([`CROWDED_CMA_MIN_BYTES`](super::CROWDED_CMA_MIN_BYTES)), so that
+/// the CMA records the tests send (256 KiB to [`POLL_MAX_CMA_BYTES`](super::POLL_MAX_CMA_BYTES)
+/// and more) go by CMA whichever threshold the default has.
 pub(super) fn cfg() -> ShmConfig {
     ShmConfig {
         max_message: 64 << 20,
+        cma_min_bytes: super::CROWDED_CMA_MIN_BYTES,
         ..ShmConfig::default()
     }
 }
