@@ -214,8 +214,9 @@ pub unsafe fn copy_raw_shared(dst: *mut u8, src: *const u8, n: usize) {
     unsafe { copy_raw(dst, src, n) }
 }
 
-/// The size from which [`copy_raw_shared`] streams: 64 KiB (a smaller
-/// record another core reads at once is cheaper from the caches).
+/// The size from which [`copy_raw_shared`] streams: 64 KiB, where the
+/// measurements start (2 ranks, a 64 KiB sendrecv 17.7 -> 9.8 us); smaller
+/// records stay plain copies, not measured streamed.
 pub const STREAM_SHARED_MIN: usize = 64 << 10;
 
 /// Copies from the end down, four 16-byte moves per step (`movdqu`, in
