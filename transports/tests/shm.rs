@@ -455,10 +455,11 @@ fn a_clean_close_waits_until_the_peer_copied_the_payloads() {
     drop(t1);
 }
 
-/// Message `seq` of the stress test: mostly tiny, some larger than the
-/// test's 64 KiB rings (streamed through them, so never whole there: the
-/// reader thread's), a few large enough for CMA (data). The first 8 bytes
-/// carry `seq`.
+/// Message `seq` of the stress test: mostly tiny, some of 300 KiB (larger
+/// than the test's 64 KiB rings: streamed through them, never whole there,
+/// the reader thread's; the data ones go by CMA instead where the 3 ranks
+/// outnumber the CPUs), a few large enough for CMA on any host (data). The
+/// first 8 bytes carry `seq`.
 fn stress_msg(src: u32, seq: u64) -> Message {
     let cma = seq % 4999 == 17;
     let len = if cma {

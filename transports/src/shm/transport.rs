@@ -792,8 +792,8 @@ mod tests {
 
     #[test]
     fn a_lent_payload_goes_from_its_memory_or_is_copied_before_it_is_queued() {
-        // No CMA (on a crowded host 256 KiB would go by CMA, and the ring
-        // would never fill).
+        // No CMA (the tests' config sends these 1 MiB records by CMA, and
+        // the ring would never fill).
         let no_cma = || ShmConfig {
             cma_min_bytes: 0,
             crowded_cma_min_bytes: 0,
