@@ -8,6 +8,7 @@
 //! ring a little for it ([`leave_unposted`]).
 
 use bytes::Bytes;
+use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
@@ -698,9 +699,15 @@ fn poll_slot(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> Option<
 /// small data or control record and nobody else is reading (from the
 /// ring's slot when that holds it, [`poll_slot`]); a data record
 /// of at least [`RING_LAND_MIN_BYTES`] whose receive posted a zone is copied
-/// into it.
+/// into it. `live`: every link of the transport (a poll copying a large
+/// CMA payload attends all their rings meanwhile, `watch::Attending`).
 #[inline]
-pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> bool {
+pub(super) fn poll_link(
+    link: &Link,
+    ctx: &Ctx,
+    live: &[Arc<Link>],
+    f: &mut dyn FnMut(u32, Message),
+) -> bool {
     let ring = &link.in_ring;
     // Cheap checks first: most links of a poll are idle.
     if link.stop.load(Ordering::Acquire) || !matches!(ring.pending(), Ok(true)) {
@@ -751,6 +758,9 @@ pub(super) fn poll_link(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message))
         // SAFETY: the whole record is published (checked above).
         unsafe { ring.copy_out(tail + REC_LEN as u64, &mut xb) };
         ring.consume_to(tail + (REC_LEN + CMA_EXT) as u64);
+        // A copy longer than a poll lease may be: attended meanwhile.
+        let _attending = (rec.len > POLL_MAX_CMA_BYTES as u64 && ctx.poll_lease != 0)
+            .then(|| super::watch::Attending::start(live, ctx));
         match copy_cma(link, ctx, &rec, &xb, Duration::ZERO) {
             Ok(p) => p.into_bytes(),
             Err(why) => {

@@ -383,7 +383,7 @@ impl Transport for ShmTransport {
                 if got == max {
                     return got;
                 }
-                if poll_link(&self.live[(start + i) % n], &self.ctx, f) {
+                if poll_link(&self.live[(start + i) % n], &self.ctx, &self.live, f) {
                     got += 1;
                 }
             }
@@ -518,6 +518,61 @@ mod tests {
         let mut got = Vec::new();
         assert_eq!(t1.poll(10, &mut |p, m| got.push((p, m))), 1);
         assert_eq!(got, vec![(0, msg(MessageKind::Data, 1, 8))]);
+    }
+
+    #[test]
+    fn a_long_poll_copy_stays_attentive_then_leaves_a_lease() {
+        // Rank 1 with a 300 ms lease that has run out (a poll's copy
+        // outlasted it). Without the guard, the reader thread takes a small
+        // record at once: the control that shows the guard is what keeps it.
+        let lease = Duration::from_millis(300);
+        let ((t0, _rx0), (t1, mut rx1)) = leased_pair(lease, Some(Duration::from_secs(5)));
+        t0.send(1, msg(MessageKind::Data, 0, 8)).unwrap();
+        match next(&mut rx1) {
+            TransportEvent::Message { peer: 0, msg: m } => {
+                assert_eq!(m, msg(MessageKind::Data, 0, 8))
+            }
+            other => panic!("{other:?}"),
+        }
+        // With the guard (a long copy under way), the next one waits for
+        // the polls, past any lease, and after it for the renewed lease.
+        let ring = &t1.link(0).unwrap().in_ring;
+        let attending = super::super::watch::Attending::start(&t1.live, &t1.ctx);
+        t0.send(1, msg(MessageKind::Data, 1, 8)).unwrap();
+        std::thread::sleep(lease + Duration::from_millis(100));
+        assert!(
+            rx1.try_recv().is_err(),
+            "the reader thread took it during the copy"
+        );
+        let before = crate::clock::ticks();
+        drop(attending);
+        assert_eq!(ring.polling().load(Ordering::SeqCst), 0);
+        let held = crate::clock::to_duration(ring.lease_until().saturating_sub(before));
+        assert!(
+            held >= lease && held < lease + Duration::from_secs(1),
+            "{held:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            rx1.try_recv().is_err(),
+            "the reader thread took it under the lease"
+        );
+        let mut got = Vec::new();
+        assert_eq!(t1.poll(10, &mut |p, m| got.push((p, m))), 1);
+        assert_eq!(got, vec![(0, msg(MessageKind::Data, 1, 8))]);
+        // Left unpolled, the lease watcher hands the next one over when the
+        // renewed lease ends.
+        let t = std::time::Instant::now();
+        let attending = super::super::watch::Attending::start(&t1.live, &t1.ctx);
+        t0.send(1, msg(MessageKind::Data, 2, 8)).unwrap();
+        drop(attending);
+        match next(&mut rx1) {
+            TransportEvent::Message { peer: 0, msg: m } => {
+                assert_eq!(m, msg(MessageKind::Data, 2, 8))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     }
 
     #[test]
