@@ -203,20 +203,43 @@ pub unsafe fn copy_raw(dst: *mut u8, src: *const u8, n: usize) {
 /// ```
 #[inline]
 pub unsafe fn copy_raw_shared(dst: *mut u8, src: *const u8, n: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { copy_raw_shared_from(dst, src, n, STREAM_SHARED_MIN) }
+}
+
+/// [`copy_raw_shared`], streaming from `min` bytes rather than from
+/// [`STREAM_SHARED_MIN`] (the shared-memory ring streams smaller payloads
+/// where their reader found streamed ones faster to copy).
+///
+/// # Safety
+/// As [`copy_raw`].
+///
+/// ```
+/// let src = vec![7u8; 16 << 10];
+/// let mut dst = vec![0u8; 16 << 10];
+/// unsafe { zccl_transports::copy::copy_raw_shared_from(dst.as_mut_ptr(), src.as_ptr(), src.len(), 0) };
+/// assert_eq!(dst, src);
+/// ```
+#[inline]
+pub unsafe fn copy_raw_shared_from(dst: *mut u8, src: *const u8, n: usize, min: usize) {
     #[cfg(target_arch = "x86_64")]
-    if n >= STREAM_SHARED_MIN && stream_min() != usize::MAX {
+    if n >= min && stream_min() != usize::MAX {
         // SAFETY: the caller's contract; `stream_min` is finite only where
         // the CPU has AVX.
         unsafe { copy_streaming(dst, src, n) };
         return;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = min;
     // SAFETY: the caller's contract.
     unsafe { copy_raw(dst, src, n) }
 }
 
 /// The size from which [`copy_raw_shared`] streams: 64 KiB, where the
-/// measurements start (2 ranks, a 64 KiB sendrecv 17.7 -> 9.8 us); smaller
-/// records stay plain copies, not measured streamed.
+/// measurements start (2 ranks, a 64 KiB sendrecv 17.7 -> 9.8 us). Below
+/// it, which is faster depends on the cores of the two sides (whether they
+/// share a cache): the shared-memory ring streams 16-64 KiB payloads where
+/// their reader timed streamed ones faster (`shm::STREAM_ADAPT_MIN`).
 pub const STREAM_SHARED_MIN: usize = 64 << 10;
 
 /// Copies from the end down, four 16-byte moves per step (`movdqu`, in

@@ -155,6 +155,19 @@ pub const CMA_MIN_BYTES: usize = POLL_MAX_PAYLOAD + 1;
 /// ```
 pub const CROWDED_CMA_MIN_BYTES: usize = (256 << 10) + 1;
 
+/// The smallest ring payload whose stores may bypass the caches below
+/// [`STREAM_SHARED_MIN`](crate::copy::STREAM_SHARED_MIN): from here up to
+/// it, the consumer of each ring chooses from the times its copies take
+/// (`stream_choice.rs`). 16 KiB: below it records share the ring's first
+/// pages, warm in both caches (up to 8 KiB, `REWIND_MAX_RECORD` in
+/// `ring.rs`), and a copy is too short to time well.
+///
+/// ```
+/// assert_eq!(zccl_transports::shm::STREAM_ADAPT_MIN, 16 << 10);
+/// assert!(zccl_transports::shm::STREAM_ADAPT_MIN < zccl_transports::copy::STREAM_SHARED_MIN);
+/// ```
+pub const STREAM_ADAPT_MIN: usize = 16 << 10;
+
 /// Largest payload [`Transport::poll`](crate::Transport::poll) delivers;
 /// larger messages are left to the reader thread. The largest message
 /// that goes through the ring by default where ranks have a CPU each

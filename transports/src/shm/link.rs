@@ -76,6 +76,11 @@ pub(super) struct Link {
     /// Number of the last CMA record of `in_ring` copied (by the reader
     /// thread or a poll, under `consumer`).
     pub(super) cma_seen: AtomicU64,
+    /// The times of polled copies out of `in_ring`, and whether its
+    /// producer is asked to stream payloads of the adaptive sizes
+    /// ([`super::stream_choice`]; locked under `consumer`, never
+    /// contended).
+    pub(super) stream_choice: Mutex<super::stream_choice::Chooser>,
     /// The CMA record at the tail of `in_ring` that polls and the reader
     /// thread leave for its receive to be posted (its ring position + 1;
     /// 0: none), and until when ([`clock::ticks`](crate::clock::ticks)); see

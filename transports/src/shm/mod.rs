@@ -44,7 +44,11 @@
 //!   peer's core reads them, from memory, instead of from lines the
 //!   writer's core holds modified (2 ranks on 2 vCPUs, medians of 5
 //!   interleaved rounds: sendrecv 64 KiB 17.7 -> 9.8 us, 256 KiB 67 -> 33
-//!   us; without CMA, 1 MiB 420 -> 207 us; docs/performance.md). A producer that finds its ring
+//!   us; without CMA, 1 MiB 420 -> 207 us; docs/performance.md). Payloads
+//!   of 16-64 KiB are written plain or streamed as the ring's consumer
+//!   asks, from the times its polled copies of each kind take
+//!   (`stream_choice.rs`): which is faster depends on whether the two
+//!   cores share a cache. A producer that finds its ring
 //!   empty more than 64 KiB into the data area writes a pad record to the
 //!   end of it and its small record (up to 8 KiB) at the start
 //!   (`Ring::idle_gap` in `ring.rs`): a stream of small messages
@@ -200,6 +204,7 @@ mod ring;
 mod segment;
 mod send;
 mod setup;
+mod stream_choice;
 #[cfg(test)]
 mod testutil;
 mod transport;
@@ -207,7 +212,7 @@ mod watch;
 
 pub use config::{
     CMA_CLOSE_WAIT, CMA_MIN_BYTES, CROWDED_CMA_MIN_BYTES, CROWDED_POLL_CMA, FULL_HOST_POLL_LEASE,
-    POLL_LEASE, POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD, ShmConfig, ShmSetup,
+    POLL_LEASE, POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD, STREAM_ADAPT_MIN, ShmConfig, ShmSetup,
 };
 pub use cpus::{CpuMask, crowded, full, shared_cpus, shared_cpus_of};
 pub use segment::{host_identity, job_tag, segment_name, valid_tag};

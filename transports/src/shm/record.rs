@@ -14,7 +14,8 @@
 //! | 2..4   | dtype (type code, opaque) |
 //! | 4..8   | comm          |
 //! | 8..12  | channel       |
-//! | 12..16 | reserved, 0   |
+//! | 12     | flags: [`STREAMED`] (data records only), else 0 |
+//! | 13..16 | reserved, 0   |
 //! | 16..24 | seq           |
 //! | 24..32 | len (payload bytes) |
 //!
@@ -42,6 +43,12 @@ pub(super) const CMA_POLLED_AT: usize = 20;
 /// (see [`Ring::idle_gap`](super::ring::Ring::idle_gap)). Any other field is
 /// zero.
 pub(super) const REC_PAD: u8 = 5;
+/// Offset of the header's flag byte.
+const FLAGS_AT: usize = 12;
+/// Flag of a data record whose payload the producer wrote with stores that
+/// bypass the caches ([`super::stream_choice`]: the consumer times its
+/// copies of each kind).
+pub(super) const STREAMED: u8 = 1;
 /// Largest control record accepted (control messages are tiny).
 const MAX_CONTROL: u64 = 1 << 20;
 /// Largest pad accepted: a ring's largest capacity (`ZCCL_SHM_RING_BYTES`).
@@ -69,6 +76,13 @@ pub(super) fn encode_record(
     b
 }
 
+/// Marks a data record's header as carrying a streamed payload
+/// ([`STREAMED`]).
+#[inline]
+pub(super) fn mark_streamed(header: &mut [u8; REC_LEN]) {
+    header[FLAGS_AT] = STREAMED;
+}
+
 /// A decoded record header.
 pub(super) struct Record {
     pub(super) kind: u8,
@@ -77,6 +91,8 @@ pub(super) struct Record {
     pub(super) channel: u32,
     pub(super) seq: u64,
     pub(super) len: u64,
+    /// A data record's payload was streamed ([`STREAMED`]).
+    pub(super) streamed: bool,
 }
 
 impl Record {
@@ -90,15 +106,20 @@ impl Record {
     }
 }
 
-/// Decodes and checks a record header: the marker, the reserved bytes, the
+/// Decodes and checks a record header: the marker, the flags and reserved
+/// bytes, the
 /// kind, and the length against `max_message` (data and CMA records),
 /// [`MAX_CONTROL`] (control records) or 0 (goodbyes).
 #[inline]
 pub(super) fn decode_record(b: &[u8; REC_LEN], max_message: u64) -> Result<Record, String> {
     let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
     let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-    if b[0] != REC_MARK || u32_at(12) != 0 {
-        return Err(format!("bad record header {:02x?}", &b[..4]));
+    let flags = b[FLAGS_AT];
+    if b[0] != REC_MARK
+        || b[13..16] != [0; 3]
+        || (flags != 0 && (flags != STREAMED || b[1] != REC_DATA))
+    {
+        return Err(format!("bad record header {:02x?}", &b[..16]));
     }
     let r = Record {
         kind: b[1],
@@ -107,6 +128,7 @@ pub(super) fn decode_record(b: &[u8; REC_LEN], max_message: u64) -> Result<Recor
         channel: u32_at(8),
         seq: u64_at(16),
         len: u64_at(24),
+        streamed: flags == STREAMED,
     };
     match r.kind {
         REC_DATA | REC_CMA if r.len <= max_message => Ok(r),
@@ -249,9 +271,24 @@ mod tests {
             rejected(b, "bad record header");
         }
         // Reserved bytes.
-        for at in [12, 13, 14, 15] {
+        for at in [13, 14, 15] {
             let mut b = good;
             b[at] = 1;
+            rejected(b, "bad record header");
+        }
+        // The flag byte: the one flag, on data records only.
+        for flags in [2, 3, 0x80, 0xff] {
+            let mut b = good;
+            b[FLAGS_AT] = flags;
+            rejected(b, "bad record header");
+        }
+        let mut b = good;
+        mark_streamed(&mut b);
+        assert!(decode_record(&b, 1 << 20).unwrap().streamed);
+        assert!(!decode_record(&good, 1 << 20).unwrap().streamed);
+        for kind in [REC_CONTROL, REC_GOODBYE, REC_CMA, REC_PAD] {
+            let mut b = encode_record(kind, 0, 0, 0, 0, 0);
+            mark_streamed(&mut b);
             rejected(b, "bad record header");
         }
         // Kinds.

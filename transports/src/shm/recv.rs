@@ -695,6 +695,52 @@ fn poll_slot(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> Option<
     Some(true)
 }
 
+/// A polled copy out of the ring of a data payload of the sizes whose
+/// producer writes them as this side asks ([`super::stream_choice`]),
+/// timed: [`Timed::stop`] records how long it took and, when that changes
+/// which kind of payload is faster to copy, asks the producer for the other.
+struct Timed {
+    /// When the copy began, and whether the payload was streamed; `None`
+    /// for a payload of other sizes (not timed).
+    start: Option<(u64, bool)>,
+    len: usize,
+}
+
+impl Timed {
+    #[inline]
+    fn start(rec: &Record) -> Self {
+        let len = rec.len as usize;
+        let start = (rec.kind == REC_DATA && super::stream_choice::adaptive(len))
+            .then(|| (clock::ticks(), rec.streamed));
+        Self { start, len }
+    }
+
+    #[inline]
+    fn stop(self, link: &Link) {
+        let Some((t0, streamed)) = self.start else {
+            return;
+        };
+        let took = clock::ticks().saturating_sub(t0);
+        let mut choice = link
+            .stream_choice
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(stream) = choice.observe(streamed, self.len, took) {
+            link.in_ring.ask_stream(stream);
+            tracing::debug!(
+                peer = link.peer,
+                stream,
+                "shm: payloads of 16-64 KiB from this peer now asked for {}",
+                if stream {
+                    "streamed (faster to copy here)"
+                } else {
+                    "plain (faster to copy here)"
+                }
+            );
+        }
+    }
+}
+
 /// One poll of one link: delivers the record at the tail if it is a whole
 /// small data or control record and nobody else is reading (from the
 /// ring's slot when that holds it, [`poll_slot`]); a data record
@@ -770,8 +816,10 @@ pub(super) fn poll_link(
             }
         }
     } else if let Some(mut c) = ring_zone(link, ctx, &rec) {
+        let timed = Timed::start(&rec);
         // SAFETY: the whole record is published (checked above).
         unsafe { ring.copy_out(tail + REC_LEN as u64, c.dest()) };
+        timed.stop(link);
         ring.consume_to(tail + REC_LEN as u64 + rec.len);
         c.done(true);
         Bytes::new()
@@ -782,7 +830,9 @@ pub(super) fn poll_link(
             small_payload(rec.len as usize, |b| unsafe { ring.copy_out(from, b) })
         } else {
             let mut b = RecvBuf::new(rec.len as usize);
+            let timed = Timed::start(&rec);
             unsafe { ring.copy_out(from, b.as_mut_slice()) };
+            timed.stop(link);
             b.into_bytes()
         };
         ring.consume_to(from + rec.len);
@@ -818,6 +868,50 @@ mod tests {
         // The link is finished for polls too.
         assert_eq!(t1.poll(10, &mut |_, _| panic!("no message")), 0);
         drop(t1);
+    }
+
+    #[test]
+    fn payloads_of_the_adaptive_sizes_go_as_the_consumer_asks_and_both_kinds_get_timed() {
+        use crate::MessageKind;
+        use crate::shm::stream_choice::{EXPLORE_EVERY, KEPT};
+        use crate::shm::testutil::msg;
+        // Through the ring (no CMA), every record taken by a poll.
+        let c = ShmConfig {
+            cma_min_bytes: 0,
+            ..cfg()
+        };
+        let ((t0, _rx0), (t1, _rx1)) = pair(c.clone(), c);
+        t1.ctx.pause_readers.store(true, Ordering::Release);
+        let link = t1.link(0).unwrap();
+        let timed = || link.stream_choice.lock().unwrap().timed();
+        let n = 2 * EXPLORE_EVERY as usize;
+        let mut seq = 0;
+        let mut exchange = |len: usize, count: usize| {
+            for _ in 0..count {
+                let m = msg(MessageKind::Data, seq, len);
+                seq += 1;
+                t0.send(1, m.clone()).unwrap();
+                let mut got = Vec::new();
+                while t1.poll(1, &mut |_, m| got.push(m)) == 0 {}
+                assert!(got.pop().unwrap() == m, "message {seq} of {len} bytes");
+            }
+        };
+        // Asked for nothing yet: plain, but one in EXPLORE_EVERY streamed,
+        // each timed as what it was.
+        exchange(32 << 10, n);
+        assert_eq!(timed(), [n - 2, 2]);
+        // Asked to stream: streamed. (Four: with fewer than KEPT timed,
+        // streaming cannot lose the choice meanwhile, whatever this
+        // machine's times.)
+        const { assert!(2 + 4 < KEPT) };
+        link.in_ring.ask_stream(true);
+        exchange(16 << 10, 4);
+        assert_eq!(timed(), [n - 2, 6]);
+        // Other sizes are neither chosen for nor timed.
+        exchange((16 << 10) - 1, n);
+        exchange(64 << 10, n);
+        assert_eq!(timed(), [n - 2, 6]);
+        t1.ctx.pause_readers.store(false, Ordering::Release);
     }
 
     #[test]

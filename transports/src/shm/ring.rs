@@ -84,6 +84,10 @@ const R_POLLING: usize = 96;
 /// polls for waits at most that long (at most a wait slice if the watcher
 /// was asleep without a lease when it began and nobody woke it).
 const R_LEASE: usize = 104;
+/// Whether the consumer asks for payloads of 16-64 KiB written with stores
+/// that bypass the caches (1) or plain (0): its choice from the times its
+/// copies of each kind took ([`super::stream_choice`]).
+const R_STREAM: usize = 112;
 /// The [`Ring::reader_waiting`] value of a thread asleep in [`Ring::wait`]
 /// (0: none; producers only ask whether it is 0).
 const ASLEEP: u32 = 1;
@@ -130,6 +134,9 @@ pub(super) struct Ring {
     /// 8 B all_reduce: 88 % of the samples of the function that made it),
     /// and the first write after it fetched the line again.
     own_head: AtomicU64,
+    /// Producer side (under the producer lock): payloads of the adaptive
+    /// sizes written so far ([`super::stream_choice::stream_nth`]).
+    adaptive_sent: AtomicU32,
     /// Tests: sleeps in [`Ring::wait`] that ended (a wake-up or the slice).
     #[cfg(test)]
     pub(super) sleeps_ended: AtomicU64,
@@ -154,6 +161,7 @@ impl Ring {
             slice: cfg.wait_slice,
             seen_tail: AtomicU64::new(0),
             own_head: AtomicU64::new(0),
+            adaptive_sent: AtomicU32::new(0),
             #[cfg(test)]
             sleeps_ended: AtomicU64::new(0),
         };
@@ -304,6 +312,26 @@ impl Ring {
             || crate::clock::ticks() < self.lease().load(Ordering::SeqCst)
     }
 
+    /// Consumer side: asks the producer for payloads of the adaptive sizes
+    /// streamed (`true`) or plain ([`R_STREAM`]).
+    pub(super) fn ask_stream(&self, on: bool) {
+        self.seg
+            .u32_at(self.ctl + R_STREAM)
+            .store(u32::from(on), Ordering::Relaxed);
+    }
+
+    /// Producer side, holding the producer lock: whether its next payload
+    /// of the adaptive sizes is streamed: as the consumer asks, but one in
+    /// [`EXPLORE_EVERY`](super::stream_choice::EXPLORE_EVERY) the other
+    /// way, so that the consumer keeps timing both.
+    #[inline]
+    pub(super) fn next_adaptive_streams(&self) -> bool {
+        let asked = self.seg.u32_at(self.ctl + R_STREAM).load(Ordering::Relaxed) != 0;
+        let n = self.adaptive_sent.load(Ordering::Relaxed).wrapping_add(1);
+        self.adaptive_sent.store(n, Ordering::Relaxed);
+        super::stream_choice::stream_nth(n, asked)
+    }
+
     /// Consumer side: promises to look at the ring before `until`
     /// ([`clock::ticks`](crate::clock::ticks)) without being woken ([`R_LEASE`]). Nobody is woken
     /// for it: the caller wakes the lease watcher if the lease had run out
@@ -447,7 +475,9 @@ impl Ring {
     /// `recv.rs`). Otherwise it streams through the ring, waiting for
     /// space, [`STREAM_PIECE`] at a time. The payload's stores bypass the
     /// caches from [`STREAM_SHARED_MIN`](crate::copy::STREAM_SHARED_MIN)
-    /// ([`copy_raw_shared`](crate::copy::copy_raw_shared)).
+    /// ([`copy_raw_shared`](crate::copy::copy_raw_shared)), or whatever its
+    /// size if `stream` (a payload of the adaptive sizes the consumer gets
+    /// streamed, [`Ring::next_adaptive_streams`]).
     #[inline]
     pub(super) fn write_record(
         &self,
@@ -455,15 +485,21 @@ impl Ring {
         payload: &[u8],
         stop: &AtomicBool,
         pollable: bool,
+        stream: bool,
     ) -> Result<(), RingStop> {
         let total = (header.len() + payload.len()) as u64;
         if self.has_room(total) {
             let head = self.produced();
+            let from = if stream {
+                0
+            } else {
+                crate::copy::STREAM_SHARED_MIN
+            };
             // SAFETY: `total` bytes from `head` are free (the consumer only
             // frees more meanwhile), and only the producer writes them.
             unsafe {
                 self.copy_in(head, header);
-                self.copy_in_shared(head + header.len() as u64, payload);
+                self.copy_in_as(head + header.len() as u64, payload, Some(from));
             }
             if pollable {
                 self.fill_slot(head, header, payload);
@@ -533,7 +569,7 @@ impl Ring {
     #[inline]
     unsafe fn copy_in(&self, pos: u64, buf: &[u8]) {
         // SAFETY: the caller's contract.
-        unsafe { self.copy_in_as::<false>(pos, buf) }
+        unsafe { self.copy_in_as(pos, buf, None) }
     }
 
     /// Producer: copies `buf` into the ring at position `pos`, as
@@ -546,30 +582,39 @@ impl Ring {
     #[inline]
     unsafe fn copy_in_shared(&self, pos: u64, buf: &[u8]) {
         // SAFETY: the caller's contract.
-        unsafe { self.copy_in_as::<true>(pos, buf) }
+        unsafe { self.copy_in_as(pos, buf, Some(crate::copy::STREAM_SHARED_MIN)) }
     }
 
-    /// [`Ring::copy_in`] (`SHARED` false) or [`Ring::copy_in_shared`]: the
-    /// bytes up to the end of the data area, then the rest from its start.
+    /// [`Ring::copy_in`] (`stream_from` `None`) or, streaming pieces from
+    /// `stream_from` bytes, [`Ring::copy_in_shared`]: the bytes up to the
+    /// end of the data area, then the rest from its start.
     ///
     /// # Safety
     /// As [`Ring::copy_in`].
     #[inline]
-    unsafe fn copy_in_as<const SHARED: bool>(&self, pos: u64, buf: &[u8]) {
+    unsafe fn copy_in_as(&self, pos: u64, buf: &[u8], stream_from: Option<usize>) {
         let n = buf.len();
         debug_assert!(n as u64 <= self.cap);
         let idx = (pos % self.cap) as usize;
         let first = n.min(self.cap as usize - idx);
-        let copy = if SHARED {
-            crate::copy::copy_raw_shared
-        } else {
-            crate::copy::copy_raw
-        };
         // SAFETY: [idx, idx + first) and [0, n - first) lie in the data area
         // (the caller's contract makes them free).
         unsafe {
-            copy(self.data.add(idx), buf.as_ptr(), first);
-            copy(self.data, buf.as_ptr().add(first), n - first);
+            match stream_from {
+                None => {
+                    crate::copy::copy_raw(self.data.add(idx), buf.as_ptr(), first);
+                    crate::copy::copy_raw(self.data, buf.as_ptr().add(first), n - first);
+                }
+                Some(min) => {
+                    crate::copy::copy_raw_shared_from(self.data.add(idx), buf.as_ptr(), first, min);
+                    crate::copy::copy_raw_shared_from(
+                        self.data,
+                        buf.as_ptr().add(first),
+                        n - first,
+                        min,
+                    );
+                }
+            }
         }
     }
 
@@ -765,8 +810,14 @@ mod tests {
         let (p, c) = rings(&ShmConfig::default());
         let go = AtomicBool::new(false);
         let seen = |r: &Ring| r.seen_tail.load(Ordering::Relaxed);
-        p.write_record(&bytes(32, 1), &bytes(CAP as usize - 1000, 2), &go, true)
-            .unwrap();
+        p.write_record(
+            &bytes(32, 1),
+            &bytes(CAP as usize - 1000, 2),
+            &go,
+            true,
+            false,
+        )
+        .unwrap();
         assert_eq!(
             read(&c, CAP as usize - 968),
             [bytes(32, 1), bytes(CAP as usize - 1000, 2)].concat()
@@ -781,7 +832,7 @@ mod tests {
         // No room whatever the tail says.
         assert!(!p.has_room(CAP + 1));
         // A small record into the room seen, whole and in order.
-        p.write_record(&bytes(32, 3), &bytes(8, 4), &go, true)
+        p.write_record(&bytes(32, 3), &bytes(8, 4), &go, true, false)
             .unwrap();
         assert_eq!(read(&c, 40), [bytes(32, 3), bytes(8, 4)].concat());
         assert_eq!(seen(&p), CAP - 968, "not read for it");
@@ -807,7 +858,7 @@ mod tests {
         let producer = {
             let (p, header, payload) = (p.clone(), header.clone(), payload.clone());
             std::thread::spawn(move || {
-                p.write_record(&header, &payload, &AtomicBool::new(false), false)
+                p.write_record(&header, &payload, &AtomicBool::new(false), false, false)
             })
         };
         // The producer fills the empty ring (all of it free) before the
@@ -949,7 +1000,7 @@ mod tests {
         let (header, payload) = (bytes(32, 8), bytes(100, 9));
         // Whole: one publication (one notification) of header and payload.
         let seq = c.data_seq().load(Ordering::SeqCst);
-        p.write_record(&header, &payload, &go, true).unwrap();
+        p.write_record(&header, &payload, &go, true, false).unwrap();
         assert_eq!(c.data_seq().load(Ordering::SeqCst), seq + 1);
         assert_eq!(c.readable().unwrap(), 132);
         // What a poll does with it: copy out, then consume it at once.
@@ -966,7 +1017,8 @@ mod tests {
         // Not pollable, with room: whole too (the reader thread finds it
         // whole and can copy it straight into its receive's buffer).
         let seq = c.data_seq().load(Ordering::SeqCst);
-        p.write_record(&header, &payload, &go, false).unwrap();
+        p.write_record(&header, &payload, &go, false, false)
+            .unwrap();
         assert_eq!(c.data_seq().load(Ordering::SeqCst), seq + 1);
         assert_eq!(c.readable().unwrap(), 132);
         assert_eq!(read(&c, 132), [header.clone(), payload.clone()].concat());
@@ -977,7 +1029,9 @@ mod tests {
         let big = bytes(200, 11);
         let producer = {
             let (p, header, big) = (p.clone(), header.clone(), big.clone());
-            std::thread::spawn(move || p.write_record(&header, &big, &AtomicBool::new(false), true))
+            std::thread::spawn(move || {
+                p.write_record(&header, &big, &AtomicBool::new(false), true, false)
+            })
         };
         let until = Instant::now() + Duration::from_secs(10);
         while c.readable().unwrap() < CAP {
@@ -1035,12 +1089,12 @@ mod tests {
     fn the_producer_keeps_its_own_head() {
         let go = AtomicBool::new(false);
         let (p, c) = rings(&ShmConfig::default());
-        p.write_record(&bytes(24, 1), &bytes(8, 2), &go, true)
+        p.write_record(&bytes(24, 1), &bytes(8, 2), &go, true, false)
             .unwrap();
         assert_eq!(p.head().load(Ordering::Relaxed), 32);
         p.head().store(CAP + 999, Ordering::Release);
         assert_eq!(p.free(), CAP - 32);
-        p.write_record(&bytes(24, 3), &bytes(40, 4), &go, true)
+        p.write_record(&bytes(24, 3), &bytes(40, 4), &go, true, false)
             .unwrap();
         assert_eq!(p.head().load(Ordering::Relaxed), 96);
         let want = [bytes(24, 1), bytes(8, 2), bytes(24, 3), bytes(40, 4)].concat();
@@ -1093,7 +1147,7 @@ mod tests {
                 len as u64,
             );
             let payload = bytes(len, len as u8);
-            p.write_record(&h, &payload, &go, true).unwrap();
+            p.write_record(&h, &payload, &go, true, false).unwrap();
             let (hb, pb) = c.slot_record(pos).expect("in the slot");
             assert_eq!(hb, h, "{len} B: header");
             assert_eq!(pb[..len], payload[..], "{len} B: payload");
@@ -1106,21 +1160,21 @@ mod tests {
         }
         // 17 bytes: not in the slot, which still holds the last one.
         let h = encode_record(REC_CONTROL, 0, 1, 2, 3, 17);
-        p.write_record(&h, &bytes(17, 9), &go, true).unwrap();
+        p.write_record(&h, &bytes(17, 9), &go, true, false).unwrap();
         assert!(c.slot_record(pos).is_none());
         assert!(c.slot_record(pos - (REC_LEN + 16) as u64).is_some());
         assert_eq!(read(&c, REC_LEN + 17), [h.to_vec(), bytes(17, 9)].concat());
         pos += (REC_LEN + 17) as u64;
         // Not pollable (streamed): not in the slot.
         let h = encode_record(REC_DATA, 0, 1, 2, 4, 8);
-        p.write_record(&h, &bytes(8, 1), &go, false).unwrap();
+        p.write_record(&h, &bytes(8, 1), &go, false, false).unwrap();
         assert!(c.slot_record(pos).is_none());
         assert_eq!(read(&c, REC_LEN + 8), [h.to_vec(), bytes(8, 1)].concat());
         pos += (REC_LEN + 8) as u64;
         // While the producer rewrites the slot (its tag 0), or once it has
         // rewritten it for a later record, the slot has no record at `pos`.
         let h = encode_record(REC_DATA, 0, 1, 2, 5, 8);
-        p.write_record(&h, &bytes(8, 2), &go, true).unwrap();
+        p.write_record(&h, &bytes(8, 2), &go, true, false).unwrap();
         assert!(c.slot_record(pos).is_some());
         p.slot(0).store(0, Ordering::Relaxed);
         assert!(c.slot_record(pos).is_none());
@@ -1149,6 +1203,7 @@ mod tests {
             (R_CMA_DONE, 8),
             (R_POLLING, 4),
             (R_LEASE, 8),
+            (R_STREAM, 4),
         ];
         for &(off, len) in &producer_line {
             assert!(off.is_multiple_of(len.min(8)) && off + len <= 64, "{off}");

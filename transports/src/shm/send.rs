@@ -13,9 +13,10 @@ use super::config::{POLL_MAX_CMA_BYTES, POLL_MAX_PAYLOAD};
 use super::link::{Ctx, Link, Out, lock};
 use super::record::{
     CMA_EXT, CmaExt, REC_CMA, REC_CONTROL, REC_DATA, REC_GOODBYE, REC_LEN, REC_PAD, encode_cma,
-    encode_record,
+    encode_record, mark_streamed,
 };
 use super::ring::{Ring, RingStop};
+use super::stream_choice::adaptive;
 use crate::{CloseReason, Message, MessageKind};
 
 /// Writes one message record into the link's out ring, counting data
@@ -38,7 +39,7 @@ fn write_copy(ring: &Ring, m: &Message, stop: &AtomicBool) -> Result<(), RingSto
         MessageKind::Data => REC_DATA,
         MessageKind::Control => REC_CONTROL,
     };
-    let rec = encode_record(
+    let mut rec = encode_record(
         kind,
         m.dtype,
         m.comm,
@@ -54,7 +55,14 @@ fn write_copy(ring: &Ring, m: &Message, stop: &AtomicBool) -> Result<(), RingSto
         ring.write_after_gap(&pad, gap, &rec, &m.payload);
         return Ok(());
     }
-    ring.write_record(&rec, &m.payload, stop, pollable)
+    // A payload of the sizes whose reader chooses how they are written
+    // (`stream_choice.rs`): as it asks, and marked if streamed, so that it
+    // can time each kind.
+    let stream = kind == REC_DATA && adaptive(m.payload.len()) && ring.next_adaptive_streams();
+    if stream {
+        mark_streamed(&mut rec);
+    }
+    ring.write_record(&rec, &m.payload, stop, pollable, stream)
 }
 
 /// A CMA record: the payload stays where it is, kept alive until the peer

@@ -282,6 +282,7 @@ impl ShmTransport {
                 consumer: Mutex::new(()),
                 reader_gone: AtomicBool::new(false),
                 cma_seen: AtomicU64::new(0),
+                stream_choice: Default::default(),
                 deferred_at: AtomicU64::new(0),
                 deferred_until: AtomicU64::new(0),
                 backlog: AtomicUsize::new(0),
