@@ -730,11 +730,12 @@ impl Timed {
             tracing::debug!(
                 peer = link.peer,
                 stream,
-                "shm: payloads of 16-64 KiB from this peer now asked for {}",
+                "shm: rank {} now asked to write its 16-64 KiB payloads {}",
+                link.peer,
                 if stream {
-                    "streamed (faster to copy here)"
+                    "streamed past the caches (those copied out faster here)"
                 } else {
-                    "plain (faster to copy here)"
+                    "with plain stores (those copied out faster here)"
                 }
             );
         }

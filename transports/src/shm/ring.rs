@@ -456,14 +456,14 @@ impl Ring {
     /// Producer: copies `buf` into the ring, waiting for space as needed.
     #[inline]
     pub(super) fn write_all(&self, buf: &[u8], stop: &AtomicBool) -> Result<(), RingStop> {
-        self.write_inner(buf, stop, false, false)
+        self.write_inner(buf, stop, false, None)
     }
 
     /// Producer: writes one whole record a poll can take (a small data or
     /// control message), see [`Ring::notify_data`].
     #[inline]
     pub(super) fn write_pollable(&self, buf: &[u8], stop: &AtomicBool) -> Result<(), RingStop> {
-        self.write_inner(buf, stop, true, false)
+        self.write_inner(buf, stop, true, None)
     }
 
     /// Producer: writes a record made of a header and a payload. When the
@@ -488,13 +488,13 @@ impl Ring {
         stream: bool,
     ) -> Result<(), RingStop> {
         let total = (header.len() + payload.len()) as u64;
+        let from = if stream {
+            0
+        } else {
+            crate::copy::STREAM_SHARED_MIN
+        };
         if self.has_room(total) {
             let head = self.produced();
-            let from = if stream {
-                0
-            } else {
-                crate::copy::STREAM_SHARED_MIN
-            };
             // SAFETY: `total` bytes from `head` are free (the consumer only
             // frees more meanwhile), and only the producer writes them.
             unsafe {
@@ -509,7 +509,7 @@ impl Ring {
             return Ok(());
         }
         self.write_all(header, stop)?;
-        self.write_inner(payload, stop, false, true)
+        self.write_inner(payload, stop, false, Some(from))
     }
 
     /// Producer, holding the producer lock: when the ring is empty and its
@@ -572,22 +572,12 @@ impl Ring {
         unsafe { self.copy_in_as(pos, buf, None) }
     }
 
-    /// Producer: copies `buf` into the ring at position `pos`, as
-    /// [`Ring::copy_in`], with stores that bypass the caches from
-    /// [`STREAM_SHARED_MIN`](crate::copy::STREAM_SHARED_MIN) (the peer's
-    /// core reads these bytes, not this one).
-    ///
-    /// # Safety
-    /// As [`Ring::copy_in`].
-    #[inline]
-    unsafe fn copy_in_shared(&self, pos: u64, buf: &[u8]) {
-        // SAFETY: the caller's contract.
-        unsafe { self.copy_in_as(pos, buf, Some(crate::copy::STREAM_SHARED_MIN)) }
-    }
-
-    /// [`Ring::copy_in`] (`stream_from` `None`) or, streaming pieces from
-    /// `stream_from` bytes, [`Ring::copy_in_shared`]: the bytes up to the
-    /// end of the data area, then the rest from its start.
+    /// Producer: copies `buf` into the ring at position `pos`, the bytes up
+    /// to the end of the data area, then the rest from its start: with
+    /// plain stores ([`Ring::copy_in`], `stream_from` `None`), or as bytes
+    /// the peer's core reads next, not this one, with stores that bypass
+    /// the caches for each part of at least `stream_from` bytes
+    /// ([`copy_raw_shared_from`](crate::copy::copy_raw_shared_from)).
     ///
     /// # Safety
     /// As [`Ring::copy_in`].
@@ -620,15 +610,15 @@ impl Ring {
 
     /// Producer: copies `buf` into the ring as space frees up, publishing
     /// each piece: all the free space at a time, or, for a payload
-    /// (`payload`), at most [`STREAM_PIECE`] with the stores of
-    /// [`Ring::copy_in_shared`], so that the consumer copies one piece out
-    /// while the next goes in.
+    /// (`payload`: the size from which its stores bypass the caches, as
+    /// [`Ring::copy_in_as`]'s `stream_from`), at most [`STREAM_PIECE`], so
+    /// that the consumer copies one piece out while the next goes in.
     fn write_inner(
         &self,
         mut buf: &[u8],
         stop: &AtomicBool,
         small: bool,
-        payload: bool,
+        payload: Option<usize>,
     ) -> Result<(), RingStop> {
         let cap = self.cap;
         let mut head = self.produced();
@@ -644,18 +634,12 @@ impl Ring {
                 Ok((free > 0).then_some(free))
             })?;
             let mut n = (free as usize).min(buf.len());
-            if payload {
+            if payload.is_some() {
                 n = n.min(STREAM_PIECE);
             }
             // SAFETY: `n` bytes from `head` are free (the wait above), and
             // the consumer does not read them until `head` moves.
-            unsafe {
-                if payload {
-                    self.copy_in_shared(head, &buf[..n]);
-                } else {
-                    self.copy_in(head, &buf[..n]);
-                }
-            }
+            unsafe { self.copy_in_as(head, &buf[..n], payload) };
             head += n as u64;
             self.publish(head);
             self.notify_data(small);
@@ -874,6 +858,39 @@ mod tests {
         assert_eq!(publications, 1 + pieces, "the header and {pieces} pieces");
         assert_eq!(read(&c, 32), header);
         assert!(read(&c, payload.len()) == payload, "bytes differ");
+        producer.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_streamed_payload_comes_out_as_it_went_in_whole_or_in_pieces() {
+        // A 40 KiB payload written streamed (the consumer asked for it):
+        // once with room, once into a ring too full for it (pieces), each
+        // straddling the end of the data area.
+        const SMALL: u64 = 64 << 10;
+        let seg = Segment::anonymous(HEADER + 2 * SMALL as usize);
+        let cfg = ShmConfig::default();
+        let p = Arc::new(Ring::new(seg.clone(), 0, SMALL, &cfg));
+        let c = Ring::new(seg, 0, SMALL, &cfg);
+        let go = AtomicBool::new(false);
+        let (header, payload) = (bytes(32, 1), bytes(40 << 10, 2));
+        p.write_all(&bytes(50_000, 3), &go).unwrap();
+        assert_eq!(read(&c, 50_000), bytes(50_000, 3));
+        assert!(p.has_room(32 + payload.len() as u64));
+        p.write_record(&header, &payload, &go, true, true).unwrap();
+        assert_eq!(read(&c, 32), header);
+        assert!(read(&c, payload.len()) == payload, "bytes differ (whole)");
+        // 30 KiB left unread: no room for the record at once.
+        p.write_all(&bytes(30 << 10, 4), &go).unwrap();
+        assert!(!p.has_room(32 + payload.len() as u64));
+        let producer = {
+            let (p, header, payload) = (p.clone(), header.clone(), payload.clone());
+            std::thread::spawn(move || {
+                p.write_record(&header, &payload, &AtomicBool::new(false), true, true)
+            })
+        };
+        assert_eq!(read(&c, 30 << 10), bytes(30 << 10, 4));
+        assert_eq!(read(&c, 32), header);
+        assert!(read(&c, payload.len()) == payload, "bytes differ (pieces)");
         producer.join().unwrap().unwrap();
     }
 
