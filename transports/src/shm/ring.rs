@@ -765,9 +765,14 @@ mod tests {
 
     /// The producer's and the consumer's view of ring 0 of a fresh segment.
     fn rings(cfg: &ShmConfig) -> (Arc<Ring>, Arc<Ring>) {
-        let seg = Segment::anonymous(HEADER + 2 * CAP as usize);
-        let producer = Arc::new(Ring::new(seg.clone(), 0, CAP, cfg));
-        let consumer = Arc::new(Ring::new(seg, 0, CAP, cfg));
+        rings_of(CAP, cfg)
+    }
+
+    /// [`rings`] of `cap` bytes.
+    fn rings_of(cap: u64, cfg: &ShmConfig) -> (Arc<Ring>, Arc<Ring>) {
+        let seg = Segment::anonymous(HEADER + 2 * cap as usize);
+        let producer = Arc::new(Ring::new(seg.clone(), 0, cap, cfg));
+        let consumer = Arc::new(Ring::new(seg, 0, cap, cfg));
         (producer, consumer)
     }
 
@@ -829,10 +834,7 @@ mod tests {
     #[test]
     fn a_payload_larger_than_the_ring_streams_through_in_pieces() {
         const BIG: u64 = 1 << 20;
-        let seg = Segment::anonymous(HEADER + 2 * BIG as usize);
-        let cfg = ShmConfig::default();
-        let p = Arc::new(Ring::new(seg.clone(), 0, BIG, &cfg));
-        let c = Ring::new(seg, 0, BIG, &cfg);
+        let (p, c) = rings_of(BIG, &ShmConfig::default());
         // Off the start, so that pieces straddle the end of the data area.
         p.write_all(&bytes(1000, 1), &AtomicBool::new(false))
             .unwrap();
@@ -866,11 +868,7 @@ mod tests {
         // A 40 KiB payload written streamed (the consumer asked for it):
         // once with room, once into a ring too full for it (pieces), each
         // straddling the end of the data area.
-        const SMALL: u64 = 64 << 10;
-        let seg = Segment::anonymous(HEADER + 2 * SMALL as usize);
-        let cfg = ShmConfig::default();
-        let p = Arc::new(Ring::new(seg.clone(), 0, SMALL, &cfg));
-        let c = Ring::new(seg, 0, SMALL, &cfg);
+        let (p, c) = rings_of(64 << 10, &ShmConfig::default());
         let go = AtomicBool::new(false);
         let (header, payload) = (bytes(32, 1), bytes(40 << 10, 2));
         p.write_all(&bytes(50_000, 3), &go).unwrap();
