@@ -599,7 +599,9 @@ impl Comm {
         let mut posted = Vec::with_capacity(checked.len());
         for (is_send, span, peer, ch, tag, what, label) in checked {
             let desc = format!("rank {me}: {what} rank {peer} (tag {tag}, {} B)", span.len);
-            let chan = self.sh.comm.channel(ch).with_label(label);
+            // torch's isend/irecv: a send is not held back behind a
+            // receive from another peer (Gloo's and MPI's semantics).
+            let chan = self.sh.comm.channel(ch).with_label(label).peerwise();
             // SAFETY: the Work holds `keep` (the tensors) until the handles
             // are done or dropped (their drop waits for / takes back the
             // memory), and the Python side does not touch them meanwhile.

@@ -698,7 +698,7 @@ fn receives_into_the_callers_buffer() {
             // ranks: both ranks mismatch here, and the one that finds it
             // second may already have the other's disagreement); the buffer
             // is not written. Each on a channel of its own.
-            let ch = c.channel(5);
+            let ch = c.channel(5).peerwise();
             let mut d = vec![7u8; 10];
             let rd = unsafe { ch.irecv_into(peer, &mut d) }.unwrap();
             let sd = ch.isend(peer, vec![1u8; 12]).unwrap();
@@ -873,5 +873,47 @@ fn a_small_receive_into_memory_is_copied_in_by_its_wait_or_its_drop_and_never_af
             out.iter().all(|&(c, e, n)| c && e && n),
             "shm disabled={shm}: {out:?}"
         );
+    }
+}
+
+/// torch.distributed's pairwise exchange with receives posted first: every
+/// rank posts its receives from `r - 1` and `r - 2`, then waits for its
+/// send to `r + 1` before it issues the one to `r + 2`. On a channel whose
+/// ops complete in issue order the first send waits behind the receive
+/// from `r - 2`, whose sender waits likewise: nothing completes before the
+/// timeout. A peerwise channel (the Python backend's point-to-point ops)
+/// keeps order per peer and direction only.
+#[test]
+fn a_peerwise_channel_does_not_hold_a_send_behind_receives_from_other_peers() {
+    let out = job(4, &[("ZCCL_TIMEOUT", "10")], |c| {
+        let (r, n) = (c.rank(), c.size());
+        let ch = c.channel(5).peerwise();
+        let t = Instant::now();
+        let q1 = ch.irecv::<u8>((r + n - 1) % n, 8).unwrap();
+        let q2 = ch.irecv::<u8>((r + n - 2) % n, 8).unwrap();
+        ch.isend((r + 1) % n, vec![r as u8; 8])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let s2 = ch.isend((r + 2) % n, vec![r as u8 + 10; 8]).unwrap();
+        let a = q1.wait().unwrap().into_vec();
+        let b = q2.wait().unwrap().into_vec();
+        s2.wait().unwrap();
+        // Messages from one peer still complete in the order posted.
+        let (x, y) = (
+            ch.irecv::<u8>((r + n - 1) % n, 1).unwrap(),
+            ch.irecv::<u8>((r + n - 1) % n, 1).unwrap(),
+        );
+        ch.isend((r + 1) % n, vec![1u8]).unwrap().wait().unwrap();
+        ch.isend((r + 1) % n, vec![2u8]).unwrap().wait().unwrap();
+        let order = (x.wait().unwrap().into_vec(), y.wait().unwrap().into_vec());
+        (a, b, order, t.elapsed())
+    });
+    for (r, (a, b, order, took)) in out.into_iter().enumerate() {
+        let r = r as u32;
+        assert_eq!(a, vec![((r + 3) % 4) as u8; 8]);
+        assert_eq!(b, vec![((r + 2) % 4) as u8 + 10; 8]);
+        assert_eq!(order, (vec![1u8], vec![2u8]));
+        assert!(took < Duration::from_secs(5), "rank {r} took {took:?}");
     }
 }

@@ -523,6 +523,26 @@ def p2p_tags_out_of_order():
     return ok1 and ok2, f"tag 11: {d1}; tag 12: {d2}"
 
 
+def p2p_pairwise_receives_first(n):
+    """A pairwise exchange as torch code writes it: every receive posted
+    first, then each send waited before the next one is issued. Gloo and
+    MPI complete it; a backend that held a send back behind the receives
+    from other peers would wait for its timeout on every rank."""
+    if W == 1:
+        return True, "single rank"
+    got = [torch.zeros(n) for _ in range(W)]
+    recvs = [dist.irecv(got[s], (R - s) % W, tag=21) for s in range(1, W)]
+    for s in range(1, W):
+        dist.isend(p2p_payload(R, (R + s) % W, n, tag=21), (R + s) % W, tag=21).wait()
+    for q in recvs:
+        q.wait()
+    for s in range(1, W):
+        ok, d = compare(got[s], p2p_payload((R - s) % W, R, n, tag=21), None)
+        if not ok:
+            return False, f"from rank {(R - s) % W}: {d}"
+    return True, f"{W - 1} peers bit-equal"
+
+
 def p2p_negative_tag():
     """A negative tag is refused naming the tag (Gloo: "Tag must be
     nonnegative"), on this rank only; the group stays usable."""
@@ -899,6 +919,8 @@ for dt in (torch.float32, torch.int64, torch.bfloat16):
         C.run(f"p2p.isend_irecv.{dname(dt)}.n{n}", p2p_isend_irecv, n, dt)
 C.run("p2p.tags_out_of_order", p2p_tags_out_of_order)
 C.run("p2p.negative_tag", p2p_negative_tag)
+for n in (1, BIG // 4):
+    C.run(f"p2p.pairwise_receives_first.n{n}", p2p_pairwise_receives_first, n)
 for dt in (torch.float32, torch.int64, torch.bfloat16):
     for n in (1, 100003):
         C.run(f"batch_isend_irecv.{dname(dt)}.n{n}", batch_case, n, dt)

@@ -178,6 +178,9 @@ pub struct Channel {
     label: Option<DType>,
     /// The operation label ops carry (see [`Channel::with_op`]).
     op: OpLabel,
+    /// Completions in order per peer and direction only (see
+    /// [`Channel::peerwise`]).
+    peerwise: bool,
 }
 
 impl std::fmt::Debug for Channel {
@@ -201,6 +204,7 @@ impl Channel {
             service,
             label: None,
             op: OpLabel::NONE,
+            peerwise: false,
         }
     }
 
@@ -244,6 +248,34 @@ impl Channel {
     /// ```
     pub fn with_label(mut self, dtype: DType) -> Self {
         self.label = Some(dtype);
+        self
+    }
+
+    /// The same channel, with the completions of the ops issued through it
+    /// kept in order per peer and direction only (MPI's and
+    /// torch.distributed's `isend`/`irecv`), not across the channel: a
+    /// send's handle is not held back behind an earlier receive from
+    /// another peer, nor a receive behind a send. By default a channel's
+    /// ops complete in the order they were issued, which makes a rank that
+    /// waits for a send posted after receives from other peers wait for
+    /// those receives first: with every rank doing so (receives from
+    /// `r - 1` and `r - 2` posted, then a send to `r + 1` waited before the
+    /// send to `r + 2` is issued), none completes before the timeout.
+    /// Messages still match per peer in the order posted.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let ch = comm.channel(9).peerwise();
+    /// // A receive posted first does not hold the send's completion back.
+    /// let r = ch.irecv::<u8>(0, 4).unwrap();
+    /// ch.isend(0, vec![1u8; 4]).unwrap().wait().unwrap();
+    /// assert_eq!(r.wait().unwrap().into_vec(), vec![1u8; 4]);
+    /// ```
+    pub fn peerwise(mut self) -> Self {
+        self.peerwise = true;
         self
     }
 
@@ -398,8 +430,12 @@ impl Channel {
         } else {
             seqs.recv.take(peer)
         };
-        let index = seqs.index;
-        seqs.index += 1;
+        let index = if self.peerwise {
+            engine::lane_index(peer, kind, seq)
+        } else {
+            seqs.index += 1;
+            seqs.index - 1
+        };
         let peer = self.inner.members[peer as usize];
         let comm = how.comm;
         let desc = OpDesc {

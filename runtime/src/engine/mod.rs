@@ -113,6 +113,25 @@ type Key = (u32, u32, u32, u64); // (comm, channel, peer, seq)
 /// An ordered stream of ops: (comm, channel).
 type Stream = (u32, u32);
 
+/// Bits of an op's index below its completion lane (see [`lane_index`]).
+const LANE_SHIFT: u32 = 40;
+
+/// The index of the `seq`th op of `kind` with `peer` (the peer's index in
+/// its communicator) on a channel whose completions keep their order per
+/// peer and direction only, not across the channel
+/// ([`Channel::peerwise`](crate::communicator::Channel::peerwise)): a lane
+/// of its own for each peer and direction above [`LANE_SHIFT`], the
+/// sequence number below. Lane 0 is the channel's own order (indexes below
+/// 2^40).
+///
+/// ```text
+/// lane = 1 + 2 * peer + (1 if a receive)
+/// ```
+pub(crate) fn lane_index(peer: u32, kind: OpKind, seq: u64) -> u64 {
+    let lane = 1 + 2 * u64::from(peer) + u64::from(kind == OpKind::Recv);
+    (lane << LANE_SHIFT) | (seq & ((1 << LANE_SHIFT) - 1))
+}
+
 /// How long a failing engine lets its goodbyes drain before failing handles.
 const CLOSE_NOTICE: Duration = Duration::from_millis(500);
 
@@ -190,7 +209,9 @@ pub(crate) struct Engine {
     /// next look finds nothing due and tightens it ([`Engine::expire_at`]),
     /// so issuing and completing an op cost no map of deadlines.
     earliest: Option<Instant>,
-    order: HashMap<Stream, ChannelOrder>,
+    /// Completion order of each stream's lanes ([`lane_index`]; lane 0:
+    /// the whole channel's).
+    order: HashMap<(Stream, u64), ChannelOrder>,
     failure: Option<Failure>,
     closed_peers: HashSet<u32>,
     local: VecDeque<Message>,
@@ -366,9 +387,11 @@ impl Engine {
         }
     }
 
-    /// Records an op's outcome and releases completions in channel order.
+    /// Records an op's outcome and releases completions in channel order
+    /// (in lane order on a peerwise channel, [`lane_index`]).
     fn finish(&mut self, stream: Stream, index: u64, slot: Arc<Slot>, outcome: Outcome) {
-        let ord = self.order.entry(stream).or_default();
+        let (lane, index) = (index >> LANE_SHIFT, index & ((1 << LANE_SHIFT) - 1));
+        let ord = self.order.entry((stream, lane)).or_default();
         if index == ord.next && ord.ready.is_empty() {
             // In order, nothing held back (the common case): no map.
             slot.complete(outcome);
