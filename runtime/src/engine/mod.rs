@@ -125,10 +125,14 @@ const LANE_SHIFT: u32 = 40;
 /// 2^40).
 ///
 /// ```text
-/// lane = 1 + 2 * peer + (1 if a receive)
+/// lane = 1 + 2 * peer + (1 if a receive), in 24 bits
 /// ```
+///
+/// Peers from 2^23 - 1 up share lanes with lower ones (their completions then
+/// keep a common order, never a wrong one).
 pub(crate) fn lane_index(peer: u32, kind: OpKind, seq: u64) -> u64 {
-    let lane = 1 + 2 * u64::from(peer) + u64::from(kind == OpKind::Recv);
+    let lane = (1 + 2 * u64::from(peer) + u64::from(kind == OpKind::Recv)) & ((1 << 24) - 1);
+    let lane = lane.max(1);
     (lane << LANE_SHIFT) | (seq & ((1 << LANE_SHIFT) - 1))
 }
 
