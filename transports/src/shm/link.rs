@@ -132,6 +132,19 @@ pub(super) fn poll_cma_alone(crowded: bool) -> std::ops::RangeInclusive<u64> {
     }
 }
 
+/// Drops the payloads of `live` the peers have copied (what a poll does
+/// before it looks at the rings: peers do not wake the reader thread for
+/// their releases while this rank polls). An impossible count is left to
+/// the reader thread, which reports it.
+#[inline]
+pub(super) fn reap_released(live: &[Arc<Link>]) {
+    for l in live {
+        if l.release_pending() && l.reap().is_err() {
+            l.in_ring.notify_reader();
+        }
+    }
+}
+
 #[inline]
 pub(super) fn lock(m: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
     // The mutexes guard no data: a panic elsewhere leaves nothing broken.

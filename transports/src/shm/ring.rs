@@ -499,7 +499,7 @@ impl Ring {
             // frees more meanwhile), and only the producer writes them.
             unsafe {
                 self.copy_in(head, header);
-                self.copy_in_as(head + header.len() as u64, payload, Some(from));
+                self.copy_in_as(head + header.len() as u64, payload, from);
             }
             if pollable {
                 self.fill_slot(head, header, payload);
@@ -569,20 +569,20 @@ impl Ring {
     #[inline]
     unsafe fn copy_in(&self, pos: u64, buf: &[u8]) {
         // SAFETY: the caller's contract.
-        unsafe { self.copy_in_as(pos, buf, None) }
+        unsafe { self.copy_in_as(pos, buf, usize::MAX) }
     }
 
     /// Producer: copies `buf` into the ring at position `pos`, the bytes up
     /// to the end of the data area, then the rest from its start: with
-    /// plain stores ([`Ring::copy_in`], `stream_from` `None`), or as bytes
-    /// the peer's core reads next, not this one, with stores that bypass
-    /// the caches for each part of at least `stream_from` bytes
-    /// ([`copy_raw_shared_from`](crate::copy::copy_raw_shared_from)).
+    /// stores that bypass the caches for each part of at least
+    /// `stream_from` bytes, as bytes the peer's core reads next, not this
+    /// one ([`copy_raw_shared_from`](crate::copy::copy_raw_shared_from)),
+    /// plain stores below (all of them with `usize::MAX`, [`Ring::copy_in`]).
     ///
     /// # Safety
     /// As [`Ring::copy_in`].
     #[inline]
-    unsafe fn copy_in_as(&self, pos: u64, buf: &[u8], stream_from: Option<usize>) {
+    unsafe fn copy_in_as(&self, pos: u64, buf: &[u8], stream_from: usize) {
         let n = buf.len();
         debug_assert!(n as u64 <= self.cap);
         let idx = (pos % self.cap) as usize;
@@ -590,21 +590,10 @@ impl Ring {
         // SAFETY: [idx, idx + first) and [0, n - first) lie in the data area
         // (the caller's contract makes them free).
         unsafe {
-            match stream_from {
-                None => {
-                    crate::copy::copy_raw(self.data.add(idx), buf.as_ptr(), first);
-                    crate::copy::copy_raw(self.data, buf.as_ptr().add(first), n - first);
-                }
-                Some(min) => {
-                    crate::copy::copy_raw_shared_from(self.data.add(idx), buf.as_ptr(), first, min);
-                    crate::copy::copy_raw_shared_from(
-                        self.data,
-                        buf.as_ptr().add(first),
-                        n - first,
-                        min,
-                    );
-                }
-            }
+            let copy =
+                |dst, src, len| crate::copy::copy_raw_shared_from(dst, src, len, stream_from);
+            copy(self.data.add(idx), buf.as_ptr(), first);
+            copy(self.data, buf.as_ptr().add(first), n - first);
         }
     }
 
@@ -639,7 +628,7 @@ impl Ring {
             }
             // SAFETY: `n` bytes from `head` are free (the wait above), and
             // the consumer does not read them until `head` moves.
-            unsafe { self.copy_in_as(head, &buf[..n], payload) };
+            unsafe { self.copy_in_as(head, &buf[..n], payload.unwrap_or(usize::MAX)) };
             head += n as u64;
             self.publish(head);
             self.notify_data(small);

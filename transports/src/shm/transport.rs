@@ -297,11 +297,7 @@ impl Transport for ShmTransport {
                 }
             }
         } else {
-            for l in &self.live {
-                ran_out |= l.in_ring.lease_until() <= now;
-                l.in_ring.renew_lease(until);
-                l.in_ring.polling().fetch_sub(1, Ordering::SeqCst);
-            }
+            ran_out = super::watch::lease_then_uncount(&self.live, now, until);
         }
         if ran_out {
             self.ctx.watch.lease_began();
@@ -368,12 +364,7 @@ impl Transport for ShmTransport {
         };
         // Payloads the peers copied meanwhile (they do not wake our
         // reader thread for that while we poll).
-        for l in &self.live {
-            if l.release_pending() && l.reap().is_err() {
-                // An impossible count: the reader thread reports it.
-                l.in_ring.notify_reader();
-            }
-        }
+        super::link::reap_released(&self.live);
         let mut got = 0;
         // Rounds of at most one message per link, so that a busy peer
         // cannot starve the others.

@@ -97,23 +97,26 @@ impl Drop for Attending<'_> {
     /// this rank's payloads it reaps itself, as a poll does.
     fn drop(&mut self) {
         let now = crate::clock::ticks();
-        let until = now.saturating_add(self.ctx.poll_lease);
-        let mut ran_out = false;
-        for l in self.live {
-            ran_out |= l.in_ring.lease_until() <= now;
-            l.in_ring.renew_lease(until);
-            l.in_ring.polling().fetch_sub(1, Ordering::SeqCst);
-        }
-        if ran_out {
+        if lease_then_uncount(self.live, now, now.saturating_add(self.ctx.poll_lease)) {
             self.ctx.watch.lease_began();
         }
-        for l in self.live {
-            if l.release_pending() && l.reap().is_err() {
-                // An impossible count: the reader thread reports it.
-                l.in_ring.notify_reader();
-            }
-        }
+        super::link::reap_released(self.live);
     }
+}
+
+/// A counted poller of the rings of `live` stops, as one that polls again
+/// soon: each ring's lease renewed until `until`, then its count lowered
+/// (a producer that saw the count published before, and the lease covers
+/// what it left). Returns whether a lease had run out by `now` (the
+/// caller then wakes the watcher, [`Watch::lease_began`]).
+pub(super) fn lease_then_uncount(live: &[Arc<Link>], now: u64, until: u64) -> bool {
+    let mut ran_out = false;
+    for l in live {
+        ran_out |= l.in_ring.lease_until() <= now;
+        l.in_ring.renew_lease(until);
+        l.in_ring.polling().fetch_sub(1, Ordering::SeqCst);
+    }
+    ran_out
 }
 
 /// What the watcher does about one ring, at `now` (a
