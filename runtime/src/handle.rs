@@ -58,21 +58,29 @@ pub(crate) struct Spin {
 /// The ops a waiter spins longer for, per MiB of them ([`spin_budget`]),
 /// by their bytes, given the ranks of this job on this host and the CPUs
 /// they share: any, or where ranks outnumber CPUs, those of
-/// [`CROWDED_POLL_CMA`](zccl_transports::shm::CROWDED_POLL_CMA), whose
-/// messages the waiter's own polls copy there. Larger ops' copies, and
-/// pipelines' pieces, are made by reader threads beside the other ranks'
-/// work on the same CPUs, and a waiter that spins (even yielding between
-/// polls) takes CPU from them: 4 ranks on 2 vCPUs, all-to-all 64 MiB, 6
-/// interleaved rounds, each slower with the longer spin (medians 31.6
-/// against 29.1 ms, one round at 126 ms); sendrecv 64 MiB 7 % slower
-/// (see docs/performance.md).
+/// [`CROWDED_SPIN_PER_MIB`].
 pub(crate) fn spin_per_mib_sizes(local_ranks: usize, cpus: usize) -> std::ops::RangeInclusive<u64> {
     if zccl_transports::shm::crowded(local_ranks, cpus) {
-        zccl_transports::shm::CROWDED_POLL_CMA
+        CROWDED_SPIN_PER_MIB
     } else {
         0..=u64::MAX
     }
 }
+
+/// Where ranks outnumber CPUs, the ops a waiter spins longer for: more than
+/// 2 MiB up to 8 MiB, the smaller part of
+/// [`CROWDED_POLL_CMA`](zccl_transports::shm::CROWDED_POLL_CMA), whose
+/// messages the waiter's own polls copy there. Larger ops' copies, and
+/// pipelines' pieces, are made by reader threads (or by the waiter's
+/// polls, up to 16 MiB, when a record is there as it looks) beside the
+/// other ranks' work on the same CPUs, and a waiter that spins (even
+/// yielding between polls) takes CPU from them: 4 ranks on 2 vCPUs,
+/// all-to-all 64 MiB, 6 interleaved rounds, each slower with the longer
+/// spin (medians 31.6 against 29.1 ms, one round at 126 ms); sendrecv
+/// 64 MiB 7 % slower; with 16 MiB records polled, all-to-all 64 MiB
+/// 17.4 ms spinning through them against 16.5 not (see
+/// docs/performance.md).
+pub(crate) const CROWDED_SPIN_PER_MIB: std::ops::RangeInclusive<u64> = (2 << 20) + 1..=8 << 20;
 
 /// The longest a waiter spins, however large its op.
 pub(crate) const MAX_SPIN: Duration = Duration::from_secs(1);
@@ -565,7 +573,8 @@ mod tests {
         assert_eq!(spin_per_mib_sizes(2, 2), any);
         assert_eq!(spin_per_mib_sizes(1, 64), any);
         let crowded = spin_per_mib_sizes(4, 2);
-        assert_eq!(crowded, zccl_transports::shm::CROWDED_POLL_CMA);
+        assert_eq!(crowded, CROWDED_SPIN_PER_MIB);
+        assert!(zccl_transports::shm::CROWDED_POLL_CMA.contains(crowded.end()));
         assert_eq!(spin_per_mib_sizes(9, 8), crowded);
         assert_eq!(spin_budget(budget, per_mib, &crowded, 2 << 20), budget);
         assert_eq!(spin_budget(budget, per_mib, &crowded, 4 << 20), us(1000));

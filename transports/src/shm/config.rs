@@ -195,28 +195,35 @@ pub const POLL_MAX_CMA_BYTES: usize = 1 << 20;
 /// (written when the peer had copied every earlier one): more than 2 MiB
 /// (zccl's ring pipelines send pieces of 2 MiB at most,
 /// `zccl_primitives::collectives::RING_PIECE_BYTES`, which a reader thread
-/// copies while the waiter combines the last) up to 8 MiB. A waiter there
-/// also spins through ops of these sizes (the runtime's
-/// `ZCCL_SPIN_US_PER_MIB`), so the thread that waits for a message copies
-/// it, as an Open MPI rank does, instead of sleeping while a reader thread
-/// is woken to copy it and then wakes it: 4 ranks on 2 vCPUs, medians of
-/// 6 interleaved rounds (each build first in turn), sendrecv 4 MiB 1238 ->
-/// 827 us, 8 MiB 2529 -> 2050 us, all-to-all 16 MiB (4 MiB blocks) 5.40 ->
-/// 5.16 ms (see docs/performance.md). Larger messages stay with the reader thread and a
-/// sleeping waiter: polled and spun through, a 64 MiB sendrecv took 7 %
-/// longer (the waiter's spin takes CPU from the other ranks' copies), the
-/// all-to-all of 64 MiB (16 MiB blocks) 2 %; so did pipelines' pieces
-/// (reduce-scatter 16 MiB 8 % longer with its 2 MiB pieces polled).
+/// copies while the waiter combines the last) up to 16 MiB. The thread
+/// that waits for such a message copies it, as an Open MPI rank does,
+/// instead of sleeping while a reader thread is woken to copy it and then
+/// wakes it; up to 8 MiB it also spins through the op to be there when the
+/// record comes (the runtime's `ZCCL_SPIN_US_PER_MIB`): 4 ranks on 2 vCPUs,
+/// medians of 6 interleaved rounds (each build first in turn), sendrecv
+/// 4 MiB 1238 -> 827 us, 8 MiB 2529 -> 2050 us, all-to-all 16 MiB (4 MiB
+/// blocks) 5.40 -> 5.16 ms (see docs/performance.md). Records of 8-16 MiB
+/// are polled when a poll finds them (a waiter that spun through those
+/// took CPU from the other ranks' copies: all-to-all 64 MiB 17.4 against
+/// 16.5 ms): an all-to-all's blocks are then copied one after the other by
+/// the waiting thread, as it waits for each, rather than by a reader
+/// thread per peer at once (4 ranks, all-to-all 64 MiB, 16 MiB blocks,
+/// medians of 9 interleaved rounds: 17.88 -> 17.11 ms, Open MPI 17.89;
+/// 48 MiB 12.80 -> 12.42 ms; sendrecv 12 MiB 4.46 -> 4.22 ms, 16 MiB and
+/// ping-pong 16 MiB even). Larger messages stay with the reader thread and
+/// a sleeping waiter: polled, a sendrecv of 32-128 MiB took 2-3 % longer
+/// (7 % when spun through too); so did pipelines' pieces (reduce-scatter
+/// 16 MiB 8 % longer with its 2 MiB pieces polled).
 ///
 /// ```
 /// use zccl_transports::shm::{CROWDED_POLL_CMA, POLL_MAX_CMA_BYTES};
 /// assert!(!CROWDED_POLL_CMA.contains(&(2 << 20)));
 /// assert!(CROWDED_POLL_CMA.contains(&(4 << 20)));
-/// assert!(CROWDED_POLL_CMA.contains(&(8 << 20)));
-/// assert!(!CROWDED_POLL_CMA.contains(&(16 << 20)));
+/// assert!(CROWDED_POLL_CMA.contains(&(16 << 20)));
+/// assert!(!CROWDED_POLL_CMA.contains(&((16 << 20) + 1)));
 /// assert!(*CROWDED_POLL_CMA.start() > POLL_MAX_CMA_BYTES as u64);
 /// ```
-pub const CROWDED_POLL_CMA: std::ops::RangeInclusive<u64> = (2 << 20) + 1..=8 << 20;
+pub const CROWDED_POLL_CMA: std::ops::RangeInclusive<u64> = (2 << 20) + 1..=16 << 20;
 
 /// How long a clean close waits for the peer to finish copying the payloads
 /// of this rank's CMA records before the links close regardless.

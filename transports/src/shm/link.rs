@@ -122,7 +122,7 @@ pub(super) struct Link {
 /// (2 ranks on 2 vCPUs, medians of 7 interleaved rounds: sendrecv 2 MiB
 /// 470-529 µs against 1 MiB's 119-163 µs; polled, 220-282 µs). Where ranks
 /// outnumber CPUs, those of [`CROWDED_POLL_CMA`] (more than 2 MiB, up to
-/// 8 MiB); the others are copied by the reader thread while the waiter
+/// 16 MiB); the others are copied by the reader thread while the waiter
 /// sleeps.
 pub(super) fn poll_cma_alone(crowded: bool) -> std::ops::RangeInclusive<u64> {
     if crowded {

@@ -178,13 +178,13 @@ mod tests {
         assert!(left_to_polls(max + 1, &any, || true));
         assert!(left_to_polls(64 << 20, &any, || true));
         assert!(!left_to_polls(max + 1, &any, || false));
-        // Crowded: more than a pipeline's piece, up to 8 MiB.
+        // Crowded: more than a pipeline's piece, up to 16 MiB.
         assert!(!left_to_polls(max + 1, &crowded, || panic!("not asked")));
         assert!(!left_to_polls(2 << 20, &crowded, || panic!("not asked")));
         assert!(left_to_polls((2 << 20) + 1, &crowded, || true));
-        assert!(left_to_polls(8 << 20, &crowded, || true));
-        assert!(!left_to_polls(8 << 20, &crowded, || false));
-        assert!(!left_to_polls((8 << 20) + 1, &crowded, || panic!(
+        assert!(left_to_polls(16 << 20, &crowded, || true));
+        assert!(!left_to_polls(16 << 20, &crowded, || false));
+        assert!(!left_to_polls((16 << 20) + 1, &crowded, || panic!(
             "not asked"
         )));
     }
