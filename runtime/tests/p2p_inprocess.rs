@@ -917,3 +917,26 @@ fn a_peerwise_channel_does_not_hold_a_send_behind_receives_from_other_peers() {
         assert!(took < Duration::from_secs(5), "rank {r} took {took:?}");
     }
 }
+
+/// The communicator's own point-to-point calls (`isend`, `irecv`, channel
+/// 0) are peerwise, as MPI's: the pairwise exchange above completes
+/// through them too (it waited for the timeout when channel 0 kept issue
+/// order).
+#[test]
+fn the_communicators_own_isend_and_irecv_do_not_hold_a_send_behind_other_peers_receives() {
+    let out = job(4, &[("ZCCL_TIMEOUT", "10")], |c| {
+        let (r, n) = (c.rank(), c.size());
+        let q1 = c.irecv::<i32>((r + n - 1) % n, 2).unwrap();
+        let q2 = c.irecv::<i32>((r + n - 2) % n, 2).unwrap();
+        c.isend((r + 1) % n, vec![r as i32; 2])
+            .unwrap()
+            .wait()
+            .unwrap();
+        c.send((r + 2) % n, vec![r as i32 + 10; 2]).unwrap();
+        (q1.wait().unwrap().into_vec(), q2.wait().unwrap().into_vec())
+    });
+    for (r, (a, b)) in out.into_iter().enumerate() {
+        assert_eq!(a, vec![((r + 3) % 4) as i32; 2]);
+        assert_eq!(b, vec![((r + 2) % 4) as i32 + 10; 2]);
+    }
+}

@@ -473,7 +473,9 @@ impl Communicator {
         &self.inner.core.config
     }
 
-    /// Channel `id`. Ops on one channel complete in issue order; channels
+    /// Channel `id`. Ops on one channel complete in issue order (unless it
+    /// is made [peerwise](Channel::peerwise), as the communicator's own
+    /// point-to-point calls' channel is: [`Communicator::p2p`]); channels
     /// progress independently. Its ops use the configured timeout; see
     /// [`Channel::with_timeout`].
     pub fn channel(&self, id: u32) -> Channel {
@@ -597,33 +599,60 @@ impl Communicator {
         }))
     }
 
-    /// [`Channel::isend`] on channel 0.
+    /// Channel 0, [peerwise](Channel::peerwise): what the communicator's
+    /// own point-to-point calls ([`Communicator::isend`], `irecv`, `send`,
+    /// `recv`, `batch`) use. Its ops complete per peer and direction, as
+    /// MPI's `MPI_Isend`/`MPI_Irecv` do: a rank may post receives from
+    /// several peers, then wait for a send before it issues the next one
+    /// (a pairwise exchange as MPI and torch code write it) without the
+    /// send waiting behind those receives. Messages from one peer still
+    /// match, and complete, in the order posted.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let r = comm.irecv::<u8>(0, 2).unwrap();
+    /// comm.p2p().isend(0, vec![4u8, 2]).unwrap().wait().unwrap();
+    /// assert_eq!(r.wait().unwrap().into_vec(), vec![4u8, 2]);
+    /// ```
+    pub fn p2p(&self) -> Channel {
+        self.channel(0).peerwise()
+    }
+
+    /// [`Channel::isend`] on channel 0, [peerwise](Channel::peerwise) (see
+    /// [`Communicator::p2p`]).
     pub fn isend<T: Element>(
         &self,
         peer: u32,
         data: impl Into<HostBuffer<T>>,
     ) -> Result<SendHandle> {
-        self.channel(0).isend(peer, data)
+        self.p2p().isend(peer, data)
     }
 
-    /// [`Channel::irecv`] on channel 0.
+    /// [`Channel::irecv`] on channel 0, [peerwise](Channel::peerwise) (see
+    /// [`Communicator::p2p`]).
     pub fn irecv<T: Element>(&self, peer: u32, count: usize) -> Result<RecvHandle<T>> {
-        self.channel(0).irecv(peer, count)
+        self.p2p().irecv(peer, count)
     }
 
-    /// [`Channel::batch`] on channel 0.
+    /// [`Channel::batch`] on channel 0, [peerwise](Channel::peerwise) (see
+    /// [`Communicator::p2p`]).
     pub fn batch(&self, ops: Vec<Op>) -> Result<BatchHandle> {
-        self.channel(0).batch(ops)
+        self.p2p().batch(ops)
     }
 
-    /// [`Channel::send`] on channel 0.
+    /// [`Channel::send`] on channel 0, [peerwise](Channel::peerwise) (see
+    /// [`Communicator::p2p`]).
     pub fn send<T: Element>(&self, peer: u32, data: impl Into<HostBuffer<T>>) -> Result<()> {
-        self.channel(0).send(peer, data)
+        self.p2p().send(peer, data)
     }
 
-    /// [`Channel::recv`] on channel 0.
+    /// [`Channel::recv`] on channel 0, [peerwise](Channel::peerwise) (see
+    /// [`Communicator::p2p`]).
     pub fn recv<T: Element>(&self, peer: u32, count: usize) -> Result<HostBuffer<T>> {
-        self.channel(0).recv(peer, count)
+        self.p2p().recv(peer, count)
     }
 
     /// Aborts the communicator: every pending and future op fails, the
