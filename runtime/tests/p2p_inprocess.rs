@@ -940,3 +940,50 @@ fn the_communicators_own_isend_and_irecv_do_not_hold_a_send_behind_other_peers_r
         assert_eq!(b, vec![((r + 2) % 4) as i32 + 10; 2]);
     }
 }
+
+/// The communicator's own calls (peerwise) and ordered ops of
+/// `comm.channel(0)` share channel 0's sequence numbers with each peer:
+/// messages match in the order posted across both kinds, and the
+/// peerwise ops, numbered in their completion lane by a count of their
+/// own, still complete (numbered by the shared sequence number, a
+/// peerwise op after an ordered one waited for a lane position that never
+/// came: the timeout, with its message delivered).
+#[test]
+fn ordered_and_peerwise_ops_on_channel_0_match_in_order_and_all_complete() {
+    let out = job(2, &[("ZCCL_TIMEOUT", "10")], |c| {
+        let peer = 1 - c.rank();
+        let me = c.rank() as i32;
+        let ch = c.channel(0);
+        let mut got = Vec::new();
+        for round in 0..2 {
+            let v = |k: i32| vec![me * 100 + round * 10 + k; 3];
+            if c.rank() == 0 {
+                ch.send(peer, v(1)).unwrap();
+                c.send(peer, v(2)).unwrap();
+                let r = c.irecv::<i32>(peer, 3).unwrap();
+                got.push(ch.recv::<i32>(peer, 3).unwrap().into_vec());
+                got.push(r.wait().unwrap().into_vec());
+            } else {
+                got.push(c.recv::<i32>(peer, 3).unwrap().into_vec());
+                let mut out = vec![0i32; 3];
+                // SAFETY: `out` is read only after the handle is waited.
+                unsafe { ch.irecv_into(peer, &mut out) }
+                    .unwrap()
+                    .wait()
+                    .unwrap();
+                got.push(out);
+                c.isend(peer, v(3)).unwrap().wait().unwrap();
+                ch.send(peer, v(4)).unwrap();
+            }
+        }
+        got
+    });
+    let want = |r: i32, round: i32, k: i32| vec![r * 100 + round * 10 + k; 3];
+    for round in 0..2 {
+        let i = 2 * round as usize;
+        // Rank 0 waited its second receive (ordered) first: it got the
+        // second message; the first receive (peerwise) the first one.
+        assert_eq!(out[0][i..i + 2], [want(1, round, 4), want(1, round, 3)]);
+        assert_eq!(out[1][i..i + 2], [want(0, round, 1), want(0, round, 2)]);
+    }
+}

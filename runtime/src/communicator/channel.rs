@@ -431,7 +431,12 @@ impl Channel {
             seqs.recv.take(peer)
         };
         let index = if self.peerwise {
-            engine::lane_index(peer, kind, seq)
+            // Numbered in the lane by a counter of its own: the sequence
+            // numbers with the peer also count the channel's ordered ops
+            // (`comm.channel(0)` beside `comm.isend`), which complete in
+            // lane 0 and would leave gaps in this lane's order.
+            let lane = engine::lane_of(peer, kind);
+            engine::lane_index(lane, seqs.lanes.take(lane))
         } else {
             seqs.index += 1;
             seqs.index - 1

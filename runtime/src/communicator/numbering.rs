@@ -11,17 +11,21 @@ pub(super) struct IssueState {
     pub(super) channels: HashMap<u32, ChannelSeqs>,
 }
 
-/// One channel's numbering: the next op's position among all its ops, and
-/// the next send and receive sequence number with each peer it used (one
-/// map lookup per op, for the channel).
+/// One channel's numbering: the next ordered op's position among the
+/// channel's ordered ops, the next position in each completion lane its
+/// peerwise ops used (`engine::lane_of`, keyed by lane), and the next send
+/// and receive sequence number with each peer it used, ordered and
+/// peerwise ops alike (one map lookup per op, for the channel).
 #[derive(Default)]
 pub(super) struct ChannelSeqs {
     pub(super) index: u64,
+    pub(super) lanes: PeerSeqs,
     pub(super) send: PeerSeqs,
     pub(super) recv: PeerSeqs,
 }
 
-/// The next sequence number with each peer a channel used: a short list
+/// The next sequence number with each peer a channel used (or the next
+/// position in each completion lane: the same counter by another key): a short list
 /// (most channels talk to one or two peers: a ring's neighbours), a map
 /// once it holds more than [`PeerSeqs::FEW`] (an all-to-all's channel).
 /// Memory follows the peers used, not the communicator's size (Python

@@ -116,24 +116,30 @@ type Stream = (u32, u32);
 /// Bits of an op's index below its completion lane (see [`lane_index`]).
 const LANE_SHIFT: u32 = 40;
 
-/// The index of the `seq`th op of `kind` with `peer` (the peer's index in
-/// its communicator) on a channel whose completions keep their order per
-/// peer and direction only, not across the channel
-/// ([`Channel::peerwise`](crate::communicator::Channel::peerwise)): a lane
-/// of its own for each peer and direction above [`LANE_SHIFT`], the
-/// sequence number below. Lane 0 is the channel's own order (indexes below
-/// 2^40).
+/// The completion lane of the ops of `kind` with `peer` (the peer's index
+/// in its communicator) on a channel whose completions keep their order
+/// per peer and direction only, not across the channel
+/// ([`Channel::peerwise`](crate::communicator::Channel::peerwise)): one
+/// for each peer and direction, never lane 0 (the channel's own order).
 ///
 /// ```text
 /// lane = 1 + 2 * peer + (1 if a receive), in 24 bits
 /// ```
 ///
-/// Peers from 2^23 - 1 up share lanes with lower ones (their completions then
-/// keep a common order, never a wrong one).
-pub(crate) fn lane_index(peer: u32, kind: OpKind, seq: u64) -> u64 {
+/// Peers from 2^23 - 1 up share lanes with lower ones: the lane's ops are
+/// numbered by one counter whatever their peer ([`lane_index`]), so they
+/// then complete in their common issue order, never out of it.
+pub(crate) fn lane_of(peer: u32, kind: OpKind) -> u32 {
     let lane = (1 + 2 * u64::from(peer) + u64::from(kind == OpKind::Recv)) & ((1 << 24) - 1);
-    let lane = lane.max(1);
-    (lane << LANE_SHIFT) | (seq & ((1 << LANE_SHIFT) - 1))
+    lane.max(1) as u32
+}
+
+/// The index of the `n`th op issued in completion lane `lane` ([`lane_of`];
+/// `n` counts the lane's ops alone, from 0, with no gap: the engine
+/// completes a lane's ops in the order of these numbers): the lane above
+/// [`LANE_SHIFT`], `n` below.
+pub(crate) fn lane_index(lane: u32, n: u64) -> u64 {
+    (u64::from(lane) << LANE_SHIFT) | (n & ((1 << LANE_SHIFT) - 1))
 }
 
 /// How long a failing engine lets its goodbyes drain before failing handles.

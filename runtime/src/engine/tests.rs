@@ -821,22 +821,20 @@ fn two_ranks_that_each_send_before_they_receive_are_told_so_at_their_timeout() {
 
 #[test]
 fn each_peer_and_direction_of_a_peerwise_channel_has_a_lane_of_its_own() {
-    let lane = |i: u64| i >> LANE_SHIFT;
     let mut seen = std::collections::HashSet::new();
     for peer in [0u32, 1, 2, 1000, (1 << 22) + 5] {
         for kind in [OpKind::Send, OpKind::Recv] {
-            let i = lane_index(peer, kind, 7);
-            assert_eq!(
-                i & ((1 << LANE_SHIFT) - 1),
-                7,
-                "the sequence number below the lane"
-            );
-            assert!(lane(i) >= 1, "lane 0 is the channel's own order");
-            assert!(seen.insert(lane(i)), "peer {peer} {kind:?} shares a lane");
+            let lane = lane_of(peer, kind);
+            let i = lane_index(lane, 7);
+            assert_eq!(i & ((1 << LANE_SHIFT) - 1), 7, "the lane's count below");
+            assert_eq!(i >> LANE_SHIFT, u64::from(lane), "the lane above");
+            assert!(lane >= 1, "lane 0 is the channel's own order");
+            assert!(seen.insert(lane), "peer {peer} {kind:?} shares a lane");
         }
     }
     // Far peers share lanes, never lane 0, never overflowing.
     for peer in [1u32 << 23, u32::MAX] {
-        assert!(lane(lane_index(peer, OpKind::Recv, 0)) >= 1);
+        let lane = lane_of(peer, OpKind::Recv);
+        assert!(lane >= 1 && lane < 1 << 24);
     }
 }

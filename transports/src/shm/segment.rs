@@ -87,7 +87,12 @@ pub fn segment_name(job: u64, tag_a: &str, a: u32, b: u32) -> String {
 // `OFF_OPENER_MASK`), then the data of ring 0 and of ring 1, each of the
 // ring size the header records.
 
-const MAGIC: u64 = u64::from_le_bytes(*b"ZCCLSHM4");
+// `ZCCLSHM5`: ring records' header byte 12 carries the streamed flag and
+// the consumer line the reader's streaming choice (`stream_choice.rs`); a
+// build before them never takes such a segment for one it can open
+// (as for one not initialised yet) instead of closing links on a record
+// it reads as corrupt.
+const MAGIC: u64 = u64::from_le_bytes(*b"ZCCLSHM5");
 pub(super) const HEADER: usize = 4096;
 const OFF_MAGIC: usize = 0;
 const OFF_RING_BYTES: usize = 8;
