@@ -48,6 +48,11 @@ pub(super) struct Ctx {
     /// Reader threads of this transport copying a large CMA payload right
     /// now ([`Transport::reader_copying`](crate::Transport::reader_copying)).
     pub(super) reader_copies: std::sync::atomic::AtomicU32,
+    /// Threads sleeping until an op completes
+    /// ([`Transport::set_sleeping`](crate::Transport::set_sleeping)): while
+    /// there are any, no poll lease is granted (a poller that stops ends
+    /// the leases it renewed: [`super::watch::end_leases`]).
+    pub(super) sleepers: std::sync::atomic::AtomicU32,
     /// Tests: readers take no record while set (so that polls get them all).
     #[cfg(test)]
     pub(super) pause_readers: AtomicBool,

@@ -248,6 +248,7 @@ impl ShmTransport {
             deliver: std::sync::OnceLock::new(),
             split_copies: !is_crowded,
             reader_copies: std::sync::atomic::AtomicU32::new(0),
+            sleepers: std::sync::atomic::AtomicU32::new(0),
             // Ring records from RING_LAND_MIN_BYTES and CMA copies (above
             // cma_min_bytes) land in posted zones; nothing smaller does.
             landing: Arc::new(crate::landing::Landing::with_min_bytes(match cma_min {
@@ -351,7 +352,6 @@ impl ShmTransport {
             links,
             live,
             poll_next: AtomicUsize::new(0),
-            sleepers: std::sync::atomic::AtomicU32::new(0),
             covered: std::sync::atomic::AtomicU32::new(0),
             shared_cpus: cpus,
         })

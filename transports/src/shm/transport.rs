@@ -30,10 +30,6 @@ pub struct ShmTransport {
     pub(super) live: Vec<Arc<Link>>,
     /// Where the next poll starts (round robin).
     pub(super) poll_next: AtomicUsize,
-    /// Threads sleeping until an op completes
-    /// ([`Transport::set_sleeping`]): while
-    /// there are any, no poll lease is granted.
-    pub(super) sleepers: std::sync::atomic::AtomicU32,
     /// Threads polling under this rank's own lease, not counted in the
     /// rings ([`ShmTransport::covered`]).
     pub(super) covered: std::sync::atomic::AtomicU32,
@@ -136,20 +132,6 @@ impl ShmTransport {
         self.covered
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
             .is_ok()
-    }
-
-    /// Ends the poll lease of every ring from a peer, and hands what was
-    /// left under it (a record, a release of our CMA payloads) to the reader
-    /// threads.
-    fn end_leases(&self) {
-        for l in &self.live {
-            let r = &l.in_ring;
-            r.end_lease();
-            fence(Ordering::SeqCst);
-            if !matches!(r.pending(), Ok(false)) || l.release_pending() {
-                r.notify_reader();
-            }
-        }
     }
 
     pub(super) fn link(&self, peer: u32) -> Option<&Arc<Link>> {
@@ -306,8 +288,8 @@ impl Transport for ShmTransport {
         // threads woken for its messages, so no lease. (The lease first,
         // then this load; a new sleeper raises the count, then ends the
         // leases: either it ends ours, or we see it and end them here.)
-        if self.sleepers.load(Ordering::SeqCst) != 0 {
-            self.end_leases();
+        if self.ctx.sleepers.load(Ordering::SeqCst) != 0 {
+            super::watch::end_leases(&self.live);
         }
     }
 
@@ -317,10 +299,10 @@ impl Transport for ShmTransport {
 
     fn set_sleeping(&self, on: bool) {
         if on {
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
-            self.end_leases();
+            self.ctx.sleepers.fetch_add(1, Ordering::SeqCst);
+            super::watch::end_leases(&self.live);
         } else {
-            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            self.ctx.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -564,6 +546,23 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        // While a thread of this rank sleeps (another waits on its op), the
+        // copy's end leaves no lease: the reader thread takes a record that
+        // comes after at once, not at the lease's end.
+        t1.set_sleeping(true);
+        let attending = super::super::watch::Attending::start(&t1.live, &t1.ctx);
+        drop(attending);
+        assert!(ring.lease_until() <= crate::clock::ticks());
+        let t = std::time::Instant::now();
+        t0.send(1, msg(MessageKind::Data, 3, 8)).unwrap();
+        match next(&mut rx1) {
+            TransportEvent::Message { peer: 0, msg: m } => {
+                assert_eq!(m, msg(MessageKind::Data, 3, 8))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(t.elapsed() < lease, "{:?}", t.elapsed());
+        t1.set_sleeping(false);
     }
 
     #[test]

@@ -92,15 +92,37 @@ impl Drop for Attending<'_> {
     /// Stops counting as a thread that polls again soon does
     /// (`ShmTransport`'s `pause_polling`): a lease first, then the count,
     /// so that what a peer left meanwhile waits for the polls that follow
-    /// (the poll this copy is part of goes on to look at every ring), or
-    /// for the lease watcher at the lease's end if none comes. Releases of
-    /// this rank's payloads it reaps itself, as a poll does.
+    /// (the poll this copy is part of goes on to look at the other rings,
+    /// unless it took as many messages as it may), or for the lease
+    /// watcher at the lease's end if none comes; no lease where a thread
+    /// of this rank sleeps (it needs the reader threads woken for its
+    /// messages: the leases end again, as `pause_polling` ends them).
+    /// Releases of this rank's payloads it reaps itself, as a poll does.
     fn drop(&mut self) {
         let now = crate::clock::ticks();
         if lease_then_uncount(self.live, now, now.saturating_add(self.ctx.poll_lease)) {
             self.ctx.watch.lease_began();
         }
+        if self.ctx.sleepers.load(Ordering::SeqCst) != 0 {
+            end_leases(self.live);
+        }
         super::link::reap_released(self.live);
+    }
+}
+
+/// Ends the poll lease of every ring of `live`, and hands what was left
+/// under it (a record, a release of this rank's CMA payloads) to the
+/// reader threads: what a poller that stops does while a thread of this
+/// rank sleeps ([`Ctx::sleepers`]), and what that thread does as it
+/// starts to sleep.
+pub(super) fn end_leases(live: &[Arc<Link>]) {
+    for l in live {
+        let r = &l.in_ring;
+        r.end_lease();
+        fence(Ordering::SeqCst);
+        if !matches!(r.pending(), Ok(false)) || l.release_pending() {
+            r.notify_reader();
+        }
     }
 }
 
