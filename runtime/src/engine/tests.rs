@@ -835,6 +835,6 @@ fn each_peer_and_direction_of_a_peerwise_channel_has_a_lane_of_its_own() {
     // Far peers share lanes, never lane 0, never overflowing.
     for peer in [1u32 << 23, u32::MAX] {
         let lane = lane_of(peer, OpKind::Recv);
-        assert!(lane >= 1 && lane < 1 << 24);
+        assert!((1..1 << 24).contains(&lane));
     }
 }
