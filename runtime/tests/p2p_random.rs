@@ -44,52 +44,13 @@
 //! whose senders are likewise held: the scripts then fail with
 //! `ZCCL_TIMEOUT` (20 s here) instead of hanging.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::time::Instant;
 
-use zccl_runtime::{
-    BatchHandle, BootstrapRoot, Communicator, Config, DType, Op, RecvHandle, SendHandle, UniqueId,
-};
+mod thread_ranks;
 
-fn config(extra: &[(&str, &str)]) -> Config {
-    let mut m: HashMap<String, String> = HashMap::from([
-        ("ZCCL_SOCKET_IFNAME".into(), "lo".into()),
-        ("ZCCL_TIMEOUT".into(), "20".into()),
-        ("ZCCL_NTHREADS".into(), "1".into()),
-    ]);
-    for (k, v) in extra {
-        m.insert(k.to_string(), v.to_string());
-    }
-    Config::from_lookup(|k| m.get(k).cloned()).unwrap()
-}
-
-/// Runs `f(comm)` on `n` ranks (threads) and returns their results in rank order.
-fn job<R: Send + 'static>(
-    n: u32,
-    extra: &[(&str, &str)],
-    f: impl Fn(Communicator) -> R + Send + Sync + 'static,
-) -> Vec<R> {
-    let root = BootstrapRoot::start(
-        "127.0.0.1:0".parse().unwrap(),
-        UniqueId::random_secret().unwrap(),
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    let id = root.unique_id();
-    let f = Arc::new(f);
-    let cfg = config(extra);
-    let threads: Vec<_> = (0..n)
-        .map(|r| {
-            let (f, cfg) = (f.clone(), cfg.clone());
-            std::thread::spawn(move || f(Communicator::init(&id, r, n, cfg).expect("init")))
-        })
-        .collect();
-    threads
-        .into_iter()
-        .map(|t| t.join().expect("rank thread panicked"))
-        .collect()
-}
+use thread_ranks::job;
+use zccl_runtime::{BatchHandle, Communicator, DType, Op, RecvHandle, SendHandle};
 
 /// splitmix64: small, fast and good enough to shuffle a test.
 struct Rng(u64);
