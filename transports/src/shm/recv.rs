@@ -695,50 +695,43 @@ fn poll_slot(link: &Link, ctx: &Ctx, f: &mut dyn FnMut(u32, Message)) -> Option<
     Some(true)
 }
 
-/// A polled copy out of the ring of a data payload of the sizes whose
-/// producer writes them as this side asks ([`super::stream_choice`]),
-/// timed: [`Timed::stop`] records how long it took and, when that changes
-/// which kind of payload is faster to copy, asks the producer for the other.
-struct Timed {
-    /// When the copy began, and whether the payload was streamed; `None`
-    /// for a payload of other sizes (not timed).
-    start: Option<(u64, bool)>,
-    len: usize,
-}
-
-impl Timed {
-    #[inline]
-    fn start(rec: &Record) -> Self {
-        let len = rec.len as usize;
-        let start = (rec.kind == REC_DATA && super::stream_choice::adaptive(len))
-            .then(|| (clock::ticks(), rec.streamed));
-        Self { start, len }
-    }
-
-    #[inline]
-    fn stop(self, link: &Link) {
-        let Some((t0, streamed)) = self.start else {
-            return;
-        };
-        let took = clock::ticks().saturating_sub(t0);
-        let mut choice = link
-            .stream_choice
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(stream) = choice.observe(streamed, self.len, took) {
-            link.in_ring.ask_stream(stream);
-            tracing::debug!(
-                peer = link.peer,
-                stream,
-                "shm: rank {} now asked to write its 16-64 KiB payloads {}",
-                link.peer,
-                if stream {
-                    "streamed past the caches (those copied out faster here)"
-                } else {
-                    "with plain stores (those copied out faster here)"
-                }
-            );
-        }
+/// A poll's copy of the payload of `rec` out of `link`'s ring (from ring
+/// position `from` into `dst`), timed where it is a data payload of the
+/// sizes whose producer writes them as this side asks
+/// ([`super::stream_choice`]): the time goes to the link's chooser, and
+/// when that changes which kind of payload is faster to copy, the producer
+/// is asked for the other.
+///
+/// # Safety
+/// As [`Ring::copy_out`](super::ring::Ring::copy_out): the whole record is
+/// published, and the caller holds the consumer lock.
+#[inline]
+unsafe fn copy_out_timed(link: &Link, rec: &Record, from: u64, dst: &mut [u8]) {
+    let len = dst.len();
+    let t0 = (rec.kind == REC_DATA && super::stream_choice::adaptive(len)).then(clock::ticks);
+    // SAFETY: the caller's contract.
+    unsafe { link.in_ring.copy_out(from, dst) };
+    let Some(t0) = t0 else {
+        return;
+    };
+    let took = clock::ticks().saturating_sub(t0);
+    let mut choice = link
+        .stream_choice
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(stream) = choice.observe(rec.streamed, len, took) {
+        link.in_ring.ask_stream(stream);
+        tracing::debug!(
+            peer = link.peer,
+            stream,
+            "shm: rank {} now asked to write its 16-64 KiB payloads {}",
+            link.peer,
+            if stream {
+                "streamed past the caches (those copied out faster here)"
+            } else {
+                "with plain stores (those copied out faster here)"
+            }
+        );
     }
 }
 
@@ -817,10 +810,8 @@ pub(super) fn poll_link(
             }
         }
     } else if let Some(mut c) = ring_zone(link, ctx, &rec) {
-        let timed = Timed::start(&rec);
         // SAFETY: the whole record is published (checked above).
-        unsafe { ring.copy_out(tail + REC_LEN as u64, c.dest()) };
-        timed.stop(link);
+        unsafe { copy_out_timed(link, &rec, tail + REC_LEN as u64, c.dest()) };
         ring.consume_to(tail + REC_LEN as u64 + rec.len);
         c.done(true);
         Bytes::new()
@@ -831,9 +822,7 @@ pub(super) fn poll_link(
             small_payload(rec.len as usize, |b| unsafe { ring.copy_out(from, b) })
         } else {
             let mut b = RecvBuf::new(rec.len as usize);
-            let timed = Timed::start(&rec);
-            unsafe { ring.copy_out(from, b.as_mut_slice()) };
-            timed.stop(link);
+            unsafe { copy_out_timed(link, &rec, from, b.as_mut_slice()) };
             b.into_bytes()
         };
         ring.consume_to(from + rec.len);

@@ -281,16 +281,7 @@ impl Transport for ShmTransport {
         } else {
             ran_out = super::watch::lease_then_uncount(&self.live, now, until);
         }
-        if ran_out {
-            self.ctx.watch.lease_began();
-        }
-        // A thread of ours sleeps until its op completes: it needs the reader
-        // threads woken for its messages, so no lease. (The lease first,
-        // then this load; a new sleeper raises the count, then ends the
-        // leases: either it ends ours, or we see it and end them here.)
-        if self.ctx.sleepers.load(Ordering::SeqCst) != 0 {
-            super::watch::end_leases(&self.live);
-        }
+        super::watch::lease_left(&self.live, &self.ctx, ran_out);
     }
 
     fn reader_copying(&self) -> bool {

@@ -100,13 +100,25 @@ impl Drop for Attending<'_> {
     /// Releases of this rank's payloads it reaps itself, as a poll does.
     fn drop(&mut self) {
         let now = crate::clock::ticks();
-        if lease_then_uncount(self.live, now, now.saturating_add(self.ctx.poll_lease)) {
-            self.ctx.watch.lease_began();
-        }
-        if self.ctx.sleepers.load(Ordering::SeqCst) != 0 {
-            end_leases(self.live);
-        }
+        let ran_out = lease_then_uncount(self.live, now, now.saturating_add(self.ctx.poll_lease));
+        lease_left(self.live, self.ctx, ran_out);
         super::link::reap_released(self.live);
+    }
+}
+
+/// What a poller that stops does once it renewed the leases of `live`
+/// (`ran_out`: one had run out): wakes the lease watcher for the new
+/// lease ([`Watch::lease_began`]), and ends the leases again where a thread
+/// of this rank sleeps until its op completes, which needs the reader
+/// threads woken for its messages ([`end_leases`]). (The lease first, then
+/// this load; a new sleeper raises the count, then ends the leases: either
+/// it ends ours, or we see it and end them here.)
+pub(super) fn lease_left(live: &[Arc<Link>], ctx: &Ctx, ran_out: bool) {
+    if ran_out {
+        ctx.watch.lease_began();
+    }
+    if ctx.sleepers.load(Ordering::SeqCst) != 0 {
+        end_leases(live);
     }
 }
 
