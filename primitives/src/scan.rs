@@ -41,12 +41,85 @@ use zccl_runtime::label::OpLabel;
 
 use crate::dtype::{from_bytes, to_bytes};
 use crate::error::{Result, invalid};
-use crate::fabric::{Fabric, tag};
+use crate::fabric::{Fabric, RecvHandle, SendHandle, tag};
 use crate::nonblocking::{OpHandle, start};
 use crate::schedule::scan::{ScanDirection, chain_role, row_blocks};
 
 const OP_SCAN_DIAG: u8 = 0x40;
 const OP_SCAN_FN: u8 = 0x41;
+
+/// The operation label a scan in direction `dir` stamps on its messages:
+/// [`OpLabel::ALL_SCAN`] forward, [`OpLabel::ALL_SCAN_REVERSE`] in reverse,
+/// which the direction check every scan makes compares (see
+/// docs/reliability.md, "The scan's direction").
+/// Bindings that label the scan themselves (`Labelled::op`) use this too.
+///
+/// ```
+/// use zccl_primitives::{scan::op_label, schedule::scan::ScanDirection};
+/// use zccl_runtime::label::OpLabel;
+/// assert_eq!(op_label(ScanDirection::Forward), OpLabel::ALL_SCAN);
+/// assert_eq!(op_label(ScanDirection::Reverse).to_string(), "all_scan(reverse)");
+/// ```
+pub const fn op_label(dir: ScanDirection) -> OpLabel {
+    match dir {
+        ScanDirection::Forward => OpLabel::ALL_SCAN,
+        ScanDirection::Reverse => OpLabel::ALL_SCAN_REVERSE,
+    }
+}
+
+/// The tag step of the direction check's messages (the chain's blocks use
+/// step 0).
+const CHECK_STEP: u16 = 1;
+
+/// The check that the ranks scan in one direction: each rank sends the
+/// next rank in rank order (whatever the direction) an empty message under
+/// the scan's label ([`op_label`]) as it enters, and receives one from the
+/// rank before. Ranks that disagree on the direction otherwise fail only by
+/// their timeout: where a rank scanning forward borders one scanning in
+/// reverse, either both send to each other and neither receives, or each
+/// waits for the other to send first, and that rank's blocks hold up the
+/// chain behind it (4 ranks, one in reverse: every rank waited out
+/// `ZCCL_TIMEOUT`, then blamed a stalled rank). With the check, the empty
+/// message of a rank scanning the other way meets a receive under the
+/// other label: an operation mismatch, which the runtime reports to every
+/// rank of the channel at once (docs/reliability.md); a rank that returned
+/// before it came fails at its next operation on the channel. Cost: one
+/// empty send and one empty receive per rank, posted before the blocks'
+/// and waited for after the rank's own sends, so a rank's blocks never
+/// wait for the check.
+struct DirectionCheck {
+    send: Option<SendHandle>,
+    recv: Option<RecvHandle>,
+}
+
+impl DirectionCheck {
+    /// Posts the check's receive and send (before any block's, which keeps
+    /// each pair's messages in order) under `op`'s tags.
+    fn post<F: Fabric + ?Sized>(f: &F, ch: u32, op: u8) -> Result<Self> {
+        let (r, n) = (f.rank(), f.size());
+        let t = tag(op, CHECK_STEP, 0);
+        let recv = match r.checked_sub(1) {
+            Some(prev) => Some(f.irecv(prev, ch, t, 0)?),
+            None => None,
+        };
+        let send = if r + 1 < n {
+            Some(f.isend(r + 1, ch, t, Vec::new())?)
+        } else {
+            None
+        };
+        Ok(Self { send, recv })
+    }
+
+    /// Waits for both; `scan`'s error, if any, comes first.
+    fn finish<T>(self, scan: Result<T>) -> Result<T> {
+        let send = self.send.map_or(Ok(()), SendHandle::wait);
+        let recv = self.recv.map_or(Ok(()), |r| r.wait().map(drop));
+        let out = scan?;
+        send?;
+        recv?;
+        Ok(out)
+    }
+}
 
 /// What a rank gets from an All-Scan.
 ///
@@ -106,7 +179,7 @@ pub fn all_scan_diag<F: Fabric + ?Sized>(
     blocks: usize,
     want_inclusive: bool,
 ) -> Result<ScanOutput> {
-    let f = &Signed::bytes(f, OpLabel::ALL_SCAN, DType::F32);
+    let f = &Signed::bytes(f, op_label(dir), DType::F32);
     all_scan_diag_blocks(f, ch, local, dir, blocks, want_inclusive, |_| Ok(()))
 }
 
@@ -172,13 +245,13 @@ pub fn all_scan_diag_blocks<F, C>(
     dir: ScanDirection,
     blocks: usize,
     want_inclusive: bool,
-    mut on_block: C,
+    on_block: C,
 ) -> Result<ScanOutput>
 where
     F: Fabric + ?Sized,
     C: FnMut(ScanBlock<'_>) -> Result<()>,
 {
-    let f = &Signed::bytes(f, OpLabel::ALL_SCAN, DType::F32);
+    let f = &Signed::bytes(f, op_label(dir), DType::F32);
     let rows = local.decay.len();
     let cols = local.cols;
     if local.state.len() != rows * cols {
@@ -192,6 +265,33 @@ where
         // No message to send: the fabric's state is the only failure.
         f.ensure_live()?;
     }
+    let check = DirectionCheck::post(f, ch, OP_SCAN_DIAG)?;
+    check.finish(chain_diag(
+        f,
+        ch,
+        &local,
+        dir,
+        &blk,
+        want_inclusive,
+        on_block,
+    ))
+}
+
+/// The chain of [`all_scan_diag_blocks`], once its arguments are checked.
+fn chain_diag<F, C>(
+    f: &F,
+    ch: u32,
+    local: &DiagState<'_>,
+    dir: ScanDirection,
+    blk: &[std::ops::Range<usize>],
+    want_inclusive: bool,
+    mut on_block: C,
+) -> Result<ScanOutput>
+where
+    F: Fabric + ?Sized,
+    C: FnMut(ScanBlock<'_>) -> Result<()>,
+{
+    let (rows, cols) = (local.decay.len(), local.cols);
     let role = chain_role(f.rank(), f.size(), dir);
     let mut exclusive = vec![0.0f32; rows * cols];
     let need_inclusive = want_inclusive || role.send_to.is_some();
@@ -357,14 +457,14 @@ pub fn all_scan_with<F, C>(
     local: &[f32],
     dir: ScanDirection,
     identity: &[f32],
-    mut combine: C,
+    combine: C,
     want_inclusive: bool,
 ) -> Result<ScanOutput>
 where
     F: Fabric + ?Sized,
     C: FnMut(&[f32], &[f32]) -> Vec<f32>,
 {
-    let f = &Signed::bytes(f, OpLabel::ALL_SCAN, DType::F32);
+    let f = &Signed::bytes(f, op_label(dir), DType::F32);
     if identity.len() != local.len() {
         return Err(invalid(format!(
             "all_scan_with: identity has {} values, local element {}",
@@ -375,6 +475,32 @@ where
     if f.size() == 1 {
         f.ensure_live()?;
     }
+    let check = DirectionCheck::post(f, ch, OP_SCAN_FN)?;
+    check.finish(chain_with(
+        f,
+        ch,
+        local,
+        dir,
+        identity,
+        combine,
+        want_inclusive,
+    ))
+}
+
+/// The chain of [`all_scan_with`], once its arguments are checked.
+fn chain_with<F, C>(
+    f: &F,
+    ch: u32,
+    local: &[f32],
+    dir: ScanDirection,
+    identity: &[f32],
+    mut combine: C,
+    want_inclusive: bool,
+) -> Result<ScanOutput>
+where
+    F: Fabric + ?Sized,
+    C: FnMut(&[f32], &[f32]) -> Vec<f32>,
+{
     let role = chain_role(f.rank(), f.size(), dir);
     let t = tag(OP_SCAN_FN, 0, 0);
     let exclusive = match role.recv_from {

@@ -194,10 +194,16 @@ fn block_callbacks_run_while_later_blocks_move() {
                     let (cb, o) =
                         scan_blocks_handshake(f, &state, &gamma, DV, dir, k, 1, 2, &|prev| {
                             // Called in the block-0 callback, before our token frees `prev`.
+                            // (Blocks only: the direction check's message is empty.)
                             let later = f
                                 .log()
                                 .iter()
-                                .filter(|m| m.channel == 1 && m.src == prev && m.dst == f.rank())
+                                .filter(|m| {
+                                    m.channel == 1
+                                        && m.src == prev
+                                        && m.dst == f.rank()
+                                        && m.len > 0
+                                })
                                 .count();
                             assert_eq!(later, 1, "only block 0 from rank {prev} was posted");
                         });

@@ -1,7 +1,7 @@
 //! Op signatures across processes (issue #12): ranks that call a collective
 //! with different sizes, element types of equal byte size, operations,
-//! broadcast roots or all-to-all-v counts get an error naming the
-//! disagreement on **every** rank, within 1 s, never data.
+//! broadcast roots, all-to-all-v counts or All-Scan directions get an error
+//! naming the disagreement on **every** rank, within 1 s, never data.
 //!
 //! The test binary re-executes itself once per rank (`common::procs`); rank
 //! 1 is the odd one out. Each case runs on a channel of its own (a channel
@@ -20,6 +20,8 @@ use zccl_primitives::Fabric;
 use zccl_primitives::alltoall::all_to_all_v;
 use zccl_primitives::collectives::{all_gather, all_reduce, barrier, broadcast};
 use zccl_primitives::reduce::ReduceOp;
+use zccl_primitives::scan::{DiagState, all_scan_diag};
+use zccl_primitives::schedule::scan::ScanDirection;
 use zccl_runtime::Communicator;
 
 const ODD: usize = 1;
@@ -27,7 +29,7 @@ const CASE: &str = "ZCCL-CASE";
 
 /// The cases and, for each, the words every rank's message must contain
 /// (element counts and sizes appear as "1024 x f32", "4096 B").
-const CASES: [(&str, &[&str]); 6] = [
+const CASES: [(&str, &[&str]); 7] = [
     ("size", &["mismatch", "all_reduce(sum)", "f32"]),
     ("dtype_equal_bytes", &["mismatch", "f32", "f64"]),
     (
@@ -37,13 +39,22 @@ const CASES: [(&str, &[&str]); 6] = [
     // Every rank fails in the broadcast itself: with 2 ranks the two
     // broadcasts' first messages cross; with more, the root check each
     // broadcast runs first (its messages carry the root's label) fails.
-    ("root", &["operation mismatch", "broadcast(root 1 mod 12)"]),
+    ("root", &["operation mismatch", "broadcast(root 1 mod 11)"]),
     // The odd rank names a root that is not itself (with 4 ranks, one whose
     // tree never sends to it): it must not wait for its timeout.
     ("root_other", &["operation mismatch", "broadcast(root "]),
     (
         "all_to_all_v_counts",
         &["size/type mismatch", "all_to_all_v"],
+    ),
+    // The odd rank scans in reverse, the others forward: it and rank 0
+    // each send the other a block neither receives (with 2 ranks neither
+    // receives anything), and with 4 ranks 1 and 2 each wait for the
+    // other (with one label for both directions every rank waited out its
+    // timeout, blaming a stalled rank).
+    (
+        "scan_direction",
+        &["operation mismatch", "all_scan(reverse)", "all_scan"],
     ),
 ];
 
@@ -90,6 +101,20 @@ fn run_case(case: &str, c: &Communicator, ch: u32) -> zccl_primitives::Result<()
                 }
             }
             all_to_all_v(c, ch, &input, &send, &recv).map(drop)
+        }
+        "scan_direction" => {
+            let dir = if odd {
+                ScanDirection::Reverse
+            } else {
+                ScanDirection::Forward
+            };
+            let state = [r as f32; 64];
+            let local = DiagState {
+                state: &state,
+                decay: &[0.5; 16],
+                cols: 4,
+            };
+            all_scan_diag(c, ch, local, dir, 2, false).map(drop)
         }
         _ => unreachable!("{case}"),
     }

@@ -829,7 +829,7 @@ impl Comm {
                 decay: d_,
                 cols,
             };
-            let f = Labelled::new(c, DType::F32).op(OpLabel::ALL_SCAN);
+            let f = Labelled::new(c, DType::F32).op(scan::op_label(dir));
             scan::all_scan_diag_blocks(&f, CH_COLL, local, dir, blocks, i_.is_some(), |b| {
                 let span = b.rows.start * cols..b.rows.end * cols;
                 zccl_transports::copy::copy_slice(&mut e_[span.clone()], b.exclusive);

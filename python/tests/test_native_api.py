@@ -71,6 +71,14 @@ def test_collective_from_inside_a_callback_raises(zccl_launch, n):
     _every_rank_passed(zccl_launch("native_api.py", n, "reentry"), "native.reentry", n)
 
 
+@pytest.mark.parametrize("n", WORLD_SIZES)
+def test_ranks_that_disagree_on_the_scan_direction_fail_at_once(zccl_launch, n):
+    """One rank calls all_scan with reverse=True, the others without: every
+    rank raises within seconds, naming all_scan (the scan's direction check,
+    `zccl_primitives::scan`), instead of waiting out its timeout."""
+    _every_rank_passed(zccl_launch("native_api.py", n, "scan_direction"), "native.scan_direction", n)
+
+
 @pytest.mark.parametrize("kind", ["write_numpy", "write_torch", "keep", "autograd"])
 def test_a_lent_block_written_or_kept_by_a_callback_fails_every_rank(zccl_launch, kind):
     """ring_pass forwards the block its callback gets while the callback

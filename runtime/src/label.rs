@@ -53,26 +53,28 @@ const NAMES: [&str; 32] = [
     "ring_pass",
     "token_ring",
     "all_scan",
-    "broadcast(root 0 mod 12)",
-    "broadcast(root 1 mod 12)",
-    "broadcast(root 2 mod 12)",
-    "broadcast(root 3 mod 12)",
-    "broadcast(root 4 mod 12)",
-    "broadcast(root 5 mod 12)",
-    "broadcast(root 6 mod 12)",
-    "broadcast(root 7 mod 12)",
-    "broadcast(root 8 mod 12)",
-    "broadcast(root 9 mod 12)",
-    "broadcast(root 10 mod 12)",
-    "broadcast(root 11 mod 12)",
+    "broadcast(root 0 mod 11)",
+    "broadcast(root 1 mod 11)",
+    "broadcast(root 2 mod 11)",
+    "broadcast(root 3 mod 11)",
+    "broadcast(root 4 mod 11)",
+    "broadcast(root 5 mod 11)",
+    "broadcast(root 6 mod 11)",
+    "broadcast(root 7 mod 11)",
+    "broadcast(root 8 mod 11)",
+    "broadcast(root 9 mod 11)",
+    "broadcast(root 10 mod 11)",
+    "all_scan(reverse)",
 ];
 
 /// The first of the broadcast labels that carry the root (modulo
 /// [`ROOT_LABELS`]).
 const BROADCAST_ROOT_0: u8 = 20;
 /// How many broadcast-root labels there are: roots are told apart modulo
-/// this (two ranks naming roots 0 and 12 are not caught by the label).
-pub const ROOT_LABELS: u8 = 12;
+/// this (two ranks naming roots 0 and 11 are not caught by the label; a
+/// broadcast of more than 2 ranks checks its root besides,
+/// `zccl_primitives::collectives::broadcast`).
+pub const ROOT_LABELS: u8 = 11;
 
 impl OpLabel {
     /// No label (what plain sends and receives carry).
@@ -97,19 +99,25 @@ impl OpLabel {
     pub const RING_PASS: Self = Self(17);
     /// TokenRing.
     pub const TOKEN_RING: Self = Self(18);
-    /// All-Scan.
+    /// All-Scan in rank order (`ScanDirection::Forward`).
     pub const ALL_SCAN: Self = Self(19);
+    /// All-Scan in reverse rank order (`ScanDirection::Reverse`, the
+    /// backward pass): its own label, so that ranks that disagree on the
+    /// direction fail with an operation mismatch instead of each sending
+    /// to a rank that does not receive from it.
+    pub const ALL_SCAN_REVERSE: Self = Self(31);
 
     /// `broadcast` from `root`: the label carries the root modulo
-    /// [`ROOT_LABELS`], so ranks that name different roots (below 12 apart
-    /// modulo 12) fail with a mismatch naming both instead of completing
+    /// [`ROOT_LABELS`], so ranks that name different roots (not a multiple
+    /// of 11 apart) fail with a mismatch naming both instead of completing
     /// where a message happens to fit.
     ///
     /// ```
     /// use zccl_runtime::label::OpLabel;
-    /// assert_eq!(OpLabel::broadcast_root(3).to_string(), "broadcast(root 3 mod 12)");
+    /// assert_eq!(OpLabel::broadcast_root(3).to_string(), "broadcast(root 3 mod 11)");
     /// assert_ne!(OpLabel::broadcast_root(0), OpLabel::broadcast_root(1));
     /// assert!(OpLabel::broadcast_root(13).is_broadcast());
+    /// assert!(!OpLabel::ALL_SCAN_REVERSE.is_broadcast());
     /// ```
     pub const fn broadcast_root(root: usize) -> Self {
         Self(BROADCAST_ROOT_0 + (root % ROOT_LABELS as usize) as u8)
@@ -118,7 +126,7 @@ impl OpLabel {
     /// Whether this is a broadcast label (with or without its root).
     pub const fn is_broadcast(self) -> bool {
         let b = self.base().0;
-        b == Self::BROADCAST.0 || b >= BROADCAST_ROOT_0
+        b == Self::BROADCAST.0 || (b >= BROADCAST_ROOT_0 && b < BROADCAST_ROOT_0 + ROOT_LABELS)
     }
 
     /// This label on a piece of a message sent in pieces (a ring

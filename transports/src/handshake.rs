@@ -26,8 +26,11 @@ pub const MAGIC: [u8; 8] = *b"ZCCLHELO";
 /// follow (a version-3 peer would take every such piece for a mismatch);
 /// version 5 writes the shared-memory rings' poll leases in
 /// [`clock`](crate::clock) ticks (the time-stamp counter where it is fit),
-/// not `CLOCK_MONOTONIC` nanoseconds.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// not `CLOCK_MONOTONIC` nanoseconds; version 6 gives a reverse All-Scan
+/// an operation label of its own (31, which a version-5 peer reads as a
+/// broadcast from root 11 modulo 12; broadcast roots are now told apart
+/// modulo 11).
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Size in bytes of an encoded [`Hello`].
 pub const HELLO_LEN: usize = 44;
 /// The rank number that designates the bootstrap root in [`Hello::dst_rank`]/[`Hello::src_rank`].

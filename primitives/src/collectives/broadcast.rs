@@ -177,7 +177,7 @@ fn chain<F: Fabric + ?Sized>(f: &F, ch: u32, bytes: &mut [u8], root: usize) -> R
 /// a [`small_broadcast`] first all-reduces (max) `[root, -root]` as `i64`,
 /// 16 bytes, one all-reduce's latency, whose result tells every rank the
 /// smallest and the largest root passed. Its messages carry the broadcast's label, so roots that
-/// differ modulo 12 already fail as an operation mismatch there (reported to
+/// differ modulo 11 already fail as an operation mismatch there (reported to
 /// every rank); the comparison catches the rest. With 2 ranks the two
 /// broadcasts' first messages cross, which the runtime reports by itself.
 fn agree_on_root<F: Fabric + ?Sized>(f: &F, ch: u32, root: usize) -> Result<()> {
@@ -269,11 +269,12 @@ mod tests {
 
     #[test]
     fn roots_that_share_a_label_still_fail_on_every_rank() {
-        // Roots 0 and 12 carry the same label (root mod 12): the root
+        // Roots 0 and 11 carry the same label (root mod 11): the root
         // check's values tell them apart, on every rank, before any data.
+        let far = zccl_runtime::label::ROOT_LABELS as usize;
         for algo in [Algo::Tree, Algo::Ring] {
-            let out = run_ranks(13, move |f| {
-                let root = if f.rank() == 5 { 12 } else { 0 };
+            let out = run_ranks(far + 1, move |f| {
+                let root = if f.rank() == 5 { far } else { 0 };
                 let mut v = vec![f.rank() as u8; 4];
                 broadcast_with(f, 0, &mut v, root, algo).map(|()| v)
             });
@@ -282,12 +283,14 @@ mod tests {
                     Err(Error::RootMismatch {
                         rank, mine, others, ..
                     }) => {
-                        assert_eq!((*rank, *mine), (r, if r == 5 { 12 } else { 0 }));
+                        assert_eq!((*rank, *mine), (r, if r == 5 { far } else { 0 }));
                         let want = match algo {
-                            Algo::Tree => "another rank passed a different root",
-                            Algo::Ring | Algo::Halving => "the ranks passed roots from 0 to 12",
+                            Algo::Tree => "another rank passed a different root".to_string(),
+                            Algo::Ring | Algo::Halving => {
+                                format!("the ranks passed roots from 0 to {far}")
+                            }
                         };
-                        assert_eq!(others, want, "rank {r}");
+                        assert_eq!(others, &want, "rank {r}");
                     }
                     other => panic!("rank {r}: {other:?}"),
                 }

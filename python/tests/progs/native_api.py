@@ -629,6 +629,25 @@ def lent_view(kind):
     return ok, detail
 
 
+def scan_direction():
+    # Rank 1 scans in reverse, the others forward. Each rank then either
+    # sent to a rank that does not receive from it or waited for one that
+    # waits for it: every rank waited out its timeout, then blamed a stalled
+    # rank. Now every rank raises within moments, naming the scan: in the
+    # scan, or at its next operation where its own part had nothing to wait
+    # for (rank 0 forward: it only sends).
+    st = np.full((8, 4), R + 1, np.float32)
+    dc = np.full(8, 0.5, np.float32)
+    t0 = time.monotonic()
+    try:
+        comm.all_scan(st, dc, reverse=(R == 1), blocks=2)
+        comm.barrier()
+    except Exception as e:  # noqa: BLE001 - the check is on its text
+        secs = time.monotonic() - t0
+        return secs < 5 and "all_scan" in str(e), f"{type(e).__name__} after {secs:.2f} s: {str(e)[:400]}"
+    return False, "the scan and the barrier after it returned"
+
+
 # -- the run ----------------------------------------------------------------
 
 if len(sys.argv) == 3 and sys.argv[1] == "lent_view":
@@ -638,6 +657,11 @@ if len(sys.argv) == 3 and sys.argv[1] == "lent_view":
 
 if sys.argv[1:] == ["abort"]:
     C.run("native.after_abort", after_abort)
+    C.finish()
+
+if sys.argv[1:] == ["scan_direction"]:
+    # Its own launch: the failed scan aborts the communicator.
+    C.run("native.scan_direction", scan_direction)
     C.finish()
 
 if sys.argv[1:] == ["reentry"]:
