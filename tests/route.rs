@@ -99,7 +99,7 @@ fn scenario(name: &str, senders: u64, per_sender: u64) {
     let json = dir.path().join("route.json");
     let mut args = SMALL.to_vec();
     args.extend(["--bytes", "16M", "--scenario", name, "--timeout", "60"]);
-    args.extend(["--json", json.to_str().unwrap()]);
+    args.extend(["--route-reps", "2", "--json", json.to_str().unwrap()]);
     let o = zccl(&args, &[]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
@@ -125,6 +125,9 @@ fn scenario(name: &str, senders: u64, per_sender: u64) {
     assert_eq!(r["total_bytes"].as_u64(), Some(total));
     assert_eq!(r["verified"], true, "{r}");
     assert_eq!(r["ok"], true, "{r}");
+    // Two runs of each router; the table and JSON show one of each.
+    assert_eq!(r["runs"].as_u64(), Some(2), "{r}");
+    assert!(out.contains("the run of median time of 2 each"), "{out}");
     assert!(r["limit_gbps"].as_f64().is_some_and(|l| l > 0.0), "{r}");
     assert!(r["routed_gbps"].as_f64().is_some(), "{r}");
     assert!(r["routed_over_limit"].as_f64().is_some(), "{r}");

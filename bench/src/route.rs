@@ -91,6 +91,9 @@ pub struct RouteArgs {
     /// SP scenarios: timed repetitions of each strategy (the median is reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub reps: u32,
+    /// Router scenarios: runs of each router, static and routed taking turns; the run of median time is reported (a failed run, if any, instead).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub route_reps: u32,
     /// all_scan: row blocks All-Scan pipelines its state over (K).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub scan_blocks: u32,
@@ -137,6 +140,8 @@ pub struct Settings {
     pub timeout: Duration,
     /// `--reps`.
     pub reps: u32,
+    /// `--route-reps`.
+    pub route_reps: u32,
     /// `--scan-blocks`.
     pub scan_blocks: usize,
 }
@@ -198,6 +203,7 @@ impl RouteArgs {
             scenarios,
             timeout: Duration::from_secs_f64(self.timeout),
             reps: self.reps,
+            route_reps: self.route_reps,
             scan_blocks,
         })
     }
@@ -295,31 +301,41 @@ fn harness_main(args: &RouteArgs, s: &Settings) -> Result<bool> {
             &s.rate,
             s.bytes,
             s.timeout.as_secs_f64(),
+            s.route_reps,
         ));
     }
     for &scenario in &route_scenarios {
-        // The static and routed runs share the scenario's deadline.
+        // The static and routed runs share the scenario's deadline; they
+        // take turns, so that a slow phase of the machine touches both.
         let first = spec(scenario, Router::Static);
+        let routed_spec = RunSpec {
+            router: Router::Routed,
+            ..first.clone()
+        };
         let runs = (|| {
-            let static_run = if scenario.runs_static() {
-                Some(harness::run(&first)?)
-            } else {
-                None
-            };
-            let routed = RunSpec {
-                router: Router::Routed,
-                ..first.clone()
-            };
-            anyhow::Ok((static_run, harness::run(&routed)?))
+            let (mut statics, mut routeds) = (Vec::new(), Vec::new());
+            for _ in 0..s.route_reps {
+                if scenario.runs_static() {
+                    statics.push(harness::run(&first)?);
+                }
+                routeds.push(harness::run(&routed_spec)?);
+                if statics.iter().chain(&routeds).any(|r| !r.ok) {
+                    break;
+                }
+            }
+            let n = routeds.len() as u32;
+            anyhow::Ok((report::pick(statics), report::pick(routeds), n))
         })();
         match runs {
-            Ok((static_run, routed)) => {
-                let r = report::assemble(
+            Ok((static_run, Some(routed), n)) => {
+                let mut r = report::assemble(
                     scenario, s.shape, &s.rate, s.rate_bps, s.bytes, static_run, routed,
                 );
+                r.runs = n;
                 out(&report::row(&r));
                 results.push(r);
             }
+            Ok((_, None, _)) => unreachable!("at least one routed run (--route-reps >= 1)"),
             Err(e) => {
                 stopped = Some(e.context(format!("scenario {scenario}")));
                 break;

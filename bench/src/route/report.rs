@@ -60,6 +60,10 @@ pub struct ScenarioResult {
     pub target: &'static str,
     /// Whether the target is met (`null` when a run it needs is missing).
     pub target_met: Option<bool>,
+    /// Runs of each router (`--route-reps`, fewer where one failed, which
+    /// ends the repetitions); `static` and `routed` are the ones of median
+    /// time, or the failed one ([`pick`]).
+    pub runs: u32,
     /// The static run (`null` for failure, which runs routed only).
     #[serde(rename = "static")]
     pub static_run: Option<RunOutcome>,
@@ -67,7 +71,36 @@ pub struct ScenarioResult {
     pub routed: RunOutcome,
 }
 
-/// Builds a scenario's result from its runs.
+/// The run a scenario reports out of the repetitions of one router: the
+/// first that failed, if any (a failure is never outvoted), otherwise the
+/// one of median time (the lower of the middle two for an even count);
+/// `None` for no runs. Pure.
+///
+/// ```
+/// use zccl_bench::route::harness::RunOutcome;
+/// use zccl_bench::route::report::pick;
+/// let run = |t: f64, ok: bool| RunOutcome {
+///     router: "on", ok, verified: ok, time_s: Some(t), bytes: 1, gbps: Some(8.0 / t),
+///     nic_tx_bytes: vec![], link_down_at_s: None, link_up_at_s: None, error: None,
+/// };
+/// assert_eq!(pick(vec![run(3.0, true), run(1.0, true), run(2.0, true)]).unwrap().time_s, Some(2.0));
+/// assert_eq!(pick(vec![run(1.0, true), run(9.0, false)]).unwrap().time_s, Some(9.0));
+/// assert!(pick(vec![]).is_none());
+/// ```
+pub fn pick(mut runs: Vec<RunOutcome>) -> Option<RunOutcome> {
+    if let Some(i) = runs.iter().position(|r| !r.ok) {
+        return Some(runs.swap_remove(i));
+    }
+    runs.sort_by(|a, b| {
+        let t = |r: &RunOutcome| r.time_s.unwrap_or(f64::INFINITY);
+        t(a).total_cmp(&t(b))
+    });
+    let mid = runs.len().checked_sub(1)? / 2;
+    Some(runs.swap_remove(mid))
+}
+
+/// Builds a scenario's result from its runs (one of each router; the
+/// caller sets [`ScenarioResult::runs`] where they were picked from more).
 pub fn assemble(
     scenario: Scenario,
     shape: Shape,
@@ -123,17 +156,23 @@ pub fn assemble(
         ok: runs_ok,
         target: scenario.target(),
         target_met,
+        runs: 1,
         static_run,
         routed,
     }
 }
 
 /// The lines above the table.
-pub fn header(shape: Shape, rate: &str, bytes: u64, timeout_s: f64) -> String {
+pub fn header(shape: Shape, rate: &str, bytes: u64, timeout_s: f64, runs: u32) -> String {
+    let runs = if runs == 1 {
+        "one run each".to_string()
+    } else {
+        format!("the run of median time of {runs} each, taking turns")
+    };
     let text = format!(
         "# zccl bench route: {} hosts x {} NICs x {} ranks per host, {rate} per NIC, \
          {} per sender (failure: {}), each scenario bounded to {timeout_s:.0} s\n\
-         # static: ZCCL_ROUTER=affinity, routed: ZCCL_ROUTER=on; throughput = payload bytes / time\n\
+         # static: ZCCL_ROUTER=affinity, routed: ZCCL_ROUTER=on ({runs}); throughput = payload bytes / time\n\
          #\n\
          # {:<10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  {}\n\
          # {:<10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  {}\n",
@@ -406,8 +445,13 @@ mod tests {
 
     #[test]
     fn header_and_row_line_up() {
-        let h = header(SHAPE, "200mbit", 64 << 20, 60.0);
+        let h = header(SHAPE, "200mbit", 64 << 20, 60.0, 3);
         assert!(h.contains("64 MiB per sender (failure: 256 MiB)"), "{h}");
+        assert!(
+            h.contains("(the run of median time of 3 each, taking turns)"),
+            "{h}"
+        );
+        assert!(header(SHAPE, "200mbit", 1, 60.0, 1).contains("(one run each)"));
         let r = assemble(
             Scenario::Slow,
             SHAPE,
