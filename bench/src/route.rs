@@ -85,7 +85,7 @@ pub struct RouteArgs {
     /// Also write the results to FILE as JSON (an array, one object per scenario).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Time bound of each scenario (its static and routed runs together), seconds; past it the run is killed and fails.
+    /// Time bound of each pair of a scenario's runs (a static and a routed one; see --route-reps), seconds; past it the run is killed and fails.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = parse_timeout)]
     pub timeout: f64,
     /// SP scenarios: timed repetitions of each strategy (the median is reported).
@@ -305,16 +305,16 @@ fn harness_main(args: &RouteArgs, s: &Settings) -> Result<bool> {
         ));
     }
     for &scenario in &route_scenarios {
-        // The static and routed runs share the scenario's deadline; they
-        // take turns, so that a slow phase of the machine touches both.
-        let first = spec(scenario, Router::Static);
-        let routed_spec = RunSpec {
-            router: Router::Routed,
-            ..first.clone()
-        };
+        // Static and routed runs take turns, so that a slow phase of the
+        // machine touches both; each pair shares a deadline.
         let runs = (|| {
             let (mut statics, mut routeds) = (Vec::new(), Vec::new());
             for _ in 0..s.route_reps {
+                let first = spec(scenario, Router::Static);
+                let routed_spec = RunSpec {
+                    router: Router::Routed,
+                    ..first.clone()
+                };
                 if scenario.runs_static() {
                     statics.push(harness::run(&first)?);
                 }

@@ -30,7 +30,8 @@
 //!   thread (see [`crate::nonblocking`]) so the caller can do the compute
 //!   that does not need the prefix (ZeCO's intra-chunk attention) meanwhile.
 //! * The blocking [`all_scan_diag`] / [`all_scan_with`] return once this
-//!   rank received its prefix and forwarded its inclusive state.
+//!   rank received its prefix and forwarded its inclusive state (in reverse,
+//!   also the previous rank's direction check, see [`op_label`]).
 //!
 //! A scan uses one channel; keep it free of other traffic until it returns.
 
@@ -71,43 +72,61 @@ pub const fn op_label(dir: ScanDirection) -> OpLabel {
 /// step 0).
 const CHECK_STEP: u16 = 1;
 
-/// The check that the ranks scan in one direction: each rank sends the
-/// next rank in rank order (whatever the direction) an empty message under
-/// the scan's label ([`op_label`]) as it enters, and receives one from the
-/// rank before. Ranks that disagree on the direction otherwise fail only by
-/// their timeout: where a rank scanning forward borders one scanning in
-/// reverse, either both send to each other and neither receives, or each
-/// waits for the other to send first, and that rank's blocks hold up the
-/// chain behind it (4 ranks, one in reverse: every rank waited out
-/// `ZCCL_TIMEOUT`, then blamed a stalled rank). With the check, the empty
-/// message of a rank scanning the other way meets a receive under the
-/// other label: an operation mismatch, which the runtime reports to every
-/// rank of the channel at once (docs/reliability.md); a rank that returned
-/// before it came fails at its next operation on the channel. Cost: one
-/// empty send and one empty receive per rank, posted before the blocks'
-/// and waited for after the rank's own sends, so a rank's blocks never
-/// wait for the check.
+/// The check that the ranks scan in one direction. Ranks that disagree on
+/// it otherwise fail only by their timeout: where a rank scanning forward
+/// borders one scanning in reverse, either both send to each other and
+/// neither receives, or each waits for the other to send first, and the
+/// chain behind that pair waits too (4 ranks, one in reverse: every rank
+/// waited out `ZCCL_TIMEOUT`, then blamed a stalled rank).
+///
+/// A forward scan sends nothing more: its blocks go to the next rank
+/// under [`OpLabel::ALL_SCAN`]. A reverse scan, whose blocks go the other
+/// way, sends the next rank an empty message under
+/// [`OpLabel::ALL_SCAN_REVERSE`] as it enters ([`DirectionCheck::start`]),
+/// and receives the previous rank's once its own receives are posted
+/// ([`DirectionCheck::expect`]). So every message from a rank to the next
+/// carries that rank's direction, and every rank but the first receives
+/// one: where two neighbours differ, a forward rank's receive meets a
+/// reverse rank's empty message at once, or a reverse rank's check meets
+/// a forward rank's block once the forward chain reaches it (without a
+/// reverse-then-forward pair, the directions split into a forward chain
+/// from rank 0 and a reverse one from the last rank, which both flow).
+/// Either is an operation mismatch, reported to every rank of the channel
+/// (docs/reliability.md). Cost: none forward; one empty message per rank in
+/// reverse, whose receive is posted after the blocks' (on a channel that
+/// completes in issue order, a rank's blocks never wait for it) and waited
+/// for last.
 struct DirectionCheck {
     send: Option<SendHandle>,
     recv: Option<RecvHandle>,
+    op: u8,
+    dir: ScanDirection,
 }
 
 impl DirectionCheck {
-    /// Posts the check's receive and send (before any block's, which keeps
-    /// each pair's messages in order) under `op`'s tags.
-    fn post<F: Fabric + ?Sized>(f: &F, ch: u32, op: u8) -> Result<Self> {
-        let (r, n) = (f.rank(), f.size());
-        let t = tag(op, CHECK_STEP, 0);
-        let recv = match r.checked_sub(1) {
-            Some(prev) => Some(f.irecv(prev, ch, t, 0)?),
-            None => None,
-        };
-        let send = if r + 1 < n {
-            Some(f.isend(r + 1, ch, t, Vec::new())?)
+    /// A reverse scan's empty message to the next rank, posted before any
+    /// of the chain's operations.
+    fn start<F: Fabric + ?Sized>(f: &F, ch: u32, op: u8, dir: ScanDirection) -> Result<Self> {
+        let send = if dir == ScanDirection::Reverse && f.rank() + 1 < f.size() {
+            Some(f.isend(f.rank() + 1, ch, tag(op, CHECK_STEP, 0), Vec::new())?)
         } else {
             None
         };
-        Ok(Self { send, recv })
+        Ok(Self {
+            send,
+            recv: None,
+            op,
+            dir,
+        })
+    }
+
+    /// A reverse scan's receive of the previous rank's message, posted
+    /// after the chain's own receives.
+    fn expect<F: Fabric + ?Sized>(&mut self, f: &F, ch: u32) -> Result<()> {
+        if self.dir == ScanDirection::Reverse && f.rank() > 0 {
+            self.recv = Some(f.irecv(f.rank() - 1, ch, tag(self.op, CHECK_STEP, 0), 0)?);
+        }
+        Ok(())
     }
 
     /// Waits for both; `scan`'s error, if any, comes first.
@@ -265,34 +284,28 @@ where
         // No message to send: the fabric's state is the only failure.
         f.ensure_live()?;
     }
-    let check = DirectionCheck::post(f, ch, OP_SCAN_DIAG)?;
-    check.finish(chain_diag(
-        f,
-        ch,
-        &local,
-        dir,
-        &blk,
-        want_inclusive,
-        on_block,
-    ))
+    let mut check = DirectionCheck::start(f, ch, OP_SCAN_DIAG, dir)?;
+    let out = chain_diag(f, ch, &local, &blk, want_inclusive, on_block, &mut check);
+    check.finish(out)
 }
 
-/// The chain of [`all_scan_diag_blocks`], once its arguments are checked.
+/// The chain of [`all_scan_diag_blocks`], once its arguments are checked,
+/// in the direction of `check`.
 fn chain_diag<F, C>(
     f: &F,
     ch: u32,
     local: &DiagState<'_>,
-    dir: ScanDirection,
     blk: &[std::ops::Range<usize>],
     want_inclusive: bool,
     mut on_block: C,
+    check: &mut DirectionCheck,
 ) -> Result<ScanOutput>
 where
     F: Fabric + ?Sized,
     C: FnMut(ScanBlock<'_>) -> Result<()>,
 {
     let (rows, cols) = (local.decay.len(), local.cols);
-    let role = chain_role(f.rank(), f.size(), dir);
+    let role = chain_role(f.rank(), f.size(), check.dir);
     let mut exclusive = vec![0.0f32; rows * cols];
     let need_inclusive = want_inclusive || role.send_to.is_some();
     let mut inclusive = if need_inclusive {
@@ -312,6 +325,7 @@ where
             .collect::<Result<Vec<_>>>()?,
         None => blk.iter().map(|_| None).collect(),
     };
+    check.expect(f, ch)?;
     let mut sends = Vec::with_capacity(blk.len());
     let mut failed = None;
     for ((k, b), rv) in blk.iter().enumerate().zip(recvs) {
@@ -475,36 +489,35 @@ where
     if f.size() == 1 {
         f.ensure_live()?;
     }
-    let check = DirectionCheck::post(f, ch, OP_SCAN_FN)?;
-    check.finish(chain_with(
-        f,
-        ch,
-        local,
-        dir,
-        identity,
-        combine,
-        want_inclusive,
-    ))
+    let mut check = DirectionCheck::start(f, ch, OP_SCAN_FN, dir)?;
+    let out = chain_with(f, ch, local, identity, combine, want_inclusive, &mut check);
+    check.finish(out)
 }
 
-/// The chain of [`all_scan_with`], once its arguments are checked.
+/// The chain of [`all_scan_with`], once its arguments are checked, in the
+/// direction of `check`.
 fn chain_with<F, C>(
     f: &F,
     ch: u32,
     local: &[f32],
-    dir: ScanDirection,
     identity: &[f32],
     mut combine: C,
     want_inclusive: bool,
+    check: &mut DirectionCheck,
 ) -> Result<ScanOutput>
 where
     F: Fabric + ?Sized,
     C: FnMut(&[f32], &[f32]) -> Vec<f32>,
 {
-    let role = chain_role(f.rank(), f.size(), dir);
+    let role = chain_role(f.rank(), f.size(), check.dir);
     let t = tag(OP_SCAN_FN, 0, 0);
-    let exclusive = match role.recv_from {
-        Some(p) => from_bytes::<f32>(&f.irecv(p, ch, t, local.len() * 4)?.wait()?),
+    let recv = match role.recv_from {
+        Some(p) => Some(f.irecv(p, ch, t, local.len() * 4)?),
+        None => None,
+    };
+    check.expect(f, ch)?;
+    let exclusive = match recv {
+        Some(rv) => from_bytes::<f32>(&rv.wait()?),
         None => zccl_transports::copy::to_vec(identity),
     };
     let inclusive = if want_inclusive || role.send_to.is_some() {

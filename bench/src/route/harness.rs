@@ -25,8 +25,9 @@
 //!   late (and misses the bound) instead of hanging until the timeout.
 //! * **Slow**: host 0's last NIC gets a quarter of the rate before the
 //!   ranks start.
-//! * **Bounds**: a run ends by the scenario's `deadline` (`--timeout` after
-//!   the scenario started: its static and routed runs share it); past it
+//! * **Bounds**: a run ends by its `deadline` (`--timeout` after its pair
+//!   of runs started: a scenario's static and routed runs share one per
+//!   repetition, `--route-reps`); past it
 //!   every rank is killed and the run fails, and a run that would start
 //!   with less than a second left fails at once. `ZCCL_TIMEOUT` is what is
 //!   left, so the ranks' own deadlines come first. When a rank fails, the others

@@ -73,7 +73,7 @@ pub struct ScenarioResult {
 
 /// The run a scenario reports out of the repetitions of one router: the
 /// first that failed, if any (a failure is never outvoted), otherwise the
-/// one of median time (the lower of the middle two for an even count);
+/// one of median time (the slower of the middle two for an even count);
 /// `None` for no runs. Pure.
 ///
 /// ```
@@ -85,6 +85,7 @@ pub struct ScenarioResult {
 /// };
 /// assert_eq!(pick(vec![run(3.0, true), run(1.0, true), run(2.0, true)]).unwrap().time_s, Some(2.0));
 /// assert_eq!(pick(vec![run(1.0, true), run(9.0, false)]).unwrap().time_s, Some(9.0));
+/// assert_eq!(pick(vec![run(1.0, true), run(2.0, true)]).unwrap().time_s, Some(2.0));
 /// assert!(pick(vec![]).is_none());
 /// ```
 pub fn pick(mut runs: Vec<RunOutcome>) -> Option<RunOutcome> {
@@ -95,7 +96,10 @@ pub fn pick(mut runs: Vec<RunOutcome>) -> Option<RunOutcome> {
         let t = |r: &RunOutcome| r.time_s.unwrap_or(f64::INFINITY);
         t(a).total_cmp(&t(b))
     });
-    let mid = runs.len().checked_sub(1)? / 2;
+    if runs.is_empty() {
+        return None;
+    }
+    let mid = runs.len() / 2;
     Some(runs.swap_remove(mid))
 }
 
@@ -171,7 +175,7 @@ pub fn header(shape: Shape, rate: &str, bytes: u64, timeout_s: f64, runs: u32) -
     };
     let text = format!(
         "# zccl bench route: {} hosts x {} NICs x {} ranks per host, {rate} per NIC, \
-         {} per sender (failure: {}), each scenario bounded to {timeout_s:.0} s\n\
+         {} per sender (failure: {}), each pair of runs bounded to {timeout_s:.0} s\n\
          # static: ZCCL_ROUTER=affinity, routed: ZCCL_ROUTER=on ({runs}); throughput = payload bytes / time\n\
          #\n\
          # {:<10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  {}\n\
