@@ -66,7 +66,7 @@ pub fn attn_merge_into(out: &mut [f32], lse: &mut [f32], out2: &[f32], lse2: &[f
     }
     for i in 0..lse.len() {
         let (l1, l2) = (lse[i] as f64, lse2[i] as f64);
-        let m = l1.max(l2);
+        let m = nan_max(l1, l2);
         let row = i * d..(i + 1) * d;
         if m == f64::NEG_INFINITY {
             out[row].fill(0.0);
@@ -132,7 +132,7 @@ pub fn attn_merge_n(parts: &[(&[f32], &[f32])]) -> Result<(Vec<f32>, Vec<f32>)> 
         let m = parts
             .iter()
             .map(|(_, l)| l[i] as f64)
-            .fold(f64::NEG_INFINITY, f64::max);
+            .fold(f64::NEG_INFINITY, nan_max);
         if m == f64::NEG_INFINITY {
             continue;
         }
@@ -154,4 +154,37 @@ pub fn attn_merge_n(parts: &[(&[f32], &[f32])]) -> Result<(Vec<f32>, Vec<f32>)> 
         lse[i] = l as f32;
     }
     Ok((out, lse))
+}
+
+/// The larger of `a` and `b`, NaN if either is (`f64::max` returns the
+/// other one: a NaN lse beside a fully masked row's `−∞` then made the row
+/// look empty, zeros instead of the NaN the module's docs promise).
+fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nan_lse_gives_nan_even_beside_a_fully_masked_row() {
+        let ninf = f32::NEG_INFINITY;
+        for (a, b) in [
+            ((5.0, f32::NAN), (0.0, ninf)),
+            ((0.0, ninf), (5.0, f32::NAN)),
+        ] {
+            let (o, l) = attn_merge(&[a.0], &[a.1], &[b.0], &[b.1]).unwrap();
+            assert!(o[0].is_nan() && l[0].is_nan(), "{a:?} {b:?}: {o:?} {l:?}");
+            let (o, l) = attn_merge_n(&[(&[a.0], &[a.1]), (&[b.0], &[b.1])]).unwrap();
+            assert!(o[0].is_nan() && l[0].is_nan(), "n {a:?} {b:?}: {o:?} {l:?}");
+        }
+        // Fully masked on both sides stays (0, -inf), never NaN.
+        let (o, l) = attn_merge(&[1.0], &[ninf], &[2.0], &[ninf]).unwrap();
+        assert_eq!((o[0], l[0]), (0.0, ninf));
+    }
 }

@@ -119,7 +119,7 @@ pub enum Error {
         reason: String,
     },
     /// Ulysses resharding needs the head count to be a multiple of the rank count.
-    #[error("Ulysses: {heads} heads cannot be split evenly over {ranks} ranks (heads % ranks = {})", .heads % .ranks)]
+    #[error("Ulysses: {heads} heads cannot be split evenly over {ranks} ranks{}", heads_rem(*.heads, *.ranks))]
     HeadsNotDivisible {
         /// Number of heads.
         heads: usize,
@@ -173,4 +173,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
+}
+
+/// `HeadsNotDivisible`'s remainder, in words (none for 0 ranks, whose
+/// remainder does not exist: formatting it panicked).
+fn heads_rem(heads: usize, ranks: usize) -> String {
+    match heads.checked_rem(ranks) {
+        Some(r) => format!(" (heads % ranks = {r})"),
+        None => String::new(),
+    }
 }

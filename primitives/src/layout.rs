@@ -57,7 +57,8 @@ impl UlyssesShape {
         Ok(self.heads / ranks)
     }
 
-    /// Elements of a sequence shard `[B, c, H, d]`.
+    /// Elements of a sequence shard `[B, c, H, d]` (`usize::MAX` where
+    /// the product does not fit; see [`UlyssesShape::checked_seq_shard_len`]).
     ///
     /// ```
     /// use zccl_primitives::layout::UlyssesShape;
@@ -65,15 +66,45 @@ impl UlyssesShape {
     /// assert_eq!(s.seq_shard_len(), 2 * 4 * 8 * 16);
     /// ```
     pub fn seq_shard_len(&self) -> usize {
-        self.batch * self.seq_local * self.heads * self.dim
+        self.checked_seq_shard_len().unwrap_or(usize::MAX)
+    }
+
+    /// Elements of a sequence shard `[B, c, H, d]`, `None` where the
+    /// product does not fit in a `usize` (0 when any dimension is 0).
+    ///
+    /// ```
+    /// use zccl_primitives::layout::UlyssesShape;
+    /// let s = UlyssesShape { batch: 1 << 63, seq_local: 2, heads: 2, dim: 1 };
+    /// assert_eq!(s.checked_seq_shard_len(), None);
+    /// assert_eq!(UlyssesShape { dim: 0, ..s }.checked_seq_shard_len(), Some(0));
+    /// ```
+    pub fn checked_seq_shard_len(&self) -> Option<usize> {
+        let dims = [self.batch, self.seq_local, self.heads, self.dim];
+        if dims.contains(&0) {
+            return Some(0);
+        }
+        dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
 }
 
-fn check_len(got: usize, want: usize, what: &str) -> Result<()> {
+/// Checks a layout function's arguments: the heads split over `ranks`, and
+/// `got` elements for the shape (which must fit in a `usize`: a shape
+/// whose product wrapped around passed a short buffer's length check, and
+/// the copies then indexed past it). Returns the heads per rank. With the
+/// length right and not 0, every index the loops form is below it (`H ≥
+/// P` and every dimension at least 1), and so is their number of steps.
+fn check_args(s: UlyssesShape, ranks: usize, got: usize, what: &str) -> Result<usize> {
+    let hp = s.heads_per_rank(ranks)?;
+    let want = s.checked_seq_shard_len().ok_or_else(|| {
+        invalid(format!(
+            "{what}: a shape [B, c, H, d] = [{}, {}, {}, {}] has more elements than memory holds",
+            s.batch, s.seq_local, s.heads, s.dim
+        ))
+    })?;
     if got != want {
         return Err(invalid(format!("{what}: {got} elements, expected {want}")));
     }
-    Ok(())
+    Ok(hp)
 }
 
 /// Packs a sequence shard `[B, c, H, d]` into the all-to-all send buffer:
@@ -86,8 +117,10 @@ fn check_len(got: usize, want: usize, what: &str) -> Result<()> {
 /// assert_eq!(pack_seq_to_heads(&[0, 1, 10, 11], s, 2).unwrap(), vec![0, 10, 1, 11]);
 /// ```
 pub fn pack_seq_to_heads<T: Elem>(x: &[T], s: UlyssesShape, ranks: usize) -> Result<Vec<T>> {
-    let hp = s.heads_per_rank(ranks)?;
-    check_len(x.len(), s.seq_shard_len(), "seq_to_heads input")?;
+    let hp = check_args(s, ranks, x.len(), "seq_to_heads input")?;
+    if x.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut out = Vec::with_capacity(x.len());
     for j in 0..ranks {
         for b in 0..s.batch {
@@ -111,8 +144,10 @@ pub fn pack_seq_to_heads<T: Elem>(x: &[T], s: UlyssesShape, ranks: usize) -> Res
 /// assert_eq!(unpack_seq_to_heads(&pack_seq_to_heads(&x, s, 1).unwrap(), s, 1).unwrap(), x);
 /// ```
 pub fn unpack_seq_to_heads<T: Elem>(recv: &[T], s: UlyssesShape, ranks: usize) -> Result<Vec<T>> {
-    let hp = s.heads_per_rank(ranks)?;
-    check_len(recv.len(), s.seq_shard_len(), "seq_to_heads receive buffer")?;
+    let hp = check_args(s, ranks, recv.len(), "seq_to_heads receive buffer")?;
+    if recv.is_empty() {
+        return Ok(Vec::new());
+    }
     let seq = s.seq_local * ranks;
     let row = hp * s.dim;
     let mut out = vec![T::default(); recv.len()];
@@ -139,8 +174,10 @@ pub fn unpack_seq_to_heads<T: Elem>(recv: &[T], s: UlyssesShape, ranks: usize) -
 /// assert_eq!(pack_heads_to_seq(&[5u8, 6], s, 2).unwrap(), vec![5, 6]);
 /// ```
 pub fn pack_heads_to_seq<T: Elem>(y: &[T], s: UlyssesShape, ranks: usize) -> Result<Vec<T>> {
-    let hp = s.heads_per_rank(ranks)?;
-    check_len(y.len(), s.seq_shard_len(), "heads_to_seq input")?;
+    let hp = check_args(s, ranks, y.len(), "heads_to_seq input")?;
+    if y.is_empty() {
+        return Ok(Vec::new());
+    }
     let seq = s.seq_local * ranks;
     let row = hp * s.dim;
     let mut out = Vec::with_capacity(y.len());
@@ -163,8 +200,10 @@ pub fn pack_heads_to_seq<T: Elem>(y: &[T], s: UlyssesShape, ranks: usize) -> Res
 /// assert_eq!(unpack_heads_to_seq(&[5u8, 6], s, 2).unwrap(), vec![5, 6]);
 /// ```
 pub fn unpack_heads_to_seq<T: Elem>(recv: &[T], s: UlyssesShape, ranks: usize) -> Result<Vec<T>> {
-    let hp = s.heads_per_rank(ranks)?;
-    check_len(recv.len(), s.seq_shard_len(), "heads_to_seq receive buffer")?;
+    let hp = check_args(s, ranks, recv.len(), "heads_to_seq receive buffer")?;
+    if recv.is_empty() {
+        return Ok(Vec::new());
+    }
     let row = hp * s.dim;
     let chunk = s.batch * s.seq_local * row;
     let mut out = vec![T::default(); recv.len()];
@@ -265,4 +304,64 @@ pub fn iheads_to_seq<T: Elem, F: Fabric + ?Sized + 'static>(
     s: UlyssesShape,
 ) -> OpHandle<Vec<T>> {
     start(f, "heads_to_seq", move |f| heads_to_seq(f, ch, &y, s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::run_ranks;
+
+    #[test]
+    fn shapes_whose_size_wraps_around_are_refused_not_indexed() {
+        // 2^63 x 2 x 2 x 1 wraps to 0 elements: an empty buffer passed the
+        // length check and the copies panicked past its end.
+        let s = UlyssesShape {
+            batch: 1 << 63,
+            seq_local: 2,
+            heads: 2,
+            dim: 1,
+        };
+        let e: &[f32] = &[];
+        for r in [
+            pack_seq_to_heads(e, s, 2),
+            unpack_seq_to_heads(e, s, 2),
+            pack_heads_to_seq(e, s, 2),
+            unpack_heads_to_seq(e, s, 2),
+        ] {
+            let msg = r.unwrap_err().to_string();
+            assert!(msg.contains("more elements than memory holds"), "{msg}");
+        }
+        // Through the exchange: every rank fails, none panics.
+        for r in run_ranks(2, move |f| seq_to_heads(f, 0, &[0f32; 0], s).map(drop)) {
+            assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_shape_moves_nothing_at_once() {
+        // dim 0 with 2^40 tokens: the loops ran 2^41 empty copies.
+        let s = UlyssesShape {
+            batch: 1 << 20,
+            seq_local: 1 << 20,
+            heads: 2,
+            dim: 0,
+        };
+        let t = std::time::Instant::now();
+        assert!(pack_seq_to_heads::<f32>(&[], s, 2).unwrap().is_empty());
+        assert!(unpack_heads_to_seq::<f32>(&[], s, 2).unwrap().is_empty());
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn zero_ranks_is_an_error_that_formats() {
+        let s = UlyssesShape {
+            batch: 1,
+            seq_local: 1,
+            heads: 4,
+            dim: 1,
+        };
+        let msg = s.heads_per_rank(0).unwrap_err().to_string();
+        assert_eq!(msg, "Ulysses: 4 heads cannot be split evenly over 0 ranks");
+        assert!(pack_seq_to_heads(&[0u8; 4], s, 0).is_err());
+    }
 }

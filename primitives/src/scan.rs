@@ -273,7 +273,9 @@ where
     let f = &Signed::bytes(f, op_label(dir), DType::F32);
     let rows = local.decay.len();
     let cols = local.cols;
-    if local.state.len() != rows * cols {
+    // (Checked: `rows × cols` that wraps around matched a short state, and
+    // the blocks then indexed past it.)
+    if rows.checked_mul(cols) != Some(local.state.len()) {
         return Err(invalid(format!(
             "all_scan_diag: state has {} values, expected {rows} rows x {cols} cols",
             local.state.len()

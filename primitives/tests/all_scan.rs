@@ -344,3 +344,30 @@ fn invalid_block_counts_are_rejected() {
     assert!(errs[0].0.contains("0 blocks for 8 rows"), "{}", errs[0].0);
     assert!(errs[0].1.contains("9 blocks for 8 rows"), "{}", errs[0].1);
 }
+
+/// `rows × cols` that wraps around (cols = 2^63, 2 rows: 0) is refused on
+/// every rank before anything is sent: it matched an empty state, and the
+/// blocks then indexed past it (a panic on one rank, a timeout on the
+/// other).
+#[test]
+fn a_state_whose_size_wraps_around_is_refused_on_every_rank() {
+    for blocks in [1, 2] {
+        let out = run_ranks(2, move |f| {
+            let local = DiagState {
+                state: &[],
+                decay: &[1.0, 1.0],
+                cols: 1 << 63,
+            };
+            all_scan_diag(f, 0, local, Forward, blocks, false)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        for (r, o) in out.iter().enumerate() {
+            let msg = o.as_ref().unwrap_err();
+            assert!(
+                msg.contains("expected 2 rows x 9223372036854775808 cols"),
+                "blocks {blocks} rank {r}: {msg}"
+            );
+        }
+    }
+}

@@ -174,17 +174,28 @@ impl Config {
         }
     }
 
-    /// Checks what [`Config::from_lookup`] checks of the durations, for a
-    /// configuration built or changed in code: each is positive and at most
-    /// [`MAX_DURATION_SECS`], so no deadline computed from it overflows.
+    /// Checks what [`Config::from_lookup`] checks of the durations and the
+    /// engine's threads, for a configuration built or changed in code: each
+    /// duration is positive and at most [`MAX_DURATION_SECS`], so no
+    /// deadline computed from it overflows, and `engine_threads` is in
+    /// 1..=64 (`ZCCL_NTHREADS` is clamped to that; 0 made the engine's
+    /// runtime panic in `Communicator::init`).
     ///
     /// ```
     /// let mut c = zccl_runtime::Config::default();
     /// assert!(c.validate().is_ok());
     /// c.timeout = std::time::Duration::MAX;
     /// assert!(c.validate().unwrap_err().to_string().contains("timeout"));
+    /// let c = zccl_runtime::Config { engine_threads: 0, ..Default::default() };
+    /// assert!(c.validate().unwrap_err().to_string().contains("engine_threads (ZCCL_NTHREADS) of 0"));
     /// ```
     pub fn validate(&self) -> Result<()> {
+        if !(1..=64).contains(&self.engine_threads) {
+            return Err(Error::Config(format!(
+                "engine_threads (ZCCL_NTHREADS) of {} must be in 1..=64",
+                self.engine_threads
+            )));
+        }
         let max = Duration::from_secs(MAX_DURATION_SECS as u64);
         for (what, d) in [
             ("timeout (ZCCL_TIMEOUT)", self.timeout),
