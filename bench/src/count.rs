@@ -63,6 +63,10 @@ impl<F: Fabric + ?Sized> Fabric for Counting<'_, F> {
         self.inner.rank()
     }
 
+    fn abandon(&self, channel: u32) {
+        self.inner.abandon(channel)
+    }
+
     fn ensure_live(&self) -> Result<()> {
         self.inner.ensure_live()
     }

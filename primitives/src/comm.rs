@@ -245,6 +245,10 @@ impl Fabric for Labelled<'_> {
         Fabric::ensure_live(self.comm)
     }
 
+    fn abandon(&self, channel: u32) {
+        self.comm.channel(channel).abandon()
+    }
+
     fn rank(&self) -> usize {
         Communicator::rank(self.comm) as usize
     }
@@ -368,6 +372,10 @@ impl Fabric for Labelled<'_> {
 
 /// A communicator is a fabric whose messages carry no label (plain bytes).
 impl Fabric for Communicator {
+    fn abandon(&self, channel: u32) {
+        self.channel(channel).abandon()
+    }
+
     fn ensure_live(&self) -> Result<()> {
         Communicator::ensure_live(self).map_err(|e| crate::Error::Ended {
             rank: Communicator::rank(self) as usize,

@@ -844,6 +844,23 @@ pub trait Fabric: Send + Sync {
     fn tag_label(&self) -> u8 {
         0
     }
+
+    /// Gives up what is left of the operation this rank runs on `channel`:
+    /// an operation that stops midway by its caller's error (a callback
+    /// that failed) calls it before it returns, since the ranks have then
+    /// sent each other different parts of it and what they send next would
+    /// be matched as its missing messages. The communicator's fabric fails
+    /// the channel on every rank
+    /// ([`Channel::abandon`](zccl_runtime::Channel::abandon)); the default
+    /// (the simulated fabric) does nothing.
+    ///
+    /// ```
+    /// use zccl_primitives::{Fabric, sim::run_ranks};
+    /// run_ranks(1, |f| f.abandon(0));
+    /// ```
+    fn abandon(&self, channel: u32) {
+        let _ = channel;
+    }
 }
 
 /// Posts a send of a slice of elements (copies it into the message).
@@ -1023,6 +1040,10 @@ impl<F: Fabric + ?Sized> Fabric for Signed<'_, F> {
 
     fn ensure_live(&self) -> Result<()> {
         self.f.ensure_live()
+    }
+
+    fn abandon(&self, channel: u32) {
+        self.f.abandon(channel)
     }
 
     fn tag_label(&self) -> u8 {

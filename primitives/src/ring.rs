@@ -403,11 +403,16 @@ where
         } else {
             None
         };
-        on_block(RingBlock {
+        if let Err(e) = on_block(RingBlock {
             step: s,
             origin,
             data: &cur,
-        })?;
+        }) {
+            // The other ranks go on with steps this rank will not take:
+            // the channel is out of step (Fabric::abandon).
+            f.abandon(ch);
+            return Err(e);
+        }
         if let Some(h) = next {
             cur = h.wait_bytes()?;
         }

@@ -375,11 +375,17 @@ where
             break;
         }
     }
+    if let Some(e) = failed {
+        // The ranks after this one wait for blocks it will not send: the
+        // channel is out of step (Fabric::abandon), and its sends fail.
+        f.abandon(ch);
+        for s in sends {
+            let _ = s.wait();
+        }
+        return Err(e);
+    }
     for s in sends {
         s.wait()?;
-    }
-    if let Some(e) = failed {
-        return Err(e);
     }
     Ok(ScanOutput {
         exclusive,
@@ -529,6 +535,8 @@ where
             combine(&exclusive, local)
         };
         if inc.len() != local.len() {
+            // The next rank waits for a prefix this one will not send.
+            f.abandon(ch);
             return Err(invalid(format!(
                 "all_scan_with: combine returned {} values, expected {}",
                 inc.len(),

@@ -40,7 +40,7 @@ use zccl_runtime::DType;
 use zccl_runtime::label::OpLabel;
 
 use crate::dtype::{Elem, ElemVec, as_elems, to_bytes};
-use crate::error::{Result, invalid};
+use crate::error::{Error, Result, invalid};
 use crate::fabric::{Fabric, RecvBytes, tag};
 use crate::ring::{ShiftSpec, bidir_ring_step, ring_shift_start};
 use crate::schedule::token_ring::plan;
@@ -275,17 +275,25 @@ fn drive<F: Fabric + ?Sized, K: Driven>(
             (None, None) => (None, None),
         };
         if let Some(origin) = st.compute_origin {
-            let blk = kernel.compute(st.step, origin, &q_cur)?;
+            let blk = kernel
+                .compute(st.step, origin, &q_cur)
+                .map_err(|e| gave_up(f, ch, e))?;
             let want = kernel.out_len(r, st.step, origin);
             if blk.len() != want {
-                return Err(invalid(format!(
-                    "token_ring: compute gave {} B at step {}, out_len says {want}",
-                    blk.len(),
-                    st.step
-                )));
+                return Err(gave_up(
+                    f,
+                    ch,
+                    invalid(format!(
+                        "token_ring: compute gave {} B at step {}, out_len says {want}",
+                        blk.len(),
+                        st.step
+                    )),
+                ));
             }
             if st.step == 0 {
-                kernel.merge(r, 0, RecvBytes::from(blk))?;
+                kernel
+                    .merge(r, 0, RecvBytes::from(blk))
+                    .map_err(|e| gave_up(f, ch, e))?;
             } else {
                 pending = Some(blk);
             }
@@ -296,10 +304,21 @@ fn drive<F: Fabric + ?Sized, K: Driven>(
         if let Some((h, o)) = out_h {
             debug_assert_eq!(h.from, o.recv_from);
             let blk = h.wait_bytes()?;
-            kernel.merge(o.recv_from, o.computed_at, blk)?;
+            kernel
+                .merge(o.recv_from, o.computed_at, blk)
+                .map_err(|e| gave_up(f, ch, e))?;
         }
     }
     Ok(())
+}
+
+/// The kernel failed midway (`e`, its caller's error): the other ranks go
+/// on with steps this rank will not take, so both channels are out of step
+/// ([`Fabric::abandon`]). Returns `e`.
+fn gave_up<F: Fabric + ?Sized>(f: &F, ch: TokenRingChannels, e: Error) -> Error {
+    f.abandon(ch.q);
+    f.abandon(ch.out);
+    e
 }
 
 /// The caller's side of TokenRing with Q and partial results typed by

@@ -361,3 +361,120 @@ fn overlap_and_nonblocking_over_real_communicators() {
         }
     }
 }
+
+/// A callback error midway through a ring pass leaves the ranks in
+/// different steps of it; before `Fabric::abandon` the failing rank's next
+/// pass on the channel sent blocks the others took for the first pass's
+/// (3 ranks: rank 2's first pass returned Ok with rank 1's second-pass
+/// block). Now every rank's pass on that channel fails, the first one at
+/// once, naming the rank that gave up, and other channels still work.
+#[test]
+fn a_callback_error_fails_the_channel_on_every_rank_instead_of_shifting_the_next_op() {
+    let t0 = std::time::Instant::now();
+    let out = job(3, &[], |c| {
+        let r = Fabric::rank(&c);
+        let mut rounds = Vec::new();
+        for k in 0..3usize {
+            let mut seen = Vec::new();
+            let res = zccl_primitives::ring::ring_pass_elems(
+                &c,
+                1,
+                1,
+                vec![(100 * k + r) as f32; 16],
+                |_| 16,
+                |b| {
+                    if k == 0 && r == 1 && b.step == 0 {
+                        return Err(zccl_primitives::Error::InvalidArgument("cb fails".into()));
+                    }
+                    seen.push((b.origin, b.data.to_vec()));
+                    Ok(())
+                },
+            );
+            rounds.push((res.map_err(|e| e.to_string()), seen));
+        }
+        // Another channel is in step.
+        let mut other = Vec::new();
+        zccl_primitives::ring::ring_pass_elems(
+            &c,
+            2,
+            1,
+            vec![r as f32; 4],
+            |_| 4,
+            |b| {
+                other.push((b.origin, b.data[0]));
+                Ok(())
+            },
+        )
+        .expect("another channel");
+        (rounds, other)
+    });
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    for (r, (rounds, other)) in out.iter().enumerate() {
+        for (k, (res, seen)) in rounds.iter().enumerate() {
+            // Whatever a callback saw is the right pass's data.
+            for (origin, data) in seen {
+                let want = (100 * k + origin) as f32;
+                assert!(
+                    data.iter().all(|&x| x == want),
+                    "rank {r} pass {k}: {origin} {data:?}"
+                );
+            }
+            match (k, res) {
+                (0, Err(e)) if r == 1 => assert!(e.contains("cb fails"), "{e}"),
+                (0, Err(e)) => assert!(e.contains("rank 1 gave up"), "rank {r}: {e}"),
+                (_, Err(e)) => assert!(e.contains("out of step"), "rank {r} pass {k}: {e}"),
+                (_, Ok(())) => panic!("rank {r} pass {k} returned Ok on a channel out of step"),
+            }
+        }
+        let mut other = other.clone();
+        other.sort_by_key(|o| o.0);
+        assert_eq!(other, vec![(0, 0.0), (1, 1.0), (2, 2.0)], "rank {r}");
+    }
+}
+
+/// A rank that times out in an all-reduce stops there: before, its next
+/// all-reduce on the channel sent its messages where the late rank's first
+/// one still expected the rest of the first's (2 ranks, 32768 f32, the
+/// late rank 0.6 s past the timeout: both returned `Ok` with half of the
+/// elements wrong). Now the ops after a timeout fail at once, and no op
+/// returns wrong data.
+#[test]
+fn ops_after_a_timeout_fail_instead_of_matching_another_ops_messages() {
+    let done = Arc::new(std::sync::Barrier::new(2));
+    let out = job(2, &[("ZCCL_TIMEOUT", "2")], move |c| {
+        let r = Fabric::rank(&c);
+        if r == 1 {
+            std::thread::sleep(Duration::from_millis(2600));
+        }
+        let ops = (0..3)
+            .map(|k| {
+                let t = std::time::Instant::now();
+                let mut v = vec![(k * 10 + r) as f32; 32768];
+                let res = all_reduce(&c, 1, &mut v, ReduceOp::Sum);
+                (res.map_err(|e| e.to_string()), v, t.elapsed())
+            })
+            .collect::<Vec<_>>();
+        // Neither rank closes its communicator before the other is done.
+        done.wait();
+        ops
+    });
+    for (r, ops) in out.iter().enumerate() {
+        for (k, (res, v, took)) in ops.iter().enumerate() {
+            match res {
+                Ok(()) => {
+                    let want = (k * 10 + k * 10 + 1) as f32;
+                    assert!(v.iter().all(|&x| x == want), "rank {r} op {k}: wrong data");
+                }
+                Err(e) if k > 0 => {
+                    assert!(e.contains("out of step"), "rank {r} op {k}: {e}");
+                    assert!(*took < Duration::from_secs(1), "rank {r} op {k}: {took:?}");
+                }
+                Err(e) => assert!(e.contains("timed out"), "rank {r} op {k}: {e}"),
+            }
+        }
+        assert!(
+            ops[0].0.is_err(),
+            "rank {r}: the first op cannot have completed"
+        );
+    }
+}

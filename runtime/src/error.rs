@@ -276,6 +276,24 @@ pub enum Error {
         /// The receiving side (or the other sender).
         b: OpSide,
     },
+    /// The op's channel is out of step: an earlier op on it timed out on
+    /// this rank, or a rank gave up an operation on it midway (its
+    /// caller's error, such as a primitive's callback:
+    /// [`Channel::abandon`](crate::Channel::abandon)). The ranks had then
+    /// sent each other different parts of that operation, and what they
+    /// sent next would be matched as its missing messages (returned as its
+    /// data, without an error). So the channel's ops fail with this: this
+    /// rank's after its timeout (the peers' by their own), every rank's
+    /// pending and later ones after a rank gave up. Other channels, and
+    /// the communicator, stay usable: go on on another channel (or make a
+    /// new communicator, as after a torch `ProcessGroupNCCL` timeout).
+    #[error("{op} failed: the ranks of channel {} are out of step since {since} (what they send each other now would be taken for that operation's missing messages); the channel stays failed: go on on another channel", .op.channel)]
+    OutOfStep {
+        /// The op that failed.
+        op: OpDesc,
+        /// What put the channel out of step.
+        since: String,
+    },
     /// The communicator was aborted (by `abort()`, or because it was dropped).
     #[error("{}communicator aborted: {reason}", .op.as_ref().map(|o| format!("{o} failed: ")).unwrap_or_default())]
     Aborted {

@@ -50,6 +50,10 @@ pub(crate) enum Control {
         a: (u32, u16, u64),
         b: (u32, u16, u64),
     },
+    /// The sender gave up an operation on `channel` midway (an error in
+    /// its caller's code): the channel's ranks are out of step, and each
+    /// fails its pending and later ops of it.
+    GaveUp { channel: u32 },
 }
 
 const LEN: usize = 23;
@@ -113,6 +117,7 @@ impl Control {
                 credit,
             } => (6u8, channel, seq, credit, 0),
             Self::Credit { bytes } => (7u8, 0, 0, bytes, 0),
+            Self::GaveUp { channel } => (8u8, channel, 0, 0, 0),
             Self::Disagree { .. } => unreachable!("encoded above"),
         };
         b[0] = tag;
@@ -166,6 +171,7 @@ impl Control {
             7 => Some(Self::Credit {
                 bytes: u64::from_le_bytes(b[13..21].try_into().ok()?),
             }),
+            8 => Some(Self::GaveUp { channel }),
             _ => None,
         }
     }
@@ -201,6 +207,7 @@ mod tests {
                 credit: 4096,
             },
             Control::Credit { bytes: u64::MAX },
+            Control::GaveUp { channel: 9 },
             Control::Disagree {
                 channel: 5,
                 reporter: 3,

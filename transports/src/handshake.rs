@@ -29,7 +29,9 @@ pub const MAGIC: [u8; 8] = *b"ZCCLHELO";
 /// not `CLOCK_MONOTONIC` nanoseconds; version 6 gives a reverse All-Scan
 /// an operation label of its own (31, which a version-5 peer reads as a
 /// broadcast from root 11 modulo 12; broadcast roots are now told apart
-/// modulo 11).
+/// modulo 11), and adds the engines' control message that a rank gave up
+/// an operation midway (`GaveUp`, which a version-5 peer drops as
+/// malformed).
 pub const PROTOCOL_VERSION: u16 = 6;
 /// Size in bytes of an encoded [`Hello`].
 pub const HELLO_LEN: usize = 44;

@@ -380,6 +380,40 @@ impl Channel {
         Ok((pendings, how.landed))
     }
 
+    /// Gives up what is left of an operation on this channel: for a
+    /// caller that stops an operation midway by an error of its own (a
+    /// primitive whose callback failed), after which the ranks have sent
+    /// each other different parts of it, and what they sent next would be
+    /// matched as its missing messages. This rank's pending ops of the
+    /// channel fail, and so do its later ones, with
+    /// [`Error::OutOfStep`](crate::Error::OutOfStep); every other rank is
+    /// told, and fails its pending and later ops of the channel the same
+    /// way. Other channels, and the communicator, stay usable. The
+    /// collectives and primitives of `zccl_primitives` call it where their
+    /// caller's callback fails.
+    ///
+    /// ```
+    /// use zccl_runtime::{BootstrapRoot, Communicator, Config, Error, UniqueId};
+    /// let root = BootstrapRoot::start("127.0.0.1:0".parse().unwrap(), UniqueId::random_secret().unwrap(),
+    ///                                 std::time::Duration::from_secs(20)).unwrap();
+    /// let comm = Communicator::init(&root.unique_id(), 0, 1, Config::default()).unwrap();
+    /// let r = comm.channel(3).irecv::<u8>(0, 4).unwrap();
+    /// comm.channel(3).abandon();
+    /// assert!(matches!(r.wait(), Err(Error::OutOfStep { .. })));
+    /// let later = comm.channel(3).isend(0, vec![1u8]).unwrap();
+    /// assert!(later.wait().unwrap_err().to_string().contains("out of step"));
+    /// // Another channel is unaffected.
+    /// let r = comm.channel(4).irecv::<u8>(0, 1).unwrap();
+    /// comm.channel(4).isend(0, vec![7u8]).unwrap().wait().unwrap();
+    /// assert_eq!(r.wait().unwrap().into_vec(), vec![7u8]);
+    /// ```
+    pub fn abandon(&self) {
+        let (comm, _) = self.context();
+        let mut engine = engine::lock(&self.inner.core.engine);
+        engine.abandon((comm, self.id));
+        engine.drain_local();
+    }
+
     /// [`Channel::issue`] of any number of ops ([`Channel::batch`]).
     ///
     /// Its first lines (checks, clock, numbering lock) are `issue`'s,

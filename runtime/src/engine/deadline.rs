@@ -119,6 +119,7 @@ impl Engine {
                 .filter(|(k, _)| k.0 == p.desc().comm && k.1 == p.desc().channel)
                 .map(|(k, (code, _))| (k.2, OpLabel::split(*code).1.base()))
                 .find(|&(_, l)| l != mine);
+            let first = p.desc().clone();
             let e = Error::Timeout {
                 op: p.desc().clone(),
                 after: p.slot.timeout,
@@ -129,6 +130,9 @@ impl Engine {
                 crossed,
             };
             self.finish(stream, p.index, p.slot, Err(e));
+            // The stream's ranks are out of step now: this rank issues
+            // nothing more on it (Poison::TimedOut).
+            self.out_of_step(stream, first);
         }
     }
 

@@ -1,6 +1,6 @@
-//! Ranks that disagree on an operation: what a channel fails with once
-//! they were found to (a [`Poison`]), and the pure tests behind the
-//! engine's crossed-send check. Pure; tested below.
+//! Ranks that disagree on an operation, or a channel whose ranks fell out
+//! of step: what a channel fails with once found (a [`Poison`]), and the
+//! pure tests behind the engine's crossed-send check. Pure; tested below.
 
 use std::time::Duration;
 
@@ -17,9 +17,35 @@ use crate::label::{OpLabel, OpSide};
 /// one connection).
 pub(super) const CROSSED_GRACE: Duration = Duration::from_millis(200);
 
-/// What a stream's ops fail with once ranks were found to disagree on it.
+/// What a stream's pending and later ops fail with.
+#[derive(Clone)]
+pub(super) enum Poison {
+    /// Ranks were found to disagree on an operation of it (reported to
+    /// every rank).
+    Disagree(Disagreement),
+    /// An op of it timed out on this rank: its sequence numbers with the
+    /// peer were spent on messages that may come later, so what the ranks
+    /// send next on the stream would be taken for other operations'
+    /// (data returned as another operation's, no error). This rank's later
+    /// ops fail instead, and send nothing; the peers learn it from their
+    /// own timeouts (their messages to this rank are dropped).
+    TimedOut {
+        /// The op that timed out.
+        first: OpDesc,
+    },
+    /// Rank `rank` gave up an operation of it midway (an error in its
+    /// caller's code, such as a primitive's callback): its later messages
+    /// would be taken for that operation's. Every rank's pending and later
+    /// ops fail (it tells the others: `Control::GaveUp`).
+    GaveUp {
+        /// The rank that gave up.
+        rank: u32,
+    },
+}
+
+/// Ranks found to disagree on an operation of a stream.
 #[derive(Clone, Copy)]
-pub(super) struct Poison {
+pub(super) struct Disagreement {
     pub(super) reported_by: u32,
     pub(super) crossed: bool,
     /// The sequence number of the message found mismatched (`a`'s to
@@ -54,6 +80,26 @@ pub(crate) fn crossed_ops(msg: u16, send: u16) -> bool {
 }
 
 impl Poison {
+    /// What `op` of the poisoned stream fails with.
+    pub(super) fn error(&self, op: &OpDesc) -> Error {
+        match self {
+            Self::Disagree(d) => d.error(op),
+            Self::TimedOut { first } => Error::OutOfStep {
+                op: op.clone(),
+                since: format!("this rank's {first} timed out"),
+            },
+            Self::GaveUp { rank } => Error::OutOfStep {
+                op: op.clone(),
+                since: format!(
+                    "rank {rank} gave up an operation on it midway (an error in its \
+                     caller's code, such as a callback's)"
+                ),
+            },
+        }
+    }
+}
+
+impl Disagreement {
     /// What `op` of the poisoned stream fails with. The send whose message
     /// the receiver found mismatched fails with [`Error::Mismatch`], as it
     /// does through the receiver's own answer: the report may overtake

@@ -107,7 +107,7 @@ mod stall;
 #[cfg(test)]
 mod tests;
 
-use disagreement::{CROSSED_GRACE, Poison, crossed_ops, side};
+use disagreement::{CROSSED_GRACE, Disagreement, Poison, crossed_ops, side};
 
 type Key = (u32, u32, u32, u64); // (comm, channel, peer, seq)
 /// An ordered stream of ops: (comm, channel).
@@ -454,7 +454,7 @@ impl Engine {
             let e = self.failure_error(&f, &d);
             return self.finish(stream, op.index, op.slot, Err(e));
         }
-        if let Some(p) = self.poisoned.get(&stream).copied() {
+        if let Some(p) = self.poisoned.get(&stream).cloned() {
             let e = p.error(&d);
             return self.finish(stream, op.index, op.slot, Err(e));
         }
@@ -727,7 +727,7 @@ impl Engine {
         let stream = (recv.desc().comm, recv.desc().channel);
         // A mismatch concerns every rank of the channel, not only these
         // two (and an eager sender learns it only so): tell them all.
-        let poison = (!ok).then(|| Poison {
+        let poison = (!ok).then(|| Disagreement {
             reported_by: self.rank,
             crossed: false,
             seq: d.seq,
@@ -755,8 +755,10 @@ impl Engine {
 
     /// Ranks disagree on `stream`: its pending ops fail, and so will its
     /// later ones; found here, every other rank is told.
-    fn disagree(&mut self, stream: Stream, p: Poison) {
-        if self.poisoned.contains_key(&stream) {
+    fn disagree(&mut self, stream: Stream, p: Disagreement) {
+        // (A stream out of step after a timeout still fails its pending
+        // ops on a disagreement.)
+        if matches!(self.poisoned.get(&stream), Some(Poison::Disagree(_))) {
             return;
         }
         warn!(
@@ -768,8 +770,76 @@ impl Engine {
             p.b,
             p.reported_by
         );
-        self.poisoned.insert(stream, p);
-        self.suspects.retain(|s| (s.1.0, s.1.1) != stream);
+        self.poison(stream, Poison::Disagree(p));
+        if p.reported_by == self.rank {
+            self.report_disagreement(stream, &p);
+        }
+    }
+
+    /// An op of `stream` timed out (`first`): the stream's later ops fail
+    /// as they are issued ([`Poison::TimedOut`]), so that this rank sends
+    /// nothing more on it; its pending ops go on (they were numbered
+    /// before, and fail by their own deadlines or complete), and messages
+    /// that no receive takes are dropped.
+    fn out_of_step(&mut self, stream: Stream, first: OpDesc) {
+        if self.poisoned.contains_key(&stream) {
+            return;
+        }
+        warn!(
+            rank = self.rank,
+            comm = stream.0,
+            channel = stream.1,
+            "channel out of step after {first} timed out: this rank's later operations on it fail"
+        );
+        self.poisoned.insert(stream, Poison::TimedOut { first });
+        self.drop_unexpected(stream);
+    }
+
+    /// This rank gave up an operation on `stream` midway (an error in its
+    /// caller's code): its pending ops of the stream fail and its later ones
+    /// will ([`Poison::GaveUp`]), and every other rank is told
+    /// ([`Control::GaveUp`]), so that theirs fail too instead of taking
+    /// this rank's next operation's messages for the missing ones.
+    pub(crate) fn abandon(&mut self, stream: Stream) {
+        if self.gave_up_on(stream, self.rank) {
+            let payload = Bytes::from(Control::GaveUp { channel: stream.1 }.encode());
+            let me = self.rank;
+            for peer in (0..self.world).filter(|&q| q != me) {
+                let msg = Message {
+                    kind: MessageKind::Control,
+                    dtype: 0,
+                    comm: stream.0,
+                    channel: 0,
+                    seq: 0,
+                    payload: payload.clone(),
+                };
+                self.post(peer, msg);
+            }
+        }
+    }
+
+    /// `rank` gave up an operation of `stream`: poisons it (unless ranks
+    /// were found to disagree on it, or one gave up, before); whether it
+    /// did.
+    fn gave_up_on(&mut self, stream: Stream, rank: u32) -> bool {
+        if matches!(
+            self.poisoned.get(&stream),
+            Some(Poison::Disagree(_) | Poison::GaveUp { .. })
+        ) {
+            return false;
+        }
+        warn!(
+            rank = self.rank,
+            comm = stream.0,
+            channel = stream.1,
+            "rank {rank} gave up an operation on the channel midway: its operations fail"
+        );
+        self.poison(stream, Poison::GaveUp { rank });
+        true
+    }
+
+    /// Drops the messages of `stream` that wait for a receive.
+    fn drop_unexpected(&mut self, stream: Stream) {
         let dropped: Vec<_> = self
             .unexpected
             .extract_if(|k, _| (k.0, k.1) == stream)
@@ -777,6 +847,14 @@ impl Engine {
         for (k, (code, b)) in dropped {
             self.drop_unmatched(k.2, k.0, code, b.len() as u64);
         }
+    }
+
+    /// `stream` fails with `p`: its pending ops now, its later ones as
+    /// they are issued; messages of it that come are dropped.
+    fn poison(&mut self, stream: Stream, p: Poison) {
+        self.poisoned.insert(stream, p.clone());
+        self.suspects.retain(|s| (s.1.0, s.1.1) != stream);
+        self.drop_unexpected(stream);
         let mut keys: Vec<(OpKind, Key)> = self
             .sends
             .keys()
@@ -811,30 +889,32 @@ impl Engine {
             let e = p.error(op.desc());
             self.finish(stream, op.index, op.slot, Err(e));
         }
-        if p.reported_by == self.rank {
-            let payload = Bytes::from(
-                Control::Disagree {
-                    channel: stream.1,
-                    reporter: self.rank,
-                    crossed: p.crossed,
-                    seq: p.seq,
-                    a: (p.a.rank, p.a.op.wire(p.a.dtype), p.a.bytes),
-                    b: (p.b.rank, p.b.op.wire(p.b.dtype), p.b.bytes),
-                }
-                .encode(),
-            );
-            let me = self.rank;
-            for peer in (0..self.world).filter(|&q| q != me) {
-                let msg = Message {
-                    kind: MessageKind::Control,
-                    dtype: 0,
-                    comm: stream.0,
-                    channel: 0,
-                    seq: 0,
-                    payload: payload.clone(),
-                };
-                self.post(peer, msg);
+    }
+
+    /// Tells every other rank of a disagreement this rank found on `stream`.
+    fn report_disagreement(&mut self, stream: Stream, p: &Disagreement) {
+        let payload = Bytes::from(
+            Control::Disagree {
+                channel: stream.1,
+                reporter: self.rank,
+                crossed: p.crossed,
+                seq: p.seq,
+                a: (p.a.rank, p.a.op.wire(p.a.dtype), p.a.bytes),
+                b: (p.b.rank, p.b.op.wire(p.b.dtype), p.b.bytes),
             }
+            .encode(),
+        );
+        let me = self.rank;
+        for peer in (0..self.world).filter(|&q| q != me) {
+            let msg = Message {
+                kind: MessageKind::Control,
+                dtype: 0,
+                comm: stream.0,
+                channel: 0,
+                seq: 0,
+                payload: payload.clone(),
+            };
+            self.post(peer, msg);
         }
     }
 
@@ -870,7 +950,7 @@ impl Engine {
             let Some((send_code, send_bytes)) = mine else {
                 continue;
             };
-            let p = Poison {
+            let p = Disagreement {
                 reported_by: self.rank,
                 crossed: true,
                 seq: 0,
@@ -1036,7 +1116,7 @@ impl Engine {
                     a,
                     b,
                 }) => {
-                    let p = Poison {
+                    let p = Disagreement {
                         reported_by: reporter,
                         crossed,
                         seq,
@@ -1044,6 +1124,9 @@ impl Engine {
                         b: side(b.0, b.1, b.2),
                     };
                     self.disagree((msg.comm, channel), p);
+                }
+                Some(Control::GaveUp { channel }) => {
+                    self.gave_up_on((msg.comm, channel), peer);
                 }
                 None => warn!(rank = self.rank, peer, "malformed control message ignored"),
             },

@@ -838,3 +838,46 @@ fn each_peer_and_direction_of_a_peerwise_channel_has_a_lane_of_its_own() {
         assert!((1..1 << 24).contains(&lane));
     }
 }
+
+#[test]
+fn after_a_timeout_the_channel_refuses_later_ops_instead_of_sending_them_out_of_step() {
+    // Rank 0's op 1 receives from rank 1 and would then send to it; rank 1
+    // is late, and the receive times out, so op 1's send is never issued.
+    let mut net = Net::new(2, 1 << 20);
+    let label = OpLabel::ALL_REDUCE_SUM;
+    let r0 = net.issue(0, vec![recv(1, 4, label)]);
+    net.pump();
+    let due = net.t0 + net.timeout;
+    net.engines[0].expire_at(due);
+    net.pump();
+    net.engines[0].expire_at(due + net.timeout / 10);
+    assert!(matches!(failed(outcome(&r0[0])), Error::Timeout { .. }));
+    // Op 2 on the same channel: its send would have taken op 1's sequence
+    // number, and rank 1's op 1 would have received op 2's bytes as its
+    // own. It is refused, naming the op that timed out, and sends nothing.
+    let s0 = net.issue(0, vec![send(1, &[9u8; 4], label)]);
+    net.pump();
+    let e = failed(outcome(&s0[0]));
+    assert!(matches!(e, Error::OutOfStep { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("recv seq 0 from rank 1 on channel 0") && text.contains("out of step"),
+        "{text}"
+    );
+    // Rank 1 runs op 1 late: its send reaches rank 0 (dropped there: no op
+    // of that channel will take it), and its receive does not complete with
+    // another operation's bytes.
+    let r1 = net.issue(1, vec![send(0, &[1u8; 4], label), recv(0, 4, label)]);
+    net.pump();
+    assert!(outcome(&r1[1]).is_none(), "{:?}", outcome(&r1[1]));
+    // Other channels of rank 0 are unaffected.
+    let mut other = send(1, &[5u8; 4], label);
+    other.channel = 3;
+    let mut other_recv = recv(0, 4, label);
+    other_recv.channel = 3;
+    let s = net.issue(0, vec![other]);
+    let r = net.issue(1, vec![other_recv]);
+    net.pump();
+    assert_eq!(data(outcome(&r[0])), vec![5u8; 4]);
+    assert!(matches!(outcome(&s[0]), Some(Ok(_))));
+}
