@@ -386,7 +386,7 @@ impl Channel {
     /// each other different parts of it, and what they sent next would be
     /// matched as its missing messages. This rank's pending ops of the
     /// channel fail, and so do its later ones, with
-    /// [`Error::OutOfStep`](crate::Error::OutOfStep); every other rank is
+    /// [`Error::OutOfStep`]; every other rank is
     /// told, and fails its pending and later ops of the channel the same
     /// way. Other channels, and the communicator, stay usable. The
     /// collectives and primitives of `zccl_primitives` call it where their
