@@ -1,13 +1,12 @@
 //! Deadlines: an op past its deadline first reports whom it waited on and
 //! waits (briefly) for the reports of the ranks that timed out with it,
-//! then fails naming the rank the chain of waits ends at.
+//! then fails naming the rank the chain of waits ends at; its channel then
+//! refuses this rank's later ops (the ranks are at different points of
+//! that operation: `Poison::TimedOut`).
 
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use tracing::warn;
-use zccl_transports::{Message, MessageKind};
 
 use super::stall::{STALL_NOTICE, culprit};
 use super::{Engine, Key, Stream, nic_text};
@@ -146,18 +145,6 @@ impl Engine {
         if !self.reported.insert(on) {
             return;
         }
-        let payload = Bytes::from(Control::Waiting { on }.encode());
-        let me = self.rank;
-        for peer in (0..self.world).filter(|&p| p != me) {
-            let msg = Message {
-                kind: MessageKind::Control,
-                dtype: 0,
-                comm,
-                channel: 0,
-                seq: 0,
-                payload: payload.clone(),
-            };
-            self.post(peer, msg);
-        }
+        self.tell_everyone(comm, Control::Waiting { on });
     }
 }

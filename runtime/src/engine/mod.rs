@@ -802,19 +802,24 @@ impl Engine {
     /// this rank's next operation's messages for the missing ones.
     pub(crate) fn abandon(&mut self, stream: Stream) {
         if self.gave_up_on(stream, self.rank) {
-            let payload = Bytes::from(Control::GaveUp { channel: stream.1 }.encode());
-            let me = self.rank;
-            for peer in (0..self.world).filter(|&q| q != me) {
-                let msg = Message {
-                    kind: MessageKind::Control,
-                    dtype: 0,
-                    comm: stream.0,
-                    channel: 0,
-                    seq: 0,
-                    payload: payload.clone(),
-                };
-                self.post(peer, msg);
-            }
+            self.tell_everyone(stream.0, Control::GaveUp { channel: stream.1 });
+        }
+    }
+
+    /// Sends `c` to every other rank (about communicator `comm`).
+    fn tell_everyone(&mut self, comm: u32, c: Control) {
+        let payload = Bytes::from(c.encode());
+        let me = self.rank;
+        for peer in (0..self.world).filter(|&q| q != me) {
+            let msg = Message {
+                kind: MessageKind::Control,
+                dtype: 0,
+                comm,
+                channel: 0,
+                seq: 0,
+                payload: payload.clone(),
+            };
+            self.post(peer, msg);
         }
     }
 
@@ -893,29 +898,15 @@ impl Engine {
 
     /// Tells every other rank of a disagreement this rank found on `stream`.
     fn report_disagreement(&mut self, stream: Stream, p: &Disagreement) {
-        let payload = Bytes::from(
-            Control::Disagree {
-                channel: stream.1,
-                reporter: self.rank,
-                crossed: p.crossed,
-                seq: p.seq,
-                a: (p.a.rank, p.a.op.wire(p.a.dtype), p.a.bytes),
-                b: (p.b.rank, p.b.op.wire(p.b.dtype), p.b.bytes),
-            }
-            .encode(),
-        );
-        let me = self.rank;
-        for peer in (0..self.world).filter(|&q| q != me) {
-            let msg = Message {
-                kind: MessageKind::Control,
-                dtype: 0,
-                comm: stream.0,
-                channel: 0,
-                seq: 0,
-                payload: payload.clone(),
-            };
-            self.post(peer, msg);
-        }
+        let c = Control::Disagree {
+            channel: stream.1,
+            reporter: self.rank,
+            crossed: p.crossed,
+            seq: p.seq,
+            a: (p.a.rank, p.a.op.wire(p.a.dtype), p.a.bytes),
+            b: (p.b.rank, p.b.op.wire(p.b.dtype), p.b.bytes),
+        };
+        self.tell_everyone(stream.0, c);
     }
 
     /// Crossed sends still crossed after their grace: a disagreement.
