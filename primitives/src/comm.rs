@@ -173,6 +173,9 @@ pub struct Labelled<'a> {
     comm: &'a Communicator,
     label: Option<DType>,
     op: OpLabel,
+    /// Whether [`Fabric::abandon`] fails the channel on every rank
+    /// ([`Labelled::without_abandon`]).
+    abandons: bool,
 }
 
 impl<'a> Labelled<'a> {
@@ -182,6 +185,7 @@ impl<'a> Labelled<'a> {
             comm,
             label: Some(label),
             op: OpLabel::NONE,
+            abandons: true,
         }
     }
 
@@ -204,12 +208,32 @@ impl<'a> Labelled<'a> {
         self
     }
 
+    /// The same, for a caller that aborts the communicator itself when an
+    /// operation fails (the Python binding: `abort_because` with the
+    /// failure's text, which the peers then report): an operation that
+    /// stops midway does not fail its channel on every rank first
+    /// ([`Fabric::abandon`] does nothing), so that the peers' errors name
+    /// the caller's reason rather than the channel.
+    ///
+    /// ```no_run
+    /// use zccl_primitives::{comm::Labelled, dtype::DType};
+    /// let comm = zccl_runtime::Communicator::from_env()?;
+    /// let f = Labelled::new(&comm, DType::U8).without_abandon();
+    /// # let _ = f;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn without_abandon(mut self) -> Self {
+        self.abandons = false;
+        self
+    }
+
     /// `comm` without a label.
     fn plain(comm: &'a Communicator) -> Self {
         Self {
             comm,
             label: None,
             op: OpLabel::NONE,
+            abandons: true,
         }
     }
 
@@ -246,7 +270,9 @@ impl Fabric for Labelled<'_> {
     }
 
     fn abandon(&self, channel: u32) {
-        self.comm.channel(channel).abandon()
+        if self.abandons {
+            self.comm.channel(channel).abandon()
+        }
     }
 
     fn rank(&self) -> usize {

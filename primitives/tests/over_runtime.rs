@@ -422,6 +422,11 @@ fn a_callback_error_fails_the_channel_on_every_rank_instead_of_shifting_the_next
             match (k, res) {
                 (0, Err(e)) if r == 1 => assert!(e.contains("cb fails"), "{e}"),
                 (0, Err(e)) => assert!(e.contains("rank 1 gave up"), "rank {r}: {e}"),
+                // Rank 0 needs nothing rank 1 would have sent after its
+                // callback failed: it may finish the first pass (its data
+                // checked above) before the news comes. Rank 2 waits for
+                // rank 1's second step.
+                (0, Ok(())) if r == 0 => {}
                 (_, Err(e)) => assert!(e.contains("out of step"), "rank {r} pass {k}: {e}"),
                 (_, Ok(())) => panic!("rank {r} pass {k} returned Ok on a channel out of step"),
             }
@@ -437,14 +442,15 @@ fn a_callback_error_fails_the_channel_on_every_rank_instead_of_shifting_the_next
 /// one still expected the rest of the first's (2 ranks, 32768 f32, the
 /// late rank 0.6 s past the timeout: both returned `Ok` with half of the
 /// elements wrong). Now the ops after a timeout fail at once, and no op
-/// returns wrong data.
+/// returns wrong data. (The late rank starts 1.5 s past the other's
+/// deadline.)
 #[test]
 fn ops_after_a_timeout_fail_instead_of_matching_another_ops_messages() {
     let done = Arc::new(std::sync::Barrier::new(2));
     let out = job(2, &[("ZCCL_TIMEOUT", "2")], move |c| {
         let r = Fabric::rank(&c);
         if r == 1 {
-            std::thread::sleep(Duration::from_millis(2600));
+            std::thread::sleep(Duration::from_millis(3500));
         }
         let ops = (0..3)
             .map(|k| {

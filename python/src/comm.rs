@@ -684,7 +684,11 @@ impl Comm {
         let f2 = failure.clone();
         let r = self.run_with_callbacks(py, move |c| {
             ring::ring_pass(
-                &Labelled::new(c, DType::U8).op(OpLabel::RING_PASS),
+                // (It aborts the communicator with the callback's error:
+                // the peers report that, not a channel out of step.)
+                &Labelled::new(c, DType::U8)
+                    .op(OpLabel::RING_PASS)
+                    .without_abandon(),
                 CH_COLL,
                 offset,
                 own,
@@ -741,7 +745,9 @@ impl Comm {
         };
         let r = self.run_with_callbacks(py, move |c| {
             zccl_primitives::token_ring::token_ring(
-                &Labelled::new(c, DType::U8).op(OpLabel::TOKEN_RING),
+                &Labelled::new(c, DType::U8)
+                    .op(OpLabel::TOKEN_RING)
+                    .without_abandon(),
                 TokenRingChannels {
                     q: CH_TR_Q,
                     out: CH_TR_OUT,
@@ -829,7 +835,9 @@ impl Comm {
                 decay: d_,
                 cols,
             };
-            let f = Labelled::new(c, DType::F32).op(scan::op_label(dir));
+            let f = Labelled::new(c, DType::F32)
+                .op(scan::op_label(dir))
+                .without_abandon();
             scan::all_scan_diag_blocks(&f, CH_COLL, local, dir, blocks, i_.is_some(), |b| {
                 let span = b.rows.start * cols..b.rows.end * cols;
                 zccl_transports::copy::copy_slice(&mut e_[span.clone()], b.exclusive);

@@ -949,3 +949,43 @@ fn ordered_and_peerwise_ops_on_channel_0_match_in_order_and_all_complete() {
         assert_eq!(out[1][i..i + 2], [want(0, round, 1), want(0, round, 2)]);
     }
 }
+
+/// A rank that gives a channel up tells its communicator's ranks only: the
+/// communicators `split` makes share their id, and the other colour's
+/// channel of the same number stays in step (the first version told every
+/// rank of the job, and the odd half's channel 5 failed too).
+#[test]
+fn a_channel_given_up_in_one_half_of_a_split_leaves_the_other_half_in_step() {
+    let done = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let out = job(4, &[], move |c| {
+        let r = c.rank();
+        let half = c.split(Some(r % 2), r as i32).unwrap().expect("a member");
+        if r == 0 {
+            half.channel(5).abandon();
+        }
+        // Then (after the news had time to reach every rank it went to)
+        // both halves exchange on their channel 5.
+        done.wait();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let peer = 1 - half.rank();
+        let got = half.channel(5).irecv::<i32>(peer, 1).unwrap();
+        let sent = half.channel(5).isend(peer, vec![r as i32]);
+        let got = got.wait().map(|b| b.into_vec());
+        let sent = sent.and_then(|s| s.wait());
+        // Keep every rank's connections until all are done.
+        done.wait();
+        (
+            got.map_err(|e| e.to_string()),
+            sent.map_err(|e| e.to_string()),
+        )
+    });
+    for (r, (got, sent)) in out.iter().enumerate() {
+        if r % 2 == 1 {
+            assert_eq!(got.as_deref(), Ok(&[(r ^ 2) as i32][..]), "rank {r}");
+            assert!(sent.is_ok(), "rank {r}: {sent:?}");
+        } else {
+            let e = got.as_ref().unwrap_err();
+            assert!(e.contains("out of step"), "rank {r}: {e}");
+        }
+    }
+}

@@ -410,7 +410,7 @@ impl Channel {
     pub fn abandon(&self) {
         let (comm, _) = self.context();
         let mut engine = engine::lock(&self.inner.core.engine);
-        engine.abandon((comm, self.id));
+        engine.abandon((comm, self.id), &self.inner.members);
         engine.drain_local();
     }
 

@@ -83,8 +83,13 @@ impl Engine {
         }
         if let Some(p) = map.remove(&key) {
             if kind == OpKind::Send {
-                // A rendezvous send gives its (possibly lent) data up.
+                // A rendezvous send gives its (possibly lent) data up, and
+                // a charged one its window (an answer that comes later is
+                // ignored; a receiver out of step drops the message).
                 self.held.remove(&key);
+                if p.charged > 0 {
+                    self.credit.on_returned(p.desc().peer, p.charged);
+                }
             }
             let nic = nic_text(if p.desc().peer == self.rank {
                 None

@@ -86,7 +86,7 @@ impl Poison {
             Self::Disagree(d) => d.error(op),
             Self::TimedOut { first } => Error::OutOfStep {
                 op: op.clone(),
-                since: format!("this rank's {first} timed out"),
+                since: format!("{first} timed out"),
             },
             Self::GaveUp { rank } => Error::OutOfStep {
                 op: op.clone(),

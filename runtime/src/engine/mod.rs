@@ -248,16 +248,22 @@ fn transport_closed(d: &OpDesc) -> Error {
     }
 }
 
-/// A control message to `peer`'s engine about communicator `comm`.
-fn control_msg(comm: u32, c: Control) -> Message {
+/// A control message of communicator `comm` carrying `payload` (an
+/// encoded [`Control`]).
+fn control_payload(comm: u32, payload: Bytes) -> Message {
     Message {
         kind: MessageKind::Control,
         dtype: 0,
         comm,
         channel: 0,
         seq: 0,
-        payload: Bytes::from(c.encode()),
+        payload,
     }
+}
+
+/// A control message to `peer`'s engine about communicator `comm`.
+fn control_msg(comm: u32, c: Control) -> Message {
+    control_payload(comm, Bytes::from(c.encode()))
 }
 
 fn nic_text(p: Option<PeerPath>) -> String {
@@ -800,26 +806,28 @@ impl Engine {
     /// will ([`Poison::GaveUp`]), and every other rank is told
     /// ([`Control::GaveUp`]), so that theirs fail too instead of taking
     /// this rank's next operation's messages for the missing ones.
-    pub(crate) fn abandon(&mut self, stream: Stream) {
+    ///
+    /// `members` are the communicator's ranks (world ranks): only they are
+    /// told, since the communicators `split` makes of one share its id
+    /// (`GaveUp` sent to every rank failed the channel of the other colour
+    /// too).
+    pub(crate) fn abandon(&mut self, stream: Stream, members: &[u32]) {
         if self.gave_up_on(stream, self.rank) {
-            self.tell_everyone(stream.0, Control::GaveUp { channel: stream.1 });
+            let payload = Bytes::from(Control::GaveUp { channel: stream.1 }.encode());
+            let me = self.rank;
+            for &peer in members.iter().filter(|&&q| q != me) {
+                self.post(peer, control_payload(stream.0, payload.clone()));
+            }
         }
     }
 
-    /// Sends `c` to every other rank (about communicator `comm`).
+    /// Sends `c` to every other rank of the job (about communicator
+    /// `comm`).
     fn tell_everyone(&mut self, comm: u32, c: Control) {
         let payload = Bytes::from(c.encode());
         let me = self.rank;
         for peer in (0..self.world).filter(|&q| q != me) {
-            let msg = Message {
-                kind: MessageKind::Control,
-                dtype: 0,
-                comm,
-                channel: 0,
-                seq: 0,
-                payload: payload.clone(),
-            };
-            self.post(peer, msg);
+            self.post(peer, control_payload(comm, payload.clone()));
         }
     }
 
