@@ -35,8 +35,9 @@ pub(super) enum Poison {
     },
     /// Rank `rank` gave up an operation of it midway (an error in its
     /// caller's code, such as a primitive's callback): its later messages
-    /// would be taken for that operation's. Every rank's pending and later
-    /// ops fail (it tells the others: `Control::GaveUp`).
+    /// would be taken for that operation's. The pending and later ops of
+    /// every rank of its communicator fail (it tells them:
+    /// `Control::GaveUp`).
     GaveUp {
         /// The rank that gave up.
         rank: u32,
