@@ -51,8 +51,8 @@ const OP_SCAN_FN: u8 = 0x41;
 
 /// The operation label a scan in direction `dir` stamps on its messages:
 /// [`OpLabel::ALL_SCAN`] forward, [`OpLabel::ALL_SCAN_REVERSE`] in reverse,
-/// which the direction check every scan makes compares (see
-/// docs/reliability.md, "The scan's direction").
+/// which a reverse scan's direction check compares with the next rank's
+/// (see docs/reliability.md, "The scan's direction").
 /// Bindings that label the scan themselves (`Labelled::op`) use this too.
 ///
 /// ```

@@ -813,20 +813,22 @@ impl Engine {
     /// too).
     pub(crate) fn abandon(&mut self, stream: Stream, members: &[u32]) {
         if self.gave_up_on(stream, self.rank) {
-            let payload = Bytes::from(Control::GaveUp { channel: stream.1 }.encode());
-            let me = self.rank;
-            for &peer in members.iter().filter(|&&q| q != me) {
-                self.post(peer, control_payload(stream.0, payload.clone()));
-            }
+            let c = Control::GaveUp { channel: stream.1 };
+            self.tell(members.iter().copied(), stream.0, c);
         }
     }
 
     /// Sends `c` to every other rank of the job (about communicator
     /// `comm`).
     fn tell_everyone(&mut self, comm: u32, c: Control) {
-        let payload = Bytes::from(c.encode());
-        let me = self.rank;
-        for peer in (0..self.world).filter(|&q| q != me) {
+        self.tell(0..self.world, comm, c);
+    }
+
+    /// Sends `c` to the ranks of `peers` other than this one (about
+    /// communicator `comm`).
+    fn tell(&mut self, peers: impl IntoIterator<Item = u32>, comm: u32, c: Control) {
+        let (payload, me) = (Bytes::from(c.encode()), self.rank);
+        for peer in peers.into_iter().filter(|&q| q != me) {
             self.post(peer, control_payload(comm, payload.clone()));
         }
     }
